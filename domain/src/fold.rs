@@ -1,0 +1,287 @@
+//! Pure folds: an [`Envelope`] becomes the rows of the read models it touches.
+//!
+//! No clock, I/O or randomness: the same log always yields the same rows, which is what makes
+//! the read models disposable (drop them, replay the log, get them back exactly). Aggregation
+//! into summaries happens in the projector's SQL, only over rows that were newly inserted, so a
+//! replayed event never counts twice.
+
+use alloy_primitives::{Address, B256};
+use chrono::{DateTime, Utc};
+
+use crate::amount::{TokenAmount, UsdValue};
+use crate::envelope::{DefiEvent, Envelope, EventId, LendingAction, SCHEMA_VERSION};
+
+/// Why an event cannot be folded. Every variant is deterministic: folding the same event again
+/// fails the same way, so the projector dead-letters it and moves on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    #[error("unsupported schema version {0} (this build folds version {SCHEMA_VERSION})")]
+    UnsupportedSchema(u16),
+    #[error("{kind} event does not belong on the {expected} topic")]
+    WrongTopic { kind: &'static str, expected: &'static str },
+    #[error("reserve {symbol} declares {decimals} decimals (at most 77 fit NUMERIC(78,0))")]
+    ImpossibleDecimals { symbol: String, decimals: u8 },
+}
+
+/// The largest decimals a token can declare and still have its amounts fit `NUMERIC(78,0)`.
+const MAX_DECIMALS: u8 = 77;
+
+/// One row of `lending_event` (and, for liquidations, of `liquidation`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LendingRow {
+    pub event_id: EventId,
+    pub chain_id: u64,
+    pub wallet: Address,
+    pub action: LendingAction,
+    pub protocol: String,
+    /// The reserve the amount is in: the debt reserve for a liquidation.
+    pub reserve: Address,
+    pub symbol: String,
+    pub decimals: u8,
+    pub amount: TokenAmount,
+    pub price_usd: Option<UsdValue>,
+    pub amount_usd: Option<UsdValue>,
+    pub counterparty: Option<Address>,
+    pub block_number: Option<u64>,
+    pub block_hash: Option<B256>,
+    pub tx_hash: Option<B256>,
+    pub log_index: Option<u32>,
+    pub block_time: Option<DateTime<Utc>>,
+    pub liquidation: Option<LiquidationDetail>,
+}
+
+/// The collateral side of a liquidation, stored in `liquidation`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiquidationDetail {
+    pub liquidator: Option<Address>,
+    pub collateral_reserve: Address,
+    pub collateral_symbol: String,
+    pub collateral_decimals: u8,
+    pub collateral_amount: TokenAmount,
+    pub collateral_price_usd: Option<UsdValue>,
+    pub collateral_usd: Option<UsdValue>,
+}
+
+/// One row of `swap`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwapRow {
+    pub event_id: EventId,
+    pub chain_id: u64,
+    pub pool: Address,
+    pub protocol: String,
+    pub block_number: Option<u64>,
+    pub block_hash: Option<B256>,
+    pub tx_hash: Option<B256>,
+    pub tx_position: u32,
+    pub trace_address: Vec<u32>,
+    pub log_index: Option<u32>,
+    pub block_time: Option<DateTime<Utc>>,
+    pub sender: Address,
+    pub recipient: Address,
+    pub token_in: Address,
+    pub amount_in: TokenAmount,
+    pub token_out: Address,
+    pub amount_out: TokenAmount,
+    pub reverted: bool,
+}
+
+fn check_version(env: &Envelope) -> Result<(), FoldError> {
+    if env.schema_version != SCHEMA_VERSION {
+        return Err(FoldError::UnsupportedSchema(env.schema_version));
+    }
+    Ok(())
+}
+
+fn check_decimals(symbol: &str, decimals: u8) -> Result<(), FoldError> {
+    if decimals > MAX_DECIMALS {
+        return Err(FoldError::ImpossibleDecimals { symbol: symbol.to_owned(), decimals });
+    }
+    Ok(())
+}
+
+/// Folds a lending event into its `lending_event` row.
+pub fn lending_row(env: &Envelope) -> Result<LendingRow, FoldError> {
+    check_version(env)?;
+    let action = env.event.lending_action().ok_or(FoldError::WrongTopic {
+        kind: "swap",
+        expected: "lending",
+    })?;
+    let base = |wallet: Address, protocol: &str| LendingRow {
+        event_id: env.event_id,
+        chain_id: env.chain_id,
+        wallet,
+        action,
+        protocol: protocol.to_owned(),
+        reserve: Address::ZERO,
+        symbol: String::new(),
+        decimals: 0,
+        amount: TokenAmount::ZERO,
+        price_usd: None,
+        amount_usd: None,
+        counterparty: None,
+        block_number: env.block.map(|b| b.number),
+        block_hash: env.block.and_then(|b| b.hash),
+        tx_hash: env.tx_hash,
+        log_index: env.log_index,
+        block_time: env.block_time,
+        liquidation: None,
+    };
+    match &env.event {
+        DefiEvent::Deposit(flow)
+        | DefiEvent::Borrow(flow)
+        | DefiEvent::Repay(flow)
+        | DefiEvent::Redeem(flow) => {
+            check_decimals(&flow.reserve.symbol, flow.reserve.decimals)?;
+            Ok(LendingRow {
+                reserve: flow.reserve.address,
+                symbol: flow.reserve.symbol.clone(),
+                decimals: flow.reserve.decimals,
+                amount: flow.amount,
+                price_usd: flow.price_usd.clone(),
+                amount_usd: flow.amount_usd(),
+                counterparty: flow.counterparty,
+                ..base(flow.wallet, &flow.protocol)
+            })
+        }
+        DefiEvent::Liquidation(liq) => {
+            check_decimals(&liq.debt.symbol, liq.debt.decimals)?;
+            check_decimals(&liq.collateral.symbol, liq.collateral.decimals)?;
+            Ok(LendingRow {
+                reserve: liq.debt.address,
+                symbol: liq.debt.symbol.clone(),
+                decimals: liq.debt.decimals,
+                amount: liq.debt_covered,
+                price_usd: liq.debt_price_usd.clone(),
+                amount_usd: liq.amount_usd(),
+                counterparty: liq.liquidator,
+                liquidation: Some(LiquidationDetail {
+                    liquidator: liq.liquidator,
+                    collateral_reserve: liq.collateral.address,
+                    collateral_symbol: liq.collateral.symbol.clone(),
+                    collateral_decimals: liq.collateral.decimals,
+                    collateral_amount: liq.collateral_amount,
+                    collateral_price_usd: liq.collateral_price_usd.clone(),
+                    collateral_usd: liq.collateral_price_usd.as_ref().map(|p| {
+                        UsdValue::of(&liq.collateral_amount, liq.collateral.decimals, p)
+                    }),
+                }),
+                ..base(liq.wallet, &liq.protocol)
+            })
+        }
+        DefiEvent::Swap(_) => unreachable!("lending_action() returned None for swaps above"),
+    }
+}
+
+/// Folds an AMM event into its `swap` row.
+pub fn swap_row(env: &Envelope) -> Result<SwapRow, FoldError> {
+    check_version(env)?;
+    let DefiEvent::Swap(swap) = &env.event else {
+        return Err(FoldError::WrongTopic { kind: "lending", expected: "amm" });
+    };
+    Ok(SwapRow {
+        event_id: env.event_id,
+        chain_id: env.chain_id,
+        pool: swap.pool,
+        protocol: swap.protocol.clone(),
+        block_number: env.block.map(|b| b.number),
+        block_hash: env.block.and_then(|b| b.hash),
+        tx_hash: env.tx_hash,
+        tx_position: swap.tx_position,
+        trace_address: swap.trace_address.clone(),
+        log_index: env.log_index,
+        block_time: env.block_time,
+        sender: swap.sender,
+        recipient: swap.recipient,
+        token_in: swap.token_in,
+        amount_in: swap.amount_in,
+        token_out: swap.token_out,
+        amount_out: swap.amount_out,
+        reverted: swap.reverted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{BlockRef, Liquidation, Reserve, Source, Swap};
+
+    fn reserve(symbol: &str, decimals: u8) -> Reserve {
+        Reserve { address: Address::repeat_byte(decimals), symbol: symbol.into(), decimals }
+    }
+
+    fn envelope(event: DefiEvent) -> Envelope {
+        Envelope {
+            schema_version: SCHEMA_VERSION,
+            event_id: EventId::of_record(137, "t", "1"),
+            chain_id: 137,
+            block: Some(BlockRef { number: 7, hash: None }),
+            tx_hash: None,
+            log_index: None,
+            block_time: None,
+            source: Source::Rpc,
+            event,
+        }
+    }
+
+    fn liquidation() -> DefiEvent {
+        DefiEvent::Liquidation(Liquidation {
+            protocol: "aave_v2".into(),
+            wallet: Address::repeat_byte(0xaa),
+            liquidator: Some(Address::repeat_byte(0xbb)),
+            collateral: reserve("WETH", 18),
+            collateral_amount: TokenAmount::parse_integer("500000000000000000").expect("valid"),
+            collateral_price_usd: Some(UsdValue::parse("2000").expect("valid")),
+            debt: reserve("USDT", 6),
+            debt_covered: TokenAmount::parse_integer("952380952").expect("valid"),
+            debt_price_usd: Some(UsdValue::parse("1.0").expect("valid")),
+        })
+    }
+
+    #[test]
+    fn a_liquidation_counts_the_debt_covered_in_usd() {
+        let row = lending_row(&envelope(liquidation())).expect("folds");
+        assert_eq!(row.action, LendingAction::Liquidation);
+        assert_eq!(row.wallet, Address::repeat_byte(0xaa));
+        assert_eq!(row.symbol, "USDT");
+        assert_eq!(row.amount_usd.expect("priced").cents().to_string(), "952.38");
+        let detail = row.liquidation.expect("has collateral side");
+        assert_eq!(detail.collateral_usd.expect("priced").cents().to_string(), "1000.00");
+        assert_eq!(row.block_number, Some(7));
+    }
+
+    #[test]
+    fn unknown_schema_versions_are_rejected() {
+        let mut env = envelope(liquidation());
+        env.schema_version = 99;
+        assert_eq!(lending_row(&env), Err(FoldError::UnsupportedSchema(99)));
+    }
+
+    #[test]
+    fn a_swap_on_the_lending_path_is_rejected_and_vice_versa() {
+        let swap = DefiEvent::Swap(Swap {
+            protocol: "uniswap_v2".into(),
+            pool: Address::repeat_byte(1),
+            sender: Address::repeat_byte(2),
+            recipient: Address::repeat_byte(3),
+            token_in: Address::repeat_byte(4),
+            amount_in: TokenAmount::parse_integer("10").expect("valid"),
+            token_out: Address::repeat_byte(5),
+            amount_out: TokenAmount::parse_integer("9").expect("valid"),
+            tx_position: 0,
+            trace_address: vec![0, 1],
+            reverted: false,
+        });
+        assert!(matches!(lending_row(&envelope(swap.clone())), Err(FoldError::WrongTopic { .. })));
+        assert!(matches!(swap_row(&envelope(liquidation())), Err(FoldError::WrongTopic { .. })));
+        let row = swap_row(&envelope(swap)).expect("folds");
+        assert_eq!(row.trace_address, vec![0, 1]);
+    }
+
+    #[test]
+    fn impossible_decimals_are_rejected() {
+        let DefiEvent::Liquidation(mut liq) = liquidation() else { unreachable!() };
+        liq.debt.decimals = 200;
+        let err = lending_row(&envelope(DefiEvent::Liquidation(liq))).expect_err("rejected");
+        assert!(matches!(err, FoldError::ImpossibleDecimals { decimals: 200, .. }));
+    }
+}

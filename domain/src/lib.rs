@@ -1,0 +1,25 @@
+//! chainfold's vocabulary: the [`Envelope`] every event travels in, typed DeFi events, exact
+//! token amounts and USD values, Kafka topic names, and the pure folds the projector applies.
+//!
+//! Layout:
+//! - [`amount`]: `TokenAmount` (U256, decimal string on the wire, `NUMERIC(78,0)` in Postgres)
+//!   and `UsdValue` (exact decimal). Money is never `f64`.
+//! - [`envelope`]: `Envelope`, `EventId`, `BlockRef`, `Source`, `DefiEvent` and the event payloads.
+//! - [`topics`]: Kafka topic names, one place.
+//! - [`fold`]: pure functions from events to read-model rows (no clock, I/O or randomness), so a
+//!   replay of the log rebuilds identical read models.
+//!
+//! This crate has no tokio, sqlx or rdkafka on purpose: everything here is unit-tested without
+//! services.
+
+pub mod amount;
+pub mod envelope;
+pub mod fold;
+pub mod topics;
+
+pub use alloy_primitives::{Address, B256, U256};
+pub use amount::{AmountError, TokenAmount, UsdValue};
+pub use envelope::{
+    BlockRef, DefiEvent, Envelope, EventId, LendingAction, LendingFlow, Liquidation, Reserve,
+    Source, Swap, SCHEMA_VERSION,
+};

@@ -1,0 +1,33 @@
+//! Kafka topic names, in one place (vector's STYLE.md). Every topic has a `.dlq` sibling that
+//! receives what could not be decoded or folded, with the reason in its headers.
+//!
+//! Names are versioned (`.v1`): a breaking change to the envelope publishes to a new topic
+//! instead of confusing old consumers.
+
+/// Lending events (deposit, borrow, repay, redeem, liquidation), keyed by wallet.
+pub const LENDING: &str = "chainfold.lending.v1";
+/// AMM events (swaps), keyed by pool.
+pub const AMM: &str = "chainfold.amm.v1";
+/// Suffix of a topic's dead-letter sibling.
+pub const DLQ_SUFFIX: &str = ".dlq";
+
+/// The dead-letter topic of `topic`.
+pub fn dlq(topic: &str) -> String {
+    format!("{topic}{DLQ_SUFFIX}")
+}
+
+/// Record header names used on every topic.
+pub mod headers {
+    /// Envelope schema version of the payload.
+    pub const SCHEMA_VERSION: &str = "schema_version";
+    /// Event id (hex) of the payload.
+    pub const EVENT_ID: &str = "event_id";
+    /// Payload kind (`deposit`, `swap`, …).
+    pub const EVENT_TYPE: &str = "event_type";
+    /// On a DLQ record: why it was dead-lettered.
+    pub const DLQ_REASON: &str = "dlq_reason";
+    /// On a DLQ record: the stage that rejected it (`ingest`, `projector`).
+    pub const DLQ_STAGE: &str = "dlq_stage";
+    /// On a DLQ record: where the original came from (`topic/partition/offset` or a file row).
+    pub const DLQ_ORIGIN: &str = "dlq_origin";
+}
