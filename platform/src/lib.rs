@@ -1,1 +1,36 @@
-//! placeholder
+//! Plumbing every role shares: config groups, telemetry, Kafka (topics, producer, consumer,
+//! dead letters), Postgres (pool and the one migration timeline) and Redis, and the shutdown
+//! signal. Roles depend on this crate and on `domain`, never on each other.
+
+pub mod config;
+pub mod dlq;
+pub mod kafka;
+pub mod postgres;
+pub mod redis_cache;
+pub mod telemetry;
+
+pub use postgres::MIGRATOR;
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM). Roles finish the batch in
+/// hand and commit before returning.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,154 @@
+//! Publishing envelopes to Kafka.
+//!
+//! Encoding is JSON: `chainfold tail` and any Kafka tool show records as they are, the schema is
+//! the serde derive in `domain` (one source of truth), and on this machine the broker, not JSON,
+//! is the ceiling (see BENCHMARKS.md). Keys are the partition entity as lowercase hex (wallet for
+//! lending, pool for AMM) so per-entity order holds. Headers carry schema version, event id and
+//! type so consumers can route or skip without parsing.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chainfold_domain::topics::headers;
+use chainfold_domain::{DefiEvent, Envelope};
+use chainfold_platform::dlq::{self, DeadLetter};
+use chainfold_platform::kafka::Topics;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use crate::{Decoded, EventKind};
+
+/// Most sends awaiting their acknowledgement at once; bounds memory, keeps the pipe full.
+const IN_FLIGHT: usize = 20_000;
+
+/// What a publish run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishSummary {
+    pub lending: u64,
+    pub amm: u64,
+    pub dead_lettered: u64,
+    pub elapsed: Duration,
+}
+
+impl PublishSummary {
+    pub fn published(&self) -> u64 {
+        self.lending + self.amm
+    }
+
+    /// Events per second over the whole run.
+    pub fn rate(&self) -> f64 {
+        self.published() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The `event_type` header value of an event.
+pub fn event_type(event: &DefiEvent) -> &'static str {
+    match event {
+        DefiEvent::Deposit(_) => "deposit",
+        DefiEvent::Borrow(_) => "borrow",
+        DefiEvent::Repay(_) => "repay",
+        DefiEvent::Redeem(_) => "redeem",
+        DefiEvent::Liquidation(_) => "liquidation",
+        DefiEvent::Swap(_) => "swap",
+    }
+}
+
+/// Encodes an envelope as the record payload.
+pub fn encode(env: &Envelope) -> Vec<u8> {
+    serde_json::to_vec(env).expect("an Envelope always serialises: no maps with non-string keys")
+}
+
+/// Publishes decoded items in order: events to their topic, rejected records to the topic's DLQ
+/// with the reason. Waits for every acknowledgement before returning. `progress` is called about
+/// once a second with the count so far.
+pub async fn publish_all(
+    producer: &FutureProducer,
+    topics: &Topics,
+    items: impl IntoIterator<Item = Decoded>,
+    mut progress: impl FnMut(u64, Duration),
+) -> anyhow::Result<PublishSummary> {
+    let started = Instant::now();
+    let mut summary = PublishSummary::default();
+    let mut in_flight: VecDeque<DeliveryFuture> = VecDeque::with_capacity(IN_FLIGHT);
+    let mut last_report = Instant::now();
+    for item in items {
+        match item {
+            Ok(env) => {
+                let (topic, counter) = match env.event {
+                    DefiEvent::Swap(_) => (&topics.amm, &mut summary.amm),
+                    _ => (&topics.lending, &mut summary.lending),
+                };
+                let payload = encode(&env);
+                let key = format!("{:#x}", env.partition_key());
+                let event_id = env.event_id.to_string();
+                let version = env.schema_version.to_string();
+                let record_headers = OwnedHeaders::new_with_capacity(3)
+                    .insert(Header { key: headers::SCHEMA_VERSION, value: Some(&version) })
+                    .insert(Header { key: headers::EVENT_ID, value: Some(&event_id) })
+                    .insert(Header { key: headers::EVENT_TYPE, value: Some(event_type(&env.event)) });
+                let mut record = FutureRecord::to(topic).key(&key).payload(&payload).headers(record_headers);
+                loop {
+                    match producer.send_result(record) {
+                        Ok(delivery) => {
+                            in_flight.push_back(delivery);
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                            // The local queue is full: wait for the oldest send, then retry.
+                            record = returned;
+                            match in_flight.pop_front() {
+                                Some(oldest) => await_delivery(oldest).await?,
+                                None => tokio::time::sleep(Duration::from_millis(10)).await,
+                            }
+                        }
+                        Err((err, _)) => return Err(err).with_context(|| format!("could not enqueue a record for {topic}")),
+                    }
+                }
+                *counter += 1;
+                if in_flight.len() >= IN_FLIGHT {
+                    if let Some(oldest) = in_flight.pop_front() {
+                        await_delivery(oldest).await?;
+                    }
+                }
+            }
+            Err(rejected) => {
+                let topic = match rejected.kind {
+                    EventKind::Lending => &topics.lending,
+                    EventKind::Amm => &topics.amm,
+                };
+                dlq::send(
+                    producer,
+                    &DeadLetter {
+                        topic,
+                        stage: "ingest",
+                        reason: &rejected.reason,
+                        origin: &rejected.origin,
+                        key: None,
+                        payload: &rejected.raw,
+                    },
+                )
+                .await?;
+                summary.dead_lettered += 1;
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            progress(summary.published(), started.elapsed());
+            last_report = Instant::now();
+        }
+    }
+    for delivery in in_flight {
+        await_delivery(delivery).await?;
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+async fn await_delivery(delivery: DeliveryFuture) -> anyhow::Result<()> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((err, _))) => Err(err).context("the broker rejected a record"),
+        Err(_) => anyhow::bail!("the producer was dropped before a record was acknowledged"),
+    }
+}

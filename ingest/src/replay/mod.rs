@@ -1,0 +1,122 @@
+//! Recorded-data replay: the data sets bundled under `data/` (or the full copies in
+//! `../shared/data`), decoded into typed events in a deterministic order.
+
+pub mod liquidations;
+pub mod polygon;
+pub mod swaps;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use alloy_primitives::{Address, B256};
+use anyhow::Context as _;
+
+use crate::Decoded;
+
+/// A recorded data set chainfold can replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dataset {
+    /// Aave V2 Polygon wallet transactions (chain 137), `aave-v2-polygon-wallet-txns`.
+    Polygon,
+    /// mev-inspect decoded DEX swaps (chain 1), `dex-swaps-mev-inspect/swaps.csv`.
+    Swaps,
+    /// Aave V2 Ethereum liquidation calls (chain 1), `aave-v2-eth-liquidations-rpi`.
+    Liquidations,
+}
+
+impl Dataset {
+    pub const ALL: [Dataset; 3] = [Dataset::Polygon, Dataset::Swaps, Dataset::Liquidations];
+
+    /// Name used in event ids and `source.dataset`: the shared data folder's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::Polygon => polygon::DATASET,
+            Dataset::Swaps => swaps::DATASET,
+            Dataset::Liquidations => liquidations::DATASET,
+        }
+    }
+
+    /// Candidate files inside a data directory, bundled (gzip) form first, then the shared
+    /// layout.
+    fn candidates(self, dir: &Path) -> Vec<PathBuf> {
+        match self {
+            Dataset::Polygon => vec![
+                dir.join("aave-v2-polygon-wallet-txns/user-wallet-transactions.head1724.json.gz"),
+                dir.join("aave-v2-polygon-wallet-txns/user-wallet-transactions.head1724.json"),
+            ],
+            Dataset::Swaps => vec![
+                dir.join("dex-swaps-mev-inspect/swaps.csv.gz"),
+                dir.join("dex-swaps-mev-inspect/swaps.csv"),
+            ],
+            Dataset::Liquidations => vec![
+                dir.join("aave-v2-eth-liquidations-rpi/liquidations.csv.gz"),
+                dir.join("aave-v2-eth-liquidations-rpi/liquidations.csv"),
+            ],
+        }
+    }
+
+    /// Finds this data set's file under `dir`.
+    pub fn locate(self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let candidates = self.candidates(dir);
+        candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
+            format!("no {} data under {} (looked for {:?})", self.name(), dir.display(), candidates)
+        })
+    }
+
+    /// Reads and decodes the data set found under `dir`, in replay order.
+    pub fn decode_dir(self, dir: &Path) -> anyhow::Result<Vec<Decoded>> {
+        let path = self.locate(dir)?;
+        let bytes = read_maybe_gzip(&path)?;
+        let origin = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match self {
+            Dataset::Polygon => polygon::decode(&bytes, &origin),
+            Dataset::Swaps => Ok(swaps::decode(&bytes, &origin)),
+            Dataset::Liquidations => {
+                let tokens_path = liquidations::tokens_path(&path);
+                let tokens = read_maybe_gzip(&tokens_path)?;
+                liquidations::decode(&bytes, &tokens, &origin)
+            }
+        }
+    }
+}
+
+/// Reads a file, gunzipping it when its name ends in `.gz`.
+pub fn read_maybe_gzip(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .with_context(|| format!("could not gunzip {}", path.display()))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Parses a 20-byte hex address, requiring the `0x` prefix and exactly 40 hex digits.
+pub(crate) fn parse_address(field: &str, text: &str) -> Result<Address, String> {
+    let t = text.trim();
+    if t.len() != 42 || !t.starts_with("0x") || !t[2..].bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{field} {text:?} is not a 20-byte hex address"));
+    }
+    t.parse().map_err(|_| format!("{field} {text:?} is not a 20-byte hex address"))
+}
+
+/// Parses a 32-byte hex hash.
+pub(crate) fn parse_hash(field: &str, text: &str) -> Result<B256, String> {
+    let t = text.trim();
+    if t.len() != 66 || !t.starts_with("0x") {
+        return Err(format!("{field} {text:?} is not a 32-byte hex hash"));
+    }
+    t.parse().map_err(|_| format!("{field} {text:?} is not a 32-byte hex hash"))
+}
+
+/// Decimals of an Aave reserve by symbol, as the Polygon export's README gives them.
+pub(crate) fn polygon_decimals(symbol: &str) -> u8 {
+    match symbol {
+        "USDC" | "USDT" => 6,
+        "WBTC" => 8,
+        _ => 18,
+    }
+}

@@ -1,0 +1,175 @@
+//! Kafka plumbing: topic names (with an optional prefix so tests and demos can run isolated
+//! pipelines on one broker), explicit topic creation, and producer/consumer settings.
+//!
+//! Delivery: producers are idempotent with `acks=all` and lz4 (snappy batches break the local
+//! tansu broker). Consumers never auto-commit or auto-store offsets: the projector stores them
+//! in Postgres in the same transaction as the rows, and commits to Kafka only afterwards.
+//! Nothing here uses Kafka transactions (the local broker does not support EndTxn).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chainfold_domain::topics;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaArgs;
+
+/// The topic names one pipeline uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub lending: String,
+    pub amm: String,
+}
+
+impl Topics {
+    /// `<prefix>chainfold.lending.v1` and `<prefix>chainfold.amm.v1`.
+    pub fn with_prefix(prefix: &str) -> Self {
+        Topics { lending: format!("{prefix}{}", topics::LENDING), amm: format!("{prefix}{}", topics::AMM) }
+    }
+
+    /// The event topics (not their DLQs).
+    pub fn event_topics(&self) -> [&str; 2] {
+        [&self.lending, &self.amm]
+    }
+
+    /// Every topic including the dead-letter ones.
+    pub fn all(&self) -> Vec<String> {
+        let mut all = Vec::with_capacity(4);
+        for topic in self.event_topics() {
+            all.push(topic.to_owned());
+            all.push(topics::dlq(topic));
+        }
+        all
+    }
+}
+
+/// The settings every client shares: brokers, then the raw `--kafka-option`s.
+pub fn client_config(args: &KafkaArgs) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &args.brokers);
+    for (key, value) in &args.options {
+        config.set(key, value);
+    }
+    config
+}
+
+/// An idempotent producer: `acks=all`, lz4, small linger so batches fill under load.
+pub fn producer(args: &KafkaArgs) -> anyhow::Result<FutureProducer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &args.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("message.timeout.ms", "30000");
+    for (key, value) in &args.options {
+        config.set(key, value);
+    }
+    config.create().context("could not create Kafka producer")
+}
+
+/// Consumer settings for group `group`: manual offsets, start from the beginning when the group
+/// has no committed offset (the projector then seeks to what Postgres stored).
+pub fn consumer_config(args: &KafkaArgs, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("fetch.wait.max.ms", "50");
+    for (key, value) in &args.options {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Creates `names` with the configured partitions if they do not exist yet (the local broker
+/// does not auto-create topics), then waits until the broker's metadata lists them all.
+pub async fn ensure_topics(args: &KafkaArgs, names: &[String]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(args)
+        .create()
+        .context("could not create Kafka admin client")?;
+    let new_topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| NewTopic::new(name, args.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .with_context(|| format!("could not create topics on Kafka at {}", args.brokers))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("could not create topic {topic}: {code}"),
+        }
+    }
+    wait_for_topics(args, names).await
+}
+
+async fn wait_for_topics(args: &KafkaArgs, names: &[String]) -> anyhow::Result<()> {
+    let probe: BaseConsumer = client_config(args).create().context("could not create Kafka metadata client")?;
+    let names = names.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let metadata = probe
+                .fetch_metadata(None, Duration::from_secs(5))
+                .context("could not fetch Kafka metadata")?;
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|n| {
+                    !metadata
+                        .topics()
+                        .iter()
+                        .any(|t| t.name() == n.as_str() && !t.partitions().is_empty())
+                })
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("topics {missing:?} did not appear in the broker's metadata");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .context("metadata task panicked")?
+}
+
+/// Low and high watermark of every partition of `topic`: `(partition, low, high)`.
+pub fn watermarks(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .with_context(|| format!("could not fetch metadata of {topic}"))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if partitions.is_empty() {
+        anyhow::bail!("topic {topic} does not exist");
+    }
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .with_context(|| format!("could not fetch watermarks of {topic}/{p}"))?;
+            Ok((p, low, high))
+        })
+        .collect()
+}

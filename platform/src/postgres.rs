@@ -1,0 +1,59 @@
+//! Postgres: the pool and the one migration timeline of every read model.
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::PostgresArgs;
+
+/// Every read model's migrations, in one timeline (`migrations/` at the workspace root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Connects, creating the database first if the server has none of that name (a new user's
+/// machine has only `postgres`), and runs the migrations.
+pub async fn connect_and_migrate(args: &PostgresArgs) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = args
+        .expose_url()
+        .parse()
+        .context("DATABASE_URL is not a valid Postgres URL")?;
+    create_database_if_missing(&options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(args.max_connections)
+        .acquire_timeout(args.connect_timeout)
+        .connect_with(options.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "could not connect to Postgres at {}:{}/{} (is it running? `scripts/stack up` starts it)",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or("postgres")
+            )
+        })?;
+    MIGRATOR.run(&pool).await.context("could not run migrations")?;
+    Ok(pool)
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let Some(database) = options.get_database() else { return Ok(()) };
+    if database == "postgres" {
+        return Ok(());
+    }
+    let admin = options.clone().database("postgres");
+    let Ok(mut conn) = sqlx::ConnectOptions::connect(&admin).await else {
+        // The real connect below reports the failure with its context.
+        return Ok(());
+    };
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(database)
+        .fetch_one(&mut conn)
+        .await
+        .context("could not look up databases")?;
+    if !exists {
+        let quoted = database.replace('"', "\"\"");
+        // A concurrent creator makes this fail with duplicate_database; the connect still works.
+        let _ = sqlx::query(&format!("CREATE DATABASE \"{quoted}\"")).execute(&mut conn).await;
+        tracing::info!(database, "database created");
+    }
+    Ok(())
+}
