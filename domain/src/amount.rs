@@ -134,7 +134,8 @@ impl UsdValue {
     /// `amount / 10^decimals × price`, rounded half-even to [`USD_SCALE`] digits.
     pub fn of(amount: &TokenAmount, decimals: u8, price: &UsdValue) -> UsdValue {
         UsdValue(
-            (amount.to_units(decimals) * &price.0).with_scale_round(USD_SCALE, RoundingMode::HalfEven),
+            (amount.to_units(decimals) * &price.0)
+                .with_scale_round(USD_SCALE, RoundingMode::HalfEven),
         )
     }
 
@@ -193,10 +194,22 @@ mod tests {
 
     #[test]
     fn fractional_negative_and_garbage_amounts_are_rejected() {
-        assert!(matches!(TokenAmount::parse_exact("1.5e-3"), Err(AmountError::Fractional(_))));
-        assert!(matches!(TokenAmount::parse_exact("-5"), Err(AmountError::Negative(_))));
-        assert!(matches!(TokenAmount::parse_exact("NaN"), Err(AmountError::NotANumber(_))));
-        assert!(matches!(TokenAmount::parse_exact(""), Err(AmountError::NotANumber(_))));
+        assert!(matches!(
+            TokenAmount::parse_exact("1.5e-3"),
+            Err(AmountError::Fractional(_))
+        ));
+        assert!(matches!(
+            TokenAmount::parse_exact("-5"),
+            Err(AmountError::Negative(_))
+        ));
+        assert!(matches!(
+            TokenAmount::parse_exact("NaN"),
+            Err(AmountError::NotANumber(_))
+        ));
+        assert!(matches!(
+            TokenAmount::parse_exact(""),
+            Err(AmountError::NotANumber(_))
+        ));
         assert!(matches!(
             TokenAmount::parse_exact("1e80"),
             Err(AmountError::TooLarge(_))

@@ -256,12 +256,19 @@ mod tests {
             tx_hash: Some(B256::repeat_byte(0xab)),
             log_index: None,
             block_time: DateTime::from_timestamp(1_629_178_166, 0),
-            source: Source::Replay { dataset: "polygon".into(), record: "681d".into() },
+            source: Source::Replay {
+                dataset: "polygon".into(),
+                record: "681d".into(),
+            },
             event: DefiEvent::Deposit(LendingFlow {
                 protocol: "aave_v2".into(),
                 wallet: Address::repeat_byte(0x11),
                 counterparty: None,
-                reserve: Reserve { address: Address::repeat_byte(0x22), symbol: "USDC".into(), decimals: 6 },
+                reserve: Reserve {
+                    address: Address::repeat_byte(0x22),
+                    symbol: "USDC".into(),
+                    decimals: 6,
+                },
                 amount: TokenAmount::parse_integer("2000000000").expect("valid"),
                 price_usd: Some(UsdValue::parse("0.99").expect("valid")),
             }),
@@ -285,7 +292,10 @@ mod tests {
         assert_eq!(EventId::of_log(1, &tx, 3), EventId::of_log(1, &tx, 3));
         assert_ne!(EventId::of_log(1, &tx, 3), EventId::of_log(1, &tx, 4));
         assert_ne!(EventId::of_log(1, &tx, 3), EventId::of_log(137, &tx, 3));
-        assert_ne!(EventId::of_record(1, "a", "bc"), EventId::of_record(1, "ab", "c"));
+        assert_ne!(
+            EventId::of_record(1, "a", "bc"),
+            EventId::of_record(1, "ab", "c")
+        );
     }
 
     #[test]

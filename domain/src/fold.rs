@@ -5,7 +5,10 @@
 //! into summaries happens in the projector's SQL, only over rows that were newly inserted, so a
 //! replayed event never counts twice.
 
+use std::collections::BTreeMap;
+
 use alloy_primitives::{Address, B256};
+use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
 
 use crate::amount::{TokenAmount, UsdValue};
@@ -18,7 +21,10 @@ pub enum FoldError {
     #[error("unsupported schema version {0} (this build folds version {SCHEMA_VERSION})")]
     UnsupportedSchema(u16),
     #[error("{kind} event does not belong on the {expected} topic")]
-    WrongTopic { kind: &'static str, expected: &'static str },
+    WrongTopic {
+        kind: &'static str,
+        expected: &'static str,
+    },
     #[error("reserve {symbol} declares {decimals} decimals (at most 77 fit NUMERIC(78,0))")]
     ImpossibleDecimals { symbol: String, decimals: u8 },
 }
@@ -94,7 +100,10 @@ fn check_version(env: &Envelope) -> Result<(), FoldError> {
 
 fn check_decimals(symbol: &str, decimals: u8) -> Result<(), FoldError> {
     if decimals > MAX_DECIMALS {
-        return Err(FoldError::ImpossibleDecimals { symbol: symbol.to_owned(), decimals });
+        return Err(FoldError::ImpossibleDecimals {
+            symbol: symbol.to_owned(),
+            decimals,
+        });
     }
     Ok(())
 }
@@ -161,9 +170,10 @@ pub fn lending_row(env: &Envelope) -> Result<LendingRow, FoldError> {
                     collateral_decimals: liq.collateral.decimals,
                     collateral_amount: liq.collateral_amount,
                     collateral_price_usd: liq.collateral_price_usd.clone(),
-                    collateral_usd: liq.collateral_price_usd.as_ref().map(|p| {
-                        UsdValue::of(&liq.collateral_amount, liq.collateral.decimals, p)
-                    }),
+                    collateral_usd: liq
+                        .collateral_price_usd
+                        .as_ref()
+                        .map(|p| UsdValue::of(&liq.collateral_amount, liq.collateral.decimals, p)),
                 }),
                 ..base(liq.wallet, &liq.protocol)
             })
@@ -176,7 +186,10 @@ pub fn lending_row(env: &Envelope) -> Result<LendingRow, FoldError> {
 pub fn swap_row(env: &Envelope) -> Result<SwapRow, FoldError> {
     check_version(env)?;
     let DefiEvent::Swap(swap) = &env.event else {
-        return Err(FoldError::WrongTopic { kind: "lending", expected: "amm" });
+        return Err(FoldError::WrongTopic {
+            kind: "lending",
+            expected: "amm",
+        });
     };
     Ok(SwapRow {
         event_id: env.event_id,
@@ -206,7 +219,11 @@ mod tests {
     use crate::envelope::{BlockRef, Liquidation, Reserve, Source, Swap};
 
     fn reserve(symbol: &str, decimals: u8) -> Reserve {
-        Reserve { address: Address::repeat_byte(decimals), symbol: symbol.into(), decimals }
+        Reserve {
+            address: Address::repeat_byte(decimals),
+            symbol: symbol.into(),
+            decimals,
+        }
     }
 
     fn envelope(event: DefiEvent) -> Envelope {
@@ -214,7 +231,10 @@ mod tests {
             schema_version: SCHEMA_VERSION,
             event_id: EventId::of_record(137, "t", "1"),
             chain_id: 137,
-            block: Some(BlockRef { number: 7, hash: None }),
+            block: Some(BlockRef {
+                number: 7,
+                hash: None,
+            }),
             tx_hash: None,
             log_index: None,
             block_time: None,
@@ -243,9 +263,15 @@ mod tests {
         assert_eq!(row.action, LendingAction::Liquidation);
         assert_eq!(row.wallet, Address::repeat_byte(0xaa));
         assert_eq!(row.symbol, "USDT");
-        assert_eq!(row.amount_usd.expect("priced").cents().to_string(), "952.38");
+        assert_eq!(
+            row.amount_usd.expect("priced").cents().to_string(),
+            "952.38"
+        );
         let detail = row.liquidation.expect("has collateral side");
-        assert_eq!(detail.collateral_usd.expect("priced").cents().to_string(), "1000.00");
+        assert_eq!(
+            detail.collateral_usd.expect("priced").cents().to_string(),
+            "1000.00"
+        );
         assert_eq!(row.block_number, Some(7));
     }
 
@@ -271,17 +297,176 @@ mod tests {
             trace_address: vec![0, 1],
             reverted: false,
         });
-        assert!(matches!(lending_row(&envelope(swap.clone())), Err(FoldError::WrongTopic { .. })));
-        assert!(matches!(swap_row(&envelope(liquidation())), Err(FoldError::WrongTopic { .. })));
+        assert!(matches!(
+            lending_row(&envelope(swap.clone())),
+            Err(FoldError::WrongTopic { .. })
+        ));
+        assert!(matches!(
+            swap_row(&envelope(liquidation())),
+            Err(FoldError::WrongTopic { .. })
+        ));
         let row = swap_row(&envelope(swap)).expect("folds");
         assert_eq!(row.trace_address, vec![0, 1]);
     }
 
     #[test]
     fn impossible_decimals_are_rejected() {
-        let DefiEvent::Liquidation(mut liq) = liquidation() else { unreachable!() };
+        let DefiEvent::Liquidation(mut liq) = liquidation() else {
+            unreachable!()
+        };
         liq.debt.decimals = 200;
         let err = lending_row(&envelope(DefiEvent::Liquidation(liq))).expect_err("rejected");
-        assert!(matches!(err, FoldError::ImpossibleDecimals { decimals: 200, .. }));
+        assert!(matches!(
+            err,
+            FoldError::ImpossibleDecimals { decimals: 200, .. }
+        ));
+    }
+}
+
+/// How a batch of new lending rows advances one wallet's summary for one action.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LendingSummaryDelta {
+    pub event_count: u64,
+    /// Events with a USD value (the others add to the count only).
+    pub priced_count: u64,
+    pub amount_usd: BigDecimal,
+    pub first_at: Option<DateTime<Utc>>,
+    pub last_at: Option<DateTime<Utc>>,
+}
+
+/// Summarises new lending rows per (chain, wallet, action). Callers pass only rows that were
+/// newly stored, so replayed events never count twice.
+pub fn summarise_lending<'a>(
+    rows: impl IntoIterator<Item = &'a LendingRow>,
+) -> BTreeMap<(u64, Address, LendingAction), LendingSummaryDelta> {
+    let mut out: BTreeMap<(u64, Address, LendingAction), LendingSummaryDelta> = BTreeMap::new();
+    for row in rows {
+        let delta = out
+            .entry((row.chain_id, row.wallet, row.action))
+            .or_default();
+        delta.event_count += 1;
+        if let Some(usd) = &row.amount_usd {
+            delta.priced_count += 1;
+            delta.amount_usd += &usd.0;
+        }
+        if let Some(at) = row.block_time {
+            delta.first_at = Some(delta.first_at.map_or(at, |f| f.min(at)));
+            delta.last_at = Some(delta.last_at.map_or(at, |l| l.max(at)));
+        }
+    }
+    out
+}
+
+/// How a batch of new swaps advances one pool's summary.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PoolSummaryDelta {
+    pub protocol: String,
+    pub swap_count: u64,
+    pub reverted_count: u64,
+    pub first_block: Option<u64>,
+    pub last_block: Option<u64>,
+    /// Per token: raw units into the pool and out of it, successful swaps only. Sums of U256
+    /// can exceed 256 bits, hence BigDecimal.
+    pub volumes: BTreeMap<Address, (BigDecimal, BigDecimal)>,
+}
+
+/// Summarises new swap rows per (chain, pool). Reverted swaps count in `reverted_count` and
+/// the block range, never in volumes or `swap_count`.
+pub fn summarise_swaps<'a>(
+    rows: impl IntoIterator<Item = &'a SwapRow>,
+) -> BTreeMap<(u64, Address), PoolSummaryDelta> {
+    let mut out: BTreeMap<(u64, Address), PoolSummaryDelta> = BTreeMap::new();
+    for row in rows {
+        let delta = out.entry((row.chain_id, row.pool)).or_default();
+        if delta.protocol.is_empty() {
+            delta.protocol.clone_from(&row.protocol);
+        }
+        if let Some(block) = row.block_number {
+            delta.first_block = Some(delta.first_block.map_or(block, |f| f.min(block)));
+            delta.last_block = Some(delta.last_block.map_or(block, |l| l.max(block)));
+        }
+        if row.reverted {
+            delta.reverted_count += 1;
+            continue;
+        }
+        delta.swap_count += 1;
+        delta.volumes.entry(row.token_in).or_default().0 += row.amount_in.to_decimal();
+        delta.volumes.entry(row.token_out).or_default().1 += row.amount_out.to_decimal();
+    }
+    out
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    fn lending(wallet: u8, action: LendingAction, usd: Option<&str>, at: i64) -> LendingRow {
+        LendingRow {
+            event_id: EventId::of_record(1, "t", &format!("{wallet}{at}")),
+            chain_id: 1,
+            wallet: Address::repeat_byte(wallet),
+            action,
+            protocol: "aave_v2".into(),
+            reserve: Address::ZERO,
+            symbol: "USDC".into(),
+            decimals: 6,
+            amount: TokenAmount::ZERO,
+            price_usd: None,
+            amount_usd: usd.map(|u| UsdValue::parse(u).expect("valid")),
+            counterparty: None,
+            block_number: None,
+            block_hash: None,
+            tx_hash: None,
+            log_index: None,
+            block_time: DateTime::from_timestamp(at, 0),
+            liquidation: None,
+        }
+    }
+
+    #[test]
+    fn lending_summary_counts_sums_and_spans_per_wallet_and_action() {
+        let rows = [
+            lending(1, LendingAction::Deposit, Some("10.50"), 200),
+            lending(1, LendingAction::Deposit, Some("0.25"), 100),
+            lending(1, LendingAction::Deposit, None, 300),
+            lending(2, LendingAction::Borrow, Some("5"), 50),
+        ];
+        let summary = summarise_lending(&rows);
+        let d = &summary[&(1, Address::repeat_byte(1), LendingAction::Deposit)];
+        assert_eq!((d.event_count, d.priced_count), (3, 2));
+        assert_eq!(d.amount_usd.to_string(), "10.75");
+        assert_eq!(d.first_at.map(|t| t.timestamp()), Some(100));
+        assert_eq!(d.last_at.map(|t| t.timestamp()), Some(300));
+        assert_eq!(summary.len(), 2);
+    }
+
+    #[test]
+    fn reverted_swaps_move_no_volume() {
+        let swap = |reverted: bool, block: u64| SwapRow {
+            event_id: EventId::of_record(1, "s", &format!("{reverted}{block}")),
+            chain_id: 1,
+            pool: Address::repeat_byte(9),
+            protocol: "uniswap_v2".into(),
+            block_number: Some(block),
+            block_hash: None,
+            tx_hash: None,
+            tx_position: 0,
+            trace_address: vec![],
+            log_index: None,
+            block_time: None,
+            sender: Address::ZERO,
+            recipient: Address::ZERO,
+            token_in: Address::repeat_byte(1),
+            amount_in: TokenAmount::parse_integer("100").expect("valid"),
+            token_out: Address::repeat_byte(2),
+            amount_out: TokenAmount::parse_integer("90").expect("valid"),
+            reverted,
+        };
+        let summary = summarise_swaps(&[swap(false, 10), swap(true, 12), swap(false, 11)]);
+        let d = &summary[&(1, Address::repeat_byte(9))];
+        assert_eq!((d.swap_count, d.reverted_count), (2, 1));
+        assert_eq!((d.first_block, d.last_block), (Some(10), Some(12)));
+        assert_eq!(d.volumes[&Address::repeat_byte(1)].0.to_string(), "200");
+        assert_eq!(d.volumes[&Address::repeat_byte(2)].1.to_string(), "180");
     }
 }

@@ -16,14 +16,8 @@ pub fn dlq(topic: &str) -> String {
     format!("{topic}{DLQ_SUFFIX}")
 }
 
-/// Record header names used on every topic.
+/// Header names of dead-letter records (event records carry none: see `ingest::publish`).
 pub mod headers {
-    /// Envelope schema version of the payload.
-    pub const SCHEMA_VERSION: &str = "schema_version";
-    /// Event id (hex) of the payload.
-    pub const EVENT_ID: &str = "event_id";
-    /// Payload kind (`deposit`, `swap`, …).
-    pub const EVENT_TYPE: &str = "event_type";
     /// On a DLQ record: why it was dead-lettered.
     pub const DLQ_REASON: &str = "dlq_reason";
     /// On a DLQ record: the stage that rejected it (`ingest`, `projector`).

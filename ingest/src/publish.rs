@@ -3,19 +3,21 @@
 //! Encoding is JSON: `chainfold tail` and any Kafka tool show records as they are, the schema is
 //! the serde derive in `domain` (one source of truth), and on this machine the broker, not JSON,
 //! is the ceiling (see BENCHMARKS.md). Keys are the partition entity as lowercase hex (wallet for
-//! lending, pool for AMM) so per-entity order holds. Headers carry schema version, event id and
-//! type so consumers can route or skip without parsing.
+//! lending, pool for AMM) so per-entity order holds.
+//!
+//! Event records carry no Kafka headers: the envelope already holds schema version, event id and
+//! type, and the local broker (tansu 0.6, sqlite engine) looks up each fetched record's headers
+//! with a scan of an unindexed table, so consume time grew with records x headers (a 23k-event
+//! replay took minutes to read back). Dead letters, which are rare, keep their reason headers.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chainfold_domain::topics::headers;
 use chainfold_domain::{DefiEvent, Envelope};
 use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka::Topics;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use crate::{Decoded, EventKind};
@@ -40,18 +42,6 @@ impl PublishSummary {
     /// Events per second over the whole run.
     pub fn rate(&self) -> f64 {
         self.published() as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-/// The `event_type` header value of an event.
-pub fn event_type(event: &DefiEvent) -> &'static str {
-    match event {
-        DefiEvent::Deposit(_) => "deposit",
-        DefiEvent::Borrow(_) => "borrow",
-        DefiEvent::Repay(_) => "repay",
-        DefiEvent::Redeem(_) => "redeem",
-        DefiEvent::Liquidation(_) => "liquidation",
-        DefiEvent::Swap(_) => "swap",
     }
 }
 
@@ -82,20 +72,17 @@ pub async fn publish_all(
                 };
                 let payload = encode(&env);
                 let key = format!("{:#x}", env.partition_key());
-                let event_id = env.event_id.to_string();
-                let version = env.schema_version.to_string();
-                let record_headers = OwnedHeaders::new_with_capacity(3)
-                    .insert(Header { key: headers::SCHEMA_VERSION, value: Some(&version) })
-                    .insert(Header { key: headers::EVENT_ID, value: Some(&event_id) })
-                    .insert(Header { key: headers::EVENT_TYPE, value: Some(event_type(&env.event)) });
-                let mut record = FutureRecord::to(topic).key(&key).payload(&payload).headers(record_headers);
+                let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
                 loop {
                     match producer.send_result(record) {
                         Ok(delivery) => {
                             in_flight.push_back(delivery);
                             break;
                         }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        Err((
+                            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                            returned,
+                        )) => {
                             // The local queue is full: wait for the oldest send, then retry.
                             record = returned;
                             match in_flight.pop_front() {
@@ -103,7 +90,10 @@ pub async fn publish_all(
                                 None => tokio::time::sleep(Duration::from_millis(10)).await,
                             }
                         }
-                        Err((err, _)) => return Err(err).with_context(|| format!("could not enqueue a record for {topic}")),
+                        Err((err, _)) => {
+                            return Err(err)
+                                .with_context(|| format!("could not enqueue a record for {topic}"))
+                        }
                     }
                 }
                 *counter += 1;

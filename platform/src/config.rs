@@ -10,15 +10,28 @@ use secrecy::{ExposeSecret, SecretString};
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma separated.
-    #[arg(long = "kafka-brokers", env = "CHAINFOLD_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long = "kafka-brokers",
+        env = "CHAINFOLD_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub brokers: String,
     /// Prefix put before every topic name (`<prefix>chainfold.lending.v1`), to run several
     /// isolated pipelines on one broker. Empty in production.
-    #[arg(long = "topic-prefix", env = "CHAINFOLD_TOPIC_PREFIX", default_value = "")]
+    #[arg(
+        id = "topic_prefix",
+        long = "topic-prefix",
+        env = "CHAINFOLD_TOPIC_PREFIX",
+        default_value = ""
+    )]
     pub topic_prefix: String,
     /// Partitions for topics chainfold creates. Lending is keyed by wallet and AMM by pool, so
     /// this bounds how many projector instances share the work.
-    #[arg(long = "topic-partitions", env = "CHAINFOLD_TOPIC_PARTITIONS", default_value_t = 6)]
+    #[arg(
+        long = "topic-partitions",
+        env = "CHAINFOLD_TOPIC_PARTITIONS",
+        default_value_t = 6
+    )]
     pub partitions: i32,
     /// Raw librdkafka option `key=value`, repeatable; applied last (escape hatch).
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
@@ -57,13 +70,18 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 pub struct PostgresArgs {
     /// Postgres URL of the read models (may hold a password: never logged).
     #[arg(
+        id = "database_url",
         long = "database-url",
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/chainfold"
     )]
     pub url: SecretString,
     /// Most connections the pool opens.
-    #[arg(long = "database-max-connections", env = "CHAINFOLD_DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
+    #[arg(
+        long = "database-max-connections",
+        env = "CHAINFOLD_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 8
+    )]
     pub max_connections: u32,
     /// How long to wait for a connection before failing, e.g. `5s`.
     #[arg(long = "database-connect-timeout", env = "CHAINFOLD_DATABASE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -89,16 +107,29 @@ impl PostgresArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisArgs {
     /// Redis URL of the caches (may hold a password: never logged).
-    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        id = "redis_url",
+        long = "redis-url",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub url: SecretString,
     /// Prefix of every Redis key chainfold writes.
-    #[arg(long = "redis-prefix", env = "CHAINFOLD_REDIS_PREFIX", default_value = "chainfold:")]
+    #[arg(
+        id = "redis_prefix",
+        long = "redis-prefix",
+        env = "CHAINFOLD_REDIS_PREFIX",
+        default_value = "chainfold:"
+    )]
     pub prefix: String,
 }
 
 impl RedisArgs {
     pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {
-        RedisArgs { url: SecretString::from(url.into()), prefix: prefix.into() }
+        RedisArgs {
+            url: SecretString::from(url.into()),
+            prefix: prefix.into(),
+        }
     }
 
     pub fn expose_url(&self) -> &str {
@@ -132,7 +163,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => Ok(Duration::from_secs(value)),
         "m" => Ok(Duration::from_secs(value * 60)),
         "h" => Ok(Duration::from_secs(value * 3600)),
-        other => Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m or h)")),
+        other => Err(format!(
+            "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
+        )),
     }
 }
 
@@ -151,7 +184,10 @@ mod tests {
 
     #[test]
     fn kafka_options_need_a_key_and_an_equals_sign() {
-        assert_eq!(parse_key_value("linger.ms=5"), Ok(("linger.ms".into(), "5".into())));
+        assert_eq!(
+            parse_key_value("linger.ms=5"),
+            Ok(("linger.ms".into(), "5".into()))
+        );
         assert!(parse_key_value("linger.ms").is_err());
         assert!(parse_key_value("=5").is_err());
     }

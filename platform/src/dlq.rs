@@ -30,10 +30,21 @@ pub struct DeadLetter<'a> {
 pub async fn send(producer: &FutureProducer, letter: &DeadLetter<'_>) -> anyhow::Result<()> {
     let dlq_topic = topics::dlq(letter.topic);
     let headers = OwnedHeaders::new()
-        .insert(Header { key: headers::DLQ_REASON, value: Some(letter.reason) })
-        .insert(Header { key: headers::DLQ_STAGE, value: Some(letter.stage) })
-        .insert(Header { key: headers::DLQ_ORIGIN, value: Some(letter.origin) });
-    let mut record = FutureRecord::<[u8], [u8]>::to(&dlq_topic).payload(letter.payload).headers(headers);
+        .insert(Header {
+            key: headers::DLQ_REASON,
+            value: Some(letter.reason),
+        })
+        .insert(Header {
+            key: headers::DLQ_STAGE,
+            value: Some(letter.stage),
+        })
+        .insert(Header {
+            key: headers::DLQ_ORIGIN,
+            value: Some(letter.origin),
+        });
+    let mut record = FutureRecord::<[u8], [u8]>::to(&dlq_topic)
+        .payload(letter.payload)
+        .headers(headers);
     if let Some(key) = letter.key {
         record = record.key(key);
     }
@@ -42,6 +53,12 @@ pub async fn send(producer: &FutureProducer, letter: &DeadLetter<'_>) -> anyhow:
         .await
         .map_err(|(err, _)| err)
         .with_context(|| format!("could not dead-letter a record to {dlq_topic}"))?;
-    tracing::warn!(topic = letter.topic, stage = letter.stage, reason = letter.reason, origin = letter.origin, "record dead-lettered");
+    tracing::warn!(
+        topic = letter.topic,
+        stage = letter.stage,
+        reason = letter.reason,
+        origin = letter.origin,
+        "record dead-lettered"
+    );
     Ok(())
 }

@@ -29,7 +29,10 @@ pub struct Topics {
 impl Topics {
     /// `<prefix>chainfold.lending.v1` and `<prefix>chainfold.amm.v1`.
     pub fn with_prefix(prefix: &str) -> Self {
-        Topics { lending: format!("{prefix}{}", topics::LENDING), amm: format!("{prefix}{}", topics::AMM) }
+        Topics {
+            lending: format!("{prefix}{}", topics::LENDING),
+            amm: format!("{prefix}{}", topics::AMM),
+        }
     }
 
     /// The event topics (not their DLQs).
@@ -120,7 +123,9 @@ pub async fn ensure_topics(args: &KafkaArgs, names: &[String]) -> anyhow::Result
 }
 
 async fn wait_for_topics(args: &KafkaArgs, names: &[String]) -> anyhow::Result<()> {
-    let probe: BaseConsumer = client_config(args).create().context("could not create Kafka metadata client")?;
+    let probe: BaseConsumer = client_config(args)
+        .create()
+        .context("could not create Kafka metadata client")?;
     let names = names.to_vec();
     tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);

@@ -12,12 +12,30 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Connects, creating the database first if the server has none of that name (a new user's
 /// machine has only `postgres`), and runs the migrations.
 pub async fn connect_and_migrate(args: &PostgresArgs) -> anyhow::Result<PgPool> {
+    connect(args, None).await
+}
+
+/// Like [`connect_and_migrate`], with `statement_timeout` set on every connection (the API uses
+/// it so one slow query cannot hold a connection for long).
+pub async fn connect(
+    args: &PostgresArgs,
+    statement_timeout: Option<std::time::Duration>,
+) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = args
         .expose_url()
         .parse()
         .context("DATABASE_URL is not a valid Postgres URL")?;
     create_database_if_missing(&options).await?;
     let pool = PgPoolOptions::new()
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if let Some(timeout) = statement_timeout {
+                    let sql = format!("SET statement_timeout = {}", timeout.as_millis());
+                    sqlx::Executor::execute(conn, sql.as_str()).await?;
+                }
+                Ok(())
+            })
+        })
         .max_connections(args.max_connections)
         .acquire_timeout(args.connect_timeout)
         .connect_with(options.clone())
@@ -30,12 +48,17 @@ pub async fn connect_and_migrate(args: &PostgresArgs) -> anyhow::Result<PgPool> 
                 options.get_database().unwrap_or("postgres")
             )
         })?;
-    MIGRATOR.run(&pool).await.context("could not run migrations")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("could not run migrations")?;
     Ok(pool)
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
-    let Some(database) = options.get_database() else { return Ok(()) };
+    let Some(database) = options.get_database() else {
+        return Ok(());
+    };
     if database == "postgres" {
         return Ok(());
     }
@@ -44,15 +67,18 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
         // The real connect below reports the failure with its context.
         return Ok(());
     };
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(database)
-        .fetch_one(&mut conn)
-        .await
-        .context("could not look up databases")?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut conn)
+            .await
+            .context("could not look up databases")?;
     if !exists {
         let quoted = database.replace('"', "\"\"");
         // A concurrent creator makes this fail with duplicate_database; the connect still works.
-        let _ = sqlx::query(&format!("CREATE DATABASE \"{quoted}\"")).execute(&mut conn).await;
+        let _ = sqlx::query(&format!("CREATE DATABASE \"{quoted}\""))
+            .execute(&mut conn)
+            .await;
         tracing::info!(database, "database created");
     }
     Ok(())

@@ -7,11 +7,15 @@ use crate::config::RedisArgs;
 
 /// Opens a reconnecting connection.
 pub async fn connect(args: &RedisArgs) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(args.expose_url()).context("REDIS_URL is not a valid Redis URL")?;
-    tokio::time::timeout(std::time::Duration::from_secs(5), ConnectionManager::new(client))
-        .await
-        .context("timed out connecting to Redis (is it running? `scripts/stack up` starts it)")?
-        .context("could not connect to Redis")
+    let client =
+        redis::Client::open(args.expose_url()).context("REDIS_URL is not a valid Redis URL")?;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        ConnectionManager::new(client),
+    )
+    .await
+    .context("timed out connecting to Redis (is it running? `scripts/stack up` starts it)")?
+    .context("could not connect to Redis")
 }
 
 /// Key of a wallet's lending summary hash: `<prefix>wallet:<chain>:<address>`.

@@ -8,10 +8,15 @@ use crate::config::LogArgs;
 /// (`chainfold tail` prints records there).
 pub fn init(role: &str, args: &LogArgs) {
     let filter = EnvFilter::try_new(&args.filter).unwrap_or_else(|err| {
-        eprintln!("chainfold: invalid log filter {:?} ({err}); using info", args.filter);
+        eprintln!(
+            "chainfold: invalid log filter {:?} ({err}); using info",
+            args.filter
+        );
         EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let installed = if args.json {
         builder.json().try_init()
     } else {

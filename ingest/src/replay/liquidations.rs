@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use alloy_primitives::Address;
 use bigdecimal::BigDecimal;
 use chainfold_domain::envelope::{Liquidation, Reserve};
-use chainfold_domain::{DefiEvent, Envelope, EventId, Source, TokenAmount, UsdValue, SCHEMA_VERSION};
+use chainfold_domain::{
+    DefiEvent, Envelope, EventId, Source, TokenAmount, UsdValue, SCHEMA_VERSION,
+};
 use chrono::DateTime;
 
 use super::parse_address;
@@ -33,7 +35,11 @@ pub const CHAIN_ID: u64 = 1;
 pub fn tokens_path(liquidations: &Path) -> PathBuf {
     let dir = liquidations.parent().unwrap_or(Path::new("."));
     let gz = dir.join("tokens.csv.gz");
-    if gz.is_file() { gz } else { dir.join("tokens.csv") }
+    if gz.is_file() {
+        gz
+    } else {
+        dir.join("tokens.csv")
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -78,12 +84,19 @@ fn load_reserves(tokens: &[u8]) -> anyhow::Result<Reserves> {
         let row = row.map_err(|e| anyhow::anyhow!("tokens.csv row {}: {e}", index + 2))?;
         let market = parse_address("pool", &row.pool).map_err(anyhow::Error::msg)?;
         // `id` is the underlying address followed by the market address.
-        let address = parse_address("id", row.id.get(..42).unwrap_or_default()).map_err(anyhow::Error::msg)?;
-        let decimals = row
-            .decimals
-            .parse::<u8>()
-            .map_err(|_| anyhow::anyhow!("tokens.csv row {}: decimals {:?}", index + 2, row.decimals))?;
-        reserves.insert((market, row.symbol.clone()), Reserve { address, symbol: row.symbol, decimals });
+        let address = parse_address("id", row.id.get(..42).unwrap_or_default())
+            .map_err(anyhow::Error::msg)?;
+        let decimals = row.decimals.parse::<u8>().map_err(|_| {
+            anyhow::anyhow!("tokens.csv row {}: decimals {:?}", index + 2, row.decimals)
+        })?;
+        reserves.insert(
+            (market, row.symbol.clone()),
+            Reserve {
+                address,
+                symbol: row.symbol,
+                decimals,
+            },
+        );
     }
     Ok(reserves)
 }
@@ -93,7 +106,10 @@ fn load_reserves(tokens: &[u8]) -> anyhow::Result<Reserves> {
 pub fn decode(bytes: &[u8], tokens: &[u8], origin: &str) -> anyhow::Result<Vec<Decoded>> {
     let reserves = load_reserves(tokens)?;
     let mut reader = csv::Reader::from_reader(bytes);
-    let headers = reader.headers().cloned().map_err(|e| anyhow::anyhow!("{origin}: no header: {e}"))?;
+    let headers = reader
+        .headers()
+        .cloned()
+        .map_err(|e| anyhow::anyhow!("{origin}: no header: {e}"))?;
     let mut seen: HashMap<String, u32> = HashMap::new();
     let mut decoded = Vec::new();
     let mut record = csv::StringRecord::new();
@@ -120,7 +136,12 @@ pub fn decode(bytes: &[u8], tokens: &[u8], origin: &str) -> anyhow::Result<Vec<D
                         *occurrence += 1;
                         decode_row(&row, &reserves, &format!("{key}:{occurrence}"))
                     });
-                decoded.push(result.map_err(|reason| Rejected { kind: EventKind::Lending, reason, origin: at, raw }));
+                decoded.push(result.map_err(|reason| Rejected {
+                    kind: EventKind::Lending,
+                    reason,
+                    origin: at,
+                    raw,
+                }));
             }
             Err(e) => decoded.push(Err(Rejected {
                 kind: EventKind::Lending,
@@ -144,7 +165,11 @@ fn decode_row(row: &Row, reserves: &Reserves, record: &str) -> Result<Envelope, 
         reserves
             .get(&(market, symbol.to_owned()))
             .cloned()
-            .ok_or_else(|| format!("unknown reserve symbol {symbol:?} in market {market:#x} (not in tokens.csv)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown reserve symbol {symbol:?} in market {market:#x} (not in tokens.csv)"
+                )
+            })
     };
     let collateral = reserve(&row.collateral_reserve)?;
     let debt = reserve(&row.principal_reserve)?;
@@ -159,12 +184,26 @@ fn decode_row(row: &Row, reserves: &Reserves, record: &str) -> Result<Envelope, 
         }
         .map_err(|e| format!("{field} {e}"))
     };
-    let timestamp: i64 = row.timestamp.trim().parse().map_err(|_| format!("timestamp {:?} is not an integer", row.timestamp))?;
-    let block_time = DateTime::from_timestamp(timestamp, 0).ok_or_else(|| format!("timestamp {timestamp} is out of range"))?;
+    let timestamp: i64 = row
+        .timestamp
+        .trim()
+        .parse()
+        .map_err(|_| format!("timestamp {:?} is not an integer", row.timestamp))?;
+    let block_time = DateTime::from_timestamp(timestamp, 0)
+        .ok_or_else(|| format!("timestamp {timestamp} is out of range"))?;
     let usdt_eth = optional_decimal("priceUSDTCollateral", &row.price_usdt_eth)?;
     // One ETH in the row's ETH-price unit: wei in the raw form, ether in the normalised one.
-    let one_eth = if normalised { BigDecimal::from(1) } else { BigDecimal::from(1_000_000_000_000_000_000_u64) };
-    let price = |usd_field: &str, usd: &str, eth_field: &str, eth: &str, symbol: &str| -> Result<Option<UsdValue>, String> {
+    let one_eth = if normalised {
+        BigDecimal::from(1)
+    } else {
+        BigDecimal::from(1_000_000_000_000_000_000_u64)
+    };
+    let price = |usd_field: &str,
+                 usd: &str,
+                 eth_field: &str,
+                 eth: &str,
+                 symbol: &str|
+     -> Result<Option<UsdValue>, String> {
         if let Some(value) = optional_decimal(usd_field, usd)? {
             return Ok(Some(UsdValue(value)));
         }
@@ -188,12 +227,19 @@ fn decode_row(row: &Row, reserves: &Reserves, record: &str) -> Result<Envelope, 
         tx_hash: None,
         log_index: None,
         block_time: Some(block_time),
-        source: Source::Replay { dataset: DATASET.into(), record: record.to_owned() },
+        source: Source::Replay {
+            dataset: DATASET.into(),
+            record: record.to_owned(),
+        },
         event: DefiEvent::Liquidation(Liquidation {
             protocol: "aave_v2".into(),
             wallet,
             liquidator,
-            collateral_amount: amount("collateralAmount", &row.collateral_amount, collateral.decimals)?,
+            collateral_amount: amount(
+                "collateralAmount",
+                &row.collateral_amount,
+                collateral.decimals,
+            )?,
             collateral_price_usd: price(
                 "reservePriceUSDCollateral",
                 &row.collateral_price_usd,
@@ -218,7 +264,9 @@ fn decode_row(row: &Row, reserves: &Reserves, record: &str) -> Result<Envelope, 
 fn optional_decimal(field: &str, text: &str) -> Result<Option<BigDecimal>, String> {
     match text.trim() {
         "" => Ok(None),
-        t => UsdValue::parse(t).map(|v| Some(v.0)).map_err(|e| format!("{field} {e}")),
+        t => UsdValue::parse(t)
+            .map(|v| Some(v.0))
+            .map_err(|e| format!("{field} {e}")),
     }
 }
 
@@ -248,11 +296,15 @@ True,6,0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb480xb53c1a33016b2dc2ff3653530bff1
     #[test]
     fn raw_unit_rows_decode_to_base_units_with_usd() {
         let csv = format!("{HEADER}\n{RAW}\n");
-        let decoded = decode(csv.as_bytes(), TOKENS.as_bytes(), "liquidations.csv").expect("decodes");
+        let decoded =
+            decode(csv.as_bytes(), TOKENS.as_bytes(), "liquidations.csv").expect("decodes");
         let liq = liquidation(&decoded[0]);
         assert_eq!(liq.debt.symbol, "USDT");
         assert_eq!(liq.debt_covered.to_string(), "13225996607");
-        assert_eq!(liq.amount_usd().expect("priced").cents().to_string(), "13226.00");
+        assert_eq!(
+            liq.amount_usd().expect("priced").cents().to_string(),
+            "13226.00"
+        );
         assert_eq!(liq.collateral_amount.to_string(), "6392297846520026921");
         // WETH collateral with no USD price: 1 ETH / (USDT price in ETH) = 1e18 / 460298221137405
         let weth = liq.collateral_price_usd.as_ref().expect("derived");
@@ -262,17 +314,22 @@ True,6,0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb480xb53c1a33016b2dc2ff3653530bff1
     #[test]
     fn an_empty_weth_debt_price_is_derived_from_the_usdt_price() {
         let csv = format!("{HEADER}\n{WETH_DEBT}\n");
-        let decoded = decode(csv.as_bytes(), TOKENS.as_bytes(), "liquidations.csv").expect("decodes");
+        let decoded =
+            decode(csv.as_bytes(), TOKENS.as_bytes(), "liquidations.csv").expect("decodes");
         let liq = liquidation(&decoded[0]);
         // 2.2509… WETH × (1e18 / 4.6145e14) USD = 4877.985…
-        assert_eq!(liq.amount_usd().expect("priced").cents().to_string(), "4877.99");
+        assert_eq!(
+            liq.amount_usd().expect("priced").cents().to_string(),
+            "4877.99"
+        );
     }
 
     #[test]
     fn normalised_rows_become_the_same_base_units() {
         let normalised = "1.046086896423974,WETH,0xb53c1a33016b2dc2ff3653530bff1848a515c8c5,2598.419589,USDC,1628000000,0x01acb3804ba9c42111c6e9c127831eb486ca1ac7,liquidation,0.00034101520977967,0.000341,0.9998772211441046,,,,,0x1111111111111111111111111111111111111111,,,,,,";
         let csv = format!("{HEADER}\n{normalised}\n");
-        let decoded = decode(csv.as_bytes(), TOKENS.as_bytes(), "liquidations.csv").expect("decodes");
+        let decoded =
+            decode(csv.as_bytes(), TOKENS.as_bytes(), "liquidations.csv").expect("decodes");
         let liq = liquidation(&decoded[0]);
         assert_eq!(liq.debt_covered.to_string(), "2598419589");
         assert_eq!(liq.collateral_amount.to_string(), "1046086896423974000");
@@ -283,12 +340,17 @@ True,6,0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb480xb53c1a33016b2dc2ff3653530bff1
     fn repeated_keys_get_distinct_ids_and_unknown_symbols_are_rejected() {
         let ust = RAW.replace(",USDT,", ",UST,");
         let csv = format!("{HEADER}\n{RAW}\n{RAW}\n{ust}\n");
-        let decoded = decode(csv.as_bytes(), TOKENS.as_bytes(), "liquidations.csv").expect("decodes");
+        let decoded =
+            decode(csv.as_bytes(), TOKENS.as_bytes(), "liquidations.csv").expect("decodes");
         let a = decoded[0].as_ref().expect("first").event_id;
         let b = decoded[1].as_ref().expect("second").event_id;
         assert_ne!(a, b, "a duplicated row is a second event, not the same one");
         let rejected = decoded[2].as_ref().expect_err("UST is not in tokens.csv");
-        assert!(rejected.reason.contains("unknown reserve symbol \"UST\""), "{}", rejected.reason);
+        assert!(
+            rejected.reason.contains("unknown reserve symbol \"UST\""),
+            "{}",
+            rejected.reason
+        );
         assert_eq!(rejected.origin, "liquidations.csv:4");
     }
 }

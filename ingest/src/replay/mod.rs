@@ -58,16 +58,28 @@ impl Dataset {
     /// Finds this data set's file under `dir`.
     pub fn locate(self, dir: &Path) -> anyhow::Result<PathBuf> {
         let candidates = self.candidates(dir);
-        candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
-            format!("no {} data under {} (looked for {:?})", self.name(), dir.display(), candidates)
-        })
+        candidates
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "no {} data under {} (looked for {:?})",
+                    self.name(),
+                    dir.display(),
+                    candidates
+                )
+            })
     }
 
     /// Reads and decodes the data set found under `dir`, in replay order.
     pub fn decode_dir(self, dir: &Path) -> anyhow::Result<Vec<Decoded>> {
         let path = self.locate(dir)?;
         let bytes = read_maybe_gzip(&path)?;
-        let origin = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let origin = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match self {
             Dataset::Polygon => polygon::decode(&bytes, &origin),
             Dataset::Swaps => Ok(swaps::decode(&bytes, &origin)),
@@ -100,7 +112,8 @@ pub(crate) fn parse_address(field: &str, text: &str) -> Result<Address, String> 
     if t.len() != 42 || !t.starts_with("0x") || !t[2..].bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("{field} {text:?} is not a 20-byte hex address"));
     }
-    t.parse().map_err(|_| format!("{field} {text:?} is not a 20-byte hex address"))
+    t.parse()
+        .map_err(|_| format!("{field} {text:?} is not a 20-byte hex address"))
 }
 
 /// Parses a 32-byte hex hash.
@@ -109,7 +122,8 @@ pub(crate) fn parse_hash(field: &str, text: &str) -> Result<B256, String> {
     if t.len() != 66 || !t.starts_with("0x") {
         return Err(format!("{field} {text:?} is not a 32-byte hex hash"));
     }
-    t.parse().map_err(|_| format!("{field} {text:?} is not a 32-byte hex hash"))
+    t.parse()
+        .map_err(|_| format!("{field} {text:?} is not a 32-byte hex hash"))
 }
 
 /// Decimals of an Aave reserve by symbol, as the Polygon export's README gives them.

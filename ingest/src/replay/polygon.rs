@@ -8,7 +8,9 @@
 //! - records are replayed in `timestamp` order (stable, so ties keep file order).
 
 use chainfold_domain::envelope::{LendingFlow, Liquidation, Reserve};
-use chainfold_domain::{DefiEvent, Envelope, EventId, Source, TokenAmount, UsdValue, SCHEMA_VERSION};
+use chainfold_domain::{
+    DefiEvent, Envelope, EventId, Source, TokenAmount, UsdValue, SCHEMA_VERSION,
+};
 use chrono::DateTime;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -78,7 +80,12 @@ pub fn decode(bytes: &[u8], origin: &str) -> anyhow::Result<Vec<Decoded>> {
                 Ok(env) => (env.block_time.map_or(i64::MIN, |t| t.timestamp()), Ok(env)),
                 Err(reason) => (
                     i64::MIN,
-                    Err(Rejected { kind: EventKind::Lending, reason, origin: at, raw: raw.get().as_bytes().to_vec() }),
+                    Err(Rejected {
+                        kind: EventKind::Lending,
+                        reason,
+                        origin: at,
+                        raw: raw.get().as_bytes().to_vec(),
+                    }),
                 ),
             }
         })
@@ -96,7 +103,9 @@ pub fn decode_record(raw: &str) -> Result<Envelope, String> {
     let block_time = DateTime::from_timestamp(rec.timestamp, 0)
         .ok_or_else(|| format!("timestamp {} is out of range", rec.timestamp))?;
     let data = &rec.action_data;
-    let optional_address = |field: &str, value: &Option<String>| -> Result<Option<alloy_primitives::Address>, String> {
+    let optional_address = |field: &str,
+                            value: &Option<String>|
+     -> Result<Option<alloy_primitives::Address>, String> {
         match value.as_deref() {
             None | Some("") => Ok(None),
             Some(text) => parse_address(field, text).map(Some),
@@ -111,8 +120,10 @@ pub fn decode_record(raw: &str) -> Result<Envelope, String> {
         if data.asset_symbol.is_empty() {
             return Err("actionData.assetSymbol is empty".into());
         }
-        let amount = TokenAmount::parse_integer(&data.amount).map_err(|e| format!("actionData.amount {e}"))?;
-        let price = UsdValue::parse(&data.asset_price_usd).map_err(|e| format!("actionData.assetPriceUSD {e}"))?;
+        let amount = TokenAmount::parse_integer(&data.amount)
+            .map_err(|e| format!("actionData.amount {e}"))?;
+        let price = UsdValue::parse(&data.asset_price_usd)
+            .map_err(|e| format!("actionData.assetPriceUSD {e}"))?;
         Ok(LendingFlow {
             protocol: "aave_v2".into(),
             wallet,
@@ -125,11 +136,13 @@ pub fn decode_record(raw: &str) -> Result<Envelope, String> {
     let event = match rec.action.as_str() {
         "deposit" => DefiEvent::Deposit(flow()?),
         "borrow" => DefiEvent::Borrow(LendingFlow {
-            counterparty: optional_address("actionData.callerId", &data.caller_id)?.filter(|a| *a != wallet),
+            counterparty: optional_address("actionData.callerId", &data.caller_id)?
+                .filter(|a| *a != wallet),
             ..flow()?
         }),
         "repay" => DefiEvent::Repay(LendingFlow {
-            counterparty: optional_address("actionData.repayerId", &data.repayer_id)?.filter(|a| *a != wallet),
+            counterparty: optional_address("actionData.repayerId", &data.repayer_id)?
+                .filter(|a| *a != wallet),
             ..flow()?
         }),
         "redeemunderlying" => {
@@ -138,9 +151,14 @@ pub fn decode_record(raw: &str) -> Result<Envelope, String> {
             let user = optional_address("actionData.userId", &Some(data.user_id.clone()))?;
             let to = optional_address("actionData.toId", &data.to_id)?;
             let counterparty = [user, to].into_iter().flatten().find(|a| *a != wallet);
-            DefiEvent::Redeem(LendingFlow { counterparty, ..flow()? })
+            DefiEvent::Redeem(LendingFlow {
+                counterparty,
+                ..flow()?
+            })
         }
-        "liquidationcall" => DefiEvent::Liquidation(decode_liquidation(wallet, data, optional_address)?),
+        "liquidationcall" => {
+            DefiEvent::Liquidation(decode_liquidation(wallet, data, optional_address)?)
+        }
         other => return Err(format!("unknown action {other:?}")),
     };
     Ok(Envelope {
@@ -151,7 +169,10 @@ pub fn decode_record(raw: &str) -> Result<Envelope, String> {
         tx_hash: Some(tx_hash),
         log_index: None,
         block_time: Some(block_time),
-        source: Source::Replay { dataset: DATASET.into(), record: rec.id.oid },
+        source: Source::Replay {
+            dataset: DATASET.into(),
+            record: rec.id.oid,
+        },
         event,
     })
 }
@@ -159,7 +180,10 @@ pub fn decode_record(raw: &str) -> Result<Envelope, String> {
 fn decode_liquidation(
     wallet: alloy_primitives::Address,
     data: &ActionData,
-    optional_address: impl Fn(&str, &Option<String>) -> Result<Option<alloy_primitives::Address>, String>,
+    optional_address: impl Fn(
+        &str,
+        &Option<String>,
+    ) -> Result<Option<alloy_primitives::Address>, String>,
 ) -> Result<Liquidation, String> {
     let required = |field: &str, value: &Option<String>| -> Result<String, String> {
         value
@@ -174,26 +198,44 @@ fn decode_liquidation(
         wallet,
         liquidator: optional_address("actionData.liquidatorId", &data.liquidator_id)?,
         collateral: Reserve {
-            address: parse_address("actionData.collateralReserveId", &required("collateralReserveId", &data.collateral_reserve_id)?)?,
+            address: parse_address(
+                "actionData.collateralReserveId",
+                &required("collateralReserveId", &data.collateral_reserve_id)?,
+            )?,
             decimals: polygon_decimals(&collateral_symbol),
             symbol: collateral_symbol,
         },
-        collateral_amount: TokenAmount::parse_integer(&required("collateralAmount", &data.collateral_amount)?)
-            .map_err(|e| format!("actionData.collateralAmount {e}"))?,
+        collateral_amount: TokenAmount::parse_integer(&required(
+            "collateralAmount",
+            &data.collateral_amount,
+        )?)
+        .map_err(|e| format!("actionData.collateralAmount {e}"))?,
         collateral_price_usd: Some(
-            UsdValue::parse(&required("collateralAssetPriceUSD", &data.collateral_asset_price_usd)?)
-                .map_err(|e| format!("actionData.collateralAssetPriceUSD {e}"))?,
+            UsdValue::parse(&required(
+                "collateralAssetPriceUSD",
+                &data.collateral_asset_price_usd,
+            )?)
+            .map_err(|e| format!("actionData.collateralAssetPriceUSD {e}"))?,
         ),
         debt: Reserve {
-            address: parse_address("actionData.principalReserveId", &required("principalReserveId", &data.principal_reserve_id)?)?,
+            address: parse_address(
+                "actionData.principalReserveId",
+                &required("principalReserveId", &data.principal_reserve_id)?,
+            )?,
             decimals: polygon_decimals(&debt_symbol),
             symbol: debt_symbol,
         },
-        debt_covered: TokenAmount::parse_integer(&required("principalAmount", &data.principal_amount)?)
-            .map_err(|e| format!("actionData.principalAmount {e}"))?,
+        debt_covered: TokenAmount::parse_integer(&required(
+            "principalAmount",
+            &data.principal_amount,
+        )?)
+        .map_err(|e| format!("actionData.principalAmount {e}"))?,
         debt_price_usd: Some(
-            UsdValue::parse(&required("borrowAssetPriceUSD", &data.borrow_asset_price_usd)?)
-                .map_err(|e| format!("actionData.borrowAssetPriceUSD {e}"))?,
+            UsdValue::parse(&required(
+                "borrowAssetPriceUSD",
+                &data.borrow_asset_price_usd,
+            )?)
+            .map_err(|e| format!("actionData.borrowAssetPriceUSD {e}"))?,
         ),
     })
 }
@@ -209,23 +251,36 @@ mod tests {
     #[test]
     fn a_deposit_decodes_with_its_usd_price_and_no_block() {
         let env = decode_record(DEPOSIT).expect("decodes");
-        assert_eq!(env.block, None, "blockNumber is a timestamp and must not become a block");
+        assert_eq!(
+            env.block, None,
+            "blockNumber is a timestamp and must not become a block"
+        );
         assert_eq!(env.block_time.map(|t| t.timestamp()), Some(1_629_178_166));
-        let DefiEvent::Deposit(flow) = &env.event else { panic!("not a deposit: {:?}", env.event) };
+        let DefiEvent::Deposit(flow) = &env.event else {
+            panic!("not a deposit: {:?}", env.event)
+        };
         assert_eq!(flow.reserve.decimals, 6);
-        assert_eq!(flow.amount_usd().expect("priced").cents().to_string(), "1987.66");
+        assert_eq!(
+            flow.amount_usd().expect("priced").cents().to_string(),
+            "1987.66"
+        );
     }
 
     #[test]
     fn a_zero_amount_liquidation_is_decoded_from_its_liquidation_fields() {
         let env = decode_record(LIQUIDATION).expect("decodes");
-        let DefiEvent::Liquidation(liq) = &env.event else { panic!("not a liquidation") };
+        let DefiEvent::Liquidation(liq) = &env.event else {
+            panic!("not a liquidation")
+        };
         assert_eq!(liq.debt.symbol, "USDT");
         assert_eq!(liq.debt.decimals, 6);
         assert_eq!(liq.collateral.symbol, "WETH");
         assert_eq!(liq.debt_covered.to_string(), "875179341");
         // 875.179341 USDT × 1.0132146644… = 886.74…
-        assert_eq!(liq.amount_usd().expect("priced").cents().to_string(), "886.74");
+        assert_eq!(
+            liq.amount_usd().expect("priced").cents().to_string(),
+            "886.74"
+        );
         assert_eq!(
             liq.liquidator.map(|a| a.to_string().to_lowercase()),
             Some("0xdaef1aecb2f456060dcdcb7d704b715ff71c6727".into())
@@ -234,12 +289,21 @@ mod tests {
 
     #[test]
     fn bad_addresses_amounts_and_actions_are_rejected_with_a_reason() {
-        let bad_wallet = DEPOSIT.replace("0x00000000001accfa9cef68cf5371a23025b6d4b6\",\"network", "0xzz\",\"network");
-        assert!(decode_record(&bad_wallet).expect_err("rejected").contains("userWallet"));
+        let bad_wallet = DEPOSIT.replace(
+            "0x00000000001accfa9cef68cf5371a23025b6d4b6\",\"network",
+            "0xzz\",\"network",
+        );
+        assert!(decode_record(&bad_wallet)
+            .expect_err("rejected")
+            .contains("userWallet"));
         let bad_amount = DEPOSIT.replace("\"2000000000\"", "\"12abc\"");
-        assert!(decode_record(&bad_amount).expect_err("rejected").contains("actionData.amount"));
+        assert!(decode_record(&bad_amount)
+            .expect_err("rejected")
+            .contains("actionData.amount"));
         let bad_action = DEPOSIT.replace("\"action\":\"deposit\"", "\"action\":\"flashloan\"");
-        assert!(decode_record(&bad_action).expect_err("rejected").contains("unknown action"));
+        assert!(decode_record(&bad_action)
+            .expect_err("rejected")
+            .contains("unknown action"));
     }
 
     #[test]

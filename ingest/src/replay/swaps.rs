@@ -10,7 +10,9 @@
 //! - identity is (transaction hash, trace address), unique in the file.
 
 use chainfold_domain::envelope::Swap;
-use chainfold_domain::{BlockRef, DefiEvent, Envelope, EventId, Source, TokenAmount, SCHEMA_VERSION};
+use chainfold_domain::{
+    BlockRef, DefiEvent, Envelope, EventId, Source, TokenAmount, SCHEMA_VERSION,
+};
 
 use super::{parse_address, parse_hash};
 use crate::{Decoded, EventKind, Rejected};
@@ -41,7 +43,9 @@ struct Row {
 /// Decodes the CSV; rows that do not decode become [`Rejected`] (with the raw CSV line) and are
 /// emitted first, the swaps after them in chain order.
 pub fn decode(bytes: &[u8], origin: &str) -> Vec<Decoded> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
     let headers = reader.headers().cloned().unwrap_or_default();
     let mut swaps: Vec<Envelope> = Vec::new();
     let mut rejected: Vec<Decoded> = Vec::new();
@@ -60,7 +64,12 @@ pub fn decode(bytes: &[u8], origin: &str) -> Vec<Decoded> {
                     .and_then(|row| decode_row(&row));
                 match result {
                     Ok(env) => swaps.push(env),
-                    Err(reason) => rejected.push(Err(Rejected { kind: EventKind::Amm, reason, origin: at, raw })),
+                    Err(reason) => rejected.push(Err(Rejected {
+                        kind: EventKind::Amm,
+                        reason,
+                        origin: at,
+                        raw,
+                    })),
                 }
             }
             Err(e) => rejected.push(Err(Rejected {
@@ -72,12 +81,19 @@ pub fn decode(bytes: &[u8], origin: &str) -> Vec<Decoded> {
         }
     }
     swaps.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
-    rejected.into_iter().chain(swaps.into_iter().map(Ok)).collect()
+    rejected
+        .into_iter()
+        .chain(swaps.into_iter().map(Ok))
+        .collect()
 }
 
 fn order_key(env: &Envelope) -> (u64, u32, Vec<u32>) {
     match &env.event {
-        DefiEvent::Swap(s) => (env.block.map_or(0, |b| b.number), s.tx_position, s.trace_address.clone()),
+        DefiEvent::Swap(s) => (
+            env.block.map_or(0, |b| b.number),
+            s.tx_position,
+            s.trace_address.clone(),
+        ),
         _ => (0, 0, Vec::new()),
     }
 }
@@ -85,8 +101,16 @@ fn order_key(env: &Envelope) -> (u64, u32, Vec<u32>) {
 fn decode_row(row: &Row) -> Result<Envelope, String> {
     let tx_hash = parse_hash("transaction_hash", &row.transaction_hash)?;
     let block = whole_u64("block_number", &row.block_number)?;
-    let tx_position = u32::try_from(whole_u64("transaction_position", &row.transaction_position)?)
-        .map_err(|_| format!("transaction_position {:?} is too large", row.transaction_position))?;
+    let tx_position = u32::try_from(whole_u64(
+        "transaction_position",
+        &row.transaction_position,
+    )?)
+    .map_err(|_| {
+        format!(
+            "transaction_position {:?} is too large",
+            row.transaction_position
+        )
+    })?;
     let trace_address = parse_trace_address(&row.trace_address)?;
     let amount = |field: &str, text: &str| {
         TokenAmount::parse_exact(text).map_err(|e| format!("{field} {e}"))
@@ -97,17 +121,27 @@ fn decode_row(row: &Row) -> Result<Envelope, String> {
         ("", abi) => format!("unknown:{abi}"),
         (protocol, _) => protocol.to_owned(),
     };
-    let trace_key = trace_address.iter().map(u32::to_string).collect::<Vec<_>>().join(".");
+    let trace_key = trace_address
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(".");
     let record = format!("{}:{trace_key}", row.transaction_hash.to_lowercase());
     Ok(Envelope {
         schema_version: SCHEMA_VERSION,
         event_id: EventId::of_record(CHAIN_ID, DATASET, &record),
         chain_id: CHAIN_ID,
-        block: Some(BlockRef { number: block, hash: None }),
+        block: Some(BlockRef {
+            number: block,
+            hash: None,
+        }),
         tx_hash: Some(tx_hash),
         log_index: None,
         block_time: None,
-        source: Source::Replay { dataset: DATASET.into(), record },
+        source: Source::Replay {
+            dataset: DATASET.into(),
+            record,
+        },
         event: DefiEvent::Swap(Swap {
             protocol,
             pool: parse_address("contract_address", &row.contract_address)?,
@@ -142,7 +176,11 @@ fn parse_trace_address(text: &str) -> Result<Vec<u32>, String> {
     }
     inner
         .split(',')
-        .map(|part| part.trim().parse::<u32>().map_err(|_| format!("trace_address {text:?} has a non-integer element")))
+        .map(|part| {
+            part.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("trace_address {text:?} has a non-integer element"))
+        })
         .collect()
 }
 
@@ -174,7 +212,10 @@ mod tests {
         let swaps = swaps(&decoded);
         assert_eq!(swaps.len(), 3);
         assert_eq!(swaps[0].tx_position, 5);
-        assert_eq!(swaps[0].amount_in.to_string(), "7713119002506758000000000000000");
+        assert_eq!(
+            swaps[0].amount_in.to_string(),
+            "7713119002506758000000000000000"
+        );
         assert_eq!(swaps[0].amount_out.to_string(), "55478830511650344");
         assert_eq!(swaps[0].protocol, "uniswap_v2");
         assert_eq!(swaps[1].trace_address, vec![0, 1, 3]);
@@ -184,7 +225,11 @@ mod tests {
 
     #[test]
     fn reverted_swaps_are_kept_and_marked() {
-        let reverted = ROWS.lines().next().expect("row").replace(",[4],,5.0", ",[4],Reverted,5.0");
+        let reverted = ROWS
+            .lines()
+            .next()
+            .expect("row")
+            .replace(",[4],,5.0", ",[4],Reverted,5.0");
         let decoded = decode(format!("{HEADER}\n{reverted}\n").as_bytes(), "swaps.csv");
         let swaps = swaps(&decoded);
         assert_eq!(swaps.len(), 1);
@@ -193,10 +238,18 @@ mod tests {
 
     #[test]
     fn malformed_rows_are_rejected_with_reason_and_raw_line() {
-        let bad = ROWS.lines().next().expect("row").replace("7.713119002506758e+30", "1.5e-3");
+        let bad = ROWS
+            .lines()
+            .next()
+            .expect("row")
+            .replace("7.713119002506758e+30", "1.5e-3");
         let decoded = decode(format!("{HEADER}\n{bad}\n").as_bytes(), "swaps.csv");
         let rejected = decoded[0].as_ref().expect_err("rejected");
-        assert!(rejected.reason.contains("token_in_amount"), "{}", rejected.reason);
+        assert!(
+            rejected.reason.contains("token_in_amount"),
+            "{}",
+            rejected.reason
+        );
         assert_eq!(rejected.origin, "swaps.csv:2");
         assert!(String::from_utf8_lossy(&rejected.raw).contains("1.5e-3"));
     }

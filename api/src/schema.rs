@@ -1,0 +1,201 @@
+//! Schema roots. `main` only mounts these.
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{Context, EmptyMutation, EmptySubscription, Object, Schema};
+use sqlx::PgPool;
+
+use crate::error::{gql, ApiError, ApiResult};
+use crate::types::{
+    decode_cursor as cursor_text, encode_cursor as cursor_of, page_size, LendingAction,
+    LendingSummary, Pool, PoolOrderBy, Wallet,
+};
+
+/// The chainfold schema.
+pub type ChainfoldSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+
+/// Deepest query accepted.
+pub const MAX_DEPTH: usize = 12;
+/// Highest complexity accepted (each field counts 1; connections count their `first`).
+pub const MAX_COMPLEXITY: usize = 5000;
+
+/// Builds the schema over `pool`, with depth and complexity limits (the default is none).
+pub fn build(pool: PgPool) -> ChainfoldSchema {
+    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+        .data(pool)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .finish()
+}
+
+/// The schema without a database, for printing SDL.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+        .finish()
+        .sdl()
+}
+
+/// Parses a 20-byte hex address into its lowercase form, or a `BAD_USER_INPUT` error.
+pub fn parse_address(text: &str) -> Result<String, ApiError> {
+    let t = text.trim();
+    let well_formed =
+        t.len() == 42 && t.starts_with("0x") && t[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if !well_formed {
+        return Err(ApiError::BadUserInput(format!(
+            "{text:?} is not a 20-byte hex address"
+        )));
+    }
+    Ok(t.to_ascii_lowercase())
+}
+
+/// Query root.
+#[derive(Debug, Default)]
+pub struct QueryRoot;
+
+#[derive(sqlx::FromRow)]
+struct PoolRow {
+    chain_id: i64,
+    pool: String,
+    protocol: String,
+    swap_count: i64,
+    reverted_count: i64,
+    first_block: Option<i64>,
+    last_block: Option<i64>,
+}
+
+impl From<PoolRow> for Pool {
+    fn from(r: PoolRow) -> Self {
+        Pool {
+            chain_id: r.chain_id,
+            address: r.pool,
+            protocol: r.protocol,
+            swap_count: r.swap_count,
+            reverted_count: r.reverted_count,
+            first_block: r.first_block,
+            last_block: r.last_block,
+        }
+    }
+}
+
+#[Object]
+impl QueryRoot {
+    /// A wallet's lending history on a chain; `null` when chainfold has seen no event of it.
+    async fn wallet(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: i64,
+        address: String,
+    ) -> ApiResult<Option<Wallet>> {
+        let address = parse_address(&address).map_err(gql)?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        let rows: Vec<(String, i64, i64, bigdecimal::BigDecimal, Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>)> =
+            sqlx::query_as(
+                "SELECT action, event_count, priced_count, amount_usd, first_at, last_at
+                 FROM wallet_lending_summary WHERE chain_id = $1 AND wallet = $2
+                 ORDER BY array_position(ARRAY['deposit','borrow','repay','redeem','liquidation'], action)",
+            )
+            .bind(chain_id)
+            .bind(&address)
+            .fetch_all(pool)
+            .await
+            .map_err(gql)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let first_activity_at = rows.iter().filter_map(|r| r.4).min();
+        let last_activity_at = rows.iter().filter_map(|r| r.5).max();
+        let lending_summary = rows
+            .into_iter()
+            .filter_map(|(action, count, priced, usd, _, _)| {
+                Some(LendingSummary {
+                    action: LendingAction::from_db(&action)?,
+                    count,
+                    amount_usd: usd.to_plain_string(),
+                    priced_count: priced,
+                })
+            })
+            .collect();
+        Ok(Some(Wallet {
+            chain_id,
+            address,
+            lending_summary,
+            first_activity_at,
+            last_activity_at,
+        }))
+    }
+
+    /// A pool's swap summary; `null` when chainfold has seen no swap through it.
+    async fn pool(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: i64,
+        address: String,
+    ) -> ApiResult<Option<Pool>> {
+        let address = parse_address(&address).map_err(gql)?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        let row: Option<PoolRow> = sqlx::query_as(
+            "SELECT chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
+             FROM pool_summary WHERE chain_id = $1 AND pool = $2",
+        )
+        .bind(chain_id)
+        .bind(&address)
+        .fetch_optional(pool)
+        .await
+        .map_err(gql)?;
+        Ok(row.map(Pool::from))
+    }
+
+    /// Pools of a chain, Relay-paginated.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity + 1")]
+    async fn pools(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: i64,
+        first: Option<i32>,
+        after: Option<String>,
+        #[graphql(default_with = "PoolOrderBy::SwapCount")] order_by: PoolOrderBy,
+    ) -> ApiResult<Connection<String, Pool, EmptyFields, EmptyFields>> {
+        let limit = page_size(first, 20).map_err(gql)?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        let (after_count, after_pool) = match after.as_deref() {
+            None => (None, None),
+            Some(cursor) => {
+                let text = cursor_text(cursor).map_err(gql)?;
+                let (count, addr) = text
+                    .split_once('|')
+                    .and_then(|(c, a)| c.parse::<i64>().ok().map(|c| (c, a.to_owned())))
+                    .ok_or_else(|| {
+                        gql(ApiError::BadUserInput(format!("invalid cursor {cursor:?}")))
+                    })?;
+                (Some(count), Some(addr))
+            }
+        };
+        let sql = match order_by {
+            PoolOrderBy::SwapCount => {
+                "SELECT chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
+                 FROM pool_summary WHERE chain_id = $1
+                   AND ($2::int8 IS NULL OR (swap_count < $2 OR (swap_count = $2 AND pool > $3)))
+                 ORDER BY swap_count DESC, pool ASC LIMIT $4"
+            }
+            PoolOrderBy::Address => {
+                "SELECT chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
+                 FROM pool_summary WHERE chain_id = $1 AND ($2::int8 IS NULL OR pool > $3)
+                 ORDER BY pool ASC LIMIT $4"
+            }
+        };
+        let rows: Vec<PoolRow> = sqlx::query_as(sql)
+            .bind(chain_id)
+            .bind(after_count)
+            .bind(after_pool)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .await
+            .map_err(gql)?;
+        let has_next = rows.len() as i64 > limit;
+        let mut connection = Connection::new(after.is_some(), has_next);
+        for row in rows.into_iter().take(limit as usize) {
+            let cursor = cursor_of(&format!("{}|{}", row.swap_count, row.pool));
+            connection.edges.push(Edge::new(cursor, Pool::from(row)));
+        }
+        Ok(connection)
+    }
+}

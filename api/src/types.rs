@@ -1,0 +1,254 @@
+//! GraphQL output types over the read models. Money is a decimal string (`amountUsd`), token
+//! amounts are base-unit integer strings: JSON numbers would lose digits.
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{ComplexObject, Context, Enum, SimpleObject};
+use base64::Engine as _;
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::error::{gql, ApiError, ApiResult};
+
+/// Largest page a connection returns.
+pub const MAX_FIRST: i32 = 1000;
+
+/// A lending action, as the read models count them.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LendingAction {
+    Deposit,
+    Borrow,
+    Repay,
+    Redeem,
+    Liquidation,
+}
+
+impl LendingAction {
+    pub fn from_db(text: &str) -> Option<Self> {
+        Some(match text {
+            "deposit" => LendingAction::Deposit,
+            "borrow" => LendingAction::Borrow,
+            "repay" => LendingAction::Repay,
+            "redeem" => LendingAction::Redeem,
+            "liquidation" => LendingAction::Liquidation,
+            _ => return None,
+        })
+    }
+}
+
+/// Per-action totals of a wallet.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct LendingSummary {
+    pub action: LendingAction,
+    /// Number of events.
+    pub count: i64,
+    /// USD total at event prices, a decimal string.
+    pub amount_usd: String,
+    /// Events that had a USD price (the rest count but add no USD).
+    pub priced_count: i64,
+}
+
+/// A wallet's lending history on one chain.
+#[derive(SimpleObject, Debug, Clone)]
+#[graphql(complex)]
+pub struct Wallet {
+    pub chain_id: i64,
+    /// Lowercase 0x-hex address.
+    pub address: String,
+    /// One entry per action the wallet has taken (DEPOSIT BORROW REPAY REDEEM LIQUIDATION).
+    pub lending_summary: Vec<LendingSummary>,
+    pub first_activity_at: Option<DateTime<Utc>>,
+    pub last_activity_at: Option<DateTime<Utc>>,
+}
+
+/// One lending event.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct LendingEvent {
+    pub event_id: String,
+    pub action: LendingAction,
+    pub protocol: String,
+    /// Reserve (underlying token) address; for a liquidation, the debt reserve.
+    pub reserve: String,
+    pub symbol: String,
+    /// Raw base units, an integer string.
+    pub amount: String,
+    /// USD value at the event (for a liquidation, the debt covered), a decimal string.
+    pub amount_usd: Option<String>,
+    pub block_number: Option<i64>,
+    pub block_time: Option<DateTime<Utc>>,
+    pub tx_hash: Option<String>,
+}
+
+/// Cursor of a wallet's events (newest first): block time and event id.
+pub(crate) fn encode_cursor(parts: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(parts)
+}
+
+pub(crate) fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::BadUserInput(format!("invalid cursor {cursor:?}")))
+}
+
+/// Checks `first` against the page bounds.
+pub fn page_size(first: Option<i32>, default: i32) -> Result<i64, ApiError> {
+    let first = first.unwrap_or(default);
+    if !(0..=MAX_FIRST).contains(&first) {
+        return Err(ApiError::BadUserInput(format!(
+            "first must be between 0 and {MAX_FIRST}, got {first}"
+        )));
+    }
+    Ok(i64::from(first))
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    event_id: String,
+    action: String,
+    protocol: String,
+    reserve: String,
+    symbol: String,
+    amount: BigDecimal,
+    amount_usd: Option<BigDecimal>,
+    block_number: Option<i64>,
+    block_time: Option<DateTime<Utc>>,
+    tx_hash: Option<String>,
+}
+
+#[ComplexObject]
+impl Wallet {
+    /// The wallet's lending events, newest first, Relay-paginated.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Connection<String, LendingEvent, EmptyFields, EmptyFields>> {
+        let limit = page_size(first, 10).map_err(gql)?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        let (after_micros, after_id) = match after.as_deref() {
+            None => (None, None),
+            Some(cursor) => {
+                let text = decode_cursor(cursor).map_err(gql)?;
+                let (micros, id) = text
+                    .split_once('|')
+                    .and_then(|(m, id)| m.parse::<i64>().ok().map(|m| (m, id.to_owned())))
+                    .ok_or_else(|| {
+                        gql(ApiError::BadUserInput(format!("invalid cursor {cursor:?}")))
+                    })?;
+                (Some(micros), Some(id))
+            }
+        };
+        // Keyset pagination on (block time, event id), newest first; events without a time sort
+        // last (as the earliest possible time).
+        let rows: Vec<EventRow> = sqlx::query_as(
+            r#"
+            SELECT event_id, action, protocol, reserve, symbol, amount, amount_usd, block_number, block_time, tx_hash
+            FROM lending_event
+            WHERE chain_id = $1 AND wallet = $2
+              AND ($3::int8 IS NULL OR
+                   (COALESCE((EXTRACT(EPOCH FROM block_time) * 1000000)::int8, -9223372036854775808), event_id) < ($3, $4))
+            ORDER BY COALESCE((EXTRACT(EPOCH FROM block_time) * 1000000)::int8, -9223372036854775808) DESC, event_id DESC
+            LIMIT $5
+            "#,
+        )
+        .bind(self.chain_id)
+        .bind(&self.address)
+        .bind(after_micros)
+        .bind(after_id)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await
+        .map_err(gql)?;
+        let has_next = rows.len() as i64 > limit;
+        let mut connection = Connection::new(after.is_some(), has_next);
+        for row in rows.into_iter().take(limit as usize) {
+            let micros = row.block_time.map_or(i64::MIN, |t| t.timestamp_micros());
+            let cursor = encode_cursor(&format!("{micros}|{}", row.event_id));
+            let Some(action) = LendingAction::from_db(&row.action) else {
+                continue;
+            };
+            connection.edges.push(Edge::new(
+                cursor,
+                LendingEvent {
+                    event_id: row.event_id,
+                    action,
+                    protocol: row.protocol,
+                    reserve: row.reserve,
+                    symbol: row.symbol,
+                    amount: row.amount.to_plain_string(),
+                    amount_usd: row.amount_usd.map(|u| u.to_plain_string()),
+                    block_number: row.block_number,
+                    block_time: row.block_time,
+                    tx_hash: row.tx_hash,
+                },
+            ));
+        }
+        Ok(connection)
+    }
+}
+
+/// An AMM pool's swap summary.
+#[derive(SimpleObject, Debug, Clone)]
+#[graphql(complex)]
+pub struct Pool {
+    pub chain_id: i64,
+    /// Lowercase 0x-hex address.
+    pub address: String,
+    /// `uniswap_v2`, `uniswap_v3`, `balancer_v1`, `curve`, `0x`, `bancor`.
+    pub protocol: String,
+    /// Successful swaps.
+    pub swap_count: i64,
+    /// Swaps whose call reverted (recorded, moving no volume).
+    pub reverted_count: i64,
+    pub first_block: Option<i64>,
+    pub last_block: Option<i64>,
+}
+
+/// Raw units of one token that flowed into and out of a pool.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct TokenVolume {
+    pub token: String,
+    /// Base units sold to the pool, an integer string.
+    pub volume_in: String,
+    /// Base units bought from the pool, an integer string.
+    pub volume_out: String,
+    /// `volumeIn - volumeOut`, an integer string (negative when the pool lost the token).
+    pub net_flow: String,
+}
+
+#[ComplexObject]
+impl Pool {
+    /// Per-token volumes of the pool's successful swaps.
+    async fn token_volumes(&self, ctx: &Context<'_>) -> ApiResult<Vec<TokenVolume>> {
+        let pool = ctx.data_unchecked::<PgPool>();
+        let rows: Vec<(String, BigDecimal, BigDecimal)> = sqlx::query_as(
+            "SELECT token, volume_in, volume_out FROM pool_token_volume WHERE chain_id = $1 AND pool = $2 ORDER BY token",
+        )
+        .bind(self.chain_id)
+        .bind(&self.address)
+        .fetch_all(pool)
+        .await
+        .map_err(gql)?;
+        Ok(rows
+            .into_iter()
+            .map(|(token, vin, vout)| TokenVolume {
+                token,
+                net_flow: (&vin - &vout).to_plain_string(),
+                volume_in: vin.to_plain_string(),
+                volume_out: vout.to_plain_string(),
+            })
+            .collect())
+    }
+}
+
+/// Pool orderings.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PoolOrderBy {
+    /// Most swaps first.
+    SwapCount,
+    /// Address ascending.
+    Address,
+}

@@ -1,0 +1,385 @@
+//! Subcommands and their wiring.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chainfold_ingest::replay::Dataset;
+use chainfold_platform::config::{KafkaArgs, LogArgs, PostgresArgs, RedisArgs};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// chainfold: DeFi chain events into real-time liquidity, credit and risk intelligence.
+#[derive(Debug, clap::Parser)]
+#[command(name = "chainfold", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Read chain data and publish typed events to Kafka.
+    #[command(subcommand)]
+    Ingest(IngestCommand),
+    /// Fold the Kafka event topics into the Postgres read models and Redis caches.
+    Project(chainfold_projector::Config),
+    /// Serve the GraphQL API (GraphiQL at /, POST /graphql, GET /health).
+    Serve(chainfold_api::Config),
+    /// Everything in one process on the bundled data: replay, project, then serve.
+    Demo(DemoConfig),
+    /// Drop and refill the read models (and the Redis cache) from the Kafka log.
+    Rebuild(chainfold_projector::Config),
+    /// Print a topic's records readably (partition, offset, key, headers, payload).
+    Tail(TailConfig),
+}
+
+impl Command {
+    /// Role name for telemetry.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ingest(_) => "ingest",
+            Command::Project(_) => "project",
+            Command::Serve(_) => "serve",
+            Command::Demo(_) => "demo",
+            Command::Rebuild(_) => "rebuild",
+            Command::Tail(_) => "tail",
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum IngestCommand {
+    /// Replay recorded data sets into Kafka.
+    Replay(ReplayConfig),
+}
+
+/// `chainfold ingest replay` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayConfig {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Data sets to replay (repeatable); all three when omitted.
+    #[arg(long = "dataset", value_enum)]
+    pub datasets: Vec<Dataset>,
+    /// Directory holding the data sets: the bundled `data/` or `../shared/data`.
+    #[arg(long = "data-dir", env = "CHAINFOLD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+/// `chainfold demo` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoConfig {
+    #[command(flatten)]
+    pub replay: ReplayConfig,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Consumer group of the demo's projector.
+    #[arg(
+        long = "group",
+        env = "CHAINFOLD_PROJECTOR_GROUP",
+        default_value = "chainfold-projector"
+    )]
+    pub group: String,
+    /// Address the API listens on.
+    #[arg(
+        long = "listen",
+        env = "CHAINFOLD_LISTEN",
+        default_value = "127.0.0.1:8000"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// Replay, project and print the summary, then exit instead of serving.
+    #[arg(long = "no-serve")]
+    pub no_serve: bool,
+}
+
+/// `chainfold tail` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TailConfig {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Topic to print, e.g. `chainfold.lending.v1` or `chainfold.lending.v1.dlq`.
+    pub topic: String,
+    /// Print at most this many records, then exit.
+    #[arg(long = "limit", short = 'n')]
+    pub limit: Option<u64>,
+    /// Keep waiting for new records after the end of the topic.
+    #[arg(long = "follow", short = 'f')]
+    pub follow: bool,
+    /// Start at each partition's end instead of its beginning (use with --follow).
+    #[arg(long = "from-end")]
+    pub from_end: bool,
+}
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Ingest(IngestCommand::Replay(config)) => {
+            let summary = replay(&config).await?;
+            println!("{}", describe_replay(&summary));
+            Ok(())
+        }
+        Command::Project(config) => {
+            let app = chainfold_projector::App::build(config)
+                .await
+                .context("could not start projector")?;
+            app.run_until_stopped(chainfold_platform::shutdown_signal())
+                .await
+        }
+        Command::Serve(config) => {
+            let app = chainfold_api::App::build(config)
+                .await
+                .context("could not start api")?;
+            app.run_until_stopped(chainfold_platform::shutdown_signal())
+                .await
+        }
+        Command::Rebuild(config) => {
+            let mut app = chainfold_projector::App::build(config)
+                .await
+                .context("could not start projector")?;
+            app.reset().await?;
+            let started = std::time::Instant::now();
+            let outcome = app.run_until_caught_up().await?;
+            println!(
+                "rebuild: folded {} events from the log in {:.2}s ({} dead-lettered)",
+                outcome.stored,
+                started.elapsed().as_secs_f64(),
+                outcome.dead_lettered
+            );
+            println!("time: {:?}", app.timings);
+            Ok(())
+        }
+        Command::Demo(config) => demo(config).await,
+        Command::Tail(config) => tail(config).await,
+    }
+}
+
+async fn replay(
+    config: &ReplayConfig,
+) -> anyhow::Result<chainfold_ingest::publish::PublishSummary> {
+    let datasets = if config.datasets.is_empty() {
+        Dataset::ALL.to_vec()
+    } else {
+        config.datasets.clone()
+    };
+    let topics = config.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&config.kafka, &topics.all()).await?;
+    let producer = chainfold_platform::kafka::producer(&config.kafka)?;
+    let mut items = Vec::new();
+    for dataset in datasets {
+        let decoded = dataset.decode_dir(&config.data_dir)?;
+        tracing::info!(dataset = dataset.name(), records = decoded.len(), "decoded");
+        items.extend(decoded);
+    }
+    let summary =
+        chainfold_ingest::publish::publish_all(&producer, &topics, items, |published, elapsed| {
+            tracing::info!(
+                published,
+                rate = format!("{:.0}/s", published as f64 / elapsed.as_secs_f64()),
+                "replaying"
+            );
+        })
+        .await?;
+    Ok(summary)
+}
+
+fn describe_replay(summary: &chainfold_ingest::publish::PublishSummary) -> String {
+    format!(
+        "replay: published {} events ({} lending, {} amm) in {:.2}s = {:.0} events/s; {} records dead-lettered",
+        summary.published(),
+        summary.lending,
+        summary.amm,
+        summary.elapsed.as_secs_f64(),
+        summary.rate(),
+        summary.dead_lettered
+    )
+}
+
+async fn demo(config: DemoConfig) -> anyhow::Result<()> {
+    let summary = replay(&config.replay).await?;
+    println!("{}", describe_replay(&summary));
+    let projector_config = chainfold_projector::Config::new(
+        config.replay.kafka.clone(),
+        config.postgres.clone(),
+        config.redis.clone(),
+        config.group.clone(),
+    );
+    let mut projector = chainfold_projector::App::build(projector_config)
+        .await
+        .context("could not start projector")?;
+    let started = std::time::Instant::now();
+    let outcome = projector.run_until_caught_up().await?;
+    let elapsed = started.elapsed();
+    println!(
+        "project: folded {} new events ({} received, {} dead-lettered) in {:.2}s",
+        outcome.stored,
+        outcome.received,
+        outcome.dead_lettered,
+        elapsed.as_secs_f64()
+    );
+    let counts: (i64, i64, i64, i64) = sqlx_counts(projector.pool()).await?;
+    println!(
+        "read models: {} lending events, {} wallets, {} swaps, {} pools",
+        counts.0, counts.1, counts.2, counts.3
+    );
+    if config.no_serve {
+        return Ok(());
+    }
+    let api = chainfold_api::App::build(chainfold_api::Config::new(
+        config.postgres,
+        config.redis,
+        config.listen,
+    ))
+    .await
+    .context("could not start api")?;
+    let url = format!("http://{}", api.local_addr());
+    println!("\napi: GraphiQL at {url}/ , GraphQL at {url}/graphql , health at {url}/health");
+    println!("try:\n  curl -s {url}/graphql -H 'content-type: application/json' \\\n    -d '{{\"query\":\"{{ wallet(chainId: 137, address: \\\"0x000006eee6e39015cb523aebdd4d0b1855aba682\\\") {{ address lendingSummary {{ action count amountUsd }} }} }}\"}}'");
+    println!("Ctrl-C stops the demo (the projector keeps folding new events until then).");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut projector_stop = stop_rx.clone();
+    let projector_task = tokio::spawn(projector.run_until_stopped(async move {
+        let _ = projector_stop.wait_for(|stop| *stop).await;
+    }));
+    let mut api_stop = stop_rx;
+    let api_task = tokio::spawn(api.run_until_stopped(async move {
+        let _ = api_stop.wait_for(|stop| *stop).await;
+    }));
+    chainfold_platform::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    api_task.await.context("api task panicked")??;
+    projector_task.await.context("projector task panicked")??;
+    Ok(())
+}
+
+async fn sqlx_counts(
+    pool: &chainfold_projector::store::PgPoolRef,
+) -> anyhow::Result<(i64, i64, i64, i64)> {
+    chainfold_projector::store::table_counts(pool)
+        .await
+        .context("could not count the read models")
+}
+
+async fn tail(config: TailConfig) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = chainfold_platform::kafka::client_config(&config.kafka)
+        .set("group.id", "chainfold-tail")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("could not create Kafka consumer")?;
+    let topic = config.topic.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let marks = chainfold_platform::kafka::watermarks(&consumer, &topic)?;
+        let mut tpl = TopicPartitionList::new();
+        for (partition, low, high) in &marks {
+            let start = if config.from_end { *high } else { *low };
+            tpl.add_partition_offset(&topic, *partition, Offset::Offset(start))
+                .context("could not build the assignment")?;
+        }
+        consumer
+            .assign(&tpl)
+            .context("could not assign partitions")?;
+        let mut remaining: i64 = marks
+            .iter()
+            .map(|(_, low, high)| if config.from_end { 0 } else { high - low })
+            .sum();
+        let mut printed = 0u64;
+        loop {
+            if config.limit.is_some_and(|limit| printed >= limit)
+                || (!config.follow && remaining <= 0)
+            {
+                return Ok(());
+            }
+            let Some(result) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = result.context("could not read from Kafka")?;
+            remaining -= 1;
+            printed += 1;
+            let key = message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_else(|| "-".into());
+            let headers = message
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            format!(
+                                "{}={}",
+                                h.key,
+                                h.value
+                                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let payload = message
+                .payload()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default();
+            println!(
+                "{}/{}@{} key={} {}\n  {}",
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                key,
+                if headers.is_empty() {
+                    String::new()
+                } else {
+                    format!("[{headers}]")
+                },
+                payload
+            );
+        }
+    })
+    .await
+    .context("tail task panicked")?
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_broken_config_is_refused_with_a_reason() {
+        let err = Cli::try_parse_from(["chainfold", "project", "--batch-wait", "5 parsecs"])
+            .expect_err("refused");
+        assert!(err.to_string().contains("batch-wait"), "{err}");
+        let err = Cli::try_parse_from(["chainfold", "serve", "--listen", "not-an-address"])
+            .expect_err("refused");
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn flags_reach_the_role_config() {
+        let cli = Cli::try_parse_from([
+            "chainfold",
+            "ingest",
+            "replay",
+            "--dataset",
+            "swaps",
+            "--topic-prefix",
+            "t.",
+        ])
+        .expect("parses");
+        let Command::Ingest(IngestCommand::Replay(config)) = cli.command else {
+            panic!("not replay")
+        };
+        assert_eq!(config.datasets, vec![Dataset::Swaps]);
+        assert_eq!(config.kafka.topics().amm, "t.chainfold.amm.v1");
+    }
+}

@@ -1,0 +1,82 @@
+//! Redis caches of the summaries, written after the Postgres commit. A rebuildable cache: if a
+//! write here fails, the rows are still right in Postgres and the next update of the same
+//! entity rewrites its hash.
+
+use chainfold_platform::redis_cache::{pool_key, wallet_key};
+use redis::aio::ConnectionManager;
+
+use crate::store::{PoolSummaryRow, WalletSummaryRow};
+
+/// Writes the summaries as they now stand, in one pipeline:
+/// `<prefix>wallet:<chain>:<address>` → `{action}_count`, `{action}_usd`;
+/// `<prefix>pool:<chain>:<address>` → `protocol`, `swap_count`, `reverted_count`, `first_block`,
+/// `last_block`.
+pub async fn write_summaries(
+    redis: &mut ConnectionManager,
+    prefix: &str,
+    wallets: &[WalletSummaryRow],
+    pools: &[PoolSummaryRow],
+) -> redis::RedisResult<()> {
+    if wallets.is_empty() && pools.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for w in wallets {
+        pipe.hset_multiple(
+            wallet_key(prefix, w.chain_id as u64, &w.wallet),
+            &[
+                (format!("{}_count", w.action), w.event_count.to_string()),
+                (format!("{}_usd", w.action), w.amount_usd.to_plain_string()),
+            ],
+        )
+        .ignore();
+    }
+    for p in pools {
+        pipe.hset_multiple(
+            pool_key(prefix, p.chain_id as u64, &p.pool),
+            &[
+                ("protocol", p.protocol.clone()),
+                ("swap_count", p.swap_count.to_string()),
+                ("reverted_count", p.reverted_count.to_string()),
+                (
+                    "first_block",
+                    p.first_block.map(|b| b.to_string()).unwrap_or_default(),
+                ),
+                (
+                    "last_block",
+                    p.last_block.map(|b| b.to_string()).unwrap_or_default(),
+                ),
+            ],
+        )
+        .ignore();
+    }
+    pipe.query_async(redis).await
+}
+
+/// Deletes every key under `prefix` (for `chainfold rebuild`).
+pub async fn clear(redis: &mut ConnectionManager, prefix: &str) -> redis::RedisResult<u64> {
+    let pattern = format!("{prefix}*");
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
+            .await?;
+        if !keys.is_empty() {
+            deleted += keys.len() as u64;
+            redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<()>(redis)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}

@@ -1,0 +1,612 @@
+//! The projector's repository: batched, idempotent writes of the read models and of the
+//! consumed offsets, in one Postgres transaction per batch.
+//!
+//! Rows go in with `INSERT … ON CONFLICT (event_id) DO NOTHING RETURNING …`, and the summaries
+//! are advanced only from what that statement returned, i.e. from rows that were new. A replayed
+//! event (a rebalance, a crash between the Postgres and Kafka commits, the log replayed twice)
+//! therefore changes nothing. Queries are runtime-checked `sqlx::query` because the batch shape
+//! (UNNEST over column arrays) is built per table; the repository tests run them on a real
+//! Postgres.
+
+use std::collections::HashSet;
+
+use bigdecimal::BigDecimal;
+use chainfold_domain::fold::{summarise_lending, summarise_swaps, LendingRow, SwapRow};
+use chainfold_domain::UsdValue;
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Row as _, Transaction};
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("could not write to Postgres")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// True when retrying the same write cannot succeed (a constraint or data error caused by
+    /// the rows themselves): the offending message is dead-lettered. Everything else (connection
+    /// lost, timeout, serialization failure) is retried. In doubt, transient.
+    pub fn is_deterministic(&self) -> bool {
+        let StoreError::Database(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        // SQLSTATE class 22 = data exception, 23 = integrity constraint violation.
+        db.code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+    }
+}
+
+/// Where a folded row came from in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coordinates {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A wallet summary row as it stands after a batch (for the Redis cache).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WalletSummaryRow {
+    pub chain_id: i64,
+    pub wallet: String,
+    pub action: String,
+    pub event_count: i64,
+    pub amount_usd: BigDecimal,
+}
+
+/// A pool summary row as it stands after a batch (for the Redis cache).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSummaryRow {
+    pub chain_id: i64,
+    pub pool: String,
+    pub protocol: String,
+    pub swap_count: i64,
+    pub reverted_count: i64,
+    pub first_block: Option<i64>,
+    pub last_block: Option<i64>,
+}
+
+/// What changed in a batch, for the caches.
+#[derive(Debug, Default, Clone)]
+pub struct BatchWrite {
+    pub new_lending: u64,
+    pub new_swaps: u64,
+    pub wallets: Vec<WalletSummaryRow>,
+    pub pools: Vec<PoolSummaryRow>,
+}
+
+fn hex<T: std::fmt::LowerHex>(value: &T) -> String {
+    format!("{value:#x}")
+}
+
+fn usd(value: &Option<UsdValue>) -> Option<BigDecimal> {
+    value.as_ref().map(|v| v.0.clone())
+}
+
+/// Inserts lending rows, skipping those already stored, and advances the wallet summaries by
+/// the new ones. Returns how many were new and the summaries as they now stand.
+pub async fn insert_lending(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(LendingRow, Coordinates)],
+) -> Result<(u64, Vec<WalletSummaryRow>), StoreError> {
+    if rows.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let n = rows.len();
+    let mut event_id = Vec::with_capacity(n);
+    let mut chain_id = Vec::with_capacity(n);
+    let mut wallet = Vec::with_capacity(n);
+    let mut action = Vec::with_capacity(n);
+    let mut protocol = Vec::with_capacity(n);
+    let mut reserve = Vec::with_capacity(n);
+    let mut symbol = Vec::with_capacity(n);
+    let mut decimals = Vec::with_capacity(n);
+    let mut amount = Vec::with_capacity(n);
+    let mut price_usd = Vec::with_capacity(n);
+    let mut amount_usd = Vec::with_capacity(n);
+    let mut counterparty = Vec::with_capacity(n);
+    let mut block_number = Vec::with_capacity(n);
+    let mut block_hash = Vec::with_capacity(n);
+    let mut tx_hash = Vec::with_capacity(n);
+    let mut log_index = Vec::with_capacity(n);
+    let mut block_time: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut topic = Vec::with_capacity(n);
+    let mut partition = Vec::with_capacity(n);
+    let mut offset = Vec::with_capacity(n);
+    for (row, at) in rows {
+        event_id.push(row.event_id.to_string());
+        chain_id.push(row.chain_id as i64);
+        wallet.push(hex(&row.wallet));
+        action.push(row.action.as_str());
+        protocol.push(row.protocol.clone());
+        reserve.push(hex(&row.reserve));
+        symbol.push(row.symbol.clone());
+        decimals.push(i16::from(row.decimals));
+        amount.push(row.amount.to_decimal());
+        price_usd.push(usd(&row.price_usd));
+        amount_usd.push(usd(&row.amount_usd));
+        counterparty.push(row.counterparty.as_ref().map(hex));
+        block_number.push(row.block_number.map(|b| b as i64));
+        block_hash.push(row.block_hash.as_ref().map(hex));
+        tx_hash.push(row.tx_hash.as_ref().map(hex));
+        log_index.push(row.log_index.map(|i| i as i32));
+        block_time.push(row.block_time);
+        topic.push(at.topic.clone());
+        partition.push(at.partition);
+        offset.push(at.offset);
+    }
+    let inserted: Vec<String> = sqlx::query_scalar(
+        r#"
+        INSERT INTO lending_event (event_id, chain_id, wallet, action, protocol, reserve, symbol,
+            decimals, amount, price_usd, amount_usd, counterparty, block_number, block_hash,
+            tx_hash, log_index, block_time, kafka_topic, kafka_partition, kafka_offset)
+        SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
+            $6::text[], $7::text[], $8::int2[], $9::numeric[], $10::numeric[], $11::numeric[],
+            $12::text[], $13::int8[], $14::text[], $15::text[], $16::int4[], $17::timestamptz[],
+            $18::text[], $19::int4[], $20::int8[])
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+        "#,
+    )
+    .bind(&event_id)
+    .bind(&chain_id)
+    .bind(&wallet)
+    .bind(&action)
+    .bind(&protocol)
+    .bind(&reserve)
+    .bind(&symbol)
+    .bind(&decimals)
+    .bind(&amount)
+    .bind(&price_usd)
+    .bind(&amount_usd)
+    .bind(&counterparty)
+    .bind(&block_number)
+    .bind(&block_hash)
+    .bind(&tx_hash)
+    .bind(&log_index)
+    .bind(&block_time)
+    .bind(&topic)
+    .bind(&partition)
+    .bind(&offset)
+    .fetch_all(&mut **tx)
+    .await?;
+    if inserted.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let inserted: HashSet<String> = inserted.into_iter().collect();
+    let new_rows: Vec<&LendingRow> = rows
+        .iter()
+        .zip(&event_id)
+        .filter(|(_, id)| inserted.contains(*id))
+        .map(|((row, _), _)| row)
+        .collect();
+    insert_liquidations(tx, &new_rows).await?;
+    let wallets = upsert_wallet_summaries(tx, &new_rows).await?;
+    Ok((new_rows.len() as u64, wallets))
+}
+
+async fn insert_liquidations(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[&LendingRow],
+) -> Result<(), StoreError> {
+    let liquidations: Vec<_> = rows
+        .iter()
+        .filter_map(|r| r.liquidation.as_ref().map(|l| (*r, l)))
+        .collect();
+    if liquidations.is_empty() {
+        return Ok(());
+    }
+    let mut cols: (
+        Vec<String>,
+        Vec<i64>,
+        Vec<String>,
+        Vec<Option<String>>,
+        Vec<String>,
+        Vec<String>,
+    ) = Default::default();
+    let mut more: (
+        Vec<i16>,
+        Vec<BigDecimal>,
+        Vec<Option<BigDecimal>>,
+        Vec<Option<BigDecimal>>,
+    ) = Default::default();
+    let mut debt: (
+        Vec<String>,
+        Vec<String>,
+        Vec<BigDecimal>,
+        Vec<Option<BigDecimal>>,
+        Vec<Option<DateTime<Utc>>>,
+    ) = Default::default();
+    for (row, l) in liquidations {
+        cols.0.push(row.event_id.to_string());
+        cols.1.push(row.chain_id as i64);
+        cols.2.push(hex(&row.wallet));
+        cols.3.push(l.liquidator.as_ref().map(hex));
+        cols.4.push(hex(&l.collateral_reserve));
+        cols.5.push(l.collateral_symbol.clone());
+        more.0.push(i16::from(l.collateral_decimals));
+        more.1.push(l.collateral_amount.to_decimal());
+        more.2.push(usd(&l.collateral_price_usd));
+        more.3.push(usd(&l.collateral_usd));
+        debt.0.push(hex(&row.reserve));
+        debt.1.push(row.symbol.clone());
+        debt.2.push(row.amount.to_decimal());
+        debt.3.push(usd(&row.amount_usd));
+        debt.4.push(row.block_time);
+    }
+    sqlx::query(
+        r#"
+        INSERT INTO liquidation (event_id, chain_id, wallet, liquidator, collateral_reserve,
+            collateral_symbol, collateral_decimals, collateral_amount, collateral_price_usd,
+            collateral_usd, debt_reserve, debt_symbol, debt_covered, debt_usd, block_time)
+        SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
+            $6::text[], $7::int2[], $8::numeric[], $9::numeric[], $10::numeric[], $11::text[],
+            $12::text[], $13::numeric[], $14::numeric[], $15::timestamptz[])
+        ON CONFLICT (event_id) DO NOTHING
+        "#,
+    )
+    .bind(&cols.0)
+    .bind(&cols.1)
+    .bind(&cols.2)
+    .bind(&cols.3)
+    .bind(&cols.4)
+    .bind(&cols.5)
+    .bind(&more.0)
+    .bind(&more.1)
+    .bind(&more.2)
+    .bind(&more.3)
+    .bind(&debt.0)
+    .bind(&debt.1)
+    .bind(&debt.2)
+    .bind(&debt.3)
+    .bind(&debt.4)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_wallet_summaries(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[&LendingRow],
+) -> Result<Vec<WalletSummaryRow>, StoreError> {
+    let deltas = summarise_lending(rows.iter().copied());
+    let mut chain_id = Vec::with_capacity(deltas.len());
+    let mut wallet = Vec::with_capacity(deltas.len());
+    let mut action = Vec::with_capacity(deltas.len());
+    let mut event_count = Vec::with_capacity(deltas.len());
+    let mut priced_count = Vec::with_capacity(deltas.len());
+    let mut amount_usd = Vec::with_capacity(deltas.len());
+    let mut first_at = Vec::with_capacity(deltas.len());
+    let mut last_at = Vec::with_capacity(deltas.len());
+    for ((chain, addr, act), d) in deltas {
+        chain_id.push(chain as i64);
+        wallet.push(hex(&addr));
+        action.push(act.as_str());
+        event_count.push(d.event_count as i64);
+        priced_count.push(d.priced_count as i64);
+        amount_usd.push(d.amount_usd);
+        first_at.push(d.first_at);
+        last_at.push(d.last_at);
+    }
+    let rows = sqlx::query(
+        r#"
+        INSERT INTO wallet_lending_summary AS s
+            (chain_id, wallet, action, event_count, priced_count, amount_usd, first_at, last_at)
+        SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[],
+            $6::numeric[], $7::timestamptz[], $8::timestamptz[])
+        ON CONFLICT (chain_id, wallet, action) DO UPDATE SET
+            event_count = s.event_count + EXCLUDED.event_count,
+            priced_count = s.priced_count + EXCLUDED.priced_count,
+            amount_usd = s.amount_usd + EXCLUDED.amount_usd,
+            first_at = LEAST(s.first_at, EXCLUDED.first_at),
+            last_at = GREATEST(s.last_at, EXCLUDED.last_at)
+        RETURNING chain_id, wallet, action, event_count, amount_usd
+        "#,
+    )
+    .bind(&chain_id)
+    .bind(&wallet)
+    .bind(&action)
+    .bind(&event_count)
+    .bind(&priced_count)
+    .bind(&amount_usd)
+    .bind(&first_at)
+    .bind(&last_at)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(WalletSummaryRow {
+                chain_id: r.try_get("chain_id")?,
+                wallet: r.try_get("wallet")?,
+                action: r.try_get("action")?,
+                event_count: r.try_get("event_count")?,
+                amount_usd: r.try_get("amount_usd")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+/// Inserts swap rows, skipping those already stored, and advances pool summaries and per-token
+/// volumes by the new ones. Returns how many were new and the pool summaries as they now stand.
+pub async fn insert_swaps(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(SwapRow, Coordinates)],
+) -> Result<(u64, Vec<PoolSummaryRow>), StoreError> {
+    if rows.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let n = rows.len();
+    let mut event_id = Vec::with_capacity(n);
+    let mut chain_id = Vec::with_capacity(n);
+    let mut pool = Vec::with_capacity(n);
+    let mut protocol = Vec::with_capacity(n);
+    let mut block_number = Vec::with_capacity(n);
+    let mut block_hash = Vec::with_capacity(n);
+    let mut tx_hash = Vec::with_capacity(n);
+    let mut tx_position = Vec::with_capacity(n);
+    let mut trace_address = Vec::with_capacity(n);
+    let mut log_index = Vec::with_capacity(n);
+    let mut block_time: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut sender = Vec::with_capacity(n);
+    let mut recipient = Vec::with_capacity(n);
+    let mut token_in = Vec::with_capacity(n);
+    let mut amount_in = Vec::with_capacity(n);
+    let mut token_out = Vec::with_capacity(n);
+    let mut amount_out = Vec::with_capacity(n);
+    let mut reverted = Vec::with_capacity(n);
+    let mut topic = Vec::with_capacity(n);
+    let mut partition = Vec::with_capacity(n);
+    let mut offset = Vec::with_capacity(n);
+    for (row, at) in rows {
+        event_id.push(row.event_id.to_string());
+        chain_id.push(row.chain_id as i64);
+        pool.push(hex(&row.pool));
+        protocol.push(row.protocol.clone());
+        block_number.push(row.block_number.map(|b| b as i64));
+        block_hash.push(row.block_hash.as_ref().map(hex));
+        tx_hash.push(row.tx_hash.as_ref().map(hex));
+        tx_position.push(row.tx_position as i32);
+        // Postgres cannot UNNEST an array of arrays: the path travels as "0.1.3".
+        trace_address.push(
+            row.trace_address
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join("."),
+        );
+        log_index.push(row.log_index.map(|i| i as i32));
+        block_time.push(row.block_time);
+        sender.push(hex(&row.sender));
+        recipient.push(hex(&row.recipient));
+        token_in.push(hex(&row.token_in));
+        amount_in.push(row.amount_in.to_decimal());
+        token_out.push(hex(&row.token_out));
+        amount_out.push(row.amount_out.to_decimal());
+        reverted.push(row.reverted);
+        topic.push(at.topic.clone());
+        partition.push(at.partition);
+        offset.push(at.offset);
+    }
+    let inserted: Vec<String> = sqlx::query_scalar(
+        r#"
+        INSERT INTO swap (event_id, chain_id, pool, protocol, block_number, block_hash, tx_hash,
+            tx_position, trace_address, log_index, block_time, sender, recipient, token_in,
+            amount_in, token_out, amount_out, reverted, kafka_topic, kafka_partition, kafka_offset)
+        SELECT event_id, chain_id, pool, protocol, block_number, block_hash, tx_hash, tx_position,
+            CASE WHEN trace = '' THEN '{}'::int4[] ELSE string_to_array(trace, '.')::int4[] END,
+            log_index, block_time, sender, recipient, token_in, amount_in, token_out, amount_out,
+            reverted, kafka_topic, kafka_partition, kafka_offset
+        FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[],
+            $7::text[], $8::int4[], $9::text[], $10::int4[], $11::timestamptz[], $12::text[],
+            $13::text[], $14::text[], $15::numeric[], $16::text[], $17::numeric[], $18::bool[],
+            $19::text[], $20::int4[], $21::int8[])
+            AS t(event_id, chain_id, pool, protocol, block_number, block_hash, tx_hash, tx_position,
+                 trace, log_index, block_time, sender, recipient, token_in, amount_in, token_out,
+                 amount_out, reverted, kafka_topic, kafka_partition, kafka_offset)
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+        "#,
+    )
+    .bind(&event_id)
+    .bind(&chain_id)
+    .bind(&pool)
+    .bind(&protocol)
+    .bind(&block_number)
+    .bind(&block_hash)
+    .bind(&tx_hash)
+    .bind(&tx_position)
+    .bind(&trace_address)
+    .bind(&log_index)
+    .bind(&block_time)
+    .bind(&sender)
+    .bind(&recipient)
+    .bind(&token_in)
+    .bind(&amount_in)
+    .bind(&token_out)
+    .bind(&amount_out)
+    .bind(&reverted)
+    .bind(&topic)
+    .bind(&partition)
+    .bind(&offset)
+    .fetch_all(&mut **tx)
+    .await?;
+    if inserted.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let inserted: HashSet<String> = inserted.into_iter().collect();
+    let new_rows: Vec<&SwapRow> = rows
+        .iter()
+        .zip(&event_id)
+        .filter(|(_, id)| inserted.contains(*id))
+        .map(|((row, _), _)| row)
+        .collect();
+    let pools = upsert_pool_summaries(tx, &new_rows).await?;
+    Ok((new_rows.len() as u64, pools))
+}
+
+async fn upsert_pool_summaries(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[&SwapRow],
+) -> Result<Vec<PoolSummaryRow>, StoreError> {
+    let deltas = summarise_swaps(rows.iter().copied());
+    let mut chain_id = Vec::new();
+    let mut pool = Vec::new();
+    let mut protocol = Vec::new();
+    let mut swap_count = Vec::new();
+    let mut reverted_count = Vec::new();
+    let mut first_block = Vec::new();
+    let mut last_block = Vec::new();
+    let mut v_chain = Vec::new();
+    let mut v_pool = Vec::new();
+    let mut v_token = Vec::new();
+    let mut v_in = Vec::new();
+    let mut v_out = Vec::new();
+    for ((chain, addr), d) in deltas {
+        chain_id.push(chain as i64);
+        pool.push(hex(&addr));
+        protocol.push(d.protocol);
+        swap_count.push(d.swap_count as i64);
+        reverted_count.push(d.reverted_count as i64);
+        first_block.push(d.first_block.map(|b| b as i64));
+        last_block.push(d.last_block.map(|b| b as i64));
+        for (token, (vin, vout)) in d.volumes {
+            v_chain.push(chain as i64);
+            v_pool.push(hex(&addr));
+            v_token.push(hex(&token));
+            v_in.push(vin);
+            v_out.push(vout);
+        }
+    }
+    if !v_chain.is_empty() {
+        sqlx::query(
+            r#"
+            INSERT INTO pool_token_volume AS v (chain_id, pool, token, volume_in, volume_out)
+            SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::numeric[], $5::numeric[])
+            ON CONFLICT (chain_id, pool, token) DO UPDATE SET
+                volume_in = v.volume_in + EXCLUDED.volume_in,
+                volume_out = v.volume_out + EXCLUDED.volume_out
+            "#,
+        )
+        .bind(&v_chain)
+        .bind(&v_pool)
+        .bind(&v_token)
+        .bind(&v_in)
+        .bind(&v_out)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let rows = sqlx::query(
+        r#"
+        INSERT INTO pool_summary AS p (chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block)
+        SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+        ON CONFLICT (chain_id, pool) DO UPDATE SET
+            swap_count = p.swap_count + EXCLUDED.swap_count,
+            reverted_count = p.reverted_count + EXCLUDED.reverted_count,
+            first_block = LEAST(p.first_block, EXCLUDED.first_block),
+            last_block = GREATEST(p.last_block, EXCLUDED.last_block)
+        RETURNING chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
+        "#,
+    )
+    .bind(&chain_id)
+    .bind(&pool)
+    .bind(&protocol)
+    .bind(&swap_count)
+    .bind(&reverted_count)
+    .bind(&first_block)
+    .bind(&last_block)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(PoolSummaryRow {
+                chain_id: r.try_get("chain_id")?,
+                pool: r.try_get("pool")?,
+                protocol: r.try_get("protocol")?,
+                swap_count: r.try_get("swap_count")?,
+                reverted_count: r.try_get("reverted_count")?,
+                first_block: r.try_get("first_block")?,
+                last_block: r.try_get("last_block")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+/// Records `next_offset` per (topic, partition) for `group`. Never moves an offset backwards: a
+/// partition's previous owner finishing a late batch cannot rewind it.
+pub async fn store_offsets(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    offsets: &[(String, i32, i64)],
+) -> Result<(), StoreError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = offsets.iter().map(|o| o.0.as_str()).collect();
+    let partitions: Vec<i32> = offsets.iter().map(|o| o.1).collect();
+    let next: Vec<i64> = offsets.iter().map(|o| o.2).collect();
+    sqlx::query(
+        r#"
+        INSERT INTO consumer_offset AS c (group_id, topic, partition_id, next_offset)
+        SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[])
+        ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET
+            next_offset = GREATEST(c.next_offset, EXCLUDED.next_offset),
+            updated_at = now()
+        "#,
+    )
+    .bind(group)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&next)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The stored next offsets of `group` for `topic`, by partition.
+pub async fn load_offsets(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, i64)>, StoreError> {
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT partition_id, next_offset FROM consumer_offset WHERE group_id = $1 AND topic = $2",
+    )
+    .bind(group)
+    .bind(topic)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// Empties every read model and forgets `group`'s offsets, so the next run refolds the whole
+/// log (`chainfold rebuild`).
+pub async fn reset(pool: &PgPool, group: &str) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "TRUNCATE liquidation, lending_event, wallet_lending_summary, swap, pool_summary, pool_token_volume",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM consumer_offset WHERE group_id = $1")
+        .bind(group)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Re-exported so callers need not depend on sqlx for a signature.
+pub type PgPoolRef = PgPool;
+
+/// Row counts of the main read models: lending events, wallets, swaps, pools.
+pub async fn table_counts(pool: &PgPool) -> Result<(i64, i64, i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT (SELECT count(*) FROM lending_event), (SELECT count(DISTINCT (chain_id, wallet)) FROM wallet_lending_summary),
+                (SELECT count(*) FROM swap), (SELECT count(*) FROM pool_summary)",
+    )
+    .fetch_one(pool)
+    .await?)
+}
