@@ -143,7 +143,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .context("could not start projector")?;
             app.reset().await?;
             let started = std::time::Instant::now();
-            let outcome = app.run_until_caught_up().await?;
+            let outcome = app
+                .run_until_caught_up_or(chainfold_platform::shutdown_signal())
+                .await?;
             println!(
                 "rebuild: folded {} events from the log in {:.2}s ({} dead-lettered)",
                 outcome.stored,
@@ -200,7 +202,10 @@ fn describe_replay(summary: &chainfold_ingest::publish::PublishSummary) -> Strin
 }
 
 async fn demo(config: DemoConfig) -> anyhow::Result<()> {
-    let summary = replay(&config.replay).await?;
+    let summary = tokio::select! {
+        summary = replay(&config.replay) => summary?,
+        () = chainfold_platform::shutdown_signal() => anyhow::bail!("stopped during the replay"),
+    };
     println!("{}", describe_replay(&summary));
     let projector_config = chainfold_projector::Config::new(
         config.replay.kafka.clone(),
@@ -212,7 +217,9 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
         .await
         .context("could not start projector")?;
     let started = std::time::Instant::now();
-    let outcome = projector.run_until_caught_up().await?;
+    let outcome = projector
+        .run_until_caught_up_or(chainfold_platform::shutdown_signal())
+        .await?;
     let elapsed = started.elapsed();
     println!(
         "project: folded {} new events ({} received, {} dead-lettered) in {:.2}s",

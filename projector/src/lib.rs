@@ -48,6 +48,12 @@ pub struct Config {
         default_value = "chainfold-projector"
     )]
     pub group: String,
+    /// Static group membership id (Kafka `group.instance.id`): a restarted instance with the
+    /// same id takes its partitions back at once instead of waiting for the broker to expire
+    /// the old member (the local tansu broker never expires a member that died without leaving).
+    /// Must differ between instances running at the same time; defaults to `<group>@<hostname>`.
+    #[arg(long = "instance-id", env = "CHAINFOLD_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Most messages folded in one Postgres transaction.
     #[arg(
         long = "batch-size",
@@ -73,9 +79,23 @@ impl Config {
             postgres,
             redis,
             group: group.into(),
+            instance_id: None,
             batch_size: 5000,
             batch_wait: Duration::from_millis(50),
         }
+    }
+
+    /// The static membership id in force.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "localhost".to_owned());
+            format!("{}@{host}", self.group)
+        })
     }
 }
 
@@ -556,11 +576,24 @@ impl App {
     /// Folds until everything in the log when called has been folded (demo, rebuild,
     /// benchmarks), then returns the totals.
     pub async fn run_until_caught_up(&mut self) -> anyhow::Result<BatchOutcome> {
+        self.run_until_caught_up_or(std::future::pending()).await
+    }
+
+    /// [`Self::run_until_caught_up`], stopping early (after the batch in hand) when `shutdown`
+    /// resolves.
+    pub async fn run_until_caught_up_or(
+        &mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<BatchOutcome> {
+        tokio::pin!(shutdown);
         let targets = self.high_watermarks().await?;
         let mut total = BatchOutcome::default();
         loop {
             if self.caught_up_to(&targets).await? {
                 return Ok(total);
+            }
+            if futures::poll!(&mut shutdown).is_ready() {
+                anyhow::bail!("stopped before the read models caught up with the log");
             }
             let outcome = self.process_batch(Duration::from_millis(500)).await?;
             total.received += outcome.received;
