@@ -52,6 +52,16 @@ pub fn parse_address(text: &str) -> Result<String, ApiError> {
 pub struct QueryRoot;
 
 #[derive(sqlx::FromRow)]
+struct SummaryRow {
+    action: String,
+    event_count: i64,
+    priced_count: i64,
+    amount_usd: bigdecimal::BigDecimal,
+    first_at: Option<chrono::DateTime<chrono::Utc>>,
+    last_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
 struct PoolRow {
     chain_id: i64,
     pool: String,
@@ -87,7 +97,7 @@ impl QueryRoot {
     ) -> ApiResult<Option<Wallet>> {
         let address = parse_address(&address).map_err(gql)?;
         let pool = ctx.data_unchecked::<PgPool>();
-        let rows: Vec<(String, i64, i64, bigdecimal::BigDecimal, Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>)> =
+        let rows: Vec<SummaryRow> =
             sqlx::query_as(
                 "SELECT action, event_count, priced_count, amount_usd, first_at, last_at
                  FROM wallet_lending_summary WHERE chain_id = $1 AND wallet = $2
@@ -101,16 +111,16 @@ impl QueryRoot {
         if rows.is_empty() {
             return Ok(None);
         }
-        let first_activity_at = rows.iter().filter_map(|r| r.4).min();
-        let last_activity_at = rows.iter().filter_map(|r| r.5).max();
+        let first_activity_at = rows.iter().filter_map(|r| r.first_at).min();
+        let last_activity_at = rows.iter().filter_map(|r| r.last_at).max();
         let lending_summary = rows
             .into_iter()
-            .filter_map(|(action, count, priced, usd, _, _)| {
+            .filter_map(|row| {
                 Some(LendingSummary {
-                    action: LendingAction::from_db(&action)?,
-                    count,
-                    amount_usd: usd.to_plain_string(),
-                    priced_count: priced,
+                    action: LendingAction::from_db(&row.action)?,
+                    count: row.event_count,
+                    amount_usd: row.amount_usd.to_plain_string(),
+                    priced_count: row.priced_count,
                 })
             })
             .collect();

@@ -197,43 +197,38 @@ async fn insert_liquidations(
     if liquidations.is_empty() {
         return Ok(());
     }
-    let mut cols: (
-        Vec<String>,
-        Vec<i64>,
-        Vec<String>,
-        Vec<Option<String>>,
-        Vec<String>,
-        Vec<String>,
-    ) = Default::default();
-    let mut more: (
-        Vec<i16>,
-        Vec<BigDecimal>,
-        Vec<Option<BigDecimal>>,
-        Vec<Option<BigDecimal>>,
-    ) = Default::default();
-    let mut debt: (
-        Vec<String>,
-        Vec<String>,
-        Vec<BigDecimal>,
-        Vec<Option<BigDecimal>>,
-        Vec<Option<DateTime<Utc>>>,
-    ) = Default::default();
+    let n = liquidations.len();
+    let mut event_id = Vec::with_capacity(n);
+    let mut chain_id = Vec::with_capacity(n);
+    let mut wallet = Vec::with_capacity(n);
+    let mut liquidator = Vec::with_capacity(n);
+    let mut collateral_reserve = Vec::with_capacity(n);
+    let mut collateral_symbol = Vec::with_capacity(n);
+    let mut collateral_decimals = Vec::with_capacity(n);
+    let mut collateral_amount = Vec::with_capacity(n);
+    let mut collateral_price_usd = Vec::with_capacity(n);
+    let mut collateral_usd = Vec::with_capacity(n);
+    let mut debt_reserve = Vec::with_capacity(n);
+    let mut debt_symbol = Vec::with_capacity(n);
+    let mut debt_covered = Vec::with_capacity(n);
+    let mut debt_usd = Vec::with_capacity(n);
+    let mut block_time: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     for (row, l) in liquidations {
-        cols.0.push(row.event_id.to_string());
-        cols.1.push(row.chain_id as i64);
-        cols.2.push(hex(&row.wallet));
-        cols.3.push(l.liquidator.as_ref().map(hex));
-        cols.4.push(hex(&l.collateral_reserve));
-        cols.5.push(l.collateral_symbol.clone());
-        more.0.push(i16::from(l.collateral_decimals));
-        more.1.push(l.collateral_amount.to_decimal());
-        more.2.push(usd(&l.collateral_price_usd));
-        more.3.push(usd(&l.collateral_usd));
-        debt.0.push(hex(&row.reserve));
-        debt.1.push(row.symbol.clone());
-        debt.2.push(row.amount.to_decimal());
-        debt.3.push(usd(&row.amount_usd));
-        debt.4.push(row.block_time);
+        event_id.push(row.event_id.to_string());
+        chain_id.push(row.chain_id as i64);
+        wallet.push(hex(&row.wallet));
+        liquidator.push(l.liquidator.as_ref().map(hex));
+        collateral_reserve.push(hex(&l.collateral_reserve));
+        collateral_symbol.push(l.collateral_symbol.clone());
+        collateral_decimals.push(i16::from(l.collateral_decimals));
+        collateral_amount.push(l.collateral_amount.to_decimal());
+        collateral_price_usd.push(usd(&l.collateral_price_usd));
+        collateral_usd.push(usd(&l.collateral_usd));
+        debt_reserve.push(hex(&row.reserve));
+        debt_symbol.push(row.symbol.clone());
+        debt_covered.push(row.amount.to_decimal());
+        debt_usd.push(usd(&row.amount_usd));
+        block_time.push(row.block_time);
     }
     sqlx::query(
         r#"
@@ -246,21 +241,21 @@ async fn insert_liquidations(
         ON CONFLICT (event_id) DO NOTHING
         "#,
     )
-    .bind(&cols.0)
-    .bind(&cols.1)
-    .bind(&cols.2)
-    .bind(&cols.3)
-    .bind(&cols.4)
-    .bind(&cols.5)
-    .bind(&more.0)
-    .bind(&more.1)
-    .bind(&more.2)
-    .bind(&more.3)
-    .bind(&debt.0)
-    .bind(&debt.1)
-    .bind(&debt.2)
-    .bind(&debt.3)
-    .bind(&debt.4)
+    .bind(&event_id)
+    .bind(&chain_id)
+    .bind(&wallet)
+    .bind(&liquidator)
+    .bind(&collateral_reserve)
+    .bind(&collateral_symbol)
+    .bind(&collateral_decimals)
+    .bind(&collateral_amount)
+    .bind(&collateral_price_usd)
+    .bind(&collateral_usd)
+    .bind(&debt_reserve)
+    .bind(&debt_symbol)
+    .bind(&debt_covered)
+    .bind(&debt_usd)
+    .bind(&block_time)
     .execute(&mut **tx)
     .await?;
     Ok(())

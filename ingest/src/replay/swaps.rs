@@ -80,7 +80,7 @@ pub fn decode(bytes: &[u8], origin: &str) -> Vec<Decoded> {
             })),
         }
     }
-    swaps.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+    swaps.sort_by_cached_key(order_key);
     rejected
         .into_iter()
         .chain(swaps.into_iter().map(Ok))

@@ -1,0 +1,195 @@
+//! Repository tests: the projector's SQL on a real Postgres, a fresh database per test
+//! (`#[sqlx::test]` creates and drops it; `DATABASE_URL` names the server).
+
+use chainfold_domain::envelope::{LendingAction, Liquidation, Reserve};
+use chainfold_domain::fold::{lending_row, swap_row};
+use chainfold_domain::{
+    Address, DefiEvent, Envelope, EventId, Source, TokenAmount, UsdValue, SCHEMA_VERSION,
+};
+use chainfold_projector::store::{self, Coordinates};
+use sqlx::PgPool;
+
+fn at(offset: i64) -> Coordinates {
+    Coordinates {
+        topic: "t".into(),
+        partition: 0,
+        offset,
+    }
+}
+
+fn liquidation(record: &str, debt_covered: &str) -> Envelope {
+    Envelope {
+        schema_version: SCHEMA_VERSION,
+        event_id: EventId::of_record(1, "test", record),
+        chain_id: 1,
+        block: None,
+        tx_hash: None,
+        log_index: None,
+        block_time: chrono::DateTime::from_timestamp(1_621_433_382, 0),
+        source: Source::Replay {
+            dataset: "test".into(),
+            record: record.into(),
+        },
+        event: DefiEvent::Liquidation(Liquidation {
+            protocol: "aave_v2".into(),
+            wallet: Address::repeat_byte(0xaa),
+            liquidator: Some(Address::repeat_byte(0xbb)),
+            collateral: Reserve {
+                address: Address::repeat_byte(1),
+                symbol: "WETH".into(),
+                decimals: 18,
+            },
+            collateral_amount: TokenAmount::parse_integer("385099628754132506").expect("valid"),
+            collateral_price_usd: Some(
+                UsdValue::parse("2417.768545940003089395802234234159").expect("valid"),
+            ),
+            debt: Reserve {
+                address: Address::repeat_byte(2),
+                symbol: "USDT".into(),
+                decimals: 6,
+            },
+            debt_covered: TokenAmount::parse_integer(debt_covered).expect("valid"),
+            debt_price_usd: Some(
+                UsdValue::parse("1.01321466446499825392069825264885").expect("valid"),
+            ),
+        }),
+    }
+}
+
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn upserting_the_same_lending_events_twice_changes_nothing(pool: PgPool) {
+    let rows = vec![
+        (
+            lending_row(&liquidation("a", "875179341")).expect("folds"),
+            at(0),
+        ),
+        (
+            lending_row(&liquidation("b", "1000000")).expect("folds"),
+            at(1),
+        ),
+    ];
+    let mut tx = pool.begin().await.expect("tx");
+    let (new, summaries) = store::insert_lending(&mut tx, &rows).await.expect("insert");
+    tx.commit().await.expect("commit");
+    assert_eq!(new, 2);
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(summaries[0].event_count, 2);
+    assert_eq!(summaries[0].action, LendingAction::Liquidation.as_str());
+
+    let mut tx = pool.begin().await.expect("tx");
+    let (new, summaries) = store::insert_lending(&mut tx, &rows)
+        .await
+        .expect("insert again");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        (new, summaries.len()),
+        (0, 0),
+        "a replay inserts and summarises nothing"
+    );
+
+    let (count, usd): (i64, bigdecimal::BigDecimal) =
+        sqlx::query_as("SELECT event_count, amount_usd FROM wallet_lending_summary")
+            .fetch_one(&pool)
+            .await
+            .expect("summary");
+    assert_eq!(count, 2);
+    // 875.179341 × 1.01321… + 1.0 × 1.01321… = 887.757757…
+    assert_eq!(
+        usd.with_scale_round(2, bigdecimal::RoundingMode::HalfEven)
+            .to_string(),
+        "887.76"
+    );
+    let liquidations: i64 = sqlx::query_scalar("SELECT count(*) FROM liquidation")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(liquidations, 2);
+}
+
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn swaps_are_idempotent_and_reverted_ones_move_no_volume(pool: PgPool) {
+    let decoded = sample_swaps();
+    let rows: Vec<_> = decoded
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (swap_row(e).expect("folds"), at(i as i64)))
+        .collect();
+    for _ in 0..2 {
+        let mut tx = pool.begin().await.expect("tx");
+        store::insert_swaps(&mut tx, &rows).await.expect("insert");
+        tx.commit().await.expect("commit");
+    }
+    let (swaps, reverted): (i64, i64) =
+        sqlx::query_as("SELECT swap_count, reverted_count FROM pool_summary")
+            .fetch_one(&pool)
+            .await
+            .expect("summary");
+    assert_eq!((swaps, reverted), (2, 1));
+    let volume_in: bigdecimal::BigDecimal =
+        sqlx::query_scalar("SELECT volume_in FROM pool_token_volume WHERE token = $1")
+            .bind(format!("{:#x}", Address::repeat_byte(4)))
+            .fetch_one(&pool)
+            .await
+            .expect("volume");
+    assert_eq!(volume_in.to_string(), "300");
+    let trace: Vec<i32> = sqlx::query_scalar("SELECT trace_address FROM swap WHERE event_id = $1")
+        .bind(decoded[0].event_id.to_string())
+        .fetch_one(&pool)
+        .await
+        .expect("trace");
+    assert_eq!(trace, vec![0, 2]);
+}
+
+fn sample_swaps() -> Vec<Envelope> {
+    let swap = |record: &str, amount_in: &str, reverted: bool, trace: Vec<u32>| Envelope {
+        schema_version: SCHEMA_VERSION,
+        event_id: EventId::of_record(1, "test-swaps", record),
+        chain_id: 1,
+        block: Some(chainfold_domain::BlockRef {
+            number: 12_634_825,
+            hash: None,
+        }),
+        tx_hash: None,
+        log_index: None,
+        block_time: None,
+        source: Source::Rpc,
+        event: DefiEvent::Swap(chainfold_domain::Swap {
+            protocol: "uniswap_v2".into(),
+            pool: Address::repeat_byte(9),
+            sender: Address::repeat_byte(1),
+            recipient: Address::repeat_byte(1),
+            token_in: Address::repeat_byte(4),
+            amount_in: TokenAmount::parse_integer(amount_in).expect("valid"),
+            token_out: Address::repeat_byte(5),
+            amount_out: TokenAmount::parse_integer("7").expect("valid"),
+            tx_position: 3,
+            trace_address: trace,
+            reverted,
+        }),
+    };
+    vec![
+        swap("x", "100", false, vec![0, 2]),
+        swap("y", "200", false, vec![]),
+        swap("z", "999", true, vec![1]),
+    ]
+}
+
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn stored_offsets_never_move_backwards(pool: PgPool) {
+    for next in [10, 4, 12] {
+        let mut tx = pool.begin().await.expect("tx");
+        store::store_offsets(&mut tx, "g", &[("t".into(), 0, next)])
+            .await
+            .expect("store");
+        tx.commit().await.expect("commit");
+    }
+    assert_eq!(
+        store::load_offsets(&pool, "g", "t").await.expect("load"),
+        vec![(0, 12)]
+    );
+    store::reset(&pool, "g").await.expect("reset");
+    assert!(store::load_offsets(&pool, "g", "t")
+        .await
+        .expect("load")
+        .is_empty());
+}
