@@ -1,1 +1,2 @@
-//! Whole-pipeline tests live in `tests/`.
+//! Whole-pipeline tests live in `tests/`, the pipeline benchmark in `benches/`; this library is
+//! empty so the package can hold them.
