@@ -287,15 +287,22 @@ impl App {
         Ok(())
     }
 
-    /// Receives up to `batch_size` messages (waiting at most `batch_wait` after the first, and
-    /// at most `idle` for the first), folds them, and commits rows and offsets in one Postgres
-    /// transaction. Returns what it did; `received == 0` means nothing arrived within `idle`.
-    pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<BatchOutcome> {
+    /// True when a rebalance handed over partitions that still need their stored offsets.
+    fn has_pending_assignment(&self) -> bool {
+        !self
+            .pending
+            .lock()
+            .expect("pending assignment lock poisoned")
+            .is_empty()
+    }
+
+    /// Receives up to `batch_size` messages, waiting at most `idle` for the first and
+    /// `batch_wait` after it. Applies a pending assignment first.
+    async fn receive(&mut self, idle: Duration) -> anyhow::Result<Vec<Received>> {
         self.apply_pending_assignment().await?;
         let started = Instant::now();
         let mut messages: Vec<Received> = Vec::new();
         let mut deadline = Instant::now() + idle;
-        let mut first = true;
         while messages.len() < self.config.batch_size {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -308,6 +315,9 @@ impl App {
                     continue;
                 }
                 Ok(Ok(msg)) => {
+                    if messages.is_empty() {
+                        deadline = Instant::now() + self.config.batch_wait;
+                    }
                     messages.push(Received {
                         at: Coordinates {
                             topic: msg.topic().to_owned(),
@@ -317,37 +327,30 @@ impl App {
                         key: msg.key().map(<[u8]>::to_vec),
                         payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                     });
-                    if first {
-                        first = false;
-                        deadline = Instant::now() + self.config.batch_wait;
-                    }
                 }
             }
             // A rebalance during the wait: stop here and seek before reading more.
-            if !self
-                .pending
-                .lock()
-                .expect("pending assignment lock poisoned")
-                .is_empty()
-            {
+            if self.has_pending_assignment() {
                 break;
             }
         }
         self.timings.receive += started.elapsed();
-        if messages.is_empty() {
-            return Ok(BatchOutcome::default());
-        }
-        self.write_batch(messages).await
+        Ok(messages)
     }
 
-    async fn write_batch(&mut self, messages: Vec<Received>) -> anyhow::Result<BatchOutcome> {
-        let mut outcome = BatchOutcome {
-            received: messages.len() as u64,
-            ..BatchOutcome::default()
+    /// Folds a batch, dead-letters what does not fold (acknowledged by the broker before the
+    /// batch's offsets can be committed) and advances the in-memory positions.
+    async fn prepare(&mut self, messages: Vec<Received>) -> anyhow::Result<Prepared> {
+        let mut prepared = Prepared {
+            outcome: BatchOutcome {
+                received: messages.len() as u64,
+                ..BatchOutcome::default()
+            },
+            lending: Vec::new(),
+            swaps: Vec::new(),
+            offsets: Vec::new(),
         };
         let fold_started = Instant::now();
-        let mut lending: Vec<(LendingRow, Coordinates)> = Vec::new();
-        let mut swaps: Vec<(SwapRow, Coordinates)> = Vec::new();
         let mut rejected: Vec<(Received, String)> = Vec::new();
         let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for message in messages {
@@ -357,20 +360,18 @@ impl App {
                 .get(&position)
                 .is_some_and(|next| message.at.offset < *next)
             {
-                outcome.skipped += 1;
+                prepared.outcome.skipped += 1;
                 continue;
             }
             next_offsets.insert(position, message.at.offset + 1);
             match self.fold(&message) {
-                Ok(Folded::Lending(row)) => lending.push((*row, message.at)),
-                Ok(Folded::Swap(row)) => swaps.push((*row, message.at)),
+                Ok(Folded::Lending(row)) => prepared.lending.push((*row, message.at)),
+                Ok(Folded::Swap(row)) => prepared.swaps.push((*row, message.at)),
                 Err(reason) => rejected.push((message, reason)),
             }
         }
         self.timings.decode_fold += fold_started.elapsed();
 
-        // Dead letters are acknowledged by the broker before the offsets that pass them are
-        // committed: a crash in between re-sends them, never loses them.
         let dlq_started = Instant::now();
         for (message, reason) in &rejected {
             let origin = format!(
@@ -389,28 +390,54 @@ impl App {
                 },
             )
             .await?;
-            outcome.dead_lettered += 1;
+            prepared.outcome.dead_lettered += 1;
         }
         self.timings.dead_letter += dlq_started.elapsed();
-
-        let offsets: Vec<(String, i32, i64)> = next_offsets
-            .iter()
-            .map(|((t, p), o)| (t.clone(), *p, *o))
-            .collect();
-        let pg_started = Instant::now();
-        let written = self.commit_with_retry(&lending, &swaps, &offsets).await?;
-        self.timings.postgres += pg_started.elapsed();
-        outcome.stored = written.new_lending + written.new_swaps;
-        for ((topic, partition), next) in &next_offsets {
-            self.positions.insert((topic.clone(), *partition), *next);
+        for ((topic, partition), next) in next_offsets {
+            self.positions.insert((topic.clone(), partition), next);
+            prepared.offsets.push((topic, partition, next));
         }
+        Ok(prepared)
+    }
 
+    fn fold(&self, message: &Received) -> Result<Folded, String> {
+        let envelope: Envelope = serde_json::from_slice(&message.payload)
+            .map_err(|e| format!("could not decode envelope: {e}"))?;
+        if message.at.topic == self.topics.amm {
+            swap_row(&envelope)
+                .map(|r| Folded::Swap(Box::new(r)))
+                .map_err(|e| e.to_string())
+        } else {
+            lending_row(&envelope)
+                .map(|r| Folded::Lending(Box::new(r)))
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    fn writer(&self) -> Writer {
+        Writer {
+            pool: self.pool.clone(),
+            producer: self.producer.clone(),
+            group: self.config.group.clone(),
+        }
+    }
+
+    /// After a batch's Postgres commit: refresh the Redis cache and commit the offsets to Kafka
+    /// (a hint for tools; Postgres holds the truth).
+    async fn finish(&mut self, written: Written) -> anyhow::Result<BatchOutcome> {
+        let Written {
+            batch,
+            outcome,
+            offsets,
+            postgres,
+        } = written;
+        self.timings.postgres += postgres;
         let redis_started = Instant::now();
         if let Err(err) = cache::write_summaries(
             &mut self.redis,
             &self.config.redis.prefix,
-            &written.wallets,
-            &written.pools,
+            &batch.wallets,
+            &batch.pools,
         )
         .await
         {
@@ -418,7 +445,6 @@ impl App {
             tracing::warn!(%err, "could not update the Redis cache");
         }
         self.timings.redis += redis_started.elapsed();
-
         let commit_started = Instant::now();
         if !offsets.is_empty() {
             let mut tpl = TopicPartitionList::new();
@@ -426,7 +452,6 @@ impl App {
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
                     .context("could not build the commit list")?;
             }
-            // A hint for tools that read the group's Kafka offsets; Postgres is the truth.
             if let Err(err) = self
                 .consumer
                 .commit(&tpl, rdkafka::consumer::CommitMode::Async)
@@ -445,108 +470,16 @@ impl App {
         Ok(outcome)
     }
 
-    fn fold(&self, message: &Received) -> Result<Folded, String> {
-        let envelope: Envelope = serde_json::from_slice(&message.payload)
-            .map_err(|e| format!("could not decode envelope: {e}"))?;
-        if message.at.topic == self.topics.amm {
-            swap_row(&envelope)
-                .map(|r| Folded::Swap(Box::new(r)))
-                .map_err(|e| e.to_string())
-        } else {
-            lending_row(&envelope)
-                .map(|r| Folded::Lending(Box::new(r)))
-                .map_err(|e| e.to_string())
+    /// Receives one batch (waiting at most `idle` for its first message), folds it, and commits
+    /// rows and offsets in one Postgres transaction. `received == 0` means nothing arrived.
+    pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<BatchOutcome> {
+        let messages = self.receive(idle).await?;
+        if messages.is_empty() {
+            return Ok(BatchOutcome::default());
         }
-    }
-
-    /// Writes a batch in one transaction, retrying transient failures with backoff. A
-    /// deterministic failure (constraint or data error) is narrowed to the offending rows by
-    /// writing them one at a time; those are dead-lettered and the rest stored.
-    async fn commit_with_retry(
-        &mut self,
-        lending: &[(LendingRow, Coordinates)],
-        swaps: &[(SwapRow, Coordinates)],
-        offsets: &[(String, i32, i64)],
-    ) -> anyhow::Result<store::BatchWrite> {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match write_once(&self.pool, &self.config.group, lending, swaps, offsets).await {
-                Ok(written) => return Ok(written),
-                Err(err) if err.is_deterministic() && lending.len() + swaps.len() > 1 => {
-                    tracing::warn!(error = %err, "batch rejected by Postgres; writing its rows one by one");
-                    return self.write_one_by_one(lending, swaps, offsets).await;
-                }
-                Err(err) if err.is_deterministic() => {
-                    let (topic, reason) = (
-                        offsets.first().map(|o| o.0.clone()).unwrap_or_default(),
-                        format!("{err}: {:?}", std::error::Error::source(&err)),
-                    );
-                    let payload = format!("{lending:?}{swaps:?}");
-                    dlq::send(
-                        &self.producer,
-                        &DeadLetter {
-                            topic: &topic,
-                            stage: "projector",
-                            reason: &reason,
-                            origin: "postgres",
-                            key: None,
-                            payload: payload.as_bytes(),
-                        },
-                    )
-                    .await?;
-                    return write_once(&self.pool, &self.config.group, &[], &[], offsets)
-                        .await
-                        .map_err(anyhow::Error::from);
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, source = ?std::error::Error::source(&err), retry_in = ?backoff, "could not write a batch; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    }
-
-    async fn write_one_by_one(
-        &mut self,
-        lending: &[(LendingRow, Coordinates)],
-        swaps: &[(SwapRow, Coordinates)],
-        offsets: &[(String, i32, i64)],
-    ) -> anyhow::Result<store::BatchWrite> {
-        let mut total = store::BatchWrite::default();
-        for item in lending {
-            let written =
-                Box::pin(self.commit_with_retry(std::slice::from_ref(item), &[], &[])).await?;
-            total.new_lending += written.new_lending;
-            total.wallets.extend(written.wallets);
-        }
-        for item in swaps {
-            let written =
-                Box::pin(self.commit_with_retry(&[], std::slice::from_ref(item), &[])).await?;
-            total.new_swaps += written.new_swaps;
-            total.pools.extend(written.pools);
-        }
-        Box::pin(self.commit_with_retry(&[], &[], offsets)).await?;
-        Ok(total)
-    }
-
-    /// True when every partition of the event topics has been folded up to `targets`
-    /// (high watermarks taken earlier), by the offsets stored in Postgres.
-    pub async fn caught_up_to(&self, targets: &[(String, i32, i64)]) -> anyhow::Result<bool> {
-        let mut stored: HashMap<(String, i32), i64> = HashMap::new();
-        for topic in self.topics.event_topics() {
-            for (partition, offset) in
-                store::load_offsets(&self.pool, &self.config.group, topic).await?
-            {
-                stored.insert((topic.to_owned(), partition), offset);
-            }
-        }
-        Ok(targets.iter().all(|(topic, partition, high)| {
-            *high == 0
-                || stored
-                    .get(&(topic.clone(), *partition))
-                    .is_some_and(|o| o >= high)
-        }))
+        let prepared = self.prepare(messages).await?;
+        let written = self.writer().write(prepared).await?;
+        self.finish(written).await
     }
 
     /// High watermarks of every partition of the event topics, now.
@@ -573,60 +506,109 @@ impl App {
         .context("watermark task panicked")?
     }
 
+    /// True when every partition in `targets` has been folded up to its target offset.
+    fn covers(&self, targets: &[(String, i32, i64)]) -> bool {
+        targets.iter().all(|(topic, partition, high)| {
+            *high == 0
+                || self
+                    .positions
+                    .get(&(topic.clone(), *partition))
+                    .is_some_and(|next| next >= high)
+        })
+    }
+
     /// Folds until everything in the log when called has been folded (demo, rebuild,
-    /// benchmarks), then returns the totals.
+    /// benchmarks), then returns the totals. Meant for a projector that owns every partition.
     pub async fn run_until_caught_up(&mut self) -> anyhow::Result<BatchOutcome> {
         self.run_until_caught_up_or(std::future::pending()).await
     }
 
-    /// [`Self::run_until_caught_up`], stopping early (after the batch in hand) when `shutdown`
-    /// resolves.
+    /// [`Self::run_until_caught_up`], stopping early (after the batch in hand is committed)
+    /// when `shutdown` resolves.
     pub async fn run_until_caught_up_or(
         &mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<BatchOutcome> {
-        tokio::pin!(shutdown);
         let targets = self.high_watermarks().await?;
-        let mut total = BatchOutcome::default();
-        loop {
-            if self.caught_up_to(&targets).await? {
-                return Ok(total);
-            }
-            if futures::poll!(&mut shutdown).is_ready() {
-                anyhow::bail!("stopped before the read models caught up with the log");
-            }
-            let outcome = self.process_batch(Duration::from_millis(500)).await?;
-            total.received += outcome.received;
-            total.stored += outcome.stored;
-            total.dead_lettered += outcome.dead_lettered;
-            total.skipped += outcome.skipped;
+        let (total, stopped) = self.run(Some(&targets), shutdown).await?;
+        if stopped {
+            anyhow::bail!("stopped before the read models caught up with the log");
         }
+        Ok(total)
     }
 
-    /// Folds until `shutdown` resolves; the batch in hand is finished and committed first.
+    /// Folds until `shutdown` resolves; the batch in hand is committed first.
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let (total, _) = self.run(None, shutdown).await?;
+        tracing::info!(folded = total.stored, "projector stopped");
+        Ok(())
+    }
+
+    /// The pipelined loop: batch N+1 is received, folded and dead-lettered while batch N's
+    /// transaction commits. One write is in flight at most, so batches commit in order, and it
+    /// is drained before a rebalance's seek and before returning.
+    async fn run(
+        &mut self,
+        targets: Option<&[(String, i32, i64)]>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<(BatchOutcome, bool)> {
         tokio::pin!(shutdown);
-        let mut folded: u64 = 0;
+        let mut total = BatchOutcome::default();
+        let mut in_flight: Option<tokio::task::JoinHandle<anyhow::Result<Written>>> = None;
         let mut last_report = Instant::now();
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                outcome = self.process_batch(Duration::from_millis(500)) => {
-                    let outcome = outcome?;
-                    folded += outcome.stored;
-                    if last_report.elapsed() > Duration::from_secs(10) && folded > 0 {
-                        tracing::info!(folded, "projector progress");
-                        last_report = Instant::now();
-                    }
+        let stopped = loop {
+            let done = targets.is_some_and(|t| self.covers(t));
+            if done || self.has_pending_assignment() {
+                if let Some(handle) = in_flight.take() {
+                    total.add(
+                        &self
+                            .finish(handle.await.context("write task panicked")??)
+                            .await?,
+                    );
+                }
+                if done {
+                    break false;
                 }
             }
-        }
-        tracing::info!(folded, "projector stopped");
-        Ok(())
+            let messages = tokio::select! {
+                biased;
+                () = &mut shutdown => None,
+                received = self.receive(Duration::from_millis(500)) => Some(received?),
+            };
+            let Some(messages) = messages else {
+                if let Some(handle) = in_flight.take() {
+                    total.add(
+                        &self
+                            .finish(handle.await.context("write task panicked")??)
+                            .await?,
+                    );
+                }
+                break true;
+            };
+            let prepared = if messages.is_empty() {
+                None
+            } else {
+                Some(self.prepare(messages).await?)
+            };
+            if let Some(handle) = in_flight.take() {
+                total.add(
+                    &self
+                        .finish(handle.await.context("write task panicked")??)
+                        .await?,
+                );
+            }
+            if let Some(prepared) = prepared {
+                in_flight = Some(tokio::spawn(self.writer().write(prepared)));
+            }
+            if last_report.elapsed() > Duration::from_secs(10) && total.stored > 0 {
+                tracing::info!(folded = total.stored, "projector progress");
+                last_report = Instant::now();
+            }
+        };
+        Ok((total, stopped))
     }
 
     /// Empties the read models, the group's offsets and the Redis cache (`chainfold rebuild`).
@@ -643,6 +625,139 @@ impl App {
     }
 }
 
+impl BatchOutcome {
+    fn add(&mut self, other: &BatchOutcome) {
+        self.received += other.received;
+        self.stored += other.stored;
+        self.dead_lettered += other.dead_lettered;
+        self.skipped += other.skipped;
+    }
+}
+
+/// A folded batch, its dead letters already acknowledged, ready to be written.
+struct Prepared {
+    outcome: BatchOutcome,
+    lending: Vec<(LendingRow, Coordinates)>,
+    swaps: Vec<(SwapRow, Coordinates)>,
+    offsets: Vec<(String, i32, i64)>,
+}
+
+/// A committed batch.
+struct Written {
+    batch: store::BatchWrite,
+    outcome: BatchOutcome,
+    offsets: Vec<(String, i32, i64)>,
+    postgres: Duration,
+}
+
+/// What a write needs, owned, so it can run as its own task beside the next receive.
+#[derive(Clone)]
+struct Writer {
+    pool: PgPool,
+    producer: FutureProducer,
+    group: String,
+}
+
+impl Writer {
+    async fn write(self, prepared: Prepared) -> anyhow::Result<Written> {
+        let started = Instant::now();
+        let batch = self
+            .commit_with_retry(&prepared.lending, &prepared.swaps, &prepared.offsets)
+            .await?;
+        let mut outcome = prepared.outcome;
+        outcome.stored = batch.new_lending + batch.new_swaps;
+        Ok(Written {
+            batch,
+            outcome,
+            offsets: prepared.offsets,
+            postgres: started.elapsed(),
+        })
+    }
+
+    /// Writes rows and offsets in one transaction, retrying transient failures with backoff. A
+    /// deterministic failure (constraint or data error) is narrowed down by writing the rows one
+    /// at a time; a row Postgres still refuses is dead-lettered and the rest are stored.
+    async fn commit_with_retry(
+        &self,
+        lending: &[(LendingRow, Coordinates)],
+        swaps: &[(SwapRow, Coordinates)],
+        offsets: &[(String, i32, i64)],
+    ) -> anyhow::Result<store::BatchWrite> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match write_once(&self.pool, &self.group, lending, swaps, offsets).await {
+                Ok(written) => return Ok(written),
+                Err(err) if err.is_deterministic() && lending.len() + swaps.len() > 1 => {
+                    tracing::warn!(error = %err, "batch refused by Postgres; writing its rows one by one");
+                    return self.write_one_by_one(lending, swaps, offsets).await;
+                }
+                Err(err) if err.is_deterministic() => {
+                    let at = lending
+                        .first()
+                        .map(|(_, at)| at)
+                        .or_else(|| swaps.first().map(|(_, at)| at));
+                    let (topic, origin) = at.map_or((String::new(), String::new()), |at| {
+                        (
+                            at.topic.clone(),
+                            format!("{}/{}/{}", at.topic, at.partition, at.offset),
+                        )
+                    });
+                    let reason = format!(
+                        "{err}: {}",
+                        std::error::Error::source(&err)
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
+                    );
+                    let payload = format!("{lending:?}{swaps:?}");
+                    dlq::send(
+                        &self.producer,
+                        &DeadLetter {
+                            topic: &topic,
+                            stage: "projector",
+                            reason: &reason,
+                            origin: &origin,
+                            key: None,
+                            payload: payload.as_bytes(),
+                        },
+                    )
+                    .await?;
+                    return write_once(&self.pool, &self.group, &[], &[], offsets)
+                        .await
+                        .map_err(anyhow::Error::from);
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, source = ?std::error::Error::source(&err), retry_in = ?backoff, "could not write a batch; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn write_one_by_one(
+        &self,
+        lending: &[(LendingRow, Coordinates)],
+        swaps: &[(SwapRow, Coordinates)],
+        offsets: &[(String, i32, i64)],
+    ) -> anyhow::Result<store::BatchWrite> {
+        let mut total = store::BatchWrite::default();
+        for item in lending {
+            let written =
+                Box::pin(self.commit_with_retry(std::slice::from_ref(item), &[], &[])).await?;
+            total.new_lending += written.new_lending;
+            total.wallets.extend(written.wallets);
+        }
+        for item in swaps {
+            let written =
+                Box::pin(self.commit_with_retry(&[], std::slice::from_ref(item), &[])).await?;
+            total.new_swaps += written.new_swaps;
+            total.pools.extend(written.pools);
+        }
+        Box::pin(self.commit_with_retry(&[], &[], offsets)).await?;
+        Ok(total)
+    }
+}
+
 async fn write_once(
     pool: &PgPool,
     group: &str,
@@ -651,6 +766,11 @@ async fn write_once(
     offsets: &[(String, i32, i64)],
 ) -> Result<store::BatchWrite, StoreError> {
     let mut tx = pool.begin().await?;
+    // Losing the last commits in a Postgres crash is safe here: the offsets are in the same
+    // transaction, so they are lost with the rows and the projector refolds them from Kafka.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     let (new_lending, wallets) = store::insert_lending(&mut tx, lending).await?;
     let (new_swaps, pools) = store::insert_swaps(&mut tx, swaps).await?;
     store::store_offsets(&mut tx, group, offsets).await?;
