@@ -1,6 +1,8 @@
 -- Lending read models, folded from `chainfold.lending.v1`.
 --
--- Conventions: addresses are lowercase 0x-hex TEXT (readable in psql); token amounts are raw
+-- Conventions: addresses and hashes are lowercase 0x-hex TEXT COLLATE "C" (readable in psql,
+-- compared bytewise: hex has no linguistic order, and locale comparisons slow every index
+-- insert); token amounts are raw
 -- base units in NUMERIC(78,0) (a U256 always fits); USD values are exact NUMERIC, computed as
 -- amount / 10^decimals * price_usd at the event and rounded half-even to 18 places. Columns a
 -- recorded source does not have (block, tx hash, log index, time) are NULL, never invented.
@@ -8,14 +10,14 @@
 -- One row per lending event (deposit, borrow, repay, redeem, liquidation), keyed by the
 -- deterministic event id: a replayed event is an upsert that changes nothing.
 CREATE TABLE lending_event (
-    event_id     TEXT          PRIMARY KEY,
+    event_id     TEXT COLLATE "C"          PRIMARY KEY,
     chain_id     BIGINT        NOT NULL,
-    wallet       TEXT          NOT NULL,
+    wallet       TEXT COLLATE "C"          NOT NULL,
     -- deposit | borrow | repay | redeem | liquidation
     action       TEXT          NOT NULL CHECK (action IN ('deposit', 'borrow', 'repay', 'redeem', 'liquidation')),
     protocol     TEXT          NOT NULL,
     -- the reserve the amount is in; for a liquidation, the debt reserve
-    reserve      TEXT          NOT NULL,
+    reserve      TEXT COLLATE "C"          NOT NULL,
     symbol       TEXT          NOT NULL,
     decimals     SMALLINT      NOT NULL,
     amount       NUMERIC(78,0) NOT NULL CHECK (amount >= 0),
@@ -24,10 +26,10 @@ CREATE TABLE lending_event (
     -- for a liquidation: the debt covered in USD
     amount_usd   NUMERIC,
     -- repayer, redeem recipient, borrow caller or liquidator, where the event names one
-    counterparty TEXT,
+    counterparty TEXT COLLATE "C",
     block_number BIGINT,
-    block_hash   TEXT,
-    tx_hash      TEXT,
+    block_hash   TEXT COLLATE "C",
+    tx_hash      TEXT COLLATE "C",
     log_index    INTEGER,
     block_time   TIMESTAMPTZ,
     -- where the projector read it: topic/partition/offset
@@ -40,17 +42,17 @@ CREATE INDEX lending_event_wallet_idx ON lending_event (chain_id, wallet, block_
 
 -- The collateral side of each liquidation (the debt side is its lending_event row).
 CREATE TABLE liquidation (
-    event_id             TEXT          PRIMARY KEY REFERENCES lending_event (event_id),
+    event_id             TEXT COLLATE "C"          PRIMARY KEY REFERENCES lending_event (event_id),
     chain_id             BIGINT        NOT NULL,
-    wallet               TEXT          NOT NULL,
-    liquidator           TEXT,
-    collateral_reserve   TEXT          NOT NULL,
+    wallet               TEXT COLLATE "C"          NOT NULL,
+    liquidator           TEXT COLLATE "C",
+    collateral_reserve   TEXT COLLATE "C"          NOT NULL,
     collateral_symbol    TEXT          NOT NULL,
     collateral_decimals  SMALLINT      NOT NULL,
     collateral_amount    NUMERIC(78,0) NOT NULL CHECK (collateral_amount >= 0),
     collateral_price_usd NUMERIC,
     collateral_usd       NUMERIC,
-    debt_reserve         TEXT          NOT NULL,
+    debt_reserve         TEXT COLLATE "C"          NOT NULL,
     debt_symbol          TEXT          NOT NULL,
     debt_covered         NUMERIC(78,0) NOT NULL CHECK (debt_covered >= 0),
     debt_usd             NUMERIC,
@@ -64,7 +66,7 @@ CREATE INDEX liquidation_time_idx ON liquidation (chain_id, block_time);
 -- amount_usd).
 CREATE TABLE wallet_lending_summary (
     chain_id     BIGINT      NOT NULL,
-    wallet       TEXT        NOT NULL,
+    wallet       TEXT COLLATE "C"        NOT NULL,
     action       TEXT        NOT NULL,
     event_count  BIGINT      NOT NULL,
     priced_count BIGINT      NOT NULL,

@@ -66,10 +66,14 @@ impl Isolated {
         init_logs();
         let database = unique(&format!("cf_{name}")).replace('-', "_");
         let server = database_url();
+        let Some((base, _)) = server.rsplit_once('/') else {
+            panic!("DATABASE_URL={server} has no database path")
+        };
+        // Admin work happens in the server's `postgres` database, which always exists.
         let admin = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(&server)
+            .connect(&format!("{base}/postgres"))
             .await
             .unwrap_or_else(|e| {
                 panic!("Postgres must run at DATABASE_URL={server} (scripts/stack up): {e}")
@@ -79,10 +83,7 @@ impl Isolated {
             .await
             .expect("create a test database");
         admin.close().await;
-        let url = match server.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{database}"),
-            None => panic!("DATABASE_URL={server} has no database path"),
-        };
+        let url = format!("{base}/{database}");
         Isolated {
             kafka: KafkaArgs::new(kafka_brokers(), format!("{}.", unique(name))),
             postgres: PostgresArgs::new(url),
