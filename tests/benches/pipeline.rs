@@ -17,6 +17,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 struct Run {
     events: u64,
+    /// JSON encoding of every envelope, alone.
+    encode: Duration,
+    encoded_bytes: usize,
     /// Events folded after the first batch (the steady-state part).
     steady_events: u64,
     /// Group join plus the first batch.
@@ -92,6 +95,13 @@ async fn run_once(copies: u32) -> Run {
     let items = copies_of(&decoded, copies);
     let decode = started.elapsed();
     let events = items.len() as u64;
+    let started = Instant::now();
+    let encoded_bytes: usize = items
+        .iter()
+        .filter_map(|d| d.as_ref().ok())
+        .map(|e| chainfold_ingest::publish::encode(e).len())
+        .sum();
+    let encode = started.elapsed();
     let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
     let started = Instant::now();
     let summary = chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
@@ -135,6 +145,8 @@ async fn run_once(copies: u32) -> Run {
     assert_eq!(outcome.stored + first.stored, events);
     Run {
         events,
+        encode,
+        encoded_bytes,
         steady_events: outcome.stored,
         decode,
         publish,
@@ -192,6 +204,13 @@ fn main() {
             steady_rate(&run),
             steady_rate(&run) / rate(run.raw_consume),
             run.join.as_secs_f64()
+        );
+        println!(
+            "       json encode {:.0}/s ({:.0} bytes/event, {:.2}s of the {:.2}s publish)",
+            rate(run.encode),
+            run.encoded_bytes as f64 / run.events as f64,
+            run.encode.as_secs_f64(),
+            run.publish.as_secs_f64()
         );
         let t = &run.timings;
         println!(
