@@ -84,6 +84,20 @@ fn usd(value: &Option<UsdValue>) -> Option<BigDecimal> {
     value.as_ref().map(|v| v.0.clone())
 }
 
+/// The rows whose ids Postgres reports as inserted, each id once: a batch can hold the same
+/// event twice (the log holds a replay), and the second copy is not new.
+fn newly_inserted<'a, T>(
+    rows: impl Iterator<Item = &'a T>,
+    ids: &[String],
+    inserted: Vec<String>,
+) -> Vec<&'a T> {
+    let mut inserted: HashSet<String> = inserted.into_iter().collect();
+    rows.zip(ids)
+        .filter(|(_, id)| inserted.remove(*id))
+        .map(|(row, _)| row)
+        .collect()
+}
+
 /// Inserts lending rows, skipping those already stored, and advances the wallet summaries by
 /// the new ones. Returns how many were new and the summaries as they now stand.
 pub async fn insert_lending(
@@ -174,13 +188,8 @@ pub async fn insert_lending(
     if inserted.is_empty() {
         return Ok((0, Vec::new()));
     }
-    let inserted: HashSet<String> = inserted.into_iter().collect();
-    let new_rows: Vec<&LendingRow> = rows
-        .iter()
-        .zip(&event_id)
-        .filter(|(_, id)| inserted.contains(*id))
-        .map(|((row, _), _)| row)
-        .collect();
+    let new_rows: Vec<&LendingRow> =
+        newly_inserted(rows.iter().map(|(row, _)| row), &event_id, inserted);
     insert_liquidations(tx, &new_rows).await?;
     let wallets = upsert_wallet_summaries(tx, &new_rows).await?;
     Ok((new_rows.len() as u64, wallets))
@@ -430,13 +439,8 @@ pub async fn insert_swaps(
     if inserted.is_empty() {
         return Ok((0, Vec::new()));
     }
-    let inserted: HashSet<String> = inserted.into_iter().collect();
-    let new_rows: Vec<&SwapRow> = rows
-        .iter()
-        .zip(&event_id)
-        .filter(|(_, id)| inserted.contains(*id))
-        .map(|((row, _), _)| row)
-        .collect();
+    let new_rows: Vec<&SwapRow> =
+        newly_inserted(rows.iter().map(|(row, _)| row), &event_id, inserted);
     let pools = upsert_pool_summaries(tx, &new_rows).await?;
     Ok((new_rows.len() as u64, pools))
 }

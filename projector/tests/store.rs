@@ -107,6 +107,30 @@ async fn upserting_the_same_lending_events_twice_changes_nothing(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn an_event_twice_in_one_batch_counts_once(pool: PgPool) {
+    let row = lending_row(&liquidation("a", "875179341")).expect("folds");
+    let rows = vec![(row.clone(), at(0)), (row, at(1))];
+    let mut tx = pool.begin().await.expect("tx");
+    let (new, summaries) = store::insert_lending(&mut tx, &rows).await.expect("insert");
+    tx.commit().await.expect("commit");
+    assert_eq!(new, 1);
+    assert_eq!(summaries[0].event_count, 1);
+
+    let swaps = sample_swaps();
+    let twice: Vec<_> = swaps
+        .iter()
+        .chain(&swaps)
+        .enumerate()
+        .map(|(i, e)| (swap_row(e).expect("folds"), at(i as i64)))
+        .collect();
+    let mut tx = pool.begin().await.expect("tx");
+    let (new, pools) = store::insert_swaps(&mut tx, &twice).await.expect("insert");
+    tx.commit().await.expect("commit");
+    assert_eq!(new, 3);
+    assert_eq!((pools[0].swap_count, pools[0].reverted_count), (2, 1));
+}
+
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
 async fn swaps_are_idempotent_and_reverted_ones_move_no_volume(pool: PgPool) {
     let decoded = sample_swaps();
     let rows: Vec<_> = decoded

@@ -304,6 +304,9 @@ async fn a_poison_message_is_dead_lettered_with_its_reason_and_later_events_are_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projector_stopped_mid_stream_resumes_with_nothing_lost_and_nothing_doubled() {
     let iso = Isolated::new("restart").await;
+    // The file twice in the log before anything is folded, so batches hold both copies of an
+    // event: each must count once.
+    replay(&iso, Dataset::Polygon).await;
     replay(&iso, Dataset::Polygon).await;
     let mut config = projector_config(&iso);
     config.batch_size = 100;
@@ -323,7 +326,10 @@ async fn a_projector_stopped_mid_stream_resumes_with_nothing_lost_and_nothing_do
             .expect("batch")
             .stored;
     }
-    assert!(folded < 1724, "stop mid-stream, not at the end");
+    assert!(
+        folded < 1724,
+        "stop mid-stream, not at the end (folded {folded})"
+    );
     drop(first);
 
     let second = Projector::build(config).await.expect("projector restarts");
