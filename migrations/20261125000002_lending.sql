@@ -27,6 +27,13 @@ CREATE TABLE lending_event (
     amount_usd   NUMERIC,
     -- repayer, redeem recipient, borrow caller or liquidator, where the event names one
     counterparty TEXT COLLATE "C",
+    -- the collateral side of a liquidation (NULL for the other actions)
+    collateral_reserve   TEXT COLLATE "C",
+    collateral_symbol    TEXT,
+    collateral_decimals  SMALLINT,
+    collateral_amount    NUMERIC(78,0) CHECK (collateral_amount >= 0),
+    collateral_price_usd NUMERIC,
+    collateral_usd       NUMERIC,
     block_number BIGINT,
     block_hash   TEXT COLLATE "C",
     tx_hash      TEXT COLLATE "C",
@@ -40,25 +47,18 @@ CREATE TABLE lending_event (
 -- the wallet page lists a wallet's events newest first
 CREATE INDEX lending_event_wallet_idx ON lending_event (chain_id, wallet, block_time DESC, event_id);
 
--- The collateral side of each liquidation (the debt side is its lending_event row).
-CREATE TABLE liquidation (
-    event_id             TEXT COLLATE "C"          PRIMARY KEY REFERENCES lending_event (event_id),
-    chain_id             BIGINT        NOT NULL,
-    wallet               TEXT COLLATE "C"          NOT NULL,
-    liquidator           TEXT COLLATE "C",
-    collateral_reserve   TEXT COLLATE "C"          NOT NULL,
-    collateral_symbol    TEXT          NOT NULL,
-    collateral_decimals  SMALLINT      NOT NULL,
-    collateral_amount    NUMERIC(78,0) NOT NULL CHECK (collateral_amount >= 0),
-    collateral_price_usd NUMERIC,
-    collateral_usd       NUMERIC,
-    debt_reserve         TEXT COLLATE "C"          NOT NULL,
-    debt_symbol          TEXT          NOT NULL,
-    debt_covered         NUMERIC(78,0) NOT NULL CHECK (debt_covered >= 0),
-    debt_usd             NUMERIC,
-    block_time           TIMESTAMPTZ
-);
-CREATE INDEX liquidation_time_idx ON liquidation (chain_id, block_time);
+-- Liquidations with both sides, for analysts: a view over lending_event, so each liquidation
+-- is written once (the projector's hot path) and read as its own relation.
+CREATE VIEW liquidation AS
+SELECT event_id, chain_id, wallet,
+       counterparty AS liquidator,
+       collateral_reserve, collateral_symbol, collateral_decimals, collateral_amount,
+       collateral_price_usd, collateral_usd,
+       reserve AS debt_reserve, symbol AS debt_symbol, amount AS debt_covered,
+       price_usd AS debt_price_usd, amount_usd AS debt_usd,
+       block_number, tx_hash, block_time
+FROM lending_event
+WHERE action = 'liquidation';
 
 -- Per wallet, chain and action: how many events and their USD total. Maintained incrementally
 -- from the rows a batch newly inserted into lending_event, so replays never count twice.

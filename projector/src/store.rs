@@ -125,10 +125,23 @@ pub async fn insert_lending(
     let mut tx_hash = Vec::with_capacity(n);
     let mut log_index = Vec::with_capacity(n);
     let mut block_time: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut collateral_reserve = Vec::with_capacity(n);
+    let mut collateral_symbol = Vec::with_capacity(n);
+    let mut collateral_decimals = Vec::with_capacity(n);
+    let mut collateral_amount = Vec::with_capacity(n);
+    let mut collateral_price_usd = Vec::with_capacity(n);
+    let mut collateral_usd = Vec::with_capacity(n);
     let mut topic = Vec::with_capacity(n);
     let mut partition = Vec::with_capacity(n);
     let mut offset = Vec::with_capacity(n);
     for (row, at) in rows {
+        let liq = row.liquidation.as_ref();
+        collateral_reserve.push(liq.map(|l| hex(&l.collateral_reserve)));
+        collateral_symbol.push(liq.map(|l| l.collateral_symbol.clone()));
+        collateral_decimals.push(liq.map(|l| i16::from(l.collateral_decimals)));
+        collateral_amount.push(liq.map(|l| l.collateral_amount.to_decimal()));
+        collateral_price_usd.push(liq.and_then(|l| usd(&l.collateral_price_usd)));
+        collateral_usd.push(liq.and_then(|l| usd(&l.collateral_usd)));
         event_id.push(row.event_id.to_string());
         chain_id.push(row.chain_id as i64);
         wallet.push(hex(&row.wallet));
@@ -154,11 +167,14 @@ pub async fn insert_lending(
         r#"
         INSERT INTO lending_event (event_id, chain_id, wallet, action, protocol, reserve, symbol,
             decimals, amount, price_usd, amount_usd, counterparty, block_number, block_hash,
-            tx_hash, log_index, block_time, kafka_topic, kafka_partition, kafka_offset)
+            tx_hash, log_index, block_time, kafka_topic, kafka_partition, kafka_offset,
+            collateral_reserve, collateral_symbol, collateral_decimals, collateral_amount,
+            collateral_price_usd, collateral_usd)
         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
             $6::text[], $7::text[], $8::int2[], $9::numeric[], $10::numeric[], $11::numeric[],
             $12::text[], $13::int8[], $14::text[], $15::text[], $16::int4[], $17::timestamptz[],
-            $18::text[], $19::int4[], $20::int8[])
+            $18::text[], $19::int4[], $20::int8[], $21::text[], $22::text[], $23::int2[],
+            $24::numeric[], $25::numeric[], $26::numeric[])
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
         "#,
@@ -183,6 +199,12 @@ pub async fn insert_lending(
     .bind(&topic)
     .bind(&partition)
     .bind(&offset)
+    .bind(&collateral_reserve)
+    .bind(&collateral_symbol)
+    .bind(&collateral_decimals)
+    .bind(&collateral_amount)
+    .bind(&collateral_price_usd)
+    .bind(&collateral_usd)
     .fetch_all(&mut **tx)
     .await?;
     if inserted.is_empty() {
@@ -190,84 +212,8 @@ pub async fn insert_lending(
     }
     let new_rows: Vec<&LendingRow> =
         newly_inserted(rows.iter().map(|(row, _)| row), &event_id, inserted);
-    insert_liquidations(tx, &new_rows).await?;
     let wallets = upsert_wallet_summaries(tx, &new_rows).await?;
     Ok((new_rows.len() as u64, wallets))
-}
-
-async fn insert_liquidations(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[&LendingRow],
-) -> Result<(), StoreError> {
-    let liquidations: Vec<_> = rows
-        .iter()
-        .filter_map(|r| r.liquidation.as_ref().map(|l| (*r, l)))
-        .collect();
-    if liquidations.is_empty() {
-        return Ok(());
-    }
-    let n = liquidations.len();
-    let mut event_id = Vec::with_capacity(n);
-    let mut chain_id = Vec::with_capacity(n);
-    let mut wallet = Vec::with_capacity(n);
-    let mut liquidator = Vec::with_capacity(n);
-    let mut collateral_reserve = Vec::with_capacity(n);
-    let mut collateral_symbol = Vec::with_capacity(n);
-    let mut collateral_decimals = Vec::with_capacity(n);
-    let mut collateral_amount = Vec::with_capacity(n);
-    let mut collateral_price_usd = Vec::with_capacity(n);
-    let mut collateral_usd = Vec::with_capacity(n);
-    let mut debt_reserve = Vec::with_capacity(n);
-    let mut debt_symbol = Vec::with_capacity(n);
-    let mut debt_covered = Vec::with_capacity(n);
-    let mut debt_usd = Vec::with_capacity(n);
-    let mut block_time: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-    for (row, l) in liquidations {
-        event_id.push(row.event_id.to_string());
-        chain_id.push(row.chain_id as i64);
-        wallet.push(hex(&row.wallet));
-        liquidator.push(l.liquidator.as_ref().map(hex));
-        collateral_reserve.push(hex(&l.collateral_reserve));
-        collateral_symbol.push(l.collateral_symbol.clone());
-        collateral_decimals.push(i16::from(l.collateral_decimals));
-        collateral_amount.push(l.collateral_amount.to_decimal());
-        collateral_price_usd.push(usd(&l.collateral_price_usd));
-        collateral_usd.push(usd(&l.collateral_usd));
-        debt_reserve.push(hex(&row.reserve));
-        debt_symbol.push(row.symbol.clone());
-        debt_covered.push(row.amount.to_decimal());
-        debt_usd.push(usd(&row.amount_usd));
-        block_time.push(row.block_time);
-    }
-    sqlx::query(
-        r#"
-        INSERT INTO liquidation (event_id, chain_id, wallet, liquidator, collateral_reserve,
-            collateral_symbol, collateral_decimals, collateral_amount, collateral_price_usd,
-            collateral_usd, debt_reserve, debt_symbol, debt_covered, debt_usd, block_time)
-        SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
-            $6::text[], $7::int2[], $8::numeric[], $9::numeric[], $10::numeric[], $11::text[],
-            $12::text[], $13::numeric[], $14::numeric[], $15::timestamptz[])
-        ON CONFLICT (event_id) DO NOTHING
-        "#,
-    )
-    .bind(&event_id)
-    .bind(&chain_id)
-    .bind(&wallet)
-    .bind(&liquidator)
-    .bind(&collateral_reserve)
-    .bind(&collateral_symbol)
-    .bind(&collateral_decimals)
-    .bind(&collateral_amount)
-    .bind(&collateral_price_usd)
-    .bind(&collateral_usd)
-    .bind(&debt_reserve)
-    .bind(&debt_symbol)
-    .bind(&debt_covered)
-    .bind(&debt_usd)
-    .bind(&block_time)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 async fn upsert_wallet_summaries(
@@ -585,7 +531,7 @@ pub async fn load_offsets(
 pub async fn reset(pool: &PgPool, group: &str) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "TRUNCATE liquidation, lending_event, wallet_lending_summary, swap, pool_summary, pool_token_volume",
+        "TRUNCATE lending_event, wallet_lending_summary, swap, pool_summary, pool_token_volume",
     )
     .execute(&mut *tx)
     .await?;
