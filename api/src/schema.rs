@@ -6,8 +6,8 @@ use sqlx::PgPool;
 
 use crate::error::{gql, ApiError, ApiResult};
 use crate::types::{
-    decode_cursor as cursor_text, encode_cursor as cursor_of, page_size, LendingAction,
-    LendingSummary, Pool, PoolOrderBy, Wallet,
+    encode_cursor as cursor_of, page_size, split_cursor, LendingAction, LendingSummary, Pool,
+    PoolOrderBy, Wallet,
 };
 
 /// The chainfold schema.
@@ -168,16 +168,9 @@ impl QueryRoot {
         let pool = ctx.data_unchecked::<PgPool>();
         let (after_count, after_pool) = match after.as_deref() {
             None => (None, None),
-            Some(cursor) => {
-                let text = cursor_text(cursor).map_err(gql)?;
-                let (count, addr) = text
-                    .split_once('|')
-                    .and_then(|(c, a)| c.parse::<i64>().ok().map(|c| (c, a.to_owned())))
-                    .ok_or_else(|| {
-                        gql(ApiError::BadUserInput(format!("invalid cursor {cursor:?}")))
-                    })?;
-                (Some(count), Some(addr))
-            }
+            Some(cursor) => split_cursor(cursor)
+                .map(|(n, pool)| (Some(n), Some(pool)))
+                .map_err(gql)?,
         };
         let sql = match order_by {
             PoolOrderBy::SwapCount => {

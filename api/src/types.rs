@@ -92,6 +92,14 @@ pub(crate) fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::BadUserInput(format!("invalid cursor {cursor:?}")))
 }
 
+/// Splits a `<integer>|<text>` cursor (both connections use that shape).
+pub(crate) fn split_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
+    decode_cursor(cursor)?
+        .split_once('|')
+        .and_then(|(n, rest)| n.parse::<i64>().ok().map(|n| (n, rest.to_owned())))
+        .ok_or_else(|| ApiError::BadUserInput(format!("invalid cursor {cursor:?}")))
+}
+
 /// Checks `first` against the page bounds.
 pub fn page_size(first: Option<i32>, default: i32) -> Result<i64, ApiError> {
     let first = first.unwrap_or(default);
@@ -130,16 +138,9 @@ impl Wallet {
         let pool = ctx.data_unchecked::<PgPool>();
         let (after_micros, after_id) = match after.as_deref() {
             None => (None, None),
-            Some(cursor) => {
-                let text = decode_cursor(cursor).map_err(gql)?;
-                let (micros, id) = text
-                    .split_once('|')
-                    .and_then(|(m, id)| m.parse::<i64>().ok().map(|m| (m, id.to_owned())))
-                    .ok_or_else(|| {
-                        gql(ApiError::BadUserInput(format!("invalid cursor {cursor:?}")))
-                    })?;
-                (Some(micros), Some(id))
-            }
+            Some(cursor) => split_cursor(cursor)
+                .map(|(m, id)| (Some(m), Some(id)))
+                .map_err(gql)?,
         };
         // Keyset pagination on (block time, event id), newest first; events without a time sort
         // last (as the earliest possible time).

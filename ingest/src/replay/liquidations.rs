@@ -23,7 +23,7 @@ use chainfold_domain::{
 };
 use chrono::DateTime;
 
-use super::parse_address;
+use super::{csv_rows, parse_address};
 use crate::{Decoded, EventKind, Rejected};
 
 /// Data set name (the shared folder's).
@@ -105,53 +105,30 @@ fn load_reserves(tokens: &[u8]) -> anyhow::Result<Reserves> {
 /// each event is keyed by its wallet, so per-wallet order is what Kafka preserves).
 pub fn decode(bytes: &[u8], tokens: &[u8], origin: &str) -> anyhow::Result<Vec<Decoded>> {
     let reserves = load_reserves(tokens)?;
-    let mut reader = csv::Reader::from_reader(bytes);
-    let headers = reader
-        .headers()
-        .cloned()
-        .map_err(|e| anyhow::anyhow!("{origin}: no header: {e}"))?;
     let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut decoded = Vec::new();
-    let mut record = csv::StringRecord::new();
-    let mut line = 1;
-    loop {
-        line += 1;
-        let at = format!("{origin}:{line}");
-        match reader.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {
-                let raw = record.iter().collect::<Vec<_>>().join(",").into_bytes();
-                let result = record
-                    .deserialize::<Row>(Some(&headers))
-                    .map_err(|e| format!("malformed row: {e}"))
-                    .and_then(|row| {
-                        let key = format!(
-                            "{}:{}:{}:{}",
-                            row.user.to_lowercase(),
-                            row.timestamp,
-                            row.collateral_reserve,
-                            row.principal_reserve
-                        );
-                        let occurrence = seen.entry(key.clone()).or_insert(0);
-                        *occurrence += 1;
-                        decode_row(&row, &reserves, &format!("{key}:{occurrence}"))
-                    });
-                decoded.push(result.map_err(|reason| Rejected {
+    Ok(csv_rows::<Row>(bytes, origin, EventKind::Lending)?
+        .into_iter()
+        .map(|row| {
+            let r = row?;
+            let key = format!(
+                "{}:{}:{}:{}",
+                r.row.user.to_lowercase(),
+                r.row.timestamp,
+                r.row.collateral_reserve,
+                r.row.principal_reserve
+            );
+            let occurrence = seen.entry(key.clone()).or_insert(0);
+            *occurrence += 1;
+            decode_row(&r.row, &reserves, &format!("{key}:{occurrence}")).map_err(|reason| {
+                Rejected {
                     kind: EventKind::Lending,
                     reason,
-                    origin: at,
-                    raw,
-                }));
-            }
-            Err(e) => decoded.push(Err(Rejected {
-                kind: EventKind::Lending,
-                reason: format!("unreadable CSV row: {e}"),
-                origin: at,
-                raw: Vec::new(),
-            })),
-        }
-    }
-    Ok(decoded)
+                    origin: r.origin,
+                    raw: r.raw,
+                }
+            })
+        })
+        .collect())
 }
 
 fn decode_row(row: &Row, reserves: &Reserves, record: &str) -> Result<Envelope, String> {

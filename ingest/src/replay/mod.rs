@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use alloy_primitives::{Address, B256};
 use anyhow::Context as _;
 
-use crate::Decoded;
+use crate::{Decoded, EventKind, Rejected};
 
 /// A recorded data set chainfold can replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,7 +82,7 @@ impl Dataset {
             .unwrap_or_default();
         match self {
             Dataset::Polygon => polygon::decode(&bytes, &origin),
-            Dataset::Swaps => Ok(swaps::decode(&bytes, &origin)),
+            Dataset::Swaps => swaps::decode(&bytes, &origin),
             Dataset::Liquidations => {
                 let tokens_path = liquidations::tokens_path(&path);
                 let tokens = read_maybe_gzip(&tokens_path)?;
@@ -104,6 +104,70 @@ pub fn read_maybe_gzip(path: &Path) -> anyhow::Result<Vec<u8>> {
     } else {
         Ok(raw)
     }
+}
+
+/// One CSV record, deserialised, with where it was and its exact raw bytes.
+pub(crate) struct CsvRow<R> {
+    pub row: R,
+    /// `file:line` of the record.
+    pub origin: String,
+    /// The record as it stands in the file.
+    pub raw: Vec<u8>,
+}
+
+/// Reads every record of a CSV file with a header line. A record that does not deserialise
+/// into `R` becomes a [`Rejected`] carrying the record's raw bytes, unchanged.
+pub(crate) fn csv_rows<R: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    origin: &str,
+    kind: EventKind,
+) -> anyhow::Result<Vec<Result<CsvRow<R>, Rejected>>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    let headers = reader
+        .headers()
+        .cloned()
+        .map_err(|e| anyhow::anyhow!("{origin}: no header line: {e}"))?;
+    let mut out = Vec::new();
+    let mut record = csv::StringRecord::new();
+    loop {
+        let start = reader.position().byte() as usize;
+        let line = reader.position().line();
+        let at = format!("{origin}:{line}");
+        let read = reader.read_record(&mut record);
+        let end = reader.position().byte() as usize;
+        let raw = || {
+            bytes
+                .get(start..end)
+                .unwrap_or_default()
+                .trim_ascii_end()
+                .to_vec()
+        };
+        match read {
+            Ok(false) => break,
+            Ok(true) => out.push(match record.deserialize::<R>(Some(&headers)) {
+                Ok(row) => Ok(CsvRow {
+                    row,
+                    origin: at,
+                    raw: raw(),
+                }),
+                Err(e) => Err(Rejected {
+                    kind,
+                    reason: format!("malformed row: {e}"),
+                    origin: at,
+                    raw: raw(),
+                }),
+            }),
+            Err(e) => out.push(Err(Rejected {
+                kind,
+                reason: format!("unreadable CSV row: {e}"),
+                origin: at,
+                raw: raw(),
+            })),
+        }
+    }
+    Ok(out)
 }
 
 /// Parses a 20-byte hex address, requiring the `0x` prefix and exactly 40 hex digits.

@@ -14,7 +14,7 @@ use chainfold_domain::{
     BlockRef, DefiEvent, Envelope, EventId, Source, TokenAmount, SCHEMA_VERSION,
 };
 
-use super::{parse_address, parse_hash};
+use super::{csv_rows, parse_address, parse_hash};
 use crate::{Decoded, EventKind, Rejected};
 
 /// Data set name (the shared folder's).
@@ -40,51 +40,29 @@ struct Row {
     transaction_position: String,
 }
 
-/// Decodes the CSV; rows that do not decode become [`Rejected`] (with the raw CSV line) and are
-/// emitted first, the swaps after them in chain order.
-pub fn decode(bytes: &[u8], origin: &str) -> Vec<Decoded> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(bytes);
-    let headers = reader.headers().cloned().unwrap_or_default();
+/// Decodes the CSV; rows that do not decode become [`Rejected`] (with the raw CSV record) and
+/// are emitted first, the swaps after them in chain order.
+pub fn decode(bytes: &[u8], origin: &str) -> anyhow::Result<Vec<Decoded>> {
     let mut swaps: Vec<Envelope> = Vec::new();
     let mut rejected: Vec<Decoded> = Vec::new();
-    let mut record = csv::StringRecord::new();
-    let mut row_number = 1; // the header is line 1
-    loop {
-        row_number += 1;
-        let at = format!("{origin}:{row_number}");
-        match reader.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {
-                let raw = record.iter().collect::<Vec<_>>().join(",").into_bytes();
-                let result = record
-                    .deserialize::<Row>(Some(&headers))
-                    .map_err(|e| format!("malformed row: {e}"))
-                    .and_then(|row| decode_row(&row));
-                match result {
-                    Ok(env) => swaps.push(env),
-                    Err(reason) => rejected.push(Err(Rejected {
-                        kind: EventKind::Amm,
-                        reason,
-                        origin: at,
-                        raw,
-                    })),
-                }
-            }
-            Err(e) => rejected.push(Err(Rejected {
+    for row in csv_rows::<Row>(bytes, origin, EventKind::Amm)? {
+        match row.and_then(|r| {
+            decode_row(&r.row).map_err(|reason| Rejected {
                 kind: EventKind::Amm,
-                reason: format!("unreadable CSV row: {e}"),
-                origin: at,
-                raw: Vec::new(),
-            })),
+                reason,
+                origin: r.origin,
+                raw: r.raw,
+            })
+        }) {
+            Ok(env) => swaps.push(env),
+            Err(rejected_row) => rejected.push(Err(rejected_row)),
         }
     }
     swaps.sort_by_cached_key(order_key);
-    rejected
+    Ok(rejected
         .into_iter()
         .chain(swaps.into_iter().map(Ok))
-        .collect()
+        .collect())
 }
 
 fn order_key(env: &Envelope) -> (u64, u32, Vec<u32>) {
@@ -208,7 +186,7 @@ mod tests {
     #[test]
     fn float_amounts_become_exact_integers_and_rows_sort_by_chain_order() {
         let csv = format!("{HEADER}\n{ROWS}\n");
-        let decoded = decode(csv.as_bytes(), "swaps.csv");
+        let decoded = decode(csv.as_bytes(), "swaps.csv").expect("a CSV with a header");
         let swaps = swaps(&decoded);
         assert_eq!(swaps.len(), 3);
         assert_eq!(swaps[0].tx_position, 5);
@@ -230,7 +208,8 @@ mod tests {
             .next()
             .expect("row")
             .replace(",[4],,5.0", ",[4],Reverted,5.0");
-        let decoded = decode(format!("{HEADER}\n{reverted}\n").as_bytes(), "swaps.csv");
+        let decoded = decode(format!("{HEADER}\n{reverted}\n").as_bytes(), "swaps.csv")
+            .expect("a CSV with a header");
         let swaps = swaps(&decoded);
         assert_eq!(swaps.len(), 1);
         assert!(swaps[0].reverted);
@@ -243,7 +222,8 @@ mod tests {
             .next()
             .expect("row")
             .replace("7.713119002506758e+30", "1.5e-3");
-        let decoded = decode(format!("{HEADER}\n{bad}\n").as_bytes(), "swaps.csv");
+        let decoded = decode(format!("{HEADER}\n{bad}\n").as_bytes(), "swaps.csv")
+            .expect("a CSV with a header");
         let rejected = decoded[0].as_ref().expect_err("rejected");
         assert!(
             rejected.reason.contains("token_in_amount"),
@@ -251,6 +231,10 @@ mod tests {
             rejected.reason
         );
         assert_eq!(rejected.origin, "swaps.csv:2");
-        assert!(String::from_utf8_lossy(&rejected.raw).contains("1.5e-3"));
+        assert_eq!(
+            rejected.raw,
+            bad.as_bytes(),
+            "the dead letter holds the record exactly as in the file"
+        );
     }
 }
