@@ -143,6 +143,9 @@ async fn run_once(copies: u32) -> Run {
     let outcome = projector.run_until_caught_up().await.expect("project");
     let project = started.elapsed();
     assert_eq!(outcome.stored + first.stored, events);
+    let timings = projector.timings.clone();
+    drop(projector);
+    delete_topics(&iso).await;
     Run {
         events,
         encode,
@@ -153,7 +156,23 @@ async fn run_once(copies: u32) -> Run {
         raw_consume,
         join,
         project,
-        timings: projector.timings.clone(),
+        timings,
+    }
+}
+
+/// Each run writes ~150 MB to the broker; remove its topics so repeated runs do not pile up.
+async fn delete_topics(iso: &Isolated) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        chainfold_platform::kafka::client_config(&iso.kafka)
+            .create()
+            .expect("admin client");
+    let names = iso.kafka.topics().all();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    if let Err(err) = admin.delete_topics(&refs, &AdminOptions::new()).await {
+        eprintln!(
+            "could not delete the benchmark's topics ({err}); `scripts/stack clean` removes all"
+        );
     }
 }
 
