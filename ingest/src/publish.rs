@@ -108,7 +108,7 @@ pub async fn publish_all(
                     EventKind::Lending => &topics.lending,
                     EventKind::Amm => &topics.amm,
                 };
-                dlq::send(
+                let delivery = dlq::enqueue(
                     producer,
                     &DeadLetter {
                         topic,
@@ -118,8 +118,8 @@ pub async fn publish_all(
                         key: None,
                         payload: &rejected.raw,
                     },
-                )
-                .await?;
+                )?;
+                in_flight.push_back(delivery);
                 summary.dead_lettered += 1;
             }
         }

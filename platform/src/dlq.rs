@@ -3,12 +3,10 @@
 //! (the broker acknowledged the dead letter) before the original's offset is committed, so a
 //! crash in between replays the original rather than losing it.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use chainfold_domain::topics::{self, headers};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 /// One record to dead-letter.
 #[derive(Debug, Clone)]
@@ -29,6 +27,25 @@ pub struct DeadLetter<'a> {
 /// Sends `letter` to its DLQ topic and waits for the broker's acknowledgement.
 pub async fn send(producer: &FutureProducer, letter: &DeadLetter<'_>) -> anyhow::Result<()> {
     let dlq_topic = topics::dlq(letter.topic);
+    let delivery = enqueue(producer, letter)?;
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((err, _))) => {
+            Err(err).with_context(|| format!("could not dead-letter a record to {dlq_topic}"))
+        }
+        Err(_) => anyhow::bail!(
+            "the producer was dropped before a dead letter to {dlq_topic} was acknowledged"
+        ),
+    }
+}
+
+/// Queues `letter` for its DLQ topic without waiting; the caller awaits the returned delivery
+/// (a replay awaits all its deliveries at the end, so a dead letter does not drain the pipe).
+pub fn enqueue(
+    producer: &FutureProducer,
+    letter: &DeadLetter<'_>,
+) -> anyhow::Result<DeliveryFuture> {
+    let dlq_topic = topics::dlq(letter.topic);
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: headers::DLQ_REASON,
@@ -48,11 +65,10 @@ pub async fn send(producer: &FutureProducer, letter: &DeadLetter<'_>) -> anyhow:
     if let Some(key) = letter.key {
         record = record.key(key);
     }
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
+    let delivery = producer
+        .send_result(record)
         .map_err(|(err, _)| err)
-        .with_context(|| format!("could not dead-letter a record to {dlq_topic}"))?;
+        .with_context(|| format!("could not queue a dead letter for {dlq_topic}"))?;
     tracing::warn!(
         topic = letter.topic,
         stage = letter.stage,
@@ -60,5 +76,5 @@ pub async fn send(producer: &FutureProducer, letter: &DeadLetter<'_>) -> anyhow:
         origin = letter.origin,
         "record dead-lettered"
     );
-    Ok(())
+    Ok(delivery)
 }
