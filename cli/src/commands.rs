@@ -12,7 +12,11 @@ use rdkafka::{Offset, TopicPartitionList};
 
 /// chainfold: DeFi chain events into real-time liquidity, credit and risk intelligence.
 #[derive(Debug, clap::Parser)]
-#[command(name = "chainfold", version, about)]
+#[command(
+    name = "chainfold",
+    version,
+    about = "chainfold: DeFi chain events into real-time liquidity, credit and risk intelligence"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,

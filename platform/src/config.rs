@@ -20,6 +20,7 @@ pub struct KafkaArgs {
     /// isolated pipelines on one broker. Empty in production.
     #[arg(
         id = "topic_prefix",
+        value_name = "PREFIX",
         long = "topic-prefix",
         env = "CHAINFOLD_TOPIC_PREFIX",
         default_value = ""
@@ -71,6 +72,7 @@ pub struct PostgresArgs {
     /// Postgres URL of the read models (may hold a password: never logged).
     #[arg(
         id = "database_url",
+        value_name = "URL",
         long = "database-url",
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/chainfold"
@@ -109,6 +111,7 @@ pub struct RedisArgs {
     /// Redis URL of the caches (may hold a password: never logged).
     #[arg(
         id = "redis_url",
+        value_name = "URL",
         long = "redis-url",
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379"
@@ -117,6 +120,7 @@ pub struct RedisArgs {
     /// Prefix of every Redis key chainfold writes.
     #[arg(
         id = "redis_prefix",
+        value_name = "PREFIX",
         long = "redis-prefix",
         env = "CHAINFOLD_REDIS_PREFIX",
         default_value = "chainfold:"
