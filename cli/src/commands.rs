@@ -221,9 +221,24 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
         .await
         .context("could not start projector")?;
     let started = std::time::Instant::now();
-    let outcome = projector
+    let outcome = match projector
         .run_until_caught_up_or(chainfold_platform::shutdown_signal())
-        .await?;
+        .await
+    {
+        // The demo's read models are disposable by design: refold them from the new log.
+        Err(err)
+            if err
+                .downcast_ref::<chainfold_projector::LogReset>()
+                .is_some() =>
+        {
+            println!("note: {err:#}; rebuilding the demo's read models");
+            projector.reset().await?;
+            projector
+                .run_until_caught_up_or(chainfold_platform::shutdown_signal())
+                .await?
+        }
+        result => result?,
+    };
     let elapsed = started.elapsed();
     println!(
         "project: folded {} new events ({} received, {} dead-lettered) in {:.2}s",

@@ -136,6 +136,12 @@ impl ConsumerContext for ProjectorContext {
     }
 }
 
+/// The Kafka log ends before offsets stored in Postgres: the broker's data was reset or the
+/// topics recreated, and the read models describe a log that no longer exists.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the Kafka log ends before the offsets stored in Postgres ({0}); was the broker reset? `chainfold rebuild` refolds the read models from the log")]
+pub struct LogReset(pub String);
+
 /// What one batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -254,6 +260,27 @@ impl App {
                 {
                     stored.insert((topic.to_owned(), partition), offset);
                 }
+            }
+            // A stored offset beyond the log's end means the log was replaced (a broker reset):
+            // seeking there would skip the new log's records. Refuse; a rebuild refolds.
+            let highs = self.high_watermarks().await?;
+            let behind: Vec<String> = assigned
+                .iter()
+                .filter_map(|(topic, partition)| {
+                    let stored = *stored.get(&(topic.clone(), *partition))?;
+                    let (_, _, end) = highs
+                        .iter()
+                        .find(|(t, p, _)| t == topic && p == partition)?;
+                    (stored > *end)
+                        .then(|| format!("{topic}/{partition} stored {stored}, log ends at {end}"))
+                })
+                .collect();
+            if !behind.is_empty() {
+                *self
+                    .pending
+                    .lock()
+                    .expect("pending assignment lock poisoned") = assigned;
+                return Err(LogReset(behind.join("; ")).into());
             }
             self.positions.clear();
             self.to_seek.clear();

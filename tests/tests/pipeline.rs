@@ -505,3 +505,71 @@ async fn http_get(url: &str) -> String {
 async fn http_post(url: &str, body: &str) -> String {
     http_request(url, "POST", body).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_broker_log_is_refused_instead_of_skipped_and_a_rebuild_refolds_it() {
+    let iso = Isolated::new("reset").await;
+    replay(&iso, Dataset::Polygon).await;
+    replay(&iso, Dataset::Swaps).await;
+    drop(project(&iso).await);
+
+    // The broker loses its data: the topics come back empty and only the Polygon file is
+    // replayed, so the swap partitions end before the offsets Postgres stored for them.
+    let topics = iso.kafka.topics().all();
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        chainfold_platform::kafka::client_config(&iso.kafka)
+            .create()
+            .expect("admin");
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    admin
+        .delete_topics(&names, &rdkafka::admin::AdminOptions::new())
+        .await
+        .expect("delete topics");
+    let probe: BaseConsumer = chainfold_platform::kafka::client_config(&iso.kafka)
+        .create()
+        .expect("probe");
+    let amm = iso.kafka.topics().amm;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics)
+            .await
+            .expect("recreate topics");
+        let empty = chainfold_platform::kafka::watermarks(&probe, &amm)
+            .is_ok_and(|marks| marks.iter().all(|(_, _, high)| *high == 0));
+        if empty {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted topics did not come back empty"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    replay(&iso, Dataset::Polygon).await;
+
+    let mut app = Projector::build(projector_config(&iso))
+        .await
+        .expect("projector starts");
+    let err = tokio::time::timeout(Duration::from_secs(60), app.run_until_caught_up())
+        .await
+        .expect("answers within a minute")
+        .expect_err("stored offsets beyond the log's end must not be sought silently");
+    assert!(
+        err.downcast_ref::<chainfold_projector::LogReset>()
+            .is_some(),
+        "{err:#}"
+    );
+    assert!(format!("{err}").contains("chainfold rebuild"), "{err}");
+
+    app.reset().await.expect("reset");
+    tokio::time::timeout(Duration::from_secs(120), app.run_until_caught_up())
+        .await
+        .expect("in time")
+        .expect("refolds");
+    let (lending, swaps): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM lending_event), (SELECT count(*) FROM swap)")
+            .fetch_one(app.pool())
+            .await
+            .expect("counts");
+    assert_eq!((lending, swaps), (1724, 0));
+}
