@@ -507,45 +507,18 @@ async fn http_post(url: &str, body: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reset_broker_log_is_refused_instead_of_skipped_and_a_rebuild_refolds_it() {
+async fn offsets_beyond_the_log_are_refused_instead_of_skipped_and_a_rebuild_refolds() {
     let iso = Isolated::new("reset").await;
     replay(&iso, Dataset::Polygon).await;
-    replay(&iso, Dataset::Swaps).await;
-    drop(project(&iso).await);
-
-    // The broker loses its data: the topics come back empty and only the Polygon file is
-    // replayed, so the swap partitions end before the offsets Postgres stored for them.
-    let topics = iso.kafka.topics().all();
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        chainfold_platform::kafka::client_config(&iso.kafka)
-            .create()
-            .expect("admin");
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    admin
-        .delete_topics(&names, &rdkafka::admin::AdminOptions::new())
+    let app = project(&iso).await;
+    // What a broker reset leaves behind: Postgres holds offsets past the end of the log (here
+    // set directly; deleting topics on the shared test broker would disturb other tests).
+    sqlx::query("UPDATE consumer_offset SET next_offset = next_offset + 1000 WHERE group_id = $1")
+        .bind(&iso.group)
+        .execute(app.pool())
         .await
-        .expect("delete topics");
-    let probe: BaseConsumer = chainfold_platform::kafka::client_config(&iso.kafka)
-        .create()
-        .expect("probe");
-    let amm = iso.kafka.topics().amm;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics)
-            .await
-            .expect("recreate topics");
-        let empty = chainfold_platform::kafka::watermarks(&probe, &amm)
-            .is_ok_and(|marks| marks.iter().all(|(_, _, high)| *high == 0));
-        if empty {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the deleted topics did not come back empty"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    replay(&iso, Dataset::Polygon).await;
+        .expect("move offsets");
+    drop(app);
 
     let mut app = Projector::build(projector_config(&iso))
         .await
@@ -566,10 +539,11 @@ async fn a_reset_broker_log_is_refused_instead_of_skipped_and_a_rebuild_refolds_
         .await
         .expect("in time")
         .expect("refolds");
-    let (lending, swaps): (i64, i64) =
-        sqlx::query_as("SELECT (SELECT count(*) FROM lending_event), (SELECT count(*) FROM swap)")
-            .fetch_one(app.pool())
-            .await
-            .expect("counts");
-    assert_eq!((lending, swaps), (1724, 0));
+    let (events, counted): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM lending_event), (SELECT sum(event_count)::int8 FROM wallet_lending_summary)",
+    )
+    .fetch_one(app.pool())
+    .await
+    .expect("counts");
+    assert_eq!((events, counted), (1724, 1724));
 }
