@@ -7,6 +7,7 @@
 
 pub mod publish;
 pub mod replay;
+pub mod rpc;
 
 /// A record that could not become an event: what was wrong, the raw record, where it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
