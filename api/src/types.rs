@@ -23,16 +23,22 @@ pub enum LendingAction {
     Liquidation,
 }
 
+impl From<chainfold_domain::LendingAction> for LendingAction {
+    fn from(action: chainfold_domain::LendingAction) -> Self {
+        match action {
+            chainfold_domain::LendingAction::Deposit => LendingAction::Deposit,
+            chainfold_domain::LendingAction::Borrow => LendingAction::Borrow,
+            chainfold_domain::LendingAction::Repay => LendingAction::Repay,
+            chainfold_domain::LendingAction::Redeem => LendingAction::Redeem,
+            chainfold_domain::LendingAction::Liquidation => LendingAction::Liquidation,
+        }
+    }
+}
+
 impl LendingAction {
+    /// From the name stored in `lending_event.action`.
     pub fn from_db(text: &str) -> Option<Self> {
-        Some(match text {
-            "deposit" => LendingAction::Deposit,
-            "borrow" => LendingAction::Borrow,
-            "repay" => LendingAction::Repay,
-            "redeem" => LendingAction::Redeem,
-            "liquidation" => LendingAction::Liquidation,
-            _ => return None,
-        })
+        chainfold_domain::LendingAction::parse(text).map(Self::from)
     }
 }
 

@@ -51,51 +51,57 @@ impl Topics {
     }
 }
 
-/// The settings every client shares: brokers, then the raw `--kafka-option`s.
-pub fn client_config(args: &KafkaArgs) -> ClientConfig {
+/// Brokers, then `settings`, then the raw `--kafka-option`s (last, so they override).
+fn configured(args: &KafkaArgs, settings: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &args.brokers);
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
     for (key, value) in &args.options {
         config.set(key, value);
     }
     config
 }
 
+/// The settings every client shares: brokers and the raw `--kafka-option`s.
+pub fn client_config(args: &KafkaArgs) -> ClientConfig {
+    configured(args, &[])
+}
+
 /// An idempotent producer: `acks=all`, lz4, small linger so batches fill under load.
 pub fn producer(args: &KafkaArgs) -> anyhow::Result<FutureProducer> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &args.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "200000")
-        .set("message.timeout.ms", "30000");
-    for (key, value) in &args.options {
-        config.set(key, value);
-    }
-    config.create().context("could not create Kafka producer")
+    configured(
+        args,
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "200000"),
+            ("message.timeout.ms", "30000"),
+        ],
+    )
+    .create()
+    .context("could not create Kafka producer")
 }
 
 /// Consumer settings for group `group`: manual offsets, start from the beginning when the group
 /// has no committed offset (the projector then seeks to what Postgres stored).
 pub fn consumer_config(args: &KafkaArgs, group: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &args.brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", "10000")
-        .set("fetch.wait.max.ms", "50");
-    for (key, value) in &args.options {
-        config.set(key, value);
-    }
-    config
+    configured(
+        args,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            ("session.timeout.ms", "10000"),
+            ("fetch.wait.max.ms", "50"),
+        ],
+    )
 }
 
 /// Creates `names` with the configured partitions if they do not exist yet (the local broker
