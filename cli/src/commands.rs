@@ -39,6 +39,9 @@ pub enum Command {
     Rebuild(chainfold_projector::Config),
     /// Print a topic's records readably (partition, offset, key, headers, payload).
     Tail(TailConfig),
+    /// Deploy the fixture contracts on a local chain (anvil) and drive recorded activity and
+    /// labelled attack scenarios through them as transactions.
+    Simulate(chainfold_simulate::SimulateArgs),
 }
 
 impl Command {
@@ -51,6 +54,7 @@ impl Command {
             Command::Demo(_) => "demo",
             Command::Rebuild(_) => "rebuild",
             Command::Tail(_) => "tail",
+            Command::Simulate(_) => "simulate",
         }
     }
 }
@@ -59,6 +63,9 @@ impl Command {
 pub enum IngestCommand {
     /// Replay recorded data sets into Kafka.
     Replay(ReplayConfig),
+    /// Follow EVM chains over JSON-RPC (chains.toml) and publish their events, with reorgs
+    /// published as retractions.
+    Rpc(chainfold_ingest::rpc::RpcArgs),
 }
 
 /// `chainfold ingest replay` settings.
@@ -125,6 +132,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ingest(IngestCommand::Replay(config)) => {
             let summary = replay(&config).await?;
             println!("{}", describe_replay(&summary));
+            Ok(())
+        }
+        Command::Ingest(IngestCommand::Rpc(args)) => {
+            chainfold_ingest::rpc::run(&args, chainfold_platform::shutdown_signal()).await
+        }
+        Command::Simulate(args) => {
+            let summary = chainfold_simulate::run(&args).await?;
+            println!("{summary}");
             Ok(())
         }
         Command::Project(config) => {

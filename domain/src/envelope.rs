@@ -81,6 +81,12 @@ pub struct Envelope {
     pub block_time: Option<DateTime<Utc>>,
     pub source: Source,
     pub event: DefiEvent,
+    /// A retraction: the event was published from a block that a reorganisation orphaned.
+    /// Everything else is the event as it was first published (same `event_id`, the orphaned
+    /// block's number and hash); consumers undo what that event did. Absent (false) on normal
+    /// events, so recorded data and older payloads read unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retracted: bool,
 }
 
 impl Envelope {
@@ -88,6 +94,33 @@ impl Envelope {
     /// the pool for AMM events.
     pub fn partition_key(&self) -> Address {
         self.event.partition_key()
+    }
+
+    /// The retraction of this event: the same envelope marked retracted.
+    pub fn retraction(&self) -> Envelope {
+        Envelope {
+            retracted: true,
+            ..self.clone()
+        }
+    }
+}
+
+/// Which topic an event belongs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TopicKind {
+    Lending,
+    Amm,
+    Oracle,
+}
+
+impl TopicKind {
+    /// The unprefixed topic name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TopicKind::Lending => crate::topics::LENDING,
+            TopicKind::Amm => crate::topics::AMM,
+            TopicKind::Oracle => crate::topics::ORACLE,
+        }
     }
 }
 
@@ -101,7 +134,15 @@ pub enum DefiEvent {
     /// Aave V2 `RedeemUnderlying` / `Withdraw`.
     Redeem(LendingFlow),
     Liquidation(Liquidation),
+    /// Aave `FlashLoan` (on the lending topic, keyed by the initiator).
+    FlashLoan(FlashLoan),
     Swap(Swap),
+    /// Uniswap V2 `Sync`: the pair's reserves after a change.
+    PoolSync(PoolSync),
+    /// Uniswap V2/V3 `Mint`/`Burn`: liquidity added or removed.
+    Liquidity(LiquidityChange),
+    /// Chainlink `AnswerUpdated` (on the oracle topic, keyed by the feed).
+    OracleUpdate(OracleUpdate),
 }
 
 impl DefiEvent {
@@ -113,7 +154,41 @@ impl DefiEvent {
             | DefiEvent::Repay(f)
             | DefiEvent::Redeem(f) => f.wallet,
             DefiEvent::Liquidation(l) => l.wallet,
+            DefiEvent::FlashLoan(f) => f.initiator,
             DefiEvent::Swap(s) => s.pool,
+            DefiEvent::PoolSync(s) => s.pool,
+            DefiEvent::Liquidity(l) => l.pool,
+            DefiEvent::OracleUpdate(o) => o.feed,
+        }
+    }
+
+    /// The topic the event is published on.
+    pub fn topic(&self) -> TopicKind {
+        match self {
+            DefiEvent::Deposit(_)
+            | DefiEvent::Borrow(_)
+            | DefiEvent::Repay(_)
+            | DefiEvent::Redeem(_)
+            | DefiEvent::Liquidation(_)
+            | DefiEvent::FlashLoan(_) => TopicKind::Lending,
+            DefiEvent::Swap(_) | DefiEvent::PoolSync(_) | DefiEvent::Liquidity(_) => TopicKind::Amm,
+            DefiEvent::OracleUpdate(_) => TopicKind::Oracle,
+        }
+    }
+
+    /// A short name for errors and logs.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            DefiEvent::Deposit(_) => "deposit",
+            DefiEvent::Borrow(_) => "borrow",
+            DefiEvent::Repay(_) => "repay",
+            DefiEvent::Redeem(_) => "redeem",
+            DefiEvent::Liquidation(_) => "liquidation",
+            DefiEvent::FlashLoan(_) => "flash_loan",
+            DefiEvent::Swap(_) => "swap",
+            DefiEvent::PoolSync(_) => "pool_sync",
+            DefiEvent::Liquidity(_) => "liquidity",
+            DefiEvent::OracleUpdate(_) => "oracle_update",
         }
     }
 
@@ -125,7 +200,11 @@ impl DefiEvent {
             DefiEvent::Repay(_) => LendingAction::Repay,
             DefiEvent::Redeem(_) => LendingAction::Redeem,
             DefiEvent::Liquidation(_) => LendingAction::Liquidation,
-            DefiEvent::Swap(_) => return None,
+            DefiEvent::FlashLoan(_)
+            | DefiEvent::Swap(_)
+            | DefiEvent::PoolSync(_)
+            | DefiEvent::Liquidity(_)
+            | DefiEvent::OracleUpdate(_) => return None,
         })
     }
 }
@@ -223,6 +302,121 @@ pub struct Swap {
     pub trace_address: Vec<u32>,
     /// The call reverted: the swap is kept for the record but moves no volume.
     pub reverted: bool,
+    /// The pool's state after a Uniswap V3 swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v3: Option<V3State>,
+}
+
+impl From<Swap> for DefiEvent {
+    fn from(swap: Swap) -> Self {
+        DefiEvent::Swap(swap)
+    }
+}
+
+/// Uniswap V3 pool state as a `Swap` log reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct V3State {
+    pub sqrt_price_x96: TokenAmount,
+    pub liquidity: TokenAmount,
+    pub tick: i32,
+}
+
+/// An Aave flash loan: `initiator` borrowed `amount` of `asset` to `target` and paid `premium`
+/// back with it in the same transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlashLoan {
+    pub protocol: String,
+    /// The lending pool that lent.
+    pub pool: Address,
+    pub target: Address,
+    pub initiator: Address,
+    pub asset: Reserve,
+    pub amount: TokenAmount,
+    pub premium: TokenAmount,
+}
+
+/// A Uniswap V2 pair's reserves after a change (`Sync`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolSync {
+    pub protocol: String,
+    pub pool: Address,
+    pub token0: Address,
+    pub token1: Address,
+    pub reserve0: TokenAmount,
+    pub reserve1: TokenAmount,
+}
+
+/// Liquidity added (`Mint`) or removed (`Burn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiquidityKind {
+    Mint,
+    Burn,
+}
+
+impl LiquidityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiquidityKind::Mint => "mint",
+            LiquidityKind::Burn => "burn",
+        }
+    }
+}
+
+/// A Uniswap V2 or V3 `Mint`/`Burn`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiquidityChange {
+    pub protocol: String,
+    pub pool: Address,
+    pub kind: LiquidityKind,
+    /// The caller (V2 `sender`, V3 `sender` on mint).
+    pub sender: Option<Address>,
+    /// The position owner (V3) or the recipient of a V2 burn.
+    pub owner: Option<Address>,
+    pub amount0: TokenAmount,
+    pub amount1: TokenAmount,
+    /// V3 liquidity units and tick range; `None` for V2.
+    pub liquidity: Option<TokenAmount>,
+    pub tick_lower: Option<i32>,
+    pub tick_upper: Option<i32>,
+}
+
+/// A Chainlink `AnswerUpdated`: `answer / 10^decimals` is the price.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OracleUpdate {
+    pub feed: Address,
+    /// The feed's description (e.g. `ETH / USD`), from the chain's configuration or the feed.
+    pub description: String,
+    /// The token the feed prices, where configured.
+    pub asset: Option<Address>,
+    /// The raw signed answer (an integer).
+    pub answer: bigdecimal::BigDecimal,
+    pub decimals: u8,
+    pub round_id: TokenAmount,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl OracleUpdate {
+    /// `answer / 10^decimals`.
+    pub fn price(&self) -> bigdecimal::BigDecimal {
+        let scale = bigdecimal::BigDecimal::new(1.into(), -i64::from(self.decimals));
+        &self.answer / scale
+    }
+}
+
+/// A chain's head as the live ingest last processed it (on `chainfold.blocks.v1`, keyed by
+/// chain id): what `final` in the read models is measured against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainHead {
+    pub schema_version: u16,
+    pub chain_id: u64,
+    pub name: String,
+    pub number: u64,
+    pub hash: B256,
+    pub parent_hash: B256,
+    pub timestamp: Option<DateTime<Utc>>,
+    /// Blocks at or below `number - confirmations` are final for this chain.
+    pub confirmations: u64,
 }
 
 impl LendingFlow {
@@ -272,6 +466,7 @@ mod tests {
                 amount: TokenAmount::parse_integer("2000000000").expect("valid"),
                 price_usd: Some(UsdValue::parse("0.99").expect("valid")),
             }),
+            retracted: false,
         }
     }
 
@@ -284,6 +479,33 @@ mod tests {
         let text = String::from_utf8(json).expect("utf8");
         assert!(text.contains("\"type\":\"deposit\""), "{text}");
         assert!(text.contains("\"amount\":\"2000000000\""), "{text}");
+        assert!(
+            !text.contains("retracted"),
+            "normal events carry no flag: {text}"
+        );
+        let retraction = serde_json::to_string(&env.retraction()).expect("serialise");
+        assert!(retraction.contains("\"retracted\":true"), "{retraction}");
+        let back: Envelope = serde_json::from_str(&retraction).expect("deserialise");
+        assert!(back.retracted);
+        assert_eq!(back.event_id, env.event_id);
+    }
+
+    #[test]
+    fn oracle_price_scales_the_answer_by_its_decimals() {
+        let update = OracleUpdate {
+            feed: Address::repeat_byte(1),
+            description: "ETH / USD".into(),
+            asset: None,
+            answer: "184512345678".parse().expect("valid"),
+            decimals: 8,
+            round_id: TokenAmount::parse_integer("7").expect("valid"),
+            updated_at: None,
+        };
+        assert_eq!(update.price().to_string(), "1845.12345678");
+        assert_eq!(
+            DefiEvent::OracleUpdate(update).topic().name(),
+            "chainfold.oracle.v1"
+        );
     }
 
     #[test]

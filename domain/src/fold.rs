@@ -12,7 +12,10 @@ use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
 
 use crate::amount::{TokenAmount, UsdValue};
-use crate::envelope::{DefiEvent, Envelope, EventId, LendingAction, SCHEMA_VERSION};
+use crate::envelope::{
+    DefiEvent, Envelope, EventId, FlashLoan, LendingAction, LiquidityChange, OracleUpdate,
+    PoolSync, TopicKind, V3State, SCHEMA_VERSION,
+};
 
 /// Why an event cannot be folded. Every variant is deterministic: folding the same event again
 /// fails the same way, so the projector dead-letters it and moves on.
@@ -89,6 +92,8 @@ pub struct SwapRow {
     pub token_out: Address,
     pub amount_out: TokenAmount,
     pub reverted: bool,
+    /// Pool state after a Uniswap V3 swap.
+    pub v3: Option<V3State>,
 }
 
 fn check_version(env: &Envelope) -> Result<(), FoldError> {
@@ -112,8 +117,8 @@ fn check_decimals(symbol: &str, decimals: u8) -> Result<(), FoldError> {
 pub fn lending_row(env: &Envelope) -> Result<LendingRow, FoldError> {
     check_version(env)?;
     let action = env.event.lending_action().ok_or(FoldError::WrongTopic {
-        kind: "swap",
-        expected: "lending",
+        kind: env.event.kind_name(),
+        expected: "lending_event",
     })?;
     let base = |wallet: Address, protocol: &str| LendingRow {
         event_id: env.event_id,
@@ -178,7 +183,7 @@ pub fn lending_row(env: &Envelope) -> Result<LendingRow, FoldError> {
                 ..base(liq.wallet, &liq.protocol)
             })
         }
-        DefiEvent::Swap(_) => unreachable!("lending_action() returned None for swaps above"),
+        _ => unreachable!("lending_action() returned None for the other events above"),
     }
 }
 
@@ -187,8 +192,8 @@ pub fn swap_row(env: &Envelope) -> Result<SwapRow, FoldError> {
     check_version(env)?;
     let DefiEvent::Swap(swap) = &env.event else {
         return Err(FoldError::WrongTopic {
-            kind: "lending",
-            expected: "amm",
+            kind: env.event.kind_name(),
+            expected: "swap",
         });
     };
     Ok(SwapRow {
@@ -210,6 +215,141 @@ pub fn swap_row(env: &Envelope) -> Result<SwapRow, FoldError> {
         token_out: swap.token_out,
         amount_out: swap.amount_out,
         reverted: swap.reverted,
+        v3: swap.v3.clone(),
+    })
+}
+
+/// Where an event sits on its chain: the columns every live read-model row carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRef {
+    pub event_id: EventId,
+    pub chain_id: u64,
+    pub block_number: Option<u64>,
+    pub block_hash: Option<B256>,
+    pub tx_hash: Option<B256>,
+    pub log_index: Option<u32>,
+    pub block_time: Option<DateTime<Utc>>,
+}
+
+impl EventRef {
+    pub fn of(env: &Envelope) -> Self {
+        EventRef {
+            event_id: env.event_id,
+            chain_id: env.chain_id,
+            block_number: env.block.map(|b| b.number),
+            block_hash: env.block.and_then(|b| b.hash),
+            tx_hash: env.tx_hash,
+            log_index: env.log_index,
+            block_time: env.block_time,
+        }
+    }
+}
+
+/// One row of `pool_sync` (the `pool_state` view keeps the latest per pool).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSyncRow {
+    pub at: EventRef,
+    pub sync: PoolSync,
+}
+
+/// One row of `liquidity_event`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiquidityRow {
+    pub at: EventRef,
+    pub change: LiquidityChange,
+}
+
+/// One row of `flash_loan`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlashLoanRow {
+    pub at: EventRef,
+    pub loan: FlashLoan,
+}
+
+/// One row of `oracle_update` (the `oracle_price` view keeps the latest per feed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OracleRow {
+    pub at: EventRef,
+    pub update: OracleUpdate,
+    pub price: BigDecimal,
+}
+
+/// An event folded into the row of its read model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    Lending(Box<LendingRow>),
+    Swap(Box<SwapRow>),
+    PoolSync(Box<PoolSyncRow>),
+    Liquidity(Box<LiquidityRow>),
+    FlashLoan(Box<FlashLoanRow>),
+    Oracle(Box<OracleRow>),
+}
+
+impl Row {
+    pub fn event_id(&self) -> EventId {
+        match self {
+            Row::Lending(r) => r.event_id,
+            Row::Swap(r) => r.event_id,
+            Row::PoolSync(r) => r.at.event_id,
+            Row::Liquidity(r) => r.at.event_id,
+            Row::FlashLoan(r) => r.at.event_id,
+            Row::Oracle(r) => r.at.event_id,
+        }
+    }
+
+    pub fn block_hash(&self) -> Option<B256> {
+        match self {
+            Row::Lending(r) => r.block_hash,
+            Row::Swap(r) => r.block_hash,
+            Row::PoolSync(r) => r.at.block_hash,
+            Row::Liquidity(r) => r.at.block_hash,
+            Row::FlashLoan(r) => r.at.block_hash,
+            Row::Oracle(r) => r.at.block_hash,
+        }
+    }
+}
+
+/// Folds an event read from `topic` into its row. An event on the wrong topic, of a schema
+/// version this build does not know, or with impossible decimals is refused.
+pub fn fold(env: &Envelope, topic: TopicKind) -> Result<Row, FoldError> {
+    check_version(env)?;
+    if env.event.topic() != topic {
+        return Err(FoldError::WrongTopic {
+            kind: env.event.kind_name(),
+            expected: topic.name(),
+        });
+    }
+    let at = || EventRef::of(env);
+    Ok(match &env.event {
+        DefiEvent::Swap(_) => Row::Swap(Box::new(swap_row(env)?)),
+        DefiEvent::PoolSync(sync) => Row::PoolSync(Box::new(PoolSyncRow {
+            at: at(),
+            sync: sync.clone(),
+        })),
+        DefiEvent::Liquidity(change) => Row::Liquidity(Box::new(LiquidityRow {
+            at: at(),
+            change: change.clone(),
+        })),
+        DefiEvent::FlashLoan(loan) => {
+            check_decimals(&loan.asset.symbol, loan.asset.decimals)?;
+            Row::FlashLoan(Box::new(FlashLoanRow {
+                at: at(),
+                loan: loan.clone(),
+            }))
+        }
+        DefiEvent::OracleUpdate(update) => {
+            check_decimals(&update.description, update.decimals)?;
+            Row::Oracle(Box::new(OracleRow {
+                at: at(),
+                price: update.price(),
+                update: update.clone(),
+            }))
+        }
+        DefiEvent::Deposit(_)
+        | DefiEvent::Borrow(_)
+        | DefiEvent::Repay(_)
+        | DefiEvent::Redeem(_)
+        | DefiEvent::Liquidation(_) => Row::Lending(Box::new(lending_row(env)?)),
     })
 }
 
@@ -229,6 +369,7 @@ mod tests {
     fn envelope(event: DefiEvent) -> Envelope {
         Envelope {
             schema_version: SCHEMA_VERSION,
+            retracted: false,
             event_id: EventId::of_record(137, "t", "1"),
             chain_id: 137,
             block: Some(BlockRef {
@@ -296,6 +437,7 @@ mod tests {
             tx_position: 0,
             trace_address: vec![0, 1],
             reverted: false,
+            v3: None,
         });
         assert!(matches!(
             lending_row(&envelope(swap.clone())),
@@ -307,6 +449,35 @@ mod tests {
         ));
         let row = swap_row(&envelope(swap)).expect("folds");
         assert_eq!(row.trace_address, vec![0, 1]);
+    }
+
+    #[test]
+    fn fold_routes_by_topic_and_refuses_events_on_the_wrong_one() {
+        let sync = DefiEvent::PoolSync(crate::envelope::PoolSync {
+            protocol: "uniswap_v2".into(),
+            pool: Address::repeat_byte(7),
+            token0: Address::repeat_byte(1),
+            token1: Address::repeat_byte(2),
+            reserve0: TokenAmount::parse_integer("1000").expect("valid"),
+            reserve1: TokenAmount::parse_integer("2000").expect("valid"),
+        });
+        let env = envelope(sync);
+        let Row::PoolSync(row) = fold(&env, TopicKind::Amm).expect("folds") else {
+            panic!("a sync folds into a pool_sync row")
+        };
+        assert_eq!(row.at.block_number, Some(7));
+        assert_eq!(row.sync.reserve1.to_string(), "2000");
+        assert_eq!(
+            fold(&env, TopicKind::Lending),
+            Err(FoldError::WrongTopic {
+                kind: "pool_sync",
+                expected: "chainfold.lending.v1"
+            })
+        );
+        assert!(matches!(
+            fold(&envelope(liquidation()), TopicKind::Lending),
+            Ok(Row::Lending(_))
+        ));
     }
 
     #[test]
@@ -461,6 +632,7 @@ mod summary_tests {
             token_out: Address::repeat_byte(2),
             amount_out: TokenAmount::parse_integer("90").expect("valid"),
             reverted,
+            v3: None,
         };
         let summary = summarise_swaps(&[swap(false, 10), swap(true, 12), swap(false, 11)]);
         let d = &summary[&(1, Address::repeat_byte(9))];

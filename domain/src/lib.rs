@@ -20,6 +20,7 @@ pub mod topics;
 pub use alloy_primitives::{Address, B256, U256};
 pub use amount::{AmountError, TokenAmount, UsdValue};
 pub use envelope::{
-    BlockRef, DefiEvent, Envelope, EventId, LendingAction, LendingFlow, Liquidation, Reserve,
-    Source, Swap, SCHEMA_VERSION,
+    BlockRef, ChainHead, DefiEvent, Envelope, EventId, FlashLoan, LendingAction, LendingFlow,
+    Liquidation, LiquidityChange, LiquidityKind, OracleUpdate, PoolSync, Reserve, Source, Swap,
+    TopicKind, V3State, SCHEMA_VERSION,
 };

@@ -8,6 +8,11 @@
 pub const LENDING: &str = "chainfold.lending.v1";
 /// AMM events (swaps), keyed by pool.
 pub const AMM: &str = "chainfold.amm.v1";
+/// Oracle price updates (Chainlink `AnswerUpdated`), keyed by feed.
+pub const ORACLE: &str = "chainfold.oracle.v1";
+/// Chain heads as the live ingest processes them, keyed by chain id (not an event topic: no
+/// DLQ; the projector keeps the last head per chain for finality).
+pub const BLOCKS: &str = "chainfold.blocks.v1";
 /// Suffix of a topic's dead-letter sibling.
 pub const DLQ_SUFFIX: &str = ".dlq";
 

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chainfold_domain::{DefiEvent, Envelope};
+use chainfold_domain::{Envelope, TopicKind};
 use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka::Topics;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -30,13 +30,14 @@ const IN_FLIGHT: usize = 20_000;
 pub struct PublishSummary {
     pub lending: u64,
     pub amm: u64,
+    pub oracle: u64,
     pub dead_lettered: u64,
     pub elapsed: Duration,
 }
 
 impl PublishSummary {
     pub fn published(&self) -> u64 {
-        self.lending + self.amm
+        self.lending + self.amm + self.oracle
     }
 
     /// Events per second over the whole run.
@@ -66,9 +67,12 @@ pub async fn publish_all(
     for item in items {
         match item {
             Ok(env) => {
-                let (topic, counter) = match env.event {
-                    DefiEvent::Swap(_) => (&topics.amm, &mut summary.amm),
-                    _ => (&topics.lending, &mut summary.lending),
+                let kind = env.event.topic();
+                let topic = topics.of(kind);
+                let counter = match kind {
+                    TopicKind::Lending => &mut summary.lending,
+                    TopicKind::Amm => &mut summary.amm,
+                    TopicKind::Oracle => &mut summary.oracle,
                 };
                 let payload = encode(&env);
                 let key = format!("{:#x}", env.partition_key());
@@ -135,7 +139,7 @@ pub async fn publish_all(
     Ok(summary)
 }
 
-async fn await_delivery(delivery: DeliveryFuture) -> anyhow::Result<()> {
+pub(crate) async fn await_delivery(delivery: DeliveryFuture) -> anyhow::Result<()> {
     match delivery.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((err, _))) => Err(err).context("the broker rejected a record"),

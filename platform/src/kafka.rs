@@ -24,25 +24,39 @@ use crate::config::KafkaArgs;
 pub struct Topics {
     pub lending: String,
     pub amm: String,
+    pub oracle: String,
+    pub blocks: String,
 }
 
 impl Topics {
-    /// `<prefix>chainfold.lending.v1` and `<prefix>chainfold.amm.v1`.
+    /// `<prefix>chainfold.lending.v1`, `<prefix>chainfold.amm.v1`, `<prefix>chainfold.oracle.v1`
+    /// and `<prefix>chainfold.blocks.v1`.
     pub fn with_prefix(prefix: &str) -> Self {
         Topics {
             lending: format!("{prefix}{}", topics::LENDING),
             amm: format!("{prefix}{}", topics::AMM),
+            oracle: format!("{prefix}{}", topics::ORACLE),
+            blocks: format!("{prefix}{}", topics::BLOCKS),
         }
     }
 
-    /// The event topics (not their DLQs).
-    pub fn event_topics(&self) -> [&str; 2] {
-        [&self.lending, &self.amm]
+    /// The topic of an event kind.
+    pub fn of(&self, kind: chainfold_domain::TopicKind) -> &str {
+        match kind {
+            chainfold_domain::TopicKind::Lending => &self.lending,
+            chainfold_domain::TopicKind::Amm => &self.amm,
+            chainfold_domain::TopicKind::Oracle => &self.oracle,
+        }
+    }
+
+    /// The topics the projector folds (not their DLQs): the three event topics and the heads.
+    pub fn event_topics(&self) -> [&str; 4] {
+        [&self.lending, &self.amm, &self.oracle, &self.blocks]
     }
 
     /// Every topic including the dead-letter ones.
     pub fn all(&self) -> Vec<String> {
-        let mut all = Vec::with_capacity(4);
+        let mut all = Vec::with_capacity(8);
         for topic in self.event_topics() {
             all.push(topic.to_owned());
             all.push(topics::dlq(topic));

@@ -5,23 +5,34 @@
 use chainfold_platform::redis_cache::{pool_key, wallet_key};
 use redis::aio::ConnectionManager;
 
-use crate::store::{PoolSummaryRow, WalletSummaryRow};
+use crate::store::BatchWrite;
 
 /// Writes the summaries as they now stand, in one pipeline:
 /// `<prefix>wallet:<chain>:<address>` → `{action}_count`, `{action}_usd`;
 /// `<prefix>pool:<chain>:<address>` → `protocol`, `swap_count`, `reverted_count`, `first_block`,
 /// `last_block`.
+/// Summaries a retraction touched are deleted first, then rewritten from what Postgres now holds.
 pub async fn write_summaries(
     redis: &mut ConnectionManager,
     prefix: &str,
-    wallets: &[WalletSummaryRow],
-    pools: &[PoolSummaryRow],
+    batch: &BatchWrite,
 ) -> redis::RedisResult<()> {
-    if wallets.is_empty() && pools.is_empty() {
+    let (wallets, pools) = (&batch.wallets, &batch.pools);
+    if wallets.is_empty()
+        && pools.is_empty()
+        && batch.reset_wallets.is_empty()
+        && batch.reset_pools.is_empty()
+    {
         return Ok(());
     }
     let mut pipe = redis::pipe();
-    for w in wallets {
+    for (chain, wallet) in &batch.reset_wallets {
+        pipe.del(wallet_key(prefix, *chain as u64, wallet)).ignore();
+    }
+    for (chain, pool) in &batch.reset_pools {
+        pipe.del(pool_key(prefix, *chain as u64, pool)).ignore();
+    }
+    for w in wallets.iter() {
         pipe.hset_multiple(
             wallet_key(prefix, w.chain_id as u64, &w.wallet),
             &[
@@ -31,7 +42,7 @@ pub async fn write_summaries(
         )
         .ignore();
     }
-    for p in pools {
+    for p in pools.iter() {
         pipe.hset_multiple(
             pool_key(prefix, p.chain_id as u64, &p.pool),
             &[

@@ -11,6 +11,7 @@
 //! before the batch commits), and its offset is committed with the batch: the partition moves on.
 
 pub mod cache;
+pub mod live;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chainfold_domain::fold::{lending_row, swap_row, LendingRow, SwapRow};
-use chainfold_domain::Envelope;
+use chainfold_domain::fold::{self as folds, Row};
+use chainfold_domain::{ChainHead, Envelope, TopicKind, SCHEMA_VERSION};
 use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
 use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka::{self, Topics};
@@ -152,6 +153,8 @@ pub struct BatchOutcome {
     pub dead_lettered: u64,
     /// Messages below the stored offset (already folded before a rebalance or restart).
     pub skipped: u64,
+    /// Rows deleted by retractions (events of blocks a reorg orphaned).
+    pub retracted: u64,
 }
 
 /// Where the projector's time went, summed over batches.
@@ -168,8 +171,16 @@ pub struct Timings {
 
 /// A decoded message waiting to be written.
 enum Folded {
-    Lending(Box<LendingRow>),
-    Swap(Box<SwapRow>),
+    Row { row: Row, retracted: bool },
+    Head(Box<ChainHead>),
+}
+
+/// A folded event in log order: an insert, or the retraction of an orphaned one.
+#[derive(Debug, Clone)]
+struct Item {
+    row: Row,
+    at: Coordinates,
+    retracted: bool,
 }
 
 struct Received {
@@ -221,7 +232,7 @@ impl App {
         consumer
             .subscribe(&topics.event_topics())
             .context("could not subscribe to the event topics")?;
-        tracing::info!(group = %config.group, lending = %topics.lending, amm = %topics.amm, "projector subscribed");
+        tracing::info!(group = %config.group, lending = %topics.lending, amm = %topics.amm, oracle = %topics.oracle, blocks = %topics.blocks, "projector subscribed");
         Ok(App {
             consumer,
             pending,
@@ -373,8 +384,8 @@ impl App {
                 received: messages.len() as u64,
                 ..BatchOutcome::default()
             },
-            lending: Vec::new(),
-            swaps: Vec::new(),
+            items: Vec::new(),
+            heads: Vec::new(),
             offsets: Vec::new(),
         };
         let fold_started = Instant::now();
@@ -392,8 +403,12 @@ impl App {
             }
             next_offsets.insert(position, message.at.offset + 1);
             match self.fold(&message) {
-                Ok(Folded::Lending(row)) => prepared.lending.push((*row, message.at)),
-                Ok(Folded::Swap(row)) => prepared.swaps.push((*row, message.at)),
+                Ok(Folded::Row { row, retracted }) => prepared.items.push(Item {
+                    row,
+                    at: message.at,
+                    retracted,
+                }),
+                Ok(Folded::Head(head)) => prepared.heads.push(*head),
                 Err(reason) => rejected.push((message, reason)),
             }
         }
@@ -428,17 +443,32 @@ impl App {
     }
 
     fn fold(&self, message: &Received) -> Result<Folded, String> {
+        let topic = &message.at.topic;
+        if *topic == self.topics.blocks {
+            let head: ChainHead = serde_json::from_slice(&message.payload)
+                .map_err(|e| format!("could not decode chain head: {e}"))?;
+            if head.schema_version != SCHEMA_VERSION {
+                return Err(format!(
+                    "unsupported schema version {} (this build folds version {SCHEMA_VERSION})",
+                    head.schema_version
+                ));
+            }
+            return Ok(Folded::Head(Box::new(head)));
+        }
+        let kind = if *topic == self.topics.amm {
+            TopicKind::Amm
+        } else if *topic == self.topics.oracle {
+            TopicKind::Oracle
+        } else {
+            TopicKind::Lending
+        };
         let envelope: Envelope = serde_json::from_slice(&message.payload)
             .map_err(|e| format!("could not decode envelope: {e}"))?;
-        if message.at.topic == self.topics.amm {
-            swap_row(&envelope)
-                .map(|r| Folded::Swap(Box::new(r)))
-                .map_err(|e| e.to_string())
-        } else {
-            lending_row(&envelope)
-                .map(|r| Folded::Lending(Box::new(r)))
-                .map_err(|e| e.to_string())
-        }
+        let row = folds::fold(&envelope, kind).map_err(|e| e.to_string())?;
+        Ok(Folded::Row {
+            row,
+            retracted: envelope.retracted,
+        })
     }
 
     fn writer(&self) -> Writer {
@@ -460,13 +490,8 @@ impl App {
         } = written;
         self.timings.postgres += postgres;
         let redis_started = Instant::now();
-        if let Err(err) = cache::write_summaries(
-            &mut self.redis,
-            &self.config.redis.prefix,
-            &batch.wallets,
-            &batch.pools,
-        )
-        .await
+        if let Err(err) =
+            cache::write_summaries(&mut self.redis, &self.config.redis.prefix, &batch).await
         {
             // The cache is rebuildable; Postgres already holds the truth.
             tracing::warn!(%err, "could not update the Redis cache");
@@ -658,14 +683,15 @@ impl BatchOutcome {
         self.stored += other.stored;
         self.dead_lettered += other.dead_lettered;
         self.skipped += other.skipped;
+        self.retracted += other.retracted;
     }
 }
 
 /// A folded batch, its dead letters already acknowledged, ready to be written.
 struct Prepared {
     outcome: BatchOutcome,
-    lending: Vec<(LendingRow, Coordinates)>,
-    swaps: Vec<(SwapRow, Coordinates)>,
+    items: Vec<Item>,
+    heads: Vec<ChainHead>,
     offsets: Vec<(String, i32, i64)>,
 }
 
@@ -689,10 +715,11 @@ impl Writer {
     async fn write(self, prepared: Prepared) -> anyhow::Result<Written> {
         let started = Instant::now();
         let batch = self
-            .commit_with_retry(&prepared.lending, &prepared.swaps, &prepared.offsets)
+            .commit_with_retry(&prepared.items, &prepared.heads, &prepared.offsets)
             .await?;
         let mut outcome = prepared.outcome;
-        outcome.stored = batch.new_lending + batch.new_swaps;
+        outcome.stored = batch.new_lending + batch.new_swaps + batch.new_other;
+        outcome.retracted = batch.retracted;
         Ok(Written {
             batch,
             outcome,
@@ -706,36 +733,33 @@ impl Writer {
     /// at a time; a row Postgres still refuses is dead-lettered and the rest are stored.
     async fn commit_with_retry(
         &self,
-        lending: &[(LendingRow, Coordinates)],
-        swaps: &[(SwapRow, Coordinates)],
+        items: &[Item],
+        heads: &[ChainHead],
         offsets: &[(String, i32, i64)],
     ) -> anyhow::Result<store::BatchWrite> {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match write_once(&self.pool, &self.group, lending, swaps, offsets).await {
+            match write_once(&self.pool, &self.group, items, heads, offsets).await {
                 Ok(written) => return Ok(written),
-                Err(err) if err.is_deterministic() && lending.len() + swaps.len() > 1 => {
+                Err(err) if err.is_deterministic() && items.len() + heads.len() > 1 => {
                     tracing::warn!(error = %err, "batch refused by Postgres; writing its rows one by one");
-                    return self.write_one_by_one(lending, swaps, offsets).await;
+                    return self.write_one_by_one(items, heads, offsets).await;
                 }
                 Err(err) if err.is_deterministic() => {
-                    let at = lending
-                        .first()
-                        .map(|(_, at)| at)
-                        .or_else(|| swaps.first().map(|(_, at)| at));
-                    let (topic, origin) = at.map_or((String::new(), String::new()), |at| {
-                        (
-                            at.topic.clone(),
-                            format!("{}/{}/{}", at.topic, at.partition, at.offset),
-                        )
-                    });
+                    let (topic, origin) =
+                        items.first().map_or((String::new(), String::new()), |i| {
+                            (
+                                i.at.topic.clone(),
+                                format!("{}/{}/{}", i.at.topic, i.at.partition, i.at.offset),
+                            )
+                        });
                     let reason = format!(
                         "{err}: {}",
                         std::error::Error::source(&err)
                             .map(ToString::to_string)
                             .unwrap_or_default()
                     );
-                    let payload = format!("{lending:?}{swaps:?}");
+                    let payload = format!("{items:?}{heads:?}");
                     dlq::send(
                         &self.producer,
                         &DeadLetter {
@@ -763,33 +787,64 @@ impl Writer {
 
     async fn write_one_by_one(
         &self,
-        lending: &[(LendingRow, Coordinates)],
-        swaps: &[(SwapRow, Coordinates)],
+        items: &[Item],
+        heads: &[ChainHead],
         offsets: &[(String, i32, i64)],
     ) -> anyhow::Result<store::BatchWrite> {
         let mut total = store::BatchWrite::default();
-        for item in lending {
+        for item in items {
             let written =
                 Box::pin(self.commit_with_retry(std::slice::from_ref(item), &[], &[])).await?;
-            total.new_lending += written.new_lending;
-            total.wallets.extend(written.wallets);
+            total.merge(written);
         }
-        for item in swaps {
-            let written =
-                Box::pin(self.commit_with_retry(&[], std::slice::from_ref(item), &[])).await?;
-            total.new_swaps += written.new_swaps;
-            total.pools.extend(written.pools);
+        for head in heads {
+            Box::pin(self.commit_with_retry(&[], std::slice::from_ref(head), &[])).await?;
         }
         Box::pin(self.commit_with_retry(&[], &[], offsets)).await?;
         Ok(total)
     }
 }
 
+/// Writes one run of inserts (no retraction inside it).
+async fn insert_run(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    items: &[Item],
+    out: &mut store::BatchWrite,
+) -> Result<(), StoreError> {
+    let mut lending = Vec::new();
+    let mut swaps = Vec::new();
+    let mut syncs = Vec::new();
+    let mut liquidity = Vec::new();
+    let mut loans = Vec::new();
+    let mut oracle = Vec::new();
+    for item in items {
+        match &item.row {
+            Row::Lending(r) => lending.push(((**r).clone(), item.at.clone())),
+            Row::Swap(r) => swaps.push(((**r).clone(), item.at.clone())),
+            Row::PoolSync(r) => syncs.push((&**r, &item.at)),
+            Row::Liquidity(r) => liquidity.push((&**r, &item.at)),
+            Row::FlashLoan(r) => loans.push((&**r, &item.at)),
+            Row::Oracle(r) => oracle.push((&**r, &item.at)),
+        }
+    }
+    let (new_lending, wallets) = store::insert_lending(tx, &lending).await?;
+    let (new_swaps, pools) = store::insert_swaps(tx, &swaps).await?;
+    out.new_lending += new_lending;
+    out.new_swaps += new_swaps;
+    out.wallets.extend(wallets);
+    out.pools.extend(pools);
+    out.new_other += live::insert_pool_syncs(tx, &syncs).await?;
+    out.new_other += live::insert_liquidity(tx, &liquidity).await?;
+    out.new_other += live::insert_flash_loans(tx, &loans).await?;
+    out.new_other += live::insert_oracle_updates(tx, &oracle).await?;
+    Ok(())
+}
+
 async fn write_once(
     pool: &PgPool,
     group: &str,
-    lending: &[(LendingRow, Coordinates)],
-    swaps: &[(SwapRow, Coordinates)],
+    items: &[Item],
+    heads: &[ChainHead],
     offsets: &[(String, i32, i64)],
 ) -> Result<store::BatchWrite, StoreError> {
     let mut tx = pool.begin().await?;
@@ -798,14 +853,24 @@ async fn write_once(
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
-    let (new_lending, wallets) = store::insert_lending(&mut tx, lending).await?;
-    let (new_swaps, pools) = store::insert_swaps(&mut tx, swaps).await?;
+    let mut out = store::BatchWrite::default();
+    // Runs of inserts and runs of retractions, applied in log order: an event retracted and
+    // re-published in one batch must be deleted before its canonical copy goes in.
+    for run in items.chunk_by(|a, b| a.retracted == b.retracted) {
+        if run[0].retracted {
+            let rows: Vec<&Row> = run.iter().map(|i| &i.row).collect();
+            let r = live::retract(&mut tx, &rows).await?;
+            out.retracted += r.deleted;
+            out.wallets.extend(r.wallets);
+            out.pools.extend(r.pools);
+            out.reset_wallets.extend(r.reset_wallets);
+            out.reset_pools.extend(r.reset_pools);
+        } else {
+            insert_run(&mut tx, run, &mut out).await?;
+        }
+    }
+    live::upsert_heads(&mut tx, heads).await?;
     store::store_offsets(&mut tx, group, offsets).await?;
     tx.commit().await?;
-    Ok(store::BatchWrite {
-        new_lending,
-        new_swaps,
-        wallets,
-        pools,
-    })
+    Ok(out)
 }

@@ -72,8 +72,29 @@ pub struct PoolSummaryRow {
 pub struct BatchWrite {
     pub new_lending: u64,
     pub new_swaps: u64,
+    /// New rows of the live models (pool syncs, liquidity, flash loans, oracle updates).
+    pub new_other: u64,
+    /// Rows deleted by retractions.
+    pub retracted: u64,
     pub wallets: Vec<WalletSummaryRow>,
     pub pools: Vec<PoolSummaryRow>,
+    /// Cached summaries to drop before writing `wallets`/`pools` (touched by a retraction).
+    pub reset_wallets: Vec<(i64, String)>,
+    pub reset_pools: Vec<(i64, String)>,
+}
+
+impl BatchWrite {
+    /// Adds another write's changes (later summaries override earlier ones in the cache).
+    pub fn merge(&mut self, other: BatchWrite) {
+        self.new_lending += other.new_lending;
+        self.new_swaps += other.new_swaps;
+        self.new_other += other.new_other;
+        self.retracted += other.retracted;
+        self.wallets.extend(other.wallets);
+        self.pools.extend(other.pools);
+        self.reset_wallets.extend(other.reset_wallets);
+        self.reset_pools.extend(other.reset_pools);
+    }
 }
 
 fn hex<T: std::fmt::LowerHex>(value: &T) -> String {
@@ -309,7 +330,13 @@ pub async fn insert_swaps(
     let mut topic = Vec::with_capacity(n);
     let mut partition = Vec::with_capacity(n);
     let mut offset = Vec::with_capacity(n);
+    let mut sqrt_price = Vec::with_capacity(n);
+    let mut liquidity = Vec::with_capacity(n);
+    let mut tick = Vec::with_capacity(n);
     for (row, at) in rows {
+        sqrt_price.push(row.v3.as_ref().map(|v| v.sqrt_price_x96.to_decimal()));
+        liquidity.push(row.v3.as_ref().map(|v| v.liquidity.to_decimal()));
+        tick.push(row.v3.as_ref().map(|v| v.tick));
         event_id.push(row.event_id.to_string());
         chain_id.push(row.chain_id as i64);
         pool.push(hex(&row.pool));
@@ -343,18 +370,20 @@ pub async fn insert_swaps(
         r#"
         INSERT INTO swap (event_id, chain_id, pool, protocol, block_number, block_hash, tx_hash,
             tx_position, trace_address, log_index, block_time, sender, recipient, token_in,
-            amount_in, token_out, amount_out, reverted, kafka_topic, kafka_partition, kafka_offset)
+            amount_in, token_out, amount_out, reverted, kafka_topic, kafka_partition, kafka_offset,
+            sqrt_price_x96, liquidity, tick)
         SELECT event_id, chain_id, pool, protocol, block_number, block_hash, tx_hash, tx_position,
             CASE WHEN trace = '' THEN '{}'::int4[] ELSE string_to_array(trace, '.')::int4[] END,
             log_index, block_time, sender, recipient, token_in, amount_in, token_out, amount_out,
-            reverted, kafka_topic, kafka_partition, kafka_offset
+            reverted, kafka_topic, kafka_partition, kafka_offset, sqrt_price_x96, liquidity, tick
         FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[],
             $7::text[], $8::int4[], $9::text[], $10::int4[], $11::timestamptz[], $12::text[],
             $13::text[], $14::text[], $15::numeric[], $16::text[], $17::numeric[], $18::bool[],
-            $19::text[], $20::int4[], $21::int8[])
+            $19::text[], $20::int4[], $21::int8[], $22::numeric[], $23::numeric[], $24::int4[])
             AS t(event_id, chain_id, pool, protocol, block_number, block_hash, tx_hash, tx_position,
                  trace, log_index, block_time, sender, recipient, token_in, amount_in, token_out,
-                 amount_out, reverted, kafka_topic, kafka_partition, kafka_offset)
+                 amount_out, reverted, kafka_topic, kafka_partition, kafka_offset, sqrt_price_x96,
+                 liquidity, tick)
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
         "#,
@@ -380,6 +409,9 @@ pub async fn insert_swaps(
     .bind(&topic)
     .bind(&partition)
     .bind(&offset)
+    .bind(&sqrt_price)
+    .bind(&liquidity)
+    .bind(&tick)
     .fetch_all(&mut **tx)
     .await?;
     if inserted.is_empty() {
@@ -531,7 +563,8 @@ pub async fn load_offsets(
 pub async fn reset(pool: &PgPool, group: &str) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "TRUNCATE lending_event, wallet_lending_summary, swap, pool_summary, pool_token_volume",
+        "TRUNCATE lending_event, wallet_lending_summary, swap, pool_summary, pool_token_volume,
+                  pool_sync, liquidity_event, flash_loan, oracle_update, chain_head",
     )
     .execute(&mut *tx)
     .await?;

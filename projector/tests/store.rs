@@ -20,6 +20,7 @@ fn at(offset: i64) -> Coordinates {
 fn liquidation(record: &str, debt_covered: &str) -> Envelope {
     Envelope {
         schema_version: SCHEMA_VERSION,
+        retracted: false,
         event_id: EventId::of_record(1, "test", record),
         chain_id: 1,
         block: None,
@@ -167,6 +168,7 @@ async fn swaps_are_idempotent_and_reverted_ones_move_no_volume(pool: PgPool) {
 fn sample_swaps() -> Vec<Envelope> {
     let swap = |record: &str, amount_in: &str, reverted: bool, trace: Vec<u32>| Envelope {
         schema_version: SCHEMA_VERSION,
+        retracted: false,
         event_id: EventId::of_record(1, "test-swaps", record),
         chain_id: 1,
         block: Some(chainfold_domain::BlockRef {
@@ -189,6 +191,7 @@ fn sample_swaps() -> Vec<Envelope> {
             tx_position: 3,
             trace_address: trace,
             reverted,
+            v3: None,
         }),
     };
     vec![

@@ -198,6 +198,7 @@ fn decode_row(row: &Row, reserves: &Reserves, record: &str) -> Result<Envelope, 
     };
     Ok(Envelope {
         schema_version: SCHEMA_VERSION,
+        retracted: false,
         event_id: EventId::of_record(CHAIN_ID, DATASET, record),
         chain_id: CHAIN_ID,
         block: None,

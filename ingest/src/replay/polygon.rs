@@ -163,6 +163,7 @@ pub fn decode_record(raw: &str) -> Result<Envelope, String> {
     };
     Ok(Envelope {
         schema_version: SCHEMA_VERSION,
+        retracted: false,
         event_id: EventId::of_record(CHAIN_ID, DATASET, &rec.id.oid),
         chain_id: CHAIN_ID,
         block: None,

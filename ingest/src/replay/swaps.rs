@@ -107,6 +107,7 @@ fn decode_row(row: &Row) -> Result<Envelope, String> {
     let record = format!("{}:{trace_key}", row.transaction_hash.to_lowercase());
     Ok(Envelope {
         schema_version: SCHEMA_VERSION,
+        retracted: false,
         event_id: EventId::of_record(CHAIN_ID, DATASET, &record),
         chain_id: CHAIN_ID,
         block: Some(BlockRef {
@@ -132,6 +133,7 @@ fn decode_row(row: &Row) -> Result<Envelope, String> {
             tx_position,
             trace_address,
             reverted: !row.error.trim().is_empty(),
+            v3: None,
         }),
     })
 }

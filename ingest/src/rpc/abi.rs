@@ -65,6 +65,41 @@ pub enum ContractKind {
     ChainlinkAggregator,
 }
 
+impl ContractKind {
+    /// The names used in `chains.toml`.
+    pub const NAMES: [&'static str; 5] = [
+        "uniswap_v2_pair",
+        "uniswap_v3_pool",
+        "aave_v2_lending_pool",
+        "aave_v3_pool",
+        "chainlink_aggregator",
+    ];
+
+    pub fn parse(name: &str) -> Option<ContractKind> {
+        Some(match name {
+            "uniswap_v2_pair" => ContractKind::UniswapV2Pair,
+            "uniswap_v3_pool" => ContractKind::UniswapV3Pool,
+            "aave_v2_lending_pool" => ContractKind::AaveV2LendingPool,
+            "aave_v3_pool" => ContractKind::AaveV3Pool,
+            "chainlink_aggregator" => ContractKind::ChainlinkAggregator,
+            _ => return None,
+        })
+    }
+
+    /// The topic its events go to (and its malformed logs' DLQ).
+    pub fn topic(self) -> chainfold_domain::TopicKind {
+        match self {
+            ContractKind::UniswapV2Pair | ContractKind::UniswapV3Pool => {
+                chainfold_domain::TopicKind::Amm
+            }
+            ContractKind::AaveV2LendingPool | ContractKind::AaveV3Pool => {
+                chainfold_domain::TopicKind::Lending
+            }
+            ContractKind::ChainlinkAggregator => chainfold_domain::TopicKind::Oracle,
+        }
+    }
+}
+
 /// A decoded log of a watched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawEvent {

@@ -1,0 +1,463 @@
+//! Decoded logs → [`Envelope`]s: the same envelope and topics as the replay path.
+//!
+//! Pure: everything learned from the chain (token symbols and decimals, a pair's tokens, a feed's
+//! decimals) is passed in as [`Metadata`], so this is unit-tested without a node.
+
+use std::collections::HashMap;
+
+use alloy_primitives::{Address, B256, I256, U256};
+use chainfold_domain::{
+    BlockRef, DefiEvent, Envelope, EventId, FlashLoan, LendingFlow, Liquidation, LiquidityChange,
+    LiquidityKind, OracleUpdate, PoolSync, Reserve, Source, Swap, TokenAmount, V3State,
+    SCHEMA_VERSION,
+};
+use chrono::{DateTime, Utc};
+
+use super::abi::RawEvent;
+
+/// Where a log sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogMeta {
+    pub chain_id: u64,
+    pub address: Address,
+    pub block_number: u64,
+    pub block_hash: B256,
+    pub block_time: Option<DateTime<Utc>>,
+    pub tx_hash: B256,
+    pub tx_index: u32,
+    pub log_index: u32,
+}
+
+/// A price feed's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedMeta {
+    pub description: String,
+    pub decimals: u8,
+    pub asset: Option<Address>,
+}
+
+/// What normalising needs to know about contracts, learned from the configuration or the chain.
+#[derive(Debug, Clone, Default)]
+pub struct Metadata {
+    pub tokens: HashMap<Address, Reserve>,
+    pub pairs: HashMap<Address, (Address, Address)>,
+    pub feeds: HashMap<Address, FeedMeta>,
+}
+
+impl Metadata {
+    fn token(&self, address: Address) -> Result<Reserve, String> {
+        self.tokens
+            .get(&address)
+            .cloned()
+            .ok_or_else(|| format!("unknown token {address:#x}: no symbol/decimals known"))
+    }
+
+    fn pair(&self, pool: Address) -> Result<(Address, Address), String> {
+        self.pairs
+            .get(&pool)
+            .copied()
+            .ok_or_else(|| format!("unknown pool {pool:#x}: its tokens are not known"))
+    }
+}
+
+impl RawEvent {
+    /// Tokens whose metadata normalising this event needs (lending reserves, flash-loan assets).
+    pub fn tokens(&self) -> Vec<Address> {
+        match self {
+            RawEvent::AaveV2Deposit(e) => vec![e.reserve],
+            RawEvent::AaveV2Withdraw(e) => vec![e.reserve],
+            RawEvent::AaveV2Borrow(e) => vec![e.reserve],
+            RawEvent::AaveV2Repay(e) => vec![e.reserve],
+            RawEvent::AaveV2LiquidationCall(e) => vec![e.collateralAsset, e.debtAsset],
+            RawEvent::AaveV2FlashLoan(e) => vec![e.asset],
+            RawEvent::AaveV3Supply(e) => vec![e.reserve],
+            RawEvent::AaveV3Withdraw(e) => vec![e.reserve],
+            RawEvent::AaveV3Borrow(e) => vec![e.reserve],
+            RawEvent::AaveV3Repay(e) => vec![e.reserve],
+            RawEvent::AaveV3LiquidationCall(e) => vec![e.collateralAsset, e.debtAsset],
+            RawEvent::AaveV3FlashLoan(e) => vec![e.asset],
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn amount(value: U256) -> TokenAmount {
+    TokenAmount(value)
+}
+
+fn unsigned_abs(value: I256) -> TokenAmount {
+    TokenAmount(value.unsigned_abs())
+}
+
+fn other(a: Address, b: Address) -> Option<Address> {
+    (a != b).then_some(b)
+}
+
+/// Turns a decoded log into its envelope. `Err` is the reason it cannot be (unknown metadata),
+/// for the dead-letter topic.
+pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelope, String> {
+    let flow =
+        |protocol: &str, wallet, counterparty, reserve, value| -> Result<LendingFlow, String> {
+            Ok(LendingFlow {
+                protocol: protocol.to_owned(),
+                wallet,
+                counterparty,
+                reserve: md.token(reserve)?,
+                amount: amount(value),
+                price_usd: None,
+            })
+        };
+    let pool = meta.address;
+    let event = match raw {
+        RawEvent::V2Swap(e) => {
+            let (token0, token1) = md.pair(pool)?;
+            let zero_in = e.amount0In >= e.amount1In;
+            Swap {
+                protocol: "uniswap_v2".into(),
+                pool,
+                sender: e.sender,
+                recipient: e.to,
+                token_in: if zero_in { token0 } else { token1 },
+                amount_in: amount(if zero_in { e.amount0In } else { e.amount1In }),
+                token_out: if zero_in { token1 } else { token0 },
+                amount_out: amount(if zero_in { e.amount1Out } else { e.amount0Out }),
+                tx_position: meta.tx_index,
+                trace_address: Vec::new(),
+                reverted: false,
+                v3: None,
+            }
+            .into()
+        }
+        RawEvent::V3Swap(e) => {
+            let (token0, token1) = md.pair(pool)?;
+            // V3 amounts are the pool's balance deltas: positive flowed in.
+            let zero_in = e.amount0.is_positive();
+            Swap {
+                protocol: "uniswap_v3".into(),
+                pool,
+                sender: e.sender,
+                recipient: e.recipient,
+                token_in: if zero_in { token0 } else { token1 },
+                amount_in: unsigned_abs(if zero_in { e.amount0 } else { e.amount1 }),
+                token_out: if zero_in { token1 } else { token0 },
+                amount_out: unsigned_abs(if zero_in { e.amount1 } else { e.amount0 }),
+                tx_position: meta.tx_index,
+                trace_address: Vec::new(),
+                reverted: false,
+                v3: Some(V3State {
+                    sqrt_price_x96: amount(U256::from(e.sqrtPriceX96)),
+                    liquidity: amount(U256::from(e.liquidity)),
+                    tick: e.tick.as_i32(),
+                }),
+            }
+            .into()
+        }
+        RawEvent::V2Sync(e) => {
+            let (token0, token1) = md.pair(pool)?;
+            DefiEvent::PoolSync(PoolSync {
+                protocol: "uniswap_v2".into(),
+                pool,
+                token0,
+                token1,
+                reserve0: amount(U256::from(e.reserve0)),
+                reserve1: amount(U256::from(e.reserve1)),
+            })
+        }
+        RawEvent::V2Mint(e) => DefiEvent::Liquidity(LiquidityChange {
+            protocol: "uniswap_v2".into(),
+            pool,
+            kind: LiquidityKind::Mint,
+            sender: Some(e.sender),
+            owner: None,
+            amount0: amount(e.amount0),
+            amount1: amount(e.amount1),
+            liquidity: None,
+            tick_lower: None,
+            tick_upper: None,
+        }),
+        RawEvent::V2Burn(e) => DefiEvent::Liquidity(LiquidityChange {
+            protocol: "uniswap_v2".into(),
+            pool,
+            kind: LiquidityKind::Burn,
+            sender: Some(e.sender),
+            owner: Some(e.to),
+            amount0: amount(e.amount0),
+            amount1: amount(e.amount1),
+            liquidity: None,
+            tick_lower: None,
+            tick_upper: None,
+        }),
+        RawEvent::V3Mint(e) => DefiEvent::Liquidity(LiquidityChange {
+            protocol: "uniswap_v3".into(),
+            pool,
+            kind: LiquidityKind::Mint,
+            sender: Some(e.sender),
+            owner: Some(e.owner),
+            amount0: amount(e.amount0),
+            amount1: amount(e.amount1),
+            liquidity: Some(amount(U256::from(e.amount))),
+            tick_lower: Some(e.tickLower.as_i32()),
+            tick_upper: Some(e.tickUpper.as_i32()),
+        }),
+        RawEvent::V3Burn(e) => DefiEvent::Liquidity(LiquidityChange {
+            protocol: "uniswap_v3".into(),
+            pool,
+            kind: LiquidityKind::Burn,
+            sender: None,
+            owner: Some(e.owner),
+            amount0: amount(e.amount0),
+            amount1: amount(e.amount1),
+            liquidity: Some(amount(U256::from(e.amount))),
+            tick_lower: Some(e.tickLower.as_i32()),
+            tick_upper: Some(e.tickUpper.as_i32()),
+        }),
+        RawEvent::AaveV2Deposit(e) => DefiEvent::Deposit(flow(
+            "aave_v2",
+            e.onBehalfOf,
+            other(e.onBehalfOf, e.user),
+            e.reserve,
+            e.amount,
+        )?),
+        RawEvent::AaveV3Supply(e) => DefiEvent::Deposit(flow(
+            "aave_v3",
+            e.onBehalfOf,
+            other(e.onBehalfOf, e.user),
+            e.reserve,
+            e.amount,
+        )?),
+        RawEvent::AaveV2Withdraw(e) => DefiEvent::Redeem(flow(
+            "aave_v2",
+            e.user,
+            other(e.user, e.to),
+            e.reserve,
+            e.amount,
+        )?),
+        RawEvent::AaveV3Withdraw(e) => DefiEvent::Redeem(flow(
+            "aave_v3",
+            e.user,
+            other(e.user, e.to),
+            e.reserve,
+            e.amount,
+        )?),
+        RawEvent::AaveV2Borrow(e) => DefiEvent::Borrow(flow(
+            "aave_v2",
+            e.onBehalfOf,
+            other(e.onBehalfOf, e.user),
+            e.reserve,
+            e.amount,
+        )?),
+        RawEvent::AaveV3Borrow(e) => DefiEvent::Borrow(flow(
+            "aave_v3",
+            e.onBehalfOf,
+            other(e.onBehalfOf, e.user),
+            e.reserve,
+            e.amount,
+        )?),
+        RawEvent::AaveV2Repay(e) => DefiEvent::Repay(flow(
+            "aave_v2",
+            e.user,
+            other(e.user, e.repayer),
+            e.reserve,
+            e.amount,
+        )?),
+        RawEvent::AaveV3Repay(e) => DefiEvent::Repay(flow(
+            "aave_v3",
+            e.user,
+            other(e.user, e.repayer),
+            e.reserve,
+            e.amount,
+        )?),
+        RawEvent::AaveV2LiquidationCall(e) => DefiEvent::Liquidation(Liquidation {
+            protocol: "aave_v2".into(),
+            wallet: e.user,
+            liquidator: Some(e.liquidator),
+            collateral: md.token(e.collateralAsset)?,
+            collateral_amount: amount(e.liquidatedCollateralAmount),
+            collateral_price_usd: None,
+            debt: md.token(e.debtAsset)?,
+            debt_covered: amount(e.debtToCover),
+            debt_price_usd: None,
+        }),
+        RawEvent::AaveV3LiquidationCall(e) => DefiEvent::Liquidation(Liquidation {
+            protocol: "aave_v3".into(),
+            wallet: e.user,
+            liquidator: Some(e.liquidator),
+            collateral: md.token(e.collateralAsset)?,
+            collateral_amount: amount(e.liquidatedCollateralAmount),
+            collateral_price_usd: None,
+            debt: md.token(e.debtAsset)?,
+            debt_covered: amount(e.debtToCover),
+            debt_price_usd: None,
+        }),
+        RawEvent::AaveV2FlashLoan(e) => DefiEvent::FlashLoan(FlashLoan {
+            protocol: "aave_v2".into(),
+            pool,
+            target: e.target,
+            initiator: e.initiator,
+            asset: md.token(e.asset)?,
+            amount: amount(e.amount),
+            premium: amount(e.premium),
+        }),
+        RawEvent::AaveV3FlashLoan(e) => DefiEvent::FlashLoan(FlashLoan {
+            protocol: "aave_v3".into(),
+            pool,
+            target: e.target,
+            initiator: e.initiator,
+            asset: md.token(e.asset)?,
+            amount: amount(e.amount),
+            premium: amount(e.premium),
+        }),
+        RawEvent::AnswerUpdated(e) => {
+            let feed = md
+                .feeds
+                .get(&pool)
+                .ok_or_else(|| format!("unknown feed {pool:#x}: its decimals are not known"))?;
+            DefiEvent::OracleUpdate(OracleUpdate {
+                feed: pool,
+                description: feed.description.clone(),
+                asset: feed.asset,
+                answer: e
+                    .current
+                    .to_string()
+                    .parse()
+                    .map_err(|err| format!("answer {} is not a number: {err}", e.current))?,
+                decimals: feed.decimals,
+                round_id: amount(e.roundId),
+                updated_at: u64::try_from(e.updatedAt)
+                    .ok()
+                    .and_then(|t| i64::try_from(t).ok())
+                    .and_then(|t| DateTime::from_timestamp(t, 0)),
+            })
+        }
+    };
+    Ok(Envelope {
+        schema_version: SCHEMA_VERSION,
+        retracted: false,
+        event_id: EventId::of_log(meta.chain_id, &meta.tx_hash, meta.log_index),
+        chain_id: meta.chain_id,
+        block: Some(BlockRef {
+            number: meta.block_number,
+            hash: Some(meta.block_hash),
+        }),
+        tx_hash: Some(meta.tx_hash),
+        log_index: Some(meta.log_index),
+        block_time: meta.block_time,
+        source: Source::Rpc,
+        event,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::abi::{AaveV2LendingPool, UniswapV2Pair, UniswapV3Pool};
+
+    fn meta() -> LogMeta {
+        LogMeta {
+            chain_id: 31337,
+            address: Address::repeat_byte(0x50),
+            block_number: 12,
+            block_hash: B256::repeat_byte(0xbb),
+            block_time: DateTime::from_timestamp(1_700_000_000, 0),
+            tx_hash: B256::repeat_byte(0x77),
+            tx_index: 3,
+            log_index: 9,
+        }
+    }
+
+    fn metadata() -> Metadata {
+        let mut md = Metadata::default();
+        md.pairs.insert(
+            Address::repeat_byte(0x50),
+            (Address::repeat_byte(0x0a), Address::repeat_byte(0x0b)),
+        );
+        md.tokens.insert(
+            Address::repeat_byte(0x0a),
+            Reserve {
+                address: Address::repeat_byte(0x0a),
+                symbol: "USDC".into(),
+                decimals: 6,
+            },
+        );
+        md
+    }
+
+    #[test]
+    fn a_v2_swap_becomes_token_in_and_out_by_direction() {
+        let raw = RawEvent::V2Swap(UniswapV2Pair::Swap {
+            sender: Address::repeat_byte(1),
+            amount0In: U256::ZERO,
+            amount1In: U256::from(500_u64),
+            amount0Out: U256::from(990_u64),
+            amount1Out: U256::ZERO,
+            to: Address::repeat_byte(2),
+        });
+        let env = normalize(raw, &meta(), &metadata()).expect("normalises");
+        let DefiEvent::Swap(swap) = &env.event else {
+            panic!("a swap")
+        };
+        assert_eq!(swap.token_in, Address::repeat_byte(0x0b));
+        assert_eq!(swap.amount_in.to_string(), "500");
+        assert_eq!(swap.token_out, Address::repeat_byte(0x0a));
+        assert_eq!(swap.amount_out.to_string(), "990");
+        assert_eq!(swap.tx_position, 3);
+        assert_eq!(
+            env.event_id,
+            EventId::of_log(31337, &B256::repeat_byte(0x77), 9)
+        );
+        assert_eq!(
+            env.block.and_then(|b| b.hash),
+            Some(B256::repeat_byte(0xbb))
+        );
+    }
+
+    #[test]
+    fn a_v3_swap_takes_the_positive_delta_as_input_and_keeps_the_pool_state() {
+        let raw = RawEvent::V3Swap(UniswapV3Pool::Swap {
+            sender: Address::repeat_byte(1),
+            recipient: Address::repeat_byte(2),
+            amount0: I256::try_from(-4_000_i64).expect("fits"),
+            amount1: I256::try_from(2_000_i64).expect("fits"),
+            sqrtPriceX96: alloy_primitives::aliases::U160::from(1_u64 << 40),
+            liquidity: 77,
+            tick: alloy_primitives::aliases::I24::try_from(-5_i32).expect("fits"),
+        });
+        let env = normalize(raw, &meta(), &metadata()).expect("normalises");
+        let DefiEvent::Swap(swap) = &env.event else {
+            panic!("a swap")
+        };
+        assert_eq!(
+            (swap.token_in, swap.amount_in.to_string()),
+            (Address::repeat_byte(0x0b), "2000".into())
+        );
+        assert_eq!(swap.amount_out.to_string(), "4000");
+        let v3 = swap.v3.as_ref().expect("v3 state");
+        assert_eq!((v3.tick, v3.liquidity.to_string()), (-5, "77".into()));
+    }
+
+    #[test]
+    fn lending_events_key_on_the_position_owner_and_unknown_tokens_are_refused() {
+        let raw = RawEvent::AaveV2Deposit(AaveV2LendingPool::Deposit {
+            reserve: Address::repeat_byte(0x0a),
+            user: Address::repeat_byte(0xc1),
+            onBehalfOf: Address::repeat_byte(0xc2),
+            amount: U256::from(2_000_000_u64),
+            referral: 0,
+        });
+        let env = normalize(raw, &meta(), &metadata()).expect("normalises");
+        assert_eq!(env.partition_key(), Address::repeat_byte(0xc2));
+        let DefiEvent::Deposit(flow) = &env.event else {
+            panic!("a deposit")
+        };
+        assert_eq!(flow.counterparty, Some(Address::repeat_byte(0xc1)));
+        assert_eq!(flow.reserve.symbol, "USDC");
+        let unknown = RawEvent::AaveV2Repay(AaveV2LendingPool::Repay {
+            reserve: Address::repeat_byte(0xee),
+            user: Address::repeat_byte(0xc1),
+            repayer: Address::repeat_byte(0xc1),
+            amount: U256::from(1_u64),
+        });
+        let err = normalize(unknown, &meta(), &metadata()).expect_err("unknown token");
+        assert!(err.contains("unknown token 0xeeee"), "{err}");
+    }
+}

@@ -1,0 +1,194 @@
+//! The follower's durable state in Postgres (see `migrations/*_ingest_state.sql`).
+
+use std::collections::BTreeMap;
+
+use alloy_primitives::B256;
+use chainfold_domain::{Envelope, TopicKind};
+use sqlx::PgPool;
+
+/// A block processed near the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenBlock {
+    pub hash: B256,
+    pub parent: B256,
+}
+
+fn hex(value: &B256) -> String {
+    format!("{value:#x}")
+}
+
+fn parse(text: &str) -> anyhow::Result<B256> {
+    text.parse()
+        .map_err(|e| anyhow::anyhow!("stored hash {text} is invalid: {e}"))
+}
+
+fn kind_name(kind: TopicKind) -> &'static str {
+    match kind {
+        TopicKind::Lending => "lending",
+        TopicKind::Amm => "amm",
+        TopicKind::Oracle => "oracle",
+    }
+}
+
+fn kind_of(name: &str) -> anyhow::Result<TopicKind> {
+    Ok(match name {
+        "lending" => TopicKind::Lending,
+        "amm" => TopicKind::Amm,
+        "oracle" => TopicKind::Oracle,
+        other => anyhow::bail!("unknown journal topic kind {other}"),
+    })
+}
+
+/// The last checkpointed block of `chain_id`.
+pub async fn load_checkpoint(pool: &PgPool, chain_id: u64) -> anyhow::Result<Option<u64>> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT block_number FROM ingest_checkpoint WHERE chain_id = $1")
+            .bind(chain_id as i64)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|r| r.0 as u64))
+}
+
+/// The stored window of recent blocks.
+pub async fn load_window(pool: &PgPool, chain_id: u64) -> anyhow::Result<BTreeMap<u64, SeenBlock>> {
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT number, hash, parent_hash FROM ingest_block WHERE chain_id = $1 ORDER BY number",
+    )
+    .bind(chain_id as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(n, h, p)| {
+            Ok((
+                n as u64,
+                SeenBlock {
+                    hash: parse(&h)?,
+                    parent: parse(&p)?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Records that everything up to `number` is published. `block` (when processed near the head)
+/// joins the window with its events in the journal; the window is pruned to `keep` blocks.
+pub async fn advance(
+    pool: &PgPool,
+    chain_id: u64,
+    number: u64,
+    block: Option<(SeenBlock, &[Envelope])>,
+    keep: u64,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let chain = chain_id as i64;
+    if let Some((seen, events)) = block {
+        sqlx::query(
+            "INSERT INTO ingest_block (chain_id, number, hash, parent_hash) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (chain_id, number) DO UPDATE SET hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash",
+        )
+        .bind(chain)
+        .bind(number as i64)
+        .bind(hex(&seen.hash))
+        .bind(hex(&seen.parent))
+        .execute(&mut *tx)
+        .await?;
+        if !events.is_empty() {
+            let mut index = Vec::with_capacity(events.len());
+            let mut kinds = Vec::with_capacity(events.len());
+            let mut payloads = Vec::with_capacity(events.len());
+            for env in events {
+                index.push(env.log_index.unwrap_or_default() as i32);
+                kinds.push(kind_name(env.event.topic()));
+                payloads.push(crate::publish::encode(env));
+            }
+            sqlx::query(
+                "INSERT INTO ingest_journal (chain_id, block_number, log_index, topic_kind, payload)
+                 SELECT $1, $2, * FROM UNNEST($3::int4[], $4::text[], $5::bytea[])
+                 ON CONFLICT (chain_id, block_number, log_index) DO UPDATE
+                 SET topic_kind = EXCLUDED.topic_kind, payload = EXCLUDED.payload",
+            )
+            .bind(chain)
+            .bind(number as i64)
+            .bind(&index)
+            .bind(&kinds)
+            .bind(&payloads)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let floor = number.saturating_sub(keep) as i64;
+        for table in ["ingest_block", "ingest_journal"] {
+            let column = if table == "ingest_block" {
+                "number"
+            } else {
+                "block_number"
+            };
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE chain_id = $1 AND {column} <= $2"
+            ))
+            .bind(chain)
+            .bind(floor)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    sqlx::query(
+        "INSERT INTO ingest_checkpoint (chain_id, block_number, block_hash, updated_at)
+         VALUES ($1, $2, $3, now())
+         ON CONFLICT (chain_id) DO UPDATE SET block_number = EXCLUDED.block_number,
+             block_hash = EXCLUDED.block_hash, updated_at = now()",
+    )
+    .bind(chain)
+    .bind(number as i64)
+    .bind(block.map(|(b, _)| hex(&b.hash)))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The journaled events of blocks above `ancestor`, newest block and log first (the order their
+/// retractions are published in).
+pub async fn orphaned_events(
+    pool: &PgPool,
+    chain_id: u64,
+    ancestor: u64,
+) -> anyhow::Result<Vec<(TopicKind, Envelope)>> {
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT topic_kind, payload FROM ingest_journal WHERE chain_id = $1 AND block_number > $2
+         ORDER BY block_number DESC, log_index DESC",
+    )
+    .bind(chain_id as i64)
+    .bind(ancestor as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(kind, payload)| Ok((kind_of(&kind)?, serde_json::from_slice(&payload)?)))
+        .collect()
+}
+
+/// Forgets the blocks above `ancestor` (after their retractions were acknowledged) and moves the
+/// checkpoint back to it.
+pub async fn rewind(pool: &PgPool, chain_id: u64, ancestor: u64, hash: B256) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let chain = chain_id as i64;
+    sqlx::query("DELETE FROM ingest_journal WHERE chain_id = $1 AND block_number > $2")
+        .bind(chain)
+        .bind(ancestor as i64)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM ingest_block WHERE chain_id = $1 AND number > $2")
+        .bind(chain)
+        .bind(ancestor as i64)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE ingest_checkpoint SET block_number = $2, block_hash = $3, updated_at = now() WHERE chain_id = $1",
+    )
+    .bind(chain)
+    .bind(ancestor as i64)
+    .bind(hex(&hash))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

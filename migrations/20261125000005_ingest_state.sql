@@ -1,0 +1,33 @@
+-- The live ingest's own durable state (not a read model: `chainfold rebuild` keeps it).
+--
+-- ingest_checkpoint: per chain, the last block whose events were all acknowledged by Kafka. A
+--   restart resumes at the next block: no gap, and nothing confirmed is published again.
+-- ingest_block: hashes of the last `reorg_window` blocks processed one by one near the head; a
+--   new block whose parent is not the stored hash is a reorg.
+-- ingest_journal: the envelopes published from those blocks, so a reorg can publish the exact
+--   retraction of each (same event id, key and topic) even after a restart.
+
+CREATE TABLE ingest_checkpoint (
+    chain_id     BIGINT PRIMARY KEY,
+    block_number BIGINT NOT NULL,
+    block_hash   TEXT COLLATE "C",
+    updated_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE TABLE ingest_block (
+    chain_id    BIGINT NOT NULL,
+    number      BIGINT NOT NULL,
+    hash        TEXT COLLATE "C" NOT NULL,
+    parent_hash TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (chain_id, number)
+);
+
+CREATE TABLE ingest_journal (
+    chain_id     BIGINT  NOT NULL,
+    block_number BIGINT  NOT NULL,
+    log_index    INTEGER NOT NULL,
+    -- lending | amm | oracle (the unprefixed topic kind)
+    topic_kind   TEXT    NOT NULL,
+    payload      BYTEA   NOT NULL,
+    PRIMARY KEY (chain_id, block_number, log_index)
+);

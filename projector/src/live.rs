@@ -1,0 +1,515 @@
+//! Writes of the live read models (pool syncs, liquidity changes, flash loans, oracle updates,
+//! chain heads) and the application of retractions.
+//!
+//! A retraction deletes the row whose `event_id` and `block_hash` both match (a later re-inclusion
+//! of the same log in the canonical block has the same id and another hash, and is kept). The
+//! incremental summaries (`wallet_lending_summary`, `pool_summary`, `pool_token_volume`) of the
+//! wallets and pools a retraction touched are then recomputed from their event rows, so they
+//! equal what a clean replay of the canonical chain folds. The "current state" models are views
+//! over event rows and need nothing more.
+
+use std::collections::BTreeSet;
+
+use chainfold_domain::fold::{FlashLoanRow, LiquidityRow, OracleRow, PoolSyncRow, Row};
+use chainfold_domain::ChainHead;
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Row as _, Transaction};
+
+use crate::store::{Coordinates, PoolSummaryRow, StoreError, WalletSummaryRow};
+
+fn hex<T: std::fmt::LowerHex>(value: &T) -> String {
+    format!("{value:#x}")
+}
+
+/// Columns every live row shares, as arrays for UNNEST.
+#[derive(Default)]
+struct Common {
+    event_id: Vec<String>,
+    chain_id: Vec<i64>,
+    block_number: Vec<Option<i64>>,
+    block_hash: Vec<Option<String>>,
+    tx_hash: Vec<Option<String>>,
+    log_index: Vec<Option<i32>>,
+    block_time: Vec<Option<DateTime<Utc>>>,
+    topic: Vec<String>,
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+}
+
+impl Common {
+    fn push(&mut self, at: &chainfold_domain::fold::EventRef, from: &Coordinates) {
+        self.event_id.push(at.event_id.to_string());
+        self.chain_id.push(at.chain_id as i64);
+        self.block_number.push(at.block_number.map(|b| b as i64));
+        self.block_hash.push(at.block_hash.as_ref().map(hex));
+        self.tx_hash.push(at.tx_hash.as_ref().map(hex));
+        self.log_index.push(at.log_index.map(|i| i as i32));
+        self.block_time.push(at.block_time);
+        self.topic.push(from.topic.clone());
+        self.partition.push(from.partition);
+        self.offset.push(from.offset);
+    }
+}
+
+/// Inserts pool syncs, skipping stored ones; returns how many were new.
+pub async fn insert_pool_syncs(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(&PoolSyncRow, &Coordinates)],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut c = Common::default();
+    let (mut pool, mut protocol, mut token0, mut token1, mut r0, mut r1) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (row, from) in rows {
+        c.push(&row.at, from);
+        pool.push(hex(&row.sync.pool));
+        protocol.push(row.sync.protocol.clone());
+        token0.push(hex(&row.sync.token0));
+        token1.push(hex(&row.sync.token1));
+        r0.push(row.sync.reserve0.to_decimal());
+        r1.push(row.sync.reserve1.to_decimal());
+    }
+    let done = sqlx::query(
+        r#"
+        INSERT INTO pool_sync (event_id, chain_id, block_number, block_hash, tx_hash, log_index,
+            block_time, kafka_topic, kafka_partition, kafka_offset, pool, protocol, token0, token1,
+            reserve0, reserve1)
+        SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
+            $6::int4[], $7::timestamptz[], $8::text[], $9::int4[], $10::int8[], $11::text[],
+            $12::text[], $13::text[], $14::text[], $15::numeric[], $16::numeric[])
+        ON CONFLICT (event_id) DO NOTHING
+        "#,
+    )
+    .bind(&c.event_id)
+    .bind(&c.chain_id)
+    .bind(&c.block_number)
+    .bind(&c.block_hash)
+    .bind(&c.tx_hash)
+    .bind(&c.log_index)
+    .bind(&c.block_time)
+    .bind(&c.topic)
+    .bind(&c.partition)
+    .bind(&c.offset)
+    .bind(&pool)
+    .bind(&protocol)
+    .bind(&token0)
+    .bind(&token1)
+    .bind(&r0)
+    .bind(&r1)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts liquidity changes, skipping stored ones; returns how many were new.
+pub async fn insert_liquidity(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(&LiquidityRow, &Coordinates)],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut c = Common::default();
+    let (mut pool, mut protocol, mut kind, mut sender, mut owner) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut a0, mut a1, mut liq, mut lower, mut upper) = (vec![], vec![], vec![], vec![], vec![]);
+    for (row, from) in rows {
+        let ch = &row.change;
+        c.push(&row.at, from);
+        pool.push(hex(&ch.pool));
+        protocol.push(ch.protocol.clone());
+        kind.push(ch.kind.as_str());
+        sender.push(ch.sender.as_ref().map(hex));
+        owner.push(ch.owner.as_ref().map(hex));
+        a0.push(ch.amount0.to_decimal());
+        a1.push(ch.amount1.to_decimal());
+        liq.push(ch.liquidity.map(|l| l.to_decimal()));
+        lower.push(ch.tick_lower);
+        upper.push(ch.tick_upper);
+    }
+    let done = sqlx::query(
+        r#"
+        INSERT INTO liquidity_event (event_id, chain_id, block_number, block_hash, tx_hash,
+            log_index, block_time, kafka_topic, kafka_partition, kafka_offset, pool, protocol,
+            kind, sender, owner, amount0, amount1, liquidity, tick_lower, tick_upper)
+        SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
+            $6::int4[], $7::timestamptz[], $8::text[], $9::int4[], $10::int8[], $11::text[],
+            $12::text[], $13::text[], $14::text[], $15::text[], $16::numeric[], $17::numeric[],
+            $18::numeric[], $19::int4[], $20::int4[])
+        ON CONFLICT (event_id) DO NOTHING
+        "#,
+    )
+    .bind(&c.event_id)
+    .bind(&c.chain_id)
+    .bind(&c.block_number)
+    .bind(&c.block_hash)
+    .bind(&c.tx_hash)
+    .bind(&c.log_index)
+    .bind(&c.block_time)
+    .bind(&c.topic)
+    .bind(&c.partition)
+    .bind(&c.offset)
+    .bind(&pool)
+    .bind(&protocol)
+    .bind(&kind)
+    .bind(&sender)
+    .bind(&owner)
+    .bind(&a0)
+    .bind(&a1)
+    .bind(&liq)
+    .bind(&lower)
+    .bind(&upper)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts flash loans, skipping stored ones; returns how many were new.
+pub async fn insert_flash_loans(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(&FlashLoanRow, &Coordinates)],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut c = Common::default();
+    let (mut protocol, mut pool, mut target, mut initiator, mut asset) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut symbol, mut decimals, mut amount, mut premium) = (vec![], vec![], vec![], vec![]);
+    for (row, from) in rows {
+        let l = &row.loan;
+        c.push(&row.at, from);
+        protocol.push(l.protocol.clone());
+        pool.push(hex(&l.pool));
+        target.push(hex(&l.target));
+        initiator.push(hex(&l.initiator));
+        asset.push(hex(&l.asset.address));
+        symbol.push(l.asset.symbol.clone());
+        decimals.push(i16::from(l.asset.decimals));
+        amount.push(l.amount.to_decimal());
+        premium.push(l.premium.to_decimal());
+    }
+    let done = sqlx::query(
+        r#"
+        INSERT INTO flash_loan (event_id, chain_id, block_number, block_hash, tx_hash, log_index,
+            block_time, kafka_topic, kafka_partition, kafka_offset, protocol, pool, target,
+            initiator, asset, symbol, decimals, amount, premium)
+        SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
+            $6::int4[], $7::timestamptz[], $8::text[], $9::int4[], $10::int8[], $11::text[],
+            $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::int2[],
+            $18::numeric[], $19::numeric[])
+        ON CONFLICT (event_id) DO NOTHING
+        "#,
+    )
+    .bind(&c.event_id)
+    .bind(&c.chain_id)
+    .bind(&c.block_number)
+    .bind(&c.block_hash)
+    .bind(&c.tx_hash)
+    .bind(&c.log_index)
+    .bind(&c.block_time)
+    .bind(&c.topic)
+    .bind(&c.partition)
+    .bind(&c.offset)
+    .bind(&protocol)
+    .bind(&pool)
+    .bind(&target)
+    .bind(&initiator)
+    .bind(&asset)
+    .bind(&symbol)
+    .bind(&decimals)
+    .bind(&amount)
+    .bind(&premium)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts oracle updates, skipping stored ones; returns how many were new.
+pub async fn insert_oracle_updates(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(&OracleRow, &Coordinates)],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut c = Common::default();
+    let (mut feed, mut description, mut asset, mut answer, mut decimals) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut price, mut round_id, mut updated_at) = (vec![], vec![], vec![]);
+    for (row, from) in rows {
+        let u = &row.update;
+        c.push(&row.at, from);
+        feed.push(hex(&u.feed));
+        description.push(u.description.clone());
+        asset.push(u.asset.as_ref().map(hex));
+        answer.push(u.answer.clone());
+        decimals.push(i16::from(u.decimals));
+        price.push(row.price.clone());
+        round_id.push(u.round_id.to_decimal());
+        updated_at.push(u.updated_at);
+    }
+    let done = sqlx::query(
+        r#"
+        INSERT INTO oracle_update (event_id, chain_id, block_number, block_hash, tx_hash,
+            log_index, block_time, kafka_topic, kafka_partition, kafka_offset, feed, description,
+            asset, answer, decimals, price, round_id, updated_at)
+        SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
+            $6::int4[], $7::timestamptz[], $8::text[], $9::int4[], $10::int8[], $11::text[],
+            $12::text[], $13::text[], $14::numeric[], $15::int2[], $16::numeric[],
+            $17::numeric[], $18::timestamptz[])
+        ON CONFLICT (event_id) DO NOTHING
+        "#,
+    )
+    .bind(&c.event_id)
+    .bind(&c.chain_id)
+    .bind(&c.block_number)
+    .bind(&c.block_hash)
+    .bind(&c.tx_hash)
+    .bind(&c.log_index)
+    .bind(&c.block_time)
+    .bind(&c.topic)
+    .bind(&c.partition)
+    .bind(&c.offset)
+    .bind(&feed)
+    .bind(&description)
+    .bind(&asset)
+    .bind(&answer)
+    .bind(&decimals)
+    .bind(&price)
+    .bind(&round_id)
+    .bind(&updated_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Stores each chain's latest head (the last one in the batch per chain wins: heads of one chain
+/// share a partition, so batch order is publish order).
+pub async fn upsert_heads(
+    tx: &mut Transaction<'_, Postgres>,
+    heads: &[ChainHead],
+) -> Result<(), StoreError> {
+    let mut latest: std::collections::BTreeMap<u64, &ChainHead> = Default::default();
+    for head in heads {
+        latest.insert(head.chain_id, head);
+    }
+    for head in latest.values() {
+        sqlx::query(
+            r#"
+            INSERT INTO chain_head (chain_id, name, number, hash, parent_hash, block_time, confirmations, updated_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+            ON CONFLICT (chain_id) DO UPDATE SET name = EXCLUDED.name, number = EXCLUDED.number,
+                hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash,
+                block_time = EXCLUDED.block_time, confirmations = EXCLUDED.confirmations,
+                updated_at = now()
+            "#,
+        )
+        .bind(head.chain_id as i64)
+        .bind(&head.name)
+        .bind(head.number as i64)
+        .bind(hex(&head.hash))
+        .bind(hex(&head.parent_hash))
+        .bind(head.timestamp)
+        .bind(head.confirmations as i64)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// What a set of retractions changed.
+#[derive(Debug, Default, Clone)]
+pub struct Retracted {
+    /// Rows deleted (a retraction of a row never stored deletes nothing).
+    pub deleted: u64,
+    /// Summaries of the touched wallets and pools as they now stand, and the entities whose
+    /// cached summaries must be dropped first (some may have no rows left).
+    pub wallets: Vec<WalletSummaryRow>,
+    pub pools: Vec<PoolSummaryRow>,
+    pub reset_wallets: Vec<(i64, String)>,
+    pub reset_pools: Vec<(i64, String)>,
+}
+
+/// Deletes the rows the retractions name (by event id and orphaned block hash) and recomputes
+/// the summaries of what they touched.
+pub async fn retract(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[&Row],
+) -> Result<Retracted, StoreError> {
+    let mut out = Retracted::default();
+    let mut by_table: std::collections::BTreeMap<&'static str, (Vec<String>, Vec<Option<String>>)> =
+        Default::default();
+    for row in rows {
+        let table = match row {
+            Row::Lending(_) => "lending_event",
+            Row::Swap(_) => "swap",
+            Row::PoolSync(_) => "pool_sync",
+            Row::Liquidity(_) => "liquidity_event",
+            Row::FlashLoan(_) => "flash_loan",
+            Row::Oracle(_) => "oracle_update",
+        };
+        let entry = by_table.entry(table).or_default();
+        entry.0.push(row.event_id().to_string());
+        entry.1.push(row.block_hash().as_ref().map(hex));
+    }
+    let mut wallets: BTreeSet<(i64, String)> = BTreeSet::new();
+    let mut pools: BTreeSet<(i64, String)> = BTreeSet::new();
+    for (table, (ids, hashes)) in &by_table {
+        let entity = match *table {
+            "lending_event" => "wallet",
+            "swap" => "pool",
+            _ => "NULL::text",
+        };
+        // `table` and `entity` come from the match above, never from input.
+        let sql = format!(
+            "DELETE FROM {table} t USING UNNEST($1::text[], $2::text[]) AS r(event_id, block_hash)
+             WHERE t.event_id = r.event_id AND t.block_hash IS NOT DISTINCT FROM r.block_hash
+             RETURNING t.chain_id, {entity} AS entity"
+        );
+        let deleted = sqlx::query(&sql)
+            .bind(ids)
+            .bind(hashes)
+            .fetch_all(&mut **tx)
+            .await?;
+        out.deleted += deleted.len() as u64;
+        for r in deleted {
+            let chain: i64 = r.try_get("chain_id")?;
+            let entity: Option<String> = r.try_get("entity")?;
+            match (*table, entity) {
+                ("lending_event", Some(w)) => {
+                    wallets.insert((chain, w));
+                }
+                ("swap", Some(p)) => {
+                    pools.insert((chain, p));
+                }
+                _ => {}
+            }
+        }
+    }
+    if !wallets.is_empty() {
+        out.reset_wallets = wallets.iter().cloned().collect();
+        out.wallets = recompute_wallets(tx, &out.reset_wallets).await?;
+    }
+    if !pools.is_empty() {
+        out.reset_pools = pools.iter().cloned().collect();
+        out.pools = recompute_pools(tx, &out.reset_pools).await?;
+    }
+    Ok(out)
+}
+
+async fn recompute_wallets(
+    tx: &mut Transaction<'_, Postgres>,
+    wallets: &[(i64, String)],
+) -> Result<Vec<WalletSummaryRow>, StoreError> {
+    let chains: Vec<i64> = wallets.iter().map(|w| w.0).collect();
+    let addrs: Vec<&str> = wallets.iter().map(|w| w.1.as_str()).collect();
+    sqlx::query(
+        "DELETE FROM wallet_lending_summary s USING UNNEST($1::int8[], $2::text[]) AS a(chain_id, wallet)
+         WHERE s.chain_id = a.chain_id AND s.wallet = a.wallet",
+    )
+    .bind(&chains)
+    .bind(&addrs)
+    .execute(&mut **tx)
+    .await?;
+    let rows = sqlx::query(
+        r#"
+        INSERT INTO wallet_lending_summary
+            (chain_id, wallet, action, event_count, priced_count, amount_usd, first_at, last_at)
+        SELECT e.chain_id, e.wallet, e.action, count(*), count(e.amount_usd),
+               coalesce(sum(e.amount_usd), 0), min(e.block_time), max(e.block_time)
+        FROM lending_event e
+        JOIN UNNEST($1::int8[], $2::text[]) AS a(chain_id, wallet)
+          ON e.chain_id = a.chain_id AND e.wallet = a.wallet
+        GROUP BY e.chain_id, e.wallet, e.action
+        RETURNING chain_id, wallet, action, event_count, amount_usd
+        "#,
+    )
+    .bind(&chains)
+    .bind(&addrs)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(WalletSummaryRow {
+                chain_id: r.try_get("chain_id")?,
+                wallet: r.try_get("wallet")?,
+                action: r.try_get("action")?,
+                event_count: r.try_get("event_count")?,
+                amount_usd: r.try_get("amount_usd")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+async fn recompute_pools(
+    tx: &mut Transaction<'_, Postgres>,
+    pools: &[(i64, String)],
+) -> Result<Vec<PoolSummaryRow>, StoreError> {
+    let chains: Vec<i64> = pools.iter().map(|p| p.0).collect();
+    let addrs: Vec<&str> = pools.iter().map(|p| p.1.as_str()).collect();
+    for table in ["pool_summary", "pool_token_volume"] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} s USING UNNEST($1::int8[], $2::text[]) AS a(chain_id, pool)
+             WHERE s.chain_id = a.chain_id AND s.pool = a.pool"
+        ))
+        .bind(&chains)
+        .bind(&addrs)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query(
+        r#"
+        INSERT INTO pool_token_volume (chain_id, pool, token, volume_in, volume_out)
+        SELECT chain_id, pool, token, sum(vin), sum(vout) FROM (
+            SELECT s.chain_id, s.pool, s.token_in AS token, s.amount_in AS vin, 0::numeric AS vout
+            FROM swap s JOIN UNNEST($1::int8[], $2::text[]) AS a(chain_id, pool)
+              ON s.chain_id = a.chain_id AND s.pool = a.pool
+            WHERE NOT s.reverted
+            UNION ALL
+            SELECT s.chain_id, s.pool, s.token_out, 0, s.amount_out
+            FROM swap s JOIN UNNEST($1::int8[], $2::text[]) AS a(chain_id, pool)
+              ON s.chain_id = a.chain_id AND s.pool = a.pool
+            WHERE NOT s.reverted
+        ) v
+        GROUP BY chain_id, pool, token
+        "#,
+    )
+    .bind(&chains)
+    .bind(&addrs)
+    .execute(&mut **tx)
+    .await?;
+    let rows = sqlx::query(
+        r#"
+        INSERT INTO pool_summary (chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block)
+        SELECT s.chain_id, s.pool, min(s.protocol), count(*) FILTER (WHERE NOT s.reverted),
+               count(*) FILTER (WHERE s.reverted), min(s.block_number), max(s.block_number)
+        FROM swap s
+        JOIN UNNEST($1::int8[], $2::text[]) AS a(chain_id, pool)
+          ON s.chain_id = a.chain_id AND s.pool = a.pool
+        GROUP BY s.chain_id, s.pool
+        RETURNING chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
+        "#,
+    )
+    .bind(&chains)
+    .bind(&addrs)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(PoolSummaryRow {
+                chain_id: r.try_get("chain_id")?,
+                pool: r.try_get("pool")?,
+                protocol: r.try_get("protocol")?,
+                swap_count: r.try_get("swap_count")?,
+                reverted_count: r.try_get("reverted_count")?,
+                first_block: r.try_get("first_block")?,
+                last_block: r.try_get("last_block")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}

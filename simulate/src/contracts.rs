@@ -1,0 +1,462 @@
+//! Bindings of the compiled fixture contracts and a deployment of them.
+
+use alloy::primitives::{Address, B256, I256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use anyhow::Context as _;
+
+alloy::sol!(
+    #[sol(rpc)]
+    FixtureToken,
+    "../fixtures/build/FixtureToken.json"
+);
+alloy::sol!(
+    #[sol(rpc)]
+    FixtureAggregator,
+    "../fixtures/build/FixtureAggregator.json"
+);
+alloy::sol!(
+    #[sol(rpc)]
+    FixturePair,
+    "../fixtures/build/FixturePair.json"
+);
+alloy::sol!(
+    #[sol(rpc)]
+    FixtureRouter,
+    "../fixtures/build/FixtureRouter.json"
+);
+alloy::sol!(
+    #[sol(rpc)]
+    FixtureLendingPool,
+    "../fixtures/build/FixtureLendingPool.json"
+);
+alloy::sol!(
+    #[sol(rpc)]
+    FixtureFlashAttacker,
+    "../fixtures/build/FixtureFlashAttacker.json"
+);
+
+/// A fixture token and its oracle.
+#[derive(Debug, Clone)]
+pub struct Asset {
+    pub symbol: String,
+    pub decimals: u8,
+    pub token: Address,
+    pub feed: Address,
+}
+
+/// Everything deployed, with the accounts that act.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub provider: DynProvider,
+    pub chain_id: u64,
+    pub deployer: Address,
+    pub weth: Asset,
+    pub usdc: Asset,
+    pub wbtc: Asset,
+    /// WETH/USDC pairs (the first is the deep one; the second is the small one the flash-loan
+    /// scenario exploits) and a WBTC/WETH pair.
+    pub pairs: Vec<Address>,
+    pub router: Address,
+    pub lending_pool: Address,
+}
+
+/// 8-decimal USD answer for a price.
+pub fn answer(price_usd: f64) -> I256 {
+    I256::try_from((price_usd * 1e8).round() as i128).unwrap_or(I256::ONE)
+}
+
+/// `amount` whole tokens in base units (`amount × 10^decimals`), rounded down.
+pub fn units(amount: f64, decimals: u8) -> U256 {
+    let scaled = amount * 10f64.powi(i32::from(decimals));
+    if !scaled.is_finite() || scaled <= 0.0 {
+        return U256::ZERO;
+    }
+    U256::from(scaled as u128)
+}
+
+impl Deployment {
+    /// Connects to `rpc_url` (anvil: unlocked dev accounts, auto-impersonation) and deploys the
+    /// fixtures with initial oracle prices.
+    pub async fn deploy(rpc_url: &str, weth_usd: f64, wbtc_usd: f64) -> anyhow::Result<Deployment> {
+        let provider = ProviderBuilder::new()
+            .connect_http(rpc_url.parse().context("invalid --rpc-url")?)
+            .erased();
+        let chain_id = provider
+            .get_chain_id()
+            .await
+            .context("node not reachable")?;
+        let accounts = provider.get_accounts().await?;
+        let deployer = *accounts.first().context("node has no unlocked accounts")?;
+        let mut assets = Vec::new();
+        for (symbol, decimals, price, desc) in [
+            ("WETH", 18u8, weth_usd, "ETH / USD"),
+            ("USDC", 6, 1.0, "USDC / USD"),
+            ("WBTC", 8, wbtc_usd, "BTC / USD"),
+        ] {
+            let token = FixtureToken::deploy_builder(
+                &provider,
+                format!("Fixture {symbol}"),
+                symbol.to_owned(),
+                decimals,
+            )
+            .from(deployer)
+            .deploy()
+            .await
+            .with_context(|| format!("deploying {symbol}"))?;
+            let feed =
+                FixtureAggregator::deploy_builder(&provider, 8, desc.to_owned(), answer(price))
+                    .from(deployer)
+                    .deploy()
+                    .await
+                    .with_context(|| format!("deploying the {desc} feed"))?;
+            assets.push(Asset {
+                symbol: symbol.to_owned(),
+                decimals,
+                token,
+                feed,
+            });
+        }
+        let (weth, usdc, wbtc) = (assets[0].clone(), assets[1].clone(), assets[2].clone());
+        let router = FixtureRouter::deploy_builder(&provider)
+            .from(deployer)
+            .deploy()
+            .await?;
+        let mut pairs = Vec::new();
+        for (a, b) in [(&weth, &usdc), (&weth, &usdc), (&wbtc, &weth)] {
+            pairs.push(
+                FixturePair::deploy_builder(&provider, a.token, b.token)
+                    .from(deployer)
+                    .deploy()
+                    .await?,
+            );
+        }
+        let lending_pool = FixtureLendingPool::deploy_builder(&provider)
+            .from(deployer)
+            .deploy()
+            .await?;
+        let deployment = Deployment {
+            provider,
+            chain_id,
+            deployer,
+            weth,
+            usdc,
+            wbtc,
+            pairs,
+            router,
+            lending_pool,
+        };
+        let pool = FixtureLendingPool::new(lending_pool, &deployment.provider);
+        // (ltv, liquidation threshold, bonus) in basis points, Aave V2's WETH/USDC/WBTC values.
+        for (asset, ltv, lt, bonus) in [
+            (&deployment.weth, 8000u16, 8250u16, 10500u16),
+            (&deployment.usdc, 8000, 8500, 10500),
+            (&deployment.wbtc, 7000, 7500, 11000),
+        ] {
+            deployment
+                .confirm(
+                    pool.addReserve(asset.token, asset.feed, ltv, lt, bonus)
+                        .from(deployer)
+                        .into_transaction_request(),
+                )
+                .await?;
+        }
+        Ok(deployment)
+    }
+
+    /// Sends a transaction and waits for its receipt (anvil automines one block per
+    /// transaction). A transaction the node refuses (it would revert) is an error with the reason.
+    pub async fn confirm(&self, tx: TransactionRequest) -> anyhow::Result<(B256, u64)> {
+        let pending = self.provider.send_transaction(tx).await?;
+        let hash = *pending.tx_hash();
+        let receipt = loop {
+            if let Some(r) = self.provider.get_transaction_receipt(hash).await? {
+                break r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        anyhow::ensure!(receipt.status(), "transaction {hash} reverted");
+        Ok((hash, receipt.block_number.unwrap_or_default()))
+    }
+
+    /// Gives `who` gas money (anvil_setBalance) and `amount` of `token`.
+    pub async fn fund(&self, who: Address, token: Address, amount: U256) -> anyhow::Result<()> {
+        let _: serde_json::Value = self
+            .provider
+            .raw_request("anvil_setBalance".into(), (who, U256::from(10u128.pow(21))))
+            .await?;
+        if !amount.is_zero() {
+            let t = FixtureToken::new(token, &self.provider);
+            self.confirm(
+                t.mint(who, amount)
+                    .from(self.deployer)
+                    .into_transaction_request(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Lets `spender` move all of `who`'s `token`.
+    pub async fn approve(
+        &self,
+        who: Address,
+        token: Address,
+        spender: Address,
+    ) -> anyhow::Result<()> {
+        let t = FixtureToken::new(token, &self.provider);
+        self.confirm(
+            t.approve(spender, U256::MAX)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A swap through the router; returns (tx hash, block).
+    pub async fn swap(
+        &self,
+        who: Address,
+        pair: Address,
+        token_in: Address,
+        amount_in: U256,
+    ) -> anyhow::Result<(B256, u64)> {
+        let router = FixtureRouter::new(self.router, &self.provider);
+        self.confirm(
+            router
+                .swapExactIn(pair, token_in, amount_in, U256::ZERO, who)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    /// The router's quote for a swap.
+    pub async fn quote(
+        &self,
+        pair: Address,
+        token_in: Address,
+        amount_in: U256,
+    ) -> anyhow::Result<U256> {
+        let router = FixtureRouter::new(self.router, &self.provider);
+        Ok(router.quote(pair, token_in, amount_in).call().await?)
+    }
+
+    pub async fn reserves(&self, pair: Address) -> anyhow::Result<(U256, U256, Address)> {
+        let p = FixturePair::new(pair, &self.provider);
+        let r = p.getReserves().call().await?;
+        let token0 = p.token0().call().await?;
+        Ok((U256::from(r._0), U256::from(r._1), token0))
+    }
+
+    pub async fn add_liquidity(
+        &self,
+        who: Address,
+        pair: Address,
+        amount0: U256,
+        amount1: U256,
+    ) -> anyhow::Result<(B256, u64)> {
+        let router = FixtureRouter::new(self.router, &self.provider);
+        self.confirm(
+            router
+                .addLiquidity(pair, amount0, amount1, who)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    pub async fn remove_liquidity(
+        &self,
+        who: Address,
+        pair: Address,
+        liquidity: U256,
+    ) -> anyhow::Result<(B256, u64)> {
+        let router = FixtureRouter::new(self.router, &self.provider);
+        self.confirm(
+            router
+                .removeLiquidity(pair, liquidity, who)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    pub async fn lp_balance(&self, pair: Address, who: Address) -> anyhow::Result<U256> {
+        Ok(FixturePair::new(pair, &self.provider)
+            .balanceOf(who)
+            .call()
+            .await?)
+    }
+
+    pub async fn set_price(&self, asset: &Asset, price_usd: f64) -> anyhow::Result<(B256, u64)> {
+        let feed = FixtureAggregator::new(asset.feed, &self.provider);
+        self.confirm(
+            feed.submit(answer(price_usd))
+                .from(self.deployer)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    fn pool(&self) -> FixtureLendingPool::FixtureLendingPoolInstance<&DynProvider> {
+        FixtureLendingPool::new(self.lending_pool, &self.provider)
+    }
+
+    pub async fn deposit(
+        &self,
+        who: Address,
+        token: Address,
+        amount: U256,
+    ) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .deposit(token, amount, who, 0)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    pub async fn borrow(
+        &self,
+        who: Address,
+        token: Address,
+        amount: U256,
+    ) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .borrow(token, amount, U256::from(2u8), 0, who)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    pub async fn repay(
+        &self,
+        who: Address,
+        token: Address,
+        amount: U256,
+    ) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .repay(token, amount, U256::from(2u8), who)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    pub async fn withdraw(
+        &self,
+        who: Address,
+        token: Address,
+        amount: U256,
+    ) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .withdraw(token, amount, who)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    pub async fn liquidate(
+        &self,
+        liquidator: Address,
+        collateral: Address,
+        debt: Address,
+        user: Address,
+        cover: U256,
+    ) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .liquidationCall(collateral, debt, user, cover, false)
+                .from(liquidator)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    pub async fn health_factor(&self, user: Address) -> anyhow::Result<U256> {
+        Ok(self.pool().healthFactor(user).call().await?)
+    }
+
+    pub async fn debt(&self, user: Address, token: Address) -> anyhow::Result<U256> {
+        Ok(self.pool().debtOf(user, token).call().await?)
+    }
+
+    /// Deploys an attacker contract owned by `who`.
+    pub async fn deploy_attacker(&self, who: Address) -> anyhow::Result<Address> {
+        Ok(
+            FixtureFlashAttacker::deploy_builder(&self.provider, self.lending_pool, self.router)
+                .from(who)
+                .deploy()
+                .await?,
+        )
+    }
+
+    pub async fn attack(
+        &self,
+        who: Address,
+        attacker: Address,
+        asset: Address,
+        amount: U256,
+        pair_a: Address,
+        pair_b: Address,
+    ) -> anyhow::Result<(B256, u64)> {
+        let a = FixtureFlashAttacker::new(attacker, &self.provider);
+        self.confirm(
+            a.attack(asset, amount, pair_a, pair_b)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    pub async fn balance(&self, token: Address, who: Address) -> anyhow::Result<U256> {
+        Ok(FixtureToken::new(token, &self.provider)
+            .balanceOf(who)
+            .call()
+            .await?)
+    }
+
+    /// A chains.toml for `chainfold ingest rpc` that follows this deployment.
+    pub fn chains_toml(
+        &self,
+        name: &str,
+        rpc_url: &str,
+        ws_url: Option<&str>,
+        confirmations: u64,
+    ) -> String {
+        let mut out = format!(
+            "# Written by `chainfold simulate`: the fixture deployment on a local anvil.\n[[chain]]\nchain_id = {}\nname = \"{name}\"\nrpc_url = \"{rpc_url}\"\n",
+            self.chain_id
+        );
+        if let Some(ws) = ws_url {
+            out.push_str(&format!("ws_url = \"{ws}\"\n"));
+        }
+        out.push_str(&format!(
+            "confirmations = {confirmations}\nstart_block = 0\npoll_interval = \"100ms\"\n"
+        ));
+        for pair in &self.pairs {
+            out.push_str(&format!(
+                "\n[[chain.contract]]\naddress = \"{pair:#x}\"\nkind = \"uniswap_v2_pair\"\n"
+            ));
+        }
+        out.push_str(&format!(
+            "\n[[chain.contract]]\naddress = \"{:#x}\"\nkind = \"aave_v2_lending_pool\"\n",
+            self.lending_pool
+        ));
+        for asset in [&self.weth, &self.usdc, &self.wbtc] {
+            out.push_str(&format!(
+                "\n[[chain.contract]]\naddress = \"{:#x}\"\nkind = \"chainlink_aggregator\"\nasset = \"{:#x}\"\n",
+                asset.feed, asset.token
+            ));
+        }
+        out
+    }
+}
