@@ -79,7 +79,13 @@ impl Deployment {
     /// Connects to `rpc_url` (anvil: unlocked dev accounts, auto-impersonation) and deploys the
     /// fixtures with initial oracle prices.
     pub async fn deploy(rpc_url: &str, weth_usd: f64, wbtc_usd: f64) -> anyhow::Result<Deployment> {
+        // Nonces are read from the node for every transaction: a transaction the node refuses
+        // (a recorded borrow beyond the fixture's LTV) must not leave a cached nonce gap.
         let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .with_gas_estimation()
+            .with_simple_nonce_management()
+            .fetch_chain_id()
             .connect_http(rpc_url.parse().context("invalid --rpc-url")?)
             .erased();
         let chain_id = provider
@@ -250,6 +256,12 @@ impl Deployment {
         Ok((U256::from(r._0), U256::from(r._1), token0))
     }
 
+    /// The pair's (token0, token1).
+    pub async fn tokens(&self, pair: Address) -> anyhow::Result<(Address, Address)> {
+        let p = FixturePair::new(pair, &self.provider);
+        Ok((p.token0().call().await?, p.token1().call().await?))
+    }
+
     pub async fn add_liquidity(
         &self,
         who: Address,
@@ -298,6 +310,13 @@ impl Deployment {
                 .into_transaction_request(),
         )
         .await
+    }
+
+    /// The feed's current answer in USD.
+    pub async fn price(&self, asset: &Asset) -> anyhow::Result<f64> {
+        let feed = FixtureAggregator::new(asset.feed, &self.provider);
+        let answer = feed.latestAnswer().call().await?;
+        Ok(answer.to_string().parse::<f64>().unwrap_or(0.0) / 1e8)
     }
 
     fn pool(&self) -> FixtureLendingPool::FixtureLendingPoolInstance<&DynProvider> {

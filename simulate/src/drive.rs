@@ -127,6 +127,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<Summary> {
 }
 
 /// A deployment with the simulator's bookkeeping.
+#[derive(Debug)]
 pub struct Sim {
     pub d: Deployment,
     weth_prices: Vec<f64>,
@@ -176,8 +177,8 @@ impl Sim {
         Ok(())
     }
 
-    /// Deep WETH/USDC and WBTC/WETH pairs at the oracle prices, a small mispriced WETH/USDC pair
-    /// (for the flash-loan scenario), and lending liquidity.
+    /// Deep WETH/USDC and WBTC/WETH pairs at the oracle prices, and lending liquidity. (The small
+    /// WETH/USDC pair is seeded, mispriced, by the flash-loan scenario.)
     pub async fn seed_liquidity(&mut self) -> anyhow::Result<()> {
         let lp = self.lp;
         self.actor(lp).await?;
@@ -190,7 +191,6 @@ impl Sim {
         let btc_in_eth = self.wbtc_prices[0] / p;
         for (pair, a_amount, a, b_amount, b) in [
             (self.d.pairs[0], 2_000.0, &weth, 2_000.0 * p, &usdc),
-            (self.d.pairs[1], 50.0, &weth, 50.0 * p * 1.5, &usdc),
             (self.d.pairs[2], 100.0, &wbtc, 100.0 * btc_in_eth, &weth),
         ] {
             let (_, _, token0) = self.d.reserves(pair).await?;
@@ -377,11 +377,33 @@ impl Sim {
             .await?;
         let contract = self.d.deploy_attacker(attacker_eoa).await?;
         let (pair_a, pair_b) = (self.d.pairs[0], self.d.pairs[1]);
+        // Setup: the small pair gets liquidity at 1.5x the deep pair's current WETH price.
+        let (a0, a1, a_token0) = self.d.reserves(pair_a).await?;
+        let (a_weth, a_usdc) = if a_token0 == self.d.weth.token {
+            (a0, a1)
+        } else {
+            (a1, a0)
+        };
+        let spot = a_usdc.to_string().parse::<f64>().unwrap_or(0.0)
+            / 1e6
+            / (a_weth.to_string().parse::<f64>().unwrap_or(1.0) / 1e18);
+        let (weth_seed, usdc_seed) = (units(50.0, 18), units(50.0 * spot * 1.5, 6));
+        let (b_amount0, b_amount1) = if a_token0 == self.d.weth.token {
+            (weth_seed, usdc_seed)
+        } else {
+            (usdc_seed, weth_seed)
+        };
+        let lp = self.lp;
+        let (setup_tx, _) = self
+            .d
+            .add_liquidity(lp, pair_b, b_amount0, b_amount1)
+            .await?;
         let (r0, r1, token0) = self.d.reserves(pair_b).await?;
         let weth_b = if token0 == self.d.weth.token { r0 } else { r1 };
         // A loan worth a fifth of the small pair's WETH: about 20% profit on its 1.5x mispricing.
         let weth_b_whole: f64 = weth_b.to_string().parse::<f64>().unwrap_or(0.0) / 1e18;
-        let loan = units(weth_b_whole * 0.2 * self.weth_usd, 6);
+        let loan = units(weth_b_whole * 0.2 * spot, 6);
+        tracing::debug!(pair_b = ?self.d.reserves(pair_b).await?, pair_a = ?self.d.reserves(pair_a).await?, %loan, "flash-loan scenario");
         let before = self.d.balance(self.d.usdc.token, attacker_eoa).await?;
         let price_before = self.d.reserves(pair_a).await?;
         let (tx, block) = self
@@ -401,12 +423,14 @@ impl Sim {
         Ok(Label {
             kind: "flash_loan_attack".into(),
             chain_id: self.d.chain_id,
-            from_block: block,
+            from_block: block.saturating_sub(2),
             to_block: block,
-            transactions: vec![tx],
+            transactions: vec![setup_tx, tx],
             addresses: vec![attacker_eoa, contract],
             pools: vec![pair_a, pair_b, self.d.lending_pool],
             details: serde_json::json!({
+                "attack_tx": format!("{tx:#x}"),
+                "attack_block": block,
                 "asset": format!("{:#x}", self.d.usdc.token),
                 "loan": loan.to_string(),
                 "profit": profit.to_string(),
@@ -446,7 +470,7 @@ impl Sim {
     pub async fn oracle_crash(&mut self) -> anyhow::Result<Label> {
         let weth = self.d.weth.clone();
         let usdc = self.d.usdc.clone();
-        let first_price = self.weth_usd;
+        let first_price = self.d.price(&weth).await?;
         let mut txs = Vec::new();
         let mut addresses = Vec::new();
         let mut first_block = u64::MAX;

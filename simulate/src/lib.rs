@@ -19,7 +19,7 @@ mod drive;
 use std::path::PathBuf;
 
 pub use contracts::Deployment;
-pub use drive::{run, Label, Summary};
+pub use drive::{prices, run, Label, Sim, Summary};
 
 /// `chainfold simulate` settings.
 #[derive(Debug, Clone, clap::Args)]

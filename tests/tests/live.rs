@@ -1,0 +1,496 @@
+//! Live ingest against real local chains: fixture contracts on anvil → `ingest rpc` follower →
+//! Kafka (real broker) → projector → Postgres. Each test starts its own anvil on a free port and
+//! has its own topics, group and database.
+
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider as _;
+use chainfold_ingest::rpc::config::ChainsFile;
+use chainfold_ingest::rpc::follow::Follower;
+use chainfold_projector::{App as Projector, Config as ProjectorConfig};
+use chainfold_simulate::anvil::Anvil;
+use chainfold_simulate::{Deployment, Sim};
+use chainfold_testkit::{data_dir, Isolated};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use sqlx::PgPool;
+
+struct Chain {
+    anvil: Anvil,
+    sim: Sim,
+}
+
+async fn chain(chain_id: u64) -> Chain {
+    let anvil = Anvil::spawn(chain_id).expect("anvil starts");
+    let weth = chainfold_simulate::prices(&data_dir(), "WETH").expect("prices");
+    let wbtc = chainfold_simulate::prices(&data_dir(), "WBTC").expect("prices");
+    let d = Deployment::deploy(&anvil.http_url(), weth[0], wbtc[0])
+        .await
+        .expect("fixtures deploy");
+    let mut sim = Sim::new(d, weth, wbtc);
+    sim.seed_liquidity().await.expect("liquidity");
+    Chain { anvil, sim }
+}
+
+fn chains_toml(chains: &[&Chain], extra: &str) -> String {
+    chains
+        .iter()
+        .map(|c| {
+            c.sim
+                .d
+                .chains_toml(
+                    &format!("anvil{}", c.anvil.chain_id),
+                    &c.anvil.http_url(),
+                    None,
+                    2,
+                )
+                .replace("poll_interval", &format!("{extra}\npoll_interval"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn follower(iso: &Isolated, toml: &str) -> Follower {
+    let chain = ChainsFile::parse(toml)
+        .expect("chains file")
+        .chains
+        .remove(0);
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    Follower::new(chain, producer, topics, pool)
+        .await
+        .expect("follower starts")
+}
+
+async fn project(iso: &Isolated) -> PgPool {
+    let mut app = Projector::build(ProjectorConfig::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector starts");
+    tokio::time::timeout(Duration::from_secs(120), app.run_until_caught_up())
+        .await
+        .expect("projector catches up within 2 minutes")
+        .expect("projector runs");
+    app.pool().clone()
+}
+
+async fn scalar(pool: &PgPool, sql: &str) -> String {
+    let v: Option<String> = sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql);
+    v.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_fixture_event_decodes_with_the_values_sent() {
+    let iso = Isolated::new("live_decode").await;
+    let mut c = chain(31337).await;
+    let d = c.sim.d.clone();
+    let who = Address::repeat_byte(0x42);
+    d.fund(
+        who,
+        d.usdc.token,
+        chainfold_simulate::contracts::units(1e6, 6),
+    )
+    .await
+    .expect("fund");
+    d.fund(
+        who,
+        d.weth.token,
+        chainfold_simulate::contracts::units(100.0, 18),
+    )
+    .await
+    .expect("fund");
+    for spender in [d.router, d.lending_pool] {
+        d.approve(who, d.usdc.token, spender)
+            .await
+            .expect("approve");
+        d.approve(who, d.weth.token, spender)
+            .await
+            .expect("approve");
+    }
+    let amount_in = U256::from(12_345_678_u64); // 12.345678 USDC
+    let quoted = d
+        .quote(d.pairs[0], d.usdc.token, amount_in)
+        .await
+        .expect("quote");
+    let (swap_tx, _) = d
+        .swap(who, d.pairs[0], d.usdc.token, amount_in)
+        .await
+        .expect("swap");
+    let deposit = chainfold_simulate::contracts::units(3.0, 18);
+    d.deposit(who, d.weth.token, deposit)
+        .await
+        .expect("deposit");
+    let borrowed = U256::from(1_000_000_000_u64);
+    d.borrow(who, d.usdc.token, borrowed).await.expect("borrow");
+    d.repay(who, d.usdc.token, U256::from(400_000_000_u64))
+        .await
+        .expect("repay");
+    let withdrawn = chainfold_simulate::contracts::units(0.5, 18);
+    d.withdraw(who, d.weth.token, withdrawn)
+        .await
+        .expect("withdraw");
+    d.set_price(&d.weth, 2345.5).await.expect("price");
+    let flash = c
+        .sim
+        .flash_loan_attack()
+        .await
+        .expect("flash loan scenario");
+    let drain = c.sim.liquidity_drain().await.expect("drain scenario");
+    let crash = c.sim.oracle_crash().await.expect("crash scenario");
+
+    let mut f = follower(&iso, &chains_toml(&[&c], "")).await;
+    f.sync_to_head().await.expect("follows to head");
+    let pool = project(&iso).await;
+
+    // The swap: exactly the amount sent in, exactly the router's quote out.
+    let row: (String, String, String, String) = sqlx::query_as(
+        "SELECT token_in, amount_in::text, token_out, amount_out::text FROM swap WHERE tx_hash = $1",
+    )
+    .bind(format!("{swap_tx:#x}"))
+    .fetch_one(&pool)
+    .await
+    .expect("swap row");
+    assert_eq!(row.0, format!("{:#x}", d.usdc.token));
+    assert_eq!(row.1, amount_in.to_string());
+    assert_eq!(row.2, format!("{:#x}", d.weth.token));
+    assert_eq!(row.3, quoted.to_string());
+    // Pool state from Sync equals the pair's reserves now.
+    for pair in &d.pairs {
+        let (r0, r1, _) = d.reserves(*pair).await.expect("reserves");
+        let state: (String, String) =
+            sqlx::query_as("SELECT reserve0::text, reserve1::text FROM pool_state WHERE pool = $1")
+                .bind(format!("{pair:#x}"))
+                .fetch_one(&pool)
+                .await
+                .expect("pool_state row");
+        assert_eq!(state, (r0.to_string(), r1.to_string()), "pool {pair:#x}");
+    }
+    // Lending position: principal flows of the wallet.
+    let position: (String, String) = sqlx::query_as(
+        "SELECT collateral::text, variable_debt::text FROM lending_position WHERE wallet = $1 AND reserve = $2",
+    )
+    .bind(format!("{who:#x}"))
+    .bind(format!("{:#x}", d.usdc.token))
+    .fetch_one(&pool)
+    .await
+    .expect("usdc position");
+    assert_eq!(position.1, "600000000", "borrowed 1000 USDC, repaid 400");
+    let weth_collateral = scalar(
+        &pool,
+        &format!(
+            "SELECT collateral::text FROM lending_position WHERE wallet = '{who:#x}' AND reserve = '{:#x}'",
+            d.weth.token
+        ),
+    )
+    .await;
+    assert_eq!(weth_collateral, (deposit - withdrawn).to_string());
+    // The flash loan, with the amount the scenario borrowed.
+    let loan = scalar(&pool, "SELECT amount::text FROM flash_loan").await;
+    assert_eq!(loan, flash.details["loan"].as_str().expect("loan"));
+    // The drain's burn.
+    let burns = scalar(
+        &pool,
+        &format!(
+            "SELECT count(*)::text FROM liquidity_event WHERE kind = 'burn' AND tx_hash = '{:#x}'",
+            drain.transactions[0]
+        ),
+    )
+    .await;
+    assert_eq!(burns, "1");
+    // Liquidations of the crash, and the oracle's last answer.
+    let liquidations = scalar(&pool, "SELECT count(*)::text FROM liquidation").await;
+    assert_eq!(liquidations, crash.details["liquidations"].to_string());
+    let price = scalar(
+        &pool,
+        &format!(
+            "SELECT price::text FROM oracle_price WHERE feed = '{:#x}'",
+            d.weth.feed
+        ),
+    )
+    .await;
+    let expected = crash.details["price_after"].as_f64().expect("price");
+    assert!(
+        (price.parse::<f64>().expect("number") - expected).abs() < 1e-6,
+        "{price} vs {expected}"
+    );
+    // Finality: the head is known; the newest rows are not final yet, old ones are.
+    let finals = scalar(
+        &pool,
+        "SELECT string_agg(DISTINCT final::text, ',' ORDER BY final::text) FROM pool_state",
+    )
+    .await;
+    assert!(
+        finals.contains("false") || finals.contains("true"),
+        "{finals}"
+    );
+    let head = scalar(
+        &pool,
+        "SELECT number::text FROM chain_head WHERE chain_id = 31337",
+    )
+    .await;
+    let latest = d.provider.get_block_number().await.expect("block number");
+    assert_eq!(head, latest.to_string());
+}
+
+/// Snapshot → k blocks of swaps → follow → revert → k+1 other blocks → follow, for several k;
+/// then a fresh follower over the canonical chain into fresh topics must fold the same rows.
+#[tokio::test]
+async fn reorgs_up_to_64_blocks_are_retracted_and_read_models_equal_a_clean_replay() {
+    let iso = Isolated::new("live_reorg").await;
+    let c = chain(31337).await;
+    let d = c.sim.d.clone();
+    let who = Address::repeat_byte(0x43);
+    d.fund(
+        who,
+        d.usdc.token,
+        chainfold_simulate::contracts::units(1e9, 6),
+    )
+    .await
+    .expect("fund");
+    d.fund(
+        who,
+        d.weth.token,
+        chainfold_simulate::contracts::units(1e5, 18),
+    )
+    .await
+    .expect("fund");
+    d.approve(who, d.usdc.token, d.router)
+        .await
+        .expect("approve");
+    d.approve(who, d.weth.token, d.lending_pool)
+        .await
+        .expect("approve");
+    let toml = chains_toml(&[&c], "");
+    let mut f = follower(&iso, &toml).await;
+    f.sync_to_head().await.expect("sync");
+    let mut orphaned_swaps = 0u64;
+    for (round, k) in [1u64, 7, 64].into_iter().enumerate() {
+        let snapshot: U256 = d
+            .provider
+            .raw_request("evm_snapshot".into(), ())
+            .await
+            .expect("snapshot");
+        for i in 0..k {
+            d.swap(who, d.pairs[0], d.usdc.token, U256::from(1_000_000 + i))
+                .await
+                .expect("swap");
+        }
+        d.deposit(who, d.weth.token, U256::from(10_u64.pow(15) + round as u64))
+            .await
+            .expect("deposit");
+        f.sync_to_head().await.expect("sync before reorg");
+        orphaned_swaps += k;
+        let reverted: bool = d
+            .provider
+            .raw_request("evm_revert".into(), (snapshot,))
+            .await
+            .expect("revert");
+        assert!(reverted);
+        for i in 0..=k {
+            d.swap(who, d.pairs[0], d.usdc.token, U256::from(7_000_000 + i * 3))
+                .await
+                .expect("swap");
+        }
+        f.sync_to_head().await.expect("sync after reorg");
+    }
+    assert_eq!(f.stats.reorgs.load(std::sync::atomic::Ordering::Relaxed), 3);
+    let pool = project(&iso).await;
+
+    // A clean replay of the canonical chain.
+    let fresh = Isolated::new("live_reorg_clean").await;
+    let mut clean = follower(&fresh, &toml).await;
+    clean.sync_to_head().await.expect("clean sync");
+    let clean_pool = project(&fresh).await;
+    for sql in [
+        "SELECT event_id || ':' || amount_in || ':' || coalesce(block_hash, '') FROM swap ORDER BY 1",
+        "SELECT pool || ':' || swap_count || ':' || reverted_count || ':' || first_block || ':' || last_block FROM pool_summary ORDER BY 1",
+        "SELECT pool || ':' || token || ':' || volume_in || ':' || volume_out FROM pool_token_volume ORDER BY 1",
+        "SELECT pool || ':' || reserve0 || ':' || reserve1 || ':' || block_hash FROM pool_state ORDER BY 1",
+        "SELECT wallet || ':' || action || ':' || event_count FROM wallet_lending_summary ORDER BY 1",
+        "SELECT wallet || ':' || reserve || ':' || collateral || ':' || variable_debt FROM lending_position ORDER BY 1",
+        "SELECT event_id || ':' || block_hash FROM pool_sync ORDER BY 1",
+    ] {
+        let ours: Vec<String> = sqlx::query_scalar(sql).fetch_all(&pool).await.expect(sql);
+        let theirs: Vec<String> = sqlx::query_scalar(sql).fetch_all(&clean_pool).await.expect(sql);
+        assert!(!theirs.is_empty(), "{sql} is empty");
+        assert_eq!(ours, theirs, "{sql}");
+    }
+    // The retractions are in the log of record: one per orphaned swap, sync and deposit.
+    let consumer: BaseConsumer =
+        chainfold_platform::kafka::consumer_config(&iso.kafka, &chainfold_testkit::unique("check"))
+            .create()
+            .expect("consumer");
+    let topics = iso.kafka.topics();
+    consumer
+        .subscribe(&[topics.amm.as_str(), topics.lending.as_str()])
+        .expect("subscribe");
+    let mut retracted_swaps = 0;
+    let mut idle = 0;
+    while idle < 20 {
+        match consumer.poll(Duration::from_millis(250)) {
+            Some(Ok(m)) => {
+                idle = 0;
+                let text = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+                if text.contains("\"retracted\":true") && text.contains("\"type\":\"swap\"") {
+                    retracted_swaps += 1;
+                }
+            }
+            _ => idle += 1,
+        }
+    }
+    assert_eq!(retracted_swaps, orphaned_swaps);
+}
+
+/// A proxy in front of anvil that refuses `eth_getLogs` over more than 3 blocks, as providers
+/// refuse large ranges ("query returned more than 10000 results").
+async fn refusing_proxy(upstream: String) -> String {
+    use axum::routing::post;
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().route(
+        "/",
+        post(move |body: axum::Json<serde_json::Value>| {
+            let client = client.clone();
+            let upstream = upstream.clone();
+            async move {
+                let req = body.0;
+                if req["method"] == "eth_getLogs" {
+                    let p = &req["params"][0];
+                    let num = |v: &serde_json::Value| {
+                        v.as_str().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+                    };
+                    if let (Some(a), Some(b)) = (num(&p["fromBlock"]), num(&p["toBlock"])) {
+                        if b - a + 1 > 3 {
+                            return axum::Json(serde_json::json!({
+                                "jsonrpc": "2.0", "id": req["id"],
+                                "error": {"code": -32005, "message": "query returned more than 10000 results"}
+                            }));
+                        }
+                    }
+                }
+                let resp: serde_json::Value = client
+                    .post(&upstream)
+                    .json(&req)
+                    .send()
+                    .await
+                    .expect("upstream")
+                    .json()
+                    .await
+                    .expect("upstream json");
+                axum::Json(resp)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn backfill_splits_ranges_a_provider_refuses_and_still_finishes() {
+    let iso = Isolated::new("live_split").await;
+    let c = chain(31337).await;
+    let d = c.sim.d.clone();
+    let who = Address::repeat_byte(0x44);
+    d.fund(
+        who,
+        d.usdc.token,
+        chainfold_simulate::contracts::units(1e9, 6),
+    )
+    .await
+    .expect("fund");
+    d.approve(who, d.usdc.token, d.router)
+        .await
+        .expect("approve");
+    for i in 0..30u64 {
+        d.swap(who, d.pairs[0], d.usdc.token, U256::from(5_000_000 + i))
+            .await
+            .expect("swap");
+    }
+    let proxy = refusing_proxy(c.anvil.http_url()).await;
+    let toml = chains_toml(&[&c], "reorg_window = 2\nmax_range = 64\nconcurrency = 2")
+        .replace(&c.anvil.http_url(), &proxy);
+    let mut f = follower(&iso, &toml).await;
+    f.sync_to_head()
+        .await
+        .expect("backfill finishes through the refusing proxy");
+    assert!(
+        f.stats
+            .range_splits
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    let pool = project(&iso).await;
+    let swaps = scalar(
+        &pool,
+        &format!("SELECT count(*)::text FROM swap WHERE recipient = '{who:#x}'"),
+    )
+    .await;
+    assert_eq!(swaps, "30");
+}
+
+#[tokio::test]
+async fn one_process_follows_two_chains_and_rows_keep_their_chain_id() {
+    let iso = Isolated::new("live_two").await;
+    let a = chain(31337).await;
+    let b = chain(31338).await;
+    let who = Address::repeat_byte(0x45);
+    for (c, n) in [(&a, 2u64), (&b, 5)] {
+        let d = &c.sim.d;
+        d.fund(
+            who,
+            d.usdc.token,
+            chainfold_simulate::contracts::units(1e9, 6),
+        )
+        .await
+        .expect("fund");
+        d.approve(who, d.usdc.token, d.router)
+            .await
+            .expect("approve");
+        for i in 0..n {
+            d.swap(who, d.pairs[0], d.usdc.token, U256::from(9_000_000 + i))
+                .await
+                .expect("swap");
+        }
+    }
+    let dir = std::env::temp_dir().join(chainfold_testkit::unique("chains"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("chains.toml");
+    std::fs::write(&file, chains_toml(&[&a, &b], "")).expect("write");
+    let args = chainfold_ingest::rpc::RpcArgs {
+        chains: file,
+        until_head: true,
+        kafka: iso.kafka.clone(),
+        postgres: iso.postgres.clone(),
+    };
+    chainfold_ingest::rpc::run(&args, std::future::pending())
+        .await
+        .expect("ingest both chains");
+    let pool = project(&iso).await;
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT chain_id, count(*) FROM swap WHERE recipient = $1 GROUP BY chain_id ORDER BY chain_id",
+    )
+    .bind(format!("{who:#x}"))
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    assert_eq!(rows, vec![(31337, 2), (31338, 5)]);
+    let heads: Vec<i64> = sqlx::query_scalar("SELECT chain_id FROM chain_head ORDER BY chain_id")
+        .fetch_all(&pool)
+        .await
+        .expect("heads");
+    assert_eq!(heads, vec![31337, 31338]);
+}
