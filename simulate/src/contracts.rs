@@ -36,6 +36,12 @@ alloy::sol!(
     "../fixtures/build/FixtureFlashAttacker.json"
 );
 
+alloy::sol!(
+    #[sol(rpc)]
+    FixtureBadEmitter,
+    "../fixtures/build/FixtureBadEmitter.json"
+);
+
 /// A fixture token and its oracle.
 #[derive(Debug, Clone)]
 pub struct Asset {
@@ -441,6 +447,23 @@ impl Deployment {
             .balanceOf(who)
             .call()
             .await?)
+    }
+
+    /// Deploys a contract that emits a `Sync` with undecodable data, and makes it emit one.
+    pub async fn emit_bad_sync(&self) -> anyhow::Result<(Address, B256)> {
+        let bad = FixtureBadEmitter::deploy_builder(&self.provider)
+            .from(self.deployer)
+            .deploy()
+            .await?;
+        let c = FixtureBadEmitter::new(bad, &self.provider);
+        let (tx, _) = self
+            .confirm(
+                c.emitBadSync()
+                    .from(self.deployer)
+                    .into_transaction_request(),
+            )
+            .await?;
+        Ok((bad, tx))
     }
 
     /// A chains.toml for `chainfold ingest rpc` that follows this deployment.

@@ -494,3 +494,158 @@ async fn one_process_follows_two_chains_and_rows_keep_their_chain_id() {
         .expect("heads");
     assert_eq!(heads, vec![31337, 31338]);
 }
+
+#[tokio::test]
+async fn a_watched_log_that_does_not_decode_goes_to_the_dlq_and_the_rest_is_projected() {
+    let iso = Isolated::new("live_dlq").await;
+    let c = chain(31337).await;
+    let d = c.sim.d.clone();
+    let (bad, bad_tx) = d.emit_bad_sync().await.expect("bad log");
+    let who = Address::repeat_byte(0x46);
+    d.fund(
+        who,
+        d.usdc.token,
+        chainfold_simulate::contracts::units(1e9, 6),
+    )
+    .await
+    .expect("fund");
+    d.approve(who, d.usdc.token, d.router)
+        .await
+        .expect("approve");
+    d.swap(who, d.pairs[0], d.usdc.token, U256::from(3_000_000_u64))
+        .await
+        .expect("swap");
+    let toml = format!(
+        "{}\n[[chain.contract]]\naddress = \"{bad:#x}\"\nkind = \"uniswap_v2_pair\"\n",
+        chains_toml(&[&c], "")
+    );
+    let mut f = follower(&iso, &toml).await;
+    f.sync_to_head().await.expect("sync");
+    assert_eq!(
+        f.stats
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let consumer: BaseConsumer =
+        chainfold_platform::kafka::consumer_config(&iso.kafka, &chainfold_testkit::unique("dlq"))
+            .create()
+            .expect("consumer");
+    let dlq = chainfold_domain::topics::dlq(&iso.kafka.topics().amm);
+    consumer.subscribe(&[dlq.as_str()]).expect("subscribe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let message = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter within 30 s"
+        );
+        if let Some(result) = consumer.poll(Duration::from_millis(500)) {
+            break result.expect("read dlq").detach();
+        }
+    };
+    use rdkafka::message::Headers as _;
+    let headers = message.headers().expect("headers");
+    let reason = headers
+        .iter()
+        .find(|h| h.key == chainfold_domain::topics::headers::DLQ_REASON)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).to_string())
+        .expect("a reason");
+    assert!(
+        reason.contains("could not decode Sync(uint112,uint112) log"),
+        "{reason}"
+    );
+    let payload = String::from_utf8_lossy(message.payload().expect("payload")).to_string();
+    assert!(
+        payload.contains(&format!("{bad_tx:#x}")),
+        "the raw log is kept: {payload}"
+    );
+    let pool = project(&iso).await;
+    let swaps = scalar(
+        &pool,
+        &format!("SELECT count(*)::text FROM swap WHERE recipient = '{who:#x}'"),
+    )
+    .await;
+    assert_eq!(swaps, "1");
+}
+
+#[test]
+fn the_compiled_fixtures_match_their_solidity_sources() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let status = std::process::Command::new("node")
+        .args(["compile.js", "--check"])
+        .current_dir(&root)
+        .status()
+        .expect("node runs (scripts/stack up installs the fixtures' npm packages)");
+    assert!(
+        status.success(),
+        "fixtures/build is stale: run `node compile.js` in fixtures/"
+    );
+}
+
+/// The follower as `chainfold ingest rpc` runs it: heads pushed over WebSocket (`newHeads`),
+/// each new block published without polling for it.
+#[tokio::test]
+async fn new_heads_pushed_over_websocket_are_followed() {
+    let iso = Isolated::new("live_ws").await;
+    let c = chain(31337).await;
+    let d = c.sim.d.clone();
+    let who = Address::repeat_byte(0x47);
+    d.fund(
+        who,
+        d.usdc.token,
+        chainfold_simulate::contracts::units(1e9, 6),
+    )
+    .await
+    .expect("fund");
+    d.approve(who, d.usdc.token, d.router)
+        .await
+        .expect("approve");
+    // Polling every 10 minutes: only a pushed head can wake the follower in time.
+    let toml = c
+        .sim
+        .d
+        .chains_toml("anvil", &c.anvil.http_url(), Some(&c.anvil.ws_url()), 2)
+        .replace("poll_interval = \"100ms\"", "poll_interval = \"10m\"");
+    let f = follower(&iso, &toml).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(f.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("pg");
+    // Let the first pass reach the head, then mine swaps.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..3u64 {
+        d.swap(who, d.pairs[0], d.usdc.token, U256::from(2_000_000 + i))
+            .await
+            .expect("swap");
+    }
+    let latest = d.provider.get_block_number().await.expect("number");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let at: Option<i64> =
+            sqlx::query_scalar("SELECT block_number FROM ingest_checkpoint WHERE chain_id = 31337")
+                .fetch_optional(&pool)
+                .await
+                .expect("checkpoint");
+        if at == Some(latest as i64) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "follower stuck at {at:?}, head {latest}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(());
+    task.await.expect("join").expect("follower ran cleanly");
+    let pool = project(&iso).await;
+    let swaps = scalar(
+        &pool,
+        &format!("SELECT count(*)::text FROM swap WHERE recipient = '{who:#x}'"),
+    )
+    .await;
+    assert_eq!(swaps, "3");
+}
