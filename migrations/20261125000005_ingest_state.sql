@@ -31,3 +31,10 @@ CREATE TABLE ingest_journal (
     payload      BYTEA   NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
 );
+
+-- The chain's genesis hash when the follower first saw it: a local devnet restarted from
+-- scratch keeps its chain id but not its genesis, and must not be taken for a deep reorg.
+CREATE TABLE ingest_chain (
+    chain_id     BIGINT PRIMARY KEY,
+    genesis_hash TEXT COLLATE "C" NOT NULL
+);

@@ -107,6 +107,10 @@ pub struct DemoConfig {
     /// Replay, project and print the summary, then exit instead of serving.
     #[arg(long = "no-serve")]
     pub no_serve: bool,
+    /// Skip the live part: a local anvil chain driven by `simulate` and followed by the
+    /// JSON-RPC ingest.
+    #[arg(long = "no-chain")]
+    pub no_chain: bool,
 }
 
 /// `chainfold tail` settings.
@@ -226,6 +230,11 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
         () = chainfold_platform::shutdown_signal() => anyhow::bail!("stopped during the replay"),
     };
     println!("{}", describe_replay(&summary));
+    let live = if config.no_chain {
+        None
+    } else {
+        Some(live_chain(&config).await?)
+    };
     let projector_config = chainfold_projector::Config::new(
         config.replay.kafka.clone(),
         config.postgres.clone(),
@@ -267,6 +276,22 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
         "read models: {} lending events, {} wallets, {} swaps, {} pools",
         counts.0, counts.1, counts.2, counts.3
     );
+    if live.is_some() {
+        let live_counts: (i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM pool_state WHERE chain_id = 31337),
+                    (SELECT count(*) FROM lending_position WHERE chain_id = 31337),
+                    (SELECT count(*) FROM liquidation WHERE chain_id = 31337),
+                    (SELECT count(*) FROM flash_loan WHERE chain_id = 31337),
+                    (SELECT count(*) FROM oracle_price WHERE chain_id = 31337)",
+        )
+        .fetch_one(projector.pool())
+        .await
+        .context("could not count the live read models")?;
+        println!(
+            "live read models (chain 31337): {} pool states, {} lending positions, {} liquidations, {} flash loans, {} oracle feeds; scenario labels in simulate-labels.jsonl",
+            live_counts.0, live_counts.1, live_counts.2, live_counts.3, live_counts.4
+        );
+    }
     if config.no_serve {
         return Ok(());
     }
@@ -282,6 +307,18 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
     println!("try:\n  curl -s {url}/graphql -H 'content-type: application/json' \\\n    -d '{{\"query\":\"{{ wallet(chainId: 137, address: \\\"0x000006eee6e39015cb523aebdd4d0b1855aba682\\\") {{ address lendingSummary {{ action count amountUsd }} }} }}\"}}'");
     println!("Ctrl-C stops the demo (the projector keeps folding new events until then).");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let follower_task = live.map(|(anvil, follower)| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let result = follower
+                .run(async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+            drop(anvil);
+            result
+        })
+    });
     let mut projector_stop = stop_rx.clone();
     let projector_task = tokio::spawn(projector.run_until_stopped(async move {
         let _ = projector_stop.wait_for(|stop| *stop).await;
@@ -294,7 +331,60 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     api_task.await.context("api task panicked")??;
     projector_task.await.context("projector task panicked")??;
+    if let Some(task) = follower_task {
+        task.await.context("follower task panicked")??;
+    }
     Ok(())
+}
+
+/// The demo's live part: a fresh anvil, the fixtures driven by `simulate`, and a follower that
+/// has published the chain up to its head (and keeps following while the demo serves).
+async fn live_chain(
+    config: &DemoConfig,
+) -> anyhow::Result<(
+    chainfold_simulate::anvil::Anvil,
+    chainfold_ingest::rpc::follow::Follower,
+)> {
+    let anvil = chainfold_simulate::anvil::Anvil::spawn(31337)?;
+    let args = chainfold_simulate::SimulateArgs {
+        rpc_url: Some(anvil.http_url()),
+        chain_id: 31337,
+        data_dir: config.replay.data_dir.clone(),
+        swaps: 200,
+        pools: 2,
+        wallets: 6,
+        price_hours: 120,
+        no_scenarios: false,
+        labels: "simulate-labels.jsonl".into(),
+        chains_out: "chains.simulate.toml".into(),
+        exit: true,
+    };
+    let started = std::time::Instant::now();
+    let summary = chainfold_simulate::run(&args).await?;
+    println!("{summary} ({:.1}s)", started.elapsed().as_secs_f64());
+    let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
+    // Each demo starts a new local chain under the same id: the previous one's rows go.
+    chainfold_ingest::rpc::state::forget_chain(&pool, 31337).await?;
+    let toml = std::fs::read_to_string(&args.chains_out)?;
+    let chain = chainfold_ingest::rpc::config::ChainsFile::parse(&toml)?
+        .chains
+        .remove(0);
+    let topics = config.replay.kafka.topics();
+    let producer = chainfold_platform::kafka::producer(&config.replay.kafka)?;
+    let mut follower =
+        chainfold_ingest::rpc::follow::Follower::new(chain, producer, topics, pool).await?;
+    let started = std::time::Instant::now();
+    let reached = follower.sync_to_head().await?;
+    let stats = &follower.stats;
+    println!(
+        "ingest rpc: chain 31337 followed to block {} in {:.1}s: {} logs, {} events published, {} dead-lettered",
+        reached.unwrap_or_default(),
+        started.elapsed().as_secs_f64(),
+        stats.logs.load(std::sync::atomic::Ordering::Relaxed),
+        stats.published.load(std::sync::atomic::Ordering::Relaxed),
+        stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    Ok((anvil, follower))
 }
 
 async fn sqlx_counts(

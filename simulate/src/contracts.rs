@@ -178,7 +178,11 @@ impl Deployment {
 
     /// Sends a transaction and waits for its receipt (anvil automines one block per
     /// transaction). A transaction the node refuses (it would revert) is an error with the reason.
-    pub async fn confirm(&self, tx: TransactionRequest) -> anyhow::Result<(B256, u64)> {
+    pub async fn confirm(&self, mut tx: TransactionRequest) -> anyhow::Result<(B256, u64)> {
+        // The node's estimate is exact for the outer call; contracts that call out (router,
+        // pool, attacker) lose 1/64 of the gas per call (EIP-150), so add a margin.
+        let estimate = self.provider.estimate_gas(tx.clone()).await?;
+        tx.gas = Some(estimate + estimate / 3);
         let pending = self.provider.send_transaction(tx).await?;
         let hash = *pending.tx_hash();
         let receipt = loop {

@@ -473,6 +473,7 @@ async fn one_process_follows_two_chains_and_rows_keep_their_chain_id() {
     let args = chainfold_ingest::rpc::RpcArgs {
         chains: file,
         until_head: true,
+        forget_chain: None,
         kafka: iso.kafka.clone(),
         postgres: iso.postgres.clone(),
     };

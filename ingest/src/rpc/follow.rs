@@ -161,6 +161,13 @@ impl Follower {
             .map(|c| (c.address, c.kind))
             .collect();
         let addresses = kinds.keys().copied().collect();
+        let genesis: Option<alloy::rpc::types::Block> =
+            with_retry("eth_getBlockByNumber(0)", || async {
+                http.get_block_by_number(BlockNumberOrTag::Number(0)).await
+            })
+            .await?;
+        let genesis = genesis.with_context(|| format!("chain {}: no genesis block", chain.name))?;
+        state::check_genesis(&pool, chain.chain_id, genesis.header.hash).await?;
         let checkpoint = state::load_checkpoint(&pool, chain.chain_id).await?;
         let window = state::load_window(&pool, chain.chain_id).await?;
         let span = chain.max_range;

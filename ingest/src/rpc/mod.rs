@@ -31,6 +31,10 @@ pub struct RpcArgs {
     /// Stop once every chain has reached its head (backfill jobs, tests) instead of following.
     #[arg(long = "until-head")]
     pub until_head: bool,
+    /// Drop the ingest state and read-model rows of this chain id (a local chain restarted from
+    /// scratch), then exit.
+    #[arg(long = "forget-chain")]
+    pub forget_chain: Option<u64>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -43,8 +47,13 @@ pub async fn run(
     args: &RpcArgs,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let file = config::ChainsFile::load(&args.chains)?;
     let pool = chainfold_platform::postgres::connect_and_migrate(&args.postgres).await?;
+    if let Some(chain_id) = args.forget_chain {
+        let rows = state::forget_chain(&pool, chain_id).await?;
+        println!("forgot chain {chain_id}: {rows} rows deleted");
+        return Ok(());
+    }
+    let file = config::ChainsFile::load(&args.chains)?;
     let topics = args.kafka.topics();
     kafka::ensure_topics(&args.kafka, &topics.all()).await?;
     let producer = kafka::producer(&args.kafka)?;

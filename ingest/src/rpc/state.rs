@@ -192,3 +192,59 @@ pub async fn rewind(pool: &PgPool, chain_id: u64, ancestor: u64, hash: B256) -> 
     tx.commit().await?;
     Ok(())
 }
+
+/// Records the chain's genesis hash on first sight; afterwards refuses a chain whose genesis
+/// changed (a devnet restarted from scratch under the same chain id).
+pub async fn check_genesis(pool: &PgPool, chain_id: u64, genesis: B256) -> anyhow::Result<()> {
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT genesis_hash FROM ingest_chain WHERE chain_id = $1")
+            .bind(chain_id as i64)
+            .fetch_optional(pool)
+            .await?;
+    match stored {
+        Some(hash) if hash == hex(&genesis) => Ok(()),
+        Some(hash) => anyhow::bail!(
+            "chain {chain_id} was reset: its genesis is now {genesis:#x}, the ingest state and read models hold chain {chain_id} from genesis {hash}; run `chainfold ingest rpc --forget-chain {chain_id}` to drop them"
+        ),
+        None => {
+            sqlx::query("INSERT INTO ingest_chain (chain_id, genesis_hash) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(chain_id as i64)
+                .bind(hex(&genesis))
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+/// Drops everything known about `chain_id`: the follower's state and the chain's rows in every
+/// read model (summaries of wallets and pools of that chain included). Events already in Kafka
+/// stay there; a later `chainfold rebuild` folds them again.
+pub async fn forget_chain(pool: &PgPool, chain_id: u64) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let mut deleted = 0;
+    for table in [
+        "ingest_checkpoint",
+        "ingest_block",
+        "ingest_journal",
+        "ingest_chain",
+        "lending_event",
+        "wallet_lending_summary",
+        "swap",
+        "pool_summary",
+        "pool_token_volume",
+        "pool_sync",
+        "liquidity_event",
+        "flash_loan",
+        "oracle_update",
+        "chain_head",
+    ] {
+        deleted += sqlx::query(&format!("DELETE FROM {table} WHERE chain_id = $1"))
+            .bind(chain_id as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(deleted)
+}
