@@ -225,15 +225,20 @@ async fn every_fixture_event_decodes_with_the_values_sent() {
         "{price} vs {expected}"
     );
     // Finality: the head is known; the newest rows are not final yet, old ones are.
-    let finals = scalar(
+    // (confirmations = 2: the position touched by the last transaction is not final yet; the
+    // test wallet's, many blocks older, is.)
+    let newest = scalar(
         &pool,
-        "SELECT string_agg(DISTINCT final::text, ',' ORDER BY final::text) FROM pool_state",
+        "SELECT final::text FROM lending_position ORDER BY last_block DESC LIMIT 1",
     )
     .await;
-    assert!(
-        finals.contains("false") || finals.contains("true"),
-        "{finals}"
-    );
+    assert_eq!(newest, "false");
+    let older = scalar(
+        &pool,
+        &format!("SELECT bool_and(final)::text FROM lending_position WHERE wallet = '{who:#x}'"),
+    )
+    .await;
+    assert_eq!(older, "true");
     let head = scalar(
         &pool,
         "SELECT number::text FROM chain_head WHERE chain_id = 31337",
@@ -649,4 +654,35 @@ async fn new_heads_pushed_over_websocket_are_followed() {
     )
     .await;
     assert_eq!(swaps, "3");
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_a_clear_error_without_the_key() {
+    let iso = Isolated::new("live_unreachable").await;
+    let toml = r#"
+        [[chain]]
+        chain_id = 1
+        name = "mainnet"
+        rpc_url = "http://127.0.0.1:1/v2/SECRETKEY"
+        [[chain.contract]]
+        address = "0x87870Bca3F3fD6335C3F4ce8392D69350B4fA4E2"
+        kind = "aave_v3_pool"
+    "#;
+    let chain = ChainsFile::parse(toml)
+        .expect("valid file")
+        .chains
+        .remove(0);
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("pg");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    let err = Follower::new(chain, producer, iso.kafka.topics(), pool)
+        .await
+        .expect_err("nothing listens on port 1");
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with("chain mainnet: could not reach http://127.0.0.1:1/…"),
+        "{text}"
+    );
+    assert!(!text.contains("SECRETKEY"), "{text}");
 }

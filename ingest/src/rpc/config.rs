@@ -210,6 +210,30 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// `message` with every occurrence of the secret `url` (with or without a trailing slash, or
+/// just its path and query) replaced by its redacted form: transport errors quote the URL.
+pub fn scrub(message: &str, url: &str) -> String {
+    let shown = redacted(url);
+    let mut out = message.replace(url, &shown);
+    let trimmed = url.trim_end_matches('/');
+    if !trimmed.is_empty() {
+        out = out.replace(trimmed, &shown);
+    }
+    if let Ok(parsed) = url::Url::parse(url) {
+        let mut secret = parsed.path().to_owned();
+        if let Some(q) = parsed.query() {
+            secret = format!("{secret}?{q}");
+        }
+        if secret.len() > 1 {
+            out = out.replace(&secret, "/…");
+        }
+        if let Some(password) = parsed.password() {
+            out = out.replace(password, "…");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +299,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses() {
+        let file = ChainsFile::parse(include_str!("../../../chains.example.toml")).expect("valid");
+        assert_eq!(file.chains[0].contracts.len(), 4);
+        assert_eq!(file.chains[0].confirmations, 12);
+    }
+
+    #[test]
     fn secrets_in_urls_are_redacted() {
         assert_eq!(
             redacted("https://eth-mainnet.g.alchemy.com/v2/SECRETKEY"),
@@ -286,5 +317,10 @@ mod tests {
         );
         assert_eq!(redacted("http://127.0.0.1:8545"), "http://127.0.0.1:8545");
         assert!(!redacted("wss://x.example/ws?apikey=SECRET").contains("SECRET"));
+        let url = "https://eth.example/v2/SECRETKEY";
+        let message = "error sending request for url (https://eth.example/v2/SECRETKEY/): refused; path /v2/SECRETKEY";
+        let scrubbed = scrub(message, url);
+        assert!(!scrubbed.contains("SECRETKEY"), "{scrubbed}");
+        assert!(scrubbed.contains("https://eth.example/…"), "{scrubbed}");
     }
 }

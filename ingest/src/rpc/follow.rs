@@ -32,7 +32,7 @@ use secrecy::ExposeSecret;
 use sqlx::PgPool;
 
 use super::abi::{decode_log, ContractKind, DecodeError};
-use super::config::{redacted, ChainConfig};
+use super::config::{redacted, scrub, ChainConfig};
 use super::normalize::{normalize, FeedMeta, LogMeta, Metadata};
 use super::state::{self, SeenBlock};
 
@@ -74,11 +74,11 @@ enum LogsError {
     Transport(String),
 }
 
-fn classify(err: TransportError) -> LogsError {
+fn classify(err: TransportError, secret: &str) -> LogsError {
     match err {
         RpcError::ErrorResp(payload) => LogsError::Refused(payload.to_string()),
-        RpcError::Transport(kind) => LogsError::Transport(kind.to_string()),
-        other => LogsError::Transport(other.to_string()),
+        RpcError::Transport(kind) => LogsError::Transport(scrub(&kind.to_string(), secret)),
+        other => LogsError::Transport(scrub(&other.to_string(), secret)),
     }
 }
 
@@ -109,7 +109,9 @@ impl std::fmt::Debug for Follower {
     }
 }
 
-async fn with_retry<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+/// Calls `call`, retrying transport errors with backoff. Error texts go through `secret`'s
+/// scrubbing: transport errors quote the endpoint URL, which holds the provider key.
+async fn with_retry<T, F, Fut>(what: &str, secret: &str, mut call: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, TransportError>>,
@@ -121,11 +123,17 @@ where
             Ok(value) => return Ok(value),
             Err(RpcError::Transport(err)) if attempts < 8 => {
                 attempts += 1;
+                let err = scrub(&err.to_string(), secret);
                 tracing::warn!(%err, what, retry_in = ?backoff, "RPC transport error; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            Err(err) => return Err(anyhow::anyhow!("{what}: {err}")),
+            Err(err) => {
+                return Err(anyhow::anyhow!(
+                    "{what}: {}",
+                    scrub(&err.to_string(), secret)
+                ))
+            }
         }
     }
 }
@@ -146,9 +154,15 @@ impl Follower {
             .with_context(|| format!("chain {}: invalid rpc_url", chain.name))?;
         let http = RootProvider::new_http(url);
         let shown = redacted(chain.rpc_url.expose_secret());
-        let remote_id = with_retry("eth_chainId", || http.get_chain_id())
-            .await
-            .with_context(|| format!("chain {}: could not reach {shown}", chain.name))?;
+        let secret = chain.rpc_url.expose_secret().to_owned();
+        // No retry at start: an unreachable or wrong endpoint is a configuration error.
+        let remote_id = http.get_chain_id().await.map_err(|e| {
+            anyhow::anyhow!(
+                "chain {}: could not reach {shown}: {}",
+                chain.name,
+                scrub(&e.to_string(), &secret)
+            )
+        })?;
         anyhow::ensure!(
             remote_id == chain.chain_id,
             "chain {}: {shown} serves chain id {remote_id}, chains.toml says {}",
@@ -162,7 +176,7 @@ impl Follower {
             .collect();
         let addresses = kinds.keys().copied().collect();
         let genesis: Option<alloy::rpc::types::Block> =
-            with_retry("eth_getBlockByNumber(0)", || async {
+            with_retry("eth_getBlockByNumber(0)", &secret, || async {
                 http.get_block_by_number(BlockNumberOrTag::Number(0)).await
             })
             .await?;
@@ -214,11 +228,20 @@ impl Follower {
             match contract.kind {
                 ContractKind::UniswapV2Pair | ContractKind::UniswapV3Pool => {
                     let pair = IPairTokens::new(contract.address, &self.http);
-                    let token0 = pair.token0().call().await.with_context(|| {
-                        format!("pool {:#x}: token0() failed", contract.address)
+                    let secret = self.chain.rpc_url.expose_secret();
+                    let token0 = pair.token0().call().await.map_err(|e| {
+                        anyhow::anyhow!(
+                            "pool {:#x}: token0() failed: {}",
+                            contract.address,
+                            scrub(&e.to_string(), secret)
+                        )
                     })?;
-                    let token1 = pair.token1().call().await.with_context(|| {
-                        format!("pool {:#x}: token1() failed", contract.address)
+                    let token1 = pair.token1().call().await.map_err(|e| {
+                        anyhow::anyhow!(
+                            "pool {:#x}: token1() failed: {}",
+                            contract.address,
+                            scrub(&e.to_string(), secret)
+                        )
                     })?;
                     self.metadata
                         .pairs
@@ -226,8 +249,12 @@ impl Follower {
                 }
                 ContractKind::ChainlinkAggregator => {
                     let feed = IFeedMetadata::new(contract.address, &self.http);
-                    let decimals = feed.decimals().call().await.with_context(|| {
-                        format!("feed {:#x}: decimals() failed", contract.address)
+                    let decimals = feed.decimals().call().await.map_err(|e| {
+                        anyhow::anyhow!(
+                            "feed {:#x}: decimals() failed: {}",
+                            contract.address,
+                            scrub(&e.to_string(), self.chain.rpc_url.expose_secret())
+                        )
                     })?;
                     let description = match contract.description.clone() {
                         Some(d) => d,
@@ -276,15 +303,24 @@ impl Follower {
     }
 
     async fn latest(&self) -> anyhow::Result<u64> {
-        with_retry("eth_blockNumber", || self.http.get_block_number()).await
+        with_retry(
+            "eth_blockNumber",
+            self.chain.rpc_url.expose_secret(),
+            || self.http.get_block_number(),
+        )
+        .await
     }
 
     async fn header(&self, number: u64) -> anyhow::Result<(SeenBlock, Option<DateTime<Utc>>)> {
-        let block = with_retry("eth_getBlockByNumber", || async {
-            self.http
-                .get_block_by_number(BlockNumberOrTag::Number(number))
-                .await
-        })
+        let block = with_retry(
+            "eth_getBlockByNumber",
+            self.chain.rpc_url.expose_secret(),
+            || async {
+                self.http
+                    .get_block_by_number(BlockNumberOrTag::Number(number))
+                    .await
+            },
+        )
         .await?
         .with_context(|| format!("chain {}: block {number} not found", self.chain.name))?;
         Ok((
@@ -307,7 +343,12 @@ impl Follower {
                 .address(self.addresses.clone())
                 .from_block(a)
                 .to_block(b);
-            match self.http.get_logs(&filter).await.map_err(classify) {
+            match self
+                .http
+                .get_logs(&filter)
+                .await
+                .map_err(|e| classify(e, self.chain.rpc_url.expose_secret()))
+            {
                 Ok(logs) => out.extend(logs),
                 Err(LogsError::Refused(reason)) if a < b => {
                     let mid = a + (b - a) / 2;
@@ -587,7 +628,10 @@ impl Follower {
         let filter = Filter::new()
             .address(self.addresses.clone())
             .at_block_hash(seen.hash);
-        let mut logs = with_retry("eth_getLogs", || self.http.get_logs(&filter)).await?;
+        let mut logs = with_retry("eth_getLogs", self.chain.rpc_url.expose_secret(), || {
+            self.http.get_logs(&filter)
+        })
+        .await?;
         logs.sort_by_key(|l| l.log_index);
         let times = HashMap::from([(seen.hash, time.unwrap_or_default())]);
         let (events, dead) = self.normalize_logs(&logs, &times).await;
@@ -739,11 +783,13 @@ impl Follower {
                     )))
                 }
                 Err(err) => {
+                    let err = scrub(&err.to_string(), ws.expose_secret());
                     tracing::warn!(chain = %self.chain.name, ws = %shown, %err, "newHeads subscription refused; polling");
                     None
                 }
             },
             Err(err) => {
+                let err = scrub(&err.to_string(), ws.expose_secret());
                 tracing::warn!(chain = %self.chain.name, ws = %shown, %err, "WebSocket connect failed; polling");
                 None
             }
