@@ -449,8 +449,24 @@ impl Follower {
         events: &[Envelope],
         dead: &[(TopicKind, String, Vec<u8>)],
         retract: bool,
+        head: Option<ChainHead>,
     ) -> anyhow::Result<()> {
-        let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(events.len() + dead.len());
+        let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(events.len() + dead.len() + 1);
+        if let Some(head) = head {
+            // Sent with the block's events and acknowledged together: one round trip.
+            let payload = serde_json::to_vec(&head)?;
+            let key = self.chain.chain_id.to_string();
+            deliveries.push(
+                self.producer
+                    .send_result(
+                        FutureRecord::to(&self.topics.blocks)
+                            .key(&key)
+                            .payload(&payload),
+                    )
+                    .map_err(|(e, _)| e)
+                    .context("could not enqueue a chain head")?,
+            );
+        }
         for env in events {
             let env = if retract {
                 env.retraction()
@@ -497,13 +513,8 @@ impl Follower {
         Ok(())
     }
 
-    async fn publish_head(
-        &self,
-        number: u64,
-        seen: SeenBlock,
-        time: Option<DateTime<Utc>>,
-    ) -> anyhow::Result<()> {
-        let head = ChainHead {
+    fn head(&self, number: u64, seen: SeenBlock, time: Option<DateTime<Utc>>) -> ChainHead {
+        ChainHead {
             schema_version: SCHEMA_VERSION,
             chain_id: self.chain.chain_id,
             name: self.chain.name.clone(),
@@ -512,19 +523,7 @@ impl Follower {
             parent_hash: seen.parent,
             timestamp: time,
             confirmations: self.chain.confirmations,
-        };
-        let payload = serde_json::to_vec(&head)?;
-        let key = self.chain.chain_id.to_string();
-        let delivery = self
-            .producer
-            .send_result(
-                FutureRecord::to(&self.topics.blocks)
-                    .key(&key)
-                    .payload(&payload),
-            )
-            .map_err(|(e, _)| e)
-            .context("could not enqueue a chain head")?;
-        crate::publish::await_delivery(delivery).await
+        }
     }
 
     /// Publishes every block up to `target` over `eth_getLogs` ranges (no reorg tracking: only
@@ -565,7 +564,7 @@ impl Follower {
                 let logs = logs?;
                 let times = self.block_times(&logs).await?;
                 let (events, dead) = self.normalize_logs(&logs, &times).await;
-                self.publish(&events, &dead, false).await?;
+                self.publish(&events, &dead, false, None).await?;
                 state::advance(
                     &self.pool,
                     self.chain.chain_id,
@@ -594,23 +593,34 @@ impl Follower {
         }
         bar.finish_and_clear();
         let (seen, time) = self.header(target).await?;
-        self.publish_head(target, seen, time).await?;
+        self.publish(&[], &[], false, Some(self.head(target, seen, time)))
+            .await?;
         tracing::info!(chain = %self.chain.name, blocks = total, secs = started.elapsed().as_secs_f64(), "backfill done");
         Ok(())
     }
 
+    /// Timestamps of the blocks of logs that lack `blockTimestamp`, read concurrently.
     async fn block_times(&self, logs: &[Log]) -> anyhow::Result<HashMap<B256, DateTime<Utc>>> {
-        let mut times = HashMap::new();
+        let mut wanted: HashMap<B256, u64> = HashMap::new();
         for log in logs {
-            if log.block_timestamp.is_some() {
-                continue;
-            }
-            if let (Some(hash), Some(number)) = (log.block_hash, log.block_number) {
-                if let std::collections::hash_map::Entry::Vacant(slot) = times.entry(hash) {
-                    if let (_, Some(time)) = self.header(number).await? {
-                        slot.insert(time);
-                    }
+            if log.block_timestamp.is_none() {
+                if let (Some(hash), Some(number)) = (log.block_hash, log.block_number) {
+                    wanted.insert(hash, number);
                 }
+            }
+        }
+        let headers: Vec<anyhow::Result<(B256, Option<DateTime<Utc>>)>> =
+            futures::stream::iter(wanted)
+                .map(|(hash, number)| async move {
+                    self.header(number).await.map(|(_, time)| (hash, time))
+                })
+                .buffer_unordered(self.chain.concurrency * 4)
+                .collect()
+                .await;
+        let mut times = HashMap::new();
+        for header in headers {
+            if let (hash, Some(time)) = header? {
+                times.insert(hash, time);
             }
         }
         Ok(times)
@@ -635,8 +645,8 @@ impl Follower {
         logs.sort_by_key(|l| l.log_index);
         let times = HashMap::from([(seen.hash, time.unwrap_or_default())]);
         let (events, dead) = self.normalize_logs(&logs, &times).await;
-        self.publish(&events, &dead, false).await?;
-        self.publish_head(number, seen, time).await?;
+        self.publish(&events, &dead, false, Some(self.head(number, seen, time)))
+            .await?;
         state::advance(
             &self.pool,
             self.chain.chain_id,
@@ -678,7 +688,7 @@ impl Follower {
             .saturating_sub(ancestor.0);
         tracing::warn!(chain = %self.chain.name, ancestor = ancestor.0, depth, retracted = orphaned.len(), "reorg: retracting orphaned events");
         let events: Vec<Envelope> = orphaned.into_iter().map(|(_, env)| env).collect();
-        self.publish(&events, &[], true).await?;
+        self.publish(&events, &[], true, None).await?;
         state::rewind(&self.pool, self.chain.chain_id, ancestor.0, ancestor.1).await?;
         self.window = self.window.split_off(&0);
         self.window.retain(|n, _| *n <= ancestor.0);
@@ -693,12 +703,16 @@ impl Follower {
         let latest = self.latest().await?;
         // A held block that is no longer canonical (the chain was reset below or at our tip).
         if let Some((&tip, held)) = self.window.last_key_value() {
+            // Only when the chain did not move past our tip: otherwise the next block's parent
+            // check sees any change, without this extra call on the hot path.
             let probe = tip.min(latest);
-            if let Some(ours) = self.window.get(&probe).copied() {
-                let (canonical, _) = self.header(probe).await?;
-                if canonical.hash != ours.hash {
-                    let _ = held;
-                    self.handle_reorg(probe).await?;
+            if latest <= tip {
+                if let Some(ours) = self.window.get(&probe).copied() {
+                    let (canonical, _) = self.header(probe).await?;
+                    if canonical.hash != ours.hash {
+                        let _ = held;
+                        self.handle_reorg(probe).await?;
+                    }
                 }
             }
         }
