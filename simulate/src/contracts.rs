@@ -42,6 +42,17 @@ alloy::sol!(
     "../fixtures/build/FixtureBadEmitter.json"
 );
 
+alloy::sol!(
+    #[sol(rpc)]
+    FixtureV3Events,
+    "../fixtures/build/FixtureV3Events.json"
+);
+alloy::sol!(
+    #[sol(rpc)]
+    FixtureAaveV3Events,
+    "../fixtures/build/FixtureAaveV3Events.json"
+);
+
 /// A fixture token and its oracle.
 #[derive(Debug, Clone)]
 pub struct Asset {
@@ -468,6 +479,21 @@ impl Deployment {
             )
             .await?;
         Ok((bad, tx))
+    }
+
+    /// Deploys the V3 event emitters: a Uniswap-V3-style pool over WETH/USDC and an Aave-V3-style
+    /// pool. Returns (v3 pool, aave v3 pool).
+    pub async fn deploy_v3_emitters(&self) -> anyhow::Result<(Address, Address)> {
+        let pool =
+            FixtureV3Events::deploy_builder(&self.provider, self.usdc.token, self.weth.token)
+                .from(self.deployer)
+                .deploy()
+                .await?;
+        let aave = FixtureAaveV3Events::deploy_builder(&self.provider)
+            .from(self.deployer)
+            .deploy()
+            .await?;
+        Ok((pool, aave))
     }
 
     /// A chains.toml for `chainfold ingest rpc` that follows this deployment.

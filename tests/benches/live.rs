@@ -9,7 +9,7 @@
 //!    the node returned the mined transaction to the moment the follower's checkpoint reached the
 //!    block (published and acknowledged) and to the moment its `swap` row is committed in
 //!    Postgres by a running projector. Median and p99, with the projector's default 50 ms batch
-//!    wait and with 5 ms. Baseline in the same run: the floor of one block's work on the same
+//!    wait, with 5 ms, and with 5 ms plus the consumer's `fetch.wait.max.ms` at 5 (default 50). Baseline in the same run: the floor of one block's work on the same
 //!    services, done by hand 200 times (read the header, `eth_getLogs` by block hash, produce
 //!    one record and wait for its acknowledgement, commit one Postgres row).
 //!
@@ -162,8 +162,13 @@ async fn backfill_bench(toml: &str, blocks: u64) {
     );
 }
 
-async fn latency_bench(blocks: usize, batch_wait: Duration) {
-    let iso = Isolated::new("bench_latency").await;
+async fn latency_bench(blocks: usize, batch_wait: Duration, fetch_wait_ms: Option<u32>) {
+    let mut iso = Isolated::new("bench_latency").await;
+    if let Some(ms) = fetch_wait_ms {
+        iso.kafka
+            .options
+            .push(("fetch.wait.max.ms".into(), ms.to_string()));
+    }
     let anvil = Anvil::spawn(31337).expect("anvil");
     let weth = chainfold_simulate::prices(&data_dir(), "WETH").expect("prices");
     let wbtc = chainfold_simulate::prices(&data_dir(), "WBTC").expect("prices");
@@ -287,7 +292,8 @@ async fn latency_bench(blocks: usize, batch_wait: Duration) {
     ingest.await.expect("join").expect("ingest");
     project.await.expect("join").expect("projector");
     println!(
-        "latency over {blocks} blocks, projector batch wait {batch_wait:?}: one block's work by hand (baseline) median {floor:.1} ms; mined to published by the follower median {:.1} ms p99 {:.1} ms ({:.1}x the baseline); mined to projected row median {:.1} ms p99 {:.1} ms",
+        "latency over {blocks} blocks, projector batch wait {batch_wait:?}, consumer fetch.wait.max.ms {}: one block's work by hand (baseline) median {floor:.1} ms; mined to published by the follower median {:.1} ms p99 {:.1} ms ({:.1}x the baseline); mined to projected row median {:.1} ms p99 {:.1} ms",
+        fetch_wait_ms.map_or("50 (default)".to_owned(), |ms| ms.to_string()),
         median(to_published.clone()),
         percentile(to_published.clone(), 0.99),
         median(to_published) / floor.max(1e-9),
@@ -330,6 +336,7 @@ async fn main() {
         decode_bench(&anvil, &toml).await;
         backfill_bench(&toml, summary.last_block + 1).await;
     }
-    latency_bench(blocks, Duration::from_millis(50)).await;
-    latency_bench(blocks, Duration::from_millis(5)).await;
+    latency_bench(blocks, Duration::from_millis(50), None).await;
+    latency_bench(blocks, Duration::from_millis(5), None).await;
+    latency_bench(blocks, Duration::from_millis(5), Some(5)).await;
 }

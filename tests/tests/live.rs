@@ -686,3 +686,224 @@ async fn an_unreachable_endpoint_is_a_clear_error_without_the_key() {
     );
     assert!(!text.contains("SECRETKEY"), "{text}");
 }
+
+/// Uniswap V3 and Aave V3 signatures, emitted on anvil with chosen values, decoded and folded.
+#[tokio::test]
+async fn v3_pool_and_aave_v3_events_decode_with_the_values_sent() {
+    use alloy::primitives::aliases::{I24, U160};
+    use alloy::primitives::I256;
+    use chainfold_simulate::contracts::{FixtureAaveV3Events, FixtureV3Events};
+    let iso = Isolated::new("live_v3").await;
+    let c = chain(31337).await;
+    let d = c.sim.d.clone();
+    let (v3, aave3) = d.deploy_v3_emitters().await.expect("emitters");
+    let me = d.deployer;
+    let (alice, bob) = (Address::repeat_byte(0xa1), Address::repeat_byte(0xb2));
+    let pool = FixtureV3Events::new(v3, &d.provider);
+    let sqrt = U160::from(1_234_567_890_123_456_789_u128);
+    let tick = I24::try_from(-200_000_i32).expect("fits");
+    let send = |tx: alloy::rpc::types::TransactionRequest| {
+        let d = d.clone();
+        async move { d.confirm(tx.from(me)).await.expect("mined") }
+    };
+    // 5 USDC in (token0), 0.002 WETH out (token1).
+    send(
+        pool.swap(
+            alice,
+            I256::try_from(5_000_000_i64).expect("fits"),
+            I256::try_from(-2_000_000_000_000_000_i64).expect("fits"),
+            sqrt,
+            987_654_321,
+            tick,
+        )
+        .into_transaction_request(),
+    )
+    .await;
+    send(
+        pool.mint(
+            alice,
+            I24::try_from(-887_220_i32).expect("fits"),
+            I24::try_from(887_220_i32).expect("fits"),
+            1_000,
+            U256::from(10_u64),
+            U256::from(20_u64),
+        )
+        .into_transaction_request(),
+    )
+    .await;
+    send(
+        pool.burn(
+            I24::try_from(-60_i32).expect("fits"),
+            I24::try_from(60_i32).expect("fits"),
+            500,
+            U256::from(5_u64),
+            U256::from(7_u64),
+        )
+        .into_transaction_request(),
+    )
+    .await;
+    let aave = FixtureAaveV3Events::new(aave3, &d.provider);
+    send(
+        aave.supply(d.usdc.token, alice, U256::from(1_000_000_u64))
+            .into_transaction_request(),
+    )
+    .await;
+    send(
+        aave.withdraw(d.usdc.token, bob, U256::from(400_000_u64))
+            .into_transaction_request(),
+    )
+    .await;
+    send(
+        aave.borrow(d.weth.token, alice, U256::from(10_u64.pow(17)))
+            .into_transaction_request(),
+    )
+    .await;
+    send(
+        aave.repay(d.weth.token, alice, U256::from(5 * 10_u64.pow(16)))
+            .into_transaction_request(),
+    )
+    .await;
+    send(
+        aave.liquidationCall(
+            d.weth.token,
+            d.usdc.token,
+            alice,
+            U256::from(300_000_u64),
+            U256::from(10_u64.pow(15)),
+        )
+        .into_transaction_request(),
+    )
+    .await;
+    send(
+        aave.flashLoan(
+            bob,
+            d.usdc.token,
+            U256::from(9_000_000_u64),
+            U256::from(8_100_u64),
+        )
+        .into_transaction_request(),
+    )
+    .await;
+    let toml = format!(
+        "{}\n[[chain.contract]]\naddress = \"{v3:#x}\"\nkind = \"uniswap_v3_pool\"\n\n[[chain.contract]]\naddress = \"{aave3:#x}\"\nkind = \"aave_v3_pool\"\n",
+        chains_toml(&[&c], "")
+    );
+    let mut f = follower(&iso, &toml).await;
+    f.sync_to_head().await.expect("sync");
+    let pool_db = project(&iso).await;
+    let swap: (String, String, String, String, String, String, i32) = sqlx::query_as(
+        "SELECT token_in, amount_in::text, token_out, amount_out::text, sqrt_price_x96::text, liquidity::text, tick FROM swap WHERE pool = $1",
+    )
+    .bind(format!("{v3:#x}"))
+    .fetch_one(&pool_db)
+    .await
+    .expect("v3 swap");
+    assert_eq!(
+        swap,
+        (
+            format!("{:#x}", d.usdc.token),
+            "5000000".into(),
+            format!("{:#x}", d.weth.token),
+            "2000000000000000".into(),
+            sqrt.to_string(),
+            "987654321".into(),
+            -200_000
+        )
+    );
+    let state = scalar(
+        &pool_db,
+        &format!("SELECT tick::text FROM pool_v3_state WHERE pool = '{v3:#x}'"),
+    )
+    .await;
+    assert_eq!(state, "-200000");
+    let liquidity: Vec<(String, Option<String>, String, String, Option<String>, Option<i32>, Option<i32>)> = sqlx::query_as(
+        "SELECT kind, owner, amount0::text, amount1::text, liquidity::text, tick_lower, tick_upper FROM liquidity_event WHERE pool = $1 ORDER BY block_number",
+    )
+    .bind(format!("{v3:#x}"))
+    .fetch_all(&pool_db)
+    .await
+    .expect("liquidity");
+    assert_eq!(
+        liquidity,
+        vec![
+            (
+                "mint".into(),
+                Some(format!("{alice:#x}")),
+                "10".into(),
+                "20".into(),
+                Some("1000".into()),
+                Some(-887_220),
+                Some(887_220)
+            ),
+            (
+                "burn".into(),
+                Some(format!("{me:#x}")),
+                "5".into(),
+                "7".into(),
+                Some("500".into()),
+                Some(-60),
+                Some(60)
+            ),
+        ]
+    );
+    let lending: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT action, wallet, symbol, amount::text, counterparty FROM lending_event WHERE protocol = 'aave_v3' ORDER BY block_number",
+    )
+    .fetch_all(&pool_db)
+    .await
+    .expect("lending");
+    let (a, b, m) = (
+        format!("{alice:#x}"),
+        format!("{bob:#x}"),
+        format!("{me:#x}"),
+    );
+    assert_eq!(
+        lending,
+        vec![
+            (
+                "deposit".into(),
+                a.clone(),
+                "USDC".into(),
+                "1000000".into(),
+                Some(m.clone())
+            ),
+            (
+                "redeem".into(),
+                m.clone(),
+                "USDC".into(),
+                "400000".into(),
+                Some(b.clone())
+            ),
+            (
+                "borrow".into(),
+                a.clone(),
+                "WETH".into(),
+                "100000000000000000".into(),
+                Some(m.clone())
+            ),
+            (
+                "repay".into(),
+                a.clone(),
+                "WETH".into(),
+                "50000000000000000".into(),
+                Some(m.clone())
+            ),
+            (
+                "liquidation".into(),
+                a.clone(),
+                "USDC".into(),
+                "300000".into(),
+                Some(m.clone())
+            ),
+        ]
+    );
+    let seized = scalar(&pool_db, "SELECT collateral_symbol || ':' || collateral_amount FROM liquidation WHERE wallet IN (SELECT wallet FROM lending_event WHERE protocol = 'aave_v3')").await;
+    assert_eq!(seized, "WETH:1000000000000000");
+    let loan: (String, String, String, String, String) = sqlx::query_as(
+        "SELECT target, initiator, symbol, amount::text, premium::text FROM flash_loan WHERE protocol = 'aave_v3'",
+    )
+    .fetch_one(&pool_db)
+    .await
+    .expect("flash loan");
+    assert_eq!(loan, (b, m, "USDC".into(), "9000000".into(), "8100".into()));
+}
