@@ -38,3 +38,15 @@ CREATE TABLE ingest_chain (
     chain_id     BIGINT PRIMARY KEY,
     genesis_hash TEXT COLLATE "C" NOT NULL
 );
+
+-- Pools announced by watched factories (`[[chain.factory]]`), watched from then on.
+CREATE TABLE ingest_discovered (
+    chain_id      BIGINT NOT NULL,
+    address       TEXT COLLATE "C" NOT NULL,
+    -- uniswap_v2_pair | uniswap_v3_pool
+    kind          TEXT NOT NULL,
+    token0        TEXT COLLATE "C" NOT NULL,
+    token1        TEXT COLLATE "C" NOT NULL,
+    created_block BIGINT NOT NULL,
+    PRIMARY KEY (chain_id, address)
+);

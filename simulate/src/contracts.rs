@@ -53,6 +53,12 @@ alloy::sol!(
     "../fixtures/build/FixtureAaveV3Events.json"
 );
 
+alloy::sol!(
+    #[sol(rpc)]
+    FixtureFactory,
+    "../fixtures/build/FixtureFactory.json"
+);
+
 /// A fixture token and its oracle.
 #[derive(Debug, Clone)]
 pub struct Asset {
@@ -494,6 +500,31 @@ impl Deployment {
             .deploy()
             .await?;
         Ok((pool, aave))
+    }
+
+    /// Deploys a Uniswap-V2-style factory.
+    pub async fn deploy_factory(&self) -> anyhow::Result<Address> {
+        Ok(FixtureFactory::deploy_builder(&self.provider)
+            .from(self.deployer)
+            .deploy()
+            .await?)
+    }
+
+    /// Creates a pair through `factory`; returns the pair's address.
+    pub async fn create_pair(
+        &self,
+        factory: Address,
+        a: Address,
+        b: Address,
+    ) -> anyhow::Result<Address> {
+        let f = FixtureFactory::new(factory, &self.provider);
+        self.confirm(
+            f.createPair(a, b)
+                .from(self.deployer)
+                .into_transaction_request(),
+        )
+        .await?;
+        Ok(f.getPair(a, b).call().await?)
     }
 
     /// A chains.toml for `chainfold ingest rpc` that follows this deployment.

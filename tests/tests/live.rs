@@ -816,7 +816,16 @@ async fn v3_pool_and_aave_v3_events_decode_with_the_values_sent() {
     )
     .await;
     assert_eq!(state, "-200000");
-    let liquidity: Vec<(String, Option<String>, String, String, Option<String>, Option<i32>, Option<i32>)> = sqlx::query_as(
+    type LiquidityRow = (
+        String,
+        Option<String>,
+        String,
+        String,
+        Option<String>,
+        Option<i32>,
+        Option<i32>,
+    );
+    let liquidity: Vec<LiquidityRow> = sqlx::query_as(
         "SELECT kind, owner, amount0::text, amount1::text, liquidity::text, tick_lower, tick_upper FROM liquidity_event WHERE pool = $1 ORDER BY block_number",
     )
     .bind(format!("{v3:#x}"))
@@ -906,4 +915,100 @@ async fn v3_pool_and_aave_v3_events_decode_with_the_values_sent() {
     .await
     .expect("flash loan");
     assert_eq!(loan, (b, m, "USDC".into(), "9000000".into(), "8100".into()));
+}
+
+/// `[[chain.factory]]`: pairs the factory creates are watched from their creation on, in
+/// backfill (created and traded inside one fetched range) and at the head, and after a restart.
+#[tokio::test]
+async fn pools_announced_by_a_watched_factory_are_followed_from_their_creation() {
+    use chainfold_simulate::contracts::units;
+    let iso = Isolated::new("live_factory").await;
+    let c = chain(31337).await;
+    let d = c.sim.d.clone();
+    let who = Address::repeat_byte(0x48);
+    for (token, amount) in [
+        (d.weth.token, units(1e4, 18)),
+        (d.usdc.token, units(1e9, 6)),
+        (d.wbtc.token, units(1e3, 8)),
+    ] {
+        d.fund(who, token, amount).await.expect("fund");
+        d.approve(who, token, d.router).await.expect("approve");
+    }
+    let factory = d.deploy_factory().await.expect("factory");
+    let trade =
+        |pair: Address, a: (Address, U256), b: (Address, U256), swap_in: (Address, U256)| {
+            let d = d.clone();
+            async move {
+                let (token0, _) = d.tokens(pair).await.expect("tokens");
+                let (x, y) = if token0 == a.0 {
+                    (a.1, b.1)
+                } else {
+                    (b.1, a.1)
+                };
+                d.add_liquidity(who, pair, x, y).await.expect("liquidity");
+                d.swap(who, pair, swap_in.0, swap_in.1).await.expect("swap");
+            }
+        };
+    let first = d
+        .create_pair(factory, d.weth.token, d.usdc.token)
+        .await
+        .expect("pair");
+    trade(
+        first,
+        (d.weth.token, units(10.0, 18)),
+        (d.usdc.token, units(20_000.0, 6)),
+        (d.usdc.token, units(100.0, 6)),
+    )
+    .await;
+    // Bury the first pair's creation and trades below the reorg window: backfill finds them.
+    let _: serde_json::Value = d
+        .provider
+        .raw_request("anvil_mine".into(), (U256::from(5u8),))
+        .await
+        .expect("mine");
+    // Only the factory is configured: both pairs are found through it.
+    let toml = format!(
+        "[[chain]]\nchain_id = 31337\nname = \"anvil\"\nrpc_url = \"{}\"\nreorg_window = 3\n\n[[chain.factory]]\naddress = \"{factory:#x}\"\nkind = \"uniswap_v2_factory\"\n",
+        c.anvil.http_url()
+    );
+    let mut f = follower(&iso, &toml).await;
+    f.sync_to_head().await.expect("backfill");
+    let second = d
+        .create_pair(factory, d.wbtc.token, d.usdc.token)
+        .await
+        .expect("pair");
+    trade(
+        second,
+        (d.wbtc.token, units(1.0, 8)),
+        (d.usdc.token, units(30_000.0, 6)),
+        (d.usdc.token, units(50.0, 6)),
+    )
+    .await;
+    f.sync_to_head().await.expect("head");
+    drop(f);
+    // A restarted follower remembers both pairs.
+    d.swap(who, first, d.weth.token, units(0.01, 18))
+        .await
+        .expect("swap");
+    let mut again = follower(&iso, &toml).await;
+    again.sync_to_head().await.expect("restart");
+    let pool = project(&iso).await;
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT pool, count(*) FROM swap GROUP BY pool ORDER BY pool")
+            .fetch_all(&pool)
+            .await
+            .expect("counts");
+    let mut expected = vec![(format!("{first:#x}"), 2), (format!("{second:#x}"), 1)];
+    expected.sort();
+    assert_eq!(counts, expected);
+    for pair in [first, second] {
+        let (r0, r1, _) = d.reserves(pair).await.expect("reserves");
+        let state: (String, String) =
+            sqlx::query_as("SELECT reserve0::text, reserve1::text FROM pool_state WHERE pool = $1")
+                .bind(format!("{pair:#x}"))
+                .fetch_one(&pool)
+                .await
+                .expect("pool state");
+        assert_eq!(state, (r0.to_string(), r1.to_string()));
+    }
 }

@@ -53,6 +53,69 @@ sol! {
     interface ChainlinkAggregator {
         event AnswerUpdated(int256 indexed current, uint256 indexed roundId, uint256 updatedAt);
     }
+
+    /// Uniswap V2 factory.
+    #[derive(Debug, PartialEq, Eq)]
+    interface UniswapV2Factory {
+        event PairCreated(address indexed token0, address indexed token1, address pair, uint256 count);
+    }
+
+    /// Uniswap V3 factory.
+    #[derive(Debug, PartialEq, Eq)]
+    interface UniswapV3Factory {
+        event PoolCreated(address indexed token0, address indexed token1, uint24 indexed fee, int24 tickSpacing, address pool);
+    }
+}
+
+/// What kind of factory announces pools (from the chain's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FactoryKind {
+    UniswapV2,
+    UniswapV3,
+}
+
+impl FactoryKind {
+    pub const NAMES: [&'static str; 2] = ["uniswap_v2_factory", "uniswap_v3_factory"];
+
+    pub fn parse(name: &str) -> Option<FactoryKind> {
+        Some(match name {
+            "uniswap_v2_factory" => FactoryKind::UniswapV2,
+            "uniswap_v3_factory" => FactoryKind::UniswapV3,
+            _ => return None,
+        })
+    }
+
+    /// The kind of the contracts it creates.
+    pub fn creates(self) -> ContractKind {
+        match self {
+            FactoryKind::UniswapV2 => ContractKind::UniswapV2Pair,
+            FactoryKind::UniswapV3 => ContractKind::UniswapV3Pool,
+        }
+    }
+}
+
+/// A pool a factory announced: (pool, token0, token1).
+pub fn decode_creation(
+    kind: FactoryKind,
+    log: &Log,
+) -> Option<(
+    alloy_primitives::Address,
+    alloy_primitives::Address,
+    alloy_primitives::Address,
+)> {
+    let topics = log.data.topics().iter().copied();
+    match kind {
+        FactoryKind::UniswapV2 => {
+            UniswapV2Factory::PairCreated::decode_raw_log(topics, &log.data.data)
+                .ok()
+                .map(|e| (e.pair, e.token0, e.token1))
+        }
+        FactoryKind::UniswapV3 => {
+            UniswapV3Factory::PoolCreated::decode_raw_log(topics, &log.data.data)
+                .ok()
+                .map(|e| (e.pool, e.token0, e.token1))
+        }
+    }
 }
 
 /// What kind of contract emitted a log (from the chain's configuration).

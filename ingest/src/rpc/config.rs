@@ -32,7 +32,7 @@ use anyhow::Context as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::abi::ContractKind;
+use super::abi::{ContractKind, FactoryKind};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -73,6 +73,28 @@ pub struct ChainConfig {
     pub contracts: Vec<ContractConfig>,
     #[serde(default, rename = "token")]
     pub tokens: Vec<TokenConfig>,
+    /// Factories whose announced pools are watched from their creation on.
+    #[serde(default, rename = "factory")]
+    pub factories: Vec<FactoryConfig>,
+}
+
+/// A watched factory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactoryConfig {
+    pub address: Address,
+    #[serde(deserialize_with = "factory_kind")]
+    pub kind: FactoryKind,
+}
+
+fn factory_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FactoryKind, D::Error> {
+    let text = String::deserialize(d)?;
+    FactoryKind::parse(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown factory kind `{text}` (expected one of: {})",
+            FactoryKind::NAMES.join(", ")
+        ))
+    })
 }
 
 fn default_reorg_window() -> u64 {
@@ -155,8 +177,8 @@ impl ChainsFile {
                 chain.chain_id
             );
             anyhow::ensure!(
-                !chain.contracts.is_empty(),
-                "chain {} watches no contracts",
+                !chain.contracts.is_empty() || !chain.factories.is_empty(),
+                "chain {} watches no contracts and no factories",
                 chain.name
             );
             anyhow::ensure!(
@@ -302,6 +324,7 @@ mod tests {
     fn the_example_file_parses() {
         let file = ChainsFile::parse(include_str!("../../../chains.example.toml")).expect("valid");
         assert_eq!(file.chains[0].contracts.len(), 4);
+        assert_eq!(file.chains[0].factories[0].kind, FactoryKind::UniswapV2);
         assert_eq!(file.chains[0].confirmations, 12);
     }
 

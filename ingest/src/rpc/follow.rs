@@ -31,7 +31,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 
-use super::abi::{decode_log, ContractKind, DecodeError};
+use super::abi::{decode_creation, decode_log, ContractKind, DecodeError, FactoryKind};
 use super::config::{redacted, scrub, ChainConfig};
 use super::normalize::{normalize, FeedMeta, LogMeta, Metadata};
 use super::state::{self, SeenBlock};
@@ -90,6 +90,8 @@ pub struct Follower {
     topics: Topics,
     pool: PgPool,
     kinds: HashMap<Address, ContractKind>,
+    factories: HashMap<Address, FactoryKind>,
+    /// Every address whose logs are fetched: contracts, factories, discovered pools (append-only).
     addresses: Vec<Address>,
     metadata: Metadata,
     checkpoint: Option<u64>,
@@ -169,12 +171,31 @@ impl Follower {
             chain.name,
             chain.chain_id
         );
-        let kinds: HashMap<Address, ContractKind> = chain
+        let mut kinds: HashMap<Address, ContractKind> = chain
             .contracts
             .iter()
             .map(|c| (c.address, c.kind))
             .collect();
-        let addresses = kinds.keys().copied().collect();
+        let factories: HashMap<Address, FactoryKind> = chain
+            .factories
+            .iter()
+            .map(|f| (f.address, f.kind))
+            .collect();
+        let mut addresses: Vec<Address> = chain.contracts.iter().map(|c| c.address).collect();
+        addresses.extend(chain.factories.iter().map(|f| f.address));
+        let discovered = state::load_discovered(&pool, chain.chain_id).await?;
+        let mut pairs = HashMap::new();
+        for d in &discovered {
+            let kind = if d.v3 {
+                ContractKind::UniswapV3Pool
+            } else {
+                ContractKind::UniswapV2Pair
+            };
+            if kinds.insert(d.address, kind).is_none() {
+                addresses.push(d.address);
+            }
+            pairs.insert(d.address, (d.token0, d.token1));
+        }
         let genesis: Option<alloy::rpc::types::Block> =
             with_retry("eth_getBlockByNumber(0)", &secret, || async {
                 http.get_block_by_number(BlockNumberOrTag::Number(0)).await
@@ -192,8 +213,12 @@ impl Follower {
             topics,
             pool,
             kinds,
+            factories,
             addresses,
-            metadata: Metadata::default(),
+            metadata: Metadata {
+                pairs,
+                ..Metadata::default()
+            },
             checkpoint,
             window,
             span,
@@ -335,12 +360,22 @@ impl Follower {
     /// The logs of watched contracts in `[from, to]`, splitting the range while the provider
     /// refuses it.
     async fn logs_in_range(&self, from: u64, to: u64) -> anyhow::Result<Vec<Log>> {
+        self.logs_in_range_for(&self.addresses, from, to).await
+    }
+
+    /// [`Self::logs_in_range`] for some of the addresses.
+    async fn logs_in_range_for(
+        &self,
+        addresses: &[Address],
+        from: u64,
+        to: u64,
+    ) -> anyhow::Result<Vec<Log>> {
         let mut pending = vec![(from, to)];
         let mut out = Vec::new();
         let mut transport_failures = 0;
         while let Some((a, b)) = pending.pop() {
             let filter = Filter::new()
-                .address(self.addresses.clone())
+                .address(addresses.to_vec())
                 .from_block(a)
                 .to_block(b);
             match self
@@ -380,6 +415,35 @@ impl Follower {
         }
         out.sort_by_key(|l| (l.block_number, l.log_index));
         Ok(out)
+    }
+
+    /// Starts watching the pools that watched factories announce in `logs`.
+    async fn discover(&mut self, logs: &[Log]) -> anyhow::Result<()> {
+        for log in logs {
+            let Some(kind) = self.factories.get(&log.address()).copied() else {
+                continue;
+            };
+            let Some((pool, token0, token1)) = decode_creation(kind, &log.inner) else {
+                tracing::warn!(factory = %log.address(), "factory log is not a pool creation; ignored");
+                continue;
+            };
+            if self.kinds.contains_key(&pool) {
+                continue;
+            }
+            let created = state::Discovered {
+                address: pool,
+                v3: kind == FactoryKind::UniswapV3,
+                token0,
+                token1,
+                created_block: log.block_number.unwrap_or_default(),
+            };
+            state::save_discovered(&self.pool, self.chain.chain_id, &created).await?;
+            self.kinds.insert(pool, kind.creates());
+            self.metadata.pairs.insert(pool, (token0, token1));
+            self.addresses.push(pool);
+            tracing::info!(chain = %self.chain.name, %pool, block = created.created_block, "factory announced a pool; watching it");
+        }
+        Ok(())
     }
 
     /// Decodes and normalises logs; what cannot be becomes a dead letter (topic, reason, raw).
@@ -560,8 +624,17 @@ impl Follower {
                 .collect()
                 .await;
             let splits_before = self.stats.range_splits.load(Ordering::Relaxed);
+            let known_at_fetch = self.addresses.len();
             for ((a, b), logs) in ranges.into_iter().zip(fetched) {
-                let logs = logs?;
+                let mut logs = logs?;
+                // Pools announced in this range or an earlier one of this batch were not in the
+                // filter when the range was fetched: fetch their logs now.
+                self.discover(&logs).await?;
+                if self.addresses.len() > known_at_fetch {
+                    let added = self.addresses[known_at_fetch..].to_vec();
+                    logs.extend(self.logs_in_range_for(&added, a, b).await?);
+                    logs.sort_by_key(|l| (l.block_number, l.log_index));
+                }
                 let times = self.block_times(&logs).await?;
                 let (events, dead) = self.normalize_logs(&logs, &times).await;
                 self.publish(&events, &dead, false, None).await?;
@@ -642,6 +715,19 @@ impl Follower {
             self.http.get_logs(&filter)
         })
         .await?;
+        let known = self.addresses.len();
+        self.discover(&logs).await?;
+        if self.addresses.len() > known {
+            let added = Filter::new()
+                .address(self.addresses[known..].to_vec())
+                .at_block_hash(seen.hash);
+            logs.extend(
+                with_retry("eth_getLogs", self.chain.rpc_url.expose_secret(), || {
+                    self.http.get_logs(&added)
+                })
+                .await?,
+            );
+        }
         logs.sort_by_key(|l| l.log_index);
         let times = HashMap::from([(seen.hash, time.unwrap_or_default())]);
         let (events, dead) = self.normalize_logs(&logs, &times).await;

@@ -228,6 +228,7 @@ pub async fn forget_chain(pool: &PgPool, chain_id: u64) -> anyhow::Result<u64> {
         "ingest_block",
         "ingest_journal",
         "ingest_chain",
+        "ingest_discovered",
         "lending_event",
         "wallet_lending_summary",
         "swap",
@@ -247,4 +248,60 @@ pub async fn forget_chain(pool: &PgPool, chain_id: u64) -> anyhow::Result<u64> {
     }
     tx.commit().await?;
     Ok(deleted)
+}
+
+/// A pool a factory announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub address: alloy_primitives::Address,
+    pub v3: bool,
+    pub token0: alloy_primitives::Address,
+    pub token1: alloy_primitives::Address,
+    pub created_block: u64,
+}
+
+/// Remembers a discovered pool (idempotent).
+pub async fn save_discovered(pool: &PgPool, chain_id: u64, d: &Discovered) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO ingest_discovered (chain_id, address, kind, token0, token1, created_block)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (chain_id, address) DO NOTHING",
+    )
+    .bind(chain_id as i64)
+    .bind(format!("{:#x}", d.address))
+    .bind(if d.v3 {
+        "uniswap_v3_pool"
+    } else {
+        "uniswap_v2_pair"
+    })
+    .bind(format!("{:#x}", d.token0))
+    .bind(format!("{:#x}", d.token1))
+    .bind(d.created_block as i64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The pools discovered so far on `chain_id`.
+pub async fn load_discovered(pool: &PgPool, chain_id: u64) -> anyhow::Result<Vec<Discovered>> {
+    let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+        "SELECT address, kind, token0, token1, created_block FROM ingest_discovered WHERE chain_id = $1 ORDER BY created_block",
+    )
+    .bind(chain_id as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(a, k, t0, t1, b)| {
+            let addr = |t: &str| {
+                t.parse()
+                    .map_err(|e| anyhow::anyhow!("stored address {t} is invalid: {e}"))
+            };
+            Ok(Discovered {
+                address: addr(&a)?,
+                v3: k == "uniswap_v3_pool",
+                token0: addr(&t0)?,
+                token1: addr(&t1)?,
+                created_block: b as u64,
+            })
+        })
+        .collect()
 }
