@@ -331,6 +331,22 @@ async fn reorgs_up_to_64_blocks_are_retracted_and_read_models_equal_a_clean_repl
         assert!(!theirs.is_empty(), "{sql} is empty");
         assert_eq!(ours, theirs, "{sql}");
     }
+    // The API answers from the corrected read models.
+    let schema = chainfold_api::build_schema(pool.clone());
+    let request = format!(
+        "{{ pool(chainId: 31337, address: \"{:#x}\") {{ swapCount }} }}",
+        d.pairs[0]
+    );
+    let response = serde_json::to_value(schema.execute(request.as_str()).await).expect("json");
+    let canonical: i64 = sqlx::query_scalar("SELECT count(*) FROM swap WHERE pool = $1")
+        .bind(format!("{:#x}", d.pairs[0]))
+        .fetch_one(&clean_pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        response["data"]["pool"]["swapCount"], canonical,
+        "{response}"
+    );
     // The retractions are in the log of record: one per orphaned swap, sync and deposit.
     let consumer: BaseConsumer =
         chainfold_platform::kafka::consumer_config(&iso.kafka, &chainfold_testkit::unique("check"))

@@ -638,14 +638,20 @@ impl Follower {
                 let times = self.block_times(&logs).await?;
                 let (events, dead) = self.normalize_logs(&logs, &times).await;
                 self.publish(&events, &dead, false, None).await?;
+                // The checkpoint names the range's last block by number and hash.
+                let (end, _) = self.header(b).await?;
                 state::advance(
                     &self.pool,
                     self.chain.chain_id,
                     b,
-                    None,
+                    Some((end, &[])),
                     self.chain.reorg_window,
                 )
                 .await?;
+                self.window.insert(b, end);
+                self.window = self
+                    .window
+                    .split_off(&b.saturating_sub(self.chain.reorg_window));
                 self.checkpoint = Some(b);
                 self.stats.blocks.fetch_add(b - a + 1, Ordering::Relaxed);
                 bar.inc(b - a + 1);
