@@ -6,6 +6,8 @@
 //!   and `UsdValue` (exact decimal). Money is never `f64`.
 //! - [`envelope`]: `Envelope`, `EventId`, `BlockRef`, `Source`, `DefiEvent` and the event payloads.
 //! - [`topics`]: Kafka topic names, one place.
+//! - [`credit`]: health factor (Aave's formula), shocks, concentration, volatility, and a
+//!   wallet's activity features: the scoring inputs, pure and clock-free.
 //! - [`fold`]: pure functions from events to read-model rows (no clock, I/O or randomness), so a
 //!   replay of the log rebuilds identical read models.
 //!
@@ -13,6 +15,7 @@
 //! services.
 
 pub mod amount;
+pub mod credit;
 pub mod envelope;
 pub mod fold;
 pub mod topics;

@@ -1,0 +1,358 @@
+//! Credit and position features: pure functions over a wallet's history and current holdings
+//! (no clock: "now" is an argument, so a backtest computes the same features a live run did).
+//!
+//! Risk maths here is `f64` on purpose: a health factor or a volatility is an estimate, compared
+//! against thresholds, never booked. Money amounts stay exact in the read models.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::envelope::{DefiEvent, Envelope, LendingAction};
+
+/// One reserve of an account, in whole tokens and one price unit (USD, or ETH as Aave V2's
+/// oracle quotes). `liquidation_threshold` is a fraction (0.825), 0 when the asset is not used
+/// as collateral.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holding {
+    pub symbol: String,
+    pub collateral: f64,
+    pub debt: f64,
+    pub price: f64,
+    pub liquidation_threshold: f64,
+}
+
+/// An account's aggregates, Aave's way.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AccountTotals {
+    /// Σ collateral × price.
+    pub collateral: f64,
+    /// Σ collateral × price × liquidation threshold.
+    pub collateral_x_threshold: f64,
+    /// Σ debt × price.
+    pub debt: f64,
+}
+
+impl AccountTotals {
+    pub fn of(holdings: &[Holding]) -> AccountTotals {
+        holdings.iter().fold(AccountTotals::default(), |mut t, h| {
+            let value = h.collateral * h.price;
+            t.collateral += value;
+            t.collateral_x_threshold += value * h.liquidation_threshold;
+            t.debt += h.debt * h.price;
+            t
+        })
+    }
+
+    /// Aave's health factor: Σ collateral·price·LT / Σ debt·price. `None` without debt (Aave
+    /// reports the maximum uint there: nothing can be liquidated).
+    pub fn health_factor(&self) -> Option<f64> {
+        (self.debt > 0.0).then(|| self.collateral_x_threshold / self.debt)
+    }
+}
+
+/// The health factor after every holding of `symbol` changes price by `shock` (−0.3 = −30%).
+pub fn shocked_health_factor(holdings: &[Holding], symbol: &str, shock: f64) -> Option<f64> {
+    let shocked: Vec<Holding> = holdings
+        .iter()
+        .map(|h| {
+            let mut h = h.clone();
+            if h.symbol == symbol {
+                h.price *= 1.0 + shock;
+            }
+            h
+        })
+        .collect();
+    AccountTotals::of(&shocked).health_factor()
+}
+
+/// Herfindahl–Hirschman index of the collateral value shares: 1 = a single asset, 1/n = n
+/// equal assets; `None` without collateral.
+pub fn collateral_concentration(holdings: &[Holding]) -> Option<f64> {
+    let values: Vec<f64> = holdings
+        .iter()
+        .map(|h| h.collateral * h.price)
+        .filter(|v| *v > 0.0)
+        .collect();
+    let total: f64 = values.iter().sum();
+    (total > 0.0).then(|| values.iter().map(|v| (v / total).powi(2)).sum())
+}
+
+/// Standard deviation of log returns of a price series (per step of the series).
+pub fn volatility(prices: &[f64]) -> Option<f64> {
+    let returns: Vec<f64> = prices
+        .windows(2)
+        .filter(|w| w[0] > 0.0 && w[1] > 0.0)
+        .map(|w| (w[1] / w[0]).ln())
+        .collect();
+    if returns.len() < 2 {
+        return None;
+    }
+    let mean = returns.iter().sum::<f64>() / returns.len() as f64;
+    let var = returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (returns.len() - 1) as f64;
+    Some(var.sqrt())
+}
+
+/// One lending event of a wallet's history, as the features need it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEvent {
+    pub action: LendingAction,
+    pub at: DateTime<Utc>,
+    /// USD at the event (for a liquidation: the debt covered), where known.
+    pub usd: Option<f64>,
+}
+
+impl HistoryEvent {
+    /// The history entry of a lending envelope with a time; `None` for other events.
+    pub fn of(env: &Envelope) -> Option<HistoryEvent> {
+        let at = env.block_time?;
+        let action = env.event.lending_action()?;
+        let usd = match &env.event {
+            DefiEvent::Deposit(f)
+            | DefiEvent::Borrow(f)
+            | DefiEvent::Repay(f)
+            | DefiEvent::Redeem(f) => f.amount_usd(),
+            DefiEvent::Liquidation(l) => l.amount_usd(),
+            _ => None,
+        };
+        Some(HistoryEvent {
+            action,
+            at,
+            usd: usd.and_then(|u| u.0.to_string().parse().ok()),
+        })
+    }
+}
+
+/// Behaviour features of a wallet at `now`, from its history up to `now`. Each is documented
+/// where it is defined; the scorecard turns them into points and reasons.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ActivityFeatures {
+    /// Days from the first event to `now`.
+    pub age_days: f64,
+    /// Days from the last event to `now`.
+    pub recency_days: f64,
+    /// Events per action.
+    pub counts: BTreeMap<LendingAction, u64>,
+    /// USD per action (priced events only).
+    pub usd: BTreeMap<LendingAction, f64>,
+    /// USD repaid / USD borrowed; `None` without borrows.
+    pub repay_to_borrow: Option<f64>,
+    pub liquidations: u64,
+    /// Days since the last liquidation; `None` if never liquidated.
+    pub days_since_liquidation: Option<f64>,
+    /// Debt covered by liquidations, USD.
+    pub liquidated_usd: f64,
+}
+
+/// Computes [`ActivityFeatures`] from the events at or before `now` (later ones are ignored, so
+/// a replay scores each moment with what was known then). `None` without any such event.
+pub fn activity_features(history: &[HistoryEvent], now: DateTime<Utc>) -> Option<ActivityFeatures> {
+    let known: Vec<&HistoryEvent> = history.iter().filter(|e| e.at <= now).collect();
+    let first = known.iter().map(|e| e.at).min()?;
+    let last = known.iter().map(|e| e.at).max()?;
+    let days = |from: DateTime<Utc>| (now - from).num_seconds() as f64 / 86_400.0;
+    let mut f = ActivityFeatures {
+        age_days: days(first),
+        recency_days: days(last),
+        ..ActivityFeatures::default()
+    };
+    let mut last_liquidation = None;
+    for e in &known {
+        *f.counts.entry(e.action).or_default() += 1;
+        if let Some(usd) = e.usd {
+            *f.usd.entry(e.action).or_default() += usd;
+        }
+        if e.action == LendingAction::Liquidation {
+            f.liquidations += 1;
+            f.liquidated_usd += e.usd.unwrap_or(0.0);
+            last_liquidation = Some(last_liquidation.map_or(e.at, |l: DateTime<Utc>| l.max(e.at)));
+        }
+    }
+    let borrowed = f.usd.get(&LendingAction::Borrow).copied().unwrap_or(0.0);
+    let repaid = f.usd.get(&LendingAction::Repay).copied().unwrap_or(0.0);
+    f.repay_to_borrow = (borrowed > 0.0).then(|| repaid / borrowed);
+    f.days_since_liquidation = last_liquidation.map(days);
+    Some(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CRED: &str = include_str!(
+        "../../data/aave-v2-eth-hf-cred-sample/0x01acb3804ba9c42111c6e9c127831eb486ca1ac7.csv"
+    );
+
+    /// The Cred sample's per-reserve columns as holdings (balances are whole tokens, prices in
+    /// ETH, thresholds a fraction or, in some rows, basis points).
+    fn cred_rows() -> Vec<(Vec<Holding>, BTreeMap<String, f64>)> {
+        let mut lines = CRED.lines();
+        let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+        let symbols: Vec<&str> = header
+            .iter()
+            .filter_map(|c| c.strip_suffix("_LiqThreshold"))
+            .collect();
+        lines
+            .map(|line| {
+                let row: BTreeMap<&str, f64> = header
+                    .iter()
+                    .copied()
+                    .zip(line.split(','))
+                    .filter_map(|(k, v)| v.parse::<f64>().ok().map(|v| (k, v)))
+                    .collect();
+                let get = |k: String| row.get(k.as_str()).copied().unwrap_or(0.0);
+                let holdings = symbols
+                    .iter()
+                    .map(|s| {
+                        let lt = get(format!("{s}_LiqThreshold"));
+                        Holding {
+                            symbol: (*s).to_owned(),
+                            collateral: get(format!("a{s}_balance")),
+                            debt: get(format!("variabledebt{s}")) + get(format!("stabledebt{s}")),
+                            price: get(format!("{s}_eth")),
+                            liquidation_threshold: if lt > 1.0 { lt / 10_000.0 } else { lt },
+                        }
+                    })
+                    .collect();
+                let aggregates = [
+                    "sum_total_collateral_eth_x_LT",
+                    "total_collateral_eth",
+                    "total_debt_eth",
+                    "HF",
+                ]
+                .into_iter()
+                .map(|k| (k.to_owned(), get(k.to_owned())))
+                .collect();
+                (holdings, aggregates)
+            })
+            .collect()
+    }
+
+    fn relative(a: f64, b: f64) -> f64 {
+        ((a - b) / b).abs()
+    }
+
+    /// Rows where the source's per-reserve aWETH balance disagrees with its own collateral
+    /// aggregate by more than 1e-5 relative (up to 1.3e-3): in 24 of these 29 the balance column
+    /// is unchanged from the previous weekly snapshot while the aggregate moved, i.e. interest
+    /// accrual reached the aggregate and not the column. Found by this test, kept visible.
+    const CRED_INCONSISTENT_ROWS: [usize; 29] = [
+        16, 20, 37, 38, 39, 40, 41, 45, 46, 47, 48, 49, 50, 51, 52, 53, 58, 62, 63, 64, 65, 66, 67,
+        68, 69, 70, 71, 72, 73,
+    ];
+
+    #[test]
+    fn the_health_factor_formula_reproduces_the_cred_sample_to_1e5_relative() {
+        let rows = cred_rows();
+        assert_eq!(rows.len(), 75);
+        let mut checked = 0;
+        for (index, (holdings, published)) in rows.iter().enumerate() {
+            let totals = AccountTotals::of(holdings);
+            if published["total_debt_eth"] <= 0.0 {
+                assert_eq!(totals.health_factor(), None);
+                continue;
+            }
+            // 1. The formula on the source's own aggregates: every row to 1e-5 (3.2e-6 seen).
+            let from_aggregates = AccountTotals {
+                collateral: published["total_collateral_eth"],
+                collateral_x_threshold: published["sum_total_collateral_eth_x_LT"],
+                debt: published["total_debt_eth"],
+            };
+            let hf = from_aggregates.health_factor().expect("has debt");
+            assert!(relative(hf, published["HF"]) <= 1e-5, "row {index}: {hf}");
+            // 2. From the per-reserve columns (balances × ETH prices × thresholds): the debt in
+            // every row to 1e-5; the HF to 1e-5 in the 45 rows where the source agrees with
+            // itself, and to 1.5e-3 in the others.
+            assert!(
+                relative(totals.debt, published["total_debt_eth"]) <= 1e-5,
+                "row {index}"
+            );
+            let hf = totals.health_factor().expect("has debt");
+            let tolerance = if CRED_INCONSISTENT_ROWS.contains(&index) {
+                1.5e-3
+            } else {
+                1e-5
+            };
+            assert!(
+                relative(hf, published["HF"]) <= tolerance,
+                "row {index}: HF {hf} vs {}",
+                published["HF"]
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 74, "every row with debt");
+    }
+
+    #[test]
+    fn a_collateral_shock_lowers_the_health_factor_proportionally() {
+        let holdings = vec![
+            Holding {
+                symbol: "WETH".into(),
+                collateral: 10.0,
+                debt: 0.0,
+                price: 2000.0,
+                liquidation_threshold: 0.825,
+            },
+            Holding {
+                symbol: "USDC".into(),
+                collateral: 0.0,
+                debt: 12_000.0,
+                price: 1.0,
+                liquidation_threshold: 0.0,
+            },
+        ];
+        let hf = AccountTotals::of(&holdings).health_factor().expect("debt");
+        assert!((hf - 16_500.0 / 12_000.0).abs() < 1e-12);
+        let shocked = shocked_health_factor(&holdings, "WETH", -0.3).expect("debt");
+        assert!((shocked - hf * 0.7).abs() < 1e-12);
+        assert_eq!(collateral_concentration(&holdings), Some(1.0));
+    }
+
+    #[test]
+    fn volatility_is_the_sample_std_of_log_returns() {
+        let v = volatility(&[100.0, 110.0, 99.0, 99.0]).expect("enough points");
+        let r = [(1.1f64).ln(), (0.9f64).ln(), 0.0];
+        let mean = r.iter().sum::<f64>() / 3.0;
+        let expected = (r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+        assert!((v - expected).abs() < 1e-15);
+        assert_eq!(volatility(&[1.0, 2.0]), None);
+    }
+
+    #[test]
+    fn activity_features_only_see_the_past() {
+        let t = |d: i64| DateTime::from_timestamp(d * 86_400, 0).expect("valid");
+        let history = vec![
+            HistoryEvent {
+                action: LendingAction::Deposit,
+                at: t(0),
+                usd: Some(1000.0),
+            },
+            HistoryEvent {
+                action: LendingAction::Borrow,
+                at: t(10),
+                usd: Some(500.0),
+            },
+            HistoryEvent {
+                action: LendingAction::Repay,
+                at: t(20),
+                usd: Some(250.0),
+            },
+            HistoryEvent {
+                action: LendingAction::Liquidation,
+                at: t(30),
+                usd: Some(100.0),
+            },
+        ];
+        let f = activity_features(&history, t(25)).expect("some history");
+        assert_eq!((f.age_days, f.recency_days), (25.0, 5.0));
+        assert_eq!(f.repay_to_borrow, Some(0.5));
+        assert_eq!((f.liquidations, f.days_since_liquidation), (0, None));
+        let later = activity_features(&history, t(40)).expect("some history");
+        assert_eq!(
+            (later.liquidations, later.days_since_liquidation),
+            (1, Some(10.0))
+        );
+        assert_eq!(later.liquidated_usd, 100.0);
+        assert!(activity_features(&history, t(-1)).is_none());
+    }
+}
