@@ -1,5 +1,7 @@
 //! Scoring: wallet credit scores, pool risk signals and lending decisions from ONNX models.
 //!
-//! Deliberately empty until the scoring issue: the crate exists so the workspace layout, the
-//! dependency direction (`domain ← scoring`) and the `chainfold score` role have their place.
-//! Nothing here is called yet.
+//! So far: [`model`], the position model (trained by `scoring/train/`, card in
+//! `scoring/MODEL_CARD.md`) served with `ort`; the scoring worker, scorecard and decisions come
+//! next.
+
+pub mod model;

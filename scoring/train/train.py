@@ -251,7 +251,10 @@ def main():
     metrics["model_sha256"] = digest
 
     # Reference batch: every 97th test row, with onnxruntime's probabilities.
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    # One intra-op thread, as the Rust worker runs it: the tree ensemble sums in a fixed order.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     batch = X[test][::97][:256]
     probs = session.run(["probabilities"], {"X": batch})[0][:, 1]
     skl = model.predict_proba(batch)[:, 1]
