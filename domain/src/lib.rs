@@ -18,6 +18,7 @@ pub mod amount;
 pub mod credit;
 pub mod envelope;
 pub mod fold;
+pub mod scorecard;
 pub mod topics;
 
 pub use alloy_primitives::{Address, B256, U256};

@@ -83,4 +83,40 @@ fn activity_features_of_the_polygon_wallets_match_the_raw_records() {
         never > 0,
         "there are never-liquidated wallets to compare with"
     );
+
+    // The scorecard: the wallet with three liquidations scores below every never-liquidated
+    // wallet of similar activity (event count within a factor of two), and says why.
+    let at_end = |w: &str| {
+        let f = activity_features(
+            &histories[w],
+            chrono::DateTime::from_timestamp(expected[w].2, 0).expect("time"),
+        )
+        .expect("history");
+        chainfold_domain::scorecard::score(&f, None)
+    };
+    let bad = at_end(LIQUIDATED);
+    assert_eq!(bad.reasons[0].code, "LIQUIDATION_HISTORY", "{bad:?}");
+    let size = histories[LIQUIDATED].len();
+    let mut peers = 0;
+    for (wallet, history) in &histories {
+        let liquidated = history
+            .iter()
+            .any(|e| e.action == LendingAction::Liquidation);
+        if liquidated || history.len() * 2 < size || history.len() > size * 2 {
+            continue;
+        }
+        let peer = at_end(wallet);
+        assert!(
+            bad.score < peer.score,
+            "{LIQUIDATED} {} vs {wallet} {}",
+            bad.score,
+            peer.score
+        );
+        peers += 1;
+    }
+    assert!(peers >= 1, "no peer of similar activity");
+    eprintln!(
+        "{LIQUIDATED}: {} ({:?}); {peers} peers all higher",
+        bad.score, bad.band
+    );
 }
