@@ -39,6 +39,9 @@ pub enum Command {
     Rebuild(chainfold_projector::Config),
     /// Print a topic's records readably (partition, offset, key, headers, payload).
     Tail(TailConfig),
+    /// Rescore every wallet on each of its lending events (credit score, band, reasons) into
+    /// Postgres, Redis and chainfold.scores.v1.
+    Score(chainfold_scoring::worker::Config),
     /// Deploy the fixture contracts on a local chain (anvil) and drive recorded activity and
     /// labelled attack scenarios through them as transactions.
     Simulate(chainfold_simulate::SimulateArgs),
@@ -55,6 +58,7 @@ impl Command {
             Command::Rebuild(_) => "rebuild",
             Command::Tail(_) => "tail",
             Command::Simulate(_) => "simulate",
+            Command::Score(_) => "score",
         }
     }
 }
@@ -140,6 +144,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Ingest(IngestCommand::Rpc(args)) => {
             chainfold_ingest::rpc::run(&args, chainfold_platform::shutdown_signal()).await
+        }
+        Command::Score(config) => {
+            let scorer = chainfold_scoring::worker::Scorer::build(config)
+                .await
+                .context("could not start scorer")?;
+            scorer
+                .run_until_stopped(chainfold_platform::shutdown_signal())
+                .await
         }
         Command::Simulate(args) => {
             let summary = chainfold_simulate::run(&args).await?;

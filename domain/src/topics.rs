@@ -13,6 +13,8 @@ pub const ORACLE: &str = "chainfold.oracle.v1";
 /// Chain heads as the live ingest processes them, keyed by chain id (not an event topic: no
 /// DLQ; the projector keeps the last head per chain for finality).
 pub const BLOCKS: &str = "chainfold.blocks.v1";
+/// Wallet credit scores as the scorer computes them, keyed by wallet.
+pub const SCORES: &str = "chainfold.scores.v1";
 /// Suffix of a topic's dead-letter sibling.
 pub const DLQ_SUFFIX: &str = ".dlq";
 

@@ -5,3 +5,4 @@
 //! next.
 
 pub mod model;
+pub mod worker;

@@ -1,0 +1,442 @@
+//! `chainfold score`: a consumer group on the lending topic that rescores a wallet on every
+//! lending event of it.
+//!
+//! Per batch: the lending envelopes are grouped by wallet; the scorer waits until the projector
+//! has folded them (its offsets in `consumer_offset` pass the batch's), reads each wallet's
+//! history from `lending_event` once, and computes one score per event with the features as of
+//! that event's time (so the result does not depend on batch boundaries). Rows go in with
+//! `ON CONFLICT (chain_id, wallet, event_id) DO NOTHING`; Kafka offsets are committed after the
+//! Postgres commit. A crash replays from the last commit and the replay changes nothing.
+//! After the commit: Redis (`<prefix>score:<chain>:<wallet>` hash + a `<prefix>scores` pub/sub
+//! message) and `chainfold.scores.v1` (keyed by wallet).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chainfold_domain::credit::{activity_features, HistoryEvent};
+use chainfold_domain::scorecard::{self, Score};
+use chainfold_domain::{topics, Envelope, LendingAction};
+use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
+use chainfold_platform::kafka;
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+
+use crate::model::PositionModel;
+
+/// `chainfold score` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Consumer group of the scorer.
+    #[arg(
+        long = "group",
+        env = "CHAINFOLD_SCORER_GROUP",
+        default_value = "chainfold-scorer"
+    )]
+    pub group: String,
+    /// The projector's group: the scorer reads a wallet's history once that projector has
+    /// folded the events being scored.
+    #[arg(
+        long = "projector-group",
+        env = "CHAINFOLD_PROJECTOR_GROUP",
+        default_value = "chainfold-projector"
+    )]
+    pub projector_group: String,
+    /// Directory of the position model (its name is the model version).
+    #[arg(
+        long = "model-dir",
+        env = "CHAINFOLD_MODEL_DIR",
+        default_value = "scoring/models/position-v1"
+    )]
+    pub model_dir: PathBuf,
+    /// Static membership id (see `chainfold project --help`); defaults to `<group>@<hostname>`.
+    #[arg(long = "instance-id", env = "CHAINFOLD_SCORER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Most messages scored in one batch.
+    #[arg(
+        long = "batch-size",
+        env = "CHAINFOLD_SCORER_BATCH_SIZE",
+        default_value_t = 2000
+    )]
+    pub batch_size: usize,
+    /// How long to wait for the projector to fold a batch before failing.
+    #[arg(long = "projector-wait", default_value = "60s", value_parser = chainfold_platform::config::parse_duration)]
+    pub projector_wait: Duration,
+}
+
+impl Config {
+    pub fn new(
+        kafka: KafkaArgs,
+        postgres: PostgresArgs,
+        redis: RedisArgs,
+        group: String,
+        projector_group: String,
+        model_dir: PathBuf,
+    ) -> Config {
+        Config {
+            kafka,
+            postgres,
+            redis,
+            group,
+            projector_group,
+            model_dir,
+            instance_id: None,
+            batch_size: 2000,
+            projector_wait: Duration::from_secs(60),
+        }
+    }
+
+    fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".to_owned());
+            format!("{}@{host}", self.group)
+        })
+    }
+}
+
+/// What a batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub received: u64,
+    /// Score rows newly stored.
+    pub scored: u64,
+    /// Messages that were not scorable lending events (no time, not lending, undecodable).
+    pub skipped: u64,
+}
+
+/// A running scorer.
+pub struct Scorer {
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+    pool: PgPool,
+    redis: redis::aio::ConnectionManager,
+    model: PositionModel,
+    config: Config,
+    lending_topic: String,
+    scores_topic: String,
+}
+
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scorer")
+            .field("group", &self.config.group)
+            .finish()
+    }
+}
+
+struct Trigger {
+    env: Envelope,
+    event: HistoryEvent,
+    partition: i32,
+    offset: i64,
+}
+
+impl Scorer {
+    pub async fn build(config: Config) -> anyhow::Result<Scorer> {
+        let model = PositionModel::load(&config.model_dir)?;
+        let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
+        let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
+        let topics = config.kafka.topics();
+        let scores_topic = format!("{}{}", config.kafka.topic_prefix, topics::SCORES);
+        let mut all = topics.all();
+        all.push(scores_topic.clone());
+        kafka::ensure_topics(&config.kafka, &all).await?;
+        let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &config.group)
+            .set("group.instance.id", config.instance_id())
+            .create()
+            .context("could not create Kafka consumer")?;
+        consumer
+            .subscribe(&[topics.lending.as_str()])
+            .context("could not subscribe to the lending topic")?;
+        let producer = kafka::producer(&config.kafka)?;
+        tracing::info!(group = %config.group, model = %model.version, sha256 = %model.sha256, "scorer subscribed");
+        Ok(Scorer {
+            consumer,
+            producer,
+            pool,
+            redis,
+            model,
+            lending_topic: topics.lending,
+            scores_topic,
+            config,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Receives up to `batch_size` messages (waiting at most `idle` for the first), scores them and
+    /// commits. `received == 0` means nothing arrived.
+    pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<Outcome> {
+        let mut messages = Vec::new();
+        let deadline = Instant::now() + idle;
+        while messages.len() < self.config.batch_size {
+            let wait = if messages.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_millis(20)
+            };
+            match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    messages.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)))
+                }
+                Ok(Err(err)) => return Err(err).context("could not read from Kafka"),
+                Err(_) => break,
+            }
+        }
+        let mut outcome = Outcome {
+            received: messages.len() as u64,
+            ..Outcome::default()
+        };
+        if messages.is_empty() {
+            return Ok(outcome);
+        }
+        let mut triggers: Vec<Trigger> = Vec::new();
+        let mut max_offset: BTreeMap<i32, i64> = BTreeMap::new();
+        for (partition, offset, payload) in &messages {
+            let entry = max_offset.entry(*partition).or_insert(*offset);
+            *entry = (*entry).max(*offset);
+            let parsed = payload
+                .as_deref()
+                .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
+                .filter(|env| !env.retracted);
+            match parsed.and_then(|env| HistoryEvent::of(&env).map(|event| (env, event))) {
+                Some((env, event)) => triggers.push(Trigger {
+                    env,
+                    event,
+                    partition: *partition,
+                    offset: *offset,
+                }),
+                None => outcome.skipped += 1,
+            }
+        }
+        let projector = self.wait_for_projector(&max_offset).await?;
+        outcome.scored = self.score_and_store(&triggers, &projector).await?;
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in &max_offset {
+            tpl.add_partition_offset(&self.lending_topic, *partition, Offset::Offset(offset + 1))
+                .context("commit list")?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .context("could not commit Kafka offsets")?;
+        Ok(outcome)
+    }
+
+    /// Waits until the projector's stored offsets pass every offset of the batch; returns them.
+    async fn wait_for_projector(
+        &self,
+        max_offset: &BTreeMap<i32, i64>,
+    ) -> anyhow::Result<HashMap<i32, i64>> {
+        let started = Instant::now();
+        loop {
+            let rows: Vec<(i32, i64)> = sqlx::query_as(
+                "SELECT partition_id, next_offset FROM consumer_offset WHERE group_id = $1 AND topic = $2",
+            )
+            .bind(&self.config.projector_group)
+            .bind(&self.lending_topic)
+            .fetch_all(&self.pool)
+            .await?;
+            let folded: HashMap<i32, i64> = rows.into_iter().collect();
+            if max_offset
+                .iter()
+                .all(|(p, o)| folded.get(p).is_some_and(|next| next > o))
+            {
+                return Ok(folded);
+            }
+            anyhow::ensure!(
+                started.elapsed() < self.config.projector_wait,
+                "the projector (group {}) has not folded the events being scored after {:?}: is it running?",
+                self.config.projector_group,
+                self.config.projector_wait
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn history(&self, chain_id: u64, wallet: &str) -> anyhow::Result<Vec<HistoryEvent>> {
+        let rows: Vec<(String, Option<DateTime<Utc>>, Option<bigdecimal::BigDecimal>)> = sqlx::query_as(
+            "SELECT action, block_time, amount_usd FROM lending_event WHERE chain_id = $1 AND wallet = $2",
+        )
+        .bind(chain_id as i64)
+        .bind(wallet)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(action, at, usd)| {
+                Some(HistoryEvent {
+                    action: LendingAction::parse(&action)?,
+                    at: at?,
+                    usd: usd.and_then(|u| u.to_string().parse().ok()),
+                })
+            })
+            .collect())
+    }
+
+    async fn score_and_store(
+        &mut self,
+        triggers: &[Trigger],
+        projector: &HashMap<i32, i64>,
+    ) -> anyhow::Result<u64> {
+        let mut by_wallet: BTreeMap<(u64, String), Vec<&Trigger>> = BTreeMap::new();
+        for t in triggers {
+            by_wallet
+                .entry((t.env.chain_id, format!("{:#x}", t.env.partition_key())))
+                .or_default()
+                .push(t);
+        }
+        let mut rows: Vec<(u64, String, &Trigger, Score)> = Vec::new();
+        for ((chain, wallet), list) in &by_wallet {
+            let history = self.history(*chain, wallet).await?;
+            for t in list {
+                if let Some(features) = activity_features(&history, t.event.at) {
+                    // The position model needs the wallet's current holdings and their price
+                    // paths; until the scorer folds those, the risk term is left out (None).
+                    rows.push((
+                        *chain,
+                        wallet.clone(),
+                        *t,
+                        scorecard::score(&features, None),
+                    ));
+                }
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut stored = Vec::new();
+        for (chain, wallet, t, s) in &rows {
+            let inserted: Option<i64> = sqlx::query_scalar(
+                r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
+                    reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
+                    kafka_partition, kafka_offset, projector_next_offset, block_number)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                   ON CONFLICT (chain_id, wallet, event_id) DO NOTHING
+                   RETURNING id"#,
+            )
+            .bind(*chain as i64)
+            .bind(wallet)
+            .bind(s.score)
+            .bind(serde_json::to_value(s.band)?.as_str().unwrap_or_default().to_owned())
+            .bind(s.probability_of_liquidation)
+            .bind(serde_json::to_value(&s.reasons)?)
+            .bind(&self.model.version)
+            .bind(&self.model.sha256)
+            .bind(t.event.at)
+            .bind(t.env.event_id.to_string())
+            .bind(&self.lending_topic)
+            .bind(t.partition)
+            .bind(t.offset)
+            .bind(projector.get(&t.partition).copied().unwrap_or_default())
+            .bind(t.env.block.map(|b| b.number as i64))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if inserted.is_some() {
+                stored.push((chain, wallet, t, s));
+            }
+        }
+        tx.commit().await?;
+        // After the commit: cache, pub/sub and the scores topic (rebuildable from Postgres).
+        let mut pipe = redis::pipe();
+        let mut deliveries = Vec::new();
+        for (chain, wallet, t, s) in &stored {
+            let message = serde_json::json!({
+                "chainId": chain, "wallet": wallet, "score": s.score, "band": s.band,
+                "probabilityOfLiquidation": s.probability_of_liquidation, "reasons": s.reasons,
+                "modelVersion": self.model.version, "modelSha256": self.model.sha256,
+                "computedAt": t.event.at, "eventId": t.env.event_id.to_string(),
+                "provenance": {"topic": self.lending_topic, "partition": t.partition, "offset": t.offset,
+                               "blockNumber": t.env.block.map(|b| b.number)},
+            });
+            let key = format!("{}score:{chain}:{wallet}", self.config.redis.prefix);
+            pipe.hset_multiple(
+                &key,
+                &[
+                    ("score", s.score.to_string()),
+                    ("band", format!("{:?}", s.band)),
+                    ("json", message.to_string()),
+                ],
+            )
+            .ignore();
+            pipe.publish(
+                format!("{}scores", self.config.redis.prefix),
+                message.to_string(),
+            )
+            .ignore();
+            let payload = message.to_string();
+            deliveries.push(
+                self.producer
+                    .send_result(
+                        FutureRecord::to(&self.scores_topic)
+                            .key(wallet.as_str())
+                            .payload(&payload),
+                    )
+                    .map_err(|(e, _)| e)
+                    .context("could not enqueue a score")?,
+            );
+        }
+        if let Err(err) = pipe.query_async::<()>(&mut self.redis).await {
+            tracing::warn!(%err, "could not update the Redis score cache");
+        }
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((err, _))) => return Err(err).context("the broker rejected a score"),
+                Err(_) => anyhow::bail!("producer dropped before a score was acknowledged"),
+            }
+        }
+        Ok(stored.len() as u64)
+    }
+
+    /// Scores until a batch arrives empty after `idle` (tests, backfills). The first batch
+    /// waits up to 30 s: joining the group (and taking over a restarted member's partitions)
+    /// comes first.
+    pub async fn run_until_idle(&mut self, idle: Duration) -> anyhow::Result<Outcome> {
+        let mut total = Outcome::default();
+        let mut wait = idle.max(Duration::from_secs(30));
+        loop {
+            let o = self.process_batch(wait).await?;
+            wait = idle;
+            if o.received == 0 {
+                return Ok(total);
+            }
+            total.received += o.received;
+            total.scored += o.scored;
+            total.skipped += o.skipped;
+        }
+    }
+
+    /// Scores until `shutdown` resolves.
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                outcome = self.process_batch(Duration::from_millis(500)) => {
+                    let o = outcome?;
+                    if o.scored > 0 {
+                        tracing::debug!(scored = o.scored, "batch scored");
+                    }
+                }
+            }
+        }
+    }
+}
