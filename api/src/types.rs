@@ -117,6 +117,108 @@ pub fn page_size(first: Option<i32>, default: i32) -> Result<i64, ApiError> {
     Ok(i64::from(first))
 }
 
+/// Score bands.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ScoreBand {
+    Excellent,
+    Good,
+    Fair,
+    Poor,
+    VeryPoor,
+}
+
+/// One signed reason of a score.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct ScoreReason {
+    /// LIQUIDATION_RISK, LIQUIDATION_HISTORY, REPAYMENT, HISTORY_LENGTH, INACTIVE, DEPOSIT_VOLUME.
+    pub code: String,
+    pub description: String,
+    /// Points this reason adds to (or takes from) the base of 600.
+    pub impact: f64,
+}
+
+/// A wallet's credit score as computed at one of its events (see `scoring/MODEL_CARD.md` and
+/// `domain/src/scorecard.rs`).
+#[derive(SimpleObject, Debug, Clone)]
+pub struct CreditScore {
+    /// 300–850.
+    pub score: i32,
+    pub band: ScoreBand,
+    /// P(liquidation within 30 days) of the wallet's position; null until the scorer serves the
+    /// position model (today's scores are behaviour-only).
+    pub probability_of_default: Option<f64>,
+    /// Largest |impact| first.
+    pub reasons: Vec<ScoreReason>,
+    pub model_version: String,
+    pub model_sha256: String,
+    /// The triggering event's time: the "now" of the features.
+    pub computed_at: Option<DateTime<Utc>>,
+    /// Provenance: the event that triggered the score and where it sits in Kafka and on chain.
+    pub event_id: String,
+    pub kafka_topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    pub block_number: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ScoreRow {
+    id: i64,
+    score: i32,
+    band: String,
+    probability_of_liquidation: Option<f64>,
+    reasons: serde_json::Value,
+    model_version: String,
+    model_sha256: String,
+    computed_at: Option<DateTime<Utc>>,
+    event_id: String,
+    kafka_topic: String,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    block_number: Option<i64>,
+}
+
+const SCORE_COLUMNS: &str = "id, score, band, probability_of_liquidation, reasons, model_version, model_sha256, computed_at, event_id, kafka_topic, kafka_partition, kafka_offset, block_number";
+
+impl From<ScoreRow> for CreditScore {
+    fn from(row: ScoreRow) -> Self {
+        let band = match row.band.as_str() {
+            "EXCELLENT" => ScoreBand::Excellent,
+            "GOOD" => ScoreBand::Good,
+            "FAIR" => ScoreBand::Fair,
+            "POOR" => ScoreBand::Poor,
+            _ => ScoreBand::VeryPoor,
+        };
+        let reasons = row
+            .reasons
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|r| ScoreReason {
+                        code: r["code"].as_str().unwrap_or_default().to_owned(),
+                        description: r["description"].as_str().unwrap_or_default().to_owned(),
+                        impact: r["impact"].as_f64().unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        CreditScore {
+            score: row.score,
+            band,
+            probability_of_default: row.probability_of_liquidation,
+            reasons,
+            model_version: row.model_version,
+            model_sha256: row.model_sha256,
+            computed_at: row.computed_at,
+            event_id: row.event_id,
+            kafka_topic: row.kafka_topic,
+            kafka_partition: row.kafka_partition,
+            kafka_offset: row.kafka_offset,
+            block_number: row.block_number,
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct EventRow {
     event_id: String,
@@ -133,6 +235,55 @@ struct EventRow {
 
 #[ComplexObject]
 impl Wallet {
+    /// The latest credit score (`chainfold score`), or null if the wallet was not scored.
+    async fn credit_score(&self, ctx: &Context<'_>) -> ApiResult<Option<CreditScore>> {
+        let pool = ctx.data_unchecked::<PgPool>();
+        let row: Option<ScoreRow> = sqlx::query_as(&format!(
+            "SELECT {SCORE_COLUMNS} FROM credit_score WHERE chain_id = $1 AND wallet = $2 ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(self.chain_id)
+        .bind(&self.address)
+        .fetch_optional(pool)
+        .await
+        .map_err(gql)?;
+        Ok(row.map(CreditScore::from))
+    }
+
+    /// Every score the wallet has had, newest first, Relay-paginated.
+    async fn score_history(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Connection<String, CreditScore, EmptyFields, EmptyFields>> {
+        let limit = page_size(first, 10).map_err(gql)?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        let after_id = match after.as_deref() {
+            None => None,
+            Some(cursor) => Some(split_cursor(cursor).map_err(gql)?.0),
+        };
+        let rows: Vec<ScoreRow> = sqlx::query_as(&format!(
+            "SELECT {SCORE_COLUMNS} FROM credit_score WHERE chain_id = $1 AND wallet = $2
+               AND ($3::int8 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(self.chain_id)
+        .bind(&self.address)
+        .bind(after_id)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await
+        .map_err(gql)?;
+        let has_next = rows.len() as i64 > limit;
+        let mut connection = Connection::new(after.is_some(), has_next);
+        for row in rows.into_iter().take(limit as usize) {
+            let cursor = encode_cursor(&format!("{}|", row.id));
+            connection
+                .edges
+                .push(Edge::new(cursor, CreditScore::from(row)));
+        }
+        Ok(connection)
+    }
+
     /// The wallet's lending events, newest first, Relay-paginated.
     async fn events(
         &self,
