@@ -6,8 +6,8 @@ use sqlx::PgPool;
 
 use crate::error::{gql, ApiError, ApiResult};
 use crate::types::{
-    encode_cursor as cursor_of, page_size, split_cursor, LendingAction, LendingSummary, Pool,
-    PoolOrderBy, Wallet,
+    encode_cursor as cursor_of, page_size, split_cursor, IdentityScore, LendingAction,
+    LendingSummary, Pool, PoolOrderBy, Wallet,
 };
 
 /// The chainfold schema.
@@ -131,6 +131,57 @@ impl QueryRoot {
             first_activity_at,
             last_activity_at,
         }))
+    }
+
+    /// The credit score of an identity: a set of addresses scored as one wallet (their lending
+    /// histories merged), computed on request as of the identity's latest event. No proof of
+    /// common ownership is asked yet. At most 50 addresses; `null` when none has history.
+    async fn identity_score(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: i64,
+        addresses: Vec<String>,
+    ) -> ApiResult<Option<IdentityScore>> {
+        if addresses.is_empty() || addresses.len() > 50 {
+            return Err(gql(crate::error::ApiError::BadUserInput(format!(
+                "an identity is 1 to 50 addresses, got {}",
+                addresses.len()
+            ))));
+        }
+        let mut parsed = Vec::with_capacity(addresses.len());
+        for a in &addresses {
+            parsed.push(parse_address(a).map_err(gql)?);
+        }
+        parsed.sort();
+        parsed.dedup();
+        let pool = ctx.data_unchecked::<PgPool>();
+        let rows: Vec<(String, Option<chrono::DateTime<chrono::Utc>>, Option<bigdecimal::BigDecimal>)> =
+            sqlx::query_as(
+                "SELECT action, block_time, amount_usd FROM lending_event WHERE chain_id = $1 AND wallet = ANY($2)",
+            )
+            .bind(chain_id)
+            .bind(&parsed)
+            .fetch_all(pool)
+            .await
+            .map_err(gql)?;
+        let history: Vec<chainfold_domain::credit::HistoryEvent> = rows
+            .into_iter()
+            .filter_map(|(action, at, usd)| {
+                Some(chainfold_domain::credit::HistoryEvent {
+                    action: chainfold_domain::LendingAction::parse(&action)?,
+                    at: at?,
+                    usd: usd.and_then(|u| u.to_string().parse().ok()),
+                })
+            })
+            .collect();
+        let Some(now) = history.iter().map(|e| e.at).max() else {
+            return Ok(None);
+        };
+        let Some(features) = chainfold_domain::credit::activity_features(&history, now) else {
+            return Ok(None);
+        };
+        let score = chainfold_domain::scorecard::score(&features, None);
+        Ok(Some(IdentityScore::new(parsed, score, now)))
     }
 
     /// A pool's swap summary; `null` when chainfold has seen no swap through it.

@@ -161,6 +161,52 @@ pub struct CreditScore {
     pub block_number: Option<i64>,
 }
 
+/// A set of addresses scored as one wallet, on request.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct IdentityScore {
+    /// The identity's addresses, lowercase, sorted, without duplicates.
+    pub addresses: Vec<String>,
+    pub score: i32,
+    pub band: ScoreBand,
+    pub reasons: Vec<ScoreReason>,
+    /// The identity's latest event: the "now" of the features.
+    pub computed_at: DateTime<Utc>,
+    /// The scorecard that computed it (behaviour only, like the stored scores today).
+    pub scorecard_version: String,
+}
+
+impl IdentityScore {
+    pub fn new(
+        addresses: Vec<String>,
+        score: chainfold_domain::scorecard::Score,
+        at: DateTime<Utc>,
+    ) -> Self {
+        use chainfold_domain::scorecard::Band;
+        IdentityScore {
+            addresses,
+            score: score.score,
+            band: match score.band {
+                Band::Excellent => ScoreBand::Excellent,
+                Band::Good => ScoreBand::Good,
+                Band::Fair => ScoreBand::Fair,
+                Band::Poor => ScoreBand::Poor,
+                Band::VeryPoor => ScoreBand::VeryPoor,
+            },
+            reasons: score
+                .reasons
+                .into_iter()
+                .map(|r| ScoreReason {
+                    code: r.code,
+                    description: r.description,
+                    impact: r.impact,
+                })
+                .collect(),
+            computed_at: at,
+            scorecard_version: "scorecard-v1".into(),
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct ScoreRow {
     id: i64,
