@@ -16,6 +16,7 @@
 
 pub mod amount;
 pub mod credit;
+pub mod decision;
 pub mod envelope;
 pub mod fold;
 pub mod scorecard;
