@@ -356,3 +356,102 @@ mod tests {
         assert!(activity_features(&history, t(-1)).is_none());
     }
 }
+
+/// An off-chain signal about a wallet (`chainfold.attestations.v1`, keyed by wallet): a KYC
+/// level, an off-chain credit bureau's view, a DAO's reputation. It enters the features only
+/// while valid (`issued_at ≤ t < expires_at`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Attestation {
+    pub schema_version: u16,
+    pub chain_id: u64,
+    pub wallet: alloy_primitives::Address,
+    /// What is attested, e.g. `kyc`, `bureau_score`.
+    pub kind: String,
+    /// The issuer's signed assessment in [−1, 1]: −1 strongly negative, 1 strongly positive.
+    pub value: f64,
+    pub issuer: String,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Why an attestation is ignored (counted by the scorer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AttestationIssue {
+    Malformed,
+    Expired,
+}
+
+impl Attestation {
+    /// Checks the fields that make an attestation usable at all.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.schema_version != crate::SCHEMA_VERSION {
+            return Err(format!(
+                "unsupported schema version {}",
+                self.schema_version
+            ));
+        }
+        if self.kind.trim().is_empty() || self.issuer.trim().is_empty() {
+            return Err("kind and issuer must not be empty".into());
+        }
+        if !self.value.is_finite() || !(-1.0..=1.0).contains(&self.value) {
+            return Err(format!("value must be in [-1, 1], got {}", self.value));
+        }
+        if self.expires_at <= self.issued_at {
+            return Err("expires_at must be after issued_at".into());
+        }
+        Ok(())
+    }
+
+    pub fn active_at(&self, t: DateTime<Utc>) -> bool {
+        self.issued_at <= t && t < self.expires_at
+    }
+
+    /// Deterministic identity: the same attestation published twice is one.
+    pub fn id(&self) -> crate::EventId {
+        crate::EventId::of_record(
+            self.chain_id,
+            "attestation",
+            &format!(
+                "{:#x}|{}|{}|{}",
+                self.wallet,
+                self.issuer,
+                self.kind,
+                self.issued_at.timestamp_micros()
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod attestation_tests {
+    use super::*;
+
+    fn attestation(value: f64, from: i64, to: i64) -> Attestation {
+        Attestation {
+            schema_version: crate::SCHEMA_VERSION,
+            chain_id: 137,
+            wallet: alloy_primitives::Address::repeat_byte(1),
+            kind: "kyc".into(),
+            value,
+            issuer: "issuer-a".into(),
+            issued_at: DateTime::from_timestamp(from, 0).expect("time"),
+            expires_at: DateTime::from_timestamp(to, 0).expect("time"),
+        }
+    }
+
+    #[test]
+    fn validity_and_activity() {
+        let a = attestation(0.5, 100, 200);
+        assert!(a.validate().is_ok());
+        assert!(a.active_at(DateTime::from_timestamp(150, 0).expect("time")));
+        assert!(!a.active_at(DateTime::from_timestamp(200, 0).expect("time")));
+        assert!(attestation(1.5, 100, 200).validate().is_err());
+        assert!(attestation(0.5, 200, 100).validate().is_err());
+        assert!(attestation(f64::NAN, 100, 200).validate().is_err());
+        assert_eq!(
+            a.id(),
+            attestation(0.9, 100, 300).id(),
+            "one attestation per wallet, issuer, kind and time"
+        );
+    }
+}

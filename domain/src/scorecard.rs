@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::credit::ActivityFeatures;
+use crate::credit::{ActivityFeatures, Attestation};
 use crate::envelope::LendingAction;
 
 pub const BASE: f64 = 600.0;
@@ -57,7 +57,27 @@ pub struct Score {
 /// Scores a wallet from its activity features and, when it has debt, the position model's
 /// probability of liquidation within 30 days.
 pub fn score(activity: &ActivityFeatures, probability_of_liquidation: Option<f64>) -> Score {
+    score_with(activity, probability_of_liquidation, &[])
+}
+
+/// [`score`] with the off-chain attestations valid at the features' time: each adds 50 × its
+/// value (in [−1, 1]) as an `ATTESTATION` reason; together at most ±100.
+pub fn score_with(
+    activity: &ActivityFeatures,
+    probability_of_liquidation: Option<f64>,
+    attestations: &[&Attestation],
+) -> Score {
     let mut reasons = Vec::new();
+    let mut budget = 100.0_f64;
+    for a in attestations {
+        let impact = (50.0 * a.value).clamp(-budget, budget);
+        budget -= impact.abs();
+        reasons.push(Reason {
+            code: "ATTESTATION".into(),
+            description: format!("{} from {} ({:+.2})", a.kind, a.issuer, a.value),
+            impact,
+        });
+    }
     // Position: −300 points per unit of probability above 10% (+30 at 0%): the model's view of
     // the next 30 days dominates everything else.
     if let Some(p) = probability_of_liquidation {

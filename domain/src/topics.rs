@@ -15,6 +15,8 @@ pub const ORACLE: &str = "chainfold.oracle.v1";
 pub const BLOCKS: &str = "chainfold.blocks.v1";
 /// Wallet credit scores as the scorer computes them, keyed by wallet.
 pub const SCORES: &str = "chainfold.scores.v1";
+/// Off-chain attestations about wallets, keyed by wallet.
+pub const ATTESTATIONS: &str = "chainfold.attestations.v1";
 /// Suffix of a topic's dead-letter sibling.
 pub const DLQ_SUFFIX: &str = ".dlq";
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chainfold_domain::credit::{activity_features, HistoryEvent};
+use chainfold_domain::credit::{activity_features, Attestation, HistoryEvent};
 use chainfold_domain::scorecard::{self, Score};
 use chainfold_domain::{topics, Envelope, LendingAction};
 use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
@@ -117,6 +117,10 @@ pub struct Outcome {
     pub scored: u64,
     /// Messages that were not scorable lending events (no time, not lending, undecodable).
     pub skipped: u64,
+    /// Attestations ignored: malformed ones (never stored) …
+    pub attestations_malformed: u64,
+    /// … and stored ones that had expired at the time a score was computed.
+    pub attestations_expired: u64,
 }
 
 /// A running scorer.
@@ -128,6 +132,7 @@ pub struct Scorer {
     model: PositionModel,
     config: Config,
     lending_topic: String,
+    attestations_topic: String,
     scores_topic: String,
 }
 
@@ -139,11 +144,16 @@ impl std::fmt::Debug for Scorer {
     }
 }
 
+/// What a score row is computed for: a lending event or an attestation of the wallet.
 struct Trigger {
-    env: Envelope,
-    event: HistoryEvent,
+    chain_id: u64,
+    wallet: String,
+    event_id: String,
+    at: DateTime<Utc>,
+    topic: String,
     partition: i32,
     offset: i64,
+    block_number: Option<i64>,
 }
 
 impl Scorer {
@@ -153,16 +163,18 @@ impl Scorer {
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
         let topics = config.kafka.topics();
         let scores_topic = format!("{}{}", config.kafka.topic_prefix, topics::SCORES);
+        let attestations_topic = format!("{}{}", config.kafka.topic_prefix, topics::ATTESTATIONS);
         let mut all = topics.all();
         all.push(scores_topic.clone());
+        all.push(attestations_topic.clone());
         kafka::ensure_topics(&config.kafka, &all).await?;
         let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &config.group)
             .set("group.instance.id", config.instance_id())
             .create()
             .context("could not create Kafka consumer")?;
         consumer
-            .subscribe(&[topics.lending.as_str()])
-            .context("could not subscribe to the lending topic")?;
+            .subscribe(&[topics.lending.as_str(), attestations_topic.as_str()])
+            .context("could not subscribe to the lending and attestation topics")?;
         let producer = kafka::producer(&config.kafka)?;
         tracing::info!(group = %config.group, model = %model.version, sha256 = %model.sha256, "scorer subscribed");
         Ok(Scorer {
@@ -172,6 +184,7 @@ impl Scorer {
             redis,
             model,
             lending_topic: topics.lending,
+            attestations_topic,
             scores_topic,
             config,
         })
@@ -193,9 +206,12 @@ impl Scorer {
                 Duration::from_millis(20)
             };
             match tokio::time::timeout(wait, self.consumer.recv()).await {
-                Ok(Ok(m)) => {
-                    messages.push((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)))
-                }
+                Ok(Ok(m)) => messages.push((
+                    m.topic().to_owned(),
+                    m.partition(),
+                    m.offset(),
+                    m.payload().map(<[u8]>::to_vec),
+                )),
                 Ok(Err(err)) => return Err(err).context("could not read from Kafka"),
                 Err(_) => break,
             }
@@ -208,8 +224,42 @@ impl Scorer {
             return Ok(outcome);
         }
         let mut triggers: Vec<Trigger> = Vec::new();
+        // Lending offsets only: the projector does not fold attestations.
         let mut max_offset: BTreeMap<i32, i64> = BTreeMap::new();
-        for (partition, offset, payload) in &messages {
+        let mut commit: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut attestations = Vec::new();
+        for (topic, partition, offset, payload) in &messages {
+            let next = commit.entry((topic.clone(), *partition)).or_insert(*offset);
+            *next = (*next).max(*offset);
+            if *topic == self.attestations_topic {
+                let parsed = payload
+                    .as_deref()
+                    .ok_or_else(|| "empty record".to_owned())
+                    .and_then(|p| {
+                        serde_json::from_slice::<Attestation>(p).map_err(|e| e.to_string())
+                    })
+                    .and_then(|a| a.validate().map(|()| a));
+                match parsed {
+                    Ok(a) => {
+                        triggers.push(Trigger {
+                            chain_id: a.chain_id,
+                            wallet: format!("{:#x}", a.wallet),
+                            event_id: a.id().to_string(),
+                            at: a.issued_at,
+                            topic: topic.clone(),
+                            partition: *partition,
+                            offset: *offset,
+                            block_number: None,
+                        });
+                        attestations.push((a, *partition, *offset));
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%reason, partition, offset, "attestation ignored: malformed");
+                        outcome.attestations_malformed += 1;
+                    }
+                }
+                continue;
+            }
             let entry = max_offset.entry(*partition).or_insert(*offset);
             *entry = (*entry).max(*offset);
             let parsed = payload
@@ -218,19 +268,26 @@ impl Scorer {
                 .filter(|env| !env.retracted);
             match parsed.and_then(|env| HistoryEvent::of(&env).map(|event| (env, event))) {
                 Some((env, event)) => triggers.push(Trigger {
-                    env,
-                    event,
+                    chain_id: env.chain_id,
+                    wallet: format!("{:#x}", env.partition_key()),
+                    event_id: env.event_id.to_string(),
+                    at: event.at,
+                    topic: topic.clone(),
                     partition: *partition,
                     offset: *offset,
+                    block_number: env.block.map(|b| b.number as i64),
                 }),
                 None => outcome.skipped += 1,
             }
         }
+        self.store_attestations(&attestations).await?;
         let projector = self.wait_for_projector(&max_offset).await?;
-        outcome.scored = self.score_and_store(&triggers, &projector).await?;
+        let (scored, expired) = self.score_and_store(&triggers, &projector).await?;
+        outcome.scored = scored;
+        outcome.attestations_expired = expired;
         let mut tpl = TopicPartitionList::new();
-        for (partition, offset) in &max_offset {
-            tpl.add_partition_offset(&self.lending_topic, *partition, Offset::Offset(offset + 1))
+        for ((topic, partition), offset) in &commit {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
                 .context("commit list")?;
         }
         self.consumer
@@ -270,6 +327,53 @@ impl Scorer {
         }
     }
 
+    /// Stores valid attestations (idempotent by their id) before the scores that use them.
+    async fn store_attestations(&self, list: &[(Attestation, i32, i64)]) -> anyhow::Result<()> {
+        for (a, partition, offset) in list {
+            sqlx::query(
+                "INSERT INTO attestation (id, chain_id, wallet, kind, value, issuer, issued_at, expires_at, kafka_partition, kafka_offset)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(a.id().to_string())
+            .bind(a.chain_id as i64)
+            .bind(format!("{:#x}", a.wallet))
+            .bind(&a.kind)
+            .bind(a.value)
+            .bind(&a.issuer)
+            .bind(a.issued_at)
+            .bind(a.expires_at)
+            .bind(*partition)
+            .bind(*offset)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn attestations(&self, chain_id: u64, wallet: &str) -> anyhow::Result<Vec<Attestation>> {
+        let rows: Vec<(String, f64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT kind, value, issuer, issued_at, expires_at FROM attestation WHERE chain_id = $1 AND wallet = $2 ORDER BY issued_at, id",
+        )
+        .bind(chain_id as i64)
+        .bind(wallet)
+        .fetch_all(&self.pool)
+        .await?;
+        let address = wallet.parse().unwrap_or_default();
+        Ok(rows
+            .into_iter()
+            .map(|(kind, value, issuer, issued_at, expires_at)| Attestation {
+                schema_version: chainfold_domain::SCHEMA_VERSION,
+                chain_id,
+                wallet: address,
+                kind,
+                value,
+                issuer,
+                issued_at,
+                expires_at,
+            })
+            .collect())
+    }
+
     async fn history(&self, chain_id: u64, wallet: &str) -> anyhow::Result<Vec<HistoryEvent>> {
         let rows: Vec<(String, Option<DateTime<Utc>>, Option<bigdecimal::BigDecimal>)> = sqlx::query_as(
             "SELECT action, block_time, amount_usd FROM lending_event WHERE chain_id = $1 AND wallet = $2",
@@ -294,28 +398,37 @@ impl Scorer {
         &mut self,
         triggers: &[Trigger],
         projector: &HashMap<i32, i64>,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<(u64, u64)> {
         let mut by_wallet: BTreeMap<(u64, String), Vec<&Trigger>> = BTreeMap::new();
         for t in triggers {
             by_wallet
-                .entry((t.env.chain_id, format!("{:#x}", t.env.partition_key())))
+                .entry((t.chain_id, t.wallet.clone()))
                 .or_default()
                 .push(t);
         }
+        let mut expired = 0;
         let mut rows: Vec<(u64, String, &Trigger, Score)> = Vec::new();
         for ((chain, wallet), list) in &by_wallet {
             let history = self.history(*chain, wallet).await?;
+            let attested = self.attestations(*chain, wallet).await?;
             for t in list {
-                if let Some(features) = activity_features(&history, t.event.at) {
-                    // The position model needs the wallet's current holdings and their price
-                    // paths; until the scorer folds those, the risk term is left out (None).
-                    rows.push((
-                        *chain,
-                        wallet.clone(),
-                        *t,
-                        scorecard::score(&features, None),
-                    ));
-                }
+                let Some(features) = activity_features(&history, t.at) else {
+                    continue;
+                };
+                let active: Vec<&Attestation> =
+                    attested.iter().filter(|a| a.active_at(t.at)).collect();
+                expired += attested
+                    .iter()
+                    .filter(|a| a.issued_at <= t.at && a.expires_at <= t.at)
+                    .count() as u64;
+                // The position model needs the wallet's current holdings and their price
+                // paths; until the scorer folds those, the risk term is left out (None).
+                rows.push((
+                    *chain,
+                    wallet.clone(),
+                    *t,
+                    scorecard::score_with(&features, None, &active),
+                ));
             }
         }
         let mut tx = self.pool.begin().await?;
@@ -337,13 +450,13 @@ impl Scorer {
             .bind(serde_json::to_value(&s.reasons)?)
             .bind(&self.model.version)
             .bind(&self.model.sha256)
-            .bind(t.event.at)
-            .bind(t.env.event_id.to_string())
-            .bind(&self.lending_topic)
+            .bind(t.at)
+            .bind(&t.event_id)
+            .bind(&t.topic)
             .bind(t.partition)
             .bind(t.offset)
             .bind(projector.get(&t.partition).copied().unwrap_or_default())
-            .bind(t.env.block.map(|b| b.number as i64))
+            .bind(t.block_number)
             .fetch_optional(&mut *tx)
             .await?;
             if inserted.is_some() {
@@ -359,9 +472,9 @@ impl Scorer {
                 "chainId": chain, "wallet": wallet, "score": s.score, "band": s.band,
                 "probabilityOfLiquidation": s.probability_of_liquidation, "reasons": s.reasons,
                 "modelVersion": self.model.version, "modelSha256": self.model.sha256,
-                "computedAt": t.event.at, "eventId": t.env.event_id.to_string(),
-                "provenance": {"topic": self.lending_topic, "partition": t.partition, "offset": t.offset,
-                               "blockNumber": t.env.block.map(|b| b.number)},
+                "computedAt": t.at, "eventId": t.event_id,
+                "provenance": {"topic": t.topic, "partition": t.partition, "offset": t.offset,
+                               "blockNumber": t.block_number},
             });
             let key = format!("{}score:{chain}:{wallet}", self.config.redis.prefix);
             pipe.hset_multiple(
@@ -400,7 +513,7 @@ impl Scorer {
                 Err(_) => anyhow::bail!("producer dropped before a score was acknowledged"),
             }
         }
-        Ok(stored.len() as u64)
+        Ok((stored.len() as u64, expired))
     }
 
     /// Scores until a batch arrives empty after `idle` (tests, backfills). The first batch
@@ -418,6 +531,8 @@ impl Scorer {
             total.received += o.received;
             total.scored += o.scored;
             total.skipped += o.skipped;
+            total.attestations_malformed += o.attestations_malformed;
+            total.attestations_expired += o.attestations_expired;
         }
     }
 

@@ -137,4 +137,138 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
             by_wallet[&peer.0].0
         );
     }
+
+    // The API serves the latest score with its reasons and provenance, and the history.
+    let schema = chainfold_api::build_schema(pool.clone());
+    let query = format!(
+        r#"{{ wallet(chainId: 137, address: "{LIQUIDATED}") {{
+            creditScore {{ score band probabilityOfDefault modelVersion computedAt eventId kafkaOffset reasons {{ code description impact }} }}
+            scoreHistory(first: 2) {{ edges {{ node {{ score computedAt modelVersion }} }} pageInfo {{ hasNextPage }} }} }} }}"#
+    );
+    let response = serde_json::to_value(schema.execute(query.as_str()).await).expect("json");
+    let score = &response["data"]["wallet"]["creditScore"];
+    assert_eq!(score["score"], *bad, "{response}");
+    assert_eq!(score["modelVersion"], "position-v1");
+    assert_eq!(score["reasons"][0]["code"], "LIQUIDATION_HISTORY");
+    assert!(score["reasons"][0]["impact"].as_f64().expect("impact") < 0.0);
+    let history = &response["data"]["wallet"]["scoreHistory"];
+    assert_eq!(history["edges"].as_array().expect("edges").len(), 2);
+    assert_eq!(history["pageInfo"]["hasNextPage"], true);
+    assert_eq!(history["edges"][0]["node"]["score"], *bad, "newest first");
+
+    // An identity: one address alone scores what the worker stored for it; joined with the
+    // liquidated wallet, it inherits the liquidation history; more than 50 are refused.
+    let peer = counts
+        .iter()
+        .find(|c| !c.2 && c.1 * 2 >= size && c.1 <= size * 2)
+        .expect("a peer")
+        .0
+        .clone();
+    let identity = |addresses: Vec<String>| {
+        let schema = schema.clone();
+        async move {
+            let list = addresses
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let q = format!(
+                "{{ identityScore(chainId: 137, addresses: [{list}]) {{ addresses score band reasons {{ code impact }} }} }}"
+            );
+            serde_json::to_value(schema.execute(q.as_str()).await).expect("json")
+        }
+    };
+    let alone = identity(vec![peer.clone()]).await;
+    assert_eq!(
+        alone["data"]["identityScore"]["score"], by_wallet[&peer].0,
+        "{alone}"
+    );
+    let joined = identity(vec![peer.clone(), LIQUIDATED.to_owned(), peer.clone()]).await;
+    let joined = &joined["data"]["identityScore"];
+    assert_eq!(joined["addresses"].as_array().expect("addresses").len(), 2);
+    assert!(joined["score"].as_i64().expect("score") < i64::from(by_wallet[&peer].0));
+    assert!(joined["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .any(|r| r["code"] == "LIQUIDATION_HISTORY"));
+    let too_many: Vec<String> = (0..51).map(|i| format!("0x{i:040x}")).collect();
+    let refused = identity(too_many).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{refused}"
+    );
+
+    // Attestations: a valid one moves the score while it is valid; once expired (a later
+    // attestation triggers a rescore) the score is back; a malformed one is counted, not stored.
+    let (s0, t0): (i32, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "SELECT score, computed_at FROM credit_score_latest WHERE chain_id = 137 AND wallet = $1",
+    )
+    .bind(&peer)
+    .fetch_one(&pool)
+    .await
+    .expect("peer score");
+    let attestation =
+        |kind: &str, value: f64, from_h: i64, to_h: i64| chainfold_domain::credit::Attestation {
+            schema_version: chainfold_domain::SCHEMA_VERSION,
+            chain_id: 137,
+            wallet: peer.parse().expect("address"),
+            kind: kind.into(),
+            value,
+            issuer: "test-bureau".into(),
+            issued_at: t0 + chrono::Duration::hours(from_h),
+            expires_at: t0 + chrono::Duration::hours(to_h),
+        };
+    let kyc = attestation("kyc", 1.0, 1, 24);
+    let later = attestation("bureau", 0.0, 48, 72);
+    let topic = format!(
+        "{}{}",
+        iso.kafka.topic_prefix,
+        chainfold_domain::topics::ATTESTATIONS
+    );
+    for payload in [
+        serde_json::to_vec(&kyc).expect("json"),
+        serde_json::to_vec(&attestation("kyc", 5.0, 1, 24)).expect("json"),
+        serde_json::to_vec(&later).expect("json"),
+    ] {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(peer.as_str())
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("publish attestation");
+    }
+    let outcome = again
+        .run_until_idle(Duration::from_secs(5))
+        .await
+        .expect("scores attestations");
+    assert_eq!(outcome.attestations_malformed, 1, "{outcome:?}");
+    assert!(outcome.attestations_expired >= 1, "{outcome:?}");
+    let score_of = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i32, serde_json::Value)>(
+                "SELECT score, reasons FROM credit_score WHERE event_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("score row")
+        }
+    };
+    let (with_kyc, reasons) = score_of(kyc.id().to_string()).await;
+    assert!(
+        (with_kyc - s0 - 50).abs() <= 1,
+        "{s0} -> {with_kyc}: {reasons}"
+    );
+    assert!(reasons
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .any(|r| r["code"] == "ATTESTATION" && r["impact"] == 50.0));
+    let (after_expiry, _) = score_of(later.id().to_string()).await;
+    assert!((after_expiry - s0).abs() <= 1, "{s0} -> {after_expiry}");
 }
