@@ -351,7 +351,8 @@ impl Scorer {
     }
 
     async fn attestations(&self, chain_id: u64, wallet: &str) -> anyhow::Result<Vec<Attestation>> {
-        let rows: Vec<(String, f64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        type Row = (String, f64, String, DateTime<Utc>, DateTime<Utc>);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT kind, value, issuer, issued_at, expires_at FROM attestation WHERE chain_id = $1 AND wallet = $2 ORDER BY issued_at, id",
         )
         .bind(chain_id as i64)
