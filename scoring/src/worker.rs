@@ -134,6 +134,9 @@ pub struct Scorer {
     lending_topic: String,
     attestations_topic: String,
     scores_topic: String,
+    /// Time spent from each batch's first message to its commit (waiting for the group join or
+    /// for messages excluded): what the benchmark divides by.
+    pub busy: Duration,
 }
 
 impl std::fmt::Debug for Scorer {
@@ -186,6 +189,7 @@ impl Scorer {
             lending_topic: topics.lending,
             attestations_topic,
             scores_topic,
+            busy: Duration::ZERO,
             config,
         })
     }
@@ -198,6 +202,7 @@ impl Scorer {
     /// commits. `received == 0` means nothing arrived.
     pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<Outcome> {
         let mut messages = Vec::new();
+        let mut first_at: Option<Instant> = None;
         let deadline = Instant::now() + idle;
         while messages.len() < self.config.batch_size {
             let wait = if messages.is_empty() {
@@ -206,12 +211,15 @@ impl Scorer {
                 Duration::from_millis(20)
             };
             match tokio::time::timeout(wait, self.consumer.recv()).await {
-                Ok(Ok(m)) => messages.push((
-                    m.topic().to_owned(),
-                    m.partition(),
-                    m.offset(),
-                    m.payload().map(<[u8]>::to_vec),
-                )),
+                Ok(Ok(m)) => {
+                    first_at.get_or_insert_with(Instant::now);
+                    messages.push((
+                        m.topic().to_owned(),
+                        m.partition(),
+                        m.offset(),
+                        m.payload().map(<[u8]>::to_vec),
+                    ));
+                }
                 Ok(Err(err)) => return Err(err).context("could not read from Kafka"),
                 Err(_) => break,
             }
@@ -293,6 +301,9 @@ impl Scorer {
         self.consumer
             .commit(&tpl, CommitMode::Sync)
             .context("could not commit Kafka offsets")?;
+        if let Some(first) = first_at {
+            self.busy += first.elapsed();
+        }
         Ok(outcome)
     }
 
