@@ -104,7 +104,9 @@ async fn main() {
         );
     }
 
-    // Latency: projector and scorer running; one fresh event at a time.
+    // Latency: projector and scorer running; one fresh event at a time. The first projector
+    // leaves first: a second member with the same static instance id would fence it.
+    drop(projector);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut config_p = chainfold_projector::Config::new(
         iso.kafka.clone(),
@@ -176,6 +178,11 @@ async fn main() {
                 to_score.push(started.elapsed().as_secs_f64() * 1e3);
                 break;
             }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "event {i} not scored within 20 s (projected: {projected}); scorer finished: {}",
+                score.is_finished()
+            );
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
     }
