@@ -431,18 +431,7 @@ async fn recompute_wallets(
     .bind(&addrs)
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(WalletSummaryRow {
-                chain_id: r.try_get("chain_id")?,
-                wallet: r.try_get("wallet")?,
-                action: r.try_get("action")?,
-                event_count: r.try_get("event_count")?,
-                amount_usd: r.try_get("amount_usd")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
+    WalletSummaryRow::all_from(rows)
 }
 
 async fn recompute_pools(
@@ -498,18 +487,5 @@ async fn recompute_pools(
     .bind(&addrs)
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(PoolSummaryRow {
-                chain_id: r.try_get("chain_id")?,
-                pool: r.try_get("pool")?,
-                protocol: r.try_get("protocol")?,
-                swap_count: r.try_get("swap_count")?,
-                reverted_count: r.try_get("reverted_count")?,
-                first_block: r.try_get("first_block")?,
-                last_block: r.try_get("last_block")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
+    PoolSummaryRow::all_from(rows)
 }

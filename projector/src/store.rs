@@ -67,6 +67,45 @@ pub struct PoolSummaryRow {
     pub last_block: Option<i64>,
 }
 
+impl WalletSummaryRow {
+    /// The rows a `RETURNING chain_id, wallet, action, event_count, amount_usd` gave.
+    pub(crate) fn all_from(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Self>, StoreError> {
+        rows.into_iter()
+            .map(|r| {
+                Ok(WalletSummaryRow {
+                    chain_id: r.try_get("chain_id")?,
+                    wallet: r.try_get("wallet")?,
+                    action: r.try_get("action")?,
+                    event_count: r.try_get("event_count")?,
+                    amount_usd: r.try_get("amount_usd")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
+
+impl PoolSummaryRow {
+    /// The rows a `RETURNING chain_id, pool, protocol, swap_count, reverted_count, first_block,
+    /// last_block` gave.
+    pub(crate) fn all_from(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Self>, StoreError> {
+        rows.into_iter()
+            .map(|r| {
+                Ok(PoolSummaryRow {
+                    chain_id: r.try_get("chain_id")?,
+                    pool: r.try_get("pool")?,
+                    protocol: r.try_get("protocol")?,
+                    swap_count: r.try_get("swap_count")?,
+                    reverted_count: r.try_get("reverted_count")?,
+                    first_block: r.try_get("first_block")?,
+                    last_block: r.try_get("last_block")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
+
 /// What changed in a batch, for the caches.
 #[derive(Debug, Default, Clone)]
 pub struct BatchWrite {
@@ -285,18 +324,7 @@ async fn upsert_wallet_summaries(
     .bind(&last_at)
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(WalletSummaryRow {
-                chain_id: r.try_get("chain_id")?,
-                wallet: r.try_get("wallet")?,
-                action: r.try_get("action")?,
-                event_count: r.try_get("event_count")?,
-                amount_usd: r.try_get("amount_usd")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
+    WalletSummaryRow::all_from(rows)
 }
 
 /// Inserts swap rows, skipping those already stored, and advances pool summaries and per-token
@@ -495,20 +523,7 @@ async fn upsert_pool_summaries(
     .bind(&last_block)
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(PoolSummaryRow {
-                chain_id: r.try_get("chain_id")?,
-                pool: r.try_get("pool")?,
-                protocol: r.try_get("protocol")?,
-                swap_count: r.try_get("swap_count")?,
-                reverted_count: r.try_get("reverted_count")?,
-                first_block: r.try_get("first_block")?,
-                last_block: r.try_get("last_block")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
+    PoolSummaryRow::all_from(rows)
 }
 
 /// Records `next_offset` per (topic, partition) for `group`. Never moves an offset backwards: a
