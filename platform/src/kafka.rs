@@ -65,6 +65,19 @@ impl Topics {
     }
 }
 
+/// The default static membership id (`group.instance.id`) of a consumer in `group`:
+/// `<group>@<hostname>`. A restarted process on the same host takes its partitions back at
+/// once (the local broker never expires a member that died without leaving).
+pub fn default_instance_id(group: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{group}@{host}")
+}
+
 /// Brokers, then `settings`, then the raw `--kafka-option`s (last, so they override).
 fn configured(args: &KafkaArgs, settings: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();

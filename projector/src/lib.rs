@@ -88,15 +88,9 @@ impl Config {
 
     /// The static membership id in force.
     pub fn instance_id(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| "localhost".to_owned());
-            format!("{}@{host}", self.group)
-        })
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| chainfold_platform::kafka::default_instance_id(&self.group))
     }
 }
 

@@ -98,14 +98,9 @@ impl Config {
     }
 
     fn instance_id(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "localhost".to_owned());
-            format!("{}@{host}", self.group)
-        })
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| chainfold_platform::kafka::default_instance_id(&self.group))
     }
 }
 
@@ -443,39 +438,86 @@ impl Scorer {
                 ));
             }
         }
-        let mut tx = self.pool.begin().await?;
-        let mut stored = Vec::new();
-        for (chain, wallet, t, s) in &rows {
-            let inserted: Option<i64> = sqlx::query_scalar(
-                r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
-                    reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
-                    kafka_partition, kafka_offset, projector_next_offset, block_number)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                   ON CONFLICT (chain_id, wallet, event_id) DO NOTHING
-                   RETURNING id"#,
-            )
-            .bind(*chain as i64)
-            .bind(wallet)
-            .bind(s.score)
-            .bind(serde_json::to_value(s.band)?.as_str().unwrap_or_default().to_owned())
-            .bind(s.probability_of_liquidation)
-            .bind(serde_json::to_value(&s.reasons)?)
-            .bind(&self.model.version)
-            .bind(&self.model.sha256)
-            .bind(t.at)
-            .bind(&t.event_id)
-            .bind(&t.topic)
-            .bind(t.partition)
-            .bind(t.offset)
-            .bind(projector.get(&t.partition).copied().unwrap_or_default())
-            .bind(t.block_number)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if inserted.is_some() {
-                stored.push((chain, wallet, t, s));
-            }
+        // One statement for the batch; rows already stored (a replay) come back as nothing.
+        let n = rows.len();
+        let (mut chain_id, mut wallet, mut score, mut band, mut probability) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut reasons, mut computed_at, mut event_id, mut topic) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut partition, mut offset, mut projector_next, mut block) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (chain, w, t, s) in &rows {
+            chain_id.push(*chain as i64);
+            wallet.push(w.clone());
+            score.push(s.score);
+            band.push(
+                serde_json::to_value(s.band)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            probability.push(s.probability_of_liquidation);
+            reasons.push(serde_json::to_value(&s.reasons)?);
+            computed_at.push(t.at);
+            event_id.push(t.event_id.clone());
+            topic.push(t.topic.clone());
+            partition.push(t.partition);
+            offset.push(t.offset);
+            projector_next.push(projector.get(&t.partition).copied().unwrap_or_default());
+            block.push(t.block_number);
         }
-        tx.commit().await?;
+        let inserted: Vec<(i64, String, String)> = sqlx::query_as(
+            r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
+                reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
+                kafka_partition, kafka_offset, projector_next_offset, block_number)
+               SELECT c, w, s, b, p, r, $6, $7, at, e, tp, pa, o, pn, bl
+               FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::text[], $5::float8[],
+                    $8::jsonb[], $9::timestamptz[], $10::text[], $11::text[], $12::int4[],
+                    $13::int8[], $14::int8[], $15::int8[])
+                    AS t(c, w, s, b, p, r, at, e, tp, pa, o, pn, bl)
+               ON CONFLICT (chain_id, wallet, event_id) DO NOTHING
+               RETURNING chain_id, wallet, event_id"#,
+        )
+        .bind(&chain_id)
+        .bind(&wallet)
+        .bind(&score)
+        .bind(&band)
+        .bind(&probability)
+        .bind(&self.model.version)
+        .bind(&self.model.sha256)
+        .bind(&reasons)
+        .bind(&computed_at)
+        .bind(&event_id)
+        .bind(&topic)
+        .bind(&partition)
+        .bind(&offset)
+        .bind(&projector_next)
+        .bind(&block)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut new: std::collections::HashSet<(u64, String, String)> = inserted
+            .into_iter()
+            .map(|(c, w, e)| (c as u64, w, e))
+            .collect();
+        let stored: Vec<_> = rows
+            .iter()
+            // Each stored row once, even if the batch held its event twice.
+            .filter(|(c, w, t, _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
+            .map(|(c, w, t, s)| (c, w, t, s))
+            .collect();
         // After the commit: cache, pub/sub and the scores topic (rebuildable from Postgres).
         let mut pipe = redis::pipe();
         let mut deliveries = Vec::new();
