@@ -45,6 +45,9 @@ pub enum Command {
     /// Deploy the fixture contracts on a local chain (anvil) and drive recorded activity and
     /// labelled attack scenarios through them as transactions.
     Simulate(chainfold_simulate::SimulateArgs),
+    /// Apply lending decisions on the simulator's lending pool (`setCreditLine`), recording each
+    /// transaction beside its decision. Refuses chains other than 31337 unless `--live`.
+    Actuate(chainfold_simulate::actuate::ActuateConfig),
 }
 
 impl Command {
@@ -59,6 +62,7 @@ impl Command {
             Command::Tail(_) => "tail",
             Command::Simulate(_) => "simulate",
             Command::Score(_) => "score",
+            Command::Actuate(_) => "actuate",
         }
     }
 }
@@ -150,6 +154,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .context("could not start scorer")?;
             scorer
+                .run_until_stopped(chainfold_platform::shutdown_signal())
+                .await
+        }
+        Command::Actuate(config) => {
+            let actuator = chainfold_simulate::actuate::Actuator::build(config)
+                .await
+                .context("could not start actuator")?;
+            actuator
                 .run_until_stopped(chainfold_platform::shutdown_signal())
                 .await
         }
@@ -307,13 +319,11 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
     if config.no_serve {
         return Ok(());
     }
-    let api = chainfold_api::App::build(chainfold_api::Config::new(
-        config.postgres,
-        config.redis,
-        config.listen,
-    ))
-    .await
-    .context("could not start api")?;
+    let mut api_config = chainfold_api::Config::new(config.postgres, config.redis, config.listen);
+    api_config.kafka = config.replay.kafka.clone();
+    let api = chainfold_api::App::build(api_config)
+        .await
+        .context("could not start api")?;
     let url = format!("http://{}", api.local_addr());
     println!("\napi: GraphiQL at {url}/ , GraphQL at {url}/graphql , health at {url}/health");
     println!("try:\n  curl -s {url}/graphql -H 'content-type: application/json' \\\n    -d '{{\"query\":\"{{ wallet(chainId: 137, address: \\\"0x000006eee6e39015cb523aebdd4d0b1855aba682\\\") {{ address lendingSummary {{ action count amountUsd }} }} }}\"}}'");

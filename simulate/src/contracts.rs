@@ -431,6 +431,13 @@ impl Deployment {
         Ok(self.pool().healthFactor(user).call().await?)
     }
 
+    /// The credit line `chainfold actuate` set for `user`: (set, line in 8-decimal USD,
+    /// collateral ratio in basis points, decision id).
+    pub async fn credit_line(&self, user: Address) -> anyhow::Result<(bool, U256, U256, B256)> {
+        let c = self.pool().creditLines(user).call().await?;
+        Ok((c.set, c.line, c.collateralRatioBps, c.decisionId))
+    }
+
     pub async fn debt(&self, user: Address, token: Address) -> anyhow::Result<U256> {
         Ok(self.pool().debtOf(user, token).call().await?)
     }

@@ -12,6 +12,7 @@
 //! - scripted scenarios with known labels (flash-loan price manipulation, liquidity drain, oracle
 //!   crash with liquidations), written as JSON lines for detectors' tests.
 
+pub mod actuate;
 pub mod anvil;
 pub mod contracts;
 mod drive;

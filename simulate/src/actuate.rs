@@ -1,0 +1,345 @@
+//! `chainfold actuate`: applies lending decisions on-chain. A consumer group on
+//! `chainfold.decisions.v1` calls the fixture lending pool's `setCreditLine(wallet, line,
+//! collateralRatioBps, decisionId)` for every decision of its chain (REJECT = a line of 0: no
+//! borrowing), waits for the receipt and records the transaction hash and block beside the
+//! decision in Postgres (`credit_decision.tx_hash`). A decision already applied is skipped, so a
+//! restart replays nothing twice; a reverted call is recorded as `actuation_error` and the
+//! stream goes on; a record that is not a decision goes to the topic's DLQ with the reason.
+//!
+//! Off by default outside the simulator: it refuses a node whose chain id is not the
+//! simulator's (31337) unless `--live` is given. Transactions are sent from an account the node
+//! holds unlocked (anvil's dev accounts): this is a fixture actuator, not a key manager.
+
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use anyhow::Context as _;
+use chainfold_domain::decision::DecisionRecord;
+use chainfold_domain::topics;
+use chainfold_platform::config::{KafkaArgs, PostgresArgs};
+use chainfold_platform::{dlq, kafka};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+
+use crate::contracts::FixtureLendingPool;
+
+/// The simulator's chain id: the only chain `actuate` sends to without `--live`.
+pub const SIMULATOR_CHAIN_ID: u64 = 31337;
+
+/// `chainfold actuate` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ActuateConfig {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    /// JSON-RPC URL of the node the lending pool lives on.
+    #[arg(
+        long = "rpc-url",
+        env = "CHAINFOLD_ACTUATOR_RPC_URL",
+        default_value = "http://127.0.0.1:8545"
+    )]
+    pub rpc_url: String,
+    /// Address of the fixture lending pool (`chainfold simulate` prints it).
+    #[arg(long = "lending-pool", env = "CHAINFOLD_ACTUATOR_LENDING_POOL")]
+    pub lending_pool: Address,
+    /// Unlocked account the transactions are sent from (the pool's owner or risk admin);
+    /// defaults to the node's first account.
+    #[arg(long = "from", env = "CHAINFOLD_ACTUATOR_FROM")]
+    pub from: Option<Address>,
+    /// Consumer group of the actuator.
+    #[arg(
+        long = "group",
+        env = "CHAINFOLD_ACTUATOR_GROUP",
+        default_value = "chainfold-actuator"
+    )]
+    pub group: String,
+    /// Allow a chain other than the simulator's (31337). Off by default: decisions act on the
+    /// local fixture chain only.
+    #[arg(long = "live")]
+    pub live: bool,
+}
+
+impl ActuateConfig {
+    pub fn new(
+        kafka: KafkaArgs,
+        postgres: PostgresArgs,
+        rpc_url: String,
+        lending_pool: Address,
+    ) -> Self {
+        ActuateConfig {
+            kafka,
+            postgres,
+            rpc_url,
+            lending_pool,
+            from: None,
+            group: "chainfold-actuator".into(),
+            live: false,
+        }
+    }
+}
+
+/// What a batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ActOutcome {
+    pub received: u64,
+    /// Decisions applied on-chain (transaction mined and recorded).
+    pub applied: u64,
+    /// Decisions of another chain, or already applied.
+    pub skipped: u64,
+    /// Calls the chain refused (recorded as `actuation_error`).
+    pub failed: u64,
+    /// Records that were not decisions (dead-lettered).
+    pub dead_lettered: u64,
+}
+
+/// A running actuator.
+pub struct Actuator {
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+    pool: PgPool,
+    provider: DynProvider,
+    chain_id: u64,
+    from: Address,
+    config: ActuateConfig,
+    topic: String,
+}
+
+impl std::fmt::Debug for Actuator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Actuator")
+            .field("chain_id", &self.chain_id)
+            .field("lending_pool", &self.config.lending_pool)
+            .finish()
+    }
+}
+
+impl Actuator {
+    /// Connects to the node (checking its chain id and that the pool is deployed), Postgres
+    /// and Kafka, and subscribes.
+    pub async fn build(config: ActuateConfig) -> anyhow::Result<Actuator> {
+        let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .with_gas_estimation()
+            .with_simple_nonce_management()
+            .fetch_chain_id()
+            .connect_http(config.rpc_url.parse().context("invalid --rpc-url")?)
+            .erased();
+        let chain_id = provider
+            .get_chain_id()
+            .await
+            .context("the actuator's node is not reachable")?;
+        anyhow::ensure!(
+            chain_id == SIMULATOR_CHAIN_ID || config.live,
+            "actuate is off outside the simulator: the node is chain {chain_id}, not {SIMULATOR_CHAIN_ID}; pass --live to send transactions there"
+        );
+        let code = provider.get_code_at(config.lending_pool).await?;
+        anyhow::ensure!(
+            !code.is_empty(),
+            "no contract at --lending-pool {:#x} on chain {chain_id}",
+            config.lending_pool
+        );
+        let from = match config.from {
+            Some(from) => from,
+            None => *provider
+                .get_accounts()
+                .await?
+                .first()
+                .context("the node holds no unlocked account: pass --from")?,
+        };
+        let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
+        let topic = format!("{}{}", config.kafka.topic_prefix, topics::DECISIONS);
+        kafka::ensure_topics(&config.kafka, &[topic.clone(), topics::dlq(&topic)]).await?;
+        let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &config.group)
+            .create()
+            .context("could not create Kafka consumer")?;
+        consumer
+            .subscribe(&[topic.as_str()])
+            .context("could not subscribe to the decisions topic")?;
+        let producer = kafka::producer(&config.kafka)?;
+        tracing::info!(chain_id, pool = %config.lending_pool, from = %from, "actuator subscribed");
+        Ok(Actuator {
+            consumer,
+            producer,
+            pool,
+            provider,
+            chain_id,
+            from,
+            config,
+            topic,
+        })
+    }
+
+    /// Receives the messages available (waiting at most `idle` for the first), applies them in
+    /// order and commits.
+    pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<ActOutcome> {
+        let mut outcome = ActOutcome::default();
+        let mut commit: std::collections::BTreeMap<i32, i64> = Default::default();
+        let mut wait = idle;
+        while outcome.received < 500 {
+            let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(err)) => return Err(err).context("could not read from Kafka"),
+                Err(_) => break,
+            };
+            wait = Duration::from_millis(20);
+            outcome.received += 1;
+            let (partition, offset) = (message.partition(), message.offset());
+            commit.insert(partition, offset);
+            let payload = message.payload().unwrap_or_default();
+            let record = match serde_json::from_slice::<DecisionRecord>(payload) {
+                Ok(r) => r,
+                Err(err) => {
+                    let reason = format!("not a decision record: {err}");
+                    let origin = format!("{}/{partition}/{offset}", self.topic);
+                    dlq::send(
+                        &self.producer,
+                        &dlq::DeadLetter {
+                            topic: &self.topic,
+                            stage: "actuate",
+                            reason: &reason,
+                            origin: &origin,
+                            key: message.key(),
+                            payload,
+                        },
+                    )
+                    .await?;
+                    tracing::warn!(%reason, %origin, "dead-lettered");
+                    outcome.dead_lettered += 1;
+                    continue;
+                }
+            };
+            match self.apply(&record).await? {
+                Applied::Done => outcome.applied += 1,
+                Applied::Skipped => outcome.skipped += 1,
+                Applied::Failed => outcome.failed += 1,
+            }
+        }
+        if !commit.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (partition, offset) in &commit {
+                tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(offset + 1))
+                    .context("commit list")?;
+            }
+            self.consumer
+                .commit(&tpl, CommitMode::Sync)
+                .context("could not commit Kafka offsets")?;
+        }
+        Ok(outcome)
+    }
+
+    async fn apply(&self, record: &DecisionRecord) -> anyhow::Result<Applied> {
+        if record.chain_id != self.chain_id {
+            return Ok(Applied::Skipped);
+        }
+        let applied: Option<Option<String>> =
+            sqlx::query_scalar("SELECT tx_hash FROM credit_decision WHERE id = $1")
+                .bind(&record.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match applied {
+            Some(Some(_)) => return Ok(Applied::Skipped),
+            Some(None) => {}
+            None => {
+                tracing::warn!(id = %record.id, "decision not in this database: not applied");
+                return Ok(Applied::Skipped);
+            }
+        }
+        let wallet: Address = record
+            .wallet
+            .parse()
+            .with_context(|| format!("decision {} has a bad wallet", record.id))?;
+        let id: B256 = record
+            .id
+            .parse()
+            .with_context(|| format!("decision id {} is not 32 bytes", record.id))?;
+        let (line, ratio) = record.on_chain_terms();
+        let pool = FixtureLendingPool::new(self.config.lending_pool, &self.provider);
+        let sent = pool
+            .setCreditLine(wallet, U256::from(line), U256::from(ratio), id)
+            .from(self.from)
+            .send()
+            .await;
+        let result = match sent {
+            Ok(pending) => pending
+                .get_receipt()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .and_then(|r| {
+                    anyhow::ensure!(r.status(), "transaction {} reverted", r.transaction_hash);
+                    Ok(r)
+                }),
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        };
+        match result {
+            Ok(receipt) => {
+                sqlx::query(
+                    "UPDATE credit_decision SET tx_hash = $2, tx_block = $3, actuated_at = now(),
+                            actuation_error = NULL
+                     WHERE id = $1",
+                )
+                .bind(&record.id)
+                .bind(format!("{:#x}", receipt.transaction_hash))
+                .bind(receipt.block_number.map(|b| b as i64))
+                .execute(&self.pool)
+                .await?;
+                tracing::info!(id = %record.id, wallet = %record.wallet, tx = %receipt.transaction_hash, "decision applied on-chain");
+                Ok(Applied::Done)
+            }
+            Err(err) => {
+                let message =
+                    chainfold_ingest::rpc::config::scrub(&err.to_string(), &self.config.rpc_url);
+                sqlx::query("UPDATE credit_decision SET actuation_error = $2 WHERE id = $1")
+                    .bind(&record.id)
+                    .bind(&message)
+                    .execute(&self.pool)
+                    .await?;
+                tracing::warn!(id = %record.id, error = %message, "decision not applied");
+                Ok(Applied::Failed)
+            }
+        }
+    }
+
+    /// Applies decisions until a batch arrives empty after `idle` (tests). The first wait is at
+    /// least 30 s: joining the group comes first.
+    pub async fn run_until_idle(&mut self, idle: Duration) -> anyhow::Result<ActOutcome> {
+        let mut total = ActOutcome::default();
+        let mut wait = idle.max(Duration::from_secs(30));
+        loop {
+            let o = self.process_batch(wait).await?;
+            wait = idle;
+            if o.received == 0 {
+                return Ok(total);
+            }
+            total.received += o.received;
+            total.applied += o.applied;
+            total.skipped += o.skipped;
+            total.failed += o.failed;
+            total.dead_lettered += o.dead_lettered;
+        }
+    }
+
+    /// Applies decisions until `shutdown` resolves.
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                outcome = self.process_batch(Duration::from_millis(500)) => { outcome?; }
+            }
+        }
+    }
+}
+
+enum Applied {
+    Done,
+    Skipped,
+    Failed,
+}
