@@ -4,6 +4,7 @@
 //! The schema is built in [`schema::build`]; `schema.graphql` at the workspace root is generated
 //! from it and a test fails when the file is stale.
 
+pub mod decisions;
 pub mod error;
 pub mod schema;
 pub mod types;
@@ -19,7 +20,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::{Json, Router};
-use chainfold_platform::config::{PostgresArgs, RedisArgs};
+use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -32,6 +33,15 @@ pub struct Config {
     pub postgres: PostgresArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Lending decision policy `requestCredit` decides with.
+    #[arg(
+        long = "policy",
+        env = "CHAINFOLD_POLICY",
+        default_value = "scoring/policy.toml"
+    )]
+    pub policy: std::path::PathBuf,
     /// Address the API listens on; port 0 picks a free port.
     #[arg(
         long = "listen",
@@ -52,6 +62,8 @@ impl Config {
         Config {
             postgres,
             redis,
+            kafka: KafkaArgs::new("127.0.0.1:9092", ""),
+            policy: "scoring/policy.toml".into(),
             listen,
             statement_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,
@@ -87,7 +99,26 @@ impl App {
             chainfold_platform::postgres::connect(&config.postgres, Some(config.statement_timeout))
                 .await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
-        let schema = schema::build(pool.clone());
+        let policy = chainfold_platform::decisions::load_policy(&config.policy)?;
+        let topic = format!(
+            "{}{}",
+            config.kafka.topic_prefix,
+            chainfold_domain::topics::DECISIONS
+        );
+        // Reads never need Kafka: a broker that is down fails `requestCredit`, not the API.
+        if let Err(err) =
+            chainfold_platform::kafka::ensure_topics(&config.kafka, std::slice::from_ref(&topic))
+                .await
+        {
+            tracing::warn!(error = %format!("{err:#}"), "decisions topic not ready; requestCredit will fail until the broker answers");
+        }
+        let desk = decisions::DecisionDesk {
+            policy,
+            producer: chainfold_platform::kafka::producer(&config.kafka)?,
+            topic,
+            redis: Some((redis.clone(), config.redis.prefix.clone())),
+        };
+        let schema = schema::build_with(pool.clone(), Some(desk));
         let router = Router::new()
             .route("/", get(graphiql))
             .route_service("/graphql", GraphQL::new(schema.clone()))

@@ -1,9 +1,10 @@
 //! Schema roots. `main` only mounts these.
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::{Context, EmptyMutation, EmptySubscription, Object, Schema};
+use async_graphql::{Context, EmptySubscription, Object, Schema};
 use sqlx::PgPool;
 
+use crate::decisions::{DecisionDesk, MutationRoot};
 use crate::error::{gql, ApiError, ApiResult};
 use crate::types::{
     encode_cursor as cursor_of, page_size, split_cursor, IdentityScore, LendingAction,
@@ -11,7 +12,7 @@ use crate::types::{
 };
 
 /// The chainfold schema.
-pub type ChainfoldSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+pub type ChainfoldSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
@@ -20,8 +21,17 @@ pub const MAX_COMPLEXITY: usize = 5000;
 
 /// Builds the schema over `pool`, with depth and complexity limits (the default is none).
 pub fn build(pool: PgPool) -> ChainfoldSchema {
-    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
-        .data(pool)
+    build_with(pool, None)
+}
+
+/// [`build`] with the decision desk `requestCredit` needs (without one it refuses, clearly).
+pub fn build_with(pool: PgPool, desk: Option<DecisionDesk>) -> ChainfoldSchema {
+    let builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription).data(pool);
+    let builder = match desk {
+        Some(desk) => builder.data(desk),
+        None => builder,
+    };
+    builder
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
@@ -29,7 +39,7 @@ pub fn build(pool: PgPool) -> ChainfoldSchema {
 
 /// The schema without a database, for printing SDL.
 pub fn sdl() -> String {
-    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
         .finish()
         .sdl()
 }

@@ -144,8 +144,8 @@ pub struct CreditScore {
     /// 300–850.
     pub score: i32,
     pub band: ScoreBand,
-    /// P(liquidation within 30 days) of the wallet's position; null until the scorer serves the
-    /// position model (today's scores are behaviour-only).
+    /// P(liquidation within 30 days) of the wallet's position (the position model), null when
+    /// it has no debt or its position cannot be priced.
     pub probability_of_default: Option<f64>,
     /// Largest |impact| first.
     pub reasons: Vec<ScoreReason>,
@@ -328,6 +328,17 @@ impl Wallet {
                 .push(Edge::new(cursor, CreditScore::from(row)));
         }
         Ok(connection)
+    }
+
+    /// The wallet's lending decisions (requested and band-change), newest first.
+    async fn decisions(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 10)] first: i32,
+    ) -> ApiResult<Vec<crate::decisions::CreditDecision>> {
+        let limit = page_size(Some(first), 10).map_err(gql)?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        crate::decisions::of_wallet(pool, self.chain_id, &self.address, limit).await
     }
 
     /// The wallet's lending events, newest first, Relay-paginated.

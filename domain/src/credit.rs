@@ -175,9 +175,229 @@ pub fn activity_features(history: &[HistoryEvent], now: DateTime<Utc>) -> Option
     Some(f)
 }
 
+/// Liquidation threshold (fraction) by reserve symbol, where the event log does not carry one:
+/// Aave V2's published values (the fixture pool uses the same for WETH/USDC/WBTC); an unknown
+/// asset gets 0.65, the lowest of the common collateral, so an unknown is never optimistic.
+pub fn liquidation_threshold(symbol: &str) -> f64 {
+    match symbol.to_ascii_uppercase().trim_start_matches('W') {
+        "ETH" => 0.825,
+        "BTC" => 0.75,
+        "USDC" | "USDT" => 0.85,
+        "DAI" => 0.8,
+        "STETH" => 0.75,
+        "MATIC" | "AAVE" | "LINK" => 0.65,
+        _ => 0.65,
+    }
+}
+
+/// Hours in the model's 30-day window (`scoring/train/train.py`: `HOURS_30D`).
+pub const HOURS_30D: f64 = 720.0;
+
+/// Hourly volatility of log returns over the last 7 and 30 days before `now`, from price points
+/// `(time, price)` of the collateral (oracle rounds, or recorded event prices). The points are
+/// reduced to daily closes when they span at least three days (the daily standard deviation
+/// over √24 is the hourly one under a random walk); otherwise consecutive points are taken as
+/// hourly steps (the simulator posts one oracle round per recorded hour). `None` with fewer than
+/// three usable prices.
+pub fn hourly_volatility(
+    points: &[(DateTime<Utc>, f64)],
+    now: DateTime<Utc>,
+) -> Option<(f64, f64)> {
+    let window = |days: i64| -> Vec<(DateTime<Utc>, f64)> {
+        let from = now - chrono::Duration::days(days);
+        let mut v: Vec<_> = points
+            .iter()
+            .copied()
+            .filter(|(t, p)| *t <= now && *t > from && *p > 0.0)
+            .collect();
+        v.sort_by_key(|(t, _)| *t);
+        v
+    };
+    let vol = |pts: &[(DateTime<Utc>, f64)]| -> Option<f64> {
+        let days: BTreeMap<i64, f64> = pts
+            .iter()
+            .map(|(t, p)| (t.timestamp().div_euclid(86_400), *p))
+            .collect();
+        if days.len() >= 3 {
+            let closes: Vec<f64> = days.values().copied().collect();
+            volatility(&closes).map(|d| d / 24f64.sqrt())
+        } else {
+            let prices: Vec<f64> = pts.iter().map(|(_, p)| *p).collect();
+            volatility(&prices)
+        }
+    };
+    let month = window(30);
+    let v30 = vol(&month)?;
+    let v7 = vol(&window(7)).unwrap_or(v30);
+    Some((v7, v30))
+}
+
+/// The position model's inputs (`scoring/MODEL_CARD.md`), in its order: log health factor,
+/// hourly volatility over 7 and 30 days, and the distance to liquidation in 30-day standard
+/// deviations (log HF / (σ₃₀ · √720), capped at 50 as in training). `None` without debt.
+pub fn position_features(holdings: &[Holding], vol_7d: f64, vol_30d: f64) -> Option<[f32; 4]> {
+    let hf = AccountTotals::of(holdings).health_factor()?;
+    let log_hf = hf.max(1e-9).ln();
+    let distance = if vol_30d > 0.0 {
+        (log_hf / (vol_30d * HOURS_30D.sqrt())).min(50.0)
+    } else {
+        50.0
+    };
+    Some([
+        log_hf as f32,
+        vol_7d as f32,
+        vol_30d as f32,
+        distance as f32,
+    ])
+}
+
+/// One lending event as the position fold needs it: whole-token amounts per reserve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PositionFlow {
+    pub action: LendingAction,
+    pub at: DateTime<Utc>,
+    /// The reserve of `amount` (for a liquidation: the debt reserve).
+    pub reserve: String,
+    pub symbol: String,
+    pub amount: f64,
+    /// A liquidation's collateral side: (reserve, symbol, whole tokens seized).
+    pub seized: Option<(String, String, f64)>,
+}
+
+/// Collateral and debt per reserve from the flows at or before `now` (the read model's
+/// `lending_position`, as of a time): deposits − redeems − seized collateral, borrows − repays −
+/// covered debt. Principal only; a negative balance (repaid interest) counts as zero.
+/// Returns (reserve, symbol, collateral, debt) sorted by reserve.
+pub fn positions_at(flows: &[PositionFlow], now: DateTime<Utc>) -> Vec<(String, String, f64, f64)> {
+    let mut book: BTreeMap<String, (String, f64, f64)> = BTreeMap::new();
+    for f in flows.iter().filter(|f| f.at <= now) {
+        let entry = book
+            .entry(f.reserve.clone())
+            .or_insert_with(|| (f.symbol.clone(), 0.0, 0.0));
+        match f.action {
+            LendingAction::Deposit => entry.1 += f.amount,
+            LendingAction::Redeem => entry.1 -= f.amount,
+            LendingAction::Borrow => entry.2 += f.amount,
+            LendingAction::Repay | LendingAction::Liquidation => entry.2 -= f.amount,
+        }
+        if let Some((reserve, symbol, seized)) = &f.seized {
+            let entry = book
+                .entry(reserve.clone())
+                .or_insert_with(|| (symbol.clone(), 0.0, 0.0));
+            entry.1 -= seized;
+        }
+    }
+    book.into_iter()
+        .map(|(reserve, (symbol, c, d))| (reserve, symbol, c.max(0.0), d.max(0.0)))
+        .filter(|(_, _, c, d)| *c > 0.0 || *d > 0.0)
+        .collect()
+}
+
+/// The collateral holding with the largest value: whose price path the position model follows.
+pub fn dominant_collateral(holdings: &[Holding]) -> Option<&Holding> {
+    holdings
+        .iter()
+        .filter(|h| h.collateral * h.price > 0.0)
+        .max_by(|a, b| (a.collateral * a.price).total_cmp(&(b.collateral * b.price)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn position_features_match_the_training_definition() {
+        let h = |symbol: &str, collateral: f64, debt: f64, price: f64| Holding {
+            symbol: symbol.into(),
+            collateral,
+            debt,
+            price,
+            liquidation_threshold: liquidation_threshold(symbol),
+        };
+        // 1 WETH at 2,000 against 1,000 USDC: HF = 2000·0.825/1000 = 1.65.
+        let holdings = [h("WETH", 1.0, 0.0, 2000.0), h("USDC", 0.0, 1000.0, 1.0)];
+        let f = position_features(&holdings, 0.01, 0.02).expect("has debt");
+        assert!((f64::from(f[0]) - 1.65f64.ln()).abs() < 1e-6);
+        let distance = 1.65f64.ln() / (0.02 * 720f64.sqrt());
+        assert!((f64::from(f[3]) - distance).abs() < 1e-6, "{f:?}");
+        assert_eq!(
+            dominant_collateral(&holdings).expect("collateral").symbol,
+            "WETH"
+        );
+        // No debt: no position risk. No volatility: the training cap.
+        assert!(position_features(&holdings[..1], 0.01, 0.02).is_none());
+        assert_eq!(
+            position_features(&holdings, 0.0, 0.0).expect("debt")[3],
+            50.0
+        );
+    }
+
+    #[test]
+    fn positions_fold_flows_up_to_now() {
+        let t = |h: i64| DateTime::from_timestamp(1_650_000_000 + h * 3600, 0).expect("time");
+        let flow = |action, h, reserve: &str, amount, seized| PositionFlow {
+            action,
+            at: t(h),
+            reserve: reserve.into(),
+            symbol: reserve.to_uppercase(),
+            amount,
+            seized,
+        };
+        let flows = vec![
+            flow(LendingAction::Deposit, 0, "weth", 2.0, None),
+            flow(LendingAction::Borrow, 1, "usdc", 3000.0, None),
+            flow(LendingAction::Repay, 2, "usdc", 500.0, None),
+            flow(
+                LendingAction::Liquidation,
+                3,
+                "usdc",
+                1000.0,
+                Some(("weth".into(), "WETH".into(), 0.6)),
+            ),
+            flow(LendingAction::Repay, 4, "usdc", 2000.0, None),
+        ];
+        assert_eq!(
+            positions_at(&flows, t(1)),
+            vec![
+                ("usdc".into(), "USDC".into(), 0.0, 3000.0),
+                ("weth".into(), "WETH".into(), 2.0, 0.0)
+            ]
+        );
+        let after = positions_at(&flows, t(3));
+        assert_eq!(after[0].3, 1500.0);
+        assert!((after[1].2 - 1.4).abs() < 1e-12);
+        // Over-repaid (interest): zero debt, and the reserve drops out.
+        assert_eq!(positions_at(&flows, t(5)).len(), 1);
+    }
+
+    #[test]
+    fn hourly_volatility_uses_daily_closes_when_it_can() {
+        let t0 = DateTime::from_timestamp(1_650_000_000, 0).expect("time");
+        // 20 days alternating ×1.1 / ÷1.1 at noon: daily log returns ±ln 1.1.
+        let points: Vec<_> = (0..20)
+            .map(|d| {
+                let p = if d % 2 == 0 { 100.0 } else { 110.0 };
+                (t0 + chrono::Duration::days(d), p)
+            })
+            .collect();
+        let now = t0 + chrono::Duration::days(19) + chrono::Duration::hours(1);
+        let (v7, v30) = hourly_volatility(&points, now).expect("enough prices");
+        let daily = volatility(&points.iter().map(|p| p.1).collect::<Vec<_>>()).expect("vol");
+        assert!((v30 - daily / 24f64.sqrt()).abs() < 1e-12);
+        assert!(v7 > 0.0);
+        // Within one day: consecutive points are the steps.
+        let minutes: Vec<_> = [100.0, 101.0, 99.0, 100.5]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (t0 + chrono::Duration::minutes(i as i64), *p))
+            .collect();
+        let (_, v) = hourly_volatility(&minutes, t0 + chrono::Duration::hours(1)).expect("vol");
+        let steps = volatility(&[100.0, 101.0, 99.0, 100.5]).expect("vol");
+        assert!((v - steps).abs() < 1e-12);
+        assert!(hourly_volatility(&minutes[..2], t0 + chrono::Duration::hours(1)).is_none());
+        // Prices after `now` are not seen.
+        assert!(hourly_volatility(&minutes, t0 - chrono::Duration::hours(1)).is_none());
+    }
 
     const CRED: &str = include_str!(
         "../../data/aave-v2-eth-hf-cred-sample/0x01acb3804ba9c42111c6e9c127831eb486ca1ac7.csv"

@@ -152,6 +152,77 @@ impl Policy {
     }
 }
 
+/// Why a decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Trigger {
+    /// A lender asked (`requestCredit`).
+    Request,
+    /// The wallet's score crossed into another band: its last request is decided again.
+    BandChange,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Request => "REQUEST",
+            Trigger::BandChange => "BAND_CHANGE",
+        }
+    }
+}
+
+/// A decision as stored and published on `chainfold.decisions.v1`: who, what was asked, the
+/// score it was made from, and the decision with its inputs and policy version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionRecord {
+    /// `keccak256` of what makes the decision unique (see [`DecisionRecord::id_of`]), hex.
+    pub id: String,
+    pub chain_id: u64,
+    pub wallet: String,
+    /// The collateral asset as requested (a token address or symbol).
+    pub collateral_asset: String,
+    pub trigger: Trigger,
+    /// For a band change: the request decided again.
+    pub request_id: Option<String>,
+    /// The score the decision used: its triggering event and model.
+    pub score_event_id: String,
+    pub model_version: String,
+    pub decided_at: chrono::DateTime<chrono::Utc>,
+    pub decision: Decision,
+}
+
+impl DecisionRecord {
+    /// A decision's id from the parts that make it unique: a request's (chain, wallet, asset,
+    /// amount, a caller-given nonce), or a band change's (request id, score event id), so that a
+    /// replayed band change is the same decision.
+    pub fn id_of(parts: &[&str]) -> String {
+        let mut buf = Vec::new();
+        for p in parts {
+            buf.extend_from_slice(p.as_bytes());
+            buf.push(0);
+        }
+        format!("{}", alloy_primitives::keccak256(&buf))
+    }
+
+    /// What the fixture lending pool's `setCreditLine` takes: the debt value cap in the
+    /// aggregators' 8 decimals (0 on REJECT: no borrowing) and the collateral ratio in basis
+    /// points, rounded up so the chain never asks less than the decision did.
+    pub fn on_chain_terms(&self) -> (u128, u64) {
+        match self.decision.outcome {
+            Outcome::Reject => (0, 0),
+            Outcome::Approve | Outcome::AdjustCollateral => {
+                let line = (self.decision.request.amount_usd * 1e8).round().max(0.0) as u128;
+                let ratio = self
+                    .decision
+                    .required_collateral_ratio
+                    .map_or(0, |r| (r * 10_000.0 - 1e-6).ceil().max(0.0) as u64);
+                (line, ratio)
+            }
+        }
+    }
+}
+
 fn toml_like(text: &str) -> Result<Policy, String> {
     toml::from_str(text).map_err(|e| e.to_string())
 }
@@ -212,6 +283,45 @@ mod tests {
         let mut risky = request(800, Band::Excellent, Some(1e9), None);
         risky.probability_of_liquidation = Some(0.99);
         assert_eq!(policy.decide(risky).outcome, Outcome::Reject);
+    }
+
+    #[test]
+    fn on_chain_terms_follow_the_outcome() {
+        let policy = Policy::parse(POLICY).expect("valid policy");
+        let mut record = DecisionRecord {
+            id: DecisionRecord::id_of(&["1", "0xabc"]),
+            chain_id: 31337,
+            wallet: "0xabc".into(),
+            collateral_asset: "WETH".into(),
+            trigger: Trigger::Request,
+            request_id: None,
+            score_event_id: "0x01".into(),
+            model_version: "position-v1".into(),
+            decided_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time"),
+            decision: policy.decide(request(
+                700,
+                Band::Good,
+                None,
+                Some(policy.reference_daily_volatility),
+            )),
+        };
+        assert_eq!(record.decision.outcome, Outcome::AdjustCollateral);
+        // $1,000 at 8 decimals; 1/0.7 = 142.857…% rounds up to 14,286 bp.
+        assert_eq!(record.on_chain_terms(), (100_000_000_000, 14_286));
+        record.decision = policy.decide(request(300, Band::VeryPoor, None, None));
+        assert_eq!(record.on_chain_terms(), (0, 0));
+        // Ids differ by any part and are stable.
+        assert_eq!(record.id, DecisionRecord::id_of(&["1", "0xabc"]));
+        assert_ne!(record.id, DecisionRecord::id_of(&["1", "0xabd"]));
+        assert_ne!(
+            DecisionRecord::id_of(&["1a", "b"]),
+            DecisionRecord::id_of(&["1", "ab"])
+        );
+        // The Kafka form round-trips.
+        let json = serde_json::to_string(&record).expect("json");
+        assert!(json.contains("\"trigger\":\"REQUEST\""), "{json}");
+        let back: DecisionRecord = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, record);
     }
 
     #[test]

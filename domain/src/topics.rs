@@ -17,6 +17,9 @@ pub const BLOCKS: &str = "chainfold.blocks.v1";
 pub const SCORES: &str = "chainfold.scores.v1";
 /// Off-chain attestations about wallets, keyed by wallet.
 pub const ATTESTATIONS: &str = "chainfold.attestations.v1";
+/// Lending decisions (on request and when a requester's score crosses its band), keyed by
+/// wallet; `chainfold actuate` applies them on-chain.
+pub const DECISIONS: &str = "chainfold.decisions.v1";
 /// Suffix of a topic's dead-letter sibling.
 pub const DLQ_SUFFIX: &str = ".dlq";
 

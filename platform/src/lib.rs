@@ -3,6 +3,7 @@
 //! signal. Roles depend on this crate and on `domain`, never on each other.
 
 pub mod config;
+pub mod decisions;
 pub mod dlq;
 pub mod kafka;
 pub mod postgres;

@@ -1,23 +1,33 @@
-//! `chainfold score`: a consumer group on the lending topic that rescores a wallet on every
-//! lending event of it.
+//! `chainfold score`: a consumer group on the lending, AMM, oracle and attestation topics that
+//! rescores every wallet an event touches.
 //!
-//! Per batch: the lending envelopes are grouped by wallet; the scorer waits until the projector
-//! has folded them (its offsets in `consumer_offset` pass the batch's), reads each wallet's
-//! history from `lending_event` once, and computes one score per event with the features as of
-//! that event's time (so the result does not depend on batch boundaries). Rows go in with
-//! `ON CONFLICT (chain_id, wallet, event_id) DO NOTHING`; Kafka offsets are committed after the
-//! Postgres commit. A crash replays from the last commit and the replay changes nothing.
+//! Triggers: a lending event rescores its wallet; a swap rescores its sender and recipient when
+//! they have a lending history; an oracle round that moves an asset's price beyond
+//! `--oracle-threshold` from the last mark rescores every wallet holding or owing the asset; an
+//! attestation rescores its wallet. Per batch the scorer waits until the projector has folded the
+//! batch's events (its offsets in `consumer_offset` pass them), reads each wallet's history once,
+//! and computes one score per (wallet, trigger) with the features as of the trigger's time (so
+//! the result does not depend on batch boundaries): behaviour from the history, and when the
+//! wallet has debt and priced holdings, the position model's probability of liquidation (one
+//! batched ONNX call per batch, on a blocking thread). Rows go in with `ON CONFLICT (chain_id,
+//! wallet, event_id) DO NOTHING`; Kafka offsets are committed after the Postgres commit. A crash
+//! replays from the last commit and the replay changes nothing.
 //! After the commit: Redis (`<prefix>score:<chain>:<wallet>` hash + a `<prefix>scores` pub/sub
-//! message) and `chainfold.scores.v1` (keyed by wallet).
+//! message), `chainfold.scores.v1` (keyed by wallet), and for a wallet whose band changed and
+//! that has requested credit, a new decision of its last request (`chainfold.decisions.v1`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chainfold_domain::credit::{activity_features, Attestation, HistoryEvent};
+use chainfold_domain::credit::{
+    activity_features, dominant_collateral, hourly_volatility, liquidation_threshold,
+    position_features, positions_at, Attestation, HistoryEvent, Holding, PositionFlow,
+};
+use chainfold_domain::decision::Policy;
 use chainfold_domain::scorecard::{self, Score};
-use chainfold_domain::{topics, Envelope, LendingAction};
+use chainfold_domain::{topics, DefiEvent, Envelope, LendingAction};
 use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
 use chainfold_platform::kafka;
 use chrono::{DateTime, Utc};
@@ -70,6 +80,21 @@ pub struct Config {
         default_value_t = 2000
     )]
     pub batch_size: usize,
+    /// Lending decision policy for the decisions pushed when a wallet's band changes.
+    #[arg(
+        long = "policy",
+        env = "CHAINFOLD_POLICY",
+        default_value = "scoring/policy.toml"
+    )]
+    pub policy: PathBuf,
+    /// Relative oracle price move (since the last rescoring of the asset's holders) that
+    /// rescores every wallet holding or owing the asset.
+    #[arg(
+        long = "oracle-threshold",
+        env = "CHAINFOLD_SCORER_ORACLE_THRESHOLD",
+        default_value_t = 0.02
+    )]
+    pub oracle_threshold: f64,
     /// How long to wait for the projector to fold a batch before failing.
     #[arg(long = "projector-wait", default_value = "60s", value_parser = chainfold_platform::config::parse_duration)]
     pub projector_wait: Duration,
@@ -92,6 +117,8 @@ impl Config {
             projector_group,
             model_dir,
             instance_id: None,
+            policy: "scoring/policy.toml".into(),
+            oracle_threshold: 0.02,
             batch_size: 2000,
             projector_wait: Duration::from_secs(60),
         }
@@ -116,6 +143,25 @@ pub struct Outcome {
     pub attestations_malformed: u64,
     /// … and stored ones that had expired at the time a score was computed.
     pub attestations_expired: u64,
+    /// Scores with the position model's probability of liquidation.
+    pub with_position: u64,
+    /// Oracle rounds that moved beyond the threshold (each rescored the asset's holders).
+    pub oracle_moves: u64,
+    /// Decisions pushed because a requester's score changed band.
+    pub decisions: u64,
+}
+
+impl Outcome {
+    fn add(&mut self, o: &Outcome) {
+        self.received += o.received;
+        self.scored += o.scored;
+        self.skipped += o.skipped;
+        self.attestations_malformed += o.attestations_malformed;
+        self.attestations_expired += o.attestations_expired;
+        self.with_position += o.with_position;
+        self.oracle_moves += o.oracle_moves;
+        self.decisions += o.decisions;
+    }
 }
 
 /// A running scorer.
@@ -124,11 +170,17 @@ pub struct Scorer {
     producer: FutureProducer,
     pool: PgPool,
     redis: redis::aio::ConnectionManager,
-    model: PositionModel,
+    model: std::sync::Arc<std::sync::Mutex<PositionModel>>,
+    model_version: String,
+    model_sha256: String,
+    policy: Policy,
     config: Config,
     lending_topic: String,
+    amm_topic: String,
+    oracle_topic: String,
     attestations_topic: String,
     scores_topic: String,
+    decisions_topic: String,
     /// Time spent from each batch's first message to its commit (waiting for the group join or
     /// for messages excluded): what the benchmark divides by.
     pub busy: Duration,
@@ -142,7 +194,9 @@ impl std::fmt::Debug for Scorer {
     }
 }
 
-/// What a score row is computed for: a lending event or an attestation of the wallet.
+/// What a score row is computed for: an event that touched the wallet (lending, swap, oracle
+/// move) or an attestation of it.
+#[derive(Debug, Clone)]
 struct Trigger {
     chain_id: u64,
     wallet: String,
@@ -154,25 +208,54 @@ struct Trigger {
     block_number: Option<i64>,
 }
 
+/// An oracle round of an asset, with the trigger its holders get if it moved.
+#[derive(Debug, Clone)]
+struct OracleRound {
+    asset: String,
+    price: f64,
+    /// Wallet left empty: filled per holder.
+    trigger: Trigger,
+}
+
+/// USD price points per (chain, reserve), read once per batch.
+type PriceCache = HashMap<(u64, String), Vec<(DateTime<Utc>, f64)>>;
+
+/// What `score_and_store` did.
+#[derive(Debug, Default)]
+struct Scored {
+    scored: u64,
+    expired: u64,
+    with_position: u64,
+    decisions: u64,
+}
+
 impl Scorer {
     pub async fn build(config: Config) -> anyhow::Result<Scorer> {
         let model = PositionModel::load(&config.model_dir)?;
+        let policy = chainfold_platform::decisions::load_policy(&config.policy)?;
         let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
         let topics = config.kafka.topics();
         let scores_topic = format!("{}{}", config.kafka.topic_prefix, topics::SCORES);
         let attestations_topic = format!("{}{}", config.kafka.topic_prefix, topics::ATTESTATIONS);
+        let decisions_topic = format!("{}{}", config.kafka.topic_prefix, topics::DECISIONS);
         let mut all = topics.all();
         all.push(scores_topic.clone());
         all.push(attestations_topic.clone());
+        all.push(decisions_topic.clone());
         kafka::ensure_topics(&config.kafka, &all).await?;
         let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &config.group)
             .set("group.instance.id", config.instance_id())
             .create()
             .context("could not create Kafka consumer")?;
         consumer
-            .subscribe(&[topics.lending.as_str(), attestations_topic.as_str()])
-            .context("could not subscribe to the lending and attestation topics")?;
+            .subscribe(&[
+                topics.lending.as_str(),
+                topics.amm.as_str(),
+                topics.oracle.as_str(),
+                attestations_topic.as_str(),
+            ])
+            .context("could not subscribe to the lending, AMM, oracle and attestation topics")?;
         let producer = kafka::producer(&config.kafka)?;
         tracing::info!(group = %config.group, model = %model.version, sha256 = %model.sha256, "scorer subscribed");
         Ok(Scorer {
@@ -180,10 +263,16 @@ impl Scorer {
             producer,
             pool,
             redis,
-            model,
+            model_version: model.version.clone(),
+            model_sha256: model.sha256.clone(),
+            model: std::sync::Arc::new(std::sync::Mutex::new(model)),
+            policy,
             lending_topic: topics.lending,
+            amm_topic: topics.amm,
+            oracle_topic: topics.oracle,
             attestations_topic,
             scores_topic,
+            decisions_topic,
             busy: Duration::ZERO,
             config,
         })
@@ -227,10 +316,12 @@ impl Scorer {
             return Ok(outcome);
         }
         let mut triggers: Vec<Trigger> = Vec::new();
-        // Lending offsets only: the projector does not fold attestations.
-        let mut max_offset: BTreeMap<i32, i64> = BTreeMap::new();
+        // Event-topic offsets the projector must have folded before the features are read.
+        let mut max_offset: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut commit: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut attestations = Vec::new();
+        let mut swaps: Vec<Trigger> = Vec::new();
+        let mut rounds: Vec<OracleRound> = Vec::new();
         for (topic, partition, offset, payload) in &messages {
             let next = commit.entry((topic.clone(), *partition)).or_insert(*offset);
             *next = (*next).max(*offset);
@@ -263,31 +354,67 @@ impl Scorer {
                 }
                 continue;
             }
-            let entry = max_offset.entry(*partition).or_insert(*offset);
+            let entry = max_offset
+                .entry((topic.clone(), *partition))
+                .or_insert(*offset);
             *entry = (*entry).max(*offset);
-            let parsed = payload
+            let Some(env) = payload
                 .as_deref()
                 .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
-                .filter(|env| !env.retracted);
-            match parsed.and_then(|env| HistoryEvent::of(&env).map(|event| (env, event))) {
-                Some((env, event)) => triggers.push(Trigger {
-                    chain_id: env.chain_id,
-                    wallet: format!("{:#x}", env.partition_key()),
-                    event_id: env.event_id.to_string(),
-                    at: event.at,
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: *offset,
-                    block_number: env.block.map(|b| b.number as i64),
-                }),
-                None => outcome.skipped += 1,
+                .filter(|env| !env.retracted)
+            else {
+                outcome.skipped += 1;
+                continue;
+            };
+            let trigger = |wallet: String, at: DateTime<Utc>| Trigger {
+                chain_id: env.chain_id,
+                wallet,
+                event_id: env.event_id.to_string(),
+                at,
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                block_number: env.block.map(|b| b.number as i64),
+            };
+            match (&env.event, env.block_time) {
+                (_, Some(at))
+                    if *topic == self.lending_topic && HistoryEvent::of(&env).is_some() =>
+                {
+                    triggers.push(trigger(format!("{:#x}", env.partition_key()), at));
+                }
+                (DefiEvent::Swap(swap), Some(at)) if *topic == self.amm_topic => {
+                    swaps.push(trigger(format!("{:#x}", swap.sender), at));
+                    if swap.recipient != swap.sender {
+                        swaps.push(trigger(format!("{:#x}", swap.recipient), at));
+                    }
+                }
+                (DefiEvent::OracleUpdate(update), Some(at)) if *topic == self.oracle_topic => {
+                    let price: Option<f64> = update.price().to_string().parse().ok();
+                    match (update.asset, price) {
+                        (Some(asset), Some(price)) if price > 0.0 => rounds.push(OracleRound {
+                            asset: format!("{asset:#x}"),
+                            price,
+                            trigger: trigger(String::new(), at),
+                        }),
+                        _ => outcome.skipped += 1,
+                    }
+                }
+                _ => outcome.skipped += 1,
             }
         }
         self.store_attestations(&attestations).await?;
         let projector = self.wait_for_projector(&max_offset).await?;
-        let (scored, expired) = self.score_and_store(&triggers, &projector).await?;
-        outcome.scored = scored;
-        outcome.attestations_expired = expired;
+        // Swaps rescore only wallets with a lending history (a credit profile to move).
+        triggers.extend(self.with_history(swaps).await?);
+        let (moved, holders, marks) = self.oracle_triggers(&rounds).await?;
+        outcome.oracle_moves = moved;
+        triggers.extend(holders);
+        let scored = self.score_and_store(&triggers, &projector).await?;
+        outcome.scored = scored.scored;
+        outcome.attestations_expired = scored.expired;
+        outcome.with_position = scored.with_position;
+        outcome.decisions = scored.decisions;
+        self.store_marks(&marks).await?;
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in &commit {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
@@ -305,21 +432,21 @@ impl Scorer {
     /// Waits until the projector's stored offsets pass every offset of the batch; returns them.
     async fn wait_for_projector(
         &self,
-        max_offset: &BTreeMap<i32, i64>,
-    ) -> anyhow::Result<HashMap<i32, i64>> {
+        max_offset: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<HashMap<(String, i32), i64>> {
         let started = Instant::now();
         loop {
-            let rows: Vec<(i32, i64)> = sqlx::query_as(
-                "SELECT partition_id, next_offset FROM consumer_offset WHERE group_id = $1 AND topic = $2",
+            let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+                "SELECT topic, partition_id, next_offset FROM consumer_offset WHERE group_id = $1",
             )
             .bind(&self.config.projector_group)
-            .bind(&self.lending_topic)
             .fetch_all(&self.pool)
             .await?;
-            let folded: HashMap<i32, i64> = rows.into_iter().collect();
+            let folded: HashMap<(String, i32), i64> =
+                rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
             if max_offset
                 .iter()
-                .all(|(p, o)| folded.get(p).is_some_and(|next| next > o))
+                .all(|(k, o)| folded.get(k).is_some_and(|next| next > o))
             {
                 return Ok(folded);
             }
@@ -331,6 +458,106 @@ impl Scorer {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The triggers whose wallet has a lending history on its chain.
+    async fn with_history(&self, triggers: Vec<Trigger>) -> anyhow::Result<Vec<Trigger>> {
+        if triggers.is_empty() {
+            return Ok(triggers);
+        }
+        let chains: Vec<i64> = triggers.iter().map(|t| t.chain_id as i64).collect();
+        let wallets: Vec<String> = triggers.iter().map(|t| t.wallet.clone()).collect();
+        let known: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT DISTINCT e.chain_id, e.wallet FROM lending_event e
+             JOIN UNNEST($1::int8[], $2::text[]) AS t(c, w) ON e.chain_id = t.c AND e.wallet = t.w",
+        )
+        .bind(&chains)
+        .bind(&wallets)
+        .fetch_all(&self.pool)
+        .await?;
+        let known: std::collections::HashSet<(u64, String)> =
+            known.into_iter().map(|(c, w)| (c as u64, w)).collect();
+        Ok(triggers
+            .into_iter()
+            .filter(|t| known.contains(&(t.chain_id, t.wallet.clone())))
+            .collect())
+    }
+
+    /// Oracle rounds in log order against the stored marks: a round that moves its asset beyond
+    /// the threshold rescores every wallet holding or owing the asset and becomes the new mark;
+    /// the first round of an asset only sets the mark. Returns (moves, triggers, new marks).
+    async fn oracle_triggers(
+        &self,
+        rounds: &[OracleRound],
+    ) -> anyhow::Result<(u64, Vec<Trigger>, Vec<OracleRound>)> {
+        if rounds.is_empty() {
+            return Ok((0, Vec::new(), Vec::new()));
+        }
+        let stored: Vec<(i64, String, f64)> = sqlx::query_as(
+            "SELECT chain_id, asset, price FROM scorer_price_mark WHERE group_id = $1",
+        )
+        .bind(&self.config.group)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut marks: HashMap<(u64, String), f64> = stored
+            .into_iter()
+            .map(|(c, a, p)| ((c as u64, a), p))
+            .collect();
+        let mut changed: BTreeMap<(u64, String), OracleRound> = BTreeMap::new();
+        let mut moves = 0;
+        let mut triggers = Vec::new();
+        for round in rounds {
+            let key = (round.trigger.chain_id, round.asset.clone());
+            let moved = match marks.get(&key) {
+                None => false,
+                Some(mark) => (round.price / mark - 1.0).abs() >= self.config.oracle_threshold,
+            };
+            if marks.contains_key(&key) && !moved {
+                continue;
+            }
+            marks.insert(key.clone(), round.price);
+            changed.insert(key, round.clone());
+            if !moved {
+                continue;
+            }
+            moves += 1;
+            let holders: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT wallet FROM lending_position
+                 WHERE chain_id = $1 AND reserve = $2 AND (collateral > 0 OR variable_debt > 0)
+                 ORDER BY wallet",
+            )
+            .bind(round.trigger.chain_id as i64)
+            .bind(&round.asset)
+            .fetch_all(&self.pool)
+            .await?;
+            tracing::debug!(asset = %round.asset, price = round.price, holders = holders.len(), "oracle move rescores holders");
+            for wallet in holders {
+                let mut t = round.trigger.clone();
+                t.wallet = wallet;
+                triggers.push(t);
+            }
+        }
+        Ok((moves, triggers, changed.into_values().collect()))
+    }
+
+    /// Stores the new price marks (after the scores they triggered).
+    async fn store_marks(&self, marks: &[OracleRound]) -> anyhow::Result<()> {
+        for m in marks {
+            sqlx::query(
+                "INSERT INTO scorer_price_mark (group_id, chain_id, asset, price, event_id)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (group_id, chain_id, asset) DO UPDATE
+                 SET price = EXCLUDED.price, event_id = EXCLUDED.event_id",
+            )
+            .bind(&self.config.group)
+            .bind(m.trigger.chain_id as i64)
+            .bind(&m.asset)
+            .bind(m.price)
+            .bind(&m.trigger.event_id)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Stores valid attestations (idempotent by their id) before the scores that use them.
@@ -381,31 +608,128 @@ impl Scorer {
             .collect())
     }
 
-    async fn history(&self, chain_id: u64, wallet: &str) -> anyhow::Result<Vec<HistoryEvent>> {
-        let rows: Vec<(String, Option<DateTime<Utc>>, Option<bigdecimal::BigDecimal>)> = sqlx::query_as(
-            "SELECT action, block_time, amount_usd FROM lending_event WHERE chain_id = $1 AND wallet = $2",
+    /// A wallet's lending history: for the behaviour features and the position fold.
+    async fn history(
+        &self,
+        chain_id: u64,
+        wallet: &str,
+    ) -> anyhow::Result<(Vec<HistoryEvent>, Vec<PositionFlow>)> {
+        type Row = (
+            String,
+            Option<DateTime<Utc>>,
+            Option<f64>,
+            String,
+            String,
+            Option<f64>,
+            Option<String>,
+            Option<String>,
+            Option<f64>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT action, block_time, amount_usd::float8, reserve, symbol,
+                    (amount / power(10::numeric, decimals))::float8,
+                    collateral_reserve, collateral_symbol,
+                    (collateral_amount / power(10::numeric, collateral_decimals))::float8
+             FROM lending_event WHERE chain_id = $1 AND wallet = $2",
         )
         .bind(chain_id as i64)
         .bind(wallet)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(action, at, usd)| {
-                Some(HistoryEvent {
-                    action: LendingAction::parse(&action)?,
-                    at: at?,
-                    usd: usd.and_then(|u| u.to_string().parse().ok()),
-                })
-            })
-            .collect())
+        let mut history = Vec::with_capacity(rows.len());
+        let mut flows = Vec::with_capacity(rows.len());
+        for (action, at, usd, reserve, symbol, amount, c_reserve, c_symbol, c_amount) in rows {
+            let (Some(action), Some(at)) = (LendingAction::parse(&action), at) else {
+                continue;
+            };
+            history.push(HistoryEvent { action, at, usd });
+            flows.push(PositionFlow {
+                action,
+                at,
+                reserve,
+                symbol,
+                amount: amount.unwrap_or(0.0),
+                seized: match (c_reserve, c_symbol, c_amount) {
+                    (Some(r), Some(s), Some(a)) => Some((r, s, a)),
+                    _ => None,
+                },
+            });
+        }
+        Ok((history, flows))
+    }
+
+    /// USD price points of a reserve, cached for the batch.
+    async fn prices<'a>(
+        &self,
+        cache: &'a mut PriceCache,
+        chain_id: u64,
+        reserve: &str,
+    ) -> anyhow::Result<&'a [(DateTime<Utc>, f64)]> {
+        let key = (chain_id, reserve.to_owned());
+        if !cache.contains_key(&key) {
+            let points = chainfold_platform::decisions::price_points(
+                &self.pool,
+                chain_id,
+                &[reserve.to_owned()],
+                None,
+            )
+            .await?;
+            cache.insert(key.clone(), points);
+        }
+        Ok(cache.get(&key).map(Vec::as_slice).unwrap_or_default())
+    }
+
+    /// The position model's inputs for the wallet's position at `at`: `None` without debt, or
+    /// when a held reserve has no price at `at`, or its collateral has too few prices for a
+    /// volatility.
+    async fn position_inputs(
+        &self,
+        cache: &mut PriceCache,
+        chain_id: u64,
+        flows: &[PositionFlow],
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<Option<[f32; 4]>> {
+        let positions = positions_at(flows, at);
+        if !positions.iter().any(|p| p.3 > 0.0) {
+            return Ok(None);
+        }
+        let mut holdings = Vec::with_capacity(positions.len());
+        let mut reserves = Vec::with_capacity(positions.len());
+        for (reserve, symbol, collateral, debt) in positions {
+            let points = self.prices(cache, chain_id, &reserve).await?;
+            let seen = points.partition_point(|(t, _)| *t <= at);
+            let Some(&(_, price)) = seen.checked_sub(1).and_then(|i| points.get(i)) else {
+                return Ok(None);
+            };
+            holdings.push(Holding {
+                liquidation_threshold: liquidation_threshold(&symbol),
+                symbol,
+                collateral,
+                debt,
+                price,
+            });
+            reserves.push(reserve);
+        }
+        let Some(main) = dominant_collateral(&holdings) else {
+            // Debt without collateral: the worst position there is.
+            return Ok(Some([(1e-9f64).ln() as f32, 0.0, 0.0, -50.0]));
+        };
+        let index = holdings
+            .iter()
+            .position(|h| std::ptr::eq(h, main))
+            .unwrap_or_default();
+        let points = self.prices(cache, chain_id, &reserves[index]).await?;
+        let Some((vol_7d, vol_30d)) = hourly_volatility(points, at) else {
+            return Ok(None);
+        };
+        Ok(position_features(&holdings, vol_7d, vol_30d))
     }
 
     async fn score_and_store(
         &mut self,
         triggers: &[Trigger],
-        projector: &HashMap<i32, i64>,
-    ) -> anyhow::Result<(u64, u64)> {
+        projector: &HashMap<(String, i32), i64>,
+    ) -> anyhow::Result<Scored> {
         let mut by_wallet: BTreeMap<(u64, String), Vec<&Trigger>> = BTreeMap::new();
         for t in triggers {
             by_wallet
@@ -414,30 +738,62 @@ impl Scorer {
                 .push(t);
         }
         let mut expired = 0;
-        let mut rows: Vec<(u64, String, &Trigger, Score)> = Vec::new();
+        let mut cache = HashMap::new();
+        // (chain, wallet, trigger, activity, active attestations, position features)
+        let mut pending = Vec::new();
         for ((chain, wallet), list) in &by_wallet {
-            let history = self.history(*chain, wallet).await?;
+            let (history, flows) = self.history(*chain, wallet).await?;
             let attested = self.attestations(*chain, wallet).await?;
             for t in list {
                 let Some(features) = activity_features(&history, t.at) else {
                     continue;
                 };
-                let active: Vec<&Attestation> =
-                    attested.iter().filter(|a| a.active_at(t.at)).collect();
+                let active: Vec<Attestation> = attested
+                    .iter()
+                    .filter(|a| a.active_at(t.at))
+                    .cloned()
+                    .collect();
                 expired += attested
                     .iter()
                     .filter(|a| a.issued_at <= t.at && a.expires_at <= t.at)
                     .count() as u64;
-                // The position model needs the wallet's current holdings and their price
-                // paths; until the scorer folds those, the risk term is left out (None).
-                rows.push((
-                    *chain,
-                    wallet.clone(),
-                    *t,
-                    scorecard::score_with(&features, None, &active),
-                ));
+                let position = self
+                    .position_inputs(&mut cache, *chain, &flows, t.at)
+                    .await?;
+                pending.push((*chain, wallet.clone(), *t, features, active, position));
             }
         }
+        // One batched inference for every priced position, on a blocking thread.
+        let inputs: Vec<[f32; 4]> = pending.iter().filter_map(|p| p.5).collect();
+        let model = self.model.clone();
+        let mut probabilities = tokio::task::spawn_blocking(move || {
+            model
+                .lock()
+                .map_err(|_| anyhow::anyhow!("position model lock poisoned"))?
+                .predict(&inputs)
+        })
+        .await
+        .context("inference thread")??
+        .into_iter();
+        let mut with_position = 0;
+        let mut rows: Vec<(u64, String, &Trigger, Score)> = Vec::with_capacity(pending.len());
+        for (chain, wallet, t, features, active, position) in pending {
+            let p = match position {
+                Some(_) => {
+                    with_position += 1;
+                    probabilities.next().map(f64::from)
+                }
+                None => None,
+            };
+            let active: Vec<&Attestation> = active.iter().collect();
+            rows.push((
+                chain,
+                wallet,
+                t,
+                scorecard::score_with(&features, p, &active),
+            ));
+        }
+        let bands_before = self.latest_bands(&by_wallet).await?;
         // One statement for the batch; rows already stored (a replay) come back as nothing.
         let n = rows.len();
         let (mut chain_id, mut wallet, mut score, mut band, mut probability) = (
@@ -476,7 +832,12 @@ impl Scorer {
             topic.push(t.topic.clone());
             partition.push(t.partition);
             offset.push(t.offset);
-            projector_next.push(projector.get(&t.partition).copied().unwrap_or_default());
+            projector_next.push(
+                projector
+                    .get(&(t.topic.clone(), t.partition))
+                    .copied()
+                    .unwrap_or_default(),
+            );
             block.push(t.block_number);
         }
         let inserted: Vec<(i64, String, String)> = sqlx::query_as(
@@ -496,8 +857,8 @@ impl Scorer {
         .bind(&score)
         .bind(&band)
         .bind(&probability)
-        .bind(&self.model.version)
-        .bind(&self.model.sha256)
+        .bind(&self.model_version)
+        .bind(&self.model_sha256)
         .bind(&reasons)
         .bind(&computed_at)
         .bind(&event_id)
@@ -525,7 +886,7 @@ impl Scorer {
             let message = serde_json::json!({
                 "chainId": chain, "wallet": wallet, "score": s.score, "band": s.band,
                 "probabilityOfLiquidation": s.probability_of_liquidation, "reasons": s.reasons,
-                "modelVersion": self.model.version, "modelSha256": self.model.sha256,
+                "modelVersion": self.model_version, "modelSha256": self.model_sha256,
                 "computedAt": t.at, "eventId": t.event_id,
                 "provenance": {"topic": t.topic, "partition": t.partition, "offset": t.offset,
                                "blockNumber": t.block_number},
@@ -567,7 +928,98 @@ impl Scorer {
                 Err(_) => anyhow::bail!("producer dropped before a score was acknowledged"),
             }
         }
-        Ok((stored.len() as u64, expired))
+        let decisions = self.push_band_changes(&bands_before, &stored).await?;
+        Ok(Scored {
+            scored: stored.len() as u64,
+            expired,
+            with_position,
+            decisions,
+        })
+    }
+
+    /// Each batch wallet's band before the batch.
+    async fn latest_bands(
+        &self,
+        by_wallet: &BTreeMap<(u64, String), Vec<&Trigger>>,
+    ) -> anyhow::Result<HashMap<(u64, String), String>> {
+        if by_wallet.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let chains: Vec<i64> = by_wallet.keys().map(|(c, _)| *c as i64).collect();
+        let wallets: Vec<String> = by_wallet.keys().map(|(_, w)| w.clone()).collect();
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT t.c, t.w, s.band FROM UNNEST($1::int8[], $2::text[]) AS t(c, w)
+             CROSS JOIN LATERAL (SELECT band FROM credit_score
+                                 WHERE chain_id = t.c AND wallet = t.w ORDER BY id DESC LIMIT 1) s",
+        )
+        .bind(&chains)
+        .bind(&wallets)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(c, w, b)| ((c as u64, w), b))
+            .collect())
+    }
+
+    /// For each wallet whose newly stored scores left its band and that has requested credit:
+    /// its last request decided again with the latest score, stored and published.
+    async fn push_band_changes(
+        &mut self,
+        before: &HashMap<(u64, String), String>,
+        stored: &[(&u64, &String, &&Trigger, &Score)],
+    ) -> anyhow::Result<u64> {
+        // The last stored score per wallet, if its band differs from the band before the batch.
+        let mut last: BTreeMap<(u64, String), (&Trigger, &Score)> = BTreeMap::new();
+        for (chain, wallet, t, s) in stored {
+            last.insert((**chain, (*wallet).clone()), (**t, *s));
+        }
+        let mut crossed: BTreeMap<u64, Vec<(String, &Trigger, &Score)>> = BTreeMap::new();
+        for ((chain, wallet), (t, s)) in last {
+            let band = serde_json::to_value(s.band)?;
+            let was = before.get(&(chain, wallet.clone()));
+            if was.is_some_and(|b| band.as_str() != Some(b.as_str())) {
+                crossed.entry(chain).or_default().push((wallet, t, s));
+            }
+        }
+        let mut pushed = 0;
+        for (chain, list) in crossed {
+            let wallets: Vec<String> = list.iter().map(|(w, _, _)| w.clone()).collect();
+            let requests =
+                chainfold_platform::decisions::latest_requests(&self.pool, chain, &wallets).await?;
+            for request in requests {
+                let Some((_, t, s)) = list.iter().find(|(w, _, _)| *w == request.wallet) else {
+                    continue;
+                };
+                let snapshot = chainfold_platform::decisions::ScoreSnapshot {
+                    score: s.score,
+                    band: s.band,
+                    probability_of_liquidation: s.probability_of_liquidation,
+                    event_id: t.event_id.clone(),
+                    model_version: self.model_version.clone(),
+                };
+                let record = chainfold_platform::decisions::decide_band_change(
+                    &self.pool,
+                    &self.policy,
+                    &request,
+                    &snapshot,
+                    t.at,
+                )
+                .await?;
+                if chainfold_platform::decisions::store(&self.pool, &record).await? {
+                    let prefix = self.config.redis.prefix.clone();
+                    chainfold_platform::decisions::publish(
+                        &self.producer,
+                        &self.decisions_topic,
+                        Some((&mut self.redis, &prefix)),
+                        &record,
+                    )
+                    .await?;
+                    pushed += 1;
+                }
+            }
+        }
+        Ok(pushed)
     }
 
     /// Scores until a batch arrives empty after `idle` (tests, backfills). The first batch
@@ -582,11 +1034,7 @@ impl Scorer {
             if o.received == 0 {
                 return Ok(total);
             }
-            total.received += o.received;
-            total.scored += o.scored;
-            total.skipped += o.skipped;
-            total.attestations_malformed += o.attestations_malformed;
-            total.attestations_expired += o.attestations_expired;
+            total.add(&o);
         }
     }
 

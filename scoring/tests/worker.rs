@@ -199,6 +199,113 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
         "{refused}"
     );
 
+    // requestCredit: decided against the latest score with the shipped policy, stored,
+    // published and listed on the wallet; unknown wallets and assets are refused clearly.
+    let decisions_topic = format!(
+        "{}{}",
+        iso.kafka.topic_prefix,
+        chainfold_domain::topics::DECISIONS
+    );
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, std::slice::from_ref(&decisions_topic))
+        .await
+        .expect("decisions topic");
+    let policy_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.toml");
+    let policy = chainfold_platform::decisions::load_policy(&policy_path).expect("policy");
+    let desk = chainfold_api::decisions::DecisionDesk {
+        policy: policy.clone(),
+        producer: producer.clone(),
+        topic: decisions_topic.clone(),
+        redis: None,
+    };
+    let lender = chainfold_api::schema::build_with(pool.clone(), Some(desk));
+    let (peer_score, peer_band): (i32, String) = sqlx::query_as(
+        "SELECT score, band FROM credit_score_latest WHERE chain_id = 137 AND wallet = $1",
+    )
+    .bind(&peer)
+    .fetch_one(&pool)
+    .await
+    .expect("peer score");
+    let asset: String = sqlx::query_scalar(
+        "SELECT symbol FROM lending_event WHERE chain_id = 137 AND wallet = $1 AND action = 'deposit' LIMIT 1",
+    )
+    .bind(&peer)
+    .fetch_one(&pool)
+    .await
+    .expect("a deposited asset");
+    let request = |wallet: &str, asset: &str| {
+        format!(
+            r#"mutation {{ requestCredit(chainId: 137, address: "{wallet}", amountUsd: 1000, collateralAsset: "{asset}") {{
+                id outcome requiredCollateralRatio requiredCollateralUsd reason policyVersion score band
+                collateralUsd collateralDailyVolatility trigger }} }}"#
+        )
+    };
+    let response =
+        serde_json::to_value(lender.execute(request(&peer, &asset).as_str()).await).expect("json");
+    let decision = &response["data"]["requestCredit"];
+    assert_eq!(decision["score"], peer_score, "{response}");
+    assert_eq!(decision["band"], peer_band);
+    assert_eq!(decision["policyVersion"], policy.version.as_str());
+    assert_eq!(decision["trigger"], "REQUEST");
+    let outcome = decision["outcome"].as_str().expect("outcome");
+    if peer_score < policy.min_score {
+        assert_eq!(outcome, "REJECT", "{decision}");
+    } else {
+        assert_ne!(outcome, "REJECT", "{decision}");
+        // The ratio is the tier's, reduced for the asset's volatility.
+        let ratio = decision["requiredCollateralRatio"].as_f64().expect("ratio");
+        assert!(ratio > 1.0, "{decision}");
+        assert!(
+            (decision["requiredCollateralUsd"].as_f64().expect("usd") - 1000.0 * ratio).abs()
+                < 1e-6
+        );
+    }
+    let request_id = decision["id"].as_str().expect("id").to_owned();
+    let stored: (String, String, String) = sqlx::query_as(
+        "SELECT outcome, trigger, policy_version FROM credit_decision WHERE id = $1",
+    )
+    .bind(&request_id)
+    .fetch_one(&pool)
+    .await
+    .expect("decision stored");
+    assert_eq!((stored.0.as_str(), stored.1.as_str()), (outcome, "REQUEST"));
+    let listed = serde_json::to_value(
+        lender
+            .execute(
+                format!(
+                    r#"{{ wallet(chainId: 137, address: "{peer}") {{ decisions {{ id outcome txHash }} }} }}"#
+                )
+                .as_str(),
+            )
+            .await,
+    )
+    .expect("json");
+    assert_eq!(
+        listed["data"]["wallet"]["decisions"][0]["id"], request_id,
+        "{listed}"
+    );
+    for (wallet, asset, expected) in [
+        (
+            "0x00000000000000000000000000000000000000a1",
+            asset.as_str(),
+            "no credit score",
+        ),
+        (peer.as_str(), "NOPE", "not a reserve"),
+    ] {
+        let refused = serde_json::to_value(lender.execute(request(wallet, asset).as_str()).await)
+            .expect("json");
+        assert_eq!(
+            refused["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{refused}"
+        );
+        assert!(
+            refused["errors"][0]["message"]
+                .as_str()
+                .expect("message")
+                .contains(expected),
+            "{refused}"
+        );
+    }
+
     // Attestations: a valid one moves the score while it is valid; once expired (a later
     // attestation triggers a rescore) the score is back; a malformed one is counted, not stored.
     let (s0, t0): (i32, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
@@ -271,4 +378,63 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
         .any(|r| r["code"] == "ATTESTATION" && r["impact"] == 50.0));
     let (after_expiry, _) = score_of(later.id().to_string()).await;
     assert!((after_expiry - s0).abs() <= 1, "{s0} -> {after_expiry}");
+
+    // Band change: two attestations worth ±100 together take the score out of its band (up,
+    // unless it is Excellent); the scorer decides the wallet's last request again and pushes it.
+    let sign = if after_expiry >= 750 { -1.0 } else { 1.0 };
+    let pushes = [
+        attestation("bureau", sign, 100, 200),
+        attestation("bureau", sign, 101, 200),
+    ];
+    for a in &pushes {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(peer.as_str())
+                    .payload(&serde_json::to_vec(a).expect("json")),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("publish attestation");
+    }
+    let outcome = again
+        .run_until_idle(Duration::from_secs(5))
+        .await
+        .expect("scores attestations");
+    assert!(outcome.decisions >= 1, "{outcome:?}");
+    let (moved, _) = score_of(pushes[1].id().to_string()).await;
+    assert!(
+        (moved - after_expiry - 100 * sign as i32).abs() <= 2,
+        "{after_expiry} -> {moved}"
+    );
+    let pushed: Vec<(String, i32, String)> = sqlx::query_as(
+        "SELECT request_id, score, band FROM credit_decision WHERE trigger = 'BAND_CHANGE' ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("band-change decisions");
+    assert!(!pushed.is_empty());
+    assert!(pushed.iter().all(|p| p.0 == request_id));
+    assert_ne!(pushed[0].2, peer_band, "decided with the new band");
+    assert_eq!(pushed.last().expect("last").1, moved);
+    // On the decisions topic: the request and every push, as decision records.
+    let records = chainfold_testkit::read_topic(
+        &iso.kafka,
+        &decisions_topic,
+        1 + pushed.len(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(records.len(), 1 + pushed.len());
+    let parsed: Vec<chainfold_domain::decision::DecisionRecord> = records
+        .iter()
+        .map(|r| serde_json::from_slice(r).expect("a decision record"))
+        .collect();
+    assert!(parsed.iter().any(|r| r.id == request_id));
+    assert_eq!(
+        parsed
+            .iter()
+            .filter(|r| r.trigger == chainfold_domain::decision::Trigger::BandChange)
+            .count(),
+        pushed.len()
+    );
 }

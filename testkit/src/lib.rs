@@ -93,3 +93,40 @@ impl Isolated {
         }
     }
 }
+
+/// Reads `topic` from the beginning (all partitions, no group) until `expect` records arrived
+/// or `timeout` passed; returns the payloads read.
+pub fn read_topic(
+    kafka: &KafkaArgs,
+    topic: &str,
+    expect: usize,
+    timeout: Duration,
+) -> Vec<Vec<u8>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = chainfold_platform::kafka::client_config(kafka)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment
+                .add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                .expect("assignment");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expect && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(m.payload().unwrap_or_default().to_vec());
+        }
+    }
+    out
+}

@@ -1,0 +1,241 @@
+//! Lending decisions in the API: the `requestCredit` mutation and `Wallet.decisions`.
+
+use async_graphql::{Context, Enum, Object, SimpleObject};
+use chainfold_domain::decision::{DecisionRecord, Outcome, Policy, Trigger};
+use chrono::{DateTime, Utc};
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+
+use crate::error::{gql, ApiError, ApiResult};
+use crate::schema::parse_address;
+use crate::types::ScoreBand;
+
+/// What `requestCredit` needs besides Postgres: the policy and where decisions are published.
+#[derive(Clone)]
+pub struct DecisionDesk {
+    pub policy: Policy,
+    pub producer: FutureProducer,
+    /// `<prefix>chainfold.decisions.v1`
+    pub topic: String,
+    pub redis: Option<(redis::aio::ConnectionManager, String)>,
+}
+
+impl std::fmt::Debug for DecisionDesk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionDesk")
+            .field("policy", &self.policy.version)
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+/// APPROVE, REJECT or ADJUST_COLLATERAL.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DecisionOutcome {
+    Approve,
+    Reject,
+    AdjustCollateral,
+}
+
+/// Why a decision was made.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DecisionTrigger {
+    /// A lender asked (`requestCredit`).
+    Request,
+    /// The wallet's score crossed into another band: its last request decided again.
+    BandChange,
+}
+
+/// A lending decision with every input the policy saw.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct CreditDecision {
+    pub id: String,
+    pub chain_id: i64,
+    pub wallet: String,
+    pub trigger: DecisionTrigger,
+    /// For a band change: the request decided again.
+    pub request_id: Option<String>,
+    pub outcome: DecisionOutcome,
+    /// Collateral USD required per USD lent; null on REJECT.
+    pub required_collateral_ratio: Option<f64>,
+    pub required_collateral_usd: Option<f64>,
+    pub reason: String,
+    pub policy_version: String,
+    pub amount_usd: f64,
+    pub collateral_asset: String,
+    /// The wallet's collateral in the asset (USD) the policy saw; null when unpriced.
+    pub collateral_usd: Option<f64>,
+    pub collateral_daily_volatility: Option<f64>,
+    pub score: i32,
+    pub band: ScoreBand,
+    pub probability_of_default: Option<f64>,
+    pub model_version: String,
+    /// The event of the score the decision used.
+    pub score_event_id: String,
+    pub decided_at: DateTime<Utc>,
+    /// Set once `chainfold actuate` has applied the decision on-chain.
+    pub tx_hash: Option<String>,
+    pub tx_block: Option<i64>,
+    pub actuation_error: Option<String>,
+}
+
+impl CreditDecision {
+    pub fn new(
+        r: DecisionRecord,
+        tx_hash: Option<String>,
+        tx_block: Option<i64>,
+        actuation_error: Option<String>,
+    ) -> Self {
+        use chainfold_domain::scorecard::Band;
+        let d = r.decision;
+        CreditDecision {
+            id: r.id,
+            chain_id: r.chain_id as i64,
+            wallet: r.wallet,
+            trigger: match r.trigger {
+                Trigger::Request => DecisionTrigger::Request,
+                Trigger::BandChange => DecisionTrigger::BandChange,
+            },
+            request_id: r.request_id,
+            outcome: match d.outcome {
+                Outcome::Approve => DecisionOutcome::Approve,
+                Outcome::Reject => DecisionOutcome::Reject,
+                Outcome::AdjustCollateral => DecisionOutcome::AdjustCollateral,
+            },
+            required_collateral_ratio: d.required_collateral_ratio,
+            required_collateral_usd: d.required_collateral_usd,
+            reason: d.reason,
+            policy_version: d.policy_version,
+            amount_usd: d.request.amount_usd,
+            collateral_asset: r.collateral_asset,
+            collateral_usd: d.request.collateral_usd,
+            collateral_daily_volatility: d.request.collateral_daily_volatility,
+            score: d.request.score,
+            band: match d.request.band {
+                Band::Excellent => ScoreBand::Excellent,
+                Band::Good => ScoreBand::Good,
+                Band::Fair => ScoreBand::Fair,
+                Band::Poor => ScoreBand::Poor,
+                Band::VeryPoor => ScoreBand::VeryPoor,
+            },
+            probability_of_default: d.request.probability_of_liquidation,
+            model_version: r.model_version,
+            score_event_id: r.score_event_id,
+            decided_at: r.decided_at,
+            tx_hash,
+            tx_block,
+            actuation_error,
+        }
+    }
+}
+
+/// A wallet's decisions, newest first.
+pub async fn of_wallet(
+    pool: &PgPool,
+    chain_id: i64,
+    wallet: &str,
+    limit: i64,
+) -> ApiResult<Vec<CreditDecision>> {
+    type Row = (
+        serde_json::Value,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT record, tx_hash, tx_block, actuation_error FROM credit_decision
+         WHERE chain_id = $1 AND wallet = $2 ORDER BY seq DESC LIMIT $3",
+    )
+    .bind(chain_id)
+    .bind(wallet)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(gql)?;
+    rows.into_iter()
+        .map(|(record, tx, block, error)| {
+            let record: DecisionRecord = serde_json::from_value(record).map_err(|e| {
+                tracing::error!(%e, "stored decision does not parse");
+                async_graphql::Error::new("internal error")
+            })?;
+            Ok(CreditDecision::new(record, tx, block, error))
+        })
+        .collect()
+}
+
+/// Mutation root.
+#[derive(Debug, Default)]
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Decides a credit request against the wallet's latest score with the decision policy
+    /// (`scoring/policy.toml`): APPROVE, REJECT or ADJUST_COLLATERAL with the collateral ratio
+    /// required. `collateralAsset` is a reserve address or symbol; the wallet's collateral in it
+    /// is read from its positions unless `collateralUsd` states it. The decision is stored,
+    /// published on `chainfold.decisions.v1` (which `chainfold actuate` applies on-chain) and
+    /// returned.
+    async fn request_credit(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: i64,
+        address: String,
+        amount_usd: f64,
+        collateral_asset: String,
+        collateral_usd: Option<f64>,
+    ) -> ApiResult<CreditDecision> {
+        let wallet = parse_address(&address).map_err(gql)?;
+        let bad = |m: String| gql(ApiError::BadUserInput(m));
+        if !(amount_usd.is_finite() && amount_usd > 0.0 && amount_usd <= 1e12) {
+            return Err(bad(format!(
+                "amountUsd must be a positive amount up to 1e12, got {amount_usd}"
+            )));
+        }
+        if collateral_usd.is_some_and(|c| !(c.is_finite() && c >= 0.0)) {
+            return Err(bad("collateralUsd must be a non-negative amount".into()));
+        }
+        let asset = collateral_asset.trim();
+        if asset.is_empty() || asset.len() > 64 {
+            return Err(bad("collateralAsset must be a symbol or an address".into()));
+        }
+        let Some(desk) = ctx.data_opt::<DecisionDesk>() else {
+            return Err(bad(
+                "this API serves no decisions (no policy configured)".into()
+            ));
+        };
+        let pool = ctx.data_unchecked::<PgPool>();
+        let internal = |e: anyhow::Error| {
+            tracing::error!(error = %format!("{e:#}"), "requestCredit failed");
+            async_graphql::Error::new("internal error")
+        };
+        let nonce = format!("{}", Utc::now().timestamp_nanos_opt().unwrap_or_default());
+        let record = chainfold_platform::decisions::decide_request(
+            pool,
+            &desk.policy,
+            &chainfold_platform::decisions::CreditRequest {
+                chain_id: chain_id as u64,
+                wallet: &wallet,
+                amount_usd,
+                collateral_asset: asset,
+                collateral_usd,
+                nonce: &nonce,
+            },
+        )
+        .await
+        .map_err(internal)?
+        .map_err(bad)?;
+        chainfold_platform::decisions::store(pool, &record)
+            .await
+            .map_err(internal)?;
+        let mut redis = desk.redis.clone();
+        chainfold_platform::decisions::publish(
+            &desk.producer,
+            &desk.topic,
+            redis.as_mut().map(|(c, p)| (c, p.as_str())),
+            &record,
+        )
+        .await
+        .map_err(internal)?;
+        Ok(CreditDecision::new(record, None, None, None))
+    }
+}

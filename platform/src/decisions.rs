@@ -1,0 +1,356 @@
+//! Lending decisions, stored and published: the inputs a policy needs (the wallet's latest
+//! score, its collateral in the requested asset, that asset's volatility) read from the read
+//! models, and a decided [`DecisionRecord`] written to Postgres (`credit_decision`, idempotent by
+//! id), `chainfold.decisions.v1` (keyed by wallet) and Redis pub/sub (`<prefix>decisions`).
+//! The API's `requestCredit` and the scorer's band-change pushes both go through here.
+
+use anyhow::Context as _;
+use chainfold_domain::credit::volatility;
+use chainfold_domain::decision::{DecisionRecord, Policy, Request, Trigger};
+use chainfold_domain::scorecard::Band;
+use chrono::{DateTime, Utc};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::PgPool;
+
+/// A wallet's latest stored score, as a decision uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreSnapshot {
+    pub score: i32,
+    pub band: Band,
+    pub probability_of_liquidation: Option<f64>,
+    pub event_id: String,
+    pub model_version: String,
+}
+
+/// The latest score of `wallet` (lower-case hex), if it has one.
+pub async fn latest_score(
+    pool: &PgPool,
+    chain_id: u64,
+    wallet: &str,
+) -> anyhow::Result<Option<ScoreSnapshot>> {
+    let row: Option<(i32, String, Option<f64>, String, String)> = sqlx::query_as(
+        "SELECT score, band, probability_of_liquidation, event_id, model_version
+         FROM credit_score WHERE chain_id = $1 AND wallet = $2 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(chain_id as i64)
+    .bind(wallet)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|(score, band, p, event_id, model_version)| {
+        Ok(ScoreSnapshot {
+            score,
+            band: serde_json::from_value(serde_json::Value::String(band))
+                .context("unknown band stored")?,
+            probability_of_liquidation: p,
+            event_id,
+            model_version,
+        })
+    })
+    .transpose()
+}
+
+/// What the wallet holds of `asset` (a reserve address or a symbol) and how volatile it is.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CollateralInputs {
+    /// USD value of the wallet's collateral in the asset; `None` when it is unpriced.
+    pub collateral_usd: Option<f64>,
+    /// Daily volatility of the asset's USD price from the last 30 days of daily closes (oracle
+    /// rounds, else recorded event prices); `None` with fewer than three days.
+    pub daily_volatility: Option<f64>,
+    /// Whether the chain knows the asset at all (as a reserve or an oracle's asset).
+    pub known: bool,
+}
+
+/// Reads [`CollateralInputs`] as of now from the read models.
+pub async fn collateral_inputs(
+    pool: &PgPool,
+    chain_id: u64,
+    wallet: &str,
+    asset: &str,
+) -> anyhow::Result<CollateralInputs> {
+    // The asset's reserve address(es): by address, or by symbol.
+    let reserves: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT reserve FROM lending_event
+         WHERE chain_id = $1 AND (reserve = lower($2) OR upper(symbol) = upper($2))
+         UNION
+         SELECT DISTINCT asset FROM oracle_update
+         WHERE chain_id = $1 AND asset IS NOT NULL AND asset = lower($2)",
+    )
+    .bind(chain_id as i64)
+    .bind(asset)
+    .fetch_all(pool)
+    .await?;
+    if reserves.is_empty() {
+        return Ok(CollateralInputs::default());
+    }
+    let collateral: Option<f64> = sqlx::query_scalar(
+        "SELECT sum(p.collateral / power(10::numeric, p.decimals)
+                    * coalesce(o.price, (SELECT e.price_usd FROM lending_event e
+                                         WHERE e.chain_id = p.chain_id AND e.reserve = p.reserve
+                                           AND e.price_usd IS NOT NULL
+                                         ORDER BY e.block_time DESC NULLS LAST LIMIT 1)))::float8
+         FROM lending_position p
+         LEFT JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
+         WHERE p.chain_id = $1 AND p.wallet = $2 AND p.reserve = ANY($3) AND p.collateral > 0",
+    )
+    .bind(chain_id as i64)
+    .bind(wallet)
+    .bind(&reserves)
+    .fetch_one(pool)
+    .await?;
+    let points = price_points(pool, chain_id, &reserves, None).await?;
+    let mut closes = std::collections::BTreeMap::new();
+    if let Some(last) = points.last().map(|p| p.0) {
+        for (t, p) in points
+            .iter()
+            .filter(|(t, _)| *t > last - chrono::Duration::days(30))
+        {
+            closes.insert(t.timestamp().div_euclid(86_400), *p);
+        }
+    }
+    let closes: Vec<f64> = closes.into_values().collect();
+    Ok(CollateralInputs {
+        collateral_usd: collateral.or(Some(0.0)),
+        daily_volatility: (closes.len() >= 3).then(|| volatility(&closes)).flatten(),
+        known: true,
+    })
+}
+
+/// USD prices of the reserves (oracle rounds where the chain has oracles, else the prices
+/// recorded with lending events), oldest first, up to `until` when given.
+pub async fn price_points(
+    pool: &PgPool,
+    chain_id: u64,
+    reserves: &[String],
+    until: Option<DateTime<Utc>>,
+) -> anyhow::Result<Vec<(DateTime<Utc>, f64)>> {
+    let oracle: Vec<(DateTime<Utc>, f64)> = sqlx::query_as(
+        "SELECT coalesce(updated_at, block_time), price::float8 FROM oracle_update
+         WHERE chain_id = $1 AND asset = ANY($2) AND coalesce(updated_at, block_time) IS NOT NULL
+           AND ($3::timestamptz IS NULL OR coalesce(updated_at, block_time) <= $3)
+         ORDER BY block_number, log_index",
+    )
+    .bind(chain_id as i64)
+    .bind(reserves)
+    .bind(until)
+    .fetch_all(pool)
+    .await?;
+    if !oracle.is_empty() {
+        return Ok(oracle);
+    }
+    Ok(sqlx::query_as(
+        "SELECT block_time, price_usd::float8 FROM lending_event
+         WHERE chain_id = $1 AND reserve = ANY($2) AND price_usd IS NOT NULL
+           AND block_time IS NOT NULL AND ($3::timestamptz IS NULL OR block_time <= $3)
+         ORDER BY block_time",
+    )
+    .bind(chain_id as i64)
+    .bind(reserves)
+    .bind(until)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A lender's request, as `requestCredit` takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreditRequest<'a> {
+    pub chain_id: u64,
+    /// Lower-case hex.
+    pub wallet: &'a str,
+    pub amount_usd: f64,
+    /// A reserve address or symbol.
+    pub collateral_asset: &'a str,
+    /// Overrides what the chain says the wallet holds (a lender may state collateral to come).
+    pub collateral_usd: Option<f64>,
+    /// Makes two identical requests two decisions.
+    pub nonce: &'a str,
+}
+
+/// Decides a request against the wallet's latest score with `policy`. The inner error is the
+/// caller's mistake (no score, unknown asset), for the API to return as such.
+pub async fn decide_request(
+    pool: &PgPool,
+    policy: &Policy,
+    req: &CreditRequest<'_>,
+) -> anyhow::Result<Result<DecisionRecord, String>> {
+    let CreditRequest {
+        chain_id,
+        wallet,
+        amount_usd,
+        collateral_asset,
+        collateral_usd,
+        nonce,
+    } = *req;
+    let Some(score) = latest_score(pool, chain_id, wallet).await? else {
+        return Ok(Err(format!(
+            "wallet {wallet} has no credit score on chain {chain_id}: it has no lending history chainfold has seen"
+        )));
+    };
+    let inputs = collateral_inputs(pool, chain_id, wallet, collateral_asset).await?;
+    if !inputs.known {
+        return Ok(Err(format!(
+            "collateral asset {collateral_asset:?} is not a reserve or oracle asset on chain {chain_id}"
+        )));
+    }
+    let request = Request {
+        score: score.score,
+        band: score.band,
+        probability_of_liquidation: score.probability_of_liquidation,
+        amount_usd,
+        collateral_usd: collateral_usd.or(inputs.collateral_usd),
+        collateral_daily_volatility: inputs.daily_volatility,
+    };
+    let amount = format!("{amount_usd}");
+    let chain = chain_id.to_string();
+    Ok(Ok(DecisionRecord {
+        id: DecisionRecord::id_of(&["request", &chain, wallet, collateral_asset, &amount, nonce]),
+        chain_id,
+        wallet: wallet.to_owned(),
+        collateral_asset: collateral_asset.to_owned(),
+        trigger: Trigger::Request,
+        request_id: None,
+        score_event_id: score.event_id,
+        model_version: score.model_version,
+        decided_at: Utc::now(),
+        decision: policy.decide(request),
+    }))
+}
+
+/// Each wallet's latest requested decision (what a band change decides again).
+pub async fn latest_requests(
+    pool: &PgPool,
+    chain_id: u64,
+    wallets: &[String],
+) -> anyhow::Result<Vec<DecisionRecord>> {
+    let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
+        "SELECT DISTINCT ON (wallet) record FROM credit_decision
+         WHERE chain_id = $1 AND wallet = ANY($2) AND trigger = 'REQUEST'
+         ORDER BY wallet, seq DESC",
+    )
+    .bind(chain_id as i64)
+    .bind(wallets)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(v,)| serde_json::from_value(v).context("stored decision record"))
+        .collect()
+}
+
+/// The band-change decision for `request` given the wallet's new score.
+pub async fn decide_band_change(
+    pool: &PgPool,
+    policy: &Policy,
+    request: &DecisionRecord,
+    score: &ScoreSnapshot,
+    at: DateTime<Utc>,
+) -> anyhow::Result<DecisionRecord> {
+    let inputs = collateral_inputs(
+        pool,
+        request.chain_id,
+        &request.wallet,
+        &request.collateral_asset,
+    )
+    .await?;
+    let asked = &request.decision.request;
+    let decision = policy.decide(Request {
+        score: score.score,
+        band: score.band,
+        probability_of_liquidation: score.probability_of_liquidation,
+        amount_usd: asked.amount_usd,
+        collateral_usd: inputs.collateral_usd.or(asked.collateral_usd),
+        collateral_daily_volatility: inputs.daily_volatility,
+    });
+    Ok(DecisionRecord {
+        id: DecisionRecord::id_of(&["band", &request.id, &score.event_id]),
+        chain_id: request.chain_id,
+        wallet: request.wallet.clone(),
+        collateral_asset: request.collateral_asset.clone(),
+        trigger: Trigger::BandChange,
+        request_id: Some(request.id.clone()),
+        score_event_id: score.event_id.clone(),
+        model_version: score.model_version.clone(),
+        decided_at: at,
+        decision,
+    })
+}
+
+/// Stores `record` (nothing if its id is stored already); `true` when it is new.
+pub async fn store(pool: &PgPool, record: &DecisionRecord) -> anyhow::Result<bool> {
+    let d = &record.decision;
+    let r = &d.request;
+    let enum_text = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let inserted = sqlx::query(
+        "INSERT INTO credit_decision (id, chain_id, wallet, trigger, request_id, outcome, amount_usd,
+            collateral_asset, collateral_usd, collateral_daily_volatility, required_collateral_ratio,
+            required_collateral_usd, score, band, probability_of_liquidation, reason, policy_version,
+            model_version, score_event_id, record, decided_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                 $19, $20, $21)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&record.id)
+    .bind(record.chain_id as i64)
+    .bind(&record.wallet)
+    .bind(record.trigger.as_str())
+    .bind(&record.request_id)
+    .bind(enum_text(serde_json::to_value(d.outcome)?))
+    .bind(r.amount_usd)
+    .bind(&record.collateral_asset)
+    .bind(r.collateral_usd)
+    .bind(r.collateral_daily_volatility)
+    .bind(d.required_collateral_ratio)
+    .bind(d.required_collateral_usd)
+    .bind(r.score)
+    .bind(enum_text(serde_json::to_value(r.band)?))
+    .bind(r.probability_of_liquidation)
+    .bind(&d.reason)
+    .bind(&d.policy_version)
+    .bind(&record.model_version)
+    .bind(&record.score_event_id)
+    .bind(serde_json::to_value(record)?)
+    .bind(record.decided_at)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Publishes a stored decision: `chainfold.decisions.v1` (waits for the broker's
+/// acknowledgement) and a Redis `<prefix>decisions` message (best effort: Postgres and Kafka
+/// hold it either way).
+pub async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    redis: Option<(&mut redis::aio::ConnectionManager, &str)>,
+    record: &DecisionRecord,
+) -> anyhow::Result<()> {
+    let payload = serde_json::to_string(record)?;
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(record.wallet.as_str())
+                .payload(&payload),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("could not publish decision {} to {topic}", record.id))?;
+    if let Some((conn, prefix)) = redis {
+        let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(format!("{prefix}decisions"))
+            .arg(&payload)
+            .query_async(conn)
+            .await;
+        if let Err(err) = sent {
+            tracing::warn!(%err, "could not publish a decision on Redis");
+        }
+    }
+    Ok(())
+}
+
+/// Reads and checks a policy file.
+pub fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read decision policy {}", path.display()))?;
+    Policy::parse(&text).map_err(|e| anyhow::anyhow!("decision policy {}: {e}", path.display()))
+}
