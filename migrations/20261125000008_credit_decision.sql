@@ -45,3 +45,35 @@ CREATE TABLE scorer_price_mark (
     event_id  TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (group_id, chain_id, asset)
 );
+
+-- `chainfold backtest`: a chosen model version scoring a replayed time window, kept apart from
+-- the live scores (credit_score is never written by a backtest). One row per run, labelled.
+CREATE TABLE backtest_run (
+    id             TEXT COLLATE "C" PRIMARY KEY,
+    label          TEXT,
+    model_version  TEXT        NOT NULL,
+    model_sha256   TEXT        NOT NULL,
+    from_time      TIMESTAMPTZ NOT NULL,
+    to_time        TIMESTAMPTZ NOT NULL,
+    -- the lending topic's end offsets per partition the replay read up to
+    log_end        JSONB       NOT NULL,
+    started_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished_at    TIMESTAMPTZ,
+    events_read    BIGINT      NOT NULL DEFAULT 0,
+    scored         BIGINT      NOT NULL DEFAULT 0
+);
+
+CREATE TABLE backtest_score (
+    run_id          TEXT COLLATE "C" NOT NULL REFERENCES backtest_run (id) ON DELETE CASCADE,
+    chain_id        BIGINT      NOT NULL,
+    wallet          TEXT COLLATE "C" NOT NULL,
+    event_id        TEXT COLLATE "C" NOT NULL,
+    score           INTEGER     NOT NULL,
+    band            TEXT        NOT NULL,
+    probability_of_liquidation DOUBLE PRECISION,
+    reasons         JSONB       NOT NULL,
+    computed_at     TIMESTAMPTZ NOT NULL,
+    kafka_partition INTEGER     NOT NULL,
+    kafka_offset    BIGINT      NOT NULL,
+    PRIMARY KEY (run_id, chain_id, wallet, event_id)
+);

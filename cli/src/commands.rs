@@ -39,9 +39,13 @@ pub enum Command {
     Rebuild(chainfold_projector::Config),
     /// Print a topic's records readably (partition, offset, key, headers, payload).
     Tail(TailConfig),
-    /// Rescore every wallet on each of its lending events (credit score, band, reasons) into
-    /// Postgres, Redis and chainfold.scores.v1.
+    /// Rescore every wallet a lending event, swap, oracle move or attestation touches (credit
+    /// score, band, probability of liquidation, reasons) into Postgres, Redis and
+    /// chainfold.scores.v1; push decisions again when a requester's band changes.
     Score(chainfold_scoring::worker::Config),
+    /// Replay the lending log and score a time window with a chosen model version into
+    /// backtest_run / backtest_score (live scores untouched).
+    Backtest(chainfold_scoring::backtest::BacktestConfig),
     /// Deploy the fixture contracts on a local chain (anvil) and drive recorded activity and
     /// labelled attack scenarios through them as transactions.
     Simulate(chainfold_simulate::SimulateArgs),
@@ -62,6 +66,7 @@ impl Command {
             Command::Tail(_) => "tail",
             Command::Simulate(_) => "simulate",
             Command::Score(_) => "score",
+            Command::Backtest(_) => "backtest",
             Command::Actuate(_) => "actuate",
         }
     }
@@ -156,6 +161,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             scorer
                 .run_until_stopped(chainfold_platform::shutdown_signal())
                 .await
+        }
+        Command::Backtest(config) => {
+            let summary = chainfold_scoring::backtest::run(&config).await?;
+            println!("{summary}");
+            Ok(())
         }
         Command::Actuate(config) => {
             let actuator = chainfold_simulate::actuate::Actuator::build(config)

@@ -1,8 +1,11 @@
-//! Scoring: wallet credit scores, pool risk signals and lending decisions from ONNX models.
+//! Scoring: wallet credit scores from the position model (ONNX, served with `ort`) and the
+//! behaviour scorecard, and the decisions they drive.
 //!
-//! So far: [`model`], the position model (trained by `scoring/train/`, card in
-//! `scoring/MODEL_CARD.md`) served with `ort`; the scoring worker, scorecard and decisions come
-//! next.
+//! [`model`] loads the position model (trained by `scoring/train/`, card in
+//! `scoring/MODEL_CARD.md`); [`worker`] is `chainfold score`, the streaming scorer;
+//! [`backtest`] is `chainfold backtest`, a chosen model version over a replayed window into its
+//! own result set.
 
+pub mod backtest;
 pub mod model;
 pub mod worker;

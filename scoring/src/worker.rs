@@ -170,9 +170,7 @@ pub struct Scorer {
     producer: FutureProducer,
     pool: PgPool,
     redis: redis::aio::ConnectionManager,
-    model: std::sync::Arc<std::sync::Mutex<PositionModel>>,
-    model_version: String,
-    model_sha256: String,
+    engine: ScoreEngine,
     policy: Policy,
     config: Config,
     lending_topic: String,
@@ -197,15 +195,266 @@ impl std::fmt::Debug for Scorer {
 /// What a score row is computed for: an event that touched the wallet (lending, swap, oracle
 /// move) or an attestation of it.
 #[derive(Debug, Clone)]
-struct Trigger {
-    chain_id: u64,
-    wallet: String,
-    event_id: String,
-    at: DateTime<Utc>,
-    topic: String,
-    partition: i32,
-    offset: i64,
-    block_number: Option<i64>,
+pub struct Trigger {
+    pub chain_id: u64,
+    pub wallet: String,
+    pub event_id: String,
+    pub at: DateTime<Utc>,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub block_number: Option<i64>,
+}
+
+/// Features and model: computes scores for triggers from the read models (the live scorer and
+/// `chainfold backtest` share it, so a backtest scores exactly as the live path would).
+#[derive(Debug, Clone)]
+pub struct ScoreEngine {
+    pool: PgPool,
+    model: std::sync::Arc<std::sync::Mutex<PositionModel>>,
+    /// The model directory's name, stored with every score.
+    pub version: String,
+    pub sha256: String,
+}
+
+/// Scores computed for a batch of triggers.
+struct Computed<'t> {
+    rows: Vec<(u64, String, &'t Trigger, Score)>,
+    expired: u64,
+    with_position: u64,
+}
+
+impl ScoreEngine {
+    pub fn new(pool: PgPool, model: PositionModel) -> ScoreEngine {
+        ScoreEngine {
+            pool,
+            version: model.version.clone(),
+            sha256: model.sha256.clone(),
+            model: std::sync::Arc::new(std::sync::Mutex::new(model)),
+        }
+    }
+
+    /// [`ScoreEngine::compute`]'s rows: (chain, wallet, trigger, score).
+    pub async fn compute_rows<'t>(
+        &self,
+        triggers: &'t [Trigger],
+    ) -> anyhow::Result<Vec<(u64, String, &'t Trigger, Score)>> {
+        Ok(self.compute(triggers).await?.rows)
+    }
+
+    /// One score per trigger whose wallet has history at the trigger's time, as of that time.
+    async fn compute<'t>(&self, triggers: &'t [Trigger]) -> anyhow::Result<Computed<'t>> {
+        let mut by_wallet: BTreeMap<(u64, String), Vec<&Trigger>> = BTreeMap::new();
+        for t in triggers {
+            by_wallet
+                .entry((t.chain_id, t.wallet.clone()))
+                .or_default()
+                .push(t);
+        }
+        let mut expired = 0;
+        let mut cache = HashMap::new();
+        // (chain, wallet, trigger, activity, active attestations, position features)
+        let mut pending = Vec::new();
+        for ((chain, wallet), list) in &by_wallet {
+            let (history, flows) = self.history(*chain, wallet).await?;
+            let attested = self.attestations(*chain, wallet).await?;
+            for t in list {
+                let Some(features) = activity_features(&history, t.at) else {
+                    continue;
+                };
+                let active: Vec<Attestation> = attested
+                    .iter()
+                    .filter(|a| a.active_at(t.at))
+                    .cloned()
+                    .collect();
+                expired += attested
+                    .iter()
+                    .filter(|a| a.issued_at <= t.at && a.expires_at <= t.at)
+                    .count() as u64;
+                let position = self
+                    .position_inputs(&mut cache, *chain, &flows, t.at)
+                    .await?;
+                pending.push((*chain, wallet.clone(), *t, features, active, position));
+            }
+        }
+        // One batched inference for every priced position, on a blocking thread.
+        let inputs: Vec<[f32; 4]> = pending.iter().filter_map(|p| p.5).collect();
+        let model = self.model.clone();
+        let mut probabilities = tokio::task::spawn_blocking(move || {
+            model
+                .lock()
+                .map_err(|_| anyhow::anyhow!("position model lock poisoned"))?
+                .predict(&inputs)
+        })
+        .await
+        .context("inference thread")??
+        .into_iter();
+        let mut with_position = 0;
+        let mut rows: Vec<(u64, String, &'t Trigger, Score)> = Vec::with_capacity(pending.len());
+        for (chain, wallet, t, features, active, position) in pending {
+            let p = match position {
+                Some(_) => {
+                    with_position += 1;
+                    probabilities.next().map(f64::from)
+                }
+                None => None,
+            };
+            let active: Vec<&Attestation> = active.iter().collect();
+            rows.push((
+                chain,
+                wallet,
+                t,
+                scorecard::score_with(&features, p, &active),
+            ));
+        }
+        Ok(Computed {
+            rows,
+            expired,
+            with_position,
+        })
+    }
+
+    async fn attestations(&self, chain_id: u64, wallet: &str) -> anyhow::Result<Vec<Attestation>> {
+        type Row = (String, f64, String, DateTime<Utc>, DateTime<Utc>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT kind, value, issuer, issued_at, expires_at FROM attestation WHERE chain_id = $1 AND wallet = $2 ORDER BY issued_at, id",
+        )
+        .bind(chain_id as i64)
+        .bind(wallet)
+        .fetch_all(&self.pool)
+        .await?;
+        let address = wallet.parse().unwrap_or_default();
+        Ok(rows
+            .into_iter()
+            .map(|(kind, value, issuer, issued_at, expires_at)| Attestation {
+                schema_version: chainfold_domain::SCHEMA_VERSION,
+                chain_id,
+                wallet: address,
+                kind,
+                value,
+                issuer,
+                issued_at,
+                expires_at,
+            })
+            .collect())
+    }
+
+    /// A wallet's lending history: for the behaviour features and the position fold.
+    async fn history(
+        &self,
+        chain_id: u64,
+        wallet: &str,
+    ) -> anyhow::Result<(Vec<HistoryEvent>, Vec<PositionFlow>)> {
+        type Row = (
+            String,
+            Option<DateTime<Utc>>,
+            Option<f64>,
+            String,
+            String,
+            Option<f64>,
+            Option<String>,
+            Option<String>,
+            Option<f64>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT action, block_time, amount_usd::float8, reserve, symbol,
+                    (amount / power(10::numeric, decimals))::float8,
+                    collateral_reserve, collateral_symbol,
+                    (collateral_amount / power(10::numeric, collateral_decimals))::float8
+             FROM lending_event WHERE chain_id = $1 AND wallet = $2",
+        )
+        .bind(chain_id as i64)
+        .bind(wallet)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut history = Vec::with_capacity(rows.len());
+        let mut flows = Vec::with_capacity(rows.len());
+        for (action, at, usd, reserve, symbol, amount, c_reserve, c_symbol, c_amount) in rows {
+            let (Some(action), Some(at)) = (LendingAction::parse(&action), at) else {
+                continue;
+            };
+            history.push(HistoryEvent { action, at, usd });
+            flows.push(PositionFlow {
+                action,
+                at,
+                reserve,
+                symbol,
+                amount: amount.unwrap_or(0.0),
+                seized: match (c_reserve, c_symbol, c_amount) {
+                    (Some(r), Some(s), Some(a)) => Some((r, s, a)),
+                    _ => None,
+                },
+            });
+        }
+        Ok((history, flows))
+    }
+
+    /// USD price points of a reserve, cached for the batch.
+    async fn prices<'a>(
+        &self,
+        cache: &'a mut PriceCache,
+        chain_id: u64,
+        reserve: &str,
+    ) -> anyhow::Result<&'a [(DateTime<Utc>, f64)]> {
+        let key = (chain_id, reserve.to_owned());
+        if !cache.contains_key(&key) {
+            let points = chainfold_platform::decisions::price_points(
+                &self.pool,
+                chain_id,
+                &[reserve.to_owned()],
+                None,
+            )
+            .await?;
+            cache.insert(key.clone(), points);
+        }
+        Ok(cache.get(&key).map(Vec::as_slice).unwrap_or_default())
+    }
+
+    /// The position model's inputs for the wallet's position at `at`: `None` without debt, or
+    /// when a held reserve has no price at `at`, or its collateral has too few prices for a
+    /// volatility.
+    async fn position_inputs(
+        &self,
+        cache: &mut PriceCache,
+        chain_id: u64,
+        flows: &[PositionFlow],
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<Option<[f32; 4]>> {
+        let positions = positions_at(flows, at);
+        if !positions.iter().any(|p| p.3 > 0.0) {
+            return Ok(None);
+        }
+        let mut holdings = Vec::with_capacity(positions.len());
+        let mut reserves = Vec::with_capacity(positions.len());
+        for (reserve, symbol, collateral, debt) in positions {
+            let points = self.prices(cache, chain_id, &reserve).await?;
+            let seen = points.partition_point(|(t, _)| *t <= at);
+            let Some(&(_, price)) = seen.checked_sub(1).and_then(|i| points.get(i)) else {
+                return Ok(None);
+            };
+            holdings.push(Holding {
+                liquidation_threshold: liquidation_threshold(&symbol),
+                symbol,
+                collateral,
+                debt,
+                price,
+            });
+            reserves.push(reserve);
+        }
+        let Some(main) = dominant_collateral(&holdings) else {
+            // Debt without collateral: the worst position there is.
+            return Ok(Some([(1e-9f64).ln() as f32, 0.0, 0.0, -50.0]));
+        };
+        let index = holdings
+            .iter()
+            .position(|h| std::ptr::eq(h, main))
+            .unwrap_or_default();
+        let points = self.prices(cache, chain_id, &reserves[index]).await?;
+        let Some((vol_7d, vol_30d)) = hourly_volatility(points, at) else {
+            return Ok(None);
+        };
+        Ok(position_features(&holdings, vol_7d, vol_30d))
+    }
 }
 
 /// An oracle round of an asset, with the trigger its holders get if it moved.
@@ -261,11 +510,9 @@ impl Scorer {
         Ok(Scorer {
             consumer,
             producer,
+            engine: ScoreEngine::new(pool.clone(), model),
             pool,
             redis,
-            model_version: model.version.clone(),
-            model_sha256: model.sha256.clone(),
-            model: std::sync::Arc::new(std::sync::Mutex::new(model)),
             policy,
             lending_topic: topics.lending,
             amm_topic: topics.amm,
@@ -583,215 +830,20 @@ impl Scorer {
         Ok(())
     }
 
-    async fn attestations(&self, chain_id: u64, wallet: &str) -> anyhow::Result<Vec<Attestation>> {
-        type Row = (String, f64, String, DateTime<Utc>, DateTime<Utc>);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT kind, value, issuer, issued_at, expires_at FROM attestation WHERE chain_id = $1 AND wallet = $2 ORDER BY issued_at, id",
-        )
-        .bind(chain_id as i64)
-        .bind(wallet)
-        .fetch_all(&self.pool)
-        .await?;
-        let address = wallet.parse().unwrap_or_default();
-        Ok(rows
-            .into_iter()
-            .map(|(kind, value, issuer, issued_at, expires_at)| Attestation {
-                schema_version: chainfold_domain::SCHEMA_VERSION,
-                chain_id,
-                wallet: address,
-                kind,
-                value,
-                issuer,
-                issued_at,
-                expires_at,
-            })
-            .collect())
-    }
-
-    /// A wallet's lending history: for the behaviour features and the position fold.
-    async fn history(
-        &self,
-        chain_id: u64,
-        wallet: &str,
-    ) -> anyhow::Result<(Vec<HistoryEvent>, Vec<PositionFlow>)> {
-        type Row = (
-            String,
-            Option<DateTime<Utc>>,
-            Option<f64>,
-            String,
-            String,
-            Option<f64>,
-            Option<String>,
-            Option<String>,
-            Option<f64>,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT action, block_time, amount_usd::float8, reserve, symbol,
-                    (amount / power(10::numeric, decimals))::float8,
-                    collateral_reserve, collateral_symbol,
-                    (collateral_amount / power(10::numeric, collateral_decimals))::float8
-             FROM lending_event WHERE chain_id = $1 AND wallet = $2",
-        )
-        .bind(chain_id as i64)
-        .bind(wallet)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut history = Vec::with_capacity(rows.len());
-        let mut flows = Vec::with_capacity(rows.len());
-        for (action, at, usd, reserve, symbol, amount, c_reserve, c_symbol, c_amount) in rows {
-            let (Some(action), Some(at)) = (LendingAction::parse(&action), at) else {
-                continue;
-            };
-            history.push(HistoryEvent { action, at, usd });
-            flows.push(PositionFlow {
-                action,
-                at,
-                reserve,
-                symbol,
-                amount: amount.unwrap_or(0.0),
-                seized: match (c_reserve, c_symbol, c_amount) {
-                    (Some(r), Some(s), Some(a)) => Some((r, s, a)),
-                    _ => None,
-                },
-            });
-        }
-        Ok((history, flows))
-    }
-
-    /// USD price points of a reserve, cached for the batch.
-    async fn prices<'a>(
-        &self,
-        cache: &'a mut PriceCache,
-        chain_id: u64,
-        reserve: &str,
-    ) -> anyhow::Result<&'a [(DateTime<Utc>, f64)]> {
-        let key = (chain_id, reserve.to_owned());
-        if !cache.contains_key(&key) {
-            let points = chainfold_platform::decisions::price_points(
-                &self.pool,
-                chain_id,
-                &[reserve.to_owned()],
-                None,
-            )
-            .await?;
-            cache.insert(key.clone(), points);
-        }
-        Ok(cache.get(&key).map(Vec::as_slice).unwrap_or_default())
-    }
-
-    /// The position model's inputs for the wallet's position at `at`: `None` without debt, or
-    /// when a held reserve has no price at `at`, or its collateral has too few prices for a
-    /// volatility.
-    async fn position_inputs(
-        &self,
-        cache: &mut PriceCache,
-        chain_id: u64,
-        flows: &[PositionFlow],
-        at: DateTime<Utc>,
-    ) -> anyhow::Result<Option<[f32; 4]>> {
-        let positions = positions_at(flows, at);
-        if !positions.iter().any(|p| p.3 > 0.0) {
-            return Ok(None);
-        }
-        let mut holdings = Vec::with_capacity(positions.len());
-        let mut reserves = Vec::with_capacity(positions.len());
-        for (reserve, symbol, collateral, debt) in positions {
-            let points = self.prices(cache, chain_id, &reserve).await?;
-            let seen = points.partition_point(|(t, _)| *t <= at);
-            let Some(&(_, price)) = seen.checked_sub(1).and_then(|i| points.get(i)) else {
-                return Ok(None);
-            };
-            holdings.push(Holding {
-                liquidation_threshold: liquidation_threshold(&symbol),
-                symbol,
-                collateral,
-                debt,
-                price,
-            });
-            reserves.push(reserve);
-        }
-        let Some(main) = dominant_collateral(&holdings) else {
-            // Debt without collateral: the worst position there is.
-            return Ok(Some([(1e-9f64).ln() as f32, 0.0, 0.0, -50.0]));
-        };
-        let index = holdings
-            .iter()
-            .position(|h| std::ptr::eq(h, main))
-            .unwrap_or_default();
-        let points = self.prices(cache, chain_id, &reserves[index]).await?;
-        let Some((vol_7d, vol_30d)) = hourly_volatility(points, at) else {
-            return Ok(None);
-        };
-        Ok(position_features(&holdings, vol_7d, vol_30d))
-    }
-
     async fn score_and_store(
         &mut self,
         triggers: &[Trigger],
         projector: &HashMap<(String, i32), i64>,
     ) -> anyhow::Result<Scored> {
+        let computed = self.engine.compute(triggers).await?;
+        let (rows, expired, with_position) =
+            (computed.rows, computed.expired, computed.with_position);
         let mut by_wallet: BTreeMap<(u64, String), Vec<&Trigger>> = BTreeMap::new();
         for t in triggers {
             by_wallet
                 .entry((t.chain_id, t.wallet.clone()))
                 .or_default()
                 .push(t);
-        }
-        let mut expired = 0;
-        let mut cache = HashMap::new();
-        // (chain, wallet, trigger, activity, active attestations, position features)
-        let mut pending = Vec::new();
-        for ((chain, wallet), list) in &by_wallet {
-            let (history, flows) = self.history(*chain, wallet).await?;
-            let attested = self.attestations(*chain, wallet).await?;
-            for t in list {
-                let Some(features) = activity_features(&history, t.at) else {
-                    continue;
-                };
-                let active: Vec<Attestation> = attested
-                    .iter()
-                    .filter(|a| a.active_at(t.at))
-                    .cloned()
-                    .collect();
-                expired += attested
-                    .iter()
-                    .filter(|a| a.issued_at <= t.at && a.expires_at <= t.at)
-                    .count() as u64;
-                let position = self
-                    .position_inputs(&mut cache, *chain, &flows, t.at)
-                    .await?;
-                pending.push((*chain, wallet.clone(), *t, features, active, position));
-            }
-        }
-        // One batched inference for every priced position, on a blocking thread.
-        let inputs: Vec<[f32; 4]> = pending.iter().filter_map(|p| p.5).collect();
-        let model = self.model.clone();
-        let mut probabilities = tokio::task::spawn_blocking(move || {
-            model
-                .lock()
-                .map_err(|_| anyhow::anyhow!("position model lock poisoned"))?
-                .predict(&inputs)
-        })
-        .await
-        .context("inference thread")??
-        .into_iter();
-        let mut with_position = 0;
-        let mut rows: Vec<(u64, String, &Trigger, Score)> = Vec::with_capacity(pending.len());
-        for (chain, wallet, t, features, active, position) in pending {
-            let p = match position {
-                Some(_) => {
-                    with_position += 1;
-                    probabilities.next().map(f64::from)
-                }
-                None => None,
-            };
-            let active: Vec<&Attestation> = active.iter().collect();
-            rows.push((
-                chain,
-                wallet,
-                t,
-                scorecard::score_with(&features, p, &active),
-            ));
         }
         let bands_before = self.latest_bands(&by_wallet).await?;
         // One statement for the batch; rows already stored (a replay) come back as nothing.
@@ -857,8 +909,8 @@ impl Scorer {
         .bind(&score)
         .bind(&band)
         .bind(&probability)
-        .bind(&self.model_version)
-        .bind(&self.model_sha256)
+        .bind(&self.engine.version)
+        .bind(&self.engine.sha256)
         .bind(&reasons)
         .bind(&computed_at)
         .bind(&event_id)
@@ -886,7 +938,7 @@ impl Scorer {
             let message = serde_json::json!({
                 "chainId": chain, "wallet": wallet, "score": s.score, "band": s.band,
                 "probabilityOfLiquidation": s.probability_of_liquidation, "reasons": s.reasons,
-                "modelVersion": self.model_version, "modelSha256": self.model_sha256,
+                "modelVersion": self.engine.version, "modelSha256": self.engine.sha256,
                 "computedAt": t.at, "eventId": t.event_id,
                 "provenance": {"topic": t.topic, "partition": t.partition, "offset": t.offset,
                                "blockNumber": t.block_number},
@@ -996,7 +1048,7 @@ impl Scorer {
                     band: s.band,
                     probability_of_liquidation: s.probability_of_liquidation,
                     event_id: t.event_id.clone(),
-                    model_version: self.model_version.clone(),
+                    model_version: self.engine.version.clone(),
                 };
                 let record = chainfold_platform::decisions::decide_band_change(
                     &self.pool,
