@@ -35,13 +35,9 @@ pub struct Config {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Lending decision policy `requestCredit` decides with.
-    #[arg(
-        long = "policy",
-        env = "CHAINFOLD_POLICY",
-        default_value = "scoring/policy.toml"
-    )]
-    pub policy: std::path::PathBuf,
+    /// Lending decision policy file; the shipped `scoring/policy.toml` (built in) when omitted.
+    #[arg(long = "policy", env = "CHAINFOLD_POLICY")]
+    pub policy: Option<std::path::PathBuf>,
     /// Address the API listens on; port 0 picks a free port.
     #[arg(
         long = "listen",
@@ -63,7 +59,7 @@ impl Config {
             postgres,
             redis,
             kafka: KafkaArgs::new("127.0.0.1:9092", ""),
-            policy: "scoring/policy.toml".into(),
+            policy: None,
             listen,
             statement_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,
@@ -99,7 +95,7 @@ impl App {
             chainfold_platform::postgres::connect(&config.postgres, Some(config.statement_timeout))
                 .await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
-        let policy = chainfold_platform::decisions::load_policy(&config.policy)?;
+        let policy = chainfold_platform::decisions::policy_or_shipped(config.policy.as_deref())?;
         let topic = format!(
             "{}{}",
             config.kafka.topic_prefix,

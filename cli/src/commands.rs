@@ -326,6 +326,10 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
             live_counts.0, live_counts.1, live_counts.2, live_counts.3, live_counts.4
         );
     }
+    let mut scorer = demo_score(&config).await?;
+    if let Some((anvil, _)) = &live {
+        demo_decide(&config, projector.pool(), &anvil.http_url()).await?;
+    }
     if config.no_serve {
         return Ok(());
     }
@@ -351,6 +355,15 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
             result
         })
     });
+    let mut scorer_stop = stop_rx.clone();
+    let scorer_task = tokio::spawn(async move {
+        let scorer = scorer.take_scorer();
+        scorer
+            .run_until_stopped(async move {
+                let _ = scorer_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
     let mut projector_stop = stop_rx.clone();
     let projector_task = tokio::spawn(projector.run_until_stopped(async move {
         let _ = projector_stop.wait_for(|stop| *stop).await;
@@ -363,9 +376,137 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     api_task.await.context("api task panicked")??;
     projector_task.await.context("projector task panicked")??;
+    scorer_task.await.context("scorer task panicked")??;
     if let Some(task) = follower_task {
         task.await.context("follower task panicked")??;
     }
+    Ok(())
+}
+
+/// The demo's scorer, kept for serving.
+struct DemoScorer(Option<chainfold_scoring::worker::Scorer>);
+
+impl DemoScorer {
+    fn take_scorer(&mut self) -> chainfold_scoring::worker::Scorer {
+        self.0.take().expect("the demo scorer is taken once")
+    }
+}
+
+/// Scores everything the demo published (recorded and live), then keeps the scorer for serving.
+async fn demo_score(config: &DemoConfig) -> anyhow::Result<DemoScorer> {
+    let mut scorer_config = chainfold_scoring::worker::Config::new(
+        config.replay.kafka.clone(),
+        config.postgres.clone(),
+        config.redis.clone(),
+        "chainfold-scorer".into(),
+        config.group.clone(),
+        "scoring/models/position-v1".into(),
+    );
+    scorer_config.instance_id = Some("chainfold-demo-scorer".into());
+    let mut scorer = chainfold_scoring::worker::Scorer::build(scorer_config)
+        .await
+        .context("could not start the scorer")?;
+    let started = std::time::Instant::now();
+    let outcome = scorer
+        .run_until_idle(std::time::Duration::from_secs(2))
+        .await?;
+    let (wallets, priced): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(probability_of_liquidation) FROM credit_score_latest",
+    )
+    .fetch_one(scorer.pool())
+    .await?;
+    println!(
+        "score: {} new scores in {:.1}s ({} with the position model, {} oracle moves); {wallets} wallets scored, {priced} of them with a probability of liquidation",
+        outcome.scored,
+        started.elapsed().as_secs_f64(),
+        outcome.with_position,
+        outcome.oracle_moves
+    );
+    Ok(DemoScorer(Some(scorer)))
+}
+
+/// On the demo chain: a credit request for the riskiest scored borrower, decided, published and
+/// applied on the fixture lending pool by the actuator.
+async fn demo_decide(
+    config: &DemoConfig,
+    pool: &sqlx::PgPool,
+    rpc_url: &str,
+) -> anyhow::Result<()> {
+    let borrower: Option<String> = sqlx::query_scalar(
+        "SELECT wallet FROM credit_score_latest WHERE chain_id = 31337 AND probability_of_liquidation IS NOT NULL
+         ORDER BY probability_of_liquidation DESC, wallet LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let Some(wallet) = borrower else {
+        println!("decide: no priced borrower on the demo chain");
+        return Ok(());
+    };
+    let policy = chainfold_platform::decisions::policy_or_shipped(None)?;
+    let nonce = chrono::Utc::now().timestamp_micros().to_string();
+    let record = chainfold_platform::decisions::decide_request(
+        pool,
+        &policy,
+        &chainfold_platform::decisions::CreditRequest {
+            chain_id: 31337,
+            wallet: &wallet,
+            amount_usd: 1000.0,
+            collateral_asset: "WETH",
+            collateral_usd: None,
+            nonce: &nonce,
+        },
+    )
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    chainfold_platform::decisions::store(pool, &record).await?;
+    let topic = format!(
+        "{}{}",
+        config.replay.kafka.topic_prefix,
+        chainfold_domain::topics::DECISIONS
+    );
+    chainfold_platform::kafka::ensure_topics(&config.replay.kafka, std::slice::from_ref(&topic))
+        .await?;
+    let producer = chainfold_platform::kafka::producer(&config.replay.kafka)?;
+    chainfold_platform::decisions::publish(&producer, &topic, None, &record).await?;
+    let chains = chainfold_ingest::rpc::config::ChainsFile::parse(&std::fs::read_to_string(
+        "chains.simulate.toml",
+    )?)?;
+    let lending_pool = chains
+        .chains
+        .iter()
+        .flat_map(|c| c.contracts.iter())
+        .find(|c| c.kind == chainfold_ingest::rpc::abi::ContractKind::AaveV2LendingPool)
+        .map(|c| c.address)
+        .context("chains.simulate.toml names no lending pool")?;
+    let mut actuator_config = chainfold_simulate::actuate::ActuateConfig::new(
+        config.replay.kafka.clone(),
+        config.postgres.clone(),
+        rpc_url.to_owned(),
+        lending_pool,
+    );
+    actuator_config.group = "chainfold-demo-actuator".into();
+    let mut actuator = chainfold_simulate::actuate::Actuator::build(actuator_config).await?;
+    actuator
+        .run_until_idle(std::time::Duration::from_secs(2))
+        .await?;
+    let tx: (Option<String>, Option<i64>) =
+        sqlx::query_as("SELECT tx_hash, tx_block FROM credit_decision WHERE id = $1")
+            .bind(&record.id)
+            .fetch_one(pool)
+            .await?;
+    println!(
+        "decide: {wallet} asks $1,000 against WETH: {:?} (score {}, P(liquidation) {}, {}); actuate: setCreditLine in tx {} (block {})",
+        record.decision.outcome,
+        record.decision.request.score,
+        record
+            .decision
+            .request
+            .probability_of_liquidation
+            .map_or("n/a".into(), |p| format!("{:.1}%", p * 100.0)),
+        record.decision.reason,
+        tx.0.unwrap_or_else(|| "not applied".into()),
+        tx.1.unwrap_or_default()
+    );
     Ok(())
 }
 

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::scorecard::Band;
 
+/// The policy shipped in `scoring/policy.toml`, built in: what `serve` and `score` decide with
+/// unless `--policy` names another file.
+pub const SHIPPED_POLICY: &str = include_str!("../../scoring/policy.toml");
+
 /// The policy, as written in its TOML file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,7 +235,7 @@ fn toml_like(text: &str) -> Result<Policy, String> {
 mod tests {
     use super::*;
 
-    const POLICY: &str = include_str!("../../scoring/policy.toml");
+    const POLICY: &str = SHIPPED_POLICY;
 
     fn request(score: i32, band: Band, collateral: Option<f64>, vol: Option<f64>) -> Request {
         Request {

@@ -348,6 +348,15 @@ pub async fn publish(
     Ok(())
 }
 
+/// The policy at `path`, or the built-in shipped policy without one.
+pub fn policy_or_shipped(path: Option<&std::path::Path>) -> anyhow::Result<Policy> {
+    match path {
+        Some(path) => load_policy(path),
+        None => Policy::parse(chainfold_domain::decision::SHIPPED_POLICY)
+            .map_err(|e| anyhow::anyhow!("the built-in policy: {e}")),
+    }
+}
+
 /// Reads and checks a policy file.
 pub fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
     let text = std::fs::read_to_string(path)

@@ -80,13 +80,9 @@ pub struct Config {
         default_value_t = 2000
     )]
     pub batch_size: usize,
-    /// Lending decision policy for the decisions pushed when a wallet's band changes.
-    #[arg(
-        long = "policy",
-        env = "CHAINFOLD_POLICY",
-        default_value = "scoring/policy.toml"
-    )]
-    pub policy: PathBuf,
+    /// Lending decision policy file; the shipped `scoring/policy.toml` (built in) when omitted.
+    #[arg(long = "policy", env = "CHAINFOLD_POLICY")]
+    pub policy: Option<std::path::PathBuf>,
     /// Relative oracle price move (since the last rescoring of the asset's holders) that
     /// rescores every wallet holding or owing the asset.
     #[arg(
@@ -117,7 +113,7 @@ impl Config {
             projector_group,
             model_dir,
             instance_id: None,
-            policy: "scoring/policy.toml".into(),
+            policy: None,
             oracle_threshold: 0.02,
             batch_size: 2000,
             projector_wait: Duration::from_secs(60),
@@ -481,7 +477,7 @@ struct Scored {
 impl Scorer {
     pub async fn build(config: Config) -> anyhow::Result<Scorer> {
         let model = PositionModel::load(&config.model_dir)?;
-        let policy = chainfold_platform::decisions::load_policy(&config.policy)?;
+        let policy = chainfold_platform::decisions::policy_or_shipped(config.policy.as_deref())?;
         let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
         let topics = config.kafka.topics();

@@ -21,7 +21,7 @@ fn config(iso: &Isolated, group: &str) -> Config {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/position-v1"),
     );
     c.batch_size = 500;
-    c.policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.toml");
+    c.policy = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.toml"));
     c.instance_id = Some(format!("{group}-instance"));
     c
 }

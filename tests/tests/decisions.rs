@@ -99,7 +99,7 @@ async fn a_decision_is_scored_requested_published_and_applied_on_the_fixture_poo
         iso.group.clone(),
         workspace("scoring/models/position-v1"),
     );
-    scorer_config.policy = workspace("scoring/policy.toml");
+    scorer_config.policy = Some(workspace("scoring/policy.toml"));
     scorer_config.instance_id = Some(unique("scorer-instance"));
     let mut scorer = Scorer::build(scorer_config).await.expect("scorer");
     scorer
