@@ -46,6 +46,8 @@ pub enum Command {
     /// Replay the lending log and score a time window with a chosen model version into
     /// backtest_run / backtest_score (live scores untouched).
     Backtest(chainfold_scoring::backtest::BacktestConfig),
+    /// Measure the detectors on recorded data and write scoring/REPORT.md.
+    Report(ReportConfig),
     /// Deploy the fixture contracts on a local chain (anvil) and drive recorded activity and
     /// labelled attack scenarios through them as transactions.
     Simulate(chainfold_simulate::SimulateArgs),
@@ -67,6 +69,7 @@ impl Command {
             Command::Simulate(_) => "simulate",
             Command::Score(_) => "score",
             Command::Backtest(_) => "backtest",
+            Command::Report(_) => "report",
             Command::Actuate(_) => "actuate",
         }
     }
@@ -126,6 +129,17 @@ pub struct DemoConfig {
     pub no_chain: bool,
 }
 
+/// `chainfold report` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportConfig {
+    /// Directory holding the recorded data sets (bundled `data/` or `../shared/data`).
+    #[arg(long = "data-dir", env = "CHAINFOLD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Where the Markdown goes.
+    #[arg(long = "out", default_value = "scoring/REPORT.md")]
+    pub out: PathBuf,
+}
+
 /// `chainfold tail` settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailConfig {
@@ -161,6 +175,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             scorer
                 .run_until_stopped(chainfold_platform::shutdown_signal())
                 .await
+        }
+        Command::Report(config) => {
+            let md = chainfold_scoring::report::run(&config.data_dir, &config.out)?;
+            println!("{md}");
+            println!("written to {}", config.out.display());
+            Ok(())
         }
         Command::Backtest(config) => {
             let summary = chainfold_scoring::backtest::run(&config).await?;

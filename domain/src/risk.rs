@@ -51,11 +51,24 @@ pub struct Sandwich {
     pub profit: f64,
 }
 
+/// Public routers and aggregators: many users' swaps pass through them (the router is the
+/// pool's caller and, for ETH outputs, the recipient), so they are never the sandwicher.
+pub const PUBLIC_ROUTERS: [Address; 6] = [
+    alloy_primitives::address!("7a250d5630b4cf539739df2c5dacb4c659f2488d"), // Uniswap V2 Router02
+    alloy_primitives::address!("d9e1ce17f2641f24ae83637ab66a2cca9c378b9f"), // SushiSwap router
+    alloy_primitives::address!("e592427a0aece92de3edee1f18e0157c05861564"), // Uniswap V3 SwapRouter
+    alloy_primitives::address!("68b3465833fb72a70ecdf485e0e4c7bd8665fc45"), // Uniswap SwapRouter02
+    alloy_primitives::address!("11111112542d85b3ef69ae05771c2dccff4faa26"), // 1inch v3
+    alloy_primitives::address!("def1c0ded9bec7f1a1670819833240f027b25eff"), // 0x exchange proxy
+];
+
 /// Finds sandwiches among `swaps` (any order; grouped by block and pool here). A front-run `f`
 /// and a back-run `b` in a later transaction of the same block and pool with `b.token_in =
 /// f.token_out`, `b.token_out = f.token_in` and `b.sender = f.recipient`, with at least one swap
 /// of another transaction between them in `f`'s direction whose recipient is not the
-/// sandwicher. Each front-run pairs with its nearest back-run.
+/// sandwicher; the back-run returns more of the token than the front-run put in (a sandwich is
+/// made for profit), and the actor is not a [`PUBLIC_ROUTERS`] entry. Each front-run pairs
+/// with its nearest back-run.
 pub fn find_sandwiches(swaps: &[SwapLeg]) -> Vec<Sandwich> {
     let mut by_pool: BTreeMap<(u64, Address), Vec<&SwapLeg>> = BTreeMap::new();
     for s in swaps {
@@ -67,11 +80,15 @@ pub fn find_sandwiches(swaps: &[SwapLeg]) -> Vec<Sandwich> {
         let mut used_back = std::collections::HashSet::new();
         for (i, f) in legs.iter().enumerate() {
             let actor = f.recipient;
+            if PUBLIC_ROUTERS.contains(&actor) {
+                continue;
+            }
             let back = legs[i + 1..].iter().position(|b| {
                 b.tx_hash != f.tx_hash
                     && b.sender == actor
                     && b.token_in == f.token_out
                     && b.token_out == f.token_in
+                    && b.amount_out > f.amount_in
                     && !used_back.contains(&b.tx_hash)
             });
             let Some(offset) = back else { continue };
@@ -384,6 +401,25 @@ mod tests {
             leg(3, 3, 0x77, 0x53, 2, 50.0, 1, 108.0),
         ];
         assert!(find_sandwiches(&router).is_empty());
+        // A public router as the "actor" (it calls the pool and receives ETH outputs).
+        let uni = PUBLIC_ROUTERS[0];
+        let mut through_router = vec![
+            leg(1, 1, 0, 0, 1, 100.0, 2, 50.0),
+            leg(2, 2, 0x77, 0x55, 1, 300.0, 2, 140.0),
+            leg(3, 3, 0, 0, 2, 50.0, 1, 108.0),
+        ];
+        for i in [0, 2] {
+            through_router[i].sender = uni;
+            through_router[i].recipient = uni;
+        }
+        assert!(find_sandwiches(&through_router).is_empty());
+        // Back-run returning less than the front-run put in: not a sandwich.
+        let loss = vec![
+            leg(1, 1, 0xB0, 0xB0, 1, 100.0, 2, 50.0),
+            leg(2, 2, 0x77, 0x55, 1, 300.0, 2, 140.0),
+            leg(3, 3, 0xB0, 0xB0, 2, 50.0, 1, 99.0),
+        ];
+        assert!(find_sandwiches(&loss).is_empty());
         // The middle swap goes the other way: not a victim.
         let opposite = vec![
             leg(1, 1, 0xB0, 0xB0, 1, 100.0, 2, 50.0),

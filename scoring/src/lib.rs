@@ -4,8 +4,9 @@
 //! [`model`] loads the position model (trained by `scoring/train/`, card in
 //! `scoring/MODEL_CARD.md`); [`worker`] is `chainfold score`, the streaming scorer;
 //! [`backtest`] is `chainfold backtest`, a chosen model version over a replayed window into its
-//! own result set.
+//! own result set; [`report`] is `chainfold report`, the detectors' quality report.
 
 pub mod backtest;
 pub mod model;
+pub mod report;
 pub mod worker;

@@ -1,0 +1,265 @@
+//! `chainfold report`: the detectors' quality report (`scoring/REPORT.md`), measured on recorded
+//! data. One command regenerates it; CI runs it on the bundled data.
+//!
+//! Sections so far: sandwiches in the mev-inspect swaps (count and list, alerts per 10,000
+//! benign swaps) and the liquidation bonus identity on the Aave V2 liquidations.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use chainfold_domain::risk::{find_sandwiches, liquidation_bonus_error, Sandwich, SwapLeg};
+use chainfold_domain::{DefiEvent, Envelope};
+use chainfold_ingest::replay::Dataset;
+
+/// Everything the report measured (the Markdown is rendered from this).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub swaps: usize,
+    pub swap_blocks: usize,
+    pub sandwiches: Vec<Sandwich>,
+    /// Swaps that are not part of a detected sandwich.
+    pub benign_swaps: usize,
+    pub bonus: BonusCheck,
+}
+
+/// The liquidation bonus identity over the recorded liquidations.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BonusCheck {
+    pub rows: usize,
+    /// Rows with both prices and a configured bonus: checked.
+    pub checked: usize,
+    pub within_0_1pct: usize,
+    pub within_1pct: usize,
+    pub within_5pct: usize,
+    pub median_error: f64,
+    pub p90_error: f64,
+    /// The checked rows' errors by unit form (raw base units / decimal-normalised).
+    pub median_by_form: BTreeMap<String, (usize, f64)>,
+}
+
+fn f64_of(amount: &chainfold_domain::TokenAmount) -> f64 {
+    amount.0.to_string().parse().unwrap_or(0.0)
+}
+
+/// The swaps of the mev-inspect data set as detector legs (reverted calls left out).
+pub fn swap_legs(envelopes: &[Envelope]) -> Vec<SwapLeg> {
+    envelopes
+        .iter()
+        .filter_map(|env| match &env.event {
+            DefiEvent::Swap(s) if !s.reverted => Some(SwapLeg {
+                block: env.block?.number,
+                tx_hash: env.tx_hash?,
+                tx_position: s.tx_position,
+                trace: s.trace_address.clone(),
+                pool: s.pool,
+                sender: s.sender,
+                recipient: s.recipient,
+                token_in: s.token_in,
+                amount_in: f64_of(&s.amount_in),
+                token_out: s.token_out,
+                amount_out: f64_of(&s.amount_out),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures everything on the data sets under `data_dir`.
+pub fn measure(data_dir: &Path) -> anyhow::Result<Report> {
+    let swaps: Vec<Envelope> = Dataset::Swaps
+        .decode_dir(data_dir)?
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    let legs = swap_legs(&swaps);
+    let swap_blocks = legs
+        .iter()
+        .map(|l| l.block)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let sandwiches = find_sandwiches(&legs);
+    let in_sandwich: std::collections::HashSet<_> = sandwiches
+        .iter()
+        .flat_map(|s| [s.front_tx, s.back_tx])
+        .collect();
+    let benign_swaps = legs
+        .iter()
+        .filter(|l| !in_sandwich.contains(&l.tx_hash))
+        .count();
+
+    // Liquidation bonus per collateral symbol (main market) from tokens.csv.
+    let liquidations_path = Dataset::Liquidations.locate(data_dir)?;
+    let tokens_path = chainfold_ingest::replay::liquidations::tokens_path(&liquidations_path);
+    let tokens = chainfold_ingest::replay::read_maybe_gzip(&tokens_path)?;
+    let mut bonus_of: BTreeMap<String, f64> = BTreeMap::new();
+    let mut reader = csv::Reader::from_reader(tokens.as_slice());
+    let headers = reader.headers()?.clone();
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let (Some(symbol_col), Some(bonus_col)) = (col("symbol"), col("reserveLiquidationBonus"))
+    else {
+        anyhow::bail!(
+            "{} lacks symbol/reserveLiquidationBonus",
+            tokens_path.display()
+        );
+    };
+    for row in reader.records() {
+        let row = row?;
+        let bonus: f64 = row.get(bonus_col).unwrap_or("0").parse().unwrap_or(0.0);
+        if bonus > 10_000.0 {
+            bonus_of
+                .entry(row.get(symbol_col).unwrap_or_default().to_owned())
+                .or_insert(bonus / 10_000.0);
+        }
+    }
+    let liquidations = Dataset::Liquidations.decode_dir(data_dir)?;
+    let mut check = BonusCheck {
+        rows: liquidations.len(),
+        ..BonusCheck::default()
+    };
+    let mut errors = Vec::new();
+    let mut by_form: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for env in liquidations.iter().filter_map(|d| d.as_ref().ok()) {
+        let DefiEvent::Liquidation(l) = &env.event else {
+            continue;
+        };
+        let (Some(cp), Some(dp), Some(bonus)) = (
+            l.collateral_price_usd.as_ref(),
+            l.debt_price_usd.as_ref(),
+            bonus_of.get(&l.collateral.symbol),
+        ) else {
+            continue;
+        };
+        let whole = |a: &chainfold_domain::TokenAmount, decimals: u8| {
+            f64_of(a) / 10f64.powi(i32::from(decimals))
+        };
+        let price = |p: &chainfold_domain::UsdValue| p.0.to_string().parse::<f64>().unwrap_or(0.0);
+        let Some(error) = liquidation_bonus_error(
+            whole(&l.collateral_amount, l.collateral.decimals),
+            price(cp),
+            whole(&l.debt_covered, l.debt.decimals),
+            price(dp),
+            *bonus,
+        ) else {
+            continue;
+        };
+        errors.push(error);
+        let normalised = env
+            .block_time
+            .is_some_and(|t| t.timestamp() >= 1_627_430_400); // 2021-07-28: the second form
+        by_form
+            .entry(
+                if normalised {
+                    "decimal-normalised (2021-07-28 on)"
+                } else {
+                    "raw base units (to 2021-07-27)"
+                }
+                .to_owned(),
+            )
+            .or_default()
+            .push(error);
+    }
+    check.checked = errors.len();
+    check.within_0_1pct = errors.iter().filter(|e| **e <= 0.001).count();
+    check.within_1pct = errors.iter().filter(|e| **e <= 0.01).count();
+    check.within_5pct = errors.iter().filter(|e| **e <= 0.05).count();
+    check.median_error = median(&mut errors);
+    check.p90_error = errors
+        .get(((errors.len() as f64 - 1.0) * 0.9).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN);
+    check.median_by_form = by_form
+        .into_iter()
+        .map(|(k, mut v)| (k, (v.len(), median(&mut v))))
+        .collect();
+    Ok(Report {
+        swaps: legs.len(),
+        swap_blocks,
+        sandwiches,
+        benign_swaps,
+        bonus: check,
+    })
+}
+
+/// Renders the report as Markdown.
+pub fn render(report: &Report, data_dir: &Path) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Detector quality report\n\nGenerated by `chainfold report --data-dir {}` (detectors `{}`); do not edit by hand.\n",
+        data_dir.display(),
+        chainfold_domain::risk::DETECTOR_VERSION
+    );
+    let _ = writeln!(
+        md,
+        "## Sandwiches in the recorded swaps (`dex-swaps-mev-inspect/swaps.csv`)\n\n{} swaps (not reverted) in {} blocks; rule: front-run and back-run on one pool in one block, opposite directions, the front-run's recipient is the back-run's sender, at least one swap of another transaction in the front-run's direction between them.\n\n**{} sandwiches found**; {} benign swaps (not a front- or back-run); **{:.1} alerts per 10,000 benign swaps**.\n",
+        report.swaps,
+        report.swap_blocks,
+        report.sandwiches.len(),
+        report.benign_swaps,
+        report.sandwiches.len() as f64 * 10_000.0 / report.benign_swaps.max(1) as f64
+    );
+    if !report.sandwiches.is_empty() {
+        let _ = writeln!(
+            md,
+            "| block | pool | sandwicher | front-run tx | back-run tx | victims | profit (token, base units) |\n|---|---|---|---|---|---|---|"
+        );
+        for s in &report.sandwiches {
+            let _ = writeln!(
+                md,
+                "| {} | `{:#x}` | `{:#x}` | `{:#x}` | `{:#x}` | {} | {:.4e} of `{:#x}` |",
+                s.block,
+                s.pool,
+                s.sandwicher,
+                s.front_tx,
+                s.back_tx,
+                s.victim_txs.len(),
+                s.profit,
+                s.token
+            );
+        }
+        md.push('\n');
+    }
+    let b = &report.bonus;
+    let pct = |n: usize| 100.0 * n as f64 / b.checked.max(1) as f64;
+    let _ = writeln!(
+        md,
+        "## Liquidation bonus identity (`aave-v2-eth-liquidations-rpi`)\n\ncollateral seized × collateral price = debt covered × debt price × bonus, per liquidation.\nUnits normalised: amounts to whole tokens (the raw-integer rows divided by 10^decimals of the reserve in `tokens.csv`; the decimal rows taken as they are, the form told apart by a `.` or `e` in the amount); prices in USD (the USD column where filled, else the ETH price divided by the row's USDT-in-ETH price, with the ETH price in wei for the raw rows and in ether for the others; WETH's own ETH price is 1); bonus from `tokens.csv` (`reserveLiquidationBonus` / 10,000 of the collateral, a snapshot: governance changed some values over time).\n\n{} rows; {} checked (both prices and a bonus known); median relative error **{:.2e}**, p90 {:.2e}; within 0.1%: {} ({:.1}%), within 1%: {} ({:.1}%), within 5%: {} ({:.1}%).\n",
+        b.rows,
+        b.checked,
+        b.median_error,
+        b.p90_error,
+        b.within_0_1pct,
+        pct(b.within_0_1pct),
+        b.within_1pct,
+        pct(b.within_1pct),
+        b.within_5pct,
+        pct(b.within_5pct)
+    );
+    let _ = writeln!(
+        md,
+        "| unit form | rows checked | median error |\n|---|---|---|"
+    );
+    for (form, (n, m)) in &b.median_by_form {
+        let _ = writeln!(md, "| {form} | {n} | {m:.2e} |");
+    }
+    md.push_str("\n## Not yet measured\n\nDetection of the labelled `chainfold simulate` scenarios end to end, the stress curve against the published Aave V3 curve, and anomaly/shortage signals: they come with the streaming risk worker.\n");
+    md
+}
+
+/// Measures, renders and writes the report; returns the Markdown.
+pub fn run(data_dir: &Path, out: &Path) -> anyhow::Result<String> {
+    let report = measure(data_dir)?;
+    let md = render(&report, data_dir);
+    std::fs::write(out, &md).with_context(|| format!("could not write {}", out.display()))?;
+    Ok(md)
+}
