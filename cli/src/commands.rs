@@ -46,6 +46,9 @@ pub enum Command {
     /// Replay the lending log and score a time window with a chosen model version into
     /// backtest_run / backtest_score (live scores untouched).
     Backtest(chainfold_scoring::backtest::BacktestConfig),
+    /// Detect sandwiches, flash-loan attacks and liquidity drains on the event stream into
+    /// risk_alert, chainfold.risk.v1 and Redis.
+    Risk(chainfold_scoring::risk::RiskConfig),
     /// Measure the detectors on recorded data and write scoring/REPORT.md.
     Report(ReportConfig),
     /// Deploy the fixture contracts on a local chain (anvil) and drive recorded activity and
@@ -70,6 +73,7 @@ impl Command {
             Command::Score(_) => "score",
             Command::Backtest(_) => "backtest",
             Command::Report(_) => "report",
+            Command::Risk(_) => "risk",
             Command::Actuate(_) => "actuate",
         }
     }
@@ -173,6 +177,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .context("could not start scorer")?;
             scorer
+                .run_until_stopped(chainfold_platform::shutdown_signal())
+                .await
+        }
+        Command::Risk(config) => {
+            let worker = chainfold_scoring::risk::RiskWorker::build(config)
+                .await
+                .context("could not start the risk worker")?;
+            worker
                 .run_until_stopped(chainfold_platform::shutdown_signal())
                 .await
         }

@@ -20,6 +20,8 @@ pub const ATTESTATIONS: &str = "chainfold.attestations.v1";
 /// Lending decisions (on request and when a requester's score crosses its band), keyed by
 /// wallet; `chainfold actuate` applies them on-chain.
 pub const DECISIONS: &str = "chainfold.decisions.v1";
+/// Risk alerts (sandwiches, flash-loan attacks, drains, …), keyed by chain id.
+pub const RISK: &str = "chainfold.risk.v1";
 /// Suffix of a topic's dead-letter sibling.
 pub const DLQ_SUFFIX: &str = ".dlq";
 

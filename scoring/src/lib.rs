@@ -4,9 +4,11 @@
 //! [`model`] loads the position model (trained by `scoring/train/`, card in
 //! `scoring/MODEL_CARD.md`); [`worker`] is `chainfold score`, the streaming scorer;
 //! [`backtest`] is `chainfold backtest`, a chosen model version over a replayed window into its
-//! own result set; [`report`] is `chainfold report`, the detectors' quality report.
+//! own result set; [`risk`] is `chainfold risk`, the attack detectors on the stream; [`report`]
+//! is `chainfold report`, the detectors' quality report.
 
 pub mod backtest;
 pub mod model;
 pub mod report;
+pub mod risk;
 pub mod worker;

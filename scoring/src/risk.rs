@@ -1,0 +1,633 @@
+//! `chainfold risk`: the attack detectors of `domain::risk` on the live event stream.
+//!
+//! A consumer group on `chainfold.amm.v1` (swaps, `Sync`s) and `chainfold.lending.v1` (flash
+//! loans) buffers events per (chain, block) and evaluates a block once it is complete: when every
+//! partition that delivered events of the chain in the batch has moved past it (a pool's events
+//! share a partition, in order), or when the stream is idle. Per block: sandwiches on each pool;
+//! for each flash loan, its transaction's swaps and pool price moves (from the pools' reserves
+//! before and after the transaction) against Forta's rule; reserve drains within a window of
+//! blocks. Alerts (kind, severity, chain, block, transactions, addresses, pools, evidence,
+//! detector version) go to `risk_alert` (idempotent by a deterministic id), then
+//! `chainfold.risk.v1` and Redis `<prefix>alerts`; Kafka offsets of evaluated events are
+//! committed last, so a crash re-detects and stores nothing twice.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, B256};
+use anyhow::Context as _;
+use chainfold_domain::risk::{
+    drains, find_sandwiches, flash_loan_attack, FlashLoanRule, Loan, PriceMove, ReserveState,
+    SwapLeg, DETECTOR_VERSION,
+};
+use chainfold_domain::{topics, DefiEvent, Envelope};
+use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
+use chainfold_platform::kafka;
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// `chainfold risk` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RiskConfig {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[arg(
+        long = "group",
+        env = "CHAINFOLD_RISK_GROUP",
+        default_value = "chainfold-risk"
+    )]
+    pub group: String,
+    /// Least pool price move within a flash-loan transaction (0.1 = 10%).
+    #[arg(long = "flash-min-price-move", default_value_t = 0.1)]
+    pub flash_min_price_move: f64,
+    /// Least profit of a flash-loan transaction as a share of the loan (Forta: 0.02).
+    #[arg(long = "flash-min-profit-share", default_value_t = 0.02)]
+    pub flash_min_profit_share: f64,
+    /// Share of a pool reserve lost within `--drain-window` blocks that is a drain.
+    #[arg(long = "drain-share", default_value_t = 0.5)]
+    pub drain_share: f64,
+    #[arg(long = "drain-window", default_value_t = 5)]
+    pub drain_window: u64,
+    /// Most messages per batch.
+    #[arg(long = "batch-size", default_value_t = 5000)]
+    pub batch_size: usize,
+}
+
+impl RiskConfig {
+    pub fn new(kafka: KafkaArgs, postgres: PostgresArgs, redis: RedisArgs, group: String) -> Self {
+        RiskConfig {
+            kafka,
+            postgres,
+            redis,
+            group,
+            flash_min_price_move: 0.1,
+            flash_min_profit_share: 0.02,
+            drain_share: 0.5,
+            drain_window: 5,
+            batch_size: 5000,
+        }
+    }
+}
+
+/// One alert as stored and published.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub id: String,
+    pub kind: &'static str,
+    pub severity: &'static str,
+    pub chain_id: u64,
+    pub block_number: u64,
+    pub tx_hashes: Vec<String>,
+    pub addresses: Vec<String>,
+    pub pools: Vec<String>,
+    pub evidence: serde_json::Value,
+    pub detector_version: &'static str,
+    pub source_published_at: Option<DateTime<Utc>>,
+}
+
+/// What a batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RiskOutcome {
+    pub received: u64,
+    pub blocks: u64,
+    /// Alerts newly stored, by kind.
+    pub sandwiches: u64,
+    pub flash_loan_attacks: u64,
+    pub drains: u64,
+}
+
+#[derive(Debug, Default)]
+struct BlockEvents {
+    swaps: Vec<SwapLeg>,
+    /// (log index, tx, pool, reserve0, reserve1)
+    syncs: Vec<(u32, B256, Address, f64, f64)>,
+    loans: Vec<Loan>,
+    published_at: Option<DateTime<Utc>>,
+    /// (topic, partition, offset) of the block's messages.
+    offsets: Vec<(String, i32, i64)>,
+}
+
+/// A running risk worker.
+pub struct RiskWorker {
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+    pool: PgPool,
+    redis: redis::aio::ConnectionManager,
+    config: RiskConfig,
+    risk_topic: String,
+    pending: BTreeMap<(u64, u64), BlockEvents>,
+    /// Offsets received and done (no block to wait for, or evaluated), not yet committed.
+    done: Vec<(String, i32, i64)>,
+    reserves: HashMap<(u64, Address), (f64, f64)>,
+    history: HashMap<(u64, Address), VecDeque<ReserveState>>,
+}
+
+impl std::fmt::Debug for RiskWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RiskWorker")
+            .field("group", &self.config.group)
+            .finish()
+    }
+}
+
+fn f64_of(a: &chainfold_domain::TokenAmount) -> f64 {
+    a.0.to_string().parse().unwrap_or(0.0)
+}
+
+fn hex<T: std::fmt::LowerHex>(v: T) -> String {
+    format!("{v:#x}")
+}
+
+impl RiskWorker {
+    pub async fn build(config: RiskConfig) -> anyhow::Result<RiskWorker> {
+        let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
+        let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
+        let topics = config.kafka.topics();
+        let risk_topic = format!("{}{}", config.kafka.topic_prefix, topics::RISK);
+        let mut all = topics.all();
+        all.push(risk_topic.clone());
+        kafka::ensure_topics(&config.kafka, &all).await?;
+        let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &config.group)
+            .create()
+            .context("could not create Kafka consumer")?;
+        consumer
+            .subscribe(&[topics.amm.as_str(), topics.lending.as_str()])
+            .context("could not subscribe to the AMM and lending topics")?;
+        let producer = kafka::producer(&config.kafka)?;
+        tracing::info!(group = %config.group, "risk worker subscribed");
+        Ok(RiskWorker {
+            consumer,
+            producer,
+            pool,
+            redis,
+            config,
+            risk_topic,
+            pending: BTreeMap::new(),
+            done: Vec::new(),
+            reserves: HashMap::new(),
+            history: HashMap::new(),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Receives up to `batch_size` messages (waiting at most `idle` for the first, 50 ms for
+    /// the next), evaluates the blocks that are complete (all of them when the stream went
+    /// idle), stores and publishes the alerts, and commits.
+    pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<RiskOutcome> {
+        let mut outcome = RiskOutcome::default();
+        let deadline = Instant::now() + idle;
+        let mut went_idle = false;
+        // Per (chain, topic, partition): the highest block delivered in this batch.
+        let mut frontier: HashMap<(u64, String, i32), u64> = HashMap::new();
+        while (outcome.received as usize) < self.config.batch_size {
+            let wait = if outcome.received == 0 {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_millis(50)
+            };
+            let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(err)) => return Err(err).context("could not read from Kafka"),
+                Err(_) => {
+                    went_idle = true;
+                    break;
+                }
+            };
+            outcome.received += 1;
+            let origin = (
+                message.topic().to_owned(),
+                message.partition(),
+                message.offset(),
+            );
+            let published = message
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::from_timestamp_millis);
+            let env = message
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Envelope>(p).ok());
+            let Some((env, block)) = env
+                .filter(|e| !e.retracted)
+                .and_then(|e| e.block.map(|b| (e, b.number)))
+            else {
+                self.done.push(origin);
+                continue;
+            };
+            let key = (env.chain_id, origin.0.clone(), origin.1);
+            let front = frontier.entry(key).or_insert(block);
+            *front = (*front).max(block);
+            let events = self.pending.entry((env.chain_id, block)).or_default();
+            events.published_at = events.published_at.max(published);
+            events.offsets.push(origin);
+            let Some(tx_hash) = env.tx_hash else { continue };
+            match &env.event {
+                DefiEvent::Swap(s) if !s.reverted => events.swaps.push(SwapLeg {
+                    block,
+                    tx_hash,
+                    tx_position: s.tx_position,
+                    trace: if s.trace_address.is_empty() {
+                        vec![env.log_index.unwrap_or_default()]
+                    } else {
+                        s.trace_address.clone()
+                    },
+                    pool: s.pool,
+                    sender: s.sender,
+                    recipient: s.recipient,
+                    token_in: s.token_in,
+                    amount_in: f64_of(&s.amount_in),
+                    token_out: s.token_out,
+                    amount_out: f64_of(&s.amount_out),
+                }),
+                DefiEvent::PoolSync(s) => events.syncs.push((
+                    env.log_index.unwrap_or_default(),
+                    tx_hash,
+                    s.pool,
+                    f64_of(&s.reserve0),
+                    f64_of(&s.reserve1),
+                )),
+                DefiEvent::FlashLoan(f) => events.loans.push(Loan {
+                    tx_hash,
+                    initiator: f.initiator,
+                    asset: f.asset.address,
+                    amount: f64_of(&f.amount),
+                    premium: f64_of(&f.premium),
+                }),
+                _ => {}
+            }
+        }
+        // Complete blocks: below every delivering partition's frontier for their chain.
+        let mut limit: HashMap<u64, u64> = HashMap::new();
+        for ((chain, _, _), block) in &frontier {
+            let l = limit.entry(*chain).or_insert(*block);
+            *l = (*l).min(*block);
+        }
+        let ready: Vec<(u64, u64)> = self
+            .pending
+            .keys()
+            .filter(|(chain, block)| went_idle || limit.get(chain).is_some_and(|l| block < l))
+            .copied()
+            .collect();
+        let mut alerts = Vec::new();
+        for key in ready {
+            let Some(events) = self.pending.remove(&key) else {
+                continue;
+            };
+            outcome.blocks += 1;
+            alerts.extend(self.evaluate(key.0, key.1, &events).await?);
+            self.done.extend(events.offsets);
+        }
+        let stored = self.store(&alerts).await?;
+        for a in &stored {
+            match a.kind {
+                "SANDWICH" => outcome.sandwiches += 1,
+                "FLASH_LOAN_ATTACK" => outcome.flash_loan_attacks += 1,
+                _ => outcome.drains += 1,
+            }
+        }
+        self.publish(&stored).await?;
+        self.commit()?;
+        Ok(outcome)
+    }
+
+    /// Commits, per partition, up to the first offset still waiting in an unevaluated block.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        let mut waiting: HashMap<(String, i32), i64> = HashMap::new();
+        for events in self.pending.values() {
+            for (t, p, o) in &events.offsets {
+                let w = waiting.entry((t.clone(), *p)).or_insert(*o);
+                *w = (*w).min(*o);
+            }
+        }
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for (t, p, o) in self.done.drain(..) {
+            let limit = waiting.get(&(t.clone(), p)).copied();
+            let candidate = match limit {
+                Some(w) if o + 1 > w => w,
+                _ => o + 1,
+            };
+            let n = next.entry((t, p)).or_insert(candidate);
+            *n = (*n).max(candidate);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in &next {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                .context("commit list")?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .context("could not commit Kafka offsets")
+    }
+
+    /// The reserves of `pool` before (block, log index), from memory or the read model.
+    async fn reserves_before(
+        &mut self,
+        chain: u64,
+        pool: Address,
+        block: u64,
+        log_index: u32,
+    ) -> anyhow::Result<Option<(f64, f64)>> {
+        if let Some(r) = self.reserves.get(&(chain, pool)) {
+            return Ok(Some(*r));
+        }
+        let row: Option<(f64, f64)> = sqlx::query_as(
+            "SELECT reserve0::float8, reserve1::float8 FROM pool_sync
+             WHERE chain_id = $1 AND pool = $2 AND (block_number, log_index) < ($3, $4)
+             ORDER BY block_number DESC, log_index DESC LIMIT 1",
+        )
+        .bind(chain as i64)
+        .bind(hex(pool))
+        .bind(block as i64)
+        .bind(log_index as i32)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    async fn evaluate(
+        &mut self,
+        chain: u64,
+        block: u64,
+        events: &BlockEvents,
+    ) -> anyhow::Result<Vec<Alert>> {
+        let mut alerts = Vec::new();
+        let published = events.published_at;
+        // Price moves per transaction and the pools' end-of-block reserves.
+        let mut syncs = events.syncs.clone();
+        syncs.sort_by_key(|s| s.0);
+        let mut moves: HashMap<B256, BTreeMap<Address, PriceMove>> = HashMap::new();
+        let mut end_state: BTreeMap<Address, (f64, f64)> = BTreeMap::new();
+        for (log_index, tx, pool, r0, r1) in &syncs {
+            let before = self
+                .reserves_before(chain, *pool, block, *log_index)
+                .await?;
+            if !self.history.contains_key(&(chain, *pool)) {
+                let mut h = VecDeque::new();
+                if let Some((b0, b1)) = before {
+                    h.push_back(ReserveState {
+                        block: block.saturating_sub(1),
+                        reserve0: b0,
+                        reserve1: b1,
+                    });
+                }
+                self.history.insert((chain, *pool), h);
+            }
+            let price = |r0: f64, r1: f64| if r0 > 0.0 { r1 / r0 } else { 0.0 };
+            let entry = moves
+                .entry(*tx)
+                .or_default()
+                .entry(*pool)
+                .or_insert(PriceMove {
+                    pool: *pool,
+                    before: before.map_or(price(*r0, *r1), |(a, b)| price(a, b)),
+                    after: price(*r0, *r1),
+                });
+            entry.after = price(*r0, *r1);
+            self.reserves.insert((chain, *pool), (*r0, *r1));
+            end_state.insert(*pool, (*r0, *r1));
+        }
+        // Sandwiches.
+        for s in find_sandwiches(&events.swaps) {
+            let mut txs = vec![hex(s.front_tx)];
+            txs.extend(s.victim_txs.iter().map(|t| hex(*t)));
+            txs.push(hex(s.back_tx));
+            alerts.push(Alert {
+                id: alert_id(&[
+                    "SANDWICH",
+                    &chain.to_string(),
+                    &hex(s.front_tx),
+                    &hex(s.back_tx),
+                    &hex(s.pool),
+                ]),
+                kind: "SANDWICH",
+                severity: if s.victim_txs.len() > 2 {
+                    "MEDIUM"
+                } else {
+                    "LOW"
+                },
+                chain_id: chain,
+                block_number: block,
+                tx_hashes: txs,
+                addresses: vec![hex(s.sandwicher)],
+                pools: vec![hex(s.pool)],
+                evidence: serde_json::to_value(&s)?,
+                detector_version: DETECTOR_VERSION,
+                source_published_at: published,
+            });
+        }
+        // Flash-loan attacks.
+        let rule = FlashLoanRule {
+            min_price_move: self.config.flash_min_price_move,
+            min_profit_share: self.config.flash_min_profit_share,
+        };
+        for loan in &events.loans {
+            let swaps: Vec<SwapLeg> = events
+                .swaps
+                .iter()
+                .filter(|s| s.tx_hash == loan.tx_hash)
+                .cloned()
+                .collect();
+            let tx_moves: Vec<PriceMove> = moves
+                .get(&loan.tx_hash)
+                .map(|m| m.values().copied().collect())
+                .unwrap_or_default();
+            if let Some(hit) = flash_loan_attack(&rule, loan, &swaps, &tx_moves) {
+                let mut pools: Vec<String> = tx_moves.iter().map(|m| hex(m.pool)).collect();
+                pools.sort();
+                alerts.push(Alert {
+                    id: alert_id(&["FLASH_LOAN_ATTACK", &chain.to_string(), &hex(loan.tx_hash)]),
+                    kind: "FLASH_LOAN_ATTACK",
+                    severity: if hit.profit_share > 0.1 {
+                        "CRITICAL"
+                    } else {
+                        "HIGH"
+                    },
+                    chain_id: chain,
+                    block_number: block,
+                    tx_hashes: vec![hex(loan.tx_hash)],
+                    addresses: vec![hex(loan.initiator)],
+                    pools,
+                    evidence: serde_json::json!({
+                        "loan": hit, "swaps": swaps.len(),
+                        "priceMoves": tx_moves.iter().map(|m| serde_json::json!({
+                            "pool": hex(m.pool), "before": m.before, "after": m.after,
+                            "relative": m.relative()})).collect::<Vec<_>>(),
+                    }),
+                    detector_version: DETECTOR_VERSION,
+                    source_published_at: published,
+                });
+            }
+        }
+        // Drains.
+        for (pool, (r0, r1)) in end_state {
+            let window = self.config.drain_window;
+            let Some(history) = self.history.get_mut(&(chain, pool)) else {
+                continue;
+            };
+            history.push_back(ReserveState {
+                block,
+                reserve0: r0,
+                reserve1: r1,
+            });
+            while history.front().is_some_and(|s| s.block + window < block) {
+                history.pop_front();
+            }
+            let states: Vec<ReserveState> = history.iter().copied().collect();
+            for d in drains(pool, &states, window, self.config.drain_share)
+                .into_iter()
+                .filter(|d| d.to_block == block)
+            {
+                let txs: Vec<String> = syncs
+                    .iter()
+                    .filter(|s| s.2 == pool)
+                    .map(|s| hex(s.1))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                alerts.push(Alert {
+                    id: alert_id(&[
+                        "LIQUIDITY_DRAIN",
+                        &chain.to_string(),
+                        &hex(pool),
+                        &d.from_block.to_string(),
+                        &d.reserve.to_string(),
+                    ]),
+                    kind: "LIQUIDITY_DRAIN",
+                    severity: if d.share_lost >= 0.9 {
+                        "CRITICAL"
+                    } else {
+                        "HIGH"
+                    },
+                    chain_id: chain,
+                    block_number: block,
+                    tx_hashes: txs,
+                    addresses: Vec::new(),
+                    pools: vec![hex(pool)],
+                    evidence: serde_json::to_value(&d)?,
+                    detector_version: DETECTOR_VERSION,
+                    source_published_at: published,
+                });
+            }
+        }
+        Ok(alerts)
+    }
+
+    /// Stores alerts; returns the ones that are new.
+    async fn store(&self, alerts: &[Alert]) -> anyhow::Result<Vec<Alert>> {
+        let mut new = Vec::new();
+        let mut tx = self.pool.begin().await?;
+        for a in alerts {
+            let inserted = sqlx::query(
+                "INSERT INTO risk_alert (id, kind, severity, chain_id, block_number, tx_hashes,
+                    addresses, pools, evidence, detector_version, source_published_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&a.id)
+            .bind(a.kind)
+            .bind(a.severity)
+            .bind(a.chain_id as i64)
+            .bind(a.block_number as i64)
+            .bind(&a.tx_hashes)
+            .bind(&a.addresses)
+            .bind(&a.pools)
+            .bind(&a.evidence)
+            .bind(a.detector_version)
+            .bind(a.source_published_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                new.push(a.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn publish(&mut self, alerts: &[Alert]) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        let mut deliveries = Vec::new();
+        for a in alerts {
+            let payload = serde_json::to_string(a)?;
+            pipe.publish(format!("{}alerts", self.config.redis.prefix), &payload)
+                .ignore();
+            let key = a.chain_id.to_string();
+            deliveries.push(
+                self.producer
+                    .send_result(
+                        FutureRecord::to(&self.risk_topic)
+                            .key(&key)
+                            .payload(&payload),
+                    )
+                    .map_err(|(e, _)| e)
+                    .context("could not enqueue an alert")?,
+            );
+        }
+        if !alerts.is_empty() {
+            if let Err(err) = pipe.query_async::<()>(&mut self.redis).await {
+                tracing::warn!(%err, "could not publish alerts on Redis");
+            }
+        }
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((err, _))) => return Err(err).context("the broker rejected an alert"),
+                Err(_) => anyhow::bail!("producer dropped before an alert was acknowledged"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluates until a batch arrives empty after `idle` (tests); the first wait is at least
+    /// 30 s (group join).
+    pub async fn run_until_idle(&mut self, idle: Duration) -> anyhow::Result<RiskOutcome> {
+        let mut total = RiskOutcome::default();
+        let mut wait = idle.max(Duration::from_secs(30));
+        loop {
+            let o = self.process_batch(wait).await?;
+            wait = idle;
+            total.received += o.received;
+            total.blocks += o.blocks;
+            total.sandwiches += o.sandwiches;
+            total.flash_loan_attacks += o.flash_loan_attacks;
+            total.drains += o.drains;
+            if o.received == 0 && self.pending.is_empty() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Evaluates until `shutdown` resolves.
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                outcome = self.process_batch(Duration::from_millis(200)) => { outcome?; }
+            }
+        }
+    }
+}
+
+/// A deterministic alert id: keccak256 of its identifying parts.
+fn alert_id(parts: &[&str]) -> String {
+    chainfold_domain::decision::DecisionRecord::id_of(parts)
+}
