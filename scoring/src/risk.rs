@@ -376,17 +376,16 @@ impl RiskWorker {
             let before = self
                 .reserves_before(chain, *pool, block, *log_index)
                 .await?;
-            if !self.history.contains_key(&(chain, *pool)) {
-                let mut h = VecDeque::new();
-                if let Some((b0, b1)) = before {
-                    h.push_back(ReserveState {
+            self.history.entry((chain, *pool)).or_insert_with(|| {
+                before
+                    .map(|(b0, b1)| ReserveState {
                         block: block.saturating_sub(1),
                         reserve0: b0,
                         reserve1: b1,
-                    });
-                }
-                self.history.insert((chain, *pool), h);
-            }
+                    })
+                    .into_iter()
+                    .collect()
+            });
             let price = |r0: f64, r1: f64| if r0 > 0.0 { r1 / r0 } else { 0.0 };
             let entry = moves
                 .entry(*tx)
