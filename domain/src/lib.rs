@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod fold;
 pub mod risk;
 pub mod scorecard;
+pub mod stress;
 pub mod topics;
 
 pub use alloy_primitives::{Address, B256, U256};
