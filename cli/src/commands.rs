@@ -49,6 +49,9 @@ pub enum Command {
     /// Detect sandwiches, flash-loan attacks and liquidity drains on the event stream into
     /// risk_alert, chainfold.risk.v1 and Redis.
     Risk(chainfold_scoring::risk::RiskConfig),
+    /// Stress-test a chain's live lending positions (shock grid, Monte Carlo VaR) into
+    /// stress_run / stress_scenario.
+    Stress(chainfold_scoring::stress::StressConfig),
     /// Measure the detectors on recorded data and write scoring/REPORT.md.
     Report(ReportConfig),
     /// Deploy the fixture contracts on a local chain (anvil) and drive recorded activity and
@@ -74,6 +77,7 @@ impl Command {
             Command::Backtest(_) => "backtest",
             Command::Report(_) => "report",
             Command::Risk(_) => "risk",
+            Command::Stress(_) => "stress",
             Command::Actuate(_) => "actuate",
         }
     }
@@ -179,6 +183,23 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             scorer
                 .run_until_stopped(chainfold_platform::shutdown_signal())
                 .await
+        }
+        Command::Stress(config) => {
+            let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
+            let run = chainfold_scoring::stress::run(&pool, &config, "manual").await?;
+            println!(
+                "stress run {}: chain {}, {} positions as of block {:?}, {} scenarios, VaR95 ${:.2}, VaR99 ${:.2}, LaR95 ${:.2} in {:.1} ms",
+                run.id,
+                run.chain_id,
+                run.positions,
+                run.as_of_block,
+                run.scenarios.len(),
+                run.var.as_ref().map_or(0.0, |v| v.var95_usd),
+                run.var.as_ref().map_or(0.0, |v| v.evar99_usd),
+                run.var.as_ref().map_or(0.0, |v| v.lar95_usd),
+                run.elapsed_ms
+            );
+            Ok(())
         }
         Command::Risk(config) => {
             let worker = chainfold_scoring::risk::RiskWorker::build(config)

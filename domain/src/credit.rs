@@ -190,6 +190,17 @@ pub fn liquidation_threshold(symbol: &str) -> f64 {
     }
 }
 
+/// Liquidation bonus (factor) by reserve symbol: Aave V2's values (the fixture pool uses the
+/// same for WETH/USDC/WBTC); an unknown asset gets 1.10, the high end, so bad debt is never
+/// understated.
+pub fn liquidation_bonus(symbol: &str) -> f64 {
+    match symbol.to_ascii_uppercase().trim_start_matches('W') {
+        "ETH" | "USDC" | "USDT" | "DAI" => 1.05,
+        "STETH" | "LINK" => 1.075,
+        _ => 1.10,
+    }
+}
+
 /// Hours in the model's 30-day window (`scoring/train/train.py`: `HOURS_30D`).
 pub const HOURS_30D: f64 = 720.0;
 

@@ -5,10 +5,12 @@
 //! `scoring/MODEL_CARD.md`); [`worker`] is `chainfold score`, the streaming scorer;
 //! [`backtest`] is `chainfold backtest`, a chosen model version over a replayed window into its
 //! own result set; [`risk`] is `chainfold risk`, the attack detectors on the stream; [`report`]
-//! is `chainfold report`, the detectors' quality report.
+//! is `chainfold report`, the detectors' quality report; [`stress`] is `chainfold stress`, the
+//! shock grid and VaR on live positions.
 
 pub mod backtest;
 pub mod model;
 pub mod report;
 pub mod risk;
+pub mod stress;
 pub mod worker;

@@ -60,6 +60,20 @@ pub struct RiskConfig {
     /// Most messages per batch.
     #[arg(long = "batch-size", default_value_t = 5000)]
     pub batch_size: usize,
+    /// Oracle move (relative to the prices of a chain's last stress run) that recomputes its
+    /// stress test and VaR …
+    #[arg(long = "stress-threshold", default_value_t = 0.02)]
+    pub stress_threshold: f64,
+    /// … at most once per this interval.
+    #[arg(long = "stress-interval", default_value = "60s", value_parser = chainfold_platform::config::parse_duration)]
+    pub stress_interval: Duration,
+    /// Hourly USD price history the stress test bootstraps from.
+    #[arg(
+        long = "prices-dir",
+        env = "CHAINFOLD_PRICES_DIR",
+        default_value = "data/aave-v2-eth-bhemen/usd_prices"
+    )]
+    pub prices_dir: std::path::PathBuf,
 }
 
 impl RiskConfig {
@@ -74,6 +88,9 @@ impl RiskConfig {
             drain_share: 0.5,
             drain_window: 5,
             batch_size: 5000,
+            stress_threshold: 0.02,
+            stress_interval: Duration::from_secs(60),
+            prices_dir: "data/aave-v2-eth-bhemen/usd_prices".into(),
         }
     }
 }
@@ -104,6 +121,8 @@ pub struct RiskOutcome {
     pub sandwiches: u64,
     pub flash_loan_attacks: u64,
     pub drains: u64,
+    /// Stress runs recomputed because an oracle price moved.
+    pub stress_runs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +149,9 @@ pub struct RiskWorker {
     done: Vec<(String, i32, i64)>,
     reserves: HashMap<(u64, Address), (f64, f64)>,
     history: HashMap<(u64, Address), VecDeque<ReserveState>>,
+    /// Chains with oracle rounds since their last stress check, and when each last ran.
+    oracle_chains: std::collections::BTreeSet<u64>,
+    last_stress: HashMap<u64, Instant>,
 }
 
 impl std::fmt::Debug for RiskWorker {
@@ -161,8 +183,12 @@ impl RiskWorker {
             .create()
             .context("could not create Kafka consumer")?;
         consumer
-            .subscribe(&[topics.amm.as_str(), topics.lending.as_str()])
-            .context("could not subscribe to the AMM and lending topics")?;
+            .subscribe(&[
+                topics.amm.as_str(),
+                topics.lending.as_str(),
+                topics.oracle.as_str(),
+            ])
+            .context("could not subscribe to the AMM, lending and oracle topics")?;
         let producer = kafka::producer(&config.kafka)?;
         tracing::info!(group = %config.group, "risk worker subscribed");
         Ok(RiskWorker {
@@ -176,6 +202,8 @@ impl RiskWorker {
             done: Vec::new(),
             reserves: HashMap::new(),
             history: HashMap::new(),
+            oracle_chains: Default::default(),
+            last_stress: HashMap::new(),
         })
     }
 
@@ -219,6 +247,13 @@ impl RiskWorker {
             let env = message
                 .payload()
                 .and_then(|p| serde_json::from_slice::<Envelope>(p).ok());
+            if let Some(DefiEvent::OracleUpdate(_)) = env.as_ref().map(|e| &e.event) {
+                if let Some(e) = &env {
+                    self.oracle_chains.insert(e.chain_id);
+                }
+                self.done.push(origin);
+                continue;
+            }
             let Some((env, block)) = env
                 .filter(|e| !e.retracted)
                 .and_then(|e| e.block.map(|b| (e, b.number)))
@@ -298,8 +333,63 @@ impl RiskWorker {
             }
         }
         self.publish(&stored).await?;
+        outcome.stress_runs = self.restress().await?;
         self.commit()?;
         Ok(outcome)
+    }
+
+    /// Recomputes the stress test of each chain that had oracle rounds, when a price moved
+    /// beyond the threshold from the prices of its last run (or it has none) and the interval
+    /// has passed. Runs on the read models as the projector has them.
+    async fn restress(&mut self) -> anyhow::Result<u64> {
+        let mut runs = 0;
+        for chain in std::mem::take(&mut self.oracle_chains) {
+            if self
+                .last_stress
+                .get(&chain)
+                .is_some_and(|t| t.elapsed() < self.config.stress_interval)
+            {
+                self.oracle_chains.insert(chain);
+                continue;
+            }
+            let last: Option<serde_json::Value> = sqlx::query_scalar(
+                "SELECT prices FROM stress_run WHERE chain_id = $1 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(chain as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+            let (_, now, _) = crate::stress::live_positions(&self.pool, chain).await?;
+            let moved = match &last {
+                None => true,
+                Some(before) => now.iter().any(|(symbol, p)| {
+                    before[symbol].as_f64().is_none_or(|b| {
+                        b <= 0.0 || (p / b - 1.0).abs() >= self.config.stress_threshold
+                    })
+                }),
+            };
+            if !moved {
+                continue;
+            }
+            let config = crate::stress::StressConfig {
+                postgres: self.config.postgres.clone(),
+                chain_id: chain,
+                prices_dir: self.config.prices_dir.clone(),
+                paths: 2000,
+                horizon_hours: 24,
+                seed: 1,
+            };
+            let run = crate::stress::run(&self.pool, &config, "oracle_move").await?;
+            tracing::info!(
+                chain,
+                run = run.id,
+                positions = run.positions,
+                elapsed_ms = run.elapsed_ms,
+                "stress recomputed"
+            );
+            self.last_stress.insert(chain, Instant::now());
+            runs += 1;
+        }
+        Ok(runs)
     }
 
     /// Commits, per partition, up to the first offset still waiting in an unevaluated block.
@@ -605,6 +695,7 @@ impl RiskWorker {
             total.sandwiches += o.sandwiches;
             total.flash_loan_attacks += o.flash_loan_attacks;
             total.drains += o.drains;
+            total.stress_runs += o.stress_runs;
             if o.received == 0 && self.pending.is_empty() {
                 return Ok(total);
             }

@@ -11,6 +11,16 @@ use chainfold_simulate::anvil::Anvil;
 use chainfold_simulate::SimulateArgs;
 use chainfold_testkit::{data_dir, unique, Isolated};
 
+/// kind, severity, block, transactions, pools, evidence
+type AlertRow = (
+    String,
+    String,
+    i64,
+    Vec<String>,
+    Vec<String>,
+    serde_json::Value,
+);
+
 #[tokio::test]
 async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
     let iso = Isolated::new("risk-live").await;
@@ -58,19 +68,30 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         .expect("follower");
     follower.sync_to_head().await.expect("ingest");
 
-    let mut worker = RiskWorker::build(RiskConfig::new(
+    // The read models the stress test reads (positions, oracle prices).
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+
+    let mut risk_config = RiskConfig::new(
         iso.kafka.clone(),
         iso.postgres.clone(),
         iso.redis.clone(),
         unique("risk"),
-    ))
-    .await
-    .expect("risk worker");
+    );
+    risk_config.prices_dir = data_dir().join("aave-v2-eth-bhemen/usd_prices");
+    let mut worker = RiskWorker::build(risk_config).await.expect("risk worker");
     let outcome = worker
         .run_until_idle(Duration::from_secs(3))
         .await
         .expect("detects");
-    let alerts: Vec<(String, String, i64, Vec<String>, Vec<String>, serde_json::Value)> =
+    let alerts: Vec<AlertRow> =
         sqlx::query_as(
             "SELECT kind, severity, block_number, tx_hashes, pools, evidence FROM risk_alert ORDER BY seq",
         )
@@ -109,6 +130,81 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
             && a.5["share_lost"].as_f64().expect("share") > 0.85),
         "{drains:?}"
     );
+    // The oracle rounds recomputed the stress test on the chain's positions, once (the
+    // interval holds back the rest), with its inputs stored.
+    assert_eq!(outcome.stress_runs, 1, "{outcome:?}");
+    let (positions, as_of, prices, var95, lar95): (i32, Option<i64>, serde_json::Value, Option<f64>, Option<f64>) =
+        sqlx::query_as(
+            "SELECT positions, as_of_block, prices, var95_usd, lar95_usd FROM stress_run WHERE chain_id = 31337 AND trigger = 'oracle_move'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("stress run");
+    assert!(positions > 0 && as_of.is_some(), "{positions} {as_of:?}");
+    assert!(
+        prices["WETH"].as_f64().expect("WETH price") > 0.0,
+        "{prices}"
+    );
+    assert!(var95.is_some() && lar95.is_some());
+    // WETH −30% alone, recomputed here from the read models by an independent query.
+    let stored: (i32, f64, f64) = sqlx::query_as(
+        "SELECT liquidatable, debt_at_risk_usd, bad_debt_usd FROM stress_scenario
+         WHERE asset = 'WETH' AND NOT correlated AND abs(shock + 0.3) < 1e-9",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("grid row");
+    let rows: Vec<(String, String, f64, f64, f64)> = sqlx::query_as(
+        "SELECT p.wallet, p.symbol, (greatest(p.collateral, 0) / 10::numeric ^ p.decimals)::float8,
+                (greatest(p.variable_debt, 0) / 10::numeric ^ p.decimals)::float8, o.price::float8
+         FROM lending_position p JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
+         WHERE p.chain_id = 31337 AND p.wallet IN (SELECT wallet FROM lending_position
+               WHERE chain_id = 31337 GROUP BY wallet HAVING sum(variable_debt) > 0)",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("positions");
+    let mut book: std::collections::BTreeMap<String, Vec<chainfold_domain::credit::Holding>> =
+        Default::default();
+    for (wallet, symbol, collateral, debt, price) in rows {
+        book.entry(wallet)
+            .or_default()
+            .push(chainfold_domain::credit::Holding {
+                liquidation_threshold: chainfold_domain::credit::liquidation_threshold(&symbol),
+                symbol,
+                collateral,
+                debt,
+                price,
+            });
+    }
+    assert_eq!(book.len(), positions as usize);
+    let positions: Vec<chainfold_domain::stress::Position> = book
+        .into_iter()
+        .map(|(id, holdings)| chainfold_domain::stress::Position { id, holdings })
+        .collect();
+    let bonus = ["WETH", "WBTC", "USDC"]
+        .iter()
+        .map(|s| {
+            (
+                s.to_string(),
+                chainfold_domain::credit::liquidation_bonus(s),
+            )
+        })
+        .collect();
+    let expected = chainfold_domain::stress::impact(
+        &positions,
+        &std::collections::BTreeMap::from([("WETH".to_owned(), -0.3)]),
+        &bonus,
+        &chainfold_domain::stress::LiquidationRules::AAVE_V2,
+    );
+    assert_eq!(stored.0 as usize, expected.liquidatable);
+    assert!((stored.1 - expected.debt_at_risk_usd).abs() < 1e-6 * (1.0 + stored.1));
+    assert!((stored.2 - expected.bad_debt_usd).abs() < 1e-6 * (1.0 + stored.2));
+    assert!(
+        expected.liquidatable > 0,
+        "a 30% ETH drop liquidates someone: {expected:?}"
+    );
+
     // No drain alert outside the scenarios' blocks.
     let scenario_blocks = attack.from_block..=drain.to_block;
     assert!(
