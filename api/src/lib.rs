@@ -6,6 +6,7 @@
 
 pub mod decisions;
 pub mod error;
+pub mod risk;
 pub mod schema;
 pub mod types;
 

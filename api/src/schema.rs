@@ -1,7 +1,7 @@
 //! Schema roots. `main` only mounts these.
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::{Context, EmptySubscription, Object, Schema};
+use async_graphql::{Context, EmptySubscription, MergedObject, Object, Schema};
 use sqlx::PgPool;
 
 use crate::decisions::{DecisionDesk, MutationRoot};
@@ -12,7 +12,11 @@ use crate::types::{
 };
 
 /// The chainfold schema.
-pub type ChainfoldSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type ChainfoldSchema = Schema<Query, MutationRoot, EmptySubscription>;
+
+/// The query root: wallets, pools and credit ([`QueryRoot`]) and risk ([`RiskQuery`]).
+#[derive(MergedObject, Debug, Default)]
+pub struct Query(QueryRoot, crate::risk::RiskQuery);
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
@@ -26,7 +30,7 @@ pub fn build(pool: PgPool) -> ChainfoldSchema {
 
 /// [`build`] with the decision desk `requestCredit` needs (without one it refuses, clearly).
 pub fn build_with(pool: PgPool, desk: Option<DecisionDesk>) -> ChainfoldSchema {
-    let builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription).data(pool);
+    let builder = Schema::build(Query::default(), MutationRoot, EmptySubscription).data(pool);
     let builder = match desk {
         Some(desk) => builder.data(desk),
         None => builder,
@@ -39,7 +43,7 @@ pub fn build_with(pool: PgPool, desk: Option<DecisionDesk>) -> ChainfoldSchema {
 
 /// The schema without a database, for printing SDL.
 pub fn sdl() -> String {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(Query::default(), MutationRoot, EmptySubscription)
         .finish()
         .sdl()
 }

@@ -81,6 +81,42 @@ async fn replayed_swaps_raise_the_sandwiches_the_report_finds_once() {
     );
     assert_eq!(published.len(), expected.len());
 
+    // The API pages through them, newest first, filtered by kind.
+    let schema = chainfold_api::build_schema(pool.clone());
+    let page = |after: Option<String>, kinds: &str| {
+        let schema = schema.clone();
+        let after = after.map_or("null".to_owned(), |a| format!("\"{a}\""));
+        let q = format!(
+            "{{ alerts(chainId: 1, kinds: [{kinds}], first: 5, after: {after}) {{ totalCount
+                pageInfo {{ hasNextPage endCursor }}
+                edges {{ node {{ id kind severity blockNumber txHashes pools evidence detectorVersion }} }} }} }}"
+        );
+        async move { serde_json::to_value(schema.execute(q.as_str()).await).expect("json") }
+    };
+    let first = page(None, "SANDWICH").await;
+    let alerts = &first["data"]["alerts"];
+    assert_eq!(alerts["totalCount"], expected.len() as i64, "{first}");
+    assert_eq!(alerts["edges"].as_array().expect("edges").len(), 5);
+    assert_eq!(alerts["pageInfo"]["hasNextPage"], true);
+    assert_eq!(alerts["edges"][0]["node"]["kind"], "SANDWICH");
+    assert!(alerts["edges"][0]["node"]["evidence"]["victim_txs"].is_array());
+    let cursor = alerts["pageInfo"]["endCursor"]
+        .as_str()
+        .expect("cursor")
+        .to_owned();
+    let second = page(Some(cursor), "SANDWICH").await;
+    let first_ids: Vec<&serde_json::Value> = alerts["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| &e["node"]["id"])
+        .collect();
+    for e in second["data"]["alerts"]["edges"].as_array().expect("edges") {
+        assert!(!first_ids.contains(&&e["node"]["id"]), "pages overlap");
+    }
+    let none = page(None, "FLASH_LOAN_ATTACK, LIQUIDITY_DRAIN").await;
+    assert_eq!(none["data"]["alerts"]["totalCount"], 0, "{none}");
+
     // Another group over the same log detects the same and stores nothing new.
     let mut again = RiskWorker::build(RiskConfig::new(
         iso.kafka.clone(),

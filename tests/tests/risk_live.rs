@@ -205,6 +205,29 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         "a 30% ETH drop liquidates someone: {expected:?}"
     );
 
+    // The API serves the latest run.
+    let schema = chainfold_api::build_schema(pool.clone());
+    let response = serde_json::to_value(
+        schema
+            .execute(
+                "{ stress(chainId: 31337) { asOfBlock positions trigger var95Usd evar99Usd lar95Usd
+                   scenarios { asset shock correlated liquidatablePositions debtAtRiskUsd badDebtUsd } } }",
+            )
+            .await,
+    )
+    .expect("json");
+    let stress = &response["data"]["stress"];
+    assert_eq!(stress["positions"], positions.len(), "{response}");
+    assert_eq!(stress["trigger"], "oracle_move");
+    assert!(stress["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .any(|s| s["asset"] == "WETH"
+            && (s["shock"].as_f64().expect("shock") + 0.3).abs() < 1e-9
+            && s["correlated"] == false
+            && s["liquidatablePositions"] == stored.0));
+
     // No drain alert outside the scenarios' blocks.
     let scenario_blocks = attack.from_block..=drain.to_block;
     assert!(

@@ -1,0 +1,260 @@
+//! Risk in the API: `alerts` (what `chainfold risk` detected) and `stress` (the latest stress
+//! run of a chain).
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{Context, Enum, Json, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::error::{gql, ApiResult};
+use crate::types::{encode_cursor, page_size, split_cursor};
+
+/// What an alert is about.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AlertKind {
+    Sandwich,
+    FlashLoanAttack,
+    LiquidityDrain,
+    PoolAnomaly,
+    LiquidityShortage,
+}
+
+impl AlertKind {
+    fn stored(self) -> &'static str {
+        match self {
+            AlertKind::Sandwich => "SANDWICH",
+            AlertKind::FlashLoanAttack => "FLASH_LOAN_ATTACK",
+            AlertKind::LiquidityDrain => "LIQUIDITY_DRAIN",
+            AlertKind::PoolAnomaly => "POOL_ANOMALY",
+            AlertKind::LiquidityShortage => "LIQUIDITY_SHORTAGE",
+        }
+    }
+
+    fn of(stored: &str) -> AlertKind {
+        match stored {
+            "SANDWICH" => AlertKind::Sandwich,
+            "FLASH_LOAN_ATTACK" => AlertKind::FlashLoanAttack,
+            "LIQUIDITY_DRAIN" => AlertKind::LiquidityDrain,
+            "POOL_ANOMALY" => AlertKind::PoolAnomaly,
+            _ => AlertKind::LiquidityShortage,
+        }
+    }
+}
+
+/// How bad.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// One detection with its evidence.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Alert {
+    pub id: String,
+    pub kind: AlertKind,
+    pub severity: Severity,
+    pub chain_id: i64,
+    pub block_number: i64,
+    pub tx_hashes: Vec<String>,
+    pub addresses: Vec<String>,
+    pub pools: Vec<String>,
+    /// The detector's numbers (loan, profit, price moves, reserves, victims …).
+    pub evidence: Json<serde_json::Value>,
+    pub detector_version: String,
+    pub detected_at: DateTime<Utc>,
+}
+
+/// Extra fields of the alerts connection.
+#[derive(SimpleObject, Debug, Clone, Copy)]
+pub struct AlertsInfo {
+    /// Alerts matching the filter, all pages.
+    pub total_count: i64,
+}
+
+/// One shock of the stress grid.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct StressScenario {
+    pub asset: String,
+    /// −0.05 … −0.5.
+    pub shock: f64,
+    /// Other assets moved by their historical beta to `asset`.
+    pub correlated: bool,
+    pub liquidatable_positions: i32,
+    pub debt_at_risk_usd: f64,
+    pub bad_debt_usd: f64,
+}
+
+/// A chain's latest stress run.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Stress {
+    pub computed_at: DateTime<Utc>,
+    /// The positions are as of this block.
+    pub as_of_block: Option<i64>,
+    pub trigger: String,
+    pub positions: i32,
+    /// Prices used, by symbol.
+    pub prices: Json<serde_json::Value>,
+    pub scenarios: Vec<StressScenario>,
+    /// 24 h bad-debt VaR at 95%, extreme VaR at 99%, liquidations at risk at 95%.
+    pub var95_usd: Option<f64>,
+    pub evar99_usd: Option<f64>,
+    pub lar95_usd: Option<f64>,
+    pub elapsed_ms: f64,
+}
+
+/// Risk queries.
+#[derive(Debug, Default)]
+pub struct RiskQuery;
+
+type AlertRow = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    serde_json::Value,
+    String,
+    DateTime<Utc>,
+);
+
+#[Object]
+impl RiskQuery {
+    /// Alerts of a chain, newest first, optionally of some kinds; Relay-paginated.
+    async fn alerts(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: i64,
+        kinds: Option<Vec<AlertKind>>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Connection<String, Alert, AlertsInfo, EmptyFields>> {
+        let limit = page_size(first, 20).map_err(gql)?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        let after_seq = match after.as_deref() {
+            None => None,
+            Some(cursor) => Some(split_cursor(cursor).map_err(gql)?.0),
+        };
+        let kinds: Option<Vec<String>> =
+            kinds.map(|k| k.iter().map(|k| k.stored().to_owned()).collect());
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM risk_alert WHERE chain_id = $1 AND ($2::text[] IS NULL OR kind = ANY($2))",
+        )
+        .bind(chain_id)
+        .bind(&kinds)
+        .fetch_one(pool)
+        .await
+        .map_err(gql)?;
+        let rows: Vec<AlertRow> = sqlx::query_as(
+            "SELECT seq, id, kind, severity, chain_id, block_number, tx_hashes, addresses, pools,
+                    evidence, detector_version, detected_at
+             FROM risk_alert WHERE chain_id = $1 AND ($2::text[] IS NULL OR kind = ANY($2))
+               AND ($3::int8 IS NULL OR seq < $3)
+             ORDER BY seq DESC LIMIT $4",
+        )
+        .bind(chain_id)
+        .bind(&kinds)
+        .bind(after_seq)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await
+        .map_err(gql)?;
+        let has_next = rows.len() as i64 > limit;
+        let mut connection = Connection::with_additional_fields(
+            after.is_some(),
+            has_next,
+            AlertsInfo { total_count: total },
+        );
+        for r in rows.into_iter().take(limit as usize) {
+            let severity = match r.3.as_str() {
+                "CRITICAL" => Severity::Critical,
+                "HIGH" => Severity::High,
+                "MEDIUM" => Severity::Medium,
+                _ => Severity::Low,
+            };
+            connection.edges.push(Edge::new(
+                encode_cursor(&format!("{}|", r.0)),
+                Alert {
+                    id: r.1,
+                    kind: AlertKind::of(&r.2),
+                    severity,
+                    chain_id: r.4,
+                    block_number: r.5,
+                    tx_hashes: r.6,
+                    addresses: r.7,
+                    pools: r.8,
+                    evidence: Json(r.9),
+                    detector_version: r.10,
+                    detected_at: r.11,
+                },
+            ));
+        }
+        Ok(connection)
+    }
+
+    /// The latest stress run of a chain (`chainfold stress`, or the risk worker after an oracle
+    /// move); null when none ran.
+    async fn stress(&self, ctx: &Context<'_>, chain_id: i64) -> ApiResult<Option<Stress>> {
+        let pool = ctx.data_unchecked::<PgPool>();
+        type RunRow = (
+            i64,
+            DateTime<Utc>,
+            Option<i64>,
+            String,
+            i32,
+            serde_json::Value,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            f64,
+        );
+        let run: Option<RunRow> = sqlx::query_as(
+            "SELECT id, computed_at, as_of_block, trigger, positions, prices, var95_usd,
+                    evar99_usd, lar95_usd, elapsed_ms
+             FROM stress_run WHERE chain_id = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(chain_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(gql)?;
+        let Some(run) = run else {
+            return Ok(None);
+        };
+        let scenarios: Vec<(String, f64, bool, i32, f64, f64)> = sqlx::query_as(
+            "SELECT asset, shock, correlated, liquidatable, debt_at_risk_usd, bad_debt_usd
+             FROM stress_scenario WHERE run_id = $1 ORDER BY asset, correlated, shock DESC",
+        )
+        .bind(run.0)
+        .fetch_all(pool)
+        .await
+        .map_err(gql)?;
+        Ok(Some(Stress {
+            computed_at: run.1,
+            as_of_block: run.2,
+            trigger: run.3,
+            positions: run.4,
+            prices: Json(run.5),
+            scenarios: scenarios
+                .into_iter()
+                .map(|s| StressScenario {
+                    asset: s.0,
+                    shock: s.1,
+                    correlated: s.2,
+                    liquidatable_positions: s.3,
+                    debt_at_risk_usd: s.4,
+                    bad_debt_usd: s.5,
+                })
+                .collect(),
+            var95_usd: run.6,
+            evar99_usd: run.7,
+            lar95_usd: run.8,
+            elapsed_ms: run.9,
+        }))
+    }
+}
