@@ -380,6 +380,7 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
         );
     }
     let mut scorer = demo_score(&config).await?;
+    let risk = demo_risk(&config).await?;
     if let Some((anvil, _)) = &live {
         demo_decide(&config, projector.pool(), &anvil.http_url()).await?;
     }
@@ -417,6 +418,10 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
             })
             .await
     });
+    let mut risk_stop = stop_rx.clone();
+    let risk_task = tokio::spawn(risk.run_until_stopped(async move {
+        let _ = risk_stop.wait_for(|stop| *stop).await;
+    }));
     let mut projector_stop = stop_rx.clone();
     let projector_task = tokio::spawn(projector.run_until_stopped(async move {
         let _ = projector_stop.wait_for(|stop| *stop).await;
@@ -430,6 +435,7 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
     api_task.await.context("api task panicked")??;
     projector_task.await.context("projector task panicked")??;
     scorer_task.await.context("scorer task panicked")??;
+    risk_task.await.context("risk task panicked")??;
     if let Some(task) = follower_task {
         task.await.context("follower task panicked")??;
     }
@@ -476,6 +482,50 @@ async fn demo_score(config: &DemoConfig) -> anyhow::Result<DemoScorer> {
         outcome.oracle_moves
     );
     Ok(DemoScorer(Some(scorer)))
+}
+
+/// Runs the detectors over everything the demo published (and recomputes the demo chain's
+/// stress test), then keeps the risk worker for serving.
+async fn demo_risk(config: &DemoConfig) -> anyhow::Result<chainfold_scoring::risk::RiskWorker> {
+    let mut risk_config = chainfold_scoring::risk::RiskConfig::new(
+        config.replay.kafka.clone(),
+        config.postgres.clone(),
+        config.redis.clone(),
+        "chainfold-risk".into(),
+    );
+    risk_config.prices_dir = config.replay.data_dir.join("aave-v2-eth-bhemen/usd_prices");
+    let mut worker = chainfold_scoring::risk::RiskWorker::build(risk_config)
+        .await
+        .context("could not start the risk worker")?;
+    let started = std::time::Instant::now();
+    let o = worker
+        .run_until_idle(std::time::Duration::from_secs(2))
+        .await?;
+    let by_kind: Vec<(String, i64)> =
+        sqlx::query_as("SELECT kind, count(*) FROM risk_alert GROUP BY kind ORDER BY kind")
+            .fetch_all(worker.pool())
+            .await?;
+    let stress: Option<(i32, Option<f64>, Option<f64>, f64)> = sqlx::query_as(
+        "SELECT positions, var95_usd, lar95_usd, elapsed_ms FROM stress_run WHERE chain_id = 31337 ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_optional(worker.pool())
+    .await?;
+    println!(
+        "risk: {} blocks checked in {:.1}s; alerts stored: {}{}",
+        o.blocks,
+        started.elapsed().as_secs_f64(),
+        by_kind
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        stress.map_or(String::new(), |(n, var, lar, ms)| format!(
+            "; stress (chain 31337): {n} positions, VaR95 ${:.0}, LaR95 ${:.0}, {ms:.0} ms",
+            var.unwrap_or(0.0),
+            lar.unwrap_or(0.0)
+        ))
+    );
+    Ok(worker)
 }
 
 /// On the demo chain: a credit request for the riskiest scored borrower, decided, published and

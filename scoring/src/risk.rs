@@ -136,6 +136,19 @@ struct BlockEvents {
     offsets: Vec<(String, i32, i64)>,
 }
 
+/// What a block's evaluation saw, kept for a while: an event that arrives after its block was
+/// evaluated (another partition lagging, e.g. the lending partition's flash loan behind the
+/// AMM partitions' swaps) is evaluated together with it.
+#[derive(Debug, Default)]
+struct Evaluated {
+    swaps: Vec<SwapLeg>,
+    loans: Vec<Loan>,
+    moves: HashMap<B256, BTreeMap<Address, PriceMove>>,
+}
+
+/// Blocks per chain kept in [`Evaluated`] form.
+const RETAINED_BLOCKS: u64 = 1024;
+
 /// A running risk worker.
 pub struct RiskWorker {
     consumer: StreamConsumer,
@@ -149,6 +162,7 @@ pub struct RiskWorker {
     done: Vec<(String, i32, i64)>,
     reserves: HashMap<(u64, Address), (f64, f64)>,
     history: HashMap<(u64, Address), VecDeque<ReserveState>>,
+    evaluated: BTreeMap<(u64, u64), Evaluated>,
     /// Chains with oracle rounds since their last stress check, and when each last ran.
     oracle_chains: std::collections::BTreeSet<u64>,
     last_stress: HashMap<u64, Instant>,
@@ -204,6 +218,7 @@ impl RiskWorker {
             history: HashMap::new(),
             oracle_chains: Default::default(),
             last_stress: HashMap::new(),
+            evaluated: BTreeMap::new(),
         })
     }
 
@@ -490,8 +505,24 @@ impl RiskWorker {
             self.reserves.insert((chain, *pool), (*r0, *r1));
             end_state.insert(*pool, (*r0, *r1));
         }
+        // Merge with what an earlier evaluation of this block saw (late events).
+        let retained = self.evaluated.remove(&(chain, block)).unwrap_or_default();
+        let mut all = Evaluated {
+            swaps: retained.swaps,
+            loans: retained.loans,
+            moves: retained.moves,
+        };
+        all.swaps.extend(events.swaps.iter().cloned());
+        all.loans.extend(events.loans.iter().copied());
+        for (tx, pools) in moves {
+            let entry = all.moves.entry(tx).or_default();
+            for (pool, m) in pools {
+                entry.entry(pool).or_insert(m);
+            }
+        }
+        let moves = &all.moves;
         // Sandwiches.
-        for s in find_sandwiches(&events.swaps) {
+        for s in find_sandwiches(&all.swaps) {
             let mut txs = vec![hex(s.front_tx)];
             txs.extend(s.victim_txs.iter().map(|t| hex(*t)));
             txs.push(hex(s.back_tx));
@@ -524,8 +555,8 @@ impl RiskWorker {
             min_price_move: self.config.flash_min_price_move,
             min_profit_share: self.config.flash_min_profit_share,
         };
-        for loan in &events.loans {
-            let swaps: Vec<SwapLeg> = events
+        for loan in &all.loans {
+            let swaps: Vec<SwapLeg> = all
                 .swaps
                 .iter()
                 .filter(|s| s.tx_hash == loan.tx_hash)
@@ -613,6 +644,10 @@ impl RiskWorker {
                 });
             }
         }
+        self.evaluated.insert((chain, block), all);
+        let keep_from = block.saturating_sub(RETAINED_BLOCKS);
+        self.evaluated
+            .retain(|(c, b), _| *c != chain || *b >= keep_from);
         Ok(alerts)
     }
 

@@ -228,6 +228,63 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
             && s["correlated"] == false
             && s["liquidatablePositions"] == stored.0));
 
+    // A flash loan that arrives after its block's swaps were evaluated (its lending partition
+    // lagging the AMM ones) is still caught: the same records republished AMM first, the worker
+    // run, then the lending records.
+    let late = Isolated::new("risk-late").await;
+    let late_topics = late.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&late.kafka, &late_topics.all())
+        .await
+        .expect("topics");
+    let amm = chainfold_testkit::read_topic(
+        &iso.kafka,
+        &iso.kafka.topics().amm,
+        usize::MAX,
+        Duration::from_secs(5),
+    );
+    let lending = chainfold_testkit::read_topic(
+        &iso.kafka,
+        &iso.kafka.topics().lending,
+        usize::MAX,
+        Duration::from_secs(5),
+    );
+    assert!(!amm.is_empty() && !lending.is_empty());
+    let late_producer = chainfold_platform::kafka::producer(&late.kafka).expect("producer");
+    let republish = |topic: String, records: Vec<Vec<u8>>| {
+        let producer = late_producer.clone();
+        async move {
+            for r in records {
+                producer
+                    .send(
+                        rdkafka::producer::FutureRecord::<(), _>::to(&topic).payload(&r),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .expect("republish");
+            }
+        }
+    };
+    republish(late_topics.amm.clone(), amm).await;
+    let mut late_worker = RiskWorker::build(RiskConfig::new(
+        late.kafka.clone(),
+        late.postgres.clone(),
+        late.redis.clone(),
+        unique("risk-late"),
+    ))
+    .await
+    .expect("risk worker");
+    let first = late_worker
+        .run_until_idle(Duration::from_secs(2))
+        .await
+        .expect("AMM first");
+    assert_eq!(first.flash_loan_attacks, 0, "no loan seen yet: {first:?}");
+    republish(late_topics.lending.clone(), lending).await;
+    let then = late_worker
+        .run_until_idle(Duration::from_secs(2))
+        .await
+        .expect("lending later");
+    assert_eq!(then.flash_loan_attacks, 1, "{then:?}");
+
     // No drain alert outside the scenarios' blocks.
     let scenario_blocks = attack.from_block..=drain.to_block;
     assert!(
