@@ -217,8 +217,9 @@ pub async fn check_genesis(pool: &PgPool, chain_id: u64, genesis: B256) -> anyho
     }
 }
 
-/// Drops everything known about `chain_id`: the follower's state and the chain's rows in every
-/// read model (summaries of wallets and pools of that chain included). Events already in Kafka
+/// Drops everything known about `chain_id`: the follower's state, the chain's rows in every
+/// read model (summaries of wallets and pools of that chain included) and what was derived from
+/// them (scores, decisions, alerts, stress runs, backtest rows). Events already in Kafka
 /// stay there; a later `chainfold rebuild` folds them again.
 pub async fn forget_chain(pool: &PgPool, chain_id: u64) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
@@ -239,6 +240,13 @@ pub async fn forget_chain(pool: &PgPool, chain_id: u64) -> anyhow::Result<u64> {
         "flash_loan",
         "oracle_update",
         "chain_head",
+        // What was derived from the chain's events goes with them.
+        "credit_score",
+        "credit_decision",
+        "scorer_price_mark",
+        "risk_alert",
+        "stress_run",
+        "backtest_score",
     ] {
         deleted += sqlx::query(&format!("DELETE FROM {table} WHERE chain_id = $1"))
             .bind(chain_id as i64)
