@@ -436,6 +436,84 @@ pub struct TokenVolume {
 
 #[ComplexObject]
 impl Pool {
+    /// Liquidity, value and anomaly of a constant-product pool from its `Sync` reserves; null
+    /// for pools without one (recorded swaps carry no reserves).
+    async fn liquidity(&self, ctx: &Context<'_>) -> ApiResult<Option<PoolLiquidity>> {
+        use chainfold_domain::pool::{depth_usd, ratio_anomaly};
+        let pool = ctx.data_unchecked::<PgPool>();
+        type SyncRow = (String, String, BigDecimal, BigDecimal, Option<i64>);
+        let syncs: Vec<SyncRow> = sqlx::query_as(
+            "SELECT token0, token1, reserve0, reserve1, block_number FROM pool_sync
+             WHERE chain_id = $1 AND pool = $2 ORDER BY block_number DESC, log_index DESC LIMIT 101",
+        )
+        .bind(self.chain_id)
+        .bind(&self.address)
+        .fetch_all(pool)
+        .await
+        .map_err(gql)?;
+        let Some((token0, token1, r0, r1, block)) = syncs.first().cloned() else {
+            return Ok(None);
+        };
+        // Decimals from the lending reserves, USD from the oracles.
+        let meta = |token: String| async move {
+            let decimals: Option<i16> = sqlx::query_scalar(
+                "SELECT decimals FROM lending_event WHERE chain_id = $1 AND reserve = $2 LIMIT 1",
+            )
+            .bind(self.chain_id)
+            .bind(&token)
+            .fetch_optional(pool)
+            .await?;
+            let price: Option<f64> = sqlx::query_scalar(
+                "SELECT price::float8 FROM oracle_price WHERE chain_id = $1 AND asset = $2",
+            )
+            .bind(self.chain_id)
+            .bind(&token)
+            .fetch_optional(pool)
+            .await?;
+            Ok::<_, sqlx::Error>((decimals, price))
+        };
+        let (d0, p0) = meta(token0.clone()).await.map_err(gql)?;
+        let (d1, p1) = meta(token1.clone()).await.map_err(gql)?;
+        let f = |v: &BigDecimal| v.to_string().parse::<f64>().unwrap_or(0.0);
+        let ratios: Vec<f64> = syncs
+            .iter()
+            .rev()
+            .map(|s| {
+                if f(&s.2) > 0.0 {
+                    f(&s.3) / f(&s.2)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut out = PoolLiquidity {
+            tokens: vec![token0, token1],
+            reserves: vec![r0.to_plain_string(), r1.to_plain_string()],
+            price_usd: None,
+            oracle_deviation: None,
+            tvl_usd: None,
+            depth_usd: None,
+            anomaly_score: ratio_anomaly(&ratios),
+            block_number: block,
+        };
+        if let (Some(d0), Some(d1)) = (d0, d1) {
+            let w0 = f(&r0) / 10f64.powi(i32::from(d0));
+            let w1 = f(&r1) / 10f64.powi(i32::from(d1));
+            if w0 > 0.0 && w1 > 0.0 {
+                let implied0 = p1.map(|p| w1 / w0 * p);
+                let price0 = p0.or(implied0);
+                let price1 = p1.or(p0.map(|p| w0 / w1 * p));
+                out.price_usd = implied0;
+                out.oracle_deviation = implied0.zip(p0).map(|(i, o)| i / o - 1.0);
+                if let (Some(a), Some(b)) = (price0, price1) {
+                    out.tvl_usd = Some(w0 * a + w1 * b);
+                    out.depth_usd = Some(depth_usd(w0, a, w1, b, 0.02));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Per-token volumes of the pool's successful swaps.
     async fn token_volumes(&self, ctx: &Context<'_>) -> ApiResult<Vec<TokenVolume>> {
         let pool = ctx.data_unchecked::<PgPool>();
@@ -457,6 +535,28 @@ impl Pool {
             })
             .collect())
     }
+}
+
+/// A constant-product pool's liquidity as of its latest `Sync`, valued through the chain's
+/// oracle prices (`domain/src/pool.rs`).
+#[derive(SimpleObject, Debug, Clone)]
+pub struct PoolLiquidity {
+    /// token0, token1 (lowercase hex).
+    pub tokens: Vec<String>,
+    /// Raw reserves (base units, integer strings), in token order.
+    pub reserves: Vec<String>,
+    /// token0's USD price implied by the pool (reserve ratio × token1's oracle price); null when
+    /// token1 has no oracle price or a decimals unknown.
+    pub price_usd: Option<f64>,
+    /// implied / oracle − 1 for token0, where both exist: how far the pool is off the oracle.
+    pub oracle_deviation: Option<f64>,
+    /// Reserves at USD prices (oracle, else implied by the pool from the other token).
+    pub tvl_usd: Option<f64>,
+    /// USD tradable within ±2% of the current price (both directions, fee ignored).
+    pub depth_usd: Option<f64>,
+    /// |robust z| of the latest reserve-ratio change against the pool's previous 100 changes.
+    pub anomaly_score: Option<f64>,
+    pub block_number: Option<i64>,
 }
 
 /// Pool orderings.

@@ -19,6 +19,7 @@ pub mod credit;
 pub mod decision;
 pub mod envelope;
 pub mod fold;
+pub mod pool;
 pub mod risk;
 pub mod scorecard;
 pub mod stress;

@@ -228,6 +228,35 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
             && s["correlated"] == false
             && s["liquidatablePositions"] == stored.0));
 
+    // Pool analytics: the attacked second pair's liquidity valued through the oracles; with
+    // oracle prices on both sides the ±2% depth is (1/√0.98 − 1) of the TVL exactly.
+    let pair_b = format!("{:#x}", attack.pools[1]);
+    let response = serde_json::to_value(
+        schema
+            .execute(
+                format!(
+                    r#"{{ pool(chainId: 31337, address: "{pair_b}") {{ liquidity {{
+                        tokens reserves priceUsd oracleDeviation tvlUsd depthUsd anomalyScore blockNumber }} }} }}"#
+                )
+                .as_str(),
+            )
+            .await,
+    )
+    .expect("json");
+    let liquidity = &response["data"]["pool"]["liquidity"];
+    let tvl = liquidity["tvlUsd"].as_f64().expect("tvl");
+    let depth = liquidity["depthUsd"].as_f64().expect("depth");
+    assert!(tvl > 0.0, "{response}");
+    assert!(
+        (depth - tvl * (1.0 / 0.98f64.sqrt() - 1.0)).abs() < 1e-6 * tvl,
+        "{depth} vs {tvl}"
+    );
+    assert!(liquidity["oracleDeviation"]
+        .as_f64()
+        .expect("deviation")
+        .is_finite());
+    assert_eq!(liquidity["reserves"].as_array().expect("reserves").len(), 2);
+
     // A flash loan that arrives after its block's swaps were evaluated (its lending partition
     // lagging the AMM ones) is still caught: the same records republished AMM first, the worker
     // run, then the lending records.
