@@ -330,6 +330,118 @@ pub fn liquidation_bonus_error(
     (expected > 0.0 && actual > 0.0).then(|| (actual / expected - 1.0).abs())
 }
 
+/// An alert as correlation sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRef {
+    pub id: String,
+    pub kind: String,
+    pub severity: String,
+    pub chain_id: u64,
+    /// Seconds (the alert's event time): the window is in time because block numbers of
+    /// different chains do not compare.
+    pub at: i64,
+    /// Actors (not pools: many unrelated actors share a pool).
+    pub addresses: Vec<String>,
+    pub tx_hashes: Vec<String>,
+}
+
+/// Alerts merged into one incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// The id of its earliest alert: stable while the incident grows.
+    pub id: String,
+    pub alert_ids: Vec<String>,
+    pub chain_ids: Vec<u64>,
+    /// Forta's attack stages the members show: `preparation` (anomalies), `exploitation`
+    /// (flash-loan attacks, drains, sandwiches); funding and laundering need transfer tracing,
+    /// which the event log does not carry.
+    pub stages: Vec<String>,
+    /// The members' highest, one level higher when several kinds combine.
+    pub severity: String,
+    pub first_at: i64,
+    pub last_at: i64,
+}
+
+const SEVERITIES: [&str; 4] = ["LOW", "MEDIUM", "HIGH", "CRITICAL"];
+
+/// Merges alerts that share an actor address or a transaction, directly or through other
+/// alerts, within `window_secs` of each other (any chains). `alerts` sorted by time.
+pub fn correlate(alerts: &[AlertRef], window_secs: i64) -> Vec<Incident> {
+    let n = alerts.len();
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn find(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for i in 0..n {
+        for j in (i + 1)..n {
+            if (alerts[j].at - alerts[i].at).abs() > window_secs {
+                continue;
+            }
+            let shares = alerts[i]
+                .addresses
+                .iter()
+                .any(|a| alerts[j].addresses.contains(a))
+                || alerts[i]
+                    .tx_hashes
+                    .iter()
+                    .any(|t| alerts[j].tx_hashes.contains(t));
+            if shares {
+                let (a, b) = (find(&mut parent, i), find(&mut parent, j));
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<&AlertRef>> = BTreeMap::new();
+    for (i, alert) in alerts.iter().enumerate() {
+        let root = find(&mut parent, i);
+        groups.entry(root).or_default().push(alert);
+    }
+    groups
+        .into_values()
+        .map(|members| {
+            let mut kinds: Vec<&str> = members.iter().map(|a| a.kind.as_str()).collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            let top = members
+                .iter()
+                .filter_map(|a| SEVERITIES.iter().position(|s| *s == a.severity))
+                .max()
+                .unwrap_or(0);
+            let level = if kinds.len() > 1 {
+                (top + 1).min(3)
+            } else {
+                top
+            };
+            let mut stages = Vec::new();
+            if kinds.contains(&"POOL_ANOMALY") {
+                stages.push("preparation".to_owned());
+            }
+            if kinds
+                .iter()
+                .any(|k| matches!(*k, "FLASH_LOAN_ATTACK" | "LIQUIDITY_DRAIN" | "SANDWICH"))
+            {
+                stages.push("exploitation".to_owned());
+            }
+            let mut chain_ids: Vec<u64> = members.iter().map(|a| a.chain_id).collect();
+            chain_ids.sort_unstable();
+            chain_ids.dedup();
+            Incident {
+                id: members[0].id.clone(),
+                alert_ids: members.iter().map(|a| a.id.clone()).collect(),
+                chain_ids,
+                stages,
+                severity: SEVERITIES[level].to_owned(),
+                first_at: members.iter().map(|a| a.at).min().unwrap_or_default(),
+                last_at: members.iter().map(|a| a.at).max().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +605,54 @@ mod tests {
             .map(|b| s(b, 100.0 + (b % 3) as f64, 100.0 - (b % 2) as f64))
             .collect();
         assert!(drains(addr(1), &calm, 5, 0.5).is_empty());
+    }
+
+    #[test]
+    fn alerts_sharing_an_actor_or_a_transaction_merge_across_chains_within_the_window() {
+        let alert =
+            |id: &str, kind: &str, sev: &str, chain: u64, at: i64, addr: &[&str], txs: &[&str]| {
+                AlertRef {
+                    id: id.into(),
+                    kind: kind.into(),
+                    severity: sev.into(),
+                    chain_id: chain,
+                    at,
+                    addresses: addr.iter().map(|a| a.to_string()).collect(),
+                    tx_hashes: txs.iter().map(|t| t.to_string()).collect(),
+                }
+            };
+        let alerts = vec![
+            alert("a", "POOL_ANOMALY", "MEDIUM", 1, 0, &["0xbad"], &["0x1"]),
+            // Same actor on another chain, 10 minutes later.
+            alert(
+                "b",
+                "FLASH_LOAN_ATTACK",
+                "HIGH",
+                137,
+                600,
+                &["0xbad"],
+                &["0x2"],
+            ),
+            // Shares b's transaction: joins through it.
+            alert("c", "LIQUIDITY_DRAIN", "HIGH", 137, 601, &[], &["0x2"]),
+            // Unrelated actor.
+            alert("d", "SANDWICH", "LOW", 1, 700, &["0xbot"], &["0x3", "0x4"]),
+            // The same actor, but two days later: outside the window.
+            alert("e", "SANDWICH", "LOW", 1, 172_800, &["0xbad"], &["0x5"]),
+        ];
+        let incidents = correlate(&alerts, 3600);
+        assert_eq!(incidents.len(), 3, "{incidents:?}");
+        let big = incidents.iter().find(|i| i.id == "a").expect("incident a");
+        assert_eq!(big.alert_ids, vec!["a", "b", "c"]);
+        assert_eq!(big.chain_ids, vec![1, 137]);
+        assert_eq!(big.stages, vec!["preparation", "exploitation"]);
+        assert_eq!(
+            big.severity, "CRITICAL",
+            "HIGH raised a level for combined kinds"
+        );
+        assert_eq!((big.first_at, big.last_at), (0, 601));
+        let lone = incidents.iter().find(|i| i.id == "d").expect("incident d");
+        assert_eq!((lone.severity.as_str(), lone.alert_ids.len()), ("LOW", 1));
     }
 
     #[test]

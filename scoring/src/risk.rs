@@ -123,6 +123,8 @@ pub struct RiskOutcome {
     pub drains: u64,
     /// Stress runs recomputed because an oracle price moved.
     pub stress_runs: u64,
+    /// Incidents written (new or grown) around the new alerts.
+    pub incidents: u64,
 }
 
 #[derive(Debug, Default)]
@@ -348,9 +350,88 @@ impl RiskWorker {
             }
         }
         self.publish(&stored).await?;
+        outcome.incidents = self.correlate(&stored).await?;
         outcome.stress_runs = self.restress().await?;
         self.commit()?;
         Ok(outcome)
+    }
+
+    /// Correlates the new alerts with the stored ones within the window around them and
+    /// upserts the incidents they belong to.
+    async fn correlate(&self, new: &[Alert]) -> anyhow::Result<u64> {
+        const WINDOW_SECS: i64 = 3600;
+        let times: Vec<i64> = new
+            .iter()
+            .filter_map(|a| a.source_published_at.map(|t| t.timestamp()))
+            .collect();
+        let (Some(from), Some(to)) = (times.iter().min(), times.iter().max()) else {
+            return Ok(0);
+        };
+        type Row = (String, String, String, i64, i64, Vec<String>, Vec<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, kind, severity, chain_id,
+                    extract(epoch FROM coalesce(source_published_at, detected_at))::int8,
+                    addresses, tx_hashes
+             FROM risk_alert
+             WHERE coalesce(source_published_at, detected_at)
+                   BETWEEN to_timestamp($1) AND to_timestamp($2)
+             ORDER BY coalesce(source_published_at, detected_at), seq",
+        )
+        .bind((from - 2 * WINDOW_SECS) as f64)
+        .bind((to + 2 * WINDOW_SECS) as f64)
+        .fetch_all(&self.pool)
+        .await?;
+        let alerts: Vec<chainfold_domain::risk::AlertRef> = rows
+            .into_iter()
+            .map(|(id, kind, severity, chain, at, addresses, tx_hashes)| {
+                chainfold_domain::risk::AlertRef {
+                    id,
+                    kind,
+                    severity,
+                    chain_id: chain as u64,
+                    at,
+                    addresses,
+                    tx_hashes,
+                }
+            })
+            .collect();
+        let new_ids: std::collections::HashSet<&str> = new.iter().map(|a| a.id.as_str()).collect();
+        let mut written = 0;
+        for incident in chainfold_domain::risk::correlate(&alerts, WINDOW_SECS) {
+            if !incident
+                .alert_ids
+                .iter()
+                .any(|id| new_ids.contains(id.as_str()))
+            {
+                continue;
+            }
+            let chains: Vec<i64> = incident.chain_ids.iter().map(|c| *c as i64).collect();
+            // Incidents this one absorbed (their earliest alert is now a member) go.
+            sqlx::query("DELETE FROM risk_incident WHERE id = ANY($1) AND id <> $2")
+                .bind(&incident.alert_ids)
+                .bind(&incident.id)
+                .execute(&self.pool)
+                .await?;
+            sqlx::query(
+                "INSERT INTO risk_incident (id, alert_ids, chain_ids, stages, severity, first_at, last_at)
+                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6), to_timestamp($7))
+                 ON CONFLICT (id) DO UPDATE SET alert_ids = EXCLUDED.alert_ids,
+                     chain_ids = EXCLUDED.chain_ids, stages = EXCLUDED.stages,
+                     severity = EXCLUDED.severity, first_at = EXCLUDED.first_at,
+                     last_at = EXCLUDED.last_at, updated_at = now()",
+            )
+            .bind(&incident.id)
+            .bind(&incident.alert_ids)
+            .bind(&chains)
+            .bind(&incident.stages)
+            .bind(&incident.severity)
+            .bind(incident.first_at as f64)
+            .bind(incident.last_at as f64)
+            .execute(&self.pool)
+            .await?;
+            written += 1;
+        }
+        Ok(written)
     }
 
     /// Recomputes the stress test of each chain that had oracle rounds, when a price moved
@@ -731,6 +812,7 @@ impl RiskWorker {
             total.flash_loan_attacks += o.flash_loan_attacks;
             total.drains += o.drains;
             total.stress_runs += o.stress_runs;
+            total.incidents += o.incidents;
             if o.received == 0 && self.pending.is_empty() {
                 return Ok(total);
             }

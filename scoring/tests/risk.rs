@@ -81,6 +81,35 @@ async fn replayed_swaps_raise_the_sandwiches_the_report_finds_once() {
     );
     assert_eq!(published.len(), expected.len());
 
+    // Incidents: every alert in exactly one; a bot's sandwiches (same actor, within the hour)
+    // in the same one; so fewer incidents than alerts.
+    let incidents: Vec<(String, Vec<String>, Vec<String>)> =
+        sqlx::query_as("SELECT id, alert_ids, stages FROM risk_incident")
+            .fetch_all(&pool)
+            .await
+            .expect("incidents");
+    let mut members: Vec<&String> = incidents.iter().flat_map(|i| i.1.iter()).collect();
+    members.sort();
+    let total = members.len();
+    members.dedup();
+    assert_eq!((total, members.len()), (expected.len(), expected.len()));
+    assert!(incidents.len() < expected.len(), "{}", incidents.len());
+    assert!(incidents
+        .iter()
+        .all(|i| i.2 == vec!["exploitation".to_owned()]));
+    let by_actor: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.addresses[1], i.id FROM risk_alert a JOIN risk_incident i ON a.id = ANY(i.alert_ids)",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("membership");
+    for (actor, incident) in &by_actor {
+        assert!(
+            by_actor.iter().all(|(a, i)| a != actor || i == incident),
+            "{actor}'s sandwiches split across incidents"
+        );
+    }
+
     // The API pages through them, newest first, filtered by kind.
     let schema = chainfold_api::build_schema(pool.clone());
     let page = |after: Option<String>, kinds: &str| {
