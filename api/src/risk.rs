@@ -105,6 +105,20 @@ pub struct Stress {
     pub elapsed_ms: f64,
 }
 
+/// Alerts merged by shared actors or transactions (`chainfold risk`).
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Incident {
+    /// Its earliest alert's id.
+    pub id: String,
+    pub alert_ids: Vec<String>,
+    pub chain_ids: Vec<i64>,
+    /// `preparation`, `exploitation` (Forta's attack stages the members show).
+    pub stages: Vec<String>,
+    pub severity: Severity,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+}
+
 /// Risk queries.
 #[derive(Debug, Default)]
 pub struct RiskQuery;
@@ -172,12 +186,7 @@ impl RiskQuery {
             AlertsInfo { total_count: total },
         );
         for r in rows.into_iter().take(limit as usize) {
-            let severity = match r.3.as_str() {
-                "CRITICAL" => Severity::Critical,
-                "HIGH" => Severity::High,
-                "MEDIUM" => Severity::Medium,
-                _ => Severity::Low,
-            };
+            let severity = severity_of(&r.3);
             connection.edges.push(Edge::new(
                 encode_cursor(&format!("{}|", r.0)),
                 Alert {
@@ -196,6 +205,47 @@ impl RiskQuery {
             ));
         }
         Ok(connection)
+    }
+
+    /// Incidents that involve a chain, latest first (at most 200).
+    async fn incidents(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: i64,
+        #[graphql(default = 20)] first: i32,
+    ) -> ApiResult<Vec<Incident>> {
+        let limit = page_size(Some(first.min(200)), 20).map_err(gql)?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        type Row = (
+            String,
+            Vec<String>,
+            Vec<i64>,
+            Vec<String>,
+            String,
+            DateTime<Utc>,
+            DateTime<Utc>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, alert_ids, chain_ids, stages, severity, first_at, last_at FROM risk_incident
+             WHERE $1 = ANY(chain_ids) ORDER BY last_at DESC, id LIMIT $2",
+        )
+        .bind(chain_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(gql)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Incident {
+                id: r.0,
+                alert_ids: r.1,
+                chain_ids: r.2,
+                stages: r.3,
+                severity: severity_of(&r.4),
+                first_at: r.5,
+                last_at: r.6,
+            })
+            .collect())
     }
 
     /// The latest stress run of a chain (`chainfold stress`, or the risk worker after an oracle
@@ -256,5 +306,14 @@ impl RiskQuery {
             lar95_usd: run.8,
             elapsed_ms: run.9,
         }))
+    }
+}
+
+fn severity_of(stored: &str) -> Severity {
+    match stored {
+        "CRITICAL" => Severity::Critical,
+        "HIGH" => Severity::High,
+        "MEDIUM" => Severity::Medium,
+        _ => Severity::Low,
     }
 }

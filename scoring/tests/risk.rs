@@ -110,6 +110,21 @@ async fn replayed_swaps_raise_the_sandwiches_the_report_finds_once() {
         );
     }
 
+    let listed = serde_json::to_value(
+        chainfold_api::build_schema(pool.clone())
+            .execute("{ incidents(chainId: 1, first: 200) { id alertIds stages severity } }")
+            .await,
+    )
+    .expect("json");
+    assert_eq!(
+        listed["data"]["incidents"]
+            .as_array()
+            .expect("incidents")
+            .len(),
+        incidents.len().min(200),
+        "{listed}"
+    );
+
     // The API pages through them, newest first, filtered by kind.
     let schema = chainfold_api::build_schema(pool.clone());
     let page = |after: Option<String>, kinds: &str| {
