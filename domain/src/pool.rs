@@ -83,3 +83,109 @@ mod tests {
         );
     }
 }
+
+/// Least-squares line through `(x, y)` points evaluated at `at`; `None` with fewer than three
+/// points or no spread in x.
+pub fn linear_forecast(points: &[(f64, f64)], at: f64) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    Some(my + sxy / sxx * (at - mx))
+}
+
+/// A forecast liquidity shortage of a lending reserve, with what to do about it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Shortage {
+    pub utilisation_now: f64,
+    pub utilisation_forecast: f64,
+    /// Hours ahead the forecast is for.
+    pub horizon_hours: f64,
+    pub bound: f64,
+    /// Whole tokens to supply so the forecast utilisation comes back to `target`.
+    pub provision: f64,
+    pub target: f64,
+}
+
+/// Forecasts a reserve's utilisation (debt / supply) `horizon_hours` ahead from its history
+/// `(hours, supply, debt)` (oldest first; supply and debt each on a least-squares trend) and
+/// reports a shortage when the forecast reaches `bound`, recommending the supply that brings
+/// it back to `target`. Needs at least three points spanning an hour.
+pub fn utilisation_shortage(
+    history: &[(f64, f64, f64)],
+    horizon_hours: f64,
+    bound: f64,
+    target: f64,
+) -> Option<Shortage> {
+    let (first, last) = (history.first()?, history.last()?);
+    if last.0 - first.0 < 1.0 || last.1 <= 0.0 {
+        return None;
+    }
+    let at = last.0 + horizon_hours;
+    let supply: Vec<(f64, f64)> = history.iter().map(|h| (h.0, h.1)).collect();
+    let debt: Vec<(f64, f64)> = history.iter().map(|h| (h.0, h.2)).collect();
+    let supply_f = linear_forecast(&supply, at)?.max(0.0);
+    let debt_f = linear_forecast(&debt, at)?.max(0.0);
+    let forecast = if supply_f > 0.0 {
+        debt_f / supply_f
+    } else {
+        f64::INFINITY
+    };
+    (forecast >= bound).then(|| Shortage {
+        utilisation_now: last.2 / last.1,
+        utilisation_forecast: forecast.min(1e6),
+        horizon_hours,
+        bound,
+        provision: (debt_f / target - supply_f).max(0.0),
+        target,
+    })
+}
+
+#[cfg(test)]
+mod forecast_tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_extrapolated_exactly() {
+        let points = [(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)];
+        assert!((linear_forecast(&points, 5.0).expect("forecast") - 11.0).abs() < 1e-12);
+        assert!(linear_forecast(&points[..2], 5.0).is_none());
+        assert!(linear_forecast(&[(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)], 5.0).is_none());
+    }
+
+    #[test]
+    fn rising_borrowing_forecasts_a_shortage_with_the_supply_to_add() {
+        // Supply flat at 1,000; debt 500, 600, 700, 800 over 3 hours: in 2 hours 1,000 debt,
+        // utilisation 100% ≥ 90% → supply 1000 / 0.8 − 1000 = 250 to get back to 80%.
+        let history = [
+            (0.0, 1000.0, 500.0),
+            (1.0, 1000.0, 600.0),
+            (2.0, 1000.0, 700.0),
+            (3.0, 1000.0, 800.0),
+        ];
+        let s = utilisation_shortage(&history, 2.0, 0.9, 0.8).expect("shortage");
+        assert!((s.utilisation_now - 0.8).abs() < 1e-12);
+        assert!((s.utilisation_forecast - 1.0).abs() < 1e-12);
+        assert!((s.provision - 250.0).abs() < 1e-9);
+        // Flat borrowing: no shortage; less than an hour of history: no forecast.
+        let flat = [
+            (0.0, 1000.0, 500.0),
+            (1.0, 1000.0, 500.0),
+            (2.0, 1000.0, 500.0),
+        ];
+        assert!(utilisation_shortage(&flat, 2.0, 0.9, 0.8).is_none());
+        let short = [
+            (0.0, 1000.0, 500.0),
+            (0.2, 1000.0, 900.0),
+            (0.4, 1000.0, 990.0),
+        ];
+        assert!(utilisation_shortage(&short, 2.0, 0.9, 0.8).is_none());
+    }
+}

@@ -67,6 +67,18 @@ pub struct RiskConfig {
     /// … at most once per this interval.
     #[arg(long = "stress-interval", default_value = "60s", value_parser = chainfold_platform::config::parse_duration)]
     pub stress_interval: Duration,
+    /// Hours ahead a lending reserve's utilisation is forecast.
+    #[arg(long = "shortage-horizon-hours", default_value_t = 6.0)]
+    pub shortage_horizon_hours: f64,
+    /// Forecast utilisation that is a shortage …
+    #[arg(long = "shortage-bound", default_value_t = 0.9)]
+    pub shortage_bound: f64,
+    /// … and the utilisation the recommended supply brings it back to.
+    #[arg(long = "shortage-target", default_value_t = 0.8)]
+    pub shortage_target: f64,
+    /// History (hours before the reserve's latest event) the trend is fitted on.
+    #[arg(long = "shortage-window-hours", default_value_t = 24.0)]
+    pub shortage_window_hours: f64,
     /// Hourly USD price history the stress test bootstraps from.
     #[arg(
         long = "prices-dir",
@@ -88,6 +100,10 @@ impl RiskConfig {
             drain_share: 0.5,
             drain_window: 5,
             batch_size: 5000,
+            shortage_horizon_hours: 6.0,
+            shortage_bound: 0.9,
+            shortage_target: 0.8,
+            shortage_window_hours: 24.0,
             stress_threshold: 0.02,
             stress_interval: Duration::from_secs(60),
             prices_dir: "data/aave-v2-eth-bhemen/usd_prices".into(),
@@ -125,6 +141,8 @@ pub struct RiskOutcome {
     pub stress_runs: u64,
     /// Incidents written (new or grown) around the new alerts.
     pub incidents: u64,
+    /// Liquidity-shortage alerts newly stored.
+    pub shortages: u64,
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +183,8 @@ pub struct RiskWorker {
     reserves: HashMap<(u64, Address), (f64, f64)>,
     history: HashMap<(u64, Address), VecDeque<ReserveState>>,
     evaluated: BTreeMap<(u64, u64), Evaluated>,
+    /// Lending reserves with new flows since their last shortage check.
+    reserves_touched: std::collections::BTreeSet<(u64, String)>,
     /// Chains with oracle rounds since their last stress check, and when each last ran.
     oracle_chains: std::collections::BTreeSet<u64>,
     last_stress: HashMap<u64, Instant>,
@@ -221,6 +241,7 @@ impl RiskWorker {
             oracle_chains: Default::default(),
             last_stress: HashMap::new(),
             evaluated: BTreeMap::new(),
+            reserves_touched: Default::default(),
         })
     }
 
@@ -264,6 +285,23 @@ impl RiskWorker {
             let env = message
                 .payload()
                 .and_then(|p| serde_json::from_slice::<Envelope>(p).ok());
+            // Lending reserves whose utilisation the batch changed.
+            if let Some(e) = env.as_ref().filter(|e| !e.retracted) {
+                match &e.event {
+                    DefiEvent::Deposit(f)
+                    | DefiEvent::Borrow(f)
+                    | DefiEvent::Repay(f)
+                    | DefiEvent::Redeem(f) => {
+                        self.reserves_touched
+                            .insert((e.chain_id, hex(f.reserve.address)));
+                    }
+                    DefiEvent::Liquidation(l) => {
+                        self.reserves_touched
+                            .insert((e.chain_id, hex(l.debt.address)));
+                    }
+                    _ => {}
+                }
+            }
             if let Some(DefiEvent::OracleUpdate(_)) = env.as_ref().map(|e| &e.event) {
                 if let Some(e) = &env {
                     self.oracle_chains.insert(e.chain_id);
@@ -341,11 +379,13 @@ impl RiskWorker {
             alerts.extend(self.evaluate(key.0, key.1, &events).await?);
             self.done.extend(events.offsets);
         }
+        alerts.extend(self.shortages().await?);
         let stored = self.store(&alerts).await?;
         for a in &stored {
             match a.kind {
                 "SANDWICH" => outcome.sandwiches += 1,
                 "FLASH_LOAN_ATTACK" => outcome.flash_loan_attacks += 1,
+                "LIQUIDITY_SHORTAGE" => outcome.shortages += 1,
                 _ => outcome.drains += 1,
             }
         }
@@ -354,6 +394,85 @@ impl RiskWorker {
         outcome.stress_runs = self.restress().await?;
         self.commit()?;
         Ok(outcome)
+    }
+
+    /// Forecasts the utilisation of each touched lending reserve (supply and debt on their
+    /// trends over the window, from the `lending_event` read model) and raises a
+    /// `LIQUIDITY_SHORTAGE` alert with a provisioning recommendation when it reaches the bound;
+    /// at most one alert per reserve and hour of its latest event.
+    async fn shortages(&mut self) -> anyhow::Result<Vec<Alert>> {
+        let mut alerts = Vec::new();
+        for (chain, reserve) in std::mem::take(&mut self.reserves_touched) {
+            type Row = (f64, f64, f64, String, Option<i64>);
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT extract(epoch FROM block_time)::float8 / 3600.0,
+                        (sum(CASE action WHEN 'deposit' THEN amount WHEN 'redeem' THEN -amount ELSE 0 END)
+                            OVER w / 10::numeric ^ decimals)::float8,
+                        (sum(CASE action WHEN 'borrow' THEN amount WHEN 'repay' THEN -amount
+                                         WHEN 'liquidation' THEN -amount ELSE 0 END)
+                            OVER w / 10::numeric ^ decimals)::float8,
+                        symbol, block_number
+                 FROM lending_event
+                 WHERE chain_id = $1 AND reserve = $2 AND block_time IS NOT NULL
+                 WINDOW w AS (ORDER BY block_time, event_id ROWS UNBOUNDED PRECEDING)
+                 ORDER BY block_time, event_id",
+            )
+            .bind(chain as i64)
+            .bind(&reserve)
+            .fetch_all(&self.pool)
+            .await?;
+            // One point per instant: the running totals after all events at that time (their
+            // order within it is arbitrary).
+            let mut rows = rows;
+            rows.dedup_by(|later, earlier| {
+                if later.0 == earlier.0 {
+                    *earlier = later.clone();
+                    true
+                } else {
+                    false
+                }
+            });
+            let Some(latest) = rows.last().map(|r| r.0) else {
+                continue;
+            };
+            let window: Vec<(f64, f64, f64)> = rows
+                .iter()
+                .filter(|r| r.0 >= latest - self.config.shortage_window_hours)
+                .map(|r| (r.0, r.1, r.2))
+                .collect();
+            let Some(shortage) = chainfold_domain::pool::utilisation_shortage(
+                &window,
+                self.config.shortage_horizon_hours,
+                self.config.shortage_bound,
+                self.config.shortage_target,
+            ) else {
+                continue;
+            };
+            let (symbol, block) = rows.last().map(|r| (r.3.clone(), r.4)).unwrap_or_default();
+            let hour = latest.floor() as i64;
+            alerts.push(Alert {
+                id: alert_id(&["LIQUIDITY_SHORTAGE", &chain.to_string(), &reserve, &hour.to_string()]),
+                kind: "LIQUIDITY_SHORTAGE",
+                severity: if shortage.utilisation_forecast >= 1.0 { "HIGH" } else { "MEDIUM" },
+                chain_id: chain,
+                block_number: block.unwrap_or_default().max(0) as u64,
+                tx_hashes: Vec::new(),
+                addresses: Vec::new(),
+                pools: vec![reserve.clone()],
+                evidence: serde_json::json!({
+                    "reserve": reserve, "symbol": symbol, "forecast": shortage,
+                    "recommendation": {"action": "provision", "reserve": reserve, "symbol": symbol,
+                                       "amount": shortage.provision,
+                                       "reason": format!("supply {:.4} {symbol} to bring the {}h forecast utilisation from {:.1}% to {:.0}%",
+                                           shortage.provision, shortage.horizon_hours,
+                                           shortage.utilisation_forecast * 100.0, shortage.target * 100.0)},
+                }),
+                detector_version: DETECTOR_VERSION,
+                // A forecast has no single source event.
+                source_published_at: None,
+            });
+        }
+        Ok(alerts)
     }
 
     /// Correlates the new alerts with the stored ones within the window around them and
@@ -813,6 +932,7 @@ impl RiskWorker {
             total.drains += o.drains;
             total.stress_runs += o.stress_runs;
             total.incidents += o.incidents;
+            total.shortages += o.shortages;
             if o.received == 0 && self.pending.is_empty() {
                 return Ok(total);
             }

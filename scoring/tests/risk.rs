@@ -177,3 +177,121 @@ async fn replayed_swaps_raise_the_sandwiches_the_report_finds_once() {
     assert_eq!(replay.sandwiches, 0, "{replay:?}");
     assert!(replay.received > 0);
 }
+
+/// A recorded Polygon deposit as a template for hand-built lending flows.
+fn template() -> chainfold_domain::Envelope {
+    Dataset::Polygon
+        .decode_dir(&data_dir())
+        .expect("polygon")
+        .into_iter()
+        .flatten()
+        .find(|e| matches!(e.event, chainfold_domain::DefiEvent::Deposit(_)))
+        .expect("a deposit")
+}
+
+#[tokio::test]
+async fn borrowing_that_trends_past_the_bound_raises_a_shortage_with_a_recommendation() {
+    use chainfold_domain::{DefiEvent, EventId, TokenAmount};
+    let iso = Isolated::new("shortage").await;
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    let base = template();
+    let DefiEvent::Deposit(flow) = base.event.clone() else {
+        unreachable!()
+    };
+    let t0 = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+    let unit = 10u128.pow(u32::from(flow.reserve.decimals));
+    // Two reserves on chain 999: `hot` gets 1,000 supplied then +100 borrowed every hour for
+    // 8 hours (utilisation 10% → 80%, forecast past 90% within 6 h); `calm` stays at 50%.
+    let mut events = Vec::new();
+    for (name, hourly) in [("hot", 100u128), ("calm", 0)] {
+        let mut reserve = flow.reserve.clone();
+        reserve.address =
+            alloy_primitives::Address::repeat_byte(if name == "hot" { 0x11 } else { 0x22 });
+        reserve.symbol = name.to_uppercase();
+        let mut add = |i: u32, event: DefiEvent, hours: i64| {
+            let mut e = base.clone();
+            e.chain_id = 999;
+            e.event_id = EventId::of_record(999, "test", &format!("{name}-{i}"));
+            e.block_time = Some(t0 + chrono::Duration::hours(hours));
+            e.event = event;
+            events.push(Ok(e));
+        };
+        let mut supply = flow.clone();
+        supply.reserve = reserve.clone();
+        supply.amount = TokenAmount(alloy_primitives::U256::from(1000 * unit));
+        add(0, DefiEvent::Deposit(supply.clone()), 0);
+        let mut first = supply.clone();
+        first.amount = TokenAmount(alloy_primitives::U256::from(if hourly == 0 {
+            500 * unit
+        } else {
+            100 * unit
+        }));
+        add(1, DefiEvent::Borrow(first), 0);
+        for h in 1..8u32 {
+            let mut b = supply.clone();
+            b.amount = TokenAmount(alloy_primitives::U256::from(
+                hourly.max(1) * unit / if hourly == 0 { 1_000_000 } else { 1 },
+            ));
+            add(1 + h, DefiEvent::Borrow(b), i64::from(h));
+        }
+    }
+    chainfold_ingest::publish::publish_all(&producer, &topics, events, |_, _| {})
+        .await
+        .expect("publish");
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+    let mut worker = RiskWorker::build(RiskConfig::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        unique("risk"),
+    ))
+    .await
+    .expect("risk worker");
+    let outcome = worker
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("forecasts");
+    assert_eq!(outcome.shortages, 1, "{outcome:?}");
+    let (pools, evidence): (Vec<String>, serde_json::Value) =
+        sqlx::query_as("SELECT pools, evidence FROM risk_alert WHERE kind = 'LIQUIDITY_SHORTAGE'")
+            .fetch_one(worker.pool())
+            .await
+            .expect("alert");
+    assert_eq!(
+        pools,
+        vec![format!(
+            "{:#x}",
+            alloy_primitives::Address::repeat_byte(0x11)
+        )]
+    );
+    // One point per instant (the totals after all its events): debt 100, 200 … 800 at hours
+    // 0 … 7, supply flat at 1,000: the trend gives 1,400 debt at hour 7 + 6 = 13, so
+    // utilisation 140%, and 1,400 / 0.8 − 1,000 = 750 supply brings it back to 80%.
+    let debt_13 = 1400.0;
+    let forecast = &evidence["forecast"];
+    assert!((forecast["utilisation_now"].as_f64().expect("now") - 0.8).abs() < 1e-9);
+    let got = forecast["utilisation_forecast"].as_f64().expect("forecast");
+    assert!(
+        (got - debt_13 / 1000.0).abs() < 1e-9,
+        "{got} vs {}",
+        debt_13 / 1000.0
+    );
+    assert!(got > 0.9);
+    let amount = evidence["recommendation"]["amount"]
+        .as_f64()
+        .expect("amount");
+    assert!((amount - (debt_13 / 0.8 - 1000.0)).abs() < 1e-6, "{amount}");
+    assert_eq!(evidence["recommendation"]["action"], "provision");
+}
