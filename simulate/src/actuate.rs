@@ -62,6 +62,11 @@ pub struct ActuateConfig {
     /// local fixture chain only.
     #[arg(long = "live")]
     pub live: bool,
+    /// Also execute liquidity-shortage recommendations from `chainfold.risk.v1`: supply the
+    /// recommended amount of the reserve to the lending pool (minted by the fixture token).
+    /// Off by default ("self-healing" liquidity on the simulator).
+    #[arg(long = "heal")]
+    pub heal: bool,
 }
 
 impl ActuateConfig {
@@ -79,6 +84,7 @@ impl ActuateConfig {
             from: None,
             group: "chainfold-actuator".into(),
             live: false,
+            heal: false,
         }
     }
 }
@@ -95,6 +101,8 @@ pub struct ActOutcome {
     pub failed: u64,
     /// Records that were not decisions (dead-lettered).
     pub dead_lettered: u64,
+    /// Shortage recommendations executed on-chain (`--heal`).
+    pub healed: u64,
 }
 
 /// A running actuator.
@@ -107,6 +115,7 @@ pub struct Actuator {
     from: Address,
     config: ActuateConfig,
     topic: String,
+    risk_topic: String,
 }
 
 impl std::fmt::Debug for Actuator {
@@ -153,12 +162,26 @@ impl Actuator {
         };
         let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
         let topic = format!("{}{}", config.kafka.topic_prefix, topics::DECISIONS);
-        kafka::ensure_topics(&config.kafka, &[topic.clone(), topics::dlq(&topic)]).await?;
+        let risk_topic = format!("{}{}", config.kafka.topic_prefix, topics::RISK);
+        kafka::ensure_topics(
+            &config.kafka,
+            &[
+                topic.clone(),
+                topics::dlq(&topic),
+                risk_topic.clone(),
+                topics::dlq(&risk_topic),
+            ],
+        )
+        .await?;
         let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &config.group)
             .create()
             .context("could not create Kafka consumer")?;
+        let mut subscription = vec![topic.as_str()];
+        if config.heal {
+            subscription.push(risk_topic.as_str());
+        }
         consumer
-            .subscribe(&[topic.as_str()])
+            .subscribe(&subscription)
             .context("could not subscribe to the decisions topic")?;
         let producer = kafka::producer(&config.kafka)?;
         tracing::info!(chain_id, pool = %config.lending_pool, from = %from, "actuator subscribed");
@@ -171,6 +194,7 @@ impl Actuator {
             from,
             config,
             topic,
+            risk_topic,
         })
     }
 
@@ -178,7 +202,7 @@ impl Actuator {
     /// order and commits.
     pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<ActOutcome> {
         let mut outcome = ActOutcome::default();
-        let mut commit: std::collections::BTreeMap<i32, i64> = Default::default();
+        let mut commit: std::collections::BTreeMap<(String, i32), i64> = Default::default();
         let mut wait = idle;
         while outcome.received < 500 {
             let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
@@ -189,8 +213,38 @@ impl Actuator {
             wait = Duration::from_millis(20);
             outcome.received += 1;
             let (partition, offset) = (message.partition(), message.offset());
-            commit.insert(partition, offset);
+            let topic = message.topic().to_owned();
+            commit.insert((topic.clone(), partition), offset);
             let payload = message.payload().unwrap_or_default();
+            if topic == self.risk_topic {
+                match serde_json::from_slice::<serde_json::Value>(payload) {
+                    Ok(alert) => {
+                        if self.heal(&alert).await? {
+                            outcome.healed += 1;
+                        } else {
+                            outcome.skipped += 1;
+                        }
+                    }
+                    Err(err) => {
+                        let reason = format!("not an alert: {err}");
+                        let origin = format!("{topic}/{partition}/{offset}");
+                        dlq::send(
+                            &self.producer,
+                            &dlq::DeadLetter {
+                                topic: &topic,
+                                stage: "actuate",
+                                reason: &reason,
+                                origin: &origin,
+                                key: message.key(),
+                                payload,
+                            },
+                        )
+                        .await?;
+                        outcome.dead_lettered += 1;
+                    }
+                }
+                continue;
+            }
             let record = match serde_json::from_slice::<DecisionRecord>(payload) {
                 Ok(r) => r,
                 Err(err) => {
@@ -221,8 +275,8 @@ impl Actuator {
         }
         if !commit.is_empty() {
             let mut tpl = TopicPartitionList::new();
-            for (partition, offset) in &commit {
-                tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(offset + 1))
+            for ((topic, partition), offset) in &commit {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
                     .context("commit list")?;
             }
             self.consumer
@@ -230,6 +284,112 @@ impl Actuator {
                 .context("could not commit Kafka offsets")?;
         }
         Ok(outcome)
+    }
+
+    /// Executes a shortage alert's provisioning recommendation: mints the recommended amount
+    /// of the reserve token to the actuator's account (the fixture token is the simulator's
+    /// treasury), approves the pool and deposits it. Once per alert (`risk_action`); `false`
+    /// when the alert is not an applicable recommendation, was executed already, or failed
+    /// (the failure is stored with the alert).
+    async fn heal(&self, alert: &serde_json::Value) -> anyhow::Result<bool> {
+        let recommendation = &alert["evidence"]["recommendation"];
+        let applicable = alert["kind"] == "LIQUIDITY_SHORTAGE"
+            && alert["chainId"].as_u64() == Some(self.chain_id)
+            && recommendation["action"] == "provision";
+        let (Some(id), Some(reserve), Some(amount)) = (
+            alert["id"].as_str(),
+            recommendation["reserve"].as_str(),
+            recommendation["amount"].as_f64(),
+        ) else {
+            return Ok(false);
+        };
+        if !applicable || amount <= 0.0 {
+            return Ok(false);
+        }
+        let done: Option<Option<String>> =
+            sqlx::query_scalar("SELECT tx_hash FROM risk_action WHERE alert_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if done.flatten().is_some() {
+            return Ok(false);
+        }
+        let result = self.provision(reserve, amount).await;
+        let (tx, block, error) = match result {
+            Ok((tx, block)) => (Some(format!("{tx:#x}")), block.map(|b| b as i64), None),
+            Err(err) => (
+                None,
+                None,
+                Some(chainfold_ingest::rpc::config::scrub(
+                    &format!("{err:#}"),
+                    &self.config.rpc_url,
+                )),
+            ),
+        };
+        sqlx::query(
+            "INSERT INTO risk_action (alert_id, chain_id, action, reserve, amount, tx_hash, tx_block, error)
+             VALUES ($1, $2, 'provision', $3, $4, $5, $6, $7)
+             ON CONFLICT (alert_id) DO UPDATE SET tx_hash = EXCLUDED.tx_hash,
+                 tx_block = EXCLUDED.tx_block, error = EXCLUDED.error, acted_at = now()",
+        )
+        .bind(id)
+        .bind(self.chain_id as i64)
+        .bind(reserve)
+        .bind(amount)
+        .bind(&tx)
+        .bind(block)
+        .bind(&error)
+        .execute(&self.pool)
+        .await?;
+        match error {
+            None => {
+                tracing::info!(alert = id, reserve, amount, tx = ?tx, "shortage recommendation executed");
+                Ok(true)
+            }
+            Some(error) => {
+                tracing::warn!(alert = id, %error, "shortage recommendation failed");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Mint, approve, deposit `amount` whole tokens of `reserve`; the deposit's tx and block.
+    async fn provision(&self, reserve: &str, amount: f64) -> anyhow::Result<(B256, Option<u64>)> {
+        let token_address: Address = reserve
+            .parse()
+            .with_context(|| format!("recommendation names a bad reserve {reserve:?}"))?;
+        let token = crate::contracts::FixtureToken::new(token_address, &self.provider);
+        let decimals = token.decimals().call().await?;
+        let units = crate::contracts::units(amount, decimals) + U256::from(1u8);
+        let pool = FixtureLendingPool::new(self.config.lending_pool, &self.provider);
+        let mut last = None;
+        for tx in [
+            token
+                .mint(self.from, units)
+                .from(self.from)
+                .into_transaction_request(),
+            token
+                .approve(self.config.lending_pool, units)
+                .from(self.from)
+                .into_transaction_request(),
+            pool.deposit(token_address, units, self.from, 0)
+                .from(self.from)
+                .into_transaction_request(),
+        ] {
+            let receipt = self
+                .provider
+                .send_transaction(tx)
+                .await?
+                .get_receipt()
+                .await?;
+            anyhow::ensure!(
+                receipt.status(),
+                "transaction {} reverted",
+                receipt.transaction_hash
+            );
+            last = Some((receipt.transaction_hash, receipt.block_number));
+        }
+        last.context("no transaction sent")
     }
 
     async fn apply(&self, record: &DecisionRecord) -> anyhow::Result<Applied> {
@@ -320,6 +480,7 @@ impl Actuator {
             total.skipped += o.skipped;
             total.failed += o.failed;
             total.dead_lettered += o.dead_lettered;
+            total.healed += o.healed;
         }
     }
 

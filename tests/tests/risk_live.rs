@@ -323,3 +323,157 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         "{drains:?}"
     );
 }
+
+#[tokio::test]
+async fn a_forecast_shortage_is_provisioned_on_the_fixture_pool_only_when_healing_is_on() {
+    use alloy::primitives::{Address, U256};
+    use alloy::providers::Provider as _;
+    use chainfold_simulate::actuate::{ActuateConfig, Actuator};
+    use chainfold_simulate::contracts::{units, FixtureLendingPool};
+    let iso = Isolated::new("heal").await;
+    let anvil = Anvil::spawn(31337).expect("anvil starts");
+    let weth = chainfold_simulate::prices(&data_dir(), "WETH").expect("prices");
+    let wbtc = chainfold_simulate::prices(&data_dir(), "WBTC").expect("prices");
+    let d = chainfold_simulate::Deployment::deploy(&anvil.http_url(), weth[0], wbtc[0])
+        .await
+        .expect("deploy");
+    // 10,000 USDC supplied; a borrower takes 1,000 more every hour for 7 hours (10% → 70%
+    // utilisation): the 6-hour forecast crosses 90%.
+    let (lp, borrower) = (Address::repeat_byte(0x31), Address::repeat_byte(0x32));
+    d.fund(lp, d.usdc.token, units(10_000.0, 6))
+        .await
+        .expect("fund");
+    d.approve(lp, d.usdc.token, d.lending_pool)
+        .await
+        .expect("approve");
+    d.deposit(lp, d.usdc.token, units(10_000.0, 6))
+        .await
+        .expect("supply");
+    d.fund(borrower, d.weth.token, units(10.0, 18))
+        .await
+        .expect("fund");
+    d.approve(borrower, d.weth.token, d.lending_pool)
+        .await
+        .expect("approve");
+    d.deposit(borrower, d.weth.token, units(10.0, 18))
+        .await
+        .expect("collateral");
+    for hour in 0..7 {
+        if hour > 0 {
+            let _: serde_json::Value = d
+                .provider
+                .raw_request("evm_increaseTime".into(), (3600u64,))
+                .await
+                .expect("time passes");
+        }
+        d.borrow(borrower, d.usdc.token, units(1_000.0, 6))
+            .await
+            .expect("borrow");
+    }
+    let chain = ChainsFile::parse(&d.chains_toml("anvil", &anvil.http_url(), None, 0))
+        .expect("chains file")
+        .chains
+        .remove(0);
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    Follower::new(chain, producer, topics, pool.clone())
+        .await
+        .expect("follower")
+        .sync_to_head()
+        .await
+        .expect("ingest");
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+    let mut worker = RiskWorker::build(RiskConfig::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        unique("risk"),
+    ))
+    .await
+    .expect("risk worker");
+    let outcome = worker
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("forecasts");
+    assert_eq!(outcome.shortages, 1, "{outcome:?}");
+    let evidence: serde_json::Value =
+        sqlx::query_scalar("SELECT evidence FROM risk_alert WHERE kind = 'LIQUIDITY_SHORTAGE'")
+            .fetch_one(&pool)
+            .await
+            .expect("alert");
+    assert_eq!(
+        evidence["recommendation"]["reserve"],
+        format!("{:#x}", d.usdc.token)
+    );
+    let amount = evidence["recommendation"]["amount"]
+        .as_f64()
+        .expect("amount");
+    assert!(amount > 0.0, "{evidence}");
+
+    // Off by default: an actuator without --heal leaves the pool alone.
+    let config = |group: &str, heal: bool| {
+        let mut c = ActuateConfig::new(
+            iso.kafka.clone(),
+            iso.postgres.clone(),
+            anvil.http_url(),
+            d.lending_pool,
+        );
+        c.group = unique(group);
+        c.heal = heal;
+        c
+    };
+    let mut off = Actuator::build(config("actuate-off", false))
+        .await
+        .expect("actuator");
+    let _ = off
+        .run_until_idle(Duration::from_secs(2))
+        .await
+        .expect("runs");
+    let acted: i64 = sqlx::query_scalar("SELECT count(*) FROM risk_action")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(acted, 0);
+    // With --heal: the recommended USDC is supplied from the actuator's account.
+    let mut on = Actuator::build(config("actuate-heal", true))
+        .await
+        .expect("actuator");
+    let healed = on
+        .run_until_idle(Duration::from_secs(2))
+        .await
+        .expect("heals");
+    assert_eq!(healed.healed, 1, "{healed:?}");
+    let (tx, error): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT tx_hash, error FROM risk_action")
+            .fetch_one(&pool)
+            .await
+            .expect("action");
+    assert!(error.is_none() && tx.is_some(), "{error:?}");
+    let from = *d
+        .provider
+        .get_accounts()
+        .await
+        .expect("accounts")
+        .first()
+        .expect("account");
+    let supplied = FixtureLendingPool::new(d.lending_pool, &d.provider)
+        .collateralOf(from, d.usdc.token)
+        .call()
+        .await
+        .expect("collateral");
+    assert_eq!(supplied, units(amount, 6) + U256::from(1u8));
+}
