@@ -436,6 +436,49 @@ pub struct TokenVolume {
 
 #[ComplexObject]
 impl Pool {
+    /// Per-token volumes and net flows of the pool's successful swaps in the `hours` before its
+    /// latest timed swap (1 and 24 are the usual windows); empty when its swaps carry no time
+    /// (recorded mev-inspect swaps).
+    async fn recent_volumes(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 24)] hours: i32,
+    ) -> ApiResult<Vec<TokenVolume>> {
+        if !(1..=24 * 365).contains(&hours) {
+            return Err(gql(ApiError::BadUserInput(format!(
+                "hours must be between 1 and 8760, got {hours}"
+            ))));
+        }
+        let pool = ctx.data_unchecked::<PgPool>();
+        let rows: Vec<(String, BigDecimal, BigDecimal)> = sqlx::query_as(
+            "WITH latest AS (SELECT max(block_time) AS t FROM swap
+                             WHERE chain_id = $1 AND pool = $2 AND NOT reverted),
+                  recent AS (SELECT s.* FROM swap s, latest
+                             WHERE s.chain_id = $1 AND s.pool = $2 AND NOT s.reverted
+                               AND s.block_time > latest.t - make_interval(hours => $3))
+             SELECT token, sum(vin), sum(vout) FROM (
+                 SELECT token_in AS token, amount_in AS vin, 0::numeric AS vout FROM recent
+                 UNION ALL
+                 SELECT token_out, 0, amount_out FROM recent) t
+             GROUP BY token ORDER BY token",
+        )
+        .bind(self.chain_id)
+        .bind(&self.address)
+        .bind(hours)
+        .fetch_all(pool)
+        .await
+        .map_err(gql)?;
+        Ok(rows
+            .into_iter()
+            .map(|(token, vin, vout)| TokenVolume {
+                token,
+                net_flow: (&vin - &vout).to_plain_string(),
+                volume_in: vin.to_plain_string(),
+                volume_out: vout.to_plain_string(),
+            })
+            .collect())
+    }
+
     /// Liquidity, value and anomaly of a constant-product pool from its `Sync` reserves; null
     /// for pools without one (recorded swaps carry no reserves).
     async fn liquidity(&self, ctx: &Context<'_>) -> ApiResult<Option<PoolLiquidity>> {

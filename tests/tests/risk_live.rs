@@ -256,6 +256,45 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         .expect("deviation")
         .is_finite());
     assert_eq!(liquidity["reserves"].as_array().expect("reserves").len(), 2);
+    // Rolling volumes: a window covering everything (the simulation ran within minutes) equals
+    // the all-time token volumes; a window of 0 hours is refused.
+    let refused = serde_json::to_value(
+        schema
+            .execute(
+                format!(
+                    r#"{{ pool(chainId: 31337, address: "{pair_b}") {{ recentVolumes(hours: 0) {{ token }} }} }}"#
+                )
+                .as_str(),
+            )
+            .await,
+    )
+    .expect("json");
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .expect("hours refused")
+            .contains("hours must be between"),
+        "{refused}"
+    );
+    let good = serde_json::to_value(
+        schema
+            .execute(
+                format!(
+                    r#"{{ pool(chainId: 31337, address: "{pair_b}") {{
+                        tokenVolumes {{ token volumeIn volumeOut netFlow }}
+                        recentVolumes(hours: 24) {{ token volumeIn volumeOut netFlow }} }} }}"#
+                )
+                .as_str(),
+            )
+            .await,
+    )
+    .expect("json");
+    let p = &good["data"]["pool"];
+    assert!(
+        !p["recentVolumes"].as_array().expect("recent").is_empty(),
+        "{good}"
+    );
+    assert_eq!(p["recentVolumes"], p["tokenVolumes"], "{good}");
 
     // A flash loan that arrives after its block's swaps were evaluated (its lending partition
     // lagging the AMM ones) is still caught: the same records republished AMM first, the worker
