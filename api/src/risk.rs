@@ -41,6 +41,15 @@ impl AlertKind {
     }
 }
 
+/// Alert orderings.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AlertOrder {
+    /// Latest first.
+    Newest,
+    /// Highest USD value first (alerts without one last), then latest.
+    Usd,
+}
+
 /// How bad.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Severity {
@@ -65,6 +74,9 @@ pub struct Alert {
     pub evidence: Json<serde_json::Value>,
     pub detector_version: String,
     pub detected_at: DateTime<Utc>,
+    /// What the alert is worth in USD where the detector could value it (a drain's lost
+    /// reserve at the oracle price).
+    pub usd: Option<f64>,
 }
 
 /// Extra fields of the alerts connection.
@@ -136,11 +148,13 @@ type AlertRow = (
     serde_json::Value,
     String,
     DateTime<Utc>,
+    Option<f64>,
 );
 
 #[Object]
 impl RiskQuery {
-    /// Alerts of a chain, newest first, optionally of some kinds; Relay-paginated.
+    /// Alerts of a chain, newest (or highest USD) first, optionally of some kinds;
+    /// Relay-paginated.
     async fn alerts(
         &self,
         ctx: &Context<'_>,
@@ -148,6 +162,7 @@ impl RiskQuery {
         kinds: Option<Vec<AlertKind>>,
         first: Option<i32>,
         after: Option<String>,
+        #[graphql(default_with = "AlertOrder::Newest")] order_by: AlertOrder,
     ) -> ApiResult<Connection<String, Alert, AlertsInfo, EmptyFields>> {
         let limit = page_size(first, 20).map_err(gql)?;
         let pool = ctx.data_unchecked::<PgPool>();
@@ -165,30 +180,44 @@ impl RiskQuery {
         .fetch_one(pool)
         .await
         .map_err(gql)?;
-        let rows: Vec<AlertRow> = sqlx::query_as(
-            "SELECT seq, id, kind, severity, chain_id, block_number, tx_hashes, addresses, pools,
-                    evidence, detector_version, detected_at
-             FROM risk_alert WHERE chain_id = $1 AND ($2::text[] IS NULL OR kind = ANY($2))
-               AND ($3::int8 IS NULL OR seq < $3)
-             ORDER BY seq DESC LIMIT $4",
-        )
-        .bind(chain_id)
-        .bind(&kinds)
-        .bind(after_seq)
-        .bind(limit + 1)
-        .fetch_all(pool)
-        .await
-        .map_err(gql)?;
+        // Cursors: the last seq for NEWEST; the rank (rows already seen) for USD.
+        let sql = match order_by {
+            AlertOrder::Newest => {
+                "SELECT seq, id, kind, severity, chain_id, block_number, tx_hashes, addresses, pools,
+                        evidence, detector_version, detected_at, usd
+                 FROM risk_alert WHERE chain_id = $1 AND ($2::text[] IS NULL OR kind = ANY($2))
+                   AND ($3::int8 IS NULL OR seq < $3)
+                 ORDER BY seq DESC LIMIT $4"
+            }
+            AlertOrder::Usd => {
+                "SELECT seq, id, kind, severity, chain_id, block_number, tx_hashes, addresses, pools,
+                        evidence, detector_version, detected_at, usd
+                 FROM risk_alert WHERE chain_id = $1 AND ($2::text[] IS NULL OR kind = ANY($2))
+                 ORDER BY usd DESC NULLS LAST, seq DESC OFFSET coalesce($3, 0) LIMIT $4"
+            }
+        };
+        let rows: Vec<AlertRow> = sqlx::query_as(sql)
+            .bind(chain_id)
+            .bind(&kinds)
+            .bind(after_seq)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .await
+            .map_err(gql)?;
         let has_next = rows.len() as i64 > limit;
         let mut connection = Connection::with_additional_fields(
             after.is_some(),
             has_next,
             AlertsInfo { total_count: total },
         );
-        for r in rows.into_iter().take(limit as usize) {
+        for (rank, r) in rows.into_iter().take(limit as usize).enumerate() {
             let severity = severity_of(&r.3);
+            let cursor = match order_by {
+                AlertOrder::Newest => r.0,
+                AlertOrder::Usd => after_seq.unwrap_or(0) + rank as i64 + 1,
+            };
             connection.edges.push(Edge::new(
-                encode_cursor(&format!("{}|", r.0)),
+                encode_cursor(&format!("{cursor}|")),
                 Alert {
                     id: r.1,
                     kind: AlertKind::of(&r.2),
@@ -201,6 +230,7 @@ impl RiskQuery {
                     evidence: Json(r.9),
                     detector_version: r.10,
                     detected_at: r.11,
+                    usd: r.12,
                 },
             ));
         }

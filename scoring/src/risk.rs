@@ -126,6 +126,8 @@ pub struct Alert {
     pub evidence: serde_json::Value,
     pub detector_version: &'static str,
     pub source_published_at: Option<DateTime<Utc>>,
+    /// What the alert is worth in USD where it can be valued (a drain's lost reserve).
+    pub usd: Option<f64>,
 }
 
 /// What a batch did.
@@ -183,6 +185,8 @@ pub struct RiskWorker {
     reserves: HashMap<(u64, Address), (f64, f64)>,
     history: HashMap<(u64, Address), VecDeque<ReserveState>>,
     evaluated: BTreeMap<(u64, u64), Evaluated>,
+    /// Each pool's (token0, token1), from its `Sync`s.
+    pool_tokens: HashMap<(u64, Address), (Address, Address)>,
     /// Lending reserves with new flows since their last shortage check.
     reserves_touched: std::collections::BTreeSet<(u64, String)>,
     /// Chains with oracle rounds since their last stress check, and when each last ran.
@@ -242,6 +246,7 @@ impl RiskWorker {
             last_stress: HashMap::new(),
             evaluated: BTreeMap::new(),
             reserves_touched: Default::default(),
+            pool_tokens: HashMap::new(),
         })
     }
 
@@ -341,13 +346,17 @@ impl RiskWorker {
                     token_out: s.token_out,
                     amount_out: f64_of(&s.amount_out),
                 }),
-                DefiEvent::PoolSync(s) => events.syncs.push((
-                    env.log_index.unwrap_or_default(),
-                    tx_hash,
-                    s.pool,
-                    f64_of(&s.reserve0),
-                    f64_of(&s.reserve1),
-                )),
+                DefiEvent::PoolSync(s) => {
+                    self.pool_tokens
+                        .insert((env.chain_id, s.pool), (s.token0, s.token1));
+                    events.syncs.push((
+                        env.log_index.unwrap_or_default(),
+                        tx_hash,
+                        s.pool,
+                        f64_of(&s.reserve0),
+                        f64_of(&s.reserve1),
+                    ));
+                }
                 DefiEvent::FlashLoan(f) => events.loans.push(Loan {
                     tx_hash,
                     initiator: f.initiator,
@@ -470,6 +479,7 @@ impl RiskWorker {
                 detector_version: DETECTOR_VERSION,
                 // A forecast has no single source event.
                 source_published_at: None,
+                usd: None,
             });
         }
         Ok(alerts)
@@ -748,6 +758,7 @@ impl RiskWorker {
                 evidence: serde_json::to_value(&s)?,
                 detector_version: DETECTOR_VERSION,
                 source_published_at: published,
+                usd: None,
             });
         }
         // Flash-loan attacks.
@@ -790,6 +801,7 @@ impl RiskWorker {
                     }),
                     detector_version: DETECTOR_VERSION,
                     source_published_at: published,
+                    usd: None,
                 });
             }
         }
@@ -819,7 +831,27 @@ impl RiskWorker {
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
                     .collect();
+                let token = self.pool_tokens.get(&(chain, pool)).map(|t| {
+                    if d.reserve == 0 {
+                        t.0
+                    } else {
+                        t.1
+                    }
+                });
+                let usd = match token {
+                    Some(token) => self
+                        .token_usd(chain, token)
+                        .await?
+                        .map(|(decimals, price)| {
+                            (d.before - d.after) / 10f64.powi(i32::from(decimals)) * price
+                        }),
+                    None => None,
+                };
+                let mut evidence = serde_json::to_value(&d)?;
+                evidence["token"] = serde_json::json!(token.map(hex));
+                evidence["usd_lost"] = serde_json::json!(usd);
                 alerts.push(Alert {
+                    usd,
                     id: alert_id(&[
                         "LIQUIDITY_DRAIN",
                         &chain.to_string(),
@@ -838,7 +870,7 @@ impl RiskWorker {
                     tx_hashes: txs,
                     addresses: Vec::new(),
                     pools: vec![hex(pool)],
-                    evidence: serde_json::to_value(&d)?,
+                    evidence,
                     detector_version: DETECTOR_VERSION,
                     source_published_at: published,
                 });
@@ -851,6 +883,22 @@ impl RiskWorker {
         Ok(alerts)
     }
 
+    /// A token's decimals (from the lending reserves) and USD price (oracle), where known.
+    async fn token_usd(&self, chain: u64, token: Address) -> anyhow::Result<Option<(u8, f64)>> {
+        let row: Option<(Option<i16>, Option<f64>)> = sqlx::query_as(
+            "SELECT (SELECT decimals FROM lending_event WHERE chain_id = $1 AND reserve = $2 LIMIT 1),
+                    (SELECT price::float8 FROM oracle_price WHERE chain_id = $1 AND asset = $2)",
+        )
+        .bind(chain as i64)
+        .bind(hex(token))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some((Some(decimals), Some(price))) => u8::try_from(decimals).ok().map(|d| (d, price)),
+            _ => None,
+        })
+    }
+
     /// Stores alerts; returns the ones that are new.
     async fn store(&self, alerts: &[Alert]) -> anyhow::Result<Vec<Alert>> {
         let mut new = Vec::new();
@@ -858,8 +906,8 @@ impl RiskWorker {
         for a in alerts {
             let inserted = sqlx::query(
                 "INSERT INTO risk_alert (id, kind, severity, chain_id, block_number, tx_hashes,
-                    addresses, pools, evidence, detector_version, source_published_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+                    addresses, pools, evidence, detector_version, source_published_at, usd)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
             )
             .bind(&a.id)
             .bind(a.kind)
@@ -872,6 +920,7 @@ impl RiskWorker {
             .bind(&a.evidence)
             .bind(a.detector_version)
             .bind(a.source_published_at)
+            .bind(a.usd)
             .execute(&mut *tx)
             .await?
             .rows_affected();

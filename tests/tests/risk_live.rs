@@ -130,6 +130,42 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
             && a.5["share_lost"].as_f64().expect("share") > 0.85),
         "{drains:?}"
     );
+    // The drain is valued: the lost reserve at the token's oracle price, and ranks first by USD.
+    let (usd, evidence): (Option<f64>, serde_json::Value) = sqlx::query_as(
+        "SELECT usd, evidence FROM risk_alert WHERE kind = 'LIQUIDITY_DRAIN' AND block_number = $1",
+    )
+    .bind(drain.to_block as i64)
+    .fetch_one(&pool)
+    .await
+    .expect("drain alert");
+    let token = evidence["token"].as_str().expect("token").to_owned();
+    let (decimals, price): (i16, f64) = sqlx::query_as(
+        "SELECT (SELECT decimals FROM lending_event WHERE chain_id = 31337 AND reserve = $1 LIMIT 1),
+                (SELECT price::float8 FROM oracle_price WHERE chain_id = 31337 AND asset = $1)",
+    )
+    .bind(&token)
+    .fetch_one(&pool)
+    .await
+    .expect("token price");
+    let lost =
+        evidence["before"].as_f64().expect("before") - evidence["after"].as_f64().expect("after");
+    let expected_usd = lost / 10f64.powi(i32::from(decimals)) * price;
+    let usd = usd.expect("valued");
+    assert!(
+        usd > 0.0 && (usd - expected_usd).abs() < 1e-6 * expected_usd,
+        "{usd} vs {expected_usd}"
+    );
+    let ranked = serde_json::to_value(
+        chainfold_api::build_schema(pool.clone())
+            .execute("{ alerts(chainId: 31337, orderBy: USD, first: 1) { edges { node { kind usd } } } }")
+            .await,
+    )
+    .expect("json");
+    assert_eq!(
+        ranked["data"]["alerts"]["edges"][0]["node"]["kind"], "LIQUIDITY_DRAIN",
+        "{ranked}"
+    );
+
     // The oracle rounds recomputed the stress test on the chain's positions, once (the
     // interval holds back the rest), with its inputs stored.
     assert_eq!(outcome.stress_runs, 1, "{outcome:?}");
