@@ -8,6 +8,7 @@
 //! is `chainfold report`, the detectors' quality report; [`stress`] is `chainfold stress`, the
 //! shock grid and VaR on live positions.
 
+pub mod anomaly;
 pub mod backtest;
 pub mod model;
 pub mod report;
