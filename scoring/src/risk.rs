@@ -67,6 +67,17 @@ pub struct RiskConfig {
     /// … at most once per this interval.
     #[arg(long = "stress-interval", default_value = "60s", value_parser = chainfold_platform::config::parse_duration)]
     pub stress_interval: Duration,
+    /// The swap anomaly model (`scoring/models/<version>`): one score per swap, a
+    /// `POOL_ANOMALY` alert for the swaps it flags.
+    #[arg(
+        long = "anomaly-model-dir",
+        env = "CHAINFOLD_ANOMALY_MODEL_DIR",
+        default_value = "scoring/models/pool-anomaly-v1"
+    )]
+    pub anomaly_model_dir: Option<std::path::PathBuf>,
+    /// Run without the anomaly model.
+    #[arg(long = "no-anomaly")]
+    pub no_anomaly: bool,
     /// Hours ahead a lending reserve's utilisation is forecast.
     #[arg(long = "shortage-horizon-hours", default_value_t = 6.0)]
     pub shortage_horizon_hours: f64,
@@ -100,6 +111,8 @@ impl RiskConfig {
             drain_share: 0.5,
             drain_window: 5,
             batch_size: 5000,
+            anomaly_model_dir: None,
+            no_anomaly: false,
             shortage_horizon_hours: 6.0,
             shortage_bound: 0.9,
             shortage_target: 0.8,
@@ -145,6 +158,9 @@ pub struct RiskOutcome {
     pub incidents: u64,
     /// Liquidity-shortage alerts newly stored.
     pub shortages: u64,
+    /// Swaps scored by the anomaly model, and `POOL_ANOMALY` alerts newly stored.
+    pub swaps_scored: u64,
+    pub anomalies: u64,
 }
 
 #[derive(Debug, Default)]
@@ -185,10 +201,14 @@ pub struct RiskWorker {
     reserves: HashMap<(u64, Address), (f64, f64)>,
     history: HashMap<(u64, Address), VecDeque<ReserveState>>,
     evaluated: BTreeMap<(u64, u64), Evaluated>,
+    /// The anomaly model and its features' causal state, when configured.
+    anomaly: Option<(crate::anomaly::AnomalyModel, crate::anomaly::FeatureState)>,
     /// Each pool's (token0, token1), from its `Sync`s.
     pool_tokens: HashMap<(u64, Address), (Address, Address)>,
     /// Lending reserves with new flows since their last shortage check.
     reserves_touched: std::collections::BTreeSet<(u64, String)>,
+    /// Swaps the anomaly model scored since the last batch outcome.
+    swaps_scored: u64,
     /// Chains with oracle rounds since their last stress check, and when each last ran.
     oracle_chains: std::collections::BTreeSet<u64>,
     last_stress: HashMap<u64, Instant>,
@@ -230,7 +250,14 @@ impl RiskWorker {
             ])
             .context("could not subscribe to the AMM, lending and oracle topics")?;
         let producer = kafka::producer(&config.kafka)?;
-        tracing::info!(group = %config.group, "risk worker subscribed");
+        let anomaly = match (&config.anomaly_model_dir, config.no_anomaly) {
+            (Some(dir), false) => Some((
+                crate::anomaly::AnomalyModel::load(dir)?,
+                crate::anomaly::FeatureState::default(),
+            )),
+            _ => None,
+        };
+        tracing::info!(group = %config.group, anomaly = anomaly.is_some(), "risk worker subscribed");
         Ok(RiskWorker {
             consumer,
             producer,
@@ -246,7 +273,9 @@ impl RiskWorker {
             last_stress: HashMap::new(),
             evaluated: BTreeMap::new(),
             reserves_touched: Default::default(),
+            swaps_scored: 0,
             pool_tokens: HashMap::new(),
+            anomaly,
         })
     }
 
@@ -389,12 +418,14 @@ impl RiskWorker {
             self.done.extend(events.offsets);
         }
         alerts.extend(self.shortages().await?);
+        outcome.swaps_scored = std::mem::take(&mut self.swaps_scored);
         let stored = self.store(&alerts).await?;
         for a in &stored {
             match a.kind {
                 "SANDWICH" => outcome.sandwiches += 1,
                 "FLASH_LOAN_ATTACK" => outcome.flash_loan_attacks += 1,
                 "LIQUIDITY_SHORTAGE" => outcome.shortages += 1,
+                "POOL_ANOMALY" => outcome.anomalies += 1,
                 _ => outcome.drains += 1,
             }
         }
@@ -761,6 +792,53 @@ impl RiskWorker {
                 usd: None,
             });
         }
+        // Anomaly scores of the block's new swaps, in one call.
+        if let Some((model, state)) = self.anomaly.as_mut() {
+            let rows = state.block_features(chain, &events.swaps);
+            let inputs: Vec<[f32; 4]> = rows.iter().map(|r| r.1).collect();
+            let scored = model.predict(&inputs)?;
+            self.swaps_scored += scored.len() as u64;
+            for ((index, row), (label, score)) in rows.iter().zip(scored) {
+                if label != -1 {
+                    continue;
+                }
+                let swap = &events.swaps[*index];
+                let top: Vec<serde_json::Value> = model
+                    .contributions(row)
+                    .into_iter()
+                    .take(2)
+                    .map(|(feature, value, z)| {
+                        serde_json::json!({"feature": feature, "value": value, "robust_z": z})
+                    })
+                    .collect();
+                alerts.push(Alert {
+                    id: alert_id(&[
+                        "POOL_ANOMALY",
+                        &chain.to_string(),
+                        &hex(swap.tx_hash),
+                        &hex(swap.pool),
+                        &format!("{:?}", swap.trace),
+                    ]),
+                    kind: "POOL_ANOMALY",
+                    severity: if score < -0.1 { "MEDIUM" } else { "LOW" },
+                    chain_id: chain,
+                    block_number: block,
+                    tx_hashes: vec![hex(swap.tx_hash)],
+                    addresses: vec![hex(swap.sender), hex(swap.recipient)],
+                    pools: vec![hex(swap.pool)],
+                    evidence: serde_json::json!({
+                        "model": model.version, "modelSha256": model.sha256, "score": score,
+                        "features": crate::anomaly::ANOMALY_FEATURES.iter().zip(row)
+                            .map(|(n, v)| (n.to_string(), serde_json::json!(v)))
+                            .collect::<serde_json::Map<_, _>>(),
+                        "top": top,
+                    }),
+                    detector_version: DETECTOR_VERSION,
+                    source_published_at: published,
+                    usd: None,
+                });
+            }
+        }
         // Flash-loan attacks.
         let rule = FlashLoanRule {
             min_price_move: self.config.flash_min_price_move,
@@ -982,6 +1060,8 @@ impl RiskWorker {
             total.stress_runs += o.stress_runs;
             total.incidents += o.incidents;
             total.shortages += o.shortages;
+            total.swaps_scored += o.swaps_scored;
+            total.anomalies += o.anomalies;
             if o.received == 0 && self.pending.is_empty() {
                 return Ok(total);
             }

@@ -295,3 +295,58 @@ async fn borrowing_that_trends_past_the_bound_raises_a_shortage_with_a_recommend
     assert!((amount - (debt_13 / 0.8 - 1000.0)).abs() < 1e-6, "{amount}");
     assert_eq!(evidence["recommendation"]["action"], "provision");
 }
+
+#[tokio::test]
+async fn the_anomaly_model_scores_every_replayed_swap_once_and_flags_about_what_training_did() {
+    let iso = Isolated::new("anomaly").await;
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    let items = Dataset::Swaps.decode_dir(&data_dir()).expect("swaps");
+    chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
+        .await
+        .expect("publish");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pool-anomaly-v1");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).expect("metrics"))
+            .expect("json");
+    let mut config = RiskConfig::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        unique("risk"),
+    );
+    config.anomaly_model_dir = Some(dir);
+    let mut worker = RiskWorker::build(config).await.expect("risk worker");
+    let outcome = worker
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("scores");
+    // Every non-reverted swap scored exactly once.
+    assert_eq!(
+        outcome.swaps_scored,
+        metrics["rows"].as_u64().expect("rows"),
+        "{outcome:?}"
+    );
+    // The same model on the same causal features flags what training flagged, up to blocks
+    // the stream closed before all their partitions arrived (a transaction's legs then split).
+    let trained = metrics["flagged"].as_u64().expect("flagged");
+    assert!(
+        outcome.anomalies.abs_diff(trained) <= trained / 10,
+        "{} vs {trained}",
+        outcome.anomalies
+    );
+    let evidence: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT evidence FROM risk_alert WHERE kind = 'POOL_ANOMALY'")
+            .fetch_all(worker.pool())
+            .await
+            .expect("alerts");
+    assert_eq!(evidence.len() as u64, outcome.anomalies);
+    for e in &evidence {
+        assert!(e["score"].as_f64().expect("score") < 0.0, "{e}");
+        assert_eq!(e["top"].as_array().expect("top").len(), 2, "{e}");
+        assert_eq!(e["model"], "pool-anomaly-v1");
+    }
+}
