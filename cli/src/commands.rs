@@ -146,6 +146,12 @@ pub struct ReportConfig {
     /// Where the Markdown goes.
     #[arg(long = "out", default_value = "scoring/REPORT.md")]
     pub out: PathBuf,
+    /// The swap anomaly model scored over the recorded swaps.
+    #[arg(
+        long = "anomaly-model-dir",
+        default_value = "scoring/models/pool-anomaly-v1"
+    )]
+    pub anomaly_model_dir: PathBuf,
 }
 
 /// `chainfold tail` settings.
@@ -210,7 +216,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .await
         }
         Command::Report(config) => {
-            let md = chainfold_scoring::report::run(&config.data_dir, &config.out)?;
+            let md = chainfold_scoring::report::run(
+                &config.data_dir,
+                Some(&config.anomaly_model_dir),
+                &config.out,
+            )?;
             println!("{md}");
             println!("written to {}", config.out.display());
             Ok(())

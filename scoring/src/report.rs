@@ -23,6 +23,20 @@ pub struct Report {
     pub benign_swaps: usize,
     pub bonus: BonusCheck,
     pub stress: StressCurve,
+    pub anomaly: Option<AnomalyCheck>,
+}
+
+/// The swap anomaly model over the recorded swaps, beside the sandwiches found.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AnomalyCheck {
+    pub model: String,
+    pub scored: usize,
+    pub flagged: usize,
+    /// Front- and back-run legs of the sandwiches found, and how many of them it flagged.
+    pub sandwich_legs: usize,
+    pub sandwich_legs_flagged: usize,
+    /// Flagged swaps that are not a sandwich leg (the extra alerts it adds).
+    pub flagged_outside_sandwiches: usize,
 }
 
 /// Our position-level ETH stress curve on the recorded Polygon positions beside the published
@@ -90,8 +104,13 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Measures everything on the data sets under `data_dir`.
+/// Measures everything on the data sets under `data_dir` (without the anomaly model).
 pub fn measure(data_dir: &Path) -> anyhow::Result<Report> {
+    measure_with(data_dir, None)
+}
+
+/// [`measure`], and the anomaly model in `anomaly_dir` over the recorded swaps.
+pub fn measure_with(data_dir: &Path, anomaly_dir: Option<&Path>) -> anyhow::Result<Report> {
     let swaps: Vec<Envelope> = Dataset::Swaps
         .decode_dir(data_dir)?
         .into_iter()
@@ -198,7 +217,51 @@ pub fn measure(data_dir: &Path) -> anyhow::Result<Report> {
         .map(|(k, mut v)| (k, (v.len(), median(&mut v))))
         .collect();
     let stress = stress_curve(data_dir)?;
+    let anomaly = match anomaly_dir {
+        None => None,
+        Some(dir) => {
+            let mut model = crate::anomaly::AnomalyModel::load(dir)?;
+            let mut state = crate::anomaly::FeatureState::default();
+            let mut by_block: BTreeMap<u64, Vec<SwapLeg>> = BTreeMap::new();
+            for l in &legs {
+                by_block.entry(l.block).or_default().push(l.clone());
+            }
+            let legs_of: std::collections::HashSet<(
+                alloy_primitives::B256,
+                alloy_primitives::Address,
+            )> = sandwiches
+                .iter()
+                .flat_map(|s| [(s.front_tx, s.pool), (s.back_tx, s.pool)])
+                .collect();
+            let mut check = AnomalyCheck {
+                model: model.version.clone(),
+                sandwich_legs: legs
+                    .iter()
+                    .filter(|l| legs_of.contains(&(l.tx_hash, l.pool)))
+                    .count(),
+                ..AnomalyCheck::default()
+            };
+            for block in by_block.values() {
+                let rows = state.block_features(1, block);
+                let inputs: Vec<[f32; 4]> = rows.iter().map(|r| r.1).collect();
+                for ((index, _), (label, _)) in rows.iter().zip(model.predict(&inputs)?) {
+                    check.scored += 1;
+                    if label == -1 {
+                        check.flagged += 1;
+                        let l = &block[*index];
+                        if legs_of.contains(&(l.tx_hash, l.pool)) {
+                            check.sandwich_legs_flagged += 1;
+                        } else {
+                            check.flagged_outside_sandwiches += 1;
+                        }
+                    }
+                }
+            }
+            Some(check)
+        }
+    };
     Ok(Report {
+        anomaly,
         stress,
         swaps: legs.len(),
         swap_blocks,
@@ -378,6 +441,23 @@ pub fn render(report: &Report, data_dir: &Path) -> String {
         }
         md.push('\n');
     }
+    if let Some(a) = &report.anomaly {
+        let _ = writeln!(
+            md,
+            "### The swap anomaly model on the same swaps\n\nModel `{}` (unsupervised IsolationForest, [card](MODEL_CARD.md)) scored {} swaps and flagged **{}** ({:.1} per 10,000); {} of the {} sandwich legs found above are among them. Alerts per 10,000 benign swaps with both detectors: **{:.1}** ({} sandwiches + {} anomalies outside them, over {} benign swaps).\n",
+            a.model,
+            a.scored,
+            a.flagged,
+            a.flagged as f64 * 10_000.0 / a.scored.max(1) as f64,
+            a.sandwich_legs_flagged,
+            a.sandwich_legs,
+            (report.sandwiches.len() + a.flagged_outside_sandwiches) as f64 * 10_000.0
+                / report.benign_swaps.max(1) as f64,
+            report.sandwiches.len(),
+            a.flagged_outside_sandwiches,
+            report.benign_swaps
+        );
+    }
     let b = &report.bonus;
     let pct = |n: usize| 100.0 * n as f64 / b.checked.max(1) as f64;
     let _ = writeln!(
@@ -431,8 +511,8 @@ pub fn render(report: &Report, data_dir: &Path) -> String {
 }
 
 /// Measures, renders and writes the report; returns the Markdown.
-pub fn run(data_dir: &Path, out: &Path) -> anyhow::Result<String> {
-    let report = measure(data_dir)?;
+pub fn run(data_dir: &Path, anomaly_dir: Option<&Path>, out: &Path) -> anyhow::Result<String> {
+    let report = measure_with(data_dir, anomaly_dir)?;
     let md = render(&report, data_dir);
     std::fs::write(out, &md).with_context(|| format!("could not write {}", out.display()))?;
     Ok(md)

@@ -68,7 +68,28 @@ fn every_listed_sandwich_is_backed_by_its_swaps() {
 
 #[test]
 fn the_committed_report_is_current() {
-    let measured = report::measure(&data()).expect("report");
+    let measured = report::measure_with(
+        &data(),
+        Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pool-anomaly-v1")),
+    )
+    .expect("report");
+    let anomaly = measured.anomaly.as_ref().expect("anomaly section");
+    let metrics: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pool-anomaly-v1/metrics.json"),
+        )
+        .expect("metrics"),
+    )
+    .expect("json");
+    // Offline, block by block in order: exactly what training flagged.
+    assert_eq!(
+        anomaly.flagged as u64,
+        metrics["flagged"].as_u64().expect("flagged")
+    );
+    assert_eq!(
+        anomaly.flagged,
+        anomaly.sandwich_legs_flagged + anomaly.flagged_outside_sandwiches
+    );
     let rendered = report::render(&measured, Path::new("data"));
     let committed =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("REPORT.md"))
