@@ -11,6 +11,38 @@ use chainfold_simulate::anvil::Anvil;
 use chainfold_simulate::SimulateArgs;
 use chainfold_testkit::{data_dir, unique, Isolated};
 
+/// Follows the chain of `toml` to its head into Kafka and projects everything; the pool.
+async fn follow_and_project(iso: &Isolated, toml: &str) -> sqlx::PgPool {
+    let chain = ChainsFile::parse(toml)
+        .expect("chains file")
+        .chains
+        .remove(0);
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    Follower::new(chain, producer, topics, pool.clone())
+        .await
+        .expect("follower")
+        .sync_to_head()
+        .await
+        .expect("ingest");
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+    pool
+}
+
 /// kind, severity, block, transactions, pools, evidence
 type AlertRow = (
     String,
@@ -51,33 +83,12 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
     };
     let (attack, drain) = (label("flash_loan_attack"), label("liquidity_drain"));
 
-    let chain = ChainsFile::parse(&std::fs::read_to_string(&args.chains_out).expect("toml"))
-        .expect("chains file")
-        .chains
-        .remove(0);
-    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
-        .await
-        .expect("postgres");
-    let topics = iso.kafka.topics();
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    let mut follower = Follower::new(chain, producer, topics, pool.clone())
-        .await
-        .expect("follower");
-    follower.sync_to_head().await.expect("ingest");
-
-    // The read models the stress test reads (positions, oracle prices).
-    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector");
-    projector.run_until_caught_up().await.expect("project");
+    // The read models the stress test reads (positions, oracle prices) are projected too.
+    let pool = follow_and_project(
+        &iso,
+        &std::fs::read_to_string(&args.chains_out).expect("toml"),
+    )
+    .await;
 
     let mut risk_config = RiskConfig::new(
         iso.kafka.clone(),
@@ -445,33 +456,7 @@ async fn a_forecast_shortage_is_provisioned_on_the_fixture_pool_only_when_healin
             .await
             .expect("borrow");
     }
-    let chain = ChainsFile::parse(&d.chains_toml("anvil", &anvil.http_url(), None, 0))
-        .expect("chains file")
-        .chains
-        .remove(0);
-    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
-        .await
-        .expect("postgres");
-    let topics = iso.kafka.topics();
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    Follower::new(chain, producer, topics, pool.clone())
-        .await
-        .expect("follower")
-        .sync_to_head()
-        .await
-        .expect("ingest");
-    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector");
-    projector.run_until_caught_up().await.expect("project");
+    let pool = follow_and_project(&iso, &d.chains_toml("anvil", &anvil.http_url(), None, 0)).await;
     let mut worker = RiskWorker::build(RiskConfig::new(
         iso.kafka.clone(),
         iso.postgres.clone(),
