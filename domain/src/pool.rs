@@ -23,17 +23,8 @@ pub fn robust_z(x: f64, history: &[f64]) -> Option<f64> {
     if history.len() < 5 {
         return None;
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
-    let m = median(&mut history.to_vec());
-    let mad = median(&mut history.iter().map(|h| (h - m).abs()).collect());
+    let m = median_of(history);
+    let mad = median_of(&history.iter().map(|h| (h - m).abs()).collect::<Vec<_>>());
     (mad > 0.0).then(|| (x - m) / (1.4826 * mad))
 }
 
@@ -187,5 +178,132 @@ mod forecast_tests {
             (0.4, 1000.0, 990.0),
         ];
         assert!(utilisation_shortage(&short, 2.0, 0.9, 0.8).is_none());
+    }
+}
+
+/// A forecast shortage of an AMM pool's depth, with the liquidity that would restore it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DepthShortage {
+    /// Depth now and forecast, in the unit of the history (the caller's: token0 base units).
+    pub depth_now: f64,
+    pub depth_forecast: f64,
+    /// The window's median depth, the reference the bound and target are shares of.
+    pub depth_reference: f64,
+    pub horizon_hours: f64,
+    pub bound: f64,
+    pub target: f64,
+    /// Share of the current reserves to add (both tokens, at the current ratio) so the
+    /// forecast depth comes back to `target` × reference. Depth is proportional to reserves at
+    /// a given price, so this is (target · reference − forecast) / now.
+    pub add_share: f64,
+}
+
+/// Depth of a constant-product pool within ±`bound` of its price, in token0 base units: selling
+/// token0 moves the price down by `bound`, buying it with token1 moves it up, and at the pool's
+/// own price the token1 side is worth as much as `depth_in(reserve0)`, so both sides together are
+/// 2 · depth_in(reserve0). Price moves do not change it; liquidity added or pulled does.
+pub fn depth_token0(reserve0: f64, bound: f64) -> f64 {
+    2.0 * depth_in(reserve0, bound)
+}
+
+/// The median of a non-empty slice.
+fn median_of(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The depth forecast `hours` after the last point of `history` (`(hours, depth)`, oldest first,
+/// on a least-squares trend, never below zero); `None` with fewer than three points or less than
+/// an hour of history.
+pub fn depth_forecast(history: &[(f64, f64)], hours: f64) -> Option<f64> {
+    let (first, last) = (history.first()?, history.last()?);
+    if last.0 - first.0 < 1.0 {
+        return None;
+    }
+    linear_forecast(history, last.0 + hours).map(|d| d.max(0.0))
+}
+
+/// Forecasts a pool's depth `horizon_hours` ahead from its history (`(hours, depth)`, oldest
+/// first) and reports a shortage when the forecast falls below `bound` × the window's median
+/// depth, recommending the liquidity that brings it back to `target` × that median.
+pub fn depth_shortage(
+    history: &[(f64, f64)],
+    horizon_hours: f64,
+    bound: f64,
+    target: f64,
+) -> Option<DepthShortage> {
+    let forecast = depth_forecast(history, horizon_hours)?;
+    let now = history.last()?.1;
+    let reference = median_of(&history.iter().map(|h| h.1).collect::<Vec<_>>());
+    if reference <= 0.0 || forecast >= bound * reference {
+        return None;
+    }
+    Some(DepthShortage {
+        depth_now: now,
+        depth_forecast: forecast,
+        depth_reference: reference,
+        horizon_hours,
+        bound,
+        target,
+        add_share: if now > 0.0 {
+            (target * reference - forecast).max(0.0) / now
+        } else {
+            f64::INFINITY
+        },
+    })
+}
+
+#[cfg(test)]
+mod depth_forecast_tests {
+    use super::*;
+
+    #[test]
+    fn depth_in_token0_counts_both_sides_at_the_pool_price() {
+        // 100 ETH / 200,000 USDC at $2,000: depth_usd with both sides priced by the pool equals
+        // depth_token0 × the ETH price.
+        let usd = depth_usd(100.0, 2000.0, 200_000.0, 1.0, 0.02);
+        assert!((depth_token0(100.0, 0.02) * 2000.0 - usd).abs() < 1e-6);
+    }
+
+    #[test]
+    fn liquidity_being_pulled_forecasts_a_shortage_with_the_liquidity_to_add() {
+        // Depth 100, 90, 80, 70, 60 over 4 hours: in 2 hours 40, below 0.5 × median 80 = 40?
+        // 40 is not below 40: no shortage at 2 h; at 3 h the forecast is 30 → shortage.
+        let history = [
+            (0.0, 100.0),
+            (1.0, 90.0),
+            (2.0, 80.0),
+            (3.0, 70.0),
+            (4.0, 60.0),
+        ];
+        assert!((depth_forecast(&history, 2.0).expect("forecast") - 40.0).abs() < 1e-9);
+        assert!(depth_shortage(&history, 2.0, 0.5, 0.8).is_none());
+        let s = depth_shortage(&history, 3.0, 0.5, 0.8).expect("shortage");
+        assert!((s.depth_forecast - 30.0).abs() < 1e-9);
+        assert!((s.depth_reference - 80.0).abs() < 1e-12);
+        // Back to 0.8 × 80 = 64 from a forecast of 30: add 34 of the 60 now, 56.7% of reserves.
+        assert!((s.add_share - 34.0 / 60.0).abs() < 1e-12);
+        // A cliff (90% pulled at once) forecasts a floor at zero, and a shortage.
+        let cliff = [(0.0, 100.0), (1.0, 100.0), (2.0, 100.0), (3.0, 10.0)];
+        let s = depth_shortage(&cliff, 6.0, 0.5, 0.8).expect("shortage");
+        assert_eq!(s.depth_forecast, 0.0);
+        assert!((s.add_share - 8.0).abs() < 1e-12, "{}", s.add_share);
+    }
+
+    #[test]
+    fn steady_or_growing_depth_and_short_histories_raise_nothing() {
+        let steady = [(0.0, 100.0), (1.0, 101.0), (2.0, 99.0), (3.0, 100.0)];
+        assert!(depth_shortage(&steady, 6.0, 0.5, 0.8).is_none());
+        let growing = [(0.0, 50.0), (1.0, 70.0), (2.0, 90.0)];
+        assert!(depth_shortage(&growing, 6.0, 0.5, 0.8).is_none());
+        let short = [(0.0, 100.0), (0.3, 50.0), (0.6, 10.0)];
+        assert!(depth_forecast(&short, 1.0).is_none());
+        assert!(depth_shortage(&short, 1.0, 0.5, 0.8).is_none());
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod decisions;
 pub mod dlq;
 pub mod kafka;
+pub mod liquidity;
 pub mod postgres;
 pub mod redis_cache;
 pub mod telemetry;

@@ -90,6 +90,13 @@ pub struct RiskConfig {
     /// History (hours before the reserve's latest event) the trend is fitted on.
     #[arg(long = "shortage-window-hours", default_value_t = 24.0)]
     pub shortage_window_hours: f64,
+    /// An AMM pool's forecast depth (±2%, same horizon and window) below this share of its
+    /// window's median depth is a shortage …
+    #[arg(long = "depth-bound", default_value_t = 0.5)]
+    pub depth_bound: f64,
+    /// … and the share of that median the recommended liquidity brings it back to.
+    #[arg(long = "depth-target", default_value_t = 0.8)]
+    pub depth_target: f64,
     /// Hourly USD price history the stress test bootstraps from.
     #[arg(
         long = "prices-dir",
@@ -117,6 +124,8 @@ impl RiskConfig {
             shortage_bound: 0.9,
             shortage_target: 0.8,
             shortage_window_hours: 24.0,
+            depth_bound: 0.5,
+            depth_target: 0.8,
             stress_threshold: 0.02,
             stress_interval: Duration::from_secs(60),
             prices_dir: "data/aave-v2-eth-bhemen/usd_prices".into(),
@@ -207,6 +216,8 @@ pub struct RiskWorker {
     pool_tokens: HashMap<(u64, Address), (Address, Address)>,
     /// Lending reserves with new flows since their last shortage check.
     reserves_touched: std::collections::BTreeSet<(u64, String)>,
+    /// AMM pools with new `Sync`s since their last depth check.
+    pools_touched: std::collections::BTreeSet<(u64, String)>,
     /// Swaps the anomaly model scored since the last batch outcome.
     swaps_scored: u64,
     /// Chains with oracle rounds since their last stress check, and when each last ran.
@@ -273,6 +284,7 @@ impl RiskWorker {
             last_stress: HashMap::new(),
             evaluated: BTreeMap::new(),
             reserves_touched: Default::default(),
+            pools_touched: Default::default(),
             swaps_scored: 0,
             pool_tokens: HashMap::new(),
             anomaly,
@@ -332,6 +344,9 @@ impl RiskWorker {
                     DefiEvent::Liquidation(l) => {
                         self.reserves_touched
                             .insert((e.chain_id, hex(l.debt.address)));
+                    }
+                    DefiEvent::PoolSync(s) => {
+                        self.pools_touched.insert((e.chain_id, hex(s.pool)));
                     }
                     _ => {}
                 }
@@ -418,6 +433,7 @@ impl RiskWorker {
             self.done.extend(events.offsets);
         }
         alerts.extend(self.shortages().await?);
+        alerts.extend(self.depth_shortages().await?);
         outcome.swaps_scored = std::mem::take(&mut self.swaps_scored);
         let stored = self.store(&alerts).await?;
         for a in &stored {
@@ -441,45 +457,19 @@ impl RiskWorker {
     /// `LIQUIDITY_SHORTAGE` alert with a provisioning recommendation when it reaches the bound;
     /// at most one alert per reserve and hour of its latest event.
     async fn shortages(&mut self) -> anyhow::Result<Vec<Alert>> {
+        use chainfold_platform::liquidity::{recent, reserve_history};
         let mut alerts = Vec::new();
         for (chain, reserve) in std::mem::take(&mut self.reserves_touched) {
-            type Row = (f64, f64, f64, String, Option<i64>);
-            let rows: Vec<Row> = sqlx::query_as(
-                "SELECT extract(epoch FROM block_time)::float8 / 3600.0,
-                        (sum(CASE action WHEN 'deposit' THEN amount WHEN 'redeem' THEN -amount ELSE 0 END)
-                            OVER w / 10::numeric ^ decimals)::float8,
-                        (sum(CASE action WHEN 'borrow' THEN amount WHEN 'repay' THEN -amount
-                                         WHEN 'liquidation' THEN -amount ELSE 0 END)
-                            OVER w / 10::numeric ^ decimals)::float8,
-                        symbol, block_number
-                 FROM lending_event
-                 WHERE chain_id = $1 AND reserve = $2 AND block_time IS NOT NULL
-                 WINDOW w AS (ORDER BY block_time, event_id ROWS UNBOUNDED PRECEDING)
-                 ORDER BY block_time, event_id",
-            )
-            .bind(chain as i64)
-            .bind(&reserve)
-            .fetch_all(&self.pool)
-            .await?;
-            // One point per instant: the running totals after all events at that time (their
-            // order within it is arbitrary).
-            let mut rows = rows;
-            rows.dedup_by(|later, earlier| {
-                if later.0 == earlier.0 {
-                    *earlier = later.clone();
-                    true
-                } else {
-                    false
-                }
-            });
-            let Some(latest) = rows.last().map(|r| r.0) else {
+            let rows = reserve_history(&self.pool, chain as i64, &reserve).await?;
+            let Some(last) = rows.last().cloned() else {
                 continue;
             };
-            let window: Vec<(f64, f64, f64)> = rows
-                .iter()
-                .filter(|r| r.0 >= latest - self.config.shortage_window_hours)
-                .map(|r| (r.0, r.1, r.2))
-                .collect();
+            let latest = last.hours;
+            let window: Vec<(f64, f64, f64)> =
+                recent(&rows, |r| r.hours, self.config.shortage_window_hours)
+                    .iter()
+                    .map(|r| (r.hours, r.supply, r.debt))
+                    .collect();
             let Some(shortage) = chainfold_domain::pool::utilisation_shortage(
                 &window,
                 self.config.shortage_horizon_hours,
@@ -488,7 +478,7 @@ impl RiskWorker {
             ) else {
                 continue;
             };
-            let (symbol, block) = rows.last().map(|r| (r.3.clone(), r.4)).unwrap_or_default();
+            let (symbol, block) = (last.symbol, last.block_number);
             let hour = latest.floor() as i64;
             alerts.push(Alert {
                 id: alert_id(&["LIQUIDITY_SHORTAGE", &chain.to_string(), &reserve, &hour.to_string()]),
@@ -510,6 +500,77 @@ impl RiskWorker {
                 detector_version: DETECTOR_VERSION,
                 // A forecast has no single source event.
                 source_published_at: None,
+                usd: None,
+            });
+        }
+        Ok(alerts)
+    }
+
+    /// Forecasts the ±2% depth of each AMM pool with new `Sync`s (its reserves' history in
+    /// `pool_sync`, one point per instant, over the shortage window) and raises a
+    /// `LIQUIDITY_SHORTAGE` alert with an add-liquidity recommendation when the forecast falls
+    /// below the depth bound; at most one alert per pool and hour of its latest `Sync`.
+    async fn depth_shortages(&mut self) -> anyhow::Result<Vec<Alert>> {
+        use chainfold_domain::pool::{depth_shortage, depth_token0};
+        use chainfold_platform::liquidity::{pool_history, recent};
+        let mut alerts = Vec::new();
+        for (chain, pool) in std::mem::take(&mut self.pools_touched) {
+            let rows = pool_history(&self.pool, chain as i64, &pool).await?;
+            let Some(last) = rows.last().cloned() else {
+                continue;
+            };
+            let history: Vec<(f64, f64)> =
+                recent(&rows, |r| r.hours, self.config.shortage_window_hours)
+                    .iter()
+                    .map(|r| (r.hours, depth_token0(r.reserve0, 0.02)))
+                    .collect();
+            let Some(shortage) = depth_shortage(
+                &history,
+                self.config.shortage_horizon_hours,
+                self.config.depth_bound,
+                self.config.depth_target,
+            ) else {
+                continue;
+            };
+            let (r0, r1, token0, token1, block) = (
+                last.reserve0,
+                last.reserve1,
+                last.token0,
+                last.token1,
+                last.block_number,
+            );
+            let add0 = (r0 * shortage.add_share).round();
+            let add1 = (r1 * shortage.add_share).round();
+            let usd = match token0.parse::<Address>() {
+                Ok(t) => self.token_usd(chain, t).await?.map(|(decimals, price)| {
+                    shortage.depth_forecast / 10f64.powi(i32::from(decimals)) * price
+                }),
+                Err(_) => None,
+            };
+            let hour = last.hours.floor() as i64;
+            alerts.push(Alert {
+                id: alert_id(&["LIQUIDITY_SHORTAGE", &chain.to_string(), &pool, &hour.to_string()]),
+                kind: "LIQUIDITY_SHORTAGE",
+                severity: if shortage.depth_forecast <= 0.0 { "HIGH" } else { "MEDIUM" },
+                chain_id: chain,
+                block_number: block.unwrap_or_default().max(0) as u64,
+                tx_hashes: Vec::new(),
+                addresses: Vec::new(),
+                pools: vec![pool.clone()],
+                evidence: serde_json::json!({
+                    "pool": pool, "token0": token0, "token1": token1,
+                    "depth_unit": "token0 base units within ±2% of the price",
+                    "forecast": shortage, "forecast_depth_usd": usd,
+                    "recommendation": {"action": "add_liquidity", "pool": pool,
+                                       "amount0": format!("{add0:.0}"), "amount1": format!("{add1:.0}"),
+                                       "reason": format!("add {:.1}% of the reserves (both tokens at the current ratio) to bring the {}h forecast depth from {:.0}% back to {:.0}% of its median",
+                                           shortage.add_share * 100.0, shortage.horizon_hours,
+                                           shortage.depth_forecast / shortage.depth_reference * 100.0,
+                                           shortage.target * 100.0)},
+                }),
+                detector_version: DETECTOR_VERSION,
+                source_published_at: None,
+                // The forecast's USD is evidence, not a loss to rank by.
                 usd: None,
             });
         }
