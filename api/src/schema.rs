@@ -96,6 +96,7 @@ impl From<PoolRow> for Pool {
             reverted_count: r.reverted_count,
             first_block: r.first_block,
             last_block: r.last_block,
+            liquidity_cache: Default::default(),
         }
     }
 }
@@ -198,7 +199,8 @@ impl QueryRoot {
         Ok(Some(IdentityScore::new(parsed, score, now)))
     }
 
-    /// A pool's swap summary; `null` when chainfold has seen no swap through it.
+    /// A pool's swap summary and liquidity; `null` when chainfold has seen neither a swap
+    /// through it nor a `Sync` of its reserves.
     async fn pool(
         &self,
         ctx: &Context<'_>,
@@ -209,7 +211,12 @@ impl QueryRoot {
         let pool = ctx.data_unchecked::<PgPool>();
         let row: Option<PoolRow> = sqlx::query_as(
             "SELECT chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
-             FROM pool_summary WHERE chain_id = $1 AND pool = $2",
+             FROM pool_summary WHERE chain_id = $1 AND pool = $2
+             UNION ALL
+             -- a pool with reserves (Syncs) and no swap yet
+             (SELECT chain_id, pool, protocol, 0, 0, NULL::int8, NULL::int8 FROM pool_sync
+              WHERE chain_id = $1 AND pool = $2 LIMIT 1)
+             LIMIT 1",
         )
         .bind(chain_id)
         .bind(&address)

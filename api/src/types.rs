@@ -420,6 +420,25 @@ pub struct Pool {
     pub reverted_count: i64,
     pub first_block: Option<i64>,
     pub last_block: Option<i64>,
+    /// The pool's liquidity, computed once per request for the fields that read it.
+    #[graphql(skip)]
+    pub liquidity_cache: std::sync::Arc<tokio::sync::OnceCell<Option<PoolLiquidity>>>,
+}
+
+/// One point of a pool's liquidity forecast.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct LiquidityForecastPoint {
+    /// When: the pool's latest `Sync` plus `hoursAhead`.
+    pub at: DateTime<Utc>,
+    pub hours_ahead: i32,
+    /// Depth within ±2% of the price in token0 base units (both sides at the pool's price),
+    /// on the least-squares trend of the last 24 h of `Sync`s; never below 0.
+    pub depth: f64,
+    /// `depth` at token0's USD price (oracle, else implied by the pool); null when unpriced.
+    pub depth_usd: Option<f64>,
+    /// Lending utilisation; always null for an AMM pool (lending reserves' utilisation
+    /// forecasts are in their `LIQUIDITY_SHORTAGE` alerts).
+    pub utilisation: Option<f64>,
 }
 
 /// Raw units of one token that flowed into and out of a pool.
@@ -482,6 +501,113 @@ impl Pool {
     /// Liquidity, value and anomaly of a constant-product pool from its `Sync` reserves; null
     /// for pools without one (recorded swaps carry no reserves).
     async fn liquidity(&self, ctx: &Context<'_>) -> ApiResult<Option<PoolLiquidity>> {
+        self.liquidity_of(ctx).await
+    }
+
+    /// Raw reserves (token0, token1) as of the latest `Sync`; null without one.
+    async fn reserves(&self, ctx: &Context<'_>) -> ApiResult<Option<Vec<String>>> {
+        Ok(self.liquidity_of(ctx).await?.map(|l| l.reserves))
+    }
+
+    /// token0's USD price implied by the pool (see `liquidity.priceUsd`).
+    async fn price_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
+        Ok(self.liquidity_of(ctx).await?.and_then(|l| l.price_usd))
+    }
+
+    /// USD tradable within ±2% of the price (see `liquidity.depthUsd`).
+    async fn depth_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
+        Ok(self.liquidity_of(ctx).await?.and_then(|l| l.depth_usd))
+    }
+
+    /// Reserves at USD prices (see `liquidity.tvlUsd`).
+    async fn tvl_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
+        Ok(self.liquidity_of(ctx).await?.and_then(|l| l.tvl_usd))
+    }
+
+    /// |robust z| of the latest reserve-ratio change (see `liquidity.anomalyScore`).
+    async fn anomaly_score(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
+        Ok(self.liquidity_of(ctx).await?.and_then(|l| l.anomaly_score))
+    }
+
+    /// The pool's depth forecast for each of the next `hours` hours (1–48) after its latest
+    /// `Sync`, from the trend of the 24 h before it; empty without an hour of timed `Sync`s.
+    async fn liquidity_forecast(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 6)] hours: i32,
+    ) -> ApiResult<Vec<LiquidityForecastPoint>> {
+        use chainfold_domain::pool::{depth_forecast, depth_token0};
+        use chainfold_platform::liquidity::{pool_history, recent};
+        if !(1..=48).contains(&hours) {
+            return Err(gql(ApiError::BadUserInput(format!(
+                "hours must be between 1 and 48, got {hours}"
+            ))));
+        }
+        let pool = ctx.data_unchecked::<PgPool>();
+        let rows = pool_history(pool, self.chain_id, &self.address)
+            .await
+            .map_err(gql)?;
+        let Some(last) = rows.last() else {
+            return Ok(Vec::new());
+        };
+        let history: Vec<(f64, f64)> = recent(&rows, |r| r.hours, 24.0)
+            .iter()
+            .map(|r| (r.hours, depth_token0(r.reserve0, 0.02)))
+            .collect();
+        // USD per token0 base unit, from the current liquidity's valuation.
+        let usd_per_unit = self.liquidity_of(ctx).await?.and_then(|l| {
+            let now = depth_token0(last.reserve0, 0.02);
+            l.depth_usd.filter(|_| now > 0.0).map(|d| d / now)
+        });
+        let start = DateTime::from_timestamp_micros((last.hours * 3600.0 * 1e6).round() as i64)
+            .unwrap_or_default();
+        Ok((1..=hours)
+            .filter_map(|h| {
+                let depth = depth_forecast(&history, f64::from(h))?;
+                Some(LiquidityForecastPoint {
+                    at: start + chrono::Duration::hours(i64::from(h)),
+                    hours_ahead: h,
+                    depth,
+                    depth_usd: usd_per_unit.map(|u| depth * u),
+                    utilisation: None,
+                })
+            })
+            .collect())
+    }
+
+    /// Per-token volumes of the pool's successful swaps.
+    async fn token_volumes(&self, ctx: &Context<'_>) -> ApiResult<Vec<TokenVolume>> {
+        let pool = ctx.data_unchecked::<PgPool>();
+        let rows: Vec<(String, BigDecimal, BigDecimal)> = sqlx::query_as(
+            "SELECT token, volume_in, volume_out FROM pool_token_volume WHERE chain_id = $1 AND pool = $2 ORDER BY token",
+        )
+        .bind(self.chain_id)
+        .bind(&self.address)
+        .fetch_all(pool)
+        .await
+        .map_err(gql)?;
+        Ok(rows
+            .into_iter()
+            .map(|(token, vin, vout)| TokenVolume {
+                token,
+                net_flow: (&vin - &vout).to_plain_string(),
+                volume_in: vin.to_plain_string(),
+                volume_out: vout.to_plain_string(),
+            })
+            .collect())
+    }
+}
+
+impl Pool {
+    /// The pool's liquidity (computed once per `Pool` value, so the flat fields share it).
+    async fn liquidity_of(&self, ctx: &Context<'_>) -> ApiResult<Option<PoolLiquidity>> {
+        self.liquidity_cache
+            .get_or_try_init(|| self.compute_liquidity(ctx))
+            .await
+            .cloned()
+    }
+
+    async fn compute_liquidity(&self, ctx: &Context<'_>) -> ApiResult<Option<PoolLiquidity>> {
         use chainfold_domain::pool::{depth_usd, ratio_anomaly};
         let pool = ctx.data_unchecked::<PgPool>();
         type SyncRow = (String, String, BigDecimal, BigDecimal, Option<i64>);
@@ -555,28 +681,6 @@ impl Pool {
             }
         }
         Ok(Some(out))
-    }
-
-    /// Per-token volumes of the pool's successful swaps.
-    async fn token_volumes(&self, ctx: &Context<'_>) -> ApiResult<Vec<TokenVolume>> {
-        let pool = ctx.data_unchecked::<PgPool>();
-        let rows: Vec<(String, BigDecimal, BigDecimal)> = sqlx::query_as(
-            "SELECT token, volume_in, volume_out FROM pool_token_volume WHERE chain_id = $1 AND pool = $2 ORDER BY token",
-        )
-        .bind(self.chain_id)
-        .bind(&self.address)
-        .fetch_all(pool)
-        .await
-        .map_err(gql)?;
-        Ok(rows
-            .into_iter()
-            .map(|(token, vin, vout)| TokenVolume {
-                token,
-                net_flow: (&vin - &vout).to_plain_string(),
-                volume_in: vin.to_plain_string(),
-                volume_out: vout.to_plain_string(),
-            })
-            .collect())
     }
 }
 

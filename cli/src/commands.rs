@@ -152,6 +152,12 @@ pub struct ReportConfig {
         default_value = "scoring/models/pool-anomaly-v1"
     )]
     pub anomaly_model_dir: PathBuf,
+    /// Labels written by `chainfold simulate` (e.g. `simulate-labels.jsonl` after `chainfold
+    /// demo`): adds the scenario table, measured on what `chainfold risk` stored in Postgres.
+    #[arg(long = "labels")]
+    pub labels: Option<PathBuf>,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
 }
 
 /// `chainfold tail` settings.
@@ -216,9 +222,26 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .await
         }
         Command::Report(config) => {
+            let scenarios = match &config.labels {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("could not read labels {}", path.display()))?;
+                    let labels = text
+                        .lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(serde_json::from_str)
+                        .collect::<Result<Vec<serde_json::Value>, _>>()
+                        .with_context(|| format!("{} is not JSON lines", path.display()))?;
+                    let pool =
+                        chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
+                    Some(chainfold_scoring::report::measure_scenarios(&pool, &labels).await?)
+                }
+                None => None,
+            };
             let md = chainfold_scoring::report::run(
                 &config.data_dir,
                 Some(&config.anomaly_model_dir),
+                scenarios.as_deref(),
                 &config.out,
             )?;
             println!("{md}");

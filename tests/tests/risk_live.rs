@@ -177,6 +177,31 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         "{ranked}"
     );
 
+    // The report's scenario table, measured on what this run stored, is the committed one.
+    let labels: Vec<serde_json::Value> = summary
+        .labels
+        .iter()
+        .map(|l| serde_json::to_value(l).expect("label json"))
+        .collect();
+    let results = chainfold_scoring::report::measure_scenarios(&pool, &labels)
+        .await
+        .expect("scenarios");
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert!(results.iter().all(|r| r.hit), "{results:?}");
+    assert!(results
+        .iter()
+        .filter(|r| r.scenario != "oracle_crash")
+        .all(|r| r.delay_blocks == Some(0)));
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring/REPORT.md"),
+    )
+    .expect("report");
+    let section = chainfold_scoring::report::render_scenarios(&results);
+    assert!(
+        committed.contains(&section),
+        "scoring/REPORT.md's scenario table differs from the measured one:\n{section}"
+    );
+
     // The oracle rounds recomputed the stress test on the chain's positions, once (the
     // interval holds back the rest), with its inputs stored.
     assert_eq!(outcome.stress_runs, 1, "{outcome:?}");
@@ -536,4 +561,133 @@ async fn a_forecast_shortage_is_provisioned_on_the_fixture_pool_only_when_healin
         .await
         .expect("collateral");
     assert_eq!(supplied, units(amount, 6) + U256::from(1u8));
+}
+
+#[tokio::test]
+async fn liquidity_pulled_hour_by_hour_forecasts_a_depth_shortage_with_liquidity_to_add() {
+    use alloy::primitives::{Address, U256};
+    use alloy::providers::Provider as _;
+    use chainfold_simulate::contracts::units;
+    let iso = Isolated::new("depth").await;
+    let anvil = Anvil::spawn(31337).expect("anvil starts");
+    let weth = chainfold_simulate::prices(&data_dir(), "WETH").expect("prices");
+    let wbtc = chainfold_simulate::prices(&data_dir(), "WBTC").expect("prices");
+    let d = chainfold_simulate::Deployment::deploy(&anvil.http_url(), weth[0], wbtc[0])
+        .await
+        .expect("deploy");
+    // 100 WETH / 100·price USDC, then the LP pulls 20% of its shares every hour for 5 hours:
+    // the ±2% depth falls ~20% an hour, so the 6-hour trend reaches zero.
+    let (lp, pair) = (Address::repeat_byte(0x41), d.pairs[0]);
+    for (token, amount) in [
+        (d.weth.token, units(1e6, 18)),
+        (d.usdc.token, units(1e12, 6)),
+    ] {
+        d.fund(lp, token, amount).await.expect("fund");
+        d.approve(lp, token, d.router).await.expect("approve");
+    }
+    d.approve(lp, pair, d.router).await.expect("approve shares");
+    let (_, _, token0) = d.reserves(pair).await.expect("reserves");
+    let (w, u) = (units(100.0, 18), units(100.0 * weth[0], 6));
+    let (a0, a1) = if token0 == d.weth.token {
+        (w, u)
+    } else {
+        (u, w)
+    };
+    d.add_liquidity(lp, pair, a0, a1).await.expect("liquidity");
+    for _ in 0..5 {
+        let _: serde_json::Value = d
+            .provider
+            .raw_request("evm_increaseTime".into(), (3600u64,))
+            .await
+            .expect("time passes");
+        let shares = d.lp_balance(pair, lp).await.expect("shares");
+        d.remove_liquidity(lp, pair, shares / U256::from(5u8))
+            .await
+            .expect("pull");
+    }
+    let (r0, r1, _) = d.reserves(pair).await.expect("reserves after");
+    let pool = follow_and_project(&iso, &d.chains_toml("anvil", &anvil.http_url(), None, 0)).await;
+    let mut worker = RiskWorker::build(RiskConfig::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        unique("risk"),
+    ))
+    .await
+    .expect("risk worker");
+    let outcome = worker
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("forecasts");
+    let pair_hex = format!("{pair:#x}");
+    let alerts: Vec<(Vec<String>, serde_json::Value)> = sqlx::query_as(
+        "SELECT pools, evidence FROM risk_alert WHERE kind = 'LIQUIDITY_SHORTAGE'
+             ORDER BY block_number DESC",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("alerts");
+    // One per pool and hour of its latest Sync: batches that end mid-history may add earlier ones.
+    assert!(!alerts.is_empty(), "{outcome:?}");
+    assert!(
+        alerts.iter().all(|a| a.0 == vec![pair_hex.clone()]),
+        "{alerts:?}"
+    );
+    let (_, evidence) = &alerts[0];
+    let rec = &evidence["recommendation"];
+    assert_eq!(rec["action"], "add_liquidity", "{evidence}");
+    let amount = |k: &str| -> f64 { rec[k].as_str().expect("amount").parse().expect("number") };
+    let (r0, r1) = (
+        r0.to_string().parse::<f64>().expect("r0"),
+        r1.to_string().parse::<f64>().expect("r1"),
+    );
+    // Both tokens at the pool's current ratio, enough to bring the forecast back to 80% of the
+    // window's median depth (add_share of the reserves).
+    let share = evidence["forecast"]["add_share"].as_f64().expect("share");
+    assert!(share > 0.0, "{evidence}");
+    assert!(
+        (amount("amount0") - (r0 * share).round()).abs() <= 1.0,
+        "{evidence}"
+    );
+    assert!((amount("amount1") / amount("amount0") - r1 / r0).abs() < 1e-6 * r1 / r0);
+    let f = &evidence["forecast"];
+    assert!(
+        f["depth_forecast"].as_f64().expect("forecast")
+            < 0.5 * f["depth_reference"].as_f64().expect("reference"),
+        "{f}"
+    );
+
+    // The API's forecast for the pool falls hour by hour, and its flat liquidity fields match
+    // the nested ones.
+    let answer = serde_json::to_value(
+        chainfold_api::build_schema(pool.clone())
+            .execute(format!(
+                "{{ pool(chainId: 31337, address: \"{pair_hex}\") {{ reserves depthUsd tvlUsd
+                     liquidity {{ reserves depthUsd tvlUsd }}
+                     liquidityForecast(hours: 3) {{ at hoursAhead depth depthUsd utilisation }} }} }}"
+            ))
+            .await,
+    )
+    .expect("json");
+    let p = &answer["data"]["pool"];
+    assert_eq!(p["reserves"], p["liquidity"]["reserves"], "{answer}");
+    assert_eq!(p["depthUsd"], p["liquidity"]["depthUsd"], "{answer}");
+    let reserve0: f64 = p["reserves"][0]
+        .as_str()
+        .expect("reserve0")
+        .parse()
+        .expect("number");
+    assert!((reserve0 - r0).abs() <= 1e-9 * r0, "{answer}");
+    let points = p["liquidityForecast"].as_array().expect("forecast");
+    assert_eq!(points.len(), 3, "{answer}");
+    let depths: Vec<f64> = points
+        .iter()
+        .map(|pt| pt["depth"].as_f64().expect("depth"))
+        .collect();
+    assert!(depths.windows(2).all(|w| w[1] <= w[0]), "{depths:?}");
+    assert!(
+        depths[0] < chainfold_domain::pool::depth_token0(r0, 0.02),
+        "{depths:?}"
+    );
+    assert!(points.iter().all(|pt| pt["utilisation"].is_null()));
 }
