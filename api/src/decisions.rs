@@ -198,6 +198,7 @@ impl MutationRoot {
         if asset.is_empty() || asset.len() > 64 {
             return Err(bad("collateralAsset must be a symbol or an address".into()));
         }
+        crate::auth::caller(ctx).key_id("requestCredit")?;
         let Some(desk) = ctx.data_opt::<DecisionDesk>() else {
             return Err(bad(
                 "this API serves no decisions (no policy configured)".into()

@@ -1,11 +1,17 @@
 //! The GraphQL API (`chainfold serve`): async-graphql on axum over the Postgres read models.
 //!
-//! Routes: `POST /graphql` (queries), `GET /` (GraphiQL), `GET /health` (each dependency).
+//! Routes: `POST /graphql` (queries and mutations), `GET /graphql` upgraded to a WebSocket
+//! (subscriptions, `graphql-transport-ws` and the legacy `graphql-ws`), `GET /` (GraphiQL),
+//! `GET /health` (each dependency), `GET /metrics` (Prometheus text).
 //! The schema is built in [`schema::build`]; `schema.graphql` at the workspace root is generated
 //! from it and a test fails when the file is stale.
 
+pub mod auth;
+pub mod books;
 pub mod decisions;
 pub mod error;
+pub mod live;
+pub mod metrics;
 pub mod risk;
 pub mod schema;
 pub mod types;
@@ -14,11 +20,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::GraphQL;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse};
+use std::sync::Arc;
+
+use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
@@ -52,6 +61,22 @@ pub struct Config {
     /// Largest accepted request body in bytes (an oversized query is refused with 413).
     #[arg(long = "max-body-bytes", env = "CHAINFOLD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Requests per minute one IP may make without an API key (keys have their own budget,
+    /// set by `chainfold apikey create --rate-per-minute`).
+    #[arg(
+        long = "public-rate-per-minute",
+        env = "CHAINFOLD_PUBLIC_RATE_PER_MINUTE",
+        default_value_t = 600
+    )]
+    pub public_rate_per_minute: u32,
+    /// Consumer groups whose lag `/metrics` reports (comma-separated).
+    #[arg(
+        long = "metrics-groups",
+        env = "CHAINFOLD_METRICS_GROUPS",
+        value_delimiter = ',',
+        default_value = "chainfold-projector,chainfold-scorer,chainfold-risk"
+    )]
+    pub metrics_groups: Vec<String>,
 }
 
 impl Config {
@@ -64,6 +89,10 @@ impl Config {
             listen,
             statement_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,
+            public_rate_per_minute: 600,
+            metrics_groups: ["chainfold-projector", "chainfold-scorer", "chainfold-risk"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -72,6 +101,10 @@ impl Config {
 struct AppState {
     pool: PgPool,
     redis: ConnectionManager,
+    schema: ChainfoldSchema,
+    limiter: Arc<auth::RateLimiter>,
+    public_rate: u32,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// A bound, not yet serving, API server (binds in `build` so tests can use port 0).
@@ -115,15 +148,31 @@ impl App {
             topic,
             redis: Some((redis.clone(), config.redis.prefix.clone())),
         };
-        let schema = schema::build_with(pool.clone(), Some(desk));
+        let hub = live::Hub::start(pool.clone())
+            .await
+            .context("could not listen for the subscription feeds")?;
+        let schema = schema::build_full(pool.clone(), Some(desk), Some(hub.clone()));
+        let metrics = Arc::new(metrics::Metrics::new(
+            hub,
+            config.kafka.clone(),
+            config.metrics_groups.clone(),
+        ));
         let router = Router::new()
             .route("/", get(graphiql))
-            .route_service("/graphql", GraphQL::new(schema.clone()))
+            .route("/graphql", get(graphql_ws).post(graphql_http))
             .route("/health", get(health))
+            .route("/metrics", get(metrics::serve))
             .layer(tower_http::limit::RequestBodyLimitLayer::new(
                 config.max_body_bytes,
             ))
-            .with_state(AppState { pool, redis });
+            .with_state(AppState {
+                pool,
+                redis,
+                schema: schema.clone(),
+                limiter: Arc::default(),
+                public_rate: config.public_rate_per_minute,
+                metrics,
+            });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("could not listen on {}", config.listen))?;
@@ -157,17 +206,142 @@ impl App {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "api listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("api server failed")
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("api server failed")
     }
+}
+
+/// A GraphQL error response outside the schema (auth, rate limit), with a status.
+fn refusal(status: StatusCode, code: &str, message: String, retry_after: Option<u64>) -> Response {
+    let body = Json(serde_json::json!({
+        "errors": [{"message": message, "extensions": {"code": code}}]
+    }));
+    let mut response = (status, body).into_response();
+    if let Some(seconds) = retry_after {
+        if let Ok(v) = seconds.to_string().parse() {
+            response.headers_mut().insert("retry-after", v);
+        }
+    }
+    response
+}
+
+/// Resolves the caller of a request and spends one token of its rate limit.
+async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<auth::Caller, Response> {
+    let caller = match auth::resolve(&state.pool, auth::presented_key(headers).as_deref()).await {
+        Ok(caller) => caller,
+        Err(auth::KeyError::Invalid) => {
+            return Err(refusal(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                auth::KeyError::Invalid.to_string(),
+                None,
+            ))
+        }
+        Err(err) => {
+            return Err(refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "INTERNAL",
+                err.to_string(),
+                None,
+            ))
+        }
+    };
+    let (bucket, rate) = match &caller {
+        auth::Caller::Anonymous => (auth::Bucket::Ip(peer.ip()), state.public_rate),
+        auth::Caller::Key {
+            id,
+            rate_per_minute,
+            ..
+        } => (auth::Bucket::Key(*id), *rate_per_minute),
+    };
+    if let Err(wait) = state.limiter.check(bucket, rate) {
+        state.metrics.rate_limited();
+        return Err(refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            format!("rate limit of {rate} requests per minute reached; retry in {wait}s"),
+            Some(wait),
+        ));
+    }
+    Ok(caller)
+}
+
+/// `POST /graphql`: queries and mutations, with the caller (API key or anonymous) in the
+/// request's data.
+async fn graphql_http(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> Response {
+    let started = std::time::Instant::now();
+    let caller = match admit(&state, &headers, peer).await {
+        Ok(caller) => caller,
+        Err(refused) => return refused,
+    };
+    let request = request.into_inner().data(caller);
+    let kind = metrics::operation_kind(&request.query);
+    let response = state.schema.execute(request).await;
+    state
+        .metrics
+        .observe_request(kind, response.is_ok(), started.elapsed());
+    GraphQLResponse::from(response).into_response()
+}
+
+/// `GET /graphql` with a WebSocket upgrade: subscriptions. The key comes in the
+/// `connection_init` payload (`{"apiKey": "…"}`) or the upgrade request's headers.
+async fn graphql_ws(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let header_caller = match admit(&state, &headers, peer).await {
+        Ok(caller) => caller,
+        Err(refused) => return refused,
+    };
+    let schema = state.schema.clone();
+    let pool = state.pool.clone();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| {
+            GraphQLWebSocket::new(stream, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let key = payload
+                        .get("apiKey")
+                        .or_else(|| payload.get("x-api-key"))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned);
+                    let caller = match key {
+                        Some(key) => auth::resolve(&pool, Some(&key))
+                            .await
+                            .map_err(|e| async_graphql::Error::new(e.to_string()))?,
+                        None => header_caller,
+                    };
+                    let mut data = async_graphql::Data::default();
+                    data.insert(caller);
+                    Ok(data)
+                })
+                .serve()
+        })
 }
 
 async fn graphiql() -> impl IntoResponse {
     Html(
         GraphiQLSource::build()
             .endpoint("/graphql")
+            .subscription_endpoint("/graphql")
             .title("chainfold GraphiQL")
             .finish(),
     )

@@ -20,7 +20,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    fn stored(self) -> &'static str {
+    pub(crate) fn stored(self) -> &'static str {
         match self {
             AlertKind::Sandwich => "SANDWICH",
             AlertKind::FlashLoanAttack => "FLASH_LOAN_ATTACK",
@@ -135,7 +135,7 @@ pub struct Incident {
 #[derive(Debug, Default)]
 pub struct RiskQuery;
 
-type AlertRow = (
+pub(crate) type AlertRow = (
     i64,
     String,
     String,
@@ -211,28 +211,13 @@ impl RiskQuery {
             AlertsInfo { total_count: total },
         );
         for (rank, r) in rows.into_iter().take(limit as usize).enumerate() {
-            let severity = severity_of(&r.3);
             let cursor = match order_by {
                 AlertOrder::Newest => r.0,
                 AlertOrder::Usd => after_seq.unwrap_or(0) + rank as i64 + 1,
             };
-            connection.edges.push(Edge::new(
-                encode_cursor(&format!("{cursor}|")),
-                Alert {
-                    id: r.1,
-                    kind: AlertKind::of(&r.2),
-                    severity,
-                    chain_id: r.4,
-                    block_number: r.5,
-                    tx_hashes: r.6,
-                    addresses: r.7,
-                    pools: r.8,
-                    evidence: Json(r.9),
-                    detector_version: r.10,
-                    detected_at: r.11,
-                    usd: r.12,
-                },
-            ));
+            connection
+                .edges
+                .push(Edge::new(encode_cursor(&format!("{cursor}|")), alert_of(r)));
         }
         Ok(connection)
     }
@@ -339,7 +324,39 @@ impl RiskQuery {
     }
 }
 
-fn severity_of(stored: &str) -> Severity {
+/// The columns an [`AlertRow`] reads, in order.
+pub(crate) const ALERT_COLUMNS: &str = "seq, id, kind, severity, chain_id, block_number, tx_hashes, addresses, pools, evidence, detector_version, detected_at, usd";
+
+/// An alert from its stored row.
+pub(crate) fn alert_of(r: AlertRow) -> Alert {
+    Alert {
+        id: r.1,
+        kind: AlertKind::of(&r.2),
+        severity: severity_of(&r.3),
+        chain_id: r.4,
+        block_number: r.5,
+        tx_hashes: r.6,
+        addresses: r.7,
+        pools: r.8,
+        evidence: Json(r.9),
+        detector_version: r.10,
+        detected_at: r.11,
+        usd: r.12,
+    }
+}
+
+impl Severity {
+    /// The stored severities at or above this one.
+    pub(crate) fn and_above(self) -> Vec<String> {
+        ["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+            .iter()
+            .filter(|s| severity_of(s) as u8 >= self as u8)
+            .map(|s| (*s).to_owned())
+            .collect()
+    }
+}
+
+pub(crate) fn severity_of(stored: &str) -> Severity {
     match stored {
         "CRITICAL" => Severity::Critical,
         "HIGH" => Severity::High,

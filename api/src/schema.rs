@@ -1,22 +1,29 @@
 //! Schema roots. `main` only mounts these.
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::{Context, EmptySubscription, MergedObject, Object, Schema};
+use async_graphql::{Context, MergedObject, Object, Schema};
 use sqlx::PgPool;
 
+use crate::books::{BookMutation, BookQuery};
 use crate::decisions::{DecisionDesk, MutationRoot};
 use crate::error::{gql, ApiError, ApiResult};
+use crate::live::{Hub, SubscriptionRoot};
 use crate::types::{
     encode_cursor as cursor_of, page_size, split_cursor, IdentityScore, LendingAction,
     LendingSummary, Pool, PoolOrderBy, Wallet,
 };
 
 /// The chainfold schema.
-pub type ChainfoldSchema = Schema<Query, MutationRoot, EmptySubscription>;
+pub type ChainfoldSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
-/// The query root: wallets, pools and credit ([`QueryRoot`]) and risk ([`RiskQuery`]).
+/// The query root: wallets, pools and credit ([`QueryRoot`]), risk ([`RiskQuery`]) and a
+/// lender's books ([`BookQuery`]).
 #[derive(MergedObject, Debug, Default)]
-pub struct Query(QueryRoot, crate::risk::RiskQuery);
+pub struct Query(QueryRoot, crate::risk::RiskQuery, BookQuery);
+
+/// The mutation root: credit requests and books (both need an API key).
+#[derive(MergedObject, Debug, Default)]
+pub struct Mutation(MutationRoot, BookMutation);
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
@@ -30,9 +37,18 @@ pub fn build(pool: PgPool) -> ChainfoldSchema {
 
 /// [`build`] with the decision desk `requestCredit` needs (without one it refuses, clearly).
 pub fn build_with(pool: PgPool, desk: Option<DecisionDesk>) -> ChainfoldSchema {
-    let builder = Schema::build(Query::default(), MutationRoot, EmptySubscription).data(pool);
+    build_full(pool, desk, None)
+}
+
+/// [`build_with`] plus the subscription feed hub (`chainfold serve` starts one).
+pub fn build_full(pool: PgPool, desk: Option<DecisionDesk>, hub: Option<Hub>) -> ChainfoldSchema {
+    let builder = Schema::build(Query::default(), Mutation::default(), SubscriptionRoot).data(pool);
     let builder = match desk {
         Some(desk) => builder.data(desk),
+        None => builder,
+    };
+    let builder = match hub {
+        Some(hub) => builder.data(hub),
         None => builder,
     };
     builder
@@ -43,7 +59,7 @@ pub fn build_with(pool: PgPool, desk: Option<DecisionDesk>) -> ChainfoldSchema {
 
 /// The schema without a database, for printing SDL.
 pub fn sdl() -> String {
-    Schema::build(Query::default(), MutationRoot, EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), SubscriptionRoot)
         .finish()
         .sdl()
 }

@@ -208,8 +208,8 @@ impl IdentityScore {
 }
 
 #[derive(sqlx::FromRow)]
-struct ScoreRow {
-    id: i64,
+pub(crate) struct ScoreRow {
+    pub(crate) id: i64,
     score: i32,
     band: String,
     probability_of_liquidation: Option<f64>,
@@ -224,7 +224,7 @@ struct ScoreRow {
     block_number: Option<i64>,
 }
 
-const SCORE_COLUMNS: &str = "id, score, band, probability_of_liquidation, reasons, model_version, model_sha256, computed_at, event_id, kafka_topic, kafka_partition, kafka_offset, block_number";
+pub(crate) const SCORE_COLUMNS: &str = "id, score, band, probability_of_liquidation, reasons, model_version, model_sha256, computed_at, event_id, kafka_topic, kafka_partition, kafka_offset, block_number";
 
 impl From<ScoreRow> for CreditScore {
     fn from(row: ScoreRow) -> Self {

@@ -271,6 +271,14 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
         redis: None,
     };
     let lender = chainfold_api::schema::build_with(pool.clone(), Some(desk));
+    // requestCredit needs an API key: the request carries the caller the HTTP layer would.
+    let as_lender = |query: String| {
+        async_graphql::Request::new(query).data(chainfold_api::auth::Caller::Key {
+            id: 0,
+            name: "lender".into(),
+            rate_per_minute: 600,
+        })
+    };
     let (peer_score, peer_band): (i32, String) = sqlx::query_as(
         "SELECT score, band FROM credit_score_latest WHERE chain_id = 137 AND wallet = $1",
     )
@@ -292,8 +300,8 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
                 collateralUsd collateralDailyVolatility trigger }} }}"#
         )
     };
-    let response =
-        serde_json::to_value(lender.execute(request(&peer, &asset).as_str()).await).expect("json");
+    let response = serde_json::to_value(lender.execute(as_lender(request(&peer, &asset))).await)
+        .expect("json");
     let decision = &response["data"]["requestCredit"];
     assert_eq!(decision["score"], peer_score, "{response}");
     assert_eq!(decision["band"], peer_band);
@@ -344,7 +352,7 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
         ),
         (peer.as_str(), "NOPE", "not a reserve"),
     ] {
-        let refused = serde_json::to_value(lender.execute(request(wallet, asset).as_str()).await)
+        let refused = serde_json::to_value(lender.execute(as_lender(request(wallet, asset))).await)
             .expect("json");
         assert_eq!(
             refused["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",

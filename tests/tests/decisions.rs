@@ -163,11 +163,15 @@ async fn a_decision_is_scored_requested_published_and_applied_on_the_fixture_poo
     let response = serde_json::to_value(
         schema
             .execute(
-                format!(
+                async_graphql::Request::new(format!(
                     r#"mutation {{ requestCredit(chainId: 31337, address: "{wallet}", amountUsd: 500, collateralAsset: "{weth_address}") {{
                         id outcome requiredCollateralRatio collateralUsd score }} }}"#
-                )
-                .as_str(),
+                ))
+                .data(chainfold_api::auth::Caller::Key {
+                    id: 0,
+                    name: "lender".into(),
+                    rate_per_minute: 600,
+                }),
             )
             .await,
     )

@@ -1,0 +1,220 @@
+//! API keys and rate limits.
+//!
+//! A key is `cf_` followed by 32 random bytes in hex, shown once by `chainfold apikey create`;
+//! Postgres keeps only its SHA-256. Requests carry it as `x-api-key: <key>` or
+//! `Authorization: Bearer <key>` (WebSocket clients: `{"apiKey": "<key>"}` in the
+//! `connection_init` payload). A key is required for subscriptions, mutations and books; public
+//! queries work without one under a per-IP rate limit. Each key has its own per-minute budget.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use async_graphql::{Context, ErrorExtensions as _};
+use sha2::{Digest as _, Sha256};
+use sqlx::PgPool;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// No key: public queries only.
+    Anonymous,
+    /// A valid, unrevoked key.
+    Key {
+        id: i64,
+        name: String,
+        rate_per_minute: u32,
+    },
+}
+
+impl Caller {
+    /// The key's id, or an `UNAUTHENTICATED` error naming what needed it.
+    pub fn key_id(&self, what: &str) -> Result<i64, async_graphql::Error> {
+        match self {
+            Caller::Key { id, .. } => Ok(*id),
+            Caller::Anonymous => Err(unauthenticated(what)),
+        }
+    }
+}
+
+/// The caller of a resolver: what the HTTP or WebSocket layer put in the request; an in-process
+/// execution without one is anonymous.
+pub fn caller<'a>(ctx: &'a Context<'_>) -> &'a Caller {
+    ctx.data_opt::<Caller>().unwrap_or(&Caller::Anonymous)
+}
+
+/// The error for an operation that needs a key.
+pub fn unauthenticated(what: &str) -> async_graphql::Error {
+    async_graphql::Error::new(format!(
+        "{what} needs an API key: send it as `x-api-key` or `Authorization: Bearer` (WebSocket: `apiKey` in connection_init); create one with `chainfold apikey create --name …`"
+    ))
+    .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"))
+}
+
+/// SHA-256 of a key, lowercase hex: what Postgres stores.
+pub fn key_hash(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates a key named `name`; returns its id and the key (shown once, never stored).
+pub async fn create_key(
+    pool: &PgPool,
+    name: &str,
+    rate_per_minute: u32,
+) -> anyhow::Result<(i64, String)> {
+    use rand::RngCore as _;
+    anyhow::ensure!(!name.trim().is_empty(), "a key needs a --name");
+    anyhow::ensure!(rate_per_minute > 0, "--rate-per-minute must be positive");
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let key = format!(
+        "cf_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO api_key (name, key_sha256, rate_per_minute) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(name.trim())
+    .bind(key_hash(&key))
+    .bind(rate_per_minute as i32)
+    .fetch_one(pool)
+    .await?;
+    Ok((id, key))
+}
+
+/// Revokes a key by id; false when there is no such unrevoked key.
+pub async fn revoke_key(pool: &PgPool, id: i64) -> anyhow::Result<bool> {
+    let done =
+        sqlx::query("UPDATE api_key SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Why a presented key was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("the API key is not valid (unknown or revoked)")]
+    Invalid,
+    #[error("could not check the API key")]
+    Unavailable,
+}
+
+/// The caller a presented key stands for (`None`: anonymous).
+pub async fn resolve(pool: &PgPool, key: Option<&str>) -> Result<Caller, KeyError> {
+    let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) else {
+        return Ok(Caller::Anonymous);
+    };
+    let row: Option<(i64, String, i32)> = sqlx::query_as(
+        "SELECT id, name, rate_per_minute FROM api_key WHERE key_sha256 = $1 AND revoked_at IS NULL",
+    )
+    .bind(key_hash(key))
+    .fetch_optional(pool)
+    .await
+    .map_err(|err| {
+        tracing::error!(error = %err, "api key lookup failed");
+        KeyError::Unavailable
+    })?;
+    let (id, name, rate) = row.ok_or(KeyError::Invalid)?;
+    Ok(Caller::Key {
+        id,
+        name,
+        rate_per_minute: rate.max(1) as u32,
+    })
+}
+
+/// The key a request presents: `x-api-key`, else `Authorization: Bearer`.
+pub fn presented_key(headers: &axum::http::HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.to_owned());
+    }
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+}
+
+/// What a rate limit is kept per.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    Ip(IpAddr),
+    Key(i64),
+}
+
+/// Token buckets, one per IP (anonymous) or key: `rate` per minute, bursts up to `rate`.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<Bucket, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// Takes one token from `bucket`; `Err(seconds until one is available)` when empty.
+    pub fn check(&self, bucket: Bucket, rate_per_minute: u32) -> Result<(), u64> {
+        self.check_at(bucket, rate_per_minute, Instant::now())
+    }
+
+    fn check_at(&self, bucket: Bucket, rate_per_minute: u32, now: Instant) -> Result<(), u64> {
+        let capacity = f64::from(rate_per_minute.max(1));
+        let per_second = capacity / 60.0;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 100_000 {
+            // Forget buckets that have refilled: they hold no state worth keeping.
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_second < capacity
+            });
+        }
+        let (tokens, at) = buckets.entry(bucket).or_insert((capacity, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(capacity);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / per_second).ceil() as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bucket_allows_its_rate_then_refuses_until_it_refills() {
+        let limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        let ip = Bucket::Ip("127.0.0.1".parse().expect("ip"));
+        for _ in 0..60 {
+            assert_eq!(limiter.check_at(ip.clone(), 60, t0), Ok(()));
+        }
+        assert_eq!(limiter.check_at(ip.clone(), 60, t0), Err(1));
+        // Another bucket is untouched; one second refills one token at 60/min.
+        assert_eq!(limiter.check_at(Bucket::Key(1), 60, t0), Ok(()));
+        assert_eq!(
+            limiter.check_at(ip.clone(), 60, t0 + Duration::from_secs(1)),
+            Ok(())
+        );
+        assert!(limiter
+            .check_at(ip, 60, t0 + Duration::from_secs(1))
+            .is_err());
+    }
+
+    #[test]
+    fn keys_are_hashed_and_found_in_either_header() {
+        assert_eq!(
+            key_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(presented_key(&h), None);
+        h.insert("authorization", "Bearer cf_1".parse().expect("header"));
+        assert_eq!(presented_key(&h).as_deref(), Some("cf_1"));
+        h.insert("x-api-key", "cf_2".parse().expect("header"));
+        assert_eq!(presented_key(&h).as_deref(), Some("cf_2"));
+    }
+}

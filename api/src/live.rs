@@ -1,0 +1,601 @@
+//! Subscriptions: score, alert and decision updates pushed on commit, resumable by cursor.
+//!
+//! **Feed.** Each pushed table (`credit_score`, `risk_alert`, `credit_decision`) notifies
+//! `chainfold_<table>` after every insert statement with the range of sequence numbers it
+//! inserted (migration `..._live_feeds.sql`); Postgres delivers that only after the commit, in
+//! commit order, and the writers' advisory lock makes sequence order commit order. One
+//! [`Hub`] per API process listens, reads each new range **once** and broadcasts the rows; every
+//! subscriber filters the shared broadcast, so ten thousand subscribers cost one listener and
+//! one query per commit, not ten thousand.
+//!
+//! **Cursors.** Every update carries `cursor`: its row's sequence number. A subscription with
+//! `after: cursor` first pages through Postgres for what it missed (rows after the cursor that
+//! match its filter, 500 at a time), then goes live, skipping live rows it already replayed: no
+//! gap, no duplicate. A subscriber that falls more than the broadcast buffer behind catches up
+//! from Postgres the same way instead of losing updates.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use async_graphql::{Context, Subscription, ID};
+use futures::stream::{BoxStream, StreamExt as _};
+use futures::FutureExt as _;
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+
+use crate::auth::caller;
+use crate::decisions::CreditDecision;
+use crate::error::{gql, ApiError, ApiResult};
+use crate::risk::{alert_of, Alert, AlertKind, AlertRow, Severity, ALERT_COLUMNS};
+use crate::schema::parse_address;
+use crate::types::{CreditScore, ScoreRow, SCORE_COLUMNS};
+
+/// Rows a catch-up query reads at a time.
+const CATCH_UP_PAGE: i64 = 500;
+/// Updates a slow subscriber may fall behind before it catches up from Postgres.
+const BROADCAST_BUFFER: usize = 4096;
+
+/// A new credit score of a wallet.
+#[derive(async_graphql::SimpleObject, Debug, Clone)]
+pub struct ScoreUpdate {
+    /// Resume after this update with `after: cursor`.
+    pub cursor: String,
+    pub chain_id: i64,
+    pub wallet: String,
+    pub score: CreditScore,
+}
+
+/// A new risk alert.
+#[derive(async_graphql::SimpleObject, Debug, Clone)]
+pub struct AlertUpdate {
+    pub cursor: String,
+    pub alert: Alert,
+}
+
+/// A new lending decision.
+#[derive(async_graphql::SimpleObject, Debug, Clone)]
+pub struct DecisionUpdate {
+    pub cursor: String,
+    pub decision: CreditDecision,
+}
+
+/// Something a feed carries: its sequence number.
+trait Sequenced {
+    fn seq(&self) -> i64;
+}
+
+impl Sequenced for ScoreUpdate {
+    fn seq(&self) -> i64 {
+        self.cursor.parse().unwrap_or_default()
+    }
+}
+impl Sequenced for AlertUpdate {
+    fn seq(&self) -> i64 {
+        self.cursor.parse().unwrap_or_default()
+    }
+}
+impl Sequenced for DecisionUpdate {
+    fn seq(&self) -> i64 {
+        self.cursor.parse().unwrap_or_default()
+    }
+}
+
+/// What a subscriber asked for, applied to live rows and to catch-up queries alike.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub chain_id: Option<i64>,
+    /// Wallets (scores, decisions) or `None` for all.
+    pub wallets: Option<Vec<String>>,
+    /// Alert kinds (stored names).
+    pub kinds: Option<Vec<String>>,
+    /// Stored severities accepted.
+    pub severities: Option<Vec<String>>,
+    /// Alerts touching any of these pools.
+    pub pools: Option<Vec<String>>,
+}
+
+impl Filter {
+    fn chain(&self, chain: i64) -> bool {
+        self.chain_id.is_none_or(|c| c == chain)
+    }
+    fn wallet(&self, wallet: &str) -> bool {
+        self.wallets
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|x| x == wallet))
+    }
+    fn score(&self, u: &ScoreUpdate) -> bool {
+        self.chain(u.chain_id) && self.wallet(&u.wallet)
+    }
+    fn decision(&self, u: &DecisionUpdate) -> bool {
+        self.chain(u.decision.chain_id) && self.wallet(&u.decision.wallet)
+    }
+    fn alert(&self, u: &AlertUpdate) -> bool {
+        let a = &u.alert;
+        self.chain(a.chain_id)
+            && self
+                .kinds
+                .as_ref()
+                .is_none_or(|k| k.iter().any(|k| k == a.kind.stored()))
+            && self
+                .severities
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|s| crate::risk::severity_of(s) == a.severity))
+            && self
+                .pools
+                .as_ref()
+                .is_none_or(|p| p.iter().any(|p| a.pools.contains(p)))
+    }
+}
+
+/// Score rows after `after` (and at most `upto`) that match `f`, oldest first.
+async fn fetch_scores(
+    pool: &PgPool,
+    after: i64,
+    upto: Option<i64>,
+    f: &Filter,
+    limit: i64,
+) -> sqlx::Result<Vec<ScoreUpdate>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        chain_id: i64,
+        wallet: String,
+        #[sqlx(flatten)]
+        score: ScoreRow,
+    }
+    let sql = format!(
+        "SELECT chain_id, wallet, {SCORE_COLUMNS} FROM credit_score
+         WHERE id > $1 AND ($2::int8 IS NULL OR id <= $2) AND ($3::int8 IS NULL OR chain_id = $3)
+           AND ($4::text[] IS NULL OR wallet = ANY($4))
+         ORDER BY id LIMIT $5"
+    );
+    let rows: Vec<Row> = sqlx::query_as(&sql)
+        .bind(after)
+        .bind(upto)
+        .bind(f.chain_id)
+        .bind(&f.wallets)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ScoreUpdate {
+            cursor: r.score.id.to_string(),
+            chain_id: r.chain_id,
+            wallet: r.wallet,
+            score: CreditScore::from(r.score),
+        })
+        .collect())
+}
+
+async fn fetch_alerts(
+    pool: &PgPool,
+    after: i64,
+    upto: Option<i64>,
+    f: &Filter,
+    limit: i64,
+) -> sqlx::Result<Vec<AlertUpdate>> {
+    let sql = format!(
+        "SELECT {ALERT_COLUMNS} FROM risk_alert
+         WHERE seq > $1 AND ($2::int8 IS NULL OR seq <= $2) AND ($3::int8 IS NULL OR chain_id = $3)
+           AND ($4::text[] IS NULL OR kind = ANY($4)) AND ($5::text[] IS NULL OR severity = ANY($5))
+           AND ($6::text[] IS NULL OR pools && $6)
+         ORDER BY seq LIMIT $7"
+    );
+    let rows: Vec<AlertRow> = sqlx::query_as(&sql)
+        .bind(after)
+        .bind(upto)
+        .bind(f.chain_id)
+        .bind(&f.kinds)
+        .bind(&f.severities)
+        .bind(&f.pools)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| AlertUpdate {
+            cursor: r.0.to_string(),
+            alert: alert_of(r),
+        })
+        .collect())
+}
+
+async fn fetch_decisions(
+    pool: &PgPool,
+    after: i64,
+    upto: Option<i64>,
+    f: &Filter,
+    limit: i64,
+) -> sqlx::Result<Vec<DecisionUpdate>> {
+    type Row = (
+        i64,
+        serde_json::Value,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT seq, record, tx_hash, tx_block, actuation_error FROM credit_decision
+         WHERE seq > $1 AND ($2::int8 IS NULL OR seq <= $2) AND ($3::int8 IS NULL OR chain_id = $3)
+           AND ($4::text[] IS NULL OR wallet = ANY($4))
+         ORDER BY seq LIMIT $5",
+    )
+    .bind(after)
+    .bind(upto)
+    .bind(f.chain_id)
+    .bind(&f.wallets)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(seq, record, tx, block, error)| {
+            let record = serde_json::from_value(record)
+                .map_err(|e| tracing::error!(%e, seq, "stored decision does not parse"))
+                .ok()?;
+            Some(DecisionUpdate {
+                cursor: seq.to_string(),
+                decision: CreditDecision::new(record, tx, block, error),
+            })
+        })
+        .collect())
+}
+
+/// The process's one listener and the broadcasts subscribers share.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    pool: PgPool,
+    scores: broadcast::Sender<Arc<ScoreUpdate>>,
+    alerts: broadcast::Sender<Arc<AlertUpdate>>,
+    decisions: broadcast::Sender<Arc<DecisionUpdate>>,
+    active: Arc<AtomicI64>,
+    delivered: Arc<AtomicI64>,
+}
+
+/// Decrements the active-subscription count when a subscription's stream is dropped.
+#[derive(Debug)]
+struct ActiveGuard(Arc<AtomicI64>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Hub {
+    /// Starts listening (`LISTEN chainfold_credit_score, …`) on a connection of its own.
+    pub async fn start(pool: PgPool) -> anyhow::Result<Hub> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+        listener
+            .listen_all([
+                "chainfold_credit_score",
+                "chainfold_risk_alert",
+                "chainfold_credit_decision",
+            ])
+            .await?;
+        let hub = Hub {
+            pool: pool.clone(),
+            scores: broadcast::channel(BROADCAST_BUFFER).0,
+            alerts: broadcast::channel(BROADCAST_BUFFER).0,
+            decisions: broadcast::channel(BROADCAST_BUFFER).0,
+            active: Arc::default(),
+            delivered: Arc::default(),
+        };
+        // Where each feed stands: rows after these are new to this process.
+        let mut last: [i64; 3] = sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT (SELECT coalesce(max(id), 0) FROM credit_score),
+                    (SELECT coalesce(max(seq), 0) FROM risk_alert),
+                    (SELECT coalesce(max(seq), 0) FROM credit_decision)",
+        )
+        .fetch_one(&pool)
+        .await
+        .map(|(a, b, c)| [a, b, c])?;
+        let feed = hub.clone();
+        tokio::spawn(async move {
+            loop {
+                let note = match listener.recv().await {
+                    Ok(note) => note,
+                    Err(err) => {
+                        // PgListener reconnects on the next recv; what was notified meanwhile
+                        // is read by the next notification's range (rows after `last`).
+                        tracing::warn!(error = %err, "feed listener lost its connection; reconnecting");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                let hi = note
+                    .payload()
+                    .split_once(',')
+                    .and_then(|(_, hi)| hi.parse::<i64>().ok());
+                if let Err(err) = feed.dispatch(note.channel(), &mut last, hi).await {
+                    tracing::warn!(error = %err, channel = note.channel(), "feed read failed; the next notification reads it again");
+                }
+            }
+        });
+        Ok(hub)
+    }
+
+    /// Reads the rows of `channel` after the last dispatched one (up to `hi`) and broadcasts
+    /// them. Reading from `last`, not from the notification's `lo`, also picks up rows whose
+    /// notification was missed while the listener reconnected.
+    async fn dispatch(
+        &self,
+        channel: &str,
+        last: &mut [i64; 3],
+        hi: Option<i64>,
+    ) -> sqlx::Result<()> {
+        let all = Filter::default();
+        let limit = i64::MAX;
+        match channel {
+            "chainfold_credit_score" => {
+                for u in fetch_scores(&self.pool, last[0], hi, &all, limit).await? {
+                    last[0] = last[0].max(u.seq());
+                    let _ = self.scores.send(Arc::new(u));
+                }
+            }
+            "chainfold_risk_alert" => {
+                for u in fetch_alerts(&self.pool, last[1], hi, &all, limit).await? {
+                    last[1] = last[1].max(u.seq());
+                    let _ = self.alerts.send(Arc::new(u));
+                }
+            }
+            "chainfold_credit_decision" => {
+                for u in fetch_decisions(&self.pool, last[2], hi, &all, limit).await? {
+                    last[2] = last[2].max(u.seq());
+                    let _ = self.decisions.send(Arc::new(u));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Subscriptions open now.
+    pub fn active(&self) -> i64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Updates delivered to subscribers since start.
+    pub fn delivered(&self) -> i64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    fn guard(&self) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.active.clone())
+    }
+}
+
+type Fetch<T> =
+    Arc<dyn Fn(i64) -> futures::future::BoxFuture<'static, sqlx::Result<Vec<T>>> + Send + Sync>;
+
+/// A subscriber's position: what it has been sent, what it still has to catch up on.
+struct Resume<T> {
+    queue: VecDeque<T>,
+    rx: broadcast::Receiver<Arc<T>>,
+    last: i64,
+    catching_up: bool,
+    fetch: Fetch<T>,
+    keep: Arc<dyn Fn(&T) -> bool + Send + Sync>,
+    delivered: Arc<AtomicI64>,
+    _guard: ActiveGuard,
+}
+
+/// The stream of a subscription: catch-up pages from Postgres after `after` (when given), then
+/// live rows from the broadcast, skipping what was already sent; a lagging receiver catches
+/// up from Postgres again. Ends when the feed closes or Postgres fails during a catch-up.
+fn resumable<T: Sequenced + Clone + Send + Sync + 'static>(
+    rx: broadcast::Receiver<Arc<T>>,
+    after: Option<i64>,
+    fetch: Fetch<T>,
+    keep: Arc<dyn Fn(&T) -> bool + Send + Sync>,
+    hub: &Hub,
+) -> BoxStream<'static, T> {
+    let state = Resume {
+        queue: VecDeque::new(),
+        rx,
+        last: after.unwrap_or(0),
+        catching_up: after.is_some(),
+        fetch,
+        keep,
+        delivered: hub.delivered.clone(),
+        _guard: hub.guard(),
+    };
+    futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(item) = s.queue.pop_front() {
+                s.last = s.last.max(item.seq());
+                s.delivered.fetch_add(1, Ordering::Relaxed);
+                return Some((item, s));
+            }
+            if s.catching_up {
+                match (s.fetch)(s.last).await {
+                    Ok(page) if page.is_empty() => s.catching_up = false,
+                    Ok(page) => s.queue.extend(page),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "subscription catch-up failed; closing it");
+                        return None;
+                    }
+                }
+                continue;
+            }
+            match s.rx.recv().await {
+                Ok(item) => {
+                    if item.seq() > s.last && (s.keep)(&item) {
+                        s.queue.push_back((*item).clone());
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "subscriber lagged; catching up from Postgres");
+                    s.catching_up = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Parses a subscription cursor.
+fn parse_after(after: Option<String>) -> ApiResult<Option<i64>> {
+    after
+        .map(|a| {
+            a.trim().parse::<i64>().map_err(|_| {
+                gql(ApiError::BadUserInput(format!(
+                    "after: {a:?} is not a cursor of this subscription"
+                )))
+            })
+        })
+        .transpose()
+}
+
+/// Wallets named directly and through a book (which must belong to the caller's key).
+async fn watched_wallets(
+    ctx: &Context<'_>,
+    key_id: i64,
+    chain_id: Option<i64>,
+    wallets: Option<Vec<String>>,
+    book: Option<ID>,
+) -> ApiResult<Option<Vec<String>>> {
+    let mut out: Option<Vec<String>> = match wallets {
+        Some(list) => Some(
+            list.iter()
+                .map(|w| parse_address(w))
+                .collect::<Result<_, _>>()
+                .map_err(gql)?,
+        ),
+        None => None,
+    };
+    if let Some(book) = book {
+        let pool = ctx.data_unchecked::<PgPool>();
+        let members = crate::books::members(pool, key_id, &book, chain_id).await?;
+        out.get_or_insert_with(Vec::new).extend(members);
+    }
+    Ok(out)
+}
+
+/// The subscription root.
+#[derive(Debug, Default)]
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// New credit scores of the given wallets and/or a book's wallets (all wallets when neither
+    /// is given), on a chain or all. Needs an API key. `after`: a cursor from an earlier update;
+    /// what was stored after it is replayed first.
+    async fn score_updated(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: Option<i64>,
+        wallets: Option<Vec<String>>,
+        book: Option<ID>,
+        after: Option<String>,
+    ) -> async_graphql::Result<BoxStream<'static, ScoreUpdate>> {
+        let key = caller(ctx).key_id("scoreUpdated")?;
+        let after = parse_after(after)?;
+        let filter = Filter {
+            chain_id,
+            wallets: watched_wallets(ctx, key, chain_id, wallets, book).await?,
+            ..Filter::default()
+        };
+        let hub = hub(ctx)?;
+        let rx = hub.scores.subscribe();
+        let (pool, f) = (hub.pool.clone(), filter.clone());
+        let fetch: Fetch<ScoreUpdate> = Arc::new(move |last| {
+            let (pool, f) = (pool.clone(), f.clone());
+            async move { fetch_scores(&pool, last, None, &f, CATCH_UP_PAGE).await }.boxed()
+        });
+        Ok(resumable(
+            rx,
+            after,
+            fetch,
+            Arc::new(move |u| filter.score(u)),
+            hub,
+        ))
+    }
+
+    /// New risk alerts by kind, at or above a severity, touching any of the given pools.
+    /// Needs an API key; `after` resumes.
+    async fn alerts(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: Option<i64>,
+        kinds: Option<Vec<AlertKind>>,
+        min_severity: Option<Severity>,
+        pools: Option<Vec<String>>,
+        after: Option<String>,
+    ) -> async_graphql::Result<BoxStream<'static, AlertUpdate>> {
+        caller(ctx).key_id("alerts (subscription)")?;
+        let after = parse_after(after)?;
+        let pools = match pools {
+            Some(list) => Some(
+                list.iter()
+                    .map(|p| parse_address(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(gql)?,
+            ),
+            None => None,
+        };
+        let filter = Filter {
+            chain_id,
+            kinds: kinds.map(|k| k.iter().map(|k| k.stored().to_owned()).collect()),
+            severities: min_severity.map(Severity::and_above),
+            pools,
+            ..Filter::default()
+        };
+        let hub = hub(ctx)?;
+        let rx = hub.alerts.subscribe();
+        let (pool, f) = (hub.pool.clone(), filter.clone());
+        let fetch: Fetch<AlertUpdate> = Arc::new(move |last| {
+            let (pool, f) = (pool.clone(), f.clone());
+            async move { fetch_alerts(&pool, last, None, &f, CATCH_UP_PAGE).await }.boxed()
+        });
+        Ok(resumable(
+            rx,
+            after,
+            fetch,
+            Arc::new(move |u| filter.alert(u)),
+            hub,
+        ))
+    }
+
+    /// New lending decisions (requests and band-change pushes) of the given wallets and/or a
+    /// book's. Needs an API key; `after` resumes.
+    async fn decisions(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: Option<i64>,
+        wallets: Option<Vec<String>>,
+        book: Option<ID>,
+        after: Option<String>,
+    ) -> async_graphql::Result<BoxStream<'static, DecisionUpdate>> {
+        let key = caller(ctx).key_id("decisions (subscription)")?;
+        let after = parse_after(after)?;
+        let filter = Filter {
+            chain_id,
+            wallets: watched_wallets(ctx, key, chain_id, wallets, book).await?,
+            ..Filter::default()
+        };
+        let hub = hub(ctx)?;
+        let rx = hub.decisions.subscribe();
+        let (pool, f) = (hub.pool.clone(), filter.clone());
+        let fetch: Fetch<DecisionUpdate> = Arc::new(move |last| {
+            let (pool, f) = (pool.clone(), f.clone());
+            async move { fetch_decisions(&pool, last, None, &f, CATCH_UP_PAGE).await }.boxed()
+        });
+        Ok(resumable(
+            rx,
+            after,
+            fetch,
+            Arc::new(move |u| filter.decision(u)),
+            hub,
+        ))
+    }
+}
+
+fn hub<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Hub> {
+    ctx.data_opt::<Hub>().ok_or_else(|| {
+        async_graphql::Error::new("subscriptions are served by `chainfold serve` only")
+    })
+}
