@@ -2,7 +2,8 @@
 //!
 //! Routes: `POST /graphql` (queries and mutations), `GET /graphql` upgraded to a WebSocket
 //! (subscriptions, `graphql-transport-ws` and the legacy `graphql-ws`), `GET /` (GraphiQL),
-//! `GET /health` (each dependency), `GET /metrics` (Prometheus text).
+//! `GET /health` (each dependency), `GET /metrics` (Prometheus text), `GET /dashboard` (the
+//! lender page).
 //! The schema is built in [`schema::build`]; `schema.graphql` at the workspace root is generated
 //! from it and a test fails when the file is stale.
 
@@ -162,6 +163,7 @@ impl App {
             .route("/graphql", get(graphql_ws).post(graphql_http))
             .route("/health", get(health))
             .route("/metrics", get(metrics::serve))
+            .route("/dashboard", get(dashboard))
             .layer(tower_http::limit::RequestBodyLimitLayer::new(
                 config.max_body_bytes,
             ))
@@ -335,6 +337,12 @@ async fn graphql_ws(
                 })
                 .serve()
         })
+}
+
+/// `GET /dashboard`: the lender page (one static file; it talks to `/graphql` over HTTP and
+/// WebSocket with the key given in its form or `?key=`).
+async fn dashboard() -> impl IntoResponse {
+    Html(include_str!("../dashboard/index.html"))
 }
 
 async fn graphiql() -> impl IntoResponse {
