@@ -19,7 +19,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chainfold_testkit::{data_dir, Isolated};
+use chainfold_ingest::replay::Dataset;
+use chainfold_testkit::Isolated;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -178,28 +179,8 @@ async fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(300);
     let iso = Isolated::new("bench-api").await;
-    // Replay and project the Polygon histories so the point query reads real rows.
-    let topics = iso.kafka.topics();
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    let items = chainfold_ingest::replay::Dataset::Polygon
-        .decode_dir(&data_dir())
-        .expect("data");
-    chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
-        .await
-        .expect("publish");
-    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector");
-    projector.run_until_caught_up().await.expect("project");
-    drop(projector);
+    // The Polygon histories, replayed and projected: the point query reads real rows.
+    chainfold_tests::replay_and_project(&iso, Dataset::Polygon).await;
     let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
         .await
         .expect("pg");

@@ -7,31 +7,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chainfold_ingest::replay::Dataset;
-use chainfold_testkit::{data_dir, unique, Isolated};
+use chainfold_testkit::{unique, Isolated};
 
 const WALLET: &str = "0x000006eee6e39015cb523aebdd4d0b1855aba682";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_a_replayed_score_and_a_pushed_alert() {
     let iso = Isolated::new("dashboard").await;
-    let topics = iso.kafka.topics();
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    let items = Dataset::Polygon.decode_dir(&data_dir()).expect("data");
-    chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
-        .await
-        .expect("publish");
-    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector");
-    projector.run_until_caught_up().await.expect("project");
+    chainfold_tests::replay_and_project(&iso, Dataset::Polygon).await;
     let scoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring");
     let mut config = chainfold_scoring::worker::Config::new(
         iso.kafka.clone(),
