@@ -1,6 +1,7 @@
 //! Subscriptions: score, alert and decision updates pushed on commit, resumable by cursor.
 //!
-//! **Feed.** Each pushed table (`credit_score`, `risk_alert`, `credit_decision`) notifies
+//! **Feed.** Each pushed table (`credit_score`, `risk_alert`, `credit_decision`, `pool_sync`)
+//! notifies
 //! `chainfold_<table>` after every insert statement with the range of sequence numbers it
 //! inserted (migration `..._live_feeds.sql`); Postgres delivers that only after the commit, in
 //! commit order, and the writers' advisory lock makes sequence order commit order. One
@@ -60,6 +61,20 @@ pub struct DecisionUpdate {
     pub decision: CreditDecision,
 }
 
+/// New reserves of a constant-product pool (a `Sync` folded by the projector).
+#[derive(async_graphql::SimpleObject, Debug, Clone)]
+pub struct PoolUpdate {
+    pub cursor: String,
+    pub chain_id: i64,
+    pub pool: String,
+    pub token0: String,
+    pub token1: String,
+    /// Raw reserves (base units, integer strings), in token order.
+    pub reserves: Vec<String>,
+    pub block_number: Option<i64>,
+    pub block_time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Something a feed carries: its sequence number.
 trait Sequenced {
     fn seq(&self) -> i64;
@@ -71,6 +86,11 @@ impl Sequenced for ScoreUpdate {
     }
 }
 impl Sequenced for AlertUpdate {
+    fn seq(&self) -> i64 {
+        self.cursor.parse().unwrap_or_default()
+    }
+}
+impl Sequenced for PoolUpdate {
     fn seq(&self) -> i64 {
         self.cursor.parse().unwrap_or_default()
     }
@@ -109,6 +129,9 @@ impl Filter {
     }
     fn decision(&self, u: &DecisionUpdate) -> bool {
         self.chain(u.decision.chain_id) && self.wallet(&u.decision.wallet)
+    }
+    fn pool(&self, u: &PoolUpdate) -> bool {
+        self.chain(u.chain_id) && self.pools.as_ref().is_none_or(|p| p.contains(&u.pool))
     }
     fn alert(&self, u: &AlertUpdate) -> bool {
         let a = &u.alert;
@@ -201,6 +224,54 @@ async fn fetch_alerts(
         .collect())
 }
 
+async fn fetch_pools(
+    pool: &PgPool,
+    after: i64,
+    upto: Option<i64>,
+    f: &Filter,
+    limit: i64,
+) -> sqlx::Result<Vec<PoolUpdate>> {
+    type Row = (
+        i64,
+        i64,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<i64>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT seq, chain_id, pool, token0, token1, reserve0::text, reserve1::text, block_number,
+                block_time
+         FROM pool_sync
+         WHERE seq > $1 AND ($2::int8 IS NULL OR seq <= $2) AND ($3::int8 IS NULL OR chain_id = $3)
+           AND ($4::text[] IS NULL OR pool = ANY($4))
+         ORDER BY seq LIMIT $5",
+    )
+    .bind(after)
+    .bind(upto)
+    .bind(f.chain_id)
+    .bind(&f.pools)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| PoolUpdate {
+            cursor: r.0.to_string(),
+            chain_id: r.1,
+            pool: r.2,
+            token0: r.3,
+            token1: r.4,
+            reserves: vec![r.5, r.6],
+            block_number: r.7,
+            block_time: r.8,
+        })
+        .collect())
+}
+
 async fn fetch_decisions(
     pool: &PgPool,
     after: i64,
@@ -249,6 +320,7 @@ pub struct Hub {
     scores: broadcast::Sender<Arc<ScoreUpdate>>,
     alerts: broadcast::Sender<Arc<AlertUpdate>>,
     decisions: broadcast::Sender<Arc<DecisionUpdate>>,
+    pools: broadcast::Sender<Arc<PoolUpdate>>,
     active: Arc<AtomicI64>,
     delivered: Arc<AtomicI64>,
 }
@@ -272,6 +344,7 @@ impl Hub {
                 "chainfold_credit_score",
                 "chainfold_risk_alert",
                 "chainfold_credit_decision",
+                "chainfold_pool_sync",
             ])
             .await?;
         let hub = Hub {
@@ -279,18 +352,20 @@ impl Hub {
             scores: broadcast::channel(BROADCAST_BUFFER).0,
             alerts: broadcast::channel(BROADCAST_BUFFER).0,
             decisions: broadcast::channel(BROADCAST_BUFFER).0,
+            pools: broadcast::channel(BROADCAST_BUFFER).0,
             active: Arc::default(),
             delivered: Arc::default(),
         };
         // Where each feed stands: rows after these are new to this process.
-        let mut last: [i64; 3] = sqlx::query_as::<_, (i64, i64, i64)>(
+        let mut last: [i64; 4] = sqlx::query_as::<_, (i64, i64, i64, i64)>(
             "SELECT (SELECT coalesce(max(id), 0) FROM credit_score),
                     (SELECT coalesce(max(seq), 0) FROM risk_alert),
-                    (SELECT coalesce(max(seq), 0) FROM credit_decision)",
+                    (SELECT coalesce(max(seq), 0) FROM credit_decision),
+                    (SELECT coalesce(max(seq), 0) FROM pool_sync)",
         )
         .fetch_one(&pool)
         .await
-        .map(|(a, b, c)| [a, b, c])?;
+        .map(|(a, b, c, d)| [a, b, c, d])?;
         let feed = hub.clone();
         tokio::spawn(async move {
             loop {
@@ -322,7 +397,7 @@ impl Hub {
     async fn dispatch(
         &self,
         channel: &str,
-        last: &mut [i64; 3],
+        last: &mut [i64; 4],
         hi: Option<i64>,
     ) -> sqlx::Result<()> {
         let all = Filter::default();
@@ -344,6 +419,12 @@ impl Hub {
                 for u in fetch_decisions(&self.pool, last[2], hi, &all, limit).await? {
                     last[2] = last[2].max(u.seq());
                     let _ = self.decisions.send(Arc::new(u));
+                }
+            }
+            "chainfold_pool_sync" => {
+                for u in fetch_pools(&self.pool, last[3], hi, &all, limit).await? {
+                    last[3] = last[3].max(u.seq());
+                    let _ = self.pools.send(Arc::new(u));
                 }
             }
             _ => {}
@@ -437,6 +518,37 @@ fn resumable<T: Sequenced + Clone + Send + Sync + 'static>(
     .boxed()
 }
 
+/// A subscription on one feed: catch-up pages from `fetch` (rows after a sequence number that
+/// match `filter`), live rows from `rx` that `keep` accepts.
+fn feed<T, F, Fut>(
+    hub: &Hub,
+    rx: broadcast::Receiver<Arc<T>>,
+    after: Option<i64>,
+    filter: Filter,
+    fetch: F,
+    keep: fn(&Filter, &T) -> bool,
+) -> BoxStream<'static, T>
+where
+    T: Sequenced + Clone + Send + Sync + 'static,
+    F: Fn(PgPool, i64, Filter) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = sqlx::Result<Vec<T>>> + Send + 'static,
+{
+    let (pool, f) = (hub.pool.clone(), filter.clone());
+    let fetch: Fetch<T> = Arc::new(move |last| fetch(pool.clone(), last, f.clone()).boxed());
+    resumable(rx, after, fetch, Arc::new(move |u| keep(&filter, u)), hub)
+}
+
+/// Parses an optional list of addresses.
+fn parse_addresses(list: Option<Vec<String>>) -> ApiResult<Option<Vec<String>>> {
+    list.map(|l| {
+        l.iter()
+            .map(|a| parse_address(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(gql)
+    })
+    .transpose()
+}
+
 /// Parses a subscription cursor.
 fn parse_after(after: Option<String>) -> ApiResult<Option<i64>> {
     after
@@ -458,15 +570,7 @@ async fn watched_wallets(
     wallets: Option<Vec<String>>,
     book: Option<ID>,
 ) -> ApiResult<Option<Vec<String>>> {
-    let mut out: Option<Vec<String>> = match wallets {
-        Some(list) => Some(
-            list.iter()
-                .map(|w| parse_address(w))
-                .collect::<Result<_, _>>()
-                .map_err(gql)?,
-        ),
-        None => None,
-    };
+    let mut out = parse_addresses(wallets)?;
     if let Some(book) = book {
         let pool = ctx.data_unchecked::<PgPool>();
         let members = crate::books::members(pool, key_id, &book, chain_id).await?;
@@ -500,18 +604,13 @@ impl SubscriptionRoot {
             ..Filter::default()
         };
         let hub = hub(ctx)?;
-        let rx = hub.scores.subscribe();
-        let (pool, f) = (hub.pool.clone(), filter.clone());
-        let fetch: Fetch<ScoreUpdate> = Arc::new(move |last| {
-            let (pool, f) = (pool.clone(), f.clone());
-            async move { fetch_scores(&pool, last, None, &f, CATCH_UP_PAGE).await }.boxed()
-        });
-        Ok(resumable(
-            rx,
-            after,
-            fetch,
-            Arc::new(move |u| filter.score(u)),
+        Ok(feed(
             hub,
+            hub.scores.subscribe(),
+            after,
+            filter,
+            |pool, last, f| async move { fetch_scores(&pool, last, None, &f, CATCH_UP_PAGE).await },
+            Filter::score,
         ))
     }
 
@@ -528,15 +627,7 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<BoxStream<'static, AlertUpdate>> {
         caller(ctx).key_id("alerts (subscription)")?;
         let after = parse_after(after)?;
-        let pools = match pools {
-            Some(list) => Some(
-                list.iter()
-                    .map(|p| parse_address(p))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(gql)?,
-            ),
-            None => None,
-        };
+        let pools = parse_addresses(pools)?;
         let filter = Filter {
             chain_id,
             kinds: kinds.map(|k| k.iter().map(|k| k.stored().to_owned()).collect()),
@@ -545,18 +636,40 @@ impl SubscriptionRoot {
             ..Filter::default()
         };
         let hub = hub(ctx)?;
-        let rx = hub.alerts.subscribe();
-        let (pool, f) = (hub.pool.clone(), filter.clone());
-        let fetch: Fetch<AlertUpdate> = Arc::new(move |last| {
-            let (pool, f) = (pool.clone(), f.clone());
-            async move { fetch_alerts(&pool, last, None, &f, CATCH_UP_PAGE).await }.boxed()
-        });
-        Ok(resumable(
-            rx,
-            after,
-            fetch,
-            Arc::new(move |u| filter.alert(u)),
+        Ok(feed(
             hub,
+            hub.alerts.subscribe(),
+            after,
+            filter,
+            |pool, last, f| async move { fetch_alerts(&pool, last, None, &f, CATCH_UP_PAGE).await },
+            Filter::alert,
+        ))
+    }
+
+    /// New reserves of the given pools (all pools when omitted), on a chain or all: one update
+    /// per `Sync` the projector commits. Needs an API key; `after` resumes.
+    async fn pool_updated(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: Option<i64>,
+        pools: Option<Vec<String>>,
+        after: Option<String>,
+    ) -> async_graphql::Result<BoxStream<'static, PoolUpdate>> {
+        caller(ctx).key_id("poolUpdated")?;
+        let after = parse_after(after)?;
+        let filter = Filter {
+            chain_id,
+            pools: parse_addresses(pools)?,
+            ..Filter::default()
+        };
+        let hub = hub(ctx)?;
+        Ok(feed(
+            hub,
+            hub.pools.subscribe(),
+            after,
+            filter,
+            |pool, last, f| async move { fetch_pools(&pool, last, None, &f, CATCH_UP_PAGE).await },
+            Filter::pool,
         ))
     }
 
@@ -578,18 +691,13 @@ impl SubscriptionRoot {
             ..Filter::default()
         };
         let hub = hub(ctx)?;
-        let rx = hub.decisions.subscribe();
-        let (pool, f) = (hub.pool.clone(), filter.clone());
-        let fetch: Fetch<DecisionUpdate> = Arc::new(move |last| {
-            let (pool, f) = (pool.clone(), f.clone());
-            async move { fetch_decisions(&pool, last, None, &f, CATCH_UP_PAGE).await }.boxed()
-        });
-        Ok(resumable(
-            rx,
-            after,
-            fetch,
-            Arc::new(move |u| filter.decision(u)),
+        Ok(feed(
             hub,
+            hub.decisions.subscribe(),
+            after,
+            filter,
+            |pool, last, f| async move { fetch_decisions(&pool, last, None, &f, CATCH_UP_PAGE).await },
+            Filter::decision,
         ))
     }
 }

@@ -456,3 +456,58 @@ async fn analysts_read_finalized_views_and_as_of_functions_and_cannot_write() {
         .await
         .expect("reset");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_updates_are_pushed_per_sync_and_resume_by_cursor() {
+    let iso = Isolated::new("poolsub").await;
+    let (port, pool) = start_api(&iso, 600).await;
+    let (_, key) = chainfold_api::auth::create_key(&pool, "desk", 600)
+        .await
+        .expect("key");
+    let pair = "0x00000000000000000000000000000000000000c3";
+    let other = "0x00000000000000000000000000000000000000d4";
+    // Syncs of two pools, committed as the projector commits them.
+    let syncs = |rows: Vec<(&'static str, i64, i64)>| {
+        let pool = pool.clone();
+        async move {
+            for (p, r0, r1) in rows {
+                sqlx::query(
+                    "INSERT INTO pool_sync (event_id, chain_id, pool, protocol, token0, token1,
+                         reserve0, reserve1, block_number, kafka_topic, kafka_partition, kafka_offset)
+                     VALUES ($1, 31337, $2, 'uniswap_v2', '0xt0', '0xt1', $3, $4, 7, 't', 0, 0)",
+                )
+                .bind(chainfold_testkit::unique("sync"))
+                .bind(p)
+                .bind(bigdecimal::BigDecimal::from(r0))
+                .bind(bigdecimal::BigDecimal::from(r1))
+                .execute(&pool)
+                .await
+                .expect("sync");
+            }
+        }
+    };
+    let query = format!(
+        r#"subscription {{ poolUpdated(pools: ["{pair}"]) {{ cursor pool reserves blockNumber }} }}"#
+    );
+    let mut ws = subscribe(port, &key, &query).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    syncs(vec![(other, 1, 1), (pair, 1000, 2000)]).await;
+    let got = next(&mut ws).await;
+    let u = &got["payload"]["data"]["poolUpdated"];
+    assert_eq!(u["pool"], pair, "{got}");
+    assert_eq!(u["reserves"], json!(["1000", "2000"]));
+    let cursor = u["cursor"].as_str().expect("cursor").to_owned();
+    drop(ws);
+    syncs(vec![(pair, 900, 2100), (other, 2, 2)]).await;
+    let resumed = format!(
+        r#"subscription {{ poolUpdated(pools: ["{pair}"], after: "{cursor}") {{ reserves }} }}"#
+    );
+    let mut ws = subscribe(port, &key, &resumed).await;
+    let got = next(&mut ws).await;
+    assert_eq!(
+        got["payload"]["data"]["poolUpdated"]["reserves"],
+        json!(["900", "2100"]),
+        "{got}"
+    );
+    quiet(&mut ws, Duration::from_millis(500)).await;
+}
