@@ -485,6 +485,11 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
     let url = format!("http://{}", api.local_addr());
     println!("\napi: GraphiQL at {url}/ , GraphQL at {url}/graphql , health at {url}/health");
     println!("try:\n  curl -s {url}/graphql -H 'content-type: application/json' \\\n    -d '{{\"query\":\"{{ wallet(chainId: 137, address: \\\"0x000006eee6e39015cb523aebdd4d0b1855aba682\\\") {{ address lendingSummary {{ action count amountUsd }} }} }}\"}}'");
+    // A key for the demo's dashboard link (subscriptions need one).
+    let (_, key) = chainfold_api::auth::create_key(projector.pool(), "demo", 600).await?;
+    println!(
+        "dashboard: {url}/dashboard?key={key}&chain=137&wallets=0x000006eee6e39015cb523aebdd4d0b1855aba682,0x000000003ce0cf2c037493b1dc087204bd7f713e"
+    );
     println!("Ctrl-C stops the demo (the projector keeps folding new events until then).");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower_task = live.map(|(anvil, follower)| {
