@@ -298,7 +298,12 @@ async fn borrowing_that_trends_past_the_bound_raises_a_shortage_with_a_recommend
 
 #[tokio::test]
 async fn the_anomaly_model_scores_every_replayed_swap_once_and_flags_about_what_training_did() {
-    let iso = Isolated::new("anomaly").await;
+    let mut iso = Isolated::new("anomaly").await;
+    // One partition: the swaps arrive in block order, as training read them. With six, a block
+    // can close before a lagging partition delivers the rest of a transaction's legs, which
+    // splits its features (CI saw 68 flagged instead of 93 once); that timing is the worker's
+    // business, not the model's, and is left to the other risk tests.
+    iso.kafka.partitions = 1;
     let topics = iso.kafka.topics();
     chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
         .await
@@ -330,11 +335,10 @@ async fn the_anomaly_model_scores_every_replayed_swap_once_and_flags_about_what_
         metrics["rows"].as_u64().expect("rows"),
         "{outcome:?}"
     );
-    // The same model on the same causal features flags what training flagged, up to blocks
-    // the stream closed before all their partitions arrived (a transaction's legs then split).
+    // The same model on the same causal features flags what training flagged.
     let trained = metrics["flagged"].as_u64().expect("flagged");
     assert!(
-        outcome.anomalies.abs_diff(trained) <= trained / 10,
+        outcome.anomalies == trained,
         "{} vs {trained}",
         outcome.anomalies
     );
