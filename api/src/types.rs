@@ -537,20 +537,20 @@ impl Pool {
         #[graphql(default = 6)] hours: i32,
     ) -> ApiResult<Vec<LiquidityForecastPoint>> {
         use chainfold_domain::pool::{depth_forecast, depth_token0};
-        use chainfold_platform::liquidity::{pool_history, recent};
+        use chainfold_platform::liquidity::pool_history;
         if !(1..=48).contains(&hours) {
             return Err(gql(ApiError::BadUserInput(format!(
                 "hours must be between 1 and 48, got {hours}"
             ))));
         }
         let pool = ctx.data_unchecked::<PgPool>();
-        let rows = pool_history(pool, self.chain_id, &self.address)
+        let rows = pool_history(pool, self.chain_id, &self.address, 24.0)
             .await
             .map_err(gql)?;
         let Some(last) = rows.last() else {
             return Ok(Vec::new());
         };
-        let history: Vec<(f64, f64)> = recent(&rows, |r| r.hours, 24.0)
+        let history: Vec<(f64, f64)> = rows
             .iter()
             .map(|r| (r.hours, depth_token0(r.reserve0, 0.02)))
             .collect();

@@ -74,21 +74,27 @@ pub async fn reserve_history(
     Ok(points)
 }
 
-/// A pool's reserves after each of its timed `Sync`s (`pool_sync`).
+/// A pool's reserves after each of its timed `Sync`s (`pool_sync`) within `window_hours` of its
+/// latest one (the window is applied in Postgres: a busy pool's older history is not read).
 pub async fn pool_history(
     pool: &PgPool,
     chain_id: i64,
     address: &str,
+    window_hours: f64,
 ) -> sqlx::Result<Vec<PoolPoint>> {
     let rows: Vec<(f64, f64, f64, String, String, Option<i64>)> = sqlx::query_as(
         "SELECT extract(epoch FROM block_time)::float8 / 3600.0, reserve0::float8,
                 reserve1::float8, token0, token1, block_number
          FROM pool_sync
          WHERE chain_id = $1 AND pool = $2 AND block_time IS NOT NULL
+           AND block_time >= (SELECT max(block_time) FROM pool_sync
+                              WHERE chain_id = $1 AND pool = $2)
+                             - make_interval(secs => $3 * 3600)
          ORDER BY block_number, log_index",
     )
     .bind(chain_id)
     .bind(address)
+    .bind(window_hours)
     .fetch_all(pool)
     .await?;
     let mut points: Vec<PoolPoint> = rows

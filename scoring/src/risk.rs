@@ -512,18 +512,23 @@ impl RiskWorker {
     /// below the depth bound; at most one alert per pool and hour of its latest `Sync`.
     async fn depth_shortages(&mut self) -> anyhow::Result<Vec<Alert>> {
         use chainfold_domain::pool::{depth_shortage, depth_token0};
-        use chainfold_platform::liquidity::{pool_history, recent};
+        use chainfold_platform::liquidity::pool_history;
         let mut alerts = Vec::new();
         for (chain, pool) in std::mem::take(&mut self.pools_touched) {
-            let rows = pool_history(&self.pool, chain as i64, &pool).await?;
+            let rows = pool_history(
+                &self.pool,
+                chain as i64,
+                &pool,
+                self.config.shortage_window_hours,
+            )
+            .await?;
             let Some(last) = rows.last().cloned() else {
                 continue;
             };
-            let history: Vec<(f64, f64)> =
-                recent(&rows, |r| r.hours, self.config.shortage_window_hours)
-                    .iter()
-                    .map(|r| (r.hours, depth_token0(r.reserve0, 0.02)))
-                    .collect();
+            let history: Vec<(f64, f64)> = rows
+                .iter()
+                .map(|r| (r.hours, depth_token0(r.reserve0, 0.02)))
+                .collect();
             let Some(shortage) = depth_shortage(
                 &history,
                 self.config.shortage_horizon_hours,
