@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chainfold_domain::credit::{
     activity_features, dominant_collateral, hourly_volatility, liquidation_threshold,
-    position_features, positions_at, Attestation, HistoryEvent, Holding, PositionFlow,
+    position_features, positions_at, AccountTotals, Attestation, HistoryEvent, Holding,
+    PositionFlow,
 };
 use chainfold_domain::decision::Policy;
 use chainfold_domain::scorecard::{self, Score};
@@ -145,6 +146,8 @@ pub struct Outcome {
     pub oracle_moves: u64,
     /// Decisions pushed because a requester's score changed band.
     pub decisions: u64,
+    /// Scores deleted because a reorg orphaned their triggering event.
+    pub retracted: u64,
 }
 
 impl Outcome {
@@ -155,6 +158,7 @@ impl Outcome {
         self.attestations_malformed += o.attestations_malformed;
         self.attestations_expired += o.attestations_expired;
         self.with_position += o.with_position;
+        self.retracted += o.retracted;
         self.oracle_moves += o.oracle_moves;
         self.decisions += o.decisions;
     }
@@ -216,6 +220,8 @@ pub struct ScoreEngine {
 /// Scores computed for a batch of triggers.
 struct Computed<'t> {
     rows: Vec<(u64, String, &'t Trigger, Score)>,
+    /// Each row's account health factor (aligned with `rows`).
+    health: Vec<Option<f64>>,
     expired: u64,
     with_position: u64,
 }
@@ -274,7 +280,7 @@ impl ScoreEngine {
             }
         }
         // One batched inference for every priced position, on a blocking thread.
-        let inputs: Vec<[f32; 4]> = pending.iter().filter_map(|p| p.5).collect();
+        let inputs: Vec<[f32; 4]> = pending.iter().filter_map(|p| p.5 .1).collect();
         let model = self.model.clone();
         let mut probabilities = tokio::task::spawn_blocking(move || {
             model
@@ -287,7 +293,9 @@ impl ScoreEngine {
         .into_iter();
         let mut with_position = 0;
         let mut rows: Vec<(u64, String, &'t Trigger, Score)> = Vec::with_capacity(pending.len());
-        for (chain, wallet, t, features, active, position) in pending {
+        let mut health = Vec::with_capacity(pending.len());
+        for (chain, wallet, t, features, active, (hf, position)) in pending {
+            health.push(hf);
             let p = match position {
                 Some(_) => {
                     with_position += 1;
@@ -305,6 +313,7 @@ impl ScoreEngine {
         }
         Ok(Computed {
             rows,
+            health,
             expired,
             with_position,
         })
@@ -406,19 +415,19 @@ impl ScoreEngine {
         Ok(cache.get(&key).map(Vec::as_slice).unwrap_or_default())
     }
 
-    /// The position model's inputs for the wallet's position at `at`: `None` without debt, or
-    /// when a held reserve has no price at `at`, or its collateral has too few prices for a
-    /// volatility.
+    /// The account's health factor and the position model's inputs for the wallet's position
+    /// at `at`. Both `None` without debt or when a held reserve has no price at `at`; the inputs
+    /// also when its collateral has too few prices for a volatility.
     async fn position_inputs(
         &self,
         cache: &mut PriceCache,
         chain_id: u64,
         flows: &[PositionFlow],
         at: DateTime<Utc>,
-    ) -> anyhow::Result<Option<[f32; 4]>> {
+    ) -> anyhow::Result<(Option<f64>, Option<[f32; 4]>)> {
         let positions = positions_at(flows, at);
         if !positions.iter().any(|p| p.3 > 0.0) {
-            return Ok(None);
+            return Ok((None, None));
         }
         let mut holdings = Vec::with_capacity(positions.len());
         let mut reserves = Vec::with_capacity(positions.len());
@@ -426,7 +435,7 @@ impl ScoreEngine {
             let points = self.prices(cache, chain_id, &reserve).await?;
             let seen = points.partition_point(|(t, _)| *t <= at);
             let Some(&(_, price)) = seen.checked_sub(1).and_then(|i| points.get(i)) else {
-                return Ok(None);
+                return Ok((None, None));
             };
             holdings.push(Holding {
                 liquidation_threshold: liquidation_threshold(&symbol),
@@ -437,9 +446,10 @@ impl ScoreEngine {
             });
             reserves.push(reserve);
         }
+        let hf = AccountTotals::of(&holdings).health_factor();
         let Some(main) = dominant_collateral(&holdings) else {
             // Debt without collateral: the worst position there is.
-            return Ok(Some([(1e-9f64).ln() as f32, 0.0, 0.0, -50.0]));
+            return Ok((hf, Some([(1e-9f64).ln() as f32, 0.0, 0.0, -50.0])));
         };
         let index = holdings
             .iter()
@@ -447,9 +457,9 @@ impl ScoreEngine {
             .unwrap_or_default();
         let points = self.prices(cache, chain_id, &reserves[index]).await?;
         let Some((vol_7d, vol_30d)) = hourly_volatility(points, at) else {
-            return Ok(None);
+            return Ok((hf, None));
         };
-        Ok(position_features(&holdings, vol_7d, vol_30d))
+        Ok((hf, position_features(&holdings, vol_7d, vol_30d)))
     }
 }
 
@@ -565,6 +575,8 @@ impl Scorer {
         let mut attestations = Vec::new();
         let mut swaps: Vec<Trigger> = Vec::new();
         let mut rounds: Vec<OracleRound> = Vec::new();
+        // (chain, event id, orphaned block, topic, partition, offset) of retracted events.
+        let mut retracted: Vec<(i64, String, i64, String, i32, i64)> = Vec::new();
         for (topic, partition, offset, payload) in &messages {
             let next = commit.entry((topic.clone(), *partition)).or_insert(*offset);
             *next = (*next).max(*offset);
@@ -604,11 +616,25 @@ impl Scorer {
             let Some(env) = payload
                 .as_deref()
                 .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
-                .filter(|env| !env.retracted)
             else {
                 outcome.skipped += 1;
                 continue;
             };
+            if env.retracted {
+                // A reorg orphaned the event: the scores it triggered go (and subscribers are
+                // sent their retraction); the event's canonical copy, if any, scores anew.
+                if let Some(block) = env.block {
+                    retracted.push((
+                        env.chain_id as i64,
+                        env.event_id.to_string(),
+                        block.number as i64,
+                        topic.clone(),
+                        *partition,
+                        *offset,
+                    ));
+                }
+                continue;
+            }
             let trigger = |wallet: String, at: DateTime<Utc>| Trigger {
                 chain_id: env.chain_id,
                 wallet,
@@ -652,6 +678,15 @@ impl Scorer {
         let (moved, holders, marks) = self.oracle_triggers(&rounds).await?;
         outcome.oracle_moves = moved;
         triggers.extend(holders);
+        if !retracted.is_empty() {
+            // A trigger whose event a later message of the batch retracts is not scored.
+            triggers.retain(|t| {
+                !retracted.iter().any(|r| {
+                    r.1 == t.event_id && r.3 == t.topic && r.4 == t.partition && r.5 > t.offset
+                })
+            });
+            outcome.retracted = self.retract_scores(&retracted).await?;
+        }
         let scored = self.score_and_store(&triggers, &projector).await?;
         outcome.scored = scored.scored;
         outcome.attestations_expired = scored.expired;
@@ -670,6 +705,29 @@ impl Scorer {
             self.busy += first.elapsed();
         }
         Ok(outcome)
+    }
+
+    /// Deletes the scores that orphaned events triggered (the feed trigger records each as a
+    /// retraction for subscribers). Returns how many went.
+    async fn retract_scores(
+        &self,
+        retracted: &[(i64, String, i64, String, i32, i64)],
+    ) -> anyhow::Result<u64> {
+        let chains: Vec<i64> = retracted.iter().map(|r| r.0).collect();
+        let events: Vec<&str> = retracted.iter().map(|r| r.1.as_str()).collect();
+        let blocks: Vec<i64> = retracted.iter().map(|r| r.2).collect();
+        let done = sqlx::query(
+            "DELETE FROM credit_score c
+             USING UNNEST($1::int8[], $2::text[], $3::int8[]) AS r(chain_id, event_id, block_number)
+             WHERE c.chain_id = r.chain_id AND c.event_id = r.event_id
+               AND c.block_number = r.block_number",
+        )
+        .bind(&chains)
+        .bind(&events)
+        .bind(&blocks)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Waits until the projector's stored offsets pass every offset of the batch; returns them.
@@ -832,8 +890,12 @@ impl Scorer {
         projector: &HashMap<(String, i32), i64>,
     ) -> anyhow::Result<Scored> {
         let computed = self.engine.compute(triggers).await?;
-        let (rows, expired, with_position) =
-            (computed.rows, computed.expired, computed.with_position);
+        let (rows, health, expired, with_position) = (
+            computed.rows,
+            computed.health,
+            computed.expired,
+            computed.with_position,
+        );
         let mut by_wallet: BTreeMap<(u64, String), Vec<&Trigger>> = BTreeMap::new();
         for t in triggers {
             by_wallet
@@ -891,12 +953,12 @@ impl Scorer {
         let inserted: Vec<(i64, String, String)> = sqlx::query_as(
             r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
                 reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
-                kafka_partition, kafka_offset, projector_next_offset, block_number)
-               SELECT c, w, s, b, p, r, $6, $7, at, e, tp, pa, o, pn, bl
+                kafka_partition, kafka_offset, projector_next_offset, block_number, health_factor)
+               SELECT c, w, s, b, p, r, $6, $7, at, e, tp, pa, o, pn, bl, hf
                FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::text[], $5::float8[],
                     $8::jsonb[], $9::timestamptz[], $10::text[], $11::text[], $12::int4[],
-                    $13::int8[], $14::int8[], $15::int8[])
-                    AS t(c, w, s, b, p, r, at, e, tp, pa, o, pn, bl)
+                    $13::int8[], $14::int8[], $15::int8[], $16::float8[])
+                    AS t(c, w, s, b, p, r, at, e, tp, pa, o, pn, bl, hf)
                ON CONFLICT (chain_id, wallet, event_id) DO NOTHING
                RETURNING chain_id, wallet, event_id"#,
         )
@@ -915,6 +977,7 @@ impl Scorer {
         .bind(&offset)
         .bind(&projector_next)
         .bind(&block)
+        .bind(&health)
         .fetch_all(&self.pool)
         .await?;
         let mut new: std::collections::HashSet<(u64, String, String)> = inserted
