@@ -9,9 +9,12 @@
 
 pub mod auth;
 pub mod books;
+pub mod collection;
+pub mod collections;
 pub mod decisions;
 pub mod error;
 pub mod live;
+pub mod loaders;
 pub mod metrics;
 pub mod risk;
 pub mod schema;

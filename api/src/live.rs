@@ -45,6 +45,11 @@ pub struct ScoreUpdate {
     pub chain_id: i64,
     pub wallet: String,
     pub score: CreditScore,
+    /// True when a reorg orphaned the score's event: the score (sent earlier with cursor
+    /// `retracts`) no longer holds; the wallet's latest score is again the one before it.
+    pub retracted: bool,
+    /// For a retraction, the cursor of the update it retracts.
+    pub retracts: Option<String>,
 }
 
 /// A new risk alert.
@@ -73,6 +78,76 @@ pub struct PoolUpdate {
     pub reserves: Vec<String>,
     pub block_number: Option<i64>,
     pub block_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// True when a reorg orphaned this `Sync` (sent earlier with cursor `retracts`): the
+    /// pool's reserves are again those of the update before it.
+    pub retracted: bool,
+    /// For a retraction, the cursor of the update it retracts.
+    pub retracts: Option<String>,
+}
+
+/// Which side of the threshold a wallet's health factor crossed to.
+#[derive(async_graphql::Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum HealthFactorState {
+    /// Below `threshold` (from above, or already below when the subscription started).
+    Below,
+    /// Back at or above `threshold + hysteresis`, or no debt any more.
+    Recovered,
+}
+
+/// A wallet's health factor crossed a lender's threshold.
+#[derive(async_graphql::SimpleObject, Debug, Clone)]
+pub struct HealthFactorAlert {
+    /// Resume after this update with `after: cursor` (a score cursor).
+    pub cursor: String,
+    pub chain_id: i64,
+    pub wallet: String,
+    pub state: HealthFactorState,
+    /// Null when the wallet no longer has debt.
+    pub health_factor: Option<f64>,
+    pub threshold: f64,
+    /// The score whose health factor crossed.
+    pub score: CreditScore,
+}
+
+/// Per wallet: is its health factor below the threshold now? Decides what to push.
+#[derive(Debug)]
+struct Threshold {
+    threshold: f64,
+    hysteresis: f64,
+    below: std::collections::HashMap<(i64, String), bool>,
+}
+
+impl Threshold {
+    /// The alert an update raises, if any: crossing below `threshold` while above, or back to
+    /// at least `threshold + hysteresis` (or to no debt) while below. Retractions change nothing.
+    fn update(&mut self, u: ScoreUpdate) -> Option<HealthFactorAlert> {
+        if u.retracted {
+            return None;
+        }
+        let hf = u.score.health_factor;
+        let below = self
+            .below
+            .entry((u.chain_id, u.wallet.clone()))
+            .or_insert(false);
+        let state = match (hf, *below) {
+            (Some(h), false) if h < self.threshold => HealthFactorState::Below,
+            (Some(h), true) if h >= self.threshold + self.hysteresis => {
+                HealthFactorState::Recovered
+            }
+            (None, true) => HealthFactorState::Recovered,
+            _ => return None,
+        };
+        *below = state == HealthFactorState::Below;
+        Some(HealthFactorAlert {
+            cursor: u.cursor,
+            chain_id: u.chain_id,
+            wallet: u.wallet,
+            state,
+            health_factor: hf,
+            threshold: self.threshold,
+            score: u.score,
+        })
+    }
 }
 
 /// Something a feed carries: its sequence number.
@@ -151,7 +226,16 @@ impl Filter {
     }
 }
 
-/// Score rows after `after` (and at most `upto`) that match `f`, oldest first.
+#[derive(sqlx::FromRow)]
+struct FeedScore {
+    #[sqlx(flatten)]
+    row: ScoreRow,
+    retracted: bool,
+    retracts: Option<i64>,
+}
+
+/// Score rows after `after` (and at most `upto`) that match `f`, oldest first, with the
+/// retractions of deleted ones (`feed_retraction`) in the same sequence order.
 async fn fetch_scores(
     pool: &PgPool,
     after: i64,
@@ -159,20 +243,24 @@ async fn fetch_scores(
     f: &Filter,
     limit: i64,
 ) -> sqlx::Result<Vec<ScoreUpdate>> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        chain_id: i64,
-        wallet: String,
-        #[sqlx(flatten)]
-        score: ScoreRow,
-    }
+    let retracted_columns = SCORE_COLUMNS
+        .split(", ")
+        .skip(1)
+        .map(|c| format!("p.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
-        "SELECT chain_id, wallet, {SCORE_COLUMNS} FROM credit_score
+        "SELECT {SCORE_COLUMNS}, false AS retracted, NULL::int8 AS retracts FROM credit_score
          WHERE id > $1 AND ($2::int8 IS NULL OR id <= $2) AND ($3::int8 IS NULL OR chain_id = $3)
            AND ($4::text[] IS NULL OR wallet = ANY($4))
-         ORDER BY id LIMIT $5"
+         UNION ALL
+         SELECT r.seq AS id, {retracted_columns}, true, r.retracts
+         FROM feed_retraction r CROSS JOIN LATERAL jsonb_populate_record(NULL::credit_score, r.row) p
+         WHERE r.feed = 'credit_score' AND r.seq > $1 AND ($2::int8 IS NULL OR r.seq <= $2)
+           AND ($3::int8 IS NULL OR r.chain_id = $3) AND ($4::text[] IS NULL OR p.wallet = ANY($4))
+         ORDER BY 1 LIMIT $5"
     );
-    let rows: Vec<Row> = sqlx::query_as(&sql)
+    let rows: Vec<FeedScore> = sqlx::query_as(&sql)
         .bind(after)
         .bind(upto)
         .bind(f.chain_id)
@@ -183,10 +271,12 @@ async fn fetch_scores(
     Ok(rows
         .into_iter()
         .map(|r| ScoreUpdate {
-            cursor: r.score.id.to_string(),
-            chain_id: r.chain_id,
-            wallet: r.wallet,
-            score: CreditScore::from(r.score),
+            cursor: r.row.id.to_string(),
+            chain_id: r.row.chain_id,
+            wallet: r.row.wallet.clone(),
+            score: CreditScore::from(r.row),
+            retracted: r.retracted,
+            retracts: r.retracts.map(|c| c.to_string()),
         })
         .collect())
 }
@@ -231,24 +321,34 @@ async fn fetch_pools(
     f: &Filter,
     limit: i64,
 ) -> sqlx::Result<Vec<PoolUpdate>> {
-    type Row = (
-        i64,
-        i64,
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<i64>,
-        Option<chrono::DateTime<chrono::Utc>>,
-    );
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        seq: i64,
+        chain_id: i64,
+        pool: String,
+        token0: String,
+        token1: String,
+        reserve0: String,
+        reserve1: String,
+        block_number: Option<i64>,
+        block_time: Option<chrono::DateTime<chrono::Utc>>,
+        retracted: bool,
+        retracts: Option<i64>,
+    }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT seq, chain_id, pool, token0, token1, reserve0::text, reserve1::text, block_number,
-                block_time
+        "SELECT seq, chain_id, pool, token0, token1, reserve0::text AS reserve0,
+                reserve1::text AS reserve1, block_number, block_time, false AS retracted,
+                NULL::int8 AS retracts
          FROM pool_sync
          WHERE seq > $1 AND ($2::int8 IS NULL OR seq <= $2) AND ($3::int8 IS NULL OR chain_id = $3)
            AND ($4::text[] IS NULL OR pool = ANY($4))
-         ORDER BY seq LIMIT $5",
+         UNION ALL
+         SELECT r.seq, p.chain_id, p.pool, p.token0, p.token1, p.reserve0::text, p.reserve1::text,
+                p.block_number, p.block_time, true, r.retracts
+         FROM feed_retraction r CROSS JOIN LATERAL jsonb_populate_record(NULL::pool_sync, r.row) p
+         WHERE r.feed = 'pool_sync' AND r.seq > $1 AND ($2::int8 IS NULL OR r.seq <= $2)
+           AND ($3::int8 IS NULL OR r.chain_id = $3) AND ($4::text[] IS NULL OR p.pool = ANY($4))
+         ORDER BY 1 LIMIT $5",
     )
     .bind(after)
     .bind(upto)
@@ -260,14 +360,16 @@ async fn fetch_pools(
     Ok(rows
         .into_iter()
         .map(|r| PoolUpdate {
-            cursor: r.0.to_string(),
-            chain_id: r.1,
-            pool: r.2,
-            token0: r.3,
-            token1: r.4,
-            reserves: vec![r.5, r.6],
-            block_number: r.7,
-            block_time: r.8,
+            cursor: r.seq.to_string(),
+            chain_id: r.chain_id,
+            pool: r.pool,
+            token0: r.token0,
+            token1: r.token1,
+            reserves: vec![r.reserve0, r.reserve1],
+            block_number: r.block_number,
+            block_time: r.block_time,
+            retracted: r.retracted,
+            retracts: r.retracts.map(|c| c.to_string()),
         })
         .collect())
 }
@@ -358,10 +460,12 @@ impl Hub {
         };
         // Where each feed stands: rows after these are new to this process.
         let mut last: [i64; 4] = sqlx::query_as::<_, (i64, i64, i64, i64)>(
-            "SELECT (SELECT coalesce(max(id), 0) FROM credit_score),
+            "SELECT greatest((SELECT coalesce(max(id), 0) FROM credit_score),
+                             (SELECT coalesce(max(seq), 0) FROM feed_retraction WHERE feed = 'credit_score')),
                     (SELECT coalesce(max(seq), 0) FROM risk_alert),
                     (SELECT coalesce(max(seq), 0) FROM credit_decision),
-                    (SELECT coalesce(max(seq), 0) FROM pool_sync)",
+                    greatest((SELECT coalesce(max(seq), 0) FROM pool_sync),
+                             (SELECT coalesce(max(seq), 0) FROM feed_retraction WHERE feed = 'pool_sync'))",
         )
         .fetch_one(&pool)
         .await
@@ -614,6 +718,113 @@ impl SubscriptionRoot {
         ))
     }
 
+    /// Health factors crossing `threshold`, evaluated on the server for the given wallets and/or
+    /// a book's (all wallets when neither is given): `BELOW` when a wallet's health factor
+    /// drops under it (and at the start, for wallets already under it), `RECOVERED` once it is
+    /// back at `threshold + hysteresis` or the debt is gone; no repeats in between. Fed by
+    /// the scores the scorer commits. Needs an API key; `after` (a cursor of this feed) resumes
+    /// with the state as of that cursor.
+    #[allow(clippy::too_many_arguments)]
+    async fn health_factor_below(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: Option<i64>,
+        threshold: f64,
+        #[graphql(default = 0.05)] hysteresis: f64,
+        wallets: Option<Vec<String>>,
+        book: Option<ID>,
+        after: Option<String>,
+    ) -> async_graphql::Result<BoxStream<'static, HealthFactorAlert>> {
+        let key = caller(ctx).key_id("healthFactorBelow")?;
+        if !(threshold.is_finite() && threshold > 0.0)
+            || !(hysteresis.is_finite() && hysteresis >= 0.0)
+        {
+            return Err(gql(ApiError::BadUserInput(format!(
+                "threshold must be > 0 and hysteresis >= 0, got {threshold} and {hysteresis}"
+            ))));
+        }
+        let after = parse_after(after)?;
+        let filter = Filter {
+            chain_id,
+            wallets: watched_wallets(ctx, key, chain_id, wallets, book).await?,
+            ..Filter::default()
+        };
+        let hub = hub(ctx)?;
+        // Where the feed starts, and each wallet's latest health factor at that point.
+        let start: i64 = match after {
+            Some(a) => a,
+            None => sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM credit_score")
+                .fetch_one(&hub.pool)
+                .await
+                .map_err(gql)?,
+        };
+        let latest: Vec<(i64, String, Option<f64>)> = sqlx::query_as(
+            "SELECT DISTINCT ON (chain_id, wallet) chain_id, wallet, health_factor FROM credit_score
+             WHERE id <= $1 AND ($2::int8 IS NULL OR chain_id = $2)
+               AND ($3::text[] IS NULL OR wallet = ANY($3))
+             ORDER BY chain_id, wallet, id DESC",
+        )
+        .bind(start)
+        .bind(filter.chain_id)
+        .bind(&filter.wallets)
+        .fetch_all(&hub.pool)
+        .await
+        .map_err(gql)?;
+        let mut state = Threshold {
+            threshold,
+            hysteresis,
+            below: Default::default(),
+        };
+        let mut already = Vec::new();
+        for (chain, wallet, hf) in latest {
+            let below = hf.is_some_and(|h| h < threshold);
+            state.below.insert((chain, wallet.clone()), below);
+            if below && after.is_none() {
+                already.push((chain, wallet));
+            }
+        }
+        // Wallets already below when a fresh subscription starts are reported first.
+        let mut initial = Vec::with_capacity(already.len());
+        for (chain, wallet) in already {
+            let row: Option<ScoreRow> = sqlx::query_as(&format!(
+                "SELECT {SCORE_COLUMNS} FROM credit_score WHERE chain_id = $1 AND wallet = $2 AND id <= $3
+                 ORDER BY id DESC LIMIT 1"
+            ))
+            .bind(chain)
+            .bind(&wallet)
+            .bind(start)
+            .fetch_optional(&hub.pool)
+            .await
+            .map_err(gql)?;
+            if let Some(row) = row {
+                let score = CreditScore::from(row);
+                initial.push(HealthFactorAlert {
+                    cursor: start.to_string(),
+                    chain_id: chain,
+                    wallet,
+                    state: HealthFactorState::Below,
+                    health_factor: score.health_factor,
+                    threshold,
+                    score,
+                });
+            }
+        }
+        let state = std::sync::Mutex::new(state);
+        let updates = feed(
+            hub,
+            hub.scores.subscribe(),
+            Some(start),
+            filter,
+            |pool, last, f| async move { fetch_scores(&pool, last, None, &f, CATCH_UP_PAGE).await },
+            Filter::score,
+        )
+        .filter_map(move |u| {
+            let alert = state.lock().ok().and_then(|mut s| s.update(u));
+            futures::future::ready(alert)
+        });
+        Ok(futures::stream::iter(initial).chain(updates).boxed())
+    }
+
     /// New risk alerts by kind, at or above a severity, touching any of the given pools.
     /// Needs an API key; `after` resumes.
     async fn alerts(
@@ -706,4 +917,75 @@ fn hub<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Hub> {
     ctx.data_opt::<Hub>().ok_or_else(|| {
         async_graphql::Error::new("subscriptions are served by `chainfold serve` only")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(seq: i64, hf: Option<f64>, retracted: bool) -> ScoreUpdate {
+        ScoreUpdate {
+            cursor: seq.to_string(),
+            chain_id: 1,
+            wallet: "0xaa".into(),
+            score: CreditScore {
+                chain_id: 1,
+                wallet: "0xaa".into(),
+                score: 600,
+                band: crate::types::ScoreBand::Fair,
+                probability_of_default: None,
+                health_factor: hf,
+                reasons: vec![],
+                model_version: "m".into(),
+                model_sha256: "s".into(),
+                computed_at: None,
+                event_id: format!("e{seq}"),
+                kafka_topic: "t".into(),
+                kafka_partition: 0,
+                kafka_offset: seq,
+                block_number: None,
+            },
+            retracted,
+            retracts: None,
+        }
+    }
+
+    #[test]
+    fn health_factor_alerts_fire_once_per_crossing_with_hysteresis() {
+        let mut t = Threshold {
+            threshold: 1.2,
+            hysteresis: 0.1,
+            below: Default::default(),
+        };
+        let states: Vec<Option<HealthFactorState>> = [
+            (Some(1.5), false),  // above: nothing
+            (Some(1.19), false), // crosses below
+            (Some(1.1), false),  // still below: no repeat
+            (Some(1.25), false), // above threshold but inside the hysteresis band: nothing
+            (Some(1.0), true),   // a retraction changes nothing
+            (Some(1.3), false),  // recovered (>= 1.2 + 0.1)
+            (Some(1.21), false), // above: nothing
+            (Some(0.9), false),  // below again
+            (None, false),       // debt repaid: recovered
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (hf, r))| t.update(update(i as i64, hf, r)).map(|a| a.state))
+        .collect();
+        use HealthFactorState::*;
+        assert_eq!(
+            states,
+            vec![
+                None,
+                Some(Below),
+                None,
+                None,
+                None,
+                Some(Recovered),
+                None,
+                Some(Below),
+                Some(Recovered)
+            ]
+        );
+    }
 }

@@ -1,13 +1,12 @@
 //! Risk in the API: `alerts` (what `chainfold risk` detected) and `stress` (the latest stress
 //! run of a chain).
 
-use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{Context, Enum, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::error::{gql, ApiResult};
-use crate::types::{encode_cursor, page_size, split_cursor};
+use crate::types::page_size;
 
 /// What an alert is about.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -41,15 +40,6 @@ impl AlertKind {
     }
 }
 
-/// Alert orderings.
-#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
-pub enum AlertOrder {
-    /// Latest first.
-    Newest,
-    /// Highest USD value first (alerts without one last), then latest.
-    Usd,
-}
-
 /// How bad.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Severity {
@@ -77,13 +67,6 @@ pub struct Alert {
     /// What the alert is worth in USD where the detector could value it (a drain's lost
     /// reserve at the oracle price).
     pub usd: Option<f64>,
-}
-
-/// Extra fields of the alerts connection.
-#[derive(SimpleObject, Debug, Clone, Copy)]
-pub struct AlertsInfo {
-    /// Alerts matching the filter, all pages.
-    pub total_count: i64,
 }
 
 /// One shock of the stress grid.
@@ -153,75 +136,6 @@ pub(crate) type AlertRow = (
 
 #[Object]
 impl RiskQuery {
-    /// Alerts of a chain, newest (or highest USD) first, optionally of some kinds;
-    /// Relay-paginated.
-    async fn alerts(
-        &self,
-        ctx: &Context<'_>,
-        chain_id: i64,
-        kinds: Option<Vec<AlertKind>>,
-        first: Option<i32>,
-        after: Option<String>,
-        #[graphql(default_with = "AlertOrder::Newest")] order_by: AlertOrder,
-    ) -> ApiResult<Connection<String, Alert, AlertsInfo, EmptyFields>> {
-        let limit = page_size(first, 20).map_err(gql)?;
-        let pool = ctx.data_unchecked::<PgPool>();
-        let after_seq = match after.as_deref() {
-            None => None,
-            Some(cursor) => Some(split_cursor(cursor).map_err(gql)?.0),
-        };
-        let kinds: Option<Vec<String>> =
-            kinds.map(|k| k.iter().map(|k| k.stored().to_owned()).collect());
-        let total: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM risk_alert WHERE chain_id = $1 AND ($2::text[] IS NULL OR kind = ANY($2))",
-        )
-        .bind(chain_id)
-        .bind(&kinds)
-        .fetch_one(pool)
-        .await
-        .map_err(gql)?;
-        // Cursors: the last seq for NEWEST; the rank (rows already seen) for USD.
-        let sql = match order_by {
-            AlertOrder::Newest => {
-                "SELECT seq, id, kind, severity, chain_id, block_number, tx_hashes, addresses, pools,
-                        evidence, detector_version, detected_at, usd
-                 FROM risk_alert WHERE chain_id = $1 AND ($2::text[] IS NULL OR kind = ANY($2))
-                   AND ($3::int8 IS NULL OR seq < $3)
-                 ORDER BY seq DESC LIMIT $4"
-            }
-            AlertOrder::Usd => {
-                "SELECT seq, id, kind, severity, chain_id, block_number, tx_hashes, addresses, pools,
-                        evidence, detector_version, detected_at, usd
-                 FROM risk_alert WHERE chain_id = $1 AND ($2::text[] IS NULL OR kind = ANY($2))
-                 ORDER BY usd DESC NULLS LAST, seq DESC OFFSET coalesce($3, 0) LIMIT $4"
-            }
-        };
-        let rows: Vec<AlertRow> = sqlx::query_as(sql)
-            .bind(chain_id)
-            .bind(&kinds)
-            .bind(after_seq)
-            .bind(limit + 1)
-            .fetch_all(pool)
-            .await
-            .map_err(gql)?;
-        let has_next = rows.len() as i64 > limit;
-        let mut connection = Connection::with_additional_fields(
-            after.is_some(),
-            has_next,
-            AlertsInfo { total_count: total },
-        );
-        for (rank, r) in rows.into_iter().take(limit as usize).enumerate() {
-            let cursor = match order_by {
-                AlertOrder::Newest => r.0,
-                AlertOrder::Usd => after_seq.unwrap_or(0) + rank as i64 + 1,
-            };
-            connection
-                .edges
-                .push(Edge::new(encode_cursor(&format!("{cursor}|")), alert_of(r)));
-        }
-        Ok(connection)
-    }
-
     /// Incidents that involve a chain, latest first (at most 200).
     async fn incidents(
         &self,

@@ -1,6 +1,5 @@
 //! Schema roots. `main` only mounts these.
 
-use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{Context, MergedObject, Object, Schema};
 use sqlx::PgPool;
 
@@ -8,10 +7,7 @@ use crate::books::{BookMutation, BookQuery};
 use crate::decisions::{DecisionDesk, MutationRoot};
 use crate::error::{gql, ApiError, ApiResult};
 use crate::live::{Hub, SubscriptionRoot};
-use crate::types::{
-    encode_cursor as cursor_of, page_size, split_cursor, IdentityScore, LendingAction,
-    LendingSummary, Pool, PoolOrderBy, Wallet,
-};
+use crate::types::{IdentityScore, LendingAction, LendingSummary, Pool, Wallet};
 
 /// The chainfold schema.
 pub type ChainfoldSchema = Schema<Query, Mutation, SubscriptionRoot>;
@@ -19,7 +15,12 @@ pub type ChainfoldSchema = Schema<Query, Mutation, SubscriptionRoot>;
 /// The query root: wallets, pools and credit ([`QueryRoot`]), risk ([`RiskQuery`]) and a
 /// lender's books ([`BookQuery`]).
 #[derive(MergedObject, Debug, Default)]
-pub struct Query(QueryRoot, crate::risk::RiskQuery, BookQuery);
+pub struct Query(
+    QueryRoot,
+    crate::collections::CollectionQuery,
+    crate::risk::RiskQuery,
+    BookQuery,
+);
 
 /// The mutation root: credit requests and books (both need an API key).
 #[derive(MergedObject, Debug, Default)]
@@ -42,7 +43,9 @@ pub fn build_with(pool: PgPool, desk: Option<DecisionDesk>) -> ChainfoldSchema {
 
 /// [`build_with`] plus the subscription feed hub (`chainfold serve` starts one).
 pub fn build_full(pool: PgPool, desk: Option<DecisionDesk>, hub: Option<Hub>) -> ChainfoldSchema {
-    let builder = Schema::build(Query::default(), Mutation::default(), SubscriptionRoot).data(pool);
+    let builder = Schema::build(Query::default(), Mutation::default(), SubscriptionRoot)
+        .data(crate::loaders::Loaders::new(pool.clone()))
+        .data(pool);
     let builder = match desk {
         Some(desk) => builder.data(desk),
         None => builder,
@@ -158,7 +161,7 @@ impl QueryRoot {
         Ok(Some(Wallet {
             chain_id,
             address,
-            lending_summary,
+            lending_summary: Some(lending_summary),
             first_activity_at,
             last_activity_at,
         }))
@@ -240,53 +243,5 @@ impl QueryRoot {
         .await
         .map_err(gql)?;
         Ok(row.map(Pool::from))
-    }
-
-    /// Pools of a chain, Relay-paginated.
-    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity + 1")]
-    async fn pools(
-        &self,
-        ctx: &Context<'_>,
-        chain_id: i64,
-        first: Option<i32>,
-        after: Option<String>,
-        #[graphql(default_with = "PoolOrderBy::SwapCount")] order_by: PoolOrderBy,
-    ) -> ApiResult<Connection<String, Pool, EmptyFields, EmptyFields>> {
-        let limit = page_size(first, 20).map_err(gql)?;
-        let pool = ctx.data_unchecked::<PgPool>();
-        let (after_count, after_pool) = match after.as_deref() {
-            None => (None, None),
-            Some(cursor) => split_cursor(cursor)
-                .map(|(n, pool)| (Some(n), Some(pool)))
-                .map_err(gql)?,
-        };
-        let sql = match order_by {
-            PoolOrderBy::SwapCount => {
-                "SELECT chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
-                 FROM pool_summary WHERE chain_id = $1
-                   AND ($2::int8 IS NULL OR (swap_count < $2 OR (swap_count = $2 AND pool > $3)))
-                 ORDER BY swap_count DESC, pool ASC LIMIT $4"
-            }
-            PoolOrderBy::Address => {
-                "SELECT chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
-                 FROM pool_summary WHERE chain_id = $1 AND ($2::int8 IS NULL OR pool > $3)
-                 ORDER BY pool ASC LIMIT $4"
-            }
-        };
-        let rows: Vec<PoolRow> = sqlx::query_as(sql)
-            .bind(chain_id)
-            .bind(after_count)
-            .bind(after_pool)
-            .bind(limit + 1)
-            .fetch_all(pool)
-            .await
-            .map_err(gql)?;
-        let has_next = rows.len() as i64 > limit;
-        let mut connection = Connection::new(after.is_some(), has_next);
-        for row in rows.into_iter().take(limit as usize) {
-            let cursor = cursor_of(&format!("{}|{}", row.swap_count, row.pool));
-            connection.edges.push(Edge::new(cursor, Pool::from(row)));
-        }
-        Ok(connection)
     }
 }

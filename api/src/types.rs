@@ -1,9 +1,7 @@
 //! GraphQL output types over the read models. Money is a decimal string (`amountUsd`), token
 //! amounts are base-unit integer strings: JSON numbers would lose digits.
 
-use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{ComplexObject, Context, Enum, SimpleObject};
-use base64::Engine as _;
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -61,8 +59,9 @@ pub struct Wallet {
     pub chain_id: i64,
     /// Lowercase 0x-hex address.
     pub address: String,
-    /// One entry per action the wallet has taken (DEPOSIT BORROW REPAY REDEEM LIQUIDATION).
-    pub lending_summary: Vec<LendingSummary>,
+    /// Filled when the query already read it (`wallet`); else loaded in batches.
+    #[graphql(skip)]
+    pub lending_summary: Option<Vec<LendingSummary>>,
     pub first_activity_at: Option<DateTime<Utc>>,
     pub last_activity_at: Option<DateTime<Utc>>,
 }
@@ -71,6 +70,8 @@ pub struct Wallet {
 #[derive(SimpleObject, Debug, Clone)]
 pub struct LendingEvent {
     pub event_id: String,
+    pub chain_id: i64,
+    pub wallet: String,
     pub action: LendingAction,
     pub protocol: String,
     /// Reserve (underlying token) address; for a liquidation, the debt reserve.
@@ -83,27 +84,6 @@ pub struct LendingEvent {
     pub block_number: Option<i64>,
     pub block_time: Option<DateTime<Utc>>,
     pub tx_hash: Option<String>,
-}
-
-/// Cursor of a wallet's events (newest first): block time and event id.
-pub(crate) fn encode_cursor(parts: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(parts)
-}
-
-pub(crate) fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::BadUserInput(format!("invalid cursor {cursor:?}")))
-}
-
-/// Splits a `<integer>|<text>` cursor (both connections use that shape).
-pub(crate) fn split_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
-    decode_cursor(cursor)?
-        .split_once('|')
-        .and_then(|(n, rest)| n.parse::<i64>().ok().map(|n| (n, rest.to_owned())))
-        .ok_or_else(|| ApiError::BadUserInput(format!("invalid cursor {cursor:?}")))
 }
 
 /// Checks `first` against the page bounds.
@@ -141,12 +121,17 @@ pub struct ScoreReason {
 /// `domain/src/scorecard.rs`).
 #[derive(SimpleObject, Debug, Clone)]
 pub struct CreditScore {
+    pub chain_id: i64,
+    pub wallet: String,
     /// 300–850.
     pub score: i32,
     pub band: ScoreBand,
     /// P(liquidation within 30 days) of the wallet's position (the position model), null when
     /// it has no debt or its position cannot be priced.
     pub probability_of_default: Option<f64>,
+    /// The account's health factor at the score's event (collateral × liquidation threshold /
+    /// debt at the oracle prices then); null without debt or when a reserve had no price.
+    pub health_factor: Option<f64>,
     /// Largest |impact| first.
     pub reasons: Vec<ScoreReason>,
     pub model_version: String,
@@ -210,7 +195,10 @@ impl IdentityScore {
 #[derive(sqlx::FromRow)]
 pub(crate) struct ScoreRow {
     pub(crate) id: i64,
+    pub(crate) chain_id: i64,
+    pub(crate) wallet: String,
     score: i32,
+    pub(crate) health_factor: Option<f64>,
     band: String,
     probability_of_liquidation: Option<f64>,
     reasons: serde_json::Value,
@@ -224,7 +212,7 @@ pub(crate) struct ScoreRow {
     block_number: Option<i64>,
 }
 
-pub(crate) const SCORE_COLUMNS: &str = "id, score, band, probability_of_liquidation, reasons, model_version, model_sha256, computed_at, event_id, kafka_topic, kafka_partition, kafka_offset, block_number";
+pub(crate) const SCORE_COLUMNS: &str = "id, chain_id, wallet, health_factor, score, band, probability_of_liquidation, reasons, model_version, model_sha256, computed_at, event_id, kafka_topic, kafka_partition, kafka_offset, block_number";
 
 impl From<ScoreRow> for CreditScore {
     fn from(row: ScoreRow) -> Self {
@@ -249,9 +237,12 @@ impl From<ScoreRow> for CreditScore {
             })
             .unwrap_or_default();
         CreditScore {
+            chain_id: row.chain_id,
+            wallet: row.wallet,
             score: row.score,
             band,
             probability_of_default: row.probability_of_liquidation,
+            health_factor: row.health_factor,
             reasons,
             model_version: row.model_version,
             model_sha256: row.model_sha256,
@@ -265,69 +256,64 @@ impl From<ScoreRow> for CreditScore {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    event_id: String,
-    action: String,
-    protocol: String,
-    reserve: String,
-    symbol: String,
-    amount: BigDecimal,
-    amount_usd: Option<BigDecimal>,
-    block_number: Option<i64>,
-    block_time: Option<DateTime<Utc>>,
-    tx_hash: Option<String>,
-}
-
 #[ComplexObject]
 impl Wallet {
-    /// The latest credit score (`chainfold score`), or null if the wallet was not scored.
-    async fn credit_score(&self, ctx: &Context<'_>) -> ApiResult<Option<CreditScore>> {
-        let pool = ctx.data_unchecked::<PgPool>();
-        let row: Option<ScoreRow> = sqlx::query_as(&format!(
-            "SELECT {SCORE_COLUMNS} FROM credit_score WHERE chain_id = $1 AND wallet = $2 ORDER BY id DESC LIMIT 1"
-        ))
-        .bind(self.chain_id)
-        .bind(&self.address)
-        .fetch_optional(pool)
-        .await
-        .map_err(gql)?;
-        Ok(row.map(CreditScore::from))
+    /// One entry per action the wallet has taken (DEPOSIT BORROW REPAY REDEEM LIQUIDATION).
+    async fn lending_summary(&self, ctx: &Context<'_>) -> ApiResult<Vec<LendingSummary>> {
+        if let Some(list) = &self.lending_summary {
+            return Ok(list.clone());
+        }
+        let loader = ctx.data_unchecked::<crate::loaders::Loaders>();
+        Ok(loader
+            .summaries
+            .load_one((self.chain_id, self.address.clone()))
+            .await?
+            .unwrap_or_default())
     }
 
-    /// Every score the wallet has had, newest first, Relay-paginated.
+    /// The latest credit score (`chainfold score`), or null if the wallet was not scored.
+    /// Batched: a page of wallets reads all their scores in one query.
+    async fn credit_score(&self, ctx: &Context<'_>) -> ApiResult<Option<CreditScore>> {
+        let loader = ctx.data_unchecked::<crate::loaders::Loaders>();
+        Ok(loader
+            .scores
+            .load_one((self.chain_id, self.address.clone()))
+            .await?)
+    }
+
+    /// Every score the wallet has had, newest first unless ordered otherwise.
+    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[allow(clippy::too_many_arguments)]
     async fn score_history(
         &self,
         ctx: &Context<'_>,
+        #[graphql(name = "where")] filter: Option<crate::collection::Where<CreditScore>>,
+        order_by: Option<crate::collection::OrderBy<CreditScore>>,
+        order_direction: Option<crate::collection::OrderDirection>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> ApiResult<Connection<String, CreditScore, EmptyFields, EmptyFields>> {
-        let limit = page_size(first, 10).map_err(gql)?;
-        let pool = ctx.data_unchecked::<PgPool>();
-        let after_id = match after.as_deref() {
-            None => None,
-            Some(cursor) => Some(split_cursor(cursor).map_err(gql)?.0),
+    ) -> ApiResult<crate::collections::Page<CreditScore>> {
+        let (chain, wallet) = (self.chain_id, self.address.clone());
+        let from = move |qb: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>| {
+            qb.push("credit_score t WHERE t.chain_id = ");
+            qb.push_bind(chain);
+            qb.push(" AND t.wallet = ");
+            qb.push_bind(wallet.clone());
         };
-        let rows: Vec<ScoreRow> = sqlx::query_as(&format!(
-            "SELECT {SCORE_COLUMNS} FROM credit_score WHERE chain_id = $1 AND wallet = $2
-               AND ($3::int8 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
-        ))
-        .bind(self.chain_id)
-        .bind(&self.address)
-        .bind(after_id)
-        .bind(limit + 1)
-        .fetch_all(pool)
+        crate::collections::collect(
+            ctx,
+            crate::collections::Args {
+                filter: filter.as_ref(),
+                order_by,
+                order_direction,
+                first,
+                after: after.as_deref(),
+            },
+            &from,
+            SCORE_COLUMNS,
+            |r: ScoreRow| Some(CreditScore::from(r)),
+        )
         .await
-        .map_err(gql)?;
-        let has_next = rows.len() as i64 > limit;
-        let mut connection = Connection::new(after.is_some(), has_next);
-        for row in rows.into_iter().take(limit as usize) {
-            let cursor = encode_cursor(&format!("{}|", row.id));
-            connection
-                .edges
-                .push(Edge::new(cursor, CreditScore::from(row)));
-        }
-        Ok(connection)
     }
 
     /// The wallet's lending decisions (requested and band-change), newest first.
@@ -341,67 +327,39 @@ impl Wallet {
         crate::decisions::of_wallet(pool, self.chain_id, &self.address, limit).await
     }
 
-    /// The wallet's lending events, newest first, Relay-paginated.
+    /// The wallet's lending events, newest first unless ordered otherwise.
+    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[allow(clippy::too_many_arguments)]
     async fn events(
         &self,
         ctx: &Context<'_>,
+        #[graphql(name = "where")] filter: Option<crate::collection::Where<LendingEvent>>,
+        order_by: Option<crate::collection::OrderBy<LendingEvent>>,
+        order_direction: Option<crate::collection::OrderDirection>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> ApiResult<Connection<String, LendingEvent, EmptyFields, EmptyFields>> {
-        let limit = page_size(first, 10).map_err(gql)?;
-        let pool = ctx.data_unchecked::<PgPool>();
-        let (after_micros, after_id) = match after.as_deref() {
-            None => (None, None),
-            Some(cursor) => split_cursor(cursor)
-                .map(|(m, id)| (Some(m), Some(id)))
-                .map_err(gql)?,
+    ) -> ApiResult<crate::collections::Page<LendingEvent>> {
+        let (chain, wallet) = (self.chain_id, self.address.clone());
+        let from = move |qb: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>| {
+            qb.push("lending_event t WHERE t.chain_id = ");
+            qb.push_bind(chain);
+            qb.push(" AND t.wallet = ");
+            qb.push_bind(wallet.clone());
         };
-        // Keyset pagination on (block time, event id), newest first; events without a time sort
-        // last (as the earliest possible time).
-        let rows: Vec<EventRow> = sqlx::query_as(
-            r#"
-            SELECT event_id, action, protocol, reserve, symbol, amount, amount_usd, block_number, block_time, tx_hash
-            FROM lending_event
-            WHERE chain_id = $1 AND wallet = $2
-              AND ($3::int8 IS NULL OR
-                   (COALESCE((EXTRACT(EPOCH FROM block_time) * 1000000)::int8, -9223372036854775808), event_id) < ($3, $4))
-            ORDER BY COALESCE((EXTRACT(EPOCH FROM block_time) * 1000000)::int8, -9223372036854775808) DESC, event_id DESC
-            LIMIT $5
-            "#,
+        crate::collections::collect(
+            ctx,
+            crate::collections::Args {
+                filter: filter.as_ref(),
+                order_by,
+                order_direction,
+                first,
+                after: after.as_deref(),
+            },
+            &from,
+            crate::collections::EVENT_COLUMNS,
+            crate::collections::event_of,
         )
-        .bind(self.chain_id)
-        .bind(&self.address)
-        .bind(after_micros)
-        .bind(after_id)
-        .bind(limit + 1)
-        .fetch_all(pool)
         .await
-        .map_err(gql)?;
-        let has_next = rows.len() as i64 > limit;
-        let mut connection = Connection::new(after.is_some(), has_next);
-        for row in rows.into_iter().take(limit as usize) {
-            let micros = row.block_time.map_or(i64::MIN, |t| t.timestamp_micros());
-            let cursor = encode_cursor(&format!("{micros}|{}", row.event_id));
-            let Some(action) = LendingAction::from_db(&row.action) else {
-                continue;
-            };
-            connection.edges.push(Edge::new(
-                cursor,
-                LendingEvent {
-                    event_id: row.event_id,
-                    action,
-                    protocol: row.protocol,
-                    reserve: row.reserve,
-                    symbol: row.symbol,
-                    amount: row.amount.to_plain_string(),
-                    amount_usd: row.amount_usd.map(|u| u.to_plain_string()),
-                    block_number: row.block_number,
-                    block_time: row.block_time,
-                    tx_hash: row.tx_hash,
-                },
-            ));
-        }
-        Ok(connection)
     }
 }
 
@@ -575,6 +533,38 @@ impl Pool {
             .collect())
     }
 
+    /// The pool's reserves after each of its `Sync`s, newest first unless ordered otherwise;
+    /// `block` stops at that block.
+    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[allow(clippy::too_many_arguments)]
+    async fn history(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "where")] filter: Option<
+            crate::collection::Where<crate::collections::PoolSyncPoint>,
+        >,
+        order_by: Option<crate::collection::OrderBy<crate::collections::PoolSyncPoint>>,
+        order_direction: Option<crate::collection::OrderDirection>,
+        first: Option<i32>,
+        after: Option<String>,
+        block: Option<crate::collection::BlockHeight>,
+    ) -> ApiResult<crate::collections::Page<crate::collections::PoolSyncPoint>> {
+        crate::collections::pool_history(
+            ctx,
+            self.chain_id,
+            self.address.clone(),
+            crate::collections::Args {
+                filter: filter.as_ref(),
+                order_by,
+                order_direction,
+                first,
+                after: after.as_deref(),
+            },
+            block,
+        )
+        .await
+    }
+
     /// Per-token volumes of the pool's successful swaps.
     async fn token_volumes(&self, ctx: &Context<'_>) -> ApiResult<Vec<TokenVolume>> {
         let pool = ctx.data_unchecked::<PgPool>();
@@ -704,13 +694,4 @@ pub struct PoolLiquidity {
     /// |robust z| of the latest reserve-ratio change against the pool's previous 100 changes.
     pub anomaly_score: Option<f64>,
     pub block_number: Option<i64>,
-}
-
-/// Pool orderings.
-#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
-pub enum PoolOrderBy {
-    /// Most swaps first.
-    SwapCount,
-    /// Address ascending.
-    Address,
 }

@@ -396,7 +396,7 @@ async fn replayed_swaps_give_exact_pool_counts_and_the_busiest_pool_first() {
     );
     assert_eq!(response["data"]["pool"]["protocol"], "uniswap_v2");
 
-    let response = query(&schema, "{ pools(chainId: 1, first: 20, orderBy: SWAP_COUNT) { edges { node { address swapCount } } } }", Value::Null).await;
+    let response = query(&schema, "{ pools(chainId: 1, first: 20, orderBy: swapCount, orderDirection: desc) { edges { node { address swapCount } } } }", Value::Null).await;
     let edges = response["data"]["pools"]["edges"]
         .as_array()
         .expect("edges");

@@ -168,7 +168,7 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
     );
     let ranked = serde_json::to_value(
         chainfold_api::build_schema(pool.clone())
-            .execute("{ alerts(chainId: 31337, orderBy: USD, first: 1) { edges { node { kind usd } } } }")
+            .execute("{ alerts(chainId: 31337, orderBy: usd, orderDirection: desc, first: 1) { edges { node { kind usd } } } }")
             .await,
     )
     .expect("json");
