@@ -17,20 +17,20 @@ $$;
 
 -- The number of a block known by its hash: the head, the ingest's recent blocks, or any stored
 -- event's block. NULL for a hash chainfold never saw or whose block a reorg orphaned.
-CREATE FUNCTION chainfold_block_number(chain BIGINT, block_hash TEXT) RETURNS BIGINT
+CREATE FUNCTION chainfold_block_number(chain BIGINT, wanted TEXT) RETURNS BIGINT
 LANGUAGE sql STABLE AS $$
     SELECT n FROM (
-        SELECT h.number AS n FROM chain_head h WHERE h.chain_id = chain AND h.hash = block_hash
+        SELECT h.number AS n FROM chain_head h WHERE h.chain_id = chain AND h.hash = wanted
         UNION ALL
-        SELECT b.number FROM ingest_block b WHERE b.chain_id = chain AND b.hash = block_hash
+        SELECT b.number FROM ingest_block b WHERE b.chain_id = chain AND b.hash = wanted
         UNION ALL
-        (SELECT e.block_number FROM lending_event e WHERE e.chain_id = chain AND e.block_hash = block_hash LIMIT 1)
+        (SELECT e.block_number FROM lending_event e WHERE e.chain_id = chain AND e.block_hash = wanted LIMIT 1)
         UNION ALL
-        (SELECT s.block_number FROM pool_sync s WHERE s.chain_id = chain AND s.block_hash = block_hash LIMIT 1)
+        (SELECT s.block_number FROM pool_sync s WHERE s.chain_id = chain AND s.block_hash = wanted LIMIT 1)
         UNION ALL
-        (SELECT s.block_number FROM swap s WHERE s.chain_id = chain AND s.block_hash = block_hash LIMIT 1)
+        (SELECT s.block_number FROM swap s WHERE s.chain_id = chain AND s.block_hash = wanted LIMIT 1)
         UNION ALL
-        (SELECT o.block_number FROM oracle_update o WHERE o.chain_id = chain AND o.block_hash = block_hash LIMIT 1)
+        (SELECT o.block_number FROM oracle_update o WHERE o.chain_id = chain AND o.block_hash = wanted LIMIT 1)
     ) known
     WHERE n IS NOT NULL
     LIMIT 1

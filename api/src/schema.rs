@@ -29,7 +29,7 @@ pub struct Mutation(MutationRoot, BookMutation);
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
 /// Highest complexity accepted (each field counts 1; connections count their `first`).
-pub const MAX_COMPLEXITY: usize = 5000;
+pub const MAX_COMPLEXITY: usize = 50_000;
 
 /// Builds the schema over `pool`, with depth and complexity limits (the default is none).
 pub fn build(pool: PgPool) -> ChainfoldSchema {
@@ -43,8 +43,19 @@ pub fn build_with(pool: PgPool, desk: Option<DecisionDesk>) -> ChainfoldSchema {
 
 /// [`build_with`] plus the subscription feed hub (`chainfold serve` starts one).
 pub fn build_full(pool: PgPool, desk: Option<DecisionDesk>, hub: Option<Hub>) -> ChainfoldSchema {
+    let loaders = crate::loaders::Loaders::new(pool.clone());
+    build_parts(pool, desk, hub, loaders)
+}
+
+/// [`build_full`] with the caller's batch loaders (to read their counters).
+pub fn build_parts(
+    pool: PgPool,
+    desk: Option<DecisionDesk>,
+    hub: Option<Hub>,
+    loaders: crate::loaders::Loaders,
+) -> ChainfoldSchema {
     let builder = Schema::build(Query::default(), Mutation::default(), SubscriptionRoot)
-        .data(crate::loaders::Loaders::new(pool.clone()))
+        .data(loaders)
         .data(pool);
     let builder = match desk {
         Some(desk) => builder.data(desk),

@@ -1028,3 +1028,120 @@ async fn pools_announced_by_a_watched_factory_are_followed_from_their_creation()
         assert_eq!(state, (r0.to_string(), r1.to_string()));
     }
 }
+
+/// A `poolUpdated` subscriber is sent a pool's new reserves; a reorg orphans that block; the
+/// subscriber then receives the retraction of exactly what it was sent (same cursor named in
+/// `retracts`), followed by the canonical chain's reserves, which equal the read model's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorg_retracts_pushed_pool_updates_to_subscribers() {
+    use futures::StreamExt as _;
+    let iso = Isolated::new("live_retract").await;
+    let c = chain(31337).await;
+    let d = c.sim.d.clone();
+    let who = Address::repeat_byte(0x44);
+    d.fund(
+        who,
+        d.usdc.token,
+        chainfold_simulate::contracts::units(1e9, 6),
+    )
+    .await
+    .expect("fund");
+    d.approve(who, d.usdc.token, d.router)
+        .await
+        .expect("approve");
+    let toml = chains_toml(&[&c], "");
+    let mut f = follower(&iso, &toml).await;
+    f.sync_to_head().await.expect("sync");
+    let pool = project(&iso).await;
+
+    let hub = chainfold_api::live::Hub::start(pool.clone())
+        .await
+        .expect("hub");
+    let schema = chainfold_api::schema::build_full(pool.clone(), None, Some(hub));
+    let pair = format!("{:#x}", d.pairs[0]);
+    let request = async_graphql::Request::new(format!(
+        r#"subscription {{ poolUpdated(chainId: 31337, pools: ["{pair}"]) {{ cursor reserves blockNumber retracted retracts }} }}"#
+    ))
+    .data(chainfold_api::auth::Caller::Key {
+        id: 1,
+        name: "test".into(),
+        rate_per_minute: 600,
+    });
+    let mut stream = schema.execute_stream(request);
+    macro_rules! next {
+        () => {{
+            let response = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .expect("an update within 30 s")
+                .expect("stream open");
+            assert!(response.errors.is_empty(), "{:?}", response.errors);
+            let v = response.data.into_json().expect("json");
+            v["poolUpdated"].clone()
+        }};
+    }
+    // A subscription stream starts (and joins the feed) when first polled: nothing is there yet.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stream.next())
+            .await
+            .is_err()
+    );
+
+    let snapshot: U256 = d
+        .provider
+        .raw_request("evm_snapshot".into(), ())
+        .await
+        .expect("snapshot");
+    d.swap(who, d.pairs[0], d.usdc.token, U256::from(5_000_000u64))
+        .await
+        .expect("swap");
+    f.sync_to_head().await.expect("sync before reorg");
+    project(&iso).await;
+    let sent = next!();
+    assert_eq!(sent["retracted"], false, "{sent}");
+    let orphaned_block = sent["blockNumber"].as_i64().expect("block");
+
+    let reverted: bool = d
+        .provider
+        .raw_request("evm_revert".into(), (snapshot,))
+        .await
+        .expect("revert");
+    assert!(reverted);
+    for amount in [7_000_000u64, 9_000_000] {
+        d.swap(who, d.pairs[0], d.usdc.token, U256::from(amount))
+            .await
+            .expect("swap");
+    }
+    f.sync_to_head().await.expect("sync after reorg");
+    project(&iso).await;
+
+    let retraction = next!();
+    assert_eq!(retraction["retracted"], true, "{retraction}");
+    assert_eq!(retraction["retracts"], sent["cursor"], "{retraction}");
+    assert_eq!(retraction["reserves"], sent["reserves"]);
+    assert_eq!(retraction["blockNumber"].as_i64(), Some(orphaned_block));
+    assert!(
+        retraction["cursor"]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<i64>()
+            .expect("cursor")
+            > sent["cursor"]
+                .as_str()
+                .unwrap_or_default()
+                .parse::<i64>()
+                .expect("cursor")
+    );
+    let first = next!();
+    let second = next!();
+    assert_eq!(first["retracted"], false);
+    assert_eq!(second["retracted"], false);
+    assert_ne!(first["reserves"], sent["reserves"]);
+    let state: (String, String) = sqlx::query_as(
+        "SELECT reserve0::text, reserve1::text FROM pool_state WHERE chain_id = 31337 AND pool = $1",
+    )
+    .bind(&pair)
+    .fetch_one(&pool)
+    .await
+    .expect("pool state");
+    assert_eq!(second["reserves"], serde_json::json!([state.0, state.1]));
+}
