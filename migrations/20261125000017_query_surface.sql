@@ -85,3 +85,12 @@ CREATE TRIGGER credit_score_feed_retract AFTER DELETE ON credit_score
 
 GRANT EXECUTE ON FUNCTION chainfold_is_safe(BIGINT, BIGINT) TO chainfold_analyst;
 GRANT EXECUTE ON FUNCTION chainfold_block_number(BIGINT, TEXT) TO chainfold_analyst;
+
+-- The API caches key lookups; a revocation (or any change to a key) tells it to forget the key.
+CREATE FUNCTION chainfold_api_key_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('chainfold_api_key', OLD.key_sha256);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER api_key_changed AFTER UPDATE OR DELETE ON api_key
+    FOR EACH ROW EXECUTE FUNCTION chainfold_api_key_changed();

@@ -95,7 +95,7 @@ pub async fn revoke_key(pool: &PgPool, id: i64) -> anyhow::Result<bool> {
 }
 
 /// Why a presented key was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     #[error("the API key is not valid (unknown or revoked)")]
     Invalid,
@@ -108,10 +108,79 @@ pub async fn resolve(pool: &PgPool, key: Option<&str>) -> Result<Caller, KeyErro
     let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) else {
         return Ok(Caller::Anonymous);
     };
+    lookup(pool, &key_hash(key)).await
+}
+
+/// Longest a cached key lookup is trusted without hearing from Postgres.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most key hashes remembered (the cache starts over beyond it).
+const KEY_CACHE_SIZE: usize = 10_000;
+
+/// When a key was looked up, and what it was.
+type CachedKey = (Instant, Result<Caller, KeyError>);
+
+/// Key lookups remembered per process, so a request does not query Postgres for its key. A
+/// change to `api_key` (a revocation) notifies `chainfold_api_key` with the key's hash, and the
+/// API's feed listener evicts it at once ([`KeyCache::evict`]); entries also expire after
+/// [`KEY_CACHE_TTL`] in case a notification was missed while the listener reconnected.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, CachedKey>>,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+impl KeyCache {
+    /// [`resolve`] through the cache (unknown and revoked keys are remembered too, so a flood
+    /// of bad keys costs one query each per TTL).
+    pub async fn resolve(&self, pool: &PgPool, key: Option<&str>) -> Result<Caller, KeyError> {
+        let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) else {
+            return Ok(Caller::Anonymous);
+        };
+        let hash = key_hash(key);
+        if let Ok(entries) = self.entries.lock() {
+            if let Some((at, known)) = entries.get(&hash) {
+                if at.elapsed() < KEY_CACHE_TTL {
+                    self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return known.clone();
+                }
+            }
+        }
+        let found = lookup(pool, &hash).await;
+        if found != Err(KeyError::Unavailable) {
+            if let Ok(mut entries) = self.entries.lock() {
+                if entries.len() >= KEY_CACHE_SIZE {
+                    entries.clear();
+                }
+                entries.insert(hash, (Instant::now(), found.clone()));
+            }
+        }
+        found
+    }
+
+    /// Forgets a key by its hash (`None`: every key).
+    pub fn evict(&self, hash: Option<&str>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            match hash {
+                Some(h) => {
+                    entries.remove(h);
+                }
+                None => entries.clear(),
+            }
+        }
+    }
+
+    /// Lookups answered from the cache since start.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The caller of a key hash, from Postgres.
+async fn lookup(pool: &PgPool, hash: &str) -> Result<Caller, KeyError> {
     let row: Option<(i64, String, i32)> = sqlx::query_as(
         "SELECT id, name, rate_per_minute FROM api_key WHERE key_sha256 = $1 AND revoked_at IS NULL",
     )
-    .bind(key_hash(key))
+    .bind(hash)
     .fetch_optional(pool)
     .await
     .map_err(|err| {

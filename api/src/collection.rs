@@ -780,7 +780,7 @@ mod tests {
     };
 
     fn parse(json: serde_json::Value) -> Result<Cond, String> {
-        parse_filter(&SPEC, &Value::from_json(json).unwrap(), 0)
+        parse_filter(&SPEC, &Value::from_json(json).expect("a GraphQL value"), 0)
     }
 
     fn sql(cond: &Cond) -> String {
@@ -791,7 +791,7 @@ mod tests {
 
     #[test]
     fn graph_style_suffixes_parse_into_comparisons() {
-        let c = parse(serde_json::json!({"amount_gte": "1000", "wallet_in": ["0xAB"], "action_not": "BORROW"})).unwrap();
+        let c = parse(serde_json::json!({"amount_gte": "1000", "wallet_in": ["0xAB"], "action_not": "BORROW"})).expect("a valid filter");
         let Cond::And(parts) = &c else {
             panic!("{c:?}")
         };
@@ -829,20 +829,20 @@ mod tests {
 
     #[test]
     fn nested_and_or_become_parenthesised_sql() {
-        let c = parse(serde_json::json!({"or": [{"blockNumber_lt": 5}, {"and": [{"wallet_starts_with": "0xab"}, {"pools_contains": ["0x01"]}]}]})).unwrap();
+        let c = parse(serde_json::json!({"or": [{"blockNumber_lt": 5}, {"and": [{"wallet_starts_with": "0xab"}, {"pools_contains": ["0x01"]}]}]})).expect("a valid filter");
         assert_eq!(
             sql(&c),
             "(((t.block_number) < $1::int8) OR ((coalesce(starts_with((t.wallet), $2::text), false)) AND (coalesce((t.pools) @> $3::text[], false))))"
         );
         assert_eq!(
-            sql(&parse(serde_json::json!({"wallet": null})).unwrap()),
+            sql(&parse(serde_json::json!({"wallet": null})).expect("a valid filter")),
             "((t.wallet) IS NULL)"
         );
     }
 
     #[test]
     fn bad_filters_say_what_is_wrong() {
-        let err = |j| parse(j).unwrap_err();
+        let err = |j| parse(j).expect_err("a refused filter");
         assert_eq!(
             err(serde_json::json!({"amount_contains": "1"})),
             "Thing_filter has no field `amount_contains`"

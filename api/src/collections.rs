@@ -1314,7 +1314,8 @@ impl CollectionQuery {
     #[graphql(name = "_meta")]
     async fn meta(&self, ctx: &Context<'_>) -> ApiResult<Meta> {
         let pool = ctx.data_unchecked::<PgPool>();
-        let rows: Vec<(i64, String, i64, String, Option<DateTime<Utc>>, i64)> = sqlx::query_as(
+        type Head = (i64, String, i64, String, Option<DateTime<Utc>>, i64);
+        let rows: Vec<Head> = sqlx::query_as(
             "SELECT chain_id, name, number, hash, block_time, confirmations FROM chain_head ORDER BY chain_id",
         )
         .fetch_all(pool)

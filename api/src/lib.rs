@@ -107,6 +107,7 @@ struct AppState {
     redis: ConnectionManager,
     schema: ChainfoldSchema,
     limiter: Arc<auth::RateLimiter>,
+    keys: Arc<auth::KeyCache>,
     public_rate: u32,
     metrics: Arc<metrics::Metrics>,
 }
@@ -156,6 +157,7 @@ impl App {
             .await
             .context("could not listen for the subscription feeds")?;
         let schema = schema::build_full(pool.clone(), Some(desk), Some(hub.clone()));
+        let keys = hub.keys();
         let metrics = Arc::new(metrics::Metrics::new(
             hub,
             config.kafka.clone(),
@@ -175,6 +177,7 @@ impl App {
                 redis,
                 schema: schema.clone(),
                 limiter: Arc::default(),
+                keys,
                 public_rate: config.public_rate_per_minute,
                 metrics,
             });
@@ -242,7 +245,8 @@ async fn admit(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<auth::Caller, Response> {
-    let caller = match auth::resolve(&state.pool, auth::presented_key(headers).as_deref()).await {
+    let presented = auth::presented_key(headers);
+    let caller = match state.keys.resolve(&state.pool, presented.as_deref()).await {
         Ok(caller) => caller,
         Err(auth::KeyError::Invalid) => {
             return Err(refusal(
@@ -318,6 +322,7 @@ async fn graphql_ws(
     };
     let schema = state.schema.clone();
     let pool = state.pool.clone();
+    let keys = state.keys.clone();
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |stream| {
@@ -329,7 +334,8 @@ async fn graphql_ws(
                         .and_then(|v| v.as_str())
                         .map(str::to_owned);
                     let caller = match key {
-                        Some(key) => auth::resolve(&pool, Some(&key))
+                        Some(key) => keys
+                            .resolve(&pool, Some(&key))
                             .await
                             .map_err(|e| async_graphql::Error::new(e.to_string()))?,
                         None => header_caller,

@@ -425,6 +425,7 @@ pub struct Hub {
     pools: broadcast::Sender<Arc<PoolUpdate>>,
     active: Arc<AtomicI64>,
     delivered: Arc<AtomicI64>,
+    keys: Arc<crate::auth::KeyCache>,
 }
 
 /// Decrements the active-subscription count when a subscription's stream is dropped.
@@ -447,6 +448,7 @@ impl Hub {
                 "chainfold_risk_alert",
                 "chainfold_credit_decision",
                 "chainfold_pool_sync",
+                "chainfold_api_key",
             ])
             .await?;
         let hub = Hub {
@@ -457,6 +459,7 @@ impl Hub {
             pools: broadcast::channel(BROADCAST_BUFFER).0,
             active: Arc::default(),
             delivered: Arc::default(),
+            keys: Arc::default(),
         };
         // Where each feed stands: rows after these are new to this process.
         let mut last: [i64; 4] = sqlx::query_as::<_, (i64, i64, i64, i64)>(
@@ -479,10 +482,16 @@ impl Hub {
                         // PgListener reconnects on the next recv; what was notified meanwhile
                         // is read by the next notification's range (rows after `last`).
                         tracing::warn!(error = %err, "feed listener lost its connection; reconnecting");
+                        // A revocation may have been notified meanwhile.
+                        feed.keys.evict(None);
                         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                         continue;
                     }
                 };
+                if note.channel() == "chainfold_api_key" {
+                    feed.keys.evict(Some(note.payload()));
+                    continue;
+                }
                 let hi = note
                     .payload()
                     .split_once(',')
@@ -534,6 +543,11 @@ impl Hub {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The API key cache this listener keeps current.
+    pub fn keys(&self) -> Arc<crate::auth::KeyCache> {
+        self.keys.clone()
     }
 
     /// Subscriptions open now.
@@ -736,8 +750,10 @@ impl SubscriptionRoot {
         after: Option<String>,
     ) -> async_graphql::Result<BoxStream<'static, HealthFactorAlert>> {
         let key = caller(ctx).key_id("healthFactorBelow")?;
-        if !(threshold.is_finite() && threshold > 0.0)
-            || !(hysteresis.is_finite() && hysteresis >= 0.0)
+        if !(threshold.is_finite()
+            && threshold > 0.0
+            && hysteresis.is_finite()
+            && hysteresis >= 0.0)
         {
             return Err(gql(ApiError::BadUserInput(format!(
                 "threshold must be > 0 and hysteresis >= 0, got {threshold} and {hysteresis}"

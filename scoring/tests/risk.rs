@@ -131,7 +131,7 @@ async fn replayed_swaps_raise_the_sandwiches_the_report_finds_once() {
         let schema = schema.clone();
         let after = after.map_or("null".to_owned(), |a| format!("\"{a}\""));
         let q = format!(
-            "{{ alerts(chainId: 1, kinds: [{kinds}], first: 5, after: {after}) {{ totalCount
+            "{{ alerts(chainId: 1, where: {{kind_in: [{kinds}]}}, first: 5, after: {after}) {{ totalCount
                 pageInfo {{ hasNextPage endCursor }}
                 edges {{ node {{ id kind severity blockNumber txHashes pools evidence detectorVersion }} }} }} }}"
         );

@@ -139,6 +139,89 @@ async fn a_decision_is_scored_requested_published_and_applied_on_the_fixture_poo
     assert!(p_after.expect("probability") > p, "{p} -> {p_after:?}");
     assert!(after <= score, "{score} -> {after}");
 
+    // The account's health factor is stored with each score: 1.5 at the borrow, then
+    // 1.5 × 0.85 after the crash.
+    let hfs: Vec<Option<f64>> = sqlx::query_scalar(
+        "SELECT health_factor FROM credit_score WHERE chain_id = 31337 AND wallet = $1 ORDER BY id",
+    )
+    .bind(&wallet)
+    .fetch_all(&pool)
+    .await
+    .expect("health factors");
+    let last = hfs
+        .last()
+        .copied()
+        .flatten()
+        .expect("a health factor after the crash");
+    assert!((last - 1.5 * 0.85).abs() < 0.01, "{hfs:?}");
+    assert!(
+        hfs.iter().flatten().any(|h| (h - 1.5).abs() < 0.01),
+        "{hfs:?}"
+    );
+
+    // A borrow in a block that a reorg then orphans: its score is deleted (and recorded as a
+    // retraction for subscribers); the latest score is the one before it again.
+    let snapshot: U256 = d
+        .provider
+        .raw_request("evm_snapshot".into(), ())
+        .await
+        .expect("snapshot");
+    d.borrow(borrower, d.usdc.token, units(10.0, 6))
+        .await
+        .expect("borrow");
+    follower.sync_to_head().await.expect("ingest");
+    project(&iso).await;
+    scorer
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("scores the borrow");
+    let orphan: (i64, String) = sqlx::query_as(
+        "SELECT id, event_id FROM credit_score WHERE chain_id = 31337 AND wallet = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(&wallet)
+    .fetch_one(&pool)
+    .await
+    .expect("the borrow's score");
+    let reverted: bool = d
+        .provider
+        .raw_request("evm_revert".into(), (snapshot,))
+        .await
+        .expect("revert");
+    assert!(reverted);
+    for _ in 0..2 {
+        let _: String = d
+            .provider
+            .raw_request("evm_mine".into(), ())
+            .await
+            .expect("mine");
+    }
+    follower.sync_to_head().await.expect("ingest the reorg");
+    project(&iso).await;
+    let undone = scorer
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("retracts");
+    assert_eq!(undone.retracted, 1, "{undone:?}");
+    let (left, retracted): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM credit_score WHERE id = $1),
+                (SELECT count(*) FROM feed_retraction WHERE feed = 'credit_score' AND retracts = $1
+                   AND row->>'event_id' = $2)",
+    )
+    .bind(orphan.0)
+    .bind(&orphan.1)
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!((left, retracted), (0, 1));
+    let latest: i32 = sqlx::query_scalar(
+        "SELECT score FROM credit_score_latest WHERE chain_id = 31337 AND wallet = $1",
+    )
+    .bind(&wallet)
+    .fetch_one(&pool)
+    .await
+    .expect("latest");
+    assert_eq!(latest, after);
+
     // requestCredit → stored and published.
     let decisions_topic = format!(
         "{}{}",
