@@ -525,3 +525,103 @@ async fn pool_updates_are_pushed_per_sync_and_resume_by_cursor() {
     );
     quiet(&mut ws, Duration::from_millis(500)).await;
 }
+
+/// Stores one score row per (wallet, health factor), one committed statement each.
+async fn store_health(pool: &sqlx::PgPool, rows: &[(&str, Option<f64>)]) {
+    for (wallet, hf) in rows {
+        sqlx::query(
+            "INSERT INTO credit_score (chain_id, wallet, score, band, reasons, model_version,
+                                       model_sha256, event_id, kafka_topic, kafka_partition,
+                                       kafka_offset, projector_next_offset, health_factor)
+             VALUES (137, $1, 600, 'FAIR', '[]', 'test', 'sha', $2, 'chainfold.lending.v1', 0, 0, 0, $3)",
+        )
+        .bind(wallet)
+        .bind(chainfold_testkit::unique("event"))
+        .bind(hf)
+        .execute(pool)
+        .await
+        .expect("score stored");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_factor_thresholds_are_evaluated_on_the_server_and_deleted_scores_are_retracted() {
+    let iso = Isolated::new("hfbelow").await;
+    let (port, pool) = start_api(&iso, 600).await;
+    let (_, key) = chainfold_api::auth::create_key(&pool, "desk", 600)
+        .await
+        .expect("key");
+    // WALLET is already under the line when the lender subscribes; OTHER is above it.
+    store_health(&pool, &[(WALLET, Some(1.05)), (OTHER, Some(1.6))]).await;
+    let query = format!(
+        r#"subscription {{ healthFactorBelow(chainId: 137, threshold: 1.1, hysteresis: 0.1, wallets: ["{WALLET}", "{OTHER}"]) {{ cursor wallet state healthFactor threshold }} }}"#
+    );
+    let mut ws = subscribe(port, &key, &query).await;
+    let alert = |m: &Value| {
+        assert_eq!(m["type"], "next", "{m}");
+        let a = &m["payload"]["data"]["healthFactorBelow"];
+        (
+            a["wallet"].as_str().expect("wallet").to_owned(),
+            a["state"].as_str().expect("state").to_owned(),
+            a["healthFactor"].as_f64(),
+        )
+    };
+    assert_eq!(
+        alert(&next(&mut ws).await),
+        (WALLET.to_owned(), "BELOW".to_owned(), Some(1.05))
+    );
+    quiet(&mut ws, Duration::from_millis(300)).await;
+    // OTHER crosses down; WALLET rises into the hysteresis band (nothing), then out of it.
+    store_health(&pool, &[(OTHER, Some(1.08))]).await;
+    assert_eq!(
+        alert(&next(&mut ws).await),
+        (OTHER.to_owned(), "BELOW".to_owned(), Some(1.08))
+    );
+    store_health(&pool, &[(WALLET, Some(1.15)), (OTHER, Some(1.02))]).await;
+    store_health(&pool, &[(WALLET, Some(1.25))]).await;
+    assert_eq!(
+        alert(&next(&mut ws).await),
+        (WALLET.to_owned(), "RECOVERED".to_owned(), Some(1.25))
+    );
+    quiet(&mut ws, Duration::from_millis(300)).await;
+    // Repaid: no debt, no health factor — recovered.
+    store_health(&pool, &[(OTHER, None)]).await;
+    assert_eq!(
+        alert(&next(&mut ws).await),
+        (OTHER.to_owned(), "RECOVERED".to_owned(), None)
+    );
+
+    // A score deleted (as the scorer does for an orphaned event) is retracted to subscribers.
+    let query = format!(
+        r#"subscription {{ scoreUpdated(wallets: ["{OTHER}"]) {{ cursor retracted retracts score {{ healthFactor }} }} }}"#
+    );
+    let mut scores = subscribe(port, &key, &query).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store_health(&pool, &[(OTHER, Some(1.3))]).await;
+    let sent = next(&mut scores).await;
+    let sent = &sent["payload"]["data"]["scoreUpdated"];
+    assert_eq!(sent["retracted"], false, "{sent}");
+    let cursor: i64 = sent["cursor"]
+        .as_str()
+        .expect("cursor")
+        .parse()
+        .expect("number");
+    sqlx::query("DELETE FROM credit_score WHERE id = $1")
+        .bind(cursor)
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let undone = next(&mut scores).await;
+    let undone = &undone["payload"]["data"]["scoreUpdated"];
+    assert_eq!(undone["retracted"], true, "{undone}");
+    assert_eq!(undone["retracts"], cursor.to_string());
+    assert_eq!(undone["score"]["healthFactor"], 1.3);
+    assert!(
+        undone["cursor"]
+            .as_str()
+            .expect("cursor")
+            .parse::<i64>()
+            .expect("n")
+            > cursor
+    );
+}
