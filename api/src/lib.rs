@@ -65,6 +65,10 @@ pub struct Config {
     /// Largest accepted request body in bytes (an oversized query is refused with 413).
     #[arg(long = "max-body-bytes", env = "CHAINFOLD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest response body in bytes; a larger answer is replaced by a `RESPONSE_TOO_LARGE`
+    /// error.
+    #[arg(long = "max-response-bytes", env = "CHAINFOLD_MAX_RESPONSE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_response_bytes: usize,
     /// Requests per minute one IP may make without an API key (keys have their own budget,
     /// set by `chainfold apikey create --rate-per-minute`).
     #[arg(
@@ -93,6 +97,7 @@ impl Config {
             listen,
             statement_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,
+            max_response_bytes: 4 * 1024 * 1024,
             public_rate_per_minute: 600,
             metrics_groups: ["chainfold-projector", "chainfold-scorer", "chainfold-risk"]
                 .map(String::from)
@@ -108,6 +113,7 @@ struct AppState {
     schema: ChainfoldSchema,
     limiter: Arc<auth::RateLimiter>,
     keys: Arc<auth::KeyCache>,
+    max_response_bytes: usize,
     public_rate: u32,
     metrics: Arc<metrics::Metrics>,
 }
@@ -156,13 +162,14 @@ impl App {
         let hub = live::Hub::start(pool.clone())
             .await
             .context("could not listen for the subscription feeds")?;
-        let schema = schema::build_full(pool.clone(), Some(desk), Some(hub.clone()));
+        let loaders = loaders::Loaders::new(pool.clone());
+        let schema =
+            schema::build_parts(pool.clone(), Some(desk), Some(hub.clone()), loaders.clone());
         let keys = hub.keys();
-        let metrics = Arc::new(metrics::Metrics::new(
-            hub,
-            config.kafka.clone(),
-            config.metrics_groups.clone(),
-        ));
+        let metrics = Arc::new(
+            metrics::Metrics::new(hub, config.kafka.clone(), config.metrics_groups.clone())
+                .with_loaders(loaders),
+        );
         let router = Router::new()
             .route("/", get(graphiql))
             .route("/graphql", get(graphql_ws).post(graphql_http))
@@ -178,6 +185,7 @@ impl App {
                 schema: schema.clone(),
                 limiter: Arc::default(),
                 keys,
+                max_response_bytes: config.max_response_bytes,
                 public_rate: config.public_rate_per_minute,
                 metrics,
             });
@@ -300,11 +308,57 @@ async fn graphql_http(
     };
     let request = request.into_inner().data(caller);
     let kind = metrics::operation_kind(&request.query);
-    let response = state.schema.execute(request).await;
+    let mut response = state.schema.execute(request).await;
+    explain_limits(&mut response);
+    let response = limit_response(response, state.max_response_bytes);
     state
         .metrics
         .observe_request(kind, response.is_ok(), started.elapsed());
     GraphQLResponse::from(response).into_response()
+}
+
+/// async-graphql's refusals of a too deep or too complex query, with the limit and what to do.
+fn explain_limits(response: &mut async_graphql::Response) {
+    for error in &mut response.errors {
+        let (code, message) = match error.message.as_str() {
+            "Query is too complex." => (
+                "QUERY_TOO_COMPLEX",
+                format!(
+                    "query is too complex: over {} (each field counts 1; a connection multiplies its selection by its `first`, default 100): select fewer fields or pass a smaller `first`, especially on nested connections",
+                    schema::MAX_COMPLEXITY
+                ),
+            ),
+            "Query is nested too deep." => (
+                "QUERY_TOO_DEEP",
+                format!("query is nested deeper than {} levels", schema::MAX_DEPTH),
+            ),
+            _ => continue,
+        };
+        error.message = message;
+        error
+            .extensions
+            .get_or_insert_with(Default::default)
+            .set("code", code);
+    }
+}
+
+/// Replaces a response larger than `max_bytes` (serialised) by a `RESPONSE_TOO_LARGE` error.
+fn limit_response(response: async_graphql::Response, max_bytes: usize) -> async_graphql::Response {
+    let size = serde_json::to_vec(&response).map_or(0, |b| b.len());
+    if size <= max_bytes {
+        return response;
+    }
+    let mut error = async_graphql::ServerError::new(
+        format!(
+            "the response would be {size} bytes, over the limit of {max_bytes} (--max-response-bytes): ask for fewer rows (`first`) or fields"
+        ),
+        None,
+    );
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", "RESPONSE_TOO_LARGE");
+    async_graphql::Response::from_errors(vec![error])
 }
 
 /// `GET /graphql` with a WebSocket upgrade: subscriptions. The key comes in the

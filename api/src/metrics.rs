@@ -4,6 +4,7 @@
 //!   `chainfold_api_request_duration_seconds{kind}` (histogram) for `POST /graphql`;
 //!   `chainfold_api_rate_limited_total`.
 //! - `chainfold_subscriptions_active`, `chainfold_subscription_updates_total`.
+//! - `chainfold_api_key_cache_hits_total`, `chainfold_api_loader_batches_total`.
 //! - From Kafka at scrape time: `chainfold_topic_end_offset{topic,partition}` (its rate is the
 //!   events/s written), `chainfold_consumer_committed_offset{group,topic,partition}` (its rate is
 //!   a role's events/s) and `chainfold_consumer_lag{group,topic,partition}`;
@@ -74,6 +75,7 @@ pub struct Metrics {
     rate_limited: AtomicU64,
     /// One OffsetFetch-only consumer per group, made on first scrape.
     consumers: Arc<Mutex<BTreeMap<String, Arc<BaseConsumer>>>>,
+    loaders: Option<crate::loaders::Loaders>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -94,7 +96,14 @@ impl Metrics {
             latency: Mutex::default(),
             rate_limited: AtomicU64::new(0),
             consumers: Arc::default(),
+            loaders: None,
         }
+    }
+
+    /// Reports the batches of these loaders too.
+    pub fn with_loaders(mut self, loaders: crate::loaders::Loaders) -> Self {
+        self.loaders = Some(loaders);
+        self
     }
 
     /// Counts a request and its latency.
@@ -173,6 +182,18 @@ impl Metrics {
             "# HELP chainfold_subscription_updates_total Updates sent to subscribers.\n# TYPE chainfold_subscription_updates_total counter\nchainfold_subscription_updates_total {}",
             self.hub.delivered()
         );
+        let _ = writeln!(
+            out,
+            "# HELP chainfold_api_key_cache_hits_total API key lookups answered from the process cache.\n# TYPE chainfold_api_key_cache_hits_total counter\nchainfold_api_key_cache_hits_total {}",
+            self.hub.keys().hits()
+        );
+        if let Some(loaders) = &self.loaders {
+            let _ = writeln!(
+                out,
+                "# HELP chainfold_api_loader_batches_total Batched queries of the DataLoaders.\n# TYPE chainfold_api_loader_batches_total counter\nchainfold_api_loader_batches_total {}",
+                loaders.batches()
+            );
+        }
     }
 }
 

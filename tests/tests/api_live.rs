@@ -378,6 +378,20 @@ async fn keys_guard_mutations_subscriptions_and_books_and_rate_limits_refuse() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The repeated requests of one key were answered from the cache.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let hits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chainfold_api_key_cache_hits_total "))
+        .expect("cache hits counter")
+        .parse()
+        .expect("number");
+    assert!(hits > 0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,4 +638,84 @@ async fn health_factor_thresholds_are_evaluated_on_the_server_and_deleted_scores
             .expect("n")
             > cursor
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_queries_and_responses_are_refused_with_the_limit_named() {
+    let iso = Isolated::new("limits").await;
+    let mut config = chainfold_api::Config::new(
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.kafka = iso.kafka.clone();
+    config.max_response_bytes = 4096;
+    let app = chainfold_api::App::build(config).await.expect("api starts");
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let wallets: Vec<String> = (0..60).map(|i| format!("0x{i:040x}")).collect();
+    let rows: Vec<(&str, i32)> = wallets.iter().map(|w| (w.as_str(), 600)).collect();
+    store_scores(&pool, &rows).await;
+
+    // A small page fits; the whole set does not.
+    let (status, body) = post(
+        port,
+        None,
+        "{ scores(first: 2) { edges { node { wallet score } } } }",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"]["scores"]["edges"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+    let (_, body) = post(
+        port,
+        None,
+        "{ scores(first: 1000) { totalCount edges { cursor node { wallet score band modelVersion modelSha256 eventId } } } }",
+    )
+    .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RESPONSE_TOO_LARGE",
+        "{body}"
+    );
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .expect("message")
+        .contains("over the limit of 4096"));
+    assert_eq!(body["data"], Value::Null);
+
+    // Too complex (a nested connection multiplies), and too deep: refused before any SQL runs.
+    let (_, body) = post(
+        port,
+        None,
+        "{ wallets(first: 1000) { edges { node { address events(first: 1000) { edges { node { eventId amount } } } } } } }",
+    )
+    .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "QUERY_TOO_COMPLEX",
+        "{body}"
+    );
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .expect("message")
+        .contains("over 50000"));
+    let deep = format!(
+        "{{ __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
+        "ofType { ".repeat(9),
+        "} ".repeat(9)
+    );
+    let (_, body) = post(port, None, &deep).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "QUERY_TOO_DEEP",
+        "{body}"
+    );
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .expect("message")
+        .contains("deeper than 12"));
 }
