@@ -5,25 +5,27 @@
 //! `chainfold_<table>` after every insert statement with the range of sequence numbers it
 //! inserted (migration `..._live_feeds.sql`); Postgres delivers that only after the commit, in
 //! commit order, and the writers' advisory lock makes sequence order commit order. One
-//! [`Hub`] per API process listens, reads each new range **once** and broadcasts the rows; every
-//! subscriber filters the shared broadcast, so ten thousand subscribers cost one listener and
-//! one query per commit, not ten thousand.
+//! [`Hub`] per API process listens, reads each new range **once** and routes the rows: a
+//! subscription that names wallets (or pools) is filed under each of them, so an update reaches
+//! only the subscriptions of its wallet (plus those that watch everything), each through its own
+//! bounded inbox. Ten thousand subscribers cost one listener and one query per commit, not ten
+//! thousand, and an update costs a lookup, not ten thousand filter calls.
 //!
 //! **Cursors.** Every update carries `cursor`: its row's sequence number. A subscription with
 //! `after: cursor` first pages through Postgres for what it missed (rows after the cursor that
 //! match its filter, 500 at a time), then goes live, skipping live rows it already replayed: no
-//! gap, no duplicate. A subscriber that falls more than the broadcast buffer behind catches up
+//! gap, no duplicate. A subscriber that falls more than its inbox (4,096 updates) behind catches up
 //! from Postgres the same way instead of losing updates.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_graphql::{Context, Subscription, ID};
 use futures::stream::{BoxStream, StreamExt as _};
 use futures::FutureExt as _;
 use sqlx::PgPool;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use crate::auth::caller;
 use crate::decisions::CreditDecision;
@@ -35,7 +37,123 @@ use crate::types::{CreditScore, ScoreRow, SCORE_COLUMNS};
 /// Rows a catch-up query reads at a time.
 const CATCH_UP_PAGE: i64 = 500;
 /// Updates a slow subscriber may fall behind before it catches up from Postgres.
-const BROADCAST_BUFFER: usize = 4096;
+const INBOX_SIZE: usize = 4096;
+
+/// One subscription's live deliveries: a bounded channel the dispatcher fills, and a flag it
+/// raises when the channel was full (the subscriber then catches up from Postgres). Dropping it
+/// unregisters the subscription.
+struct Inbox<T> {
+    rx: mpsc::Receiver<Arc<T>>,
+    lagged: Arc<AtomicBool>,
+    route: Arc<Route<T>>,
+    id: u64,
+}
+
+impl<T> Drop for Inbox<T> {
+    fn drop(&mut self) {
+        self.route.unregister(self.id);
+    }
+}
+
+/// Who gets a feed's updates. Subscriptions that name their wallets (or pools) are filed under
+/// each of them, so an update is offered only to the subscriptions of its key plus those that
+/// watch everything: ten thousand single-wallet subscriptions cost one lookup per update, not
+/// ten thousand filter calls.
+#[derive(Debug)]
+struct Route<T> {
+    next: AtomicU64,
+    table: std::sync::Mutex<RouteTable<T>>,
+}
+
+#[derive(Debug)]
+struct RouteTable<T> {
+    by_key: HashMap<String, Vec<u64>>,
+    all: Vec<u64>,
+    inboxes: HashMap<u64, Registered<T>>,
+}
+
+/// A registered inbox: its sender, its lag flag, the keys it is filed under.
+type Registered<T> = (mpsc::Sender<Arc<T>>, Arc<AtomicBool>, Option<Vec<String>>);
+
+impl<T> Default for Route<T> {
+    fn default() -> Self {
+        Route {
+            next: AtomicU64::new(1),
+            table: std::sync::Mutex::new(RouteTable {
+                by_key: HashMap::new(),
+                all: Vec::new(),
+                inboxes: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl<T> Route<T> {
+    /// A new subscription under `keys` (`None`: every update).
+    fn register(self: &Arc<Self>, keys: Option<Vec<String>>) -> Inbox<T> {
+        let (tx, rx) = mpsc::channel(INBOX_SIZE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut t) = self.table.lock() {
+            match &keys {
+                None => t.all.push(id),
+                Some(keys) => {
+                    for k in keys {
+                        let list = t.by_key.entry(k.clone()).or_default();
+                        if !list.contains(&id) {
+                            list.push(id);
+                        }
+                    }
+                }
+            }
+            t.inboxes.insert(id, (tx, lagged.clone(), keys));
+        }
+        Inbox {
+            rx,
+            lagged,
+            route: self.clone(),
+            id,
+        }
+    }
+
+    fn unregister(&self, id: u64) {
+        if let Ok(mut t) = self.table.lock() {
+            let Some((_, _, keys)) = t.inboxes.remove(&id) else {
+                return;
+            };
+            match keys {
+                None => t.all.retain(|x| *x != id),
+                Some(keys) => {
+                    for k in keys {
+                        if let Some(list) = t.by_key.get_mut(&k) {
+                            list.retain(|x| *x != id);
+                            if list.is_empty() {
+                                t.by_key.remove(&k);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Offers `item` to the subscriptions filed under `key` and to those of every update. A
+    /// full inbox is not waited for: its subscriber is marked lagged and catches up from
+    /// Postgres.
+    fn deliver(&self, key: &str, item: &Arc<T>) {
+        let Ok(t) = self.table.lock() else {
+            return;
+        };
+        let keyed = t.by_key.get(key).map(Vec::as_slice).unwrap_or_default();
+        for id in keyed.iter().chain(t.all.iter()) {
+            if let Some((tx, lagged, _)) = t.inboxes.get(id) {
+                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(item.clone()) {
+                    lagged.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
 
 /// A new credit score of a wallet.
 #[derive(async_graphql::SimpleObject, Debug, Clone)]
@@ -415,14 +533,14 @@ async fn fetch_decisions(
         .collect())
 }
 
-/// The process's one listener and the broadcasts subscribers share.
+/// The process's one listener and the routes of its feeds.
 #[derive(Debug, Clone)]
 pub struct Hub {
     pool: PgPool,
-    scores: broadcast::Sender<Arc<ScoreUpdate>>,
-    alerts: broadcast::Sender<Arc<AlertUpdate>>,
-    decisions: broadcast::Sender<Arc<DecisionUpdate>>,
-    pools: broadcast::Sender<Arc<PoolUpdate>>,
+    scores: Arc<Route<ScoreUpdate>>,
+    alerts: Arc<Route<AlertUpdate>>,
+    decisions: Arc<Route<DecisionUpdate>>,
+    pools: Arc<Route<PoolUpdate>>,
     active: Arc<AtomicI64>,
     delivered: Arc<AtomicI64>,
     keys: Arc<crate::auth::KeyCache>,
@@ -453,10 +571,10 @@ impl Hub {
             .await?;
         let hub = Hub {
             pool: pool.clone(),
-            scores: broadcast::channel(BROADCAST_BUFFER).0,
-            alerts: broadcast::channel(BROADCAST_BUFFER).0,
-            decisions: broadcast::channel(BROADCAST_BUFFER).0,
-            pools: broadcast::channel(BROADCAST_BUFFER).0,
+            scores: Arc::default(),
+            alerts: Arc::default(),
+            decisions: Arc::default(),
+            pools: Arc::default(),
             active: Arc::default(),
             delivered: Arc::default(),
             keys: Arc::default(),
@@ -504,7 +622,7 @@ impl Hub {
         Ok(hub)
     }
 
-    /// Reads the rows of `channel` after the last dispatched one (up to `hi`) and broadcasts
+    /// Reads the rows of `channel` after the last dispatched one (up to `hi`) and routes
     /// them. Reading from `last`, not from the notification's `lo`, also picks up rows whose
     /// notification was missed while the listener reconnected.
     async fn dispatch(
@@ -519,25 +637,26 @@ impl Hub {
             "chainfold_credit_score" => {
                 for u in fetch_scores(&self.pool, last[0], hi, &all, limit).await? {
                     last[0] = last[0].max(u.seq());
-                    let _ = self.scores.send(Arc::new(u));
+                    self.scores.deliver(&u.wallet.clone(), &Arc::new(u));
                 }
             }
             "chainfold_risk_alert" => {
                 for u in fetch_alerts(&self.pool, last[1], hi, &all, limit).await? {
                     last[1] = last[1].max(u.seq());
-                    let _ = self.alerts.send(Arc::new(u));
+                    self.alerts.deliver("", &Arc::new(u));
                 }
             }
             "chainfold_credit_decision" => {
                 for u in fetch_decisions(&self.pool, last[2], hi, &all, limit).await? {
                     last[2] = last[2].max(u.seq());
-                    let _ = self.decisions.send(Arc::new(u));
+                    self.decisions
+                        .deliver(&u.decision.wallet.clone(), &Arc::new(u));
                 }
             }
             "chainfold_pool_sync" => {
                 for u in fetch_pools(&self.pool, last[3], hi, &all, limit).await? {
                     last[3] = last[3].max(u.seq());
-                    let _ = self.pools.send(Arc::new(u));
+                    self.pools.deliver(&u.pool.clone(), &Arc::new(u));
                 }
             }
             _ => {}
@@ -572,7 +691,7 @@ type Fetch<T> =
 /// A subscriber's position: what it has been sent, what it still has to catch up on.
 struct Resume<T> {
     queue: VecDeque<T>,
-    rx: broadcast::Receiver<Arc<T>>,
+    rx: Inbox<T>,
     last: i64,
     catching_up: bool,
     fetch: Fetch<T>,
@@ -582,10 +701,10 @@ struct Resume<T> {
 }
 
 /// The stream of a subscription: catch-up pages from Postgres after `after` (when given), then
-/// live rows from the broadcast, skipping what was already sent; a lagging receiver catches
+/// live rows from its inbox, skipping what was already sent; a lagging subscriber catches
 /// up from Postgres again. Ends when the feed closes or Postgres fails during a catch-up.
 fn resumable<T: Sequenced + Clone + Send + Sync + 'static>(
-    rx: broadcast::Receiver<Arc<T>>,
+    rx: Inbox<T>,
     after: Option<i64>,
     fetch: Fetch<T>,
     keep: Arc<dyn Fn(&T) -> bool + Send + Sync>,
@@ -619,17 +738,18 @@ fn resumable<T: Sequenced + Clone + Send + Sync + 'static>(
                 }
                 continue;
             }
-            match s.rx.recv().await {
-                Ok(item) => {
+            if s.rx.lagged.swap(false, Ordering::Relaxed) {
+                tracing::debug!("subscriber lagged; catching up from Postgres");
+                s.catching_up = true;
+                continue;
+            }
+            match s.rx.rx.recv().await {
+                Some(item) => {
                     if item.seq() > s.last && (s.keep)(&item) {
                         s.queue.push_back((*item).clone());
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, "subscriber lagged; catching up from Postgres");
-                    s.catching_up = true;
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+                None => return None,
             }
         }
     })
@@ -640,7 +760,7 @@ fn resumable<T: Sequenced + Clone + Send + Sync + 'static>(
 /// match `filter`), live rows from `rx` that `keep` accepts.
 fn feed<T, F, Fut>(
     hub: &Hub,
-    rx: broadcast::Receiver<Arc<T>>,
+    rx: Inbox<T>,
     after: Option<i64>,
     filter: Filter,
     fetch: F,
@@ -724,7 +844,7 @@ impl SubscriptionRoot {
         let hub = hub(ctx)?;
         Ok(feed(
             hub,
-            hub.scores.subscribe(),
+            hub.scores.register(filter.wallets.clone()),
             after,
             filter,
             |pool, last, f| async move { fetch_scores(&pool, last, None, &f, CATCH_UP_PAGE).await },
@@ -828,7 +948,7 @@ impl SubscriptionRoot {
         let state = std::sync::Mutex::new(state);
         let updates = feed(
             hub,
-            hub.scores.subscribe(),
+            hub.scores.register(filter.wallets.clone()),
             Some(start),
             filter,
             |pool, last, f| async move { fetch_scores(&pool, last, None, &f, CATCH_UP_PAGE).await },
@@ -865,7 +985,7 @@ impl SubscriptionRoot {
         let hub = hub(ctx)?;
         Ok(feed(
             hub,
-            hub.alerts.subscribe(),
+            hub.alerts.register(None),
             after,
             filter,
             |pool, last, f| async move { fetch_alerts(&pool, last, None, &f, CATCH_UP_PAGE).await },
@@ -892,7 +1012,7 @@ impl SubscriptionRoot {
         let hub = hub(ctx)?;
         Ok(feed(
             hub,
-            hub.pools.subscribe(),
+            hub.pools.register(filter.pools.clone()),
             after,
             filter,
             |pool, last, f| async move { fetch_pools(&pool, last, None, &f, CATCH_UP_PAGE).await },
@@ -920,7 +1040,7 @@ impl SubscriptionRoot {
         let hub = hub(ctx)?;
         Ok(feed(
             hub,
-            hub.decisions.subscribe(),
+            hub.decisions.register(filter.wallets.clone()),
             after,
             filter,
             |pool, last, f| async move { fetch_decisions(&pool, last, None, &f, CATCH_UP_PAGE).await },
@@ -964,6 +1084,33 @@ mod tests {
             retracted,
             retracts: None,
         }
+    }
+
+    #[test]
+    fn routes_deliver_by_key_flag_full_inboxes_and_forget_dropped_subscriptions() {
+        let route: Arc<Route<u32>> = Arc::default();
+        let mut a = route.register(Some(vec!["0xaa".into()]));
+        let mut all = route.register(None);
+        let b = route.register(Some(vec!["0xbb".into(), "0xaa".into()]));
+        route.deliver("0xaa", &Arc::new(1));
+        route.deliver("0xcc", &Arc::new(2));
+        assert_eq!(a.rx.try_recv().ok().as_deref(), Some(&1));
+        assert!(a.rx.try_recv().is_err(), "0xcc is not a's");
+        assert_eq!(all.rx.try_recv().ok().as_deref(), Some(&1));
+        assert_eq!(all.rx.try_recv().ok().as_deref(), Some(&2));
+        assert_eq!(route.table.lock().expect("lock").by_key["0xaa"].len(), 2);
+        drop(b);
+        let t = route.table.lock().expect("lock");
+        assert_eq!(t.by_key["0xaa"], vec![a.id]);
+        assert!(!t.by_key.contains_key("0xbb"));
+        drop(t);
+        for i in 0..=INBOX_SIZE as u32 {
+            route.deliver("0xaa", &Arc::new(i));
+        }
+        assert!(
+            a.lagged.load(Ordering::Relaxed),
+            "a full inbox marks its subscriber lagged"
+        );
     }
 
     #[test]
