@@ -1065,6 +1065,7 @@ mod tests {
             chain_id: 1,
             wallet: "0xaa".into(),
             score: CreditScore {
+                cursor: seq.to_string(),
                 chain_id: 1,
                 wallet: "0xaa".into(),
                 score: 600,

@@ -53,6 +53,8 @@ pub enum Severity {
 #[derive(SimpleObject, Debug, Clone)]
 pub struct Alert {
     pub id: String,
+    /// The alert's number in the `alerts` feed (`after` resumes from it).
+    pub cursor: String,
     pub kind: AlertKind,
     pub severity: Severity,
     pub chain_id: i64,
@@ -244,6 +246,7 @@ pub(crate) const ALERT_COLUMNS: &str = "seq, id, kind, severity, chain_id, block
 /// An alert from its stored row.
 pub(crate) fn alert_of(r: AlertRow) -> Alert {
     Alert {
+        cursor: r.0.to_string(),
         id: r.1,
         kind: AlertKind::of(&r.2),
         severity: severity_of(&r.3),

@@ -121,6 +121,9 @@ pub struct ScoreReason {
 /// `domain/src/scorecard.rs`).
 #[derive(SimpleObject, Debug, Clone)]
 pub struct CreditScore {
+    /// The score's number in the `scoreUpdated` feed: subscribe with `after` set to it to get
+    /// every score stored since (no gap between a query and a subscription).
+    pub cursor: String,
     pub chain_id: i64,
     pub wallet: String,
     /// 300–850.
@@ -237,6 +240,7 @@ impl From<ScoreRow> for CreditScore {
             })
             .unwrap_or_default();
         CreditScore {
+            cursor: row.id.to_string(),
             chain_id: row.chain_id,
             wallet: row.wallet,
             score: row.score,

@@ -1,6 +1,6 @@
 // Drives /dashboard in Debian's headless Chromium with playwright-core (from fixtures/): loads
 // the page with a key and a wallet, waits until it is live and shows the wallet's score, prints
-// "READY <score>", then waits for an alert row of the given kind to be pushed and prints
+// "READY <score> after <the scores cursor it subscribed from>", then waits for an alert row of the given kind to be pushed and prints
 // "ALERT <kind> <severity>"; saves a screenshot. Used by tests/tests/dashboard.rs.
 //
 // node tests/browser/dashboard.js <page url> <alert kind> <screenshot.png>
@@ -21,7 +21,8 @@ const { chromium } = require(path.join(__dirname, "../../fixtures/node_modules/p
     await page.goto(url);
     await page.waitForSelector("#status.live", { timeout: 20000 });
     const score = await page.waitForSelector("#watch td.score", { timeout: 20000 });
-    console.log(`READY ${(await score.textContent()).trim()}`);
+    const cursors = JSON.parse(await page.evaluate(() => sessionStorage.getItem("cf_cursors")));
+    console.log(`READY ${(await score.textContent()).trim()} after ${cursors.scores}`);
     const row = await page.waitForSelector(`#alerts tr.flash td.kind:text-is("${kind}")`, { timeout: 30000 });
     const severity = await row.evaluate((td) => td.nextElementSibling.textContent);
     console.log(`ALERT ${(await row.textContent()).trim()} ${severity.trim()}`);

@@ -33,8 +33,8 @@ async fn the_dashboard_shows_a_replayed_score_and_a_pushed_alert() {
         .await
         .expect("scores");
     let pool = scorer.pool().clone();
-    let stored: i32 = sqlx::query_scalar(
-        "SELECT score FROM credit_score_latest WHERE chain_id = 137 AND wallet = $1",
+    let (stored, stored_id): (i32, i64) = sqlx::query_as(
+        "SELECT score, id FROM credit_score_latest WHERE chain_id = 137 AND wallet = $1",
     )
     .bind(WALLET)
     .fetch_one(&pool)
@@ -76,10 +76,12 @@ async fn the_dashboard_shows_a_replayed_score_and_a_pushed_alert() {
         }
     });
     let ready = next_line(&mut lines).await;
+    // The page shows the stored score, and its live feed starts right after that score (no
+    // gap between the snapshot and the subscription).
     assert_eq!(
         ready,
-        format!("READY {stored}"),
-        "the page shows the stored score"
+        format!("READY {stored} after {stored_id}"),
+        "the page shows the stored score and subscribes from its cursor"
     );
 
     // An alert committed now (as the risk worker stores one) is pushed to the open page.
