@@ -209,11 +209,14 @@ impl Kind {
             (Kind::Text, Value::String(s)) => Ok(s.clone()),
             (Kind::Hex | Kind::HexList, Value::String(s)) => {
                 let t = s.trim().to_ascii_lowercase();
-                let digits = t
-                    .strip_prefix("0x")
-                    .unwrap_or(if partial { &t } else { "" });
-                let hex = digits.bytes().all(|b| b.is_ascii_hexdigit());
-                if !hex || (!partial && !t.starts_with("0x")) || (!partial && digits.is_empty()) {
+                // A whole value is 0x + hex digits; a part (`_contains`, `_starts_with`) may
+                // leave out the 0x.
+                let digits = match t.strip_prefix("0x") {
+                    Some(d) if !d.is_empty() || partial => d,
+                    None if partial => t.as_str(),
+                    _ => return Err(format!("{s:?} is not 0x-hex")),
+                };
+                if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(format!("{s:?} is not 0x-hex"));
                 }
                 Ok(t)

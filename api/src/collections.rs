@@ -506,12 +506,10 @@ impl Position {
         first: Option<i32>,
         after: Option<String>,
     ) -> ApiResult<Page<HealthFactorPoint>> {
-        let (chain, wallet) = (self.chain_id, self.wallet.clone());
+        let scores = of_wallet("credit_score", self.chain_id, self.wallet.clone());
         let from = move |qb: &mut QueryBuilder<'_, Postgres>| {
-            qb.push("credit_score t WHERE t.health_factor IS NOT NULL AND t.chain_id = ");
-            qb.push_bind(chain);
-            qb.push(" AND t.wallet = ");
-            qb.push_bind(wallet.clone());
+            scores(qb);
+            qb.push(" AND t.health_factor IS NOT NULL");
         };
         collect(
             ctx,
@@ -715,6 +713,20 @@ fn push_event_scope(
                 " AND chainfold_is_final(t.chain_id, t.{block_col})"
             ));
         }
+    }
+}
+
+/// The FROM clause of one wallet's rows of `table` (alias `t`).
+pub(crate) fn of_wallet(
+    table: &'static str,
+    chain: i64,
+    wallet: String,
+) -> impl Fn(&mut QueryBuilder<'_, Postgres>) + Sync {
+    move |qb| {
+        qb.push(format_args!("{table} t WHERE t.chain_id = "));
+        qb.push_bind(chain);
+        qb.push(" AND t.wallet = ");
+        qb.push_bind(wallet.clone());
     }
 }
 

@@ -310,11 +310,10 @@ async fn graphql_http(
     let kind = metrics::operation_kind(&request.query);
     let mut response = state.schema.execute(request).await;
     explain_limits(&mut response);
-    let response = limit_response(response, state.max_response_bytes);
     state
         .metrics
         .observe_request(kind, response.is_ok(), started.elapsed());
-    GraphQLResponse::from(response).into_response()
+    limited_json(response, state.max_response_bytes)
 }
 
 /// async-graphql's refusals of a too deep or too complex query, with the limit and what to do.
@@ -342,23 +341,44 @@ fn explain_limits(response: &mut async_graphql::Response) {
     }
 }
 
-/// Replaces a response larger than `max_bytes` (serialised) by a `RESPONSE_TOO_LARGE` error.
-fn limit_response(response: async_graphql::Response, max_bytes: usize) -> async_graphql::Response {
-    let size = serde_json::to_vec(&response).map_or(0, |b| b.len());
-    if size <= max_bytes {
-        return response;
-    }
-    let mut error = async_graphql::ServerError::new(
-        format!(
-            "the response would be {size} bytes, over the limit of {max_bytes} (--max-response-bytes): ask for fewer rows (`first`) or fields"
-        ),
-        None,
-    );
-    error
-        .extensions
-        .get_or_insert_with(Default::default)
-        .set("code", "RESPONSE_TOO_LARGE");
-    async_graphql::Response::from_errors(vec![error])
+/// The response as JSON, serialised once; one larger than `max_bytes` is replaced by a
+/// `RESPONSE_TOO_LARGE` error.
+fn limited_json(response: async_graphql::Response, max_bytes: usize) -> Response {
+    let headers = response.http_headers.clone();
+    let body = match serde_json::to_vec(&response) {
+        Ok(body) if body.len() <= max_bytes => body,
+        Ok(body) => {
+            let mut error = async_graphql::ServerError::new(
+                format!(
+                    "the response would be {} bytes, over the limit of {max_bytes} (--max-response-bytes): ask for fewer rows (`first`) or fields",
+                    body.len()
+                ),
+                None,
+            );
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", "RESPONSE_TOO_LARGE");
+            return GraphQLResponse::from(async_graphql::Response::from_errors(vec![error]))
+                .into_response();
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "could not serialise a response");
+            return refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal error".into(),
+                None,
+            );
+        }
+    };
+    let mut out = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    out.headers_mut().extend(headers);
+    out
 }
 
 /// `GET /graphql` with a WebSocket upgrade: subscriptions. The key comes in the

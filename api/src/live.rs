@@ -637,7 +637,8 @@ impl Hub {
             "chainfold_credit_score" => {
                 for u in fetch_scores(&self.pool, last[0], hi, &all, limit).await? {
                     last[0] = last[0].max(u.seq());
-                    self.scores.deliver(&u.wallet.clone(), &Arc::new(u));
+                    let u = Arc::new(u);
+                    self.scores.deliver(&u.wallet, &u);
                 }
             }
             "chainfold_risk_alert" => {
@@ -656,7 +657,8 @@ impl Hub {
             "chainfold_pool_sync" => {
                 for u in fetch_pools(&self.pool, last[3], hi, &all, limit).await? {
                     last[3] = last[3].max(u.seq());
-                    self.pools.deliver(&u.pool.clone(), &Arc::new(u));
+                    let u = Arc::new(u);
+                    self.pools.deliver(&u.pool, &u);
                 }
             }
             _ => {}
@@ -894,12 +896,14 @@ impl SubscriptionRoot {
                 .await
                 .map_err(gql)?,
         };
-        let latest: Vec<(i64, String, Option<f64>)> = sqlx::query_as(
-            "SELECT DISTINCT ON (chain_id, wallet) chain_id, wallet, health_factor FROM credit_score
+        // Each watched wallet's latest score at that point: one read for the state and for
+        // the wallets to report as already below.
+        let latest: Vec<ScoreRow> = sqlx::query_as(&format!(
+            "SELECT DISTINCT ON (chain_id, wallet) {SCORE_COLUMNS} FROM credit_score
              WHERE id <= $1 AND ($2::int8 IS NULL OR chain_id = $2)
                AND ($3::text[] IS NULL OR wallet = ANY($3))
-             ORDER BY chain_id, wallet, id DESC",
-        )
+             ORDER BY chain_id, wallet, id DESC"
+        ))
         .bind(start)
         .bind(filter.chain_id)
         .bind(&filter.wallets)
@@ -911,33 +915,19 @@ impl SubscriptionRoot {
             hysteresis,
             below: Default::default(),
         };
-        let mut already = Vec::new();
-        for (chain, wallet, hf) in latest {
-            let below = hf.is_some_and(|h| h < threshold);
-            state.below.insert((chain, wallet.clone()), below);
+        let mut initial = Vec::new();
+        for row in latest {
+            let below = row.health_factor.is_some_and(|h| h < threshold);
+            state
+                .below
+                .insert((row.chain_id, row.wallet.clone()), below);
+            // Wallets already below when a fresh subscription starts are reported first.
             if below && after.is_none() {
-                already.push((chain, wallet));
-            }
-        }
-        // Wallets already below when a fresh subscription starts are reported first.
-        let mut initial = Vec::with_capacity(already.len());
-        for (chain, wallet) in already {
-            let row: Option<ScoreRow> = sqlx::query_as(&format!(
-                "SELECT {SCORE_COLUMNS} FROM credit_score WHERE chain_id = $1 AND wallet = $2 AND id <= $3
-                 ORDER BY id DESC LIMIT 1"
-            ))
-            .bind(chain)
-            .bind(&wallet)
-            .bind(start)
-            .fetch_optional(&hub.pool)
-            .await
-            .map_err(gql)?;
-            if let Some(row) = row {
                 let score = CreditScore::from(row);
                 initial.push(HealthFactorAlert {
                     cursor: start.to_string(),
-                    chain_id: chain,
-                    wallet,
+                    chain_id: score.chain_id,
+                    wallet: score.wallet.clone(),
                     state: HealthFactorState::Below,
                     health_factor: score.health_factor,
                     threshold,

@@ -297,13 +297,8 @@ impl Wallet {
         first: Option<i32>,
         after: Option<String>,
     ) -> ApiResult<crate::collections::Page<CreditScore>> {
-        let (chain, wallet) = (self.chain_id, self.address.clone());
-        let from = move |qb: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>| {
-            qb.push("credit_score t WHERE t.chain_id = ");
-            qb.push_bind(chain);
-            qb.push(" AND t.wallet = ");
-            qb.push_bind(wallet.clone());
-        };
+        let from =
+            crate::collections::of_wallet("credit_score", self.chain_id, self.address.clone());
         crate::collections::collect(
             ctx,
             crate::collections::Args {
@@ -343,13 +338,8 @@ impl Wallet {
         first: Option<i32>,
         after: Option<String>,
     ) -> ApiResult<crate::collections::Page<LendingEvent>> {
-        let (chain, wallet) = (self.chain_id, self.address.clone());
-        let from = move |qb: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>| {
-            qb.push("lending_event t WHERE t.chain_id = ");
-            qb.push_bind(chain);
-            qb.push(" AND t.wallet = ");
-            qb.push_bind(wallet.clone());
-        };
+        let from =
+            crate::collections::of_wallet("lending_event", self.chain_id, self.address.clone());
         crate::collections::collect(
             ctx,
             crate::collections::Args {
