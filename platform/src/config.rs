@@ -34,6 +34,25 @@ pub struct KafkaArgs {
         default_value_t = 6
     )]
     pub partitions: i32,
+    /// Replication factor of topics chainfold creates: 1 on one local broker, 3 on a cluster
+    /// (docker/, `scripts/stack up --cluster`).
+    #[arg(
+        long = "topic-replication",
+        env = "CHAINFOLD_TOPIC_REPLICATION",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(i32).range(1..=32)
+    )]
+    pub replication: i32,
+    /// `min.insync.replicas` of topics chainfold creates: how many replicas must have a record
+    /// before the producer (`acks=all`) is told it is written. 2 with replication 3, so one
+    /// broker can fail without losing an acknowledged event.
+    #[arg(
+        long = "topic-min-insync-replicas",
+        env = "CHAINFOLD_TOPIC_MIN_INSYNC_REPLICAS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(i32).range(1..=32)
+    )]
+    pub min_insync_replicas: i32,
     /// Raw librdkafka option `key=value`, repeatable; applied last (escape hatch).
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     pub options: Vec<(String, String)>,
@@ -46,8 +65,27 @@ impl KafkaArgs {
             brokers: brokers.into(),
             topic_prefix: topic_prefix.into(),
             partitions: 6,
+            replication: 1,
+            min_insync_replicas: 1,
             options: Vec::new(),
         }
+    }
+
+    /// Refuses settings no broker would accept, before anything connects.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min_insync_replicas > self.replication {
+            return Err(format!(
+                "--topic-min-insync-replicas {} is more than --topic-replication {}: no write could ever be acknowledged",
+                self.min_insync_replicas, self.replication
+            ));
+        }
+        if self.partitions < 1 {
+            return Err(format!(
+                "--topic-partitions {} must be at least 1",
+                self.partitions
+            ));
+        }
+        Ok(())
     }
 
     /// The topic names these settings address.

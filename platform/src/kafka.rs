@@ -1,16 +1,22 @@
 //! Kafka plumbing: topic names (with an optional prefix so tests and demos can run isolated
 //! pipelines on one broker), explicit topic creation, and producer/consumer settings.
 //!
-//! Delivery: producers are idempotent with `acks=all` and lz4 (snappy batches break the local
-//! tansu broker). Consumers never auto-commit or auto-store offsets: the projector stores them
-//! in Postgres in the same transaction as the rows, and commits to Kafka only afterwards.
-//! Nothing here uses Kafka transactions (the local broker does not support EndTxn).
+//! The log of record: every topic chainfold creates keeps its records forever
+//! (`retention.ms=-1`, `retention.bytes=-1`), with the configured replication factor and
+//! `min.insync.replicas`; a topic that already exists with another retention is corrected on
+//! start. Producers are idempotent with `acks=all` (a record is acknowledged once
+//! `min.insync.replicas` brokers have it) and lz4. Consumers never auto-commit or auto-store
+//! offsets: each role stores them in Postgres in the transaction of its writes
+//! ([`crate::offsets`]), and commits to Kafka only afterwards, as a hint for tools.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use chainfold_domain::topics;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -67,7 +73,8 @@ impl Topics {
 
 /// The default static membership id (`group.instance.id`) of a consumer in `group`:
 /// `<group>@<hostname>`. A restarted process on the same host takes its partitions back at
-/// once (the local broker never expires a member that died without leaving).
+/// once, without a rebalance; one that does not come back is expired after the session
+/// timeout. Two live processes must not share an id (the broker fences the older one).
 pub fn default_instance_id(group: &str) -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -131,28 +138,116 @@ pub fn consumer_config(args: &KafkaArgs, group: &str) -> ClientConfig {
     )
 }
 
-/// Creates `names` with the configured partitions if they do not exist yet (the local broker
-/// does not auto-create topics), then waits until the broker's metadata lists them all.
+/// Topic settings of the log of record: nothing is ever deleted by age or size.
+pub const RETENTION_FOREVER: [(&str, &str); 2] =
+    [("retention.ms", "-1"), ("retention.bytes", "-1")];
+
+/// Creates `names` with the configured partitions, replication factor, `min.insync.replicas`
+/// and infinite retention if they do not exist yet (chainfold never relies on auto-creation),
+/// corrects the retention and `min.insync.replicas` of those that exist with other values, then
+/// waits until the broker's metadata lists them all.
 pub async fn ensure_topics(args: &KafkaArgs, names: &[String]) -> anyhow::Result<()> {
+    args.validate().map_err(anyhow::Error::msg)?;
     let admin: AdminClient<DefaultClientContext> = client_config(args)
         .create()
         .context("could not create Kafka admin client")?;
+    let min_insync = args.min_insync_replicas.to_string();
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|name| NewTopic::new(name, args.partitions, TopicReplication::Fixed(1)))
+        .map(|name| {
+            RETENTION_FOREVER.iter().fold(
+                NewTopic::new(
+                    name,
+                    args.partitions,
+                    TopicReplication::Fixed(args.replication),
+                )
+                .set("min.insync.replicas", &min_insync),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&new_topics, &options)
         .await
         .with_context(|| format!("could not create topics on Kafka at {}", args.brokers))?;
+    let mut existing = Vec::new();
     for result in results {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => {}
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
+            Err((topic, RDKafkaErrorCode::InvalidReplicationFactor)) => anyhow::bail!(
+                "could not create topic {topic}: replication factor {} is more than the brokers at {} (set --topic-replication)",
+                args.replication,
+                args.brokers
+            ),
             Err((topic, code)) => anyhow::bail!("could not create topic {topic}: {code}"),
         }
     }
+    if !existing.is_empty() {
+        correct_retention(&admin, &existing, &min_insync).await?;
+    }
     wait_for_topics(args, names).await
+}
+
+/// Topics created before the log of record kept everything (or by hand) get infinite retention
+/// and the configured `min.insync.replicas`; their other dynamic settings are carried over
+/// (a non-incremental AlterConfigs replaces the whole set).
+async fn correct_retention(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[String],
+    min_insync: &str,
+) -> anyhow::Result<()> {
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let specifiers: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let described = admin
+        .describe_configs(&specifiers, &options)
+        .await
+        .context("could not describe the topics' configuration")?;
+    let wanted: Vec<(&str, &str)> = RETENTION_FOREVER
+        .iter()
+        .copied()
+        .chain([("min.insync.replicas", min_insync)])
+        .collect();
+    for (topic, resource) in topics.iter().zip(described) {
+        let resource =
+            resource.with_context(|| format!("could not describe the configuration of {topic}"))?;
+        let differs = wanted
+            .iter()
+            .any(|(key, value)| resource.get(key).and_then(|e| e.value.as_deref()) != Some(*value));
+        if !differs {
+            continue;
+        }
+        let kept: Vec<(String, String)> = resource
+            .entries
+            .iter()
+            .filter(|e| e.source == ConfigSource::DynamicTopic)
+            .filter(|e| !wanted.iter().any(|(key, _)| *key == e.name))
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect();
+        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+        for (key, value) in &kept {
+            alter = alter.set(key, value);
+        }
+        for (key, value) in &wanted {
+            alter = alter.set(key, value);
+        }
+        for result in admin
+            .alter_configs(&[alter], &options)
+            .await
+            .with_context(|| format!("could not set the retention of {topic}"))?
+        {
+            result.map_err(|(_, code)| {
+                anyhow::anyhow!("could not set the retention of {topic}: {code}")
+            })?;
+        }
+        tracing::warn!(
+            topic,
+            "topic kept records for a limited time; set to keep them forever"
+        );
+    }
+    Ok(())
 }
 
 async fn wait_for_topics(args: &KafkaArgs, names: &[String]) -> anyhow::Result<()> {
