@@ -208,7 +208,7 @@ pub fn presented_key(headers: &axum::http::HeaderMap) -> Option<String> {
 }
 
 /// What a rate limit is kept per.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bucket {
     Ip(IpAddr),
     Key(i64),
@@ -259,13 +259,13 @@ mod tests {
         let t0 = Instant::now();
         let ip = Bucket::Ip("127.0.0.1".parse().expect("ip"));
         for _ in 0..60 {
-            assert_eq!(limiter.check_at(ip.clone(), 60, t0), Ok(()));
+            assert_eq!(limiter.check_at(ip, 60, t0), Ok(()));
         }
-        assert_eq!(limiter.check_at(ip.clone(), 60, t0), Err(1));
+        assert_eq!(limiter.check_at(ip, 60, t0), Err(1));
         // Another bucket is untouched; one second refills one token at 60/min.
         assert_eq!(limiter.check_at(Bucket::Key(1), 60, t0), Ok(()));
         assert_eq!(
-            limiter.check_at(ip.clone(), 60, t0 + Duration::from_secs(1)),
+            limiter.check_at(ip, 60, t0 + Duration::from_secs(1)),
             Ok(())
         );
         assert!(limiter

@@ -117,12 +117,14 @@ pub struct BookQuery;
 #[Object]
 impl BookQuery {
     /// The caller's books (needs an API key).
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn books(&self, ctx: &Context<'_>) -> ApiResult<Vec<Book>> {
         let key = caller(ctx).key_id("books")?;
         load(ctx.data_unchecked::<PgPool>(), key, None).await
     }
 
     /// One of the caller's books; `NOT_FOUND` for another key's.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn book(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Book> {
         let key = caller(ctx).key_id("book")?;
         load(ctx.data_unchecked::<PgPool>(), key, Some(book_id(&id)?))

@@ -200,12 +200,15 @@ impl Kind {
                 .as_f64()
                 .map(|f| f.to_string())
                 .ok_or_else(|| format!("{n} is not a number")),
-            (Kind::Numeric, Value::Number(n)) => Ok(n.to_string()),
-            (Kind::Numeric, Value::String(s)) => s
-                .trim()
-                .parse::<bigdecimal::BigDecimal>()
+            // Bounded: `1e-9000000000` would print as nine billion digits (domain::number).
+            (Kind::Numeric, Value::Number(n)) => {
+                chainfold_domain::number::parse_decimal(&n.to_string())
+                    .map(|d| d.to_plain_string())
+                    .map_err(|e| e.to_string())
+            }
+            (Kind::Numeric, Value::String(s)) => chainfold_domain::number::parse_decimal(s.trim())
                 .map(|d| d.to_plain_string())
-                .map_err(|_| format!("{s:?} is not a decimal number")),
+                .map_err(|e| e.to_string()),
             (Kind::Text, Value::String(s)) => Ok(s.clone()),
             (Kind::Hex | Kind::HexList, Value::String(s)) => {
                 let t = s.trim().to_ascii_lowercase();

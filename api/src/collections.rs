@@ -496,7 +496,7 @@ impl Position {
     /// The account's health factor at each of the wallet's scores on this chain, newest first
     /// unless ordered otherwise. Aave's health factor is the account's (all its reserves), so
     /// the positions of one wallet share it.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     async fn health_factor_history(
         &self,
         ctx: &Context<'_>,
@@ -759,6 +759,10 @@ where
 {
     let first = page_size(args.first, 100).map_err(gql)?;
     let pool = ctx.data_unchecked::<PgPool>();
+    let total = wants_total(ctx);
+    if total {
+        crate::cost::charge_count(ctx)?;
+    }
     let result = page(
         pool,
         C::SPEC,
@@ -768,7 +772,7 @@ where
             direction: args.order_direction,
             first,
             after: args.after,
-            total: wants_total(ctx),
+            total,
         },
         from,
         columns,
@@ -865,7 +869,7 @@ pub struct CollectionQuery;
 #[Object]
 impl CollectionQuery {
     /// Wallets with lending history, with per-action counts and USD totals to filter on.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn wallets(
         &self,
@@ -911,7 +915,7 @@ impl CollectionQuery {
 
     /// Lending positions (principal per wallet and reserve); `block`/`finality` recompute
     /// them as of that block (needs `chainId`).
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn positions(
         &self,
@@ -965,7 +969,7 @@ impl CollectionQuery {
 
     /// Constant-product pools' latest reserves; `block`/`finality` give them as of that block
     /// (needs `chainId`).
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn pool_states(
         &self,
@@ -1018,7 +1022,7 @@ impl CollectionQuery {
     }
 
     /// Pools with swaps, most swaps first unless ordered otherwise.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn pools(
         &self,
@@ -1065,7 +1069,7 @@ impl CollectionQuery {
     }
 
     /// Swap hops, newest block first unless ordered otherwise.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn swaps(
         &self,
@@ -1105,7 +1109,7 @@ impl CollectionQuery {
 
     /// Lending events (deposits, borrows, repays, redeems, liquidations), newest first unless
     /// ordered otherwise.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn lending_events(
         &self,
@@ -1144,7 +1148,7 @@ impl CollectionQuery {
     }
 
     /// Liquidations with both sides, newest first unless ordered otherwise.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn liquidations(
         &self,
@@ -1185,7 +1189,7 @@ impl CollectionQuery {
     /// Each wallet's latest credit score (as of `block`, or the chain's safe / finalized block:
     /// the last score computed from an event at or before it), newest first unless ordered
     /// otherwise. A wallet's every score is `wallet.scoreHistory`.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn scores(
         &self,
@@ -1232,7 +1236,7 @@ impl CollectionQuery {
     }
 
     /// Risk alerts, newest first unless ordered otherwise.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn alerts(
         &self,
@@ -1271,7 +1275,7 @@ impl CollectionQuery {
     }
 
     /// Lending decisions, newest first unless ordered otherwise.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn decisions(
         &self,
@@ -1323,7 +1327,10 @@ impl CollectionQuery {
     }
 
     /// What chainfold has indexed: each live chain's head, safe and finalized block.
-    #[graphql(name = "_meta")]
+    #[graphql(
+        name = "_meta",
+        complexity = "crate::cost::QUERY_COST + child_complexity"
+    )]
     async fn meta(&self, ctx: &Context<'_>) -> ApiResult<Meta> {
         let pool = ctx.data_unchecked::<PgPool>();
         type Head = (i64, String, i64, String, Option<DateTime<Utc>>, i64);

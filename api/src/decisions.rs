@@ -225,18 +225,22 @@ impl MutationRoot {
         .await
         .map_err(internal)?
         .map_err(bad)?;
-        chainfold_platform::decisions::store(pool, &record)
+        // The decision and its Kafka record commit together (outbox); the relay then publishes
+        // it, and a crash in between leaves it queued for the next relay, never lost.
+        chainfold_platform::decisions::store_with_output(pool, &desk.topic, &record)
             .await
             .map_err(internal)?;
-        let mut redis = desk.redis.clone();
-        chainfold_platform::decisions::publish(
+        chainfold_platform::outbox::relay(
+            pool,
             &desk.producer,
-            &desk.topic,
-            redis.as_mut().map(|(c, p)| (c, p.as_str())),
-            &record,
+            std::slice::from_ref(&desk.topic),
+            500,
         )
         .await
         .map_err(internal)?;
+        if let Some((conn, prefix)) = desk.redis.clone().as_mut() {
+            chainfold_platform::decisions::announce(conn, prefix, &record).await;
+        }
         Ok(CreditDecision::new(record, None, None, None))
     }
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod books;
 pub mod collection;
 pub mod collections;
+pub mod cost;
 pub mod decisions;
 pub mod error;
 pub mod live;
@@ -77,6 +78,24 @@ pub struct Config {
         default_value_t = 600
     )]
     pub public_rate_per_minute: u32,
+    /// Open WebSocket connections one API key (or, without a key, one IP) may hold.
+    #[arg(
+        long = "max-ws-connections",
+        env = "CHAINFOLD_MAX_WS_CONNECTIONS",
+        default_value_t = 16
+    )]
+    pub max_ws_connections: usize,
+    /// Open subscriptions one API key may hold over all its connections.
+    #[arg(
+        long = "max-subscriptions",
+        env = "CHAINFOLD_MAX_SUBSCRIPTIONS",
+        default_value_t = 256
+    )]
+    pub max_subscriptions: usize,
+    /// Largest WebSocket message accepted, in bytes (a larger one closes the connection with
+    /// code 1009, "message too big").
+    #[arg(long = "max-ws-message-bytes", env = "CHAINFOLD_MAX_WS_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_ws_message_bytes: usize,
     /// Consumer groups whose lag `/metrics` reports (comma-separated).
     #[arg(
         long = "metrics-groups",
@@ -99,6 +118,9 @@ impl Config {
             max_body_bytes: 64 * 1024,
             max_response_bytes: 4 * 1024 * 1024,
             public_rate_per_minute: 600,
+            max_ws_connections: 16,
+            max_subscriptions: 256,
+            max_ws_message_bytes: 64 * 1024,
             metrics_groups: ["chainfold-projector", "chainfold-scorer", "chainfold-risk"]
                 .map(String::from)
                 .to_vec(),
@@ -116,6 +138,8 @@ struct AppState {
     max_response_bytes: usize,
     public_rate: u32,
     metrics: Arc<metrics::Metrics>,
+    ws_limits: Arc<cost::WsLimits>,
+    max_ws_message_bytes: usize,
 }
 
 /// A bound, not yet serving, API server (binds in `build` so tests can use port 0).
@@ -170,6 +194,12 @@ impl App {
             metrics::Metrics::new(hub, config.kafka.clone(), config.metrics_groups.clone())
                 .with_loaders(loaders),
         );
+        let limiter: Arc<auth::RateLimiter> = Arc::default();
+        let ws_limits = Arc::new(cost::WsLimits::new(
+            limiter.clone(),
+            config.max_ws_connections,
+            config.max_subscriptions,
+        ));
         let router = Router::new()
             .route("/", get(graphiql))
             .route("/graphql", get(graphql_ws).post(graphql_http))
@@ -183,11 +213,13 @@ impl App {
                 pool,
                 redis,
                 schema: schema.clone(),
-                limiter: Arc::default(),
+                limiter,
                 keys,
                 max_response_bytes: config.max_response_bytes,
                 public_rate: config.public_rate_per_minute,
                 metrics,
+                ws_limits,
+                max_ws_message_bytes: config.max_ws_message_bytes,
             });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -397,8 +429,12 @@ async fn graphql_ws(
     let schema = state.schema.clone();
     let pool = state.pool.clone();
     let keys = state.keys.clone();
+    let limits = state.ws_limits.clone();
+    let public_rate = state.public_rate;
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(state.max_ws_message_bytes)
+        .max_frame_size(state.max_ws_message_bytes)
         .on_upgrade(move |stream| {
             GraphQLWebSocket::new(stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
@@ -414,8 +450,23 @@ async fn graphql_ws(
                             .map_err(|e| async_graphql::Error::new(e.to_string()))?,
                         None => header_caller,
                     };
+                    // Every operation on this connection is metered like an HTTP request
+                    // (cost::Metering), and the connection holds one of its key's slots until
+                    // it closes (the session data is dropped with it).
+                    let (bucket, rate) = match &caller {
+                        auth::Caller::Anonymous => (auth::Bucket::Ip(peer.ip()), public_rate),
+                        auth::Caller::Key {
+                            id,
+                            rate_per_minute,
+                            ..
+                        } => (auth::Bucket::Key(*id), *rate_per_minute),
+                    };
+                    let session = limits
+                        .open(bucket, rate)
+                        .map_err(async_graphql::Error::new)?;
                     let mut data = async_graphql::Data::default();
                     data.insert(caller);
+                    data.insert(session);
                     Ok(data)
                 })
                 .serve()

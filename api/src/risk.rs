@@ -139,6 +139,7 @@ pub(crate) type AlertRow = (
 #[Object]
 impl RiskQuery {
     /// Incidents that involve a chain, latest first (at most 200).
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn incidents(
         &self,
         ctx: &Context<'_>,
@@ -181,6 +182,7 @@ impl RiskQuery {
 
     /// The latest stress run of a chain (`chainfold stress`, or the risk worker after an oracle
     /// move); null when none ran.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn stress(&self, ctx: &Context<'_>, chain_id: i64) -> ApiResult<Option<Stress>> {
         let pool = ctx.data_unchecked::<PgPool>();
         type RunRow = (

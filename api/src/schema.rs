@@ -28,7 +28,8 @@ pub struct Mutation(MutationRoot, BookMutation);
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
-/// Highest complexity accepted (each field counts 1; connections count their `first`).
+/// Highest complexity accepted (see [`crate::cost`]: each field counts 1, each field that reads
+/// Postgres [`crate::cost::QUERY_COST`], connections multiply their selection by `first`).
 pub const MAX_COMPLEXITY: usize = 50_000;
 
 /// Builds the schema over `pool`, with depth and complexity limits (the default is none).
@@ -68,6 +69,7 @@ pub fn build_parts(
     builder
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
+        .extension(crate::cost::Metering)
         .finish()
 }
 
@@ -134,6 +136,7 @@ impl From<PoolRow> for Pool {
 #[Object]
 impl QueryRoot {
     /// A wallet's lending history on a chain; `null` when chainfold has seen no event of it.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn wallet(
         &self,
         ctx: &Context<'_>,
@@ -181,6 +184,7 @@ impl QueryRoot {
     /// The credit score of an identity: a set of addresses scored as one wallet (their lending
     /// histories merged), computed on request as of the identity's latest event. No proof of
     /// common ownership is asked yet. At most 50 addresses; `null` when none has history.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn identity_score(
         &self,
         ctx: &Context<'_>,
@@ -231,6 +235,7 @@ impl QueryRoot {
 
     /// A pool's swap summary and liquidity; `null` when chainfold has seen neither a swap
     /// through it nor a `Sync` of its reserves.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn pool(
         &self,
         ctx: &Context<'_>,

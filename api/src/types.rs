@@ -263,6 +263,7 @@ impl From<ScoreRow> for CreditScore {
 #[ComplexObject]
 impl Wallet {
     /// One entry per action the wallet has taken (DEPOSIT BORROW REPAY REDEEM LIQUIDATION).
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn lending_summary(&self, ctx: &Context<'_>) -> ApiResult<Vec<LendingSummary>> {
         if let Some(list) = &self.lending_summary {
             return Ok(list.clone());
@@ -277,6 +278,7 @@ impl Wallet {
 
     /// The latest credit score (`chainfold score`), or null if the wallet was not scored.
     /// Batched: a page of wallets reads all their scores in one query.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn credit_score(&self, ctx: &Context<'_>) -> ApiResult<Option<CreditScore>> {
         let loader = ctx.data_unchecked::<crate::loaders::Loaders>();
         Ok(loader
@@ -286,7 +288,7 @@ impl Wallet {
     }
 
     /// Every score the wallet has had, newest first unless ordered otherwise.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn score_history(
         &self,
@@ -316,6 +318,7 @@ impl Wallet {
     }
 
     /// The wallet's lending decisions (requested and band-change), newest first.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn decisions(
         &self,
         ctx: &Context<'_>,
@@ -327,7 +330,7 @@ impl Wallet {
     }
 
     /// The wallet's lending events, newest first unless ordered otherwise.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn events(
         &self,
@@ -410,6 +413,7 @@ impl Pool {
     /// Per-token volumes and net flows of the pool's successful swaps in the `hours` before its
     /// latest timed swap (1 and 24 are the usual windows); empty when its swaps carry no time
     /// (recorded mev-inspect swaps).
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn recent_volumes(
         &self,
         ctx: &Context<'_>,
@@ -452,37 +456,44 @@ impl Pool {
 
     /// Liquidity, value and anomaly of a constant-product pool from its `Sync` reserves; null
     /// for pools without one (recorded swaps carry no reserves).
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn liquidity(&self, ctx: &Context<'_>) -> ApiResult<Option<PoolLiquidity>> {
         self.liquidity_of(ctx).await
     }
 
     /// Raw reserves (token0, token1) as of the latest `Sync`; null without one.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn reserves(&self, ctx: &Context<'_>) -> ApiResult<Option<Vec<String>>> {
         Ok(self.liquidity_of(ctx).await?.map(|l| l.reserves))
     }
 
     /// token0's USD price implied by the pool (see `liquidity.priceUsd`).
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn price_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
         Ok(self.liquidity_of(ctx).await?.and_then(|l| l.price_usd))
     }
 
     /// USD tradable within ±2% of the price (see `liquidity.depthUsd`).
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn depth_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
         Ok(self.liquidity_of(ctx).await?.and_then(|l| l.depth_usd))
     }
 
     /// Reserves at USD prices (see `liquidity.tvlUsd`).
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn tvl_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
         Ok(self.liquidity_of(ctx).await?.and_then(|l| l.tvl_usd))
     }
 
     /// |robust z| of the latest reserve-ratio change (see `liquidity.anomalyScore`).
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn anomaly_score(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
         Ok(self.liquidity_of(ctx).await?.and_then(|l| l.anomaly_score))
     }
 
     /// The pool's depth forecast for each of the next `hours` hours (1–48) after its latest
     /// `Sync`, from the trend of the 24 h before it; empty without an hour of timed `Sync`s.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn liquidity_forecast(
         &self,
         ctx: &Context<'_>,
@@ -529,7 +540,7 @@ impl Pool {
 
     /// The pool's reserves after each of its `Sync`s, newest first unless ordered otherwise;
     /// `block` stops at that block.
-    #[graphql(complexity = "first.unwrap_or(100).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "crate::cost::connection(first, child_complexity)")]
     #[allow(clippy::too_many_arguments)]
     async fn history(
         &self,
@@ -560,6 +571,7 @@ impl Pool {
     }
 
     /// Per-token volumes of the pool's successful swaps.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn token_volumes(&self, ctx: &Context<'_>) -> ApiResult<Vec<TokenVolume>> {
         let pool = ctx.data_unchecked::<PgPool>();
         let rows: Vec<(String, BigDecimal, BigDecimal)> = sqlx::query_as(

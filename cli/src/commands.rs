@@ -657,7 +657,6 @@ async fn demo_decide(
     )
     .await?
     .map_err(anyhow::Error::msg)?;
-    chainfold_platform::decisions::store(pool, &record).await?;
     let topic = format!(
         "{}{}",
         config.replay.kafka.topic_prefix,
@@ -666,7 +665,8 @@ async fn demo_decide(
     chainfold_platform::kafka::ensure_topics(&config.replay.kafka, std::slice::from_ref(&topic))
         .await?;
     let producer = chainfold_platform::kafka::producer(&config.replay.kafka)?;
-    chainfold_platform::decisions::publish(&producer, &topic, None, &record).await?;
+    chainfold_platform::decisions::store_with_output(pool, &topic, &record).await?;
+    chainfold_platform::outbox::relay(pool, &producer, std::slice::from_ref(&topic), 500).await?;
     let chains = chainfold_ingest::rpc::config::ChainsFile::parse(&std::fs::read_to_string(
         "chains.simulate.toml",
     )?)?;

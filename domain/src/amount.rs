@@ -23,6 +23,8 @@ pub enum AmountError {
     Fractional(String),
     #[error("{0:?} does not fit in 256 bits")]
     TooLarge(String),
+    #[error(transparent)]
+    OutOfBounds(crate::number::NumberError),
 }
 
 /// Fractional digits kept in stored USD values (half-even rounding). Far below a cent, so sums
@@ -164,18 +166,16 @@ impl<'de> Deserialize<'de> for UsdValue {
     }
 }
 
-/// Parses decimal text in plain or scientific notation; rejects `NaN`, `inf` and empty text,
-/// which `BigDecimal::from_str` would not all reject the same way.
+/// Parses decimal text in plain or scientific notation within the bounds of
+/// [`crate::number`] (a recorded or published number cannot expand into billions of digits).
 fn parse_decimal(text: &str) -> Result<BigDecimal, AmountError> {
-    let well_formed = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
-        && text.bytes().any(|b| b.is_ascii_digit());
-    if !well_formed {
-        return Err(AmountError::NotANumber(text.to_owned()));
-    }
-    BigDecimal::from_str(text).map_err(|_| AmountError::NotANumber(text.to_owned()))
+    crate::number::parse_decimal(text).map_err(|err| match err {
+        crate::number::NumberError::NotANumber(_) => AmountError::NotANumber(text.to_owned()),
+        crate::number::NumberError::TooLarge(_) | crate::number::NumberError::TooPrecise(_) => {
+            AmountError::TooLarge(text.to_owned())
+        }
+        other => AmountError::OutOfBounds(other),
+    })
 }
 
 #[cfg(test)]

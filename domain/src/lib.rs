@@ -5,6 +5,7 @@
 //! - [`amount`]: `TokenAmount` (U256, decimal string on the wire, `NUMERIC(78,0)` in Postgres)
 //!   and `UsdValue` (exact decimal). Money is never `f64`.
 //! - [`envelope`]: `Envelope`, `EventId`, `BlockRef`, `Source`, `DefiEvent` and the event payloads.
+//! - [`number`]: bounded decimal parsing for every number a user or a log supplies as text.
 //! - [`topics`]: Kafka topic names, one place.
 //! - [`credit`]: health factor (Aave's formula), shocks, concentration, volatility, and a
 //!   wallet's activity features: the scoring inputs, pure and clock-free.
@@ -19,6 +20,7 @@ pub mod credit;
 pub mod decision;
 pub mod envelope;
 pub mod fold;
+pub mod number;
 pub mod pool;
 pub mod risk;
 pub mod scorecard;

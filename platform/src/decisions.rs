@@ -9,7 +9,7 @@ use chainfold_domain::credit::volatility;
 use chainfold_domain::decision::{DecisionRecord, Policy, Request, Trigger};
 use chainfold_domain::scorecard::Band;
 use chrono::{DateTime, Utc};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+
 use sqlx::PgPool;
 
 /// A wallet's latest stored score, as a decision uses it.
@@ -275,7 +275,10 @@ pub async fn decide_band_change(
 }
 
 /// Stores `record` (nothing if its id is stored already); `true` when it is new.
-pub async fn store(pool: &PgPool, record: &DecisionRecord) -> anyhow::Result<bool> {
+pub async fn store<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    record: &DecisionRecord,
+) -> anyhow::Result<bool> {
     let d = &record.decision;
     let r = &d.request;
     let enum_text = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
@@ -309,43 +312,57 @@ pub async fn store(pool: &PgPool, record: &DecisionRecord) -> anyhow::Result<boo
     .bind(&record.score_event_id)
     .bind(serde_json::to_value(record)?)
     .bind(record.decided_at)
-    .execute(pool)
+    .execute(executor)
     .await?
     .rows_affected();
     Ok(inserted == 1)
 }
 
-/// Publishes a stored decision: `chainfold.decisions.v1` (waits for the broker's
-/// acknowledgement) and a Redis `<prefix>decisions` message (best effort: Postgres and Kafka
-/// hold it either way).
-pub async fn publish(
-    producer: &FutureProducer,
+/// A stored decision as an outbox record for `chainfold.decisions.v1` (keyed by wallet, its
+/// id as the output id): queued in the decision's transaction, relayed after the commit.
+pub fn output(topic: &str, record: &DecisionRecord) -> anyhow::Result<crate::outbox::Output> {
+    Ok(crate::outbox::Output {
+        topic: topic.to_owned(),
+        key: record.wallet.clone(),
+        output_id: record.id.clone(),
+        payload: serde_json::to_value(record)?,
+    })
+}
+
+/// Stores `record` and queues its outbox record in one transaction; `true` when it is new
+/// (a decision already stored is neither stored nor queued again).
+pub async fn store_with_output(
+    pool: &PgPool,
     topic: &str,
-    redis: Option<(&mut redis::aio::ConnectionManager, &str)>,
     record: &DecisionRecord,
-) -> anyhow::Result<()> {
-    let payload = serde_json::to_string(record)?;
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .key(record.wallet.as_str())
-                .payload(&payload),
-            std::time::Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .with_context(|| format!("could not publish decision {} to {topic}", record.id))?;
-    if let Some((conn, prefix)) = redis {
-        let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(format!("{prefix}decisions"))
-            .arg(&payload)
-            .query_async(conn)
-            .await;
-        if let Err(err) = sent {
-            tracing::warn!(%err, "could not publish a decision on Redis");
-        }
+) -> anyhow::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let new = store(&mut *tx, record).await?;
+    if new {
+        crate::outbox::enqueue(&mut tx, &[output(topic, record)?]).await?;
     }
-    Ok(())
+    tx.commit().await?;
+    Ok(new)
+}
+
+/// Announces a committed decision on Redis `<prefix>decisions` (best effort: Postgres and the
+/// Kafka topic hold it either way).
+pub async fn announce(
+    redis: &mut redis::aio::ConnectionManager,
+    prefix: &str,
+    record: &DecisionRecord,
+) {
+    let Ok(payload) = serde_json::to_string(record) else {
+        return;
+    };
+    let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+        .arg(format!("{prefix}decisions"))
+        .arg(&payload)
+        .query_async(redis)
+        .await;
+    if let Err(err) = sent {
+        tracing::warn!(%err, "could not publish a decision on Redis");
+    }
 }
 
 /// The policy at `path`, or the built-in shipped policy without one.

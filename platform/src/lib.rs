@@ -5,8 +5,13 @@
 pub mod config;
 pub mod decisions;
 pub mod dlq;
+pub mod failpoint;
 pub mod kafka;
+pub mod lease;
 pub mod liquidity;
+pub mod member;
+pub mod offsets;
+pub mod outbox;
 pub mod postgres;
 pub mod redis_cache;
 pub mod telemetry;

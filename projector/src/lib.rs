@@ -1,11 +1,14 @@
 //! Projector: folds the Kafka event log into the Postgres read models and the Redis caches.
 //!
-//! Delivery (the "storing offsets outside Kafka" pattern): messages are read in batches; each
-//! batch's rows and the next offset of every partition it touched are written in ONE Postgres
-//! transaction; only after that commit are the Redis caches updated and the offsets committed
-//! to Kafka (as a hint). On every (re)assignment the consumer seeks the new partitions to the
-//! offsets stored in Postgres and skips anything below them. A crash at any point therefore replays
-//! from the last Postgres commit, and inserts keyed by event id make that replay change nothing.
+//! Delivery (the "storing offsets outside Kafka" pattern, through [`chainfold_platform::member`]):
+//! messages are read in batches; each batch's rows and the next offset of every partition it
+//! touched are written in ONE Postgres transaction, the offsets as a compare-and-set against
+//! the claim this projector made when the partition was assigned. Only after that commit are the
+//! Redis caches updated and the offsets committed to Kafka (as a hint). On every (re)assignment
+//! the partitions are claimed and sought to the offsets stored in Postgres; nothing fetched
+//! before the seek is folded. A crash at any point therefore replays from the last Postgres
+//! commit (commits are durable), inserts keyed by event id make that replay change nothing, and
+//! a projector whose partition was reassigned cannot commit what it folded (fenced).
 //!
 //! A message that cannot be decoded or folded goes to `<topic>.dlq` with its reason (awaited
 //! before the batch commits), and its offset is committed with the batch: the partition moves on.
@@ -14,8 +17,6 @@ pub mod cache;
 pub mod live;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -24,10 +25,9 @@ use chainfold_domain::{ChainHead, Envelope, TopicKind, SCHEMA_VERSION};
 use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
 use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka::{self, Topics};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::Message as _;
+use chainfold_platform::member::{Member, Received};
+use chainfold_platform::offsets::{Advance, Fenced};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -50,9 +50,9 @@ pub struct Config {
     )]
     pub group: String,
     /// Static group membership id (Kafka `group.instance.id`): a restarted instance with the
-    /// same id takes its partitions back at once instead of waiting for the broker to expire
-    /// the old member (the local tansu broker never expires a member that died without leaving).
-    /// Must differ between instances running at the same time; defaults to `<group>@<hostname>`.
+    /// same id takes its partitions back at once, without a rebalance; one that does not come
+    /// back is expired after the session timeout (10 s). Must differ between instances running
+    /// at the same time (the broker fences the older one); defaults to `<group>@<hostname>`.
     #[arg(long = "instance-id", env = "CHAINFOLD_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Most messages folded in one Postgres transaction.
@@ -94,48 +94,7 @@ impl Config {
     }
 }
 
-/// Partitions assigned by the last rebalance that still need their Postgres offsets.
-type PendingAssignment = Arc<Mutex<Vec<(String, i32)>>>;
-
-/// Consumer context: on assignment, hands the new partitions to the loop, which seeks them to
-/// the offsets stored in Postgres (no I/O in the callback).
-#[derive(Debug, Clone, Default)]
-pub struct ProjectorContext {
-    pending: PendingAssignment,
-}
-
-impl ClientContext for ProjectorContext {}
-
-impl ConsumerContext for ProjectorContext {
-    fn post_rebalance(&self, _base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let mut pending = self
-            .pending
-            .lock()
-            .expect("pending assignment lock poisoned");
-        match rebalance {
-            // The eager protocol hands over the whole assignment each time: replace, not append.
-            Rebalance::Assign(tpl) => {
-                pending.clear();
-                for element in tpl.elements() {
-                    tracing::info!(
-                        topic = element.topic(),
-                        partition = element.partition(),
-                        "partition assigned"
-                    );
-                    pending.push((element.topic().to_owned(), element.partition()));
-                }
-            }
-            Rebalance::Revoke(_) => pending.clear(),
-            Rebalance::Error(err) => tracing::warn!(%err, "rebalance error"),
-        }
-    }
-}
-
-/// The Kafka log ends before offsets stored in Postgres: the broker's data was reset or the
-/// topics recreated, and the read models describe a log that no longer exists.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the Kafka log ends before the offsets stored in Postgres ({0}); was the broker reset? `chainfold rebuild` refolds the read models from the log")]
-pub struct LogReset(pub String);
+pub use chainfold_platform::member::{LogReset, LogTruncated};
 
 /// What one batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -177,20 +136,9 @@ struct Item {
     retracted: bool,
 }
 
-struct Received {
-    at: Coordinates,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-}
-
 /// A running projector.
 pub struct App {
-    consumer: StreamConsumer<ProjectorContext>,
-    pending: PendingAssignment,
-    /// Next offset to fold per (topic, partition), as stored in Postgres.
-    positions: HashMap<(String, i32), i64>,
-    /// Assigned partitions whose seek to the stored offset has not succeeded yet.
-    to_seek: Vec<((String, i32), Option<i64>)>,
+    member: Member,
     producer: FutureProducer,
     pool: PgPool,
     redis: ConnectionManager,
@@ -217,21 +165,16 @@ impl App {
         let topics = config.kafka.topics();
         kafka::ensure_topics(&config.kafka, &topics.all()).await?;
         let producer = kafka::producer(&config.kafka)?;
-        let context = ProjectorContext::default();
-        let pending = context.pending.clone();
-        let consumer: StreamConsumer<ProjectorContext> =
-            kafka::consumer_config(&config.kafka, &config.group)
-                .create_with_context(context)
-                .context("could not create Kafka consumer")?;
-        consumer
-            .subscribe(&topics.event_topics())
-            .context("could not subscribe to the event topics")?;
-        tracing::info!(group = %config.group, lending = %topics.lending, amm = %topics.amm, oracle = %topics.oracle, blocks = %topics.blocks, "projector subscribed");
+        let member = Member::join(
+            &config.kafka,
+            pool.clone(),
+            &config.group,
+            &config.instance_id(),
+            &topics.event_topics(),
+        )?;
+        tracing::info!(group = %config.group, instance = %config.instance_id(), lending = %topics.lending, amm = %topics.amm, oracle = %topics.oracle, blocks = %topics.blocks, "projector subscribed");
         Ok(App {
-            consumer,
-            pending,
-            positions: HashMap::new(),
-            to_seek: Vec::new(),
+            member,
             producer,
             pool,
             redis,
@@ -246,160 +189,48 @@ impl App {
         &self.pool
     }
 
-    /// Seeks newly assigned partitions to their Postgres offsets (the beginning when none is
-    /// stored). Until a partition's seek succeeds, nothing below its stored offset is folded:
-    /// Kafka's own committed offset is only ever behind Postgres (it is committed after), so
-    /// whatever arrives first from there is skipped, never applied twice.
-    async fn apply_pending_assignment(&mut self) -> anyhow::Result<()> {
-        let assigned: Vec<(String, i32)> = std::mem::take(
-            &mut *self
-                .pending
-                .lock()
-                .expect("pending assignment lock poisoned"),
-        );
-        if !assigned.is_empty() {
-            let mut stored: HashMap<(String, i32), i64> = HashMap::new();
-            for topic in self.topics.event_topics() {
-                for (partition, offset) in
-                    store::load_offsets(&self.pool, &self.config.group, topic).await?
-                {
-                    stored.insert((topic.to_owned(), partition), offset);
-                }
-            }
-            // A stored offset beyond the log's end means the log was replaced (a broker reset):
-            // seeking there would skip the new log's records. Refuse; a rebuild refolds.
-            let highs = self.high_watermarks().await?;
-            let behind: Vec<String> = assigned
-                .iter()
-                .filter_map(|(topic, partition)| {
-                    let stored = *stored.get(&(topic.clone(), *partition))?;
-                    let (_, _, end) = highs
-                        .iter()
-                        .find(|(t, p, _)| t == topic && p == partition)?;
-                    (stored > *end)
-                        .then(|| format!("{topic}/{partition} stored {stored}, log ends at {end}"))
-                })
-                .collect();
-            if !behind.is_empty() {
-                *self
-                    .pending
-                    .lock()
-                    .expect("pending assignment lock poisoned") = assigned;
-                return Err(LogReset(behind.join("; ")).into());
-            }
-            self.positions.clear();
-            self.to_seek.clear();
-            for key in assigned {
-                let offset = stored.get(&key).copied();
-                self.positions.insert(key.clone(), offset.unwrap_or(0));
-                self.to_seek.push((key, offset));
-            }
-        }
-        // A partition can be sought only once its fetcher has started; retry the rest next time.
-        let mut still_pending = Vec::new();
-        for ((topic, partition), offset) in std::mem::take(&mut self.to_seek) {
-            let target = offset.map_or(Offset::Beginning, Offset::Offset);
-            match self
-                .consumer
-                .seek(&topic, partition, target, Duration::from_secs(1))
-            {
-                Ok(()) => tracing::info!(
-                    topic,
-                    partition,
-                    ?target,
-                    "sought to the offset stored in Postgres"
-                ),
-                Err(err) => {
-                    tracing::debug!(topic, partition, %err, "seek not possible yet");
-                    still_pending.push(((topic, partition), offset));
-                }
-            }
-        }
-        self.to_seek = still_pending;
-        Ok(())
-    }
-
-    /// True when a rebalance handed over partitions that still need their stored offsets.
-    fn has_pending_assignment(&self) -> bool {
-        !self
-            .pending
-            .lock()
-            .expect("pending assignment lock poisoned")
-            .is_empty()
-    }
-
     /// Receives up to `batch_size` messages, waiting at most `idle` for the first and
-    /// `batch_wait` after it. Applies a pending assignment first.
-    async fn receive(&mut self, idle: Duration) -> anyhow::Result<Vec<Received>> {
-        self.apply_pending_assignment().await?;
+    /// `batch_wait` after it (a pending assignment is claimed and sought first).
+    async fn receive(
+        &mut self,
+        idle: Duration,
+    ) -> anyhow::Result<chainfold_platform::member::Batch> {
         let started = Instant::now();
-        let mut messages: Vec<Received> = Vec::new();
-        let mut deadline = Instant::now() + idle;
-        while messages.len() < self.config.batch_size {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(remaining, self.consumer.recv()).await {
-                Err(_) => break,
-                Ok(Err(err)) => {
-                    tracing::warn!(%err, "kafka consumer error");
-                    continue;
-                }
-                Ok(Ok(msg)) => {
-                    if messages.is_empty() {
-                        deadline = Instant::now() + self.config.batch_wait;
-                    }
-                    messages.push(Received {
-                        at: Coordinates {
-                            topic: msg.topic().to_owned(),
-                            partition: msg.partition(),
-                            offset: msg.offset(),
-                        },
-                        key: msg.key().map(<[u8]>::to_vec),
-                        payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    });
-                }
-            }
-            // A rebalance during the wait: stop here and seek before reading more.
-            if self.has_pending_assignment() {
-                break;
-            }
-        }
+        let batch = self
+            .member
+            .receive(self.config.batch_size, idle, self.config.batch_wait)
+            .await?;
         self.timings.receive += started.elapsed();
-        Ok(messages)
+        Ok(batch)
     }
 
     /// Folds a batch, dead-letters what does not fold (acknowledged by the broker before the
     /// batch's offsets can be committed) and advances the in-memory positions.
-    async fn prepare(&mut self, messages: Vec<Received>) -> anyhow::Result<Prepared> {
+    async fn prepare(
+        &mut self,
+        batch: chainfold_platform::member::Batch,
+    ) -> anyhow::Result<Prepared> {
         let mut prepared = Prepared {
             outcome: BatchOutcome {
-                received: messages.len() as u64,
+                received: batch.messages.len() as u64,
+                skipped: batch.skipped,
                 ..BatchOutcome::default()
             },
             items: Vec::new(),
             heads: Vec::new(),
-            offsets: Vec::new(),
+            offsets: batch.advances,
         };
         let fold_started = Instant::now();
         let mut rejected: Vec<(Received, String)> = Vec::new();
-        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for message in messages {
-            let position = (message.at.topic.clone(), message.at.partition);
-            if self
-                .positions
-                .get(&position)
-                .is_some_and(|next| message.at.offset < *next)
-            {
-                prepared.outcome.skipped += 1;
-                continue;
-            }
-            next_offsets.insert(position, message.at.offset + 1);
+        for message in batch.messages {
             match self.fold(&message) {
                 Ok(Folded::Row { row, retracted }) => prepared.items.push(Item {
                     row,
-                    at: message.at,
+                    at: Coordinates {
+                        topic: message.topic,
+                        partition: message.partition,
+                        offset: message.offset,
+                    },
                     retracted,
                 }),
                 Ok(Folded::Head(head)) => prepared.heads.push(*head),
@@ -410,17 +241,13 @@ impl App {
 
         let dlq_started = Instant::now();
         for (message, reason) in &rejected {
-            let origin = format!(
-                "{}/{}/{}",
-                message.at.topic, message.at.partition, message.at.offset
-            );
             dlq::send(
                 &self.producer,
                 &DeadLetter {
-                    topic: &message.at.topic,
+                    topic: &message.topic,
                     stage: "projector",
                     reason,
-                    origin: &origin,
+                    origin: &message.origin(),
                     key: message.key.as_deref(),
                     payload: &message.payload,
                 },
@@ -429,15 +256,11 @@ impl App {
             prepared.outcome.dead_lettered += 1;
         }
         self.timings.dead_letter += dlq_started.elapsed();
-        for ((topic, partition), next) in next_offsets {
-            self.positions.insert((topic.clone(), partition), next);
-            prepared.offsets.push((topic, partition, next));
-        }
         Ok(prepared)
     }
 
     fn fold(&self, message: &Received) -> Result<Folded, String> {
-        let topic = &message.at.topic;
+        let topic = &message.topic;
         if *topic == self.topics.blocks {
             let head: ChainHead = serde_json::from_slice(&message.payload)
                 .map_err(|e| format!("could not decode chain head: {e}"))?;
@@ -474,8 +297,17 @@ impl App {
     }
 
     /// After a batch's Postgres commit: refresh the Redis cache and commit the offsets to Kafka
-    /// (a hint for tools; Postgres holds the truth).
-    async fn finish(&mut self, written: Written) -> anyhow::Result<BatchOutcome> {
+    /// (a hint for tools; Postgres holds the truth). A batch that was fenced instead hands its
+    /// partitions to the member to recover (nothing of it was stored).
+    async fn finish(&mut self, written: Result<Written, Fenced>) -> anyhow::Result<BatchOutcome> {
+        let written = match written {
+            Ok(written) => written,
+            Err(fenced) => {
+                tracing::warn!(%fenced, "batch fenced; nothing of it was stored");
+                self.member.recover(&fenced).await?;
+                return Ok(BatchOutcome::default());
+            }
+        };
         let Written {
             batch,
             outcome,
@@ -483,6 +315,7 @@ impl App {
             postgres,
         } = written;
         self.timings.postgres += postgres;
+        chainfold_platform::failpoint::hit("project.after_commit");
         let redis_started = Instant::now();
         if let Err(err) =
             cache::write_summaries(&mut self.redis, &self.config.redis.prefix, &batch).await
@@ -492,19 +325,7 @@ impl App {
         }
         self.timings.redis += redis_started.elapsed();
         let commit_started = Instant::now();
-        if !offsets.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (topic, partition, next) in &offsets {
-                tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
-                    .context("could not build the commit list")?;
-            }
-            if let Err(err) = self
-                .consumer
-                .commit(&tpl, rdkafka::consumer::CommitMode::Async)
-            {
-                tracing::debug!(%err, "kafka offset commit failed (offsets are in Postgres)");
-            }
-        }
+        self.member.committed(&offsets);
         self.timings.kafka_commit += commit_started.elapsed();
         self.timings.batches += 1;
         tracing::debug!(
@@ -519,52 +340,32 @@ impl App {
     /// Receives one batch (waiting at most `idle` for its first message), folds it, and commits
     /// rows and offsets in one Postgres transaction. `received == 0` means nothing arrived.
     pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<BatchOutcome> {
-        let messages = self.receive(idle).await?;
-        if messages.is_empty() {
-            return Ok(BatchOutcome::default());
+        let batch = self.receive(idle).await?;
+        if batch.messages.is_empty() {
+            return Ok(BatchOutcome {
+                skipped: batch.skipped,
+                ..BatchOutcome::default()
+            });
         }
-        let prepared = self.prepare(messages).await?;
+        let prepared = self.prepare(batch).await?;
         let written = self.writer().write(prepared).await?;
         self.finish(written).await
     }
 
     /// High watermarks of every partition of the event topics, now.
     pub async fn high_watermarks(&self) -> anyhow::Result<Vec<(String, i32, i64)>> {
-        let probe: BaseConsumer = kafka::client_config(&self.config.kafka)
-            .create()
-            .context("could not create Kafka metadata client")?;
         let topics: Vec<String> = self
             .topics
             .event_topics()
             .iter()
             .map(|t| (*t).to_owned())
             .collect();
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            for topic in topics {
-                for (partition, _low, high) in kafka::watermarks(&probe, &topic)? {
-                    out.push((topic.clone(), partition, high));
-                }
-            }
-            Ok(out)
-        })
-        .await
-        .context("watermark task panicked")?
+        self.member.high_watermarks(&topics).await
     }
 
-    /// True when every partition in `targets` has been folded up to its target offset.
-    fn covers(&self, targets: &[(String, i32, i64)]) -> bool {
-        targets.iter().all(|(topic, partition, high)| {
-            *high == 0
-                || self
-                    .positions
-                    .get(&(topic.clone(), *partition))
-                    .is_some_and(|next| next >= high)
-        })
-    }
-
-    /// Folds until everything in the log when called has been folded (demo, rebuild,
-    /// benchmarks), then returns the totals. Meant for a projector that owns every partition.
+    /// Folds until everything in the log when called has been folded by the group — this
+    /// process and any other projector of the group, whichever owns a partition (demo,
+    /// rebuild, benchmarks) — then returns this process's totals.
     pub async fn run_until_caught_up(&mut self) -> anyhow::Result<BatchOutcome> {
         self.run_until_caught_up_or(std::future::pending()).await
     }
@@ -595,7 +396,8 @@ impl App {
 
     /// The pipelined loop: batch N+1 is received, folded and dead-lettered while batch N's
     /// transaction commits. One write is in flight at most, so batches commit in order, and it
-    /// is drained before a rebalance's seek and before returning.
+    /// is drained before a rebalance's claims and before returning. A fenced batch makes the
+    /// member read again from what Postgres holds, so the batch prepared behind it is dropped.
     async fn run(
         &mut self,
         targets: Option<&[(String, i32, i64)]>,
@@ -603,11 +405,29 @@ impl App {
     ) -> anyhow::Result<(BatchOutcome, bool)> {
         tokio::pin!(shutdown);
         let mut total = BatchOutcome::default();
-        let mut in_flight: Option<tokio::task::JoinHandle<anyhow::Result<Written>>> = None;
+        let mut in_flight: Option<
+            tokio::task::JoinHandle<anyhow::Result<Result<Written, Fenced>>>,
+        > = None;
         let mut last_report = Instant::now();
+        let mut last_check = Instant::now() - Duration::from_secs(1);
+        let mut idle = false;
         let stopped = loop {
-            let done = targets.is_some_and(|t| self.covers(t));
-            if done || self.has_pending_assignment() {
+            // Caught up: checked against the group's offsets in Postgres when idle, or every
+            // 200 ms, since other members may own some of the partitions.
+            let done = match targets {
+                Some(t)
+                    if in_flight.is_none()
+                        && (idle || last_check.elapsed() > Duration::from_millis(200)) =>
+                {
+                    last_check = Instant::now();
+                    self.member.group_covers(t).await?
+                }
+                _ => false,
+            };
+            if done {
+                break false;
+            }
+            if self.member.has_pending_assignment() {
                 if let Some(handle) = in_flight.take() {
                     total.add(
                         &self
@@ -615,16 +435,13 @@ impl App {
                             .await?,
                     );
                 }
-                if done {
-                    break false;
-                }
             }
-            let messages = tokio::select! {
+            let batch = tokio::select! {
                 biased;
                 () = &mut shutdown => None,
-                received = self.receive(Duration::from_millis(500)) => Some(received?),
+                received = self.receive(Duration::from_millis(200)) => Some(received?),
             };
-            let Some(messages) = messages else {
+            let Some(batch) = batch else {
                 if let Some(handle) = in_flight.take() {
                     total.add(
                         &self
@@ -634,20 +451,24 @@ impl App {
                 }
                 break true;
             };
-            let prepared = if messages.is_empty() {
+            idle = batch.messages.is_empty();
+            total.skipped += batch.skipped;
+            let prepared = if batch.messages.is_empty() {
                 None
             } else {
-                Some(self.prepare(messages).await?)
+                Some(self.prepare(batch).await?)
             };
+            let mut fenced = false;
             if let Some(handle) = in_flight.take() {
-                total.add(
-                    &self
-                        .finish(handle.await.context("write task panicked")??)
-                        .await?,
-                );
+                let written = handle.await.context("write task panicked")??;
+                fenced = written.is_err();
+                total.add(&self.finish(written).await?);
             }
-            if let Some(prepared) = prepared {
-                in_flight = Some(tokio::spawn(self.writer().write(prepared)));
+            match prepared {
+                // Read before the member went back to Postgres's offsets: read again.
+                Some(_) if fenced => {}
+                Some(prepared) => in_flight = Some(tokio::spawn(self.writer().write(prepared))),
+                None => {}
             }
             if last_report.elapsed() > Duration::from_secs(10) && total.stored > 0 {
                 tracing::info!(folded = total.stored, "projector progress");
@@ -662,7 +483,6 @@ impl App {
         store::reset(&self.pool, &self.config.group)
             .await
             .context("could not reset the read models")?;
-        self.positions.clear();
         let deleted = cache::clear(&mut self.redis, &self.config.redis.prefix)
             .await
             .context("could not clear the Redis cache")?;
@@ -686,14 +506,14 @@ struct Prepared {
     outcome: BatchOutcome,
     items: Vec<Item>,
     heads: Vec<ChainHead>,
-    offsets: Vec<(String, i32, i64)>,
+    offsets: Vec<Advance>,
 }
 
 /// A committed batch.
 struct Written {
     batch: store::BatchWrite,
     outcome: BatchOutcome,
-    offsets: Vec<(String, i32, i64)>,
+    offsets: Vec<Advance>,
     postgres: Duration,
 }
 
@@ -706,20 +526,30 @@ struct Writer {
 }
 
 impl Writer {
-    async fn write(self, prepared: Prepared) -> anyhow::Result<Written> {
+    async fn write(self, prepared: Prepared) -> anyhow::Result<Result<Written, Fenced>> {
         let started = Instant::now();
-        let batch = self
+        let batch = match self
             .commit_with_retry(&prepared.items, &prepared.heads, &prepared.offsets)
-            .await?;
+            .await
+        {
+            Ok(batch) => batch,
+            Err(err) => {
+                return match err.downcast::<StoreError>() {
+                    Ok(StoreError::Fenced(fenced)) => Ok(Err(fenced)),
+                    Ok(other) => Err(other.into()),
+                    Err(err) => Err(err),
+                }
+            }
+        };
         let mut outcome = prepared.outcome;
         outcome.stored = batch.new_lending + batch.new_swaps + batch.new_other;
         outcome.retracted = batch.retracted;
-        Ok(Written {
+        Ok(Ok(Written {
             batch,
             outcome,
             offsets: prepared.offsets,
             postgres: started.elapsed(),
-        })
+        }))
     }
 
     /// Writes rows and offsets in one transaction, retrying transient failures with backoff. A
@@ -729,12 +559,13 @@ impl Writer {
         &self,
         items: &[Item],
         heads: &[ChainHead],
-        offsets: &[(String, i32, i64)],
+        offsets: &[Advance],
     ) -> anyhow::Result<store::BatchWrite> {
         let mut backoff = Duration::from_millis(200);
         loop {
             match write_once(&self.pool, &self.group, items, heads, offsets).await {
                 Ok(written) => return Ok(written),
+                Err(err @ StoreError::Fenced(_)) => return Err(err.into()),
                 Err(err) if err.is_deterministic() && items.len() + heads.len() > 1 => {
                     tracing::warn!(error = %err, "batch refused by Postgres; writing its rows one by one");
                     return self.write_one_by_one(items, heads, offsets).await;
@@ -783,7 +614,7 @@ impl Writer {
         &self,
         items: &[Item],
         heads: &[ChainHead],
-        offsets: &[(String, i32, i64)],
+        offsets: &[Advance],
     ) -> anyhow::Result<store::BatchWrite> {
         let mut total = store::BatchWrite::default();
         for item in items {
@@ -839,14 +670,11 @@ async fn write_once(
     group: &str,
     items: &[Item],
     heads: &[ChainHead],
-    offsets: &[(String, i32, i64)],
+    offsets: &[Advance],
 ) -> Result<store::BatchWrite, StoreError> {
+    // Durable commits (the server's synchronous_commit): a commit Postgres acknowledged survives
+    // its crash, so the offsets this process goes on from are never ahead of the rows.
     let mut tx = pool.begin().await?;
-    // Losing the last commits in a Postgres crash is safe here: the offsets are in the same
-    // transaction, so they are lost with the rows and the projector refolds them from Kafka.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
     let mut out = store::BatchWrite::default();
     // Runs of inserts and runs of retractions, applied in log order: an event retracted and
     // re-published in one batch must be deleted before its canonical copy goes in.
@@ -864,7 +692,8 @@ async fn write_once(
         }
     }
     live::upsert_heads(&mut tx, heads).await?;
-    store::store_offsets(&mut tx, group, offsets).await?;
+    chainfold_platform::offsets::advance(&mut tx, group, offsets).await?;
+    chainfold_platform::failpoint::hit("project.before_commit");
     tx.commit().await?;
     Ok(out)
 }

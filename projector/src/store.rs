@@ -21,6 +21,19 @@ use sqlx::{PgPool, Postgres, Row as _, Transaction};
 pub enum StoreError {
     #[error("could not write to Postgres")]
     Database(#[from] sqlx::Error),
+    /// Another member claimed a partition of the batch, or its stored offset moved: the
+    /// transaction was rolled back and the batch must be read again (never dead-lettered).
+    #[error(transparent)]
+    Fenced(chainfold_platform::offsets::Fenced),
+}
+
+impl From<chainfold_platform::offsets::OffsetError> for StoreError {
+    fn from(err: chainfold_platform::offsets::OffsetError) -> Self {
+        match err {
+            chainfold_platform::offsets::OffsetError::Fenced(f) => StoreError::Fenced(f),
+            chainfold_platform::offsets::OffsetError::Postgres(e) => StoreError::Database(e),
+        }
+    }
 }
 
 impl StoreError {
@@ -527,52 +540,6 @@ async fn upsert_pool_summaries(
 }
 
 /// Records `next_offset` per (topic, partition) for `group`. Never moves an offset backwards: a
-/// partition's previous owner finishing a late batch cannot rewind it.
-pub async fn store_offsets(
-    tx: &mut Transaction<'_, Postgres>,
-    group: &str,
-    offsets: &[(String, i32, i64)],
-) -> Result<(), StoreError> {
-    if offsets.is_empty() {
-        return Ok(());
-    }
-    let topics: Vec<&str> = offsets.iter().map(|o| o.0.as_str()).collect();
-    let partitions: Vec<i32> = offsets.iter().map(|o| o.1).collect();
-    let next: Vec<i64> = offsets.iter().map(|o| o.2).collect();
-    sqlx::query(
-        r#"
-        INSERT INTO consumer_offset AS c (group_id, topic, partition_id, next_offset)
-        SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[])
-        ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET
-            next_offset = GREATEST(c.next_offset, EXCLUDED.next_offset),
-            updated_at = now()
-        "#,
-    )
-    .bind(group)
-    .bind(&topics)
-    .bind(&partitions)
-    .bind(&next)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// The stored next offsets of `group` for `topic`, by partition.
-pub async fn load_offsets(
-    pool: &PgPool,
-    group: &str,
-    topic: &str,
-) -> Result<Vec<(i32, i64)>, StoreError> {
-    let rows: Vec<(i32, i64)> = sqlx::query_as(
-        "SELECT partition_id, next_offset FROM consumer_offset WHERE group_id = $1 AND topic = $2",
-    )
-    .bind(group)
-    .bind(topic)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows)
-}
-
 /// Empties every read model and forgets `group`'s offsets, so the next run refolds the whole
 /// log (`chainfold rebuild`).
 pub async fn reset(pool: &PgPool, group: &str) -> Result<(), StoreError> {
@@ -583,10 +550,7 @@ pub async fn reset(pool: &PgPool, group: &str) -> Result<(), StoreError> {
     )
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM consumer_offset WHERE group_id = $1")
-        .bind(group)
-        .execute(&mut *tx)
-        .await?;
+    chainfold_platform::offsets::forget(&mut tx, group).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -202,21 +202,57 @@ fn sample_swaps() -> Vec<Envelope> {
 }
 
 #[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
-async fn stored_offsets_never_move_backwards(pool: PgPool) {
-    for next in [10, 4, 12] {
-        let mut tx = pool.begin().await.expect("tx");
-        store::store_offsets(&mut tx, "g", &[("t".into(), 0, next)])
-            .await
-            .expect("store");
-        tx.commit().await.expect("commit");
-    }
+async fn an_offset_moves_only_from_where_it_stands_under_the_current_claim(pool: PgPool) {
+    use chainfold_platform::offsets::{self, Advance, OffsetError};
+    let part = [("t".to_owned(), 0)];
+    let claims = offsets::claim(&pool, "g", "a", &part).await.expect("claim");
+    let epoch = claims[0].1.epoch;
     assert_eq!(
-        store::load_offsets(&pool, "g", "t").await.expect("load"),
-        vec![(0, 12)]
+        claims[0].1.next_offset, 0,
+        "a new partition starts at the log's beginning"
+    );
+    let step = |from, to, epoch| Advance {
+        topic: "t".into(),
+        partition: 0,
+        epoch,
+        from,
+        to,
+    };
+    let write = |advance: Advance| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.expect("tx");
+            let result = offsets::advance(&mut tx, "g", &[advance]).await;
+            if result.is_ok() {
+                tx.commit().await.expect("commit");
+            }
+            result
+        }
+    };
+    write(step(0, 10, epoch)).await.expect("first batch");
+    // A batch that believes the offset is still 0 (its commit was lost, or another wrote).
+    assert!(matches!(
+        write(step(0, 4, epoch)).await,
+        Err(OffsetError::Fenced(_))
+    ));
+    write(step(10, 12, epoch)).await.expect("next batch");
+    // A newer claim (a rebalance) fences the old epoch.
+    let newer = offsets::claim(&pool, "g", "b", &part).await.expect("claim");
+    assert_eq!(
+        newer[0].1,
+        offsets::Claim {
+            next_offset: 12,
+            epoch: epoch + 1
+        }
+    );
+    assert!(matches!(
+        write(step(12, 20, epoch)).await,
+        Err(OffsetError::Fenced(_))
+    ));
+    assert_eq!(
+        offsets::load(&pool, "g").await.expect("load"),
+        vec![(("t".to_owned(), 0), 12)]
     );
     store::reset(&pool, "g").await.expect("reset");
-    assert!(store::load_offsets(&pool, "g", "t")
-        .await
-        .expect("load")
-        .is_empty());
+    assert!(offsets::load(&pool, "g").await.expect("load").is_empty());
 }

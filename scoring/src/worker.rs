@@ -26,16 +26,18 @@ use chainfold_domain::credit::{
     position_features, positions_at, AccountTotals, Attestation, HistoryEvent, Holding,
     PositionFlow,
 };
+use chainfold_domain::decision::DecisionRecord;
 use chainfold_domain::decision::Policy;
 use chainfold_domain::scorecard::{self, Score};
 use chainfold_domain::{topics, DefiEvent, Envelope, LendingAction};
 use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
+use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka;
+use chainfold_platform::member::{Member, Received};
+use chainfold_platform::offsets::OffsetError;
+use chainfold_platform::outbox::Output;
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 
 use crate::model::PositionModel;
@@ -166,7 +168,7 @@ impl Outcome {
 
 /// A running scorer.
 pub struct Scorer {
-    consumer: StreamConsumer,
+    member: Member,
     producer: FutureProducer,
     pool: PgPool,
     redis: redis::aio::ConnectionManager,
@@ -475,15 +477,6 @@ struct OracleRound {
 /// USD price points per (chain, reserve), read once per batch.
 type PriceCache = HashMap<(u64, String), Vec<(DateTime<Utc>, f64)>>;
 
-/// What `score_and_store` did.
-#[derive(Debug, Default)]
-struct Scored {
-    scored: u64,
-    expired: u64,
-    with_position: u64,
-    decisions: u64,
-}
-
 impl Scorer {
     pub async fn build(config: Config) -> anyhow::Result<Scorer> {
         let model = PositionModel::load(&config.model_dir)?;
@@ -497,24 +490,25 @@ impl Scorer {
         let mut all = topics.all();
         all.push(scores_topic.clone());
         all.push(attestations_topic.clone());
+        all.push(topics::dlq(&attestations_topic));
         all.push(decisions_topic.clone());
         kafka::ensure_topics(&config.kafka, &all).await?;
-        let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &config.group)
-            .set("group.instance.id", config.instance_id())
-            .create()
-            .context("could not create Kafka consumer")?;
-        consumer
-            .subscribe(&[
+        let member = Member::join(
+            &config.kafka,
+            pool.clone(),
+            &config.group,
+            &config.instance_id(),
+            &[
                 topics.lending.as_str(),
                 topics.amm.as_str(),
                 topics.oracle.as_str(),
                 attestations_topic.as_str(),
-            ])
-            .context("could not subscribe to the lending, AMM, oracle and attestation topics")?;
+            ],
+        )?;
         let producer = kafka::producer(&config.kafka)?;
-        tracing::info!(group = %config.group, model = %model.version, sha256 = %model.sha256, "scorer subscribed");
-        Ok(Scorer {
-            consumer,
+        tracing::info!(group = %config.group, instance = %config.instance_id(), model = %model.version, sha256 = %model.sha256, "scorer subscribed");
+        let scorer = Scorer {
+            member,
             producer,
             engine: ScoreEngine::new(pool.clone(), model),
             pool,
@@ -528,65 +522,78 @@ impl Scorer {
             decisions_topic,
             busy: Duration::ZERO,
             config,
-        })
+        };
+        // Outputs a previous process committed but did not get to publish.
+        scorer.relay().await?;
+        Ok(scorer)
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
+    /// Publishes what the outbox holds for the scores and decisions topics.
+    async fn relay(&self) -> anyhow::Result<u64> {
+        chainfold_platform::outbox::relay(
+            &self.pool,
+            &self.producer,
+            &[self.scores_topic.clone(), self.decisions_topic.clone()],
+            1000,
+        )
+        .await
+    }
+
+    /// Sends a record the scorer cannot read to `<topic>.dlq` with the reason (awaited: the
+    /// offset that skips it is committed only after).
+    async fn dead_letter(&self, message: &Received, reason: &str) -> anyhow::Result<()> {
+        dlq::send(
+            &self.producer,
+            &DeadLetter {
+                topic: &message.topic,
+                stage: "scorer",
+                reason,
+                origin: &message.origin(),
+                key: message.key.as_deref(),
+                payload: &message.payload,
+            },
+        )
+        .await
+    }
+
     /// Receives up to `batch_size` messages (waiting at most `idle` for the first), scores them and
     /// commits. `received == 0` means nothing arrived.
+    ///
+    /// Everything the batch writes — attestations, retractions, scores, oracle marks, band-change
+    /// decisions, their outbox records and the batch's offsets — commits in ONE transaction, the
+    /// offsets as a compare-and-set on this member's claim. After the commit the outbox is relayed
+    /// to Kafka and Redis is refreshed. A crash anywhere replays the batch, which computes the same
+    /// rows (keyed by event id) and outputs (keyed by output id).
     pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<Outcome> {
-        let mut messages = Vec::new();
-        let mut first_at: Option<Instant> = None;
-        let deadline = Instant::now() + idle;
-        while messages.len() < self.config.batch_size {
-            let wait = if messages.is_empty() {
-                deadline.saturating_duration_since(Instant::now())
-            } else {
-                Duration::from_millis(20)
-            };
-            match tokio::time::timeout(wait, self.consumer.recv()).await {
-                Ok(Ok(m)) => {
-                    first_at.get_or_insert_with(Instant::now);
-                    messages.push((
-                        m.topic().to_owned(),
-                        m.partition(),
-                        m.offset(),
-                        m.payload().map(<[u8]>::to_vec),
-                    ));
-                }
-                Ok(Err(err)) => return Err(err).context("could not read from Kafka"),
-                Err(_) => break,
-            }
-        }
+        let batch = self
+            .member
+            .receive(self.config.batch_size, idle, Duration::from_millis(20))
+            .await?;
+        let first_at = Instant::now();
         let mut outcome = Outcome {
-            received: messages.len() as u64,
+            received: batch.messages.len() as u64,
             ..Outcome::default()
         };
-        if messages.is_empty() {
+        if batch.messages.is_empty() {
             return Ok(outcome);
         }
         let mut triggers: Vec<Trigger> = Vec::new();
         // Event-topic offsets the projector must have folded before the features are read.
         let mut max_offset: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut commit: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut attestations = Vec::new();
         let mut swaps: Vec<Trigger> = Vec::new();
         let mut rounds: Vec<OracleRound> = Vec::new();
         // (chain, event id, orphaned block, topic, partition, offset) of retracted events.
         let mut retracted: Vec<(i64, String, i64, String, i32, i64)> = Vec::new();
-        for (topic, partition, offset, payload) in &messages {
-            let next = commit.entry((topic.clone(), *partition)).or_insert(*offset);
-            *next = (*next).max(*offset);
+        for message in &batch.messages {
+            let (topic, partition, offset) = (&message.topic, &message.partition, &message.offset);
             if *topic == self.attestations_topic {
-                let parsed = payload
-                    .as_deref()
-                    .ok_or_else(|| "empty record".to_owned())
-                    .and_then(|p| {
-                        serde_json::from_slice::<Attestation>(p).map_err(|e| e.to_string())
-                    })
+                let parsed = serde_json::from_slice::<Attestation>(&message.payload)
+                    .map_err(|e| format!("could not decode attestation: {e}"))
                     .and_then(|a| a.validate().map(|()| a));
                 match parsed {
                     Ok(a) => {
@@ -603,7 +610,7 @@ impl Scorer {
                         attestations.push((a, *partition, *offset));
                     }
                     Err(reason) => {
-                        tracing::warn!(%reason, partition, offset, "attestation ignored: malformed");
+                        self.dead_letter(message, &reason).await?;
                         outcome.attestations_malformed += 1;
                     }
                 }
@@ -613,12 +620,24 @@ impl Scorer {
                 .entry((topic.clone(), *partition))
                 .or_insert(*offset);
             *entry = (*entry).max(*offset);
-            let Some(env) = payload
-                .as_deref()
-                .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
-            else {
-                outcome.skipped += 1;
-                continue;
+            let env = match serde_json::from_slice::<Envelope>(&message.payload) {
+                Ok(env) if env.schema_version == chainfold_domain::SCHEMA_VERSION => env,
+                Ok(env) => {
+                    let reason = format!(
+                        "unsupported schema version {} (this build scores version {})",
+                        env.schema_version,
+                        chainfold_domain::SCHEMA_VERSION
+                    );
+                    self.dead_letter(message, &reason).await?;
+                    outcome.skipped += 1;
+                    continue;
+                }
+                Err(err) => {
+                    self.dead_letter(message, &format!("could not decode envelope: {err}"))
+                        .await?;
+                    outcome.skipped += 1;
+                    continue;
+                }
             };
             if env.retracted {
                 // A reorg orphaned the event: the scores it triggered go (and subscribers are
@@ -671,7 +690,13 @@ impl Scorer {
                 _ => outcome.skipped += 1,
             }
         }
-        self.store_attestations(&attestations).await?;
+        // Attestations first, in their own transaction (idempotent by id): the features of this
+        // batch's scores read them.
+        if !attestations.is_empty() {
+            let mut tx = self.pool.begin().await?;
+            store_attestations(&mut tx, &attestations).await?;
+            tx.commit().await?;
+        }
         let projector = self.wait_for_projector(&max_offset).await?;
         // Swaps rescore only wallets with a lending history (a credit profile to move).
         triggers.extend(self.with_history(swaps).await?);
@@ -685,49 +710,202 @@ impl Scorer {
                     r.1 == t.event_id && r.3 == t.topic && r.4 == t.partition && r.5 > t.offset
                 })
             });
-            outcome.retracted = self.retract_scores(&retracted).await?;
         }
-        let scored = self.score_and_store(&triggers, &projector).await?;
-        outcome.scored = scored.scored;
-        outcome.attestations_expired = scored.expired;
-        outcome.with_position = scored.with_position;
-        outcome.decisions = scored.decisions;
-        self.store_marks(&marks).await?;
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &commit {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
-                .context("commit list")?;
+        let computed = self.engine.compute(&triggers).await?;
+        outcome.attestations_expired = computed.expired;
+        outcome.with_position = computed.with_position;
+        let bands_before = self.latest_bands(&triggers).await?;
+
+        let mut tx = self.pool.begin().await?;
+        if !retracted.is_empty() {
+            outcome.retracted = retract_scores(&mut tx, &retracted).await?;
         }
-        self.consumer
-            .commit(&tpl, CommitMode::Sync)
-            .context("could not commit Kafka offsets")?;
-        if let Some(first) = first_at {
-            self.busy += first.elapsed();
+        let stored = self.insert_scores(&mut tx, &computed, &projector).await?;
+        let decisions = self.band_changes(&mut tx, &bands_before, &stored).await?;
+        store_marks(&mut tx, &self.config.group, &marks).await?;
+        let mut outputs: Vec<Output> = stored
+            .iter()
+            .map(|s| Output {
+                topic: self.scores_topic.clone(),
+                key: s.wallet.clone(),
+                output_id: format!("score:{}:{}:{}", s.chain, s.wallet, s.event_id),
+                payload: s.message.clone(),
+            })
+            .collect();
+        for d in &decisions {
+            outputs.push(chainfold_platform::decisions::output(
+                &self.decisions_topic,
+                d,
+            )?);
         }
+        chainfold_platform::outbox::enqueue(&mut tx, &outputs).await?;
+        match chainfold_platform::offsets::advance(&mut tx, self.member.group(), &batch.advances)
+            .await
+        {
+            Ok(()) => {}
+            Err(OffsetError::Fenced(fenced)) => {
+                drop(tx);
+                tracing::warn!(%fenced, "scoring batch fenced; nothing of it was stored");
+                self.member.recover(&fenced).await?;
+                return Ok(Outcome::default());
+            }
+            Err(OffsetError::Postgres(err)) => return Err(err.into()),
+        }
+        chainfold_platform::failpoint::hit("score.before_commit");
+        tx.commit()
+            .await
+            .context("could not commit a scoring batch")?;
+        chainfold_platform::failpoint::hit("score.after_commit");
+        self.member.committed(&batch.advances);
+        outcome.scored = stored.len() as u64;
+        outcome.decisions = decisions.len() as u64;
+
+        // After the commit: Kafka (from the outbox), then the rebuildable Redis cache.
+        self.relay().await?;
+        self.refresh_redis(&stored, &decisions).await;
+        self.busy += first_at.elapsed();
         Ok(outcome)
     }
 
-    /// Deletes the scores that orphaned events triggered (the feed trigger records each as a
-    /// retraction for subscribers). Returns how many went.
-    async fn retract_scores(
+    /// Inserts the computed scores (one statement; rows already stored, a replay, come back as
+    /// nothing) and returns the new ones with their published message.
+    async fn insert_scores(
         &self,
-        retracted: &[(i64, String, i64, String, i32, i64)],
-    ) -> anyhow::Result<u64> {
-        let chains: Vec<i64> = retracted.iter().map(|r| r.0).collect();
-        let events: Vec<&str> = retracted.iter().map(|r| r.1.as_str()).collect();
-        let blocks: Vec<i64> = retracted.iter().map(|r| r.2).collect();
-        let done = sqlx::query(
-            "DELETE FROM credit_score c
-             USING UNNEST($1::int8[], $2::text[], $3::int8[]) AS r(chain_id, event_id, block_number)
-             WHERE c.chain_id = r.chain_id AND c.event_id = r.event_id
-               AND c.block_number = r.block_number",
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        computed: &Computed<'_>,
+        projector: &HashMap<(String, i32), i64>,
+    ) -> anyhow::Result<Vec<StoredScore>> {
+        let rows = &computed.rows;
+        let n = rows.len();
+        let (mut chain_id, mut wallet, mut score, mut band, mut probability) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut reasons, mut computed_at, mut event_id, mut topic) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut partition, mut offset, mut projector_next, mut block) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (chain, w, t, s) in rows {
+            chain_id.push(*chain as i64);
+            wallet.push(w.clone());
+            score.push(s.score);
+            band.push(
+                serde_json::to_value(s.band)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            probability.push(s.probability_of_liquidation);
+            reasons.push(serde_json::to_value(&s.reasons)?);
+            computed_at.push(t.at);
+            event_id.push(t.event_id.clone());
+            topic.push(t.topic.clone());
+            partition.push(t.partition);
+            offset.push(t.offset);
+            projector_next.push(
+                projector
+                    .get(&(t.topic.clone(), t.partition))
+                    .copied()
+                    .unwrap_or_default(),
+            );
+            block.push(t.block_number);
+        }
+        let inserted: Vec<(i64, String, String)> = sqlx::query_as(
+            r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
+                reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
+                kafka_partition, kafka_offset, projector_next_offset, block_number, health_factor)
+               SELECT c, w, s, b, p, r, $6, $7, at, e, tp, pa, o, pn, bl, hf
+               FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::text[], $5::float8[],
+                    $8::jsonb[], $9::timestamptz[], $10::text[], $11::text[], $12::int4[],
+                    $13::int8[], $14::int8[], $15::int8[], $16::float8[])
+                    AS t(c, w, s, b, p, r, at, e, tp, pa, o, pn, bl, hf)
+               ON CONFLICT (chain_id, wallet, event_id) DO NOTHING
+               RETURNING chain_id, wallet, event_id"#,
         )
-        .bind(&chains)
-        .bind(&events)
-        .bind(&blocks)
-        .execute(&self.pool)
+        .bind(&chain_id)
+        .bind(&wallet)
+        .bind(&score)
+        .bind(&band)
+        .bind(&probability)
+        .bind(&self.engine.version)
+        .bind(&self.engine.sha256)
+        .bind(&reasons)
+        .bind(&computed_at)
+        .bind(&event_id)
+        .bind(&topic)
+        .bind(&partition)
+        .bind(&offset)
+        .bind(&projector_next)
+        .bind(&block)
+        .bind(&computed.health)
+        .fetch_all(&mut **tx)
         .await?;
-        Ok(done.rows_affected())
+        let mut new: std::collections::HashSet<(u64, String, String)> = inserted
+            .into_iter()
+            .map(|(c, w, e)| (c as u64, w, e))
+            .collect();
+        Ok(rows
+            .iter()
+            // Each stored row once, even if the batch held its event twice.
+            .filter(|(c, w, t, _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
+            .map(|(chain, wallet, t, s)| StoredScore {
+                chain: *chain,
+                wallet: wallet.clone(),
+                event_id: t.event_id.clone(),
+                at: t.at,
+                score: s.clone(),
+                message: serde_json::json!({
+                    "chainId": chain, "wallet": wallet, "score": s.score, "band": s.band,
+                    "probabilityOfLiquidation": s.probability_of_liquidation, "reasons": s.reasons,
+                    "modelVersion": self.engine.version, "modelSha256": self.engine.sha256,
+                    "computedAt": t.at, "eventId": t.event_id,
+                    "provenance": {"topic": t.topic, "partition": t.partition, "offset": t.offset,
+                                   "blockNumber": t.block_number},
+                }),
+            })
+            .collect())
+    }
+
+    /// The Redis score cache and pub/sub after a commit (best effort: rebuildable from Postgres).
+    async fn refresh_redis(&mut self, stored: &[StoredScore], decisions: &[DecisionRecord]) {
+        let mut pipe = redis::pipe();
+        for s in stored {
+            let key = format!("{}score:{}:{}", self.config.redis.prefix, s.chain, s.wallet);
+            pipe.hset_multiple(
+                &key,
+                &[
+                    ("score", s.score.score.to_string()),
+                    ("band", format!("{:?}", s.score.band)),
+                    ("json", s.message.to_string()),
+                ],
+            )
+            .ignore();
+            pipe.publish(
+                format!("{}scores", self.config.redis.prefix),
+                s.message.to_string(),
+            )
+            .ignore();
+        }
+        if !stored.is_empty() {
+            if let Err(err) = pipe.query_async::<()>(&mut self.redis).await {
+                tracing::warn!(%err, "could not update the Redis score cache");
+            }
+        }
+        let prefix = self.config.redis.prefix.clone();
+        for d in decisions {
+            chainfold_platform::decisions::announce(&mut self.redis, &prefix, d).await;
+        }
     }
 
     /// Waits until the projector's stored offsets pass every offset of the batch; returns them.
@@ -737,14 +915,11 @@ impl Scorer {
     ) -> anyhow::Result<HashMap<(String, i32), i64>> {
         let started = Instant::now();
         loop {
-            let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-                "SELECT topic, partition_id, next_offset FROM consumer_offset WHERE group_id = $1",
-            )
-            .bind(&self.config.projector_group)
-            .fetch_all(&self.pool)
-            .await?;
             let folded: HashMap<(String, i32), i64> =
-                rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+                chainfold_platform::offsets::load(&self.pool, &self.config.projector_group)
+                    .await?
+                    .into_iter()
+                    .collect();
             if max_offset
                 .iter()
                 .all(|(k, o)| folded.get(k).is_some_and(|next| next > o))
@@ -841,223 +1016,20 @@ impl Scorer {
         Ok((moves, triggers, changed.into_values().collect()))
     }
 
-    /// Stores the new price marks (after the scores they triggered).
-    async fn store_marks(&self, marks: &[OracleRound]) -> anyhow::Result<()> {
-        for m in marks {
-            sqlx::query(
-                "INSERT INTO scorer_price_mark (group_id, chain_id, asset, price, event_id)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (group_id, chain_id, asset) DO UPDATE
-                 SET price = EXCLUDED.price, event_id = EXCLUDED.event_id",
-            )
-            .bind(&self.config.group)
-            .bind(m.trigger.chain_id as i64)
-            .bind(&m.asset)
-            .bind(m.price)
-            .bind(&m.trigger.event_id)
-            .execute(&self.pool)
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Stores valid attestations (idempotent by their id) before the scores that use them.
-    async fn store_attestations(&self, list: &[(Attestation, i32, i64)]) -> anyhow::Result<()> {
-        for (a, partition, offset) in list {
-            sqlx::query(
-                "INSERT INTO attestation (id, chain_id, wallet, kind, value, issuer, issued_at, expires_at, kafka_partition, kafka_offset)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(a.id().to_string())
-            .bind(a.chain_id as i64)
-            .bind(format!("{:#x}", a.wallet))
-            .bind(&a.kind)
-            .bind(a.value)
-            .bind(&a.issuer)
-            .bind(a.issued_at)
-            .bind(a.expires_at)
-            .bind(*partition)
-            .bind(*offset)
-            .execute(&self.pool)
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn score_and_store(
-        &mut self,
-        triggers: &[Trigger],
-        projector: &HashMap<(String, i32), i64>,
-    ) -> anyhow::Result<Scored> {
-        let computed = self.engine.compute(triggers).await?;
-        let (rows, health, expired, with_position) = (
-            computed.rows,
-            computed.health,
-            computed.expired,
-            computed.with_position,
-        );
-        let mut by_wallet: BTreeMap<(u64, String), Vec<&Trigger>> = BTreeMap::new();
-        for t in triggers {
-            by_wallet
-                .entry((t.chain_id, t.wallet.clone()))
-                .or_default()
-                .push(t);
-        }
-        let bands_before = self.latest_bands(&by_wallet).await?;
-        // One statement for the batch; rows already stored (a replay) come back as nothing.
-        let n = rows.len();
-        let (mut chain_id, mut wallet, mut score, mut band, mut probability) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut reasons, mut computed_at, mut event_id, mut topic) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut partition, mut offset, mut projector_next, mut block) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (chain, w, t, s) in &rows {
-            chain_id.push(*chain as i64);
-            wallet.push(w.clone());
-            score.push(s.score);
-            band.push(
-                serde_json::to_value(s.band)?
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
-            probability.push(s.probability_of_liquidation);
-            reasons.push(serde_json::to_value(&s.reasons)?);
-            computed_at.push(t.at);
-            event_id.push(t.event_id.clone());
-            topic.push(t.topic.clone());
-            partition.push(t.partition);
-            offset.push(t.offset);
-            projector_next.push(
-                projector
-                    .get(&(t.topic.clone(), t.partition))
-                    .copied()
-                    .unwrap_or_default(),
-            );
-            block.push(t.block_number);
-        }
-        let inserted: Vec<(i64, String, String)> = sqlx::query_as(
-            r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
-                reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
-                kafka_partition, kafka_offset, projector_next_offset, block_number, health_factor)
-               SELECT c, w, s, b, p, r, $6, $7, at, e, tp, pa, o, pn, bl, hf
-               FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::text[], $5::float8[],
-                    $8::jsonb[], $9::timestamptz[], $10::text[], $11::text[], $12::int4[],
-                    $13::int8[], $14::int8[], $15::int8[], $16::float8[])
-                    AS t(c, w, s, b, p, r, at, e, tp, pa, o, pn, bl, hf)
-               ON CONFLICT (chain_id, wallet, event_id) DO NOTHING
-               RETURNING chain_id, wallet, event_id"#,
-        )
-        .bind(&chain_id)
-        .bind(&wallet)
-        .bind(&score)
-        .bind(&band)
-        .bind(&probability)
-        .bind(&self.engine.version)
-        .bind(&self.engine.sha256)
-        .bind(&reasons)
-        .bind(&computed_at)
-        .bind(&event_id)
-        .bind(&topic)
-        .bind(&partition)
-        .bind(&offset)
-        .bind(&projector_next)
-        .bind(&block)
-        .bind(&health)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut new: std::collections::HashSet<(u64, String, String)> = inserted
-            .into_iter()
-            .map(|(c, w, e)| (c as u64, w, e))
-            .collect();
-        let stored: Vec<_> = rows
-            .iter()
-            // Each stored row once, even if the batch held its event twice.
-            .filter(|(c, w, t, _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
-            .map(|(c, w, t, s)| (c, w, t, s))
-            .collect();
-        // After the commit: cache, pub/sub and the scores topic (rebuildable from Postgres).
-        let mut pipe = redis::pipe();
-        let mut deliveries = Vec::new();
-        for (chain, wallet, t, s) in &stored {
-            let message = serde_json::json!({
-                "chainId": chain, "wallet": wallet, "score": s.score, "band": s.band,
-                "probabilityOfLiquidation": s.probability_of_liquidation, "reasons": s.reasons,
-                "modelVersion": self.engine.version, "modelSha256": self.engine.sha256,
-                "computedAt": t.at, "eventId": t.event_id,
-                "provenance": {"topic": t.topic, "partition": t.partition, "offset": t.offset,
-                               "blockNumber": t.block_number},
-            });
-            let key = format!("{}score:{chain}:{wallet}", self.config.redis.prefix);
-            pipe.hset_multiple(
-                &key,
-                &[
-                    ("score", s.score.to_string()),
-                    ("band", format!("{:?}", s.band)),
-                    ("json", message.to_string()),
-                ],
-            )
-            .ignore();
-            pipe.publish(
-                format!("{}scores", self.config.redis.prefix),
-                message.to_string(),
-            )
-            .ignore();
-            let payload = message.to_string();
-            deliveries.push(
-                self.producer
-                    .send_result(
-                        FutureRecord::to(&self.scores_topic)
-                            .key(wallet.as_str())
-                            .payload(&payload),
-                    )
-                    .map_err(|(e, _)| e)
-                    .context("could not enqueue a score")?,
-            );
-        }
-        if let Err(err) = pipe.query_async::<()>(&mut self.redis).await {
-            tracing::warn!(%err, "could not update the Redis score cache");
-        }
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((err, _))) => return Err(err).context("the broker rejected a score"),
-                Err(_) => anyhow::bail!("producer dropped before a score was acknowledged"),
-            }
-        }
-        let decisions = self.push_band_changes(&bands_before, &stored).await?;
-        Ok(Scored {
-            scored: stored.len() as u64,
-            expired,
-            with_position,
-            decisions,
-        })
-    }
-
     /// Each batch wallet's band before the batch.
     async fn latest_bands(
         &self,
-        by_wallet: &BTreeMap<(u64, String), Vec<&Trigger>>,
+        triggers: &[Trigger],
     ) -> anyhow::Result<HashMap<(u64, String), String>> {
+        let by_wallet: std::collections::BTreeSet<(u64, &str)> = triggers
+            .iter()
+            .map(|t| (t.chain_id, t.wallet.as_str()))
+            .collect();
         if by_wallet.is_empty() {
             return Ok(HashMap::new());
         }
-        let chains: Vec<i64> = by_wallet.keys().map(|(c, _)| *c as i64).collect();
-        let wallets: Vec<String> = by_wallet.keys().map(|(_, w)| w.clone()).collect();
+        let chains: Vec<i64> = by_wallet.iter().map(|(c, _)| *c as i64).collect();
+        let wallets: Vec<&str> = by_wallet.iter().map(|(_, w)| *w).collect();
         let rows: Vec<(i64, String, String)> = sqlx::query_as(
             "SELECT t.c, t.w, s.band FROM UNNEST($1::int8[], $2::text[]) AS t(c, w)
              CROSS JOIN LATERAL (SELECT band FROM credit_score
@@ -1074,39 +1046,41 @@ impl Scorer {
     }
 
     /// For each wallet whose newly stored scores left its band and that has requested credit:
-    /// its last request decided again with the latest score, stored and published.
-    async fn push_band_changes(
-        &mut self,
+    /// its last request decided again with the latest score, stored in `tx`. Returns the new
+    /// decisions (their outbox records are queued by the caller).
+    async fn band_changes(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         before: &HashMap<(u64, String), String>,
-        stored: &[(&u64, &String, &&Trigger, &Score)],
-    ) -> anyhow::Result<u64> {
+        stored: &[StoredScore],
+    ) -> anyhow::Result<Vec<DecisionRecord>> {
         // The last stored score per wallet, if its band differs from the band before the batch.
-        let mut last: BTreeMap<(u64, String), (&Trigger, &Score)> = BTreeMap::new();
-        for (chain, wallet, t, s) in stored {
-            last.insert((**chain, (*wallet).clone()), (**t, *s));
+        let mut last: BTreeMap<(u64, String), &StoredScore> = BTreeMap::new();
+        for s in stored {
+            last.insert((s.chain, s.wallet.clone()), s);
         }
-        let mut crossed: BTreeMap<u64, Vec<(String, &Trigger, &Score)>> = BTreeMap::new();
-        for ((chain, wallet), (t, s)) in last {
-            let band = serde_json::to_value(s.band)?;
-            let was = before.get(&(chain, wallet.clone()));
+        let mut crossed: BTreeMap<u64, Vec<&StoredScore>> = BTreeMap::new();
+        for ((chain, wallet), s) in last {
+            let band = serde_json::to_value(s.score.band)?;
+            let was = before.get(&(chain, wallet));
             if was.is_some_and(|b| band.as_str() != Some(b.as_str())) {
-                crossed.entry(chain).or_default().push((wallet, t, s));
+                crossed.entry(chain).or_default().push(s);
             }
         }
-        let mut pushed = 0;
+        let mut new = Vec::new();
         for (chain, list) in crossed {
-            let wallets: Vec<String> = list.iter().map(|(w, _, _)| w.clone()).collect();
+            let wallets: Vec<String> = list.iter().map(|s| s.wallet.clone()).collect();
             let requests =
                 chainfold_platform::decisions::latest_requests(&self.pool, chain, &wallets).await?;
             for request in requests {
-                let Some((_, t, s)) = list.iter().find(|(w, _, _)| *w == request.wallet) else {
+                let Some(s) = list.iter().find(|s| s.wallet == request.wallet) else {
                     continue;
                 };
                 let snapshot = chainfold_platform::decisions::ScoreSnapshot {
-                    score: s.score,
-                    band: s.band,
-                    probability_of_liquidation: s.probability_of_liquidation,
-                    event_id: t.event_id.clone(),
+                    score: s.score.score,
+                    band: s.score.band,
+                    probability_of_liquidation: s.score.probability_of_liquidation,
+                    event_id: s.event_id.clone(),
                     model_version: self.engine.version.clone(),
                 };
                 let record = chainfold_platform::decisions::decide_band_change(
@@ -1114,23 +1088,15 @@ impl Scorer {
                     &self.policy,
                     &request,
                     &snapshot,
-                    t.at,
+                    s.at,
                 )
                 .await?;
-                if chainfold_platform::decisions::store(&self.pool, &record).await? {
-                    let prefix = self.config.redis.prefix.clone();
-                    chainfold_platform::decisions::publish(
-                        &self.producer,
-                        &self.decisions_topic,
-                        Some((&mut self.redis, &prefix)),
-                        &record,
-                    )
-                    .await?;
-                    pushed += 1;
+                if chainfold_platform::decisions::store(&mut **tx, &record).await? {
+                    new.push(record);
                 }
             }
         }
-        Ok(pushed)
+        Ok(new)
     }
 
     /// Scores until a batch arrives empty after `idle` (tests, backfills). The first batch
@@ -1142,14 +1108,14 @@ impl Scorer {
         loop {
             let o = self.process_batch(wait).await?;
             wait = idle;
-            if o.received == 0 {
+            if o.received == 0 && !self.member.has_pending_assignment() {
                 return Ok(total);
             }
             total.add(&o);
         }
     }
 
-    /// Scores until `shutdown` resolves.
+    /// Scores until `shutdown` resolves (the batch in hand commits first).
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -1157,6 +1123,7 @@ impl Scorer {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
+                biased;
                 () = &mut shutdown => return Ok(()),
                 outcome = self.process_batch(Duration::from_millis(500)) => {
                     let o = outcome?;
@@ -1167,4 +1134,88 @@ impl Scorer {
             }
         }
     }
+}
+
+/// A score stored by a batch, with the message published for it.
+#[derive(Debug, Clone)]
+struct StoredScore {
+    chain: u64,
+    wallet: String,
+    event_id: String,
+    at: DateTime<Utc>,
+    score: Score,
+    message: serde_json::Value,
+}
+
+/// Deletes the scores that orphaned events triggered (the feed trigger records each as a
+/// retraction for subscribers). Returns how many went.
+async fn retract_scores(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    retracted: &[(i64, String, i64, String, i32, i64)],
+) -> anyhow::Result<u64> {
+    let chains: Vec<i64> = retracted.iter().map(|r| r.0).collect();
+    let events: Vec<&str> = retracted.iter().map(|r| r.1.as_str()).collect();
+    let blocks: Vec<i64> = retracted.iter().map(|r| r.2).collect();
+    let done = sqlx::query(
+        "DELETE FROM credit_score c
+         USING UNNEST($1::int8[], $2::text[], $3::int8[]) AS r(chain_id, event_id, block_number)
+         WHERE c.chain_id = r.chain_id AND c.event_id = r.event_id
+           AND c.block_number = r.block_number",
+    )
+    .bind(&chains)
+    .bind(&events)
+    .bind(&blocks)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Stores the new price marks (with the scores they triggered).
+async fn store_marks(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    group: &str,
+    marks: &[OracleRound],
+) -> anyhow::Result<()> {
+    for m in marks {
+        sqlx::query(
+            "INSERT INTO scorer_price_mark (group_id, chain_id, asset, price, event_id)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (group_id, chain_id, asset) DO UPDATE
+             SET price = EXCLUDED.price, event_id = EXCLUDED.event_id",
+        )
+        .bind(group)
+        .bind(m.trigger.chain_id as i64)
+        .bind(&m.asset)
+        .bind(m.price)
+        .bind(&m.trigger.event_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Stores valid attestations (idempotent by their id) before the scores that use them.
+async fn store_attestations(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    list: &[(Attestation, i32, i64)],
+) -> anyhow::Result<()> {
+    for (a, partition, offset) in list {
+        sqlx::query(
+            "INSERT INTO attestation (id, chain_id, wallet, kind, value, issuer, issued_at, expires_at, kafka_partition, kafka_offset)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(a.id().to_string())
+        .bind(a.chain_id as i64)
+        .bind(format!("{:#x}", a.wallet))
+        .bind(&a.kind)
+        .bind(a.value)
+        .bind(&a.issuer)
+        .bind(a.issued_at)
+        .bind(a.expires_at)
+        .bind(*partition)
+        .bind(*offset)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }

@@ -261,7 +261,7 @@ async fn keys_guard_mutations_subscriptions_and_books_and_rate_limits_refuse() {
     let (_, key_a) = chainfold_api::auth::create_key(&pool, "lender a", 600)
         .await
         .expect("key");
-    let (id_b, key_b) = chainfold_api::auth::create_key(&pool, "lender b", 3)
+    let (id_b, key_b) = chainfold_api::auth::create_key(&pool, "lender b", 4)
         .await
         .expect("key");
     let create = format!(
@@ -335,8 +335,9 @@ async fn keys_guard_mutations_subscriptions_and_books_and_rate_limits_refuse() {
         "{got}"
     );
 
-    // Rate limits: key b has 3 requests a minute (one spent above... two above); anonymous
-    // callers 5 per IP, which the two anonymous requests above began to spend.
+    // Rate limits: key b has 4 operations a minute, three spent above (two requests and one
+    // subscription over its WebSocket: WebSocket operations are metered like requests);
+    // anonymous callers 5 per IP, which the two anonymous requests above began to spend.
     let mut statuses = Vec::new();
     for _ in 0..3 {
         statuses.push(post(port, Some(&key_b), "{ books { id } }").await.0);

@@ -495,6 +495,7 @@ async fn one_process_follows_two_chains_and_rows_keep_their_chain_id() {
         chains: file,
         until_head: true,
         forget_chain: None,
+        standby_poll: std::time::Duration::from_secs(1),
         kafka: iso.kafka.clone(),
         postgres: iso.postgres.clone(),
     };

@@ -99,6 +99,9 @@ pub struct Follower {
     /// Current `eth_getLogs` span: halves on refusal, doubles after small answers.
     span: u64,
     pub stats: Arc<Stats>,
+    /// The chain's leader lease, checked before every publish (`ingest rpc`; the demo and
+    /// tests follow without one).
+    lease: Option<Arc<chainfold_platform::lease::Lease>>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -223,6 +226,7 @@ impl Follower {
             window,
             span,
             stats: Arc::new(Stats::default()),
+            lease: None,
         };
         follower.load_metadata().await?;
         tracing::info!(chain = %follower.chain.name, rpc = %shown, checkpoint = ?follower.checkpoint, "following chain");
@@ -231,6 +235,13 @@ impl Follower {
 
     pub fn chain_id(&self) -> u64 {
         self.chain.chain_id
+    }
+
+    /// Publishes only while `lease` is held: a follower whose lease session ended stops with
+    /// [`chainfold_platform::lease::LeaseLost`] before its next publish.
+    pub fn with_lease(mut self, lease: Arc<chainfold_platform::lease::Lease>) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     /// The last block published, if any.
@@ -515,6 +526,9 @@ impl Follower {
         retract: bool,
         head: Option<ChainHead>,
     ) -> anyhow::Result<()> {
+        if let Some(lease) = &self.lease {
+            lease.ensure_held().await?;
+        }
         let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(events.len() + dead.len() + 1);
         if let Some(head) = head {
             // Sent with the block's events and acknowledged together: one round trip.
@@ -565,6 +579,8 @@ impl Follower {
         for delivery in deliveries {
             crate::publish::await_delivery(delivery).await?;
         }
+        // Published, not yet checkpointed: a crash here republishes (readers key by event id).
+        chainfold_platform::failpoint::hit("ingest.after_publish");
         let counter = if retract {
             &self.stats.retracted
         } else {

@@ -35,6 +35,10 @@ pub struct RpcArgs {
     /// scratch), then exit.
     #[arg(long = "forget-chain")]
     pub forget_chain: Option<u64>,
+    /// How often a standby checks whether the chain's leader is gone. One process per chain
+    /// leads (a Postgres advisory lock, `ingest:<chain id>`); others wait and take over.
+    #[arg(long = "standby-poll", env = "CHAINFOLD_INGEST_STANDBY_POLL", default_value = "1s", value_parser = chainfold_platform::config::parse_duration)]
+    pub standby_poll: std::time::Duration,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -57,25 +61,46 @@ pub async fn run(
     let topics = args.kafka.topics();
     kafka::ensure_topics(&args.kafka, &topics.all()).await?;
     let producer = kafka::producer(&args.kafka)?;
-    let mut followers = Vec::new();
-    for chain in file.chains {
-        followers.push(
-            follow::Follower::new(chain, producer.clone(), topics.clone(), pool.clone()).await?,
-        );
-    }
+    let holder = chainfold_platform::lease::holder_name("ingest");
     if args.until_head {
-        for mut f in followers {
+        for chain in file.chains {
+            let lease = lease_of(args, chain.chain_id, &holder).await?;
+            let mut f =
+                follow::Follower::new(chain, producer.clone(), topics.clone(), pool.clone())
+                    .await?
+                    .with_lease(lease.clone());
             let reached = f.sync_to_head().await?;
             tracing::info!(chain_id = f.chain_id(), block = ?reached, "reached head");
+            drop(f);
+            if let Ok(lease) = std::sync::Arc::try_unwrap(lease) {
+                lease.release().await;
+            }
         }
         return Ok(());
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    for f in followers {
+    for chain in file.chains {
         let mut stop = stop_rx.clone();
+        let (args, holder, producer, topics, pool) = (
+            args.clone(),
+            holder.clone(),
+            producer.clone(),
+            topics.clone(),
+            pool.clone(),
+        );
         tasks.spawn(async move {
-            let id = f.chain_id();
+            let id = chain.chain_id;
+            // A standby waits here (until shutdown) while another process leads this chain.
+            let lease = tokio::select! {
+                lease = lease_of(&args, id, &holder) => lease?,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            // The state is loaded once leading: the previous leader advanced it until it stopped.
+            let f = follow::Follower::new(chain, producer, topics, pool)
+                .await
+                .with_context(|| format!("chain {id}"))?
+                .with_lease(lease);
             f.run(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
@@ -93,4 +118,21 @@ pub async fn run(
         joined.context("follower panicked")??;
     }
     result
+}
+
+/// Waits for and takes the lease of `chain_id` (`ingest:<chain id>`).
+async fn lease_of(
+    args: &RpcArgs,
+    chain_id: u64,
+    holder: &str,
+) -> anyhow::Result<std::sync::Arc<chainfold_platform::lease::Lease>> {
+    let lease = chainfold_platform::lease::Lease::acquire(
+        &args.postgres,
+        &format!("ingest:{chain_id}"),
+        holder,
+        args.standby_poll,
+    )
+    .await
+    .with_context(|| format!("chain {chain_id}: could not take the ingest lease"))?;
+    Ok(std::sync::Arc::new(lease))
 }
