@@ -588,6 +588,8 @@ async fn demo_risk(config: &DemoConfig) -> anyhow::Result<chainfold_scoring::ris
         config.redis.clone(),
         "chainfold-risk".into(),
     );
+    risk_config.projector_group = config.group.clone();
+    risk_config.instance_id = Some("chainfold-demo-risk".into());
     risk_config.prices_dir = config.replay.data_dir.join("aave-v2-eth-bhemen/usd_prices");
     risk_config.anomaly_model_dir = Some("scoring/models/pool-anomaly-v1".into());
     let mut worker = chainfold_scoring::risk::RiskWorker::build(risk_config)

@@ -6,6 +6,7 @@
 //!   and `UsdValue` (exact decimal). Money is never `f64`.
 //! - [`envelope`]: `Envelope`, `EventId`, `BlockRef`, `Source`, `DefiEvent` and the event payloads.
 //! - [`number`]: bounded decimal parsing for every number a user or a log supplies as text.
+//! - [`seal`]: seals, which tell a consumer of many partitions that a chain's blocks are whole.
 //! - [`topics`]: Kafka topic names, one place.
 //! - [`credit`]: health factor (Aave's formula), shocks, concentration, volatility, and a
 //!   wallet's activity features: the scoring inputs, pure and clock-free.
@@ -24,6 +25,7 @@ pub mod number;
 pub mod pool;
 pub mod risk;
 pub mod scorecard;
+pub mod seal;
 pub mod stress;
 pub mod topics;
 

@@ -13,6 +13,9 @@ pub const ORACLE: &str = "chainfold.oracle.v1";
 /// Chain heads as the live ingest processes them, keyed by chain id (not an event topic: no
 /// DLQ; the projector keeps the last head per chain for finality).
 pub const BLOCKS: &str = "chainfold.blocks.v1";
+/// Seals (`domain::seal`): after a chain's events are acknowledged, the publisher says which
+/// blocks are complete below which offsets, keyed by chain id; the risk worker reads them.
+pub const SEALS: &str = "chainfold.seals.v1";
 /// Wallet credit scores as the scorer computes them, keyed by wallet.
 pub const SCORES: &str = "chainfold.scores.v1";
 /// Off-chain attestations about wallets, keyed by wallet.

@@ -6,14 +6,17 @@
 //! lending, pool for AMM) so per-entity order holds.
 //!
 //! Event records carry no Kafka headers: the envelope already holds schema version, event id and
-//! type, and the local broker (tansu 0.6, sqlite engine) looks up each fetched record's headers
-//! with a scan of an unindexed table, so consume time grew with records x headers (a 23k-event
-//! replay took minutes to read back). Dead letters, which are rare, keep their reason headers.
+//! type. Dead letters keep their reason headers.
+//!
+//! After the events are acknowledged, one seal per chain (`domain::seal`) says below which
+//! offsets they all lie, so consumers of many partitions (the risk worker) know when a chain's
+//! blocks are whole.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use chainfold_domain::seal::{Seal, SealBuilder};
 use chainfold_domain::{Envelope, TopicKind};
 use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka::Topics;
@@ -24,6 +27,10 @@ use crate::{Decoded, EventKind};
 
 /// Most sends awaiting their acknowledgement at once; bounds memory, keeps the pipe full.
 const IN_FLIGHT: usize = 20_000;
+
+/// A send awaiting its acknowledgement, with what its seal needs: (chain, block, topic) for an
+/// event, `None` for a dead letter.
+type Sent<'t> = (DeliveryFuture, Option<(u64, Option<u64>, &'t str)>);
 
 /// What a publish run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,7 +69,8 @@ pub async fn publish_all(
 ) -> anyhow::Result<PublishSummary> {
     let started = Instant::now();
     let mut summary = PublishSummary::default();
-    let mut in_flight: VecDeque<DeliveryFuture> = VecDeque::with_capacity(IN_FLIGHT);
+    let mut in_flight: VecDeque<Sent<'_>> = VecDeque::with_capacity(IN_FLIGHT);
+    let mut seals = SealBuilder::default();
     let mut last_report = Instant::now();
     for item in items {
         match item {
@@ -76,11 +84,12 @@ pub async fn publish_all(
                 };
                 let payload = encode(&env);
                 let key = format!("{:#x}", env.partition_key());
+                let sealed = Some((env.chain_id, env.block.map(|b| b.number), topic));
                 let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
                 loop {
                     match producer.send_result(record) {
                         Ok(delivery) => {
-                            in_flight.push_back(delivery);
+                            in_flight.push_back((delivery, sealed));
                             break;
                         }
                         Err((
@@ -90,7 +99,7 @@ pub async fn publish_all(
                             // The local queue is full: wait for the oldest send, then retry.
                             record = returned;
                             match in_flight.pop_front() {
-                                Some(oldest) => await_delivery(oldest).await?,
+                                Some(oldest) => acknowledged(oldest, &mut seals).await?,
                                 None => tokio::time::sleep(Duration::from_millis(10)).await,
                             }
                         }
@@ -103,7 +112,7 @@ pub async fn publish_all(
                 *counter += 1;
                 if in_flight.len() >= IN_FLIGHT {
                     if let Some(oldest) = in_flight.pop_front() {
-                        await_delivery(oldest).await?;
+                        acknowledged(oldest, &mut seals).await?;
                     }
                 }
             }
@@ -123,7 +132,7 @@ pub async fn publish_all(
                         payload: &rejected.raw,
                     },
                 )?;
-                in_flight.push_back(delivery);
+                in_flight.push_back((delivery, None));
                 summary.dead_lettered += 1;
             }
         }
@@ -132,16 +141,50 @@ pub async fn publish_all(
             last_report = Instant::now();
         }
     }
-    for delivery in in_flight {
-        await_delivery(delivery).await?;
+    for sent in in_flight {
+        acknowledged(sent, &mut seals).await?;
     }
+    publish_seals(producer, &topics.seals, seals.seals(false)).await?;
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
 
-pub(crate) async fn await_delivery(delivery: DeliveryFuture) -> anyhow::Result<()> {
+/// Waits for one send and records it for its chain's seal.
+async fn acknowledged((delivery, sealed): Sent<'_>, seals: &mut SealBuilder) -> anyhow::Result<()> {
+    let (partition, offset) = await_delivery(delivery).await?;
+    if let Some((chain, block, topic)) = sealed {
+        seals.delivered(chain, block, topic, partition, offset);
+    }
+    Ok(())
+}
+
+/// Sends `seals` (keyed by chain id) and waits for their acknowledgement.
+pub async fn publish_seals(
+    producer: &FutureProducer,
+    topic: &str,
+    seals: Vec<Seal>,
+) -> anyhow::Result<()> {
+    let mut deliveries = Vec::with_capacity(seals.len());
+    for seal in &seals {
+        let payload = serde_json::to_vec(seal).expect("a seal always serialises");
+        let key = seal.chain_id.to_string();
+        deliveries.push(
+            producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&payload))
+                .map_err(|(e, _)| e)
+                .context("could not enqueue a seal")?,
+        );
+    }
+    for delivery in deliveries {
+        await_delivery(delivery).await?;
+    }
+    Ok(())
+}
+
+/// Waits for a send's acknowledgement: where the record landed.
+pub(crate) async fn await_delivery(delivery: DeliveryFuture) -> anyhow::Result<(i32, i64)> {
     match delivery.await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(delivered)) => Ok((delivered.partition, delivered.offset)),
         Ok(Err((err, _))) => Err(err).context("the broker rejected a record"),
         Err(_) => anyhow::bail!("the producer was dropped before a record was acknowledged"),
     }

@@ -32,6 +32,8 @@ pub struct Topics {
     pub amm: String,
     pub oracle: String,
     pub blocks: String,
+    /// `chainfold.seals.v1`: which blocks of a chain are published whole (domain::seal).
+    pub seals: String,
 }
 
 impl Topics {
@@ -43,6 +45,7 @@ impl Topics {
             amm: format!("{prefix}{}", topics::AMM),
             oracle: format!("{prefix}{}", topics::ORACLE),
             blocks: format!("{prefix}{}", topics::BLOCKS),
+            seals: format!("{prefix}{}", topics::SEALS),
         }
     }
 
@@ -55,14 +58,21 @@ impl Topics {
         }
     }
 
-    /// The topics the projector folds (not their DLQs): the three event topics and the heads.
-    pub fn event_topics(&self) -> [&str; 4] {
-        [&self.lending, &self.amm, &self.oracle, &self.blocks]
+    /// The topics the projector folds (not their DLQs): the three event topics, the heads and
+    /// the seals.
+    pub fn event_topics(&self) -> [&str; 5] {
+        [
+            &self.lending,
+            &self.amm,
+            &self.oracle,
+            &self.blocks,
+            &self.seals,
+        ]
     }
 
-    /// Every topic including the dead-letter ones.
+    /// Every topic the ingest writes, including the dead-letter ones.
     pub fn all(&self) -> Vec<String> {
-        let mut all = Vec::with_capacity(8);
+        let mut all = Vec::with_capacity(10);
         for topic in self.event_topics() {
             all.push(topic.to_owned());
             all.push(topics::dlq(topic));

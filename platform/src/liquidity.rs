@@ -114,6 +114,115 @@ pub async fn pool_history(
     Ok(points)
 }
 
+/// The SQL condition "the row is sealed": block at most `$n` when the chain's stretch has
+/// blocks, else below the seals' bound in its partition (`$n+1..$n+3`, UNNESTed arrays).
+const SEALED: &str = "(CASE WHEN $3::int8 IS NOT NULL THEN block_number <= $3
+      ELSE EXISTS (SELECT 1 FROM UNNEST($4::text[], $5::int4[], $6::int8[]) AS s(t, p, n)
+                   WHERE s.t = kafka_topic AND s.p = kafka_partition AND kafka_offset < s.n) END)";
+
+/// [`reserve_history`] as sealed (`domain::seal`): only the flows of blocks up to `last_block`,
+/// or, without blocks, below `through` (topic, partition, next offset) in their partition; what
+/// the risk worker forecasts from, so a forecast does not depend on how far the projector was.
+pub async fn reserve_history_sealed(
+    pool: &PgPool,
+    chain_id: i64,
+    reserve: &str,
+    last_block: Option<i64>,
+    through: &[(String, i32, i64)],
+) -> sqlx::Result<Vec<ReservePoint>> {
+    let (topics, partitions, next) = unzip_through(through);
+    let sql = format!(
+        "SELECT extract(epoch FROM block_time)::float8 / 3600.0,
+                (sum(CASE action WHEN 'deposit' THEN amount WHEN 'redeem' THEN -amount ELSE 0 END)
+                    OVER w / 10::numeric ^ decimals)::float8,
+                (sum(CASE action WHEN 'borrow' THEN amount WHEN 'repay' THEN -amount
+                                 WHEN 'liquidation' THEN -amount ELSE 0 END)
+                    OVER w / 10::numeric ^ decimals)::float8,
+                symbol, block_number
+         FROM lending_event
+         WHERE chain_id = $1 AND reserve = $2 AND block_time IS NOT NULL AND {SEALED}
+         WINDOW w AS (ORDER BY block_time, event_id ROWS UNBOUNDED PRECEDING)
+         ORDER BY block_time, event_id"
+    );
+    let rows: Vec<(f64, f64, f64, String, Option<i64>)> = sqlx::query_as(&sql)
+        .bind(chain_id)
+        .bind(reserve)
+        .bind(last_block)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&next)
+        .fetch_all(pool)
+        .await?;
+    let mut points: Vec<ReservePoint> = rows
+        .into_iter()
+        .map(|(hours, supply, debt, symbol, block_number)| ReservePoint {
+            hours,
+            supply,
+            debt,
+            symbol,
+            block_number,
+        })
+        .collect();
+    last_per_instant(&mut points, |p| p.hours);
+    Ok(points)
+}
+
+/// A pool's sealed reserves (see [`reserve_history_sealed`]) after each timed `Sync` within
+/// `window_hours` before `end_hours` (hours since the epoch, exclusive).
+pub async fn pool_history_sealed(
+    pool: &PgPool,
+    chain_id: i64,
+    address: &str,
+    end_hours: f64,
+    window_hours: f64,
+    last_block: Option<i64>,
+    through: &[(String, i32, i64)],
+) -> sqlx::Result<Vec<PoolPoint>> {
+    let (topics, partitions, next) = unzip_through(through);
+    let sql = format!(
+        "SELECT extract(epoch FROM block_time)::float8 / 3600.0, reserve0::float8,
+                reserve1::float8, token0, token1, block_number
+         FROM pool_sync
+         WHERE chain_id = $1 AND pool = $2 AND block_time IS NOT NULL AND {SEALED}
+           AND block_time < to_timestamp($7 * 3600) AND block_time >= to_timestamp(($7 - $8) * 3600)
+         ORDER BY block_number, log_index"
+    );
+    let rows: Vec<(f64, f64, f64, String, String, Option<i64>)> = sqlx::query_as(&sql)
+        .bind(chain_id)
+        .bind(address)
+        .bind(last_block)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&next)
+        .bind(end_hours)
+        .bind(window_hours)
+        .fetch_all(pool)
+        .await?;
+    let mut points: Vec<PoolPoint> = rows
+        .into_iter()
+        .map(
+            |(hours, reserve0, reserve1, token0, token1, block_number)| PoolPoint {
+                hours,
+                reserve0,
+                reserve1,
+                token0,
+                token1,
+                block_number,
+            },
+        )
+        .collect();
+    last_per_instant(&mut points, |p| p.hours);
+    Ok(points)
+}
+
+fn unzip_through(through: &[(String, i32, i64)]) -> (Vec<&str>, Vec<i32>, Vec<i64>) {
+    (
+        through.iter().map(|t| t.0.as_str()).collect(),
+        through.iter().map(|t| t.1).collect(),
+        through.iter().map(|t| t.2).collect(),
+    )
+}
+
 /// The points of `history` within `window_hours` of its last one.
 pub fn recent<T: Clone>(history: &[T], hours: impl Fn(&T) -> f64, window_hours: f64) -> Vec<T> {
     let Some(last) = history.last().map(&hours) else {

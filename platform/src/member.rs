@@ -567,6 +567,15 @@ impl Member {
         self.reassign()
     }
 
+    /// Drops whatever was read and not committed: every partition is read again from what
+    /// Postgres holds (after a batch failed half-way, e.g. its database connection broke).
+    pub fn rewind(&mut self) {
+        for owned in self.owned.values_mut() {
+            owned.read = owned.stored;
+            owned.sought = false;
+        }
+    }
+
     /// High watermarks of every partition of `topics`, now.
     pub async fn high_watermarks(
         &self,
@@ -612,4 +621,32 @@ impl Member {
     pub fn kafka(&self) -> &KafkaArgs {
         &self.kafka
     }
+}
+
+/// True when `err` is worth retrying with the same input: the database or the broker was
+/// unreachable, restarting or timed out (not a bad record or a broken config). In doubt, transient
+/// only for I/O: a deterministic failure retried forever would be a crash loop of its own.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        if let Some(e) = e.downcast_ref::<sqlx::Error>() {
+            return match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => true,
+                // 08: connection exception, 53: insufficient resources, 57P: operator
+                // intervention (admin shutdown, crash shutdown, cannot connect now).
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("53") || c.starts_with("57P")
+                }),
+                _ => false,
+            };
+        }
+        if let Some(e) = e.downcast_ref::<KafkaError>() {
+            return !matches!(e, KafkaError::MessageConsumptionFatal(_));
+        }
+        e.downcast_ref::<std::io::Error>().is_some()
+    })
 }

@@ -126,6 +126,7 @@ pub struct Timings {
 enum Folded {
     Row { row: Row, retracted: bool },
     Head(Box<ChainHead>),
+    Seal(Box<chainfold_domain::seal::Seal>),
 }
 
 /// A folded event in log order: an insert, or the retraction of an orphaned one.
@@ -218,6 +219,7 @@ impl App {
             },
             items: Vec::new(),
             heads: Vec::new(),
+            seals: Vec::new(),
             offsets: batch.advances,
         };
         let fold_started = Instant::now();
@@ -234,6 +236,14 @@ impl App {
                     retracted,
                 }),
                 Ok(Folded::Head(head)) => prepared.heads.push(*head),
+                Ok(Folded::Seal(seal)) => prepared.seals.push((
+                    *seal,
+                    Coordinates {
+                        topic: message.topic,
+                        partition: message.partition,
+                        offset: message.offset,
+                    },
+                )),
                 Err(reason) => rejected.push((message, reason)),
             }
         }
@@ -261,6 +271,17 @@ impl App {
 
     fn fold(&self, message: &Received) -> Result<Folded, String> {
         let topic = &message.topic;
+        if *topic == self.topics.seals {
+            let seal: chainfold_domain::seal::Seal = serde_json::from_slice(&message.payload)
+                .map_err(|e| format!("could not decode seal: {e}"))?;
+            if seal.schema_version != SCHEMA_VERSION {
+                return Err(format!(
+                    "unsupported schema version {} (this build folds version {SCHEMA_VERSION})",
+                    seal.schema_version
+                ));
+            }
+            return Ok(Folded::Seal(Box::new(seal)));
+        }
         if *topic == self.topics.blocks {
             let head: ChainHead = serde_json::from_slice(&message.payload)
                 .map_err(|e| format!("could not decode chain head: {e}"))?;
@@ -389,8 +410,26 @@ impl App {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let (total, _) = self.run(None, shutdown).await?;
-        tracing::info!(folded = total.stored, "projector stopped");
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(200);
+        let mut folded = 0;
+        loop {
+            match self.run(None, &mut shutdown).await {
+                Ok((total, _)) => {
+                    folded += total.stored;
+                    break;
+                }
+                // Nothing after the last commit is kept: read it again once the service is back.
+                Err(err) if chainfold_platform::member::is_transient(&err) => {
+                    tracing::warn!(error = %format!("{err:#}"), retry_in = ?backoff, "projector loop failed; retrying");
+                    self.member.rewind();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        tracing::info!(folded, "projector stopped");
         Ok(())
     }
 
@@ -506,6 +545,7 @@ struct Prepared {
     outcome: BatchOutcome,
     items: Vec<Item>,
     heads: Vec<ChainHead>,
+    seals: Vec<(chainfold_domain::seal::Seal, Coordinates)>,
     offsets: Vec<Advance>,
 }
 
@@ -529,7 +569,12 @@ impl Writer {
     async fn write(self, prepared: Prepared) -> anyhow::Result<Result<Written, Fenced>> {
         let started = Instant::now();
         let batch = match self
-            .commit_with_retry(&prepared.items, &prepared.heads, &prepared.offsets)
+            .commit_with_retry(
+                &prepared.items,
+                &prepared.heads,
+                &prepared.seals,
+                &prepared.offsets,
+            )
             .await
         {
             Ok(batch) => batch,
@@ -559,16 +604,19 @@ impl Writer {
         &self,
         items: &[Item],
         heads: &[ChainHead],
+        seals: &[(chainfold_domain::seal::Seal, Coordinates)],
         offsets: &[Advance],
     ) -> anyhow::Result<store::BatchWrite> {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match write_once(&self.pool, &self.group, items, heads, offsets).await {
+            match write_once(&self.pool, &self.group, items, heads, seals, offsets).await {
                 Ok(written) => return Ok(written),
                 Err(err @ StoreError::Fenced(_)) => return Err(err.into()),
-                Err(err) if err.is_deterministic() && items.len() + heads.len() > 1 => {
+                Err(err)
+                    if err.is_deterministic() && items.len() + heads.len() + seals.len() > 1 =>
+                {
                     tracing::warn!(error = %err, "batch refused by Postgres; writing its rows one by one");
-                    return self.write_one_by_one(items, heads, offsets).await;
+                    return self.write_one_by_one(items, heads, seals, offsets).await;
                 }
                 Err(err) if err.is_deterministic() => {
                     let (topic, origin) =
@@ -597,7 +645,7 @@ impl Writer {
                         },
                     )
                     .await?;
-                    return write_once(&self.pool, &self.group, &[], &[], offsets)
+                    return write_once(&self.pool, &self.group, &[], &[], &[], offsets)
                         .await
                         .map_err(anyhow::Error::from);
                 }
@@ -614,18 +662,22 @@ impl Writer {
         &self,
         items: &[Item],
         heads: &[ChainHead],
+        seals: &[(chainfold_domain::seal::Seal, Coordinates)],
         offsets: &[Advance],
     ) -> anyhow::Result<store::BatchWrite> {
         let mut total = store::BatchWrite::default();
         for item in items {
             let written =
-                Box::pin(self.commit_with_retry(std::slice::from_ref(item), &[], &[])).await?;
+                Box::pin(self.commit_with_retry(std::slice::from_ref(item), &[], &[], &[])).await?;
             total.merge(written);
         }
         for head in heads {
-            Box::pin(self.commit_with_retry(&[], std::slice::from_ref(head), &[])).await?;
+            Box::pin(self.commit_with_retry(&[], std::slice::from_ref(head), &[], &[])).await?;
         }
-        Box::pin(self.commit_with_retry(&[], &[], offsets)).await?;
+        for seal in seals {
+            Box::pin(self.commit_with_retry(&[], &[], std::slice::from_ref(seal), &[])).await?;
+        }
+        Box::pin(self.commit_with_retry(&[], &[], &[], offsets)).await?;
         Ok(total)
     }
 }
@@ -670,6 +722,7 @@ async fn write_once(
     group: &str,
     items: &[Item],
     heads: &[ChainHead],
+    seals: &[(chainfold_domain::seal::Seal, Coordinates)],
     offsets: &[Advance],
 ) -> Result<store::BatchWrite, StoreError> {
     // Durable commits (the server's synchronous_commit): a commit Postgres acknowledged survives
@@ -692,6 +745,7 @@ async fn write_once(
         }
     }
     live::upsert_heads(&mut tx, heads).await?;
+    live::insert_seals(&mut tx, seals).await?;
     chainfold_platform::offsets::advance(&mut tx, group, offsets).await?;
     chainfold_platform::failpoint::hit("project.before_commit");
     tx.commit().await?;

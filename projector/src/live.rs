@@ -286,6 +286,31 @@ pub async fn insert_oracle_updates(
     Ok(done.rows_affected())
 }
 
+/// Stores folded seals (one row per seal record, idempotent by its coordinates).
+pub async fn insert_seals(
+    tx: &mut Transaction<'_, Postgres>,
+    seals: &[(chainfold_domain::seal::Seal, crate::store::Coordinates)],
+) -> Result<(), StoreError> {
+    for (seal, at) in seals {
+        sqlx::query(
+            "INSERT INTO chain_seal (kafka_topic, kafka_partition, kafka_offset, chain_id,
+                 first_block, last_block, through, retracted)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(&at.topic)
+        .bind(at.partition)
+        .bind(at.offset)
+        .bind(seal.chain_id as i64)
+        .bind(seal.blocks.map(|b| b.0 as i64))
+        .bind(seal.blocks.map(|b| b.1 as i64))
+        .bind(serde_json::to_value(&seal.through).expect("a seal's bounds serialise"))
+        .bind(seal.retracted)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Stores each chain's latest head (the last one in the batch per chain wins: heads of one chain
 /// share a partition, so batch order is publish order).
 pub async fn upsert_heads(

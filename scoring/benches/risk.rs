@@ -1,8 +1,9 @@
 //! Risk benchmark on the real broker and Postgres, all figures from one run:
 //! 1. detection latency: the 235 recorded blocks of `swaps.csv` published one block at a time
-//!    (a pause of `--gap-ms`, default 200, between blocks) while `chainfold risk` runs; for each
-//!    stored sandwich alert, event published (the newest Kafka timestamp of the block's events)
-//!    → alert committed (`detected_at`); median and p99. Baseline in the same run: publish →
+//!    (a pause of `--gap-ms`, default 200, between blocks; each block's seal after its events)
+//!    while `chainfold project` and `chainfold risk` run; for each stored sandwich alert, seal
+//!    published (its Kafka timestamp) → alert committed (`detected_at`), which includes the
+//!    projector folding the block; median and p99. Baseline in the same run: publish →
 //!    received by a plain consumer of the same topic, per message.
 //! 2. stress recompute time: `chainfold stress` on the bundled Polygon positions (replayed and
 //!    projected), median of 5 runs (2,000 paths × 24 h).
@@ -18,7 +19,6 @@ use chainfold_scoring::risk::{RiskConfig, RiskWorker};
 use chainfold_testkit::{data_dir, unique, Isolated};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
-use rdkafka::producer::FutureRecord;
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -47,16 +47,28 @@ async fn main() {
     baseline
         .subscribe(&[topics.amm.as_str()])
         .expect("subscribe");
-    let worker = RiskWorker::build(RiskConfig::new(
+    let mut risk_config = RiskConfig::new(
         iso.kafka.clone(),
         iso.postgres.clone(),
         iso.redis.clone(),
         unique("risk"),
-    ))
-    .await
-    .expect("risk worker");
+    );
+    risk_config.projector_group = iso.group.clone();
+    let worker = RiskWorker::build(risk_config).await.expect("risk worker");
     let pool = worker.pool().clone();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    let mut projector_stop = stop_rx.clone();
+    let projector_task = tokio::spawn(projector.run_until_stopped(async move {
+        let _ = projector_stop.wait_for(|s| *s).await;
+    }));
     let task = tokio::spawn(worker.run_until_stopped(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
@@ -89,21 +101,16 @@ async fn main() {
     let started = Instant::now();
     let mut published = 0usize;
     for envs in blocks.values() {
-        let mut deliveries = Vec::new();
-        for env in envs {
-            let payload = serde_json::to_vec(env).expect("json");
-            let key = format!("{:#x}", env.partition_key());
-            deliveries.push(
-                producer
-                    .send_result(FutureRecord::to(&topics.amm).key(&key).payload(&payload))
-                    .map_err(|(e, _)| e)
-                    .expect("enqueue"),
-            );
-        }
-        for d in deliveries {
-            d.await.expect("delivery").expect("acknowledged");
-            published += 1;
-        }
+        // The block's events, then its seal, as `ingest rpc` publishes a block.
+        let summary = chainfold_ingest::publish::publish_all(
+            &producer,
+            &topics,
+            envs.iter().cloned().map(Ok),
+            |_, _| {},
+        )
+        .await
+        .expect("publish");
+        published += summary.published() as usize;
         tokio::time::sleep(Duration::from_millis(gap_ms)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -119,6 +126,7 @@ async fn main() {
     }
     let _ = stop_tx.send(true);
     task.await.expect("task").expect("worker");
+    projector_task.await.expect("task").expect("projector");
     base_task.abort();
     let latencies: Vec<f64> = sqlx::query_scalar(
         "SELECT (extract(epoch FROM detected_at - source_published_at) * 1000)::float8 FROM risk_alert",
@@ -155,7 +163,7 @@ async fn main() {
         iso.kafka.clone(),
         iso.postgres.clone(),
         iso.redis.clone(),
-        iso.group.clone(),
+        unique("bench-stress-projector"),
     ))
     .await
     .expect("projector");

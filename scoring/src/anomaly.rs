@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 /// Feature names, in the model's order.
 pub const ANOMALY_FEATURES: [&str; 4] = ["size", "legs", "pools", "position"];
 /// Previous input amounts of a (pool, token) the size feature compares with.
-const HISTORY: usize = 100;
+pub const HISTORY: usize = 100;
 
 /// The loaded model with its identity and the training features' medians and MADs.
 #[derive(Debug)]
@@ -121,6 +121,16 @@ fn median(values: &VecDeque<f64>) -> f64 {
 }
 
 impl FeatureState {
+    /// Seeds the previous input amounts of (chain, pool, token), oldest first (the last
+    /// [`HISTORY`] swaps before the blocks about to be scored, read from the `swap` read model).
+    pub fn seed(&mut self, chain: u64, pool: Address, token_in: Address, amounts: Vec<f64>) {
+        let start = amounts.len().saturating_sub(HISTORY);
+        self.seen.insert(
+            (chain, pool, token_in),
+            amounts[start..].iter().copied().collect(),
+        );
+    }
+
     /// Features of one block's swaps (any order; computed in transaction order, as trained),
     /// returned with the index of the swap in `swaps` they belong to.
     pub fn block_features(&mut self, chain: u64, swaps: &[SwapLeg]) -> Vec<(usize, [f32; 4])> {

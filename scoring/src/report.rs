@@ -629,10 +629,10 @@ pub async fn measure_scenarios(
                 .await?;
                 // A run priced at the crashed WETH answer (to a cent), as of the crash or later.
                 let run: Option<i64> = sqlx::query_scalar(
-                    "SELECT r.id FROM stress_run r
+                    "SELECT r.as_of_block FROM stress_run r
                      WHERE r.chain_id = $1 AND r.as_of_block >= $2
                        AND abs((r.prices->>'WETH')::float8 - $3) < 0.01
-                     ORDER BY r.id LIMIT 1",
+                     ORDER BY r.as_of_block, r.id LIMIT 1",
                 )
                 .bind(chain)
                 .bind(crash_block.unwrap_or(i64::MAX))
@@ -643,8 +643,8 @@ pub async fn measure_scenarios(
                     scenario: kind,
                     expected: "a stress run recomputed at the crashed price (oracle moved ≥ 2%)",
                     hit: run.is_some(),
-                    // Recomputed when the batch carrying the crash is done: batch-dependent.
-                    delay_blocks: None,
+                    // Stressed as of the block of the oracle answer that moved the price.
+                    delay_blocks: run.zip(crash_block).map(|(at, crash)| (at - crash).max(0)),
                     detail: if run.is_some() {
                         "stress and VaR priced at the crashed WETH answer".into()
                     } else {
@@ -671,8 +671,7 @@ pub fn render_scenarios(results: &[ScenarioResult]) -> String {
             r.scenario,
             r.expected,
             if r.hit { "yes" } else { "**no**" },
-            r.delay_blocks
-                .map_or("— (recomputed per batch)".to_owned(), |d| d.to_string()),
+            r.delay_blocks.map_or("—".to_owned(), |d| d.to_string()),
             r.detail
         );
     }

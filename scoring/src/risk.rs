@@ -1,17 +1,27 @@
-//! `chainfold risk`: the attack detectors of `domain::risk` on the live event stream.
+//! `chainfold risk`: the attack detectors of `domain::risk` over sealed stretches of each chain.
 //!
-//! A consumer group on `chainfold.amm.v1` (swaps, `Sync`s) and `chainfold.lending.v1` (flash
-//! loans) buffers events per (chain, block) and evaluates a block once it is complete: when every
-//! partition that delivered events of the chain in the batch has moved past it (a pool's events
-//! share a partition, in order), or when the stream is idle. Per block: sandwiches on each pool;
-//! for each flash loan, its transaction's swaps and pool price moves (from the pools' reserves
-//! before and after the transaction) against Forta's rule; reserve drains within a window of
-//! blocks. Alerts (kind, severity, chain, block, transactions, addresses, pools, evidence,
-//! detector version) go to `risk_alert` (idempotent by a deterministic id), then
-//! `chainfold.risk.v1` and Redis `<prefix>alerts`; Kafka offsets of evaluated events are
-//! committed last, so a crash re-detects and stores nothing twice.
+//! A chain's events travel on many partitions (swaps keyed by pool, flash loans by wallet), so
+//! the risk worker does not read them from Kafka. It reads the **seals** (`chainfold.seals.v1`,
+//! keyed by chain id, `domain::seal`) the ingest publishes once a stretch of blocks is
+//! acknowledged, waits until the projector has folded everything below the seal's offsets, and
+//! evaluates the sealed blocks from the read models, whole and in block order:
+//! - per block: sandwiches on each pool; the anomaly model on each swap (its size feature
+//!   against the previous swaps of the pool and token, read from `swap`); each flash loan
+//!   against Forta's rule with its transaction's swaps and pool price moves (reserves from
+//!   `pool_sync`); reserve drains within a window of blocks;
+//! - per lending reserve and AMM pool with new events, per hour of them: the utilisation and
+//!   ±2% depth forecasts on the history up to that hour (`LIQUIDITY_SHORTAGE`);
+//! - per block with an oracle move past the threshold: the stress test as of that block.
+//!
+//! Everything an evaluation reads is fixed by the chain and the seal, not by which replica owns
+//! which partition, when a message arrived or how the blocks were split into seals, so any
+//! replica, a restart or a replay of the log computes the same alerts. An evaluation of blocks
+//! [from, to] replaces the block alerts of those blocks (a reorg's retraction seal removes the
+//! orphaned blocks' alerts). Alerts, incidents, the chain's progress, their outbox records and
+//! the seals' offsets commit in one transaction; the outbox is relayed to `chainfold.risk.v1`
+//! and Redis `<prefix>alerts` is told after the commit.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256};
@@ -20,16 +30,18 @@ use chainfold_domain::risk::{
     drains, find_sandwiches, flash_loan_attack, FlashLoanRule, Loan, PriceMove, ReserveState,
     SwapLeg, DETECTOR_VERSION,
 };
-use chainfold_domain::{topics, DefiEvent, Envelope};
+use chainfold_domain::seal::Seal;
+use chainfold_domain::topics;
 use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
+use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka;
+use chainfold_platform::member::{Member, Received};
+use chainfold_platform::offsets::OffsetError;
+use chainfold_platform::outbox::Output;
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::FutureProducer;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 
 /// `chainfold risk` settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,16 +69,31 @@ pub struct RiskConfig {
     pub drain_share: f64,
     #[arg(long = "drain-window", default_value_t = 5)]
     pub drain_window: u64,
-    /// Most messages per batch.
-    #[arg(long = "batch-size", default_value_t = 5000)]
+    /// Most seals per batch.
+    #[arg(long = "batch-size", default_value_t = 500)]
     pub batch_size: usize,
     /// Oracle move (relative to the prices of a chain's last stress run) that recomputes its
-    /// stress test and VaR …
+    /// stress test and VaR as of the oracle's block …
     #[arg(long = "stress-threshold", default_value_t = 0.02)]
     pub stress_threshold: f64,
-    /// … at most once per this interval.
-    #[arg(long = "stress-interval", default_value = "60s", value_parser = chainfold_platform::config::parse_duration)]
+    /// … at most once per this much block time (chain time, not wall time: a replay of the log
+    /// stresses at the same blocks); 0 (the default) runs at every such move.
+    #[arg(long = "stress-interval", default_value = "0s", value_parser = chainfold_platform::config::parse_duration)]
     pub stress_interval: Duration,
+    /// Seals per batch; how long to wait for the projector to fold a sealed stretch before
+    /// failing.
+    #[arg(long = "projector-wait", default_value = "120s", value_parser = chainfold_platform::config::parse_duration)]
+    pub projector_wait: Duration,
+    /// The projector's group: a sealed stretch is evaluated once that group has folded it.
+    #[arg(
+        long = "projector-group",
+        env = "CHAINFOLD_PROJECTOR_GROUP",
+        default_value = "chainfold-projector"
+    )]
+    pub projector_group: String,
+    /// Static membership id (see `chainfold project --help`); defaults to `<group>@<hostname>`.
+    #[arg(long = "instance-id", env = "CHAINFOLD_RISK_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// The swap anomaly model (`scoring/models/<version>`): one score per swap, a
     /// `POOL_ANOMALY` alert for the swaps it flags.
     #[arg(
@@ -117,7 +144,7 @@ impl RiskConfig {
             flash_min_profit_share: 0.02,
             drain_share: 0.5,
             drain_window: 5,
-            batch_size: 5000,
+            batch_size: 500,
             anomaly_model_dir: None,
             no_anomaly: false,
             shortage_horizon_hours: 6.0,
@@ -127,7 +154,10 @@ impl RiskConfig {
             depth_bound: 0.5,
             depth_target: 0.8,
             stress_threshold: 0.02,
-            stress_interval: Duration::from_secs(60),
+            stress_interval: Duration::ZERO,
+            projector_wait: Duration::from_secs(120),
+            projector_group: "chainfold-projector".into(),
+            instance_id: None,
             prices_dir: "data/aave-v2-eth-bhemen/usd_prices".into(),
         }
     }
@@ -150,11 +180,14 @@ pub struct Alert {
     pub source_published_at: Option<DateTime<Utc>>,
     /// What the alert is worth in USD where it can be valued (a drain's lost reserve).
     pub usd: Option<f64>,
+    /// The time of the alert's block (incidents are correlated by it).
+    pub block_time: Option<DateTime<Utc>>,
 }
 
 /// What a batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RiskOutcome {
+    /// Seals received.
     pub received: u64,
     pub blocks: u64,
     /// Alerts newly stored, by kind.
@@ -172,57 +205,24 @@ pub struct RiskOutcome {
     pub anomalies: u64,
 }
 
-#[derive(Debug, Default)]
-struct BlockEvents {
-    swaps: Vec<SwapLeg>,
-    /// (log index, tx, pool, reserve0, reserve1)
-    syncs: Vec<(u32, B256, Address, f64, f64)>,
-    loans: Vec<Loan>,
-    published_at: Option<DateTime<Utc>>,
-    /// (topic, partition, offset) of the block's messages.
-    offsets: Vec<(String, i32, i64)>,
-}
-
-/// What a block's evaluation saw, kept for a while: an event that arrives after its block was
-/// evaluated (another partition lagging, e.g. the lending partition's flash loan behind the
-/// AMM partitions' swaps) is evaluated together with it.
-#[derive(Debug, Default)]
-struct Evaluated {
-    swaps: Vec<SwapLeg>,
-    loans: Vec<Loan>,
-    moves: HashMap<B256, BTreeMap<Address, PriceMove>>,
-}
-
-/// Blocks per chain kept in [`Evaluated`] form.
-const RETAINED_BLOCKS: u64 = 1024;
+/// The kinds the block detectors raise: evaluating blocks [from, to] replaces these alerts of
+/// those blocks.
+const BLOCK_KINDS: [&str; 4] = [
+    "SANDWICH",
+    "FLASH_LOAN_ATTACK",
+    "LIQUIDITY_DRAIN",
+    "POOL_ANOMALY",
+];
 
 /// A running risk worker.
 pub struct RiskWorker {
-    consumer: StreamConsumer,
+    member: Member,
     producer: FutureProducer,
     pool: PgPool,
     redis: redis::aio::ConnectionManager,
     config: RiskConfig,
     risk_topic: String,
-    pending: BTreeMap<(u64, u64), BlockEvents>,
-    /// Offsets received and done (no block to wait for, or evaluated), not yet committed.
-    done: Vec<(String, i32, i64)>,
-    reserves: HashMap<(u64, Address), (f64, f64)>,
-    history: HashMap<(u64, Address), VecDeque<ReserveState>>,
-    evaluated: BTreeMap<(u64, u64), Evaluated>,
-    /// The anomaly model and its features' causal state, when configured.
-    anomaly: Option<(crate::anomaly::AnomalyModel, crate::anomaly::FeatureState)>,
-    /// Each pool's (token0, token1), from its `Sync`s.
-    pool_tokens: HashMap<(u64, Address), (Address, Address)>,
-    /// Lending reserves with new flows since their last shortage check.
-    reserves_touched: std::collections::BTreeSet<(u64, String)>,
-    /// AMM pools with new `Sync`s since their last depth check.
-    pools_touched: std::collections::BTreeSet<(u64, String)>,
-    /// Swaps the anomaly model scored since the last batch outcome.
-    swaps_scored: u64,
-    /// Chains with oracle rounds since their last stress check, and when each last ran.
-    oracle_chains: std::collections::BTreeSet<u64>,
-    last_stress: HashMap<u64, Instant>,
+    anomaly: Option<crate::anomaly::AnomalyModel>,
 }
 
 impl std::fmt::Debug for RiskWorker {
@@ -233,12 +233,62 @@ impl std::fmt::Debug for RiskWorker {
     }
 }
 
-fn f64_of(a: &chainfold_domain::TokenAmount) -> f64 {
-    a.0.to_string().parse().unwrap_or(0.0)
-}
-
 fn hex<T: std::fmt::LowerHex>(v: T) -> String {
     format!("{v:#x}")
+}
+
+fn address(text: &str) -> Address {
+    text.parse().unwrap_or_default()
+}
+
+/// A chain's seals of one batch, merged.
+#[derive(Debug, Default, Clone)]
+struct Stretch {
+    blocks: Option<(u64, u64)>,
+    through: BTreeMap<(String, i32), i64>,
+    published_at: Option<DateTime<Utc>>,
+}
+
+impl Stretch {
+    fn add(&mut self, seal: &Seal, published_at: Option<DateTime<Utc>>) {
+        if let Some((lo, hi)) = seal.blocks {
+            self.blocks = Some(match self.blocks {
+                None => (lo, hi),
+                Some((a, b)) => (a.min(lo), b.max(hi)),
+            });
+        }
+        for t in &seal.through {
+            let next = self
+                .through
+                .entry((t.topic.clone(), t.partition))
+                .or_insert(0);
+            *next = (*next).max(t.next_offset);
+        }
+        self.published_at = self.published_at.max(published_at);
+    }
+}
+
+/// What the evaluation of one chain's stretch decided.
+#[derive(Debug, Default)]
+struct Evaluation {
+    alerts: Vec<Alert>,
+    /// Block alerts of these blocks not in `alerts` go.
+    blocks: Option<(u64, u64)>,
+    /// Shortage alerts evaluated (hour by hour): an id here not in `alerts` goes.
+    evaluated_ids: Vec<String>,
+    blocks_evaluated: u64,
+    swaps_scored: u64,
+    stress_runs: u64,
+}
+
+/// One block's rows, from the read models.
+#[derive(Debug, Default)]
+struct BlockRows {
+    time: Option<DateTime<Utc>>,
+    swaps: Vec<SwapLeg>,
+    /// (log index, tx, pool, reserve0, reserve1)
+    syncs: Vec<(u32, B256, Address, f64, f64)>,
+    loans: Vec<Loan>,
 }
 
 impl RiskWorker {
@@ -250,192 +300,102 @@ impl RiskWorker {
         let mut all = topics.all();
         all.push(risk_topic.clone());
         kafka::ensure_topics(&config.kafka, &all).await?;
-        let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &config.group)
-            .create()
-            .context("could not create Kafka consumer")?;
-        consumer
-            .subscribe(&[
-                topics.amm.as_str(),
-                topics.lending.as_str(),
-                topics.oracle.as_str(),
-            ])
-            .context("could not subscribe to the AMM, lending and oracle topics")?;
+        let instance = config
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| kafka::default_instance_id(&config.group));
+        let member = Member::join(
+            &config.kafka,
+            pool.clone(),
+            &config.group,
+            &instance,
+            &[topics.seals.as_str()],
+        )?;
         let producer = kafka::producer(&config.kafka)?;
         let anomaly = match (&config.anomaly_model_dir, config.no_anomaly) {
-            (Some(dir), false) => Some((
-                crate::anomaly::AnomalyModel::load(dir)?,
-                crate::anomaly::FeatureState::default(),
-            )),
+            (Some(dir), false) => Some(crate::anomaly::AnomalyModel::load(dir)?),
             _ => None,
         };
-        tracing::info!(group = %config.group, anomaly = anomaly.is_some(), "risk worker subscribed");
-        Ok(RiskWorker {
-            consumer,
+        tracing::info!(group = %config.group, instance = %instance, anomaly = anomaly.is_some(), "risk worker subscribed to seals");
+        let worker = RiskWorker {
+            member,
             producer,
             pool,
             redis,
-            config,
             risk_topic,
-            pending: BTreeMap::new(),
-            done: Vec::new(),
-            reserves: HashMap::new(),
-            history: HashMap::new(),
-            oracle_chains: Default::default(),
-            last_stress: HashMap::new(),
-            evaluated: BTreeMap::new(),
-            reserves_touched: Default::default(),
-            pools_touched: Default::default(),
-            swaps_scored: 0,
-            pool_tokens: HashMap::new(),
+            config,
             anomaly,
-        })
+        };
+        worker.relay().await?;
+        Ok(worker)
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    /// Receives up to `batch_size` messages (waiting at most `idle` for the first, 50 ms for
-    /// the next), evaluates the blocks that are complete (all of them when the stream went
-    /// idle), stores and publishes the alerts, and commits.
+    async fn relay(&self) -> anyhow::Result<u64> {
+        chainfold_platform::outbox::relay(
+            &self.pool,
+            &self.producer,
+            std::slice::from_ref(&self.risk_topic),
+            1000,
+        )
+        .await
+    }
+
+    /// Receives up to `batch_size` seals (waiting at most `idle` for the first), evaluates what
+    /// they seal and commits (see the module doc).
     pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<RiskOutcome> {
-        let mut outcome = RiskOutcome::default();
-        let deadline = Instant::now() + idle;
-        let mut went_idle = false;
-        // Per (chain, topic, partition): the highest block delivered in this batch.
-        let mut frontier: HashMap<(u64, String, i32), u64> = HashMap::new();
-        while (outcome.received as usize) < self.config.batch_size {
-            let wait = if outcome.received == 0 {
-                deadline.saturating_duration_since(Instant::now())
-            } else {
-                Duration::from_millis(50)
-            };
-            let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
-                Ok(Ok(m)) => m,
-                Ok(Err(err)) => return Err(err).context("could not read from Kafka"),
-                Err(_) => {
-                    went_idle = true;
-                    break;
+        let batch = self
+            .member
+            .receive(self.config.batch_size, idle, Duration::from_millis(50))
+            .await?;
+        let mut outcome = RiskOutcome {
+            received: batch.messages.len() as u64,
+            ..RiskOutcome::default()
+        };
+        if batch.messages.is_empty() {
+            return Ok(outcome);
+        }
+        let mut stretches: BTreeMap<u64, Stretch> = BTreeMap::new();
+        for message in &batch.messages {
+            match decode_seal(message) {
+                Ok(seal) => {
+                    let published = message
+                        .timestamp_ms
+                        .and_then(DateTime::from_timestamp_millis);
+                    stretches
+                        .entry(seal.chain_id)
+                        .or_default()
+                        .add(&seal, published);
                 }
-            };
-            outcome.received += 1;
-            let origin = (
-                message.topic().to_owned(),
-                message.partition(),
-                message.offset(),
-            );
-            let published = message
-                .timestamp()
-                .to_millis()
-                .and_then(DateTime::from_timestamp_millis);
-            let env = message
-                .payload()
-                .and_then(|p| serde_json::from_slice::<Envelope>(p).ok());
-            // Lending reserves whose utilisation the batch changed.
-            if let Some(e) = env.as_ref().filter(|e| !e.retracted) {
-                match &e.event {
-                    DefiEvent::Deposit(f)
-                    | DefiEvent::Borrow(f)
-                    | DefiEvent::Repay(f)
-                    | DefiEvent::Redeem(f) => {
-                        self.reserves_touched
-                            .insert((e.chain_id, hex(f.reserve.address)));
-                    }
-                    DefiEvent::Liquidation(l) => {
-                        self.reserves_touched
-                            .insert((e.chain_id, hex(l.debt.address)));
-                    }
-                    DefiEvent::PoolSync(s) => {
-                        self.pools_touched.insert((e.chain_id, hex(s.pool)));
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(DefiEvent::OracleUpdate(_)) = env.as_ref().map(|e| &e.event) {
-                if let Some(e) = &env {
-                    self.oracle_chains.insert(e.chain_id);
-                }
-                self.done.push(origin);
-                continue;
-            }
-            let Some((env, block)) = env
-                .filter(|e| !e.retracted)
-                .and_then(|e| e.block.map(|b| (e, b.number)))
-            else {
-                self.done.push(origin);
-                continue;
-            };
-            let key = (env.chain_id, origin.0.clone(), origin.1);
-            let front = frontier.entry(key).or_insert(block);
-            *front = (*front).max(block);
-            let events = self.pending.entry((env.chain_id, block)).or_default();
-            events.published_at = events.published_at.max(published);
-            events.offsets.push(origin);
-            let Some(tx_hash) = env.tx_hash else { continue };
-            match &env.event {
-                DefiEvent::Swap(s) if !s.reverted => events.swaps.push(SwapLeg {
-                    block,
-                    tx_hash,
-                    tx_position: s.tx_position,
-                    trace: if s.trace_address.is_empty() {
-                        vec![env.log_index.unwrap_or_default()]
-                    } else {
-                        s.trace_address.clone()
-                    },
-                    pool: s.pool,
-                    sender: s.sender,
-                    recipient: s.recipient,
-                    token_in: s.token_in,
-                    amount_in: f64_of(&s.amount_in),
-                    token_out: s.token_out,
-                    amount_out: f64_of(&s.amount_out),
-                }),
-                DefiEvent::PoolSync(s) => {
-                    self.pool_tokens
-                        .insert((env.chain_id, s.pool), (s.token0, s.token1));
-                    events.syncs.push((
-                        env.log_index.unwrap_or_default(),
-                        tx_hash,
-                        s.pool,
-                        f64_of(&s.reserve0),
-                        f64_of(&s.reserve1),
-                    ));
-                }
-                DefiEvent::FlashLoan(f) => events.loans.push(Loan {
-                    tx_hash,
-                    initiator: f.initiator,
-                    asset: f.asset.address,
-                    amount: f64_of(&f.amount),
-                    premium: f64_of(&f.premium),
-                }),
-                _ => {}
+                Err(reason) => self.dead_letter(message, &reason).await?,
             }
         }
-        // Complete blocks: below every delivering partition's frontier for their chain.
-        let mut limit: HashMap<u64, u64> = HashMap::new();
-        for ((chain, _, _), block) in &frontier {
-            let l = limit.entry(*chain).or_insert(*block);
-            *l = (*l).min(*block);
+        self.wait_for_projector(&stretches).await?;
+        let mut evaluations = Vec::new();
+        let mut progress = Vec::new();
+        for (chain, stretch) in &stretches {
+            let before = self.progress(*chain).await?;
+            let evaluation = self.evaluate(*chain, stretch, &before).await?;
+            outcome.blocks += evaluation.blocks_evaluated;
+            outcome.swaps_scored += evaluation.swaps_scored;
+            outcome.stress_runs += evaluation.stress_runs;
+            let mut through = before;
+            for (key, next) in &stretch.through {
+                let n = through.entry(key.clone()).or_insert(0);
+                *n = (*n).max(*next);
+            }
+            progress.push((*chain, through, stretch.blocks.map(|b| b.1)));
+            evaluations.push((*chain, evaluation));
         }
-        let ready: Vec<(u64, u64)> = self
-            .pending
-            .keys()
-            .filter(|(chain, block)| went_idle || limit.get(chain).is_some_and(|l| block < l))
-            .copied()
-            .collect();
-        let mut alerts = Vec::new();
-        for key in ready {
-            let Some(events) = self.pending.remove(&key) else {
-                continue;
-            };
-            outcome.blocks += 1;
-            alerts.extend(self.evaluate(key.0, key.1, &events).await?);
-            self.done.extend(events.offsets);
+
+        let mut tx = self.pool.begin().await?;
+        let mut stored = Vec::new();
+        for (chain, evaluation) in &evaluations {
+            stored.extend(store(&mut tx, *chain, evaluation).await?);
         }
-        alerts.extend(self.shortages().await?);
-        alerts.extend(self.depth_shortages().await?);
-        outcome.swaps_scored = std::mem::take(&mut self.swaps_scored);
-        let stored = self.store(&alerts).await?;
         for a in &stored {
             match a.kind {
                 "SANDWICH" => outcome.sandwiches += 1,
@@ -445,245 +405,717 @@ impl RiskWorker {
                 _ => outcome.drains += 1,
             }
         }
-        self.publish(&stored).await?;
-        outcome.incidents = self.correlate(&stored).await?;
-        outcome.stress_runs = self.restress().await?;
-        self.commit()?;
+        outcome.incidents = correlate(&mut tx, &stored).await?;
+        for (chain, through, last_block) in &progress {
+            let through: Vec<serde_json::Value> = through
+                .iter()
+                .map(
+                    |((t, p), n)| serde_json::json!({"topic": t, "partition": p, "next_offset": n}),
+                )
+                .collect();
+            sqlx::query(
+                "INSERT INTO risk_progress (group_id, chain_id, through, last_block)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (group_id, chain_id) DO UPDATE SET through = EXCLUDED.through,
+                     last_block = greatest(risk_progress.last_block, EXCLUDED.last_block),
+                     updated_at = now()",
+            )
+            .bind(&self.config.group)
+            .bind(*chain as i64)
+            .bind(serde_json::Value::Array(through))
+            .bind(last_block.map(|b| b as i64))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let outputs: Vec<Output> = stored
+            .iter()
+            .map(|a| {
+                Ok(Output {
+                    topic: self.risk_topic.clone(),
+                    key: a.chain_id.to_string(),
+                    output_id: a.id.clone(),
+                    payload: serde_json::to_value(a)?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        chainfold_platform::outbox::enqueue(&mut tx, &outputs).await?;
+        match chainfold_platform::offsets::advance(&mut tx, self.member.group(), &batch.advances)
+            .await
+        {
+            Ok(()) => {}
+            Err(OffsetError::Fenced(fenced)) => {
+                drop(tx);
+                tracing::warn!(%fenced, "risk batch fenced; nothing of it was stored");
+                self.member.recover(&fenced).await?;
+                return Ok(RiskOutcome::default());
+            }
+            Err(OffsetError::Postgres(err)) => return Err(err.into()),
+        }
+        chainfold_platform::failpoint::hit("risk.before_commit");
+        tx.commit().await.context("could not commit a risk batch")?;
+        chainfold_platform::failpoint::hit("risk.after_commit");
+        self.member.committed(&batch.advances);
+        self.relay().await?;
+        self.announce(&stored).await;
         Ok(outcome)
     }
 
-    /// Forecasts the utilisation of each touched lending reserve (supply and debt on their
-    /// trends over the window, from the `lending_event` read model) and raises a
-    /// `LIQUIDITY_SHORTAGE` alert with a provisioning recommendation when it reaches the bound;
-    /// at most one alert per reserve and hour of its latest event.
-    async fn shortages(&mut self) -> anyhow::Result<Vec<Alert>> {
-        use chainfold_platform::liquidity::{recent, reserve_history};
-        let mut alerts = Vec::new();
-        for (chain, reserve) in std::mem::take(&mut self.reserves_touched) {
-            let rows = reserve_history(&self.pool, chain as i64, &reserve).await?;
-            let Some(last) = rows.last().cloned() else {
-                continue;
-            };
-            let latest = last.hours;
-            let window: Vec<(f64, f64, f64)> =
-                recent(&rows, |r| r.hours, self.config.shortage_window_hours)
-                    .iter()
-                    .map(|r| (r.hours, r.supply, r.debt))
-                    .collect();
-            let Some(shortage) = chainfold_domain::pool::utilisation_shortage(
-                &window,
-                self.config.shortage_horizon_hours,
-                self.config.shortage_bound,
-                self.config.shortage_target,
-            ) else {
-                continue;
-            };
-            let (symbol, block) = (last.symbol, last.block_number);
-            let hour = latest.floor() as i64;
-            alerts.push(Alert {
-                id: alert_id(&["LIQUIDITY_SHORTAGE", &chain.to_string(), &reserve, &hour.to_string()]),
-                kind: "LIQUIDITY_SHORTAGE",
-                severity: if shortage.utilisation_forecast >= 1.0 { "HIGH" } else { "MEDIUM" },
-                chain_id: chain,
-                block_number: block.unwrap_or_default().max(0) as u64,
-                tx_hashes: Vec::new(),
-                addresses: Vec::new(),
-                pools: vec![reserve.clone()],
-                evidence: serde_json::json!({
-                    "reserve": reserve, "symbol": symbol, "forecast": shortage,
-                    "recommendation": {"action": "provision", "reserve": reserve, "symbol": symbol,
-                                       "amount": shortage.provision,
-                                       "reason": format!("supply {:.4} {symbol} to bring the {}h forecast utilisation from {:.1}% to {:.0}%",
-                                           shortage.provision, shortage.horizon_hours,
-                                           shortage.utilisation_forecast * 100.0, shortage.target * 100.0)},
-                }),
-                detector_version: DETECTOR_VERSION,
-                // A forecast has no single source event.
-                source_published_at: None,
-                usd: None,
-            });
-        }
-        Ok(alerts)
-    }
-
-    /// Forecasts the ±2% depth of each AMM pool with new `Sync`s (its reserves' history in
-    /// `pool_sync`, one point per instant, over the shortage window) and raises a
-    /// `LIQUIDITY_SHORTAGE` alert with an add-liquidity recommendation when the forecast falls
-    /// below the depth bound; at most one alert per pool and hour of its latest `Sync`.
-    async fn depth_shortages(&mut self) -> anyhow::Result<Vec<Alert>> {
-        use chainfold_domain::pool::{depth_shortage, depth_token0};
-        use chainfold_platform::liquidity::pool_history;
-        let mut alerts = Vec::new();
-        for (chain, pool) in std::mem::take(&mut self.pools_touched) {
-            let rows = pool_history(
-                &self.pool,
-                chain as i64,
-                &pool,
-                self.config.shortage_window_hours,
-            )
-            .await?;
-            let Some(last) = rows.last().cloned() else {
-                continue;
-            };
-            let history: Vec<(f64, f64)> = rows
-                .iter()
-                .map(|r| (r.hours, depth_token0(r.reserve0, 0.02)))
-                .collect();
-            let Some(shortage) = depth_shortage(
-                &history,
-                self.config.shortage_horizon_hours,
-                self.config.depth_bound,
-                self.config.depth_target,
-            ) else {
-                continue;
-            };
-            let (r0, r1, token0, token1, block) = (
-                last.reserve0,
-                last.reserve1,
-                last.token0,
-                last.token1,
-                last.block_number,
-            );
-            let add0 = (r0 * shortage.add_share).round();
-            let add1 = (r1 * shortage.add_share).round();
-            let usd = match token0.parse::<Address>() {
-                Ok(t) => self.token_usd(chain, t).await?.map(|(decimals, price)| {
-                    shortage.depth_forecast / 10f64.powi(i32::from(decimals)) * price
-                }),
-                Err(_) => None,
-            };
-            let hour = last.hours.floor() as i64;
-            alerts.push(Alert {
-                id: alert_id(&["LIQUIDITY_SHORTAGE", &chain.to_string(), &pool, &hour.to_string()]),
-                kind: "LIQUIDITY_SHORTAGE",
-                severity: if shortage.depth_forecast <= 0.0 { "HIGH" } else { "MEDIUM" },
-                chain_id: chain,
-                block_number: block.unwrap_or_default().max(0) as u64,
-                tx_hashes: Vec::new(),
-                addresses: Vec::new(),
-                pools: vec![pool.clone()],
-                evidence: serde_json::json!({
-                    "pool": pool, "token0": token0, "token1": token1,
-                    "depth_unit": "token0 base units within ±2% of the price",
-                    "forecast": shortage, "forecast_depth_usd": usd,
-                    "recommendation": {"action": "add_liquidity", "pool": pool,
-                                       "amount0": format!("{add0:.0}"), "amount1": format!("{add1:.0}"),
-                                       "reason": format!("add {:.1}% of the reserves (both tokens at the current ratio) to bring the {}h forecast depth from {:.0}% back to {:.0}% of its median",
-                                           shortage.add_share * 100.0, shortage.horizon_hours,
-                                           shortage.depth_forecast / shortage.depth_reference * 100.0,
-                                           shortage.target * 100.0)},
-                }),
-                detector_version: DETECTOR_VERSION,
-                source_published_at: None,
-                // The forecast's USD is evidence, not a loss to rank by.
-                usd: None,
-            });
-        }
-        Ok(alerts)
-    }
-
-    /// Correlates the new alerts with the stored ones within the window around them and
-    /// upserts the incidents they belong to.
-    async fn correlate(&self, new: &[Alert]) -> anyhow::Result<u64> {
-        const WINDOW_SECS: i64 = 3600;
-        let times: Vec<i64> = new
-            .iter()
-            .filter_map(|a| a.source_published_at.map(|t| t.timestamp()))
-            .collect();
-        let (Some(from), Some(to)) = (times.iter().min(), times.iter().max()) else {
-            return Ok(0);
-        };
-        type Row = (String, String, String, i64, i64, Vec<String>, Vec<String>);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, kind, severity, chain_id,
-                    extract(epoch FROM coalesce(source_published_at, detected_at))::int8,
-                    addresses, tx_hashes
-             FROM risk_alert
-             WHERE coalesce(source_published_at, detected_at)
-                   BETWEEN to_timestamp($1) AND to_timestamp($2)
-             ORDER BY coalesce(source_published_at, detected_at), seq",
+    async fn dead_letter(&self, message: &Received, reason: &str) -> anyhow::Result<()> {
+        dlq::send(
+            &self.producer,
+            &DeadLetter {
+                topic: &message.topic,
+                stage: "risk",
+                reason,
+                origin: &message.origin(),
+                key: message.key.as_deref(),
+                payload: &message.payload,
+            },
         )
-        .bind((from - 2 * WINDOW_SECS) as f64)
-        .bind((to + 2 * WINDOW_SECS) as f64)
+        .await
+    }
+
+    /// Waits until the projector has folded every sealed record.
+    async fn wait_for_projector(&self, stretches: &BTreeMap<u64, Stretch>) -> anyhow::Result<()> {
+        let mut needed: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for stretch in stretches.values() {
+            for (key, next) in &stretch.through {
+                let n = needed.entry(key.clone()).or_insert(0);
+                *n = (*n).max(*next);
+            }
+        }
+        let started = Instant::now();
+        loop {
+            let folded: HashMap<(String, i32), i64> =
+                chainfold_platform::offsets::load(&self.pool, &self.config.projector_group)
+                    .await?
+                    .into_iter()
+                    .collect();
+            if needed
+                .iter()
+                .all(|(k, next)| folded.get(k).is_some_and(|f| f >= next))
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < self.config.projector_wait,
+                "the projector (group {}) has not folded the sealed events after {:?}: is it running?",
+                self.config.projector_group,
+                self.config.projector_wait
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The cumulative seal bound of `chain` this group has evaluated.
+    async fn progress(&self, chain: u64) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
+        let through: Option<serde_json::Value> = sqlx::query_scalar(
+            "SELECT through FROM risk_progress WHERE group_id = $1 AND chain_id = $2",
+        )
+        .bind(&self.config.group)
+        .bind(chain as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        let mut out = BTreeMap::new();
+        for t in through
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+        {
+            if let (Some(topic), Some(partition), Some(next)) = (
+                t["topic"].as_str(),
+                t["partition"].as_i64(),
+                t["next_offset"].as_i64(),
+            ) {
+                out.insert((topic.to_owned(), partition as i32), next);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn evaluate(
+        &mut self,
+        chain: u64,
+        stretch: &Stretch,
+        before: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<Evaluation> {
+        let mut evaluation = Evaluation::default();
+        if let Some((from, to)) = stretch.blocks {
+            self.block_alerts(chain, from, to, stretch.published_at, &mut evaluation)
+                .await?;
+            evaluation.blocks = Some((from, to));
+            evaluation.stress_runs = self.restress(chain, from, to).await?;
+        }
+        // The new events: between what was evaluated and the seal's bound, per partition.
+        let ranges: Vec<(String, i32, i64, i64)> = stretch
+            .through
+            .iter()
+            .map(|((t, p), next)| {
+                (
+                    t.clone(),
+                    *p,
+                    before.get(&(t.clone(), *p)).copied().unwrap_or(0),
+                    *next,
+                )
+            })
+            .filter(|(_, _, lo, hi)| hi > lo)
+            .collect();
+        // Histories are read as sealed: blocks up to the stretch's last (chains with blocks),
+        // or below every seal's bound so far (recorded data without block numbers).
+        let mut sealed = before.clone();
+        for (key, next) in &stretch.through {
+            let n = sealed.entry(key.clone()).or_insert(0);
+            *n = (*n).max(*next);
+        }
+        let bound = SealBound {
+            last_block: stretch.blocks.map(|b| b.1 as i64),
+            through: sealed.into_iter().map(|((t, p), n)| (t, p, n)).collect(),
+        };
+        self.shortages(chain, &ranges, &bound, &mut evaluation)
+            .await?;
+        self.depth_shortages(chain, &ranges, &bound, &mut evaluation)
+            .await?;
+        for a in &mut evaluation.alerts {
+            a.source_published_at = a.source_published_at.or(stretch.published_at);
+        }
+        Ok(evaluation)
+    }
+
+    /// Sandwiches, anomalies, flash-loan attacks and drains of blocks [from, to] of `chain`.
+    async fn block_alerts(
+        &mut self,
+        chain: u64,
+        from: u64,
+        to: u64,
+        published: Option<DateTime<Utc>>,
+        out: &mut Evaluation,
+    ) -> anyhow::Result<()> {
+        let (c, f, t) = (chain as i64, from as i64, to as i64);
+        let mut blocks: BTreeMap<u64, BlockRows> = BTreeMap::new();
+        type SwapRow = (
+            i64,
+            String,
+            i32,
+            Vec<i32>,
+            Option<i32>,
+            String,
+            String,
+            String,
+            String,
+            f64,
+            String,
+            f64,
+            Option<DateTime<Utc>>,
+        );
+        let swaps: Vec<SwapRow> = sqlx::query_as(
+            "SELECT block_number, tx_hash, tx_position, trace_address, log_index, pool, sender,
+                    recipient, token_in, amount_in::float8, token_out, amount_out::float8, block_time
+             FROM swap WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+               AND tx_hash IS NOT NULL AND NOT reverted
+             ORDER BY block_number, tx_position, trace_address, log_index",
+        )
+        .bind(c)
+        .bind(f)
+        .bind(t)
         .fetch_all(&self.pool)
         .await?;
-        let alerts: Vec<chainfold_domain::risk::AlertRef> = rows
-            .into_iter()
-            .map(|(id, kind, severity, chain, at, addresses, tx_hashes)| {
-                chainfold_domain::risk::AlertRef {
-                    id,
-                    kind,
-                    severity,
-                    chain_id: chain as u64,
-                    at,
-                    addresses,
-                    tx_hashes,
-                }
-            })
-            .collect();
-        let new_ids: std::collections::HashSet<&str> = new.iter().map(|a| a.id.as_str()).collect();
-        let mut written = 0;
-        for incident in chainfold_domain::risk::correlate(&alerts, WINDOW_SECS) {
-            if !incident
-                .alert_ids
-                .iter()
-                .any(|id| new_ids.contains(id.as_str()))
-            {
-                continue;
-            }
-            let chains: Vec<i64> = incident.chain_ids.iter().map(|c| *c as i64).collect();
-            // Incidents this one absorbed (their earliest alert is now a member) go.
-            sqlx::query("DELETE FROM risk_incident WHERE id = ANY($1) AND id <> $2")
-                .bind(&incident.alert_ids)
-                .bind(&incident.id)
-                .execute(&self.pool)
-                .await?;
-            sqlx::query(
-                "INSERT INTO risk_incident (id, alert_ids, chain_ids, stages, severity, first_at, last_at)
-                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6), to_timestamp($7))
-                 ON CONFLICT (id) DO UPDATE SET alert_ids = EXCLUDED.alert_ids,
-                     chain_ids = EXCLUDED.chain_ids, stages = EXCLUDED.stages,
-                     severity = EXCLUDED.severity, first_at = EXCLUDED.first_at,
-                     last_at = EXCLUDED.last_at, updated_at = now()",
-            )
-            .bind(&incident.id)
-            .bind(&incident.alert_ids)
-            .bind(&chains)
-            .bind(&incident.stages)
-            .bind(&incident.severity)
-            .bind(incident.first_at as f64)
-            .bind(incident.last_at as f64)
-            .execute(&self.pool)
-            .await?;
-            written += 1;
+        for (
+            block,
+            tx,
+            position,
+            trace,
+            log_index,
+            pool,
+            sender,
+            recipient,
+            token_in,
+            amount_in,
+            token_out,
+            amount_out,
+            time,
+        ) in swaps
+        {
+            let rows = blocks.entry(block as u64).or_default();
+            rows.time = rows.time.or(time);
+            rows.swaps.push(SwapLeg {
+                block: block as u64,
+                tx_hash: tx.parse().unwrap_or_default(),
+                tx_position: position as u32,
+                trace: if trace.is_empty() {
+                    vec![log_index.unwrap_or_default() as u32]
+                } else {
+                    trace.into_iter().map(|i| i as u32).collect()
+                },
+                pool: address(&pool),
+                sender: address(&sender),
+                recipient: address(&recipient),
+                token_in: address(&token_in),
+                amount_in,
+                token_out: address(&token_out),
+                amount_out,
+            });
         }
-        Ok(written)
+        type SyncRow = (
+            i64,
+            Option<i32>,
+            Option<String>,
+            String,
+            f64,
+            f64,
+            Option<DateTime<Utc>>,
+        );
+        let syncs: Vec<SyncRow> = sqlx::query_as(
+            "SELECT block_number, log_index, tx_hash, pool, reserve0::float8, reserve1::float8, block_time
+             FROM pool_sync WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+             ORDER BY block_number, log_index",
+        )
+        .bind(c)
+        .bind(f)
+        .bind(t)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut pools: BTreeSet<String> = BTreeSet::new();
+        for (block, log_index, tx, pool, r0, r1, time) in syncs {
+            let Some(tx) = tx else { continue };
+            let rows = blocks.entry(block as u64).or_default();
+            rows.time = rows.time.or(time);
+            rows.syncs.push((
+                log_index.unwrap_or_default() as u32,
+                tx.parse().unwrap_or_default(),
+                address(&pool),
+                r0,
+                r1,
+            ));
+            pools.insert(pool);
+        }
+        type LoanRow = (i64, String, String, String, f64, f64, Option<DateTime<Utc>>);
+        let loans: Vec<LoanRow> = sqlx::query_as(
+            "SELECT block_number, tx_hash, initiator, asset, amount::float8, premium::float8, block_time
+             FROM flash_loan WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+               AND tx_hash IS NOT NULL
+             ORDER BY block_number, log_index",
+        )
+        .bind(c)
+        .bind(f)
+        .bind(t)
+        .fetch_all(&self.pool)
+        .await?;
+        for (block, tx, initiator, asset, amount, premium, time) in loans {
+            let rows = blocks.entry(block as u64).or_default();
+            rows.time = rows.time.or(time);
+            rows.loans.push(Loan {
+                tx_hash: tx.parse().unwrap_or_default(),
+                initiator: address(&initiator),
+                asset: address(&asset),
+                amount,
+                premium,
+            });
+        }
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        out.blocks_evaluated = blocks.len() as u64;
+        let pool_list: Vec<String> = pools.iter().cloned().collect();
+        // Each pool's reserves as the stretch begins, and its end-of-block states from a drain
+        // window before it on (plus the state before those, which holds until the first).
+        let window = self.config.drain_window;
+        let start: Vec<(String, f64, f64, i64)> = sqlx::query_as(
+            "SELECT DISTINCT ON (pool) pool, reserve0::float8, reserve1::float8, block_number
+             FROM pool_sync WHERE chain_id = $1 AND pool = ANY($2) AND block_number < $3
+             ORDER BY pool, block_number DESC, log_index DESC",
+        )
+        .bind(c)
+        .bind(&pool_list)
+        .bind(f.saturating_sub(window as i64))
+        .fetch_all(&self.pool)
+        .await?;
+        let states: Vec<(String, i64, f64, f64)> = sqlx::query_as(
+            "SELECT DISTINCT ON (pool, block_number) pool, block_number, reserve0::float8, reserve1::float8
+             FROM pool_sync WHERE chain_id = $1 AND pool = ANY($2) AND block_number BETWEEN $3 AND $4
+             ORDER BY pool, block_number, log_index DESC",
+        )
+        .bind(c)
+        .bind(&pool_list)
+        .bind(f.saturating_sub(window as i64))
+        .bind(t)
+        .fetch_all(&self.pool)
+        .await?;
+        // End-of-block states per pool, oldest first: (block, reserve0, reserve1).
+        let mut history: HashMap<Address, Vec<ReserveState>> = HashMap::new();
+        let mut reserves: HashMap<Address, (f64, f64)> = HashMap::new();
+        for (pool, r0, r1, block) in start {
+            history
+                .entry(address(&pool))
+                .or_default()
+                .push(ReserveState {
+                    block: block as u64,
+                    reserve0: r0,
+                    reserve1: r1,
+                });
+        }
+        for (pool, block, r0, r1) in states {
+            history
+                .entry(address(&pool))
+                .or_default()
+                .push(ReserveState {
+                    block: block as u64,
+                    reserve0: r0,
+                    reserve1: r1,
+                });
+        }
+        // Reserves before the stretch: the last state below `from`.
+        for (pool, states) in &history {
+            if let Some(s) = states.iter().rev().find(|s| s.block < from) {
+                reserves.insert(*pool, (s.reserve0, s.reserve1));
+            }
+        }
+        let mut features = self.seed_features(chain, from, &blocks).await?;
+        let rule = FlashLoanRule {
+            min_price_move: self.config.flash_min_price_move,
+            min_profit_share: self.config.flash_min_profit_share,
+        };
+        let mut seen_ids = BTreeSet::new();
+        for (block, rows) in &blocks {
+            let block = *block;
+            let mut alerts = Vec::new();
+            // Price moves per transaction; the pools' end-of-block reserves.
+            let mut moves: HashMap<B256, BTreeMap<Address, PriceMove>> = HashMap::new();
+            let mut ended: BTreeSet<Address> = BTreeSet::new();
+            let price = |r0: f64, r1: f64| if r0 > 0.0 { r1 / r0 } else { 0.0 };
+            for (_, tx, pool, r0, r1) in &rows.syncs {
+                let before = reserves.get(pool).copied();
+                let entry = moves
+                    .entry(*tx)
+                    .or_default()
+                    .entry(*pool)
+                    .or_insert(PriceMove {
+                        pool: *pool,
+                        before: before.map_or(price(*r0, *r1), |(a, b)| price(a, b)),
+                        after: price(*r0, *r1),
+                    });
+                entry.after = price(*r0, *r1);
+                reserves.insert(*pool, (*r0, *r1));
+                ended.insert(*pool);
+            }
+            for s in find_sandwiches(&rows.swaps) {
+                let mut txs = vec![hex(s.front_tx)];
+                txs.extend(s.victim_txs.iter().map(|t| hex(*t)));
+                txs.push(hex(s.back_tx));
+                alerts.push(Alert {
+                    id: alert_id(&[
+                        "SANDWICH",
+                        &chain.to_string(),
+                        &hex(s.front_tx),
+                        &hex(s.back_tx),
+                        &hex(s.pool),
+                    ]),
+                    kind: "SANDWICH",
+                    severity: if s.victim_txs.len() > 2 {
+                        "MEDIUM"
+                    } else {
+                        "LOW"
+                    },
+                    chain_id: chain,
+                    block_number: block,
+                    tx_hashes: txs,
+                    addresses: vec![hex(s.sandwicher)],
+                    pools: vec![hex(s.pool)],
+                    evidence: serde_json::to_value(&s)?,
+                    detector_version: DETECTOR_VERSION,
+                    source_published_at: published,
+                    usd: None,
+                    block_time: rows.time,
+                });
+            }
+            if let Some(model) = self.anomaly.as_mut() {
+                let scored_rows = features.block_features(chain, &rows.swaps);
+                let inputs: Vec<[f32; 4]> = scored_rows.iter().map(|r| r.1).collect();
+                let scored = model.predict(&inputs)?;
+                out.swaps_scored += scored.len() as u64;
+                for ((index, row), (label, score)) in scored_rows.iter().zip(scored) {
+                    if label != -1 {
+                        continue;
+                    }
+                    let swap = &rows.swaps[*index];
+                    let top: Vec<serde_json::Value> = model
+                        .contributions(row)
+                        .into_iter()
+                        .take(2)
+                        .map(|(feature, value, z)| serde_json::json!({"feature": feature, "value": value, "robust_z": z}))
+                        .collect();
+                    alerts.push(Alert {
+                        id: alert_id(&[
+                            "POOL_ANOMALY",
+                            &chain.to_string(),
+                            &hex(swap.tx_hash),
+                            &hex(swap.pool),
+                            &format!("{:?}", swap.trace),
+                        ]),
+                        kind: "POOL_ANOMALY",
+                        severity: if score < -0.1 { "MEDIUM" } else { "LOW" },
+                        chain_id: chain,
+                        block_number: block,
+                        tx_hashes: vec![hex(swap.tx_hash)],
+                        addresses: vec![hex(swap.sender), hex(swap.recipient)],
+                        pools: vec![hex(swap.pool)],
+                        evidence: serde_json::json!({
+                            "model": model.version, "modelSha256": model.sha256, "score": score,
+                            "features": crate::anomaly::ANOMALY_FEATURES.iter().zip(row)
+                                .map(|(n, v)| (n.to_string(), serde_json::json!(v)))
+                                .collect::<serde_json::Map<_, _>>(),
+                            "top": top,
+                        }),
+                        detector_version: DETECTOR_VERSION,
+                        source_published_at: published,
+                        usd: None,
+                        block_time: rows.time,
+                    });
+                }
+            }
+            for loan in &rows.loans {
+                let swaps: Vec<SwapLeg> = rows
+                    .swaps
+                    .iter()
+                    .filter(|s| s.tx_hash == loan.tx_hash)
+                    .cloned()
+                    .collect();
+                let tx_moves: Vec<PriceMove> = moves
+                    .get(&loan.tx_hash)
+                    .map(|m| m.values().copied().collect())
+                    .unwrap_or_default();
+                let Some(hit) = flash_loan_attack(&rule, loan, &swaps, &tx_moves) else {
+                    continue;
+                };
+                let mut hit_pools: Vec<String> = tx_moves.iter().map(|m| hex(m.pool)).collect();
+                hit_pools.sort();
+                alerts.push(Alert {
+                    id: alert_id(&["FLASH_LOAN_ATTACK", &chain.to_string(), &hex(loan.tx_hash)]),
+                    kind: "FLASH_LOAN_ATTACK",
+                    severity: if hit.profit_share > 0.1 {
+                        "CRITICAL"
+                    } else {
+                        "HIGH"
+                    },
+                    chain_id: chain,
+                    block_number: block,
+                    tx_hashes: vec![hex(loan.tx_hash)],
+                    addresses: vec![hex(loan.initiator)],
+                    pools: hit_pools,
+                    evidence: serde_json::json!({
+                        "loan": hit, "swaps": swaps.len(),
+                        "priceMoves": tx_moves.iter().map(|m| serde_json::json!({
+                            "pool": hex(m.pool), "before": m.before, "after": m.after,
+                            "relative": m.relative()})).collect::<Vec<_>>(),
+                    }),
+                    detector_version: DETECTOR_VERSION,
+                    source_published_at: published,
+                    usd: None,
+                    block_time: rows.time,
+                });
+            }
+            for pool in ended {
+                alerts.extend(
+                    self.drains_at(chain, pool, block, &history, rows, published)
+                        .await?,
+                );
+            }
+            // One alert per id: a drain episode is reported at its first block.
+            for a in alerts {
+                if seen_ids.insert(a.id.clone()) {
+                    out.alerts.push(a);
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Recomputes the stress test of each chain that had oracle rounds, when a price moved
-    /// beyond the threshold from the prices of its last run (or it has none) and the interval
-    /// has passed. Runs on the read models as the projector has them.
-    async fn restress(&mut self) -> anyhow::Result<u64> {
-        let mut runs = 0;
-        for chain in std::mem::take(&mut self.oracle_chains) {
-            if self
-                .last_stress
-                .get(&chain)
-                .is_some_and(|t| t.elapsed() < self.config.stress_interval)
-            {
-                self.oracle_chains.insert(chain);
-                continue;
+    /// The drains of `pool` that reach their low at `block`: over the pool's end-of-block
+    /// states within the window, starting with the state that held as the window opened.
+    async fn drains_at(
+        &self,
+        chain: u64,
+        pool: Address,
+        block: u64,
+        history: &HashMap<Address, Vec<ReserveState>>,
+        rows: &BlockRows,
+        published: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<Vec<Alert>> {
+        let window = self.config.drain_window;
+        let Some(states) = history.get(&pool) else {
+            return Ok(Vec::new());
+        };
+        let opens = block.saturating_sub(window);
+        // The state holding at the window's opening (its own block may be older), stamped at
+        // the opening so the window check keeps it, then the states within the window.
+        let mut slice: Vec<ReserveState> = Vec::new();
+        let mut opening_block = None;
+        if let Some(s) = states.iter().rev().find(|s| s.block < opens) {
+            slice.push(ReserveState { block: opens, ..*s });
+            opening_block = Some(s.block);
+        }
+        slice.extend(
+            states
+                .iter()
+                .filter(|s| s.block >= opens && s.block <= block)
+                .copied(),
+        );
+        let mut out = Vec::new();
+        for mut d in drains(pool, &slice, window, self.config.drain_share)
+            .into_iter()
+            .filter(|d| d.to_block == block)
+        {
+            // A drain from the state that held at the window's opening started where that
+            // state began: the same episode whichever block it is seen from.
+            if d.from_block == opens {
+                if let Some(real) = opening_block {
+                    d.from_block = real;
+                }
             }
-            let last: Option<serde_json::Value> = sqlx::query_scalar(
-                "SELECT prices FROM stress_run WHERE chain_id = $1 ORDER BY id DESC LIMIT 1",
+            let txs: Vec<String> = rows
+                .syncs
+                .iter()
+                .filter(|s| s.2 == pool)
+                .map(|s| hex(s.1))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let token: Option<(String, String)> = sqlx::query_as(
+                "SELECT token0, token1 FROM pool_sync WHERE chain_id = $1 AND pool = $2 LIMIT 1",
             )
             .bind(chain as i64)
+            .bind(hex(pool))
             .fetch_optional(&self.pool)
             .await?;
-            let (_, now, _) = crate::stress::live_positions(&self.pool, chain).await?;
+            let token = token.map(|(t0, t1)| address(if d.reserve == 0 { &t0 } else { &t1 }));
+            let usd = match token {
+                Some(token) => {
+                    self.token_usd(chain, token, block)
+                        .await?
+                        .map(|(decimals, price)| {
+                            (d.before - d.after) / 10f64.powi(i32::from(decimals)) * price
+                        })
+                }
+                None => None,
+            };
+            let mut evidence = serde_json::to_value(&d)?;
+            evidence["token"] = serde_json::json!(token.map(hex));
+            evidence["usd_lost"] = serde_json::json!(usd);
+            out.push(Alert {
+                usd,
+                id: alert_id(&[
+                    "LIQUIDITY_DRAIN",
+                    &chain.to_string(),
+                    &hex(pool),
+                    &d.from_block.to_string(),
+                    &d.reserve.to_string(),
+                ]),
+                kind: "LIQUIDITY_DRAIN",
+                severity: if d.share_lost >= 0.9 {
+                    "CRITICAL"
+                } else {
+                    "HIGH"
+                },
+                chain_id: chain,
+                block_number: block,
+                tx_hashes: txs,
+                addresses: Vec::new(),
+                pools: vec![hex(pool)],
+                evidence,
+                detector_version: DETECTOR_VERSION,
+                source_published_at: published,
+                block_time: rows.time,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The anomaly size feature's causal state as the stretch begins: each (pool, token)'s
+    /// previous input amounts, from the swaps before `from`.
+    async fn seed_features(
+        &self,
+        chain: u64,
+        from: u64,
+        blocks: &BTreeMap<u64, BlockRows>,
+    ) -> anyhow::Result<crate::anomaly::FeatureState> {
+        let mut state = crate::anomaly::FeatureState::default();
+        if self.anomaly.is_none() {
+            return Ok(state);
+        }
+        let pairs: BTreeSet<(Address, Address)> = blocks
+            .values()
+            .flat_map(|b| b.swaps.iter().map(|s| (s.pool, s.token_in)))
+            .collect();
+        if pairs.is_empty() {
+            return Ok(state);
+        }
+        let pools: Vec<String> = pairs.iter().map(|(p, _)| hex(*p)).collect();
+        let tokens: Vec<String> = pairs.iter().map(|(_, t)| hex(*t)).collect();
+        let rows: Vec<(String, String, Vec<f64>)> = sqlx::query_as(
+            "SELECT u.pool, u.token, coalesce(array(
+                 SELECT amount_in::float8 FROM (
+                     SELECT amount_in, block_number, tx_position, trace_address, log_index FROM swap
+                     WHERE chain_id = $1 AND pool = u.pool AND token_in = u.token
+                       AND block_number < $2 AND NOT reverted
+                     ORDER BY block_number DESC, tx_position DESC, trace_address DESC, log_index DESC
+                     LIMIT $5) last
+                 ORDER BY block_number, tx_position, trace_address, log_index), '{}')
+             FROM UNNEST($3::text[], $4::text[]) AS u(pool, token)",
+        )
+        .bind(chain as i64)
+        .bind(from as i64)
+        .bind(&pools)
+        .bind(&tokens)
+        .bind(crate::anomaly::HISTORY as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        for (pool, token, amounts) in rows {
+            state.seed(chain, address(&pool), address(&token), amounts);
+        }
+        Ok(state)
+    }
+
+    /// The stress test as of each block of [from, to] whose oracle answers moved a price beyond
+    /// the threshold from the chain's last oracle-triggered run (at most once per
+    /// `--stress-interval` of block time; a run stored for a block is not repeated).
+    async fn restress(&self, chain: u64, from: u64, to: u64) -> anyhow::Result<u64> {
+        let blocks: Vec<(i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT block_number, max(block_time) FROM oracle_update
+             WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+             GROUP BY block_number ORDER BY block_number",
+        )
+        .bind(chain as i64)
+        .bind(from as i64)
+        .bind(to as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut runs = 0;
+        for (block, time) in blocks {
+            let last: Option<(i64, serde_json::Value, Option<DateTime<Utc>>)> = sqlx::query_as(
+                "SELECT r.as_of_block, r.prices,
+                        (SELECT max(block_time) FROM oracle_update o
+                         WHERE o.chain_id = r.chain_id AND o.block_number = r.as_of_block)
+                 FROM stress_run r
+                 WHERE r.chain_id = $1 AND r.trigger = 'oracle_move' AND r.as_of_block <= $2
+                 ORDER BY r.as_of_block DESC LIMIT 1",
+            )
+            .bind(chain as i64)
+            .bind(block)
+            .fetch_optional(&self.pool)
+            .await?;
+            if last.as_ref().is_some_and(|l| l.0 == block) {
+                continue;
+            }
+            if let (Some((_, _, Some(at))), Some(now)) = (&last, time) {
+                let interval = chrono::Duration::from_std(self.config.stress_interval)
+                    .unwrap_or_else(|_| chrono::Duration::zero());
+                if now - *at < interval {
+                    continue;
+                }
+            }
+            let (_, prices, _) =
+                crate::stress::live_positions(&self.pool, chain, Some(block)).await?;
             let moved = match &last {
-                None => true,
-                Some(before) => now.iter().any(|(symbol, p)| {
+                None => !prices.is_empty(),
+                Some((_, before, _)) => prices.iter().any(|(symbol, p)| {
                     before[symbol].as_f64().is_none_or(|b| {
                         b <= 0.0 || (p / b - 1.0).abs() >= self.config.stress_threshold
                     })
@@ -700,341 +1132,237 @@ impl RiskWorker {
                 horizon_hours: 24,
                 seed: 1,
             };
-            let run = crate::stress::run(&self.pool, &config, "oracle_move").await?;
+            let run =
+                crate::stress::run_as_of(&self.pool, &config, "oracle_move", Some(block)).await?;
             tracing::info!(
                 chain,
+                block,
                 run = run.id,
                 positions = run.positions,
                 elapsed_ms = run.elapsed_ms,
                 "stress recomputed"
             );
-            self.last_stress.insert(chain, Instant::now());
             runs += 1;
         }
         Ok(runs)
     }
 
-    /// Commits, per partition, up to the first offset still waiting in an unevaluated block.
-    fn commit(&mut self) -> anyhow::Result<()> {
-        let mut waiting: HashMap<(String, i32), i64> = HashMap::new();
-        for events in self.pending.values() {
-            for (t, p, o) in &events.offsets {
-                let w = waiting.entry((t.clone(), *p)).or_insert(*o);
-                *w = (*w).min(*o);
-            }
-        }
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for (t, p, o) in self.done.drain(..) {
-            let limit = waiting.get(&(t.clone(), p)).copied();
-            let candidate = match limit {
-                Some(w) if o + 1 > w => w,
-                _ => o + 1,
+    /// Utilisation forecasts of the lending reserves with new events, per hour of those events,
+    /// on the reserve's sealed history up to the end of that hour. One alert per episode: at the
+    /// first hour whose forecast reaches the bound after an hour whose forecast did not.
+    async fn shortages(
+        &self,
+        chain: u64,
+        ranges: &[(String, i32, i64, i64)],
+        bound: &SealBound,
+        out: &mut Evaluation,
+    ) -> anyhow::Result<()> {
+        use chainfold_platform::liquidity::{recent, reserve_history_sealed};
+        for (reserve, hours) in
+            touched(&self.pool, "lending_event", "reserve", chain, ranges).await?
+        {
+            let rows = reserve_history_sealed(
+                &self.pool,
+                chain as i64,
+                &reserve,
+                bound.last_block,
+                &bound.through,
+            )
+            .await?;
+            let forecast = |hour: i64| {
+                let upto: Vec<_> = rows
+                    .iter()
+                    .filter(|r| r.hours.floor() as i64 <= hour)
+                    .cloned()
+                    .collect();
+                let last = upto.last().cloned()?;
+                let window: Vec<(f64, f64, f64)> =
+                    recent(&upto, |r| r.hours, self.config.shortage_window_hours)
+                        .iter()
+                        .map(|r| (r.hours, r.supply, r.debt))
+                        .collect();
+                chainfold_domain::pool::utilisation_shortage(
+                    &window,
+                    self.config.shortage_horizon_hours,
+                    self.config.shortage_bound,
+                    self.config.shortage_target,
+                )
+                .map(|s| (s, last))
             };
-            let n = next.entry((t, p)).or_insert(candidate);
-            *n = (*n).max(candidate);
-        }
-        if next.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in &next {
-            tpl.add_partition_offset(t, *p, Offset::Offset(*o))
-                .context("commit list")?;
-        }
-        self.consumer
-            .commit(&tpl, CommitMode::Sync)
-            .context("could not commit Kafka offsets")
-    }
-
-    /// The reserves of `pool` before (block, log index), from memory or the read model.
-    async fn reserves_before(
-        &mut self,
-        chain: u64,
-        pool: Address,
-        block: u64,
-        log_index: u32,
-    ) -> anyhow::Result<Option<(f64, f64)>> {
-        if let Some(r) = self.reserves.get(&(chain, pool)) {
-            return Ok(Some(*r));
-        }
-        let row: Option<(f64, f64)> = sqlx::query_as(
-            "SELECT reserve0::float8, reserve1::float8 FROM pool_sync
-             WHERE chain_id = $1 AND pool = $2 AND (block_number, log_index) < ($3, $4)
-             ORDER BY block_number DESC, log_index DESC LIMIT 1",
-        )
-        .bind(chain as i64)
-        .bind(hex(pool))
-        .bind(block as i64)
-        .bind(log_index as i32)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row)
-    }
-
-    async fn evaluate(
-        &mut self,
-        chain: u64,
-        block: u64,
-        events: &BlockEvents,
-    ) -> anyhow::Result<Vec<Alert>> {
-        let mut alerts = Vec::new();
-        let published = events.published_at;
-        // Price moves per transaction and the pools' end-of-block reserves.
-        let mut syncs = events.syncs.clone();
-        syncs.sort_by_key(|s| s.0);
-        let mut moves: HashMap<B256, BTreeMap<Address, PriceMove>> = HashMap::new();
-        let mut end_state: BTreeMap<Address, (f64, f64)> = BTreeMap::new();
-        for (log_index, tx, pool, r0, r1) in &syncs {
-            let before = self
-                .reserves_before(chain, *pool, block, *log_index)
-                .await?;
-            self.history.entry((chain, *pool)).or_insert_with(|| {
-                before
-                    .map(|(b0, b1)| ReserveState {
-                        block: block.saturating_sub(1),
-                        reserve0: b0,
-                        reserve1: b1,
-                    })
-                    .into_iter()
-                    .collect()
-            });
-            let price = |r0: f64, r1: f64| if r0 > 0.0 { r1 / r0 } else { 0.0 };
-            let entry = moves
-                .entry(*tx)
-                .or_default()
-                .entry(*pool)
-                .or_insert(PriceMove {
-                    pool: *pool,
-                    before: before.map_or(price(*r0, *r1), |(a, b)| price(a, b)),
-                    after: price(*r0, *r1),
-                });
-            entry.after = price(*r0, *r1);
-            self.reserves.insert((chain, *pool), (*r0, *r1));
-            end_state.insert(*pool, (*r0, *r1));
-        }
-        // Merge with what an earlier evaluation of this block saw (late events).
-        let retained = self.evaluated.remove(&(chain, block)).unwrap_or_default();
-        let mut all = Evaluated {
-            swaps: retained.swaps,
-            loans: retained.loans,
-            moves: retained.moves,
-        };
-        all.swaps.extend(events.swaps.iter().cloned());
-        all.loans.extend(events.loans.iter().copied());
-        for (tx, pools) in moves {
-            let entry = all.moves.entry(tx).or_default();
-            for (pool, m) in pools {
-                entry.entry(pool).or_insert(m);
-            }
-        }
-        let moves = &all.moves;
-        // Sandwiches.
-        for s in find_sandwiches(&all.swaps) {
-            let mut txs = vec![hex(s.front_tx)];
-            txs.extend(s.victim_txs.iter().map(|t| hex(*t)));
-            txs.push(hex(s.back_tx));
-            alerts.push(Alert {
-                id: alert_id(&[
-                    "SANDWICH",
+            for hour in hours {
+                let id = alert_id(&[
+                    "LIQUIDITY_SHORTAGE",
                     &chain.to_string(),
-                    &hex(s.front_tx),
-                    &hex(s.back_tx),
-                    &hex(s.pool),
-                ]),
-                kind: "SANDWICH",
-                severity: if s.victim_txs.len() > 2 {
-                    "MEDIUM"
-                } else {
-                    "LOW"
-                },
-                chain_id: chain,
-                block_number: block,
-                tx_hashes: txs,
-                addresses: vec![hex(s.sandwicher)],
-                pools: vec![hex(s.pool)],
-                evidence: serde_json::to_value(&s)?,
-                detector_version: DETECTOR_VERSION,
-                source_published_at: published,
-                usd: None,
-            });
-        }
-        // Anomaly scores of the block's new swaps, in one call.
-        if let Some((model, state)) = self.anomaly.as_mut() {
-            let rows = state.block_features(chain, &events.swaps);
-            let inputs: Vec<[f32; 4]> = rows.iter().map(|r| r.1).collect();
-            let scored = model.predict(&inputs)?;
-            self.swaps_scored += scored.len() as u64;
-            for ((index, row), (label, score)) in rows.iter().zip(scored) {
-                if label != -1 {
+                    &reserve,
+                    &hour.to_string(),
+                ]);
+                out.evaluated_ids.push(id.clone());
+                let Some((shortage, last)) = forecast(hour) else {
+                    continue;
+                };
+                if forecast(hour - 1).is_some() {
+                    // The episode began earlier; its alert stands.
                     continue;
                 }
-                let swap = &events.swaps[*index];
-                let top: Vec<serde_json::Value> = model
-                    .contributions(row)
-                    .into_iter()
-                    .take(2)
-                    .map(|(feature, value, z)| {
-                        serde_json::json!({"feature": feature, "value": value, "robust_z": z})
-                    })
-                    .collect();
-                alerts.push(Alert {
-                    id: alert_id(&[
-                        "POOL_ANOMALY",
-                        &chain.to_string(),
-                        &hex(swap.tx_hash),
-                        &hex(swap.pool),
-                        &format!("{:?}", swap.trace),
-                    ]),
-                    kind: "POOL_ANOMALY",
-                    severity: if score < -0.1 { "MEDIUM" } else { "LOW" },
+                let symbol = last.symbol;
+                out.alerts.push(Alert {
+                    id,
+                    kind: "LIQUIDITY_SHORTAGE",
+                    severity: if shortage.utilisation_forecast >= 1.0 { "HIGH" } else { "MEDIUM" },
                     chain_id: chain,
-                    block_number: block,
-                    tx_hashes: vec![hex(swap.tx_hash)],
-                    addresses: vec![hex(swap.sender), hex(swap.recipient)],
-                    pools: vec![hex(swap.pool)],
-                    evidence: serde_json::json!({
-                        "model": model.version, "modelSha256": model.sha256, "score": score,
-                        "features": crate::anomaly::ANOMALY_FEATURES.iter().zip(row)
-                            .map(|(n, v)| (n.to_string(), serde_json::json!(v)))
-                            .collect::<serde_json::Map<_, _>>(),
-                        "top": top,
-                    }),
-                    detector_version: DETECTOR_VERSION,
-                    source_published_at: published,
-                    usd: None,
-                });
-            }
-        }
-        // Flash-loan attacks.
-        let rule = FlashLoanRule {
-            min_price_move: self.config.flash_min_price_move,
-            min_profit_share: self.config.flash_min_profit_share,
-        };
-        for loan in &all.loans {
-            let swaps: Vec<SwapLeg> = all
-                .swaps
-                .iter()
-                .filter(|s| s.tx_hash == loan.tx_hash)
-                .cloned()
-                .collect();
-            let tx_moves: Vec<PriceMove> = moves
-                .get(&loan.tx_hash)
-                .map(|m| m.values().copied().collect())
-                .unwrap_or_default();
-            if let Some(hit) = flash_loan_attack(&rule, loan, &swaps, &tx_moves) {
-                let mut pools: Vec<String> = tx_moves.iter().map(|m| hex(m.pool)).collect();
-                pools.sort();
-                alerts.push(Alert {
-                    id: alert_id(&["FLASH_LOAN_ATTACK", &chain.to_string(), &hex(loan.tx_hash)]),
-                    kind: "FLASH_LOAN_ATTACK",
-                    severity: if hit.profit_share > 0.1 {
-                        "CRITICAL"
-                    } else {
-                        "HIGH"
-                    },
-                    chain_id: chain,
-                    block_number: block,
-                    tx_hashes: vec![hex(loan.tx_hash)],
-                    addresses: vec![hex(loan.initiator)],
-                    pools,
-                    evidence: serde_json::json!({
-                        "loan": hit, "swaps": swaps.len(),
-                        "priceMoves": tx_moves.iter().map(|m| serde_json::json!({
-                            "pool": hex(m.pool), "before": m.before, "after": m.after,
-                            "relative": m.relative()})).collect::<Vec<_>>(),
-                    }),
-                    detector_version: DETECTOR_VERSION,
-                    source_published_at: published,
-                    usd: None,
-                });
-            }
-        }
-        // Drains.
-        for (pool, (r0, r1)) in end_state {
-            let window = self.config.drain_window;
-            let Some(history) = self.history.get_mut(&(chain, pool)) else {
-                continue;
-            };
-            history.push_back(ReserveState {
-                block,
-                reserve0: r0,
-                reserve1: r1,
-            });
-            while history.front().is_some_and(|s| s.block + window < block) {
-                history.pop_front();
-            }
-            let states: Vec<ReserveState> = history.iter().copied().collect();
-            for d in drains(pool, &states, window, self.config.drain_share)
-                .into_iter()
-                .filter(|d| d.to_block == block)
-            {
-                let txs: Vec<String> = syncs
-                    .iter()
-                    .filter(|s| s.2 == pool)
-                    .map(|s| hex(s.1))
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                let token = self.pool_tokens.get(&(chain, pool)).map(|t| {
-                    if d.reserve == 0 {
-                        t.0
-                    } else {
-                        t.1
-                    }
-                });
-                let usd = match token {
-                    Some(token) => self
-                        .token_usd(chain, token)
-                        .await?
-                        .map(|(decimals, price)| {
-                            (d.before - d.after) / 10f64.powi(i32::from(decimals)) * price
-                        }),
-                    None => None,
-                };
-                let mut evidence = serde_json::to_value(&d)?;
-                evidence["token"] = serde_json::json!(token.map(hex));
-                evidence["usd_lost"] = serde_json::json!(usd);
-                alerts.push(Alert {
-                    usd,
-                    id: alert_id(&[
-                        "LIQUIDITY_DRAIN",
-                        &chain.to_string(),
-                        &hex(pool),
-                        &d.from_block.to_string(),
-                        &d.reserve.to_string(),
-                    ]),
-                    kind: "LIQUIDITY_DRAIN",
-                    severity: if d.share_lost >= 0.9 {
-                        "CRITICAL"
-                    } else {
-                        "HIGH"
-                    },
-                    chain_id: chain,
-                    block_number: block,
-                    tx_hashes: txs,
+                    block_number: last.block_number.unwrap_or_default().max(0) as u64,
+                    tx_hashes: Vec::new(),
                     addresses: Vec::new(),
-                    pools: vec![hex(pool)],
-                    evidence,
+                    pools: vec![reserve.clone()],
+                    evidence: serde_json::json!({
+                        "reserve": reserve, "symbol": symbol, "forecast": shortage,
+                        "recommendation": {"action": "provision", "reserve": reserve, "symbol": symbol,
+                                           "amount": shortage.provision,
+                                           "reason": format!("supply {:.4} {symbol} to bring the {}h forecast utilisation from {:.1}% to {:.0}%",
+                                               shortage.provision, shortage.horizon_hours,
+                                               shortage.utilisation_forecast * 100.0, shortage.target * 100.0)},
+                    }),
                     detector_version: DETECTOR_VERSION,
-                    source_published_at: published,
+                    // A forecast has no single source event.
+                    source_published_at: None,
+                    usd: None,
+                    block_time: DateTime::from_timestamp((last.hours * 3600.0) as i64, 0),
                 });
             }
         }
-        self.evaluated.insert((chain, block), all);
-        let keep_from = block.saturating_sub(RETAINED_BLOCKS);
-        self.evaluated
-            .retain(|(c, b), _| *c != chain || *b >= keep_from);
-        Ok(alerts)
+        Ok(())
     }
 
-    /// A token's decimals (from the lending reserves) and USD price (oracle), where known.
-    async fn token_usd(&self, chain: u64, token: Address) -> anyhow::Result<Option<(u8, f64)>> {
+    /// ±2% depth forecasts of the AMM pools with new `Sync`s, per hour of those `Sync`s, on the
+    /// pool's sealed history within the shortage window before the end of that hour; one alert
+    /// per episode, as for reserves.
+    async fn depth_shortages(
+        &self,
+        chain: u64,
+        ranges: &[(String, i32, i64, i64)],
+        bound: &SealBound,
+        out: &mut Evaluation,
+    ) -> anyhow::Result<()> {
+        for (pool, hours) in touched(&self.pool, "pool_sync", "pool", chain, ranges).await? {
+            for hour in hours {
+                let id = alert_id(&[
+                    "LIQUIDITY_SHORTAGE",
+                    &chain.to_string(),
+                    &pool,
+                    &hour.to_string(),
+                ]);
+                out.evaluated_ids.push(id.clone());
+                let Some((shortage, last)) = self.depth_forecast(chain, &pool, hour, bound).await?
+                else {
+                    continue;
+                };
+                if self
+                    .depth_forecast(chain, &pool, hour - 1, bound)
+                    .await?
+                    .is_some()
+                {
+                    // The episode began earlier; its alert stands.
+                    continue;
+                }
+                let block = last.block_number.unwrap_or_default().max(0) as u64;
+                let add0 = (last.reserve0 * shortage.add_share).round();
+                let add1 = (last.reserve1 * shortage.add_share).round();
+                let usd = match last.token0.parse::<Address>() {
+                    Ok(t) => self
+                        .token_usd(chain, t, block)
+                        .await?
+                        .map(|(decimals, price)| {
+                            shortage.depth_forecast / 10f64.powi(i32::from(decimals)) * price
+                        }),
+                    Err(_) => None,
+                };
+                out.alerts.push(Alert {
+                    id,
+                    kind: "LIQUIDITY_SHORTAGE",
+                    severity: if shortage.depth_forecast <= 0.0 { "HIGH" } else { "MEDIUM" },
+                    chain_id: chain,
+                    block_number: block,
+                    tx_hashes: Vec::new(),
+                    addresses: Vec::new(),
+                    pools: vec![pool.clone()],
+                    evidence: serde_json::json!({
+                        "pool": pool, "token0": last.token0, "token1": last.token1,
+                        "depth_unit": "token0 base units within ±2% of the price",
+                        "forecast": shortage, "forecast_depth_usd": usd,
+                        "recommendation": {"action": "add_liquidity", "pool": pool,
+                                           "amount0": format!("{add0:.0}"), "amount1": format!("{add1:.0}"),
+                                           "reason": format!("add {:.1}% of the reserves (both tokens at the current ratio) to bring the {}h forecast depth from {:.0}% back to {:.0}% of its median",
+                                               shortage.add_share * 100.0, shortage.horizon_hours,
+                                               shortage.depth_forecast / shortage.depth_reference * 100.0,
+                                               shortage.target * 100.0)},
+                    }),
+                    detector_version: DETECTOR_VERSION,
+                    source_published_at: None,
+                    // The forecast's USD is evidence, not a loss to rank by.
+                    usd: None,
+                    block_time: DateTime::from_timestamp((last.hours * 3600.0) as i64, 0),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The depth forecast of `pool` as of the end of `hour`, with the last point it used.
+    async fn depth_forecast(
+        &self,
+        chain: u64,
+        pool: &str,
+        hour: i64,
+        bound: &SealBound,
+    ) -> anyhow::Result<
+        Option<(
+            chainfold_domain::pool::DepthShortage,
+            chainfold_platform::liquidity::PoolPoint,
+        )>,
+    > {
+        use chainfold_domain::pool::{depth_shortage, depth_token0};
+        let rows = chainfold_platform::liquidity::pool_history_sealed(
+            &self.pool,
+            chain as i64,
+            pool,
+            (hour + 1) as f64,
+            self.config.shortage_window_hours,
+            bound.last_block,
+            &bound.through,
+        )
+        .await?;
+        let Some(last) = rows.last().cloned() else {
+            return Ok(None);
+        };
+        let history: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (r.hours, depth_token0(r.reserve0, 0.02)))
+            .collect();
+        Ok(depth_shortage(
+            &history,
+            self.config.shortage_horizon_hours,
+            self.config.depth_bound,
+            self.config.depth_target,
+        )
+        .map(|s| (s, last)))
+    }
+
+    /// A token's decimals (from the lending reserves) and USD price (its last oracle answer at
+    /// or before `block`), where known.
+    async fn token_usd(
+        &self,
+        chain: u64,
+        token: Address,
+        block: u64,
+    ) -> anyhow::Result<Option<(u8, f64)>> {
         let row: Option<(Option<i16>, Option<f64>)> = sqlx::query_as(
             "SELECT (SELECT decimals FROM lending_event WHERE chain_id = $1 AND reserve = $2 LIMIT 1),
-                    (SELECT price::float8 FROM oracle_price WHERE chain_id = $1 AND asset = $2)",
+                    (SELECT price::float8 FROM oracle_update WHERE chain_id = $1 AND asset = $2
+                       AND block_number <= $3 ORDER BY block_number DESC, log_index DESC LIMIT 1)",
         )
         .bind(chain as i64)
         .bind(hex(token))
+        .bind(block as i64)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
@@ -1043,71 +1371,21 @@ impl RiskWorker {
         })
     }
 
-    /// Stores alerts; returns the ones that are new.
-    async fn store(&self, alerts: &[Alert]) -> anyhow::Result<Vec<Alert>> {
-        let mut new = Vec::new();
-        let mut tx = self.pool.begin().await?;
-        for a in alerts {
-            let inserted = sqlx::query(
-                "INSERT INTO risk_alert (id, kind, severity, chain_id, block_number, tx_hashes,
-                    addresses, pools, evidence, detector_version, source_published_at, usd)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&a.id)
-            .bind(a.kind)
-            .bind(a.severity)
-            .bind(a.chain_id as i64)
-            .bind(a.block_number as i64)
-            .bind(&a.tx_hashes)
-            .bind(&a.addresses)
-            .bind(&a.pools)
-            .bind(&a.evidence)
-            .bind(a.detector_version)
-            .bind(a.source_published_at)
-            .bind(a.usd)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                new.push(a.clone());
-            }
+    /// Redis `<prefix>alerts` after the commit (best effort: Postgres and Kafka hold them).
+    async fn announce(&mut self, alerts: &[Alert]) {
+        if alerts.is_empty() {
+            return;
         }
-        tx.commit().await?;
-        Ok(new)
-    }
-
-    async fn publish(&mut self, alerts: &[Alert]) -> anyhow::Result<()> {
         let mut pipe = redis::pipe();
-        let mut deliveries = Vec::new();
         for a in alerts {
-            let payload = serde_json::to_string(a)?;
-            pipe.publish(format!("{}alerts", self.config.redis.prefix), &payload)
-                .ignore();
-            let key = a.chain_id.to_string();
-            deliveries.push(
-                self.producer
-                    .send_result(
-                        FutureRecord::to(&self.risk_topic)
-                            .key(&key)
-                            .payload(&payload),
-                    )
-                    .map_err(|(e, _)| e)
-                    .context("could not enqueue an alert")?,
-            );
-        }
-        if !alerts.is_empty() {
-            if let Err(err) = pipe.query_async::<()>(&mut self.redis).await {
-                tracing::warn!(%err, "could not publish alerts on Redis");
+            if let Ok(payload) = serde_json::to_string(a) {
+                pipe.publish(format!("{}alerts", self.config.redis.prefix), payload)
+                    .ignore();
             }
         }
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((err, _))) => return Err(err).context("the broker rejected an alert"),
-                Err(_) => anyhow::bail!("producer dropped before an alert was acknowledged"),
-            }
+        if let Err(err) = pipe.query_async::<()>(&mut self.redis).await {
+            tracing::warn!(%err, "could not publish alerts on Redis");
         }
-        Ok(())
     }
 
     /// Evaluates until a batch arrives empty after `idle` (tests); the first wait is at least
@@ -1118,6 +1396,9 @@ impl RiskWorker {
         loop {
             let o = self.process_batch(wait).await?;
             wait = idle;
+            if o.received == 0 && !self.member.has_pending_assignment() {
+                return Ok(total);
+            }
             total.received += o.received;
             total.blocks += o.blocks;
             total.sandwiches += o.sandwiches;
@@ -1128,25 +1409,241 @@ impl RiskWorker {
             total.shortages += o.shortages;
             total.swaps_scored += o.swaps_scored;
             total.anomalies += o.anomalies;
-            if o.received == 0 && self.pending.is_empty() {
-                return Ok(total);
-            }
         }
     }
 
-    /// Evaluates until `shutdown` resolves.
+    /// Evaluates until `shutdown` resolves (the batch in hand commits first).
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(200);
         loop {
             tokio::select! {
+                biased;
                 () = &mut shutdown => return Ok(()),
-                outcome = self.process_batch(Duration::from_millis(200)) => { outcome?; }
+                outcome = self.process_batch(Duration::from_millis(200)) => match outcome {
+                    Ok(_) => backoff = Duration::from_millis(200),
+                    // Nothing of the batch committed: read it again once the service is back.
+                    Err(err) if chainfold_platform::member::is_transient(&err) => {
+                        tracing::warn!(error = %format!("{err:#}"), retry_in = ?backoff, "risk batch failed; retrying");
+                        self.member.rewind();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                    Err(err) => return Err(err),
+                },
             }
         }
     }
+}
+
+/// What a seal covers, to bound the histories read for it.
+#[derive(Debug, Clone)]
+struct SealBound {
+    last_block: Option<i64>,
+    through: Vec<(String, i32, i64)>,
+}
+
+fn decode_seal(message: &Received) -> Result<Seal, String> {
+    let seal: Seal = serde_json::from_slice(&message.payload)
+        .map_err(|e| format!("could not decode seal: {e}"))?;
+    if seal.schema_version != chainfold_domain::SCHEMA_VERSION {
+        return Err(format!(
+            "unsupported schema version {} (this build reads version {})",
+            seal.schema_version,
+            chainfold_domain::SCHEMA_VERSION
+        ));
+    }
+    Ok(seal)
+}
+
+/// The entities (`column` of `table`) of `chain` with rows in the new offset ranges, each with
+/// the hours (since the epoch) of those rows.
+async fn touched(
+    pool: &PgPool,
+    table: &str,
+    column: &str,
+    chain: u64,
+    ranges: &[(String, i32, i64, i64)],
+) -> anyhow::Result<Vec<(String, Vec<i64>)>> {
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let topics: Vec<&str> = ranges.iter().map(|r| r.0.as_str()).collect();
+    let partitions: Vec<i32> = ranges.iter().map(|r| r.1).collect();
+    let lo: Vec<i64> = ranges.iter().map(|r| r.2).collect();
+    let hi: Vec<i64> = ranges.iter().map(|r| r.3).collect();
+    // `table` and `column` are this module's constants, never user input.
+    let sql = format!(
+        "SELECT e.{column}, array_agg(DISTINCT floor(extract(epoch FROM e.block_time) / 3600)::int8)
+         FROM {table} e
+         JOIN UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[]) AS r(t, p, lo, hi)
+           ON e.kafka_topic = r.t AND e.kafka_partition = r.p
+          AND e.kafka_offset >= r.lo AND e.kafka_offset < r.hi
+         WHERE e.chain_id = $1 AND e.block_time IS NOT NULL
+         GROUP BY 1 ORDER BY 1"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(chain as i64)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&lo)
+        .bind(&hi)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Stores a chain's evaluation: block alerts of the evaluated blocks and shortage alerts of
+/// the evaluated hours that it no longer holds (or holds with other content) go, the new ones
+/// come in. Returns the alerts inserted.
+async fn store(
+    tx: &mut Transaction<'_, Postgres>,
+    chain: u64,
+    evaluation: &Evaluation,
+) -> anyhow::Result<Vec<Alert>> {
+    let ids: Vec<&str> = evaluation.alerts.iter().map(|a| a.id.as_str()).collect();
+    let evidence: Vec<&serde_json::Value> = evaluation.alerts.iter().map(|a| &a.evidence).collect();
+    // Same id, other evidence (a forecast recomputed with its whole hour): replaced.
+    sqlx::query(
+        "DELETE FROM risk_alert a USING UNNEST($1::text[], $2::jsonb[]) AS n(id, evidence)
+         WHERE a.id = n.id AND a.evidence <> n.evidence",
+    )
+    .bind(&ids)
+    .bind(&evidence)
+    .execute(&mut **tx)
+    .await?;
+    if let Some((from, to)) = evaluation.blocks {
+        sqlx::query(
+            "DELETE FROM risk_alert WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+               AND kind = ANY($4) AND NOT (id = ANY($5))",
+        )
+        .bind(chain as i64)
+        .bind(from as i64)
+        .bind(to as i64)
+        .bind(BLOCK_KINDS.to_vec())
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !evaluation.evaluated_ids.is_empty() {
+        sqlx::query("DELETE FROM risk_alert WHERE id = ANY($1) AND NOT (id = ANY($2))")
+            .bind(&evaluation.evaluated_ids)
+            .bind(&ids)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let mut new = Vec::new();
+    for a in &evaluation.alerts {
+        let inserted = sqlx::query(
+            "INSERT INTO risk_alert (id, kind, severity, chain_id, block_number, tx_hashes,
+                addresses, pools, evidence, detector_version, source_published_at, usd, block_time)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&a.id)
+        .bind(a.kind)
+        .bind(a.severity)
+        .bind(a.chain_id as i64)
+        .bind(a.block_number as i64)
+        .bind(&a.tx_hashes)
+        .bind(&a.addresses)
+        .bind(&a.pools)
+        .bind(&a.evidence)
+        .bind(a.detector_version)
+        .bind(a.source_published_at)
+        .bind(a.usd)
+        .bind(a.block_time)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            new.push(a.clone());
+        }
+    }
+    Ok(new)
+}
+
+/// Correlates the new alerts with the stored ones within the window around their block times
+/// and upserts the incidents they belong to.
+async fn correlate(tx: &mut Transaction<'_, Postgres>, new: &[Alert]) -> anyhow::Result<u64> {
+    const WINDOW_SECS: i64 = 3600;
+    let times: Vec<i64> = new
+        .iter()
+        .filter_map(|a| {
+            a.block_time
+                .or(a.source_published_at)
+                .map(|t| t.timestamp())
+        })
+        .collect();
+    let (Some(from), Some(to)) = (times.iter().min(), times.iter().max()) else {
+        return Ok(0);
+    };
+    type Row = (String, String, String, i64, i64, Vec<String>, Vec<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, kind, severity, chain_id,
+                extract(epoch FROM coalesce(block_time, source_published_at, detected_at))::int8,
+                addresses, tx_hashes
+         FROM risk_alert
+         WHERE coalesce(block_time, source_published_at, detected_at)
+               BETWEEN to_timestamp($1) AND to_timestamp($2)
+         ORDER BY coalesce(block_time, source_published_at, detected_at), id",
+    )
+    .bind((from - 2 * WINDOW_SECS) as f64)
+    .bind((to + 2 * WINDOW_SECS) as f64)
+    .fetch_all(&mut **tx)
+    .await?;
+    let alerts: Vec<chainfold_domain::risk::AlertRef> = rows
+        .into_iter()
+        .map(|(id, kind, severity, chain, at, addresses, tx_hashes)| {
+            chainfold_domain::risk::AlertRef {
+                id,
+                kind,
+                severity,
+                chain_id: chain as u64,
+                at,
+                addresses,
+                tx_hashes,
+            }
+        })
+        .collect();
+    let new_ids: std::collections::HashSet<&str> = new.iter().map(|a| a.id.as_str()).collect();
+    let mut written = 0;
+    for incident in chainfold_domain::risk::correlate(&alerts, WINDOW_SECS) {
+        if !incident
+            .alert_ids
+            .iter()
+            .any(|id| new_ids.contains(id.as_str()))
+        {
+            continue;
+        }
+        let chains: Vec<i64> = incident.chain_ids.iter().map(|c| *c as i64).collect();
+        // Incidents this one absorbed (their earliest alert is now a member) go.
+        sqlx::query("DELETE FROM risk_incident WHERE id = ANY($1) AND id <> $2")
+            .bind(&incident.alert_ids)
+            .bind(&incident.id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO risk_incident (id, alert_ids, chain_ids, stages, severity, first_at, last_at)
+             VALUES ($1, $2, $3, $4, $5, to_timestamp($6), to_timestamp($7))
+             ON CONFLICT (id) DO UPDATE SET alert_ids = EXCLUDED.alert_ids,
+                 chain_ids = EXCLUDED.chain_ids, stages = EXCLUDED.stages,
+                 severity = EXCLUDED.severity, first_at = EXCLUDED.first_at,
+                 last_at = EXCLUDED.last_at, updated_at = now()",
+        )
+        .bind(&incident.id)
+        .bind(&incident.alert_ids)
+        .bind(&chains)
+        .bind(&incident.stages)
+        .bind(&incident.severity)
+        .bind(incident.first_at as f64)
+        .bind(incident.last_at as f64)
+        .execute(&mut **tx)
+        .await?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 /// A deterministic alert id: keccak256 of its identifying parts.

@@ -53,10 +53,14 @@ pub struct StressRun {
     pub elapsed_ms: f64,
 }
 
-/// The chain's positions with debt, priced now. Returns the positions and the prices used.
+/// The chain's positions with debt, priced now, or as of block `as_of` (positions from
+/// `lending_position_as_of`, each asset at its last oracle answer at or before the block: what
+/// the risk worker stresses, so a run depends on the chain up to its block only). Returns the
+/// positions and the prices used.
 pub async fn live_positions(
     pool: &PgPool,
     chain_id: u64,
+    as_of: Option<i64>,
 ) -> anyhow::Result<(Vec<Position>, BTreeMap<String, f64>, Option<i64>)> {
     type Row = (
         String,
@@ -66,27 +70,58 @@ pub async fn live_positions(
         Option<f64>,
         Option<i64>,
     );
-    let rows: Vec<Row> = sqlx::query_as(
-        "WITH p AS (
-             SELECT * FROM lending_position WHERE chain_id = $1
-         ), debtors AS (
-             SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0
-         )
-         SELECT p.wallet, p.symbol,
-                (greatest(p.collateral, 0) / power(10::numeric, p.decimals))::float8,
-                (greatest(p.variable_debt, 0) / power(10::numeric, p.decimals))::float8,
-                coalesce(o.price, (SELECT e.price_usd FROM lending_event e
-                                   WHERE e.chain_id = p.chain_id AND e.reserve = p.reserve
-                                     AND e.price_usd IS NOT NULL
-                                   ORDER BY e.block_time DESC NULLS LAST LIMIT 1))::float8,
-                p.last_block
-         FROM p JOIN debtors USING (wallet)
-         LEFT JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
-         ORDER BY p.wallet, p.symbol",
-    )
-    .bind(chain_id as i64)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<Row> = match as_of {
+        None => {
+            sqlx::query_as(
+                "WITH p AS (
+                 SELECT * FROM lending_position WHERE chain_id = $1
+             ), debtors AS (
+                 SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0
+             )
+             SELECT p.wallet, p.symbol,
+                    (greatest(p.collateral, 0) / power(10::numeric, p.decimals))::float8,
+                    (greatest(p.variable_debt, 0) / power(10::numeric, p.decimals))::float8,
+                    coalesce(o.price, (SELECT e.price_usd FROM lending_event e
+                                       WHERE e.chain_id = p.chain_id AND e.reserve = p.reserve
+                                         AND e.price_usd IS NOT NULL
+                                       ORDER BY e.block_time DESC NULLS LAST LIMIT 1))::float8,
+                    p.last_block
+             FROM p JOIN debtors USING (wallet)
+             LEFT JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
+             ORDER BY p.wallet, p.symbol",
+            )
+            .bind(chain_id as i64)
+            .fetch_all(pool)
+            .await?
+        }
+        Some(block) => {
+            sqlx::query_as(
+                "WITH p AS (
+                 SELECT * FROM lending_position_as_of($1, $2)
+             ), debtors AS (
+                 SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0
+             )
+             SELECT p.wallet, p.symbol,
+                    (greatest(p.collateral, 0) / power(10::numeric, p.decimals))::float8,
+                    (greatest(p.variable_debt, 0) / power(10::numeric, p.decimals))::float8,
+                    coalesce(
+                        (SELECT o.price FROM oracle_update o
+                         WHERE o.chain_id = $1 AND o.asset = p.reserve AND o.block_number <= $2
+                         ORDER BY o.block_number DESC, o.log_index DESC LIMIT 1),
+                        (SELECT e.price_usd FROM lending_event e
+                         WHERE e.chain_id = $1 AND e.reserve = p.reserve AND e.price_usd IS NOT NULL
+                           AND e.block_number <= $2
+                         ORDER BY e.block_number DESC, e.event_id DESC LIMIT 1))::float8,
+                    $2::int8
+             FROM p JOIN debtors USING (wallet)
+             ORDER BY p.wallet, p.symbol",
+            )
+            .bind(chain_id as i64)
+            .bind(block)
+            .fetch_all(pool)
+            .await?
+        }
+    };
     let mut by_wallet: BTreeMap<String, Vec<Holding>> = BTreeMap::new();
     let mut prices = BTreeMap::new();
     let mut unpriced = std::collections::BTreeSet::new();
@@ -171,8 +206,18 @@ pub fn hourly_returns(
 
 /// Computes and stores a run for `chain_id`.
 pub async fn run(pool: &PgPool, config: &StressConfig, trigger: &str) -> anyhow::Result<StressRun> {
+    run_as_of(pool, config, trigger, None).await
+}
+
+/// [`run`] on the positions and prices as of `block` (now when `None`).
+pub async fn run_as_of(
+    pool: &PgPool,
+    config: &StressConfig,
+    trigger: &str,
+    block: Option<i64>,
+) -> anyhow::Result<StressRun> {
     let started = Instant::now();
-    let (positions, prices, as_of) = live_positions(pool, config.chain_id).await?;
+    let (positions, prices, as_of) = live_positions(pool, config.chain_id, block).await?;
     let symbols: Vec<String> = prices.keys().cloned().collect();
     let history = hourly_returns(&config.prices_dir, &symbols)?;
     let mut aligned: BTreeMap<String, Vec<f64>> = BTreeMap::new();

@@ -582,8 +582,11 @@ impl Scorer {
             return Ok(outcome);
         }
         let mut triggers: Vec<Trigger> = Vec::new();
-        // Event-topic offsets the projector must have folded before the features are read.
+        // Event-topic offsets the projector must have folded before the features are read, and
+        // per chain what must be sealed: a wallet's features read other partitions (prices,
+        // positions), which are whole only below a seal of the trigger's block.
         let mut max_offset: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut sealed: BTreeMap<u64, SealNeed> = BTreeMap::new();
         let mut attestations = Vec::new();
         let mut swaps: Vec<Trigger> = Vec::new();
         let mut rounds: Vec<OracleRound> = Vec::new();
@@ -639,6 +642,17 @@ impl Scorer {
                     continue;
                 }
             };
+            let need = sealed.entry(env.chain_id).or_default();
+            match env.block {
+                Some(b) => need.block = need.block.max(Some(b.number)),
+                None => {
+                    let o = need
+                        .records
+                        .entry((topic.clone(), *partition))
+                        .or_insert(*offset);
+                    *o = (*o).max(*offset);
+                }
+            }
             if env.retracted {
                 // A reorg orphaned the event: the scores it triggered go (and subscribers are
                 // sent their retraction); the event's canonical copy, if any, scores anew.
@@ -697,7 +711,7 @@ impl Scorer {
             store_attestations(&mut tx, &attestations).await?;
             tx.commit().await?;
         }
-        let projector = self.wait_for_projector(&max_offset).await?;
+        let projector = self.wait_for_projector(&max_offset, &sealed).await?;
         // Swaps rescore only wallets with a lending history (a credit profile to move).
         triggers.extend(self.with_history(swaps).await?);
         let (moved, holders, marks) = self.oracle_triggers(&rounds).await?;
@@ -908,10 +922,13 @@ impl Scorer {
         }
     }
 
-    /// Waits until the projector's stored offsets pass every offset of the batch; returns them.
+    /// Waits until the projector's stored offsets pass every offset of the batch and, per
+    /// chain, a seal of the batch's last block (or, for events without blocks, of the records
+    /// themselves) has been folded with everything below it; returns the offsets.
     async fn wait_for_projector(
         &self,
         max_offset: &BTreeMap<(String, i32), i64>,
+        sealed: &BTreeMap<u64, SealNeed>,
     ) -> anyhow::Result<HashMap<(String, i32), i64>> {
         let started = Instant::now();
         loop {
@@ -920,9 +937,24 @@ impl Scorer {
                     .await?
                     .into_iter()
                     .collect();
-            if max_offset
-                .iter()
-                .all(|(k, o)| folded.get(k).is_some_and(|next| next > o))
+            let mut needed: BTreeMap<(String, i32), i64> =
+                max_offset.iter().map(|(k, o)| (k.clone(), o + 1)).collect();
+            let mut unsealed = false;
+            for (chain, need) in sealed {
+                match self.seal_covering(*chain, need).await? {
+                    Some(through) => {
+                        for t in through {
+                            let n = needed.entry((t.topic, t.partition)).or_insert(0);
+                            *n = (*n).max(t.next_offset);
+                        }
+                    }
+                    None => unsealed = true,
+                }
+            }
+            if !unsealed
+                && needed
+                    .iter()
+                    .all(|(k, n)| folded.get(k).is_some_and(|next| next >= n))
             {
                 return Ok(folded);
             }
@@ -934,6 +966,53 @@ impl Scorer {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The bound of the first folded seal of `chain` that covers `need`, if there is one yet.
+    async fn seal_covering(
+        &self,
+        chain: u64,
+        need: &SealNeed,
+    ) -> anyhow::Result<Option<Vec<chainfold_domain::seal::Through>>> {
+        let mut bound: Vec<chainfold_domain::seal::Through> = Vec::new();
+        if let Some(block) = need.block {
+            let through: Option<serde_json::Value> = sqlx::query_scalar(
+                "SELECT through FROM chain_seal WHERE chain_id = $1 AND last_block >= $2
+                 ORDER BY last_block, kafka_offset LIMIT 1",
+            )
+            .bind(chain as i64)
+            .bind(block as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(through) = through else {
+                return Ok(None);
+            };
+            bound.extend(serde_json::from_value::<
+                Vec<chainfold_domain::seal::Through>,
+            >(through)?);
+        }
+        for ((topic, partition), offset) in &need.records {
+            let through: Option<serde_json::Value> = sqlx::query_scalar(
+                "SELECT through FROM chain_seal s WHERE chain_id = $1 AND EXISTS (
+                     SELECT 1 FROM jsonb_array_elements(s.through) t
+                     WHERE t->>'topic' = $2 AND (t->>'partition')::int4 = $3
+                       AND (t->>'next_offset')::int8 > $4)
+                 ORDER BY kafka_offset LIMIT 1",
+            )
+            .bind(chain as i64)
+            .bind(topic)
+            .bind(*partition)
+            .bind(*offset)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(through) = through else {
+                return Ok(None);
+            };
+            bound.extend(serde_json::from_value::<
+                Vec<chainfold_domain::seal::Through>,
+            >(through)?);
+        }
+        Ok(Some(bound))
     }
 
     /// The triggers whose wallet has a lending history on its chain.
@@ -997,15 +1076,33 @@ impl Scorer {
                 continue;
             }
             moves += 1;
-            let holders: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT wallet FROM lending_position
-                 WHERE chain_id = $1 AND reserve = $2 AND (collateral > 0 OR variable_debt > 0)
-                 ORDER BY wallet",
-            )
-            .bind(round.trigger.chain_id as i64)
-            .bind(&round.asset)
-            .fetch_all(&self.pool)
-            .await?;
+            // The holders as of the round's block (sealed and folded): not whoever the projector
+            // has folded by now, which depends on how far it got.
+            let holders: Vec<String> = match round.trigger.block_number {
+                Some(block) => {
+                    sqlx::query_scalar(
+                        "SELECT DISTINCT wallet FROM lending_position_as_of($1, $3)
+                     WHERE reserve = $2 AND (collateral > 0 OR variable_debt > 0)
+                     ORDER BY wallet",
+                    )
+                    .bind(round.trigger.chain_id as i64)
+                    .bind(&round.asset)
+                    .bind(block)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                None => {
+                    sqlx::query_scalar(
+                        "SELECT DISTINCT wallet FROM lending_position
+                     WHERE chain_id = $1 AND reserve = $2 AND (collateral > 0 OR variable_debt > 0)
+                     ORDER BY wallet",
+                    )
+                    .bind(round.trigger.chain_id as i64)
+                    .bind(&round.asset)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
             tracing::debug!(asset = %round.asset, price = round.price, holders = holders.len(), "oracle move rescores holders");
             for wallet in holders {
                 let mut t = round.trigger.clone();
@@ -1121,19 +1218,39 @@ impl Scorer {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(200);
         loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Ok(()),
-                outcome = self.process_batch(Duration::from_millis(500)) => {
-                    let o = outcome?;
-                    if o.scored > 0 {
-                        tracing::debug!(scored = o.scored, "batch scored");
+                outcome = self.process_batch(Duration::from_millis(500)) => match outcome {
+                    Ok(o) => {
+                        backoff = Duration::from_millis(200);
+                        if o.scored > 0 {
+                            tracing::debug!(scored = o.scored, "batch scored");
+                        }
                     }
-                }
+                    // Nothing of the batch committed: read it again once the service is back.
+                    Err(err) if chainfold_platform::member::is_transient(&err) => {
+                        tracing::warn!(error = %format!("{err:#}"), retry_in = ?backoff, "scoring batch failed; retrying");
+                        self.member.rewind();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                    Err(err) => return Err(err),
+                },
             }
         }
     }
+}
+
+/// What a batch's events of one chain need sealed before their features are read.
+#[derive(Debug, Default)]
+struct SealNeed {
+    /// The last block among the events.
+    block: Option<u64>,
+    /// Events without blocks: the last offset per partition.
+    records: BTreeMap<(String, i32), i64>,
 }
 
 /// A score stored by a batch, with the message published for it.

@@ -25,6 +25,58 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// `CHAINFOLD_FAULT_KAFKA_BROKERS`: the three-broker cluster of `scripts/stack up --cluster`
+/// that the fault and scale tests use (and kill brokers of).
+pub fn fault_kafka_brokers() -> String {
+    std::env::var("CHAINFOLD_FAULT_KAFKA_BROKERS")
+        .unwrap_or_else(|_| "127.0.0.1:9192,127.0.0.1:9193,127.0.0.1:9194".into())
+}
+
+/// `CHAINFOLD_FAULT_DATABASE_URL`: the Postgres of `scripts/stack up --cluster` that the fault
+/// tests restart (never the one the other tests share).
+pub fn fault_database_url() -> String {
+    std::env::var("CHAINFOLD_FAULT_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".into())
+}
+
+/// `CHAINFOLD_FAULT_REDIS_URL`: the Redis of `scripts/stack up --cluster` the fault tests
+/// restart.
+pub fn fault_redis_url() -> String {
+    std::env::var("CHAINFOLD_FAULT_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into())
+}
+
+/// Runs `scripts/stack <args>` (the fault tests' way to kill and restart services) and panics
+/// with its output when it fails.
+pub fn stack(args: &[&str]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack");
+    let output = std::process::Command::new(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "scripts/stack {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Holds a Postgres advisory lock named `name` on the shared test server until the connection is
+/// dropped: tests that kill the fault stack's services take it so they run one at a time,
+/// whichever test binary or thread they are in.
+pub async fn exclusive(name: &str) -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&database_url())
+        .await
+        .unwrap_or_else(|e| panic!("Postgres must run at DATABASE_URL={}: {e}", database_url()));
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(format!("chainfold-test:{name}"))
+        .execute(&mut conn)
+        .await
+        .expect("advisory lock");
+    conn
+}
+
 /// `<prefix>-<random>`: topic prefixes, groups, database names and Redis prefixes that no
 /// other test uses.
 pub fn unique(prefix: &str) -> String {
@@ -63,9 +115,29 @@ pub struct Isolated {
 impl Isolated {
     /// Creates a fresh database (migrations run when a role connects) and picks unique names.
     pub async fn new(name: &str) -> Isolated {
+        Isolated::on(name, &kafka_brokers(), &database_url(), &redis_url()).await
+    }
+
+    /// [`Isolated::new`] on the fault stack (`scripts/stack up --cluster`): the three-broker
+    /// cluster with replication 3 and `min.insync.replicas` 2, its own Postgres and Redis.
+    pub async fn on_fault_stack(name: &str) -> Isolated {
+        let mut iso = Isolated::on(
+            name,
+            &fault_kafka_brokers(),
+            &fault_database_url(),
+            &fault_redis_url(),
+        )
+        .await;
+        iso.kafka.replication = 3;
+        iso.kafka.min_insync_replicas = 2;
+        iso
+    }
+
+    /// [`Isolated::new`] on the given services.
+    pub async fn on(name: &str, brokers: &str, server: &str, redis: &str) -> Isolated {
         init_logs();
         let database = unique(&format!("cf_{name}")).replace('-', "_");
-        let server = database_url();
+        let server = server.to_owned();
         let Some((base, _)) = server.rsplit_once('/') else {
             panic!("DATABASE_URL={server} has no database path")
         };
@@ -85,9 +157,9 @@ impl Isolated {
         admin.close().await;
         let url = format!("{base}/{database}");
         Isolated {
-            kafka: KafkaArgs::new(kafka_brokers(), format!("{}.", unique(name))),
+            kafka: KafkaArgs::new(brokers, format!("{}.", unique(name))),
             postgres: PostgresArgs::new(url),
-            redis: RedisArgs::new(redis_url(), format!("{}:", unique(name))),
+            redis: RedisArgs::new(redis, format!("{}:", unique(name))),
             group: unique(&format!("{name}-group")),
             database,
         }

@@ -43,6 +43,18 @@ async fn follow_and_project(iso: &Isolated, toml: &str) -> sqlx::PgPool {
     pool
 }
 
+/// A risk worker config of `iso` reading what `iso`'s projector folded.
+fn risk_of(iso: &Isolated) -> RiskConfig {
+    let mut config = RiskConfig::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        unique("risk"),
+    );
+    config.projector_group = iso.group.clone();
+    config
+}
+
 /// kind, severity, block, transactions, pools, evidence
 type AlertRow = (
     String,
@@ -96,6 +108,7 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         iso.redis.clone(),
         unique("risk"),
     );
+    risk_config.projector_group = iso.group.clone();
     risk_config.prices_dir = data_dir().join("aave-v2-eth-bhemen/usd_prices");
     let mut worker = RiskWorker::build(risk_config).await.expect("risk worker");
     let outcome = worker
@@ -150,11 +163,14 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
     .await
     .expect("drain alert");
     let token = evidence["token"].as_str().expect("token").to_owned();
+    // At the token's oracle answer in force at the drain's block.
     let (decimals, price): (i16, f64) = sqlx::query_as(
         "SELECT (SELECT decimals FROM lending_event WHERE chain_id = 31337 AND reserve = $1 LIMIT 1),
-                (SELECT price::float8 FROM oracle_price WHERE chain_id = 31337 AND asset = $1)",
+                (SELECT price::float8 FROM oracle_update WHERE chain_id = 31337 AND asset = $1
+                   AND block_number <= $2 ORDER BY block_number DESC, log_index DESC LIMIT 1)",
     )
     .bind(&token)
+    .bind(drain.to_block as i64)
     .fetch_one(&pool)
     .await
     .expect("token price");
@@ -188,10 +204,11 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         .expect("scenarios");
     assert_eq!(results.len(), 3, "{results:?}");
     assert!(results.iter().all(|r| r.hit), "{results:?}");
-    assert!(results
-        .iter()
-        .filter(|r| r.scenario != "oracle_crash")
-        .all(|r| r.delay_blocks == Some(0)));
+    // Every scenario caught in its own block (the crash stressed as of its oracle answer).
+    assert!(
+        results.iter().all(|r| r.delay_blocks == Some(0)),
+        "{results:?}"
+    );
     let committed = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring/REPORT.md"),
     )
@@ -202,37 +219,58 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         "scoring/REPORT.md's scenario table differs from the measured one:\n{section}"
     );
 
-    // The oracle rounds recomputed the stress test on the chain's positions, once (the
-    // interval holds back the rest), with its inputs stored.
-    assert_eq!(outcome.stress_runs, 1, "{outcome:?}");
-    let (positions, as_of, prices, var95, lar95): (i32, Option<i64>, serde_json::Value, Option<f64>, Option<f64>) =
-        sqlx::query_as(
-            "SELECT positions, as_of_block, prices, var95_usd, lar95_usd FROM stress_run WHERE chain_id = 31337 AND trigger = 'oracle_move'",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("stress run");
+    // Each oracle round that moved a price ≥ 2% from the last run's prices recomputed the
+    // stress test as of its own block, with its inputs stored; one run per such block.
+    let runs: Vec<i64> = sqlx::query_scalar(
+        "SELECT as_of_block FROM stress_run WHERE chain_id = 31337 AND trigger = 'oracle_move' ORDER BY as_of_block",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("runs");
+    assert_eq!(runs.len() as u64, outcome.stress_runs, "{outcome:?}");
+    assert!(
+        !runs.is_empty() && runs.windows(2).all(|w| w[0] < w[1]),
+        "{runs:?}"
+    );
+    let (run_id, positions, as_of, prices, var95, lar95): (
+        i64,
+        i32,
+        Option<i64>,
+        serde_json::Value,
+        Option<f64>,
+        Option<f64>,
+    ) = sqlx::query_as(
+        "SELECT id, positions, as_of_block, prices, var95_usd, lar95_usd FROM stress_run
+             WHERE chain_id = 31337 AND trigger = 'oracle_move' ORDER BY as_of_block DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("stress run");
     assert!(positions > 0 && as_of.is_some(), "{positions} {as_of:?}");
     assert!(
         prices["WETH"].as_f64().expect("WETH price") > 0.0,
         "{prices}"
     );
     assert!(var95.is_some() && lar95.is_some());
-    // WETH −30% alone, recomputed here from the read models by an independent query.
+    // WETH −30% alone, recomputed here from the read models as of the run's block by an
+    // independent query.
     let stored: (i32, f64, f64) = sqlx::query_as(
         "SELECT liquidatable, debt_at_risk_usd, bad_debt_usd FROM stress_scenario
-         WHERE asset = 'WETH' AND NOT correlated AND abs(shock + 0.3) < 1e-9",
+         WHERE run_id = $1 AND asset = 'WETH' AND NOT correlated AND abs(shock + 0.3) < 1e-9",
     )
+    .bind(run_id)
     .fetch_one(&pool)
     .await
     .expect("grid row");
     let rows: Vec<(String, String, f64, f64, f64)> = sqlx::query_as(
-        "SELECT p.wallet, p.symbol, (greatest(p.collateral, 0) / 10::numeric ^ p.decimals)::float8,
-                (greatest(p.variable_debt, 0) / 10::numeric ^ p.decimals)::float8, o.price::float8
-         FROM lending_position p JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
-         WHERE p.chain_id = 31337 AND p.wallet IN (SELECT wallet FROM lending_position
-               WHERE chain_id = 31337 GROUP BY wallet HAVING sum(variable_debt) > 0)",
+        "WITH p AS (SELECT * FROM lending_position_as_of(31337, $1))
+         SELECT p.wallet, p.symbol, (greatest(p.collateral, 0) / 10::numeric ^ p.decimals)::float8,
+                (greatest(p.variable_debt, 0) / 10::numeric ^ p.decimals)::float8,
+                (SELECT o.price FROM oracle_update o WHERE o.chain_id = 31337 AND o.asset = p.reserve
+                   AND o.block_number <= $1 ORDER BY o.block_number DESC, o.log_index DESC LIMIT 1)::float8
+         FROM p WHERE p.wallet IN (SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0)",
     )
+    .bind(as_of)
     .fetch_all(&pool)
     .await
     .expect("positions");
@@ -368,57 +406,63 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
     );
     assert_eq!(p["recentVolumes"], p["tokenVolumes"], "{good}");
 
-    // A flash loan that arrives after its block's swaps were evaluated (its lending partition
-    // lagging the AMM ones) is still caught: the same records republished AMM first, the worker
-    // run, then the lending records.
+    // A flash loan that arrives after its block's swaps were evaluated (its lending records
+    // published later) is still caught: the same events republished AMM first (sealed,
+    // projected, evaluated), then the lending ones, whose seal covers the attack's block again.
     let late = Isolated::new("risk-late").await;
     let late_topics = late.kafka.topics();
     chainfold_platform::kafka::ensure_topics(&late.kafka, &late_topics.all())
         .await
         .expect("topics");
-    let amm = chainfold_testkit::read_topic(
+    let decode = |records: Vec<Vec<u8>>| -> Vec<chainfold_ingest::Decoded> {
+        records
+            .iter()
+            .map(|r| Ok(serde_json::from_slice::<chainfold_domain::Envelope>(r).expect("envelope")))
+            .collect()
+    };
+    let amm = decode(chainfold_testkit::read_topic(
         &iso.kafka,
         &iso.kafka.topics().amm,
         usize::MAX,
         Duration::from_secs(5),
-    );
-    let lending = chainfold_testkit::read_topic(
+    ));
+    let lending = decode(chainfold_testkit::read_topic(
         &iso.kafka,
         &iso.kafka.topics().lending,
         usize::MAX,
         Duration::from_secs(5),
-    );
+    ));
     assert!(!amm.is_empty() && !lending.is_empty());
     let late_producer = chainfold_platform::kafka::producer(&late.kafka).expect("producer");
-    let republish = |topic: String, records: Vec<Vec<u8>>| {
-        let producer = late_producer.clone();
-        async move {
-            for r in records {
-                producer
-                    .send(
-                        rdkafka::producer::FutureRecord::<(), _>::to(&topic).payload(&r),
-                        Duration::from_secs(10),
-                    )
-                    .await
-                    .expect("republish");
-            }
-        }
-    };
-    republish(late_topics.amm.clone(), amm).await;
-    let mut late_worker = RiskWorker::build(RiskConfig::new(
+    let mut late_projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        late.kafka.clone(),
+        late.postgres.clone(),
+        late.redis.clone(),
+        late.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    chainfold_ingest::publish::publish_all(&late_producer, &late_topics, amm, |_, _| {})
+        .await
+        .expect("republish AMM");
+    late_projector.run_until_caught_up().await.expect("project");
+    let mut late_config = RiskConfig::new(
         late.kafka.clone(),
         late.postgres.clone(),
         late.redis.clone(),
         unique("risk-late"),
-    ))
-    .await
-    .expect("risk worker");
+    );
+    late_config.projector_group = late.group.clone();
+    let mut late_worker = RiskWorker::build(late_config).await.expect("risk worker");
     let first = late_worker
         .run_until_idle(Duration::from_secs(2))
         .await
         .expect("AMM first");
     assert_eq!(first.flash_loan_attacks, 0, "no loan seen yet: {first:?}");
-    republish(late_topics.lending.clone(), lending).await;
+    chainfold_ingest::publish::publish_all(&late_producer, &late_topics, lending, |_, _| {})
+        .await
+        .expect("republish lending");
+    late_projector.run_until_caught_up().await.expect("project");
     let then = late_worker
         .run_until_idle(Duration::from_secs(2))
         .await
@@ -482,14 +526,7 @@ async fn a_forecast_shortage_is_provisioned_on_the_fixture_pool_only_when_healin
             .expect("borrow");
     }
     let pool = follow_and_project(&iso, &d.chains_toml("anvil", &anvil.http_url(), None, 0)).await;
-    let mut worker = RiskWorker::build(RiskConfig::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        unique("risk"),
-    ))
-    .await
-    .expect("risk worker");
+    let mut worker = RiskWorker::build(risk_of(&iso)).await.expect("risk worker");
     let outcome = worker
         .run_until_idle(Duration::from_secs(3))
         .await
@@ -605,43 +642,40 @@ async fn liquidity_pulled_hour_by_hour_forecasts_a_depth_shortage_with_liquidity
             .await
             .expect("pull");
     }
-    let (r0, r1, _) = d.reserves(pair).await.expect("reserves after");
+    let (final0, _, _) = d.reserves(pair).await.expect("reserves after");
+    let final0 = final0.to_string().parse::<f64>().expect("reserve0");
     let pool = follow_and_project(&iso, &d.chains_toml("anvil", &anvil.http_url(), None, 0)).await;
-    let mut worker = RiskWorker::build(RiskConfig::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        unique("risk"),
-    ))
-    .await
-    .expect("risk worker");
+    let mut worker = RiskWorker::build(risk_of(&iso)).await.expect("risk worker");
     let outcome = worker
         .run_until_idle(Duration::from_secs(3))
         .await
         .expect("forecasts");
     let pair_hex = format!("{pair:#x}");
-    let alerts: Vec<(Vec<String>, serde_json::Value)> = sqlx::query_as(
-        "SELECT pools, evidence FROM risk_alert WHERE kind = 'LIQUIDITY_SHORTAGE'
+    let alerts: Vec<(Vec<String>, serde_json::Value, i64)> = sqlx::query_as(
+        "SELECT pools, evidence, block_number FROM risk_alert WHERE kind = 'LIQUIDITY_SHORTAGE'
              ORDER BY block_number DESC",
     )
     .fetch_all(&pool)
     .await
     .expect("alerts");
-    // One per pool and hour of its latest Sync: batches that end mid-history may add earlier ones.
-    assert!(!alerts.is_empty(), "{outcome:?}");
-    assert!(
-        alerts.iter().all(|a| a.0 == vec![pair_hex.clone()]),
-        "{alerts:?}"
-    );
-    let (_, evidence) = &alerts[0];
+    // Evaluated hour by hour of the Syncs: one alert per episode, at its first hour.
+    assert_eq!(alerts.len(), 1, "{outcome:?} {alerts:?}");
+    assert_eq!(alerts[0].0, vec![pair_hex.clone()], "{alerts:?}");
+    let (_, evidence, block) = &alerts[0];
     let rec = &evidence["recommendation"];
     assert_eq!(rec["action"], "add_liquidity", "{evidence}");
     let amount = |k: &str| -> f64 { rec[k].as_str().expect("amount").parse().expect("number") };
-    let (r0, r1) = (
-        r0.to_string().parse::<f64>().expect("r0"),
-        r1.to_string().parse::<f64>().expect("r1"),
-    );
-    // Both tokens at the pool's current ratio, enough to bring the forecast back to 80% of the
+    // The pool's reserves as of the alert's block (what the forecast saw).
+    let (r0, r1): (f64, f64) = sqlx::query_as(
+        "SELECT reserve0::float8, reserve1::float8 FROM pool_sync WHERE pool = $1 AND block_number <= $2
+         ORDER BY block_number DESC, log_index DESC LIMIT 1",
+    )
+    .bind(&pair_hex)
+    .bind(block)
+    .fetch_one(&pool)
+    .await
+    .expect("reserves at the alert");
+    // Both tokens at the pool's ratio then, enough to bring the forecast back to 80% of the
     // window's median depth (add_share of the reserves).
     let share = evidence["forecast"]["add_share"].as_f64().expect("share");
     assert!(share > 0.0, "{evidence}");
@@ -677,7 +711,7 @@ async fn liquidity_pulled_hour_by_hour_forecasts_a_depth_shortage_with_liquidity
         .expect("reserve0")
         .parse()
         .expect("number");
-    assert!((reserve0 - r0).abs() <= 1e-9 * r0, "{answer}");
+    assert!((reserve0 - final0).abs() <= 1e-9 * final0, "{answer}");
     let points = p["liquidityForecast"].as_array().expect("forecast");
     assert_eq!(points.len(), 3, "{answer}");
     let depths: Vec<f64> = points

@@ -35,6 +35,7 @@ use super::abi::{decode_creation, decode_log, ContractKind, DecodeError, Factory
 use super::config::{redacted, scrub, ChainConfig};
 use super::normalize::{normalize, FeedMeta, LogMeta, Metadata};
 use super::state::{self, SeenBlock};
+use chainfold_domain::seal::SealBuilder;
 
 alloy::sol! {
     #[sol(rpc)]
@@ -235,6 +236,13 @@ impl Follower {
 
     pub fn chain_id(&self) -> u64 {
         self.chain.chain_id
+    }
+
+    /// Reads the checkpoint and the reorg window back from Postgres (after a failed pass).
+    async fn reload_state(&mut self) -> anyhow::Result<()> {
+        self.checkpoint = state::load_checkpoint(&self.pool, self.chain.chain_id).await?;
+        self.window = state::load_window(&self.pool, self.chain.chain_id).await?;
+        Ok(())
     }
 
     /// Publishes only while `lease` is held: a follower whose lease session ended stops with
@@ -529,12 +537,14 @@ impl Follower {
         if let Some(lease) = &self.lease {
             lease.ensure_held().await?;
         }
-        let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(events.len() + dead.len() + 1);
+        // Each send with the topic and block its seal needs (None: a head or a dead letter).
+        type Sent<'t> = (DeliveryFuture, Option<(&'t str, Option<u64>)>);
+        let mut deliveries: Vec<Sent<'_>> = Vec::with_capacity(events.len() + dead.len() + 1);
         if let Some(head) = head {
             // Sent with the block's events and acknowledged together: one round trip.
             let payload = serde_json::to_vec(&head)?;
             let key = self.chain.chain_id.to_string();
-            deliveries.push(
+            deliveries.push((
                 self.producer
                     .send_result(
                         FutureRecord::to(&self.topics.blocks)
@@ -543,7 +553,8 @@ impl Follower {
                     )
                     .map_err(|(e, _)| e)
                     .context("could not enqueue a chain head")?,
-            );
+                None,
+            ));
         }
         for env in events {
             let env = if retract {
@@ -560,25 +571,35 @@ impl Follower {
                 .send_result(record)
                 .map_err(|(e, _)| e)
                 .with_context(|| format!("could not enqueue a record for {topic}"))?;
-            deliveries.push(delivery);
+            deliveries.push((delivery, Some((topic, env.block.map(|b| b.number)))));
         }
         for (kind, reason, raw) in dead {
             let origin = format!("chain {} log", self.chain.chain_id);
-            deliveries.push(dlq::enqueue(
-                &self.producer,
-                &DeadLetter {
-                    topic: self.topics.of(*kind),
-                    stage: "ingest",
-                    reason,
-                    origin: &origin,
-                    key: None,
-                    payload: raw,
-                },
-            )?);
+            deliveries.push((
+                dlq::enqueue(
+                    &self.producer,
+                    &DeadLetter {
+                        topic: self.topics.of(*kind),
+                        stage: "ingest",
+                        reason,
+                        origin: &origin,
+                        key: None,
+                        payload: raw,
+                    },
+                )?,
+                None,
+            ));
         }
-        for delivery in deliveries {
-            crate::publish::await_delivery(delivery).await?;
+        let mut seals = SealBuilder::default();
+        for (delivery, sealed) in deliveries {
+            let (partition, offset) = crate::publish::await_delivery(delivery).await?;
+            if let Some((topic, block)) = sealed {
+                seals.delivered(self.chain.chain_id, block, topic, partition, offset);
+            }
         }
+        // The blocks just published are whole below these offsets (domain::seal).
+        crate::publish::publish_seals(&self.producer, &self.topics.seals, seals.seals(retract))
+            .await?;
         // Published, not yet checkpointed: a crash here republishes (readers key by event id).
         chainfold_platform::failpoint::hit("ingest.after_publish");
         let counter = if retract {
@@ -849,8 +870,29 @@ impl Follower {
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut heads = self.subscribe_heads().await;
+        let mut backoff = Duration::from_millis(200);
         loop {
-            self.sync_to_head().await?;
+            match self.sync_to_head().await {
+                Ok(_) => backoff = Duration::from_millis(200),
+                // Postgres or the broker went away mid-pass: what was published and not
+                // checkpointed is published again from the stored checkpoint (readers key by
+                // event id); a lost lease is not retried.
+                Err(err)
+                    if chainfold_platform::member::is_transient(&err)
+                        && err
+                            .downcast_ref::<chainfold_platform::lease::LeaseLost>()
+                            .is_none() =>
+                {
+                    tracing::warn!(chain = %self.chain.name, error = %format!("{err:#}"), retry_in = ?backoff, "follow pass failed; retrying from the stored checkpoint");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    if let Err(err) = self.reload_state().await {
+                        tracing::warn!(error = %format!("{err:#}"), "could not reload the follower's state yet");
+                    }
+                    continue;
+                }
+                Err(err) => return Err(err),
+            }
             let wake = async {
                 match heads.as_mut() {
                     Some(stream) => {

@@ -91,21 +91,34 @@ pub async fn run(
         );
         tasks.spawn(async move {
             let id = chain.chain_id;
-            // A standby waits here (until shutdown) while another process leads this chain.
-            let lease = tokio::select! {
-                lease = lease_of(&args, id, &holder) => lease?,
-                _ = stop.wait_for(|s| *s) => return Ok(()),
-            };
-            // The state is loaded once leading: the previous leader advanced it until it stopped.
-            let f = follow::Follower::new(chain, producer, topics, pool)
-                .await
-                .with_context(|| format!("chain {id}"))?
-                .with_lease(lease);
-            f.run(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .with_context(|| format!("chain {id}"))
+            loop {
+                // A standby waits here (until shutdown) while another process leads this chain.
+                let lease = tokio::select! {
+                    lease = lease_of(&args, id, &holder) => lease?,
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                };
+                // The state is loaded once leading: the previous leader advanced it until it
+                // stopped.
+                let f = follow::Follower::new(chain.clone(), producer.clone(), topics.clone(), pool.clone())
+                    .await
+                    .with_context(|| format!("chain {id}"))?
+                    .with_lease(lease);
+                let mut stopped = stop.clone();
+                let result = f
+                    .run(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await;
+                match result {
+                    // The lease's session ended (Postgres restarted, a network cut): stand by
+                    // again; whoever holds the lease now leads.
+                    Err(err) if err.downcast_ref::<chainfold_platform::lease::LeaseLost>().is_some() => {
+                        tracing::warn!(chain_id = id, error = %err, "lost the ingest lease; standing by");
+                        tokio::time::sleep(args.standby_poll).await;
+                    }
+                    other => return other.with_context(|| format!("chain {id}")),
+                }
+            }
         });
     }
     tokio::pin!(shutdown);
