@@ -260,9 +260,24 @@ impl ScoreEngine {
         // (chain, wallet, trigger, activity, active attestations, position features)
         let mut pending = Vec::new();
         for ((chain, wallet), list) in &by_wallet {
-            let (history, flows) = self.history(*chain, wallet).await?;
+            let (all_history, all_flows, blocks) = self.history(*chain, wallet).await?;
             let attested = self.attestations(*chain, wallet).await?;
             for t in list {
+                // As of the trigger: its time and, on a chain with blocks, its block. Events of a
+                // later block in the same second are not seen (they may not be folded yet, and
+                // they happened after the trigger).
+                let visible = |i: usize| match (t.block_number, blocks[i]) {
+                    (Some(at), Some(b)) => b <= at,
+                    _ => true,
+                };
+                let history: Vec<HistoryEvent> = (0..all_history.len())
+                    .filter(|i| visible(*i))
+                    .map(|i| all_history[i].clone())
+                    .collect();
+                let flows: Vec<PositionFlow> = (0..all_flows.len())
+                    .filter(|i| visible(*i))
+                    .map(|i| all_flows[i].clone())
+                    .collect();
                 let Some(features) = activity_features(&history, t.at) else {
                     continue;
                 };
@@ -276,7 +291,7 @@ impl ScoreEngine {
                     .filter(|a| a.issued_at <= t.at && a.expires_at <= t.at)
                     .count() as u64;
                 let position = self
-                    .position_inputs(&mut cache, *chain, &flows, t.at)
+                    .position_inputs(&mut cache, *chain, &flows, t.at, t.block_number)
                     .await?;
                 pending.push((*chain, wallet.clone(), *t, features, active, position));
             }
@@ -351,7 +366,7 @@ impl ScoreEngine {
         &self,
         chain_id: u64,
         wallet: &str,
-    ) -> anyhow::Result<(Vec<HistoryEvent>, Vec<PositionFlow>)> {
+    ) -> anyhow::Result<(Vec<HistoryEvent>, Vec<PositionFlow>, Vec<Option<i64>>)> {
         type Row = (
             String,
             Option<DateTime<Utc>>,
@@ -362,12 +377,14 @@ impl ScoreEngine {
             Option<String>,
             Option<String>,
             Option<f64>,
+            Option<i64>,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT action, block_time, amount_usd::float8, reserve, symbol,
                     (amount / power(10::numeric, decimals))::float8,
                     collateral_reserve, collateral_symbol,
-                    (collateral_amount / power(10::numeric, collateral_decimals))::float8
+                    (collateral_amount / power(10::numeric, collateral_decimals))::float8,
+                    block_number
              FROM lending_event WHERE chain_id = $1 AND wallet = $2",
         )
         .bind(chain_id as i64)
@@ -376,10 +393,13 @@ impl ScoreEngine {
         .await?;
         let mut history = Vec::with_capacity(rows.len());
         let mut flows = Vec::with_capacity(rows.len());
-        for (action, at, usd, reserve, symbol, amount, c_reserve, c_symbol, c_amount) in rows {
+        let mut blocks = Vec::with_capacity(rows.len());
+        for (action, at, usd, reserve, symbol, amount, c_reserve, c_symbol, c_amount, block) in rows
+        {
             let (Some(action), Some(at)) = (LendingAction::parse(&action), at) else {
                 continue;
             };
+            blocks.push(block);
             history.push(HistoryEvent { action, at, usd });
             flows.push(PositionFlow {
                 action,
@@ -393,28 +413,60 @@ impl ScoreEngine {
                 },
             });
         }
-        Ok((history, flows))
+        Ok((history, flows, blocks))
     }
 
-    /// USD price points of a reserve, cached for the batch.
-    async fn prices<'a>(
+    /// USD price points of a reserve as of `block` (all of them without one): its oracle
+    /// answers, or where it has none by then, the prices its lending events carried. Read once
+    /// per batch.
+    async fn prices(
         &self,
-        cache: &'a mut PriceCache,
+        cache: &mut PriceCache,
         chain_id: u64,
         reserve: &str,
-    ) -> anyhow::Result<&'a [(DateTime<Utc>, f64)]> {
+        block: Option<i64>,
+    ) -> anyhow::Result<Vec<(DateTime<Utc>, f64)>> {
         let key = (chain_id, reserve.to_owned());
         if !cache.contains_key(&key) {
-            let points = chainfold_platform::decisions::price_points(
-                &self.pool,
-                chain_id,
-                &[reserve.to_owned()],
-                None,
+            type Point = (DateTime<Utc>, Option<i64>, f64);
+            let oracle: Vec<Point> = sqlx::query_as(
+                "SELECT coalesce(updated_at, block_time), block_number, price::float8 FROM oracle_update
+                 WHERE chain_id = $1 AND asset = $2 AND coalesce(updated_at, block_time) IS NOT NULL
+                 ORDER BY block_number, log_index",
             )
+            .bind(chain_id as i64)
+            .bind(reserve)
+            .fetch_all(&self.pool)
             .await?;
-            cache.insert(key.clone(), points);
+            let lending: Vec<Point> = sqlx::query_as(
+                "SELECT block_time, block_number, price_usd::float8 FROM lending_event
+                 WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
+                   AND block_time IS NOT NULL
+                 ORDER BY block_time, event_id",
+            )
+            .bind(chain_id as i64)
+            .bind(reserve)
+            .fetch_all(&self.pool)
+            .await?;
+            cache.insert(key.clone(), (oracle, lending));
         }
-        Ok(cache.get(&key).map(Vec::as_slice).unwrap_or_default())
+        let (oracle, lending) = &cache[&key];
+        let seen = |points: &[(DateTime<Utc>, Option<i64>, f64)]| -> Vec<(DateTime<Utc>, f64)> {
+            points
+                .iter()
+                .filter(|(_, b, _)| match (block, b) {
+                    (Some(at), Some(b)) => b <= &at,
+                    _ => true,
+                })
+                .map(|(t, _, p)| (*t, *p))
+                .collect()
+        };
+        let from_oracle = seen(oracle);
+        Ok(if from_oracle.is_empty() {
+            seen(lending)
+        } else {
+            from_oracle
+        })
     }
 
     /// The account's health factor and the position model's inputs for the wallet's position
@@ -426,6 +478,7 @@ impl ScoreEngine {
         chain_id: u64,
         flows: &[PositionFlow],
         at: DateTime<Utc>,
+        block: Option<i64>,
     ) -> anyhow::Result<(Option<f64>, Option<[f32; 4]>)> {
         let positions = positions_at(flows, at);
         if !positions.iter().any(|p| p.3 > 0.0) {
@@ -434,7 +487,7 @@ impl ScoreEngine {
         let mut holdings = Vec::with_capacity(positions.len());
         let mut reserves = Vec::with_capacity(positions.len());
         for (reserve, symbol, collateral, debt) in positions {
-            let points = self.prices(cache, chain_id, &reserve).await?;
+            let points = self.prices(cache, chain_id, &reserve, block).await?;
             let seen = points.partition_point(|(t, _)| *t <= at);
             let Some(&(_, price)) = seen.checked_sub(1).and_then(|i| points.get(i)) else {
                 return Ok((None, None));
@@ -457,8 +510,8 @@ impl ScoreEngine {
             .iter()
             .position(|h| std::ptr::eq(h, main))
             .unwrap_or_default();
-        let points = self.prices(cache, chain_id, &reserves[index]).await?;
-        let Some((vol_7d, vol_30d)) = hourly_volatility(points, at) else {
+        let points = self.prices(cache, chain_id, &reserves[index], block).await?;
+        let Some((vol_7d, vol_30d)) = hourly_volatility(&points, at) else {
             return Ok((hf, None));
         };
         Ok((hf, position_features(&holdings, vol_7d, vol_30d)))
@@ -474,8 +527,15 @@ struct OracleRound {
     trigger: Trigger,
 }
 
-/// USD price points per (chain, reserve), read once per batch.
-type PriceCache = HashMap<(u64, String), Vec<(DateTime<Utc>, f64)>>;
+/// Price points per (chain, reserve) with their blocks, oracle and lending-event ones, read
+/// once per batch.
+type PriceCache = HashMap<
+    (u64, String),
+    (
+        Vec<(DateTime<Utc>, Option<i64>, f64)>,
+        Vec<(DateTime<Utc>, Option<i64>, f64)>,
+    ),
+>;
 
 impl Scorer {
     pub async fn build(config: Config) -> anyhow::Result<Scorer> {
@@ -968,32 +1028,46 @@ impl Scorer {
         }
     }
 
-    /// The bound of the first folded seal of `chain` that covers `need`, if there is one yet.
+    /// What must be folded for `need` to be whole: the bounds of every folded seal of `chain`
+    /// up to the first one covering it (a seal bounds only its own stretch; the blocks before
+    /// it were sealed by earlier seals, which other partitions may hold). `None` while no folded
+    /// seal covers it yet.
     async fn seal_covering(
         &self,
         chain: u64,
         need: &SealNeed,
     ) -> anyhow::Result<Option<Vec<chainfold_domain::seal::Through>>> {
-        let mut bound: Vec<chainfold_domain::seal::Through> = Vec::new();
+        type Bound = (String, i32, i64);
+        let mut bound: Vec<Bound> = Vec::new();
         if let Some(block) = need.block {
-            let through: Option<serde_json::Value> = sqlx::query_scalar(
-                "SELECT through FROM chain_seal WHERE chain_id = $1 AND last_block >= $2
-                 ORDER BY last_block, kafka_offset LIMIT 1",
+            let covered: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM chain_seal WHERE chain_id = $1 AND last_block >= $2)",
             )
             .bind(chain as i64)
             .bind(block as i64)
-            .fetch_optional(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-            let Some(through) = through else {
+            if !covered {
                 return Ok(None);
-            };
-            bound.extend(serde_json::from_value::<
-                Vec<chainfold_domain::seal::Through>,
-            >(through)?);
+            }
+            bound.extend(
+                sqlx::query_as::<_, Bound>(
+                    "SELECT t->>'topic', (t->>'partition')::int4, max((t->>'next_offset')::int8)
+                     FROM chain_seal s CROSS JOIN LATERAL jsonb_array_elements(s.through) t
+                     WHERE s.chain_id = $1 AND s.first_block <= $2
+                     GROUP BY 1, 2",
+                )
+                .bind(chain as i64)
+                .bind(block as i64)
+                .fetch_all(&self.pool)
+                .await?,
+            );
         }
         for ((topic, partition), offset) in &need.records {
-            let through: Option<serde_json::Value> = sqlx::query_scalar(
-                "SELECT through FROM chain_seal s WHERE chain_id = $1 AND EXISTS (
+            // The first seal holding the record, and every seal before it.
+            let first: Option<(String, i32, i64)> = sqlx::query_as(
+                "SELECT kafka_topic, kafka_partition, kafka_offset FROM chain_seal s
+                 WHERE chain_id = $1 AND EXISTS (
                      SELECT 1 FROM jsonb_array_elements(s.through) t
                      WHERE t->>'topic' = $2 AND (t->>'partition')::int4 = $3
                        AND (t->>'next_offset')::int8 > $4)
@@ -1005,14 +1079,35 @@ impl Scorer {
             .bind(*offset)
             .fetch_optional(&self.pool)
             .await?;
-            let Some(through) = through else {
+            let Some((seal_topic, seal_partition, seal_offset)) = first else {
                 return Ok(None);
             };
-            bound.extend(serde_json::from_value::<
-                Vec<chainfold_domain::seal::Through>,
-            >(through)?);
+            bound.extend(
+                sqlx::query_as::<_, Bound>(
+                    "SELECT t->>'topic', (t->>'partition')::int4, max((t->>'next_offset')::int8)
+                     FROM chain_seal s CROSS JOIN LATERAL jsonb_array_elements(s.through) t
+                     WHERE s.chain_id = $1 AND s.kafka_topic = $2 AND s.kafka_partition = $3
+                       AND s.kafka_offset <= $4
+                     GROUP BY 1, 2",
+                )
+                .bind(chain as i64)
+                .bind(&seal_topic)
+                .bind(seal_partition)
+                .bind(seal_offset)
+                .fetch_all(&self.pool)
+                .await?,
+            );
         }
-        Ok(Some(bound))
+        Ok(Some(
+            bound
+                .into_iter()
+                .map(|(topic, partition, next_offset)| chainfold_domain::seal::Through {
+                    topic,
+                    partition,
+                    next_offset,
+                })
+                .collect(),
+        ))
     }
 
     /// The triggers whose wallet has a lending history on its chain.

@@ -202,3 +202,98 @@ pub fn read_topic(
     }
     out
 }
+
+/// Columns that say where the log put a record (a prefixed topic, a partition, an offset).
+const KAFKA: [&str; 3] = ["kafka_topic", "kafka_partition", "kafka_offset"];
+
+/// Every table a replay of the log rebuilds (read models and derived tables), with the columns
+/// left out of its fingerprint: where in the log a record sat, surrogate sequence numbers and
+/// the wall-clock time a process wrote a row. Everything else must be equal between two runs of
+/// the same chain, whatever faults one of them went through.
+pub fn rebuilt_tables() -> Vec<(&'static str, Vec<&'static str>)> {
+    let kafka = |extra: &[&'static str]| KAFKA.iter().chain(extra).copied().collect::<Vec<_>>();
+    vec![
+        ("lending_event", kafka(&[])),
+        ("wallet_lending_summary", vec![]),
+        ("swap", kafka(&[])),
+        ("pool_summary", vec![]),
+        ("pool_token_volume", vec![]),
+        ("pool_sync", kafka(&["seq"])),
+        ("liquidity_event", kafka(&[])),
+        ("flash_loan", kafka(&[])),
+        ("oracle_update", kafka(&[])),
+        ("chain_head", vec!["updated_at"]),
+        (
+            "credit_score",
+            kafka(&["id", "projector_next_offset", "created_at"]),
+        ),
+        ("scorer_price_mark", vec!["group_id"]),
+        ("attestation", vec!["kafka_partition", "kafka_offset"]),
+        (
+            "credit_decision",
+            vec!["seq", "tx_hash", "tx_block", "actuated_at", "actuation_error"],
+        ),
+        ("risk_alert", vec!["seq", "source_published_at", "detected_at"]),
+        ("risk_incident", vec!["updated_at"]),
+        ("stress_run", vec!["id", "computed_at", "elapsed_ms"]),
+    ]
+}
+
+/// The rows of `table` as the fingerprint sees them: JSON without the left-out columns, sorted.
+pub async fn fingerprint_rows(pool: &sqlx::PgPool, table: &str, without: &[&str]) -> Vec<String> {
+    let without: Vec<String> = without.iter().map(|c| (*c).to_owned()).collect();
+    // `table` is one of `rebuilt_tables()`, never input.
+    let sql = if table == "stress_scenario" {
+        "SELECT ((to_jsonb(s) - 'run_id') || jsonb_build_object('as_of_block', r.as_of_block,
+                 'trigger', r.trigger))::text AS j
+         FROM stress_scenario s JOIN stress_run r ON r.id = s.run_id ORDER BY 1"
+            .to_owned()
+    } else {
+        format!("SELECT (to_jsonb(t) - $1::text[])::text AS j FROM {table} t ORDER BY 1")
+    };
+    sqlx::query_scalar(&sql)
+        .bind(&without)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_else(|e| panic!("fingerprint of {table}: {e}"))
+}
+
+/// Per rebuilt table (and `stress_scenario`): (row count, md5 of its sorted fingerprint rows).
+pub async fn fingerprints(pool: &sqlx::PgPool) -> Vec<(String, usize, String)> {
+    let mut out = Vec::new();
+    let mut tables = rebuilt_tables();
+    tables.push(("stress_scenario", vec![]));
+    for (table, without) in tables {
+        let rows = fingerprint_rows(pool, table, &without).await;
+        let digest: String = sqlx::query_scalar("SELECT md5($1)")
+            .bind(rows.join("\n"))
+            .fetch_one(pool)
+            .await
+            .expect("md5");
+        out.push((table.to_owned(), rows.len(), digest));
+    }
+    out
+}
+
+/// Panics naming every table whose fingerprint differs between `ours` and `theirs`, with a few
+/// rows each side has and the other has not.
+pub async fn assert_same_tables(ours: &sqlx::PgPool, theirs: &sqlx::PgPool, what: &str) {
+    let (a, b) = (fingerprints(ours).await, fingerprints(theirs).await);
+    let mut report = String::new();
+    let mut tables = rebuilt_tables();
+    tables.push(("stress_scenario", vec![]));
+    for ((table, without), (x, y)) in tables.iter().zip(a.iter().zip(&b)) {
+        if x == y {
+            continue;
+        }
+        let ra = fingerprint_rows(ours, table, without).await;
+        let rb = fingerprint_rows(theirs, table, without).await;
+        let only_a: Vec<&String> = ra.iter().filter(|r| !rb.contains(r)).take(3).collect();
+        let only_b: Vec<&String> = rb.iter().filter(|r| !ra.contains(r)).take(3).collect();
+        report.push_str(&format!(
+            "\n{table}: {} rows vs {}\n  only in {what}: {only_a:#?}\n  only in the reference: {only_b:#?}",
+            x.1, y.1
+        ));
+    }
+    assert!(report.is_empty(), "tables differ from the reference:{report}");
+}
