@@ -41,3 +41,7 @@ CREATE TRIGGER risk_alert_feed_lock_delete BEFORE DELETE ON risk_alert
 CREATE TRIGGER risk_alert_feed_retract AFTER DELETE ON risk_alert
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION chainfold_feed_retract('seq');
+
+-- The scorer replays an asset's marks from its canonical oracle rounds (`oracle_update`) instead
+-- of keeping them: a mark a reorg orphaned, or one a replica saw first, can no longer move them.
+DROP TABLE scorer_price_mark;

@@ -81,31 +81,52 @@ impl Pipeline {
                     .arg(&self.chains);
             }
             "project" => {
-                c.args(["project", "--batch-wait", "20ms", "--group", &self.groups["project"]])
-                    .args(["--instance-id", &format!("{}-1", self.groups["project"])]);
+                c.args([
+                    "project",
+                    "--batch-wait",
+                    "20ms",
+                    "--group",
+                    &self.groups["project"],
+                ])
+                .args(["--instance-id", &format!("{}-1", self.groups["project"])]);
             }
             "score" => {
-                c.args(["score", "--group", &self.groups["score"], "--projector-wait", "600s"])
-                    .args(["--projector-group", &self.groups["project"]])
-                    .args(["--instance-id", &format!("{}-1", self.groups["score"])])
-                    .arg("--model-dir")
-                    .arg(models.join("position-v1"));
+                c.args([
+                    "score",
+                    "--group",
+                    &self.groups["score"],
+                    "--projector-wait",
+                    "600s",
+                ])
+                .args(["--projector-group", &self.groups["project"]])
+                .args(["--instance-id", &format!("{}-1", self.groups["score"])])
+                .arg("--model-dir")
+                .arg(models.join("position-v1"));
             }
             _ => {
-                c.args(["risk", "--group", &self.groups["risk"], "--projector-wait", "600s"])
-                    .args(["--projector-group", &self.groups["project"]])
-                    .args(["--instance-id", &format!("{}-1", self.groups["risk"])])
-                    .arg("--anomaly-model-dir")
-                    .arg(models.join("pool-anomaly-v1"))
-                    .arg("--prices-dir")
-                    .arg(data_dir().join("aave-v2-eth-bhemen/usd_prices"));
+                c.args([
+                    "risk",
+                    "--group",
+                    &self.groups["risk"],
+                    "--projector-wait",
+                    "600s",
+                ])
+                .args(["--projector-group", &self.groups["project"]])
+                .args(["--instance-id", &format!("{}-1", self.groups["risk"])])
+                .arg("--anomaly-model-dir")
+                .arg(models.join("pool-anomaly-v1"))
+                .arg("--prices-dir")
+                .arg(data_dir().join("aave-v2-eth-bhemen/usd_prices"));
             }
         }
         let log = std::fs::File::create(self.logs.join(format!("{role}-{}.log", self.starts)))
             .expect("log file");
         c.env("CHAINFOLD_KAFKA_BROKERS", &self.iso.kafka.brokers)
             .env("CHAINFOLD_TOPIC_PREFIX", &self.iso.kafka.topic_prefix)
-            .env("CHAINFOLD_TOPIC_REPLICATION", self.iso.kafka.replication.to_string())
+            .env(
+                "CHAINFOLD_TOPIC_REPLICATION",
+                self.iso.kafka.replication.to_string(),
+            )
             .env(
                 "CHAINFOLD_TOPIC_MIN_INSYNC_REPLICAS",
                 self.iso.kafka.min_insync_replicas.to_string(),
@@ -167,8 +188,16 @@ fn failpoints_of(role: &str) -> &'static [&'static str] {
     match role {
         "ingest" => &["ingest.after_publish"],
         "project" => &["project.before_commit", "project.after_commit"],
-        "score" => &["score.before_commit", "score.after_commit", "outbox.after_ack"],
-        _ => &["risk.before_commit", "risk.after_commit", "outbox.after_ack"],
+        "score" => &[
+            "score.before_commit",
+            "score.after_commit",
+            "outbox.after_ack",
+        ],
+        _ => &[
+            "risk.before_commit",
+            "risk.after_commit",
+            "outbox.after_ack",
+        ],
     }
 }
 
@@ -183,7 +212,9 @@ async fn prepare(d: &Deployment, weth_usd: f64) -> Vec<Address> {
             (d.wbtc.token, units(1e3, 8)),
         ] {
             d.fund(who, token, amount).await.expect("fund");
-            d.approve(who, token, d.router).await.expect("approve router");
+            d.approve(who, token, d.router)
+                .await
+                .expect("approve router");
             d.approve(who, token, d.lending_pool)
                 .await
                 .expect("approve pool");
@@ -191,7 +222,11 @@ async fn prepare(d: &Deployment, weth_usd: f64) -> Vec<Address> {
     }
     let (_, _, token0) = d.reserves(d.pairs[0]).await.expect("reserves");
     let (w, u) = (units(2000.0, 18), units(2000.0 * weth_usd, 6));
-    let (a0, a1) = if token0 == d.weth.token { (w, u) } else { (u, w) };
+    let (a0, a1) = if token0 == d.weth.token {
+        (w, u)
+    } else {
+        (u, w)
+    };
     d.add_liquidity(lp, d.pairs[0], a0, a1)
         .await
         .expect("liquidity");
@@ -274,7 +309,11 @@ async fn converge(p: &mut Pipeline, pool: &sqlx::PgPool, head: u64, within: Dura
         if checkpoint.is_none_or(|c| (c as u64) < head) {
             behind.push(format!("ingest at {checkpoint:?} of {head}"));
         }
-        let events: Vec<String> = topics.event_topics().iter().map(|t| (*t).to_owned()).collect();
+        let events: Vec<String> = topics
+            .event_topics()
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect();
         let scored = vec![
             topics.lending.clone(),
             topics.amm.clone(),
@@ -294,11 +333,18 @@ async fn converge(p: &mut Pipeline, pool: &sqlx::PgPool, head: u64, within: Dura
                     .collect();
             for (key, high) in highs(names) {
                 if high > 0 && stored.get(&key).is_none_or(|s| s < &high) {
-                    behind.push(format!("{role} {}/{} at {:?} of {high}", key.0, key.1, stored.get(&key)));
+                    behind.push(format!(
+                        "{role} {}/{} at {:?} of {high}",
+                        key.0,
+                        key.1,
+                        stored.get(&key)
+                    ));
                 }
             }
         }
-        let outbox = chainfold_platform::outbox::pending(pool).await.unwrap_or(-1);
+        let outbox = chainfold_platform::outbox::pending(pool)
+            .await
+            .unwrap_or(-1);
         if outbox != 0 {
             behind.push(format!("{outbox} outputs not relayed"));
         }
@@ -350,7 +396,10 @@ fn outputs_of(kafka: &chainfold_platform::config::KafkaArgs, topic: &str) -> BTr
             })
             .expect("every output record carries its output id");
         *out.entry(id).or_default() += 1;
-        if left.get(&m.partition()).is_some_and(|h| m.offset() + 1 >= *h) {
+        if left
+            .get(&m.partition())
+            .is_some_and(|h| m.offset() + 1 >= *h)
+        {
             left.remove(&m.partition());
         }
     }
@@ -374,9 +423,10 @@ async fn killed_roles_brokers_postgres_and_redis_change_no_table_and_no_output()
         .expect("deploy");
     let traders = prepare(&d, weth).await;
     let chains = std::env::temp_dir().join(format!("{}.toml", unique("chaos")));
-    let toml = d
-        .chains_toml("anvil", &anvil.http_url(), None, 2)
-        .replace("poll_interval", "reorg_window = 16\nmax_range = 50\npoll_interval");
+    let toml = d.chains_toml("anvil", &anvil.http_url(), None, 2).replace(
+        "poll_interval",
+        "reorg_window = 16\nmax_range = 50\npoll_interval",
+    );
     std::fs::write(&chains, toml).expect("chains file");
 
     let iso = Isolated::on_fault_stack("chaos").await;
@@ -492,7 +542,10 @@ async fn killed_roles_brokers_postgres_and_redis_change_no_table_and_no_output()
     // Each output once after de-duplication: every stored score and alert is on its topic,
     // and nothing else is but what a reorg or a re-evaluation retracted.
     let prefix = &p.iso.kafka.topic_prefix;
-    let scores = outputs_of(&p.iso.kafka, &format!("{prefix}{}", chainfold_domain::topics::SCORES));
+    let scores = outputs_of(
+        &p.iso.kafka,
+        &format!("{prefix}{}", chainfold_domain::topics::SCORES),
+    );
     let stored: BTreeSet<String> = sqlx::query_scalar(
         "SELECT 'score:' || chain_id || ':' || wallet || ':' || event_id FROM credit_score",
     )
@@ -513,14 +566,23 @@ async fn killed_roles_brokers_postgres_and_redis_change_no_table_and_no_output()
     assert!(!stored.is_empty());
     let published: BTreeSet<String> = scores.keys().cloned().collect();
     let missing: Vec<&String> = stored.difference(&published).take(5).collect();
-    assert!(missing.is_empty(), "scores stored but never published: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "scores stored but never published: {missing:?}"
+    );
     let stray: Vec<&String> = published
         .iter()
         .filter(|id| !stored.contains(*id) && !retracted.contains(*id))
         .take(5)
         .collect();
-    assert!(stray.is_empty(), "scores published that no run stored: {stray:?}");
-    let alerts = outputs_of(&p.iso.kafka, &format!("{prefix}{}", chainfold_domain::topics::RISK));
+    assert!(
+        stray.is_empty(),
+        "scores published that no run stored: {stray:?}"
+    );
+    let alerts = outputs_of(
+        &p.iso.kafka,
+        &format!("{prefix}{}", chainfold_domain::topics::RISK),
+    );
     let stored_alerts: BTreeSet<String> = sqlx::query_scalar("SELECT id FROM risk_alert")
         .fetch_all(&pool)
         .await
@@ -535,7 +597,10 @@ async fn killed_roles_brokers_postgres_and_redis_change_no_table_and_no_output()
             .into_iter()
             .collect();
     let alert_ids: BTreeSet<String> = alerts.keys().cloned().collect();
-    assert!(stored_alerts.is_subset(&alert_ids), "alerts stored but never published");
+    assert!(
+        stored_alerts.is_subset(&alert_ids),
+        "alerts stored but never published"
+    );
     assert!(
         alert_ids
             .iter()
@@ -584,16 +649,17 @@ async fn reference_run(iso: &Isolated, chains: &Path) -> sqlx::PgPool {
     .expect("projector");
     projector.run_until_caught_up().await.expect("project");
     let models = workspace().join("scoring/models");
-    let mut scorer = chainfold_scoring::worker::Scorer::build(chainfold_scoring::worker::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        unique("clean-scorer"),
-        iso.group.clone(),
-        models.join("position-v1"),
-    ))
-    .await
-    .expect("scorer");
+    let mut scorer =
+        chainfold_scoring::worker::Scorer::build(chainfold_scoring::worker::Config::new(
+            iso.kafka.clone(),
+            iso.postgres.clone(),
+            iso.redis.clone(),
+            unique("clean-scorer"),
+            iso.group.clone(),
+            models.join("position-v1"),
+        ))
+        .await
+        .expect("scorer");
     scorer
         .run_until_idle(Duration::from_secs(3))
         .await

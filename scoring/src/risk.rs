@@ -1505,13 +1505,23 @@ async fn store(
 ) -> anyhow::Result<Vec<Alert>> {
     let ids: Vec<&str> = evaluation.alerts.iter().map(|a| a.id.as_str()).collect();
     let evidence: Vec<&serde_json::Value> = evaluation.alerts.iter().map(|a| &a.evidence).collect();
-    // Same id, other evidence (a forecast recomputed with its whole hour): replaced.
+    let blocks: Vec<i64> = evaluation
+        .alerts
+        .iter()
+        .map(|a| a.block_number as i64)
+        .collect();
+    // Same id, other evidence: a forecast recomputed with its whole hour replaces the one made
+    // on part of it; a block alert is replaced only from its own block or an earlier one (an
+    // episode, a drain, is reported at its first block, whichever stretch later blocks of it
+    // are evaluated in).
     sqlx::query(
-        "DELETE FROM risk_alert a USING UNNEST($1::text[], $2::jsonb[]) AS n(id, evidence)
-         WHERE a.id = n.id AND a.evidence <> n.evidence",
+        "DELETE FROM risk_alert a USING UNNEST($1::text[], $2::jsonb[], $3::int8[]) AS n(id, evidence, block)
+         WHERE a.id = n.id AND a.evidence <> n.evidence
+           AND (a.kind = 'LIQUIDITY_SHORTAGE' OR n.block <= a.block_number)",
     )
     .bind(&ids)
     .bind(&evidence)
+    .bind(&blocks)
     .execute(&mut **tx)
     .await?;
     if let Some((from, to)) = evaluation.blocks {

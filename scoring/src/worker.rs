@@ -510,7 +510,9 @@ impl ScoreEngine {
             .iter()
             .position(|h| std::ptr::eq(h, main))
             .unwrap_or_default();
-        let points = self.prices(cache, chain_id, &reserves[index], block).await?;
+        let points = self
+            .prices(cache, chain_id, &reserves[index], block)
+            .await?;
         let Some((vol_7d, vol_30d)) = hourly_volatility(&points, at) else {
             return Ok((hf, None));
         };
@@ -774,7 +776,7 @@ impl Scorer {
         let projector = self.wait_for_projector(&max_offset, &sealed).await?;
         // Swaps rescore only wallets with a lending history (a credit profile to move).
         triggers.extend(self.with_history(swaps).await?);
-        let (moved, holders, marks) = self.oracle_triggers(&rounds).await?;
+        let (moved, holders) = self.oracle_triggers(&rounds).await?;
         outcome.oracle_moves = moved;
         triggers.extend(holders);
         if !retracted.is_empty() {
@@ -796,7 +798,6 @@ impl Scorer {
         }
         let stored = self.insert_scores(&mut tx, &computed, &projector).await?;
         let decisions = self.band_changes(&mut tx, &bands_before, &stored).await?;
-        store_marks(&mut tx, &self.config.group, &marks).await?;
         let mut outputs: Vec<Output> = stored
             .iter()
             .map(|s| Output {
@@ -1101,11 +1102,13 @@ impl Scorer {
         Ok(Some(
             bound
                 .into_iter()
-                .map(|(topic, partition, next_offset)| chainfold_domain::seal::Through {
-                    topic,
-                    partition,
-                    next_offset,
-                })
+                .map(
+                    |(topic, partition, next_offset)| chainfold_domain::seal::Through {
+                        topic,
+                        partition,
+                        next_offset,
+                    },
+                )
                 .collect(),
         ))
     }
@@ -1133,41 +1136,56 @@ impl Scorer {
             .collect())
     }
 
-    /// Oracle rounds in log order against the stored marks: a round that moves its asset beyond
-    /// the threshold rescores every wallet holding or owing the asset and becomes the new mark;
-    /// the first round of an asset only sets the mark. Returns (moves, triggers, new marks).
-    async fn oracle_triggers(
-        &self,
-        rounds: &[OracleRound],
-    ) -> anyhow::Result<(u64, Vec<Trigger>, Vec<OracleRound>)> {
+    /// Oracle rounds against their asset's mark: the first round of an asset sets the mark, a
+    /// round that moves the price beyond the threshold from the mark rescores every wallet
+    /// holding or owing the asset and becomes the new mark. The marks are replayed from the
+    /// asset's rounds in `oracle_update` (folded, sealed, canonical) rather than kept by the
+    /// scorer, so a round a reorg orphaned or a replica that saw other rounds first cannot move
+    /// them. Returns (moves, triggers).
+    async fn oracle_triggers(&self, rounds: &[OracleRound]) -> anyhow::Result<(u64, Vec<Trigger>)> {
         if rounds.is_empty() {
-            return Ok((0, Vec::new(), Vec::new()));
+            return Ok((0, Vec::new()));
         }
-        let stored: Vec<(i64, String, f64)> = sqlx::query_as(
-            "SELECT chain_id, asset, price FROM scorer_price_mark WHERE group_id = $1",
-        )
-        .bind(&self.config.group)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut marks: HashMap<(u64, String), f64> = stored
-            .into_iter()
-            .map(|(c, a, p)| ((c as u64, a), p))
+        // The rounds that move their asset.
+        let mut moving: std::collections::HashSet<String> = Default::default();
+        let assets: std::collections::BTreeSet<(u64, String)> = rounds
+            .iter()
+            .map(|r| (r.trigger.chain_id, r.asset.clone()))
             .collect();
-        let mut changed: BTreeMap<(u64, String), OracleRound> = BTreeMap::new();
+        for (chain, asset) in assets {
+            let last_block = rounds
+                .iter()
+                .filter(|r| r.trigger.chain_id == chain && r.asset == asset)
+                .filter_map(|r| r.trigger.block_number)
+                .max();
+            let history: Vec<(String, f64)> = sqlx::query_as(
+                "SELECT event_id, price::float8 FROM oracle_update
+                 WHERE chain_id = $1 AND asset = $2 AND ($3::int8 IS NULL OR block_number <= $3)
+                 ORDER BY block_number, log_index, event_id",
+            )
+            .bind(chain as i64)
+            .bind(&asset)
+            .bind(last_block)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut mark: Option<(String, f64)> = None;
+            for (event_id, price) in history {
+                match &mark {
+                    None => mark = Some((event_id, price)),
+                    Some((_, m))
+                        if *m > 0.0 && (price / m - 1.0).abs() >= self.config.oracle_threshold =>
+                    {
+                        moving.insert(event_id.clone());
+                        mark = Some((event_id, price));
+                    }
+                    _ => {}
+                }
+            }
+        }
         let mut moves = 0;
         let mut triggers = Vec::new();
         for round in rounds {
-            let key = (round.trigger.chain_id, round.asset.clone());
-            let moved = match marks.get(&key) {
-                None => false,
-                Some(mark) => (round.price / mark - 1.0).abs() >= self.config.oracle_threshold,
-            };
-            if marks.contains_key(&key) && !moved {
-                continue;
-            }
-            marks.insert(key.clone(), round.price);
-            changed.insert(key, round.clone());
-            if !moved {
+            if !moving.contains(&round.trigger.event_id) {
                 continue;
             }
             moves += 1;
@@ -1205,7 +1223,7 @@ impl Scorer {
                 triggers.push(t);
             }
         }
-        Ok((moves, triggers, changed.into_values().collect()))
+        Ok((moves, triggers))
     }
 
     /// Each batch wallet's band before the batch.
@@ -1380,30 +1398,6 @@ async fn retract_scores(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
-}
-
-/// Stores the new price marks (with the scores they triggered).
-async fn store_marks(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    group: &str,
-    marks: &[OracleRound],
-) -> anyhow::Result<()> {
-    for m in marks {
-        sqlx::query(
-            "INSERT INTO scorer_price_mark (group_id, chain_id, asset, price, event_id)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (group_id, chain_id, asset) DO UPDATE
-             SET price = EXCLUDED.price, event_id = EXCLUDED.event_id",
-        )
-        .bind(group)
-        .bind(m.trigger.chain_id as i64)
-        .bind(&m.asset)
-        .bind(m.price)
-        .bind(&m.trigger.event_id)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
 }
 
 /// Stores valid attestations (idempotent by their id) before the scores that use them.

@@ -227,13 +227,21 @@ pub fn rebuilt_tables() -> Vec<(&'static str, Vec<&'static str>)> {
             "credit_score",
             kafka(&["id", "projector_next_offset", "created_at"]),
         ),
-        ("scorer_price_mark", vec!["group_id"]),
         ("attestation", vec!["kafka_partition", "kafka_offset"]),
         (
             "credit_decision",
-            vec!["seq", "tx_hash", "tx_block", "actuated_at", "actuation_error"],
+            vec![
+                "seq",
+                "tx_hash",
+                "tx_block",
+                "actuated_at",
+                "actuation_error",
+            ],
         ),
-        ("risk_alert", vec!["seq", "source_published_at", "detected_at"]),
+        (
+            "risk_alert",
+            vec!["seq", "source_published_at", "detected_at"],
+        ),
         ("risk_incident", vec!["updated_at"]),
         ("stress_run", vec!["id", "computed_at", "elapsed_ms"]),
     ]
@@ -295,5 +303,8 @@ pub async fn assert_same_tables(ours: &sqlx::PgPool, theirs: &sqlx::PgPool, what
             x.1, y.1
         ));
     }
-    assert!(report.is_empty(), "tables differ from the reference:{report}");
+    assert!(
+        report.is_empty(),
+        "tables differ from the reference:{report}"
+    );
 }

@@ -243,7 +243,6 @@ pub async fn forget_chain(pool: &PgPool, chain_id: u64) -> anyhow::Result<u64> {
         // What was derived from the chain's events goes with them.
         "credit_score",
         "credit_decision",
-        "scorer_price_mark",
         "risk_alert",
         "stress_run",
         "backtest_score",
