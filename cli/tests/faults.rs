@@ -73,6 +73,16 @@ impl Pipeline {
     }
 
     fn command(&self, role: &'static str, failpoints: Option<&str>) -> Command {
+        self.member_command(role, 1, failpoints)
+    }
+
+    /// The command of member `instance` of `role`'s group (its static membership id).
+    fn member_command(
+        &self,
+        role: &'static str,
+        instance: u32,
+        failpoints: Option<&str>,
+    ) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_chainfold"));
         let models = workspace().join("scoring/models");
         match role {
@@ -88,7 +98,10 @@ impl Pipeline {
                     "--group",
                     &self.groups["project"],
                 ])
-                .args(["--instance-id", &format!("{}-1", self.groups["project"])]);
+                .args([
+                    "--instance-id",
+                    &format!("{}-{instance}", self.groups["project"]),
+                ]);
             }
             "score" => {
                 c.args([
@@ -99,7 +112,10 @@ impl Pipeline {
                     "600s",
                 ])
                 .args(["--projector-group", &self.groups["project"]])
-                .args(["--instance-id", &format!("{}-1", self.groups["score"])])
+                .args([
+                    "--instance-id",
+                    &format!("{}-{instance}", self.groups["score"]),
+                ])
                 .arg("--model-dir")
                 .arg(models.join("position-v1"));
             }
@@ -112,15 +128,21 @@ impl Pipeline {
                     "600s",
                 ])
                 .args(["--projector-group", &self.groups["project"]])
-                .args(["--instance-id", &format!("{}-1", self.groups["risk"])])
+                .args([
+                    "--instance-id",
+                    &format!("{}-{instance}", self.groups["risk"]),
+                ])
                 .arg("--anomaly-model-dir")
                 .arg(models.join("pool-anomaly-v1"))
                 .arg("--prices-dir")
                 .arg(data_dir().join("aave-v2-eth-bhemen/usd_prices"));
             }
         }
-        let log = std::fs::File::create(self.logs.join(format!("{role}-{}.log", self.starts)))
-            .expect("log file");
+        let log = std::fs::File::create(
+            self.logs
+                .join(format!("{role}-{instance}-{}.log", self.starts)),
+        )
+        .expect("log file");
         c.env("CHAINFOLD_KAFKA_BROKERS", &self.iso.kafka.brokers)
             .env("CHAINFOLD_TOPIC_PREFIX", &self.iso.kafka.topic_prefix)
             .env(
@@ -680,4 +702,193 @@ async fn reference_run(iso: &Isolated, chains: &Path) -> sqlx::PgPool {
         .await
         .expect("risk");
     pool
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_projectors_and_two_scorers_share_six_partitions_and_lose_one_each_without_a_trace() {
+    let _one_at_a_time = chainfold_testkit::exclusive("fault-stack").await;
+    let iso = Isolated::on_fault_stack("scale").await;
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("fault-stack postgres");
+    publish_bundled(&iso).await;
+    let mut p = Pipeline::new(iso, PathBuf::new());
+    let mut members: Vec<(&'static str, u32, Child)> = Vec::new();
+    for (role, instance) in [
+        ("project", 1),
+        ("project", 2),
+        ("project", 3),
+        ("score", 1),
+        ("score", 2),
+    ] {
+        p.starts += 1;
+        let child = p
+            .member_command(role, instance, None)
+            .spawn()
+            .expect("start member");
+        members.push((role, instance, child));
+    }
+    // Mid-stream (a third of the log folded), one projector and one scorer die without leaving.
+    let topics = p.iso.kafka.topics();
+    let probe: BaseConsumer = chainfold_platform::kafka::client_config(&p.iso.kafka)
+        .create()
+        .expect("probe");
+    let total: i64 = topics
+        .event_topics()
+        .iter()
+        .flat_map(|t| chainfold_platform::kafka::watermarks(&probe, t).unwrap_or_default())
+        .map(|(_, _, high)| high)
+        .sum();
+    let started = Instant::now();
+    let mut owners_seen: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let rows: Vec<(i64, Option<String>)> =
+            sqlx::query_as("SELECT next_offset, owner FROM consumer_offset WHERE group_id = $1")
+                .bind(&p.groups["project"])
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+        owners_seen.extend(rows.iter().filter_map(|r| r.1.clone()));
+        let folded: i64 = rows.iter().map(|r| r.0).sum();
+        if folded * 3 >= total {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no progress: {folded} of {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (role, instance, child) in &mut members {
+        if (*role, *instance) == ("project", 2) || (*role, *instance) == ("score", 1) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    let highs = |names: Vec<String>| -> BTreeMap<(String, i32), i64> {
+        let mut out = BTreeMap::new();
+        for topic in names {
+            for (partition, _, high) in
+                chainfold_platform::kafka::watermarks(&probe, &topic).unwrap_or_default()
+            {
+                out.insert((topic.clone(), partition), high);
+            }
+        }
+        out
+    };
+    let scored = vec![
+        topics.lending.clone(),
+        topics.amm.clone(),
+        topics.oracle.clone(),
+    ];
+    let events: Vec<String> = topics
+        .event_topics()
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    loop {
+        let mut behind = Vec::new();
+        for (role, names) in [("project", events.clone()), ("score", scored.clone())] {
+            let stored: BTreeMap<(String, i32), i64> =
+                chainfold_platform::offsets::load(&pool, &p.groups[role])
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+            for (key, high) in highs(names) {
+                if high > 0 && stored.get(&key).is_none_or(|s| s < &high) {
+                    behind.push(format!("{role} {}/{}", key.0, key.1));
+                }
+            }
+        }
+        if behind.is_empty()
+            && chainfold_platform::outbox::pending(&pool)
+                .await
+                .unwrap_or(-1)
+                == 0
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the survivors did not take over: {behind:?} (logs in {})",
+            p.logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (_, _, child) in &mut members {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        owners_seen.len() >= 2,
+        "the projectors shared the partitions: owners {owners_seen:?}"
+    );
+    let owners_now: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT owner FROM consumer_offset WHERE group_id = $1 AND owner IS NOT NULL",
+    )
+    .bind(&p.groups["project"])
+    .fetch_all(&pool)
+    .await
+    .expect("owners")
+    .into_iter()
+    .collect();
+    assert!(
+        owners_now
+            .iter()
+            .all(|o| !o.starts_with(&format!("{}-2/", p.groups["project"]))),
+        "the killed projector's partitions were taken over: {owners_now:?}"
+    );
+
+    // The same log folded and scored by one process each, without a fault.
+    let reference = Isolated::new("scale_reference").await;
+    publish_bundled(&reference).await;
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        reference.kafka.clone(),
+        reference.postgres.clone(),
+        reference.redis.clone(),
+        reference.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+    let mut scorer =
+        chainfold_scoring::worker::Scorer::build(chainfold_scoring::worker::Config::new(
+            reference.kafka.clone(),
+            reference.postgres.clone(),
+            reference.redis.clone(),
+            unique("reference-scorer"),
+            reference.group.clone(),
+            workspace().join("scoring/models/position-v1"),
+        ))
+        .await
+        .expect("scorer");
+    scorer
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("score");
+    chainfold_testkit::assert_same_tables(
+        &pool,
+        projector.pool(),
+        "three projectors and two scorers",
+    )
+    .await;
+}
+
+/// The bundled recorded data sets, published to `iso`'s topics (with their seals).
+async fn publish_bundled(iso: &Isolated) {
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    for dataset in [
+        chainfold_ingest::replay::Dataset::Polygon,
+        chainfold_ingest::replay::Dataset::Swaps,
+    ] {
+        let items = dataset.decode_dir(&data_dir()).expect("bundled data");
+        chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
+            .await
+            .expect("publish");
+    }
 }

@@ -385,7 +385,10 @@ impl ScoreEngine {
                     collateral_reserve, collateral_symbol,
                     (collateral_amount / power(10::numeric, collateral_decimals))::float8,
                     block_number
-             FROM lending_event WHERE chain_id = $1 AND wallet = $2",
+             FROM lending_event WHERE chain_id = $1 AND wallet = $2
+             -- A fixed order: the features sum floats, and a sum's last digit depends on it
+             -- (rows in insertion order differ between one projector and three).
+             ORDER BY block_time, block_number, log_index, event_id",
         )
         .bind(chain_id as i64)
         .bind(wallet)
