@@ -35,8 +35,10 @@ pub enum Command {
     Serve(chainfold_api::Config),
     /// Everything in one process on the bundled data: replay, project, then serve.
     Demo(DemoConfig),
-    /// Drop and refill the read models (and the Redis cache) from the Kafka log.
-    Rebuild(chainfold_projector::Config),
+    /// Drop and refill every read model and derived table (scores, alerts, incidents, stress
+    /// runs, band-change decisions) and the Redis cache from the Kafka log. Refused while a
+    /// projector, scorer or risk worker runs against the database.
+    Rebuild(RebuildConfig),
     /// Print a topic's records readably (partition, offset, key, headers, payload).
     Tail(TailConfig),
     /// Rescore every wallet a lending event, swap, oracle move or attestation touches (credit
@@ -66,6 +68,44 @@ pub enum Command {
     /// Exit 0 when Postgres, Kafka and Redis answer (and `--url` answers 200): a container
     /// health check for every role.
     Check(CheckConfig),
+}
+
+/// `chainfold rebuild` settings: the projector's, plus the groups and models of the derived
+/// roles it reruns.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RebuildConfig {
+    #[command(flatten)]
+    pub projector: chainfold_projector::Config,
+    /// The scorer's consumer group (its offsets are forgotten and its scores recomputed).
+    #[arg(long = "scorer-group", default_value = "chainfold-scorer")]
+    pub scorer_group: String,
+    /// The risk worker's consumer group.
+    #[arg(long = "risk-group", default_value = "chainfold-risk")]
+    pub risk_group: String,
+    /// The position model the scores are recomputed with.
+    #[arg(
+        long = "model-dir",
+        env = "CHAINFOLD_MODEL_DIR",
+        default_value = "scoring/models/position-v1"
+    )]
+    pub model_dir: PathBuf,
+    /// The swap anomaly model of the risk worker.
+    #[arg(
+        long = "anomaly-model-dir",
+        env = "CHAINFOLD_ANOMALY_MODEL_DIR",
+        default_value = "scoring/models/pool-anomaly-v1"
+    )]
+    pub anomaly_model_dir: PathBuf,
+    /// Hourly USD price history the stress test bootstraps from.
+    #[arg(
+        long = "prices-dir",
+        env = "CHAINFOLD_PRICES_DIR",
+        default_value = "data/aave-v2-eth-bhemen/usd_prices"
+    )]
+    pub prices_dir: PathBuf,
+    /// Only the projector's read models (the derived tables are left as they are).
+    #[arg(long = "read-models-only")]
+    pub read_models_only: bool,
 }
 
 /// `chainfold check` settings.
@@ -356,28 +396,106 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             app.run_until_stopped(chainfold_platform::shutdown_signal())
                 .await
         }
-        Command::Rebuild(config) => {
-            let mut app = chainfold_projector::App::build(config)
-                .await
-                .context("could not start projector")?;
-            app.reset().await?;
-            let started = std::time::Instant::now();
-            let outcome = app
-                .run_until_caught_up_or(chainfold_platform::shutdown_signal())
-                .await?;
-            println!(
-                "rebuild: folded {} events from the log in {:.2}s ({} dead-lettered)",
-                outcome.stored,
-                started.elapsed().as_secs_f64(),
-                outcome.dead_lettered
-            );
-            println!("time: {:?}", app.timings);
-            Ok(())
-        }
+        Command::Rebuild(config) => rebuild(config).await,
         Command::Demo(config) => demo(config).await,
         Command::Check(config) => check(&config).await,
         Command::Tail(config) => tail(config).await,
     }
+}
+
+/// `chainfold rebuild`: with the pipeline lock held exclusively (no projector, scorer or risk
+/// worker may run), empties the read models and the derived tables, forgets the groups'
+/// offsets, then folds, scores and evaluates the whole log again in this process.
+async fn rebuild(config: RebuildConfig) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let _pipeline = chainfold_platform::lease::take_pipeline(&config.projector.postgres)
+        .await
+        .context("could not start the rebuild")?;
+    let kafka = config.projector.kafka.clone();
+    let (postgres, redis) = (
+        config.projector.postgres.clone(),
+        config.projector.redis.clone(),
+    );
+    let mut app = chainfold_projector::App::build(config.projector.clone())
+        .await
+        .context("could not start projector")?;
+    if !config.read_models_only {
+        // Outputs committed and not relayed yet go out first: they are records of the log.
+        let producer = chainfold_platform::kafka::producer(&kafka)?;
+        let derived: Vec<String> = [
+            chainfold_domain::topics::SCORES,
+            chainfold_domain::topics::DECISIONS,
+            chainfold_domain::topics::RISK,
+        ]
+        .iter()
+        .map(|t| format!("{}{t}", kafka.topic_prefix))
+        .collect();
+        chainfold_platform::kafka::ensure_topics(&kafka, &derived).await?;
+        chainfold_platform::outbox::relay(app.pool(), &producer, &derived, 1000).await?;
+        let mut tx = app.pool().begin().await?;
+        // Requested decisions are inputs (a lender asked); band-change ones derive from scores.
+        // TRUNCATE, not DELETE: the tables emptied are not retractions for subscribers.
+        sqlx::query(
+            "TRUNCATE credit_score, attestation, risk_alert, risk_incident, stress_scenario,
+                      stress_run, risk_progress, outbox",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM credit_decision WHERE trigger = 'BAND_CHANGE'")
+            .execute(&mut *tx)
+            .await?;
+        for group in [&config.scorer_group, &config.risk_group] {
+            chainfold_platform::offsets::forget(&mut tx, group).await?;
+        }
+        tx.commit()
+            .await
+            .context("could not empty the derived tables")?;
+    }
+    app.reset().await?;
+    let outcome = app
+        .run_until_caught_up_or(chainfold_platform::shutdown_signal())
+        .await?;
+    println!(
+        "rebuild: folded {} events from the log ({} dead-lettered)",
+        outcome.stored, outcome.dead_lettered
+    );
+    if config.read_models_only {
+        return Ok(());
+    }
+    let mut scorer_config = chainfold_scoring::worker::Config::new(
+        kafka.clone(),
+        postgres.clone(),
+        redis.clone(),
+        config.scorer_group.clone(),
+        config.projector.group.clone(),
+        config.model_dir.clone(),
+    );
+    scorer_config.instance_id = Some(format!("{}-rebuild", config.scorer_group));
+    let mut scorer = chainfold_scoring::worker::Scorer::build(scorer_config)
+        .await
+        .context("could not start the scorer")?;
+    let scored = scorer.run_until_idle(Duration::from_secs(3)).await?;
+    let mut risk_config =
+        chainfold_scoring::risk::RiskConfig::new(kafka, postgres, redis, config.risk_group.clone());
+    risk_config.projector_group = config.projector.group.clone();
+    risk_config.instance_id = Some(format!("{}-rebuild", config.risk_group));
+    risk_config.anomaly_model_dir = Some(config.anomaly_model_dir.clone());
+    risk_config.prices_dir = config.prices_dir.clone();
+    let risk = chainfold_scoring::risk::RiskWorker::build(risk_config)
+        .await
+        .context("could not start the risk worker")?
+        .run_until_idle(Duration::from_secs(3))
+        .await?;
+    println!(
+        "rebuild: {} scores, {} decisions; {} blocks evaluated, {} alerts, {} stress runs, in {:.1}s",
+        scored.scored,
+        scored.decisions,
+        risk.blocks,
+        risk.sandwiches + risk.flash_loan_attacks + risk.drains + risk.shortages + risk.anomalies,
+        risk.stress_runs,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// `chainfold check`: each dependency answers, or one line naming the first that does not.

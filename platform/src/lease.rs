@@ -150,3 +150,90 @@ pub fn holder_name(role: &str) -> String {
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{role}@{host}/{}", std::process::id())
 }
+
+/// Set while this process holds the pipeline exclusively (`chainfold rebuild`): the roles it runs
+/// itself then skip the shared hold they would otherwise wait for.
+static PIPELINE_HELD_HERE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The lock every role that writes derived state (projector, scorer, risk worker) holds shared
+/// for its lifetime, and `chainfold rebuild` takes exclusively: a rebuild cannot run beside a
+/// live role, and a role started during a rebuild waits for it.
+#[derive(Debug)]
+pub struct PipelineGuard {
+    _connection: Option<PgConnection>,
+}
+
+const PIPELINE: &str = "chainfold-pipeline";
+
+async fn pipeline_connection(postgres: &PostgresArgs) -> anyhow::Result<(PgConnection, i32)> {
+    let options: PgConnectOptions = postgres
+        .expose_url()
+        .parse()
+        .context("DATABASE_URL is not a valid Postgres URL")?;
+    let mut connection = options
+        .connect()
+        .await
+        .context("could not connect to Postgres for the pipeline lock")?;
+    let key: i32 = sqlx::query_scalar("SELECT hashtext($1)")
+        .bind(PIPELINE)
+        .fetch_one(&mut connection)
+        .await
+        .context("could not compute the pipeline lock key")?;
+    Ok((connection, key))
+}
+
+/// Holds the pipeline lock shared (waiting, with one log line, while a rebuild holds it).
+pub async fn hold_pipeline(postgres: &PostgresArgs) -> anyhow::Result<PipelineGuard> {
+    if PIPELINE_HELD_HERE.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(PipelineGuard { _connection: None });
+    }
+    let (mut connection, key) = pipeline_connection(postgres).await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock_shared($1, $2)")
+        .bind(LOCK_SPACE)
+        .bind(key)
+        .fetch_one(&mut connection)
+        .await
+        .context("could not take the pipeline lock")?;
+    if !got {
+        tracing::info!("a rebuild is running; waiting for it to finish");
+        sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
+            .bind(LOCK_SPACE)
+            .bind(key)
+            .execute(&mut connection)
+            .await
+            .context("could not take the pipeline lock")?;
+    }
+    Ok(PipelineGuard {
+        _connection: Some(connection),
+    })
+}
+
+/// Takes the pipeline lock exclusively for a rebuild, or says how many roles are running.
+pub async fn take_pipeline(postgres: &PostgresArgs) -> anyhow::Result<PipelineGuard> {
+    let (mut connection, key) = pipeline_connection(postgres).await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(LOCK_SPACE)
+        .bind(key)
+        .fetch_one(&mut connection)
+        .await
+        .context("could not take the pipeline lock")?;
+    if !got {
+        let holders: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::oid
+               AND objid = $2::oid AND objsubid = 2 AND granted",
+        )
+        .bind(i64::from(LOCK_SPACE))
+        .bind(i64::from(key as u32))
+        .fetch_one(&mut connection)
+        .await
+        .unwrap_or(0);
+        anyhow::bail!(
+            "{holders} projector, scorer or risk process(es) are running against this database: stop them before rebuilding (a rebuild beside live roles would fold the log twice into tables it is emptying)"
+        );
+    }
+    PIPELINE_HELD_HERE.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(PipelineGuard {
+        _connection: Some(connection),
+    })
+}

@@ -139,6 +139,8 @@ struct Item {
 
 /// A running projector.
 pub struct App {
+    /// Held shared while this projector runs: `chainfold rebuild` cannot run beside it.
+    _pipeline: chainfold_platform::lease::PipelineGuard,
     member: Member,
     producer: FutureProducer,
     pool: PgPool,
@@ -162,6 +164,7 @@ impl App {
     /// and subscribes.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
+        let pipeline = chainfold_platform::lease::hold_pipeline(&config.postgres).await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
         let topics = config.kafka.topics();
         kafka::ensure_topics(&config.kafka, &topics.all()).await?;
@@ -175,6 +178,7 @@ impl App {
         )?;
         tracing::info!(group = %config.group, instance = %config.instance_id(), lending = %topics.lending, amm = %topics.amm, oracle = %topics.oracle, blocks = %topics.blocks, "projector subscribed");
         Ok(App {
+            _pipeline: pipeline,
             member,
             producer,
             pool,

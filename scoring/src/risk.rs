@@ -216,6 +216,8 @@ const BLOCK_KINDS: [&str; 4] = [
 
 /// A running risk worker.
 pub struct RiskWorker {
+    /// Held shared while this worker runs: `chainfold rebuild` cannot run beside it.
+    _pipeline: chainfold_platform::lease::PipelineGuard,
     member: Member,
     producer: FutureProducer,
     pool: PgPool,
@@ -294,6 +296,7 @@ struct BlockRows {
 impl RiskWorker {
     pub async fn build(config: RiskConfig) -> anyhow::Result<RiskWorker> {
         let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
+        let pipeline = chainfold_platform::lease::hold_pipeline(&config.postgres).await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
         let topics = config.kafka.topics();
         let risk_topic = format!("{}{}", config.kafka.topic_prefix, topics::RISK);
@@ -318,6 +321,7 @@ impl RiskWorker {
         };
         tracing::info!(group = %config.group, instance = %instance, anomaly = anomaly.is_some(), "risk worker subscribed to seals");
         let worker = RiskWorker {
+            _pipeline: pipeline,
             member,
             producer,
             pool,

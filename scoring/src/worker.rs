@@ -168,6 +168,8 @@ impl Outcome {
 
 /// A running scorer.
 pub struct Scorer {
+    /// Held shared while this scorer runs: `chainfold rebuild` cannot run beside it.
+    _pipeline: chainfold_platform::lease::PipelineGuard,
     member: Member,
     producer: FutureProducer,
     pool: PgPool,
@@ -547,6 +549,7 @@ impl Scorer {
         let model = PositionModel::load(&config.model_dir)?;
         let policy = chainfold_platform::decisions::policy_or_shipped(config.policy.as_deref())?;
         let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
+        let pipeline = chainfold_platform::lease::hold_pipeline(&config.postgres).await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
         let topics = config.kafka.topics();
         let scores_topic = format!("{}{}", config.kafka.topic_prefix, topics::SCORES);
@@ -573,6 +576,7 @@ impl Scorer {
         let producer = kafka::producer(&config.kafka)?;
         tracing::info!(group = %config.group, instance = %config.instance_id(), model = %model.version, sha256 = %model.sha256, "scorer subscribed");
         let scorer = Scorer {
+            _pipeline: pipeline,
             member,
             producer,
             engine: ScoreEngine::new(pool.clone(), model),
