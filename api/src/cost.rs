@@ -167,12 +167,11 @@ pub fn charge_count(ctx: &async_graphql::Context<'_>) -> Result<(), async_graphq
         return Ok(());
     };
     if budget.0.fetch_add(1, Ordering::Relaxed) >= MAX_COUNTS {
-        return Err(async_graphql::Error::from(refusal(
-            "QUERY_TOO_COMPLEX",
-            format!(
-                "an operation may ask for totalCount at most {MAX_COUNTS} times (each counts every matching row): drop some, or count in fewer operations"
-            ),
-        )));
+        use async_graphql::ErrorExtensions as _;
+        return Err(async_graphql::Error::new(format!(
+            "an operation may ask for totalCount at most {MAX_COUNTS} times (each counts every matching row): drop some, or count in fewer operations"
+        ))
+        .extend_with(|_, e| e.set("code", "QUERY_TOO_COMPLEX")));
     }
     Ok(())
 }

@@ -92,8 +92,8 @@ pub struct Config {
         default_value_t = 256
     )]
     pub max_subscriptions: usize,
-    /// Largest WebSocket message accepted, in bytes (a larger one closes the connection with
-    /// code 1009, "message too big").
+    /// Largest WebSocket message accepted, in bytes (a larger one is not read: the server drops
+    /// that connection; the key's other connections carry on).
     #[arg(long = "max-ws-message-bytes", env = "CHAINFOLD_MAX_WS_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_ws_message_bytes: usize,
     /// Consumer groups whose lag `/metrics` reports (comma-separated).

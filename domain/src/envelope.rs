@@ -527,3 +527,50 @@ mod tests {
         assert_eq!(env.event.lending_action(), Some(LendingAction::Deposit));
     }
 }
+
+/// Why a payload is not an [`Envelope`] this build reads: a version it does not know (read
+/// before the rest, so a record from a newer producer says so instead of naming whichever field
+/// changed), or text that does not decode.
+pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, String> {
+    #[derive(Deserialize)]
+    struct Version {
+        schema_version: u16,
+    }
+    let unsupported = |v: u16| {
+        format!("unsupported schema version {v} (this build reads version {SCHEMA_VERSION})")
+    };
+    match serde_json::from_slice::<Envelope>(payload) {
+        Ok(env) if env.schema_version == SCHEMA_VERSION => Ok(env),
+        Ok(env) => Err(unsupported(env.schema_version)),
+        Err(err) => match serde_json::from_slice::<Version>(payload) {
+            Ok(v) if v.schema_version != SCHEMA_VERSION => Err(unsupported(v.schema_version)),
+            _ => Err(format!("could not decode envelope: {err}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_version_is_named_before_its_fields_and_garbage_says_what_failed() {
+        let newer =
+            decode_envelope(br#"{"schema_version": 99, "chain_id": 1}"#).expect_err("refused");
+        assert!(
+            newer.starts_with("unsupported schema version 99"),
+            "{newer}"
+        );
+        let same =
+            decode_envelope(br#"{"schema_version": 1, "chain_id": 1}"#).expect_err("refused");
+        assert!(
+            same.starts_with("could not decode envelope: missing field"),
+            "{same}"
+        );
+        let garbage = decode_envelope(b"\xff").expect_err("refused");
+        assert!(
+            garbage.starts_with("could not decode envelope"),
+            "{garbage}"
+        );
+    }
+}

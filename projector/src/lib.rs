@@ -304,8 +304,7 @@ impl App {
         } else {
             TopicKind::Lending
         };
-        let envelope: Envelope = serde_json::from_slice(&message.payload)
-            .map_err(|e| format!("could not decode envelope: {e}"))?;
+        let envelope: Envelope = chainfold_domain::envelope::decode_envelope(&message.payload)?;
         let row = folds::fold(&envelope, kind).map_err(|e| e.to_string())?;
         Ok(Folded::Row {
             row,

@@ -29,7 +29,7 @@ use chainfold_domain::credit::{
 use chainfold_domain::decision::DecisionRecord;
 use chainfold_domain::decision::Policy;
 use chainfold_domain::scorecard::{self, Score};
-use chainfold_domain::{topics, DefiEvent, Envelope, LendingAction};
+use chainfold_domain::{topics, DefiEvent, LendingAction};
 use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
 use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka;
@@ -692,21 +692,10 @@ impl Scorer {
                 .entry((topic.clone(), *partition))
                 .or_insert(*offset);
             *entry = (*entry).max(*offset);
-            let env = match serde_json::from_slice::<Envelope>(&message.payload) {
-                Ok(env) if env.schema_version == chainfold_domain::SCHEMA_VERSION => env,
-                Ok(env) => {
-                    let reason = format!(
-                        "unsupported schema version {} (this build scores version {})",
-                        env.schema_version,
-                        chainfold_domain::SCHEMA_VERSION
-                    );
+            let env = match chainfold_domain::envelope::decode_envelope(&message.payload) {
+                Ok(env) => env,
+                Err(reason) => {
                     self.dead_letter(message, &reason).await?;
-                    outcome.skipped += 1;
-                    continue;
-                }
-                Err(err) => {
-                    self.dead_letter(message, &format!("could not decode envelope: {err}"))
-                        .await?;
                     outcome.skipped += 1;
                     continue;
                 }

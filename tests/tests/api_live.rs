@@ -720,3 +720,237 @@ async fn oversized_queries_and_responses_are_refused_with_the_limit_named() {
         .expect("message")
         .contains("deeper than 12"));
 }
+
+/// Reads frames until the server closes: the close frame, if one came (`None` when the
+/// connection just ended).
+async fn closed(ws: &mut Ws) -> Option<tokio_tungstenite::tungstenite::protocol::CloseFrame> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("closed within 10 s")
+        {
+            Some(Ok(Message::Close(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusive_numbers_counts_aliases_and_websockets_get_a_clear_error_and_the_api_stays_up() {
+    let iso = Isolated::new("abuse").await;
+    let mut config = chainfold_api::Config::new(
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.kafka = iso.kafka.clone();
+    config.max_body_bytes = 1024 * 1024;
+    config.max_ws_connections = 2;
+    config.max_subscriptions = 2;
+    config.max_ws_message_bytes = 4096;
+    let app = chainfold_api::App::build(config).await.expect("api starts");
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let alive = || async {
+        let (status, body) = post(port, None, "{ scores(first: 1) { edges { cursor } } }").await;
+        assert_eq!(status, 200, "the API still answers: {body}");
+    };
+
+    // The number that grew the API to 8 GB: refused at once, naming the bound, as a string or
+    // a number literal, in a filter of any collection.
+    for (filter, bound) in [
+        (
+            r#"lendingEvents(chainId: 137, where: {amountUsd_gt: "1e-9000000000"}, first: 1)"#,
+            "digits after the decimal point",
+        ),
+        (
+            r#"lendingEvents(where: {amount_gte: "9e9000000000"})"#,
+            "digits before the decimal point",
+        ),
+        (
+            r#"swaps(where: {amountIn_lt: "1e-9000000000"})"#,
+            "digits after the decimal point",
+        ),
+    ] {
+        let (status, body) = tokio::time::timeout(
+            Duration::from_secs(10),
+            post(port, None, &format!("{{ {filter} {{ totalCount }} }}")),
+        )
+        .await
+        .expect("answered, not computed for ever");
+        assert_eq!(status, 200);
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(bound), "{filter}: {body}");
+        assert_eq!(body["data"], Value::Null, "{body}");
+    }
+    let digits = format!(
+        r#"{{ lendingEvents(where: {{amount_gt: "{}"}}) {{ totalCount }} }}"#,
+        "9".repeat(5000)
+    );
+    let (_, body) = post(port, None, &digits).await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("longer than 200 characters"),
+        "{body}"
+    );
+    alive().await;
+
+    // totalCount is charged even on an empty page: four are answered, the fifth is refused
+    // before its count runs.
+    let counts = |n: usize| {
+        let fields: String = (0..n)
+            .map(|i| format!("c{i}: lendingEvents(chainId: 137, first: 0) {{ totalCount }} "))
+            .collect();
+        format!("{{ {fields} }}")
+    };
+    let (_, body) = post(port, None, &counts(4)).await;
+    assert_eq!(body["data"]["c3"]["totalCount"], 0, "{body}");
+    let (_, body) = post(port, None, &counts(5)).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "QUERY_TOO_COMPLEX",
+        "{body}"
+    );
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("at most 4"));
+
+    // Aliases are counted once each: ten wallet reads pass, three thousand do not.
+    let aliases = |n: usize| {
+        let fields: String = (0..n)
+            .map(|i| {
+                format!("w{i}: wallet(chainId: 137, address: $a) {{ creditScore {{ score }} }} ")
+            })
+            .collect();
+        format!("query($a: String!) {{ {fields} }}")
+    };
+    let client = reqwest::Client::new();
+    let aliased = |n: usize| {
+        client
+            .post(format!("http://127.0.0.1:{port}/graphql"))
+            .json(&json!({"query": aliases(n), "variables": {"a": WALLET}}))
+            .send()
+    };
+    let body: Value = aliased(10).await.expect("http").json().await.expect("json");
+    assert!(body["errors"].is_null(), "{body}");
+    assert_eq!(
+        body["data"]["w9"],
+        Value::Null,
+        "an unknown wallet is null: {body}"
+    );
+    let body: Value = aliased(3000)
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "QUERY_TOO_COMPLEX",
+        "{body}"
+    );
+    alive().await;
+
+    // WebSockets: at most two connections per key and two subscriptions per key, over all its
+    // connections; another key is unaffected; a closed connection frees its slot.
+    let (_, key) = chainfold_api::auth::create_key(&pool, "greedy", 600)
+        .await
+        .expect("key");
+    let (_, other_key) = chainfold_api::auth::create_key(&pool, "other", 600)
+        .await
+        .expect("key");
+    let feed = format!(
+        r#"subscription {{ scoreUpdated(chainId: 137, wallets: ["{WALLET}"]) {{ wallet score {{ score }} }} }}"#
+    );
+    let mut first = subscribe(port, &key, &feed).await;
+    let mut second = subscribe(port, &key, &feed).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(
+        &mut second,
+        json!({"type": "subscribe", "id": "2", "payload": {"query": feed}}),
+    )
+    .await;
+    let refused = next(&mut second).await;
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("TOO_MANY_SUBSCRIPTIONS"),
+        "{refused}"
+    );
+    assert_eq!(refused["id"], "2");
+    let done = next(&mut second).await;
+    assert_eq!(
+        (&done["type"], &done["id"]),
+        (&json!("complete"), &json!("2"))
+    );
+    let mut third = connect(port, "graphql-transport-ws").await;
+    send(
+        &mut third,
+        json!({"type": "connection_init", "payload": {"apiKey": key}}),
+    )
+    .await;
+    let frame = closed(&mut third)
+        .await
+        .expect("a close frame with the reason");
+    assert!(
+        frame.reason.contains("too many WebSocket connections"),
+        "{frame:?}"
+    );
+    // The two open subscriptions still deliver, and another key is not capped.
+    let mut others = subscribe(port, &other_key, &feed).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store_scores(&pool, &[(WALLET, 640)]).await;
+    for ws in [&mut first, &mut second, &mut others] {
+        let got = next(ws).await;
+        assert_eq!(
+            got["payload"]["data"]["scoreUpdated"]["score"]["score"], 640,
+            "{got}"
+        );
+    }
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = connect(port, "graphql-transport-ws").await;
+        send(
+            &mut again,
+            json!({"type": "connection_init", "payload": {"apiKey": key}}),
+        )
+        .await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), again.next())
+            .await
+            .expect("a reply");
+        if matches!(&reply, Some(Ok(Message::Text(t))) if t.contains("connection_ack")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never freed: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A message over the size limit is not read: that connection is dropped (with close code
+    // 1009 if the transport sends one); the server and the key's other connections carry on.
+    let mut big = subscribe(port, &other_key, &feed).await;
+    let padding = " ".repeat(8000);
+    send(
+        &mut big,
+        json!({"type": "subscribe", "id": "9", "payload": {"query": format!("{feed}{padding}")}}),
+    )
+    .await;
+    let frame = closed(&mut big).await;
+    if let Some(frame) = &frame {
+        assert_eq!(u16::from(frame.code), 1009, "{frame:?}");
+    }
+    store_scores(&pool, &[(WALLET, 650)]).await;
+    let got = next(&mut second).await;
+    assert_eq!(
+        got["payload"]["data"]["scoreUpdated"]["score"]["score"], 650,
+        "{got}"
+    );
+    alive().await;
+}

@@ -547,3 +547,162 @@ async fn offsets_beyond_the_log_are_refused_instead_of_skipped_and_a_rebuild_ref
     .expect("counts");
     assert_eq!((events, counted), (1724, 1724));
 }
+
+/// Every record of `topic` whose `dlq_stage` header is `stage`: (payload, reason).
+async fn dead_letters(iso: &Isolated, topic: &str, stage: &str) -> Vec<(Vec<u8>, String)> {
+    let consumer: BaseConsumer = chainfold_platform::kafka::client_config(&iso.kafka)
+        .set("group.id", chainfold_testkit::unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[chainfold_domain::topics::dlq(topic).as_str()])
+        .expect("subscribe");
+    let stage = stage.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let header = |m: &rdkafka::message::BorrowedMessage<'_>, name: &str| {
+            m.headers()
+                .and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let mut found = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // Read until something of the stage came and the topic then stays quiet for 2 s.
+        let mut quiet_since = std::time::Instant::now();
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(result) => {
+                    let m = result.expect("read dlq");
+                    quiet_since = std::time::Instant::now();
+                    if header(&m, chainfold_domain::topics::headers::DLQ_STAGE).as_deref()
+                        == Some(stage.as_str())
+                    {
+                        found.push((
+                            m.payload().unwrap_or_default().to_vec(),
+                            header(&m, chainfold_domain::topics::headers::DLQ_REASON)
+                                .unwrap_or_default(),
+                        ));
+                    }
+                }
+                None if !found.is_empty() && quiet_since.elapsed() > Duration::from_secs(2) => {
+                    break
+                }
+                None => {}
+            }
+        }
+        found
+    })
+    .await
+    .expect("reader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scorer_and_the_risk_worker_dead_letter_what_they_cannot_decode_and_go_on() {
+    let iso = Isolated::new("poison-derived").await;
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("create topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    let attestations = format!(
+        "{}{}",
+        iso.kafka.topic_prefix,
+        chainfold_domain::topics::ATTESTATIONS
+    );
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, std::slice::from_ref(&attestations))
+        .await
+        .expect("attestations topic");
+    // Poison first on every topic the two roles read: what follows must still be scored and
+    // evaluated.
+    let poison: &[u8] = b"{\"schema_version\":1,\"not\":\"an envelope\"}";
+    let future = b"{\"schema_version\":99,\"chain_id\":137}";
+    for (topic, payload) in [
+        (&topics.lending, poison),
+        (&topics.lending, &future[..]),
+        (&topics.seals, poison),
+        (&attestations, b"not json" as &[u8]),
+    ] {
+        producer
+            .send(
+                FutureRecord::to(topic).key("poison").payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    let items = Dataset::Polygon.decode_dir(&data_dir()).expect("data");
+    chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
+        .await
+        .expect("publish");
+    let app = project(&iso).await;
+    let models = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scoring/models");
+    let mut scorer =
+        chainfold_scoring::worker::Scorer::build(chainfold_scoring::worker::Config::new(
+            iso.kafka.clone(),
+            iso.postgres.clone(),
+            iso.redis.clone(),
+            chainfold_testkit::unique("scorer"),
+            iso.group.clone(),
+            models.join("position-v1"),
+        ))
+        .await
+        .expect("scorer");
+    let scored = scorer
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("the scorer does not stop at poison");
+    assert_eq!(scored.skipped, 2, "{scored:?}");
+    assert_eq!(scored.attestations_malformed, 1, "{scored:?}");
+    assert!(scored.scored > 1000, "{scored:?}");
+    drop(scorer);
+    let mut risk = chainfold_scoring::risk::RiskConfig::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        chainfold_testkit::unique("risk"),
+    );
+    risk.projector_group = iso.group.clone();
+    let evaluated = chainfold_scoring::risk::RiskWorker::build(risk)
+        .await
+        .expect("risk")
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("the risk worker does not stop at poison");
+    // The poison seal and the file's seal were read; the file's (blockless) stretch evaluated.
+    assert_eq!(evaluated.received, 2, "{evaluated:?}");
+    assert!(evaluated.shortages > 0, "{evaluated:?}");
+    let progressed: i64 = sqlx::query_scalar("SELECT count(*) FROM risk_progress")
+        .fetch_one(app.pool())
+        .await
+        .expect("progress");
+    assert!(progressed > 0);
+
+    // Each poison record is in its topic's dead-letter topic once per role that read it, with
+    // the role and the reason.
+    let lending = dead_letters(&iso, &topics.lending, "scorer").await;
+    let reasons: Vec<&str> = lending.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(lending.len(), 2, "{reasons:?}");
+    assert!(
+        lending
+            .iter()
+            .any(|(p, r)| p == poison && r.starts_with("could not decode envelope")),
+        "{reasons:?}"
+    );
+    assert!(
+        lending
+            .iter()
+            .any(|(p, r)| p == future && r.contains("unsupported schema version 99")),
+        "{reasons:?}"
+    );
+    let seals = dead_letters(&iso, &topics.seals, "risk").await;
+    assert_eq!(seals.len(), 1, "{seals:?}");
+    assert_eq!(seals[0].0, poison);
+    assert!(!seals[0].1.is_empty());
+    let attested = dead_letters(&iso, &attestations, "scorer").await;
+    assert_eq!(attested.len(), 1, "{attested:?}");
+    assert!(
+        attested[0].1.starts_with("could not decode attestation"),
+        "{attested:?}"
+    );
+}
