@@ -4,9 +4,8 @@
 //! `cargo bench -p chainfold-tests --bench pipeline -- [copies]` (default 8). The data is the
 //! bundled real data (23,220 events) published `copies` times; each copy's event ids are
 //! re-derived (`keccak(chain ‖ "bench-copy" ‖ id#copy)`) so the projector stores every copy instead of skipping
-//! replays. Services as for the tests (`scripts/stack up`). Each run leaves ~150 MB of topics in
-//! the broker; `scripts/stack clean` removes them (deleting topics through the broker can crash
-//! tansu 0.6's storage task, so the benchmark does not).
+//! replays. Services as for the tests (`scripts/stack up`: Apache Kafka). Each run leaves ~150 MB
+//! of uniquely named topics in the broker; `scripts/stack prune-test-topics` deletes them.
 
 use std::time::{Duration, Instant};
 
@@ -126,7 +125,7 @@ async fn run_once(copies: u32) -> Run {
     let mut projector = chainfold_projector::App::build(config)
         .await
         .expect("projector");
-    // Joining the consumer group (a one-off ~3 s on tansu) is timed apart from the steady rate,
+    // Joining the consumer group (a one-off: claims, assignment) is timed apart from the steady rate,
     // which is what compares with the raw consumer (plain assign, no group).
     let started = Instant::now();
     let mut first = projector
