@@ -92,8 +92,8 @@ pub struct Config {
         default_value_t = 256
     )]
     pub max_subscriptions: usize,
-    /// Largest WebSocket message accepted, in bytes (a larger one is not read: the server drops
-    /// that connection; the key's other connections carry on).
+    /// Largest WebSocket message accepted, in bytes (a larger one is not read: that connection
+    /// is closed with code 1009, "message too big"; the key's other connections carry on).
     #[arg(long = "max-ws-message-bytes", env = "CHAINFOLD_MAX_WS_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_ws_message_bytes: usize,
     /// Consumer groups whose lag `/metrics` reports (comma-separated).
@@ -431,12 +431,32 @@ async fn graphql_ws(
     let keys = state.keys.clone();
     let limits = state.ws_limits.clone();
     let public_rate = state.public_rate;
+    let max_message = state.max_ws_message_bytes;
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .max_message_size(state.max_ws_message_bytes)
-        .max_frame_size(state.max_ws_message_bytes)
-        .on_upgrade(move |stream| {
-            GraphQLWebSocket::new(stream, schema, protocol)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| async move {
+            let (sink, stream) = futures::StreamExt::split(socket);
+            let sink = Arc::new(futures::lock::Mutex::new(sink));
+            // The transport refuses a message over the size limit as a read error, which ends
+            // the GraphQL session; the client is then told why (1009, "message too big").
+            let too_big = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = too_big.clone();
+            let stream = futures::StreamExt::inspect(stream, move |item| {
+                if let Err(err) = item {
+                    let text = err.to_string();
+                    if text.contains("too long") || text.contains("Space limit") {
+                        seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+            let shared = sink.clone();
+            let out = futures::sink::unfold(shared, |shared, message| async move {
+                futures::SinkExt::send(&mut *shared.lock().await, message).await?;
+                Ok::<_, axum::Error>(shared)
+            });
+            GraphQLWebSocket::new_with_pair(out, stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let key = payload
                         .get("apiKey")
@@ -470,6 +490,15 @@ async fn graphql_ws(
                     Ok(data)
                 })
                 .serve()
+                .await;
+            if too_big.load(std::sync::atomic::Ordering::Relaxed) {
+                let close =
+                    axum::extract::ws::Message::Close(Some(axum::extract::ws::CloseFrame {
+                        code: axum::extract::ws::close_code::SIZE,
+                        reason: format!("message too big: at most {max_message} bytes").into(),
+                    }));
+                let _ = futures::SinkExt::send(&mut *sink.lock().await, close).await;
+            }
         })
 }
 
