@@ -45,7 +45,18 @@ pub struct MemberContext {
     pending: Pending,
 }
 
-impl ClientContext for MemberContext {}
+impl ClientContext for MemberContext {
+    /// `auto.offset.reset` is `error`, so librdkafka reports every partition it has no Kafka
+    /// offset for; the member positions those itself from Postgres (and refuses offsets outside
+    /// the log), so that report is not an error here.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset) {
+            tracing::debug!("librdkafka: {error}: {reason} (the member seeks from Postgres)");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
 
 impl ConsumerContext for MemberContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
