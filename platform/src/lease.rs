@@ -45,19 +45,7 @@ impl Lease {
         holder: &str,
         poll: Duration,
     ) -> anyhow::Result<Lease> {
-        let options: PgConnectOptions = postgres
-            .expose_url()
-            .parse()
-            .context("DATABASE_URL is not a valid Postgres URL")?;
-        let mut connection = options
-            .connect()
-            .await
-            .context("could not connect to Postgres for a lease")?;
-        let key: i32 = sqlx::query_scalar("SELECT hashtext($1)")
-            .bind(name)
-            .fetch_one(&mut connection)
-            .await
-            .context("could not compute the lease key")?;
+        let (mut connection, key) = lock_connection(postgres, name).await?;
         let mut waiting = false;
         loop {
             let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
@@ -166,7 +154,11 @@ pub struct PipelineGuard {
 
 const PIPELINE: &str = "chainfold-pipeline";
 
-async fn pipeline_connection(postgres: &PostgresArgs) -> anyhow::Result<(PgConnection, i32)> {
+/// A connection of its own (the lock lives and dies with its session) and the lock's key.
+async fn lock_connection(
+    postgres: &PostgresArgs,
+    name: &str,
+) -> anyhow::Result<(PgConnection, i32)> {
     let options: PgConnectOptions = postgres
         .expose_url()
         .parse()
@@ -174,12 +166,12 @@ async fn pipeline_connection(postgres: &PostgresArgs) -> anyhow::Result<(PgConne
     let mut connection = options
         .connect()
         .await
-        .context("could not connect to Postgres for the pipeline lock")?;
+        .context("could not connect to Postgres for an advisory lock")?;
     let key: i32 = sqlx::query_scalar("SELECT hashtext($1)")
-        .bind(PIPELINE)
+        .bind(name)
         .fetch_one(&mut connection)
         .await
-        .context("could not compute the pipeline lock key")?;
+        .context("could not compute the lock key")?;
     Ok((connection, key))
 }
 
@@ -188,7 +180,7 @@ pub async fn hold_pipeline(postgres: &PostgresArgs) -> anyhow::Result<PipelineGu
     if PIPELINE_HELD_HERE.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(PipelineGuard { _connection: None });
     }
-    let (mut connection, key) = pipeline_connection(postgres).await?;
+    let (mut connection, key) = lock_connection(postgres, PIPELINE).await?;
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock_shared($1, $2)")
         .bind(LOCK_SPACE)
         .bind(key)
@@ -211,7 +203,7 @@ pub async fn hold_pipeline(postgres: &PostgresArgs) -> anyhow::Result<PipelineGu
 
 /// Takes the pipeline lock exclusively for a rebuild, or says how many roles are running.
 pub async fn take_pipeline(postgres: &PostgresArgs) -> anyhow::Result<PipelineGuard> {
-    let (mut connection, key) = pipeline_connection(postgres).await?;
+    let (mut connection, key) = lock_connection(postgres, PIPELINE).await?;
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
         .bind(LOCK_SPACE)
         .bind(key)

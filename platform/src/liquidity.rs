@@ -82,7 +82,7 @@ pub async fn pool_history(
     address: &str,
     window_hours: f64,
 ) -> sqlx::Result<Vec<PoolPoint>> {
-    let rows: Vec<(f64, f64, f64, String, String, Option<i64>)> = sqlx::query_as(
+    let rows: Vec<PoolRow> = sqlx::query_as(
         "SELECT extract(epoch FROM block_time)::float8 / 3600.0, reserve0::float8,
                 reserve1::float8, token0, token1, block_number
          FROM pool_sync
@@ -97,21 +97,7 @@ pub async fn pool_history(
     .bind(window_hours)
     .fetch_all(pool)
     .await?;
-    let mut points: Vec<PoolPoint> = rows
-        .into_iter()
-        .map(
-            |(hours, reserve0, reserve1, token0, token1, block_number)| PoolPoint {
-                hours,
-                reserve0,
-                reserve1,
-                token0,
-                token1,
-                block_number,
-            },
-        )
-        .collect();
-    last_per_instant(&mut points, |p| p.hours);
-    Ok(points)
+    Ok(pool_points(rows))
 }
 
 /// The SQL condition "the row is sealed": block at most `$n` when the chain's stretch has
@@ -187,7 +173,7 @@ pub async fn pool_history_sealed(
            AND block_time < to_timestamp($7 * 3600) AND block_time >= to_timestamp(($7 - $8) * 3600)
          ORDER BY block_number, log_index"
     );
-    let rows: Vec<(f64, f64, f64, String, String, Option<i64>)> = sqlx::query_as(&sql)
+    let rows: Vec<PoolRow> = sqlx::query_as(&sql)
         .bind(chain_id)
         .bind(address)
         .bind(last_block)
@@ -198,6 +184,13 @@ pub async fn pool_history_sealed(
         .bind(window_hours)
         .fetch_all(pool)
         .await?;
+    Ok(pool_points(rows))
+}
+
+type PoolRow = (f64, f64, f64, String, String, Option<i64>);
+
+/// A pool's `Sync` rows as points, the last of each instant.
+fn pool_points(rows: Vec<PoolRow>) -> Vec<PoolPoint> {
     let mut points: Vec<PoolPoint> = rows
         .into_iter()
         .map(
@@ -212,7 +205,7 @@ pub async fn pool_history_sealed(
         )
         .collect();
     last_per_instant(&mut points, |p| p.hours);
-    Ok(points)
+    points
 }
 
 fn unzip_through(through: &[(String, i32, i64)]) -> (Vec<&str>, Vec<i32>, Vec<i64>) {

@@ -594,6 +594,28 @@ impl Member {
         }
     }
 
+    /// After a failed batch: a transient failure (see [`is_transient`]) rewinds to what Postgres
+    /// holds and waits `backoff` (doubled, at most 10 s, for the next one); anything else is
+    /// returned. A successful batch resets `backoff` with [`Member::RETRY_START`].
+    pub async fn retry_after(
+        &mut self,
+        err: anyhow::Error,
+        backoff: &mut std::time::Duration,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        if !is_transient(&err) {
+            return Err(err);
+        }
+        tracing::warn!(error = %format!("{err:#}"), retry_in = ?*backoff, "{what} failed; retrying");
+        self.rewind();
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(std::time::Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// The first wait of [`Member::retry_after`].
+    pub const RETRY_START: std::time::Duration = std::time::Duration::from_millis(200);
+
     /// High watermarks of every partition of `topics`, now.
     pub async fn high_watermarks(
         &self,

@@ -414,7 +414,7 @@ impl App {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = chainfold_platform::member::Member::RETRY_START;
         let mut folded = 0;
         loop {
             match self.run(None, &mut shutdown).await {
@@ -423,13 +423,11 @@ impl App {
                     break;
                 }
                 // Nothing after the last commit is kept: read it again once the service is back.
-                Err(err) if chainfold_platform::member::is_transient(&err) => {
-                    tracing::warn!(error = %format!("{err:#}"), retry_in = ?backoff, "projector loop failed; retrying");
-                    self.member.rewind();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                Err(err) => {
+                    self.member
+                        .retry_after(err, &mut backoff, "projector loop")
+                        .await?
                 }
-                Err(err) => return Err(err),
             }
         }
         tracing::info!(folded, "projector stopped");

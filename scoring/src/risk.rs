@@ -1422,21 +1422,15 @@ impl RiskWorker {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = chainfold_platform::member::Member::RETRY_START;
         loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Ok(()),
                 outcome = self.process_batch(Duration::from_millis(200)) => match outcome {
-                    Ok(_) => backoff = Duration::from_millis(200),
+                    Ok(_) => backoff = chainfold_platform::member::Member::RETRY_START,
                     // Nothing of the batch committed: read it again once the service is back.
-                    Err(err) if chainfold_platform::member::is_transient(&err) => {
-                        tracing::warn!(error = %format!("{err:#}"), retry_in = ?backoff, "risk batch failed; retrying");
-                        self.member.rewind();
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                    Err(err) => return Err(err),
+                    Err(err) => self.member.retry_after(err, &mut backoff, "risk batch").await?,
                 },
             }
         }
