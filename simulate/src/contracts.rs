@@ -55,6 +55,12 @@ alloy::sol!(
 
 alloy::sol!(
     #[sol(rpc)]
+    FixtureDensePair,
+    "../fixtures/build/FixtureDensePair.json"
+);
+
+alloy::sol!(
+    #[sol(rpc)]
     FixtureFactory,
     "../fixtures/build/FixtureFactory.json"
 );

@@ -15,6 +15,7 @@
 pub mod actuate;
 pub mod anvil;
 pub mod contracts;
+pub mod dense;
 mod drive;
 
 use std::path::PathBuf;
