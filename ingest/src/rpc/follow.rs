@@ -11,7 +11,7 @@
 //!   common ancestor; every event of the orphaned blocks is retracted (newest first), then the
 //!   canonical blocks are processed as new.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +33,7 @@ use sqlx::PgPool;
 
 use super::abi::{decode_creation, decode_log, ContractKind, DecodeError, FactoryKind};
 use super::config::{redacted, scrub, ChainConfig};
+use super::fetch::{needed_headers, Fetched, Fetcher};
 use super::normalize::{normalize, FeedMeta, LogMeta, Metadata};
 use super::state::{self, SeenBlock};
 use chainfold_domain::seal::SealBuilder;
@@ -67,21 +68,27 @@ pub struct Stats {
     pub blocks: AtomicU64,
 }
 
-/// Why a `eth_getLogs` call failed.
-enum LogsError {
-    /// The provider refused the range (too many results, response too large, range limit).
-    Refused(String),
-    /// The connection failed or timed out: retry the same range.
-    Transport(String),
+/// A record handed to the producer, with the topic and block its seal needs (`None`: a chain
+/// head or a dead letter).
+type Sent = (DeliveryFuture, Option<(TopicKind, Option<u64>)>);
+
+/// What [`Follower::enqueue`] handed to the producer, awaiting [`Follower::settle`].
+struct Enqueued {
+    deliveries: Vec<Sent>,
+    retract: bool,
+    events: u64,
+    dead: u64,
 }
 
-fn classify(err: TransportError, secret: &str) -> LogsError {
-    match err {
-        RpcError::ErrorResp(payload) => LogsError::Refused(payload.to_string()),
-        RpcError::Transport(kind) => LogsError::Transport(scrub(&kind.to_string(), secret)),
-        other => LogsError::Transport(scrub(&other.to_string(), secret)),
-    }
-}
+/// Logs per `eth_getLogs` range the backfill aims at: large enough that a range amortises its
+/// round trip, small enough that decode and publish of one range overlap the next fetch.
+pub const RANGE_LOGS: usize = 10_000;
+
+/// Blocks near the head processed in one batch when the follower is behind.
+const CATCH_UP_BLOCKS: u64 = 64;
+
+/// Ranges published and not yet acknowledged and checkpointed, at most.
+const RANGES_IN_FLIGHT: usize = 8;
 
 /// One chain's follower.
 pub struct Follower {
@@ -97,8 +104,10 @@ pub struct Follower {
     metadata: Metadata,
     checkpoint: Option<u64>,
     window: BTreeMap<u64, SeenBlock>,
-    /// Current `eth_getLogs` span: halves on refusal, doubles after small answers.
+    /// Current `eth_getLogs` span: halves on refusal and on large answers, doubles after small
+    /// ones (sized so a range holds about [`RANGE_LOGS`] logs).
     span: u64,
+    fetch: Fetcher,
     pub stats: Arc<Stats>,
     /// The chain's leader lease, checked before every publish (`ingest rpc`; the demo and
     /// tests follow without one).
@@ -210,6 +219,14 @@ impl Follower {
         let checkpoint = state::load_checkpoint(&pool, chain.chain_id).await?;
         let window = state::load_window(&pool, chain.chain_id).await?;
         let span = chain.max_range;
+        let stats = Arc::new(Stats::default());
+        let fetch = Fetcher::new(
+            http.clone(),
+            &secret,
+            &chain.name,
+            stats.clone(),
+            chain.concurrency,
+        );
         let mut follower = Follower {
             chain,
             http,
@@ -226,7 +243,8 @@ impl Follower {
             checkpoint,
             window,
             span,
-            stats: Arc::new(Stats::default()),
+            fetch,
+            stats,
             lease: None,
         };
         follower.load_metadata().await?;
@@ -376,64 +394,14 @@ impl Follower {
         ))
     }
 
-    /// The logs of watched contracts in `[from, to]`, splitting the range while the provider
-    /// refuses it.
-    async fn logs_in_range(&self, from: u64, to: u64) -> anyhow::Result<Vec<Log>> {
-        self.logs_in_range_for(&self.addresses, from, to).await
-    }
-
-    /// [`Self::logs_in_range`] for some of the addresses.
+    /// The logs of `addresses` in `[from, to]` (see [`Fetcher::logs`]).
     async fn logs_in_range_for(
         &self,
         addresses: &[Address],
         from: u64,
         to: u64,
     ) -> anyhow::Result<Vec<Log>> {
-        let mut pending = vec![(from, to)];
-        let mut out = Vec::new();
-        let mut transport_failures = 0;
-        while let Some((a, b)) = pending.pop() {
-            let filter = Filter::new()
-                .address(addresses.to_vec())
-                .from_block(a)
-                .to_block(b);
-            match self
-                .http
-                .get_logs(&filter)
-                .await
-                .map_err(|e| classify(e, self.chain.rpc_url.expose_secret()))
-            {
-                Ok(logs) => out.extend(logs),
-                Err(LogsError::Refused(reason)) if a < b => {
-                    let mid = a + (b - a) / 2;
-                    self.stats.range_splits.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(from = a, to = b, %reason, "provider refused the range; halving");
-                    // Pushed high half first so the low half is fetched first.
-                    pending.push((mid + 1, b));
-                    pending.push((a, mid));
-                }
-                Err(LogsError::Refused(reason)) => {
-                    anyhow::bail!(
-                        "chain {}: eth_getLogs refused even block {a}: {reason}",
-                        self.chain.name
-                    )
-                }
-                Err(LogsError::Transport(reason)) => {
-                    transport_failures += 1;
-                    anyhow::ensure!(
-                        transport_failures <= 8,
-                        "chain {}: eth_getLogs kept failing: {reason}",
-                        self.chain.name
-                    );
-                    tracing::warn!(%reason, "eth_getLogs transport error; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 << transport_failures.min(6)))
-                        .await;
-                    pending.push((a, b));
-                }
-            }
-        }
-        out.sort_by_key(|l| (l.block_number, l.log_index));
-        Ok(out)
+        self.fetch.logs(addresses, from, to).await
     }
 
     /// Starts watching the pools that watched factories announce in `logs`.
@@ -534,44 +502,41 @@ impl Follower {
         retract: bool,
         head: Option<ChainHead>,
     ) -> anyhow::Result<()> {
+        let sent = self.enqueue(events, dead, retract, head).await?;
+        self.settle(sent).await
+    }
+
+    /// Hands envelopes (or their retractions), dead letters and an optional chain head to the
+    /// producer without waiting for acknowledgements; [`Self::settle`] waits for them. A full
+    /// producer queue waits here until acknowledgements make room (back-pressure, not an error).
+    async fn enqueue(
+        &self,
+        events: &[Envelope],
+        dead: &[(TopicKind, String, Vec<u8>)],
+        retract: bool,
+        head: Option<ChainHead>,
+    ) -> anyhow::Result<Enqueued> {
         if let Some(lease) = &self.lease {
             lease.ensure_held().await?;
         }
-        // Each send with the topic and block its seal needs (None: a head or a dead letter).
-        type Sent<'t> = (DeliveryFuture, Option<(&'t str, Option<u64>)>);
-        let mut deliveries: Vec<Sent<'_>> = Vec::with_capacity(events.len() + dead.len() + 1);
+        let mut deliveries: Vec<Sent> = Vec::with_capacity(events.len() + dead.len() + 1);
         if let Some(head) = head {
             // Sent with the block's events and acknowledged together: one round trip.
             let payload = serde_json::to_vec(&head)?;
             let key = self.chain.chain_id.to_string();
-            deliveries.push((
-                self.producer
-                    .send_result(
-                        FutureRecord::to(&self.topics.blocks)
-                            .key(&key)
-                            .payload(&payload),
-                    )
-                    .map_err(|(e, _)| e)
-                    .context("could not enqueue a chain head")?,
-                None,
-            ));
+            let delivery = self.send(&self.topics.blocks, &key, &payload).await?;
+            deliveries.push((delivery, None));
         }
         for env in events {
-            let env = if retract {
-                env.retraction()
+            let payload = if retract {
+                crate::publish::encode(&env.retraction())
             } else {
-                env.clone()
+                crate::publish::encode(env)
             };
-            let payload = crate::publish::encode(&env);
             let key = format!("{:#x}", env.partition_key());
-            let topic = self.topics.of(env.event.topic());
-            let record = FutureRecord::to(topic).key(&key).payload(&payload);
-            let delivery = self
-                .producer
-                .send_result(record)
-                .map_err(|(e, _)| e)
-                .with_context(|| format!("could not enqueue a record for {topic}"))?;
-            deliveries.push((delivery, Some((topic, env.block.map(|b| b.number)))));
+            let kind = env.event.topic();
+            let delivery = self.send(self.topics.of(kind), &key, &payload).await?;
+            deliveries.push((delivery, Some((kind, env.block.map(|b| b.number)))));
         }
         for (kind, reason, raw) in dead {
             let origin = format!("chain {} log", self.chain.chain_id);
@@ -590,27 +555,69 @@ impl Follower {
                 None,
             ));
         }
+        Ok(Enqueued {
+            deliveries,
+            retract,
+            events: events.len() as u64,
+            dead: dead.len() as u64,
+        })
+    }
+
+    /// One record to the producer, waiting while its queue is full.
+    async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<DeliveryFuture> {
+        loop {
+            match self
+                .producer
+                .send_result(FutureRecord::to(topic).key(key).payload(payload))
+            {
+                Ok(delivery) => return Ok(delivery),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err((err, _)) => {
+                    return Err(err)
+                        .with_context(|| format!("could not enqueue a record for {topic}"))
+                }
+            }
+        }
+    }
+
+    /// Waits for every acknowledgement of `sent`, then publishes the seals of its blocks.
+    async fn settle(&self, sent: Enqueued) -> anyhow::Result<()> {
         let mut seals = SealBuilder::default();
-        for (delivery, sealed) in deliveries {
+        for (delivery, sealed) in sent.deliveries {
             let (partition, offset) = crate::publish::await_delivery(delivery).await?;
-            if let Some((topic, block)) = sealed {
-                seals.delivered(self.chain.chain_id, block, topic, partition, offset);
+            if let Some((kind, block)) = sealed {
+                seals.delivered(
+                    self.chain.chain_id,
+                    block,
+                    self.topics.of(kind),
+                    partition,
+                    offset,
+                );
             }
         }
         // The blocks just published are whole below these offsets (domain::seal).
-        crate::publish::publish_seals(&self.producer, &self.topics.seals, seals.seals(retract))
-            .await?;
+        crate::publish::publish_seals(
+            &self.producer,
+            &self.topics.seals,
+            seals.seals(sent.retract),
+        )
+        .await?;
         // Published, not yet checkpointed: a crash here republishes (readers key by event id).
         chainfold_platform::failpoint::hit("ingest.after_publish");
-        let counter = if retract {
+        let counter = if sent.retract {
             &self.stats.retracted
         } else {
             &self.stats.published
         };
-        counter.fetch_add(events.len() as u64, Ordering::Relaxed);
+        counter.fetch_add(sent.events, Ordering::Relaxed);
         self.stats
             .dead_lettered
-            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+            .fetch_add(sent.dead, Ordering::Relaxed);
         Ok(())
     }
 
@@ -628,7 +635,11 @@ impl Follower {
     }
 
     /// Publishes every block up to `target` over `eth_getLogs` ranges (no reorg tracking: only
-    /// used below the reorg window), `concurrency` ranges in flight, in order.
+    /// used below the reorg window) as a pipeline: `concurrency` ranges (logs, then their
+    /// headers in JSON-RPC batches) are fetched ahead while earlier ranges are decoded and
+    /// handed to the producer; up to [`RANGES_IN_FLIGHT`] ranges await their acknowledgements
+    /// at once, and the checkpoint advances range by range, in order, once a range's every
+    /// record is acknowledged.
     async fn backfill(&mut self, target: u64) -> anyhow::Result<()> {
         let start = self.checkpoint.map_or(self.chain.start_block, |c| c + 1);
         if start > target {
@@ -643,70 +654,93 @@ impl Follower {
         );
         bar.set_prefix(self.chain.name.clone());
         let started = Instant::now();
-        let mut next = start;
         let mut last_log = Instant::now();
-        while next <= target {
-            // `concurrency` consecutive ranges of the current span, fetched at once, handled in order.
-            let mut ranges = Vec::new();
-            let mut from = next;
-            while ranges.len() < self.chain.concurrency && from <= target {
-                let to = (from + self.span - 1).min(target);
-                ranges.push((from, to));
-                from = to + 1;
-            }
-            let this = &*self;
-            let fetched: Vec<anyhow::Result<Vec<Log>>> = futures::stream::iter(ranges.clone())
-                .map(|(a, b)| this.logs_in_range(a, b))
-                .buffered(self.chain.concurrency)
-                .collect()
-                .await;
-            let splits_before = self.stats.range_splits.load(Ordering::Relaxed);
-            let known_at_fetch = self.addresses.len();
-            for ((a, b), logs) in ranges.into_iter().zip(fetched) {
-                let mut logs = logs?;
-                // Pools announced in this range or an earlier one of this batch were not in the
-                // filter when the range was fetched: fetch their logs now.
-                self.discover(&logs).await?;
-                if self.addresses.len() > known_at_fetch {
-                    let added = self.addresses[known_at_fetch..].to_vec();
-                    logs.extend(self.logs_in_range_for(&added, a, b).await?);
-                    logs.sort_by_key(|l| (l.block_number, l.log_index));
+        let mut in_flight: VecDeque<(Fetched, Enqueued)> = VecDeque::new();
+        let mut next = start;
+        // The span the next range is cut with; adjusted from each answer's size as it arrives.
+        let span = Arc::new(AtomicU64::new(self.span));
+        'restart: while next <= target {
+            // Ranges are cut lazily, so a span change applies to every range not yet requested.
+            let addresses = Arc::new(self.addresses.clone());
+            let fetch = self.fetch.clone();
+            let cut = span.clone();
+            let max_range = self.chain.max_range;
+            let ranges = futures::stream::unfold(next, move |from| {
+                let cut = cut.clone();
+                async move {
+                    (from <= target).then(|| {
+                        let width = cut.load(Ordering::Relaxed).clamp(1, max_range);
+                        let to = (from + width - 1).min(target);
+                        ((from, to), to + 1)
+                    })
                 }
-                let times = self.block_times(&logs).await?;
-                let (events, dead) = self.normalize_logs(&logs, &times).await;
-                self.publish(&events, &dead, false, None).await?;
-                // The checkpoint names the range's last block by number and hash.
-                let (end, _) = self.header(b).await?;
-                state::advance(
-                    &self.pool,
-                    self.chain.chain_id,
-                    b,
-                    Some((end, &[])),
-                    self.chain.reorg_window,
-                )
-                .await?;
-                self.window.insert(b, end);
-                self.window = self
-                    .window
-                    .split_off(&b.saturating_sub(self.chain.reorg_window));
-                self.checkpoint = Some(b);
-                self.stats.blocks.fetch_add(b - a + 1, Ordering::Relaxed);
-                bar.inc(b - a + 1);
-                // Grow after small answers, down to one block after refusals.
-                if logs.len() < 1000 {
-                    self.span = (self.span * 2).min(self.chain.max_range);
+            });
+            let mut fetched = Box::pin(
+                ranges
+                    .map(move |(a, b)| {
+                        let (fetch, addresses) = (fetch.clone(), addresses.clone());
+                        async move { fetch.range(addresses, a, b).await }
+                    })
+                    .buffered(self.chain.concurrency),
+            );
+            while let Some(range) = fetched.next().await {
+                let mut range = range?;
+                let (a, b) = (range.from, range.to);
+                let width = b - a + 1;
+                let found = range.logs.len();
+                // Pools announced in this range were not in the filter when it and the ranges
+                // fetched after it were requested: fetch their logs here, and cut the next
+                // ranges again with the grown address list.
+                let known = range.addresses;
+                self.discover(&range.logs).await?;
+                let grown = self.addresses.len() > known;
+                if grown {
+                    let added = self.addresses[known..].to_vec();
+                    let more = self.logs_in_range_for(&added, a, b).await?;
+                    let more_headers = self.fetch.headers(&needed_headers(&more, b)).await?;
+                    range.headers.extend(more_headers);
+                    range.logs.extend(more);
+                    range.logs.sort_by_key(|l| (l.block_number, l.log_index));
                 }
-            }
-            if self.stats.range_splits.load(Ordering::Relaxed) > splits_before {
-                self.span = (self.span / 2).max(1);
-            }
-            next = self.checkpoint.map_or(start, |c| c + 1);
-            if last_log.elapsed() > Duration::from_secs(10) {
-                let done = next - start;
-                tracing::info!(chain = %self.chain.name, block = next - 1, target, blocks_per_s = done as f64 / started.elapsed().as_secs_f64(), "backfill progress");
-                last_log = Instant::now();
+                let times = range.times();
+                let (events, dead) = self.normalize_logs(&range.logs, &times).await;
+                let sent = self.enqueue(&events, &dead, false, None).await?;
+                range.logs = Vec::new();
+                in_flight.push_back((range, sent));
+                while in_flight.len() > RANGES_IN_FLIGHT {
+                    let (done, sent) = in_flight.pop_front().expect("non-empty");
+                    self.checkpoint_range(done, sent, &bar).await?;
+                }
+                // Size the next ranges by this answer: about RANGE_LOGS logs each; after a
+                // refusal, grow only a quarter at a time.
+                let current = span.load(Ordering::Relaxed);
+                let sized = if found == 0 {
+                    current.saturating_mul(2)
+                } else {
+                    (u128::from(width) * RANGE_LOGS as u128 / found as u128) as u64
+                };
+                let refused = self.stats.range_splits.load(Ordering::Relaxed) > 0;
+                let sized = if refused && sized > current {
+                    current + current / 4 + 1
+                } else {
+                    sized
+                };
+                span.store(sized.clamp(1, self.chain.max_range), Ordering::Relaxed);
+                next = b + 1;
+                if last_log.elapsed() > Duration::from_secs(10) {
+                    let done = next - start;
+                    tracing::info!(chain = %self.chain.name, block = b, target, blocks_per_s = done as f64 / started.elapsed().as_secs_f64(), span = span.load(Ordering::Relaxed), "backfill progress");
+                    last_log = Instant::now();
+                }
+                if grown {
+                    continue 'restart;
+                }
             }
         }
+        while let Some((done, sent)) = in_flight.pop_front() {
+            self.checkpoint_range(done, sent, &bar).await?;
+        }
+        self.span = span.load(Ordering::Relaxed);
         bar.finish_and_clear();
         let (seen, time) = self.header(target).await?;
         self.publish(&[], &[], false, Some(self.head(target, seen, time)))
@@ -715,31 +749,37 @@ impl Follower {
         Ok(())
     }
 
-    /// Timestamps of the blocks of logs that lack `blockTimestamp`, read concurrently.
-    async fn block_times(&self, logs: &[Log]) -> anyhow::Result<HashMap<B256, DateTime<Utc>>> {
-        let mut wanted: HashMap<B256, u64> = HashMap::new();
-        for log in logs {
-            if log.block_timestamp.is_none() {
-                if let (Some(hash), Some(number)) = (log.block_hash, log.block_number) {
-                    wanted.insert(hash, number);
-                }
-            }
-        }
-        let headers: Vec<anyhow::Result<(B256, Option<DateTime<Utc>>)>> =
-            futures::stream::iter(wanted)
-                .map(|(hash, number)| async move {
-                    self.header(number).await.map(|(_, time)| (hash, time))
-                })
-                .buffer_unordered(self.chain.concurrency * 4)
-                .collect()
-                .await;
-        let mut times = HashMap::new();
-        for header in headers {
-            if let (hash, Some(time)) = header? {
-                times.insert(hash, time);
-            }
-        }
-        Ok(times)
+    /// Waits for a backfilled range's acknowledgements and moves the checkpoint to its last
+    /// block (by number and hash).
+    async fn checkpoint_range(
+        &mut self,
+        range: Fetched,
+        sent: Enqueued,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<()> {
+        self.settle(sent).await?;
+        let b = range.to;
+        let end = match range.headers.get(&b) {
+            Some(h) => h.seen,
+            None => self.header(b).await?.0,
+        };
+        state::advance(
+            &self.pool,
+            self.chain.chain_id,
+            b,
+            Some((end, &[])),
+            self.chain.reorg_window,
+        )
+        .await?;
+        self.window.insert(b, end);
+        self.window = self
+            .window
+            .split_off(&b.saturating_sub(self.chain.reorg_window));
+        self.checkpoint = Some(b);
+        let width = b - range.from + 1;
+        self.stats.blocks.fetch_add(width, Ordering::Relaxed);
+        bar.inc(width);
+        Ok(())
     }
 
     /// Processes one block at the head: its header, then the logs of exactly that hash.
@@ -790,6 +830,103 @@ impl Follower {
         self.checkpoint = Some(number);
         self.stats.blocks.fetch_add(1, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Processes consecutive blocks `[from, to]` near the head at once, when the follower is
+    /// more than one block behind: their headers in JSON-RPC batches, their logs in one range,
+    /// every block's events and head published together and remembered in one transaction.
+    /// Each header must extend the one before it (the first, the block we hold), and each log
+    /// must carry its block's hash: a chain that changed between the calls is handled block by
+    /// block instead. Returns the blocks processed (0 with nothing done: `from`'s parent is not
+    /// the block we hold, a reorg) .
+    async fn process_blocks(&mut self, from: u64, to: u64) -> anyhow::Result<u64> {
+        let numbers: Vec<u64> = (from..=to).collect();
+        let headers = self.fetch.headers(&numbers).await?;
+        let mut linked = Vec::with_capacity(numbers.len());
+        let mut parent = self.window.get(&from.wrapping_sub(1)).map(|b| b.hash);
+        for n in &numbers {
+            let Some(h) = headers.get(n).copied() else {
+                break;
+            };
+            if parent.is_some_and(|p| p != h.seen.parent) {
+                break;
+            }
+            parent = Some(h.seen.hash);
+            linked.push((*n, h));
+        }
+        if linked.is_empty() {
+            return Ok(0);
+        }
+        let last = linked.last().map_or(from, |(n, _)| *n);
+        let known = self.addresses.len();
+        let mut logs = self
+            .logs_in_range_for(&self.addresses.clone(), from, last)
+            .await?;
+        self.discover(&logs).await?;
+        if self.addresses.len() > known {
+            let added = self.addresses[known..].to_vec();
+            logs.extend(self.logs_in_range_for(&added, from, last).await?);
+            logs.sort_by_key(|l| (l.block_number, l.log_index));
+        }
+        let hashes: HashMap<u64, B256> = linked.iter().map(|(n, h)| (*n, h.seen.hash)).collect();
+        let consistent = logs.iter().all(|l| {
+            l.block_number
+                .and_then(|n| hashes.get(&n))
+                .is_some_and(|h| l.block_hash == Some(*h))
+        });
+        if !consistent {
+            tracing::debug!(
+                from,
+                to = last,
+                "logs and headers disagree (the chain moved); block by block"
+            );
+            return Ok(u64::from(self.process_block(from).await?));
+        }
+        let times: HashMap<B256, DateTime<Utc>> = linked
+            .iter()
+            .filter_map(|(_, h)| h.time.map(|t| (h.seen.hash, t)))
+            .collect();
+        let mut by_block: BTreeMap<u64, Vec<Log>> = BTreeMap::new();
+        for log in logs {
+            by_block
+                .entry(log.block_number.unwrap_or_default())
+                .or_default()
+                .push(log);
+        }
+        let mut blocks = Vec::with_capacity(linked.len());
+        for (n, h) in &linked {
+            let logs = by_block.remove(n).unwrap_or_default();
+            let (events, dead) = self.normalize_logs(&logs, &times).await;
+            let sent = self
+                .enqueue(&events, &dead, false, Some(self.head(*n, h.seen, h.time)))
+                .await?;
+            blocks.push((*n, h.seen, events, sent));
+        }
+        let mut remembered = Vec::with_capacity(blocks.len());
+        for (n, seen, events, sent) in blocks {
+            self.settle(sent).await?;
+            remembered.push((n, seen, events));
+        }
+        let journal: Vec<(u64, SeenBlock, &[Envelope])> = remembered
+            .iter()
+            .map(|(n, seen, events)| (*n, *seen, events.as_slice()))
+            .collect();
+        state::advance_blocks(
+            &self.pool,
+            self.chain.chain_id,
+            &journal,
+            self.chain.reorg_window,
+        )
+        .await?;
+        for (n, seen, _) in &journal {
+            self.window.insert(*n, *seen);
+        }
+        let floor = last.saturating_sub(self.chain.reorg_window);
+        self.window = self.window.split_off(&(floor + 1));
+        self.checkpoint = Some(last);
+        let done = journal.len() as u64;
+        self.stats.blocks.fetch_add(done, Ordering::Relaxed);
+        Ok(done)
     }
 
     /// Walks back from `from` to the newest block we hold that is still canonical, retracts the
@@ -852,8 +989,16 @@ impl Follower {
         }
         let mut number = self.checkpoint.map_or(self.chain.start_block, |c| c + 1);
         while number <= latest {
-            if self.process_block(number).await? {
-                number += 1;
+            // Behind by more than a block (a restart, a slow pass, the tail of a backfill):
+            // catch up in batches; at the head, block by block.
+            let processed = if latest > number {
+                let to = latest.min(number + CATCH_UP_BLOCKS - 1);
+                self.process_blocks(number, to).await?
+            } else {
+                u64::from(self.process_block(number).await?)
+            };
+            if processed > 0 {
+                number += processed;
             } else {
                 self.handle_reorg(number - 1).await?;
                 number = self.checkpoint.map_or(self.chain.start_block, |c| c + 1);

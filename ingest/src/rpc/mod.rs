@@ -8,6 +8,7 @@
 
 pub mod abi;
 pub mod config;
+pub mod fetch;
 pub mod follow;
 pub mod normalize;
 pub mod state;

@@ -70,8 +70,8 @@ pub async fn load_window(pool: &PgPool, chain_id: u64) -> anyhow::Result<BTreeMa
         .collect()
 }
 
-/// Records that everything up to `number` is published. `block` (when processed near the head)
-/// joins the window with its events in the journal; the window is pruned to `keep` blocks.
+/// Moves the checkpoint to `number`. With `block`, also remembers that block's hash and events
+/// (the reorg window) and forgets what fell out of the last `keep` blocks. One transaction.
 pub async fn advance(
     pool: &PgPool,
     chain_id: u64,
@@ -79,15 +79,40 @@ pub async fn advance(
     block: Option<(SeenBlock, &[Envelope])>,
     keep: u64,
 ) -> anyhow::Result<()> {
+    match block {
+        Some((seen, events)) => {
+            advance_blocks(pool, chain_id, &[(number, seen, events)], keep).await
+        }
+        None => {
+            let mut tx = pool.begin().await?;
+            set_checkpoint(&mut tx, chain_id, number, None).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+    }
+}
+
+/// [`advance`] over consecutive blocks at once (oldest first): each remembered with its
+/// events, the checkpoint moved to the last, in one transaction (one commit for a catch-up of
+/// many blocks instead of one per block).
+pub async fn advance_blocks(
+    pool: &PgPool,
+    chain_id: u64,
+    blocks: &[(u64, SeenBlock, &[Envelope])],
+    keep: u64,
+) -> anyhow::Result<()> {
+    let Some(&(last, last_seen, _)) = blocks.last() else {
+        return Ok(());
+    };
     let mut tx = pool.begin().await?;
     let chain = chain_id as i64;
-    if let Some((seen, events)) = block {
+    for (number, seen, events) in blocks {
         sqlx::query(
             "INSERT INTO ingest_block (chain_id, number, hash, parent_hash) VALUES ($1, $2, $3, $4)
              ON CONFLICT (chain_id, number) DO UPDATE SET hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash",
         )
         .bind(chain)
-        .bind(number as i64)
+        .bind(*number as i64)
         .bind(hex(&seen.hash))
         .bind(hex(&seen.parent))
         .execute(&mut *tx)
@@ -96,7 +121,7 @@ pub async fn advance(
             let mut index = Vec::with_capacity(events.len());
             let mut kinds = Vec::with_capacity(events.len());
             let mut payloads = Vec::with_capacity(events.len());
-            for env in events {
+            for env in *events {
                 index.push(env.log_index.unwrap_or_default() as i32);
                 kinds.push(kind_name(env.event.topic()));
                 payloads.push(crate::publish::encode(env));
@@ -108,41 +133,49 @@ pub async fn advance(
                  SET topic_kind = EXCLUDED.topic_kind, payload = EXCLUDED.payload",
             )
             .bind(chain)
-            .bind(number as i64)
+            .bind(*number as i64)
             .bind(&index)
             .bind(&kinds)
             .bind(&payloads)
             .execute(&mut *tx)
             .await?;
         }
-        let floor = number.saturating_sub(keep) as i64;
-        for table in ["ingest_block", "ingest_journal"] {
-            let column = if table == "ingest_block" {
-                "number"
-            } else {
-                "block_number"
-            };
-            sqlx::query(&format!(
-                "DELETE FROM {table} WHERE chain_id = $1 AND {column} <= $2"
-            ))
-            .bind(chain)
-            .bind(floor)
-            .execute(&mut *tx)
-            .await?;
-        }
     }
+    let floor = last.saturating_sub(keep) as i64;
+    for (table, column) in [
+        ("ingest_block", "number"),
+        ("ingest_journal", "block_number"),
+    ] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE chain_id = $1 AND {column} <= $2"
+        ))
+        .bind(chain)
+        .bind(floor)
+        .execute(&mut *tx)
+        .await?;
+    }
+    set_checkpoint(&mut tx, chain_id, last, Some(last_seen)).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn set_checkpoint(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    chain_id: u64,
+    number: u64,
+    seen: Option<SeenBlock>,
+) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO ingest_checkpoint (chain_id, block_number, block_hash, updated_at)
          VALUES ($1, $2, $3, now())
          ON CONFLICT (chain_id) DO UPDATE SET block_number = EXCLUDED.block_number,
              block_hash = EXCLUDED.block_hash, updated_at = now()",
     )
-    .bind(chain)
+    .bind(chain_id as i64)
     .bind(number as i64)
-    .bind(block.map(|(b, _)| hex(&b.hash)))
-    .execute(&mut *tx)
+    .bind(seen.map(|b| hex(&b.hash)))
+    .execute(&mut **tx)
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 

@@ -1,0 +1,267 @@
+//! The backfill's reads from the node, cheap to clone so fetches run ahead of publishing:
+//! `eth_getLogs` over a range (halved while the provider refuses it) and block headers in
+//! JSON-RPC batches (one HTTP round trip per [`HEADER_BATCH`] blocks).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::eips::BlockNumberOrTag;
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::{Filter, Log};
+use alloy::transports::{RpcError, TransportError};
+use alloy_primitives::{Address, B256, U64};
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+
+use super::config::scrub;
+use super::follow::Stats;
+use super::state::SeenBlock;
+
+/// Blocks per JSON-RPC batch of `eth_getBlockByNumber`.
+pub const HEADER_BATCH: usize = 200;
+
+/// Why a `eth_getLogs` call failed.
+enum LogsError {
+    /// The provider refused the range (too many results, response too large, range limit).
+    Refused(String),
+    /// The connection failed or timed out: retry the same range.
+    Transport(String),
+}
+
+fn classify(err: TransportError, secret: &str) -> LogsError {
+    match err {
+        RpcError::ErrorResp(payload) => LogsError::Refused(payload.to_string()),
+        RpcError::Transport(kind) => LogsError::Transport(scrub(&kind.to_string(), secret)),
+        other => LogsError::Transport(scrub(&other.to_string(), secret)),
+    }
+}
+
+/// The fields of a block the follower uses (the rest of the header is not deserialised).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeaderFields {
+    hash: B256,
+    parent_hash: B256,
+    timestamp: U64,
+}
+
+/// A header as the follower keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub seen: SeenBlock,
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// A range read from the node: its logs in chain order, the headers the backfill needs (blocks
+/// whose logs carry no `blockTimestamp`, and the range's last block for the checkpoint), and how
+/// many of the follower's addresses the filter held.
+#[derive(Debug)]
+pub struct Fetched {
+    pub from: u64,
+    pub to: u64,
+    pub logs: Vec<Log>,
+    pub headers: HashMap<u64, Header>,
+    pub addresses: usize,
+}
+
+impl Fetched {
+    /// Block timestamps by block hash, for the logs without `blockTimestamp`.
+    pub fn times(&self) -> HashMap<B256, DateTime<Utc>> {
+        self.headers
+            .values()
+            .filter_map(|h| h.time.map(|t| (h.seen.hash, t)))
+            .collect()
+    }
+}
+
+/// Reads from one chain's HTTP endpoint.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    pub http: RootProvider,
+    /// The endpoint URL, scrubbed from error texts (it may hold a provider key).
+    secret: Arc<str>,
+    chain: Arc<str>,
+    stats: Arc<Stats>,
+    /// Header batches in flight at once.
+    concurrency: usize,
+}
+
+impl Fetcher {
+    pub fn new(
+        http: RootProvider,
+        secret: &str,
+        chain: &str,
+        stats: Arc<Stats>,
+        concurrency: usize,
+    ) -> Fetcher {
+        Fetcher {
+            http,
+            secret: secret.into(),
+            chain: chain.into(),
+            stats,
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    /// The logs of `addresses` in `[from, to]`, splitting the range while the provider refuses
+    /// it, sorted by (block, log index).
+    pub async fn logs(
+        &self,
+        addresses: &[Address],
+        from: u64,
+        to: u64,
+    ) -> anyhow::Result<Vec<Log>> {
+        let mut pending = vec![(from, to)];
+        let mut out = Vec::new();
+        let mut transport_failures = 0;
+        while let Some((a, b)) = pending.pop() {
+            let filter = Filter::new()
+                .address(addresses.to_vec())
+                .from_block(a)
+                .to_block(b);
+            match self
+                .http
+                .get_logs(&filter)
+                .await
+                .map_err(|e| classify(e, &self.secret))
+            {
+                Ok(logs) => out.extend(logs),
+                Err(LogsError::Refused(reason)) if a < b => {
+                    let mid = a + (b - a) / 2;
+                    self.stats.range_splits.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(from = a, to = b, %reason, "provider refused the range; halving");
+                    // Pushed high half first so the low half is fetched first.
+                    pending.push((mid + 1, b));
+                    pending.push((a, mid));
+                }
+                Err(LogsError::Refused(reason)) => {
+                    anyhow::bail!(
+                        "chain {}: eth_getLogs refused even block {a}: {reason}",
+                        self.chain
+                    )
+                }
+                Err(LogsError::Transport(reason)) => {
+                    transport_failures += 1;
+                    anyhow::ensure!(
+                        transport_failures <= 8,
+                        "chain {}: eth_getLogs kept failing: {reason}",
+                        self.chain
+                    );
+                    tracing::warn!(%reason, "eth_getLogs transport error; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << transport_failures.min(6)))
+                        .await;
+                    pending.push((a, b));
+                }
+            }
+        }
+        out.sort_by_key(|l| (l.block_number, l.log_index));
+        Ok(out)
+    }
+
+    /// Headers of `numbers`, [`HEADER_BATCH`] per JSON-RPC batch, batches concurrently. A batch
+    /// whose transport fails is retried with backoff; a block the node does not have is an error.
+    pub async fn headers(&self, numbers: &[u64]) -> anyhow::Result<HashMap<u64, Header>> {
+        let batches: Vec<Vec<u64>> = numbers.chunks(HEADER_BATCH).map(<[u64]>::to_vec).collect();
+        let answered: Vec<anyhow::Result<Vec<(u64, Header)>>> = futures::stream::iter(batches)
+            .map(|batch| self.header_batch(batch))
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let mut out = HashMap::with_capacity(numbers.len());
+        for batch in answered {
+            out.extend(batch?);
+        }
+        Ok(out)
+    }
+
+    async fn header_batch(&self, numbers: Vec<u64>) -> anyhow::Result<Vec<(u64, Header)>> {
+        let mut backoff = Duration::from_millis(100);
+        let mut attempts = 0;
+        loop {
+            match self.try_header_batch(&numbers).await {
+                Ok(headers) => return Ok(headers),
+                Err(RpcError::Transport(err)) if attempts < 8 => {
+                    attempts += 1;
+                    let err = scrub(&err.to_string(), &self.secret);
+                    tracing::warn!(%err, retry_in = ?backoff, "header batch transport error; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(err) => {
+                    anyhow::bail!(
+                        "chain {}: eth_getBlockByNumber batch: {}",
+                        self.chain,
+                        scrub(&err.to_string(), &self.secret)
+                    )
+                }
+            }
+        }
+    }
+
+    async fn try_header_batch(
+        &self,
+        numbers: &[u64],
+    ) -> Result<Vec<(u64, Header)>, TransportError> {
+        let mut batch = alloy::rpc::client::BatchRequest::new(self.http.client());
+        let mut waiters = Vec::with_capacity(numbers.len());
+        for &n in numbers {
+            let waiter: alloy::rpc::client::Waiter<Option<HeaderFields>> = batch.add_call(
+                "eth_getBlockByNumber",
+                &(BlockNumberOrTag::Number(n), false),
+            )?;
+            waiters.push((n, waiter));
+        }
+        batch.send().await?;
+        let mut out = Vec::with_capacity(numbers.len());
+        for (n, waiter) in waiters {
+            let Some(h) = waiter.await? else {
+                return Err(RpcError::local_usage_str(&format!("block {n} not found")));
+            };
+            out.push((
+                n,
+                Header {
+                    seen: SeenBlock {
+                        hash: h.hash,
+                        parent: h.parent_hash,
+                    },
+                    time: DateTime::from_timestamp(h.timestamp.to::<u64>() as i64, 0),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Logs of `[from, to]` and the headers the backfill needs for them.
+    pub async fn range(
+        &self,
+        addresses: Arc<Vec<Address>>,
+        from: u64,
+        to: u64,
+    ) -> anyhow::Result<Fetched> {
+        let logs = self.logs(&addresses, from, to).await?;
+        let headers = self.headers(&needed_headers(&logs, to)).await?;
+        Ok(Fetched {
+            from,
+            to,
+            logs,
+            headers,
+            addresses: addresses.len(),
+        })
+    }
+}
+
+/// The blocks whose headers a range needs: those of logs without `blockTimestamp` (nodes that
+/// predate the field) and `to`, whose hash the checkpoint records.
+pub fn needed_headers(logs: &[Log], to: u64) -> Vec<u64> {
+    let mut blocks: Vec<u64> = logs
+        .iter()
+        .filter(|l| l.block_timestamp.is_none())
+        .filter_map(|l| l.block_number)
+        .collect();
+    blocks.push(to);
+    blocks.sort_unstable();
+    blocks.dedup();
+    blocks
+}
