@@ -14,6 +14,7 @@
 //! before the batch commits), and its offset is committed with the batch: the partition moves on.
 
 pub mod cache;
+pub mod copy;
 pub mod live;
 pub mod store;
 

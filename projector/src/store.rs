@@ -349,6 +349,9 @@ pub async fn insert_swaps(
     if rows.is_empty() {
         return Ok((0, Vec::new()));
     }
+    if rows.len() >= crate::copy::COPY_MIN {
+        return copy_swaps(tx, rows).await;
+    }
     let n = rows.len();
     let mut event_id = Vec::with_capacity(n);
     let mut chain_id = Vec::with_capacity(n);
@@ -460,6 +463,69 @@ pub async fn insert_swaps(
     }
     let new_rows: Vec<&SwapRow> =
         newly_inserted(rows.iter().map(|(row, _)| row), &event_id, inserted);
+    let pools = upsert_pool_summaries(tx, &new_rows).await?;
+    Ok((new_rows.len() as u64, pools))
+}
+
+/// [`insert_swaps`] for a large batch: the new rows in one `COPY` (see [`crate::copy`]).
+async fn copy_swaps(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(SwapRow, Coordinates)],
+) -> Result<(u64, Vec<PoolSummaryRow>), StoreError> {
+    use crate::copy::{copy_in, new_positions, stored_ids, CopyText};
+    let ids: Vec<String> = rows.iter().map(|(r, _)| r.event_id.to_string()).collect();
+    let stored = stored_ids(tx, "swap", &ids).await?;
+    let fresh = new_positions(&ids, &stored);
+    if fresh.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let mut data = CopyText::with_capacity(fresh.len());
+    for &i in &fresh {
+        let (row, at) = &rows[i];
+        let trace = format!(
+            "{{{}}}",
+            row.trace_address
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        data.plain(&ids[i])
+            .plain(row.chain_id as i64)
+            .hex(&row.pool)
+            .text(&row.protocol)
+            .opt(row.block_number.map(|b| b as i64))
+            .opt_hex(row.block_hash.as_ref())
+            .opt_hex(row.tx_hash.as_ref())
+            .plain(row.tx_position as i32)
+            .plain(trace)
+            .opt(row.log_index.map(|i| i as i32))
+            .time(row.block_time)
+            .hex(&row.sender)
+            .hex(&row.recipient)
+            .hex(&row.token_in)
+            .plain(row.amount_in)
+            .hex(&row.token_out)
+            .plain(row.amount_out)
+            .plain(row.reverted)
+            .text(&at.topic)
+            .plain(at.partition)
+            .plain(at.offset)
+            .opt(row.v3.as_ref().map(|v| &v.sqrt_price_x96))
+            .opt(row.v3.as_ref().map(|v| &v.liquidity))
+            .opt(row.v3.as_ref().map(|v| v.tick));
+        data.end_row();
+    }
+    copy_in(
+        tx,
+        "COPY swap (event_id, chain_id, pool, protocol, block_number, block_hash, tx_hash,
+            tx_position, trace_address, log_index, block_time, sender, recipient, token_in,
+            amount_in, token_out, amount_out, reverted, kafka_topic, kafka_partition, kafka_offset,
+            sqrt_price_x96, liquidity, tick) FROM STDIN",
+        &data,
+    )
+    .await?;
+    let new_rows: Vec<&SwapRow> = fresh.iter().map(|&i| &rows[i].0).collect();
     let pools = upsert_pool_summaries(tx, &new_rows).await?;
     Ok((new_rows.len() as u64, pools))
 }
