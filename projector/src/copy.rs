@@ -166,7 +166,7 @@ mod tests {
         c.plain("x");
         c.end_row();
         assert_eq!(
-            std::str::from_utf8(c.as_bytes()).unwrap(),
+            std::str::from_utf8(c.as_bytes()).expect("COPY text is built from UTF-8 strings"),
             "a\\tb\\\\c\\nd\t\\N\t42\t\\N\t7\nx\n"
         );
     }
@@ -184,10 +184,11 @@ mod tests {
     #[test]
     fn times_are_utc_with_fractions() {
         let mut c = CopyText::with_capacity(1);
-        let t = DateTime::from_timestamp(1_700_000_000, 5_000_000).unwrap();
+        let t = DateTime::from_timestamp(1_700_000_000, 5_000_000)
+            .expect("a 2023 timestamp is in range");
         c.time(Some(t)).time(None);
         assert_eq!(
-            std::str::from_utf8(c.as_bytes()).unwrap(),
+            std::str::from_utf8(c.as_bytes()).expect("COPY text is built from UTF-8 strings"),
             "2023-11-14 22:13:20.005+00\t\\N"
         );
     }
