@@ -147,32 +147,11 @@ pub struct ActivityFeatures {
 /// Computes [`ActivityFeatures`] from the events at or before `now` (later ones are ignored, so
 /// a replay scores each moment with what was known then). `None` without any such event.
 pub fn activity_features(history: &[HistoryEvent], now: DateTime<Utc>) -> Option<ActivityFeatures> {
-    let known: Vec<&HistoryEvent> = history.iter().filter(|e| e.at <= now).collect();
-    let first = known.iter().map(|e| e.at).min()?;
-    let last = known.iter().map(|e| e.at).max()?;
-    let days = |from: DateTime<Utc>| (now - from).num_seconds() as f64 / 86_400.0;
-    let mut f = ActivityFeatures {
-        age_days: days(first),
-        recency_days: days(last),
-        ..ActivityFeatures::default()
-    };
-    let mut last_liquidation = None;
-    for e in &known {
-        *f.counts.entry(e.action).or_default() += 1;
-        if let Some(usd) = e.usd {
-            *f.usd.entry(e.action).or_default() += usd;
-        }
-        if e.action == LendingAction::Liquidation {
-            f.liquidations += 1;
-            f.liquidated_usd += e.usd.unwrap_or(0.0);
-            last_liquidation = Some(last_liquidation.map_or(e.at, |l: DateTime<Utc>| l.max(e.at)));
-        }
+    let mut fold = crate::profile::ActivityFold::default();
+    for e in history.iter().filter(|e| e.at <= now) {
+        fold.apply(e);
     }
-    let borrowed = f.usd.get(&LendingAction::Borrow).copied().unwrap_or(0.0);
-    let repaid = f.usd.get(&LendingAction::Repay).copied().unwrap_or(0.0);
-    f.repay_to_borrow = (borrowed > 0.0).then(|| repaid / borrowed);
-    f.days_since_liquidation = last_liquidation.map(days);
-    Some(f)
+    fold.features(now)
 }
 
 /// Liquidation threshold (fraction) by reserve symbol, where the event log does not carry one:
@@ -280,28 +259,11 @@ pub struct PositionFlow {
 /// covered debt. Principal only; a negative balance (repaid interest) counts as zero.
 /// Returns (reserve, symbol, collateral, debt) sorted by reserve.
 pub fn positions_at(flows: &[PositionFlow], now: DateTime<Utc>) -> Vec<(String, String, f64, f64)> {
-    let mut book: BTreeMap<String, (String, f64, f64)> = BTreeMap::new();
+    let mut book = crate::profile::PositionBook::default();
     for f in flows.iter().filter(|f| f.at <= now) {
-        let entry = book
-            .entry(f.reserve.clone())
-            .or_insert_with(|| (f.symbol.clone(), 0.0, 0.0));
-        match f.action {
-            LendingAction::Deposit => entry.1 += f.amount,
-            LendingAction::Redeem => entry.1 -= f.amount,
-            LendingAction::Borrow => entry.2 += f.amount,
-            LendingAction::Repay | LendingAction::Liquidation => entry.2 -= f.amount,
-        }
-        if let Some((reserve, symbol, seized)) = &f.seized {
-            let entry = book
-                .entry(reserve.clone())
-                .or_insert_with(|| (symbol.clone(), 0.0, 0.0));
-            entry.1 -= seized;
-        }
+        book.apply(f);
     }
-    book.into_iter()
-        .map(|(reserve, (symbol, c, d))| (reserve, symbol, c.max(0.0), d.max(0.0)))
-        .filter(|(_, _, c, d)| *c > 0.0 || *d > 0.0)
-        .collect()
+    book.positions()
 }
 
 /// The collateral holding with the largest value: whose price path the position model follows.

@@ -10,6 +10,8 @@
 //! - [`topics`]: Kafka topic names, one place.
 //! - [`credit`]: health factor (Aave's formula), shocks, concentration, volatility, and a
 //!   wallet's activity features: the scoring inputs, pure and clock-free.
+//! - [`profile`]: a wallet's credit profile as an incremental fold (activity and positions), so
+//!   the scorer folds each event once instead of re-reading the wallet's history.
 //! - [`fold`]: pure functions from events to read-model rows (no clock, I/O or randomness), so a
 //!   replay of the log rebuilds identical read models.
 //!
@@ -23,6 +25,7 @@ pub mod envelope;
 pub mod fold;
 pub mod number;
 pub mod pool;
+pub mod profile;
 pub mod risk;
 pub mod scorecard;
 pub mod seal;
