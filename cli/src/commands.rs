@@ -436,7 +436,7 @@ async fn rebuild(config: RebuildConfig) -> anyhow::Result<()> {
         // Requested decisions are inputs (a lender asked); band-change ones derive from scores.
         // TRUNCATE, not DELETE: the tables emptied are not retractions for subscribers.
         sqlx::query(
-            "TRUNCATE credit_score, attestation, risk_alert, risk_incident, stress_scenario,
+            "TRUNCATE credit_score, credit_profile, attestation, risk_alert, risk_incident, stress_scenario,
                       stress_run, risk_progress, outbox",
         )
         .execute(&mut *tx)

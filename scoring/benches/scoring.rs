@@ -6,12 +6,19 @@
 //!    time (a recorded event with a fresh id), time until its score row is committed; median and
 //!    p99 over N events (default 200). Baseline in the same run: publish → projected row.
 //!
-//! `cargo bench -p chainfold-scoring --bench scoring -- [events]`. Services and ORT_DYLIB_PATH
-//! as for the tests (`scripts/stack up`).
+//! 3. a long history: one wallet with H lending events (default 100,000, one an hour, templates
+//!    from the Polygon data), published and projected, then scored in batches of 1,000 twice in
+//!    the same run: resuming the wallet's stored credit profile (the default), and with
+//!    `--resume-profiles false` (the whole history read every batch: the baseline). Per-event
+//!    cost (batch busy time / scores) in the first and the last tenth of the history.
+//!
+//! `cargo bench -p chainfold-scoring --bench scoring -- [events] [history]`. Services and
+//! ORT_DYLIB_PATH as for the tests (`scripts/stack up`).
 
 use std::time::{Duration, Instant};
 
-use chainfold_domain::{Envelope, EventId};
+use alloy_primitives::Address;
+use chainfold_domain::{DefiEvent, Envelope, EventId};
 use chainfold_ingest::replay::Dataset;
 use chainfold_scoring::worker::{Config, Scorer};
 use chainfold_testkit::{data_dir, unique, Isolated};
@@ -44,11 +51,13 @@ fn config(iso: &Isolated, group: &str, batch: usize) -> Config {
 
 #[tokio::main]
 async fn main() {
-    let samples: usize = std::env::args()
+    let numbers: Vec<usize> = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(200);
+        .filter(|a| !a.starts_with('-'))
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let samples = numbers.first().copied().unwrap_or(200);
+    let history = numbers.get(1).copied().unwrap_or(100_000);
     let iso = Isolated::new("bench_scoring").await;
     let topics = iso.kafka.topics();
     chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
@@ -82,7 +91,7 @@ async fn main() {
     ] {
         let mut rates = Vec::new();
         for _ in 0..3 {
-            sqlx::query("TRUNCATE credit_score")
+            sqlx::query("TRUNCATE credit_score, credit_profile")
                 .execute(&pool)
                 .await
                 .expect("truncate");
@@ -104,6 +113,8 @@ async fn main() {
             rates.iter().map(|r| r.round()).collect::<Vec<_>>()
         );
     }
+
+    long_history(&events, history).await;
 
     // Latency: projector and scorer running; one fresh event at a time. The first projector
     // leaves first: a second member with the same static instance id would fence it.
@@ -197,5 +208,119 @@ async fn main() {
         median(to_score.clone()),
         percentile(to_score.clone(), 0.99),
         median(to_score) / median(to_row)
+    );
+}
+
+/// One wallet with `n` lending events, one an hour, made from the recorded deposits, borrows,
+/// repays and redeems (new ids and times, one wallet).
+fn one_wallet(events: &[Envelope], n: usize) -> Vec<Envelope> {
+    let templates: Vec<&Envelope> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                &e.event,
+                DefiEvent::Deposit(_)
+                    | DefiEvent::Borrow(_)
+                    | DefiEvent::Repay(_)
+                    | DefiEvent::Redeem(_)
+            )
+        })
+        .take(64)
+        .collect();
+    assert!(!templates.is_empty(), "the Polygon data has lending flows");
+    let wallet: Address = "0x00000000000000000000000000000000c0ffee01"
+        .parse()
+        .expect("an address");
+    let start = chrono::DateTime::from_timestamp(1_500_000_000, 0).expect("in range");
+    (0..n)
+        .map(|i| {
+            let mut env = templates[i % templates.len()].clone();
+            env.event_id = EventId::of_record(env.chain_id, "bench-long-history", &i.to_string());
+            env.block_time = Some(start + chrono::Duration::hours(i as i64));
+            if let DefiEvent::Deposit(f)
+            | DefiEvent::Borrow(f)
+            | DefiEvent::Repay(f)
+            | DefiEvent::Redeem(f) = &mut env.event
+            {
+                f.wallet = wallet;
+            }
+            env
+        })
+        .collect()
+}
+
+/// Section 3: per-event cost along one wallet's long history, with and without stored profiles.
+async fn long_history(events: &[Envelope], n: usize) {
+    let iso = Isolated::new("bench_history").await;
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    let items = one_wallet(events, n)
+        .into_iter()
+        .map(Ok)
+        .collect::<Vec<_>>();
+    chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
+        .await
+        .expect("publish");
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+    let pool = projector.pool().clone();
+    drop(projector);
+    let mut tenths = Vec::new();
+    for resume in [true, false] {
+        sqlx::query("TRUNCATE credit_score, credit_profile")
+            .execute(&pool)
+            .await
+            .expect("truncate");
+        let mut c = config(&iso, &unique("bench-history"), 1_000);
+        c.resume_profiles = resume;
+        let mut scorer = Scorer::build(c).await.expect("scorer");
+        // (history scored so far, µs per score) per batch.
+        let mut per_batch: Vec<(u64, f64)> = Vec::new();
+        let (mut scored, mut rows_read) = (0u64, 0u64);
+        while scored < n as u64 {
+            let before = scorer.busy;
+            let outcome = scorer
+                .process_batch(Duration::from_secs(5))
+                .await
+                .expect("score");
+            if outcome.scored == 0 {
+                assert!(outcome.received > 0, "scorer idle at {scored}/{n}");
+                continue;
+            }
+            scored += outcome.scored;
+            rows_read += outcome.history_rows_read;
+            let busy = (scorer.busy - before).as_secs_f64();
+            per_batch.push((scored, busy * 1e6 / outcome.scored as f64));
+        }
+        let tenth = |lo: f64, hi: f64| {
+            median(
+                per_batch
+                    .iter()
+                    .filter(|(at, _)| (*at as f64) > lo * n as f64 && (*at as f64) <= hi * n as f64)
+                    .map(|(_, us)| *us)
+                    .collect(),
+            )
+        };
+        let (first, last) = (tenth(0.0, 0.1), tenth(0.9, 1.0));
+        println!(
+            "long history ({n} events of one wallet, batches of 1,000, {}): per score median {first:.0} µs in the first tenth, {last:.0} µs in the last ({:.2}x); {rows_read} history rows read",
+            if resume { "stored profiles" } else { "baseline: --resume-profiles false" },
+            last / first,
+        );
+        tenths.push((first, last));
+    }
+    println!(
+        "long history: in the last tenth the baseline costs {:.1}x the stored profiles per score",
+        tenths[1].1 / tenths[0].1
     );
 }

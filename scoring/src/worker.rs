@@ -5,8 +5,9 @@
 //! they have a lending history; an oracle round that moves an asset's price beyond
 //! `--oracle-threshold` from the last mark rescores every wallet holding or owing the asset; an
 //! attestation rescores its wallet. Per batch the scorer waits until the projector has folded the
-//! batch's events (its offsets in `consumer_offset` pass them), reads each wallet's history once,
-//! and computes one score per (wallet, trigger) with the features as of the trigger's time (so
+//! batch's events (its offsets in `consumer_offset` pass them), resumes each wallet's credit
+//! profile from Postgres and folds only the history rows after it (two queries for the whole
+//! batch, see [`crate::profiles`]), and computes one score per (wallet, trigger) with the features as of the trigger's time (so
 //! the result does not depend on batch boundaries): behaviour from the history, and when the
 //! wallet has debt and priced holdings, the position model's probability of liquidation (one
 //! batched ONNX call per batch, on a blocking thread). Rows go in with `ON CONFLICT (chain_id,
@@ -16,20 +17,20 @@
 //! message), `chainfold.scores.v1` (keyed by wallet), and for a wallet whose band changed and
 //! that has requested credit, a new decision of its last request (`chainfold.decisions.v1`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chainfold_domain::credit::{
-    activity_features, dominant_collateral, hourly_volatility, liquidation_threshold,
-    position_features, positions_at, AccountTotals, Attestation, HistoryEvent, Holding,
-    PositionFlow,
+    dominant_collateral, hourly_volatility, liquidation_threshold, position_features,
+    AccountTotals, ActivityFeatures, Attestation, HistoryEvent, Holding,
 };
 use chainfold_domain::decision::DecisionRecord;
 use chainfold_domain::decision::Policy;
+use chainfold_domain::profile::CreditProfile;
 use chainfold_domain::scorecard::{self, Score};
-use chainfold_domain::{topics, DefiEvent, LendingAction};
+use chainfold_domain::{topics, DefiEvent};
 use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
 use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka;
@@ -41,6 +42,7 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 
 use crate::model::PositionModel;
+use crate::profiles::{self, HistoryRow, Loaded, WalletKey};
 
 /// `chainfold score` settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,6 +99,16 @@ pub struct Config {
     /// How long to wait for the projector to fold a batch before failing.
     #[arg(long = "projector-wait", default_value = "60s", value_parser = chainfold_platform::config::parse_duration)]
     pub projector_wait: Duration,
+    /// Resume each wallet from its stored credit profile (`credit_profile`). `false` reads every
+    /// rescored wallet's whole history each batch, the cost before profiles (for comparison; the
+    /// scores are the same).
+    #[arg(
+        long = "resume-profiles",
+        env = "CHAINFOLD_SCORER_RESUME_PROFILES",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub resume_profiles: bool,
 }
 
 impl Config {
@@ -120,6 +132,7 @@ impl Config {
             oracle_threshold: 0.02,
             batch_size: 2000,
             projector_wait: Duration::from_secs(60),
+            resume_profiles: true,
         }
     }
 
@@ -150,6 +163,15 @@ pub struct Outcome {
     pub decisions: u64,
     /// Scores deleted because a reorg orphaned their triggering event.
     pub retracted: u64,
+    /// Wallets resumed from their stored credit profile …
+    pub profiles_resumed: u64,
+    /// … and wallets whose whole history was read (new, stale profile, or after a reorg).
+    pub full_reads: u64,
+    /// Lending history rows read to compute the features.
+    pub history_rows_read: u64,
+    /// Triggers that saw less than the stored profile (late, older blocks): scored from the
+    /// wallet's whole history.
+    pub behind: u64,
 }
 
 impl Outcome {
@@ -163,6 +185,10 @@ impl Outcome {
         self.retracted += o.retracted;
         self.oracle_moves += o.oracle_moves;
         self.decisions += o.decisions;
+        self.profiles_resumed += o.profiles_resumed;
+        self.full_reads += o.full_reads;
+        self.history_rows_read += o.history_rows_read;
+        self.behind += o.behind;
     }
 }
 
@@ -228,6 +254,32 @@ struct Computed<'t> {
     health: Vec<Option<f64>>,
     expired: u64,
     with_position: u64,
+    /// The profiles to store: each as of the last trigger of the persisted topic.
+    profiles: Vec<(WalletKey, CreditProfile)>,
+    stats: profiles::LoadStats,
+    /// Triggers scored from a whole history because they saw less than the stored profile.
+    behind: u64,
+}
+
+/// (reserve, symbol, collateral, debt) per reserve, as [`chainfold_domain::profile::PositionBook::positions`] gives them.
+type Positions = Vec<(String, String, f64, f64)>;
+
+/// Whether a history row (its block and time) is seen by a trigger: at or before the trigger's
+/// time and, where both have blocks, in the trigger's block or before.
+fn visible(t: &Trigger, block: Option<i64>, at: DateTime<Utc>) -> bool {
+    at <= t.at
+        && match (t.block_number, block) {
+            (Some(limit), Some(b)) => b <= limit,
+            _ => true,
+        }
+}
+
+fn fold_row(profile: &mut CreditProfile, r: &HistoryRow) {
+    profile.apply(
+        r.key.clone(),
+        r.block_hash.as_deref(),
+        r.entry.as_ref().map(|(e, f)| (e, f)),
+    );
 }
 
 impl ScoreEngine {
@@ -245,42 +297,109 @@ impl ScoreEngine {
         &self,
         triggers: &'t [Trigger],
     ) -> anyhow::Result<Vec<(u64, String, &'t Trigger, Score)>> {
-        Ok(self.compute(triggers).await?.rows)
+        Ok(self.compute(triggers, &HashSet::new(), None).await?.rows)
     }
 
     /// One score per trigger whose wallet has history at the trigger's time, as of that time.
-    async fn compute<'t>(&self, triggers: &'t [Trigger]) -> anyhow::Result<Computed<'t>> {
-        let mut by_wallet: BTreeMap<(u64, String), Vec<&Trigger>> = BTreeMap::new();
+    ///
+    /// Each wallet's features come from its credit profile (see [`crate::profiles`]): the stored
+    /// one, advanced over the history rows after its cursor, one trigger after another in the
+    /// order of how much of the history each sees. A trigger that sees less than the stored
+    /// profile holds (an older block arriving late) is scored from the wallet's whole history,
+    /// folded from the start: the same features, at the old cost. `persist` names the topic
+    /// whose triggers may move the stored profile (the lending topic: a wallet's own events
+    /// arrive in order on one partition); `None` stores nothing (a backtest).
+    async fn compute<'t>(
+        &self,
+        triggers: &'t [Trigger],
+        reset: &HashSet<WalletKey>,
+        persist: Option<&str>,
+    ) -> anyhow::Result<Computed<'t>> {
+        let mut by_wallet: BTreeMap<WalletKey, Vec<&Trigger>> = BTreeMap::new();
         for t in triggers {
             by_wallet
                 .entry((t.chain_id, t.wallet.clone()))
                 .or_default()
                 .push(t);
         }
+        let keys: Vec<WalletKey> = by_wallet.keys().cloned().collect();
+        let (mut loaded, stats) = profiles::load(&self.pool, &keys, reset).await?;
+        let mut attested = self.attestations(&keys).await?;
         let mut expired = 0;
-        let mut cache = HashMap::new();
+        let mut behind = 0;
+        let mut cache = PriceCache {
+            since: triggers
+                .iter()
+                .map(|t| t.at)
+                .min()
+                .map(|at| at - chrono::Duration::days(30)),
+            points: HashMap::new(),
+        };
+        let mut keep = Vec::new();
         // (chain, wallet, trigger, activity, active attestations, position features)
         let mut pending = Vec::new();
-        for ((chain, wallet), list) in &by_wallet {
-            let (all_history, all_flows, blocks) = self.history(*chain, wallet).await?;
-            let attested = self.attestations(*chain, wallet).await?;
+        for (key, list) in &by_wallet {
+            let Loaded {
+                mut profile, rows, ..
+            } = loaded.remove(key).unwrap_or_default();
+            let attested = attested.remove(key).unwrap_or_default();
+            // How many of `rows` each trigger sees; `None` when it sees less than the profile.
+            let mut plan: Vec<(usize, &Trigger)> = Vec::with_capacity(list.len());
+            let mut older: Vec<&Trigger> = Vec::new();
             for t in list {
-                // As of the trigger: its time and, on a chain with blocks, its block. Events of a
-                // later block in the same second are not seen (they may not be folded yet, and
-                // they happened after the trigger).
-                let visible = |i: usize| match (t.block_number, blocks[i]) {
-                    (Some(at), Some(b)) => b <= at,
-                    _ => true,
-                };
-                let history: Vec<HistoryEvent> = (0..all_history.len())
-                    .filter(|i| visible(*i))
-                    .map(|i| all_history[i].clone())
-                    .collect();
-                let flows: Vec<PositionFlow> = (0..all_flows.len())
-                    .filter(|i| visible(*i))
-                    .map(|i| all_flows[i].clone())
-                    .collect();
-                let Some(features) = activity_features(&history, t.at) else {
+                let seen = rows
+                    .iter()
+                    .take_while(|r| visible(t, r.block, r.key.at))
+                    .count();
+                let prefix = !rows[seen..].iter().any(|r| visible(t, r.block, r.key.at));
+                let holds = profile
+                    .cursor
+                    .as_ref()
+                    .is_none_or(|c| visible(t, (c.block != i64::MAX).then_some(c.block), c.at));
+                if prefix && holds {
+                    plan.push((seen, t));
+                } else {
+                    older.push(t);
+                }
+            }
+            plan.sort_by_key(|(seen, _)| *seen);
+            let last_kept = plan
+                .iter()
+                .rposition(|(_, t)| persist.is_some_and(|topic| t.topic == topic));
+            let mut folded = 0;
+            let mut scored: Vec<(&Trigger, Option<ActivityFeatures>, Positions)> =
+                Vec::with_capacity(list.len());
+            for (i, (seen, t)) in plan.into_iter().enumerate() {
+                for r in &rows[folded..seen] {
+                    fold_row(&mut profile, r);
+                }
+                folded = seen;
+                if Some(i) == last_kept {
+                    keep.push((key.clone(), profile.clone()));
+                }
+                scored.push((t, profile.activity.features(t.at), profile.book.positions()));
+            }
+            if !older.is_empty() {
+                behind += older.len() as u64;
+                let mut conn = self.pool.acquire().await?;
+                let all = profiles::rows_after(&mut conn, std::slice::from_ref(key), &[None])
+                    .await?
+                    .remove(&0)
+                    .unwrap_or_default();
+                for t in older {
+                    let mut from_start = CreditProfile::default();
+                    for r in all.iter().filter(|r| visible(t, r.block, r.key.at)) {
+                        fold_row(&mut from_start, r);
+                    }
+                    scored.push((
+                        t,
+                        from_start.activity.features(t.at),
+                        from_start.book.positions(),
+                    ));
+                }
+            }
+            for (t, features, positions) in scored {
+                let Some(features) = features else {
                     continue;
                 };
                 let active: Vec<Attestation> = attested
@@ -293,9 +412,9 @@ impl ScoreEngine {
                     .filter(|a| a.issued_at <= t.at && a.expires_at <= t.at)
                     .count() as u64;
                 let position = self
-                    .position_inputs(&mut cache, *chain, &flows, t.at, t.block_number)
+                    .position_inputs(&mut cache, key.0, positions, t.at, t.block_number)
                     .await?;
-                pending.push((*chain, wallet.clone(), *t, features, active, position));
+                pending.push((key.0, key.1.clone(), t, features, active, position));
             }
         }
         // One batched inference for every priced position, on a blocking thread.
@@ -335,95 +454,62 @@ impl ScoreEngine {
             health,
             expired,
             with_position,
+            profiles: keep,
+            stats,
+            behind,
         })
     }
 
-    async fn attestations(&self, chain_id: u64, wallet: &str) -> anyhow::Result<Vec<Attestation>> {
-        type Row = (String, f64, String, DateTime<Utc>, DateTime<Utc>);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT kind, value, issuer, issued_at, expires_at FROM attestation WHERE chain_id = $1 AND wallet = $2 ORDER BY issued_at, id",
-        )
-        .bind(chain_id as i64)
-        .bind(wallet)
-        .fetch_all(&self.pool)
-        .await?;
-        let address = wallet.parse().unwrap_or_default();
-        Ok(rows
-            .into_iter()
-            .map(|(kind, value, issuer, issued_at, expires_at)| Attestation {
-                schema_version: chainfold_domain::SCHEMA_VERSION,
-                chain_id,
-                wallet: address,
-                kind,
-                value,
-                issuer,
-                issued_at,
-                expires_at,
-            })
-            .collect())
-    }
-
-    /// A wallet's lending history: for the behaviour features and the position fold.
-    async fn history(
+    /// The attestations of each wallet, oldest first (one query for the batch).
+    async fn attestations(
         &self,
-        chain_id: u64,
-        wallet: &str,
-    ) -> anyhow::Result<(Vec<HistoryEvent>, Vec<PositionFlow>, Vec<Option<i64>>)> {
+        wallets: &[WalletKey],
+    ) -> anyhow::Result<HashMap<WalletKey, Vec<Attestation>>> {
         type Row = (
-            String,
-            Option<DateTime<Utc>>,
-            Option<f64>,
+            i64,
             String,
             String,
-            Option<f64>,
-            Option<String>,
-            Option<String>,
-            Option<f64>,
-            Option<i64>,
+            f64,
+            String,
+            DateTime<Utc>,
+            DateTime<Utc>,
         );
+        let chains: Vec<i64> = wallets.iter().map(|w| w.0 as i64).collect();
+        let addrs: Vec<&str> = wallets.iter().map(|w| w.1.as_str()).collect();
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT action, block_time, amount_usd::float8, reserve, symbol,
-                    (amount / power(10::numeric, decimals))::float8,
-                    collateral_reserve, collateral_symbol,
-                    (collateral_amount / power(10::numeric, collateral_decimals))::float8,
-                    block_number
-             FROM lending_event WHERE chain_id = $1 AND wallet = $2
-             -- A fixed order: the features sum floats, and a sum's last digit depends on it
-             -- (rows in insertion order differ between one projector and three).
-             ORDER BY block_time, block_number, log_index, event_id",
+            "SELECT a.chain_id, a.wallet, a.kind, a.value, a.issuer, a.issued_at, a.expires_at
+             FROM UNNEST($1::int8[], $2::text[]) AS w(chain_id, wallet)
+             JOIN attestation a ON a.chain_id = w.chain_id AND a.wallet = w.wallet
+             ORDER BY a.chain_id, a.wallet, a.issued_at, a.id",
         )
-        .bind(chain_id as i64)
-        .bind(wallet)
+        .bind(&chains)
+        .bind(&addrs)
         .fetch_all(&self.pool)
         .await?;
-        let mut history = Vec::with_capacity(rows.len());
-        let mut flows = Vec::with_capacity(rows.len());
-        let mut blocks = Vec::with_capacity(rows.len());
-        for (action, at, usd, reserve, symbol, amount, c_reserve, c_symbol, c_amount, block) in rows
-        {
-            let (Some(action), Some(at)) = (LendingAction::parse(&action), at) else {
-                continue;
-            };
-            blocks.push(block);
-            history.push(HistoryEvent { action, at, usd });
-            flows.push(PositionFlow {
-                action,
-                at,
-                reserve,
-                symbol,
-                amount: amount.unwrap_or(0.0),
-                seized: match (c_reserve, c_symbol, c_amount) {
-                    (Some(r), Some(s), Some(a)) => Some((r, s, a)),
-                    _ => None,
-                },
-            });
+        let mut out: HashMap<WalletKey, Vec<Attestation>> = HashMap::new();
+        for (chain, wallet, kind, value, issuer, issued_at, expires_at) in rows {
+            let address = wallet.parse().unwrap_or_default();
+            out.entry((chain as u64, wallet))
+                .or_default()
+                .push(Attestation {
+                    schema_version: chainfold_domain::SCHEMA_VERSION,
+                    chain_id: chain as u64,
+                    wallet: address,
+                    kind,
+                    value,
+                    issuer,
+                    issued_at,
+                    expires_at,
+                });
         }
-        Ok((history, flows, blocks))
+        Ok(out)
     }
 
     /// USD price points of a reserve as of `block` (all of them without one): its oracle
     /// answers, or where it has none by then, the prices its lending events carried. Read once
-    /// per batch.
+    /// per batch, and only as far back as the batch needs: the points from 30 days before its
+    /// earliest trigger on (the volatility windows) and the one point before them (the price in
+    /// force), so a batch reads the same whatever the length of the reserve's history.
     async fn prices(
         &self,
         cache: &mut PriceCache,
@@ -432,30 +518,57 @@ impl ScoreEngine {
         block: Option<i64>,
     ) -> anyhow::Result<Vec<(DateTime<Utc>, f64)>> {
         let key = (chain_id, reserve.to_owned());
-        if !cache.contains_key(&key) {
+        if !cache.points.contains_key(&key) {
             type Point = (DateTime<Utc>, Option<i64>, f64);
-            let oracle: Vec<Point> = sqlx::query_as(
-                "SELECT coalesce(updated_at, block_time), block_number, price::float8 FROM oracle_update
-                 WHERE chain_id = $1 AND asset = $2 AND coalesce(updated_at, block_time) IS NOT NULL
-                 ORDER BY block_number, log_index",
+            let since = cache.since;
+            // The window, then the last point before it, in the same order as the window.
+            let mut oracle: Vec<Point> = sqlx::query_as(
+                "SELECT * FROM (
+                   SELECT coalesce(updated_at, block_time), block_number, price::float8
+                   FROM oracle_update
+                   WHERE chain_id = $1 AND asset = $2 AND coalesce(updated_at, block_time) < $3
+                   ORDER BY coalesce(updated_at, block_time) DESC, block_number DESC,
+                            log_index DESC
+                   LIMIT 1) before
+                 UNION ALL
+                 SELECT * FROM (
+                   SELECT coalesce(updated_at, block_time), block_number, price::float8
+                   FROM oracle_update
+                   WHERE chain_id = $1 AND asset = $2 AND coalesce(updated_at, block_time) >= $3
+                   ORDER BY block_number, log_index) window_points",
             )
             .bind(chain_id as i64)
             .bind(reserve)
+            .bind(since)
             .fetch_all(&self.pool)
             .await?;
-            let lending: Vec<Point> = sqlx::query_as(
-                "SELECT block_time, block_number, price_usd::float8 FROM lending_event
-                 WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
-                   AND block_time IS NOT NULL
-                 ORDER BY block_time, event_id",
+            let mut lending: Vec<Point> = sqlx::query_as(
+                "SELECT * FROM (
+                   SELECT block_time, block_number, price_usd::float8 FROM lending_event
+                   WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
+                     AND block_time < $3
+                   ORDER BY block_time DESC, event_id DESC
+                   LIMIT 1) before
+                 UNION ALL
+                 SELECT * FROM (
+                   SELECT block_time, block_number, price_usd::float8 FROM lending_event
+                   WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
+                     AND block_time >= $3
+                   ORDER BY block_time, event_id) window_points",
             )
             .bind(chain_id as i64)
             .bind(reserve)
+            .bind(since)
             .fetch_all(&self.pool)
             .await?;
-            cache.insert(key.clone(), (oracle, lending));
+            // Without a trigger time (no triggers) both queries read nothing: nothing to price.
+            if since.is_none() {
+                oracle.clear();
+                lending.clear();
+            }
+            cache.points.insert(key.clone(), (oracle, lending));
         }
-        let (oracle, lending) = &cache[&key];
+        let (oracle, lending) = &cache.points[&key];
         let seen = |points: &[(DateTime<Utc>, Option<i64>, f64)]| -> Vec<(DateTime<Utc>, f64)> {
             points
                 .iter()
@@ -481,11 +594,10 @@ impl ScoreEngine {
         &self,
         cache: &mut PriceCache,
         chain_id: u64,
-        flows: &[PositionFlow],
+        positions: Positions,
         at: DateTime<Utc>,
         block: Option<i64>,
     ) -> anyhow::Result<(Option<f64>, Option<[f32; 4]>)> {
-        let positions = positions_at(flows, at);
         if !positions.iter().any(|p| p.3 > 0.0) {
             return Ok((None, None));
         }
@@ -535,14 +647,15 @@ struct OracleRound {
 }
 
 /// Price points per (chain, reserve) with their blocks, oracle and lending-event ones, read
-/// once per batch.
-type PriceCache = HashMap<
-    (u64, String),
-    (
-        Vec<(DateTime<Utc>, Option<i64>, f64)>,
-        Vec<(DateTime<Utc>, Option<i64>, f64)>,
-    ),
->;
+/// once per batch from `since` (30 days before the batch's earliest trigger) on, plus the last
+/// point before it.
+#[derive(Debug, Default)]
+struct PriceCache {
+    since: Option<DateTime<Utc>>,
+    points: HashMap<(u64, String), (Vec<PricePoint>, Vec<PricePoint>)>,
+}
+
+type PricePoint = (DateTime<Utc>, Option<i64>, f64);
 
 impl Scorer {
     pub async fn build(config: Config) -> anyhow::Result<Scorer> {
@@ -661,6 +774,8 @@ impl Scorer {
         let mut rounds: Vec<OracleRound> = Vec::new();
         // (chain, event id, orphaned block, topic, partition, offset) of retracted events.
         let mut retracted: Vec<(i64, String, i64, String, i32, i64)> = Vec::new();
+        // Wallets a retraction of a lending event touched: their stored profiles are dropped.
+        let mut reset: HashSet<WalletKey> = HashSet::new();
         for message in &batch.messages {
             let (topic, partition, offset) = (&message.topic, &message.partition, &message.offset);
             if *topic == self.attestations_topic {
@@ -714,6 +829,9 @@ impl Scorer {
             if env.retracted {
                 // A reorg orphaned the event: the scores it triggered go (and subscribers are
                 // sent their retraction); the event's canonical copy, if any, scores anew.
+                if *topic == self.lending_topic {
+                    reset.insert((env.chain_id, format!("{:#x}", env.partition_key())));
+                }
                 if let Some(block) = env.block {
                     retracted.push((
                         env.chain_id as i64,
@@ -783,15 +901,31 @@ impl Scorer {
                 })
             });
         }
-        let computed = self.engine.compute(&triggers).await?;
+        let computed = if self.config.resume_profiles {
+            self.engine
+                .compute(&triggers, &reset, Some(&self.lending_topic))
+                .await?
+        } else {
+            let every: HashSet<WalletKey> = triggers
+                .iter()
+                .map(|t| (t.chain_id, t.wallet.clone()))
+                .collect();
+            self.engine.compute(&triggers, &every, None).await?
+        };
         outcome.attestations_expired = computed.expired;
         outcome.with_position = computed.with_position;
+        outcome.profiles_resumed = computed.stats.resumed;
+        outcome.full_reads = computed.stats.full_reads;
+        outcome.history_rows_read = computed.stats.rows_read;
+        outcome.behind = computed.behind;
         let bands_before = self.latest_bands(&triggers).await?;
 
         let mut tx = self.pool.begin().await?;
         if !retracted.is_empty() {
             outcome.retracted = retract_scores(&mut tx, &retracted).await?;
         }
+        profiles::forget(&mut tx, &reset).await?;
+        profiles::store(&mut tx, &computed.profiles).await?;
         let stored = self.insert_scores(&mut tx, &computed, &projector).await?;
         let decisions = self.band_changes(&mut tx, &bands_before, &stored).await?;
         let mut outputs: Vec<Output> = stored

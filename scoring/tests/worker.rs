@@ -64,10 +64,14 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
     let mut again = Scorer::build(config(&iso, &group))
         .await
         .expect("scorer restarts");
-    again
+    let resumed = again
         .run_until_idle(Duration::from_secs(5))
         .await
         .expect("scores");
+    // The restarted scorer went on from the profiles the first one stored with its offsets (the
+    // backtest below folds every history from the start and must agree score for score).
+    assert!(resumed.profiles_resumed > 0, "{resumed:?}");
+    assert_eq!(resumed.behind, 0, "{resumed:?}");
     let pool = again.pool().clone();
 
     let (rows, distinct, events): (i64, i64, i64) = sqlx::query_as(
@@ -497,5 +501,164 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
             .filter(|r| r.trigger == chainfold_domain::decision::Trigger::BandChange)
             .count(),
         pushed.len()
+    );
+}
+
+/// A stored profile that is no longer a prefix of the wallet's history is not resumed: one whose
+/// cursor row moved to another block hash (what a reorg does) or whose row count falls short of
+/// the read model's (a row arrived behind the cursor). Both are tampered here with a profile
+/// that forgets the wallet's liquidations; the next score must still carry them.
+#[tokio::test]
+async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
+    let iso = Isolated::new("scoring_profiles").await;
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    let events: Vec<chainfold_domain::Envelope> = Dataset::Polygon
+        .decode_dir(&data_dir())
+        .expect("data")
+        .into_iter()
+        .flatten()
+        .collect();
+    let publish = |list: Vec<chainfold_domain::Envelope>| {
+        let producer = producer.clone();
+        let topics = topics.clone();
+        async move {
+            chainfold_ingest::publish::publish_all(
+                &producer,
+                &topics,
+                list.into_iter().map(Ok).collect::<Vec<_>>(),
+                |_, _| {},
+            )
+            .await
+            .expect("publish")
+        }
+    };
+    publish(events.clone()).await;
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+    let mut scorer = Scorer::build(config(&iso, &unique("scorer")))
+        .await
+        .expect("scorer");
+    scorer
+        .run_until_idle(Duration::from_secs(5))
+        .await
+        .expect("scores");
+    let pool = scorer.pool().clone();
+    let (liquidations, rows): (serde_json::Value, i64) = sqlx::query_as(
+        "SELECT state->'activity'->'liquidations', rows_folded FROM credit_profile
+         WHERE chain_id = 137 AND wallet = $1",
+    )
+    .bind(LIQUIDATED)
+    .fetch_one(&pool)
+    .await
+    .expect("the liquidated wallet's profile is stored");
+    assert_eq!(liquidations, 3, "the profile holds the three liquidations");
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lending_event WHERE chain_id = 137 AND wallet = $1",
+    )
+    .bind(LIQUIDATED)
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(rows, stored, "the profile has folded the whole history");
+
+    let template = events
+        .iter()
+        .rev()
+        .find(|e| {
+            matches!(&e.event, chainfold_domain::DefiEvent::Deposit(f)
+                if format!("{:#x}", f.wallet) == LIQUIDATED)
+        })
+        .expect("a deposit of the liquidated wallet")
+        .clone();
+    let last = events
+        .iter()
+        .filter_map(|e| e.block_time)
+        .max()
+        .expect("times");
+    for (i, tamper) in [
+        // A reorg moved the cursor's row to another block.
+        "UPDATE credit_profile SET cursor_block_hash = '0xdead',
+                state = jsonb_set(jsonb_set(state, '{activity,liquidations}', '0'),
+                                  '{activity,last_liquidation}', 'null')
+         WHERE chain_id = 137 AND wallet = $1",
+        // A row arrived behind the cursor: the profile has taken in one row fewer.
+        "UPDATE credit_profile SET rows_folded = rows_folded - 1,
+                state = jsonb_set(jsonb_set(state, '{activity,liquidations}', '0'),
+                                  '{activity,last_liquidation}', 'null')
+         WHERE chain_id = 137 AND wallet = $1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sqlx::query(tamper)
+            .bind(LIQUIDATED)
+            .execute(&pool)
+            .await
+            .expect("tamper");
+        let mut env = template.clone();
+        env.event_id = chainfold_domain::EventId::of_record(137, "profile-tamper", &i.to_string());
+        env.block_time = Some(last + chrono::Duration::days(1 + i as i64));
+        let id = env.event_id.to_string();
+        publish(vec![env]).await;
+        projector.run_until_caught_up().await.expect("project");
+        let outcome = scorer
+            .run_until_idle(Duration::from_secs(3))
+            .await
+            .expect("scores");
+        assert_eq!(
+            (outcome.scored, outcome.full_reads, outcome.profiles_resumed),
+            (1, 1, 0),
+            "tamper {i}: {outcome:?}"
+        );
+        let reasons: serde_json::Value =
+            sqlx::query_scalar("SELECT reasons FROM credit_score WHERE event_id = $1")
+                .bind(&id)
+                .fetch_one(&pool)
+                .await
+                .expect("scored");
+        assert_eq!(
+            reasons[0]["code"], "LIQUIDATION_HISTORY",
+            "tamper {i}: {reasons}"
+        );
+        let healed: serde_json::Value = sqlx::query_scalar(
+            "SELECT state->'activity'->'liquidations' FROM credit_profile
+             WHERE chain_id = 137 AND wallet = $1",
+        )
+        .bind(LIQUIDATED)
+        .fetch_one(&pool)
+        .await
+        .expect("profile");
+        assert_eq!(healed, 3, "tamper {i}: the stored profile is rebuilt");
+    }
+
+    // An untouched profile is resumed: one more event reads one history row.
+    let mut env = template.clone();
+    env.event_id = chainfold_domain::EventId::of_record(137, "profile-tamper", "resume");
+    env.block_time = Some(last + chrono::Duration::days(10));
+    publish(vec![env]).await;
+    projector.run_until_caught_up().await.expect("project");
+    let outcome = scorer
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("scores");
+    assert_eq!(
+        (
+            outcome.scored,
+            outcome.profiles_resumed,
+            outcome.history_rows_read
+        ),
+        (1, 1, 1),
+        "{outcome:?}"
     );
 }
