@@ -339,6 +339,13 @@ ponder.on("Pair:Sync", async ({ event, context }) => {
 "#,
     )
     .expect("indexing functions");
+    // Ponder 0.16 refuses to start without an API file; the run serves no query.
+    std::fs::create_dir_all(dir.join("src/api")).expect("api dir");
+    std::fs::write(
+        dir.join("src/api/index.ts"),
+        "import { Hono } from \"hono\";\nconst app = new Hono();\nexport default app;\n",
+    )
+    .expect("api file");
 }
 
 async fn ponder_run(chain: &DenseChain, anvil: &Anvil, i: usize) -> Duration {
