@@ -7,6 +7,7 @@ pub mod decisions;
 pub mod dlq;
 pub mod failpoint;
 pub mod kafka;
+pub mod latest;
 pub mod lease;
 pub mod liquidity;
 pub mod member;

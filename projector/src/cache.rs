@@ -91,3 +91,29 @@ pub async fn clear(redis: &mut ConnectionManager, prefix: &str) -> redis::RedisR
         cursor = next;
     }
 }
+
+/// The summaries of the wallets a batch touched, as the API serves them
+/// (`<prefix>latest:wallet:…`, see [`chainfold_platform::latest`]): read after the commit with
+/// their version and stored where newer than what Redis holds. Returns how many were written.
+pub async fn write_latest_wallets(
+    redis: &mut ConnectionManager,
+    pool: &sqlx::PgPool,
+    prefix: &str,
+    batch: &BatchWrite,
+) -> anyhow::Result<u64> {
+    let mut wallets: std::collections::BTreeSet<(i64, String)> = batch
+        .wallets
+        .iter()
+        .map(|w| (w.chain_id, w.wallet.clone()))
+        .collect();
+    wallets.extend(batch.reset_wallets.iter().cloned());
+    let wallets: Vec<(i64, String)> = wallets.into_iter().collect();
+    chainfold_platform::latest::refresh(
+        redis,
+        pool,
+        prefix,
+        chainfold_platform::latest::Kind::Wallet,
+        &wallets,
+    )
+    .await
+}

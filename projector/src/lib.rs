@@ -348,6 +348,18 @@ impl App {
             // The cache is rebuildable; Postgres already holds the truth.
             tracing::warn!(%err, "could not update the Redis cache");
         }
+        if let Err(err) = cache::write_latest_wallets(
+            &mut self.redis,
+            &self.pool,
+            &self.config.redis.prefix,
+            &batch,
+        )
+        .await
+        {
+            // A stale or missing entry: the API falls back to Postgres on a miss, and the next
+            // change of the wallet writes a newer version.
+            tracing::warn!(error = %format!("{err:#}"), "could not update the API's Redis wallet summaries");
+        }
         self.timings.redis += redis_started.elapsed();
         let commit_started = Instant::now();
         self.member.committed(&offsets);

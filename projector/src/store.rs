@@ -323,7 +323,8 @@ async fn upsert_wallet_summaries(
             priced_count = s.priced_count + EXCLUDED.priced_count,
             amount_usd = s.amount_usd + EXCLUDED.amount_usd,
             first_at = LEAST(s.first_at, EXCLUDED.first_at),
-            last_at = GREATEST(s.last_at, EXCLUDED.last_at)
+            last_at = GREATEST(s.last_at, EXCLUDED.last_at),
+            version = nextval('wallet_lending_summary_version')
         RETURNING chain_id, wallet, action, event_count, amount_usd
         "#,
     )

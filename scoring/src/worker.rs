@@ -921,8 +921,10 @@ impl Scorer {
         let bands_before = self.latest_bands(&triggers).await?;
 
         let mut tx = self.pool.begin().await?;
+        let mut unscored = Vec::new();
         if !retracted.is_empty() {
-            outcome.retracted = retract_scores(&mut tx, &retracted).await?;
+            unscored = retract_scores(&mut tx, &retracted).await?;
+            outcome.retracted = unscored.len() as u64;
         }
         profiles::forget(&mut tx, &reset).await?;
         profiles::store(&mut tx, &computed.profiles).await?;
@@ -967,7 +969,7 @@ impl Scorer {
 
         // After the commit: Kafka (from the outbox), then the rebuildable Redis cache.
         self.relay().await?;
-        self.refresh_redis(&stored, &decisions).await;
+        self.refresh_redis(&stored, &decisions, unscored).await;
         self.busy += first_at.elapsed();
         Ok(outcome)
     }
@@ -1083,7 +1085,27 @@ impl Scorer {
     }
 
     /// The Redis score cache and pub/sub after a commit (best effort: rebuildable from Postgres).
-    async fn refresh_redis(&mut self, stored: &[StoredScore], decisions: &[DecisionRecord]) {
+    async fn refresh_redis(
+        &mut self,
+        stored: &[StoredScore],
+        decisions: &[DecisionRecord],
+        unscored: Vec<(i64, String)>,
+    ) {
+        // The API's copy of each touched wallet's latest score, newest version kept.
+        let mut touched: std::collections::BTreeSet<(i64, String)> = unscored.into_iter().collect();
+        touched.extend(stored.iter().map(|s| (s.chain as i64, s.wallet.clone())));
+        let touched: Vec<(i64, String)> = touched.into_iter().collect();
+        if let Err(err) = chainfold_platform::latest::refresh(
+            &mut self.redis,
+            &self.pool,
+            &self.config.redis.prefix,
+            chainfold_platform::latest::Kind::Score,
+            &touched,
+        )
+        .await
+        {
+            tracing::warn!(error = %format!("{err:#}"), "could not update the API's Redis scores");
+        }
         let mut pipe = redis::pipe();
         for s in stored {
             let key = format!("{}score:{}:{}", self.config.redis.prefix, s.chain, s.wallet);
@@ -1506,22 +1528,23 @@ struct StoredScore {
 async fn retract_scores(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     retracted: &[(i64, String, i64, String, i32, i64)],
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Vec<(i64, String)>> {
     let chains: Vec<i64> = retracted.iter().map(|r| r.0).collect();
     let events: Vec<&str> = retracted.iter().map(|r| r.1.as_str()).collect();
     let blocks: Vec<i64> = retracted.iter().map(|r| r.2).collect();
-    let done = sqlx::query(
+    let done: Vec<(i64, String)> = sqlx::query_as(
         "DELETE FROM credit_score c
          USING UNNEST($1::int8[], $2::text[], $3::int8[]) AS r(chain_id, event_id, block_number)
          WHERE c.chain_id = r.chain_id AND c.event_id = r.event_id
-           AND c.block_number = r.block_number",
+           AND c.block_number = r.block_number
+         RETURNING c.chain_id, c.wallet",
     )
     .bind(&chains)
     .bind(&events)
     .bind(&blocks)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(done.rows_affected())
+    Ok(done)
 }
 
 /// Stores valid attestations (idempotent by their id) before the scores that use them.

@@ -214,7 +214,7 @@ pub fn rebuilt_tables() -> Vec<(&'static str, Vec<&'static str>)> {
     let kafka = |extra: &[&'static str]| KAFKA.iter().chain(extra).copied().collect::<Vec<_>>();
     vec![
         ("lending_event", kafka(&[])),
-        ("wallet_lending_summary", vec![]),
+        ("wallet_lending_summary", vec!["version"]),
         ("swap", kafka(&[])),
         ("pool_summary", vec![]),
         ("pool_token_volume", vec![]),
