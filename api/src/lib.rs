@@ -96,6 +96,16 @@ pub struct Config {
     /// is closed with code 1009, "message too big"; the key's other connections carry on).
     #[arg(long = "max-ws-message-bytes", env = "CHAINFOLD_MAX_WS_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_ws_message_bytes: usize,
+    /// Serve wallets' latest scores and lending summaries from Redis first (versioned copies the
+    /// scorer and the projector write after each commit; Postgres on a miss). `false` reads
+    /// Postgres only.
+    #[arg(
+        long = "redis-reads",
+        env = "CHAINFOLD_REDIS_READS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub redis_reads: bool,
     /// Consumer groups whose lag `/metrics` reports (comma-separated).
     #[arg(
         long = "metrics-groups",
@@ -121,6 +131,7 @@ impl Config {
             max_ws_connections: 16,
             max_subscriptions: 256,
             max_ws_message_bytes: 64 * 1024,
+            redis_reads: true,
             metrics_groups: ["chainfold-projector", "chainfold-scorer", "chainfold-risk"]
                 .map(String::from)
                 .to_vec(),
@@ -186,7 +197,14 @@ impl App {
         let hub = live::Hub::start(pool.clone())
             .await
             .context("could not listen for the subscription feeds")?;
-        let loaders = loaders::Loaders::new(pool.clone());
+        let latest = config.redis_reads.then(|| {
+            Arc::new(loaders::Latest::new(
+                redis.clone(),
+                config.redis.prefix.clone(),
+                pool.clone(),
+            ))
+        });
+        let loaders = loaders::Loaders::with_latest(pool.clone(), latest);
         let schema =
             schema::build_parts(pool.clone(), Some(desk), Some(hub.clone()), loaders.clone());
         let keys = hub.keys();

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_graphql::dataloader::{DataLoader, Loader};
-use bigdecimal::BigDecimal;
 use sqlx::PgPool;
 
 use crate::types::{CreditScore, LendingAction, LendingSummary, ScoreRow, SCORE_COLUMNS};
@@ -20,6 +19,85 @@ pub struct Loaders {
     pub scores: Arc<DataLoader<ScoreLoader>>,
     pub summaries: Arc<DataLoader<SummaryLoader>>,
     pub batches: Arc<AtomicU64>,
+    /// Where latest scores and wallet summaries are read first (`--redis-reads`).
+    pub latest: Option<Arc<Latest>>,
+}
+
+/// The Redis copies of the latest scores and wallet summaries ([`chainfold_platform::latest`]):
+/// read first, Postgres on a miss (which fills the entry through the same versioned write).
+pub struct Latest {
+    redis: redis::aio::ConnectionManager,
+    prefix: String,
+    pool: PgPool,
+    /// Entries answered from Redis, and misses read from Postgres.
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+impl std::fmt::Debug for Latest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Latest")
+            .field("prefix", &self.prefix)
+            .field("hits", &self.hits.load(Ordering::Relaxed))
+            .field("misses", &self.misses.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Latest {
+    pub fn new(redis: redis::aio::ConnectionManager, prefix: String, pool: PgPool) -> Latest {
+        Latest {
+            redis,
+            prefix,
+            pool,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The entries of `keys` (`None`: the entity has none), from Redis where it holds them and
+    /// from Postgres for the rest, which are then stored (only those with a value, so queries for
+    /// unknown addresses fill nothing). Redis failing is a miss, not an error.
+    pub async fn read(
+        &self,
+        kind: chainfold_platform::latest::Kind,
+        keys: &[WalletKey],
+    ) -> Result<HashMap<WalletKey, Option<String>>, sqlx::Error> {
+        use chainfold_platform::latest;
+        let mut redis = self.redis.clone();
+        let cached = match latest::get(&mut redis, &self.prefix, kind, keys).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::debug!(%err, "redis read failed; reading Postgres");
+                vec![None; keys.len()]
+            }
+        };
+        let mut out = HashMap::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (key, entry) in keys.iter().zip(cached) {
+            match entry {
+                Some(row) => {
+                    out.insert(key.clone(), row);
+                }
+                None => missing.push(key.clone()),
+            }
+        }
+        self.hits.fetch_add(out.len() as u64, Ordering::Relaxed);
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        self.misses
+            .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        let read = latest::read_postgres(&self.pool, kind, &missing, false).await?;
+        let fill: Vec<latest::Entry> = read.iter().filter(|e| e.row.is_some()).cloned().collect();
+        if let Err(err) = latest::put(&mut redis, &self.prefix, kind, &fill).await {
+            tracing::debug!(%err, "redis fill failed");
+        }
+        for e in read {
+            out.insert((e.chain_id, e.wallet), e.row);
+        }
+        Ok(out)
+    }
 }
 
 impl std::fmt::Debug for Loaders {
@@ -32,12 +110,18 @@ impl std::fmt::Debug for Loaders {
 
 impl Loaders {
     pub fn new(pool: PgPool) -> Loaders {
+        Loaders::with_latest(pool, None)
+    }
+
+    /// [`Loaders::new`] reading latest scores from Redis first.
+    pub fn with_latest(pool: PgPool, latest: Option<Arc<Latest>>) -> Loaders {
         let batches = Arc::new(AtomicU64::new(0));
         Loaders {
             scores: Arc::new(DataLoader::new(
                 ScoreLoader {
                     pool: pool.clone(),
                     batches: batches.clone(),
+                    latest: latest.clone(),
                 },
                 tokio::spawn,
             )),
@@ -49,6 +133,7 @@ impl Loaders {
                 tokio::spawn,
             )),
             batches,
+            latest,
         }
     }
 
@@ -67,6 +152,7 @@ fn split(keys: &[WalletKey]) -> (Vec<i64>, Vec<String>) {
 pub struct ScoreLoader {
     pool: PgPool,
     batches: Arc<AtomicU64>,
+    latest: Option<Arc<Latest>>,
 }
 
 impl Loader<WalletKey> for ScoreLoader {
@@ -78,6 +164,20 @@ impl Loader<WalletKey> for ScoreLoader {
         keys: &[WalletKey],
     ) -> Result<HashMap<WalletKey, CreditScore>, Self::Error> {
         self.batches.fetch_add(1, Ordering::Relaxed);
+        if let Some(latest) = &self.latest {
+            let rows = latest
+                .read(chainfold_platform::latest::Kind::Score, keys)
+                .await
+                .map_err(Arc::new)?;
+            let mut out = HashMap::with_capacity(rows.len());
+            for (key, row) in rows {
+                let Some(json) = row else { continue };
+                let row: ScoreRow = serde_json::from_str(&json)
+                    .map_err(|e| Arc::new(sqlx::Error::Decode(Box::new(e))))?;
+                out.insert(key, CreditScore::from(row));
+            }
+            return Ok(out);
+        }
         let (chains, wallets) = split(keys);
         // Each key's latest row through the (chain_id, wallet, id DESC) index.
         let rows: Vec<ScoreRow> = sqlx::query_as(&format!(
@@ -114,9 +214,11 @@ impl Loader<WalletKey> for SummaryLoader {
     ) -> Result<HashMap<WalletKey, Vec<LendingSummary>>, Self::Error> {
         self.batches.fetch_add(1, Ordering::Relaxed);
         let (chains, wallets) = split(keys);
-        type Row = (i64, String, String, i64, i64, BigDecimal);
+        type Row = (i64, String, String, i64, i64, String);
+        // The amount as Postgres prints it (its scale kept), as the `wallet` root and the Redis
+        // copies serve it.
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT s.chain_id, s.wallet, s.action, s.event_count, s.priced_count, s.amount_usd
+            "SELECT s.chain_id, s.wallet, s.action, s.event_count, s.priced_count, s.amount_usd::text
              FROM wallet_lending_summary s
              JOIN UNNEST($1::int8[], $2::text[]) AS k(c, w) ON s.chain_id = k.c AND s.wallet = k.w
              ORDER BY s.chain_id, s.wallet,
@@ -137,7 +239,7 @@ impl Loader<WalletKey> for SummaryLoader {
                 .push(LendingSummary {
                     action,
                     count,
-                    amount_usd: usd.to_plain_string(),
+                    amount_usd: usd,
                     priced_count: priced,
                 });
         }

@@ -4,7 +4,8 @@
 //!   `chainfold_api_request_duration_seconds{kind}` (histogram) for `POST /graphql`;
 //!   `chainfold_api_rate_limited_total`.
 //! - `chainfold_subscriptions_active`, `chainfold_subscription_updates_total`.
-//! - `chainfold_api_key_cache_hits_total`, `chainfold_api_loader_batches_total`.
+//! - `chainfold_api_key_cache_hits_total`, `chainfold_api_loader_batches_total`,
+//!   `chainfold_api_redis_reads_total{result=hit|miss}`.
 //! - From Kafka at scrape time: `chainfold_topic_end_offset{topic,partition}` (its rate is the
 //!   events/s written), `chainfold_consumer_committed_offset{group,topic,partition}` (its rate is
 //!   a role's events/s) and `chainfold_consumer_lag{group,topic,partition}`;
@@ -193,6 +194,15 @@ impl Metrics {
                 "# HELP chainfold_api_loader_batches_total Batched queries of the DataLoaders.\n# TYPE chainfold_api_loader_batches_total counter\nchainfold_api_loader_batches_total {}",
                 loaders.batches()
             );
+            if let Some(latest) = &loaders.latest {
+                use std::sync::atomic::Ordering;
+                let _ = writeln!(
+                    out,
+                    "# HELP chainfold_api_redis_reads_total Latest scores and wallet summaries read, by where they were found.\n# TYPE chainfold_api_redis_reads_total counter\nchainfold_api_redis_reads_total{{result=\"hit\"}} {}\nchainfold_api_redis_reads_total{{result=\"miss\"}} {}",
+                    latest.hits.load(Ordering::Relaxed),
+                    latest.misses.load(Ordering::Relaxed)
+                );
+            }
         }
     }
 }

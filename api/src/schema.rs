@@ -102,9 +102,35 @@ struct SummaryRow {
     action: String,
     event_count: i64,
     priced_count: i64,
-    amount_usd: bigdecimal::BigDecimal,
+    /// Postgres's own text of the numeric (its scale kept), as the Redis copy holds it.
+    amount_usd: String,
     first_at: Option<chrono::DateTime<chrono::Utc>>,
     last_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One action of a wallet's summary as served: from [`SummaryRow`], or from the JSON of its
+/// Redis copy (`chainfold_platform::latest`, amounts as decimal strings).
+#[derive(serde::Deserialize)]
+struct WalletSummary {
+    action: String,
+    event_count: i64,
+    priced_count: i64,
+    amount_usd: String,
+    first_at: Option<chrono::DateTime<chrono::Utc>>,
+    last_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<SummaryRow> for WalletSummary {
+    fn from(r: SummaryRow) -> Self {
+        WalletSummary {
+            action: r.action,
+            event_count: r.event_count,
+            priced_count: r.priced_count,
+            amount_usd: r.amount_usd,
+            first_at: r.first_at,
+            last_at: r.last_at,
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -144,18 +170,42 @@ impl QueryRoot {
         address: String,
     ) -> ApiResult<Option<Wallet>> {
         let address = parse_address(&address).map_err(gql)?;
-        let pool = ctx.data_unchecked::<PgPool>();
-        let rows: Vec<SummaryRow> =
-            sqlx::query_as(
-                "SELECT action, event_count, priced_count, amount_usd, first_at, last_at
-                 FROM wallet_lending_summary WHERE chain_id = $1 AND wallet = $2
-                 ORDER BY array_position(ARRAY['deposit','borrow','repay','redeem','liquidation'], action)",
-            )
-            .bind(chain_id)
-            .bind(&address)
-            .fetch_all(pool)
-            .await
-            .map_err(gql)?;
+        let latest = ctx
+            .data_unchecked::<crate::loaders::Loaders>()
+            .latest
+            .clone();
+        let rows: Vec<WalletSummary> = match latest {
+            // The versioned Redis copy (Postgres on a miss), see `chainfold_platform::latest`.
+            Some(latest) => {
+                let key = (chain_id, address.clone());
+                let found = latest
+                    .read(
+                        chainfold_platform::latest::Kind::Wallet,
+                        std::slice::from_ref(&key),
+                    )
+                    .await
+                    .map_err(gql)?;
+                match found.get(&key).cloned().flatten() {
+                    Some(json) => serde_json::from_str(&json)
+                        .map_err(|e| gql(sqlx::Error::Decode(Box::new(e))))?,
+                    None => Vec::new(),
+                }
+            }
+            None => {
+                let pool = ctx.data_unchecked::<PgPool>();
+                let rows: Vec<SummaryRow> = sqlx::query_as(
+                    "SELECT action, event_count, priced_count, amount_usd::text, first_at, last_at
+                     FROM wallet_lending_summary WHERE chain_id = $1 AND wallet = $2
+                     ORDER BY array_position(ARRAY['deposit','borrow','repay','redeem','liquidation'], action)",
+                )
+                .bind(chain_id)
+                .bind(&address)
+                .fetch_all(pool)
+                .await
+                .map_err(gql)?;
+                rows.into_iter().map(WalletSummary::from).collect()
+            }
+        };
         if rows.is_empty() {
             return Ok(None);
         }
@@ -167,7 +217,7 @@ impl QueryRoot {
                 Some(LendingSummary {
                     action: LendingAction::from_db(&row.action)?,
                     count: row.event_count,
-                    amount_usd: row.amount_usd.to_plain_string(),
+                    amount_usd: row.amount_usd,
                     priced_count: row.priced_count,
                 })
             })

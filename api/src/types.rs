@@ -195,7 +195,9 @@ impl IdentityScore {
     }
 }
 
-#[derive(sqlx::FromRow)]
+/// A `credit_score` row as the API reads it: from Postgres, or as JSON from its Redis copy
+/// (`chainfold_platform::latest`, whose `SCORE_COLUMNS` are these).
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct ScoreRow {
     pub(crate) id: i64,
     pub(crate) chain_id: i64,
@@ -215,7 +217,7 @@ pub(crate) struct ScoreRow {
     block_number: Option<i64>,
 }
 
-pub(crate) const SCORE_COLUMNS: &str = "id, chain_id, wallet, health_factor, score, band, probability_of_liquidation, reasons, model_version, model_sha256, computed_at, event_id, kafka_topic, kafka_partition, kafka_offset, block_number";
+pub(crate) const SCORE_COLUMNS: &str = chainfold_platform::latest::SCORE_COLUMNS;
 
 impl From<ScoreRow> for CreditScore {
     fn from(row: ScoreRow) -> Self {

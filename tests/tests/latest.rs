@@ -1,0 +1,247 @@
+//! The API's hottest reads from Redis (`chainfold_platform::latest`): the Polygon histories
+//! replayed, projected and scored by the real roles, then served by two APIs side by side, one
+//! reading Redis first (`--redis-reads true`, the default) and one reading Postgres only. They
+//! must answer alike for every wallet; the Redis one must really answer from Redis, keep the
+//! newest version whatever order writes arrive in, and fall back to Postgres on a miss.
+
+use std::time::Duration;
+
+use chainfold_ingest::replay::Dataset;
+use chainfold_platform::latest::{self, Kind};
+use chainfold_testkit::{data_dir, unique, Isolated};
+use serde_json::{json, Value};
+
+const WALLET: &str = "0x000006eee6e39015cb523aebdd4d0b1855aba682";
+
+async fn start_api(iso: &Isolated, redis_reads: bool) -> u16 {
+    let mut config = chainfold_api::Config::new(
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.kafka = iso.kafka.clone();
+    config.redis_reads = redis_reads;
+    config.public_rate_per_minute = 100_000;
+    let app = chainfold_api::App::build(config).await.expect("api starts");
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    port
+}
+
+async fn wallet(port: u16, address: &str) -> Value {
+    let query = format!(
+        r#"{{ wallet(chainId: 137, address: "{address}") {{
+            firstActivityAt lastActivityAt
+            lendingSummary {{ action count amountUsd pricedCount }}
+            creditScore {{ cursor score band probabilityOfDefault healthFactor computedAt eventId
+                           kafkaTopic kafkaPartition kafkaOffset blockNumber modelVersion
+                           reasons {{ code description impact }} }} }} }}"#
+    );
+    let response: Value = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/graphql"))
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("json");
+    assert!(response.get("errors").is_none(), "{response}");
+    response["data"]["wallet"].clone()
+}
+
+async fn redis_reads(port: u16, result: &str) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let prefix = format!("chainfold_api_redis_reads_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_scores_and_summaries_are_served_from_redis_in_commit_order() {
+    let iso = Isolated::new("latest").await;
+    chainfold_tests::replay_and_project(&iso, Dataset::Polygon).await;
+    let scoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring");
+    let mut config = chainfold_scoring::worker::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        unique("scorer"),
+        iso.group.clone(),
+        scoring.join("models/position-v1"),
+    );
+    config.policy = Some(scoring.join("policy.toml"));
+    let mut scorer = chainfold_scoring::worker::Scorer::build(config)
+        .await
+        .expect("scorer");
+    scorer
+        .run_until_idle(Duration::from_secs(5))
+        .await
+        .expect("scores");
+    let pool = scorer.pool().clone();
+    let mut redis = chainfold_platform::redis_cache::connect(&iso.redis)
+        .await
+        .expect("redis");
+    let prefix = iso.redis.prefix.clone();
+
+    // Every wallet alike from both APIs, and the Redis one found them in Redis: the projector
+    // and the scorer wrote them after their commits.
+    let cached = start_api(&iso, true).await;
+    let direct = start_api(&iso, false).await;
+    let wallets: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT wallet FROM wallet_lending_summary WHERE chain_id = 137 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("wallets");
+    assert!(wallets.len() >= 10, "{wallets:?}");
+    for w in &wallets {
+        let (a, b) = (wallet(cached, w).await, wallet(direct, w).await);
+        assert_eq!(a, b, "{w}");
+        assert!(a["creditScore"]["score"].is_i64(), "{w}: {a}");
+    }
+    assert_eq!(
+        redis_reads(cached, "hit").await,
+        2 * wallets.len() as u64,
+        "every score and summary read from Redis"
+    );
+    assert_eq!(redis_reads(cached, "miss").await, 0);
+    // An address nobody has seen: null from both, and no entry made for it.
+    let stranger = "0x00000000000000000000000000000000000000aa";
+    assert_eq!(wallet(cached, stranger).await, Value::Null);
+    let made: bool = redis::cmd("EXISTS")
+        .arg(latest::key(&prefix, Kind::Wallet, 137, stranger))
+        .query_async(&mut redis)
+        .await
+        .expect("exists");
+    assert!(!made, "unknown addresses fill nothing");
+
+    // A newer score through the real pipeline replaces the entry, in both APIs alike.
+    let before = wallet(cached, WALLET).await;
+    let events: Vec<chainfold_domain::Envelope> = Dataset::Polygon
+        .decode_dir(&data_dir())
+        .expect("data")
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut env = events
+        .iter()
+        .rev()
+        .find(|e| format!("{:#x}", e.partition_key()) == WALLET)
+        .expect("an event of the wallet")
+        .clone();
+    env.event_id = chainfold_domain::EventId::of_record(137, "latest-test", "1");
+    env.block_time = env.block_time.map(|t| t + chrono::Duration::days(30));
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    chainfold_ingest::publish::publish_all(
+        &producer,
+        &iso.kafka.topics(),
+        vec![Ok(env)],
+        |_, _| {},
+    )
+    .await
+    .expect("publish");
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+    scorer
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("score");
+    let after = wallet(cached, WALLET).await;
+    assert_ne!(
+        after["creditScore"]["cursor"],
+        before["creditScore"]["cursor"]
+    );
+    assert_ne!(after["lendingSummary"], before["lendingSummary"]);
+    assert_eq!(after, wallet(direct, WALLET).await);
+
+    // A write that lost the race (an older version) changes nothing …
+    let score_key = latest::key(&prefix, Kind::Score, 137, WALLET);
+    let stored: i64 = redis::cmd("HGET")
+        .arg(&score_key)
+        .arg("v")
+        .query_async(&mut redis)
+        .await
+        .expect("version");
+    assert_eq!(
+        stored.to_string(),
+        after["creditScore"]["cursor"].as_str().expect("cursor")
+    );
+    let late = latest::Entry {
+        chain_id: 137,
+        wallet: WALLET.to_owned(),
+        version: stored - 1,
+        row: Some("{\"stale\": true}".to_owned()),
+    };
+    let written = latest::put(&mut redis, &prefix, Kind::Score, &[late])
+        .await
+        .expect("put");
+    assert_eq!(written, 0);
+    assert_eq!(wallet(cached, WALLET).await, after);
+
+    // … and a newer one is served as written: the answer really comes from Redis.
+    let mut planted: Value = serde_json::from_str(
+        &latest::read_postgres(&pool, Kind::Score, &[(137, WALLET.to_owned())], false)
+            .await
+            .expect("read")[0]
+            .row
+            .clone()
+            .expect("a score"),
+    )
+    .expect("json");
+    planted["score"] = json!(301);
+    let newer = latest::Entry {
+        chain_id: 137,
+        wallet: WALLET.to_owned(),
+        version: stored + 1,
+        row: Some(planted.to_string()),
+    };
+    assert_eq!(
+        latest::put(&mut redis, &prefix, Kind::Score, &[newer])
+            .await
+            .expect("put"),
+        1
+    );
+    assert_eq!(wallet(cached, WALLET).await["creditScore"]["score"], 301);
+    assert_eq!(
+        wallet(direct, WALLET).await["creditScore"]["score"],
+        after["creditScore"]["score"]
+    );
+
+    // A miss reads Postgres and fills the entry with Postgres's version.
+    let _: () = redis::cmd("DEL")
+        .arg(&score_key)
+        .query_async(&mut redis)
+        .await
+        .expect("del");
+    let misses = redis_reads(cached, "miss").await;
+    assert_eq!(wallet(cached, WALLET).await, after);
+    assert_eq!(redis_reads(cached, "miss").await, misses + 1);
+    let filled: i64 = redis::cmd("HGET")
+        .arg(&score_key)
+        .arg("v")
+        .query_async(&mut redis)
+        .await
+        .expect("filled");
+    assert_eq!(filled, stored);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&score_key)
+        .query_async(&mut redis)
+        .await
+        .expect("ttl");
+    assert!(ttl > 0 && ttl <= latest::TTL.as_secs() as i64, "{ttl}");
+}
