@@ -4,7 +4,9 @@
 //! 1. Point query under wrk (`wrk -t2 -c32 -d10s --latency`, POST with an API key):
 //!    `wallet(chainId: 137, address) { lendingSummary { … } creditScore { score band } }`;
 //!    p50/p99 and req/s, beside `GET /health` (one `SELECT 1` and one Redis `PING`) under the
-//!    same load as the baseline.
+//!    same load as the baseline, against two servers: the default one (latest scores and
+//!    summaries read from Redis) and one started with `--redis-reads false` (Postgres only).
+//!    Three rounds of the three, interleaved; medians.
 //! 2. Commit → subscriber latency: one `scoreUpdated` subscriber over WebSocket; a score row
 //!    inserted and committed N times (default 300); from sending the INSERT to the update
 //!    arriving. Baseline in the same run: a bare Postgres `LISTEN` receiving a `pg_notify`
@@ -30,6 +32,11 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const WALLET: &str = "0x000006eee6e39015cb523aebdd4d0b1855aba682";
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -210,27 +217,47 @@ async fn main() {
         base.rsplit_once('/').expect("db path").0,
         iso.database
     );
-    let child = Command::new(&binary)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", database_url)
-        .env(
-            "CHAINFOLD_KAFKA_BROKERS",
-            chainfold_testkit::kafka_brokers(),
-        )
-        .env("CHAINFOLD_TOPIC_PREFIX", &iso.kafka.topic_prefix)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("chainfold serve starts");
-    let server = Server(child);
+    let serve = |port: u16, redis_reads: bool| {
+        Command::new(&binary)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--redis-reads",
+                &redis_reads.to_string(),
+            ])
+            .env("DATABASE_URL", &database_url)
+            .env(
+                "CHAINFOLD_KAFKA_BROKERS",
+                chainfold_testkit::kafka_brokers(),
+            )
+            .env("CHAINFOLD_TOPIC_PREFIX", &iso.kafka.topic_prefix)
+            .env("CHAINFOLD_REDIS_PREFIX", &iso.redis.prefix)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("chainfold serve starts")
+    };
+    let server = Server(serve(port, true));
     let pid = server.0.id();
+    let direct_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let _direct = Server(serve(direct_port, false));
     let health = format!("http://127.0.0.1:{port}/health");
-    for _ in 0..100 {
-        if reqwest::get(&health).await.is_ok() {
-            break;
+    for p in [port, direct_port] {
+        for _ in 0..100 {
+            if reqwest::get(format!("http://127.0.0.1:{p}/health"))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let idle_rss = rss_mib(pid);
 
@@ -241,21 +268,23 @@ async fn main() {
         r#"{{ wallet(chainId: 137, address: \"{WALLET}\") {{ lendingSummary {{ action count amountUsd }} creditScore {{ score band }} }} }}"#
     );
     let body = format!(r#"{{"query":"{query}"}}"#);
-    let check: Value = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/graphql"))
-        .header("content-type", "application/json")
-        .header("x-api-key", &key)
-        .body(body.clone())
-        .send()
-        .await
-        .expect("query")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(
-        check["data"]["wallet"]["creditScore"]["score"], 505,
-        "{check}"
-    );
+    for p in [port, direct_port] {
+        let check: Value = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{p}/graphql"))
+            .header("content-type", "application/json")
+            .header("x-api-key", &key)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("query")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            check["data"]["wallet"]["creditScore"]["score"], 505,
+            "{check}"
+        );
+    }
     let post = dir.join("post.lua");
     std::fs::write(
         &post,
@@ -266,8 +295,34 @@ async fn main() {
     .expect("script");
     let get = dir.join("get.lua");
     std::fs::write(&get, "wrk.method = \"GET\"\n").expect("script");
-    let (h50, h99, hrps) = wrk(&health, &get);
-    let (q50, q99, qrps) = wrk(&format!("http://127.0.0.1:{port}/graphql"), &post);
+    let (mut hs, mut qs, mut ds) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        hs.push(wrk(&health, &get));
+        qs.push(wrk(&format!("http://127.0.0.1:{port}/graphql"), &post));
+        ds.push(wrk(
+            &format!("http://127.0.0.1:{direct_port}/graphql"),
+            &post,
+        ));
+    }
+    let med = |v: &[(f64, f64, f64)]| {
+        (
+            median(v.iter().map(|x| x.0).collect()),
+            median(v.iter().map(|x| x.1).collect()),
+            median(v.iter().map(|x| x.2).collect()),
+        )
+    };
+    let ((h50, h99, hrps), (q50, q99, qrps), (d50, d99, drps)) = (med(&hs), med(&qs), med(&ds));
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let hits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chainfold_api_redis_reads_total{result=\"hit\"} "))
+        .unwrap_or("?")
+        .to_owned();
     // A filtered, ordered collection page (Graph-style where, keyset order, totalCount).
     let collection = json!({ "query": format!(
         r#"{{ lendingEvents(chainId: 137, where: {{wallet: "{WALLET}", action_in: [DEPOSIT, BORROW], amountUsd_gt: "1"}}, orderBy: amountUsd, orderDirection: desc, first: 20) {{ totalCount edges {{ cursor node {{ eventId action amountUsd blockTime }} }} }} }}"#
@@ -299,8 +354,9 @@ async fn main() {
     let (c50, c99, crps) = wrk(&format!("http://127.0.0.1:{port}/graphql"), &filtered);
     let loaded_rss = rss_mib(pid);
     println!(
-        "point query (wrk -t2 -c32 -d10s): p50 {q50:.2} ms, p99 {q99:.2} ms, {qrps:.0} req/s; /health baseline p50 {h50:.2} ms, p99 {h99:.2} ms, {hrps:.0} req/s; ratio req/s {:.2}x",
-        qrps / hrps
+        "point query (wrk -t2 -c32 -d10s, medians of 3): Redis reads p50 {q50:.2} ms, p99 {q99:.2} ms, {qrps:.0} req/s ({hits} Redis hits); Postgres only p50 {d50:.2} ms, p99 {d99:.2} ms, {drps:.0} req/s; /health baseline p50 {h50:.2} ms, p99 {h99:.2} ms, {hrps:.0} req/s; ratio req/s to /health {:.2}x (Redis) and {:.2}x (Postgres)",
+        qrps / hrps,
+        drps / hrps
     );
     println!(
         "filtered collection page (where + orderBy + totalCount, first 20): p50 {c50:.2} ms, p99 {c99:.2} ms, {crps:.0} req/s; ratio req/s to /health {:.2}x",
