@@ -63,13 +63,18 @@ type ProfileRow = (
     i64,
     i64,
     bool,
+    i64,
 );
 
-/// Loads the profiles of `wallets` and the history after each one's cursor. Wallets in `reset`
-/// (a reorg retracted one of their events in this batch) start from an empty profile.
+/// Loads the profiles of `wallets` and the history after each one's cursor up to its `until`
+/// (the batch's latest trigger time for the wallet: rows after it are seen by no trigger of the
+/// batch, and during a backfill the projector may hold many). Rows after `until` are counted for
+/// the check, not read. Wallets in `reset` (a reorg retracted one of their events in this batch)
+/// start from an empty profile.
 pub async fn load(
     pool: &PgPool,
     wallets: &[WalletKey],
+    until: &[DateTime<Utc>],
     reset: &HashSet<WalletKey>,
 ) -> anyhow::Result<(HashMap<WalletKey, Loaded>, LoadStats)> {
     let chains: Vec<i64> = wallets.iter().map(|w| w.0 as i64).collect();
@@ -80,8 +85,8 @@ pub async fn load(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    // Rows without a block time are never folded (they have no place in time), so they are
-    // counted apart for the check.
+    // Rows without a block time are never folded (they have no place in time), and rows after
+    // `until` are not read: both are counted apart for the check.
     let stored: Vec<ProfileRow> = sqlx::query_as(
         "SELECT w.chain_id, w.wallet, p.rows_folded, p.cursor_time, p.cursor_block, p.cursor_log,
                 p.cursor_event_id, p.state,
@@ -90,16 +95,19 @@ pub async fn load(
                 (SELECT count(*) FROM lending_event n
                  WHERE n.chain_id = w.chain_id AND n.wallet = w.wallet AND n.block_time IS NULL),
                 EXISTS (SELECT 1 FROM lending_event c WHERE c.event_id = p.cursor_event_id
-                        AND c.block_hash IS NOT DISTINCT FROM p.cursor_block_hash)
-         FROM UNNEST($1::int8[], $2::text[]) AS w(chain_id, wallet)
+                        AND c.block_hash IS NOT DISTINCT FROM p.cursor_block_hash),
+                (SELECT count(*) FROM lending_event n
+                 WHERE n.chain_id = w.chain_id AND n.wallet = w.wallet AND n.block_time > w.until)
+         FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[]) AS w(chain_id, wallet, until)
          LEFT JOIN credit_profile p ON p.chain_id = w.chain_id AND p.wallet = w.wallet",
     )
     .bind(&chains)
     .bind(&addrs)
+    .bind(until)
     .fetch_all(&mut *tx)
     .await?;
     let mut profiles: HashMap<WalletKey, (CreditProfile, i64)> = HashMap::new();
-    for (chain, wallet, rows, t, b, l, id, state, total, untimed, cursor_kept) in stored {
+    for (chain, wallet, rows, t, b, l, id, state, total, untimed, cursor_kept, beyond) in stored {
         let key = (chain as u64, wallet);
         let profile = match (rows, t, b, l, id, state) {
             (Some(rows), Some(at), Some(block), Some(log_index), Some(event_id), Some(state))
@@ -122,7 +130,7 @@ pub async fn load(
             }
             _ => CreditProfile::default(),
         };
-        profiles.insert(key, (profile, total - untimed));
+        profiles.insert(key, (profile, total - untimed - beyond));
     }
     let mut stats = LoadStats::default();
     let mut out: HashMap<WalletKey, Loaded> = HashMap::new();
@@ -132,7 +140,7 @@ pub async fn load(
             .collect::<Vec<_>>()
     };
     let cursors = after(&profiles, wallets);
-    let mut rows = rows_after(&mut tx, wallets, &cursors).await?;
+    let mut rows = rows_after(&mut tx, wallets, &cursors, until).await?;
     let mut stale = Vec::new();
     for (i, key) in wallets.iter().enumerate() {
         let (profile, timed) = profiles.remove(key).unwrap_or_default();
@@ -159,7 +167,11 @@ pub async fn load(
     }
     if !stale.is_empty() {
         let none = vec![None; stale.len()];
-        let mut again = rows_after(&mut tx, &stale, &none).await?;
+        let stale_until: Vec<DateTime<Utc>> = stale
+            .iter()
+            .map(|k| until[wallets.iter().position(|w| w == k).unwrap_or_default()])
+            .collect();
+        let mut again = rows_after(&mut tx, &stale, &none, &stale_until).await?;
         for (i, key) in stale.into_iter().enumerate() {
             let tail = again.remove(&i).unwrap_or_default();
             stats.rows_read += tail.len() as u64;
@@ -195,12 +207,14 @@ type EventRow = (
     Option<String>,
 );
 
-/// The timed history rows of each wallet after its cursor (all of them without one), in the
-/// fold's order, keyed by the wallet's position in `wallets`. One query for the whole batch.
+/// The timed history rows of each wallet after its cursor (all of them without one) up to and
+/// including its `until`, in the fold's order, keyed by the wallet's position in `wallets`. One
+/// query for the whole batch.
 pub async fn rows_after(
     conn: &mut sqlx::PgConnection,
     wallets: &[WalletKey],
     cursors: &[Option<HistoryKey>],
+    until: &[DateTime<Utc>],
 ) -> anyhow::Result<BTreeMap<usize, Vec<HistoryRow>>> {
     let chains: Vec<i64> = wallets.iter().map(|w| w.0 as i64).collect();
     let addrs: Vec<&str> = wallets.iter().map(|w| w.1.as_str()).collect();
@@ -224,10 +238,11 @@ pub async fn rows_after(
                 e.collateral_reserve, e.collateral_symbol,
                 (e.collateral_amount / power(10::numeric, e.collateral_decimals))::float8,
                 e.block_number, e.log_index, e.event_id, e.block_hash
-         FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[], $4::int8[], $5::int8[], $6::text[])
-              WITH ORDINALITY AS w(chain_id, wallet, t, b, l, id, i)
+         FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[], $4::int8[], $5::int8[], $6::text[],
+                     $7::timestamptz[])
+              WITH ORDINALITY AS w(chain_id, wallet, t, b, l, id, until, i)
          JOIN lending_event e ON e.chain_id = w.chain_id AND e.wallet = w.wallet
-          AND e.block_time IS NOT NULL
+          AND e.block_time <= w.until
           AND (w.t IS NULL OR e.block_time > w.t OR (e.block_time = w.t
                AND (coalesce(e.block_number, 9223372036854775807),
                     coalesce(e.log_index::int8, 9223372036854775807),
@@ -241,6 +256,7 @@ pub async fn rows_after(
     .bind(&blocks)
     .bind(&logs)
     .bind(&ids)
+    .bind(until)
     .fetch_all(&mut *conn)
     .await?;
     let mut out: BTreeMap<usize, Vec<HistoryRow>> = BTreeMap::new();

@@ -323,7 +323,12 @@ impl ScoreEngine {
                 .push(t);
         }
         let keys: Vec<WalletKey> = by_wallet.keys().cloned().collect();
-        let (mut loaded, stats) = profiles::load(&self.pool, &keys, reset).await?;
+        // The latest time any trigger of the wallet sees: history after it is not read.
+        let until: Vec<DateTime<Utc>> = by_wallet
+            .values()
+            .map(|list| list.iter().map(|t| t.at).max().unwrap_or_default())
+            .collect();
+        let (mut loaded, stats) = profiles::load(&self.pool, &keys, &until, reset).await?;
         let mut attested = self.attestations(&keys).await?;
         let mut expired = 0;
         let mut behind = 0;
@@ -338,7 +343,7 @@ impl ScoreEngine {
         let mut keep = Vec::new();
         // (chain, wallet, trigger, activity, active attestations, position features)
         let mut pending = Vec::new();
-        for (key, list) in &by_wallet {
+        for ((key, list), until) in by_wallet.iter().zip(&until) {
             let Loaded {
                 mut profile, rows, ..
             } = loaded.remove(key).unwrap_or_default();
@@ -382,10 +387,15 @@ impl ScoreEngine {
             if !older.is_empty() {
                 behind += older.len() as u64;
                 let mut conn = self.pool.acquire().await?;
-                let all = profiles::rows_after(&mut conn, std::slice::from_ref(key), &[None])
-                    .await?
-                    .remove(&0)
-                    .unwrap_or_default();
+                let all = profiles::rows_after(
+                    &mut conn,
+                    std::slice::from_ref(key),
+                    &[None],
+                    std::slice::from_ref(until),
+                )
+                .await?
+                .remove(&0)
+                .unwrap_or_default();
                 for t in older {
                     let mut from_start = CreditProfile::default();
                     for r in all.iter().filter(|r| visible(t, r.block, r.key.at)) {
