@@ -1,18 +1,29 @@
 //! Whole-pipeline tests live in `tests/`, the benchmarks in `benches/`; this library holds what
 //! several of them share.
 
+use std::time::Duration;
+
 use chainfold_ingest::replay::Dataset;
 use chainfold_testkit::{data_dir, Isolated};
 
 /// Publishes a bundled data set to `iso`'s topics and folds it with a projector of `iso`'s
 /// group until it has caught up.
 pub async fn replay_and_project(iso: &Isolated, dataset: Dataset) {
+    let items = dataset.decode_dir(&data_dir()).expect("bundled data");
+    publish_and_project(iso, items).await;
+}
+
+/// Publishes `items` (decoded events, as a replay yields them) to `iso`'s topics and folds them
+/// with a projector of `iso`'s group until it has caught up.
+pub async fn publish_and_project(
+    iso: &Isolated,
+    items: impl IntoIterator<Item = chainfold_ingest::Decoded>,
+) {
     let topics = iso.kafka.topics();
     chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
         .await
         .expect("topics");
     let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    let items = dataset.decode_dir(&data_dir()).expect("bundled data");
     chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
         .await
         .expect("publish");
@@ -25,4 +36,27 @@ pub async fn replay_and_project(iso: &Isolated, dataset: Dataset) {
     .await
     .expect("projector");
     projector.run_until_caught_up().await.expect("project");
+}
+
+/// A scorer of a new group over `iso`'s topics, with the shipped model and policy, run until it
+/// has scored everything there is (it has caught up with `iso`'s projector group).
+pub async fn score_all(iso: &Isolated) -> chainfold_scoring::worker::Scorer {
+    let scoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring");
+    let mut config = chainfold_scoring::worker::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        chainfold_testkit::unique("scorer"),
+        iso.group.clone(),
+        scoring.join("models/position-v1"),
+    );
+    config.policy = Some(scoring.join("policy.toml"));
+    let mut scorer = chainfold_scoring::worker::Scorer::build(config)
+        .await
+        .expect("scorer");
+    scorer
+        .run_until_idle(Duration::from_secs(5))
+        .await
+        .expect("scores");
+    scorer
 }

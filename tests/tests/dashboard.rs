@@ -15,23 +15,7 @@ const WALLET: &str = "0x000006eee6e39015cb523aebdd4d0b1855aba682";
 async fn the_dashboard_shows_a_replayed_score_and_a_pushed_alert() {
     let iso = Isolated::new("dashboard").await;
     chainfold_tests::replay_and_project(&iso, Dataset::Polygon).await;
-    let scoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring");
-    let mut config = chainfold_scoring::worker::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        unique("scorer"),
-        iso.group.clone(),
-        scoring.join("models/position-v1"),
-    );
-    config.policy = Some(scoring.join("policy.toml"));
-    let mut scorer = chainfold_scoring::worker::Scorer::build(config)
-        .await
-        .expect("scorer");
-    scorer
-        .run_until_idle(Duration::from_secs(5))
-        .await
-        .expect("scores");
+    let scorer = chainfold_tests::score_all(&iso).await;
     let pool = scorer.pool().clone();
     let (stored, stored_id): (i32, i64) = sqlx::query_as(
         "SELECT score, id FROM credit_score_latest WHERE chain_id = 137 AND wallet = $1",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chainfold_ingest::replay::Dataset;
 use chainfold_platform::latest::{self, Kind};
-use chainfold_testkit::{data_dir, unique, Isolated};
+use chainfold_testkit::{data_dir, Isolated};
 use serde_json::{json, Value};
 
 const WALLET: &str = "0x000006eee6e39015cb523aebdd4d0b1855aba682";
@@ -68,23 +68,7 @@ async fn redis_reads(port: u16, result: &str) -> u64 {
 async fn latest_scores_and_summaries_are_served_from_redis_in_commit_order() {
     let iso = Isolated::new("latest").await;
     chainfold_tests::replay_and_project(&iso, Dataset::Polygon).await;
-    let scoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring");
-    let mut config = chainfold_scoring::worker::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        unique("scorer"),
-        iso.group.clone(),
-        scoring.join("models/position-v1"),
-    );
-    config.policy = Some(scoring.join("policy.toml"));
-    let mut scorer = chainfold_scoring::worker::Scorer::build(config)
-        .await
-        .expect("scorer");
-    scorer
-        .run_until_idle(Duration::from_secs(5))
-        .await
-        .expect("scores");
+    let mut scorer = chainfold_tests::score_all(&iso).await;
     let pool = scorer.pool().clone();
     let mut redis = chainfold_platform::redis_cache::connect(&iso.redis)
         .await
@@ -139,24 +123,7 @@ async fn latest_scores_and_summaries_are_served_from_redis_in_commit_order() {
         .clone();
     env.event_id = chainfold_domain::EventId::of_record(137, "latest-test", "1");
     env.block_time = env.block_time.map(|t| t + chrono::Duration::days(30));
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    chainfold_ingest::publish::publish_all(
-        &producer,
-        &iso.kafka.topics(),
-        vec![Ok(env)],
-        |_, _| {},
-    )
-    .await
-    .expect("publish");
-    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector");
-    projector.run_until_caught_up().await.expect("project");
+    chainfold_tests::publish_and_project(&iso, vec![Ok(env)]).await;
     scorer
         .run_until_idle(Duration::from_secs(3))
         .await
