@@ -758,12 +758,18 @@ async fn three_projectors_and_two_scorers_share_six_partitions_and_lose_one_each
                 .unwrap_or_default();
         owners_seen.extend(rows.iter().filter_map(|r| r.1.clone()));
         let folded: i64 = rows.iter().map(|r| r.0).sum();
-        if folded * 3 >= total {
+        // The projector about to be killed must hold partitions when it dies: wait for the
+        // group to have spread them (a member that joins late gets its share at the next
+        // rebalance), not only for a third of the log.
+        let killed_owns = owners_seen
+            .iter()
+            .any(|o| o.starts_with(&format!("{}-2/", p.groups["project"])));
+        if folded * 3 >= total && killed_owns {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "no progress: {folded} of {total}"
+            "no progress: {folded} of {total}, owners {owners_seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
