@@ -758,13 +758,13 @@ async fn three_projectors_and_two_scorers_share_six_partitions_and_lose_one_each
                 .unwrap_or_default();
         owners_seen.extend(rows.iter().filter_map(|r| r.1.clone()));
         let folded: i64 = rows.iter().map(|r| r.0).sum();
-        // The projector about to be killed must hold partitions when it dies: wait for the
-        // group to have spread them (a member that joins late gets its share at the next
-        // rebalance), not only for a third of the log.
+        // The group must have spread the partitions (two owners at least) and the projector
+        // about to be killed must hold some when it dies: a member that joins late gets its
+        // share at the next rebalance, which can come after a third of the log is folded.
         let killed_owns = owners_seen
             .iter()
             .any(|o| o.starts_with(&format!("{}-2/", p.groups["project"])));
-        if folded * 3 >= total && killed_owns {
+        if folded * 3 >= total && killed_owns && owners_seen.len() >= 2 {
             break;
         }
         assert!(
@@ -815,7 +815,19 @@ async fn three_projectors_and_two_scorers_share_six_partitions_and_lose_one_each
                 }
             }
         }
+        // The killed projector's partitions are claimed by a survivor (the claim is written
+        // on assignment, with or without records left to fold).
+        let held_by_killed: Vec<String> = sqlx::query_scalar(
+            "SELECT topic || '/' || partition_id FROM consumer_offset
+             WHERE group_id = $1 AND owner LIKE $2",
+        )
+        .bind(&p.groups["project"])
+        .bind(format!("{}-2/%", p.groups["project"]))
+        .fetch_all(&pool)
+        .await
+        .expect("claims");
         if behind.is_empty()
+            && held_by_killed.is_empty()
             && chainfold_platform::outbox::pending(&pool)
                 .await
                 .unwrap_or(-1)
@@ -825,7 +837,7 @@ async fn three_projectors_and_two_scorers_share_six_partitions_and_lose_one_each
         }
         assert!(
             started.elapsed() < Duration::from_secs(300),
-            "the survivors did not take over: {behind:?} (logs in {})",
+            "the survivors did not take over: behind {behind:?}, still held by the killed projector {held_by_killed:?} (logs in {})",
             p.logs.display()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
