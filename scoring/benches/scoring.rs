@@ -59,29 +59,13 @@ async fn main() {
     let history = numbers.get(1).copied().unwrap_or(100_000);
     let iso = Isolated::new("bench_scoring").await;
     let topics = iso.kafka.topics();
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
     let events: Vec<Envelope> = Dataset::Polygon
         .decode_dir(&data_dir())
         .expect("data")
         .into_iter()
         .flatten()
         .collect();
-    let items = events.iter().cloned().map(Ok).collect::<Vec<_>>();
-    chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
-        .await
-        .expect("publish");
-    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector");
-    projector.run_until_caught_up().await.expect("project");
+    let (producer, projector) = publish_and_project(&iso, events.clone()).await;
     let pool = projector.pool().clone();
 
     for (label, batch) in [
@@ -245,27 +229,7 @@ fn one_wallet(events: &[Envelope], n: usize) -> Vec<Envelope> {
 /// Section 3: per-event cost along one wallet's long history, with and without stored profiles.
 async fn long_history(events: &[Envelope], n: usize) {
     let iso = Isolated::new("bench_history").await;
-    let topics = iso.kafka.topics();
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    let items = one_wallet(events, n)
-        .into_iter()
-        .map(Ok)
-        .collect::<Vec<_>>();
-    chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
-        .await
-        .expect("publish");
-    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector");
-    projector.run_until_caught_up().await.expect("project");
+    let (_, projector) = publish_and_project(&iso, one_wallet(events, n)).await;
     let pool = projector.pool().clone();
     drop(projector);
     let mut tenths = Vec::new();
@@ -318,4 +282,31 @@ async fn long_history(events: &[Envelope], n: usize) {
         "long history: in the last tenth the baseline costs {:.1}x the stored profiles per score",
         tenths[1].1 / tenths[0].1
     );
+}
+
+/// Publishes `events` to `iso`'s topics (with their seals) and folds them with a projector of
+/// `iso`'s group until it has caught up; returns the producer and the projector.
+async fn publish_and_project(
+    iso: &Isolated,
+    events: Vec<Envelope>,
+) -> (rdkafka::producer::FutureProducer, chainfold_projector::App) {
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    let items = events.into_iter().map(Ok).collect::<Vec<_>>();
+    chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
+        .await
+        .expect("publish");
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+    (producer, projector)
 }
