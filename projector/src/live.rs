@@ -106,55 +106,56 @@ pub async fn insert_pool_syncs(
     Ok(done.rows_affected())
 }
 
-/// Inserts liquidity changes, skipping stored ones; returns how many were new.
 /// [`insert_pool_syncs`] for a large batch: the new rows in one `COPY` (see [`crate::copy`]).
 async fn copy_pool_syncs(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[(&PoolSyncRow, &Coordinates)],
 ) -> Result<u64, StoreError> {
-    use crate::copy::{copy_in, new_positions, stored_ids, CopyText};
+    use crate::copy::{copy_new, CopyTable, CopyText};
+    static POOL_SYNC: CopyTable = CopyTable::new("pool_sync");
     let ids: Vec<String> = rows
         .iter()
         .map(|(r, _)| r.at.event_id.to_string())
         .collect();
-    let stored = stored_ids(tx, "pool_sync", &ids).await?;
-    let fresh = new_positions(&ids, &stored);
-    if fresh.is_empty() {
-        return Ok(0);
-    }
-    let mut data = CopyText::with_capacity(fresh.len());
-    for &i in &fresh {
-        let (row, from) = rows[i];
-        let at = &row.at;
-        data.plain(&ids[i])
-            .plain(at.chain_id as i64)
-            .opt(at.block_number.map(|b| b as i64))
-            .opt_hex(at.block_hash.as_ref())
-            .opt_hex(at.tx_hash.as_ref())
-            .opt(at.log_index.map(|i| i as i32))
-            .time(at.block_time)
-            .text(&from.topic)
-            .plain(from.partition)
-            .plain(from.offset)
-            .hex(&row.sync.pool)
-            .text(&row.sync.protocol)
-            .hex(&row.sync.token0)
-            .hex(&row.sync.token1)
-            .plain(row.sync.reserve0)
-            .plain(row.sync.reserve1);
-        data.end_row();
-    }
-    copy_in(
+    let build = |fresh: &[usize]| {
+        let mut data = CopyText::with_capacity(fresh.len());
+        for &i in fresh {
+            let (row, from) = rows[i];
+            let at = &row.at;
+            data.plain(&ids[i])
+                .plain(at.chain_id as i64)
+                .opt(at.block_number.map(|b| b as i64))
+                .opt_hex(at.block_hash.as_ref())
+                .opt_hex(at.tx_hash.as_ref())
+                .opt(at.log_index.map(|i| i as i32))
+                .time(at.block_time)
+                .text(&from.topic)
+                .plain(from.partition)
+                .plain(from.offset)
+                .hex(&row.sync.pool)
+                .text(&row.sync.protocol)
+                .hex(&row.sync.token0)
+                .hex(&row.sync.token1)
+                .plain(row.sync.reserve0)
+                .plain(row.sync.reserve1);
+            data.end_row();
+        }
+        data
+    };
+    let copied = copy_new(
         tx,
+        &POOL_SYNC,
+        &ids,
         "COPY pool_sync (event_id, chain_id, block_number, block_hash, tx_hash, log_index,
             block_time, kafka_topic, kafka_partition, kafka_offset, pool, protocol, token0, token1,
             reserve0, reserve1) FROM STDIN",
-        &data,
+        build,
     )
     .await?;
-    Ok(fresh.len() as u64)
+    Ok(copied.fresh.len() as u64)
 }
 
+/// Inserts liquidity changes, skipping stored ones; returns how many were new.
 pub async fn insert_liquidity(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[(&LiquidityRow, &Coordinates)],

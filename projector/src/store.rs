@@ -473,60 +473,64 @@ async fn copy_swaps(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[(SwapRow, Coordinates)],
 ) -> Result<(u64, Vec<PoolSummaryRow>), StoreError> {
-    use crate::copy::{copy_in, new_positions, stored_ids, CopyText};
+    use crate::copy::{copy_new, CopyTable, CopyText};
+    static SWAP: CopyTable = CopyTable::new("swap");
     let ids: Vec<String> = rows.iter().map(|(r, _)| r.event_id.to_string()).collect();
-    let stored = stored_ids(tx, "swap", &ids).await?;
-    let fresh = new_positions(&ids, &stored);
-    if fresh.is_empty() {
-        return Ok((0, Vec::new()));
-    }
-    let mut data = CopyText::with_capacity(fresh.len());
-    for &i in &fresh {
-        let (row, at) = &rows[i];
-        let trace = format!(
-            "{{{}}}",
-            row.trace_address
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        data.plain(&ids[i])
-            .plain(row.chain_id as i64)
-            .hex(&row.pool)
-            .text(&row.protocol)
-            .opt(row.block_number.map(|b| b as i64))
-            .opt_hex(row.block_hash.as_ref())
-            .opt_hex(row.tx_hash.as_ref())
-            .plain(row.tx_position as i32)
-            .plain(trace)
-            .opt(row.log_index.map(|i| i as i32))
-            .time(row.block_time)
-            .hex(&row.sender)
-            .hex(&row.recipient)
-            .hex(&row.token_in)
-            .plain(row.amount_in)
-            .hex(&row.token_out)
-            .plain(row.amount_out)
-            .plain(row.reverted)
-            .text(&at.topic)
-            .plain(at.partition)
-            .plain(at.offset)
-            .opt(row.v3.as_ref().map(|v| &v.sqrt_price_x96))
-            .opt(row.v3.as_ref().map(|v| &v.liquidity))
-            .opt(row.v3.as_ref().map(|v| v.tick));
-        data.end_row();
-    }
-    copy_in(
+    let build = |fresh: &[usize]| {
+        let mut data = CopyText::with_capacity(fresh.len());
+        for &i in fresh {
+            let (row, at) = &rows[i];
+            let trace = format!(
+                "{{{}}}",
+                row.trace_address
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            data.plain(&ids[i])
+                .plain(row.chain_id as i64)
+                .hex(&row.pool)
+                .text(&row.protocol)
+                .opt(row.block_number.map(|b| b as i64))
+                .opt_hex(row.block_hash.as_ref())
+                .opt_hex(row.tx_hash.as_ref())
+                .plain(row.tx_position as i32)
+                .plain(trace)
+                .opt(row.log_index.map(|i| i as i32))
+                .time(row.block_time)
+                .hex(&row.sender)
+                .hex(&row.recipient)
+                .hex(&row.token_in)
+                .plain(row.amount_in)
+                .hex(&row.token_out)
+                .plain(row.amount_out)
+                .plain(row.reverted)
+                .text(&at.topic)
+                .plain(at.partition)
+                .plain(at.offset)
+                .opt(row.v3.as_ref().map(|v| &v.sqrt_price_x96))
+                .opt(row.v3.as_ref().map(|v| &v.liquidity))
+                .opt(row.v3.as_ref().map(|v| v.tick));
+            data.end_row();
+        }
+        data
+    };
+    let copied = copy_new(
         tx,
+        &SWAP,
+        &ids,
         "COPY swap (event_id, chain_id, pool, protocol, block_number, block_hash, tx_hash,
             tx_position, trace_address, log_index, block_time, sender, recipient, token_in,
             amount_in, token_out, amount_out, reverted, kafka_topic, kafka_partition, kafka_offset,
             sqrt_price_x96, liquidity, tick) FROM STDIN",
-        &data,
+        build,
     )
     .await?;
-    let new_rows: Vec<&SwapRow> = fresh.iter().map(|&i| &rows[i].0).collect();
+    if copied.fresh.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let new_rows: Vec<&SwapRow> = copied.fresh.iter().map(|&i| &rows[i].0).collect();
     let pools = upsert_pool_summaries(tx, &new_rows).await?;
     Ok((new_rows.len() as u64, pools))
 }

@@ -256,3 +256,97 @@ async fn an_offset_moves_only_from_where_it_stands_under_the_current_claim(pool:
     store::reset(&pool, "g").await.expect("reset");
     assert!(offsets::load(&pool, "g").await.expect("load").is_empty());
 }
+
+/// `n` swaps of one pool numbered from `from`, one record each.
+fn numbered_swaps(from: usize, n: usize) -> Vec<Envelope> {
+    let template = sample_swaps().remove(1);
+    (from..from + n)
+        .map(|i| Envelope {
+            event_id: EventId::of_record(1, "test-swaps", &format!("n{i}")),
+            ..template.clone()
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn a_large_batch_with_republished_swaps_stores_only_the_new_ones(pool: PgPool) {
+    let write = |envelopes: Vec<Envelope>, first_offset: i64| {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<_> = envelopes
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (swap_row(e).expect("folds"), at(first_offset + i as i64)))
+                .collect();
+            let mut tx = pool.begin().await.expect("tx");
+            let (new, _) = store::insert_swaps(&mut tx, &rows).await.expect("insert");
+            tx.commit().await.expect("commit");
+            new
+        }
+    };
+    assert!(100 >= chainfold_projector::copy::COPY_MIN);
+    assert_eq!(write(numbered_swaps(0, 100), 0).await, 100);
+    // Ingest restarted and published 50..200 again at new offsets, one of them twice.
+    let mut republished = numbered_swaps(50, 150);
+    republished.push(republished[120].clone());
+    assert_eq!(write(republished, 100).await, 100, "only 100..200 are new");
+    // The batches after the conflict probe first; a fresh one is stored whole.
+    assert_eq!(write(numbered_swaps(200, 100), 251).await, 100);
+    let (rows, counted): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM swap), (SELECT swap_count FROM pool_summary)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!((rows, counted), (300, 300), "each swap stored and counted once");
+}
+
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn a_copy_probes_only_after_it_meets_a_stored_id(pool: PgPool) {
+    use chainfold_projector::copy::{copy_new, CopyTable, CopyText, PROBE_AFTER_CONFLICT};
+    static T: CopyTable = CopyTable::new("copy_probe_test");
+    sqlx::query("CREATE TABLE copy_probe_test (event_id text PRIMARY KEY, n int4 NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    let copy = |range: std::ops::Range<usize>| {
+        let pool = pool.clone();
+        async move {
+            let ids: Vec<String> = range.clone().map(|i| format!("e{i}")).collect();
+            let mut tx = pool.begin().await.expect("tx");
+            let copied = copy_new(
+                &mut tx,
+                &T,
+                &ids,
+                "COPY copy_probe_test (event_id, n) FROM STDIN",
+                |fresh| {
+                    let mut data = CopyText::with_capacity(fresh.len());
+                    for &i in fresh {
+                        data.plain(&ids[i]).plain(range.start + i);
+                        data.end_row();
+                    }
+                    data
+                },
+            )
+            .await
+            .expect("copy");
+            tx.commit().await.expect("commit");
+            (copied.fresh.len(), copied.probed, copied.conflicted)
+        }
+    };
+    assert_eq!(copy(0..10).await, (10, false, false), "optimistic first");
+    assert_eq!(copy(5..20).await, (10, true, true), "conflict: rolled back, probed");
+    for i in 0..PROBE_AFTER_CONFLICT {
+        let from = 20 + 10 * i as usize;
+        assert_eq!(copy(from..from + 10).await, (10, true, false), "probing first");
+    }
+    let from = 20 + 10 * PROBE_AFTER_CONFLICT as usize;
+    assert_eq!(copy(from..from + 10).await, (10, false, false), "optimistic again");
+    let (rows, sum): (i64, i64) =
+        sqlx::query_as("SELECT count(*), sum(n)::int8 FROM copy_probe_test")
+            .fetch_one(&pool)
+            .await
+            .expect("counts");
+    let last = from as i64 + 10;
+    assert_eq!((rows, sum), (last, last * (last - 1) / 2), "every id once");
+}
