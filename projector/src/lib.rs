@@ -524,7 +524,16 @@ impl App {
                 None => {}
             }
             if last_report.elapsed() > Duration::from_secs(10) && total.stored > 0 {
-                tracing::info!(folded = total.stored, "projector progress");
+                let t = &self.timings;
+                tracing::info!(
+                    folded = total.stored,
+                    batches = t.batches,
+                    receive_ms = t.receive.as_millis() as u64,
+                    decode_fold_ms = t.decode_fold.as_millis() as u64,
+                    postgres_ms = t.postgres.as_millis() as u64,
+                    redis_ms = t.redis.as_millis() as u64,
+                    "projector progress"
+                );
                 last_report = Instant::now();
             }
         };

@@ -284,7 +284,7 @@ async fn a_large_batch_with_republished_swaps_stores_only_the_new_ones(pool: PgP
             new
         }
     };
-    assert!(100 >= chainfold_projector::copy::COPY_MIN);
+    const { assert!(100 >= chainfold_projector::copy::COPY_MIN) };
     assert_eq!(write(numbered_swaps(0, 100), 0).await, 100);
     // Ingest restarted and published 50..200 again at new offsets, one of them twice.
     let mut republished = numbered_swaps(50, 150);
@@ -292,13 +292,16 @@ async fn a_large_batch_with_republished_swaps_stores_only_the_new_ones(pool: PgP
     assert_eq!(write(republished, 100).await, 100, "only 100..200 are new");
     // The batches after the conflict probe first; a fresh one is stored whole.
     assert_eq!(write(numbered_swaps(200, 100), 251).await, 100);
-    let (rows, counted): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM swap), (SELECT swap_count FROM pool_summary)",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("counts");
-    assert_eq!((rows, counted), (300, 300), "each swap stored and counted once");
+    let (rows, counted): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM swap), (SELECT swap_count FROM pool_summary)")
+            .fetch_one(&pool)
+            .await
+            .expect("counts");
+    assert_eq!(
+        (rows, counted),
+        (300, 300),
+        "each swap stored and counted once"
+    );
 }
 
 #[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
@@ -335,13 +338,25 @@ async fn a_copy_probes_only_after_it_meets_a_stored_id(pool: PgPool) {
         }
     };
     assert_eq!(copy(0..10).await, (10, false, false), "optimistic first");
-    assert_eq!(copy(5..20).await, (10, true, true), "conflict: rolled back, probed");
+    assert_eq!(
+        copy(5..20).await,
+        (10, true, true),
+        "conflict: rolled back, probed"
+    );
     for i in 0..PROBE_AFTER_CONFLICT {
         let from = 20 + 10 * i as usize;
-        assert_eq!(copy(from..from + 10).await, (10, true, false), "probing first");
+        assert_eq!(
+            copy(from..from + 10).await,
+            (10, true, false),
+            "probing first"
+        );
     }
     let from = 20 + 10 * PROBE_AFTER_CONFLICT as usize;
-    assert_eq!(copy(from..from + 10).await, (10, false, false), "optimistic again");
+    assert_eq!(
+        copy(from..from + 10).await,
+        (10, false, false),
+        "optimistic again"
+    );
     let (rows, sum): (i64, i64) =
         sqlx::query_as("SELECT count(*), sum(n)::int8 FROM copy_probe_test")
             .fetch_one(&pool)

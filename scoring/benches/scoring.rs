@@ -89,6 +89,7 @@ async fn main() {
             // Busy time: from each batch's first message to its commit (group join and idle
             // waits excluded).
             rates.push(outcome.scored as f64 / scorer.busy.as_secs_f64());
+            println!("  {label}: {}", scorer.stages);
         }
         println!(
             "throughput {label}: median {:.0} events/s (= wallet rescorings/s), runs {:?}",

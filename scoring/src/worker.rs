@@ -212,6 +212,46 @@ pub struct Scorer {
     /// Time spent from each batch's first message to its commit (waiting for the group join or
     /// for messages excluded): what the benchmark divides by.
     pub busy: Duration,
+    /// Where the busy time went, summed over batches.
+    pub stages: Stages,
+}
+
+/// Where a scorer's busy time went, summed over batches (what the benchmark prints).
+#[derive(Debug, Clone, Default)]
+pub struct Stages {
+    /// Decoding the messages and storing attestations.
+    pub decode: Duration,
+    /// Waiting until the projector has folded the batch's offsets and the chain is sealed.
+    pub wait_projector: Duration,
+    /// Finding the wallets that swaps and oracle moves rescore.
+    pub triggers: Duration,
+    /// Loading profiles and history rows, folding them, running the models.
+    pub compute: Duration,
+    /// The transaction: profiles, scores, decisions, outbox, offsets, commit.
+    pub write: Duration,
+    /// Relaying the outbox to Kafka.
+    pub relay: Duration,
+    /// Refreshing Redis.
+    pub redis: Duration,
+    pub batches: u64,
+}
+
+impl std::fmt::Display for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "{} batches: decode {:.1} ms, wait for projector {:.1} ms, triggers {:.1} ms, compute {:.1} ms, write {:.1} ms, relay {:.1} ms, redis {:.1} ms",
+            self.batches,
+            ms(self.decode),
+            ms(self.wait_projector),
+            ms(self.triggers),
+            ms(self.compute),
+            ms(self.write),
+            ms(self.relay),
+            ms(self.redis)
+        )
+    }
 }
 
 impl std::fmt::Debug for Scorer {
@@ -713,6 +753,7 @@ impl Scorer {
             scores_topic,
             decisions_topic,
             busy: Duration::ZERO,
+            stages: Stages::default(),
             config,
         };
         // Outputs a previous process committed but did not get to publish.
@@ -897,12 +938,21 @@ impl Scorer {
             store_attestations(&mut tx, &attestations).await?;
             tx.commit().await?;
         }
+        let mut mark = first_at;
+        let mut lap = |stage: &mut Duration| {
+            let now = Instant::now();
+            *stage += now - mark;
+            mark = now;
+        };
+        lap(&mut self.stages.decode);
         let projector = self.wait_for_projector(&max_offset, &sealed).await?;
+        lap(&mut self.stages.wait_projector);
         // Swaps rescore only wallets with a lending history (a credit profile to move).
         triggers.extend(self.with_history(swaps).await?);
         let (moved, holders) = self.oracle_triggers(&rounds).await?;
         outcome.oracle_moves = moved;
         triggers.extend(holders);
+        lap(&mut self.stages.triggers);
         if !retracted.is_empty() {
             // A trigger whose event a later message of the batch retracts is not scored.
             triggers.retain(|t| {
@@ -929,6 +979,7 @@ impl Scorer {
         outcome.history_rows_read = computed.stats.rows_read;
         outcome.behind = computed.behind;
         let bands_before = self.latest_bands(&triggers).await?;
+        lap(&mut self.stages.compute);
 
         let mut tx = self.pool.begin().await?;
         let mut unscored = Vec::new();
@@ -977,9 +1028,13 @@ impl Scorer {
         outcome.scored = stored.len() as u64;
         outcome.decisions = decisions.len() as u64;
 
+        lap(&mut self.stages.write);
         // After the commit: Kafka (from the outbox), then the rebuildable Redis cache.
         self.relay().await?;
+        lap(&mut self.stages.relay);
         self.refresh_redis(&stored, &decisions, unscored).await;
+        lap(&mut self.stages.redis);
+        self.stages.batches += 1;
         self.busy += first_at.elapsed();
         Ok(outcome)
     }

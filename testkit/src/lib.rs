@@ -166,6 +166,36 @@ impl Isolated {
     }
 }
 
+impl Isolated {
+    /// Drops this pipeline's database (its sessions are closed first): for benchmarks, whose
+    /// databases run to hundreds of MB each. Tests leave theirs for inspection;
+    /// `scripts/stack prune-test-databases` clears them before the next run.
+    pub async fn drop_database(&self) {
+        let url = self.postgres.expose_url();
+        let Some((base, _)) = url.rsplit_once('/') else {
+            return;
+        };
+        let Ok(admin) = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&format!("{base}/postgres"))
+            .await
+        else {
+            return;
+        };
+        if let Err(err) = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.database
+        ))
+        .execute(&admin)
+        .await
+        {
+            eprintln!("could not drop {}: {err}", self.database);
+        }
+        admin.close().await;
+    }
+}
+
 /// Reads `topic` from the beginning (all partitions, no group) until `expect` records arrived
 /// or `timeout` passed; returns the payloads read.
 pub fn read_topic(

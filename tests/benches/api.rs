@@ -64,10 +64,21 @@ fn rss_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-/// wrk's p50, p99 (ms) and requests/s.
+/// wrk's p50, p99 (ms) and requests/s with 32 connections.
 fn wrk(url: &str, script: &std::path::Path) -> (f64, f64, f64) {
+    wrk_with(32, url, script)
+}
+
+/// wrk's p50, p99 (ms) and requests/s with `connections` connections.
+fn wrk_with(connections: usize, url: &str, script: &std::path::Path) -> (f64, f64, f64) {
     let out = Command::new("wrk")
-        .args(["-t2", "-c32", "-d10s", "--latency", "-s"])
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            "-d10s",
+            "--latency",
+            "-s",
+        ])
         .arg(script)
         .arg(url)
         .output()
@@ -319,6 +330,22 @@ async fn main() {
         )
     };
     let ((h50, h99, hrps), (q50, q99, qrps), (d50, d99, drps)) = (med(&hs), med(&qs), med(&ds));
+    // Latency at a load below saturation: wrk keeps `c` requests in flight, so fewer
+    // connections trade throughput for queueing delay. Each row: the point query from Redis and
+    // /health at the same concurrency, interleaved, medians of 3.
+    let mut at_load = Vec::new();
+    for c in [8, 16] {
+        let (mut h, mut q) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            h.push(wrk_with(c, &health, &get));
+            q.push(wrk_with(
+                c,
+                &format!("http://127.0.0.1:{port}/graphql"),
+                &post,
+            ));
+        }
+        at_load.push((c, med(&q), med(&h)));
+    }
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .expect("metrics")
@@ -365,6 +392,12 @@ async fn main() {
         qrps / hrps,
         drps / hrps
     );
+    for (c, (q50, q99, qrps), (h50, h99, hrps)) in &at_load {
+        println!(
+            "point query at {c} connections (medians of 3): Redis reads p50 {q50:.2} ms, p99 {q99:.2} ms, {qrps:.0} req/s; /health p50 {h50:.2} ms, p99 {h99:.2} ms, {hrps:.0} req/s; ratio {:.2}x",
+            qrps / hrps
+        );
+    }
     println!(
         "filtered collection page (where + orderBy + totalCount, first 20): p50 {c50:.2} ms, p99 {c99:.2} ms, {crps:.0} req/s; ratio req/s to /health {:.2}x",
         crps / hrps
