@@ -133,7 +133,7 @@ impl From<SummaryRow> for WalletSummary {
     }
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct PoolRow {
     chain_id: i64,
     pool: String,
@@ -293,6 +293,27 @@ impl QueryRoot {
         address: String,
     ) -> ApiResult<Option<Pool>> {
         let address = parse_address(&address).map_err(gql)?;
+        let latest = ctx
+            .data_unchecked::<crate::loaders::Loaders>()
+            .latest
+            .clone();
+        if let Some(latest) = latest {
+            // The versioned Redis copy (Postgres on a miss), see `chainfold_platform::latest`.
+            let key = (chain_id, address);
+            let found = latest
+                .read(
+                    chainfold_platform::latest::Kind::Pool,
+                    std::slice::from_ref(&key),
+                )
+                .await
+                .map_err(gql)?;
+            return match found.get(&key).cloned().flatten() {
+                Some(json) => serde_json::from_str::<PoolRow>(&json)
+                    .map(|r| Some(Pool::from(r)))
+                    .map_err(|e| gql(sqlx::Error::Decode(Box::new(e)))),
+                None => Ok(None),
+            };
+        }
         let pool = ctx.data_unchecked::<PgPool>();
         let row: Option<PoolRow> = sqlx::query_as(
             "SELECT chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block

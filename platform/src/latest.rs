@@ -1,10 +1,13 @@
 //! The API's hottest reads kept in Redis: a wallet's latest credit score and its lending summary,
-//! each a versioned entry `<prefix>latest:<kind>:<chain>:<address>` → {`v`, `row`}.
+//! and a pool's state, each a versioned entry `<prefix>latest:<kind>:<chain>:<address>` →
+//! {`v`, `row`}.
 //!
 //! The version grows in commit order for its entity: a score's is its id, or the number of the
 //! newest retraction of the wallet's scores (both from `credit_score`'s sequence, drawn under the
 //! feed lock, so in commit order); a summary's is `wallet_lending_summary.version` (one projector
-//! member owns a wallet). Values and versions are read from Postgres in one statement, by the
+//! member owns a wallet); a pool's is `pool_summary.version` (one member owns a pool). A pool seen
+//! only through `Sync`s (no summary row yet) reads as version 0, which is never stored: its
+//! first swap writes a version above any. Values and versions are read from Postgres in one statement, by the
 //! writer after its commit (scorer, projector) and by the API on a miss, and stored with one
 //! atomic compare-and-set that keeps the newer ([`put`]): writers finishing out of order, a
 //! replica, or an API fill that read before a commit can never put an older value over a newer
@@ -25,6 +28,9 @@ pub enum Kind {
     Score,
     /// The `wallet_lending_summary` rows as a JSON array, `""` for a wallet without any.
     Wallet,
+    /// The pool's `pool_summary` row as JSON (the columns the API serves), `""` for a pool
+    /// chainfold has not seen.
+    Pool,
 }
 
 impl Kind {
@@ -32,6 +38,7 @@ impl Kind {
         match self {
             Kind::Score => "score",
             Kind::Wallet => "wallet",
+            Kind::Pool => "pool",
         }
     }
 }
@@ -42,6 +49,7 @@ pub fn key(prefix: &str, kind: Kind, chain_id: i64, wallet: &str) -> String {
 }
 
 /// One entity as Postgres holds it now: its version and its value (`None`: nothing stored).
+/// `wallet` is the entity's address (a pool's for [`Kind::Pool`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub chain_id: i64,
@@ -93,11 +101,33 @@ pub async fn read_postgres(
                             s.action)) AS rows
                  FROM wallet_lending_summary s WHERE s.chain_id = k.c AND s.wallet = k.w) a"
             .to_owned(),
+        // A pool with a summary row, else one seen only through `Sync`s (zero swaps, version 0),
+        // else none; a writer gives a pool left without a summary (a retraction) a fresh version.
+        Kind::Pool => "SELECT k.c, k.w,
+                    CASE WHEN p.version IS NOT NULL THEN p.version
+                         WHEN $3 THEN nextval('pool_summary_version')
+                         ELSE 0 END,
+                    COALESCE(p.row, y.row)::text
+             FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
+             LEFT JOIN LATERAL (
+                 SELECT s.version, jsonb_build_object(
+                            'chain_id', s.chain_id, 'pool', s.pool, 'protocol', s.protocol,
+                            'swap_count', s.swap_count, 'reverted_count', s.reverted_count,
+                            'first_block', s.first_block, 'last_block', s.last_block) AS row
+                 FROM pool_summary s WHERE s.chain_id = k.c AND s.pool = k.w) p ON true
+             LEFT JOIN LATERAL (
+                 SELECT jsonb_build_object(
+                            'chain_id', y.chain_id, 'pool', y.pool, 'protocol', y.protocol,
+                            'swap_count', 0, 'reverted_count', 0,
+                            'first_block', NULL, 'last_block', NULL) AS row
+                 FROM pool_sync y WHERE p.version IS NULL AND y.chain_id = k.c AND y.pool = k.w
+                 LIMIT 1) y ON true"
+            .to_owned(),
     };
     let query = sqlx::query_as(&sql).bind(&chains).bind(&addrs);
     let query = match kind {
         Kind::Score => query,
-        Kind::Wallet => query.bind(writer),
+        Kind::Wallet | Kind::Pool => query.bind(writer),
     };
     let rows: Vec<(i64, String, i64, Option<String>)> = query.fetch_all(pool).await?;
     Ok(rows
@@ -122,13 +152,15 @@ return 1
 ";
 
 /// Stores the entries that are newer than what Redis holds, in one pipeline; returns how many
-/// were written (the rest were older or as old).
+/// were written (the rest were older or as old). Version 0 (nothing versioned in Postgres yet)
+/// is never stored.
 pub async fn put(
     redis: &mut ConnectionManager,
     prefix: &str,
     kind: Kind,
     entries: &[Entry],
 ) -> redis::RedisResult<u64> {
+    let entries: Vec<&Entry> = entries.iter().filter(|e| e.version > 0).collect();
     if entries.is_empty() {
         return Ok(0);
     }

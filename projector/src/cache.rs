@@ -117,3 +117,30 @@ pub async fn write_latest_wallets(
     )
     .await
 }
+
+/// The state of the pools a batch touched (swaps folded, or a retraction recomputed), as the API
+/// serves it (`<prefix>latest:pool:…`, see [`chainfold_platform::latest`]): read after the
+/// commit with its version and stored where newer than what Redis holds. Returns how many were
+/// written.
+pub async fn write_latest_pools(
+    redis: &mut ConnectionManager,
+    pool: &sqlx::PgPool,
+    prefix: &str,
+    batch: &BatchWrite,
+) -> anyhow::Result<u64> {
+    let mut pools: std::collections::BTreeSet<(i64, String)> = batch
+        .pools
+        .iter()
+        .map(|p| (p.chain_id, p.pool.clone()))
+        .collect();
+    pools.extend(batch.reset_pools.iter().cloned());
+    let pools: Vec<(i64, String)> = pools.into_iter().collect();
+    chainfold_platform::latest::refresh(
+        redis,
+        pool,
+        prefix,
+        chainfold_platform::latest::Kind::Pool,
+        &pools,
+    )
+    .await
+}

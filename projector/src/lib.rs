@@ -360,6 +360,16 @@ impl App {
             // change of the wallet writes a newer version.
             tracing::warn!(error = %format!("{err:#}"), "could not update the API's Redis wallet summaries");
         }
+        if let Err(err) = cache::write_latest_pools(
+            &mut self.redis,
+            &self.pool,
+            &self.config.redis.prefix,
+            &batch,
+        )
+        .await
+        {
+            tracing::warn!(error = %format!("{err:#}"), "could not update the API's Redis pool states");
+        }
         self.timings.redis += redis_started.elapsed();
         let commit_started = Instant::now();
         self.member.committed(&offsets);

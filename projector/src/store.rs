@@ -594,7 +594,8 @@ async fn upsert_pool_summaries(
             swap_count = p.swap_count + EXCLUDED.swap_count,
             reverted_count = p.reverted_count + EXCLUDED.reverted_count,
             first_block = LEAST(p.first_block, EXCLUDED.first_block),
-            last_block = GREATEST(p.last_block, EXCLUDED.last_block)
+            last_block = GREATEST(p.last_block, EXCLUDED.last_block),
+            version = nextval('pool_summary_version')
         RETURNING chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
         "#,
     )

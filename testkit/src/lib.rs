@@ -246,7 +246,7 @@ pub fn rebuilt_tables() -> Vec<(&'static str, Vec<&'static str>)> {
         ("lending_event", kafka(&[])),
         ("wallet_lending_summary", vec!["version"]),
         ("swap", kafka(&[])),
-        ("pool_summary", vec![]),
+        ("pool_summary", vec!["version"]),
         ("pool_token_volume", vec![]),
         ("pool_sync", kafka(&["seq"])),
         ("liquidity_event", kafka(&[])),

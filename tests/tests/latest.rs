@@ -212,3 +212,129 @@ async fn latest_scores_and_summaries_are_served_from_redis_in_commit_order() {
         .expect("ttl");
     assert!(ttl > 0 && ttl <= latest::TTL.as_secs() as i64, "{ttl}");
 }
+
+async fn pool_state(port: u16, address: &str) -> Value {
+    let query = format!(
+        r#"{{ pool(chainId: 1, address: "{address}") {{
+            chainId address protocol swapCount revertedCount firstBlock lastBlock }} }}"#
+    );
+    let response: Value = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/graphql"))
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("json");
+    assert!(response.get("errors").is_none(), "{response}");
+    response["data"]["pool"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_states_are_served_from_redis_and_follow_new_swaps() {
+    let iso = Isolated::new("latest_pool").await;
+    chainfold_tests::replay_and_project(&iso, Dataset::Swaps).await;
+    let db = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let mut redis = chainfold_platform::redis_cache::connect(&iso.redis)
+        .await
+        .expect("redis");
+    let prefix = iso.redis.prefix.clone();
+    let cached = start_api(&iso, true).await;
+    let direct = start_api(&iso, false).await;
+
+    // Every pool alike from both APIs, each answered from the entry the projector wrote after
+    // its commit.
+    let pools: Vec<String> =
+        sqlx::query_scalar("SELECT pool FROM pool_summary WHERE chain_id = 1 ORDER BY 1")
+            .fetch_all(&db)
+            .await
+            .expect("pools");
+    assert!(pools.len() >= 10, "{pools:?}");
+    for p in &pools {
+        let (a, b) = (pool_state(cached, p).await, pool_state(direct, p).await);
+        assert_eq!(a, b, "{p}");
+        let swaps = a["swapCount"].as_i64().unwrap_or(0) + a["revertedCount"].as_i64().unwrap_or(0);
+        assert!(swaps > 0, "{p}: {a}");
+    }
+    assert_eq!(redis_reads(cached, "hit").await, pools.len() as u64);
+    assert_eq!(redis_reads(cached, "miss").await, 0);
+    let stranger = "0x00000000000000000000000000000000000000bb";
+    assert_eq!(pool_state(cached, stranger).await, Value::Null);
+    let made: bool = redis::cmd("EXISTS")
+        .arg(latest::key(&prefix, Kind::Pool, 1, stranger))
+        .query_async(&mut redis)
+        .await
+        .expect("exists");
+    assert!(!made, "unknown pools fill nothing");
+
+    // A new swap through the real pipeline moves the entry, in both APIs alike.
+    let events: Vec<chainfold_domain::Envelope> = Dataset::Swaps
+        .decode_dir(&data_dir())
+        .expect("data")
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut env = events
+        .iter()
+        .find(|e| matches!(&e.event, chainfold_domain::DefiEvent::Swap(s) if !s.reverted))
+        .expect("a successful swap")
+        .clone();
+    let address = match &env.event {
+        chainfold_domain::DefiEvent::Swap(s) => format!("{:#x}", s.pool),
+        _ => unreachable!("found a swap"),
+    };
+    let before = pool_state(cached, &address).await;
+    env.event_id = chainfold_domain::EventId::of_record(1, "latest-pool-test", "1");
+    chainfold_tests::publish_and_project(&iso, vec![Ok(env)]).await;
+    let after = pool_state(cached, &address).await;
+    assert_eq!(
+        after["swapCount"].as_i64(),
+        before["swapCount"].as_i64().map(|n| n + 1),
+        "{before} → {after}"
+    );
+    assert_eq!(after, pool_state(direct, &address).await);
+
+    // An older version loses; a newer one is what the API serves (it reads Redis).
+    let key = latest::key(&prefix, Kind::Pool, 1, &address);
+    let stored: i64 = redis::cmd("HGET")
+        .arg(&key)
+        .arg("v")
+        .query_async(&mut redis)
+        .await
+        .expect("version");
+    let row = latest::read_postgres(&db, Kind::Pool, &[(1, address.clone())], false)
+        .await
+        .expect("read")[0]
+        .clone();
+    assert_eq!(
+        row.version, stored,
+        "the projector stored Postgres's version"
+    );
+    let mut planted: Value =
+        serde_json::from_str(row.row.as_deref().expect("a pool")).expect("json");
+    planted["swap_count"] = json!(424_242);
+    let entry = |version: i64| latest::Entry {
+        chain_id: 1,
+        wallet: address.clone(),
+        version,
+        row: Some(planted.to_string()),
+    };
+    assert_eq!(
+        latest::put(&mut redis, &prefix, Kind::Pool, &[entry(stored - 1)])
+            .await
+            .expect("put"),
+        0
+    );
+    assert_eq!(pool_state(cached, &address).await, after);
+    assert_eq!(
+        latest::put(&mut redis, &prefix, Kind::Pool, &[entry(stored + 1)])
+            .await
+            .expect("put"),
+        1
+    );
+    assert_eq!(pool_state(cached, &address).await["swapCount"], 424_242);
+    assert_eq!(pool_state(direct, &address).await, after);
+}
