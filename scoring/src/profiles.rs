@@ -35,8 +35,6 @@ pub struct HistoryRow {
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
     pub profile: CreditProfile,
-    /// True when `profile` came from `credit_profile` and passed the count check.
-    pub stored: bool,
     pub rows: Vec<HistoryRow>,
 }
 
@@ -160,7 +158,6 @@ pub async fn load(
             key.clone(),
             Loaded {
                 profile,
-                stored: resumed,
                 rows: tail,
             },
         );
@@ -180,7 +177,6 @@ pub async fn load(
                 key,
                 Loaded {
                     profile: CreditProfile::default(),
-                    stored: false,
                     rows: tail,
                 },
             );
