@@ -562,9 +562,13 @@ pub struct Attestation {
     pub kind: String,
     /// The issuer's signed assessment in [−1, 1]: −1 strongly negative, 1 strongly positive.
     pub value: f64,
+    /// The issuer: for an attestation that counts, the 0x address that signed it.
     pub issuer: String,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The issuer's EIP-712 signature (65 bytes `r ‖ s ‖ v`, 0x hex), see [`crate::attest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// Why an attestation is ignored (counted by the scorer).
@@ -629,6 +633,7 @@ mod attestation_tests {
             issuer: "issuer-a".into(),
             issued_at: DateTime::from_timestamp(from, 0).expect("time"),
             expires_at: DateTime::from_timestamp(to, 0).expect("time"),
+            signature: None,
         }
     }
 

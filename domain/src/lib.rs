@@ -8,6 +8,7 @@
 //! - [`number`]: bounded decimal parsing for every number a user or a log supplies as text.
 //! - [`seal`]: seals, which tell a consumer of many partitions that a chain's blocks are whole.
 //! - [`topics`]: Kafka topic names, one place.
+//! - [`attest`]: EIP-712 signatures of attestations and the issuer allow-list check.
 //! - [`credit`]: health factor (Aave's formula), shocks, concentration, volatility, and a
 //!   wallet's activity features: the scoring inputs, pure and clock-free.
 //! - [`profile`]: a wallet's credit profile as an incremental fold (activity and positions), so
@@ -19,6 +20,7 @@
 //! services.
 
 pub mod amount;
+pub mod attest;
 pub mod credit;
 pub mod decision;
 pub mod envelope;

@@ -109,6 +109,23 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub resume_profiles: bool,
+    /// The issuers whose attestations count (0x addresses, comma-separated): an attestation must
+    /// carry its issuer's EIP-712 signature (see `chainfold_domain::attest`). Unsigned ones,
+    /// forged or altered ones and those of other issuers are dead-lettered with the reason.
+    /// Empty (the default): no attestation counts.
+    #[arg(
+        long = "attestation-issuers",
+        env = "CHAINFOLD_ATTESTATION_ISSUERS",
+        value_delimiter = ',',
+        value_parser = parse_issuer
+    )]
+    pub attestation_issuers: Vec<alloy_primitives::Address>,
+}
+
+fn parse_issuer(text: &str) -> Result<alloy_primitives::Address, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("an attestation issuer must be a 0x address, got {text:?}"))
 }
 
 impl Config {
@@ -133,6 +150,7 @@ impl Config {
             batch_size: 2000,
             projector_wait: Duration::from_secs(60),
             resume_profiles: true,
+            attestation_issuers: Vec::new(),
         }
     }
 
@@ -151,7 +169,8 @@ pub struct Outcome {
     pub scored: u64,
     /// Messages that were not scorable lending events (no time, not lending, undecodable).
     pub skipped: u64,
-    /// Attestations ignored: malformed ones (never stored) …
+    /// Attestations ignored: malformed, unsigned, forged or from an issuer not on the
+    /// allow-list (dead-lettered with the reason, never stored) …
     pub attestations_malformed: u64,
     /// … and stored ones that had expired at the time a score was computed.
     pub attestations_expired: u64,
@@ -523,11 +542,13 @@ impl ScoreEngine {
             String,
             DateTime<Utc>,
             DateTime<Utc>,
+            Option<String>,
         );
         let chains: Vec<i64> = wallets.iter().map(|w| w.0 as i64).collect();
         let addrs: Vec<&str> = wallets.iter().map(|w| w.1.as_str()).collect();
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT a.chain_id, a.wallet, a.kind, a.value, a.issuer, a.issued_at, a.expires_at
+            "SELECT a.chain_id, a.wallet, a.kind, a.value, a.issuer, a.issued_at, a.expires_at,
+                    a.signature
              FROM UNNEST($1::int8[], $2::text[]) AS w(chain_id, wallet)
              JOIN attestation a ON a.chain_id = w.chain_id AND a.wallet = w.wallet
              ORDER BY a.chain_id, a.wallet, a.issued_at, a.id",
@@ -537,7 +558,7 @@ impl ScoreEngine {
         .fetch_all(&self.pool)
         .await?;
         let mut out: HashMap<WalletKey, Vec<Attestation>> = HashMap::new();
-        for (chain, wallet, kind, value, issuer, issued_at, expires_at) in rows {
+        for (chain, wallet, kind, value, issuer, issued_at, expires_at, signature) in rows {
             let address = wallet.parse().unwrap_or_default();
             out.entry((chain as u64, wallet))
                 .or_default()
@@ -550,6 +571,7 @@ impl ScoreEngine {
                     issuer,
                     issued_at,
                     expires_at,
+                    signature,
                 });
         }
         Ok(out)
@@ -832,7 +854,7 @@ impl Scorer {
             if *topic == self.attestations_topic {
                 let parsed = serde_json::from_slice::<Attestation>(&message.payload)
                     .map_err(|e| format!("could not decode attestation: {e}"))
-                    .and_then(|a| a.validate().map(|()| a));
+                    .and_then(|a| a.verify(&self.config.attestation_issuers).map(|()| a));
                 match parsed {
                     Ok(a) => {
                         triggers.push(Trigger {
@@ -1619,8 +1641,8 @@ async fn store_attestations(
 ) -> anyhow::Result<()> {
     for (a, partition, offset) in list {
         sqlx::query(
-            "INSERT INTO attestation (id, chain_id, wallet, kind, value, issuer, issued_at, expires_at, kafka_partition, kafka_offset)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO attestation (id, chain_id, wallet, kind, value, issuer, issued_at, expires_at, kafka_partition, kafka_offset, signature)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
         )
         .bind(a.id().to_string())
         .bind(a.chain_id as i64)
@@ -1632,6 +1654,7 @@ async fn store_attestations(
         .bind(a.expires_at)
         .bind(*partition)
         .bind(*offset)
+        .bind(&a.signature)
         .execute(&mut **tx)
         .await?;
     }

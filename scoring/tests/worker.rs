@@ -11,6 +11,11 @@ use chainfold_testkit::{data_dir, unique, Isolated};
 
 const LIQUIDATED: &str = "0x000006eee6e39015cb523aebdd4d0b1855aba682";
 
+/// The attestation issuer the scorers of these tests allow (`--attestation-issuers`).
+fn issuer_key() -> k256::ecdsa::SigningKey {
+    k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).expect("a valid secret key")
+}
+
 fn config(iso: &Isolated, group: &str) -> Config {
     let mut c = Config::new(
         iso.kafka.clone(),
@@ -23,6 +28,7 @@ fn config(iso: &Isolated, group: &str) -> Config {
     c.batch_size = 500;
     c.policy = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.toml"));
     c.instance_id = Some(format!("{group}-instance"));
+    c.attestation_issuers = vec![alloy_primitives::Address::from_private_key(&issuer_key())];
     c
 }
 
@@ -397,8 +403,10 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
         );
     }
 
-    // Attestations: a valid one moves the score while it is valid; once expired (a later
-    // attestation triggers a rescore) the score is back; a malformed one is counted, not stored.
+    // Attestations: a valid one (signed by an allowed issuer) moves the score while it is
+    // valid; once expired (a later attestation triggers a rescore) the score is back; a
+    // malformed, an unsigned, a forged and a stranger's one are dead-lettered with the reason
+    // and counted, not stored.
     let (s0, t0): (i32, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
         "SELECT score, computed_at FROM credit_score_latest WHERE chain_id = 137 AND wallet = $1",
     )
@@ -406,19 +414,37 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
     .fetch_one(&pool)
     .await
     .expect("peer score");
-    let attestation =
+    // EIP-712 signs whole seconds.
+    let t0 = chrono::DateTime::from_timestamp(t0.timestamp(), 0).expect("time");
+    let unsigned =
         |kind: &str, value: f64, from_h: i64, to_h: i64| chainfold_domain::credit::Attestation {
             schema_version: chainfold_domain::SCHEMA_VERSION,
             chain_id: 137,
             wallet: peer.parse().expect("address"),
             kind: kind.into(),
             value,
-            issuer: "test-bureau".into(),
+            issuer: format!(
+                "{:#x}",
+                alloy_primitives::Address::from_private_key(&issuer_key())
+            ),
             issued_at: t0 + chrono::Duration::hours(from_h),
             expires_at: t0 + chrono::Duration::hours(to_h),
+            signature: None,
         };
+    let attestation = |kind: &str, value: f64, from_h: i64, to_h: i64| {
+        unsigned(kind, value, from_h, to_h)
+            .signed_by(&issuer_key())
+            .expect("signs")
+    };
     let kyc = attestation("kyc", 1.0, 1, 24);
     let later = attestation("bureau", 0.0, 48, 72);
+    let stranger = unsigned("kyc", 1.0, 2, 24)
+        .signed_by(&k256::ecdsa::SigningKey::from_slice(&[0x07; 32]).expect("key"))
+        .expect("signs");
+    let forged = chainfold_domain::credit::Attestation {
+        value: -1.0,
+        ..attestation("kyc", 1.0, 3, 24)
+    };
     let topic = format!(
         "{}{}",
         iso.kafka.topic_prefix,
@@ -427,6 +453,9 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
     for payload in [
         serde_json::to_vec(&kyc).expect("json"),
         serde_json::to_vec(&attestation("kyc", 5.0, 1, 24)).expect("json"),
+        serde_json::to_vec(&unsigned("kyc", 1.0, 4, 24)).expect("json"),
+        serde_json::to_vec(&stranger).expect("json"),
+        serde_json::to_vec(&forged).expect("json"),
         serde_json::to_vec(&later).expect("json"),
     ] {
         producer
@@ -443,8 +472,35 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
         .run_until_idle(Duration::from_secs(5))
         .await
         .expect("scores attestations");
-    assert_eq!(outcome.attestations_malformed, 1, "{outcome:?}");
+    assert_eq!(outcome.attestations_malformed, 4, "{outcome:?}");
     assert!(outcome.attestations_expired >= 1, "{outcome:?}");
+    let mut reasons: Vec<String> =
+        chainfold_testkit::read_dead_letters(&iso.kafka, &topic, 4, Duration::from_secs(20))
+            .into_iter()
+            .map(|(reason, _)| reason)
+            .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    for expected in [
+        "not on the allow-list",
+        "does not recover to the issuer",
+        "unsigned attestation",
+        "value must be in [-1, 1]",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "no dead letter saying {expected:?}: {reasons:?}"
+        );
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM attestation WHERE wallet = $1")
+        .bind(&peer)
+        .fetch_one(&pool)
+        .await
+        .expect("attestations");
+    assert_eq!(
+        stored, 2,
+        "only the two signed by the allowed issuer are stored"
+    );
     let score_of = |id: String| {
         let pool = pool.clone();
         async move {

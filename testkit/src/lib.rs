@@ -233,6 +233,43 @@ pub fn read_topic(
     out
 }
 
+/// Reads the dead letters of `topic` (its `.dlq` topic, from the beginning) until `expect`
+/// arrived or `timeout` passed: (reason header, payload) each.
+pub fn read_dead_letters(
+    kafka: &KafkaArgs,
+    topic: &str,
+    expect: usize,
+    timeout: Duration,
+) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let dlq = chainfold_domain::topics::dlq(topic);
+    let consumer: BaseConsumer = chainfold_platform::kafka::client_config(kafka)
+        .set("group.id", unique("dlq-reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("dead-letter reader");
+    consumer.subscribe(&[dlq.as_str()]).expect("subscribe");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expect && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let reason = m
+                .headers()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == chainfold_domain::topics::headers::DLQ_REASON)
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                })
+                .unwrap_or_default();
+            out.push((reason, m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    out
+}
+
 /// Columns that say where the log put a record (a prefixed topic, a partition, an offset).
 const KAFKA: [&str; 3] = ["kafka_topic", "kafka_partition", "kafka_offset"];
 
