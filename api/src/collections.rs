@@ -907,6 +907,7 @@ impl CollectionQuery {
                     lending_summary: None,
                     first_activity_at: r.first_at,
                     last_activity_at: r.last_at,
+                    alone: false,
                 })
             },
         )

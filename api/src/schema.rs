@@ -228,6 +228,7 @@ impl QueryRoot {
             lending_summary: Some(lending_summary),
             first_activity_at,
             last_activity_at,
+            alone: true,
         }))
     }
 
