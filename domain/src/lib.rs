@@ -2,6 +2,8 @@
 //! token amounts and USD values, Kafka topic names, and the pure folds the projector applies.
 //!
 //! Layout:
+//! - [`aave`]: Aave V2/V3 accounting in exact integers (indices, scaled balances, the health
+//!   factor as `getUserAccountData` computes it) as a fold over the pool's events.
 //! - [`amount`]: `TokenAmount` (U256, decimal string on the wire, `NUMERIC(78,0)` in Postgres)
 //!   and `UsdValue` (exact decimal). Money is never `f64`.
 //! - [`envelope`]: `Envelope`, `EventId`, `BlockRef`, `Source`, `DefiEvent` and the event payloads.
@@ -19,6 +21,7 @@
 //! This crate has no tokio, sqlx or rdkafka on purpose: everything here is unit-tested without
 //! services.
 
+pub mod aave;
 pub mod amount;
 pub mod attest;
 pub mod credit;
