@@ -214,6 +214,77 @@ pub enum MarketEvent {
     },
 }
 
+impl MarketEvent {
+    /// The fold's view of a typed event published at unix time `at`; `None` for events that
+    /// do not move Aave positions (swaps, oracle rounds, flash loans). Amounts beyond 16 bits in
+    /// a configuration were refused at decoding.
+    pub fn of(event: &crate::DefiEvent, at: u64) -> Option<MarketEvent> {
+        use crate::DefiEvent as E;
+        let amount = |a: &crate::TokenAmount| a.0;
+        Some(match event {
+            E::ReserveUpdate(u) => MarketEvent::ReserveUpdated {
+                reserve: u.reserve.address,
+                decimals: u.reserve.decimals,
+                index: ReserveIndex {
+                    liquidity_rate: amount(&u.liquidity_rate),
+                    variable_borrow_rate: amount(&u.variable_borrow_rate),
+                    liquidity_index: amount(&u.liquidity_index),
+                    variable_borrow_index: amount(&u.variable_borrow_index),
+                    updated_at: at,
+                },
+            },
+            E::ReserveConfig(c) => MarketEvent::ReserveConfigured {
+                reserve: c.reserve.address,
+                decimals: c.reserve.decimals,
+                params: ReserveParams {
+                    ltv: c.ltv,
+                    liquidation_threshold: c.liquidation_threshold,
+                    liquidation_bonus: c.liquidation_bonus,
+                },
+            },
+            E::CollateralUse(c) => MarketEvent::CollateralUse {
+                user: c.wallet,
+                reserve: c.reserve.address,
+                enabled: c.enabled,
+            },
+            E::Deposit(f) => MarketEvent::Supply {
+                user: f.wallet,
+                reserve: f.reserve.address,
+                decimals: f.reserve.decimals,
+                amount: amount(&f.amount),
+            },
+            E::Redeem(f) => MarketEvent::Withdraw {
+                user: f.wallet,
+                reserve: f.reserve.address,
+                amount: amount(&f.amount),
+            },
+            E::Borrow(f) => MarketEvent::Borrow {
+                user: f.wallet,
+                reserve: f.reserve.address,
+                decimals: f.reserve.decimals,
+                amount: amount(&f.amount),
+            },
+            E::Repay(f) => MarketEvent::Repay {
+                user: f.wallet,
+                reserve: f.reserve.address,
+                amount: amount(&f.amount),
+            },
+            E::Liquidation(l) => MarketEvent::Liquidation {
+                user: l.wallet,
+                collateral: l.collateral.address,
+                seized: amount(&l.collateral_amount),
+                debt: l.debt.address,
+                covered: amount(&l.debt_covered),
+            },
+            E::FlashLoan(_)
+            | E::Swap(_)
+            | E::PoolSync(_)
+            | E::Liquidity(_)
+            | E::OracleUpdate(_) => return None,
+        })
+    }
+}
+
 /// An account as `getUserAccountData` reports it. Values are in the oracle's base unit (the
 /// price feeds' scale: 8-decimal USD on V3 and the fixture, wei of ETH on V2 mainnet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -143,6 +143,13 @@ pub enum DefiEvent {
     Liquidity(LiquidityChange),
     /// Chainlink `AnswerUpdated` (on the oracle topic, keyed by the feed).
     OracleUpdate(OracleUpdate),
+    /// Aave `ReserveDataUpdated`: a reserve's rates and indices from this log on (lending
+    /// topic, keyed by the pool so a pool's reserve updates stay in order).
+    ReserveUpdate(ReserveUpdate),
+    /// Aave `CollateralConfigurationChanged`: a reserve's LTV, threshold and bonus.
+    ReserveConfig(ReserveConfig),
+    /// Aave `ReserveUsedAsCollateralEnabled` / `Disabled` (keyed by the wallet).
+    CollateralUse(CollateralUse),
 }
 
 impl DefiEvent {
@@ -159,6 +166,9 @@ impl DefiEvent {
             DefiEvent::PoolSync(s) => s.pool,
             DefiEvent::Liquidity(l) => l.pool,
             DefiEvent::OracleUpdate(o) => o.feed,
+            DefiEvent::ReserveUpdate(r) => r.pool,
+            DefiEvent::ReserveConfig(r) => r.pool,
+            DefiEvent::CollateralUse(c) => c.wallet,
         }
     }
 
@@ -170,7 +180,10 @@ impl DefiEvent {
             | DefiEvent::Repay(_)
             | DefiEvent::Redeem(_)
             | DefiEvent::Liquidation(_)
-            | DefiEvent::FlashLoan(_) => TopicKind::Lending,
+            | DefiEvent::FlashLoan(_)
+            | DefiEvent::ReserveUpdate(_)
+            | DefiEvent::ReserveConfig(_)
+            | DefiEvent::CollateralUse(_) => TopicKind::Lending,
             DefiEvent::Swap(_) | DefiEvent::PoolSync(_) | DefiEvent::Liquidity(_) => TopicKind::Amm,
             DefiEvent::OracleUpdate(_) => TopicKind::Oracle,
         }
@@ -189,6 +202,9 @@ impl DefiEvent {
             DefiEvent::PoolSync(_) => "pool_sync",
             DefiEvent::Liquidity(_) => "liquidity",
             DefiEvent::OracleUpdate(_) => "oracle_update",
+            DefiEvent::ReserveUpdate(_) => "reserve_update",
+            DefiEvent::ReserveConfig(_) => "reserve_config",
+            DefiEvent::CollateralUse(_) => "collateral_use",
         }
     }
 
@@ -204,7 +220,10 @@ impl DefiEvent {
             | DefiEvent::Swap(_)
             | DefiEvent::PoolSync(_)
             | DefiEvent::Liquidity(_)
-            | DefiEvent::OracleUpdate(_) => return None,
+            | DefiEvent::OracleUpdate(_)
+            | DefiEvent::ReserveUpdate(_)
+            | DefiEvent::ReserveConfig(_)
+            | DefiEvent::CollateralUse(_) => return None,
         })
     }
 }
@@ -266,6 +285,9 @@ pub struct LendingFlow {
     pub amount: TokenAmount,
     /// USD price of one whole token at the event, where the source gives one.
     pub price_usd: Option<UsdValue>,
+    /// The lending pool that emitted it (RPC sources; recorded exports do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Address>,
 }
 
 /// A liquidation of `wallet`: a liquidator repaid `debt_covered` of the debt reserve and seized
@@ -282,6 +304,9 @@ pub struct Liquidation {
     pub debt: Reserve,
     pub debt_covered: TokenAmount,
     pub debt_price_usd: Option<UsdValue>,
+    /// The lending pool that emitted it (RPC sources; recorded exports do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Address>,
 }
 
 /// One swap through one pool (a multi-hop trade is one `Swap` per hop).
@@ -404,6 +429,42 @@ impl OracleUpdate {
     }
 }
 
+/// Aave `ReserveDataUpdated`: rates (yearly, ray) and indices (ray) a reserve uses from this log
+/// on. Aave emits it before the action's own event in every transaction that touches the
+/// reserve, so the index here is the one the action scaled its amount with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReserveUpdate {
+    pub protocol: String,
+    pub pool: Address,
+    pub reserve: Reserve,
+    pub liquidity_rate: TokenAmount,
+    pub stable_borrow_rate: TokenAmount,
+    pub variable_borrow_rate: TokenAmount,
+    pub liquidity_index: TokenAmount,
+    pub variable_borrow_index: TokenAmount,
+}
+
+/// Aave `CollateralConfigurationChanged`: a reserve's risk parameters in basis points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReserveConfig {
+    pub protocol: String,
+    pub pool: Address,
+    pub reserve: Reserve,
+    pub ltv: u16,
+    pub liquidation_threshold: u16,
+    pub liquidation_bonus: u16,
+}
+
+/// Aave `ReserveUsedAsCollateralEnabled` (`enabled`) or `…Disabled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollateralUse {
+    pub protocol: String,
+    pub pool: Address,
+    pub wallet: Address,
+    pub reserve: Reserve,
+    pub enabled: bool,
+}
+
 /// A chain's head as the live ingest last processed it (on `chainfold.blocks.v1`, keyed by
 /// chain id): what `final` in the read models is measured against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -455,6 +516,7 @@ mod tests {
                 record: "681d".into(),
             },
             event: DefiEvent::Deposit(LendingFlow {
+                pool: None,
                 protocol: "aave_v2".into(),
                 wallet: Address::repeat_byte(0x11),
                 counterparty: None,

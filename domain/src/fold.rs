@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 
 use crate::amount::{TokenAmount, UsdValue};
 use crate::envelope::{
-    DefiEvent, Envelope, EventId, FlashLoan, LendingAction, LiquidityChange, OracleUpdate,
-    PoolSync, TopicKind, V3State, SCHEMA_VERSION,
+    CollateralUse, DefiEvent, Envelope, EventId, FlashLoan, LendingAction, LiquidityChange,
+    OracleUpdate, PoolSync, ReserveConfig, ReserveUpdate, TopicKind, V3State, SCHEMA_VERSION,
 };
 
 /// Why an event cannot be folded. Every variant is deterministic: folding the same event again
@@ -57,6 +57,8 @@ pub struct LendingRow {
     pub log_index: Option<u32>,
     pub block_time: Option<DateTime<Utc>>,
     pub liquidation: Option<LiquidationDetail>,
+    /// The lending pool that emitted it, where the source says (RPC logs).
+    pub pool: Option<Address>,
 }
 
 /// The collateral side of a liquidation, stored in `liquidation`.
@@ -139,6 +141,7 @@ pub fn lending_row(env: &Envelope) -> Result<LendingRow, FoldError> {
         log_index: env.log_index,
         block_time: env.block_time,
         liquidation: None,
+        pool: None,
     };
     match &env.event {
         DefiEvent::Deposit(flow)
@@ -154,6 +157,7 @@ pub fn lending_row(env: &Envelope) -> Result<LendingRow, FoldError> {
                 price_usd: flow.price_usd.clone(),
                 amount_usd: flow.amount_usd(),
                 counterparty: flow.counterparty,
+                pool: flow.pool,
                 ..base(flow.wallet, &flow.protocol)
             })
         }
@@ -180,6 +184,7 @@ pub fn lending_row(env: &Envelope) -> Result<LendingRow, FoldError> {
                         .as_ref()
                         .map(|p| UsdValue::of(&liq.collateral_amount, liq.collateral.decimals, p)),
                 }),
+                pool: liq.pool,
                 ..base(liq.wallet, &liq.protocol)
             })
         }
@@ -274,6 +279,22 @@ pub struct OracleRow {
     pub price: BigDecimal,
 }
 
+/// One row of `lending_market_event`: what a lending pool says about a reserve or about a
+/// wallet's collateral use, which positions are computed from (see [`crate::aave`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarketRow {
+    pub at: EventRef,
+    pub change: MarketChange,
+}
+
+/// The three lending-pool events that are not money flows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MarketChange {
+    Reserve(ReserveUpdate),
+    Config(ReserveConfig),
+    Collateral(CollateralUse),
+}
+
 /// An event folded into the row of its read model.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
@@ -283,6 +304,7 @@ pub enum Row {
     Liquidity(Box<LiquidityRow>),
     FlashLoan(Box<FlashLoanRow>),
     Oracle(Box<OracleRow>),
+    Market(Box<MarketRow>),
 }
 
 impl Row {
@@ -294,6 +316,7 @@ impl Row {
             Row::Liquidity(r) => r.at.event_id,
             Row::FlashLoan(r) => r.at.event_id,
             Row::Oracle(r) => r.at.event_id,
+            Row::Market(r) => r.at.event_id,
         }
     }
 
@@ -305,6 +328,7 @@ impl Row {
             Row::Liquidity(r) => r.at.block_hash,
             Row::FlashLoan(r) => r.at.block_hash,
             Row::Oracle(r) => r.at.block_hash,
+            Row::Market(r) => r.at.block_hash,
         }
     }
 }
@@ -350,7 +374,24 @@ pub fn fold(env: &Envelope, topic: TopicKind) -> Result<Row, FoldError> {
         | DefiEvent::Repay(_)
         | DefiEvent::Redeem(_)
         | DefiEvent::Liquidation(_) => Row::Lending(Box::new(lending_row(env)?)),
+        DefiEvent::ReserveUpdate(u) => market(env, &u.reserve, MarketChange::Reserve(u.clone()))?,
+        DefiEvent::ReserveConfig(c) => market(env, &c.reserve, MarketChange::Config(c.clone()))?,
+        DefiEvent::CollateralUse(c) => {
+            market(env, &c.reserve, MarketChange::Collateral(c.clone()))?
+        }
     })
+}
+
+fn market(
+    env: &Envelope,
+    reserve: &crate::envelope::Reserve,
+    change: MarketChange,
+) -> Result<Row, FoldError> {
+    check_decimals(&reserve.symbol, reserve.decimals)?;
+    Ok(Row::Market(Box::new(MarketRow {
+        at: EventRef::of(env),
+        change,
+    })))
 }
 
 #[cfg(test)]
@@ -386,6 +427,7 @@ mod tests {
 
     fn liquidation() -> DefiEvent {
         DefiEvent::Liquidation(Liquidation {
+            pool: None,
             protocol: "aave_v2".into(),
             wallet: Address::repeat_byte(0xaa),
             liquidator: Some(Address::repeat_byte(0xbb)),
@@ -591,6 +633,7 @@ mod summary_tests {
             log_index: None,
             block_time: DateTime::from_timestamp(at, 0),
             liquidation: None,
+            pool: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! dead letters), Postgres (pool and the one migration timeline) and Redis, and the shutdown
 //! signal. Roles depend on this crate and on `domain`, never on each other.
 
+pub mod aave;
 pub mod config;
 pub mod decisions;
 pub mod dlq;

@@ -727,6 +727,7 @@ async fn insert_run(
     let mut liquidity = Vec::new();
     let mut loans = Vec::new();
     let mut oracle = Vec::new();
+    let mut market = Vec::new();
     for item in items {
         match &item.row {
             Row::Lending(r) => lending.push(((**r).clone(), item.at.clone())),
@@ -735,6 +736,7 @@ async fn insert_run(
             Row::Liquidity(r) => liquidity.push((&**r, &item.at)),
             Row::FlashLoan(r) => loans.push((&**r, &item.at)),
             Row::Oracle(r) => oracle.push((&**r, &item.at)),
+            Row::Market(r) => market.push((&**r, &item.at)),
         }
     }
     let (new_lending, wallets) = store::insert_lending(tx, &lending).await?;
@@ -747,6 +749,7 @@ async fn insert_run(
     out.new_other += live::insert_liquidity(tx, &liquidity).await?;
     out.new_other += live::insert_flash_loans(tx, &loans).await?;
     out.new_other += live::insert_oracle_updates(tx, &oracle).await?;
+    out.new_other += live::insert_market_events(tx, &market).await?;
     Ok(())
 }
 

@@ -10,7 +10,10 @@
 
 use std::collections::BTreeSet;
 
-use chainfold_domain::fold::{FlashLoanRow, LiquidityRow, OracleRow, PoolSyncRow, Row};
+use bigdecimal::BigDecimal;
+use chainfold_domain::fold::{
+    FlashLoanRow, LiquidityRow, MarketChange, MarketRow, OracleRow, PoolSyncRow, Row,
+};
 use chainfold_domain::ChainHead;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row as _, Transaction};
@@ -279,6 +282,113 @@ pub async fn insert_flash_loans(
     Ok(done.rows_affected())
 }
 
+/// Inserts lending-pool reserve updates, configurations and collateral-use changes, skipping
+/// stored ones; returns how many were new.
+pub async fn insert_market_events(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(&MarketRow, &Coordinates)],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut c = Common::default();
+    let (mut protocol, mut pool, mut kind, mut reserve, mut symbol, mut decimals, mut wallet) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut rates: [Vec<Option<BigDecimal>>; 5] = Default::default();
+    let mut params: [Vec<Option<i32>>; 3] = Default::default();
+    for (row, from) in rows {
+        c.push(&row.at, from);
+        let (p, pl, k, r, w) = match &row.change {
+            MarketChange::Reserve(u) => (&u.protocol, u.pool, "reserve_update", &u.reserve, None),
+            MarketChange::Config(u) => (&u.protocol, u.pool, "reserve_config", &u.reserve, None),
+            MarketChange::Collateral(u) => (
+                &u.protocol,
+                u.pool,
+                if u.enabled {
+                    "collateral_enabled"
+                } else {
+                    "collateral_disabled"
+                },
+                &u.reserve,
+                Some(hex(&u.wallet)),
+            ),
+        };
+        protocol.push(p.clone());
+        pool.push(hex(&pl));
+        kind.push(k);
+        reserve.push(hex(&r.address));
+        symbol.push(r.symbol.clone());
+        decimals.push(i16::from(r.decimals));
+        wallet.push(w);
+        let values = match &row.change {
+            MarketChange::Reserve(u) => [
+                &u.liquidity_rate,
+                &u.stable_borrow_rate,
+                &u.variable_borrow_rate,
+                &u.liquidity_index,
+                &u.variable_borrow_index,
+            ]
+            .map(|a| Some(a.to_decimal())),
+            _ => Default::default(),
+        };
+        for (column, value) in rates.iter_mut().zip(values) {
+            column.push(value);
+        }
+        let bps = match &row.change {
+            MarketChange::Config(u) => {
+                [u.ltv, u.liquidation_threshold, u.liquidation_bonus].map(|v| Some(i32::from(v)))
+            }
+            _ => [None; 3],
+        };
+        for (column, value) in params.iter_mut().zip(bps) {
+            column.push(value);
+        }
+    }
+    let done = sqlx::query(
+        r#"
+        INSERT INTO lending_market_event (event_id, chain_id, block_number, block_hash, tx_hash,
+            log_index, block_time, kafka_topic, kafka_partition, kafka_offset, protocol, pool,
+            kind, reserve, symbol, decimals, wallet, liquidity_rate, stable_borrow_rate,
+            variable_borrow_rate, liquidity_index, variable_borrow_index, ltv,
+            liquidation_threshold, liquidation_bonus)
+        SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
+            $6::int4[], $7::timestamptz[], $8::text[], $9::int4[], $10::int8[], $11::text[],
+            $12::text[], $13::text[], $14::text[], $15::text[], $16::int2[], $17::text[],
+            $18::numeric[], $19::numeric[], $20::numeric[], $21::numeric[], $22::numeric[],
+            $23::int4[], $24::int4[], $25::int4[])
+        ON CONFLICT (event_id) DO NOTHING
+        "#,
+    )
+    .bind(&c.event_id)
+    .bind(&c.chain_id)
+    .bind(&c.block_number)
+    .bind(&c.block_hash)
+    .bind(&c.tx_hash)
+    .bind(&c.log_index)
+    .bind(&c.block_time)
+    .bind(&c.topic)
+    .bind(&c.partition)
+    .bind(&c.offset)
+    .bind(&protocol)
+    .bind(&pool)
+    .bind(&kind)
+    .bind(&reserve)
+    .bind(&symbol)
+    .bind(&decimals)
+    .bind(&wallet)
+    .bind(&rates[0])
+    .bind(&rates[1])
+    .bind(&rates[2])
+    .bind(&rates[3])
+    .bind(&rates[4])
+    .bind(&params[0])
+    .bind(&params[1])
+    .bind(&params[2])
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Inserts oracle updates, skipping stored ones; returns how many were new.
 pub async fn insert_oracle_updates(
     tx: &mut Transaction<'_, Postgres>,
@@ -427,6 +537,7 @@ pub async fn retract(
             Row::Liquidity(_) => "liquidity_event",
             Row::FlashLoan(_) => "flash_loan",
             Row::Oracle(_) => "oracle_update",
+            Row::Market(_) => "lending_market_event",
         };
         let entry = by_table.entry(table).or_default();
         entry.0.push(row.event_id().to_string());

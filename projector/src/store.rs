@@ -207,7 +207,9 @@ pub async fn insert_lending(
     let mut topic = Vec::with_capacity(n);
     let mut partition = Vec::with_capacity(n);
     let mut offset = Vec::with_capacity(n);
+    let mut pool = Vec::with_capacity(n);
     for (row, at) in rows {
+        pool.push(row.pool.as_ref().map(hex));
         let liq = row.liquidation.as_ref();
         collateral_reserve.push(liq.map(|l| hex(&l.collateral_reserve)));
         collateral_symbol.push(liq.map(|l| l.collateral_symbol.clone()));
@@ -242,12 +244,12 @@ pub async fn insert_lending(
             decimals, amount, price_usd, amount_usd, counterparty, block_number, block_hash,
             tx_hash, log_index, block_time, kafka_topic, kafka_partition, kafka_offset,
             collateral_reserve, collateral_symbol, collateral_decimals, collateral_amount,
-            collateral_price_usd, collateral_usd)
+            collateral_price_usd, collateral_usd, pool)
         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
             $6::text[], $7::text[], $8::int2[], $9::numeric[], $10::numeric[], $11::numeric[],
             $12::text[], $13::int8[], $14::text[], $15::text[], $16::int4[], $17::timestamptz[],
             $18::text[], $19::int4[], $20::int8[], $21::text[], $22::text[], $23::int2[],
-            $24::numeric[], $25::numeric[], $26::numeric[])
+            $24::numeric[], $25::numeric[], $26::numeric[], $27::text[])
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
         "#,
@@ -278,6 +280,7 @@ pub async fn insert_lending(
     .bind(&collateral_amount)
     .bind(&collateral_price_usd)
     .bind(&collateral_usd)
+    .bind(&pool)
     .fetch_all(&mut **tx)
     .await?;
     if inserted.is_empty() {

@@ -32,6 +32,7 @@ fn liquidation(record: &str, debt_covered: &str) -> Envelope {
             record: record.into(),
         },
         event: DefiEvent::Liquidation(Liquidation {
+            pool: None,
             protocol: "aave_v2".into(),
             wallet: Address::repeat_byte(0xaa),
             liquidator: Some(Address::repeat_byte(0xbb)),

@@ -210,6 +210,7 @@ fn decode_row(row: &Row, reserves: &Reserves, record: &str) -> Result<Envelope, 
             record: record.to_owned(),
         },
         event: DefiEvent::Liquidation(Liquidation {
+            pool: None,
             protocol: "aave_v2".into(),
             wallet,
             liquidator,

@@ -125,6 +125,7 @@ pub fn decode_record(raw: &str) -> Result<Envelope, String> {
         let price = UsdValue::parse(&data.asset_price_usd)
             .map_err(|e| format!("actionData.assetPriceUSD {e}"))?;
         Ok(LendingFlow {
+            pool: None,
             protocol: "aave_v2".into(),
             wallet,
             counterparty: None,
@@ -195,6 +196,7 @@ fn decode_liquidation(
     let collateral_symbol = required("collateralReserveSymbol", &data.collateral_reserve_symbol)?;
     let debt_symbol = required("principalReserveSymbol", &data.principal_reserve_symbol)?;
     Ok(Liquidation {
+        pool: None,
         protocol: "aave_v2".into(),
         wallet,
         liquidator: optional_address("actionData.liquidatorId", &data.liquidator_id)?,

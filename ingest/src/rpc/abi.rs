@@ -37,6 +37,16 @@ sol! {
         event FlashLoan(address indexed target, address indexed initiator, address indexed asset, uint256 amount, uint256 premium, uint16 referralCode);
     }
 
+    /// What Aave V2 and V3 pools (and, for the configuration, their configurators) say about
+    /// reserves and collateral use; the signatures are the same in both versions.
+    #[derive(Debug, PartialEq, Eq)]
+    interface AaveReserves {
+        event ReserveDataUpdated(address indexed reserve, uint256 liquidityRate, uint256 stableBorrowRate, uint256 variableBorrowRate, uint256 liquidityIndex, uint256 variableBorrowIndex);
+        event ReserveUsedAsCollateralEnabled(address indexed reserve, address indexed user);
+        event ReserveUsedAsCollateralDisabled(address indexed reserve, address indexed user);
+        event CollateralConfigurationChanged(address indexed asset, uint256 ltv, uint256 liquidationThreshold, uint256 liquidationBonus);
+    }
+
     /// Aave V3 Pool.
     #[derive(Debug, PartialEq, Eq)]
     interface AaveV3Pool {
@@ -186,6 +196,11 @@ pub enum RawEvent {
     AaveV3LiquidationCall(AaveV3Pool::LiquidationCall),
     AaveV3FlashLoan(AaveV3Pool::FlashLoan),
     AnswerUpdated(ChainlinkAggregator::AnswerUpdated),
+    /// From a V2 or V3 pool: the protocol name comes from the contract kind.
+    ReserveDataUpdated(&'static str, AaveReserves::ReserveDataUpdated),
+    CollateralEnabled(&'static str, AaveReserves::ReserveUsedAsCollateralEnabled),
+    CollateralDisabled(&'static str, AaveReserves::ReserveUsedAsCollateralDisabled),
+    CollateralConfigurationChanged(&'static str, AaveReserves::CollateralConfigurationChanged),
 }
 
 /// Why a log did not decode. `Unwatched` logs are skipped; `Malformed` ones (a watched topic0
@@ -219,6 +234,22 @@ pub fn decode_log(kind: ContractKind, log: &Log) -> Result<RawEvent, DecodeError
             })+
         }};
     }
+    macro_rules! reserves {
+        ($protocol:literal) => {{
+            if topic0 == AaveReserves::ReserveDataUpdated::SIGNATURE_HASH {
+                return decode(log).map(|e| RawEvent::ReserveDataUpdated($protocol, e));
+            }
+            if topic0 == AaveReserves::ReserveUsedAsCollateralEnabled::SIGNATURE_HASH {
+                return decode(log).map(|e| RawEvent::CollateralEnabled($protocol, e));
+            }
+            if topic0 == AaveReserves::ReserveUsedAsCollateralDisabled::SIGNATURE_HASH {
+                return decode(log).map(|e| RawEvent::CollateralDisabled($protocol, e));
+            }
+            if topic0 == AaveReserves::CollateralConfigurationChanged::SIGNATURE_HASH {
+                return decode(log).map(|e| RawEvent::CollateralConfigurationChanged($protocol, e));
+            }
+        }};
+    }
     match kind {
         ContractKind::UniswapV2Pair => by_topic0!(
             UniswapV2Pair::Swap => V2Swap,
@@ -231,22 +262,28 @@ pub fn decode_log(kind: ContractKind, log: &Log) -> Result<RawEvent, DecodeError
             UniswapV3Pool::Mint => V3Mint,
             UniswapV3Pool::Burn => V3Burn,
         ),
-        ContractKind::AaveV2LendingPool => by_topic0!(
+        ContractKind::AaveV2LendingPool => {
+            reserves!("aave_v2");
+            by_topic0!(
             AaveV2LendingPool::Deposit => AaveV2Deposit,
             AaveV2LendingPool::Withdraw => AaveV2Withdraw,
             AaveV2LendingPool::Borrow => AaveV2Borrow,
             AaveV2LendingPool::Repay => AaveV2Repay,
             AaveV2LendingPool::LiquidationCall => AaveV2LiquidationCall,
             AaveV2LendingPool::FlashLoan => AaveV2FlashLoan,
-        ),
-        ContractKind::AaveV3Pool => by_topic0!(
+            )
+        }
+        ContractKind::AaveV3Pool => {
+            reserves!("aave_v3");
+            by_topic0!(
             AaveV3Pool::Supply => AaveV3Supply,
             AaveV3Pool::Withdraw => AaveV3Withdraw,
             AaveV3Pool::Borrow => AaveV3Borrow,
             AaveV3Pool::Repay => AaveV3Repay,
             AaveV3Pool::LiquidationCall => AaveV3LiquidationCall,
             AaveV3Pool::FlashLoan => AaveV3FlashLoan,
-        ),
+            )
+        }
         ContractKind::ChainlinkAggregator => by_topic0!(
             ChainlinkAggregator::AnswerUpdated => AnswerUpdated,
         ),

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use alloy_primitives::{Address, B256, I256, U256};
 use chainfold_domain::{
-    BlockRef, DefiEvent, Envelope, EventId, FlashLoan, LendingFlow, Liquidation, LiquidityChange,
-    LiquidityKind, OracleUpdate, PoolSync, Reserve, Source, Swap, TokenAmount, V3State,
-    SCHEMA_VERSION,
+    BlockRef, CollateralUse, DefiEvent, Envelope, EventId, FlashLoan, LendingFlow, Liquidation,
+    LiquidityChange, LiquidityKind, OracleUpdate, PoolSync, Reserve, ReserveConfig, ReserveUpdate,
+    Source, Swap, TokenAmount, V3State, SCHEMA_VERSION,
 };
 use chrono::{DateTime, Utc};
 
@@ -105,6 +105,7 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
                 reserve: md.token(reserve)?,
                 amount: amount(value),
                 price_usd: None,
+                pool: Some(meta.address),
             })
         };
     let pool = meta.address;
@@ -277,6 +278,7 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
             debt: md.token(e.debtAsset)?,
             debt_covered: amount(e.debtToCover),
             debt_price_usd: None,
+            pool: Some(pool),
         }),
         RawEvent::AaveV3LiquidationCall(e) => DefiEvent::Liquidation(Liquidation {
             protocol: "aave_v3".into(),
@@ -288,6 +290,7 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
             debt: md.token(e.debtAsset)?,
             debt_covered: amount(e.debtToCover),
             debt_price_usd: None,
+            pool: Some(pool),
         }),
         RawEvent::AaveV2FlashLoan(e) => DefiEvent::FlashLoan(FlashLoan {
             protocol: "aave_v2".into(),
@@ -307,6 +310,45 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
             amount: amount(e.amount),
             premium: amount(e.premium),
         }),
+        RawEvent::ReserveDataUpdated(protocol, e) => DefiEvent::ReserveUpdate(ReserveUpdate {
+            protocol: protocol.into(),
+            pool,
+            reserve: md.token(e.reserve)?,
+            liquidity_rate: amount(e.liquidityRate),
+            stable_borrow_rate: amount(e.stableBorrowRate),
+            variable_borrow_rate: amount(e.variableBorrowRate),
+            liquidity_index: amount(e.liquidityIndex),
+            variable_borrow_index: amount(e.variableBorrowIndex),
+        }),
+        RawEvent::CollateralEnabled(protocol, e) => DefiEvent::CollateralUse(CollateralUse {
+            protocol: protocol.into(),
+            pool,
+            wallet: e.user,
+            reserve: md.token(e.reserve)?,
+            enabled: true,
+        }),
+        RawEvent::CollateralDisabled(protocol, e) => DefiEvent::CollateralUse(CollateralUse {
+            protocol: protocol.into(),
+            pool,
+            wallet: e.user,
+            reserve: md.token(e.reserve)?,
+            enabled: false,
+        }),
+        RawEvent::CollateralConfigurationChanged(protocol, e) => {
+            let bps = |name: &str, value: U256| {
+                u16::try_from(value).map_err(|_| {
+                    format!("CollateralConfigurationChanged {name} {value} is not basis points")
+                })
+            };
+            DefiEvent::ReserveConfig(ReserveConfig {
+                protocol: protocol.into(),
+                pool,
+                reserve: md.token(e.asset)?,
+                ltv: bps("ltv", e.ltv)?,
+                liquidation_threshold: bps("liquidationThreshold", e.liquidationThreshold)?,
+                liquidation_bonus: bps("liquidationBonus", e.liquidationBonus)?,
+            })
+        }
         RawEvent::AnswerUpdated(e) => {
             let feed = md
                 .feeds
