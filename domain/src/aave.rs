@@ -510,31 +510,31 @@ mod tests {
     fn ray_maths_round_half_up_like_wad_ray_math() {
         // 1.5 wei-rays round up, 1.4999… round down.
         assert_eq!(
-            ray_mul(U256::from(3u8), RAY / U256::from(2u8)).unwrap(),
+            ray_mul(U256::from(3u8), RAY / U256::from(2u8)).expect("fits"),
             U256::from(2u8)
         );
         assert_eq!(
-            ray_mul(U256::from(3u8), RAY / U256::from(2u8) - U256::from(1u8)).unwrap(),
+            ray_mul(U256::from(3u8), RAY / U256::from(2u8) - U256::from(1u8)).expect("fits"),
             U256::from(1u8)
         );
         assert_eq!(
-            ray_div(U256::from(1u8), U256::from(2u8) * RAY).unwrap(),
+            ray_div(U256::from(1u8), U256::from(2u8) * RAY).expect("fits"),
             U256::from(1u8)
         );
         assert_eq!(
-            ray_div(U256::from(1u8), U256::from(3u8) * RAY).unwrap(),
+            ray_div(U256::from(1u8), U256::from(3u8) * RAY).expect("fits"),
             U256::ZERO
         );
         assert_eq!(
-            percent_mul(U256::from(3u8), U256::from(5000u16)).unwrap(),
+            percent_mul(U256::from(3u8), U256::from(5000u16)).expect("fits"),
             U256::from(2u8)
         );
         assert_eq!(
-            percent_mul(U256::ZERO, U256::from(5000u16)).unwrap(),
+            percent_mul(U256::ZERO, U256::from(5000u16)).expect("fits"),
             U256::ZERO
         );
         assert_eq!(
-            wad_div(U256::from(1u8), U256::from(3u8)).unwrap(),
+            wad_div(U256::from(1u8), U256::from(3u8)).expect("fits"),
             U256::from(333_333_333_333_333_333u64)
         );
         assert_eq!(ray_mul(U256::MAX, U256::from(2u8)), Err(Overflow));
@@ -543,17 +543,25 @@ mod tests {
     #[test]
     fn a_year_of_linear_interest_adds_the_rate_and_compounding_adds_a_little_more() {
         let rate = ray(0.05);
-        assert_eq!(linear_interest(rate, SECONDS_PER_YEAR).unwrap(), RAY + rate);
-        let compounded = compounded_interest(rate, SECONDS_PER_YEAR).unwrap();
+        assert_eq!(
+            linear_interest(rate, SECONDS_PER_YEAR).expect("fits"),
+            RAY + rate
+        );
+        let compounded = compounded_interest(rate, SECONDS_PER_YEAR).expect("fits");
         // e^0.05 = 1.051271096…; the third-order expansion stops at 1.0512708…
-        let as_f64 = compounded.to_string().parse::<f64>().unwrap() / 1e27;
+        let as_f64 = compounded.to_string().parse::<f64>().expect("fits") / 1e27;
         assert!((as_f64 - 1.051_270_8).abs() < 1e-6, "{as_f64}");
-        assert_eq!(compounded_interest(rate, 0).unwrap(), RAY);
+        assert_eq!(compounded_interest(rate, 0).expect("fits"), RAY);
         // One second: exactly 1 + rate/year (the higher terms vanish).
         assert_eq!(
-            compounded_interest(rate, 1).unwrap(),
+            compounded_interest(rate, 1).expect("fits"),
             RAY + rate / U256::from(SECONDS_PER_YEAR)
         );
+    }
+
+    /// `dollars` in the fixture oracles' 8-decimal base.
+    fn usd(dollars: u64) -> U256 {
+        U256::from(dollars) * U256::from(100_000_000u64)
     }
 
     fn setup() -> (Market, Address, Address, Address) {
@@ -574,7 +582,7 @@ mod tests {
                     liquidation_bonus: 10500,
                 },
             })
-            .unwrap();
+            .expect("fits");
             m.apply(&MarketEvent::ReserveUpdated {
                 reserve,
                 decimals,
@@ -585,7 +593,7 @@ mod tests {
                     ..ReserveIndex::default()
                 },
             })
-            .unwrap();
+            .expect("fits");
         }
         (m, weth, usdc, user)
     }
@@ -593,9 +601,9 @@ mod tests {
     fn prices(weth: Address) -> impl Fn(Address) -> Option<U256> {
         move |r| {
             Some(U256::from(if r == weth {
-                2_000_00000000u64
+                2_000 * 100_000_000u64
             } else {
-                1_00000000
+                100_000_000
             }))
         }
     }
@@ -608,41 +616,35 @@ mod tests {
             reserve: weth,
             enabled: true,
         })
-        .unwrap();
+        .expect("fits");
         m.apply(&MarketEvent::Supply {
             user,
             reserve: weth,
             decimals: 18,
             amount: WAD * U256::from(10u8),
         })
-        .unwrap();
+        .expect("fits");
         m.apply(&MarketEvent::Borrow {
             user,
             reserve: usdc,
             decimals: 6,
             amount: U256::from(10_000_000_000u64),
         })
-        .unwrap();
-        let at_once = m.account(user, 1_000, prices(weth)).unwrap();
+        .expect("fits");
+        let at_once = m.account(user, 1_000, prices(weth)).expect("fits");
         // 10 ETH × $2000 = $20,000 × 0.825 / $10,000 = 1.65.
-        assert_eq!(
-            at_once.total_collateral_base,
-            U256::from(20_000_00000000u64)
-        );
-        assert_eq!(at_once.total_debt_base, U256::from(10_000_00000000u64));
+        assert_eq!(at_once.total_collateral_base, usd(20000));
+        assert_eq!(at_once.total_debt_base, usd(10000));
         assert_eq!(
             at_once.health_factor,
             U256::from(1_650_000_000_000_000_000u64)
         );
-        assert_eq!(
-            at_once.available_borrows_base,
-            U256::from(6_000_00000000u64)
-        );
+        assert_eq!(at_once.available_borrows_base, usd(6000));
         let later = m
             .account(user, 1_000 + SECONDS_PER_YEAR, prices(weth))
-            .unwrap();
-        assert!(later.total_debt_base > U256::from(10_500_00000000u64));
-        assert!(later.total_collateral_base == U256::from(20_400_00000000u64));
+            .expect("fits");
+        assert!(later.total_debt_base > usd(10500));
+        assert!(later.total_collateral_base == usd(20400));
         assert!(later.health_factor < at_once.health_factor);
     }
 
@@ -655,19 +657,19 @@ mod tests {
             decimals: 18,
             amount: WAD,
         })
-        .unwrap();
+        .expect("fits");
         m.apply(&MarketEvent::Borrow {
             user,
             reserve: usdc,
             decimals: 6,
             amount: U256::from(100_000_000u64),
         })
-        .unwrap();
-        let a = m.account(user, 1_000, prices(weth)).unwrap();
+        .expect("fits");
+        let a = m.account(user, 1_000, prices(weth)).expect("fits");
         assert_eq!(a.total_collateral_base, U256::ZERO);
         assert_eq!(a.health_factor, U256::ZERO);
         let stranger = Address::repeat_byte(0x77);
-        let none = m.account(stranger, 1_000, prices(weth)).unwrap();
+        let none = m.account(stranger, 1_000, prices(weth)).expect("fits");
         assert_eq!(none.health_factor, U256::MAX);
         // A held reserve without a price is an error, not a guess.
         assert_eq!(
@@ -685,29 +687,29 @@ mod tests {
             decimals: 6,
             amount: U256::from(1_000_000_000u64),
         })
-        .unwrap();
+        .expect("fits");
         let t = 1_000 + 90 * 86_400;
         let index = m.reserves[&usdc].index;
-        let owed = m.balances(user, t).unwrap()[0].2;
+        let owed = m.balances(user, t).expect("fits")[0].2;
         assert!(owed > U256::from(1_000_000_000u64));
         // The pool accrues, publishes the new index, then the repay of everything owed.
         m.apply(&MarketEvent::ReserveUpdated {
             reserve: usdc,
             decimals: 6,
             index: ReserveIndex {
-                liquidity_index: index.normalized_income(t).unwrap(),
-                variable_borrow_index: index.normalized_debt(t).unwrap(),
+                liquidity_index: index.normalized_income(t).expect("fits"),
+                variable_borrow_index: index.normalized_debt(t).expect("fits"),
                 updated_at: t,
                 ..index
             },
         })
-        .unwrap();
+        .expect("fits");
         m.apply(&MarketEvent::Repay {
             user,
             reserve: usdc,
             amount: owed,
         })
-        .unwrap();
+        .expect("fits");
         assert_eq!(m.positions[&(user, usdc)].scaled_debt, U256::ZERO);
         let _ = weth;
     }

@@ -433,6 +433,57 @@ impl Deployment {
         .await
     }
 
+    /// Sets a reserve's yearly liquidity and variable borrow rates (rays; 0.05e27 = 5%).
+    pub async fn set_rates(
+        &self,
+        token: Address,
+        liquidity_rate: U256,
+        variable_borrow_rate: U256,
+    ) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .setReserveRates(token, liquidity_rate, variable_borrow_rate)
+                .from(self.deployer)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    /// Turns the use of `who`'s deposit of `token` as collateral on or off.
+    pub async fn use_as_collateral(
+        &self,
+        who: Address,
+        token: Address,
+        enabled: bool,
+    ) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .setUserUseReserveAsCollateral(token, enabled)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    /// The pool's `getUserAccountData(user)` at `block`: (total collateral, total debt,
+    /// available borrows, liquidation threshold, LTV, health factor).
+    pub async fn account_data(&self, user: Address, block: u64) -> anyhow::Result<[U256; 6]> {
+        let r = self
+            .pool()
+            .getUserAccountData(user)
+            .block(block.into())
+            .call()
+            .await?;
+        Ok([
+            r.totalCollateralBase,
+            r.totalDebtBase,
+            r.availableBorrowsBase,
+            r.currentLiquidationThreshold,
+            r.ltv,
+            r.healthFactor_,
+        ])
+    }
+
     pub async fn health_factor(&self, user: Address) -> anyhow::Result<U256> {
         Ok(self.pool().healthFactor(user).call().await?)
     }

@@ -76,6 +76,10 @@ impl RawEvent {
             RawEvent::AaveV3Repay(e) => vec![e.reserve],
             RawEvent::AaveV3LiquidationCall(e) => vec![e.collateralAsset, e.debtAsset],
             RawEvent::AaveV3FlashLoan(e) => vec![e.asset],
+            RawEvent::ReserveDataUpdated(_, e) => vec![e.reserve],
+            RawEvent::CollateralEnabled(_, e) => vec![e.reserve],
+            RawEvent::CollateralDisabled(_, e) => vec![e.reserve],
+            RawEvent::CollateralConfigurationChanged(_, e) => vec![e.asset],
             _ => Vec::new(),
         }
     }

@@ -1,0 +1,315 @@
+//! Aave accounting as the protocol computes it (issue 15): the fixture pool accrues interest
+//! over simulated months (rates on every reserve, collateral switched off and on, prices moving,
+//! a liquidation); its events go anvil → live ingest → Kafka → projector → Postgres, and at every
+//! block of the run chainfold's account (`platform::aave::account`, what `aaveAccount` serves)
+//! equals the contract's own `getUserAccountData` at that block, field by field, to the wei.
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider as _;
+use chainfold_ingest::rpc::config::ChainsFile;
+use chainfold_ingest::rpc::follow::Follower;
+use chainfold_simulate::anvil::Anvil;
+use chainfold_simulate::contracts::units;
+use chainfold_simulate::Deployment;
+use chainfold_testkit::{data_dir, Isolated};
+
+const DAY: u64 = 86_400;
+
+/// `percent` % a year, as a ray.
+fn rate(percent: f64) -> U256 {
+    U256::from((percent * 1e7) as u128) * U256::from(10u64.pow(18))
+}
+
+async fn pass(d: &Deployment, seconds: u64) {
+    let _: serde_json::Value = d
+        .provider
+        .raw_request("evm_increaseTime".into(), (seconds,))
+        .await
+        .expect("time passes");
+}
+
+async fn mine(d: &Deployment) -> u64 {
+    let _: serde_json::Value = d
+        .provider
+        .raw_request("evm_mine".into(), ())
+        .await
+        .expect("mine");
+    d.provider.get_block_number().await.expect("head")
+}
+
+async fn supply(d: &Deployment, who: Address, token: Address, amount: U256) -> u64 {
+    d.fund(who, token, amount).await.expect("fund");
+    d.approve(who, token, d.lending_pool)
+        .await
+        .expect("approve");
+    d.deposit(who, token, amount).await.expect("deposit").1
+}
+
+#[tokio::test]
+async fn health_factors_equal_get_user_account_data_at_every_block_over_six_months_of_interest() {
+    let iso = Isolated::new("aave").await;
+    let anvil = Anvil::spawn(31337).expect("anvil starts");
+    let weth_usd = chainfold_simulate::prices(&data_dir(), "WETH").expect("prices");
+    let wbtc_usd = chainfold_simulate::prices(&data_dir(), "WBTC").expect("prices");
+    let d = Deployment::deploy(&anvil.http_url(), weth_usd[0], wbtc_usd[0])
+        .await
+        .expect("deploy");
+    let (weth, usdc, wbtc) = (d.weth.clone(), d.usdc.clone(), d.wbtc.clone());
+    // Rates of the order Aave V2 mainnet quoted: supply below borrow on every reserve.
+    for (asset, supply_rate, borrow_rate) in
+        [(&weth, 1.8, 3.2), (&usdc, 4.1, 6.7), (&wbtc, 0.4, 2.3)]
+    {
+        d.set_rates(asset.token, rate(supply_rate), rate(borrow_rate))
+            .await
+            .expect("rates");
+    }
+    let (alice, bob, carol) = (
+        Address::repeat_byte(0xa1),
+        Address::repeat_byte(0xb2),
+        Address::repeat_byte(0xc3),
+    );
+    let liquidator = Address::repeat_byte(0x1d);
+    let wallets = [alice, bob, carol];
+    let mut blocks = Vec::new();
+    // Lenders of USDC and WETH, borrowers against WETH, USDC and WBTC.
+    blocks.push(supply(&d, bob, usdc.token, units(50_000.0, 6)).await);
+    blocks.push(supply(&d, carol, weth.token, units(40.0, 18)).await);
+    blocks.push(supply(&d, carol, wbtc.token, units(1.5, 8)).await);
+    blocks.push(supply(&d, alice, weth.token, units(10.0, 18)).await);
+    let alice_usd = 10.0 * weth_usd[0] * 0.7;
+    blocks.push(
+        d.borrow(alice, usdc.token, units(alice_usd, 6))
+            .await
+            .expect("borrow")
+            .1,
+    );
+    blocks.push(
+        d.borrow(bob, weth.token, units(3.0, 18))
+            .await
+            .expect("borrow")
+            .1,
+    );
+    blocks.push(
+        d.borrow(carol, usdc.token, units(20_000.0, 6))
+            .await
+            .expect("borrow")
+            .1,
+    );
+    for month in 0..6u64 {
+        // Thirty days in three steps, with an empty block after each: interest accrues with no
+        // event of the pool at all.
+        for _ in 0..3 {
+            pass(&d, 10 * DAY).await;
+            blocks.push(mine(&d).await);
+        }
+        match month {
+            0 => {
+                d.fund(alice, usdc.token, units(500.0, 6))
+                    .await
+                    .expect("fund");
+                d.approve(alice, usdc.token, d.lending_pool)
+                    .await
+                    .expect("approve");
+                blocks.push(
+                    d.repay(alice, usdc.token, units(500.0, 6))
+                        .await
+                        .expect("repay")
+                        .1,
+                );
+            }
+            1 => {
+                // Carol takes her WBTC out of her collateral (still healthy on WETH), then back.
+                blocks.push(
+                    d.use_as_collateral(carol, wbtc.token, false)
+                        .await
+                        .expect("off")
+                        .1,
+                );
+                pass(&d, DAY).await;
+                blocks.push(
+                    d.borrow(bob, weth.token, units(0.5, 18))
+                        .await
+                        .expect("borrow")
+                        .1,
+                );
+            }
+            2 => {
+                blocks.push(
+                    d.use_as_collateral(carol, wbtc.token, true)
+                        .await
+                        .expect("on")
+                        .1,
+                );
+                blocks.push(
+                    d.set_price(&wbtc, wbtc_usd[0] * 0.9)
+                        .await
+                        .expect("price")
+                        .1,
+                );
+                blocks.push(
+                    d.withdraw(carol, weth.token, units(5.0, 18))
+                        .await
+                        .expect("withdraw")
+                        .1,
+                );
+            }
+            3 => {
+                // Bob repays all his WETH debt with interest (a max repay).
+                d.fund(bob, weth.token, units(5.0, 18)).await.expect("fund");
+                d.approve(bob, weth.token, d.lending_pool)
+                    .await
+                    .expect("approve");
+                blocks.push(d.repay(bob, weth.token, U256::MAX).await.expect("repay").1);
+            }
+            4 => {
+                blocks.push(supply(&d, alice, weth.token, units(0.25, 18)).await);
+            }
+            _ => {
+                // WETH falls 25%: Alice (borrowed at 70% of her WETH) drops below 1 and is
+                // liquidated for half her debt.
+                blocks.push(
+                    d.set_price(&weth, weth_usd[0] * 0.75)
+                        .await
+                        .expect("crash")
+                        .1,
+                );
+                let [.., hf] = d
+                    .account_data(alice, *blocks.last().expect("block"))
+                    .await
+                    .expect("hf");
+                assert!(hf < U256::from(10u64.pow(18)), "alice still healthy: {hf}");
+                let debt = d.debt(alice, usdc.token).await.expect("debt");
+                d.fund(liquidator, usdc.token, debt).await.expect("fund");
+                d.approve(liquidator, usdc.token, d.lending_pool)
+                    .await
+                    .expect("approve");
+                blocks.push(
+                    d.liquidate(
+                        liquidator,
+                        weth.token,
+                        usdc.token,
+                        alice,
+                        debt / U256::from(2u8),
+                    )
+                    .await
+                    .expect("liquidate")
+                    .1,
+                );
+            }
+        }
+    }
+    pass(&d, 7 * DAY).await;
+    blocks.push(mine(&d).await);
+
+    // The whole run through the real path.
+    let toml = d.chains_toml("anvil", &anvil.http_url(), None, 0);
+    let chain = ChainsFile::parse(&toml)
+        .expect("chains file")
+        .chains
+        .remove(0);
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    Follower::new(chain, producer, topics, pool.clone())
+        .await
+        .expect("follower")
+        .sync_to_head()
+        .await
+        .expect("ingest");
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+    let updates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lending_market_event WHERE kind = 'reserve_update'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    let stored: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT block_number, kind, reserve FROM lending_market_event ORDER BY block_number, log_index",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    assert!(
+        updates >= 20,
+        "{updates} reserve updates stored: {stored:?}"
+    );
+
+    let first = blocks[0];
+    let last = *blocks.last().expect("blocks");
+    let mut compared = 0;
+    let mut liquidated_seen = false;
+    for block in first..=last {
+        let time = d
+            .provider
+            .get_block_by_number(block.into())
+            .await
+            .expect("block")
+            .expect("exists")
+            .header
+            .timestamp;
+        for wallet in wallets {
+            let chain = d
+                .account_data(wallet, block)
+                .await
+                .expect("getUserAccountData");
+            let ours = chainfold_platform::aave::account(
+                &pool,
+                d.chain_id,
+                d.lending_pool,
+                wallet,
+                block,
+                time,
+            )
+            .await
+            .expect("account");
+            let Some(ours) = ours else {
+                // No flow of this wallet yet: the contract reports an empty account.
+                assert_eq!(chain[0], U256::ZERO, "{wallet} at {block}");
+                assert_eq!(chain[1], U256::ZERO, "{wallet} at {block}");
+                continue;
+            };
+            let a = ours.data;
+            let mine = [
+                a.total_collateral_base,
+                a.total_debt_base,
+                a.available_borrows_base,
+                a.current_liquidation_threshold,
+                a.ltv,
+                a.health_factor,
+            ];
+            assert_eq!(
+                mine, chain,
+                "{wallet:#x} at block {block} (t={time}): chainfold {mine:?} vs pool {chain:?}"
+            );
+            assert_eq!(ours.base_decimals, Some(8));
+            compared += 1;
+            if wallet == alice && block == last {
+                liquidated_seen = true;
+                // The debt grew with interest: the positions are not principal flows.
+                let usdc_debt = ours
+                    .positions
+                    .iter()
+                    .find(|p| p.reserve == usdc.token)
+                    .expect("usdc")
+                    .debt;
+                assert_eq!(usdc_debt, d.debt(alice, usdc.token).await.expect("debt"));
+            }
+        }
+    }
+    assert!(liquidated_seen);
+    assert!(compared > 60, "only {compared} comparisons");
+    iso.drop_database().await;
+}
