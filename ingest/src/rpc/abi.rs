@@ -330,6 +330,52 @@ mod tests {
     }
 
     #[test]
+    fn reserve_events_have_aaves_mainnet_topic0s_and_decode_from_v2_and_v3_pools() {
+        // As on Etherscan for the Aave V2 LendingPool (0x7d2768de…) and its configurator.
+        assert_eq!(
+            AaveReserves::ReserveDataUpdated::SIGNATURE_HASH,
+            b256!("804c9b842b2748a22bb64b345453a3de7ca54a6ca45ce00d415894979e22897a")
+        );
+        assert_eq!(
+            AaveReserves::ReserveUsedAsCollateralEnabled::SIGNATURE_HASH,
+            b256!("00058a56ea94653cdf4f152d227ace22d4c00ad99e2a43f58cb7d9e3feb295f2")
+        );
+        assert_eq!(
+            AaveReserves::ReserveUsedAsCollateralDisabled::SIGNATURE_HASH,
+            b256!("44c58d81365b66dd4b1a7f36c25aa97b8c71c361ee4937adc1a00000227db5dd")
+        );
+        let update = AaveReserves::ReserveDataUpdated {
+            reserve: Address::repeat_byte(1),
+            liquidityRate: U256::from(3u8),
+            stableBorrowRate: U256::ZERO,
+            variableBorrowRate: U256::from(5u8),
+            liquidityIndex: U256::from(7u8),
+            variableBorrowIndex: U256::from(9u8),
+        };
+        assert_eq!(
+            decode_log(ContractKind::AaveV2LendingPool, &log_of(&update)),
+            Ok(RawEvent::ReserveDataUpdated("aave_v2", update.clone()))
+        );
+        assert_eq!(
+            decode_log(ContractKind::AaveV3Pool, &log_of(&update)),
+            Ok(RawEvent::ReserveDataUpdated("aave_v3", update))
+        );
+        let off = AaveReserves::ReserveUsedAsCollateralDisabled {
+            reserve: Address::repeat_byte(1),
+            user: Address::repeat_byte(2),
+        };
+        assert!(matches!(
+            decode_log(ContractKind::AaveV2LendingPool, &log_of(&off)),
+            Ok(RawEvent::CollateralDisabled("aave_v2", _))
+        ));
+        // A pair does not emit them: unwatched there.
+        assert!(matches!(
+            decode_log(ContractKind::UniswapV2Pair, &log_of(&off)),
+            Err(DecodeError::Unwatched { .. })
+        ));
+    }
+
+    #[test]
     fn v2_and_v3_share_withdraw_and_liquidation_so_the_contract_kind_decides() {
         assert_eq!(
             AaveV2LendingPool::Withdraw::SIGNATURE_HASH,

@@ -506,4 +506,35 @@ mod tests {
         let err = normalize(unknown, &meta(), &metadata()).expect_err("unknown token");
         assert!(err.contains("unknown token 0xeeee"), "{err}");
     }
+
+    #[test]
+    fn reserve_configurations_are_basis_points_and_anything_larger_is_refused() {
+        use crate::rpc::abi::AaveReserves;
+        let config = |threshold: u64| {
+            RawEvent::CollateralConfigurationChanged(
+                "aave_v2",
+                AaveReserves::CollateralConfigurationChanged {
+                    asset: Address::repeat_byte(0x0a),
+                    ltv: U256::from(8000u64),
+                    liquidationThreshold: U256::from(threshold),
+                    liquidationBonus: U256::from(10500u64),
+                },
+            )
+        };
+        let env = normalize(config(8250), &meta(), &metadata()).expect("normalises");
+        let DefiEvent::ReserveConfig(c) = &env.event else {
+            panic!("a configuration")
+        };
+        assert_eq!(
+            (c.ltv, c.liquidation_threshold, c.liquidation_bonus),
+            (8000, 8250, 10500)
+        );
+        assert_eq!(c.reserve.symbol, "USDC");
+        assert_eq!(env.partition_key(), meta().address);
+        let err = normalize(config(1 << 20), &meta(), &metadata()).expect_err("too large");
+        assert!(
+            err.contains("liquidationThreshold 1048576 is not basis points"),
+            "{err}"
+        );
+    }
 }
