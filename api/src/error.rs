@@ -9,6 +9,10 @@ pub enum ApiError {
     /// The request itself is wrong (bad address, `first` too large, bad cursor).
     #[error("{0}")]
     BadUserInput(String),
+    /// The read models cannot answer exactly (no oracle price for a held reserve, an account
+    /// that overflows 256 bits): said plainly, code `UNANSWERABLE`.
+    #[error("{0}")]
+    Unanswerable(String),
     /// Anything else: logged with its cause, reported as `internal error`.
     #[error("internal error")]
     Internal(#[from] sqlx::Error),
@@ -19,6 +23,8 @@ impl ErrorExtensions for ApiError {
         match self {
             ApiError::BadUserInput(message) => async_graphql::Error::new(message.clone())
                 .extend_with(|_, e| e.set("code", "BAD_USER_INPUT")),
+            ApiError::Unanswerable(message) => async_graphql::Error::new(message.clone())
+                .extend_with(|_, e| e.set("code", "UNANSWERABLE")),
             ApiError::Internal(source) => {
                 tracing::error!(error = %source, "query failed");
                 async_graphql::Error::new("internal error")

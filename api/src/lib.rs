@@ -7,6 +7,7 @@
 //! The schema is built in [`schema::build`]; `schema.graphql` at the workspace root is generated
 //! from it and a test fails when the file is stale.
 
+pub mod aave;
 pub mod auth;
 pub mod books;
 pub mod collection;

@@ -20,6 +20,7 @@ pub struct Query(
     crate::collections::CollectionQuery,
     crate::risk::RiskQuery,
     BookQuery,
+    crate::aave::AaveQuery,
 );
 
 /// The mutation root: credit requests and books (both need an API key).

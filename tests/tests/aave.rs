@@ -311,5 +311,40 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
     }
     assert!(liquidated_seen);
     assert!(compared > 60, "only {compared} comparisons");
+
+    // The same account through GraphQL: exact integers as decimal strings.
+    let schema = chainfold_api::schema::build(pool.clone());
+    let ask = |wallet: Address, block: String| {
+        format!(
+            r#"{{ aaveAccount(chainId: {}, pool: "{:#x}", wallet: "{wallet:#x}"{block}) {{
+                block healthFactor totalDebtBase baseDecimals reserves {{ symbol debt collateralEnabled }} }} }}"#,
+            d.chain_id, d.lending_pool
+        )
+    };
+    let response = schema.execute(ask(alice, String::new())).await;
+    assert!(response.errors.is_empty(), "{:?}", response.errors);
+    let data = response.data.into_json().expect("json");
+    let account = &data["aaveAccount"];
+    let at = account["block"].as_u64().expect("block");
+    assert_eq!(at, last, "defaults to the latest block held");
+    let [_, debt, .., hf] = d.account_data(alice, last).await.expect("pool");
+    assert_eq!(account["healthFactor"], hf.to_string());
+    assert_eq!(account["totalDebtBase"], debt.to_string());
+    assert_eq!(account["baseDecimals"], 8);
+    // Bob repaid everything: no debt, so no health factor (the pool's uint256 max).
+    let response = schema.execute(ask(bob, format!(", block: {last}"))).await;
+    let data = response.data.into_json().expect("json");
+    assert!(data["aaveAccount"]["healthFactor"].is_null(), "{data}");
+    // A wallet the pool never saw is null; a negative block is refused plainly.
+    let response = schema
+        .execute(ask(Address::repeat_byte(0x55), String::new()))
+        .await;
+    assert!(response.data.into_json().expect("json")["aaveAccount"].is_null());
+    let response = schema.execute(ask(alice, ", block: -1".into())).await;
+    assert_eq!(
+        response.errors[0].message, "block must not be negative, got -1",
+        "{:?}",
+        response.errors
+    );
     iso.drop_database().await;
 }

@@ -1,0 +1,182 @@
+//! `aaveAccount`: a wallet's Aave account in one lending pool as the pool's
+//! `getUserAccountData` computes it (indices, scaled balances, collateral flags, oracle answers),
+//! read back from the read models by [`chainfold_platform::aave::account`]. Every money field is
+//! an exact integer in a decimal string.
+
+use async_graphql::{Context, Object, SimpleObject};
+use chainfold_domain::U256;
+use sqlx::PgPool;
+
+use crate::error::{gql, ApiError, ApiResult};
+use crate::schema::parse_address;
+
+/// Aave queries.
+#[derive(Debug, Default)]
+pub struct AaveQuery;
+
+/// One reserve of an account, with interest to the account's time.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct AaveReservePosition {
+    pub reserve: String,
+    pub symbol: String,
+    pub decimals: i32,
+    /// Supplied balance with interest (the aToken balance), base units.
+    pub collateral: String,
+    /// Variable debt with interest (the debt token balance), base units.
+    pub debt: String,
+    /// Whether the supply counts as collateral (`ReserveUsedAsCollateralEnabled`).
+    pub collateral_enabled: bool,
+}
+
+/// `getUserAccountData` of a wallet at a block.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct AaveAccount {
+    pub chain_id: i64,
+    pub pool: String,
+    pub wallet: String,
+    pub block: i64,
+    /// Unix seconds the interest is accrued to (the block's timestamp).
+    pub as_of: i64,
+    /// Collateral value in the oracle's base unit (integer; `baseDecimals` decimals).
+    pub total_collateral_base: String,
+    pub total_debt_base: String,
+    pub available_borrows_base: String,
+    /// Decimals of the base unit (the price feeds'), where a price was read.
+    pub base_decimals: Option<i32>,
+    /// Collateral-weighted liquidation threshold, basis points.
+    pub liquidation_threshold: String,
+    /// Collateral-weighted LTV, basis points.
+    pub ltv: String,
+    /// Health factor with 18 decimals as an integer string; `null` without debt (the pool
+    /// reports the largest uint256 there).
+    pub health_factor: Option<String>,
+    pub reserves: Vec<AaveReservePosition>,
+}
+
+fn non_negative(name: &str, value: i64) -> Result<u64, ApiError> {
+    u64::try_from(value)
+        .map_err(|_| ApiError::BadUserInput(format!("{name} must not be negative, got {value}")))
+}
+
+/// The block to answer at and its unix time: the asked block (its time from any row stored at
+/// it, or `asOf`), or the latest block chainfold holds for the pool or the chain head.
+async fn when(
+    db: &PgPool,
+    chain_id: i64,
+    pool: &str,
+    block: Option<u64>,
+    as_of: Option<u64>,
+) -> ApiResult<Option<(u64, u64)>> {
+    let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+        "WITH target AS (
+             SELECT coalesce($3, greatest(
+                 (SELECT max(block_number) FROM lending_market_event WHERE chain_id = $1 AND pool = $2),
+                 (SELECT number FROM chain_head WHERE chain_id = $1))) AS block
+         )
+         SELECT t.block, extract(epoch FROM coalesce(
+             (SELECT block_time FROM chain_head WHERE chain_id = $1 AND number = t.block),
+             (SELECT block_time FROM lending_market_event WHERE chain_id = $1 AND block_number = t.block LIMIT 1),
+             (SELECT block_time FROM lending_event WHERE chain_id = $1 AND block_number = t.block LIMIT 1),
+             (SELECT block_time FROM oracle_update WHERE chain_id = $1 AND block_number = t.block LIMIT 1)))::int8
+         FROM target t",
+    )
+    .bind(chain_id)
+    .bind(pool)
+    .bind(block.map(|b| b as i64))
+    .fetch_optional(db)
+    .await
+    .map_err(gql)?;
+    let Some((Some(block), time)) = row else {
+        return Ok(None);
+    };
+    let time = match (as_of, time) {
+        (Some(t), _) => t,
+        (None, Some(t)) => t as u64,
+        (None, None) => {
+            return Err(gql(ApiError::BadUserInput(format!(
+                "chainfold holds no event of block {block}, so its time is unknown: pass asOf (unix seconds)"
+            ))))
+        }
+    };
+    Ok(Some((block as u64, time)))
+}
+
+fn text(v: U256) -> String {
+    v.to_string()
+}
+
+#[Object]
+impl AaveQuery {
+    /// A wallet's Aave account in `pool` at `block` (default: the latest block chainfold holds),
+    /// exactly as the pool's `getUserAccountData` returns it then. `null` when the wallet has no
+    /// supply, borrow, repay, withdrawal or liquidation in that pool by then.
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
+    async fn aave_account(
+        &self,
+        ctx: &Context<'_>,
+        chain_id: i64,
+        pool: String,
+        wallet: String,
+        block: Option<i64>,
+        as_of: Option<i64>,
+    ) -> ApiResult<Option<AaveAccount>> {
+        let pool = parse_address(&pool).map_err(gql)?;
+        let wallet = parse_address(&wallet).map_err(gql)?;
+        let chain = non_negative("chainId", chain_id).map_err(gql)?;
+        let block = block
+            .map(|b| non_negative("block", b))
+            .transpose()
+            .map_err(gql)?;
+        let as_of = as_of
+            .map(|t| non_negative("asOf", t))
+            .transpose()
+            .map_err(gql)?;
+        let db = ctx.data_unchecked::<PgPool>();
+        let Some((block, time)) = when(db, chain_id, &pool, block, as_of).await? else {
+            return Ok(None);
+        };
+        let parse = |a: &str| -> ApiResult<chainfold_domain::Address> {
+            a.parse()
+                .map_err(|_| gql(ApiError::BadUserInput(format!("{a:?} is not an address"))))
+        };
+        let account = chainfold_platform::aave::account(
+            db,
+            chain,
+            parse(&pool)?,
+            parse(&wallet)?,
+            block,
+            time,
+        )
+        .await
+        .map_err(|e| match e {
+            chainfold_platform::aave::AaveError::Sql(e) => gql(e),
+            other => gql(ApiError::Unanswerable(other.to_string())),
+        })?;
+        Ok(account.map(|a| AaveAccount {
+            chain_id,
+            pool: pool.clone(),
+            wallet: wallet.clone(),
+            block: a.block as i64,
+            as_of: a.time as i64,
+            total_collateral_base: text(a.data.total_collateral_base),
+            total_debt_base: text(a.data.total_debt_base),
+            available_borrows_base: text(a.data.available_borrows_base),
+            base_decimals: a.base_decimals.map(i32::from),
+            liquidation_threshold: text(a.data.current_liquidation_threshold),
+            ltv: text(a.data.ltv),
+            health_factor: (a.data.health_factor != U256::MAX).then(|| text(a.data.health_factor)),
+            reserves: a
+                .positions
+                .into_iter()
+                .map(|p| AaveReservePosition {
+                    reserve: format!("{:#x}", p.reserve),
+                    symbol: p.symbol,
+                    decimals: i32::from(p.decimals),
+                    collateral: text(p.collateral),
+                    debt: text(p.debt),
+                    collateral_enabled: p.collateral_enabled,
+                })
+                .collect(),
+        }))
+    }
+}
