@@ -289,6 +289,7 @@ pub fn rebuilt_tables() -> Vec<(&'static str, Vec<&'static str>)> {
         ("liquidity_event", kafka(&[])),
         ("flash_loan", kafka(&[])),
         ("oracle_update", kafka(&[])),
+        ("lending_market_event", kafka(&[])),
         ("chain_head", vec!["updated_at"]),
         (
             "credit_score",

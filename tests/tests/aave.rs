@@ -312,6 +312,32 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
     assert!(liquidated_seen);
     assert!(compared > 60, "only {compared} comparisons");
 
+    // Every flow priced at the oracle round in force at it, exactly.
+    let priced: Vec<(
+        String,
+        String,
+        Option<bigdecimal::BigDecimal>,
+        Option<String>,
+    )> = sqlx::query_as(
+        "SELECT wallet, action, oracle_amount_usd, oracle_quote FROM lending_event_oracle
+         ORDER BY block_number, log_index",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("priced");
+    assert!(priced.iter().all(|p| p.2.is_some()), "{priced:?}");
+    let first_alice = priced
+        .iter()
+        .find(|p| p.0 == format!("{alice:#x}") && p.1 == "deposit")
+        .expect("alice's deposit");
+    let answer = chainfold_simulate::contracts::answer(weth_usd[0]);
+    let expected: bigdecimal::BigDecimal = format!("{answer}e-8").parse().expect("decimal");
+    assert_eq!(
+        first_alice.2.clone().expect("usd").normalized(),
+        (expected * bigdecimal::BigDecimal::from(10)).normalized()
+    );
+    assert_eq!(first_alice.3.as_deref(), Some("ETH / USD"));
+
     // The same account through GraphQL: exact integers as decimal strings.
     let schema = chainfold_api::schema::build(pool.clone());
     let ask = |wallet: Address, block: String| {
