@@ -814,6 +814,12 @@ impl Follower {
         logs.sort_by_key(|l| l.log_index);
         let times = HashMap::from([(seen.hash, time.unwrap_or_default())]);
         let (events, dead) = self.normalize_logs(&logs, &times).await;
+        state::pend(
+            &self.pool,
+            self.chain.chain_id,
+            &events.iter().collect::<Vec<_>>(),
+        )
+        .await?;
         self.publish(&events, &dead, false, Some(self.head(number, seen, time)))
             .await?;
         state::advance(
@@ -893,10 +899,15 @@ impl Follower {
                 .or_default()
                 .push(log);
         }
-        let mut blocks = Vec::with_capacity(linked.len());
-        for (n, h) in &linked {
+        let mut normalized = Vec::with_capacity(linked.len());
+        for (n, _) in &linked {
             let logs = by_block.remove(n).unwrap_or_default();
-            let (events, dead) = self.normalize_logs(&logs, &times).await;
+            normalized.push(self.normalize_logs(&logs, &times).await);
+        }
+        let all: Vec<&Envelope> = normalized.iter().flat_map(|(e, _)| e).collect();
+        state::pend(&self.pool, self.chain.chain_id, &all).await?;
+        let mut blocks = Vec::with_capacity(linked.len());
+        for ((n, h), (events, dead)) in linked.iter().zip(normalized) {
             let sent = self
                 .enqueue(&events, &dead, false, Some(self.head(*n, h.seen, h.time)))
                 .await?;
@@ -966,6 +977,15 @@ impl Follower {
     /// One pass: backfill below the reorg window, then process blocks one by one up to the
     /// current head, handling reorgs. Returns the block reached.
     pub async fn sync_to_head(&mut self) -> anyhow::Result<Option<u64>> {
+        // Events a killed or failed pass published without checkpointing them: their blocks may
+        // have been orphaned since, so they are retracted before anything else is published (the
+        // pass below publishes the canonical ones again).
+        let pending = state::pending(&self.pool, self.chain.chain_id).await?;
+        if !pending.is_empty() {
+            tracing::warn!(chain = %self.chain.name, events = pending.len(), "retracting events published and never checkpointed");
+            self.publish(&pending, &[], true, None).await?;
+            state::clear_pending(&self.pool, self.chain.chain_id).await?;
+        }
         let latest = self.latest().await?;
         // A held block that is no longer canonical (the chain was reset below or at our tip).
         if let Some((&tip, held)) = self.window.last_key_value() {

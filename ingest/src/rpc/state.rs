@@ -141,6 +141,11 @@ pub async fn advance_blocks(
             .await?;
         }
     }
+    sqlx::query("DELETE FROM ingest_pending WHERE chain_id = $1 AND block_number <= $2")
+        .bind(chain)
+        .bind(last as i64)
+        .execute(&mut *tx)
+        .await?;
     let floor = last.saturating_sub(keep) as i64;
     for (table, column) in [
         ("ingest_block", "number"),
@@ -197,6 +202,57 @@ pub async fn orphaned_events(
     rows.into_iter()
         .map(|(kind, payload)| Ok((kind_of(&kind)?, serde_json::from_slice(&payload)?)))
         .collect()
+}
+
+/// Records `events` as about to be published (write-ahead): until the checkpoint covering their
+/// block commits, a later pass retracts them first (see [`pending`]).
+pub async fn pend(pool: &PgPool, chain_id: u64, events: &[&Envelope]) -> anyhow::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut blocks = Vec::with_capacity(events.len());
+    let mut index = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    for env in events {
+        blocks.push(env.block.map(|b| b.number as i64).unwrap_or_default());
+        index.push(env.log_index.unwrap_or_default() as i32);
+        payloads.push(crate::publish::encode(env));
+    }
+    sqlx::query(
+        "INSERT INTO ingest_pending (chain_id, block_number, log_index, payload)
+         SELECT $1, * FROM UNNEST($2::int8[], $3::int4[], $4::bytea[])
+         ON CONFLICT (chain_id, block_number, log_index) DO UPDATE SET payload = EXCLUDED.payload",
+    )
+    .bind(chain_id as i64)
+    .bind(&blocks)
+    .bind(&index)
+    .bind(&payloads)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Events published (or about to be) and never checkpointed, newest first.
+pub async fn pending(pool: &PgPool, chain_id: u64) -> anyhow::Result<Vec<Envelope>> {
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT payload FROM ingest_pending WHERE chain_id = $1
+         ORDER BY block_number DESC, log_index DESC",
+    )
+    .bind(chain_id as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(payload,)| Ok(serde_json::from_slice(&payload)?))
+        .collect()
+}
+
+/// Forgets the pending events after their retractions were acknowledged.
+pub async fn clear_pending(pool: &PgPool, chain_id: u64) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM ingest_pending WHERE chain_id = $1")
+        .bind(chain_id as i64)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Forgets the blocks above `ancestor` (after their retractions were acknowledged) and moves the
