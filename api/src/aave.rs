@@ -51,6 +51,10 @@ pub struct AaveAccount {
     /// reports the largest uint256 there).
     pub health_factor: Option<String>,
     pub reserves: Vec<AaveReservePosition>,
+    /// Reserves whose configuration chainfold has not seen (configured before the ingest's
+    /// start block): they count as threshold zero, so the values understate the collateral.
+    /// Empty when the account is exact.
+    pub unconfigured_reserves: Vec<String>,
 }
 
 fn non_negative(name: &str, value: i64) -> Result<u64, ApiError> {
@@ -165,6 +169,7 @@ impl AaveQuery {
             liquidation_threshold: text(a.data.current_liquidation_threshold),
             ltv: text(a.data.ltv),
             health_factor: (a.data.health_factor != U256::MAX).then(|| text(a.data.health_factor)),
+            unconfigured_reserves: a.unconfigured.iter().map(|r| format!("{r:#x}")).collect(),
             reserves: a
                 .positions
                 .into_iter()

@@ -47,6 +47,10 @@ pub struct Account {
     /// The decimals of the oracle answers the base values are in.
     pub base_decimals: Option<u8>,
     pub positions: Vec<Position>,
+    /// Reserves of the account whose configuration (`CollateralConfigurationChanged`) chainfold
+    /// has not seen (it was emitted before the ingest's start block): they count as threshold
+    /// zero, so the account data understates the collateral. Empty when exact.
+    pub unconfigured: Vec<Address>,
 }
 
 fn u256(text: &str) -> Result<U256, AaveError> {
@@ -296,7 +300,7 @@ pub async fn account(
         return Err(AaveError::MixedDecimals(decimals.into_iter().collect()));
     }
     let data = market.account(wallet, time, |a| price.get(&a).copied())?;
-    let positions = market
+    let positions: Vec<Position> = market
         .balances(wallet, time)
         .map_err(AccountError::from)?
         .into_iter()
@@ -312,10 +316,16 @@ pub async fn account(
             }
         })
         .collect();
+    let unconfigured = positions
+        .iter()
+        .map(|p: &Position| p.reserve)
+        .filter(|r| market.reserves.get(r).is_none_or(|s| s.params.is_none()))
+        .collect();
     Ok(Some(Account {
         block,
         time,
         data,
+        unconfigured,
         base_decimals: decimals.first().map(|d| *d as u8),
         positions,
     }))

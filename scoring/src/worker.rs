@@ -389,6 +389,7 @@ impl ScoreEngine {
             .collect();
         let (mut loaded, stats) = profiles::load(&self.pool, &keys, &until, reset).await?;
         let mut attested = self.attestations(&keys).await?;
+        let aave_pools = self.aave_pools(&keys).await?;
         let mut expired = 0;
         let mut behind = 0;
         let mut cache = PriceCache {
@@ -480,9 +481,14 @@ impl ScoreEngine {
                     .iter()
                     .filter(|a| a.issued_at <= t.at && a.expires_at <= t.at)
                     .count() as u64;
-                let position = self
+                let mut position = self
                     .position_inputs(&mut cache, key.0, positions, t.at, t.block_number)
                     .await?;
+                if let (Some(pool), Some(block)) = (aave_pools.get(key), t.block_number) {
+                    if let Some(exact) = self.aave_health(key, *pool, block, t.at).await? {
+                        position.0 = exact;
+                    }
+                }
                 pending.push((key.0, key.1.clone(), t, features, active, position));
             }
         }
@@ -656,6 +662,67 @@ impl ScoreEngine {
             seen(lending)
         } else {
             from_oracle
+        })
+    }
+
+    /// The lending pool of each wallet's latest flow that names one (live RPC events): the pool
+    /// whose own accounting gives the wallet's health factor. One query per batch.
+    async fn aave_pools(
+        &self,
+        keys: &[WalletKey],
+    ) -> anyhow::Result<HashMap<WalletKey, chainfold_domain::Address>> {
+        let chains: Vec<i64> = keys.iter().map(|k| k.0 as i64).collect();
+        let wallets: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT ON (e.chain_id, e.wallet) e.chain_id, e.wallet, e.pool
+             FROM lending_event e
+             JOIN UNNEST($1::int8[], $2::text[]) AS k(chain_id, wallet)
+               ON e.chain_id = k.chain_id AND e.wallet = k.wallet
+             WHERE e.pool IS NOT NULL
+             ORDER BY e.chain_id, e.wallet, e.block_number DESC",
+        )
+        .bind(&chains)
+        .bind(&wallets)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(chain, wallet, pool)| Some(((chain as u64, wallet), pool.parse().ok()?)))
+            .collect())
+    }
+
+    /// The wallet's health factor as its Aave pool computes it at `block` (`getUserAccountData`,
+    /// see `chainfold_platform::aave`): `Some(None)` without debt, `None` when the pool's
+    /// accounting cannot answer (no reserve data or no price yet), where the estimate stays.
+    async fn aave_health(
+        &self,
+        key: &WalletKey,
+        pool: chainfold_domain::Address,
+        block: i64,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Option<f64>>> {
+        let Ok(wallet) = key.1.parse() else {
+            return Ok(None);
+        };
+        let account = chainfold_platform::aave::account(
+            &self.pool,
+            key.0,
+            pool,
+            wallet,
+            u64::try_from(block).unwrap_or_default(),
+            u64::try_from(at.timestamp()).unwrap_or_default(),
+        )
+        .await;
+        Ok(match account {
+            // A reserve configured before the ingest's start would count as no collateral.
+            Ok(Some(a)) if !a.unconfigured.is_empty() => None,
+            Ok(Some(a)) if a.data.health_factor == chainfold_domain::U256::MAX => Some(None),
+            Ok(Some(a)) => {
+                let hf: f64 = a.data.health_factor.to_string().parse().unwrap_or(f64::NAN);
+                (hf.is_finite()).then_some(Some(hf / 1e18))
+            }
+            Ok(None) | Err(chainfold_platform::aave::AaveError::Account(_)) => None,
+            Err(e) => return Err(e.into()),
         })
     }
 

@@ -60,3 +60,36 @@ pub async fn score_all(iso: &Isolated) -> chainfold_scoring::worker::Scorer {
         .expect("scores");
     scorer
 }
+
+/// Follows the chain of `toml` (a chains.toml with one chain) to its head into `iso`'s topics
+/// with live ingest and projects everything with `iso`'s group; the Postgres pool.
+pub async fn follow_and_project(iso: &Isolated, toml: &str) -> sqlx::PgPool {
+    let chain = chainfold_ingest::rpc::config::ChainsFile::parse(toml)
+        .expect("chains file")
+        .chains
+        .remove(0);
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    chainfold_ingest::rpc::follow::Follower::new(chain, producer, topics, pool.clone())
+        .await
+        .expect("follower")
+        .sync_to_head()
+        .await
+        .expect("ingest");
+    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector");
+    projector.run_until_caught_up().await.expect("project");
+    pool
+}

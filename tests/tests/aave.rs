@@ -6,12 +6,11 @@
 
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider as _;
-use chainfold_ingest::rpc::config::ChainsFile;
-use chainfold_ingest::rpc::follow::Follower;
 use chainfold_simulate::anvil::Anvil;
 use chainfold_simulate::contracts::units;
 use chainfold_simulate::Deployment;
 use chainfold_testkit::{data_dir, Isolated};
+use chainfold_tests::{follow_and_project, score_all};
 
 const DAY: u64 = 86_400;
 
@@ -202,34 +201,7 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
     blocks.push(mine(&d).await);
 
     // The whole run through the real path.
-    let toml = d.chains_toml("anvil", &anvil.http_url(), None, 0);
-    let chain = ChainsFile::parse(&toml)
-        .expect("chains file")
-        .chains
-        .remove(0);
-    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
-        .await
-        .expect("postgres");
-    let topics = iso.kafka.topics();
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    Follower::new(chain, producer, topics, pool.clone())
-        .await
-        .expect("follower")
-        .sync_to_head()
-        .await
-        .expect("ingest");
-    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector");
-    projector.run_until_caught_up().await.expect("project");
+    let pool = follow_and_project(&iso, &d.chains_toml("anvil", &anvil.http_url(), None, 0)).await;
     let updates: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM lending_market_event WHERE kind = 'reserve_update'",
     )
@@ -295,6 +267,7 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
                 "{wallet:#x} at block {block} (t={time}): chainfold {mine:?} vs pool {chain:?}"
             );
             assert_eq!(ours.base_decimals, Some(8));
+            assert!(ours.unconfigured.is_empty(), "{:?}", ours.unconfigured);
             compared += 1;
             if wallet == alice && block == last {
                 liquidated_seen = true;
@@ -337,6 +310,39 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
         (expected * bigdecimal::BigDecimal::from(10)).normalized()
     );
     assert_eq!(first_alice.3.as_deref(), Some("ETH / USD"));
+
+    // The scorer stores the pool's own health factor with every score of these wallets
+    // (f64 of the exact value), not the principal-flow estimate.
+    score_all(&iso).await;
+    let scores: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
+        "SELECT wallet, block_number, health_factor FROM credit_score ORDER BY block_number",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("scores");
+    let mut checked = 0;
+    for (wallet, block, hf) in &scores {
+        let wallet: Address = wallet.parse().expect("address");
+        if !wallets.contains(&wallet) {
+            continue;
+        }
+        let [.., exact] = d.account_data(wallet, *block as u64).await.expect("pool");
+        match hf {
+            None => assert_eq!(exact, U256::MAX, "{wallet:#x} at {block}"),
+            Some(hf) => {
+                let exact: f64 = exact.to_string().parse::<f64>().expect("f64") / 1e18;
+                assert!(
+                    ((hf - exact) / exact).abs() < 1e-12,
+                    "{wallet:#x} at {block}: stored {hf} vs pool {exact}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} scores with a health factor: {scores:?}"
+    );
 
     // The same account through GraphQL: exact integers as decimal strings.
     let schema = chainfold_api::schema::build(pool.clone());

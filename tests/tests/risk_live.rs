@@ -4,44 +4,11 @@
 
 use std::time::Duration;
 
-use chainfold_ingest::rpc::config::ChainsFile;
-use chainfold_ingest::rpc::follow::Follower;
 use chainfold_scoring::risk::{RiskConfig, RiskWorker};
 use chainfold_simulate::anvil::Anvil;
 use chainfold_simulate::SimulateArgs;
 use chainfold_testkit::{data_dir, unique, Isolated};
-
-/// Follows the chain of `toml` to its head into Kafka and projects everything; the pool.
-async fn follow_and_project(iso: &Isolated, toml: &str) -> sqlx::PgPool {
-    let chain = ChainsFile::parse(toml)
-        .expect("chains file")
-        .chains
-        .remove(0);
-    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
-        .await
-        .expect("postgres");
-    let topics = iso.kafka.topics();
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    Follower::new(chain, producer, topics, pool.clone())
-        .await
-        .expect("follower")
-        .sync_to_head()
-        .await
-        .expect("ingest");
-    let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector");
-    projector.run_until_caught_up().await.expect("project");
-    pool
-}
+use chainfold_tests::follow_and_project;
 
 /// A risk worker config of `iso` reading what `iso`'s projector folded.
 fn risk_of(iso: &Isolated) -> RiskConfig {
