@@ -111,6 +111,8 @@ pub enum TopicKind {
     Lending,
     Amm,
     Oracle,
+    /// ERC-20 `Transfer`s of watched tokens (`chainfold.transfers.v1`).
+    Transfers,
 }
 
 impl TopicKind {
@@ -120,6 +122,7 @@ impl TopicKind {
             TopicKind::Lending => crate::topics::LENDING,
             TopicKind::Amm => crate::topics::AMM,
             TopicKind::Oracle => crate::topics::ORACLE,
+            TopicKind::Transfers => crate::topics::TRANSFERS,
         }
     }
 }
@@ -150,6 +153,9 @@ pub enum DefiEvent {
     ReserveConfig(ReserveConfig),
     /// Aave `ReserveUsedAsCollateralEnabled` / `Disabled` (keyed by the wallet).
     CollateralUse(CollateralUse),
+    /// ERC-20 `Transfer` of a watched token (transfers topic, keyed by the token so one token's
+    /// transfers stay in order).
+    Transfer(Erc20Transfer),
 }
 
 impl DefiEvent {
@@ -169,6 +175,7 @@ impl DefiEvent {
             DefiEvent::ReserveUpdate(r) => r.pool,
             DefiEvent::ReserveConfig(r) => r.pool,
             DefiEvent::CollateralUse(c) => c.wallet,
+            DefiEvent::Transfer(t) => t.token,
         }
     }
 
@@ -186,6 +193,7 @@ impl DefiEvent {
             | DefiEvent::CollateralUse(_) => TopicKind::Lending,
             DefiEvent::Swap(_) | DefiEvent::PoolSync(_) | DefiEvent::Liquidity(_) => TopicKind::Amm,
             DefiEvent::OracleUpdate(_) => TopicKind::Oracle,
+            DefiEvent::Transfer(_) => TopicKind::Transfers,
         }
     }
 
@@ -205,6 +213,7 @@ impl DefiEvent {
             DefiEvent::ReserveUpdate(_) => "reserve_update",
             DefiEvent::ReserveConfig(_) => "reserve_config",
             DefiEvent::CollateralUse(_) => "collateral_use",
+            DefiEvent::Transfer(_) => "transfer",
         }
     }
 
@@ -223,7 +232,8 @@ impl DefiEvent {
             | DefiEvent::OracleUpdate(_)
             | DefiEvent::ReserveUpdate(_)
             | DefiEvent::ReserveConfig(_)
-            | DefiEvent::CollateralUse(_) => return None,
+            | DefiEvent::CollateralUse(_)
+            | DefiEvent::Transfer(_) => return None,
         })
     }
 }
@@ -465,6 +475,44 @@ pub struct CollateralUse {
     pub enabled: bool,
 }
 
+/// An ERC-20 `Transfer` of `value` base units of `token` (a mint is from the zero address, a
+/// burn to it). The token's metadata travels with each transfer as the ingest read it once from
+/// the contract, so the read models (`erc20_token`) rebuild from the log alone; a token that
+/// answers no `symbol()` (or an empty one) has `None` there, which is no reason to drop it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Erc20Transfer {
+    pub token: Address,
+    pub from: Address,
+    pub to: Address,
+    pub value: TokenAmount,
+    #[serde(default)]
+    pub metadata: TokenMetadata,
+}
+
+/// What an ERC-20 contract says about itself: `name()`, `symbol()`, `decimals()`, each `None`
+/// where the call failed or answered an empty string. Strings are stored without NUL bytes
+/// (Postgres `text` cannot hold one); [`TokenMetadata::clean`] says whether any were removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decimals: Option<u8>,
+}
+
+impl TokenMetadata {
+    /// A contract's string as it is stored: NUL bytes removed, surrounding whitespace kept
+    /// (it is the contract's), an empty result `None`. Returns the text and whether NULs were
+    /// removed.
+    pub fn clean(raw: &str) -> (Option<String>, bool) {
+        let stripped: String = raw.chars().filter(|c| *c != '\0').collect();
+        let had_nul = stripped.len() != raw.len();
+        ((!stripped.is_empty()).then_some(stripped), had_nul)
+    }
+}
+
 /// A chain's head as the live ingest last processed it (on `chainfold.blocks.v1`, keyed by
 /// chain id): what `final` in the read models is measured against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -634,5 +682,17 @@ mod decode_tests {
             garbage.starts_with("could not decode envelope"),
             "{garbage}"
         );
+    }
+
+    #[test]
+    fn token_strings_lose_nul_bytes_and_empty_ones_are_none() {
+        use super::TokenMetadata;
+        assert_eq!(
+            TokenMetadata::clean("NUL\0TOK"),
+            (Some("NULTOK".into()), true)
+        );
+        assert_eq!(TokenMetadata::clean(" x\t"), (Some(" x\t".into()), false));
+        assert_eq!(TokenMetadata::clean(""), (None, false));
+        assert_eq!(TokenMetadata::clean("\0"), (None, true));
     }
 }

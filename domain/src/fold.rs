@@ -30,6 +30,10 @@ pub enum FoldError {
     },
     #[error("reserve {symbol} declares {decimals} decimals (at most 77 fit NUMERIC(78,0))")]
     ImpossibleDecimals { symbol: String, decimals: u8 },
+    /// The protocol tables keep `log_index` as INTEGER; only `erc20_transfer` (and the ingest's
+    /// own journal) take the whole u32 range. Refused rather than wrapped to a negative index.
+    #[error("log index {0} does not fit this read model's INTEGER log_index (only transfers take up to 2^32-1)")]
+    LogIndexTooLarge(u32),
 }
 
 /// The largest decimals a token can declare and still have its amounts fit `NUMERIC(78,0)`.
@@ -305,6 +309,14 @@ pub enum Row {
     FlashLoan(Box<FlashLoanRow>),
     Oracle(Box<OracleRow>),
     Market(Box<MarketRow>),
+    Transfer(Box<TransferRow>),
+}
+
+/// One row of `erc20_transfer` (and a change to two `erc20_balance` rows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferRow {
+    pub at: EventRef,
+    pub transfer: crate::envelope::Erc20Transfer,
 }
 
 impl Row {
@@ -317,6 +329,7 @@ impl Row {
             Row::FlashLoan(r) => r.at.event_id,
             Row::Oracle(r) => r.at.event_id,
             Row::Market(r) => r.at.event_id,
+            Row::Transfer(r) => r.at.event_id,
         }
     }
 
@@ -329,6 +342,7 @@ impl Row {
             Row::FlashLoan(r) => r.at.block_hash,
             Row::Oracle(r) => r.at.block_hash,
             Row::Market(r) => r.at.block_hash,
+            Row::Transfer(r) => r.at.block_hash,
         }
     }
 }
@@ -344,7 +358,16 @@ pub fn fold(env: &Envelope, topic: TopicKind) -> Result<Row, FoldError> {
         });
     }
     let at = || EventRef::of(env);
+    if let Some(index) = env.log_index.filter(|i| *i > i32::MAX as u32) {
+        if !matches!(env.event, DefiEvent::Transfer(_)) {
+            return Err(FoldError::LogIndexTooLarge(index));
+        }
+    }
     Ok(match &env.event {
+        DefiEvent::Transfer(t) => Row::Transfer(Box::new(TransferRow {
+            at: at(),
+            transfer: t.clone(),
+        })),
         DefiEvent::Swap(_) => Row::Swap(Box::new(swap_row(env)?)),
         DefiEvent::PoolSync(sync) => Row::PoolSync(Box::new(PoolSyncRow {
             at: at(),
@@ -423,6 +446,35 @@ mod tests {
             source: Source::Rpc,
             event,
         }
+    }
+
+    #[test]
+    fn only_transfers_take_log_indexes_beyond_i32() {
+        let transfer = DefiEvent::Transfer(crate::envelope::Erc20Transfer {
+            token: Address::repeat_byte(0x70),
+            from: Address::ZERO,
+            to: Address::repeat_byte(0x71),
+            value: TokenAmount(alloy_primitives::U256::MAX),
+            metadata: Default::default(),
+        });
+        let mut env = envelope(transfer);
+        env.log_index = Some(0xffff_fffc);
+        let Row::Transfer(row) = fold(&env, TopicKind::Transfers).expect("a transfer folds") else {
+            panic!("a transfer row")
+        };
+        assert_eq!(row.at.log_index, Some(0xffff_fffc));
+        assert!(matches!(
+            fold(&env, TopicKind::Lending),
+            Err(FoldError::WrongTopic { .. })
+        ));
+        let mut lending = envelope(liquidation());
+        lending.log_index = Some(i32::MAX as u32);
+        assert!(fold(&lending, TopicKind::Lending).is_ok());
+        lending.log_index = Some(i32::MAX as u32 + 1);
+        assert_eq!(
+            fold(&lending, TopicKind::Lending),
+            Err(FoldError::LogIndexTooLarge(2_147_483_648))
+        );
     }
 
     fn liquidation() -> DefiEvent {

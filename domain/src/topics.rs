@@ -10,6 +10,8 @@ pub const LENDING: &str = "chainfold.lending.v1";
 pub const AMM: &str = "chainfold.amm.v1";
 /// Oracle price updates (Chainlink `AnswerUpdated`), keyed by feed.
 pub const ORACLE: &str = "chainfold.oracle.v1";
+/// ERC-20 transfers of watched tokens, keyed by the token.
+pub const TRANSFERS: &str = "chainfold.transfers.v1";
 /// Chain heads as the live ingest processes them, keyed by chain id (not an event topic: no
 /// DLQ; the projector keeps the last head per chain for finality).
 pub const BLOCKS: &str = "chainfold.blocks.v1";

@@ -38,13 +38,14 @@ pub struct PublishSummary {
     pub lending: u64,
     pub amm: u64,
     pub oracle: u64,
+    pub transfers: u64,
     pub dead_lettered: u64,
     pub elapsed: Duration,
 }
 
 impl PublishSummary {
     pub fn published(&self) -> u64 {
-        self.lending + self.amm + self.oracle
+        self.lending + self.amm + self.oracle + self.transfers
     }
 
     /// Events per second over the whole run.
@@ -81,6 +82,7 @@ pub async fn publish_all(
                     TopicKind::Lending => &mut summary.lending,
                     TopicKind::Amm => &mut summary.amm,
                     TopicKind::Oracle => &mut summary.oracle,
+                    TopicKind::Transfers => &mut summary.transfers,
                 };
                 let payload = encode(&env);
                 let key = format!("{:#x}", env.partition_key());

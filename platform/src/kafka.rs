@@ -31,6 +31,8 @@ pub struct Topics {
     pub lending: String,
     pub amm: String,
     pub oracle: String,
+    /// `chainfold.transfers.v1`: ERC-20 transfers of watched tokens.
+    pub transfers: String,
     pub blocks: String,
     /// `chainfold.seals.v1`: which blocks of a chain are published whole (domain::seal).
     pub seals: String,
@@ -44,6 +46,7 @@ impl Topics {
             lending: format!("{prefix}{}", topics::LENDING),
             amm: format!("{prefix}{}", topics::AMM),
             oracle: format!("{prefix}{}", topics::ORACLE),
+            transfers: format!("{prefix}{}", topics::TRANSFERS),
             blocks: format!("{prefix}{}", topics::BLOCKS),
             seals: format!("{prefix}{}", topics::SEALS),
         }
@@ -55,16 +58,18 @@ impl Topics {
             chainfold_domain::TopicKind::Lending => &self.lending,
             chainfold_domain::TopicKind::Amm => &self.amm,
             chainfold_domain::TopicKind::Oracle => &self.oracle,
+            chainfold_domain::TopicKind::Transfers => &self.transfers,
         }
     }
 
-    /// The topics the projector folds (not their DLQs): the three event topics, the heads and
+    /// The topics the projector folds (not their DLQs): the four event topics, the heads and
     /// the seals.
-    pub fn event_topics(&self) -> [&str; 5] {
+    pub fn event_topics(&self) -> [&str; 6] {
         [
             &self.lending,
             &self.amm,
             &self.oracle,
+            &self.transfers,
             &self.blocks,
             &self.seals,
         ]
@@ -72,7 +77,7 @@ impl Topics {
 
     /// Every topic the ingest writes, including the dead-letter ones.
     pub fn all(&self) -> Vec<String> {
-        let mut all = Vec::with_capacity(10);
+        let mut all = Vec::with_capacity(12);
         for topic in self.event_topics() {
             all.push(topic.to_owned());
             all.push(topics::dlq(topic));

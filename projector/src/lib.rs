@@ -302,6 +302,8 @@ impl App {
             TopicKind::Amm
         } else if *topic == self.topics.oracle {
             TopicKind::Oracle
+        } else if *topic == self.topics.transfers {
+            TopicKind::Transfers
         } else {
             TopicKind::Lending
         };
@@ -728,6 +730,7 @@ async fn insert_run(
     let mut loans = Vec::new();
     let mut oracle = Vec::new();
     let mut market = Vec::new();
+    let mut transfers = Vec::new();
     for item in items {
         match &item.row {
             Row::Lending(r) => lending.push(((**r).clone(), item.at.clone())),
@@ -737,6 +740,7 @@ async fn insert_run(
             Row::FlashLoan(r) => loans.push((&**r, &item.at)),
             Row::Oracle(r) => oracle.push((&**r, &item.at)),
             Row::Market(r) => market.push((&**r, &item.at)),
+            Row::Transfer(r) => transfers.push((&**r, &item.at)),
         }
     }
     let (new_lending, wallets) = store::insert_lending(tx, &lending).await?;
@@ -750,6 +754,7 @@ async fn insert_run(
     out.new_other += live::insert_flash_loans(tx, &loans).await?;
     out.new_other += live::insert_oracle_updates(tx, &oracle).await?;
     out.new_other += live::insert_market_events(tx, &market).await?;
+    out.new_other += live::insert_transfers(tx, &transfers).await?;
     Ok(())
 }
 

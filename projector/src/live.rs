@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use bigdecimal::BigDecimal;
 use chainfold_domain::fold::{
-    FlashLoanRow, LiquidityRow, MarketChange, MarketRow, OracleRow, PoolSyncRow, Row,
+    FlashLoanRow, LiquidityRow, MarketChange, MarketRow, OracleRow, PoolSyncRow, Row, TransferRow,
 };
 use chainfold_domain::ChainHead;
 use chrono::{DateTime, Utc};
@@ -389,6 +389,159 @@ pub async fn insert_market_events(
     Ok(done.rows_affected())
 }
 
+/// Inserts ERC-20 transfers, skipping stored ones, and folds the new ones into `erc20_balance`
+/// (sender minus, receiver plus) and their tokens' metadata into `erc20_token`, all in one
+/// statement of the batch's transaction; returns how many were new.
+pub async fn insert_transfers(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(&TransferRow, &Coordinates)],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let n = rows.len();
+    let (mut event_id, mut chain_id, mut token, mut block_number, mut block_hash, mut tx_hash) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut log_index, mut block_time, mut from, mut to, mut value) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut topic, mut partition, mut offset) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut name, mut symbol, mut decimals) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (row, at) in rows {
+        let t = &row.transfer;
+        event_id.push(row.at.event_id.to_string());
+        chain_id.push(row.at.chain_id as i64);
+        token.push(hex(&t.token));
+        block_number.push(row.at.block_number.map(|b| b as i64));
+        block_hash.push(row.at.block_hash.as_ref().map(hex));
+        tx_hash.push(row.at.tx_hash.as_ref().map(hex));
+        log_index.push(row.at.log_index.map(i64::from));
+        block_time.push(row.at.block_time);
+        from.push(hex(&t.from));
+        to.push(hex(&t.to));
+        value.push(t.value.to_decimal());
+        topic.push(at.topic.clone());
+        partition.push(at.partition);
+        offset.push(at.offset);
+        name.push(t.metadata.name.clone());
+        symbol.push(t.metadata.symbol.clone());
+        decimals.push(t.metadata.decimals.map(i16::from));
+    }
+    let (new,): (i64,) = sqlx::query_as(
+        r#"
+        WITH new AS (
+            INSERT INTO erc20_transfer (event_id, chain_id, token, block_number, block_hash,
+                tx_hash, log_index, block_time, from_address, to_address, value, kafka_topic,
+                kafka_partition, kafka_offset)
+            SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[],
+                $6::text[], $7::int8[], $8::timestamptz[], $9::text[], $10::text[],
+                $11::numeric[], $12::text[], $13::int4[], $14::int8[])
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING chain_id, token, from_address, to_address, value
+        ), legs AS (
+            SELECT chain_id, token, from_address AS holder, -value AS delta FROM new
+            UNION ALL
+            SELECT chain_id, token, to_address, value FROM new
+        ), balances AS (
+            INSERT INTO erc20_balance (chain_id, token, holder, balance, transfers)
+            SELECT chain_id, token, holder, sum(delta), count(*) FROM legs
+            GROUP BY chain_id, token, holder
+            ON CONFLICT (chain_id, token, holder) DO UPDATE
+                SET balance = erc20_balance.balance + EXCLUDED.balance,
+                    transfers = erc20_balance.transfers + EXCLUDED.transfers
+        ), tokens AS (
+            INSERT INTO erc20_token (chain_id, token, name, symbol, decimals)
+            SELECT DISTINCT ON (chain_id, token) chain_id, token, name, symbol, decimals
+            FROM UNNEST($2::int8[], $3::text[], $15::text[], $16::text[], $17::int2[])
+                AS m(chain_id, token, name, symbol, decimals)
+            ORDER BY chain_id, token
+            ON CONFLICT (chain_id, token) DO NOTHING
+        )
+        SELECT count(*) FROM new
+        "#,
+    )
+    .bind(&event_id)
+    .bind(&chain_id)
+    .bind(&token)
+    .bind(&block_number)
+    .bind(&block_hash)
+    .bind(&tx_hash)
+    .bind(&log_index)
+    .bind(&block_time)
+    .bind(&from)
+    .bind(&to)
+    .bind(&value)
+    .bind(&topic)
+    .bind(&partition)
+    .bind(&offset)
+    .bind(&name)
+    .bind(&symbol)
+    .bind(&decimals)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(new as u64)
+}
+
+/// Deletes retracted transfers (by event id and orphaned block hash) and unfolds them from
+/// `erc20_balance`; a holder left with no transfers loses its row, as a rebuild would not
+/// have it. Returns how many transfers were deleted.
+async fn retract_transfers(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[String],
+    hashes: &[Option<String>],
+) -> Result<u64, StoreError> {
+    let (deleted,): (i64,) = sqlx::query_as(
+        r#"
+        WITH gone AS (
+            DELETE FROM erc20_transfer t
+            USING UNNEST($1::text[], $2::text[]) AS r(event_id, block_hash)
+            WHERE t.event_id = r.event_id AND t.block_hash IS NOT DISTINCT FROM r.block_hash
+            RETURNING t.chain_id, t.token, t.from_address, t.to_address, t.value
+        ), legs AS (
+            SELECT chain_id, token, from_address AS holder, value AS delta FROM gone
+            UNION ALL
+            SELECT chain_id, token, to_address, -value FROM gone
+        ), summed AS (
+            SELECT chain_id, token, holder, sum(delta) AS delta, count(*) AS n FROM legs
+            GROUP BY chain_id, token, holder
+        ), unfolded AS (
+            UPDATE erc20_balance b SET balance = b.balance + s.delta, transfers = b.transfers - s.n
+            FROM summed s
+            WHERE b.chain_id = s.chain_id AND b.token = s.token AND b.holder = s.holder
+        )
+        SELECT count(*) FROM gone
+        "#,
+    )
+    .bind(ids)
+    .bind(hashes)
+    .fetch_one(&mut **tx)
+    .await?;
+    if deleted > 0 {
+        sqlx::query("DELETE FROM erc20_balance WHERE transfers = 0")
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(deleted as u64)
+}
+
 /// Inserts oracle updates, skipping stored ones; returns how many were new.
 pub async fn insert_oracle_updates(
     tx: &mut Transaction<'_, Postgres>,
@@ -538,6 +691,7 @@ pub async fn retract(
             Row::FlashLoan(_) => "flash_loan",
             Row::Oracle(_) => "oracle_update",
             Row::Market(_) => "lending_market_event",
+            Row::Transfer(_) => "erc20_transfer",
         };
         let entry = by_table.entry(table).or_default();
         entry.0.push(row.event_id().to_string());
@@ -546,6 +700,10 @@ pub async fn retract(
     let mut wallets: BTreeSet<(i64, String)> = BTreeSet::new();
     let mut pools: BTreeSet<(i64, String)> = BTreeSet::new();
     for (table, (ids, hashes)) in &by_table {
+        if *table == "erc20_transfer" {
+            out.deleted += retract_transfers(tx, ids, hashes).await?;
+            continue;
+        }
         let entity = match *table {
             "lending_event" => "wallet",
             "swap" => "pool",

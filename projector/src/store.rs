@@ -621,7 +621,8 @@ pub async fn reset(pool: &PgPool, group: &str) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "TRUNCATE lending_event, wallet_lending_summary, swap, pool_summary, pool_token_volume,
-                  pool_sync, liquidity_event, flash_loan, oracle_update, chain_head, chain_seal",
+                  pool_sync, liquidity_event, flash_loan, oracle_update, lending_market_event,
+                  erc20_transfer, erc20_balance, erc20_token, chain_head, chain_seal",
     )
     .execute(&mut *tx)
     .await?;

@@ -290,6 +290,9 @@ pub fn rebuilt_tables() -> Vec<(&'static str, Vec<&'static str>)> {
         ("flash_loan", kafka(&[])),
         ("oracle_update", kafka(&[])),
         ("lending_market_event", kafka(&[])),
+        ("erc20_transfer", kafka(&[])),
+        ("erc20_balance", vec![]),
+        ("erc20_token", vec![]),
         ("chain_head", vec!["updated_at"]),
         (
             "credit_score",

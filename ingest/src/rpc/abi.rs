@@ -26,6 +26,13 @@ sol! {
         event Burn(address indexed owner, int24 indexed tickLower, int24 indexed tickUpper, uint128 amount, uint256 amount0, uint256 amount1);
     }
 
+    /// ERC-20 token. ERC-721 shares the topic0 with a third indexed topic; from a contract
+    /// configured as `erc20_token` such a log does not fit and is dead-lettered.
+    #[derive(Debug, PartialEq, Eq)]
+    interface Erc20 {
+        event Transfer(address indexed from, address indexed to, uint256 value);
+    }
+
     /// Aave V2 LendingPool.
     #[derive(Debug, PartialEq, Eq)]
     interface AaveV2LendingPool {
@@ -136,16 +143,18 @@ pub enum ContractKind {
     AaveV2LendingPool,
     AaveV3Pool,
     ChainlinkAggregator,
+    Erc20Token,
 }
 
 impl ContractKind {
     /// The names used in `chains.toml`.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "uniswap_v2_pair",
         "uniswap_v3_pool",
         "aave_v2_lending_pool",
         "aave_v3_pool",
         "chainlink_aggregator",
+        "erc20_token",
     ];
 
     pub fn parse(name: &str) -> Option<ContractKind> {
@@ -155,6 +164,7 @@ impl ContractKind {
             "aave_v2_lending_pool" => ContractKind::AaveV2LendingPool,
             "aave_v3_pool" => ContractKind::AaveV3Pool,
             "chainlink_aggregator" => ContractKind::ChainlinkAggregator,
+            "erc20_token" => ContractKind::Erc20Token,
             _ => return None,
         })
     }
@@ -169,6 +179,7 @@ impl ContractKind {
                 chainfold_domain::TopicKind::Lending
             }
             ContractKind::ChainlinkAggregator => chainfold_domain::TopicKind::Oracle,
+            ContractKind::Erc20Token => chainfold_domain::TopicKind::Transfers,
         }
     }
 }
@@ -201,6 +212,7 @@ pub enum RawEvent {
     CollateralEnabled(&'static str, AaveReserves::ReserveUsedAsCollateralEnabled),
     CollateralDisabled(&'static str, AaveReserves::ReserveUsedAsCollateralDisabled),
     CollateralConfigurationChanged(&'static str, AaveReserves::CollateralConfigurationChanged),
+    Erc20Transfer(Erc20::Transfer),
 }
 
 /// Why a log did not decode. `Unwatched` logs are skipped; `Malformed` ones (a watched topic0
@@ -286,6 +298,9 @@ pub fn decode_log(kind: ContractKind, log: &Log) -> Result<RawEvent, DecodeError
         }
         ContractKind::ChainlinkAggregator => by_topic0!(
             ChainlinkAggregator::AnswerUpdated => AnswerUpdated,
+        ),
+        ContractKind::Erc20Token => by_topic0!(
+            Erc20::Transfer => Erc20Transfer,
         ),
     }
     Err(DecodeError::Unwatched { kind, topic0 })
@@ -449,6 +464,50 @@ mod tests {
         assert_eq!(
             decode_log(ContractKind::ChainlinkAggregator, &log_of(&answer)),
             Ok(RawEvent::AnswerUpdated(answer))
+        );
+    }
+
+    #[test]
+    fn erc20_transfers_decode_and_an_erc721_shaped_transfer_is_malformed() {
+        let transfer = Erc20::Transfer {
+            from: Address::ZERO,
+            to: Address::repeat_byte(7),
+            value: U256::MAX,
+        };
+        let log = log_of(&transfer);
+        assert_eq!(
+            log.data.topics()[0],
+            b256!("ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef")
+        );
+        assert_eq!(
+            decode_log(ContractKind::Erc20Token, &log),
+            Ok(RawEvent::Erc20Transfer(transfer))
+        );
+        // ERC-721: the token id is a third indexed topic and there is no data.
+        let mut topics = log.data.topics().to_vec();
+        topics.push(B256::with_last_byte(42));
+        let nft = Log {
+            address: log.address,
+            data: alloy_primitives::LogData::new_unchecked(topics, Default::default()),
+        };
+        let err = decode_log(ContractKind::Erc20Token, &nft).expect_err("an NFT transfer");
+        assert!(
+            matches!(
+                err,
+                DecodeError::Malformed {
+                    event: "Transfer(address,address,uint256)",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            ContractKind::parse("erc20_token"),
+            Some(ContractKind::Erc20Token)
+        );
+        assert_eq!(
+            ContractKind::Erc20Token.topic(),
+            chainfold_domain::TopicKind::Transfers
         );
     }
 

@@ -331,10 +331,47 @@ impl Follower {
                         },
                     );
                 }
+                ContractKind::Erc20Token => {
+                    let metadata = self.read_erc20_metadata(contract.address).await;
+                    self.metadata.erc20.insert(contract.address, metadata);
+                }
                 ContractKind::AaveV2LendingPool | ContractKind::AaveV3Pool => {}
             }
         }
         Ok(())
+    }
+
+    /// Reads a watched token's `name()`, `symbol()` and `decimals()` once. A call that fails or
+    /// answers nothing leaves that field empty (stored as NULL); the token's transfers are
+    /// indexed all the same. NUL bytes are removed, and said so in the log.
+    async fn read_erc20_metadata(&self, token: Address) -> chainfold_domain::TokenMetadata {
+        const NAME: [u8; 4] = [0x06, 0xfd, 0xde, 0x03];
+        const SYMBOL: [u8; 4] = [0x95, 0xd8, 0x9b, 0x41];
+        const DECIMALS: [u8; 4] = [0x31, 0x3c, 0xe5, 0x67];
+        let secret = self.chain.rpc_url.expose_secret().to_owned();
+        let call = |selector: [u8; 4]| {
+            let request = alloy::rpc::types::TransactionRequest::default()
+                .to(token)
+                .input(alloy_primitives::Bytes::from(selector.to_vec()).into());
+            let secret = secret.clone();
+            async move {
+                with_retry("eth_call", &secret, || std::future::IntoFuture::into_future(self.http.call(request.clone())))
+                    .await
+                    .map_err(|e| tracing::warn!(token = %token, error = %format!("{e:#}"), "token metadata call failed"))
+                    .ok()
+            }
+        };
+        let (name, symbol, decimals) = (call(NAME).await, call(SYMBOL).await, call(DECIMALS).await);
+        let (metadata, notes) = super::normalize::token_metadata(
+            name.as_ref().map(|b| &b[..]),
+            symbol.as_ref().map(|b| &b[..]),
+            decimals.as_ref().map(|b| &b[..]),
+        );
+        for note in notes {
+            tracing::warn!(token = %token, "{note}");
+        }
+        tracing::info!(token = %token, name = ?metadata.name, symbol = ?metadata.symbol, decimals = ?metadata.decimals, "erc20 token metadata");
+        metadata
     }
 
     /// Reads `symbol()`/`decimals()` of tokens not known yet. A token that has none stays

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use alloy_primitives::{Address, B256, I256, U256};
 use chainfold_domain::{
-    BlockRef, CollateralUse, DefiEvent, Envelope, EventId, FlashLoan, LendingFlow, Liquidation,
-    LiquidityChange, LiquidityKind, OracleUpdate, PoolSync, Reserve, ReserveConfig, ReserveUpdate,
-    Source, Swap, TokenAmount, V3State, SCHEMA_VERSION,
+    BlockRef, CollateralUse, DefiEvent, Envelope, Erc20Transfer, EventId, FlashLoan, LendingFlow,
+    Liquidation, LiquidityChange, LiquidityKind, OracleUpdate, PoolSync, Reserve, ReserveConfig,
+    ReserveUpdate, Source, Swap, TokenAmount, TokenMetadata, V3State, SCHEMA_VERSION,
 };
 use chrono::{DateTime, Utc};
 
@@ -42,6 +42,8 @@ pub struct Metadata {
     pub tokens: HashMap<Address, Reserve>,
     pub pairs: HashMap<Address, (Address, Address)>,
     pub feeds: HashMap<Address, FeedMeta>,
+    /// What each watched ERC-20 token said about itself (read once, at start).
+    pub erc20: HashMap<Address, TokenMetadata>,
 }
 
 impl Metadata {
@@ -83,6 +85,55 @@ impl RawEvent {
             _ => Vec::new(),
         }
     }
+}
+
+/// A `string`-returning view's answer as text: the ABI `string` encoding, or (as MKR and SAI
+/// answer `symbol()`) a `bytes32` padded with zeros. Invalid UTF-8 is replaced, not refused.
+/// `None` when the answer is neither (empty, reverted, or too short).
+pub fn decode_text(answer: &[u8]) -> Option<String> {
+    use alloy_sol_types::SolValue as _;
+    if let Ok(text) = String::abi_decode(answer) {
+        return Some(text);
+    }
+    if let Ok(bytes) = alloy_primitives::Bytes::abi_decode(answer) {
+        return Some(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    if answer.len() == 32 {
+        let end = answer.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        return Some(String::from_utf8_lossy(&answer[..end]).into_owned());
+    }
+    None
+}
+
+/// `decimals()`'s answer: a uint8 in a 32-byte word (some tokens return a uint256; anything
+/// above 255 is not a decimals count and is `None`).
+pub fn decode_decimals(answer: &[u8]) -> Option<u8> {
+    (answer.len() >= 32)
+        .then(|| U256::from_be_slice(&answer[..32]))
+        .and_then(|v| u8::try_from(v).ok())
+}
+
+/// A token's metadata from the answers to `name()`, `symbol()` and `decimals()` (each `None`
+/// where the call failed), and a note for each string that had NUL bytes removed.
+pub fn token_metadata(
+    name: Option<&[u8]>,
+    symbol: Option<&[u8]>,
+    decimals: Option<&[u8]>,
+) -> (TokenMetadata, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut text = |what: &str, answer: Option<&[u8]>| {
+        let (clean, had_nul) = TokenMetadata::clean(&answer.and_then(decode_text)?);
+        if had_nul {
+            notes.push(format!("{what}() contains NUL bytes: stored without them"));
+        }
+        clean
+    };
+    let metadata = TokenMetadata {
+        name: text("name", name),
+        symbol: text("symbol", symbol),
+        decimals: decimals.and_then(decode_decimals),
+    };
+    (metadata, notes)
 }
 
 fn amount(value: U256) -> TokenAmount {
@@ -353,6 +404,13 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
                 liquidation_bonus: bps("liquidationBonus", e.liquidationBonus)?,
             })
         }
+        RawEvent::Erc20Transfer(e) => DefiEvent::Transfer(Erc20Transfer {
+            token: pool,
+            from: e.from,
+            to: e.to,
+            value: amount(e.value),
+            metadata: md.erc20.get(&pool).cloned().unwrap_or_default(),
+        }),
         RawEvent::AnswerUpdated(e) => {
             let feed = md
                 .feeds
@@ -536,5 +594,68 @@ mod tests {
             err.contains("liquidationThreshold 1048576 is not basis points"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn token_metadata_takes_strings_and_bytes32_strips_nul_and_keeps_empty_as_none() {
+        use alloy_sol_types::SolValue as _;
+        let string = |s: &str| s.to_owned().abi_encode();
+        let mut mkr = [0u8; 32];
+        mkr[..3].copy_from_slice(b"MKR");
+        let decimals = U256::from(18u64).abi_encode();
+        let (md, notes) = token_metadata(
+            Some(&string("Tok\0en \u{1f9ea} 'q' \\s\\ tab\tnl\n")),
+            Some(&mkr),
+            Some(&decimals),
+        );
+        assert_eq!(
+            md.name.as_deref(),
+            Some("Token \u{1f9ea} 'q' \\s\\ tab\tnl\n")
+        );
+        assert_eq!(md.symbol.as_deref(), Some("MKR"));
+        assert_eq!(md.decimals, Some(18));
+        assert_eq!(
+            notes,
+            vec!["name() contains NUL bytes: stored without them".to_owned()]
+        );
+        // An empty symbol, a symbol of NULs only, a failed call and a decimals above 255.
+        let big = U256::from(256u64).abi_encode();
+        let (md, _) = token_metadata(Some(&string("")), Some(&string("\0\0")), Some(&big));
+        assert_eq!(md, TokenMetadata::default());
+        let (md, notes) = token_metadata(None, None, None);
+        assert_eq!(md, TokenMetadata::default());
+        assert!(notes.is_empty());
+        assert_eq!(decode_text(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn a_transfer_keys_on_its_token_and_carries_the_tokens_metadata() {
+        use crate::rpc::abi::Erc20;
+        let mut md = metadata();
+        let token = meta().address;
+        md.erc20.insert(
+            token,
+            TokenMetadata {
+                name: Some("Fixture".into()),
+                symbol: None,
+                decimals: Some(6),
+            },
+        );
+        let raw = RawEvent::Erc20Transfer(Erc20::Transfer {
+            from: Address::repeat_byte(1),
+            to: Address::repeat_byte(2),
+            value: U256::MAX,
+        });
+        let mut at = meta();
+        at.log_index = 0xffff_fffc;
+        let env = normalize(raw, &at, &md).expect("normalises");
+        let DefiEvent::Transfer(t) = &env.event else {
+            panic!("a transfer")
+        };
+        assert_eq!(t.value.0, U256::MAX);
+        assert_eq!(t.metadata.decimals, Some(6));
+        assert_eq!(env.partition_key(), token);
+        assert_eq!(env.log_index, Some(0xffff_fffc));
+        assert_eq!(env.event.topic(), chainfold_domain::TopicKind::Transfers);
     }
 }

@@ -27,6 +27,7 @@ fn kind_name(kind: TopicKind) -> &'static str {
         TopicKind::Lending => "lending",
         TopicKind::Amm => "amm",
         TopicKind::Oracle => "oracle",
+        TopicKind::Transfers => "transfers",
     }
 }
 
@@ -35,6 +36,7 @@ fn kind_of(name: &str) -> anyhow::Result<TopicKind> {
         "lending" => TopicKind::Lending,
         "amm" => TopicKind::Amm,
         "oracle" => TopicKind::Oracle,
+        "transfers" => TopicKind::Transfers,
         other => anyhow::bail!("unknown journal topic kind {other}"),
     })
 }
@@ -122,13 +124,13 @@ pub async fn advance_blocks(
             let mut kinds = Vec::with_capacity(events.len());
             let mut payloads = Vec::with_capacity(events.len());
             for env in *events {
-                index.push(env.log_index.unwrap_or_default() as i32);
+                index.push(i64::from(env.log_index.unwrap_or_default()));
                 kinds.push(kind_name(env.event.topic()));
                 payloads.push(crate::publish::encode(env));
             }
             sqlx::query(
                 "INSERT INTO ingest_journal (chain_id, block_number, log_index, topic_kind, payload)
-                 SELECT $1, $2, * FROM UNNEST($3::int4[], $4::text[], $5::bytea[])
+                 SELECT $1, $2, * FROM UNNEST($3::int8[], $4::text[], $5::bytea[])
                  ON CONFLICT (chain_id, block_number, log_index) DO UPDATE
                  SET topic_kind = EXCLUDED.topic_kind, payload = EXCLUDED.payload",
             )
@@ -215,12 +217,12 @@ pub async fn pend(pool: &PgPool, chain_id: u64, events: &[&Envelope]) -> anyhow:
     let mut payloads = Vec::with_capacity(events.len());
     for env in events {
         blocks.push(env.block.map(|b| b.number as i64).unwrap_or_default());
-        index.push(env.log_index.unwrap_or_default() as i32);
+        index.push(i64::from(env.log_index.unwrap_or_default()));
         payloads.push(crate::publish::encode(env));
     }
     sqlx::query(
         "INSERT INTO ingest_pending (chain_id, block_number, log_index, payload)
-         SELECT $1, * FROM UNNEST($2::int8[], $3::int4[], $4::bytea[])
+         SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::bytea[])
          ON CONFLICT (chain_id, block_number, log_index) DO UPDATE SET payload = EXCLUDED.payload",
     )
     .bind(chain_id as i64)

@@ -1,0 +1,335 @@
+//! ERC-20 transfers (issue 15): fixture tokens on anvil → live ingest (contract kind
+//! `erc20_token`) → Kafka (`chainfold.transfers.v1`) → projector → `erc20_transfer`,
+//! `erc20_balance`, `erc20_token`. A reorg orphans transfers after the ingest has published them;
+//! afterwards every transfer row equals the canonical chain's `Transfer` logs and every balance
+//! equals the token's own `balanceOf`, including a 2^256-1 mint. A token whose name has a NUL
+//! byte and whose symbol is empty is indexed all the same (name stored without the NUL, symbol
+//! NULL).
+
+use std::collections::BTreeMap;
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider as _;
+use alloy::rpc::types::Filter;
+use alloy::sol_types::SolEvent as _;
+use chainfold_ingest::rpc::config::ChainsFile;
+use chainfold_ingest::rpc::follow::Follower;
+use chainfold_simulate::anvil::Anvil;
+use chainfold_simulate::contracts::FixtureToken;
+use chainfold_simulate::Deployment;
+use chainfold_testkit::{data_dir, Isolated};
+
+const HOSTILE_NAME: &str =
+    "Tok\u{0}en \u{1f9ea} 'quoted' \\slash\\ \u{fc}n\u{ef}cod\u{e9}\ttab\nnewline";
+
+async fn transfer(d: &Deployment, token: Address, from: Address, to: Address, value: U256) {
+    d.confirm(
+        FixtureToken::new(token, &d.provider)
+            .transfer(to, value)
+            .from(from)
+            .into_transaction_request(),
+    )
+    .await
+    .expect("transfer");
+}
+
+async fn mine(d: &Deployment, blocks: u64) {
+    for _ in 0..blocks {
+        let _: serde_json::Value = d
+            .provider
+            .raw_request("evm_mine".into(), ())
+            .await
+            .expect("mine");
+    }
+}
+
+#[tokio::test]
+async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hostile_metadata() {
+    let iso = Isolated::new("erc20").await;
+    let anvil = Anvil::spawn(31337).expect("anvil starts");
+    let weth = chainfold_simulate::prices(&data_dir(), "WETH").expect("prices");
+    let wbtc = chainfold_simulate::prices(&data_dir(), "WBTC").expect("prices");
+    let d = Deployment::deploy(&anvil.http_url(), weth[0], wbtc[0])
+        .await
+        .expect("fixtures deploy");
+    let hostile =
+        FixtureToken::deploy_builder(&d.provider, HOSTILE_NAME.to_owned(), String::new(), 18)
+            .from(d.deployer)
+            .deploy()
+            .await
+            .expect("hostile token deploys");
+    let tokens = [d.usdc.token, d.weth.token, hostile];
+    let wallets: Vec<Address> = (0..5).map(|i| Address::repeat_byte(0x10 + i)).collect();
+    for (i, w) in wallets.iter().enumerate() {
+        d.fund(
+            *w,
+            d.usdc.token,
+            U256::from(1_000_000_000u64 * (i as u64 + 1)),
+        )
+        .await
+        .expect("fund");
+        d.fund(*w, d.weth.token, U256::from(10u64).pow(U256::from(18)))
+            .await
+            .expect("fund");
+    }
+    // The largest amount a uint256 holds, minted and moved on (NUMERIC(78,0) must take it).
+    d.fund(wallets[0], hostile, U256::MAX).await.expect("mint");
+    transfer(
+        &d,
+        hostile,
+        wallets[0],
+        wallets[1],
+        U256::MAX - U256::from(1u64),
+    )
+    .await;
+    for round in 0..20u64 {
+        let (a, b) = (
+            wallets[(round % 5) as usize],
+            wallets[((round * 3 + 1) % 5) as usize],
+        );
+        transfer(&d, d.usdc.token, a, b, U256::from(1_000 + round)).await;
+        transfer(&d, d.weth.token, b, a, U256::from(7 * round + 1)).await;
+    }
+    // A transfer to oneself: its two legs cancel.
+    transfer(&d, d.usdc.token, wallets[2], wallets[2], U256::from(5u64)).await;
+
+    let mut toml = format!(
+        "[[chain]]\nchain_id = 31337\nname = \"anvil\"\nrpc_url = \"{}\"\nconfirmations = 2\nstart_block = 0\npoll_interval = \"100ms\"\n",
+        anvil.http_url()
+    );
+    for token in tokens {
+        toml.push_str(&format!(
+            "\n[[chain.contract]]\naddress = \"{token:#x}\"\nkind = \"erc20_token\"\n"
+        ));
+    }
+    let chain = ChainsFile::parse(&toml)
+        .expect("chains file")
+        .chains
+        .remove(0);
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    let mut follower = Follower::new(chain, producer, topics, pool.clone())
+        .await
+        .expect("follower starts");
+    follower.sync_to_head().await.expect("sync");
+
+    // Transfers the ingest publishes, then a reorg replaces them with others.
+    let snapshot: U256 = d
+        .provider
+        .raw_request("evm_snapshot".into(), ())
+        .await
+        .expect("snapshot");
+    for i in 0..6u64 {
+        transfer(
+            &d,
+            d.usdc.token,
+            wallets[3],
+            wallets[4],
+            U256::from(900_000 + i),
+        )
+        .await;
+    }
+    transfer(&d, hostile, wallets[1], wallets[4], U256::from(12_345u64)).await;
+    follower
+        .sync_to_head()
+        .await
+        .expect("sync before the reorg");
+    let orphaned: i64 = {
+        let projector = project(&iso).await;
+        let n = sqlx::query_scalar(
+            "SELECT count(*) FROM erc20_transfer WHERE value >= 900000 AND value < 900006",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        drop(projector);
+        n
+    };
+    assert!(
+        orphaned > 0,
+        "the orphaned transfers were projected before the reorg"
+    );
+    let reverted: bool = d
+        .provider
+        .raw_request("evm_revert".into(), (snapshot,))
+        .await
+        .expect("revert");
+    assert!(reverted);
+    for i in 0..9u64 {
+        transfer(&d, d.weth.token, wallets[4], wallets[0], U256::from(31 + i)).await;
+    }
+    mine(&d, 3).await;
+    follower.sync_to_head().await.expect("sync after the reorg");
+    assert!(
+        follower
+            .stats
+            .reorgs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    drop(project(&iso).await);
+
+    // Every Transfer log of the canonical chain, and nothing else, is a row.
+    let head = d.provider.get_block_number().await.expect("head");
+    let logs = d
+        .provider
+        .get_logs(
+            &Filter::new()
+                .address(tokens.to_vec())
+                .event_signature(FixtureToken::Transfer::SIGNATURE_HASH)
+                .from_block(0)
+                .to_block(head),
+        )
+        .await
+        .expect("logs");
+    let mut expected: Vec<String> = logs
+        .iter()
+        .map(|log| {
+            let t = FixtureToken::Transfer::decode_log_data(log.data()).expect("a transfer");
+            format!(
+                "{}:{}:{:#x}:{:#x}:{:#x}:{}",
+                log.block_number.expect("mined"),
+                log.log_index.expect("mined"),
+                log.address(),
+                t.from,
+                t.to,
+                t.value
+            )
+        })
+        .collect();
+    expected.sort();
+    let mut stored: Vec<String> = sqlx::query_scalar(
+        "SELECT block_number || ':' || log_index || ':' || token || ':' || from_address || ':'
+                || to_address || ':' || value::text
+         FROM erc20_transfer",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("transfers");
+    stored.sort();
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "one row per canonical transfer"
+    );
+    assert_eq!(stored, expected);
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM erc20_transfer WHERE value >= 900000 AND value < 900006",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("orphans");
+    assert_eq!(orphans, 0, "the reorg's orphaned transfers are retracted");
+
+    // Every balance equals balanceOf at the head; the zero address holds minus the supply.
+    let balances: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT token, holder, balance::text FROM erc20_balance")
+            .fetch_all(&pool)
+            .await
+            .expect("balances");
+    let mut by_token: BTreeMap<Address, usize> = BTreeMap::new();
+    for (token, holder, balance) in &balances {
+        let token: Address = token.parse().expect("address");
+        let holder: Address = holder.parse().expect("address");
+        let contract = FixtureToken::new(token, &d.provider);
+        let want = if holder == Address::ZERO {
+            format!("-{}", contract.totalSupply().call().await.expect("supply"))
+        } else {
+            contract
+                .balanceOf(holder)
+                .call()
+                .await
+                .expect("balance")
+                .to_string()
+        };
+        assert_eq!(balance, &want, "{holder:#x} in {token:#x}");
+        *by_token.entry(token).or_default() += 1;
+    }
+    // Wallets 0..5 and the zero address hold each token (wallet 0 may be emptied of the hostile
+    // one but its row stays while it has transfers).
+    assert_eq!(by_token.get(&d.usdc.token), Some(&6));
+    assert_eq!(by_token.get(&hostile), Some(&3));
+    let max: String =
+        sqlx::query_scalar("SELECT max(value)::text FROM erc20_transfer WHERE token = $1")
+            .bind(format!("{hostile:#x}"))
+            .fetch_one(&pool)
+            .await
+            .expect("max");
+    assert_eq!(max, U256::MAX.to_string());
+
+    // Metadata as each token said it, read once: the NUL removed, an empty symbol NULL.
+    let meta: Vec<(String, Option<String>, Option<String>, Option<i16>)> =
+        sqlx::query_as("SELECT token, name, symbol, decimals FROM erc20_token ORDER BY token")
+            .fetch_all(&pool)
+            .await
+            .expect("tokens");
+    let of = |t: Address| {
+        meta.iter()
+            .find(|m| m.0 == format!("{t:#x}"))
+            .cloned()
+            .expect("a token row")
+    };
+    assert_eq!(meta.len(), 3);
+    assert_eq!(
+        of(hostile).1.as_deref(),
+        Some(&*HOSTILE_NAME.replace('\0', ""))
+    );
+    assert_eq!(of(hostile).2, None);
+    assert_eq!(of(hostile).3, Some(18));
+    assert_eq!(of(d.usdc.token).2.as_deref(), Some("USDC"));
+    assert_eq!(of(d.usdc.token).3, Some(6));
+
+    // A replay of the log rebuilds the same three tables.
+    let fresh = Isolated::new("erc20_rebuild").await;
+    let rebuilt = {
+        let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
+            iso.kafka.clone(),
+            fresh.postgres.clone(),
+            fresh.redis.clone(),
+            fresh.group.clone(),
+        ))
+        .await
+        .expect("projector");
+        projector.run_until_caught_up().await.expect("project");
+        projector.pool().clone()
+    };
+    for table in ["erc20_transfer", "erc20_balance", "erc20_token"] {
+        let without = chainfold_testkit::rebuilt_tables()
+            .into_iter()
+            .find(|(t, _)| *t == table)
+            .expect("in the fingerprint")
+            .1;
+        assert_eq!(
+            chainfold_testkit::fingerprint_rows(&pool, table, &without).await,
+            chainfold_testkit::fingerprint_rows(&rebuilt, table, &without).await,
+            "{table} rebuilt from the log"
+        );
+    }
+    fresh.drop_database().await;
+    iso.drop_database().await;
+}
+
+async fn project(iso: &Isolated) -> chainfold_projector::App {
+    let mut app = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector starts");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        app.run_until_caught_up(),
+    )
+    .await
+    .expect("projector catches up within 2 minutes")
+    .expect("projector runs");
+    app
+}
