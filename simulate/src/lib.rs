@@ -17,6 +17,7 @@ pub mod anvil;
 pub mod contracts;
 pub mod dense;
 mod drive;
+pub mod mockchain;
 
 use std::path::PathBuf;
 

@@ -32,9 +32,43 @@ enum LogsError {
 
 fn classify(err: TransportError, secret: &str) -> LogsError {
     match err {
-        RpcError::ErrorResp(payload) => LogsError::Refused(payload.to_string()),
-        RpcError::Transport(kind) => LogsError::Transport(scrub(&kind.to_string(), secret)),
+        RpcError::ErrorResp(payload) if !transient_code(payload.code, &payload.message) => {
+            LogsError::Refused(payload.to_string())
+        }
         other => LogsError::Transport(scrub(&other.to_string(), secret)),
+    }
+}
+
+/// A JSON-RPC error a provider gives for a passing condition (its backend failed, it throttles,
+/// a replica lags) rather than for the request: worth the same request again after a pause.
+fn transient_code(code: i64, message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    code == -32603
+        || [
+            "rate limit",
+            "too many requests",
+            "timeout",
+            "timed out",
+            "unavailable",
+            "try again",
+            "busy",
+            "header not found",
+            "unknown block",
+        ]
+        .iter()
+        .any(|t| m.contains(t))
+}
+
+/// Whether a failed read is worth retrying as it is: the connection failed or was cut (a
+/// truncated body is a transport or a deserialisation error), the node answered `null` where a
+/// value was due, or the provider's error is [`transient_code`]. A refusal of the request
+/// itself (bad params, a range too large) is not.
+pub fn transient(err: &TransportError) -> bool {
+    match err {
+        RpcError::Transport(_) | RpcError::DeserError { .. } | RpcError::NullResp => true,
+        RpcError::ErrorResp(payload) => transient_code(payload.code, &payload.message),
+        RpcError::LocalUsageError(e) => e.to_string().ends_with("not found"),
+        _ => false,
     }
 }
 
@@ -127,7 +161,10 @@ impl Fetcher {
                 .await
                 .map_err(|e| classify(e, &self.secret))
             {
-                Ok(logs) => out.extend(logs),
+                Ok(logs) => {
+                    transport_failures = 0;
+                    out.extend(logs)
+                }
                 Err(LogsError::Refused(reason)) if a < b => {
                     let mid = a + (b - a) / 2;
                     self.stats.range_splits.fetch_add(1, Ordering::Relaxed);
@@ -136,20 +173,14 @@ impl Fetcher {
                     pending.push((mid + 1, b));
                     pending.push((a, mid));
                 }
-                Err(LogsError::Refused(reason)) => {
-                    anyhow::bail!(
-                        "chain {}: eth_getLogs refused even block {a}: {reason}",
-                        self.chain
-                    )
-                }
-                Err(LogsError::Transport(reason)) => {
+                Err(LogsError::Refused(reason)) | Err(LogsError::Transport(reason)) => {
                     transport_failures += 1;
                     anyhow::ensure!(
                         transport_failures <= 8,
-                        "chain {}: eth_getLogs kept failing: {reason}",
+                        "chain {}: eth_getLogs of blocks {a}..={b} kept failing: {reason}",
                         self.chain
                     );
-                    tracing::warn!(%reason, "eth_getLogs transport error; retrying");
+                    tracing::warn!(%reason, from = a, to = b, "eth_getLogs failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100 << transport_failures.min(6)))
                         .await;
                     pending.push((a, b));
@@ -182,10 +213,10 @@ impl Fetcher {
         loop {
             match self.try_header_batch(&numbers).await {
                 Ok(headers) => return Ok(headers),
-                Err(RpcError::Transport(err)) if attempts < 8 => {
+                Err(err) if attempts < 8 && transient(&err) => {
                     attempts += 1;
                     let err = scrub(&err.to_string(), &self.secret);
-                    tracing::warn!(%err, retry_in = ?backoff, "header batch transport error; retrying");
+                    tracing::warn!(%err, retry_in = ?backoff, "header batch failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -264,4 +295,41 @@ pub fn needed_headers(logs: &[Log], to: u64) -> Vec<u64> {
     blocks.sort_unstable();
     blocks.dedup();
     blocks
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    fn resp(code: i64, message: &str) -> TransportError {
+        RpcError::ErrorResp(
+            serde_json::from_value(serde_json::json!({"code": code, "message": message}))
+                .expect("an error payload"),
+        )
+    }
+
+    #[test]
+    fn passing_provider_errors_are_retried_and_refusals_are_not() {
+        assert!(transient(&resp(
+            -32603,
+            "internal error: upstream unavailable"
+        )));
+        assert!(transient(&resp(-32005, "rate limit exceeded")));
+        assert!(transient(&resp(-32000, "header not found")));
+        assert!(transient(&RpcError::NullResp));
+        assert!(transient(&RpcError::local_usage_str("block 7 not found")));
+        assert!(!transient(&resp(-32602, "invalid params")));
+        assert!(!transient(&resp(
+            -32005,
+            "query returned more than 10000 results"
+        )));
+        assert!(matches!(
+            classify(resp(-32005, "query returned more than 10000 results"), ""),
+            LogsError::Refused(_)
+        ));
+        assert!(matches!(
+            classify(resp(-32603, "internal error"), ""),
+            LogsError::Transport(_)
+        ));
+    }
 }

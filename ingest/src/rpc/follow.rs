@@ -136,10 +136,10 @@ where
     loop {
         match call().await {
             Ok(value) => return Ok(value),
-            Err(RpcError::Transport(err)) if attempts < 8 => {
+            Err(err) if attempts < 8 && super::fetch::transient(&err) => {
                 attempts += 1;
                 let err = scrub(&err.to_string(), secret);
-                tracing::warn!(%err, what, retry_in = ?backoff, "RPC transport error; retrying");
+                tracing::warn!(%err, what, retry_in = ?backoff, "RPC call failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
@@ -411,16 +411,19 @@ impl Follower {
     }
 
     async fn header(&self, number: u64) -> anyhow::Result<(SeenBlock, Option<DateTime<Utc>>)> {
+        // A block the node announced and then answers `null` for is a replica behind its
+        // balancer: asked again (with_retry's backoff) rather than taken as the end of the chain.
         let block = with_retry(
             "eth_getBlockByNumber",
             self.chain.rpc_url.expose_secret(),
             || async {
                 self.http
                     .get_block_by_number(BlockNumberOrTag::Number(number))
-                    .await
+                    .await?
+                    .ok_or(RpcError::NullResp)
             },
         )
-        .await?
+        .await
         .with_context(|| format!("chain {}: block {number} not found", self.chain.name))?;
         Ok((
             SeenBlock {
