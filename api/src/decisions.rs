@@ -56,15 +56,19 @@ pub struct CreditDecision {
     /// For a band change: the request decided again.
     pub request_id: Option<String>,
     pub outcome: DecisionOutcome,
-    /// Collateral USD required per USD lent; null on REJECT.
-    pub required_collateral_ratio: Option<f64>,
-    pub required_collateral_usd: Option<f64>,
+    /// Collateral USD required per USD lent, a decimal string of whole basis points (1 / the
+    /// effective LTV, rounded up); null on REJECT.
+    pub required_collateral_ratio: Option<String>,
+    /// `amountUsd` × `requiredCollateralRatio`, exact (decimal string); null on REJECT.
+    pub required_collateral_usd: Option<String>,
     pub reason: String,
     pub policy_version: String,
-    pub amount_usd: f64,
+    /// The amount asked, exact (decimal string).
+    pub amount_usd: String,
     pub collateral_asset: String,
-    /// The wallet's collateral in the asset (USD) the policy saw; null when unpriced.
-    pub collateral_usd: Option<f64>,
+    /// The wallet's collateral in the asset (USD, exact decimal string: base units × oracle
+    /// price) the policy saw; null when unpriced.
+    pub collateral_usd: Option<String>,
     pub collateral_daily_volatility: Option<f64>,
     pub score: i32,
     pub band: ScoreBand,
@@ -102,13 +106,13 @@ impl CreditDecision {
                 Outcome::Reject => DecisionOutcome::Reject,
                 Outcome::AdjustCollateral => DecisionOutcome::AdjustCollateral,
             },
-            required_collateral_ratio: d.required_collateral_ratio,
-            required_collateral_usd: d.required_collateral_usd,
+            required_collateral_ratio: d.required_collateral_ratio.as_ref().map(text),
+            required_collateral_usd: d.required_collateral_usd.as_ref().map(text),
             reason: d.reason,
             policy_version: d.policy_version,
-            amount_usd: d.request.amount_usd,
+            amount_usd: text(&d.request.amount_usd),
             collateral_asset: r.collateral_asset,
-            collateral_usd: d.request.collateral_usd,
+            collateral_usd: d.request.collateral_usd.as_ref().map(text),
             collateral_daily_volatility: d.request.collateral_daily_volatility,
             score: d.request.score,
             band: match d.request.band {
@@ -127,6 +131,10 @@ impl CreditDecision {
             actuation_error,
         }
     }
+}
+
+fn text(v: &bigdecimal::BigDecimal) -> String {
+    chainfold_domain::decision::plain(v).to_string()
 }
 
 /// A wallet's decisions, newest first.
@@ -174,26 +182,32 @@ impl MutationRoot {
     /// required. `collateralAsset` is a reserve address or symbol; the wallet's collateral in it
     /// is read from its positions unless `collateralUsd` states it. The decision is stored,
     /// published on `chainfold.decisions.v1` (which `chainfold actuate` applies on-chain) and
-    /// returned.
+    /// returned. `amountUsd` and `collateralUsd` are decimal strings (`"1000"`, `"2500.75"`),
+    /// kept exact.
     async fn request_credit(
         &self,
         ctx: &Context<'_>,
         chain_id: i64,
         address: String,
-        amount_usd: f64,
+        amount_usd: String,
         collateral_asset: String,
-        collateral_usd: Option<f64>,
+        collateral_usd: Option<String>,
     ) -> ApiResult<CreditDecision> {
+        use chainfold_domain::decision::parse_usd;
         let wallet = parse_address(&address).map_err(gql)?;
         let bad = |m: String| gql(ApiError::BadUserInput(m));
-        if !(amount_usd.is_finite() && amount_usd > 0.0 && amount_usd <= 1e12) {
+        let amount_usd = parse_usd(&amount_usd).map_err(|e| bad(format!("amountUsd: {e}")))?;
+        let cap = bigdecimal::BigDecimal::from(1_000_000_000_000i64);
+        if amount_usd.sign() != bigdecimal::num_bigint::Sign::Plus || amount_usd > cap {
             return Err(bad(format!(
                 "amountUsd must be a positive amount up to 1e12, got {amount_usd}"
             )));
         }
-        if collateral_usd.is_some_and(|c| !(c.is_finite() && c >= 0.0)) {
-            return Err(bad("collateralUsd must be a non-negative amount".into()));
-        }
+        let collateral_usd = collateral_usd
+            .as_deref()
+            .map(parse_usd)
+            .transpose()
+            .map_err(|e| bad(format!("collateralUsd: {e}")))?;
         let asset = collateral_asset.trim();
         if asset.is_empty() || asset.len() > 64 {
             return Err(bad("collateralAsset must be a symbol or an address".into()));

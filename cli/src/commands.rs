@@ -858,7 +858,7 @@ async fn demo_decide(
         &chainfold_platform::decisions::CreditRequest {
             chain_id: 31337,
             wallet: &wallet,
-            amount_usd: 1000.0,
+            amount_usd: 1000.into(),
             collateral_asset: "WETH",
             collateral_usd: None,
             nonce: &nonce,

@@ -2,7 +2,16 @@
 //! liquidation, the requested amount and the collateral's volatility into APPROVE, REJECT or
 //! ADJUST_COLLATERAL with the collateral ratio required. Pure; every decision carries its inputs
 //! and the policy version.
+//!
+//! Money is exact: amounts are decimals (strings on the wire and in GraphQL, `NUMERIC` in
+//! Postgres). The collateral ratio is a whole number of basis points, rounded up from the
+//! policy's LTV (model and volatility maths are `f64`; the ratio they give is fixed to basis
+//! points once), so the required collateral is the amount times that ratio exactly, and the
+//! terms `chainfold actuate` writes on chain are the same numbers.
 
+use std::str::FromStr as _;
+
+use bigdecimal::{BigDecimal, RoundingMode};
 use serde::{Deserialize, Serialize};
 
 use crate::scorecard::Band;
@@ -43,9 +52,9 @@ pub struct Request {
     pub score: i32,
     pub band: Band,
     pub probability_of_liquidation: Option<f64>,
-    pub amount_usd: f64,
+    pub amount_usd: BigDecimal,
     /// USD of collateral the borrower offers; `None` = not stated.
-    pub collateral_usd: Option<f64>,
+    pub collateral_usd: Option<BigDecimal>,
     pub collateral_daily_volatility: Option<f64>,
 }
 
@@ -61,9 +70,11 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     pub outcome: Outcome,
-    /// Collateral USD required per USD lent (1 / effective LTV); `None` on REJECT.
-    pub required_collateral_ratio: Option<f64>,
-    pub required_collateral_usd: Option<f64>,
+    /// Collateral USD required per USD lent (1 / effective LTV, rounded up to a basis point);
+    /// `None` on REJECT.
+    pub required_collateral_ratio: Option<BigDecimal>,
+    /// `amount_usd` × the ratio, exactly.
+    pub required_collateral_usd: Option<BigDecimal>,
     pub reason: String,
     pub policy_version: String,
     pub request: Request,
@@ -100,7 +111,7 @@ impl Policy {
             policy_version: self.version.clone(),
             request: request.clone(),
         };
-        if request.amount_usd <= 0.0 {
+        if request.amount_usd.sign() != bigdecimal::num_bigint::Sign::Plus {
             return reject("the requested amount must be positive".into());
         }
         if request.score < self.min_score {
@@ -125,24 +136,29 @@ impl Policy {
             .collateral_daily_volatility
             .unwrap_or(self.unknown_daily_volatility);
         let ltv = tier.max_ltv * (self.reference_daily_volatility / volatility).min(1.0);
-        let ratio = 1.0 / ltv;
-        let required = request.amount_usd * ratio;
-        let (outcome, reason) = match request.collateral_usd {
-            Some(offered) if offered >= required => (
+        let ratio = ratio_of(ltv);
+        let required = plain(&(&request.amount_usd * &ratio));
+        let usd = |v: &BigDecimal| v.with_scale_round(2, RoundingMode::HalfUp);
+        let (outcome, reason) = match &request.collateral_usd {
+            Some(offered) if *offered >= required => (
                 Outcome::Approve,
                 format!(
-                    "collateral ${offered:.2} covers the required ${required:.2} (LTV {ltv:.2})"
+                    "collateral ${} covers the required ${} (LTV {ltv:.2})",
+                    usd(offered),
+                    usd(&required)
                 ),
             ),
             Some(offered) => (
                 Outcome::AdjustCollateral,
                 format!(
-                    "collateral ${offered:.2} is below the required ${required:.2} (LTV {ltv:.2})"
+                    "collateral ${} is below the required ${} (LTV {ltv:.2})",
+                    usd(offered),
+                    usd(&required)
                 ),
             ),
             None => (
                 Outcome::AdjustCollateral,
-                format!("post ${required:.2} of collateral (LTV {ltv:.2})"),
+                format!("post ${} of collateral (LTV {ltv:.2})", usd(&required)),
             ),
         };
         Decision {
@@ -154,6 +170,43 @@ impl Policy {
             request,
         }
     }
+}
+
+/// 1 / `ltv` as a decimal of whole basis points, rounded up (never less collateral than the
+/// LTV asks; the 1e-9 keeps an exact ratio such as 1/0.8 = 1.25 from rounding up to 1.2501).
+pub fn ratio_of(ltv: f64) -> BigDecimal {
+    let bps = (10_000.0 / ltv - 1e-9).ceil().max(0.0) as u64;
+    plain(&BigDecimal::new(bps.into(), 4))
+}
+
+/// `v` without trailing zeros and never in exponent form (`1000`, `1.4286`, `0.5`): how an
+/// amount is written on the wire, in ids and in GraphQL.
+pub fn plain(v: &BigDecimal) -> BigDecimal {
+    let n = v.normalized();
+    if n.fractional_digit_count() < 0 {
+        n.with_scale(0)
+    } else {
+        n
+    }
+}
+
+/// A money amount as a caller writes it: a decimal string (`"1000.25"`), refused when it is not
+/// a plain non-negative decimal of at most 30 digits before and 18 after the point.
+pub fn parse_usd(text: &str) -> Result<BigDecimal, String> {
+    let t = text.trim();
+    let plain = !t.is_empty()
+        && t.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && t.matches('.').count() <= 1;
+    let (whole, fraction) = t.split_once('.').unwrap_or((t, ""));
+    if !plain || whole.len() > 30 || fraction.len() > 18 || whole.is_empty() {
+        // Echo a bounded prefix: the input may be any size.
+        let shown: String = text.chars().take(40).collect();
+        let more = if text.chars().count() > 40 { "…" } else { "" };
+        return Err(format!(
+            "{shown:?}{more} is not a decimal amount (digits, at most one point, up to 30 digits before it and 18 after)"
+        ));
+    }
+    BigDecimal::from_str(t).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// Why a decision was made.
@@ -216,11 +269,19 @@ impl DecisionRecord {
         match self.decision.outcome {
             Outcome::Reject => (0, 0),
             Outcome::Approve | Outcome::AdjustCollateral => {
-                let line = (self.decision.request.amount_usd * 1e8).round().max(0.0) as u128;
+                let integer = |v: BigDecimal| -> u128 {
+                    v.with_scale_round(0, RoundingMode::HalfUp)
+                        .to_string()
+                        .parse()
+                        .unwrap_or(0)
+                };
+                let line =
+                    integer(&self.decision.request.amount_usd * BigDecimal::from(100_000_000));
                 let ratio = self
                     .decision
                     .required_collateral_ratio
-                    .map_or(0, |r| (r * 10_000.0 - 1e-6).ceil().max(0.0) as u64);
+                    .as_ref()
+                    .map_or(0, |r| integer(r * BigDecimal::from(10_000)) as u64);
                 (line, ratio)
             }
         }
@@ -242,10 +303,14 @@ mod tests {
             score,
             band,
             probability_of_liquidation: Some(0.05),
-            amount_usd: 1_000.0,
-            collateral_usd: collateral,
+            amount_usd: BigDecimal::from(1_000),
+            collateral_usd: collateral.map(|c| BigDecimal::try_from(c).expect("finite")),
             collateral_daily_volatility: vol,
         }
+    }
+
+    fn dec(text: &str) -> BigDecimal {
+        BigDecimal::from_str(text).expect("decimal")
     }
 
     #[test]
@@ -265,7 +330,9 @@ mod tests {
             Some(policy.reference_daily_volatility),
         ));
         assert_eq!(d.outcome, Outcome::Approve);
-        assert!((d.required_collateral_ratio.expect("ratio") - 1.0 / good).abs() < 1e-12);
+        assert_eq!(d.required_collateral_ratio, Some(ratio_of(good)));
+        assert_eq!(ratio_of(0.7), dec("1.4286"));
+        assert_eq!(ratio_of(0.8), dec("1.25"));
         assert_eq!(d.policy_version, policy.version);
         // Twice as volatile: half the LTV, twice the collateral; 2,000 no longer covers it.
         let d = policy.decide(request(
@@ -275,7 +342,10 @@ mod tests {
             Some(2.0 * policy.reference_daily_volatility),
         ));
         assert_eq!(d.outcome, Outcome::AdjustCollateral);
-        assert!((d.required_collateral_usd.expect("usd") - 2_000.0 / good).abs() < 1e-9);
+        assert_eq!(
+            d.required_collateral_usd,
+            Some(plain(&(BigDecimal::from(1_000) * ratio_of(good / 2.0))))
+        );
         // Low score, or a likely liquidation: rejected, with the reason.
         let d = policy.decide(request(policy.min_score - 1, Band::Poor, Some(1e9), None));
         assert_eq!(d.outcome, Outcome::Reject);
@@ -326,6 +396,65 @@ mod tests {
         assert!(json.contains("\"trigger\":\"REQUEST\""), "{json}");
         let back: DecisionRecord = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, record);
+        // Records stored before amounts were decimals (JSON numbers) still read.
+        let old = json.replace("\"amount_usd\":\"1000\"", "\"amount_usd\":1000.5");
+        assert_ne!(old, json);
+        let back: DecisionRecord = serde_json::from_str(&old).expect("an older record");
+        assert_eq!(back.decision.request.amount_usd, dec("1000.5"));
+    }
+
+    #[test]
+    fn money_is_exact_from_request_to_chain_terms() {
+        let policy = Policy::parse(POLICY).expect("valid policy");
+        // An amount no f64 holds: 0.1 + 0.2 cents above a round number, at 18 decimals.
+        let mut asked = request(
+            700,
+            Band::Good,
+            None,
+            Some(policy.reference_daily_volatility),
+        );
+        asked.amount_usd = parse_usd("123456789012.300000000000000001").expect("decimal");
+        let ratio = ratio_of(0.7);
+        asked.collateral_usd = Some(&asked.amount_usd * &ratio);
+        let d = policy.decide(asked.clone());
+        assert_eq!(
+            d.required_collateral_usd,
+            Some(dec("176370368782.9717800000000000014286"))
+        );
+        // Offered exactly what is required: approved; one wei-cent less: adjust.
+        assert_eq!(d.outcome, Outcome::Approve, "{}", d.reason);
+        asked.collateral_usd = Some(&asked.amount_usd * &ratio - dec("0.000000000000000001"));
+        assert_eq!(policy.decide(asked).outcome, Outcome::AdjustCollateral);
+        for bad in [
+            "-1",
+            "1e3",
+            "",
+            "1.2.3",
+            "0x10",
+            "1234567890123456789012345678901",
+            "1.0000000000000000001",
+        ] {
+            assert!(parse_usd(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_usd(" 42.50 ").expect("ok"), dec("42.5"));
+        let huge = parse_usd(&"9".repeat(1_000_000)).expect_err("too long");
+        assert!(
+            huge.len() < 200,
+            "the error echoes a bounded prefix: {}",
+            huge.len()
+        );
+        for (v, text) in [
+            ("1000", "1000"),
+            ("1e3", "1000"),
+            ("1.4286", "1.4286"),
+            ("2.50", "2.5"),
+        ] {
+            assert_eq!(plain(&dec(v)).to_string(), text);
+            assert_eq!(
+                serde_json::to_string(&plain(&dec(v))).expect("json"),
+                format!("\"{text}\"")
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! The API's `requestCredit` and the scorer's band-change pushes both go through here.
 
 use anyhow::Context as _;
+use bigdecimal::BigDecimal;
 use chainfold_domain::credit::volatility;
 use chainfold_domain::decision::{DecisionRecord, Policy, Request, Trigger};
 use chainfold_domain::scorecard::Band;
@@ -50,10 +51,11 @@ pub async fn latest_score(
 }
 
 /// What the wallet holds of `asset` (a reserve address or a symbol) and how volatile it is.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct CollateralInputs {
-    /// USD value of the wallet's collateral in the asset; `None` when it is unpriced.
-    pub collateral_usd: Option<f64>,
+    /// USD value of the wallet's collateral in the asset, exact (base units × price ÷
+    /// 10^decimals); `None` when it is unpriced.
+    pub collateral_usd: Option<BigDecimal>,
     /// Daily volatility of the asset's USD price from the last 30 days of daily closes (oracle
     /// rounds, else recorded event prices); `None` with fewer than three days.
     pub daily_volatility: Option<f64>,
@@ -83,12 +85,14 @@ pub async fn collateral_inputs(
     if reserves.is_empty() {
         return Ok(CollateralInputs::default());
     }
-    let collateral: Option<f64> = sqlx::query_scalar(
-        "SELECT sum(p.collateral / power(10::numeric, p.decimals)
-                    * coalesce(o.price, (SELECT e.price_usd FROM lending_event e
-                                         WHERE e.chain_id = p.chain_id AND e.reserve = p.reserve
-                                           AND e.price_usd IS NOT NULL
-                                         ORDER BY e.block_time DESC NULLS LAST LIMIT 1)))::float8
+    // Base units, decimals and price per position; the USD value is computed here, exactly
+    // (a NUMERIC division in SQL would round to its own scale).
+    let held: Vec<(BigDecimal, i16, Option<BigDecimal>)> = sqlx::query_as(
+        "SELECT p.collateral, p.decimals::int2,
+                coalesce(o.price, (SELECT e.price_usd FROM lending_event e
+                                   WHERE e.chain_id = p.chain_id AND e.reserve = p.reserve
+                                     AND e.price_usd IS NOT NULL
+                                   ORDER BY e.block_time DESC NULLS LAST LIMIT 1))
          FROM lending_position p
          LEFT JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
          WHERE p.chain_id = $1 AND p.wallet = $2 AND p.reserve = ANY($3) AND p.collateral > 0",
@@ -96,8 +100,20 @@ pub async fn collateral_inputs(
     .bind(chain_id as i64)
     .bind(wallet)
     .bind(&reserves)
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await?;
+    // Unpriced when any held position has no price (as the SQL sum was NULL then).
+    let collateral: Option<BigDecimal> =
+        held.iter()
+            .try_fold(BigDecimal::from(0), |sum, (units, decimals, price)| {
+                let price = price.as_ref()?;
+                Some(sum + units * price * BigDecimal::new(1.into(), i64::from(*decimals)))
+            });
+    let collateral = if held.is_empty() {
+        None
+    } else {
+        collateral.map(|c| chainfold_domain::decision::plain(&c))
+    };
     let points = price_points(pool, chain_id, &reserves, None).await?;
     let mut closes = std::collections::BTreeMap::new();
     if let Some(last) = points.last().map(|p| p.0) {
@@ -110,7 +126,7 @@ pub async fn collateral_inputs(
     }
     let closes: Vec<f64> = closes.into_values().collect();
     Ok(CollateralInputs {
-        collateral_usd: collateral.or(Some(0.0)),
+        collateral_usd: collateral.or(Some(BigDecimal::from(0))),
         daily_volatility: (closes.len() >= 3).then(|| volatility(&closes)).flatten(),
         known: true,
     })
@@ -157,11 +173,11 @@ pub struct CreditRequest<'a> {
     pub chain_id: u64,
     /// Lower-case hex.
     pub wallet: &'a str,
-    pub amount_usd: f64,
+    pub amount_usd: BigDecimal,
     /// A reserve address or symbol.
     pub collateral_asset: &'a str,
     /// Overrides what the chain says the wallet holds (a lender may state collateral to come).
-    pub collateral_usd: Option<f64>,
+    pub collateral_usd: Option<BigDecimal>,
     /// Makes two identical requests two decisions.
     pub nonce: &'a str,
 }
@@ -176,9 +192,9 @@ pub async fn decide_request(
     let CreditRequest {
         chain_id,
         wallet,
-        amount_usd,
+        ref amount_usd,
         collateral_asset,
-        collateral_usd,
+        ref collateral_usd,
         nonce,
     } = *req;
     let Some(score) = latest_score(pool, chain_id, wallet).await? else {
@@ -196,11 +212,11 @@ pub async fn decide_request(
         score: score.score,
         band: score.band,
         probability_of_liquidation: score.probability_of_liquidation,
-        amount_usd,
-        collateral_usd: collateral_usd.or(inputs.collateral_usd),
+        amount_usd: amount_usd.clone(),
+        collateral_usd: collateral_usd.clone().or(inputs.collateral_usd),
         collateral_daily_volatility: inputs.daily_volatility,
     };
-    let amount = format!("{amount_usd}");
+    let amount = chainfold_domain::decision::plain(amount_usd).to_string();
     let chain = chain_id.to_string();
     Ok(Ok(DecisionRecord {
         id: DecisionRecord::id_of(&["request", &chain, wallet, collateral_asset, &amount, nonce]),
@@ -256,8 +272,8 @@ pub async fn decide_band_change(
         score: score.score,
         band: score.band,
         probability_of_liquidation: score.probability_of_liquidation,
-        amount_usd: asked.amount_usd,
-        collateral_usd: inputs.collateral_usd.or(asked.collateral_usd),
+        amount_usd: asked.amount_usd.clone(),
+        collateral_usd: inputs.collateral_usd.or(asked.collateral_usd.clone()),
         collateral_daily_volatility: inputs.daily_volatility,
     });
     Ok(DecisionRecord {
@@ -297,12 +313,12 @@ pub async fn store<'e>(
     .bind(record.trigger.as_str())
     .bind(&record.request_id)
     .bind(enum_text(serde_json::to_value(d.outcome)?))
-    .bind(r.amount_usd)
+    .bind(&r.amount_usd)
     .bind(&record.collateral_asset)
-    .bind(r.collateral_usd)
+    .bind(&r.collateral_usd)
     .bind(r.collateral_daily_volatility)
-    .bind(d.required_collateral_ratio)
-    .bind(d.required_collateral_usd)
+    .bind(&d.required_collateral_ratio)
+    .bind(&d.required_collateral_usd)
     .bind(r.score)
     .bind(enum_text(serde_json::to_value(r.band)?))
     .bind(r.probability_of_liquidation)

@@ -331,11 +331,42 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
     .expect("an asset of the wallet");
     let request = |wallet: &str, asset: &str| {
         format!(
-            r#"mutation {{ requestCredit(chainId: 137, address: "{wallet}", amountUsd: 1000, collateralAsset: "{asset}") {{
+            r#"mutation {{ requestCredit(chainId: 137, address: "{wallet}", amountUsd: "1000", collateralAsset: "{asset}") {{
                 id outcome requiredCollateralRatio requiredCollateralUsd reason policyVersion score band
                 collateralUsd collateralDailyVolatility trigger }} }}"#
         )
     };
+    // Amounts that are not plain decimals are refused with the reason, whatever their size, and
+    // decide nothing.
+    let decisions_before: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_decision")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    for amount in [
+        "-5",
+        "1e400",
+        "0",
+        "1.2.3",
+        &"9".repeat(100_000),
+        "1000000000000.01",
+    ] {
+        let query = request(&peer, &asset).replace("\"1000\"", &format!("\"{amount}\""));
+        let response = serde_json::to_value(lender.execute(as_lender(query)).await).expect("json");
+        assert_eq!(
+            response["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{amount:.20}: {response:.300}"
+        );
+        let message = response["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("amountUsd"), "{message:.200}");
+        assert!(message.len() < 300, "a bounded message: {message:.300}");
+    }
+    let decisions_after: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_decision")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(decisions_before, decisions_after);
     let response = serde_json::to_value(lender.execute(as_lender(request(&peer, &asset))).await)
         .expect("json");
     let decision = &response["data"]["requestCredit"];
@@ -349,11 +380,20 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
     } else {
         assert_ne!(outcome, "REJECT", "{decision}");
         // The ratio is the tier's, reduced for the asset's volatility.
-        let ratio = decision["requiredCollateralRatio"].as_f64().expect("ratio");
-        assert!(ratio > 1.0, "{decision}");
-        assert!(
-            (decision["requiredCollateralUsd"].as_f64().expect("usd") - 1000.0 * ratio).abs()
-                < 1e-6
+        let decimal = |field: &str| -> bigdecimal::BigDecimal {
+            decision[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} is a decimal string: {decision}"))
+                .parse()
+                .expect("decimal")
+        };
+        let ratio = decimal("requiredCollateralRatio");
+        assert!(ratio > 1, "{decision}");
+        // Whole basis points, and the required USD is 1000 × the ratio exactly.
+        assert!((&ratio * bigdecimal::BigDecimal::from(10_000)).is_integer());
+        assert_eq!(
+            decimal("requiredCollateralUsd"),
+            bigdecimal::BigDecimal::from(1000) * ratio
         );
     }
     let request_id = decision["id"].as_str().expect("id").to_owned();

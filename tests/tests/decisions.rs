@@ -247,7 +247,7 @@ async fn a_decision_is_scored_requested_published_and_applied_on_the_fixture_poo
         schema
             .execute(
                 async_graphql::Request::new(format!(
-                    r#"mutation {{ requestCredit(chainId: 31337, address: "{wallet}", amountUsd: 500, collateralAsset: "{weth_address}") {{
+                    r#"mutation {{ requestCredit(chainId: 31337, address: "{wallet}", amountUsd: "500", collateralAsset: "{weth_address}") {{
                         id outcome requiredCollateralRatio collateralUsd score }} }}"#
                 ))
                 .data(chainfold_api::auth::Caller::Key {
@@ -262,10 +262,20 @@ async fn a_decision_is_scored_requested_published_and_applied_on_the_fixture_poo
     let decision = &response["data"]["requestCredit"];
     assert_eq!(decision["score"], after, "{response}");
     // The collateral the policy saw is the wallet's 2 WETH at the oracle's price.
-    let collateral = decision["collateralUsd"].as_f64().expect("collateral");
-    assert!(
-        (collateral - 2.0 * crash).abs() < 0.01 * crash,
-        "{collateral}"
+    // Exactly: 2 × 10^18 base units × the oracle's answer ÷ 10^8 ÷ 10^18, as a decimal string.
+    let collateral: bigdecimal::BigDecimal = decision["collateralUsd"]
+        .as_str()
+        .expect("a decimal string")
+        .parse()
+        .expect("decimal");
+    let answer: bigdecimal::BigDecimal = chainfold_simulate::contracts::answer(crash)
+        .to_string()
+        .parse()
+        .expect("answer");
+    assert_eq!(
+        collateral,
+        answer * bigdecimal::BigDecimal::from(2) / bigdecimal::BigDecimal::from(100_000_000),
+        "{decision}"
     );
     let id = decision["id"].as_str().expect("id").to_owned();
     let outcome = decision["outcome"].as_str().expect("outcome").to_owned();

@@ -264,7 +264,8 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
     assert_eq!(max, U256::MAX.to_string());
 
     // Metadata as each token said it, read once: the NUL removed, an empty symbol NULL.
-    let meta: Vec<(String, Option<String>, Option<String>, Option<i16>)> =
+    type TokenRow = (String, Option<String>, Option<String>, Option<i16>);
+    let meta: Vec<TokenRow> =
         sqlx::query_as("SELECT token, name, symbol, decimals FROM erc20_token ORDER BY token")
             .fetch_all(&pool)
             .await
