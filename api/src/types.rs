@@ -486,19 +486,19 @@ impl Pool {
 
     /// token0's USD price implied by the pool (see `liquidity.priceUsd`).
     #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
-    async fn price_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
+    async fn price_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<String>> {
         Ok(self.liquidity_of(ctx).await?.and_then(|l| l.price_usd))
     }
 
     /// USD tradable within ±2% of the price (see `liquidity.depthUsd`).
     #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
-    async fn depth_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
+    async fn depth_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<String>> {
         Ok(self.liquidity_of(ctx).await?.and_then(|l| l.depth_usd))
     }
 
     /// Reserves at USD prices (see `liquidity.tvlUsd`).
     #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
-    async fn tvl_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<f64>> {
+    async fn tvl_usd(&self, ctx: &Context<'_>) -> ApiResult<Option<String>> {
         Ok(self.liquidity_of(ctx).await?.and_then(|l| l.tvl_usd))
     }
 
@@ -537,7 +537,8 @@ impl Pool {
         // USD per token0 base unit, from the current liquidity's valuation.
         let usd_per_unit = self.liquidity_of(ctx).await?.and_then(|l| {
             let now = depth_token0(last.reserve0, 0.02);
-            l.depth_usd.filter(|_| now > 0.0).map(|d| d / now)
+            let usd: f64 = l.depth_usd.as_deref()?.parse().ok()?;
+            (now > 0.0).then(|| usd / now)
         });
         let start = DateTime::from_timestamp_micros((last.hours * 3600.0 * 1e6).round() as i64)
             .unwrap_or_default();
@@ -621,7 +622,7 @@ impl Pool {
     }
 
     async fn compute_liquidity(&self, ctx: &Context<'_>) -> ApiResult<Option<PoolLiquidity>> {
-        use chainfold_domain::pool::{depth_usd, ratio_anomaly};
+        use chainfold_domain::pool::ratio_anomaly;
         let pool = ctx.data_unchecked::<PgPool>();
         type SyncRow = (String, String, BigDecimal, BigDecimal, Option<i64>);
         let syncs: Vec<SyncRow> = sqlx::query_as(
@@ -645,8 +646,8 @@ impl Pool {
             .bind(&token)
             .fetch_optional(pool)
             .await?;
-            let price: Option<f64> = sqlx::query_scalar(
-                "SELECT price::float8 FROM oracle_price WHERE chain_id = $1 AND asset = $2",
+            let price: Option<BigDecimal> = sqlx::query_scalar(
+                "SELECT price FROM oracle_price WHERE chain_id = $1 AND asset = $2",
             )
             .bind(self.chain_id)
             .bind(&token)
@@ -679,22 +680,51 @@ impl Pool {
             block_number: block,
         };
         if let (Some(d0), Some(d1)) = (d0, d1) {
-            let w0 = f(&r0) / 10f64.powi(i32::from(d0));
-            let w1 = f(&r1) / 10f64.powi(i32::from(d1));
-            if w0 > 0.0 && w1 > 0.0 {
-                let implied0 = p1.map(|p| w1 / w0 * p);
-                let price0 = p0.or(implied0);
-                let price1 = p1.or(p0.map(|p| w0 / w1 * p));
-                out.price_usd = implied0;
-                out.oracle_deviation = implied0.zip(p0).map(|(i, o)| i / o - 1.0);
+            // Whole tokens, exactly: base units × 10^-decimals.
+            let w0 = &r0 * BigDecimal::new(1.into(), i64::from(d0));
+            let w1 = &r1 * BigDecimal::new(1.into(), i64::from(d1));
+            if w0.sign() == bigdecimal::num_bigint::Sign::Plus
+                && w1.sign() == bigdecimal::num_bigint::Sign::Plus
+            {
+                let implied0 = p1.as_ref().map(|p| money(&(&w1 / &w0 * p)));
+                let price0 = p0.clone().or(implied0.clone());
+                let price1 = p1.clone().or(p0.as_ref().map(|p| money(&(&w0 / &w1 * p))));
+                out.oracle_deviation = implied0
+                    .as_ref()
+                    .zip(p0.as_ref())
+                    .map(|(i, o)| f(i) / f(o) - 1.0);
+                out.price_usd = implied0.as_ref().map(text);
                 if let (Some(a), Some(b)) = (price0, price1) {
-                    out.tvl_usd = Some(w0 * a + w1 * b);
-                    out.depth_usd = Some(depth_usd(w0, a, w1, b, 0.02));
+                    let tvl = &w0 * &a + &w1 * &b;
+                    // ±2% depth is (1/√0.98 − 1) × the value at the price: irrational, so to
+                    // 18 decimal places.
+                    out.depth_usd = Some(text(&money(&(&tvl * depth_factor(0.02)))));
+                    out.tvl_usd = Some(text(&tvl));
                 }
             }
         }
         Ok(Some(out))
     }
+}
+
+/// `v` rounded to 18 decimal places (a quotient, or a square root, has no exact decimal).
+fn money(v: &BigDecimal) -> BigDecimal {
+    v.with_scale_round(18, bigdecimal::RoundingMode::HalfEven)
+}
+
+/// A decimal as GraphQL shows money: no exponent, no trailing zeros.
+fn text(v: &BigDecimal) -> String {
+    chainfold_domain::decision::plain(v).to_string()
+}
+
+/// 1/√(1 − bound) − 1 to 40 digits: the share of a constant-product pool's value that moves
+/// its price by `bound` (`domain::pool::depth_in`, in decimals).
+fn depth_factor(bound: f64) -> BigDecimal {
+    use std::str::FromStr as _;
+    let one = BigDecimal::from(1);
+    let keep = BigDecimal::from_str(&format!("{}", 1.0 - bound)).unwrap_or_else(|_| one.clone());
+    let root = keep.sqrt().unwrap_or_else(|| one.clone()).with_prec(40);
+    (&one / root).with_prec(40) - one
 }
 
 /// A constant-product pool's liquidity as of its latest `Sync`, valued through the chain's
@@ -705,16 +735,35 @@ pub struct PoolLiquidity {
     pub tokens: Vec<String>,
     /// Raw reserves (base units, integer strings), in token order.
     pub reserves: Vec<String>,
-    /// token0's USD price implied by the pool (reserve ratio × token1's oracle price); null when
-    /// token1 has no oracle price or a decimals unknown.
-    pub price_usd: Option<f64>,
+    /// token0's USD price implied by the pool (reserve ratio × token1's oracle price), a decimal
+    /// string to 18 places; null when token1 has no oracle price or a decimals unknown.
+    pub price_usd: Option<String>,
     /// implied / oracle − 1 for token0, where both exist: how far the pool is off the oracle.
     pub oracle_deviation: Option<f64>,
-    /// Reserves at USD prices (oracle, else implied by the pool from the other token).
-    pub tvl_usd: Option<f64>,
-    /// USD tradable within ±2% of the current price (both directions, fee ignored).
-    pub depth_usd: Option<f64>,
+    /// Reserves at USD prices (oracle, else implied by the pool from the other token), a
+    /// decimal string: exact reserves × oracle prices (an implied price is to 18 places).
+    pub tvl_usd: Option<String>,
+    /// USD tradable within ±2% of the current price (both directions, fee ignored), a decimal
+    /// string to 18 places.
+    pub depth_usd: Option<String>,
     /// |robust z| of the latest reserve-ratio change against the pool's previous 100 changes.
     pub anomaly_score: Option<f64>,
     pub block_number: Option<i64>,
+}
+
+#[cfg(test)]
+mod money_tests {
+    use super::*;
+
+    #[test]
+    fn the_depth_factor_is_one_over_the_root_of_the_bound_less_one_to_forty_digits() {
+        let k = depth_factor(0.02);
+        let f: f64 = k.to_string().parse().expect("f64");
+        assert!((f - (1.0 / 0.98f64.sqrt() - 1.0)).abs() < 1e-15, "{k}");
+        assert!(k.digits() <= 40, "{k}");
+        // money() rounds to 18 places and text() writes no exponent or trailing zeros.
+        let v: BigDecimal = "1234.50000000000000000049".parse().expect("decimal");
+        assert_eq!(text(&money(&v)), "1234.5");
+        assert_eq!(text(&"1e3".parse::<BigDecimal>().expect("decimal")), "1000");
+    }
 }

@@ -321,13 +321,48 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
     )
     .expect("json");
     let liquidity = &response["data"]["pool"]["liquidity"];
-    let tvl = liquidity["tvlUsd"].as_f64().expect("tvl");
-    let depth = liquidity["depthUsd"].as_f64().expect("depth");
-    assert!(tvl > 0.0, "{response}");
+    let decimal = |field: &str| -> bigdecimal::BigDecimal {
+        liquidity[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} is a decimal string: {response}"))
+            .parse()
+            .expect("decimal")
+    };
+    let (tvl, depth) = (decimal("tvlUsd"), decimal("depthUsd"));
+    let tvl_f: f64 = tvl.to_string().parse().expect("f64");
+    let depth_f: f64 = depth.to_string().parse().expect("f64");
+    assert!(tvl_f > 0.0, "{response}");
     assert!(
-        (depth - tvl * (1.0 / 0.98f64.sqrt() - 1.0)).abs() < 1e-6 * tvl,
+        (depth_f - tvl_f * (1.0 / 0.98f64.sqrt() - 1.0)).abs() < 1e-9 * tvl_f,
         "{depth} vs {tvl}"
     );
+    // At most 18 decimal places, and the TVL is exact: reserves × oracle prices.
+    assert!(depth.fractional_digit_count() <= 18, "{depth}");
+    let reserves: Vec<bigdecimal::BigDecimal> = liquidity["reserves"]
+        .as_array()
+        .expect("reserves")
+        .iter()
+        .map(|r| r.as_str().expect("string").parse().expect("decimal"))
+        .collect();
+    let tokens: Vec<String> = liquidity["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_str().expect("token").to_owned())
+        .collect();
+    let mut expected = bigdecimal::BigDecimal::from(0);
+    for (token, units) in tokens.iter().zip(&reserves) {
+        let (price, decimals): (bigdecimal::BigDecimal, i16) = sqlx::query_as(
+            "SELECT o.price, (SELECT decimals FROM lending_event e WHERE e.reserve = o.asset LIMIT 1)
+             FROM oracle_price o WHERE o.chain_id = 31337 AND o.asset = $1",
+        )
+        .bind(token)
+        .fetch_one(&pool)
+        .await
+        .expect("an oracle price and decimals");
+        expected += units * price * bigdecimal::BigDecimal::new(1.into(), i64::from(decimals));
+    }
+    assert_eq!(tvl, expected, "tvlUsd is exact");
     assert!(liquidity["oracleDeviation"]
         .as_f64()
         .expect("deviation")
