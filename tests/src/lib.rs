@@ -61,9 +61,28 @@ pub async fn score_all(iso: &Isolated) -> chainfold_scoring::worker::Scorer {
     scorer
 }
 
-/// Follows the chain of `toml` (a chains.toml with one chain) to its head into `iso`'s topics
-/// with live ingest and projects everything with `iso`'s group; the Postgres pool.
-pub async fn follow_and_project(iso: &Isolated, toml: &str) -> sqlx::PgPool {
+/// A fresh anvil of `chain_id` with the fixtures deployed at the bundled data's first WETH and
+/// WBTC prices; the anvil (it stops when dropped), the deployment and both price series.
+pub async fn fixtures(
+    chain_id: u64,
+) -> (
+    chainfold_simulate::anvil::Anvil,
+    chainfold_simulate::Deployment,
+    Vec<f64>,
+    Vec<f64>,
+) {
+    let anvil = chainfold_simulate::anvil::Anvil::spawn(chain_id).expect("anvil starts");
+    let weth = chainfold_simulate::prices(&data_dir(), "WETH").expect("prices");
+    let wbtc = chainfold_simulate::prices(&data_dir(), "WBTC").expect("prices");
+    let d = chainfold_simulate::Deployment::deploy(&anvil.http_url(), weth[0], wbtc[0])
+        .await
+        .expect("fixtures deploy");
+    (anvil, d, weth, wbtc)
+}
+
+/// A live-ingest follower of the chain of `toml` (a chains.toml with one chain) into `iso`'s
+/// topics, with its database migrated.
+pub async fn follower(iso: &Isolated, toml: &str) -> chainfold_ingest::rpc::follow::Follower {
     let chain = chainfold_ingest::rpc::config::ChainsFile::parse(toml)
         .expect("chains file")
         .chains
@@ -76,12 +95,22 @@ pub async fn follow_and_project(iso: &Isolated, toml: &str) -> sqlx::PgPool {
         .await
         .expect("topics");
     let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    chainfold_ingest::rpc::follow::Follower::new(chain, producer, topics, pool.clone())
+    chainfold_ingest::rpc::follow::Follower::new(chain, producer, topics, pool)
         .await
-        .expect("follower")
+        .expect("follower starts")
+}
+
+/// Follows the chain of `toml` (a chains.toml with one chain) to its head into `iso`'s topics
+/// with live ingest and projects everything with `iso`'s group; the Postgres pool.
+pub async fn follow_and_project(iso: &Isolated, toml: &str) -> sqlx::PgPool {
+    follower(iso, toml)
+        .await
         .sync_to_head()
         .await
         .expect("ingest");
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
     let mut projector = chainfold_projector::App::build(chainfold_projector::Config::new(
         iso.kafka.clone(),
         iso.postgres.clone(),

@@ -6,10 +6,9 @@
 
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider as _;
-use chainfold_simulate::anvil::Anvil;
 use chainfold_simulate::contracts::units;
 use chainfold_simulate::Deployment;
-use chainfold_testkit::{data_dir, Isolated};
+use chainfold_testkit::Isolated;
 use chainfold_tests::{follow_and_project, score_all};
 
 const DAY: u64 = 86_400;
@@ -47,12 +46,7 @@ async fn supply(d: &Deployment, who: Address, token: Address, amount: U256) -> u
 #[tokio::test]
 async fn health_factors_equal_get_user_account_data_at_every_block_over_six_months_of_interest() {
     let iso = Isolated::new("aave").await;
-    let anvil = Anvil::spawn(31337).expect("anvil starts");
-    let weth_usd = chainfold_simulate::prices(&data_dir(), "WETH").expect("prices");
-    let wbtc_usd = chainfold_simulate::prices(&data_dir(), "WBTC").expect("prices");
-    let d = Deployment::deploy(&anvil.http_url(), weth_usd[0], wbtc_usd[0])
-        .await
-        .expect("deploy");
+    let (anvil, d, weth_usd, wbtc_usd) = chainfold_tests::fixtures(31337).await;
     let (weth, usdc, wbtc) = (d.weth.clone(), d.usdc.clone(), d.wbtc.clone());
     // Rates of the order Aave V2 mainnet quoted: supply below borrow on every reserve.
     for (asset, supply_rate, borrow_rate) in

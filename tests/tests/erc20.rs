@@ -12,12 +12,9 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::Provider as _;
 use alloy::rpc::types::Filter;
 use alloy::sol_types::SolEvent as _;
-use chainfold_ingest::rpc::config::ChainsFile;
-use chainfold_ingest::rpc::follow::Follower;
-use chainfold_simulate::anvil::Anvil;
 use chainfold_simulate::contracts::FixtureToken;
 use chainfold_simulate::Deployment;
-use chainfold_testkit::{data_dir, Isolated};
+use chainfold_testkit::Isolated;
 
 const HOSTILE_NAME: &str =
     "Tok\u{0}en \u{1f9ea} 'quoted' \\slash\\ \u{fc}n\u{ef}cod\u{e9}\ttab\nnewline";
@@ -46,12 +43,7 @@ async fn mine(d: &Deployment, blocks: u64) {
 #[tokio::test]
 async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hostile_metadata() {
     let iso = Isolated::new("erc20").await;
-    let anvil = Anvil::spawn(31337).expect("anvil starts");
-    let weth = chainfold_simulate::prices(&data_dir(), "WETH").expect("prices");
-    let wbtc = chainfold_simulate::prices(&data_dir(), "WBTC").expect("prices");
-    let d = Deployment::deploy(&anvil.http_url(), weth[0], wbtc[0])
-        .await
-        .expect("fixtures deploy");
+    let (anvil, d, _, _) = chainfold_tests::fixtures(31337).await;
     let hostile =
         FixtureToken::deploy_builder(&d.provider, HOSTILE_NAME.to_owned(), String::new(), 18)
             .from(d.deployer)
@@ -102,21 +94,10 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
             "\n[[chain.contract]]\naddress = \"{token:#x}\"\nkind = \"erc20_token\"\n"
         ));
     }
-    let chain = ChainsFile::parse(&toml)
-        .expect("chains file")
-        .chains
-        .remove(0);
+    let mut follower = chainfold_tests::follower(&iso, &toml).await;
     let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
         .await
         .expect("postgres");
-    let topics = iso.kafka.topics();
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
-    let mut follower = Follower::new(chain, producer, topics, pool.clone())
-        .await
-        .expect("follower starts");
     follower.sync_to_head().await.expect("sync");
 
     // Transfers the ingest publishes, then a reorg replaces them with others.
