@@ -162,7 +162,8 @@ impl From<PoolRow> for Pool {
 
 #[Object]
 impl QueryRoot {
-    /// A wallet's lending history on a chain; `null` when chainfold has seen no event of it.
+    /// A wallet on a chain: its lending history, score, decisions and watched-token balances;
+    /// `null` when chainfold has seen no lending event and no watched-token transfer of it.
     #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn wallet(
         &self,
@@ -208,7 +209,20 @@ impl QueryRoot {
             }
         };
         if rows.is_empty() {
-            return Ok(None);
+            // A wallet seen only in watched-token transfers is still a wallet (its lending
+            // summary empty); one seen nowhere is null.
+            let pool = ctx.data_unchecked::<PgPool>();
+            let holds: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM erc20_balance WHERE chain_id = $1 AND holder = $2)",
+            )
+            .bind(chain_id)
+            .bind(&address)
+            .fetch_one(pool)
+            .await
+            .map_err(gql)?;
+            if !holds {
+                return Ok(None);
+            }
         }
         let first_activity_at = rows.iter().filter_map(|r| r.first_at).min();
         let last_activity_at = rows.iter().filter_map(|r| r.last_at).max();

@@ -334,6 +334,52 @@ impl Wallet {
         .await
     }
 
+    /// The wallet's ERC-20 balances in the watched tokens (`erc20_token` contracts), largest
+    /// first: exact base units as folded from every `Transfer` in and out (`erc20_balance`).
+    #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
+    async fn token_balances(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: i32,
+    ) -> ApiResult<Vec<TokenBalance>> {
+        let limit = page_size(Some(first), 20).map_err(gql)?;
+        let pool = ctx.data_unchecked::<PgPool>();
+        type Row = (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<i16>,
+            BigDecimal,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT b.token, t.name, t.symbol, t.decimals, b.balance, b.transfers
+             FROM erc20_balance b
+             LEFT JOIN erc20_token t USING (chain_id, token)
+             WHERE b.chain_id = $1 AND b.holder = $2
+             ORDER BY b.balance DESC, b.token LIMIT $3",
+        )
+        .bind(self.chain_id)
+        .bind(&self.address)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(gql)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(token, name, symbol, decimals, balance, transfers)| TokenBalance {
+                    token,
+                    name,
+                    symbol,
+                    decimals: decimals.map(i32::from),
+                    balance: balance.to_plain_string(),
+                    transfers,
+                },
+            )
+            .collect())
+    }
+
     /// The wallet's lending decisions (requested and band-change), newest first.
     #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn decisions(
@@ -395,6 +441,21 @@ pub struct Pool {
     /// The pool's liquidity, computed once per request for the fields that read it.
     #[graphql(skip)]
     pub liquidity_cache: std::sync::Arc<tokio::sync::OnceCell<Option<PoolLiquidity>>>,
+}
+
+/// A wallet's balance of one watched ERC-20 token.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct TokenBalance {
+    /// The token contract (lowercase hex).
+    pub token: String,
+    /// As the token answered `name()`/`symbol()`/`decimals()` (null where it did not).
+    pub name: Option<String>,
+    pub symbol: Option<String>,
+    pub decimals: Option<i32>,
+    /// Base units, an integer string (divide by 10^decimals).
+    pub balance: String,
+    /// Transfers in and out counted into it.
+    pub transfers: i64,
 }
 
 /// One point of a pool's liquidity forecast.

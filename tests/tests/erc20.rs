@@ -267,6 +267,44 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
     assert_eq!(of(d.usdc.token).2.as_deref(), Some("USDC"));
     assert_eq!(of(d.usdc.token).3, Some(6));
 
+    // GraphQL: a wallet's balances, exact, with the token's metadata as stored.
+    let schema = chainfold_api::schema::build(pool.clone());
+    let response = serde_json::to_value(
+        schema
+            .execute(format!(
+                r#"{{ wallet(chainId: 31337, address: "{:#x}") {{ tokenBalances {{ token name symbol decimals balance transfers }} }} }}"#,
+                wallets[1]
+            ))
+            .await,
+    )
+    .expect("json");
+    let listed = response["data"]["wallet"]["tokenBalances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{response}"));
+    assert_eq!(listed.len(), 3, "{response}");
+    for entry in listed {
+        let token: Address = entry["token"]
+            .as_str()
+            .expect("token")
+            .parse()
+            .expect("address");
+        let want = FixtureToken::new(token, &d.provider)
+            .balanceOf(wallets[1])
+            .call()
+            .await
+            .expect("balance");
+        assert_eq!(entry["balance"], want.to_string(), "{entry}");
+    }
+    let hostile_entry = listed
+        .iter()
+        .find(|e| e["token"] == format!("{hostile:#x}"))
+        .expect("the hostile token is listed");
+    assert_eq!(hostile_entry["symbol"], serde_json::Value::Null);
+    assert_eq!(
+        hostile_entry["balance"],
+        (U256::MAX - U256::from(1u64)).to_string()
+    );
+
     // A replay of the log rebuilds the same three tables.
     let fresh = Isolated::new("erc20_rebuild").await;
     let rebuilt = {
