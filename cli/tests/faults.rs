@@ -447,10 +447,16 @@ async fn killed_roles_brokers_postgres_and_redis_change_no_table_and_no_output()
         .expect("deploy");
     let traders = prepare(&d, weth).await;
     let chains = std::env::temp_dir().join(format!("{}.toml", unique("chaos")));
-    let toml = d.chains_toml("anvil", &anvil.http_url(), None, 2).replace(
+    let mut toml = d.chains_toml("anvil", &anvil.http_url(), None, 2).replace(
         "poll_interval",
         "reorg_window = 16\nmax_range = 50\npoll_interval",
     );
+    // The fixture tokens' transfers too: balances folded and unfolded under the same kills.
+    for token in [d.weth.token, d.usdc.token, d.wbtc.token] {
+        toml.push_str(&format!(
+            "\n[[chain.contract]]\naddress = \"{token:#x}\"\nkind = \"erc20_token\"\n"
+        ));
+    }
     std::fs::write(&chains, toml).expect("chains file");
 
     let iso = Isolated::on_fault_stack("chaos").await;
@@ -562,6 +568,11 @@ async fn killed_roles_brokers_postgres_and_redis_change_no_table_and_no_output()
     let clean = Isolated::new("chaos_clean").await;
     let clean_pool = reference_run(&clean, &chains).await;
     chainfold_testkit::assert_same_tables(&pool, &clean_pool, "the faulted run").await;
+    let transfers: i64 = sqlx::query_scalar("SELECT count(*) FROM erc20_transfer")
+        .fetch_one(&pool)
+        .await
+        .expect("transfers");
+    assert!(transfers > 0, "the workload moves the fixture tokens");
 
     // Each output once after de-duplication: every stored score and alert is on its topic,
     // and nothing else is but what a reorg or a re-evaluation retracted.
