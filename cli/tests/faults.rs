@@ -303,7 +303,17 @@ async fn step(d: &Deployment, rng: &mut StdRng, traders: &[Address], price: &mut
 
 /// Blocks until every role has caught up with the chain's head and the log, or panics after
 /// `within`.
-async fn converge(p: &mut Pipeline, pool: &sqlx::PgPool, head: u64, within: Duration) {
+/// Waits until every role has caught up with the chain's final head. The ingest's checkpoint
+/// must be that block by hash, not only by number: when the workload's last step is a reorg that
+/// leaves the head at the same height, a checkpoint of the orphaned block at that height would
+/// otherwise count as caught up (the chaos test once compared then, before the follower's next
+/// poll saw the replaced tip).
+async fn converge(
+    p: &mut Pipeline,
+    pool: &sqlx::PgPool,
+    (head, head_hash): (u64, String),
+    within: Duration,
+) {
     let started = Instant::now();
     let topics = p.iso.kafka.topics();
     let prefix = p.iso.kafka.topic_prefix.clone();
@@ -323,15 +333,19 @@ async fn converge(p: &mut Pipeline, pool: &sqlx::PgPool, head: u64, within: Dura
     };
     loop {
         p.reap();
-        let checkpoint: Option<i64> =
-            sqlx::query_scalar("SELECT block_number FROM ingest_checkpoint WHERE chain_id = 31337")
-                .fetch_optional(pool)
-                .await
-                .ok()
-                .flatten();
+        let checkpoint: Option<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT block_number, block_hash FROM ingest_checkpoint WHERE chain_id = 31337",
+        )
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten();
         let mut behind = Vec::new();
-        if checkpoint.is_none_or(|c| (c as u64) < head) {
-            behind.push(format!("ingest at {checkpoint:?} of {head}"));
+        let at_head = checkpoint.as_ref().is_some_and(|(c, hash)| {
+            (*c as u64) > head || ((*c as u64) == head && hash.as_deref() == Some(&head_hash))
+        });
+        if !at_head {
+            behind.push(format!("ingest at {checkpoint:?} of {head} {head_hash}"));
         }
         let events: Vec<String> = topics
             .event_topics()
@@ -556,7 +570,21 @@ async fn killed_roles_brokers_postgres_and_redis_change_no_table_and_no_output()
         stack(&["fault", "broker-start", &node.to_string()]);
     }
     let head = d.provider.get_block_number().await.expect("head");
-    converge(&mut p, &pool, head, Duration::from_secs(300)).await;
+    let head_hash = d
+        .provider
+        .get_block_by_number(head.into())
+        .await
+        .expect("head block")
+        .expect("the head exists")
+        .header
+        .hash;
+    converge(
+        &mut p,
+        &pool,
+        (head, format!("{head_hash:#x}")),
+        Duration::from_secs(300),
+    )
+    .await;
     p.stop();
     eprintln!(
         "chaos: {reorgs} reorgs, faults tried: {tried:#?}; crashes (crash points, errors) restarted: {:?}",

@@ -82,12 +82,24 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
         transfer(&d, d.usdc.token, a, b, U256::from(1_000 + round)).await;
         transfer(&d, d.weth.token, b, a, U256::from(7 * round + 1)).await;
     }
+    // WBTC is no watched contract, but wallet 4 is a watched wallet: its WBTC transfers in and
+    // out are indexed, the others' are not.
+    let wbtc = d.wbtc.token;
+    d.fund(wallets[4], wbtc, U256::from(50_000u64))
+        .await
+        .expect("fund");
+    transfer(&d, wbtc, wallets[4], wallets[0], U256::from(20_000u64)).await;
+    d.fund(wallets[2], wbtc, U256::from(7_000u64))
+        .await
+        .expect("fund");
+    transfer(&d, wbtc, wallets[2], wallets[3], U256::from(3_000u64)).await;
     // A transfer to oneself: its two legs cancel.
     transfer(&d, d.usdc.token, wallets[2], wallets[2], U256::from(5u64)).await;
 
     let mut toml = format!(
-        "[[chain]]\nchain_id = 31337\nname = \"anvil\"\nrpc_url = \"{}\"\nconfirmations = 2\nstart_block = 0\npoll_interval = \"100ms\"\n",
-        anvil.http_url()
+        "[[chain]]\nchain_id = 31337\nname = \"anvil\"\nrpc_url = \"{}\"\nconfirmations = 2\nstart_block = 0\npoll_interval = \"100ms\"\nwatch_wallets = [\"{:#x}\"]\n",
+        anvil.http_url(),
+        wallets[4]
     );
     for token in tokens {
         toml.push_str(&format!(
@@ -188,8 +200,9 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
     let mut stored: Vec<String> = sqlx::query_scalar(
         "SELECT block_number || ':' || log_index || ':' || token || ':' || from_address || ':'
                 || to_address || ':' || value::text
-         FROM erc20_transfer",
+         FROM erc20_transfer WHERE token <> $1",
     )
+    .bind(format!("{wbtc:#x}"))
     .fetch_all(&pool)
     .await
     .expect("transfers");
@@ -208,7 +221,52 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
     .expect("orphans");
     assert_eq!(orphans, 0, "the reorg's orphaned transfers are retracted");
 
+    // Of WBTC, exactly the watched wallet's transfers: the two that name it, not the two that
+    // do not.
+    let watched = d
+        .provider
+        .get_logs(
+            &Filter::new()
+                .address(wbtc)
+                .event_signature(FixtureToken::Transfer::SIGNATURE_HASH)
+                .from_block(0)
+                .to_block(head),
+        )
+        .await
+        .expect("logs");
+    let mut expected: Vec<String> = watched
+        .iter()
+        .filter_map(|log| {
+            let t = FixtureToken::Transfer::decode_log_data(log.data()).expect("a transfer");
+            (t.from == wallets[4] || t.to == wallets[4]).then(|| {
+                format!(
+                    "{}:{}:{:#x}:{:#x}:{}",
+                    log.block_number.expect("mined"),
+                    log.log_index.expect("mined"),
+                    t.from,
+                    t.to,
+                    t.value
+                )
+            })
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(watched.len(), 4);
+    assert_eq!(expected.len(), 2);
+    let mut stored: Vec<String> = sqlx::query_scalar(
+        "SELECT block_number || ':' || log_index || ':' || from_address || ':' || to_address
+                || ':' || value::text
+         FROM erc20_transfer WHERE token = $1",
+    )
+    .bind(format!("{wbtc:#x}"))
+    .fetch_all(&pool)
+    .await
+    .expect("wbtc transfers");
+    stored.sort();
+    assert_eq!(stored, expected);
+
     // Every balance equals balanceOf at the head; the zero address holds minus the supply.
+    // (Of WBTC only the watched wallet's own balance is whole.)
     let balances: Vec<(String, String, String)> =
         sqlx::query_as("SELECT token, holder, balance::text FROM erc20_balance")
             .fetch_all(&pool)
@@ -218,6 +276,9 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
     for (token, holder, balance) in &balances {
         let token: Address = token.parse().expect("address");
         let holder: Address = holder.parse().expect("address");
+        if token == wbtc && holder != wallets[4] {
+            continue;
+        }
         let contract = FixtureToken::new(token, &d.provider);
         let want = if holder == Address::ZERO {
             format!("-{}", contract.totalSupply().call().await.expect("supply"))
@@ -257,7 +318,12 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
             .cloned()
             .expect("a token row")
     };
-    assert_eq!(meta.len(), 3);
+    assert_eq!(
+        meta.len(),
+        4,
+        "three watched tokens and WBTC, met through the watched wallet"
+    );
+    assert_eq!(of(wbtc).2.as_deref(), Some("WBTC"));
     assert_eq!(
         of(hostile).1.as_deref(),
         Some(&*HOSTILE_NAME.replace('\0', ""))
@@ -282,6 +348,7 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
         .as_array()
         .unwrap_or_else(|| panic!("{response}"));
     assert_eq!(listed.len(), 3, "{response}");
+    assert!(listed.iter().all(|e| e["token"] != format!("{wbtc:#x}")));
     for entry in listed {
         let token: Address = entry["token"]
             .as_str()

@@ -76,6 +76,10 @@ pub struct ChainConfig {
     /// Factories whose announced pools are watched from their creation on.
     #[serde(default, rename = "factory")]
     pub factories: Vec<FactoryConfig>,
+    /// Wallets whose ERC-20 `Transfer`s in and out are indexed in every token, watched or not
+    /// (two topic-filtered `eth_getLogs` per range beside the contracts' own).
+    #[serde(default)]
+    pub watch_wallets: Vec<Address>,
 }
 
 /// A watched factory.

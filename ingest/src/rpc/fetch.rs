@@ -120,6 +120,8 @@ pub struct Fetcher {
     stats: Arc<Stats>,
     /// Header batches in flight at once.
     concurrency: usize,
+    /// Watched wallets as topics: their `Transfer`s in and out of any token are fetched too.
+    wallets: Arc<Vec<B256>>,
 }
 
 impl Fetcher {
@@ -136,7 +138,30 @@ impl Fetcher {
             chain: chain.into(),
             stats,
             concurrency: concurrency.max(1),
+            wallets: Arc::new(Vec::new()),
         }
+    }
+
+    /// Also fetches every ERC-20 `Transfer` from or to `wallets`, whichever token emits it.
+    pub fn watching(mut self, wallets: &[Address]) -> Fetcher {
+        self.wallets = Arc::new(wallets.iter().map(|w| w.into_word()).collect());
+        self
+    }
+
+    /// The filters of one read: the watched contracts' logs, and with watched wallets their
+    /// transfers out (topic 1) and in (topic 2) of any token.
+    pub fn filters(&self, addresses: &[Address]) -> Vec<Filter> {
+        // No address at all would be every log of the chain.
+        let mut filters = Vec::new();
+        if !addresses.is_empty() {
+            filters.push(Filter::new().address(addresses.to_vec()));
+        }
+        if !self.wallets.is_empty() {
+            let transfer = Filter::new().event_signature(TRANSFER_TOPIC);
+            filters.push(transfer.clone().topic1(self.wallets.to_vec()));
+            filters.push(transfer.topic2(self.wallets.to_vec()));
+        }
+        filters
     }
 
     /// The logs of `addresses` in `[from, to]`, splitting the range while the provider refuses
@@ -147,14 +172,19 @@ impl Fetcher {
         from: u64,
         to: u64,
     ) -> anyhow::Result<Vec<Log>> {
+        let mut out = Vec::new();
+        for base in self.filters(addresses) {
+            out.extend(self.logs_of(&base, from, to).await?);
+        }
+        Ok(dedup_sorted(out))
+    }
+
+    async fn logs_of(&self, base: &Filter, from: u64, to: u64) -> anyhow::Result<Vec<Log>> {
         let mut pending = vec![(from, to)];
         let mut out = Vec::new();
         let mut transport_failures = 0;
         while let Some((a, b)) = pending.pop() {
-            let filter = Filter::new()
-                .address(addresses.to_vec())
-                .from_block(a)
-                .to_block(b);
+            let filter = base.clone().from_block(a).to_block(b);
             match self
                 .http
                 .get_logs(&filter)
@@ -281,6 +311,20 @@ impl Fetcher {
             addresses: addresses.len(),
         })
     }
+}
+
+/// `Transfer(address,address,uint256)`, ERC-20's and ERC-721's.
+pub const TRANSFER_TOPIC: B256 = B256::new([
+    0xdd, 0xf2, 0x52, 0xad, 0x1b, 0xe2, 0xc8, 0x9b, 0x69, 0xc2, 0xb0, 0x68, 0xfc, 0x37, 0x8d, 0xaa,
+    0x95, 0x2b, 0xa7, 0xf1, 0x63, 0xc4, 0xa1, 0x16, 0x28, 0xf5, 0x5a, 0x4d, 0xf5, 0x23, 0xb3, 0xef,
+]);
+
+/// Logs in chain order, each once (a watched wallet's transfer of a watched token, or a
+/// transfer between two watched wallets, answers more than one filter).
+pub fn dedup_sorted(mut logs: Vec<Log>) -> Vec<Log> {
+    logs.sort_by_key(|l| (l.block_number, l.log_index, l.block_hash));
+    logs.dedup_by_key(|l| (l.block_number, l.log_index, l.block_hash));
+    logs
 }
 
 /// The blocks whose headers a range needs: those of logs without `blockTimestamp` (nodes that

@@ -226,7 +226,8 @@ impl Follower {
             &chain.name,
             stats.clone(),
             chain.concurrency,
-        );
+        )
+        .watching(&chain.watch_wallets);
         let mut follower = Follower {
             chain,
             http,
@@ -484,8 +485,21 @@ impl Follower {
         let mut needed = Vec::new();
         for log in logs {
             self.stats.logs.fetch_add(1, Ordering::Relaxed);
-            let Some(kind) = self.kinds.get(&log.address()).copied() else {
-                continue;
+            let kind = match self.kinds.get(&log.address()).copied() {
+                Some(kind) => kind,
+                // A watched wallet's transfer of a token nobody configured: an ERC-20 one has
+                // exactly three topics (an ERC-721 one four, not ours to index).
+                None if !self.chain.watch_wallets.is_empty()
+                    && log.topics().len() == 3
+                    && log.topics().first() == Some(&super::fetch::TRANSFER_TOPIC) =>
+                {
+                    if !self.metadata.erc20.contains_key(&log.address()) {
+                        let metadata = self.read_erc20_metadata(log.address()).await;
+                        self.metadata.erc20.insert(log.address(), metadata);
+                    }
+                    ContractKind::Erc20Token
+                }
+                None => continue,
             };
             match decode_log(kind, &log.inner) {
                 Ok(raw) => {
@@ -740,7 +754,7 @@ impl Follower {
                     let more_headers = self.fetch.headers(&needed_headers(&more, b)).await?;
                     range.headers.extend(more_headers);
                     range.logs.extend(more);
-                    range.logs.sort_by_key(|l| (l.block_number, l.log_index));
+                    range.logs = super::fetch::dedup_sorted(std::mem::take(&mut range.logs));
                 }
                 let times = range.times();
                 let (events, dead) = self.normalize_logs(&range.logs, &times).await;
@@ -831,13 +845,16 @@ impl Follower {
                 return Ok(false);
             }
         }
-        let filter = Filter::new()
-            .address(self.addresses.clone())
-            .at_block_hash(seen.hash);
-        let mut logs = with_retry("eth_getLogs", self.chain.rpc_url.expose_secret(), || {
-            self.http.get_logs(&filter)
-        })
-        .await?;
+        let mut logs = Vec::new();
+        for base in self.fetch.filters(&self.addresses) {
+            let filter = base.at_block_hash(seen.hash);
+            logs.extend(
+                with_retry("eth_getLogs", self.chain.rpc_url.expose_secret(), || {
+                    self.http.get_logs(&filter)
+                })
+                .await?,
+            );
+        }
         let known = self.addresses.len();
         self.discover(&logs).await?;
         if self.addresses.len() > known {
@@ -851,7 +868,7 @@ impl Follower {
                 .await?,
             );
         }
-        logs.sort_by_key(|l| l.log_index);
+        let logs = super::fetch::dedup_sorted(logs);
         let times = HashMap::from([(seen.hash, time.unwrap_or_default())]);
         let (events, dead) = self.normalize_logs(&logs, &times).await;
         state::pend(
