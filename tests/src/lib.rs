@@ -61,6 +61,23 @@ pub async fn score_all(iso: &Isolated) -> chainfold_scoring::worker::Scorer {
     scorer
 }
 
+/// A projector of `iso`'s group run until it has caught up with the log (within 2 minutes).
+pub async fn project(iso: &Isolated) -> chainfold_projector::App {
+    let mut app = chainfold_projector::App::build(chainfold_projector::Config::new(
+        iso.kafka.clone(),
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        iso.group.clone(),
+    ))
+    .await
+    .expect("projector starts");
+    tokio::time::timeout(Duration::from_secs(120), app.run_until_caught_up())
+        .await
+        .expect("projector catches up within 2 minutes")
+        .expect("projector runs");
+    app
+}
+
 /// A fresh anvil of `chain_id` with the fixtures deployed at the bundled data's first WETH and
 /// WBTC prices; the anvil (it stops when dropped), the deployment and both price series.
 pub async fn fixtures(

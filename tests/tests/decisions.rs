@@ -9,7 +9,6 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::providers::Provider as _;
 use chainfold_ingest::rpc::config::ChainsFile;
 use chainfold_ingest::rpc::follow::Follower;
-use chainfold_projector::{App as Projector, Config as ProjectorConfig};
 use chainfold_scoring::worker::{Config as ScorerConfig, Scorer};
 use chainfold_simulate::actuate::{ActuateConfig, Actuator};
 use chainfold_simulate::anvil::Anvil;
@@ -24,18 +23,7 @@ fn workspace(path: &str) -> std::path::PathBuf {
 }
 
 async fn project(iso: &Isolated) {
-    let mut app = Projector::build(ProjectorConfig::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector starts");
-    tokio::time::timeout(Duration::from_secs(120), app.run_until_caught_up())
-        .await
-        .expect("projector catches up within 2 minutes")
-        .expect("projector runs");
+    chainfold_tests::project(iso).await;
 }
 
 #[tokio::test]

@@ -134,7 +134,7 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
         .await
         .expect("sync before the reorg");
     let orphaned: i64 = {
-        let projector = project(&iso).await;
+        let projector = chainfold_tests::project(&iso).await;
         let n = sqlx::query_scalar(
             "SELECT count(*) FROM erc20_transfer WHERE value >= 900000 AND value < 900006",
         )
@@ -166,7 +166,7 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 1
     );
-    drop(project(&iso).await);
+    drop(chainfold_tests::project(&iso).await);
 
     // Every Transfer log of the canonical chain, and nothing else, is a row.
     let head = d.provider.get_block_number().await.expect("head");
@@ -400,23 +400,4 @@ async fn transfers_and_balances_equal_the_canonical_chain_after_a_reorg_with_hos
     }
     fresh.drop_database().await;
     iso.drop_database().await;
-}
-
-async fn project(iso: &Isolated) -> chainfold_projector::App {
-    let mut app = chainfold_projector::App::build(chainfold_projector::Config::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector starts");
-    tokio::time::timeout(
-        std::time::Duration::from_secs(120),
-        app.run_until_caught_up(),
-    )
-    .await
-    .expect("projector catches up within 2 minutes")
-    .expect("projector runs");
-    app
 }

@@ -8,7 +8,6 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::Provider as _;
 use chainfold_ingest::rpc::config::ChainsFile;
 use chainfold_ingest::rpc::follow::Follower;
-use chainfold_projector::{App as Projector, Config as ProjectorConfig};
 use chainfold_simulate::anvil::Anvil;
 use chainfold_simulate::{Deployment, Sim};
 use chainfold_testkit::{data_dir, Isolated};
@@ -70,19 +69,7 @@ async fn follower(iso: &Isolated, toml: &str) -> Follower {
 }
 
 async fn project(iso: &Isolated) -> PgPool {
-    let mut app = Projector::build(ProjectorConfig::new(
-        iso.kafka.clone(),
-        iso.postgres.clone(),
-        iso.redis.clone(),
-        iso.group.clone(),
-    ))
-    .await
-    .expect("projector starts");
-    tokio::time::timeout(Duration::from_secs(120), app.run_until_caught_up())
-        .await
-        .expect("projector catches up within 2 minutes")
-        .expect("projector runs");
-    app.pool().clone()
+    chainfold_tests::project(iso).await.pool().clone()
 }
 
 async fn scalar(pool: &PgPool, sql: &str) -> String {
