@@ -928,8 +928,10 @@ impl Follower {
         self.discover(&logs).await?;
         if self.addresses.len() > known {
             let added = self.addresses[known..].to_vec();
+            // With watched wallets the second read answers their transfers again: keep each once
+            // (a repeated log would be a repeated event id in one journal insert).
             logs.extend(self.logs_in_range_for(&added, from, last).await?);
-            logs.sort_by_key(|l| (l.block_number, l.log_index));
+            logs = super::fetch::dedup_sorted(logs);
         }
         let hashes: HashMap<u64, B256> = linked.iter().map(|(n, h)| (*n, h.seen.hash)).collect();
         let consistent = logs.iter().all(|l| {
