@@ -314,10 +314,43 @@ pub fn watermarks(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<(i
     partitions
         .into_iter()
         .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(5))
-                .with_context(|| format!("could not fetch watermarks of {topic}/{p}"))?;
+            let (low, high) = partition_watermarks(consumer, topic, p, Duration::from_secs(30))?;
             Ok((p, low, high))
         })
         .collect()
+}
+
+/// Low and high watermark of one partition, asked again while the cluster moves leaders.
+///
+/// Right after a topic is created, or while a broker restarts and leaders move, a broker
+/// answers `NotLeaderForPartition` or `LeaderNotAvailable` until the new leader is known:
+/// a passing state, not an answer. A client that subscribes to nothing does not refresh its
+/// metadata by itself, so each retry asks for the topic's metadata first. Gives up with the
+/// last error after `patience`.
+pub fn partition_watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    patience: Duration,
+) -> anyhow::Result<(i64, i64)> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(marks) => return Ok(marks),
+            Err(error) if std::time::Instant::now() + pause < deadline => {
+                tracing::debug!(topic, partition, %error, "watermarks not available yet, asking again");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+                // Refresh the client's view of the topic's leaders; an error here is the
+                // same passing state and shows again in the next fetch.
+                let _ = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "could not fetch the watermarks of {topic}/{partition} within {patience:?}"
+                )))
+            }
+        }
+    }
 }

@@ -282,18 +282,12 @@ impl Member {
             wanted
                 .into_iter()
                 .map(|(topic, partition)| {
-                    let marks = probe
-                        .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                        .or_else(|_| {
-                            // The probe subscribes to nothing, so its metadata of a topic is
-                            // not refreshed by itself: one taken while a broker was down can
-                            // miss a partition. Ask again, then retry.
-                            probe.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-                            probe.fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                        })
-                        .with_context(|| {
-                            format!("could not fetch the watermarks of {topic}/{partition}")
-                        })?;
+                    let marks = kafka::partition_watermarks(
+                        &probe,
+                        &topic,
+                        partition,
+                        Duration::from_secs(60),
+                    )?;
                     Ok(((topic, partition), marks))
                 })
                 .collect::<anyhow::Result<BTreeMap<_, _>>>()

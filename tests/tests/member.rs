@@ -215,3 +215,45 @@ async fn an_offset_outside_the_log_is_refused_with_the_reason() {
         "LogReset, got {err:#}"
     );
 }
+
+/// Watermarks asked of a topic created an instant earlier (the moment a broker may still
+/// answer `NotLeaderForPartition`) arrive once the leader is known; a partition that never
+/// exists is refused after the patience, naming it.
+#[tokio::test]
+async fn watermarks_wait_out_a_moving_leader_and_name_a_partition_that_never_appears() {
+    let iso = Isolated::new("member_marks").await;
+    let topic = topic_with(&iso, 7).await;
+    let probe: BaseConsumer = chainfold_platform::kafka::client_config(&iso.kafka)
+        .create()
+        .expect("probe");
+    let marks = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || {
+            chainfold_platform::kafka::partition_watermarks(
+                &probe,
+                &topic,
+                0,
+                Duration::from_secs(30),
+            )
+            .map(|m| (m, probe))
+        }
+    })
+    .await
+    .expect("task");
+    let (marks, probe) = marks.expect("watermarks of a fresh topic");
+    assert_eq!(marks, (0, 7));
+
+    let started = std::time::Instant::now();
+    let err = tokio::task::spawn_blocking(move || {
+        chainfold_platform::kafka::partition_watermarks(&probe, &topic, 3, Duration::from_secs(2))
+    })
+    .await
+    .expect("task")
+    .expect_err("partition 3 of a one-partition topic");
+    let text = format!("{err:#}");
+    assert!(text.contains("member/3 within 2s"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "gave up at once"
+    );
+}
