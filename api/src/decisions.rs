@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use crate::error::{gql, ApiError, ApiResult};
 use crate::schema::parse_address;
+use crate::types::decimal_text;
 use crate::types::ScoreBand;
 
 /// What `requestCredit` needs besides Postgres: the policy and where decisions are published.
@@ -106,13 +107,13 @@ impl CreditDecision {
                 Outcome::Reject => DecisionOutcome::Reject,
                 Outcome::AdjustCollateral => DecisionOutcome::AdjustCollateral,
             },
-            required_collateral_ratio: d.required_collateral_ratio.as_ref().map(text),
-            required_collateral_usd: d.required_collateral_usd.as_ref().map(text),
+            required_collateral_ratio: d.required_collateral_ratio.as_ref().map(decimal_text),
+            required_collateral_usd: d.required_collateral_usd.as_ref().map(decimal_text),
             reason: d.reason,
             policy_version: d.policy_version,
-            amount_usd: text(&d.request.amount_usd),
+            amount_usd: decimal_text(&d.request.amount_usd),
             collateral_asset: r.collateral_asset,
-            collateral_usd: d.request.collateral_usd.as_ref().map(text),
+            collateral_usd: d.request.collateral_usd.as_ref().map(decimal_text),
             collateral_daily_volatility: d.request.collateral_daily_volatility,
             score: d.request.score,
             band: match d.request.band {
@@ -131,10 +132,6 @@ impl CreditDecision {
             actuation_error,
         }
     }
-}
-
-fn text(v: &bigdecimal::BigDecimal) -> String {
-    chainfold_domain::decision::plain(v).to_string()
 }
 
 /// A wallet's decisions, newest first.

@@ -2,11 +2,12 @@
 //! run of a chain).
 
 use async_graphql::{Context, Enum, Json, Object, SimpleObject};
+use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::error::{gql, ApiResult};
-use crate::types::page_size;
+use crate::types::{decimal_text, page_size};
 
 /// What an alert is about.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -80,8 +81,10 @@ pub struct StressScenario {
     /// Other assets moved by their historical beta to `asset`.
     pub correlated: bool,
     pub liquidatable_positions: i32,
-    pub debt_at_risk_usd: f64,
-    pub bad_debt_usd: f64,
+    /// Exact USD (a decimal string): close factor × debt of the liquidatable positions.
+    pub debt_at_risk_usd: String,
+    /// Exact USD (a decimal string): debt no collateral covers after the liquidation bonus.
+    pub bad_debt_usd: String,
 }
 
 /// A chain's latest stress run.
@@ -95,10 +98,11 @@ pub struct Stress {
     /// Prices used, by symbol.
     pub prices: Json<serde_json::Value>,
     pub scenarios: Vec<StressScenario>,
-    /// 24 h bad-debt VaR at 95%, extreme VaR at 99%, liquidations at risk at 95%.
-    pub var95_usd: Option<f64>,
-    pub evar99_usd: Option<f64>,
-    pub lar95_usd: Option<f64>,
+    /// 24 h bad-debt VaR at 95%, extreme VaR at 99%, liquidations at risk at 95%: Monte Carlo
+    /// estimates in USD, decimal strings rounded to cents.
+    pub var95_usd: Option<String>,
+    pub evar99_usd: Option<String>,
+    pub lar95_usd: Option<String>,
     pub elapsed_ms: f64,
 }
 
@@ -192,9 +196,9 @@ impl RiskQuery {
             String,
             i32,
             serde_json::Value,
-            Option<f64>,
-            Option<f64>,
-            Option<f64>,
+            Option<BigDecimal>,
+            Option<BigDecimal>,
+            Option<BigDecimal>,
             f64,
         );
         let run: Option<RunRow> = sqlx::query_as(
@@ -209,7 +213,7 @@ impl RiskQuery {
         let Some(run) = run else {
             return Ok(None);
         };
-        let scenarios: Vec<(String, f64, bool, i32, f64, f64)> = sqlx::query_as(
+        let scenarios: Vec<(String, f64, bool, i32, BigDecimal, BigDecimal)> = sqlx::query_as(
             "SELECT asset, shock, correlated, liquidatable, debt_at_risk_usd, bad_debt_usd
              FROM stress_scenario WHERE run_id = $1 ORDER BY asset, correlated, shock DESC",
         )
@@ -230,13 +234,13 @@ impl RiskQuery {
                     shock: s.1,
                     correlated: s.2,
                     liquidatable_positions: s.3,
-                    debt_at_risk_usd: s.4,
-                    bad_debt_usd: s.5,
+                    debt_at_risk_usd: decimal_text(&s.4),
+                    bad_debt_usd: decimal_text(&s.5),
                 })
                 .collect(),
-            var95_usd: run.6,
-            evar99_usd: run.7,
-            lar95_usd: run.8,
+            var95_usd: run.6.as_ref().map(decimal_text),
+            evar99_usd: run.7.as_ref().map(decimal_text),
+            lar95_usd: run.8.as_ref().map(decimal_text),
             elapsed_ms: run.9,
         }))
     }

@@ -754,13 +754,13 @@ impl Pool {
                     .as_ref()
                     .zip(p0.as_ref())
                     .map(|(i, o)| f(i) / f(o) - 1.0);
-                out.price_usd = implied0.as_ref().map(text);
+                out.price_usd = implied0.as_ref().map(decimal_text);
                 if let (Some(a), Some(b)) = (price0, price1) {
                     let tvl = &w0 * &a + &w1 * &b;
                     // ±2% depth is (1/√0.98 − 1) × the value at the price: irrational, so to
                     // 18 decimal places.
-                    out.depth_usd = Some(text(&money(&(&tvl * depth_factor(0.02)))));
-                    out.tvl_usd = Some(text(&tvl));
+                    out.depth_usd = Some(decimal_text(&money(&(&tvl * depth_factor(0.02)))));
+                    out.tvl_usd = Some(decimal_text(&tvl));
                 }
             }
         }
@@ -774,7 +774,7 @@ fn money(v: &BigDecimal) -> BigDecimal {
 }
 
 /// A decimal as GraphQL shows money: no exponent, no trailing zeros.
-fn text(v: &BigDecimal) -> String {
+pub(crate) fn decimal_text(v: &BigDecimal) -> String {
     chainfold_domain::decision::plain(v).to_string()
 }
 
@@ -824,7 +824,10 @@ mod money_tests {
         assert!(k.digits() <= 40, "{k}");
         // money() rounds to 18 places and text() writes no exponent or trailing zeros.
         let v: BigDecimal = "1234.50000000000000000049".parse().expect("decimal");
-        assert_eq!(text(&money(&v)), "1234.5");
-        assert_eq!(text(&"1e3".parse::<BigDecimal>().expect("decimal")), "1000");
+        assert_eq!(decimal_text(&money(&v)), "1234.5");
+        assert_eq!(
+            decimal_text(&"1e3".parse::<BigDecimal>().expect("decimal")),
+            "1000"
+        );
     }
 }

@@ -811,7 +811,7 @@ async fn demo_risk(config: &DemoConfig) -> anyhow::Result<chainfold_scoring::ris
             .fetch_all(worker.pool())
             .await?;
     let stress: Option<(i32, Option<f64>, Option<f64>, f64)> = sqlx::query_as(
-        "SELECT positions, var95_usd, lar95_usd, elapsed_ms FROM stress_run WHERE chain_id = 31337 ORDER BY id DESC LIMIT 1",
+        "SELECT positions, var95_usd::float8, lar95_usd::float8, elapsed_ms FROM stress_run WHERE chain_id = 31337 ORDER BY id DESC LIMIT 1",
     )
     .fetch_optional(worker.pool())
     .await?;

@@ -9,11 +9,21 @@
 //!   LaR95 of liquidations, as Gauntlet and Chaos Labs define them (the loss a 95% / 99% day
 //!   stays under).
 //!
-//! Units: token amounts whole, prices USD; a position's `Holding::liquidation_threshold` as a
-//! fraction.
+//! Money in the shock grid is exact: an [`Account`] holds whole-token amounts and oracle prices
+//! as decimals, thresholds and bonuses in basis points (the reserve's configuration), and
+//! [`exact_impact`] decides liquidatability by comparing Σ collateral·price·threshold with
+//! Σ debt·price without dividing, so a position at HF exactly 1 is never misjudged by rounding.
+//! The one division, collateral / bonus, is rounded down at 18 places (bad debt errs up by at most
+//! 1e-18 USD per holding). A scenario's moves are the shortest decimals of their `f64`s (−0.15 is
+//! −0.15). The Monte Carlo VaR is an estimate over sampled paths and stays `f64`
+//! ([`monte_carlo`] on [`Account::estimate`]); it is stored and served rounded to cents.
+//!
+//! Units: token amounts whole, prices USD; a `Holding::liquidation_threshold` as a fraction.
 
 use std::collections::BTreeMap;
+use std::str::FromStr as _;
 
+use bigdecimal::{BigDecimal, RoundingMode, Zero as _};
 use serde::{Deserialize, Serialize};
 
 use crate::credit::{AccountTotals, Holding};
@@ -48,7 +58,8 @@ pub struct Position {
     pub holdings: Vec<Holding>,
 }
 
-/// What a price scenario does to a book of positions.
+/// What a price scenario does to a book of positions, in floating point (the Monte Carlo
+/// paths and the offline curve; the stored grid is [`exact_impact`]).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Impact {
     /// Positions with HF < 1 after the move.
@@ -59,7 +70,7 @@ pub struct Impact {
     pub bad_debt_usd: f64,
 }
 
-/// Applies relative price moves per symbol (missing symbols do not move) to the book.
+/// Applies relative price moves per symbol (missing symbols do not move) to the book, in `f64`.
 pub fn impact(
     positions: &[Position],
     moves: &BTreeMap<String, f64>,
@@ -104,6 +115,145 @@ pub fn impact(
     out
 }
 
+/// One holding in exact decimals: whole tokens (base units / 10^decimals), the USD price of one
+/// whole token as the oracle reported it, the reserve's liquidation threshold and bonus in basis
+/// points (8250 = 82.5%, 10500 = a 5% bonus).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exposure {
+    pub symbol: String,
+    pub collateral: BigDecimal,
+    pub debt: BigDecimal,
+    pub price: BigDecimal,
+    pub threshold_bps: u32,
+    pub bonus_bps: u32,
+}
+
+/// One account under stress, in exact decimals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    pub id: String,
+    pub exposures: Vec<Exposure>,
+}
+
+impl Account {
+    /// The account in floating point, for the Monte Carlo estimate.
+    pub fn estimate(&self) -> Position {
+        use bigdecimal::ToPrimitive as _;
+        let f = |v: &BigDecimal| v.to_f64().unwrap_or(0.0);
+        Position {
+            id: self.id.clone(),
+            holdings: self
+                .exposures
+                .iter()
+                .map(|e| Holding {
+                    symbol: e.symbol.clone(),
+                    collateral: f(&e.collateral),
+                    debt: f(&e.debt),
+                    price: f(&e.price),
+                    liquidation_threshold: f64::from(e.threshold_bps) / 10_000.0,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The liquidation bonus of each symbol of `accounts` as a factor (the first configuration seen),
+/// for [`impact`] and [`monte_carlo`].
+pub fn bonus_estimates(accounts: &[Account]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for e in accounts.iter().flat_map(|a| &a.exposures) {
+        out.entry(e.symbol.clone())
+            .or_insert(f64::from(e.bonus_bps) / 10_000.0);
+    }
+    out
+}
+
+/// The decimal an `f64` scenario parameter stands for: its shortest round-trip form (−0.15 for
+/// the double nearest −0.15), so a move of −15% is applied as exactly −15%.
+pub fn decimal_of(x: f64) -> BigDecimal {
+    if !x.is_finite() {
+        return BigDecimal::zero();
+    }
+    BigDecimal::from_str(&format!("{x}")).unwrap_or_default()
+}
+
+/// What a price scenario does to a book of accounts, in exact USD.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ExactImpact {
+    /// Accounts with HF < 1 after the move.
+    pub liquidatable: usize,
+    /// Debt (USD) liquidators may repay at once: close factor × debt of liquidatable accounts.
+    pub debt_at_risk_usd: BigDecimal,
+    /// Debt (USD) no collateral covers: max(0, debt − collateral / bonus) per account.
+    pub bad_debt_usd: BigDecimal,
+}
+
+/// [`impact`] in exact decimals: relative moves per symbol (missing symbols do not move, a
+/// price never goes below zero) applied to `accounts`.
+pub fn exact_impact(
+    accounts: &[Account],
+    moves: &BTreeMap<String, f64>,
+    rules: &LiquidationRules,
+) -> ExactImpact {
+    let one = BigDecimal::from(1);
+    let bps = BigDecimal::from(10_000);
+    let factors: BTreeMap<&str, BigDecimal> = moves
+        .iter()
+        .map(|(s, m)| {
+            let f = &one + decimal_of(*m);
+            (
+                s.as_str(),
+                if f < BigDecimal::zero() {
+                    BigDecimal::zero()
+                } else {
+                    f
+                },
+            )
+        })
+        .collect();
+    let close = decimal_of(rules.close_factor);
+    let full_below = decimal_of(rules.full_close_below_hf) * &bps;
+    let mut out = ExactImpact::default();
+    for account in accounts {
+        // Σ collateral·price·threshold (bps), Σ debt·price, Σ collateral·price / bonus.
+        let mut weighted = BigDecimal::zero();
+        let mut debt = BigDecimal::zero();
+        let mut coverable = BigDecimal::zero();
+        for e in &account.exposures {
+            let price = match factors.get(e.symbol.as_str()) {
+                Some(f) => &e.price * f,
+                None => e.price.clone(),
+            };
+            let value = &e.collateral * &price;
+            weighted += &value * BigDecimal::from(e.threshold_bps);
+            debt += &e.debt * &price;
+            if e.bonus_bps > 0 && !value.is_zero() {
+                coverable += (&value * &bps / BigDecimal::from(e.bonus_bps))
+                    .with_scale_round(18, RoundingMode::Down);
+            }
+        }
+        if debt <= BigDecimal::zero() {
+            continue;
+        }
+        // HF < 1 ⟺ Σ c·p·lt_bps < 10000 · Σ d·p; full close below HF `full_close_below_hf`.
+        if weighted < &debt * &bps {
+            out.liquidatable += 1;
+            let factor = if weighted < &debt * &full_below {
+                one.clone()
+            } else {
+                close.clone()
+            };
+            out.debt_at_risk_usd += &debt * factor;
+        }
+        if debt > coverable {
+            out.bad_debt_usd += debt - coverable;
+        }
+    }
+    out.debt_at_risk_usd = crate::decision::plain(&out.debt_at_risk_usd);
+    out.bad_debt_usd = crate::decision::plain(&out.bad_debt_usd);
+    out
+}
+
 /// One row of the shock grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShockRow {
@@ -113,28 +263,27 @@ pub struct ShockRow {
     /// Whether the other assets moved with their beta to `asset`.
     pub correlated: bool,
     #[serde(flatten)]
-    pub impact: Impact,
+    pub impact: ExactImpact,
 }
 
-/// The shocks of the grid: −5% to −50% in 5% steps.
+/// The shocks of the grid: −5% to −50% in 5% steps (each the double nearest its decimal).
 pub fn default_shocks() -> Vec<f64> {
-    (1..=10).map(|i| -0.05 * f64::from(i)).collect()
+    (1..=10).map(|i| f64::from(-5 * i) / 100.0).collect()
 }
 
 /// Shocks each collateral asset of the book alone, and, where `betas` has the asset, with the
-/// other assets moving by their beta to it (clamped to a loss of at most 99%).
+/// other assets moving by their beta to it (clamped to a loss of at most 99%), in exact money.
 pub fn shock_grid(
-    positions: &[Position],
+    accounts: &[Account],
     shocks: &[f64],
     betas: &BTreeMap<String, BTreeMap<String, f64>>,
-    bonus: &BTreeMap<String, f64>,
     rules: &LiquidationRules,
 ) -> Vec<ShockRow> {
-    let assets: std::collections::BTreeSet<String> = positions
+    let assets: std::collections::BTreeSet<String> = accounts
         .iter()
-        .flat_map(|p| p.holdings.iter())
-        .filter(|h| h.collateral > 0.0)
-        .map(|h| h.symbol.clone())
+        .flat_map(|a| a.exposures.iter())
+        .filter(|e| e.collateral > BigDecimal::zero())
+        .map(|e| e.symbol.clone())
         .collect();
     let mut rows = Vec::new();
     for asset in &assets {
@@ -144,7 +293,7 @@ pub fn shock_grid(
                 asset: asset.clone(),
                 shock,
                 correlated: false,
-                impact: impact(positions, &alone, bonus, rules),
+                impact: exact_impact(accounts, &alone, rules),
             });
             if let Some(b) = betas.get(asset) {
                 let mut moves: BTreeMap<String, f64> = b
@@ -156,7 +305,7 @@ pub fn shock_grid(
                     asset: asset.clone(),
                     shock,
                     correlated: true,
-                    impact: impact(positions, &moves, bonus, rules),
+                    impact: exact_impact(accounts, &moves, rules),
                 });
             }
         }
@@ -275,13 +424,18 @@ pub fn monte_carlo(
 mod tests {
     use super::*;
 
-    fn h(symbol: &str, collateral: f64, debt: f64, price: f64, lt: f64) -> Holding {
-        Holding {
+    fn d(v: &str) -> BigDecimal {
+        BigDecimal::from_str(v).expect("decimal")
+    }
+
+    fn e(symbol: &str, collateral: &str, debt: &str, price: &str, lt_bps: u32) -> Exposure {
+        Exposure {
             symbol: symbol.into(),
-            collateral,
-            debt,
-            price,
-            liquidation_threshold: lt,
+            collateral: d(collateral),
+            debt: d(debt),
+            price: d(price),
+            threshold_bps: lt_bps,
+            bonus_bps: 10_500,
         }
     }
 
@@ -289,59 +443,104 @@ mod tests {
     /// A: 1 ETH at 2,000 (LT 0.8) against 1,200 USDC → HF 1.333; liquidatable below ETH 1,500
     ///    (−25%); collateral covers debt with a 5% bonus down to ETH 1,260 (−37%).
     /// B: 10 ETH against 8,000 USDC → HF 2.0; liquidatable below ETH 1,000 (−50%).
-    fn book() -> Vec<Position> {
+    fn accounts() -> Vec<Account> {
         vec![
-            Position {
+            Account {
                 id: "A".into(),
-                holdings: vec![
-                    h("ETH", 1.0, 0.0, 2000.0, 0.8),
-                    h("USDC", 0.0, 1200.0, 1.0, 0.0),
+                exposures: vec![
+                    e("ETH", "1", "0", "2000", 8000),
+                    e("USDC", "0", "1200", "1", 0),
                 ],
             },
-            Position {
+            Account {
                 id: "B".into(),
-                holdings: vec![
-                    h("ETH", 10.0, 0.0, 2000.0, 0.8),
-                    h("USDC", 0.0, 8000.0, 1.0, 0.0),
+                exposures: vec![
+                    e("ETH", "10", "0", "2000", 8000),
+                    e("USDC", "0", "8000", "1", 0),
                 ],
             },
         ]
     }
 
+    fn book() -> Vec<Position> {
+        accounts().iter().map(Account::estimate).collect()
+    }
+
     #[test]
-    fn the_shock_grid_matches_a_hand_computation() {
-        let bonus = BTreeMap::from([("ETH".to_owned(), 1.05)]);
+    fn the_shock_grid_matches_a_hand_computation_to_the_last_digit() {
         let rows = shock_grid(
-            &book(),
+            &accounts(),
             &default_shocks(),
             &BTreeMap::new(),
-            &bonus,
             &LiquidationRules::AAVE_V2,
         );
-        let at = |s: f64| {
+        let at = |s: &str| {
             rows.iter()
-                .find(|r| (r.shock - s).abs() < 1e-9)
+                .find(|r| decimal_of(r.shock) == d(s))
                 .expect("row")
                 .impact
+                .clone()
         };
         assert_eq!(rows.len(), 10, "one asset, ten shocks, no betas");
-        assert_eq!(at(-0.2).liquidatable, 0);
+        assert_eq!(at("-0.2").liquidatable, 0);
         // −30%: A's HF = 1400 × 0.8 / 1200 = 0.933 → liquidatable, half its debt at risk.
-        assert_eq!(at(-0.3).liquidatable, 1);
-        assert!((at(-0.3).debt_at_risk_usd - 600.0).abs() < 1e-9);
-        assert_eq!(at(-0.3).bad_debt_usd, 0.0);
-        // −40%: ETH 1,200: A's collateral covers 1200 / 1.05 = 1142.86 → 57.14 bad debt.
-        assert!((at(-0.4).bad_debt_usd - (1200.0 - 1200.0 / 1.05)).abs() < 1e-9);
+        assert_eq!(at("-0.3").liquidatable, 1);
+        assert_eq!(at("-0.3").debt_at_risk_usd, d("600"));
+        assert_eq!(at("-0.3").bad_debt_usd, d("0"));
+        // −40%: ETH 1,200: A's collateral covers 1200 / 1.05 = 1142.857142857142857142(…) →
+        // 57.142857142857142858 bad debt (coverable rounded down at 18 places).
+        assert_eq!(at("-0.4").bad_debt_usd, d("57.142857142857142858"));
         // −50%: B at HF exactly 1.0 is not yet liquidatable (Aave: HF < 1).
-        assert_eq!(at(-0.5).liquidatable, 1);
+        assert_eq!(at("-0.5").liquidatable, 1);
         // Aave V3 closes A fully below HF 0.95.
-        let v3 = impact(
-            &book(),
+        let v3 = exact_impact(
+            &accounts(),
             &BTreeMap::from([("ETH".to_owned(), -0.35)]),
-            &bonus,
             &LiquidationRules::AAVE_V3,
         );
-        assert!((v3.debt_at_risk_usd - 1200.0).abs() < 1e-9, "{v3:?}");
+        assert_eq!(v3.debt_at_risk_usd, d("1200"), "{v3:?}");
+    }
+
+    /// Amounts whose binary doubles do not add up: 0.1 + 0.2 ETH at 3,000.3 with LT 0.825
+    /// against exactly the debt that puts HF at 1 after a −35% shock. `f64` calls the account liquidatable
+    /// (HF 0.9999999999999999); the protocol's integer maths does not, and nor does the grid.
+    #[test]
+    fn an_account_at_hf_exactly_one_is_not_liquidatable_where_floating_point_says_it_is() {
+        let account = Account {
+            id: "edge".into(),
+            exposures: vec![
+                e("ETH", "0.1", "0", "3000.3", 8250),
+                e("ETH2", "0.2", "0", "3000.3", 8250),
+                // (0.1 + 0.2) × 3000.3 × 0.65 × 0.825 = 482.6732625
+                e("DAI", "0", "482.6732625", "1", 0),
+            ],
+        };
+        let moves = BTreeMap::from([("ETH".to_owned(), -0.35), ("ETH2".to_owned(), -0.35)]);
+        let exact = exact_impact(
+            std::slice::from_ref(&account),
+            &moves,
+            &LiquidationRules::AAVE_V2,
+        );
+        assert_eq!(exact.liquidatable, 0, "HF is exactly 1: {exact:?}");
+        let float = impact(
+            &[account.estimate()],
+            &moves,
+            &BTreeMap::new(),
+            &LiquidationRules::AAVE_V2,
+        );
+        assert_eq!(
+            float.liquidatable, 1,
+            "f64 misjudges this account; if it stops doing so, pick amounts that still show it"
+        );
+        // Sums of many cents stay cents: 10,000 accounts each 0.01 USD short.
+        let short = Account {
+            id: "s".into(),
+            exposures: vec![e("USDC", "0", "0.01", "1", 0)],
+        };
+        let book = vec![short; 10_000];
+        let all = exact_impact(&book, &BTreeMap::new(), &LiquidationRules::AAVE_V2);
+        assert_eq!(all.bad_debt_usd, d("100"));
+        assert_eq!(all.debt_at_risk_usd, d("50"));
     }
 
     #[test]
@@ -356,31 +555,26 @@ mod tests {
         // C: 1 ETH (2,000, LT 0.8) + 0.05 BTC (30,000, LT 0.7) against 2,300 USDC: HF 1.152.
         // ETH −20% alone: (1280 + 1050) / 2300 = 1.013, safe; with BTC −10% (beta 0.5):
         // (1280 + 945) / 2300 = 0.967, liquidatable.
-        let mut positions = book();
-        positions.push(Position {
+        let mut book = accounts();
+        book.push(Account {
             id: "C".into(),
-            holdings: vec![
-                h("ETH", 1.0, 0.0, 2000.0, 0.8),
-                h("BTC", 0.05, 0.0, 30000.0, 0.7),
-                h("USDC", 0.0, 2300.0, 1.0, 0.0),
+            exposures: vec![
+                e("ETH", "1", "0", "2000", 8000),
+                e("BTC", "0.05", "0", "30000", 7000),
+                e("USDC", "0", "2300", "1", 0),
             ],
         });
-        let rows = shock_grid(
-            &positions,
-            &[-0.2],
-            &b,
-            &BTreeMap::new(),
-            &LiquidationRules::AAVE_V2,
-        );
+        let rows = shock_grid(&book, &[-0.2], &b, &LiquidationRules::AAVE_V2);
         let find = |asset: &str, correlated: bool| {
             rows.iter()
                 .find(|r| r.asset == asset && r.correlated == correlated)
                 .expect("row")
                 .impact
+                .clone()
         };
         assert_eq!(find("ETH", false).liquidatable, 0);
         assert_eq!(find("ETH", true).liquidatable, 1);
-        assert!((find("ETH", true).debt_at_risk_usd - 1150.0).abs() < 1e-9);
+        assert_eq!(find("ETH", true).debt_at_risk_usd, d("1150"));
         // BTC −20% drags ETH −40% (beta 2): A, and C, go under.
         assert_eq!(find("BTC", true).liquidatable, 2);
     }

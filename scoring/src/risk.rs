@@ -1120,7 +1120,14 @@ impl RiskWorker {
             let moved = match &last {
                 None => !prices.is_empty(),
                 Some((_, before, _)) => prices.iter().any(|(symbol, p)| {
-                    before[symbol].as_f64().is_none_or(|b| {
+                    use bigdecimal::ToPrimitive as _;
+                    // Prices are stored as decimal strings (numbers before migration 30).
+                    let b = match &before[symbol] {
+                        serde_json::Value::String(t) => t.parse::<f64>().ok(),
+                        v => v.as_f64(),
+                    };
+                    let p = p.to_f64().unwrap_or(f64::NAN);
+                    b.is_none_or(|b| {
                         b <= 0.0 || (p / b - 1.0).abs() >= self.config.stress_threshold
                     })
                 }),

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use chainfold_domain::credit::{liquidation_bonus, liquidation_threshold, Holding};
+use bigdecimal::BigDecimal;
+use chainfold_domain::credit::{liquidation_bonus, liquidation_threshold};
 use chainfold_domain::stress::{
-    betas, default_shocks, monte_carlo, shock_grid, LiquidationRules, Position, ShockRow, VarResult,
+    betas, bonus_estimates, default_shocks, monte_carlo, shock_grid, Account, Exposure,
+    LiquidationRules, Position, ShockRow, VarResult,
 };
 use chainfold_platform::config::PostgresArgs;
 use serde::Serialize;
@@ -53,21 +55,28 @@ pub struct StressRun {
     pub elapsed_ms: f64,
 }
 
-/// The chain's positions with debt, priced now, or as of block `as_of` (positions from
+/// The chain's accounts with debt, priced now, or as of block `as_of` (positions from
 /// `lending_position_as_of`, each asset at its last oracle answer at or before the block: what
-/// the risk worker stresses, so a run depends on the chain up to its block only). Returns the
-/// positions and the prices used.
+/// the risk worker stresses, so a run depends on the chain up to its block only). Amounts are
+/// exact (base units scaled by the reserve's decimals), prices the oracle's decimals; each
+/// reserve's liquidation threshold and bonus are its latest `CollateralConfigurationChanged` at
+/// or before the block, or, for a reserve whose configuration the log does not carry, the
+/// symbol table's ([`liquidation_threshold`], [`liquidation_bonus`]). Returns the accounts and
+/// the prices used.
 pub async fn live_positions(
     pool: &PgPool,
     chain_id: u64,
     as_of: Option<i64>,
-) -> anyhow::Result<(Vec<Position>, BTreeMap<String, f64>, Option<i64>)> {
+) -> anyhow::Result<(Vec<Account>, BTreeMap<String, BigDecimal>, Option<i64>)> {
     type Row = (
         String,
         String,
-        Option<f64>,
-        Option<f64>,
-        Option<f64>,
+        BigDecimal,
+        BigDecimal,
+        i32,
+        Option<BigDecimal>,
+        Option<i32>,
+        Option<i32>,
         Option<i64>,
     );
     let rows: Vec<Row> = match as_of {
@@ -78,16 +87,20 @@ pub async fn live_positions(
              ), debtors AS (
                  SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0
              )
-             SELECT p.wallet, p.symbol,
-                    (greatest(p.collateral, 0) / power(10::numeric, p.decimals))::float8,
-                    (greatest(p.variable_debt, 0) / power(10::numeric, p.decimals))::float8,
+             SELECT p.wallet, p.symbol, greatest(p.collateral, 0)::numeric,
+                    greatest(p.variable_debt, 0)::numeric, p.decimals::int4,
                     coalesce(o.price, (SELECT e.price_usd FROM lending_event e
                                        WHERE e.chain_id = p.chain_id AND e.reserve = p.reserve
                                          AND e.price_usd IS NOT NULL
-                                       ORDER BY e.block_time DESC NULLS LAST LIMIT 1))::float8,
-                    p.last_block
+                                       ORDER BY e.block_time DESC NULLS LAST LIMIT 1))::numeric,
+                    c.liquidation_threshold, c.liquidation_bonus, p.last_block
              FROM p JOIN debtors USING (wallet)
              LEFT JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
+             LEFT JOIN LATERAL (
+                 SELECT m.liquidation_threshold, m.liquidation_bonus FROM lending_market_event m
+                 WHERE m.chain_id = p.chain_id AND m.reserve = p.reserve AND m.kind = 'reserve_config'
+                 ORDER BY m.block_number DESC, m.log_index DESC LIMIT 1
+             ) c ON true
              ORDER BY p.wallet, p.symbol",
             )
             .bind(chain_id as i64)
@@ -101,9 +114,8 @@ pub async fn live_positions(
              ), debtors AS (
                  SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0
              )
-             SELECT p.wallet, p.symbol,
-                    (greatest(p.collateral, 0) / power(10::numeric, p.decimals))::float8,
-                    (greatest(p.variable_debt, 0) / power(10::numeric, p.decimals))::float8,
+             SELECT p.wallet, p.symbol, greatest(p.collateral, 0)::numeric,
+                    greatest(p.variable_debt, 0)::numeric, p.decimals::int4,
                     coalesce(
                         (SELECT o.price FROM oracle_update o
                          WHERE o.chain_id = $1 AND o.asset = p.reserve AND o.block_number <= $2
@@ -111,9 +123,15 @@ pub async fn live_positions(
                         (SELECT e.price_usd FROM lending_event e
                          WHERE e.chain_id = $1 AND e.reserve = p.reserve AND e.price_usd IS NOT NULL
                            AND e.block_number <= $2
-                         ORDER BY e.block_number DESC, e.event_id DESC LIMIT 1))::float8,
-                    $2::int8
+                         ORDER BY e.block_number DESC, e.event_id DESC LIMIT 1))::numeric,
+                    c.liquidation_threshold, c.liquidation_bonus, $2::int8
              FROM p JOIN debtors USING (wallet)
+             LEFT JOIN LATERAL (
+                 SELECT m.liquidation_threshold, m.liquidation_bonus FROM lending_market_event m
+                 WHERE m.chain_id = $1 AND m.reserve = p.reserve AND m.kind = 'reserve_config'
+                   AND m.block_number <= $2
+                 ORDER BY m.block_number DESC, m.log_index DESC LIMIT 1
+             ) c ON true
              ORDER BY p.wallet, p.symbol",
             )
             .bind(chain_id as i64)
@@ -122,32 +140,52 @@ pub async fn live_positions(
             .await?
         }
     };
-    let mut by_wallet: BTreeMap<String, Vec<Holding>> = BTreeMap::new();
+    let mut by_wallet: BTreeMap<String, Vec<Exposure>> = BTreeMap::new();
     let mut prices = BTreeMap::new();
     let mut unpriced = std::collections::BTreeSet::new();
     let mut as_of = None;
-    for (wallet, symbol, collateral, debt, price, block) in rows {
+    for (wallet, symbol, collateral, debt, decimals, price, threshold, bonus, block) in rows {
         as_of = as_of.max(block);
         let Some(price) = price else {
             unpriced.insert(wallet);
             continue;
         };
-        prices.insert(symbol.clone(), price);
-        by_wallet.entry(wallet).or_default().push(Holding {
-            liquidation_threshold: liquidation_threshold(&symbol),
+        let unit = BigDecimal::new(1.into(), i64::from(decimals));
+        prices.insert(symbol.clone(), price.clone());
+        by_wallet.entry(wallet).or_default().push(Exposure {
+            threshold_bps: threshold
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or_else(|| bps(liquidation_threshold(&symbol))),
+            bonus_bps: bonus
+                .and_then(|b| u32::try_from(b).ok())
+                .filter(|b| *b > 0)
+                .unwrap_or_else(|| bps(liquidation_bonus(&symbol))),
             symbol,
-            collateral: collateral.unwrap_or(0.0),
-            debt: debt.unwrap_or(0.0),
+            collateral: collateral * &unit,
+            debt: debt * &unit,
             price,
         });
     }
-    // A position with an unpriced holding cannot be stressed honestly: left out whole.
-    let positions = by_wallet
+    let accounts = by_wallet
         .into_iter()
         .filter(|(w, _)| !unpriced.contains(w))
-        .map(|(id, holdings)| Position { id, holdings })
+        .map(|(id, exposures)| Account { id, exposures })
         .collect();
-    Ok((positions, prices, as_of))
+    Ok((accounts, prices, as_of))
+}
+
+/// A fraction of the symbol table in basis points.
+fn bps(fraction: f64) -> u32 {
+    (fraction * 10_000.0).round() as u32
+}
+
+/// A Monte Carlo estimate in USD, rounded to cents for storage and display (finer digits of a
+/// sampled percentile would be noise, not precision).
+pub fn cents(usd: f64) -> Option<BigDecimal> {
+    usd.is_finite().then(|| {
+        chainfold_domain::stress::decimal_of(usd)
+            .with_scale_round(2, bigdecimal::RoundingMode::HalfEven)
+    })
 }
 
 /// Hourly log returns per symbol on a common hourly grid (hours where every file has a price).
@@ -217,7 +255,7 @@ pub async fn run_as_of(
     block: Option<i64>,
 ) -> anyhow::Result<StressRun> {
     let started = Instant::now();
-    let (positions, prices, as_of) = live_positions(pool, config.chain_id, block).await?;
+    let (accounts, prices, as_of) = live_positions(pool, config.chain_id, block).await?;
     let symbols: Vec<String> = prices.keys().cloned().collect();
     let history = hourly_returns(&config.prices_dir, &symbols)?;
     let mut aligned: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -226,18 +264,10 @@ pub async fn run_as_of(
             aligned.entry(s.clone()).or_default().push(*r);
         }
     }
-    let bonus: BTreeMap<String, f64> = symbols
-        .iter()
-        .map(|s| (s.clone(), liquidation_bonus(s)))
-        .collect();
     let rules = LiquidationRules::AAVE_V2;
-    let scenarios = shock_grid(
-        &positions,
-        &default_shocks(),
-        &betas(&aligned),
-        &bonus,
-        &rules,
-    );
+    let scenarios = shock_grid(&accounts, &default_shocks(), &betas(&aligned), &rules);
+    let bonus = bonus_estimates(&accounts);
+    let positions: Vec<Position> = accounts.iter().map(Account::estimate).collect();
     let var = monte_carlo(
         &positions,
         &history,
@@ -263,9 +293,9 @@ pub async fn run_as_of(
     .bind(history.len() as i32)
     .bind(config.paths as i32)
     .bind(config.horizon_hours as i32)
-    .bind(var.as_ref().map(|v| v.var95_usd))
-    .bind(var.as_ref().map(|v| v.evar99_usd))
-    .bind(var.as_ref().map(|v| v.lar95_usd))
+    .bind(var.as_ref().and_then(|v| cents(v.var95_usd)))
+    .bind(var.as_ref().and_then(|v| cents(v.evar99_usd)))
+    .bind(var.as_ref().and_then(|v| cents(v.lar95_usd)))
     .bind(elapsed_ms)
     .fetch_one(&mut *tx)
     .await?;
@@ -279,8 +309,8 @@ pub async fn run_as_of(
         .bind(r.shock)
         .bind(r.correlated)
         .bind(r.impact.liquidatable as i32)
-        .bind(r.impact.debt_at_risk_usd)
-        .bind(r.impact.bad_debt_usd)
+        .bind(&r.impact.debt_at_risk_usd)
+        .bind(&r.impact.bad_debt_usd)
         .execute(&mut *tx)
         .await?;
     }

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use bigdecimal::BigDecimal;
+
 use chainfold_scoring::risk::{RiskConfig, RiskWorker};
 use chainfold_simulate::anvil::Anvil;
 use chainfold_simulate::SimulateArgs;
@@ -204,8 +206,8 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         i32,
         Option<i64>,
         serde_json::Value,
-        Option<f64>,
-        Option<f64>,
+        Option<BigDecimal>,
+        Option<BigDecimal>,
     ) = sqlx::query_as(
         "SELECT id, positions, as_of_block, prices, var95_usd, lar95_usd FROM stress_run
              WHERE chain_id = 31337 AND trigger = 'oracle_move' ORDER BY as_of_block DESC LIMIT 1",
@@ -214,14 +216,20 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
     .await
     .expect("stress run");
     assert!(positions > 0 && as_of.is_some(), "{positions} {as_of:?}");
-    assert!(
-        prices["WETH"].as_f64().expect("WETH price") > 0.0,
-        "{prices}"
-    );
-    assert!(var95.is_some() && lar95.is_some());
+    let weth_price: BigDecimal = prices["WETH"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .expect("WETH price as a decimal string");
+    assert!(weth_price > 0, "{prices}");
+    // VaR estimates are stored to the cent.
+    for v in [&var95, &lar95] {
+        let v = v.as_ref().expect("VaR estimates");
+        assert!(v.normalized().fractional_digit_count() <= 2, "{v}");
+    }
     // WETH −30% alone, recomputed here from the read models as of the run's block by an
-    // independent query.
-    let stored: (i32, f64, f64) = sqlx::query_as(
+    // independent query: base units, decimals, the oracle's answer and the reserve's configured
+    // threshold and bonus, to the last digit.
+    let stored: (i32, BigDecimal, BigDecimal) = sqlx::query_as(
         "SELECT liquidatable, debt_at_risk_usd, bad_debt_usd FROM stress_scenario
          WHERE run_id = $1 AND asset = 'WETH' AND NOT correlated AND abs(shock + 0.3) < 1e-9",
     )
@@ -229,54 +237,75 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
     .fetch_one(&pool)
     .await
     .expect("grid row");
-    let rows: Vec<(String, String, f64, f64, f64)> = sqlx::query_as(
+    type Held = (
+        String,
+        String,
+        BigDecimal,
+        BigDecimal,
+        i16,
+        BigDecimal,
+        Option<i32>,
+        Option<i32>,
+    );
+    let rows: Vec<Held> = sqlx::query_as(
         "WITH p AS (SELECT * FROM lending_position_as_of(31337, $1))
-         SELECT p.wallet, p.symbol, (greatest(p.collateral, 0) / 10::numeric ^ p.decimals)::float8,
-                (greatest(p.variable_debt, 0) / 10::numeric ^ p.decimals)::float8,
+         SELECT p.wallet, p.symbol, greatest(p.collateral, 0), greatest(p.variable_debt, 0),
+                p.decimals::int2,
                 (SELECT o.price FROM oracle_update o WHERE o.chain_id = 31337 AND o.asset = p.reserve
-                   AND o.block_number <= $1 ORDER BY o.block_number DESC, o.log_index DESC LIMIT 1)::float8
+                   AND o.block_number <= $1 ORDER BY o.block_number DESC, o.log_index DESC LIMIT 1),
+                (SELECT m.liquidation_threshold FROM lending_market_event m
+                  WHERE m.reserve = p.reserve AND m.kind = 'reserve_config' AND m.block_number <= $1
+                  ORDER BY m.block_number DESC, m.log_index DESC LIMIT 1),
+                (SELECT m.liquidation_bonus FROM lending_market_event m
+                  WHERE m.reserve = p.reserve AND m.kind = 'reserve_config' AND m.block_number <= $1
+                  ORDER BY m.block_number DESC, m.log_index DESC LIMIT 1)
          FROM p WHERE p.wallet IN (SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0)",
     )
     .bind(as_of)
     .fetch_all(&pool)
     .await
     .expect("positions");
-    let mut book: std::collections::BTreeMap<String, Vec<chainfold_domain::credit::Holding>> =
+    let mut book: std::collections::BTreeMap<String, Vec<chainfold_domain::stress::Exposure>> =
         Default::default();
-    for (wallet, symbol, collateral, debt, price) in rows {
+    let bps = |f: f64| (f * 10_000.0).round() as u32;
+    for (wallet, symbol, collateral, debt, decimals, price, threshold, bonus) in rows {
+        let whole = |v: BigDecimal| {
+            let (units, scale) = v.into_bigint_and_exponent();
+            BigDecimal::new(units, scale + i64::from(decimals))
+        };
         book.entry(wallet)
             .or_default()
-            .push(chainfold_domain::credit::Holding {
-                liquidation_threshold: chainfold_domain::credit::liquidation_threshold(&symbol),
+            .push(chainfold_domain::stress::Exposure {
+                threshold_bps: threshold.map_or_else(
+                    || bps(chainfold_domain::credit::liquidation_threshold(&symbol)),
+                    |t| t as u32,
+                ),
+                bonus_bps: bonus.filter(|b| *b > 0).map_or_else(
+                    || bps(chainfold_domain::credit::liquidation_bonus(&symbol)),
+                    |b| b as u32,
+                ),
                 symbol,
-                collateral,
-                debt,
+                collateral: whole(collateral),
+                debt: whole(debt),
                 price,
             });
     }
     assert_eq!(book.len(), positions as usize);
-    let positions: Vec<chainfold_domain::stress::Position> = book
+    let accounts: Vec<chainfold_domain::stress::Account> = book
         .into_iter()
-        .map(|(id, holdings)| chainfold_domain::stress::Position { id, holdings })
+        .map(|(id, exposures)| chainfold_domain::stress::Account { id, exposures })
         .collect();
-    let bonus = ["WETH", "WBTC", "USDC"]
-        .iter()
-        .map(|s| {
-            (
-                s.to_string(),
-                chainfold_domain::credit::liquidation_bonus(s),
-            )
-        })
-        .collect();
-    let expected = chainfold_domain::stress::impact(
-        &positions,
+    let expected = chainfold_domain::stress::exact_impact(
+        &accounts,
         &std::collections::BTreeMap::from([("WETH".to_owned(), -0.3)]),
-        &bonus,
         &chainfold_domain::stress::LiquidationRules::AAVE_V2,
     );
     assert_eq!(stored.0 as usize, expected.liquidatable);
-    assert!((stored.1 - expected.debt_at_risk_usd).abs() < 1e-6 * (1.0 + stored.1));
-    assert!((stored.2 - expected.bad_debt_usd).abs() < 1e-6 * (1.0 + stored.2));
+    assert_eq!(
+        stored.1, expected.debt_at_risk_usd,
+        "debt at risk to the digit"
+    );
+    assert_eq!(stored.2, expected.bad_debt_usd, "bad debt to the digit");
     assert!(
         expected.liquidatable > 0,
         "a 30% ETH drop liquidates someone: {expected:?}"
@@ -294,7 +323,7 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
     )
     .expect("json");
     let stress = &response["data"]["stress"];
-    assert_eq!(stress["positions"], positions.len(), "{response}");
+    assert_eq!(stress["positions"], positions, "{response}");
     assert_eq!(stress["trigger"], "oracle_move");
     assert!(stress["scenarios"]
         .as_array()
@@ -303,7 +332,16 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         .any(|s| s["asset"] == "WETH"
             && (s["shock"].as_f64().expect("shock") + 0.3).abs() < 1e-9
             && s["correlated"] == false
-            && s["liquidatablePositions"] == stored.0));
+            && s["liquidatablePositions"] == stored.0
+            && s["debtAtRiskUsd"]
+                .as_str()
+                .and_then(|t| t.parse::<BigDecimal>().ok())
+                == Some(stored.1.clone())
+            && s["badDebtUsd"]
+                .as_str()
+                .and_then(|t| t.parse::<BigDecimal>().ok())
+                == Some(stored.2.clone())));
+    assert!(stress["var95Usd"].is_string(), "{stress}");
 
     // Pool analytics: the attacked second pair's liquidity valued through the oracles; with
     // oracle prices on both sides the ±2% depth is (1/√0.98 − 1) of the TVL exactly.
