@@ -55,6 +55,9 @@ pub struct AaveAccount {
     /// start block): they count as threshold zero, so the values understate the collateral.
     /// Empty when the account is exact.
     pub unconfigured_reserves: Vec<String>,
+    /// The wallet's Aave V3 efficiency-mode category at the block (0: none); collateral of
+    /// reserves in it counts with the category's LTV and threshold.
+    pub e_mode_category: i32,
 }
 
 fn non_negative(name: &str, value: i64) -> Result<u64, ApiError> {
@@ -170,6 +173,7 @@ impl AaveQuery {
             ltv: text(a.data.ltv),
             health_factor: (a.data.health_factor != U256::MAX).then(|| text(a.data.health_factor)),
             unconfigured_reserves: a.unconfigured.iter().map(|r| format!("{r:#x}")).collect(),
+            e_mode_category: i32::from(a.emode_category),
             reserves: a
                 .positions
                 .into_iter()

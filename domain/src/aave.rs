@@ -9,8 +9,12 @@
 //! liquidations subtract the same way; the balance at time `t` is `rayMul(scaled,
 //! normalized index at t)`. Collateral counts only while the user's
 //! `ReserveUsedAsCollateralEnabled` flag is on and the reserve's liquidation threshold is not
-//! zero. The account data is V2's `calculateUserAccountData` (V3's `calculateUserAccountData`
-//! without e-mode and isolation has the same arithmetic): values in the oracle's base unit,
+//! zero. The account data is V2's `calculateUserAccountData`, and V3's with efficiency mode:
+//! a user in e-mode category `c` has collateral of reserves in `c` weighted with the category's
+//! LTV and threshold instead of the reserve's (V3.0/3.1 membership: one category per reserve;
+//! category price sources are not modelled). Isolation mode changes which borrows and collateral
+//! switches the pool accepts, which arrive here as the events they produce, not the arithmetic.
+//! Values are in the oracle's base unit,
 //! collateral-weighted average LTV and threshold, and the health factor
 //! `wadDiv(percentMul(collateral, avgThreshold), debt)`, with Aave's half-up rounding at every
 //! step, so the result is the contract's to the last wei.
@@ -212,6 +216,12 @@ pub enum MarketEvent {
         debt: Address,
         covered: U256,
     },
+    /// `EModeCategoryAdded`: category `id`'s LTV, threshold and bonus.
+    EModeCategory { id: u8, params: ReserveParams },
+    /// `EModeAssetCategoryChanged`: `reserve` is in `category` (0: none).
+    EModeAsset { reserve: Address, category: u8 },
+    /// `UserEModeSet`: `user` is in `category` (0: none).
+    UserEMode { user: Address, category: u8 },
 }
 
 /// An account as `getUserAccountData` reports it. Values are in the oracle's base unit (the
@@ -243,6 +253,12 @@ pub enum AccountError {
 pub struct Market {
     pub reserves: BTreeMap<Address, ReserveState>,
     pub positions: BTreeMap<(Address, Address), UserReserve>,
+    /// E-mode categories' parameters by id.
+    pub emode_categories: BTreeMap<u8, ReserveParams>,
+    /// Each reserve's e-mode category (absent: 0).
+    pub reserve_category: BTreeMap<Address, u8>,
+    /// Each user's e-mode category (absent: 0).
+    pub user_category: BTreeMap<Address, u8>,
 }
 
 impl Market {
@@ -337,8 +353,29 @@ impl Market {
                 let c = self.position(user, collateral);
                 c.scaled_collateral = c.scaled_collateral.saturating_sub(coll_scaled);
             }
+            MarketEvent::EModeCategory { id, params } => {
+                self.emode_categories.insert(id, params);
+            }
+            MarketEvent::EModeAsset { reserve, category } => {
+                self.reserve_category.insert(reserve, category);
+            }
+            MarketEvent::UserEMode { user, category } => {
+                self.user_category.insert(user, category);
+            }
         }
         Ok(())
+    }
+
+    /// The LTV and threshold `user`'s collateral in `reserve` counts with: its e-mode
+    /// category's when the user is in the reserve's category, else the reserve's own.
+    fn weights(&self, user: Address, reserve: Address, own: ReserveParams) -> ReserveParams {
+        let category = self.user_category.get(&user).copied().unwrap_or(0);
+        if category != 0 && self.reserve_category.get(&reserve).copied() == Some(category) {
+            if let Some(e) = self.emode_categories.get(&category) {
+                return *e;
+            }
+        }
+        own
     }
 
     /// The user's balances at `now`: (reserve, collateral with interest, debt with interest).
@@ -388,11 +425,12 @@ impl Market {
             if counts {
                 let balance = ray_mul(p.scaled_collateral, state.index.normalized_income(now)?)?;
                 let value = mul(price, balance)? / unit;
+                let weights = self.weights(user, *reserve, params);
                 collateral = add(collateral, value)?;
-                ltv = add(ltv, mul(value, U256::from(params.ltv))?)?;
+                ltv = add(ltv, mul(value, U256::from(weights.ltv))?)?;
                 threshold = add(
                     threshold,
-                    mul(value, U256::from(params.liquidation_threshold))?,
+                    mul(value, U256::from(weights.liquidation_threshold))?,
                 )?;
             }
             if borrowing {
@@ -575,6 +613,86 @@ mod tests {
         assert!(later.total_debt_base > usd(10500));
         assert!(later.total_collateral_base == usd(20400));
         assert!(later.health_factor < at_once.health_factor);
+    }
+
+    /// 10 ETH against $10,000 of USDC; in a category holding both at LTV 90% / threshold 93%,
+    /// the ETH counts at 0.93 (HF 1.86) instead of 0.825 (1.65). Leaving it, or taking ETH out of
+    /// the category, goes back to the reserve's own; a category the user is not in changes
+    /// nothing.
+    #[test]
+    fn e_mode_weights_collateral_of_the_users_category_with_the_categorys_parameters() {
+        let (mut m, weth, usdc, user) = setup();
+        for e in [
+            MarketEvent::CollateralUse {
+                user,
+                reserve: weth,
+                enabled: true,
+            },
+            MarketEvent::Supply {
+                user,
+                reserve: weth,
+                decimals: 18,
+                amount: WAD * U256::from(10u8),
+            },
+            MarketEvent::Borrow {
+                user,
+                reserve: usdc,
+                decimals: 6,
+                amount: U256::from(10_000_000_000u64),
+            },
+            MarketEvent::EModeCategory {
+                id: 1,
+                params: ReserveParams {
+                    ltv: 9000,
+                    liquidation_threshold: 9300,
+                    liquidation_bonus: 10100,
+                },
+            },
+            MarketEvent::EModeAsset {
+                reserve: weth,
+                category: 1,
+            },
+            MarketEvent::EModeAsset {
+                reserve: usdc,
+                category: 1,
+            },
+        ] {
+            m.apply(&e).expect("fits");
+        }
+        let hf = |m: &Market| m.account(user, 1_000, prices(weth)).expect("fits");
+        assert_eq!(
+            hf(&m).health_factor,
+            U256::from(1_650_000_000_000_000_000u64)
+        );
+        m.apply(&MarketEvent::UserEMode { user, category: 1 })
+            .expect("fits");
+        let in_mode = hf(&m);
+        assert_eq!(
+            in_mode.health_factor,
+            U256::from(1_860_000_000_000_000_000u64)
+        );
+        assert_eq!(in_mode.ltv, U256::from(9000u16));
+        assert_eq!(in_mode.available_borrows_base, usd(8000));
+        m.apply(&MarketEvent::EModeAsset {
+            reserve: weth,
+            category: 2,
+        })
+        .expect("fits");
+        assert_eq!(
+            hf(&m).health_factor,
+            U256::from(1_650_000_000_000_000_000u64)
+        );
+        m.apply(&MarketEvent::EModeAsset {
+            reserve: weth,
+            category: 1,
+        })
+        .expect("fits");
+        m.apply(&MarketEvent::UserEMode { user, category: 0 })
+            .expect("fits");
+        assert_eq!(
+            hf(&m).health_factor,
+            U256::from(1_650_000_000_000_000_000u64)
+        );
     }
 
     #[test]

@@ -153,6 +153,8 @@ pub enum DefiEvent {
     ReserveConfig(ReserveConfig),
     /// Aave `ReserveUsedAsCollateralEnabled` / `Disabled` (keyed by the wallet).
     CollateralUse(CollateralUse),
+    /// Aave V3 efficiency mode: a category defined, a reserve put in one, a user entering one.
+    EMode(EModeChange),
     /// ERC-20 `Transfer` of a watched token (transfers topic, keyed by the token so one token's
     /// transfers stay in order).
     Transfer(Erc20Transfer),
@@ -175,6 +177,10 @@ impl DefiEvent {
             DefiEvent::ReserveUpdate(r) => r.pool,
             DefiEvent::ReserveConfig(r) => r.pool,
             DefiEvent::CollateralUse(c) => c.wallet,
+            DefiEvent::EMode(e) => match &e.change {
+                EModeKind::User { wallet } => *wallet,
+                _ => e.pool,
+            },
             DefiEvent::Transfer(t) => t.token,
         }
     }
@@ -190,7 +196,8 @@ impl DefiEvent {
             | DefiEvent::FlashLoan(_)
             | DefiEvent::ReserveUpdate(_)
             | DefiEvent::ReserveConfig(_)
-            | DefiEvent::CollateralUse(_) => TopicKind::Lending,
+            | DefiEvent::CollateralUse(_)
+            | DefiEvent::EMode(_) => TopicKind::Lending,
             DefiEvent::Swap(_) | DefiEvent::PoolSync(_) | DefiEvent::Liquidity(_) => TopicKind::Amm,
             DefiEvent::OracleUpdate(_) => TopicKind::Oracle,
             DefiEvent::Transfer(_) => TopicKind::Transfers,
@@ -213,6 +220,7 @@ impl DefiEvent {
             DefiEvent::ReserveUpdate(_) => "reserve_update",
             DefiEvent::ReserveConfig(_) => "reserve_config",
             DefiEvent::CollateralUse(_) => "collateral_use",
+            DefiEvent::EMode(_) => "emode",
             DefiEvent::Transfer(_) => "transfer",
         }
     }
@@ -233,6 +241,7 @@ impl DefiEvent {
             | DefiEvent::ReserveUpdate(_)
             | DefiEvent::ReserveConfig(_)
             | DefiEvent::CollateralUse(_)
+            | DefiEvent::EMode(_)
             | DefiEvent::Transfer(_) => return None,
         })
     }
@@ -473,6 +482,32 @@ pub struct CollateralUse {
     pub wallet: Address,
     pub reserve: Reserve,
     pub enabled: bool,
+}
+
+/// An Aave V3 efficiency-mode event of `pool`, about `category` (1–255; 0 is "no e-mode").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EModeChange {
+    pub protocol: String,
+    pub pool: Address,
+    pub category: u8,
+    pub change: EModeKind,
+}
+
+/// What an [`EModeChange`] says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EModeKind {
+    /// `EModeCategoryAdded`: the category's LTV, threshold and bonus (basis points), its label.
+    Category {
+        ltv: u16,
+        liquidation_threshold: u16,
+        liquidation_bonus: u16,
+        label: String,
+    },
+    /// `EModeAssetCategoryChanged`: `reserve` is in the category from now on (0: in none).
+    Asset { reserve: Reserve },
+    /// `UserEModeSet`: `wallet` is in the category from now on (0: left e-mode).
+    User { wallet: Address },
 }
 
 /// An ERC-20 `Transfer` of `value` base units of `token` (a mint is from the zero address, a

@@ -291,12 +291,13 @@ pub struct MarketRow {
     pub change: MarketChange,
 }
 
-/// The three lending-pool events that are not money flows.
+/// The lending-pool events that are not money flows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MarketChange {
     Reserve(ReserveUpdate),
     Config(ReserveConfig),
     Collateral(CollateralUse),
+    EMode(crate::envelope::EModeChange),
 }
 
 /// An event folded into the row of its read model.
@@ -401,6 +402,15 @@ pub fn fold(env: &Envelope, topic: TopicKind) -> Result<Row, FoldError> {
         DefiEvent::ReserveConfig(c) => market(env, &c.reserve, MarketChange::Config(c.clone()))?,
         DefiEvent::CollateralUse(c) => {
             market(env, &c.reserve, MarketChange::Collateral(c.clone()))?
+        }
+        DefiEvent::EMode(e) => {
+            if let crate::envelope::EModeKind::Asset { reserve } = &e.change {
+                check_decimals(&reserve.symbol, reserve.decimals)?;
+            }
+            Row::Market(Box::new(MarketRow {
+                at: EventRef::of(env),
+                change: MarketChange::EMode(e.clone()),
+            }))
         }
     })
 }

@@ -40,8 +40,8 @@ pub mod topics;
 pub use alloy_primitives::{Address, B256, U256};
 pub use amount::{AmountError, TokenAmount, UsdValue};
 pub use envelope::{
-    BlockRef, ChainHead, CollateralUse, DefiEvent, Envelope, Erc20Transfer, EventId, FlashLoan,
-    LendingAction, LendingFlow, Liquidation, LiquidityChange, LiquidityKind, OracleUpdate,
-    PoolSync, Reserve, ReserveConfig, ReserveUpdate, Source, Swap, TokenMetadata, TopicKind,
-    V3State, SCHEMA_VERSION,
+    BlockRef, ChainHead, CollateralUse, DefiEvent, EModeChange, EModeKind, Envelope, Erc20Transfer,
+    EventId, FlashLoan, LendingAction, LendingFlow, Liquidation, LiquidityChange, LiquidityKind,
+    OracleUpdate, PoolSync, Reserve, ReserveConfig, ReserveUpdate, Source, Swap, TokenMetadata,
+    TopicKind, V3State, SCHEMA_VERSION,
 };

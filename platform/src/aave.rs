@@ -51,6 +51,8 @@ pub struct Account {
     /// has not seen (it was emitted before the ingest's start block): they count as threshold
     /// zero, so the account data understates the collateral. Empty when exact.
     pub unconfigured: Vec<Address>,
+    /// The wallet's Aave V3 e-mode category at the block (0: none).
+    pub emode_category: u8,
 }
 
 fn u256(text: &str) -> Result<U256, AaveError> {
@@ -166,11 +168,12 @@ pub async fn account(
     }
     let marks = sqlx::query(
         "SELECT kind, reserve, symbol, decimals, ltv, liquidation_threshold, liquidation_bonus,
-                block_number, log_index
+                emode_category, block_number, log_index
          FROM lending_market_event
          WHERE chain_id = $1 AND pool = $2 AND block_number <= $4
-           AND (kind = 'reserve_config'
-                OR (wallet = $3 AND kind IN ('collateral_enabled', 'collateral_disabled')))",
+           AND (kind IN ('reserve_config', 'emode_category', 'emode_asset')
+                OR (wallet = $3
+                    AND kind IN ('collateral_enabled', 'collateral_disabled', 'user_emode')))",
     )
     .bind(chain)
     .bind(&pool_hex)
@@ -180,8 +183,14 @@ pub async fn account(
     .await?;
     for r in &marks {
         let kind: String = r.try_get("kind")?;
-        let reserve = address(&r.try_get::<String, _>("reserve")?)?;
-        let decimals = r.try_get::<i16, _>("decimals")? as u8;
+        let reserve = match r.try_get::<Option<String>, _>("reserve")? {
+            Some(text) => address(&text)?,
+            None => Address::ZERO,
+        };
+        let decimals = r.try_get::<Option<i16>, _>("decimals")?.unwrap_or_default() as u8;
+        let category = r
+            .try_get::<Option<i16>, _>("emode_category")?
+            .unwrap_or_default() as u8;
         let b: i64 = r.try_get("block_number")?;
         let l = i64::from(
             r.try_get::<Option<i32>, _>("log_index")?
@@ -199,6 +208,19 @@ pub async fn account(
                     liquidation_threshold: bps("liquidation_threshold")?,
                     liquidation_bonus: bps("liquidation_bonus")?,
                 },
+            },
+            "emode_category" => MarketEvent::EModeCategory {
+                id: category,
+                params: ReserveParams {
+                    ltv: bps("ltv")?,
+                    liquidation_threshold: bps("liquidation_threshold")?,
+                    liquidation_bonus: bps("liquidation_bonus")?,
+                },
+            },
+            "emode_asset" => MarketEvent::EModeAsset { reserve, category },
+            "user_emode" => MarketEvent::UserEMode {
+                user: wallet,
+                category,
             },
             other => MarketEvent::CollateralUse {
                 user: wallet,
@@ -326,6 +348,7 @@ pub async fn account(
         time,
         data,
         unconfigured,
+        emode_category: market.user_category.get(&wallet).copied().unwrap_or(0),
         base_decimals: decimals.first().map(|d| *d as u8),
         positions,
     }))

@@ -14,7 +14,7 @@ use bigdecimal::BigDecimal;
 use chainfold_domain::fold::{
     FlashLoanRow, LiquidityRow, MarketChange, MarketRow, OracleRow, PoolSyncRow, Row, TransferRow,
 };
-use chainfold_domain::ChainHead;
+use chainfold_domain::{ChainHead, EModeChange, EModeKind};
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row as _, Transaction};
 
@@ -294,13 +294,26 @@ pub async fn insert_market_events(
     let mut c = Common::default();
     let (mut protocol, mut pool, mut kind, mut reserve, mut symbol, mut decimals, mut wallet) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut emode, mut label): (Vec<Option<i16>>, Vec<Option<String>>) = (vec![], vec![]);
     let mut rates: [Vec<Option<BigDecimal>>; 5] = Default::default();
     let mut params: [Vec<Option<i32>>; 3] = Default::default();
     for (row, from) in rows {
         c.push(&row.at, from);
         let (p, pl, k, r, w) = match &row.change {
-            MarketChange::Reserve(u) => (&u.protocol, u.pool, "reserve_update", &u.reserve, None),
-            MarketChange::Config(u) => (&u.protocol, u.pool, "reserve_config", &u.reserve, None),
+            MarketChange::Reserve(u) => (
+                &u.protocol,
+                u.pool,
+                "reserve_update",
+                Some(&u.reserve),
+                None,
+            ),
+            MarketChange::Config(u) => (
+                &u.protocol,
+                u.pool,
+                "reserve_config",
+                Some(&u.reserve),
+                None,
+            ),
             MarketChange::Collateral(u) => (
                 &u.protocol,
                 u.pool,
@@ -309,17 +322,38 @@ pub async fn insert_market_events(
                 } else {
                     "collateral_disabled"
                 },
-                &u.reserve,
+                Some(&u.reserve),
                 Some(hex(&u.wallet)),
             ),
+            MarketChange::EMode(e) => match &e.change {
+                EModeKind::Category { .. } => (&e.protocol, e.pool, "emode_category", None, None),
+                EModeKind::Asset { reserve } => {
+                    (&e.protocol, e.pool, "emode_asset", Some(reserve), None)
+                }
+                EModeKind::User { wallet } => {
+                    (&e.protocol, e.pool, "user_emode", None, Some(hex(wallet)))
+                }
+            },
         };
         protocol.push(p.clone());
         pool.push(hex(&pl));
         kind.push(k);
-        reserve.push(hex(&r.address));
-        symbol.push(r.symbol.clone());
-        decimals.push(i16::from(r.decimals));
+        reserve.push(r.map(|r| hex(&r.address)));
+        symbol.push(r.map(|r| r.symbol.clone()));
+        decimals.push(r.map(|r| i16::from(r.decimals)));
         wallet.push(w);
+        let (category, text) = match &row.change {
+            MarketChange::EMode(e) => (
+                Some(i16::from(e.category)),
+                match &e.change {
+                    EModeKind::Category { label, .. } => Some(label.clone()),
+                    _ => None,
+                },
+            ),
+            _ => (None, None),
+        };
+        emode.push(category);
+        label.push(text);
         let values = match &row.change {
             MarketChange::Reserve(u) => [
                 &u.liquidity_rate,
@@ -338,6 +372,16 @@ pub async fn insert_market_events(
             MarketChange::Config(u) => {
                 [u.ltv, u.liquidation_threshold, u.liquidation_bonus].map(|v| Some(i32::from(v)))
             }
+            MarketChange::EMode(EModeChange {
+                change:
+                    EModeKind::Category {
+                        ltv,
+                        liquidation_threshold,
+                        liquidation_bonus,
+                        ..
+                    },
+                ..
+            }) => [*ltv, *liquidation_threshold, *liquidation_bonus].map(|v| Some(i32::from(v))),
             _ => [None; 3],
         };
         for (column, value) in params.iter_mut().zip(bps) {
@@ -350,12 +394,12 @@ pub async fn insert_market_events(
             log_index, block_time, kafka_topic, kafka_partition, kafka_offset, protocol, pool,
             kind, reserve, symbol, decimals, wallet, liquidity_rate, stable_borrow_rate,
             variable_borrow_rate, liquidity_index, variable_borrow_index, ltv,
-            liquidation_threshold, liquidation_bonus)
+            liquidation_threshold, liquidation_bonus, emode_category, label)
         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
             $6::int4[], $7::timestamptz[], $8::text[], $9::int4[], $10::int8[], $11::text[],
             $12::text[], $13::text[], $14::text[], $15::text[], $16::int2[], $17::text[],
             $18::numeric[], $19::numeric[], $20::numeric[], $21::numeric[], $22::numeric[],
-            $23::int4[], $24::int4[], $25::int4[])
+            $23::int4[], $24::int4[], $25::int4[], $26::int2[], $27::text[])
         ON CONFLICT (event_id) DO NOTHING
         "#,
     )
@@ -384,6 +428,8 @@ pub async fn insert_market_events(
     .bind(&params[0])
     .bind(&params[1])
     .bind(&params[2])
+    .bind(&emode)
+    .bind(&label)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())

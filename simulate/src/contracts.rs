@@ -465,6 +465,54 @@ impl Deployment {
         .await
     }
 
+    /// Defines Aave V3 e-mode category `id` (LTV, threshold, bonus in basis points).
+    pub async fn set_emode_category(
+        &self,
+        id: u8,
+        params: [u16; 3],
+        label: &str,
+    ) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .setEModeCategory(id, params[0], params[1], params[2], label.to_owned())
+                .from(self.deployer)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    /// Puts the reserve `token` in e-mode category `id` (0: none).
+    pub async fn set_asset_emode(&self, token: Address, id: u8) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .setAssetEModeCategory(token, id)
+                .from(self.deployer)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    /// `who` enters e-mode category `id` (0 leaves it).
+    pub async fn set_user_emode(&self, who: Address, id: u8) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .setUserEMode(id)
+                .from(who)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    /// `user`'s e-mode category at `block`.
+    pub async fn user_emode(&self, user: Address, block: u64) -> anyhow::Result<u8> {
+        Ok(self
+            .pool()
+            .userEMode(user)
+            .block(block.into())
+            .call()
+            .await?)
+    }
+
     /// The pool's `getUserAccountData(user)` at `block`: (total collateral, total debt,
     /// available borrows, liquidation threshold, LTV, health factor).
     pub async fn account_data(&self, user: Address, block: u64) -> anyhow::Result<[U256; 6]> {

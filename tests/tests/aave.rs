@@ -3,6 +3,9 @@
 //! a liquidation); its events go anvil → live ingest → Kafka → projector → Postgres, and at every
 //! block of the run chainfold's account (`platform::aave::account`, what `aaveAccount` serves)
 //! equals the contract's own `getUserAccountData` at that block, field by field, to the wei.
+//! Aave V3 e-mode is part of the run: a category is defined, WETH and USDC put in it, Carol
+//! enters it (her WETH then counts at the category's threshold), WETH leaves the category and
+//! Carol leaves e-mode; chainfold's e-mode category equals the pool's `userEMode` at every block.
 
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider as _;
@@ -133,6 +136,18 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
                         .expect("on")
                         .1,
                 );
+                // Aave V3 e-mode: a category holding WETH and USDC; Carol (WETH and WBTC against
+                // USDC) enters it.
+                blocks.push(
+                    d.set_emode_category(1, [9000, 9300, 10200], "ETH-USD demo")
+                        .await
+                        .expect("category")
+                        .1,
+                );
+                for token in [weth.token, usdc.token] {
+                    blocks.push(d.set_asset_emode(token, 1).await.expect("asset").1);
+                }
+                blocks.push(d.set_user_emode(carol, 1).await.expect("enter").1);
                 blocks.push(
                     d.set_price(&wbtc, wbtc_usd[0] * 0.9)
                         .await
@@ -156,8 +171,11 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
             }
             4 => {
                 blocks.push(supply(&d, alice, weth.token, units(0.25, 18)).await);
+                // WETH leaves the category: Carol's WETH counts at its own threshold again.
+                blocks.push(d.set_asset_emode(weth.token, 0).await.expect("asset").1);
             }
             _ => {
+                blocks.push(d.set_user_emode(carol, 0).await.expect("leave").1);
                 // WETH falls 25%: Alice (borrowed at 70% of her WETH) drops below 1 and is
                 // liquidated for half her debt.
                 blocks.push(
@@ -202,7 +220,7 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
     .fetch_one(&pool)
     .await
     .expect("count");
-    let stored: Vec<(i64, String, String)> = sqlx::query_as(
+    let stored: Vec<(i64, String, Option<String>)> = sqlx::query_as(
         "SELECT block_number, kind, reserve FROM lending_market_event ORDER BY block_number, log_index",
     )
     .fetch_all(&pool)
@@ -217,6 +235,7 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
     let last = *blocks.last().expect("blocks");
     let mut compared = 0;
     let mut liquidated_seen = false;
+    let mut in_emode = 0;
     for block in first..=last {
         let time = d
             .provider
@@ -260,6 +279,11 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
                 mine, chain,
                 "{wallet:#x} at block {block} (t={time}): chainfold {mine:?} vs pool {chain:?}"
             );
+            let category = d.user_emode(wallet, block).await.expect("userEMode");
+            assert_eq!(ours.emode_category, category, "{wallet:#x} at {block}");
+            if category != 0 {
+                in_emode += 1;
+            }
             assert_eq!(ours.base_decimals, Some(8));
             assert!(ours.unconfigured.is_empty(), "{:?}", ours.unconfigured);
             compared += 1;
@@ -278,6 +302,7 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
     }
     assert!(liquidated_seen);
     assert!(compared > 60, "only {compared} comparisons");
+    assert!(in_emode > 5, "only {in_emode} comparisons in e-mode");
 
     // Every flow priced at the oracle round in force at it, exactly.
     let priced: Vec<(

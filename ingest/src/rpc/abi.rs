@@ -54,6 +54,15 @@ sol! {
         event CollateralConfigurationChanged(address indexed asset, uint256 ltv, uint256 liquidationThreshold, uint256 liquidationBonus);
     }
 
+    /// Aave V3 efficiency mode (V3.0/3.1): categories and reserves' membership from the
+    /// configurator, a user's category from the pool.
+    #[derive(Debug, PartialEq, Eq)]
+    interface AaveEMode {
+        event EModeCategoryAdded(uint8 indexed categoryId, uint256 ltv, uint256 liquidationThreshold, uint256 liquidationBonus, address oracle, string label);
+        event EModeAssetCategoryChanged(address indexed asset, uint8 oldCategoryId, uint8 newCategoryId);
+        event UserEModeSet(address indexed user, uint8 categoryId);
+    }
+
     /// Aave V3 Pool.
     #[derive(Debug, PartialEq, Eq)]
     interface AaveV3Pool {
@@ -212,6 +221,9 @@ pub enum RawEvent {
     CollateralEnabled(&'static str, AaveReserves::ReserveUsedAsCollateralEnabled),
     CollateralDisabled(&'static str, AaveReserves::ReserveUsedAsCollateralDisabled),
     CollateralConfigurationChanged(&'static str, AaveReserves::CollateralConfigurationChanged),
+    EModeCategoryAdded(&'static str, AaveEMode::EModeCategoryAdded),
+    EModeAssetCategoryChanged(&'static str, AaveEMode::EModeAssetCategoryChanged),
+    UserEModeSet(&'static str, AaveEMode::UserEModeSet),
     Erc20Transfer(Erc20::Transfer),
 }
 
@@ -259,6 +271,16 @@ pub fn decode_log(kind: ContractKind, log: &Log) -> Result<RawEvent, DecodeError
             }
             if topic0 == AaveReserves::CollateralConfigurationChanged::SIGNATURE_HASH {
                 return decode(log).map(|e| RawEvent::CollateralConfigurationChanged($protocol, e));
+            }
+            // E-mode is V3's; a V2-signature pool that emits these (the fixture) is read the same.
+            if topic0 == AaveEMode::EModeCategoryAdded::SIGNATURE_HASH {
+                return decode(log).map(|e| RawEvent::EModeCategoryAdded($protocol, e));
+            }
+            if topic0 == AaveEMode::EModeAssetCategoryChanged::SIGNATURE_HASH {
+                return decode(log).map(|e| RawEvent::EModeAssetCategoryChanged($protocol, e));
+            }
+            if topic0 == AaveEMode::UserEModeSet::SIGNATURE_HASH {
+                return decode(log).map(|e| RawEvent::UserEModeSet($protocol, e));
             }
         }};
     }

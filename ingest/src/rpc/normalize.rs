@@ -7,9 +7,10 @@ use std::collections::HashMap;
 
 use alloy_primitives::{Address, B256, I256, U256};
 use chainfold_domain::{
-    BlockRef, CollateralUse, DefiEvent, Envelope, Erc20Transfer, EventId, FlashLoan, LendingFlow,
-    Liquidation, LiquidityChange, LiquidityKind, OracleUpdate, PoolSync, Reserve, ReserveConfig,
-    ReserveUpdate, Source, Swap, TokenAmount, TokenMetadata, V3State, SCHEMA_VERSION,
+    BlockRef, CollateralUse, DefiEvent, EModeChange, EModeKind, Envelope, Erc20Transfer, EventId,
+    FlashLoan, LendingFlow, Liquidation, LiquidityChange, LiquidityKind, OracleUpdate, PoolSync,
+    Reserve, ReserveConfig, ReserveUpdate, Source, Swap, TokenAmount, TokenMetadata, V3State,
+    SCHEMA_VERSION,
 };
 use chrono::{DateTime, Utc};
 
@@ -82,6 +83,7 @@ impl RawEvent {
             RawEvent::CollateralEnabled(_, e) => vec![e.reserve],
             RawEvent::CollateralDisabled(_, e) => vec![e.reserve],
             RawEvent::CollateralConfigurationChanged(_, e) => vec![e.asset],
+            RawEvent::EModeAssetCategoryChanged(_, e) => vec![e.asset],
             _ => Vec::new(),
         }
     }
@@ -404,6 +406,37 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
                 liquidation_bonus: bps("liquidationBonus", e.liquidationBonus)?,
             })
         }
+        RawEvent::EModeCategoryAdded(protocol, e) => {
+            let bps = |name: &str, value: U256| {
+                u16::try_from(value)
+                    .map_err(|_| format!("EModeCategoryAdded {name} {value} is not basis points"))
+            };
+            DefiEvent::EMode(EModeChange {
+                protocol: protocol.into(),
+                pool,
+                category: e.categoryId,
+                change: EModeKind::Category {
+                    ltv: bps("ltv", e.ltv)?,
+                    liquidation_threshold: bps("liquidationThreshold", e.liquidationThreshold)?,
+                    liquidation_bonus: bps("liquidationBonus", e.liquidationBonus)?,
+                    label: e.label.replace('\0', ""),
+                },
+            })
+        }
+        RawEvent::EModeAssetCategoryChanged(protocol, e) => DefiEvent::EMode(EModeChange {
+            protocol: protocol.into(),
+            pool,
+            category: e.newCategoryId,
+            change: EModeKind::Asset {
+                reserve: md.token(e.asset)?,
+            },
+        }),
+        RawEvent::UserEModeSet(protocol, e) => DefiEvent::EMode(EModeChange {
+            protocol: protocol.into(),
+            pool,
+            category: e.categoryId,
+            change: EModeKind::User { wallet: e.user },
+        }),
         RawEvent::Erc20Transfer(e) => DefiEvent::Transfer(Erc20Transfer {
             token: pool,
             from: e.from,
