@@ -58,6 +58,26 @@ pub struct AaveAccount {
     /// The wallet's Aave V3 efficiency-mode category at the block (0: none); collateral of
     /// reserves in it counts with the category's LTV and threshold.
     pub e_mode_category: i32,
+    /// Aave V3 isolation mode: set when the wallet's only collateral is a reserve with a debt
+    /// ceiling.
+    pub isolation: Option<AaveIsolation>,
+}
+
+/// A wallet in Aave V3 isolation mode.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct AaveIsolation {
+    /// The isolated collateral reserve.
+    pub reserve: String,
+    /// Its debt ceiling, USD (a decimal string, 2 decimals as the pool keeps it).
+    pub debt_ceiling_usd: String,
+    /// What all isolated borrowers against it owe, USD (the pool's running total).
+    pub total_debt_usd: String,
+}
+
+/// A V3 isolation figure (USD with 2 decimals, an integer on chain) as a decimal string.
+fn cents(v: U256) -> String {
+    let units: bigdecimal::num_bigint::BigInt = v.to_string().parse().unwrap_or_default();
+    crate::types::decimal_text(&bigdecimal::BigDecimal::new(units, 2))
 }
 
 fn non_negative(name: &str, value: i64) -> Result<u64, ApiError> {
@@ -174,6 +194,11 @@ impl AaveQuery {
             health_factor: (a.data.health_factor != U256::MAX).then(|| text(a.data.health_factor)),
             unconfigured_reserves: a.unconfigured.iter().map(|r| format!("{r:#x}")).collect(),
             e_mode_category: i32::from(a.emode_category),
+            isolation: a.isolation.map(|i| AaveIsolation {
+                reserve: format!("{:#x}", i.reserve),
+                debt_ceiling_usd: cents(i.debt_ceiling),
+                total_debt_usd: cents(i.total_debt),
+            }),
             reserves: a
                 .positions
                 .into_iter()

@@ -12,8 +12,10 @@
 //! zero. The account data is V2's `calculateUserAccountData`, and V3's with efficiency mode:
 //! a user in e-mode category `c` has collateral of reserves in `c` weighted with the category's
 //! LTV and threshold instead of the reserve's (V3.0/3.1 membership: one category per reserve;
-//! category price sources are not modelled). Isolation mode changes which borrows and collateral
-//! switches the pool accepts, which arrive here as the events they produce, not the arithmetic.
+//! category price sources are not modelled). Isolation mode does not change the arithmetic: it
+//! changes which borrows and collateral switches the pool accepts (they arrive here as the events
+//! they produce); [`Market::isolation`] tells whether a user is isolated (V3's
+//! `getIsolationModeState`) with the reserve's ceiling and the total its isolated borrowers owe.
 //! Values are in the oracle's base unit,
 //! collateral-weighted average LTV and threshold, and the health factor
 //! `wadDiv(percentMul(collateral, avgThreshold), debt)`, with Aave's half-up rounding at every
@@ -222,6 +224,20 @@ pub enum MarketEvent {
     EModeAsset { reserve: Address, category: u8 },
     /// `UserEModeSet`: `user` is in `category` (0: none).
     UserEMode { user: Address, category: u8 },
+    /// `DebtCeilingChanged`: `reserve`'s debt ceiling (USD, 2 decimals; 0: not isolated).
+    DebtCeiling { reserve: Address, ceiling: U256 },
+    /// `IsolationModeTotalDebtUpdated`: what isolated borrowers against `reserve` owe.
+    IsolationDebt { reserve: Address, total: U256 },
+}
+
+/// A user in isolation mode: its only collateral is `reserve`, which has a debt ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isolation {
+    pub reserve: Address,
+    /// USD with 2 decimals.
+    pub debt_ceiling: U256,
+    /// What all isolated borrowers against `reserve` owe, USD with 2 decimals.
+    pub total_debt: U256,
 }
 
 /// An account as `getUserAccountData` reports it. Values are in the oracle's base unit (the
@@ -259,6 +275,10 @@ pub struct Market {
     pub reserve_category: BTreeMap<Address, u8>,
     /// Each user's e-mode category (absent: 0).
     pub user_category: BTreeMap<Address, u8>,
+    /// Reserves' debt ceilings (absent: 0, not isolated).
+    pub debt_ceilings: BTreeMap<Address, U256>,
+    /// Isolated reserves' total isolation debt.
+    pub isolation_debt: BTreeMap<Address, U256>,
 }
 
 impl Market {
@@ -362,8 +382,35 @@ impl Market {
             MarketEvent::UserEMode { user, category } => {
                 self.user_category.insert(user, category);
             }
+            MarketEvent::DebtCeiling { reserve, ceiling } => {
+                self.debt_ceilings.insert(reserve, ceiling);
+            }
+            MarketEvent::IsolationDebt { reserve, total } => {
+                self.isolation_debt.insert(reserve, total);
+            }
         }
         Ok(())
+    }
+
+    /// V3's `getIsolationModeState`: `Some` when `user`'s collateral flag is on for exactly one
+    /// reserve and that reserve has a debt ceiling.
+    pub fn isolation(&self, user: Address) -> Option<Isolation> {
+        let mut enabled = self
+            .positions
+            .range((user, Address::ZERO)..)
+            .take_while(|((u, _), _)| *u == user)
+            .filter(|(_, p)| p.collateral_enabled)
+            .map(|((_, r), _)| *r);
+        let only = enabled.next()?;
+        if enabled.next().is_some() {
+            return None;
+        }
+        let ceiling = self.debt_ceilings.get(&only).copied().unwrap_or_default();
+        (!ceiling.is_zero()).then(|| Isolation {
+            reserve: only,
+            debt_ceiling: ceiling,
+            total_debt: self.isolation_debt.get(&only).copied().unwrap_or_default(),
+        })
     }
 
     /// The LTV and threshold `user`'s collateral in `reserve` counts with: its e-mode

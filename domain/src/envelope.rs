@@ -155,6 +155,8 @@ pub enum DefiEvent {
     CollateralUse(CollateralUse),
     /// Aave V3 efficiency mode: a category defined, a reserve put in one, a user entering one.
     EMode(EModeChange),
+    /// Aave V3 isolation mode: a reserve's debt ceiling, or its isolated borrowers' total debt.
+    Isolation(IsolationChange),
     /// ERC-20 `Transfer` of a watched token (transfers topic, keyed by the token so one token's
     /// transfers stay in order).
     Transfer(Erc20Transfer),
@@ -181,6 +183,7 @@ impl DefiEvent {
                 EModeKind::User { wallet } => *wallet,
                 _ => e.pool,
             },
+            DefiEvent::Isolation(i) => i.pool,
             DefiEvent::Transfer(t) => t.token,
         }
     }
@@ -197,7 +200,8 @@ impl DefiEvent {
             | DefiEvent::ReserveUpdate(_)
             | DefiEvent::ReserveConfig(_)
             | DefiEvent::CollateralUse(_)
-            | DefiEvent::EMode(_) => TopicKind::Lending,
+            | DefiEvent::EMode(_)
+            | DefiEvent::Isolation(_) => TopicKind::Lending,
             DefiEvent::Swap(_) | DefiEvent::PoolSync(_) | DefiEvent::Liquidity(_) => TopicKind::Amm,
             DefiEvent::OracleUpdate(_) => TopicKind::Oracle,
             DefiEvent::Transfer(_) => TopicKind::Transfers,
@@ -221,6 +225,7 @@ impl DefiEvent {
             DefiEvent::ReserveConfig(_) => "reserve_config",
             DefiEvent::CollateralUse(_) => "collateral_use",
             DefiEvent::EMode(_) => "emode",
+            DefiEvent::Isolation(_) => "isolation",
             DefiEvent::Transfer(_) => "transfer",
         }
     }
@@ -242,6 +247,7 @@ impl DefiEvent {
             | DefiEvent::ReserveConfig(_)
             | DefiEvent::CollateralUse(_)
             | DefiEvent::EMode(_)
+            | DefiEvent::Isolation(_)
             | DefiEvent::Transfer(_) => return None,
         })
     }
@@ -508,6 +514,27 @@ pub enum EModeKind {
     Asset { reserve: Reserve },
     /// `UserEModeSet`: `wallet` is in the category from now on (0: left e-mode).
     User { wallet: Address },
+}
+
+/// An Aave V3 isolation-mode event of `pool` about `reserve`: `value` is USD with 2 decimals
+/// (V3's `DEBT_CEILING_DECIMALS`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IsolationChange {
+    pub protocol: String,
+    pub pool: Address,
+    pub reserve: Reserve,
+    pub kind: IsolationKind,
+    pub value: TokenAmount,
+}
+
+/// Which isolation figure an [`IsolationChange`] sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationKind {
+    /// `DebtCeilingChanged`: the new ceiling (0: the reserve is no longer isolated).
+    DebtCeiling,
+    /// `IsolationModeTotalDebtUpdated`: what isolated borrowers against it owe in total.
+    TotalDebt,
 }
 
 /// An ERC-20 `Transfer` of `value` base units of `token` (a mint is from the zero address, a

@@ -298,6 +298,7 @@ pub enum MarketChange {
     Config(ReserveConfig),
     Collateral(CollateralUse),
     EMode(crate::envelope::EModeChange),
+    Isolation(crate::envelope::IsolationChange),
 }
 
 /// An event folded into the row of its read model.
@@ -412,6 +413,7 @@ pub fn fold(env: &Envelope, topic: TopicKind) -> Result<Row, FoldError> {
                 change: MarketChange::EMode(e.clone()),
             }))
         }
+        DefiEvent::Isolation(i) => market(env, &i.reserve, MarketChange::Isolation(i.clone()))?,
     })
 }
 

@@ -41,7 +41,7 @@ pub use alloy_primitives::{Address, B256, U256};
 pub use amount::{AmountError, TokenAmount, UsdValue};
 pub use envelope::{
     BlockRef, ChainHead, CollateralUse, DefiEvent, EModeChange, EModeKind, Envelope, Erc20Transfer,
-    EventId, FlashLoan, LendingAction, LendingFlow, Liquidation, LiquidityChange, LiquidityKind,
-    OracleUpdate, PoolSync, Reserve, ReserveConfig, ReserveUpdate, Source, Swap, TokenMetadata,
-    TopicKind, V3State, SCHEMA_VERSION,
+    EventId, FlashLoan, IsolationChange, IsolationKind, LendingAction, LendingFlow, Liquidation,
+    LiquidityChange, LiquidityKind, OracleUpdate, PoolSync, Reserve, ReserveConfig, ReserveUpdate,
+    Source, Swap, TokenMetadata, TopicKind, V3State, SCHEMA_VERSION,
 };

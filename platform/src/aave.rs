@@ -53,6 +53,9 @@ pub struct Account {
     pub unconfigured: Vec<Address>,
     /// The wallet's Aave V3 e-mode category at the block (0: none).
     pub emode_category: u8,
+    /// Aave V3 isolation mode at the block: the isolated collateral, its ceiling and the total
+    /// its isolated borrowers owe; `None` when the wallet is not isolated.
+    pub isolation: Option<chainfold_domain::aave::Isolation>,
 }
 
 fn u256(text: &str) -> Result<U256, AaveError> {
@@ -168,10 +171,11 @@ pub async fn account(
     }
     let marks = sqlx::query(
         "SELECT kind, reserve, symbol, decimals, ltv, liquidation_threshold, liquidation_bonus,
-                emode_category, block_number, log_index
+                emode_category, amount::text AS amount, block_number, log_index
          FROM lending_market_event
          WHERE chain_id = $1 AND pool = $2 AND block_number <= $4
-           AND (kind IN ('reserve_config', 'emode_category', 'emode_asset')
+           AND (kind IN ('reserve_config', 'emode_category', 'emode_asset', 'debt_ceiling',
+                         'isolation_debt')
                 OR (wallet = $3
                     AND kind IN ('collateral_enabled', 'collateral_disabled', 'user_emode')))",
     )
@@ -218,6 +222,23 @@ pub async fn account(
                 },
             },
             "emode_asset" => MarketEvent::EModeAsset { reserve, category },
+            "debt_ceiling" | "isolation_debt" => {
+                let value = u256(
+                    &r.try_get::<Option<String>, _>("amount")?
+                        .unwrap_or_default(),
+                )?;
+                if kind == "debt_ceiling" {
+                    MarketEvent::DebtCeiling {
+                        reserve,
+                        ceiling: value,
+                    }
+                } else {
+                    MarketEvent::IsolationDebt {
+                        reserve,
+                        total: value,
+                    }
+                }
+            }
             "user_emode" => MarketEvent::UserEMode {
                 user: wallet,
                 category,
@@ -349,6 +370,7 @@ pub async fn account(
         data,
         unconfigured,
         emode_category: market.user_category.get(&wallet).copied().unwrap_or(0),
+        isolation: market.isolation(wallet),
         base_decimals: decimals.first().map(|d| *d as u8),
         positions,
     }))

@@ -14,7 +14,7 @@ use bigdecimal::BigDecimal;
 use chainfold_domain::fold::{
     FlashLoanRow, LiquidityRow, MarketChange, MarketRow, OracleRow, PoolSyncRow, Row, TransferRow,
 };
-use chainfold_domain::{ChainHead, EModeChange, EModeKind};
+use chainfold_domain::{ChainHead, EModeChange, EModeKind, IsolationKind};
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row as _, Transaction};
 
@@ -295,6 +295,7 @@ pub async fn insert_market_events(
     let (mut protocol, mut pool, mut kind, mut reserve, mut symbol, mut decimals, mut wallet) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut emode, mut label): (Vec<Option<i16>>, Vec<Option<String>>) = (vec![], vec![]);
+    let mut figure: Vec<Option<BigDecimal>> = vec![];
     let mut rates: [Vec<Option<BigDecimal>>; 5] = Default::default();
     let mut params: [Vec<Option<i32>>; 3] = Default::default();
     for (row, from) in rows {
@@ -325,6 +326,16 @@ pub async fn insert_market_events(
                 Some(&u.reserve),
                 Some(hex(&u.wallet)),
             ),
+            MarketChange::Isolation(i) => (
+                &i.protocol,
+                i.pool,
+                match i.kind {
+                    IsolationKind::DebtCeiling => "debt_ceiling",
+                    IsolationKind::TotalDebt => "isolation_debt",
+                },
+                Some(&i.reserve),
+                None,
+            ),
             MarketChange::EMode(e) => match &e.change {
                 EModeKind::Category { .. } => (&e.protocol, e.pool, "emode_category", None, None),
                 EModeKind::Asset { reserve } => {
@@ -354,6 +365,10 @@ pub async fn insert_market_events(
         };
         emode.push(category);
         label.push(text);
+        figure.push(match &row.change {
+            MarketChange::Isolation(i) => Some(i.value.to_decimal()),
+            _ => None,
+        });
         let values = match &row.change {
             MarketChange::Reserve(u) => [
                 &u.liquidity_rate,
@@ -394,12 +409,12 @@ pub async fn insert_market_events(
             log_index, block_time, kafka_topic, kafka_partition, kafka_offset, protocol, pool,
             kind, reserve, symbol, decimals, wallet, liquidity_rate, stable_borrow_rate,
             variable_borrow_rate, liquidity_index, variable_borrow_index, ltv,
-            liquidation_threshold, liquidation_bonus, emode_category, label)
+            liquidation_threshold, liquidation_bonus, emode_category, label, amount)
         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
             $6::int4[], $7::timestamptz[], $8::text[], $9::int4[], $10::int8[], $11::text[],
             $12::text[], $13::text[], $14::text[], $15::text[], $16::int2[], $17::text[],
             $18::numeric[], $19::numeric[], $20::numeric[], $21::numeric[], $22::numeric[],
-            $23::int4[], $24::int4[], $25::int4[], $26::int2[], $27::text[])
+            $23::int4[], $24::int4[], $25::int4[], $26::int2[], $27::text[], $28::numeric[])
         ON CONFLICT (event_id) DO NOTHING
         "#,
     )
@@ -430,6 +445,7 @@ pub async fn insert_market_events(
     .bind(&params[2])
     .bind(&emode)
     .bind(&label)
+    .bind(&figure)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())

@@ -503,6 +503,61 @@ impl Deployment {
         .await
     }
 
+    /// Sets `token`'s Aave V3 debt ceiling (USD, 2 decimals; 0: not isolated).
+    pub async fn set_debt_ceiling(
+        &self,
+        token: Address,
+        ceiling: U256,
+    ) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .setDebtCeiling(token, ceiling)
+                .from(self.deployer)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    /// Lets isolated users borrow `token` (or not).
+    pub async fn set_borrowable_in_isolation(
+        &self,
+        token: Address,
+        borrowable: bool,
+    ) -> anyhow::Result<(B256, u64)> {
+        self.confirm(
+            self.pool()
+                .setBorrowableInIsolation(token, borrowable)
+                .from(self.deployer)
+                .into_transaction_request(),
+        )
+        .await
+    }
+
+    /// The pool's isolation view of `user` at `block`: `Some((isolated collateral, its ceiling,
+    /// its total isolation debt))`, `None` when not isolated.
+    pub async fn isolation(
+        &self,
+        user: Address,
+        block: u64,
+    ) -> anyhow::Result<Option<(Address, U256, U256)>> {
+        let state = self
+            .pool()
+            .isolationModeState(user)
+            .block(block.into())
+            .call()
+            .await?;
+        if !state.active {
+            return Ok(None);
+        }
+        let total = self
+            .pool()
+            .isolationModeTotalDebt(state.asset)
+            .block(block.into())
+            .call()
+            .await?;
+        Ok(Some((state.asset, state.ceiling, total)))
+    }
+
     /// `user`'s e-mode category at `block`.
     pub async fn user_emode(&self, user: Address, block: u64) -> anyhow::Result<u8> {
         Ok(self

@@ -6,6 +6,9 @@
 //! Aave V3 e-mode is part of the run: a category is defined, WETH and USDC put in it, Carol
 //! enters it (her WETH then counts at the category's threshold), WETH leaves the category and
 //! Carol leaves e-mode; chainfold's e-mode category equals the pool's `userEMode` at every block.
+//! Aave V3 isolation mode too: WBTC gets a debt ceiling, Dave supplies only WBTC (isolated),
+//! borrows and repays USDC, and supplies WETH that may not become collateral beside it; chainfold's
+//! isolation state, ceiling and total isolation debt equal the pool's at every block.
 
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider as _;
@@ -65,7 +68,8 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
         Address::repeat_byte(0xc3),
     );
     let liquidator = Address::repeat_byte(0x1d);
-    let wallets = [alice, bob, carol];
+    let dave = Address::repeat_byte(0xd4);
+    let wallets = [alice, bob, carol, dave];
     let mut blocks = Vec::new();
     // Lenders of USDC and WETH, borrowers against WETH, USDC and WBTC.
     blocks.push(supply(&d, bob, usdc.token, units(50_000.0, 6)).await);
@@ -162,6 +166,27 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
                 );
             }
             3 => {
+                // Isolation: WBTC gets a $1,000,000.00 debt ceiling, USDC is borrowable in
+                // isolation; Dave's only collateral is WBTC.
+                blocks.push(
+                    d.set_debt_ceiling(wbtc.token, U256::from(100_000_000u64))
+                        .await
+                        .expect("ceiling")
+                        .1,
+                );
+                blocks.push(
+                    d.set_borrowable_in_isolation(usdc.token, true)
+                        .await
+                        .expect("borrowable")
+                        .1,
+                );
+                blocks.push(supply(&d, dave, wbtc.token, units(0.5, 8)).await);
+                blocks.push(
+                    d.borrow(dave, usdc.token, units(5_000.0, 6))
+                        .await
+                        .expect("isolated borrow")
+                        .1,
+                );
                 // Bob repays all his WETH debt with interest (a max repay).
                 d.fund(bob, weth.token, units(5.0, 18)).await.expect("fund");
                 d.approve(bob, weth.token, d.lending_pool)
@@ -173,6 +198,20 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
                 blocks.push(supply(&d, alice, weth.token, units(0.25, 18)).await);
                 // WETH leaves the category: Carol's WETH counts at its own threshold again.
                 blocks.push(d.set_asset_emode(weth.token, 0).await.expect("asset").1);
+                // Dave repays part, and supplies WETH, which stays off collateral (isolated).
+                d.fund(dave, usdc.token, units(1_000.0, 6))
+                    .await
+                    .expect("fund");
+                d.approve(dave, usdc.token, d.lending_pool)
+                    .await
+                    .expect("approve");
+                blocks.push(
+                    d.repay(dave, usdc.token, units(1_000.0, 6))
+                        .await
+                        .expect("repay")
+                        .1,
+                );
+                blocks.push(supply(&d, dave, weth.token, units(1.0, 18)).await);
             }
             _ => {
                 blocks.push(d.set_user_emode(carol, 0).await.expect("leave").1);
@@ -236,6 +275,7 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
     let mut compared = 0;
     let mut liquidated_seen = false;
     let mut in_emode = 0;
+    let (mut isolated, mut isolation_debt) = (0, U256::ZERO);
     for block in first..=last {
         let time = d
             .provider
@@ -279,6 +319,17 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
                 mine, chain,
                 "{wallet:#x} at block {block} (t={time}): chainfold {mine:?} vs pool {chain:?}"
             );
+            let isolation = d.isolation(wallet, block).await.expect("isolation state");
+            assert_eq!(
+                ours.isolation
+                    .map(|i| (i.reserve, i.debt_ceiling, i.total_debt)),
+                isolation,
+                "{wallet:#x} at {block}"
+            );
+            if let Some((_, _, total)) = isolation {
+                isolated += 1;
+                isolation_debt = isolation_debt.max(total);
+            }
             let category = d.user_emode(wallet, block).await.expect("userEMode");
             assert_eq!(ours.emode_category, category, "{wallet:#x} at {block}");
             if category != 0 {
@@ -303,6 +354,9 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
     assert!(liquidated_seen);
     assert!(compared > 60, "only {compared} comparisons");
     assert!(in_emode > 5, "only {in_emode} comparisons in e-mode");
+    assert!(isolated > 5, "only {isolated} comparisons in isolation");
+    // $5,000 borrowed in isolation: 500000 in the pool's 2-decimal USD.
+    assert_eq!(isolation_debt, U256::from(500_000u64));
 
     // Every flow priced at the oracle round in force at it, exactly.
     let priced: Vec<(
@@ -386,6 +440,22 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
     let response = schema.execute(ask(bob, format!(", block: {last}"))).await;
     let data = response.data.into_json().expect("json");
     assert!(data["aaveAccount"]["healthFactor"].is_null(), "{data}");
+    // Dave is isolated on WBTC at the end: ceiling $1,000,000, $4,000 of isolation debt left
+    // after his $1,000 repayment, as decimal strings; he is in no e-mode category.
+    let response = schema
+        .execute(format!(
+            r#"{{ aaveAccount(chainId: {}, pool: "{:#x}", wallet: "{dave:#x}") {{
+                eModeCategory isolation {{ reserve debtCeilingUsd totalDebtUsd }} }} }}"#,
+            d.chain_id, d.lending_pool
+        ))
+        .await;
+    assert!(response.errors.is_empty(), "{:?}", response.errors);
+    let data = response.data.into_json().expect("json");
+    let isolation = &data["aaveAccount"]["isolation"];
+    assert_eq!(isolation["reserve"], format!("{:#x}", wbtc.token), "{data}");
+    assert_eq!(isolation["debtCeilingUsd"], "1000000");
+    assert_eq!(isolation["totalDebtUsd"], "4000");
+    assert_eq!(data["aaveAccount"]["eModeCategory"], 0);
     // A wallet the pool never saw is null; a negative block is refused plainly.
     let response = schema
         .execute(ask(Address::repeat_byte(0x55), String::new()))

@@ -63,6 +63,14 @@ sol! {
         event UserEModeSet(address indexed user, uint8 categoryId);
     }
 
+    /// Aave V3 isolation mode: a reserve's debt ceiling from the configurator, the total debt
+    /// its isolated borrowers owe from the pool (both USD with 2 decimals).
+    #[derive(Debug, PartialEq, Eq)]
+    interface AaveIsolation {
+        event DebtCeilingChanged(address indexed asset, uint256 oldDebtCeiling, uint256 newDebtCeiling);
+        event IsolationModeTotalDebtUpdated(address indexed asset, uint256 totalDebt);
+    }
+
     /// Aave V3 Pool.
     #[derive(Debug, PartialEq, Eq)]
     interface AaveV3Pool {
@@ -224,6 +232,8 @@ pub enum RawEvent {
     EModeCategoryAdded(&'static str, AaveEMode::EModeCategoryAdded),
     EModeAssetCategoryChanged(&'static str, AaveEMode::EModeAssetCategoryChanged),
     UserEModeSet(&'static str, AaveEMode::UserEModeSet),
+    DebtCeilingChanged(&'static str, AaveIsolation::DebtCeilingChanged),
+    IsolationModeTotalDebtUpdated(&'static str, AaveIsolation::IsolationModeTotalDebtUpdated),
     Erc20Transfer(Erc20::Transfer),
 }
 
@@ -281,6 +291,12 @@ pub fn decode_log(kind: ContractKind, log: &Log) -> Result<RawEvent, DecodeError
             }
             if topic0 == AaveEMode::UserEModeSet::SIGNATURE_HASH {
                 return decode(log).map(|e| RawEvent::UserEModeSet($protocol, e));
+            }
+            if topic0 == AaveIsolation::DebtCeilingChanged::SIGNATURE_HASH {
+                return decode(log).map(|e| RawEvent::DebtCeilingChanged($protocol, e));
+            }
+            if topic0 == AaveIsolation::IsolationModeTotalDebtUpdated::SIGNATURE_HASH {
+                return decode(log).map(|e| RawEvent::IsolationModeTotalDebtUpdated($protocol, e));
             }
         }};
     }

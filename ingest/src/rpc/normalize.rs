@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use alloy_primitives::{Address, B256, I256, U256};
 use chainfold_domain::{
     BlockRef, CollateralUse, DefiEvent, EModeChange, EModeKind, Envelope, Erc20Transfer, EventId,
-    FlashLoan, LendingFlow, Liquidation, LiquidityChange, LiquidityKind, OracleUpdate, PoolSync,
-    Reserve, ReserveConfig, ReserveUpdate, Source, Swap, TokenAmount, TokenMetadata, V3State,
-    SCHEMA_VERSION,
+    FlashLoan, IsolationChange, IsolationKind, LendingFlow, Liquidation, LiquidityChange,
+    LiquidityKind, OracleUpdate, PoolSync, Reserve, ReserveConfig, ReserveUpdate, Source, Swap,
+    TokenAmount, TokenMetadata, V3State, SCHEMA_VERSION,
 };
 use chrono::{DateTime, Utc};
 
@@ -84,6 +84,8 @@ impl RawEvent {
             RawEvent::CollateralDisabled(_, e) => vec![e.reserve],
             RawEvent::CollateralConfigurationChanged(_, e) => vec![e.asset],
             RawEvent::EModeAssetCategoryChanged(_, e) => vec![e.asset],
+            RawEvent::DebtCeilingChanged(_, e) => vec![e.asset],
+            RawEvent::IsolationModeTotalDebtUpdated(_, e) => vec![e.asset],
             _ => Vec::new(),
         }
     }
@@ -437,6 +439,22 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
             category: e.categoryId,
             change: EModeKind::User { wallet: e.user },
         }),
+        RawEvent::DebtCeilingChanged(protocol, e) => DefiEvent::Isolation(IsolationChange {
+            protocol: protocol.into(),
+            pool,
+            reserve: md.token(e.asset)?,
+            kind: IsolationKind::DebtCeiling,
+            value: amount(e.newDebtCeiling),
+        }),
+        RawEvent::IsolationModeTotalDebtUpdated(protocol, e) => {
+            DefiEvent::Isolation(IsolationChange {
+                protocol: protocol.into(),
+                pool,
+                reserve: md.token(e.asset)?,
+                kind: IsolationKind::TotalDebt,
+                value: amount(e.totalDebt),
+            })
+        }
         RawEvent::Erc20Transfer(e) => DefiEvent::Transfer(Erc20Transfer {
             token: pool,
             from: e.from,
