@@ -1,6 +1,6 @@
 //! `aaveAccount`: a wallet's Aave account in one lending pool as the pool's
 //! `getUserAccountData` computes it (indices, scaled balances, collateral flags, oracle answers),
-//! read back from the read models by [`chainfold_platform::aave::account`]. Every money field is
+//! read back from the read models by [`chainfold_store::aave::account`]. Every money field is
 //! an exact integer in a decimal string.
 
 use async_graphql::{Context, Object, SimpleObject};
@@ -166,19 +166,13 @@ impl AaveQuery {
             a.parse()
                 .map_err(|_| gql(ApiError::BadUserInput(format!("{a:?} is not an address"))))
         };
-        let account = chainfold_platform::aave::account(
-            db,
-            chain,
-            parse(&pool)?,
-            parse(&wallet)?,
-            block,
-            time,
-        )
-        .await
-        .map_err(|e| match e {
-            chainfold_platform::aave::AaveError::Sql(e) => gql(e),
-            other => gql(ApiError::Unanswerable(other.to_string())),
-        })?;
+        let account =
+            chainfold_store::aave::account(db, chain, parse(&pool)?, parse(&wallet)?, block, time)
+                .await
+                .map_err(|e| match e {
+                    chainfold_store::aave::AaveError::Sql(e) => gql(e),
+                    other => gql(ApiError::Unanswerable(other.to_string())),
+                })?;
         Ok(account.map(|a| AaveAccount {
             chain_id,
             pool: pool.clone(),

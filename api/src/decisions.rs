@@ -221,10 +221,10 @@ impl MutationRoot {
             async_graphql::Error::new("internal error")
         };
         let nonce = format!("{}", Utc::now().timestamp_nanos_opt().unwrap_or_default());
-        let record = chainfold_platform::decisions::decide_request(
+        let record = chainfold_store::decisions::decide_request(
             pool,
             &desk.policy,
-            &chainfold_platform::decisions::CreditRequest {
+            &chainfold_store::decisions::CreditRequest {
                 chain_id: chain_id as u64,
                 wallet: &wallet,
                 amount_usd,
@@ -238,7 +238,7 @@ impl MutationRoot {
         .map_err(bad)?;
         // The decision and its Kafka record commit together (outbox); the relay then publishes
         // it, and a crash in between leaves it queued for the next relay, never lost.
-        chainfold_platform::decisions::store_with_output(pool, &desk.topic, &record)
+        chainfold_store::decisions::store_with_output(pool, &desk.topic, &record)
             .await
             .map_err(internal)?;
         chainfold_platform::outbox::relay(
@@ -250,7 +250,7 @@ impl MutationRoot {
         .await
         .map_err(internal)?;
         if let Some((conn, prefix)) = desk.redis.clone().as_mut() {
-            chainfold_platform::decisions::announce(conn, prefix, &record).await;
+            chainfold_store::decisions::announce(conn, prefix, &record).await;
         }
         Ok(CreditDecision::new(record, None, None, None))
     }

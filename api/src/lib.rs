@@ -176,7 +176,7 @@ impl App {
             chainfold_platform::postgres::connect(&config.postgres, Some(config.statement_timeout))
                 .await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
-        let policy = chainfold_platform::decisions::policy_or_shipped(config.policy.as_deref())?;
+        let policy = chainfold_store::decisions::policy_or_shipped(config.policy.as_deref())?;
         let topic = format!(
             "{}{}",
             config.kafka.topic_prefix,

@@ -23,7 +23,7 @@ pub struct Loaders {
     pub latest: Option<Arc<Latest>>,
 }
 
-/// The Redis copies of the latest scores and wallet summaries ([`chainfold_platform::latest`]):
+/// The Redis copies of the latest scores and wallet summaries ([`chainfold_store::latest`]):
 /// read first, Postgres on a miss (which fills the entry through the same versioned write).
 pub struct Latest {
     redis: redis::aio::ConnectionManager,
@@ -60,10 +60,10 @@ impl Latest {
     /// unknown addresses fill nothing). Redis failing is a miss, not an error.
     pub async fn read(
         &self,
-        kind: chainfold_platform::latest::Kind,
+        kind: chainfold_store::latest::Kind,
         keys: &[WalletKey],
     ) -> Result<HashMap<WalletKey, Option<String>>, sqlx::Error> {
-        use chainfold_platform::latest;
+        use chainfold_store::latest;
         let mut redis = self.redis.clone();
         let cached = match latest::get(&mut redis, &self.prefix, kind, keys).await {
             Ok(found) => found,
@@ -166,7 +166,7 @@ impl Loader<WalletKey> for ScoreLoader {
         self.batches.fetch_add(1, Ordering::Relaxed);
         if let Some(latest) = &self.latest {
             let rows = latest
-                .read(chainfold_platform::latest::Kind::Score, keys)
+                .read(chainfold_store::latest::Kind::Score, keys)
                 .await
                 .map_err(Arc::new)?;
             let mut out = HashMap::with_capacity(rows.len());

@@ -110,7 +110,7 @@ struct SummaryRow {
 }
 
 /// One action of a wallet's summary as served: from [`SummaryRow`], or from the JSON of its
-/// Redis copy (`chainfold_platform::latest`, amounts as decimal strings).
+/// Redis copy (`chainfold_store::latest`, amounts as decimal strings).
 #[derive(serde::Deserialize)]
 struct WalletSummary {
     action: String,
@@ -177,12 +177,12 @@ impl QueryRoot {
             .latest
             .clone();
         let rows: Vec<WalletSummary> = match latest {
-            // The versioned Redis copy (Postgres on a miss), see `chainfold_platform::latest`.
+            // The versioned Redis copy (Postgres on a miss), see `chainfold_store::latest`.
             Some(latest) => {
                 let key = (chain_id, address.clone());
                 let found = latest
                     .read(
-                        chainfold_platform::latest::Kind::Wallet,
+                        chainfold_store::latest::Kind::Wallet,
                         std::slice::from_ref(&key),
                     )
                     .await
@@ -314,11 +314,11 @@ impl QueryRoot {
             .latest
             .clone();
         if let Some(latest) = latest {
-            // The versioned Redis copy (Postgres on a miss), see `chainfold_platform::latest`.
+            // The versioned Redis copy (Postgres on a miss), see `chainfold_store::latest`.
             let key = (chain_id, address);
             let found = latest
                 .read(
-                    chainfold_platform::latest::Kind::Pool,
+                    chainfold_store::latest::Kind::Pool,
                     std::slice::from_ref(&key),
                 )
                 .await

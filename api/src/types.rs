@@ -201,7 +201,7 @@ impl IdentityScore {
 }
 
 /// A `credit_score` row as the API reads it: from Postgres, or as JSON from its Redis copy
-/// (`chainfold_platform::latest`, whose `SCORE_COLUMNS` are these).
+/// (`chainfold_store::latest`, whose `SCORE_COLUMNS` are these).
 #[derive(sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct ScoreRow {
     pub(crate) id: i64,
@@ -222,7 +222,7 @@ pub(crate) struct ScoreRow {
     block_number: Option<i64>,
 }
 
-pub(crate) const SCORE_COLUMNS: &str = chainfold_platform::latest::SCORE_COLUMNS;
+pub(crate) const SCORE_COLUMNS: &str = chainfold_store::latest::SCORE_COLUMNS;
 
 impl From<ScoreRow> for CreditScore {
     fn from(row: ScoreRow) -> Self {
@@ -578,7 +578,7 @@ impl Pool {
         #[graphql(default = 6)] hours: i32,
     ) -> ApiResult<Vec<LiquidityForecastPoint>> {
         use chainfold_domain::pool::{depth_forecast, depth_token0};
-        use chainfold_platform::liquidity::pool_history;
+        use chainfold_store::liquidity::pool_history;
         if !(1..=48).contains(&hours) {
             return Err(gql(ApiError::BadUserInput(format!(
                 "hours must be between 1 and 48, got {hours}"

@@ -2,15 +2,11 @@
 //! dead letters), Postgres (pool and the one migration timeline) and Redis, and the shutdown
 //! signal. Roles depend on this crate and on `domain`, never on each other.
 
-pub mod aave;
 pub mod config;
-pub mod decisions;
 pub mod dlq;
 pub mod failpoint;
 pub mod kafka;
-pub mod latest;
 pub mod lease;
-pub mod liquidity;
 pub mod member;
 pub mod offsets;
 pub mod outbox;

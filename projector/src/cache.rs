@@ -93,7 +93,7 @@ pub async fn clear(redis: &mut ConnectionManager, prefix: &str) -> redis::RedisR
 }
 
 /// The summaries of the wallets a batch touched, as the API serves them
-/// (`<prefix>latest:wallet:…`, see [`chainfold_platform::latest`]): read after the commit with
+/// (`<prefix>latest:wallet:…`, see [`chainfold_store::latest`]): read after the commit with
 /// their version and stored where newer than what Redis holds. Returns how many were written.
 pub async fn write_latest_wallets(
     redis: &mut ConnectionManager,
@@ -108,18 +108,18 @@ pub async fn write_latest_wallets(
         .collect();
     wallets.extend(batch.reset_wallets.iter().cloned());
     let wallets: Vec<(i64, String)> = wallets.into_iter().collect();
-    chainfold_platform::latest::refresh(
+    chainfold_store::latest::refresh(
         redis,
         pool,
         prefix,
-        chainfold_platform::latest::Kind::Wallet,
+        chainfold_store::latest::Kind::Wallet,
         &wallets,
     )
     .await
 }
 
 /// The state of the pools a batch touched (swaps folded, or a retraction recomputed), as the API
-/// serves it (`<prefix>latest:pool:…`, see [`chainfold_platform::latest`]): read after the
+/// serves it (`<prefix>latest:pool:…`, see [`chainfold_store::latest`]): read after the
 /// commit with its version and stored where newer than what Redis holds. Returns how many were
 /// written.
 pub async fn write_latest_pools(
@@ -135,11 +135,11 @@ pub async fn write_latest_pools(
         .collect();
     pools.extend(batch.reset_pools.iter().cloned());
     let pools: Vec<(i64, String)> = pools.into_iter().collect();
-    chainfold_platform::latest::refresh(
+    chainfold_store::latest::refresh(
         redis,
         pool,
         prefix,
-        chainfold_platform::latest::Kind::Pool,
+        chainfold_store::latest::Kind::Pool,
         &pools,
     )
     .await

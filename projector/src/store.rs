@@ -630,16 +630,3 @@ pub async fn reset(pool: &PgPool, group: &str) -> Result<(), StoreError> {
     tx.commit().await?;
     Ok(())
 }
-
-/// Re-exported so callers need not depend on sqlx for a signature.
-pub type PgPoolRef = PgPool;
-
-/// Row counts of the main read models: lending events, wallets, swaps, pools.
-pub async fn table_counts(pool: &PgPool) -> Result<(i64, i64, i64, i64), StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT (SELECT count(*) FROM lending_event), (SELECT count(DISTINCT (chain_id, wallet)) FROM wallet_lending_summary),
-                (SELECT count(*) FROM swap), (SELECT count(*) FROM pool_summary)",
-    )
-    .fetch_one(pool)
-    .await?)
-}

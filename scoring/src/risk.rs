@@ -1168,7 +1168,7 @@ impl RiskWorker {
         bound: &SealBound,
         out: &mut Evaluation,
     ) -> anyhow::Result<()> {
-        use chainfold_platform::liquidity::{recent, reserve_history_sealed};
+        use chainfold_store::liquidity::{recent, reserve_history_sealed};
         for (reserve, hours) in
             touched(&self.pool, "lending_event", "reserve", chain, ranges).await?
         {
@@ -1328,11 +1328,11 @@ impl RiskWorker {
     ) -> anyhow::Result<
         Option<(
             chainfold_domain::pool::DepthShortage,
-            chainfold_platform::liquidity::PoolPoint,
+            chainfold_store::liquidity::PoolPoint,
         )>,
     > {
         use chainfold_domain::pool::{depth_shortage, depth_token0};
-        let rows = chainfold_platform::liquidity::pool_history_sealed(
+        let rows = chainfold_store::liquidity::pool_history_sealed(
             &self.pool,
             chain as i64,
             pool,

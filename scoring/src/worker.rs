@@ -692,7 +692,7 @@ impl ScoreEngine {
     }
 
     /// The wallet's health factor as its Aave pool computes it at `block` (`getUserAccountData`,
-    /// see `chainfold_platform::aave`): `Some(None)` without debt, `None` when the pool's
+    /// see `chainfold_store::aave`): `Some(None)` without debt, `None` when the pool's
     /// accounting cannot answer (no reserve data or no price yet), where the estimate stays.
     async fn aave_health(
         &self,
@@ -704,7 +704,7 @@ impl ScoreEngine {
         let Ok(wallet) = key.1.parse() else {
             return Ok(None);
         };
-        let account = chainfold_platform::aave::account(
+        let account = chainfold_store::aave::account(
             &self.pool,
             key.0,
             pool,
@@ -721,7 +721,7 @@ impl ScoreEngine {
                 let hf: f64 = a.data.health_factor.to_string().parse().unwrap_or(f64::NAN);
                 (hf.is_finite()).then_some(Some(hf / 1e18))
             }
-            Ok(None) | Err(chainfold_platform::aave::AaveError::Account(_)) => None,
+            Ok(None) | Err(chainfold_store::aave::AaveError::Account(_)) => None,
             Err(e) => return Err(e.into()),
         })
     }
@@ -799,7 +799,7 @@ type PricePoint = (DateTime<Utc>, Option<i64>, f64);
 impl Scorer {
     pub async fn build(config: Config) -> anyhow::Result<Scorer> {
         let model = PositionModel::load(&config.model_dir)?;
-        let policy = chainfold_platform::decisions::policy_or_shipped(config.policy.as_deref())?;
+        let policy = chainfold_store::decisions::policy_or_shipped(config.policy.as_deref())?;
         let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
         let pipeline = chainfold_platform::lease::hold_pipeline(&config.postgres).await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
@@ -1090,7 +1090,7 @@ impl Scorer {
             })
             .collect();
         for d in &decisions {
-            outputs.push(chainfold_platform::decisions::output(
+            outputs.push(chainfold_store::decisions::output(
                 &self.decisions_topic,
                 d,
             )?);
@@ -1249,11 +1249,11 @@ impl Scorer {
         let mut touched: std::collections::BTreeSet<(i64, String)> = unscored.into_iter().collect();
         touched.extend(stored.iter().map(|s| (s.chain as i64, s.wallet.clone())));
         let touched: Vec<(i64, String)> = touched.into_iter().collect();
-        if let Err(err) = chainfold_platform::latest::refresh(
+        if let Err(err) = chainfold_store::latest::refresh(
             &mut self.redis,
             &self.pool,
             &self.config.redis.prefix,
-            chainfold_platform::latest::Kind::Score,
+            chainfold_store::latest::Kind::Score,
             &touched,
         )
         .await
@@ -1285,7 +1285,7 @@ impl Scorer {
         }
         let prefix = self.config.redis.prefix.clone();
         for d in decisions {
-            chainfold_platform::decisions::announce(&mut self.redis, &prefix, d).await;
+            chainfold_store::decisions::announce(&mut self.redis, &prefix, d).await;
         }
     }
 
@@ -1587,19 +1587,19 @@ impl Scorer {
         for (chain, list) in crossed {
             let wallets: Vec<String> = list.iter().map(|s| s.wallet.clone()).collect();
             let requests =
-                chainfold_platform::decisions::latest_requests(&self.pool, chain, &wallets).await?;
+                chainfold_store::decisions::latest_requests(&self.pool, chain, &wallets).await?;
             for request in requests {
                 let Some(s) = list.iter().find(|s| s.wallet == request.wallet) else {
                     continue;
                 };
-                let snapshot = chainfold_platform::decisions::ScoreSnapshot {
+                let snapshot = chainfold_store::decisions::ScoreSnapshot {
                     score: s.score.score,
                     band: s.score.band,
                     probability_of_liquidation: s.score.probability_of_liquidation,
                     event_id: s.event_id.clone(),
                     model_version: self.engine.version.clone(),
                 };
-                let record = chainfold_platform::decisions::decide_band_change(
+                let record = chainfold_store::decisions::decide_band_change(
                     &self.pool,
                     &self.policy,
                     &request,
@@ -1607,7 +1607,7 @@ impl Scorer {
                     s.at,
                 )
                 .await?;
-                if chainfold_platform::decisions::store(&mut **tx, &record).await? {
+                if chainfold_store::decisions::store(&mut **tx, &record).await? {
                     new.push(record);
                 }
             }

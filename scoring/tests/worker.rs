@@ -299,7 +299,7 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
         .await
         .expect("decisions topic");
     let policy_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.toml");
-    let policy = chainfold_platform::decisions::load_policy(&policy_path).expect("policy");
+    let policy = chainfold_store::decisions::load_policy(&policy_path).expect("policy");
     let desk = chainfold_api::decisions::DecisionDesk {
         policy: policy.clone(),
         producer: producer.clone(),

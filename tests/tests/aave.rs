@@ -1,7 +1,7 @@
 //! Aave accounting as the protocol computes it (issue 15): the fixture pool accrues interest
 //! over simulated months (rates on every reserve, collateral switched off and on, prices moving,
 //! a liquidation); its events go anvil → live ingest → Kafka → projector → Postgres, and at every
-//! block of the run chainfold's account (`platform::aave::account`, what `aaveAccount` serves)
+//! block of the run chainfold's account (`store::aave::account`, what `aaveAccount` serves)
 //! equals the contract's own `getUserAccountData` at that block, field by field, to the wei.
 //! Aave V3 e-mode is part of the run: a category is defined, WETH and USDC put in it, Carol
 //! enters it (her WETH then counts at the category's threshold), WETH leaves the category and
@@ -290,7 +290,7 @@ async fn health_factors_equal_get_user_account_data_at_every_block_over_six_mont
                 .account_data(wallet, block)
                 .await
                 .expect("getUserAccountData");
-            let ours = chainfold_platform::aave::account(
+            let ours = chainfold_store::aave::account(
                 &pool,
                 d.chain_id,
                 d.lending_pool,

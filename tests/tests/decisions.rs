@@ -219,8 +219,8 @@ async fn a_decision_is_scored_requested_published_and_applied_on_the_fixture_poo
     chainfold_platform::kafka::ensure_topics(&iso.kafka, std::slice::from_ref(&decisions_topic))
         .await
         .expect("decisions topic");
-    let policy = chainfold_platform::decisions::load_policy(&workspace("scoring/policy.toml"))
-        .expect("policy");
+    let policy =
+        chainfold_store::decisions::load_policy(&workspace("scoring/policy.toml")).expect("policy");
     let schema = chainfold_api::schema::build_with(
         pool.clone(),
         Some(chainfold_api::decisions::DecisionDesk {

@@ -1,4 +1,4 @@
-//! The API's hottest reads from Redis (`chainfold_platform::latest`): the Polygon histories
+//! The API's hottest reads from Redis (`chainfold_store::latest`): the Polygon histories
 //! replayed, projected and scored by the real roles, then served by two APIs side by side, one
 //! reading Redis first (`--redis-reads true`, the default) and one reading Postgres only. They
 //! must answer alike for every wallet; the Redis one must really answer from Redis, keep the
@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chainfold_ingest::replay::Dataset;
-use chainfold_platform::latest::{self, Kind};
+use chainfold_store::latest::{self, Kind};
 use chainfold_testkit::{data_dir, Isolated};
 use serde_json::{json, Value};
 

@@ -336,8 +336,11 @@ pub async fn store<'e>(
 
 /// A stored decision as an outbox record for `chainfold.decisions.v1` (keyed by wallet, its
 /// id as the output id): queued in the decision's transaction, relayed after the commit.
-pub fn output(topic: &str, record: &DecisionRecord) -> anyhow::Result<crate::outbox::Output> {
-    Ok(crate::outbox::Output {
+pub fn output(
+    topic: &str,
+    record: &DecisionRecord,
+) -> anyhow::Result<chainfold_platform::outbox::Output> {
+    Ok(chainfold_platform::outbox::Output {
         topic: topic.to_owned(),
         key: record.wallet.clone(),
         output_id: record.id.clone(),
@@ -355,10 +358,19 @@ pub async fn store_with_output(
     let mut tx = pool.begin().await?;
     let new = store(&mut *tx, record).await?;
     if new {
-        crate::outbox::enqueue(&mut tx, &[output(topic, record)?]).await?;
+        chainfold_platform::outbox::enqueue(&mut tx, &[output(topic, record)?]).await?;
     }
     tx.commit().await?;
     Ok(new)
+}
+
+/// Where the actuator applied a decision: its transaction hash and block (both `None` until it
+/// has).
+pub async fn applied_in(pool: &PgPool, id: &str) -> sqlx::Result<(Option<String>, Option<i64>)> {
+    sqlx::query_as("SELECT tx_hash, tx_block FROM credit_decision WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
 }
 
 /// Announces a committed decision on Redis `<prefix>decisions` (best effort: Postgres and the

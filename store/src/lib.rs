@@ -1,0 +1,16 @@
+//! The read models' SQL shared by several roles: typed reads and writes of the Postgres tables
+//! the projector, the scorer, the risk worker and the API all touch. A role's own write path
+//! (the projector's batch inserts, the scorer's score rows) stays beside its fold; what more
+//! than one role or tool reads lives here, so each statement has one home.
+//!
+//! - [`aave`]: an Aave account read back and folded as the pool's `getUserAccountData` does.
+//! - [`decisions`]: lending decisions: their inputs read, decided records stored and published.
+//! - [`latest`]: the API's hottest reads kept in Redis, versioned in commit order.
+//! - [`liquidity`]: reserve and pool liquidity histories (risk alerts, API forecasts).
+//! - [`summary`]: what the read models and derived tables hold, counted (demo, rebuild, tools).
+
+pub mod aave;
+pub mod decisions;
+pub mod latest;
+pub mod liquidity;
+pub mod summary;
