@@ -9,8 +9,10 @@ use sqlx::PgPool;
 use crate::error::{gql, ApiResult};
 use crate::types::{decimal_text, page_size};
 
+// One variant per `chainfold_domain::risk::AlertKind`.
 /// What an alert is about.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "chainfold_domain::risk::AlertKind")]
 pub enum AlertKind {
     Sandwich,
     FlashLoanAttack,
@@ -20,29 +22,23 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// The name stored in `risk_alert.kind`.
     pub(crate) fn stored(self) -> &'static str {
-        match self {
-            AlertKind::Sandwich => "SANDWICH",
-            AlertKind::FlashLoanAttack => "FLASH_LOAN_ATTACK",
-            AlertKind::LiquidityDrain => "LIQUIDITY_DRAIN",
-            AlertKind::PoolAnomaly => "POOL_ANOMALY",
-            AlertKind::LiquidityShortage => "LIQUIDITY_SHORTAGE",
-        }
+        chainfold_domain::risk::AlertKind::from(self).as_str()
     }
 
+    /// A stored kind (the table's CHECK admits only the five).
     fn of(stored: &str) -> AlertKind {
-        match stored {
-            "SANDWICH" => AlertKind::Sandwich,
-            "FLASH_LOAN_ATTACK" => AlertKind::FlashLoanAttack,
-            "LIQUIDITY_DRAIN" => AlertKind::LiquidityDrain,
-            "POOL_ANOMALY" => AlertKind::PoolAnomaly,
-            _ => AlertKind::LiquidityShortage,
-        }
+        stored
+            .parse::<chainfold_domain::risk::AlertKind>()
+            .map_or(AlertKind::LiquidityShortage, AlertKind::from)
     }
 }
 
+// One variant per `chainfold_domain::risk::Severity`.
 /// How bad.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "chainfold_domain::risk::Severity")]
 pub enum Severity {
     Low,
     Medium,
@@ -271,19 +267,18 @@ pub(crate) fn alert_of(r: AlertRow) -> Alert {
 impl Severity {
     /// The stored severities at or above this one.
     pub(crate) fn and_above(self) -> Vec<String> {
-        ["LOW", "MEDIUM", "HIGH", "CRITICAL"]
-            .iter()
-            .filter(|s| severity_of(s) as u8 >= self as u8)
-            .map(|s| (*s).to_owned())
+        let least = chainfold_domain::risk::Severity::from(self);
+        chainfold_domain::risk::Severity::ALL
+            .into_iter()
+            .filter(|s| *s >= least)
+            .map(|s| s.as_str().to_owned())
             .collect()
     }
 }
 
+/// A stored severity (the table's CHECK admits only the four).
 pub(crate) fn severity_of(stored: &str) -> Severity {
-    match stored {
-        "CRITICAL" => Severity::Critical,
-        "HIGH" => Severity::High,
-        "MEDIUM" => Severity::Medium,
-        _ => Severity::Low,
-    }
+    stored
+        .parse::<chainfold_domain::risk::Severity>()
+        .map_or(Severity::Low, Severity::from)
 }

@@ -15,6 +15,8 @@
 //!   wallet's activity features: the scoring inputs, pure and clock-free.
 //! - [`profile`]: a wallet's credit profile as an incremental fold (activity and positions), so
 //!   the scorer folds each event once instead of re-reading the wallet's history.
+//! - [`messages`]: the derived topics' messages, typed (scores, alerts).
+//! - [`risk`]: the attack detectors, alert kinds and severities, incident correlation.
 //! - [`fold`]: pure functions from events to read-model rows (no clock, I/O or randomness), so a
 //!   replay of the log rebuilds identical read models.
 //!
@@ -28,6 +30,7 @@ pub mod credit;
 pub mod decision;
 pub mod envelope;
 pub mod fold;
+pub mod messages;
 pub mod number;
 pub mod pool;
 pub mod profile;

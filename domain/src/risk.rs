@@ -18,6 +18,127 @@ use serde::{Deserialize, Serialize};
 /// Version stored with every alert; bump it when a rule changes.
 pub const DETECTOR_VERSION: &str = "detectors-v1";
 
+/// What an alert is about: one kind per detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlertKind {
+    /// [`find_sandwiches`].
+    Sandwich,
+    /// [`flash_loan_attack`].
+    FlashLoanAttack,
+    /// [`drains`].
+    LiquidityDrain,
+    /// A swap the anomaly model scores as an outlier.
+    PoolAnomaly,
+    /// A reserve or pool whose liquidity is forecast to run short.
+    LiquidityShortage,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 5] = [
+        AlertKind::Sandwich,
+        AlertKind::FlashLoanAttack,
+        AlertKind::LiquidityDrain,
+        AlertKind::PoolAnomaly,
+        AlertKind::LiquidityShortage,
+    ];
+
+    /// The name stored in `risk_alert.kind` and published on `chainfold.risk.v1`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Sandwich => "SANDWICH",
+            AlertKind::FlashLoanAttack => "FLASH_LOAN_ATTACK",
+            AlertKind::LiquidityDrain => "LIQUIDITY_DRAIN",
+            AlertKind::PoolAnomaly => "POOL_ANOMALY",
+            AlertKind::LiquidityShortage => "LIQUIDITY_SHORTAGE",
+        }
+    }
+
+    /// The attack stage of Forta's model the kind shows: `preparation` for anomalies,
+    /// `exploitation` for attacks; shortages are market risk, no stage.
+    pub fn stage(self) -> Option<&'static str> {
+        match self {
+            AlertKind::PoolAnomaly => Some("preparation"),
+            AlertKind::FlashLoanAttack | AlertKind::LiquidityDrain | AlertKind::Sandwich => {
+                Some("exploitation")
+            }
+            AlertKind::LiquidityShortage => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AlertKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        AlertKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == text)
+            .ok_or_else(|| format!("unknown alert kind {text:?}"))
+    }
+}
+
+/// How bad an alert or incident is, lowest first (so `max` is the worst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 4] = [
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    /// The name stored in `risk_alert.severity`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "LOW",
+            Severity::Medium => "MEDIUM",
+            Severity::High => "HIGH",
+            Severity::Critical => "CRITICAL",
+        }
+    }
+
+    /// One level worse, `Critical` staying `Critical`.
+    pub fn raised(self) -> Severity {
+        match self {
+            Severity::Low => Severity::Medium,
+            Severity::Medium => Severity::High,
+            Severity::High | Severity::Critical => Severity::Critical,
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Severity::ALL
+            .into_iter()
+            .find(|k| k.as_str() == text)
+            .ok_or_else(|| format!("unknown severity {text:?}"))
+    }
+}
+
 /// One swap as the detectors need it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SwapLeg {
@@ -334,8 +455,8 @@ pub fn liquidation_bonus_error(
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertRef {
     pub id: String,
-    pub kind: String,
-    pub severity: String,
+    pub kind: AlertKind,
+    pub severity: Severity,
     pub chain_id: u64,
     /// Seconds (the alert's event time): the window is in time because block numbers of
     /// different chains do not compare.
@@ -357,12 +478,10 @@ pub struct Incident {
     /// which the event log does not carry.
     pub stages: Vec<String>,
     /// The members' highest, one level higher when several kinds combine.
-    pub severity: String,
+    pub severity: Severity,
     pub first_at: i64,
     pub last_at: i64,
 }
-
-const SEVERITIES: [&str; 4] = ["LOW", "MEDIUM", "HIGH", "CRITICAL"];
 
 /// Merges alerts that share an actor address or a transaction, directly or through other
 /// alerts, within `window_secs` of each other (any chains). `alerts` sorted by time.
@@ -403,28 +522,20 @@ pub fn correlate(alerts: &[AlertRef], window_secs: i64) -> Vec<Incident> {
     groups
         .into_values()
         .map(|members| {
-            let mut kinds: Vec<&str> = members.iter().map(|a| a.kind.as_str()).collect();
+            let mut kinds: Vec<AlertKind> = members.iter().map(|a| a.kind).collect();
             kinds.sort_unstable();
             kinds.dedup();
             let top = members
                 .iter()
-                .filter_map(|a| SEVERITIES.iter().position(|s| *s == a.severity))
+                .map(|a| a.severity)
                 .max()
-                .unwrap_or(0);
-            let level = if kinds.len() > 1 {
-                (top + 1).min(3)
-            } else {
-                top
-            };
-            let mut stages = Vec::new();
-            if kinds.contains(&"POOL_ANOMALY") {
-                stages.push("preparation".to_owned());
-            }
-            if kinds
-                .iter()
-                .any(|k| matches!(*k, "FLASH_LOAN_ATTACK" | "LIQUIDITY_DRAIN" | "SANDWICH"))
-            {
-                stages.push("exploitation".to_owned());
+                .unwrap_or(Severity::Low);
+            let severity = if kinds.len() > 1 { top.raised() } else { top };
+            let mut stages: Vec<String> = Vec::new();
+            for stage in ["preparation", "exploitation"] {
+                if kinds.iter().any(|k| k.stage() == Some(stage)) {
+                    stages.push(stage.to_owned());
+                }
             }
             let mut chain_ids: Vec<u64> = members.iter().map(|a| a.chain_id).collect();
             chain_ids.sort_unstable();
@@ -434,7 +545,7 @@ pub fn correlate(alerts: &[AlertRef], window_secs: i64) -> Vec<Incident> {
                 alert_ids: members.iter().map(|a| a.id.clone()).collect(),
                 chain_ids,
                 stages,
-                severity: SEVERITIES[level].to_owned(),
+                severity,
                 first_at: members.iter().map(|a| a.at).min().unwrap_or_default(),
                 last_at: members.iter().map(|a| a.at).max().unwrap_or_default(),
             }
@@ -613,8 +724,8 @@ mod tests {
             |id: &str, kind: &str, sev: &str, chain: u64, at: i64, addr: &[&str], txs: &[&str]| {
                 AlertRef {
                     id: id.into(),
-                    kind: kind.into(),
-                    severity: sev.into(),
+                    kind: kind.parse().expect("a kind"),
+                    severity: sev.parse().expect("a severity"),
                     chain_id: chain,
                     at,
                     addresses: addr.iter().map(|a| a.to_string()).collect(),
@@ -647,12 +758,36 @@ mod tests {
         assert_eq!(big.chain_ids, vec![1, 137]);
         assert_eq!(big.stages, vec!["preparation", "exploitation"]);
         assert_eq!(
-            big.severity, "CRITICAL",
+            big.severity,
+            Severity::Critical,
             "HIGH raised a level for combined kinds"
         );
         assert_eq!((big.first_at, big.last_at), (0, 601));
         let lone = incidents.iter().find(|i| i.id == "d").expect("incident d");
-        assert_eq!((lone.severity.as_str(), lone.alert_ids.len()), ("LOW", 1));
+        assert_eq!((lone.severity, lone.alert_ids.len()), (Severity::Low, 1));
+    }
+
+    #[test]
+    fn kinds_and_severities_keep_their_stored_names_and_order() {
+        for kind in AlertKind::ALL {
+            assert_eq!(kind.as_str().parse::<AlertKind>(), Ok(kind));
+            assert_eq!(
+                serde_json::to_value(kind).expect("serialises"),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        assert_eq!(AlertKind::FlashLoanAttack.as_str(), "FLASH_LOAN_ATTACK");
+        assert!("flash_loan_attack".parse::<AlertKind>().is_err());
+        for severity in Severity::ALL {
+            assert_eq!(severity.as_str().parse::<Severity>(), Ok(severity));
+        }
+        assert!(Severity::Low < Severity::Medium && Severity::High < Severity::Critical);
+        assert_eq!(Severity::High.raised(), Severity::Critical);
+        assert_eq!(Severity::Critical.raised(), Severity::Critical);
+        assert_eq!(
+            serde_json::from_str::<Severity>("\"MEDIUM\"").expect("parses"),
+            Severity::Medium
+        );
     }
 
     #[test]

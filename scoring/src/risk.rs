@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use alloy_primitives::{Address, B256};
 use anyhow::Context as _;
 use chainfold_domain::risk::{
-    drains, find_sandwiches, flash_loan_attack, FlashLoanRule, Loan, PriceMove, ReserveState,
-    SwapLeg, DETECTOR_VERSION,
+    drains, find_sandwiches, flash_loan_attack, AlertKind, FlashLoanRule, Loan, PriceMove,
+    ReserveState, Severity, SwapLeg, DETECTOR_VERSION,
 };
 use chainfold_domain::seal::Seal;
 use chainfold_domain::topics;
@@ -40,7 +40,6 @@ use chainfold_platform::offsets::OffsetError;
 use chainfold_platform::outbox::Output;
 use chrono::{DateTime, Utc};
 use rdkafka::producer::FutureProducer;
-use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
 /// `chainfold risk` settings.
@@ -163,26 +162,8 @@ impl RiskConfig {
     }
 }
 
-/// One alert as stored and published.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Alert {
-    pub id: String,
-    pub kind: &'static str,
-    pub severity: &'static str,
-    pub chain_id: u64,
-    pub block_number: u64,
-    pub tx_hashes: Vec<String>,
-    pub addresses: Vec<String>,
-    pub pools: Vec<String>,
-    pub evidence: serde_json::Value,
-    pub detector_version: &'static str,
-    pub source_published_at: Option<DateTime<Utc>>,
-    /// What the alert is worth in USD where it can be valued (a drain's lost reserve).
-    pub usd: Option<f64>,
-    /// The time of the alert's block (incidents are correlated by it).
-    pub block_time: Option<DateTime<Utc>>,
-}
+/// One alert as stored and published (the typed message of `chainfold.risk.v1`).
+pub use chainfold_domain::messages::Alert;
 
 /// What a batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -207,11 +188,11 @@ pub struct RiskOutcome {
 
 /// The kinds the block detectors raise: evaluating blocks [from, to] replaces these alerts of
 /// those blocks.
-const BLOCK_KINDS: [&str; 4] = [
-    "SANDWICH",
-    "FLASH_LOAN_ATTACK",
-    "LIQUIDITY_DRAIN",
-    "POOL_ANOMALY",
+const BLOCK_KINDS: [AlertKind; 4] = [
+    AlertKind::Sandwich,
+    AlertKind::FlashLoanAttack,
+    AlertKind::LiquidityDrain,
+    AlertKind::PoolAnomaly,
 ];
 
 /// A running risk worker.
@@ -402,11 +383,11 @@ impl RiskWorker {
         }
         for a in &stored {
             match a.kind {
-                "SANDWICH" => outcome.sandwiches += 1,
-                "FLASH_LOAN_ATTACK" => outcome.flash_loan_attacks += 1,
-                "LIQUIDITY_SHORTAGE" => outcome.shortages += 1,
-                "POOL_ANOMALY" => outcome.anomalies += 1,
-                _ => outcome.drains += 1,
+                AlertKind::Sandwich => outcome.sandwiches += 1,
+                AlertKind::FlashLoanAttack => outcome.flash_loan_attacks += 1,
+                AlertKind::LiquidityShortage => outcome.shortages += 1,
+                AlertKind::PoolAnomaly => outcome.anomalies += 1,
+                AlertKind::LiquidityDrain => outcome.drains += 1,
             }
         }
         outcome.incidents = correlate(&mut tx, &stored).await?;
@@ -593,6 +574,64 @@ impl RiskWorker {
         published: Option<DateTime<Utc>>,
         out: &mut Evaluation,
     ) -> anyhow::Result<()> {
+        let (blocks, pools) = self.block_rows(chain, from, to).await?;
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        out.blocks_evaluated = blocks.len() as u64;
+        let history = self.reserve_history(chain, from, to, &pools).await?;
+        // Reserves before the stretch: the last state below `from`.
+        let mut reserves: HashMap<Address, (f64, f64)> = HashMap::new();
+        for (pool, states) in &history {
+            if let Some(s) = states.iter().rev().find(|s| s.block < from) {
+                reserves.insert(*pool, (s.reserve0, s.reserve1));
+            }
+        }
+        let mut features = self.seed_features(chain, from, &blocks).await?;
+        let rule = FlashLoanRule {
+            min_price_move: self.config.flash_min_price_move,
+            min_profit_share: self.config.flash_min_profit_share,
+        };
+        let mut seen_ids = BTreeSet::new();
+        for (block, rows) in &blocks {
+            let at = BlockAt {
+                chain,
+                block: *block,
+                rows,
+                published,
+            };
+            let (moves, ended) = price_moves(rows, &mut reserves);
+            let mut alerts = sandwich_alerts(&at)?;
+            if let Some(model) = self.anomaly.as_mut() {
+                let (found, scored) = anomaly_alerts(&at, model, &mut features)?;
+                out.swaps_scored += scored;
+                alerts.extend(found);
+            }
+            alerts.extend(flash_loan_alerts(&at, &rule, &moves));
+            for pool in ended {
+                alerts.extend(
+                    self.drains_at(chain, pool, *block, &history, rows, published)
+                        .await?,
+                );
+            }
+            // One alert per id: a drain episode is reported at its first block.
+            for a in alerts {
+                if seen_ids.insert(a.id.clone()) {
+                    out.alerts.push(a);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The swaps, syncs and flash loans of blocks [from, to] of `chain`, by block, and the pools
+    /// the syncs name.
+    async fn block_rows(
+        &self,
+        chain: u64,
+        from: u64,
+        to: u64,
+    ) -> anyhow::Result<(BTreeMap<u64, BlockRows>, BTreeSet<String>)> {
         let (c, f, t) = (chain as i64, from as i64, to as i64);
         let mut blocks: BTreeMap<u64, BlockRows> = BTreeMap::new();
         type SwapRow = (
@@ -714,10 +753,19 @@ impl RiskWorker {
                 premium,
             });
         }
-        if blocks.is_empty() {
-            return Ok(());
-        }
-        out.blocks_evaluated = blocks.len() as u64;
+        Ok((blocks, pools))
+    }
+
+    /// Each pool's end-of-block states, oldest first, from a drain window before `from` to `to`
+    /// (plus the state before those, which holds until the first).
+    async fn reserve_history(
+        &self,
+        chain: u64,
+        from: u64,
+        to: u64,
+        pools: &BTreeSet<String>,
+    ) -> anyhow::Result<HashMap<Address, Vec<ReserveState>>> {
+        let (c, f, t) = (chain as i64, from as i64, to as i64);
         let pool_list: Vec<String> = pools.iter().cloned().collect();
         // Each pool's reserves as the stretch begins, and its end-of-block states from a drain
         // window before it on (plus the state before those, which holds until the first).
@@ -745,7 +793,6 @@ impl RiskWorker {
         .await?;
         // End-of-block states per pool, oldest first: (block, reserve0, reserve1).
         let mut history: HashMap<Address, Vec<ReserveState>> = HashMap::new();
-        let mut reserves: HashMap<Address, (f64, f64)> = HashMap::new();
         for (pool, r0, r1, block) in start {
             history
                 .entry(address(&pool))
@@ -766,170 +813,7 @@ impl RiskWorker {
                     reserve1: r1,
                 });
         }
-        // Reserves before the stretch: the last state below `from`.
-        for (pool, states) in &history {
-            if let Some(s) = states.iter().rev().find(|s| s.block < from) {
-                reserves.insert(*pool, (s.reserve0, s.reserve1));
-            }
-        }
-        let mut features = self.seed_features(chain, from, &blocks).await?;
-        let rule = FlashLoanRule {
-            min_price_move: self.config.flash_min_price_move,
-            min_profit_share: self.config.flash_min_profit_share,
-        };
-        let mut seen_ids = BTreeSet::new();
-        for (block, rows) in &blocks {
-            let block = *block;
-            let mut alerts = Vec::new();
-            // Price moves per transaction; the pools' end-of-block reserves.
-            let mut moves: HashMap<B256, BTreeMap<Address, PriceMove>> = HashMap::new();
-            let mut ended: BTreeSet<Address> = BTreeSet::new();
-            let price = |r0: f64, r1: f64| if r0 > 0.0 { r1 / r0 } else { 0.0 };
-            for (_, tx, pool, r0, r1) in &rows.syncs {
-                let before = reserves.get(pool).copied();
-                let entry = moves
-                    .entry(*tx)
-                    .or_default()
-                    .entry(*pool)
-                    .or_insert(PriceMove {
-                        pool: *pool,
-                        before: before.map_or(price(*r0, *r1), |(a, b)| price(a, b)),
-                        after: price(*r0, *r1),
-                    });
-                entry.after = price(*r0, *r1);
-                reserves.insert(*pool, (*r0, *r1));
-                ended.insert(*pool);
-            }
-            for s in find_sandwiches(&rows.swaps) {
-                let mut txs = vec![hex(s.front_tx)];
-                txs.extend(s.victim_txs.iter().map(|t| hex(*t)));
-                txs.push(hex(s.back_tx));
-                alerts.push(Alert {
-                    id: alert_id(&[
-                        "SANDWICH",
-                        &chain.to_string(),
-                        &hex(s.front_tx),
-                        &hex(s.back_tx),
-                        &hex(s.pool),
-                    ]),
-                    kind: "SANDWICH",
-                    severity: if s.victim_txs.len() > 2 {
-                        "MEDIUM"
-                    } else {
-                        "LOW"
-                    },
-                    chain_id: chain,
-                    block_number: block,
-                    tx_hashes: txs,
-                    addresses: vec![hex(s.sandwicher)],
-                    pools: vec![hex(s.pool)],
-                    evidence: serde_json::to_value(&s)?,
-                    detector_version: DETECTOR_VERSION,
-                    source_published_at: published,
-                    usd: None,
-                    block_time: rows.time,
-                });
-            }
-            if let Some(model) = self.anomaly.as_mut() {
-                let scored_rows = features.block_features(chain, &rows.swaps);
-                let inputs: Vec<[f32; 4]> = scored_rows.iter().map(|r| r.1).collect();
-                let scored = model.predict(&inputs)?;
-                out.swaps_scored += scored.len() as u64;
-                for ((index, row), (label, score)) in scored_rows.iter().zip(scored) {
-                    if label != -1 {
-                        continue;
-                    }
-                    let swap = &rows.swaps[*index];
-                    let top: Vec<serde_json::Value> = model
-                        .contributions(row)
-                        .into_iter()
-                        .take(2)
-                        .map(|(feature, value, z)| serde_json::json!({"feature": feature, "value": value, "robust_z": z}))
-                        .collect();
-                    alerts.push(Alert {
-                        id: alert_id(&[
-                            "POOL_ANOMALY",
-                            &chain.to_string(),
-                            &hex(swap.tx_hash),
-                            &hex(swap.pool),
-                            &format!("{:?}", swap.trace),
-                        ]),
-                        kind: "POOL_ANOMALY",
-                        severity: if score < -0.1 { "MEDIUM" } else { "LOW" },
-                        chain_id: chain,
-                        block_number: block,
-                        tx_hashes: vec![hex(swap.tx_hash)],
-                        addresses: vec![hex(swap.sender), hex(swap.recipient)],
-                        pools: vec![hex(swap.pool)],
-                        evidence: serde_json::json!({
-                            "model": model.version, "modelSha256": model.sha256, "score": score,
-                            "features": crate::anomaly::ANOMALY_FEATURES.iter().zip(row)
-                                .map(|(n, v)| (n.to_string(), serde_json::json!(v)))
-                                .collect::<serde_json::Map<_, _>>(),
-                            "top": top,
-                        }),
-                        detector_version: DETECTOR_VERSION,
-                        source_published_at: published,
-                        usd: None,
-                        block_time: rows.time,
-                    });
-                }
-            }
-            for loan in &rows.loans {
-                let swaps: Vec<SwapLeg> = rows
-                    .swaps
-                    .iter()
-                    .filter(|s| s.tx_hash == loan.tx_hash)
-                    .cloned()
-                    .collect();
-                let tx_moves: Vec<PriceMove> = moves
-                    .get(&loan.tx_hash)
-                    .map(|m| m.values().copied().collect())
-                    .unwrap_or_default();
-                let Some(hit) = flash_loan_attack(&rule, loan, &swaps, &tx_moves) else {
-                    continue;
-                };
-                let mut hit_pools: Vec<String> = tx_moves.iter().map(|m| hex(m.pool)).collect();
-                hit_pools.sort();
-                alerts.push(Alert {
-                    id: alert_id(&["FLASH_LOAN_ATTACK", &chain.to_string(), &hex(loan.tx_hash)]),
-                    kind: "FLASH_LOAN_ATTACK",
-                    severity: if hit.profit_share > 0.1 {
-                        "CRITICAL"
-                    } else {
-                        "HIGH"
-                    },
-                    chain_id: chain,
-                    block_number: block,
-                    tx_hashes: vec![hex(loan.tx_hash)],
-                    addresses: vec![hex(loan.initiator)],
-                    pools: hit_pools,
-                    evidence: serde_json::json!({
-                        "loan": hit, "swaps": swaps.len(),
-                        "priceMoves": tx_moves.iter().map(|m| serde_json::json!({
-                            "pool": hex(m.pool), "before": m.before, "after": m.after,
-                            "relative": m.relative()})).collect::<Vec<_>>(),
-                    }),
-                    detector_version: DETECTOR_VERSION,
-                    source_published_at: published,
-                    usd: None,
-                    block_time: rows.time,
-                });
-            }
-            for pool in ended {
-                alerts.extend(
-                    self.drains_at(chain, pool, block, &history, rows, published)
-                        .await?,
-                );
-            }
-            // One alert per id: a drain episode is reported at its first block.
-            for a in alerts {
-                if seen_ids.insert(a.id.clone()) {
-                    out.alerts.push(a);
-                }
-            }
-        }
-        Ok(())
+        Ok(history)
     }
 
     /// The drains of `pool` that reach their low at `block`: over the pool's end-of-block
@@ -1006,17 +890,17 @@ impl RiskWorker {
             out.push(Alert {
                 usd,
                 id: alert_id(&[
-                    "LIQUIDITY_DRAIN",
+                    AlertKind::LiquidityDrain.as_str(),
                     &chain.to_string(),
                     &hex(pool),
                     &d.from_block.to_string(),
                     &d.reserve.to_string(),
                 ]),
-                kind: "LIQUIDITY_DRAIN",
+                kind: AlertKind::LiquidityDrain,
                 severity: if d.share_lost >= 0.9 {
-                    "CRITICAL"
+                    Severity::Critical
                 } else {
-                    "HIGH"
+                    Severity::High
                 },
                 chain_id: chain,
                 block_number: block,
@@ -1024,7 +908,7 @@ impl RiskWorker {
                 addresses: Vec::new(),
                 pools: vec![hex(pool)],
                 evidence,
-                detector_version: DETECTOR_VERSION,
+                detector_version: DETECTOR_VERSION.into(),
                 source_published_at: published,
                 block_time: rows.time,
             });
@@ -1202,7 +1086,7 @@ impl RiskWorker {
             };
             for hour in hours {
                 let id = alert_id(&[
-                    "LIQUIDITY_SHORTAGE",
+                    AlertKind::LiquidityShortage.as_str(),
                     &chain.to_string(),
                     &reserve,
                     &hour.to_string(),
@@ -1218,8 +1102,8 @@ impl RiskWorker {
                 let symbol = last.symbol;
                 out.alerts.push(Alert {
                     id,
-                    kind: "LIQUIDITY_SHORTAGE",
-                    severity: if shortage.utilisation_forecast >= 1.0 { "HIGH" } else { "MEDIUM" },
+                    kind: AlertKind::LiquidityShortage,
+                    severity: if shortage.utilisation_forecast >= 1.0 { Severity::High } else { Severity::Medium },
                     chain_id: chain,
                     block_number: last.block_number.unwrap_or_default().max(0) as u64,
                     tx_hashes: Vec::new(),
@@ -1233,7 +1117,7 @@ impl RiskWorker {
                                                shortage.provision, shortage.horizon_hours,
                                                shortage.utilisation_forecast * 100.0, shortage.target * 100.0)},
                     }),
-                    detector_version: DETECTOR_VERSION,
+                    detector_version: DETECTOR_VERSION.into(),
                     // A forecast has no single source event.
                     source_published_at: None,
                     usd: None,
@@ -1257,7 +1141,7 @@ impl RiskWorker {
         for (pool, hours) in touched(&self.pool, "pool_sync", "pool", chain, ranges).await? {
             for hour in hours {
                 let id = alert_id(&[
-                    "LIQUIDITY_SHORTAGE",
+                    AlertKind::LiquidityShortage.as_str(),
                     &chain.to_string(),
                     &pool,
                     &hour.to_string(),
@@ -1289,8 +1173,8 @@ impl RiskWorker {
                 };
                 out.alerts.push(Alert {
                     id,
-                    kind: "LIQUIDITY_SHORTAGE",
-                    severity: if shortage.depth_forecast <= 0.0 { "HIGH" } else { "MEDIUM" },
+                    kind: AlertKind::LiquidityShortage,
+                    severity: if shortage.depth_forecast <= 0.0 { Severity::High } else { Severity::Medium },
                     chain_id: chain,
                     block_number: block,
                     tx_hashes: Vec::new(),
@@ -1307,7 +1191,7 @@ impl RiskWorker {
                                                shortage.depth_forecast / shortage.depth_reference * 100.0,
                                                shortage.target * 100.0)},
                     }),
-                    detector_version: DETECTOR_VERSION,
+                    detector_version: DETECTOR_VERSION.into(),
                     source_published_at: None,
                     // The forecast's USD is evidence, not a loss to rank by.
                     usd: None,
@@ -1537,7 +1421,7 @@ async fn store(
         .bind(chain as i64)
         .bind(from as i64)
         .bind(to as i64)
-        .bind(BLOCK_KINDS.to_vec())
+        .bind(BLOCK_KINDS.map(AlertKind::as_str).to_vec())
         .bind(&ids)
         .execute(&mut **tx)
         .await?;
@@ -1557,15 +1441,15 @@ async fn store(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&a.id)
-        .bind(a.kind)
-        .bind(a.severity)
+        .bind(a.kind.as_str())
+        .bind(a.severity.as_str())
         .bind(a.chain_id as i64)
         .bind(a.block_number as i64)
         .bind(&a.tx_hashes)
         .bind(&a.addresses)
         .bind(&a.pools)
         .bind(&a.evidence)
-        .bind(a.detector_version)
+        .bind(&a.detector_version)
         .bind(a.source_published_at)
         .bind(a.usd)
         .bind(a.block_time)
@@ -1611,17 +1495,17 @@ async fn correlate(tx: &mut Transaction<'_, Postgres>, new: &[Alert]) -> anyhow:
     let alerts: Vec<chainfold_domain::risk::AlertRef> = rows
         .into_iter()
         .map(|(id, kind, severity, chain, at, addresses, tx_hashes)| {
-            chainfold_domain::risk::AlertRef {
+            Ok(chainfold_domain::risk::AlertRef {
                 id,
-                kind,
-                severity,
+                kind: kind.parse().map_err(anyhow::Error::msg)?,
+                severity: severity.parse().map_err(anyhow::Error::msg)?,
                 chain_id: chain as u64,
                 at,
                 addresses,
                 tx_hashes,
-            }
+            })
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let new_ids: std::collections::HashSet<&str> = new.iter().map(|a| a.id.as_str()).collect();
     let mut written = 0;
     for incident in chainfold_domain::risk::correlate(&alerts, WINDOW_SECS) {
@@ -1651,7 +1535,7 @@ async fn correlate(tx: &mut Transaction<'_, Postgres>, new: &[Alert]) -> anyhow:
         .bind(&incident.alert_ids)
         .bind(&chains)
         .bind(&incident.stages)
-        .bind(&incident.severity)
+        .bind(incident.severity.as_str())
         .bind(incident.first_at as f64)
         .bind(incident.last_at as f64)
         .execute(&mut **tx)
@@ -1664,4 +1548,202 @@ async fn correlate(tx: &mut Transaction<'_, Postgres>, new: &[Alert]) -> anyhow:
 /// A deterministic alert id: keccak256 of its identifying parts.
 fn alert_id(parts: &[&str]) -> String {
     chainfold_domain::decision::DecisionRecord::id_of(parts)
+}
+
+/// Where the block detectors look: one block of a chain with its rows.
+struct BlockAt<'a> {
+    chain: u64,
+    block: u64,
+    rows: &'a BlockRows,
+    published: Option<DateTime<Utc>>,
+}
+
+impl BlockAt<'_> {
+    /// An alert of this block; its id is the kind, the chain and `key`.
+    fn alert(
+        &self,
+        kind: AlertKind,
+        severity: Severity,
+        key: &[&str],
+        who: (Vec<String>, Vec<String>, Vec<String>),
+        evidence: serde_json::Value,
+    ) -> Alert {
+        let chain = self.chain.to_string();
+        let mut parts = vec![kind.as_str(), chain.as_str()];
+        parts.extend_from_slice(key);
+        let (tx_hashes, addresses, pools) = who;
+        Alert {
+            id: alert_id(&parts),
+            kind,
+            severity,
+            chain_id: self.chain,
+            block_number: self.block,
+            tx_hashes,
+            addresses,
+            pools,
+            evidence,
+            detector_version: DETECTOR_VERSION.into(),
+            source_published_at: self.published,
+            usd: None,
+            block_time: self.rows.time,
+        }
+    }
+}
+
+/// Each transaction's price moves per pool in the block (from the reserves before it), and the
+/// pools whose reserves the block changed; `reserves` advances to the block's end.
+fn price_moves(
+    rows: &BlockRows,
+    reserves: &mut HashMap<Address, (f64, f64)>,
+) -> (
+    HashMap<B256, BTreeMap<Address, PriceMove>>,
+    BTreeSet<Address>,
+) {
+    let mut moves: HashMap<B256, BTreeMap<Address, PriceMove>> = HashMap::new();
+    let mut ended: BTreeSet<Address> = BTreeSet::new();
+    let price = |r0: f64, r1: f64| if r0 > 0.0 { r1 / r0 } else { 0.0 };
+    for (_, tx, pool, r0, r1) in &rows.syncs {
+        let before = reserves.get(pool).copied();
+        let entry = moves
+            .entry(*tx)
+            .or_default()
+            .entry(*pool)
+            .or_insert(PriceMove {
+                pool: *pool,
+                before: before.map_or(price(*r0, *r1), |(a, b)| price(a, b)),
+                after: price(*r0, *r1),
+            });
+        entry.after = price(*r0, *r1);
+        reserves.insert(*pool, (*r0, *r1));
+        ended.insert(*pool);
+    }
+    (moves, ended)
+}
+
+/// `SANDWICH`: [`find_sandwiches`] on the block's swaps; `MEDIUM` with more than two victims.
+fn sandwich_alerts(at: &BlockAt<'_>) -> anyhow::Result<Vec<Alert>> {
+    let mut alerts = Vec::new();
+    for s in find_sandwiches(&at.rows.swaps) {
+        let mut txs = vec![hex(s.front_tx)];
+        txs.extend(s.victim_txs.iter().map(|t| hex(*t)));
+        txs.push(hex(s.back_tx));
+        let severity = if s.victim_txs.len() > 2 {
+            Severity::Medium
+        } else {
+            Severity::Low
+        };
+        alerts.push(at.alert(
+            AlertKind::Sandwich,
+            severity,
+            &[&hex(s.front_tx), &hex(s.back_tx), &hex(s.pool)],
+            (txs, vec![hex(s.sandwicher)], vec![hex(s.pool)]),
+            serde_json::to_value(&s)?,
+        ));
+    }
+    Ok(alerts)
+}
+
+/// `POOL_ANOMALY`: the block's swaps the anomaly model labels outliers, with the two features
+/// that contributed most; `MEDIUM` below a score of −0.1. Also returns how many it scored.
+fn anomaly_alerts(
+    at: &BlockAt<'_>,
+    model: &mut crate::anomaly::AnomalyModel,
+    features: &mut crate::anomaly::FeatureState,
+) -> anyhow::Result<(Vec<Alert>, u64)> {
+    let scored_rows = features.block_features(at.chain, &at.rows.swaps);
+    let inputs: Vec<[f32; 4]> = scored_rows.iter().map(|r| r.1).collect();
+    let scored = model.predict(&inputs)?;
+    let count = scored.len() as u64;
+    let mut alerts = Vec::new();
+    for ((index, row), (label, score)) in scored_rows.iter().zip(scored) {
+        if label != -1 {
+            continue;
+        }
+        let swap = &at.rows.swaps[*index];
+        let top: Vec<serde_json::Value> = model
+            .contributions(row)
+            .into_iter()
+            .take(2)
+            .map(|(feature, value, z)| {
+                serde_json::json!({"feature": feature, "value": value, "robust_z": z})
+            })
+            .collect();
+        let severity = if score < -0.1 {
+            Severity::Medium
+        } else {
+            Severity::Low
+        };
+        alerts.push(at.alert(
+            AlertKind::PoolAnomaly,
+            severity,
+            &[
+                &hex(swap.tx_hash),
+                &hex(swap.pool),
+                &format!("{:?}", swap.trace),
+            ],
+            (
+                vec![hex(swap.tx_hash)],
+                vec![hex(swap.sender), hex(swap.recipient)],
+                vec![hex(swap.pool)],
+            ),
+            serde_json::json!({
+                "model": model.version, "modelSha256": model.sha256, "score": score,
+                "features": crate::anomaly::ANOMALY_FEATURES.iter().zip(row)
+                    .map(|(n, v)| (n.to_string(), serde_json::json!(v)))
+                    .collect::<serde_json::Map<_, _>>(),
+                "top": top,
+            }),
+        ));
+    }
+    Ok((alerts, count))
+}
+
+/// `FLASH_LOAN_ATTACK`: [`flash_loan_attack`] on each of the block's flash loans with its
+/// transaction's swaps and price moves; `CRITICAL` above a tenth of the loan in profit.
+fn flash_loan_alerts(
+    at: &BlockAt<'_>,
+    rule: &FlashLoanRule,
+    moves: &HashMap<B256, BTreeMap<Address, PriceMove>>,
+) -> Vec<Alert> {
+    let mut alerts = Vec::new();
+    for loan in &at.rows.loans {
+        let swaps: Vec<SwapLeg> = at
+            .rows
+            .swaps
+            .iter()
+            .filter(|s| s.tx_hash == loan.tx_hash)
+            .cloned()
+            .collect();
+        let tx_moves: Vec<PriceMove> = moves
+            .get(&loan.tx_hash)
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default();
+        let Some(hit) = flash_loan_attack(rule, loan, &swaps, &tx_moves) else {
+            continue;
+        };
+        let mut hit_pools: Vec<String> = tx_moves.iter().map(|m| hex(m.pool)).collect();
+        hit_pools.sort();
+        let severity = if hit.profit_share > 0.1 {
+            Severity::Critical
+        } else {
+            Severity::High
+        };
+        alerts.push(at.alert(
+            AlertKind::FlashLoanAttack,
+            severity,
+            &[&hex(loan.tx_hash)],
+            (
+                vec![hex(loan.tx_hash)],
+                vec![hex(loan.initiator)],
+                hit_pools,
+            ),
+            serde_json::json!({
+                "loan": hit, "swaps": swaps.len(),
+                "priceMoves": tx_moves.iter().map(|m| serde_json::json!({
+                    "pool": hex(m.pool), "before": m.before, "after": m.after,
+                    "relative": m.relative()})).collect::<Vec<_>>(),
+            }),
+        ));
+    }
+    alerts
 }

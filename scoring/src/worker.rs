@@ -28,6 +28,7 @@ use chainfold_domain::credit::{
 };
 use chainfold_domain::decision::DecisionRecord;
 use chainfold_domain::decision::Policy;
+use chainfold_domain::messages::{Provenance, ScoreMessage};
 use chainfold_domain::profile::CreditProfile;
 use chainfold_domain::scorecard::{self, Score};
 use chainfold_domain::{topics, DefiEvent};
@@ -1216,26 +1217,38 @@ impl Scorer {
             .into_iter()
             .map(|(c, w, e)| (c as u64, w, e))
             .collect();
-        Ok(rows
-            .iter()
+        rows.iter()
             // Each stored row once, even if the batch held its event twice.
             .filter(|(c, w, t, _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
-            .map(|(chain, wallet, t, s)| StoredScore {
-                chain: *chain,
-                wallet: wallet.clone(),
-                event_id: t.event_id.clone(),
-                at: t.at,
-                score: s.clone(),
-                message: serde_json::json!({
-                    "chainId": chain, "wallet": wallet, "score": s.score, "band": s.band,
-                    "probabilityOfLiquidation": s.probability_of_liquidation, "reasons": s.reasons,
-                    "modelVersion": self.engine.version, "modelSha256": self.engine.sha256,
-                    "computedAt": t.at, "eventId": t.event_id,
-                    "provenance": {"topic": t.topic, "partition": t.partition, "offset": t.offset,
-                                   "blockNumber": t.block_number},
-                }),
+            .map(|(chain, wallet, t, s)| {
+                let message = ScoreMessage {
+                    chain_id: *chain,
+                    wallet: wallet.clone(),
+                    score: s.score,
+                    band: s.band,
+                    probability_of_liquidation: s.probability_of_liquidation,
+                    reasons: s.reasons.clone(),
+                    model_version: self.engine.version.clone(),
+                    model_sha256: self.engine.sha256.clone(),
+                    computed_at: t.at,
+                    event_id: t.event_id.clone(),
+                    provenance: Provenance {
+                        topic: t.topic.clone(),
+                        partition: t.partition,
+                        offset: t.offset,
+                        block_number: t.block_number,
+                    },
+                };
+                Ok(StoredScore {
+                    chain: *chain,
+                    wallet: wallet.clone(),
+                    event_id: t.event_id.clone(),
+                    at: t.at,
+                    score: s.clone(),
+                    message: serde_json::to_value(message)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// The Redis score cache and pub/sub after a commit (best effort: rebuildable from Postgres).
@@ -1666,7 +1679,7 @@ struct SealNeed {
     records: BTreeMap<(String, i32), i64>,
 }
 
-/// A score stored by a batch, with the message published for it.
+/// A score stored by a batch, with the message published for it (a [`ScoreMessage`]).
 #[derive(Debug, Clone)]
 struct StoredScore {
     chain: u64,
