@@ -701,7 +701,7 @@ async fn reference_run(iso: &Isolated, chains: &Path) -> sqlx::PgPool {
         .run_until_idle(Duration::from_secs(3))
         .await
         .expect("score");
-    let mut risk = chainfold_scoring::risk::RiskConfig::new(
+    let mut risk = chainfold_risk::worker::RiskConfig::new(
         iso.kafka.clone(),
         iso.postgres.clone(),
         iso.redis.clone(),
@@ -710,7 +710,7 @@ async fn reference_run(iso: &Isolated, chains: &Path) -> sqlx::PgPool {
     risk.projector_group = iso.group.clone();
     risk.anomaly_model_dir = Some(models.join("pool-anomaly-v1"));
     risk.prices_dir = data_dir().join("aave-v2-eth-bhemen/usd_prices");
-    chainfold_scoring::risk::RiskWorker::build(risk)
+    chainfold_risk::worker::RiskWorker::build(risk)
         .await
         .expect("risk")
         .run_until_idle(Duration::from_secs(3))

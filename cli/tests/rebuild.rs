@@ -72,7 +72,7 @@ async fn a_rebuild_waits_for_no_role_and_refolds_every_derived_table_exactly() {
             .run_until_idle(Duration::from_secs(3))
             .await
             .expect("score");
-        let mut risk = chainfold_scoring::risk::RiskConfig::new(
+        let mut risk = chainfold_risk::worker::RiskConfig::new(
             iso.kafka.clone(),
             iso.postgres.clone(),
             iso.redis.clone(),
@@ -80,7 +80,7 @@ async fn a_rebuild_waits_for_no_role_and_refolds_every_derived_table_exactly() {
         );
         risk.projector_group = iso.group.clone();
         risk.anomaly_model_dir = Some(models.join("pool-anomaly-v1"));
-        chainfold_scoring::risk::RiskWorker::build(risk)
+        chainfold_risk::worker::RiskWorker::build(risk)
             .await
             .expect("risk")
             .run_until_idle(Duration::from_secs(3))

@@ -1,14 +1,17 @@
 //! Plumbing every role shares: config groups, telemetry, Kafka (topics, producer, consumer,
-//! dead letters), Postgres (pool and the one migration timeline) and Redis, and the shutdown
-//! signal. Roles depend on this crate and on `domain`, never on each other.
+//! dead letters), Postgres (pool and the one migration timeline), Redis, onnxruntime loading,
+//! reading recorded files, and the shutdown signal. Roles depend on this crate and on `domain`,
+//! never on each other.
 
 pub mod config;
 pub mod dlq;
 pub mod failpoint;
+pub mod files;
 pub mod kafka;
 pub mod lease;
 pub mod member;
 pub mod offsets;
+pub mod onnx;
 pub mod outbox;
 pub mod postgres;
 pub mod redis_cache;

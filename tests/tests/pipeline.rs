@@ -656,14 +656,14 @@ async fn the_scorer_and_the_risk_worker_dead_letter_what_they_cannot_decode_and_
     assert_eq!(scored.attestations_malformed, 1, "{scored:?}");
     assert!(scored.scored > 1000, "{scored:?}");
     drop(scorer);
-    let mut risk = chainfold_scoring::risk::RiskConfig::new(
+    let mut risk = chainfold_risk::worker::RiskConfig::new(
         iso.kafka.clone(),
         iso.postgres.clone(),
         iso.redis.clone(),
         chainfold_testkit::unique("risk"),
     );
     risk.projector_group = iso.group.clone();
-    let evaluated = chainfold_scoring::risk::RiskWorker::build(risk)
+    let evaluated = chainfold_risk::worker::RiskWorker::build(risk)
         .await
         .expect("risk")
         .run_until_idle(Duration::from_secs(3))

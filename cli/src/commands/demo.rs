@@ -214,8 +214,8 @@ async fn demo_score(config: &DemoConfig) -> anyhow::Result<DemoScorer> {
 
 /// Runs the detectors over everything the demo published (and recomputes the demo chain's
 /// stress test), then keeps the risk worker for serving.
-async fn demo_risk(config: &DemoConfig) -> anyhow::Result<chainfold_scoring::risk::RiskWorker> {
-    let mut risk_config = chainfold_scoring::risk::RiskConfig::new(
+async fn demo_risk(config: &DemoConfig) -> anyhow::Result<chainfold_risk::worker::RiskWorker> {
+    let mut risk_config = chainfold_risk::worker::RiskConfig::new(
         config.replay.kafka.clone(),
         config.postgres.clone(),
         config.redis.clone(),
@@ -225,7 +225,7 @@ async fn demo_risk(config: &DemoConfig) -> anyhow::Result<chainfold_scoring::ris
     risk_config.instance_id = Some("chainfold-demo-risk".into());
     risk_config.prices_dir = config.replay.data_dir.join("aave-v2-eth-bhemen/usd_prices");
     risk_config.anomaly_model_dir = Some("scoring/models/pool-anomaly-v1".into());
-    let mut worker = chainfold_scoring::risk::RiskWorker::build(risk_config)
+    let mut worker = chainfold_risk::worker::RiskWorker::build(risk_config)
         .await
         .context("could not start the risk worker")?;
     let started = std::time::Instant::now();

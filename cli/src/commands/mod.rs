@@ -62,10 +62,10 @@ pub enum Command {
     Backtest(chainfold_scoring::backtest::BacktestConfig),
     /// Detect sandwiches, flash-loan attacks and liquidity drains on the event stream into
     /// risk_alert, chainfold.risk.v1 and Redis.
-    Risk(chainfold_scoring::risk::RiskConfig),
+    Risk(chainfold_risk::worker::RiskConfig),
     /// Stress-test a chain's live lending positions (shock grid, Monte Carlo VaR) into
     /// stress_run / stress_scenario.
-    Stress(chainfold_scoring::stress::StressConfig),
+    Stress(chainfold_risk::stress::StressConfig),
     /// Measure the detectors on recorded data and write scoring/REPORT.md.
     Report(report::ReportConfig),
     /// Deploy the fixture contracts on a local chain (anvil) and drive recorded activity and

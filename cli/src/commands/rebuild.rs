@@ -106,12 +106,12 @@ pub async fn run(config: RebuildConfig) -> anyhow::Result<()> {
         .context("could not start the scorer")?;
     let scored = scorer.run_until_idle(Duration::from_secs(3)).await?;
     let mut risk_config =
-        chainfold_scoring::risk::RiskConfig::new(kafka, postgres, redis, config.risk_group.clone());
+        chainfold_risk::worker::RiskConfig::new(kafka, postgres, redis, config.risk_group.clone());
     risk_config.projector_group = config.projector.group.clone();
     risk_config.instance_id = Some(format!("{}-rebuild", config.risk_group));
     risk_config.anomaly_model_dir = Some(config.anomaly_model_dir.clone());
     risk_config.prices_dir = config.prices_dir.clone();
-    let risk = chainfold_scoring::risk::RiskWorker::build(risk_config)
+    let risk = chainfold_risk::worker::RiskWorker::build(risk_config)
         .await
         .context("could not start the risk worker")?
         .run_until_idle(Duration::from_secs(3))

@@ -2,8 +2,8 @@
 
 use anyhow::Context as _;
 
-pub async fn run(config: chainfold_scoring::risk::RiskConfig) -> anyhow::Result<()> {
-    let worker = chainfold_scoring::risk::RiskWorker::build(config)
+pub async fn run(config: chainfold_risk::worker::RiskConfig) -> anyhow::Result<()> {
+    let worker = chainfold_risk::worker::RiskWorker::build(config)
         .await
         .context("could not start risk")?;
     worker

@@ -1,8 +1,8 @@
 //! `chainfold stress`: one stress run of a chain's live lending positions.
 
-pub async fn run(config: &chainfold_scoring::stress::StressConfig) -> anyhow::Result<()> {
+pub async fn run(config: &chainfold_risk::stress::StressConfig) -> anyhow::Result<()> {
     let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
-    let run = chainfold_scoring::stress::run(&pool, config, "manual").await?;
+    let run = chainfold_risk::stress::run(&pool, config, "manual").await?;
     println!(
         "stress run {}: chain {}, {} positions as of block {:?}, {} scenarios, VaR95 ${:.2}, VaR99 ${:.2}, LaR95 ${:.2} in {:.1} ms",
         run.id,

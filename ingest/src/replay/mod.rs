@@ -5,7 +5,6 @@ pub mod liquidations;
 pub mod polygon;
 pub mod swaps;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use alloy_primitives::{Address, B256};
@@ -92,19 +91,7 @@ impl Dataset {
     }
 }
 
-/// Reads a file, gunzipping it when its name ends in `.gz`.
-pub fn read_maybe_gzip(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .with_context(|| format!("could not gunzip {}", path.display()))?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
+pub use chainfold_platform::files::read_maybe_gzip;
 
 /// One CSV record, deserialised, with where it was and its exact raw bytes.
 pub(crate) struct CsvRow<R> {

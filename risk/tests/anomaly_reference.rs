@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
-use chainfold_scoring::anomaly::{AnomalyModel, FeatureState};
+use chainfold_risk::anomaly::{AnomalyModel, FeatureState};
 use chainfold_testkit::data_dir;
 
 fn reference() -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pool-anomaly-v1/reference.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scoring/models/pool-anomaly-v1/reference.json");
     serde_json::from_slice(&std::fs::read(path).expect("reference.json")).expect("json")
 }
 
@@ -26,9 +27,10 @@ fn rows(reference: &serde_json::Value) -> Vec<[f32; 4]> {
 #[test]
 fn rust_scores_equal_the_python_reference() {
     let reference = reference();
-    let mut model =
-        AnomalyModel::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pool-anomaly-v1"))
-            .expect("model");
+    let mut model = AnomalyModel::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring/models/pool-anomaly-v1"),
+    )
+    .expect("model");
     let out = model.predict(&rows(&reference)).expect("predict");
     let labels: Vec<i64> = serde_json::from_value(reference["labels"].clone()).expect("labels");
     let scores: Vec<f32> = serde_json::from_value(reference["scores"].clone()).expect("scores");
@@ -54,7 +56,7 @@ fn stream_features_equal_the_training_features() {
         .into_iter()
         .filter_map(Result::ok)
         .collect();
-    let legs = chainfold_scoring::report::swap_legs(&swaps);
+    let legs = chainfold_risk::report::swap_legs(&swaps);
     let mut by_block: std::collections::BTreeMap<u64, Vec<_>> = Default::default();
     for l in legs {
         by_block.entry(l.block).or_default().push(l);

@@ -202,7 +202,7 @@ pub fn hourly_returns(
         let Some(path) = candidates.iter().find(|p| p.is_file()) else {
             continue;
         };
-        let bytes = chainfold_ingest::replay::read_maybe_gzip(path)?;
+        let bytes = chainfold_platform::files::read_maybe_gzip(path)?;
         let mut reader = csv::Reader::from_reader(bytes.as_slice());
         let mut hours = BTreeMap::new();
         for row in reader.records() {

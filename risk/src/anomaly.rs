@@ -28,7 +28,7 @@ pub struct AnomalyModel {
 impl AnomalyModel {
     /// Loads `<dir>/anomaly_model.onnx` and `<dir>/metrics.json`.
     pub fn load(dir: &Path) -> anyhow::Result<AnomalyModel> {
-        let env = crate::model::init_runtime()?;
+        let env = chainfold_platform::onnx::init_runtime()?;
         let file = dir.join("anomaly_model.onnx");
         let bytes = std::fs::read(&file)
             .with_context(|| format!("could not read model {}", file.display()))?;

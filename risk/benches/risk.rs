@@ -8,14 +8,14 @@
 //! 2. stress recompute time: `chainfold stress` on the bundled Polygon positions (replayed and
 //!    projected), median of 5 runs (2,000 paths × 24 h).
 //!
-//! `cargo bench -p chainfold-scoring --bench risk`. Services as for the tests (`scripts/stack up`).
+//! `cargo bench -p chainfold-risk --bench risk`. Services as for the tests (`scripts/stack up`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chainfold_domain::Envelope;
 use chainfold_ingest::replay::Dataset;
-use chainfold_scoring::risk::{RiskConfig, RiskWorker};
+use chainfold_risk::worker::{RiskConfig, RiskWorker};
 use chainfold_testkit::{data_dir, unique, Isolated};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
@@ -94,7 +94,7 @@ async fn main() {
             blocks.entry(b.number).or_default().push(env);
         }
     }
-    let expected = chainfold_scoring::report::measure(&data_dir())
+    let expected = chainfold_risk::report::measure(&data_dir())
         .expect("report")
         .sandwiches
         .len();
@@ -168,7 +168,7 @@ async fn main() {
     .await
     .expect("projector");
     projector.run_until_caught_up().await.expect("project");
-    let config = chainfold_scoring::stress::StressConfig {
+    let config = chainfold_risk::stress::StressConfig {
         postgres: iso.postgres.clone(),
         chain_id: 137,
         prices_dir: data_dir().join("aave-v2-eth-bhemen/usd_prices"),
@@ -180,7 +180,7 @@ async fn main() {
     let mut last = None;
     for _ in 0..5 {
         let t = Instant::now();
-        let run = chainfold_scoring::stress::run(&pool, &config, "bench")
+        let run = chainfold_risk::stress::run(&pool, &config, "bench")
             .await
             .expect("stress");
         times.push(t.elapsed().as_secs_f64() * 1e3);

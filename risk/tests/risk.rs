@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chainfold_ingest::replay::Dataset;
-use chainfold_scoring::risk::{RiskConfig, RiskWorker};
+use chainfold_risk::worker::{RiskConfig, RiskWorker};
 use chainfold_testkit::{data_dir, unique, Isolated};
 
 /// Folds `iso`'s log with a projector of `iso`'s group (the risk worker evaluates sealed blocks
@@ -46,7 +46,7 @@ async fn replayed_swaps_raise_the_sandwiches_the_report_finds_once() {
     chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
         .await
         .expect("publish");
-    let expected = chainfold_scoring::report::measure(&data_dir())
+    let expected = chainfold_risk::report::measure(&data_dir())
         .expect("report")
         .sandwiches;
     project(&iso).await;
@@ -324,7 +324,8 @@ async fn the_anomaly_model_scores_every_replayed_swap_once_and_flags_about_what_
     chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
         .await
         .expect("publish");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pool-anomaly-v1");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring/models/pool-anomaly-v1");
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).expect("metrics"))
             .expect("json");

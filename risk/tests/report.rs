@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use chainfold_domain::risk::PUBLIC_ROUTERS;
-use chainfold_scoring::report;
+use chainfold_risk::report;
 
 fn data() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
@@ -70,13 +70,14 @@ fn every_listed_sandwich_is_backed_by_its_swaps() {
 fn the_committed_report_is_current() {
     let measured = report::measure_with(
         &data(),
-        Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pool-anomaly-v1")),
+        Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring/models/pool-anomaly-v1")),
     )
     .expect("report");
     let anomaly = measured.anomaly.as_ref().expect("anomaly section");
     let metrics: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pool-anomaly-v1/metrics.json"),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../scoring/models/pool-anomaly-v1/metrics.json"),
         )
         .expect("metrics"),
     )
@@ -92,7 +93,7 @@ fn the_committed_report_is_current() {
     );
     let rendered = report::render(&measured, Path::new("data"));
     let committed =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("REPORT.md"))
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring/REPORT.md"))
             .expect("scoring/REPORT.md");
     // The scenario table comes from a demo's database (`--labels`); the end-to-end test
     // `tests/tests/risk_live.rs` checks it. Everything before it is measured here.

@@ -1,0 +1,14 @@
+//! Risk: what `chainfold risk`, `chainfold stress` and `chainfold report` do.
+//!
+//! - [`worker`]: `chainfold risk`, the streaming risk worker: on each chain's seals it runs the
+//!   block detectors (sandwiches, flash-loan attacks, drains, pool anomalies) and the liquidity
+//!   shortage forecasts, stores alerts and incidents, and publishes them on `chainfold.risk.v1`.
+//! - [`stress`]: `chainfold stress`, the shock grid in exact decimals and Monte Carlo VaR over a
+//!   chain's live lending positions.
+//! - [`anomaly`]: the pool anomaly model (ONNX, served with `ort`) and its causal features.
+//! - [`report`]: `chainfold report`, the offline tool measuring the detectors on recorded data.
+
+pub mod anomaly;
+pub mod report;
+pub mod stress;
+pub mod worker;
