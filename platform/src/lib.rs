@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod postgres;
 pub mod redis_cache;
 pub mod telemetry;
+pub mod worker;
 
 pub use postgres::MIGRATOR;
 

@@ -1286,25 +1286,7 @@ impl RiskWorker {
     /// Evaluates until a batch arrives empty after `idle` (tests); the first wait is at least
     /// 30 s (group join).
     pub async fn run_until_idle(&mut self, idle: Duration) -> anyhow::Result<RiskOutcome> {
-        let mut total = RiskOutcome::default();
-        let mut wait = idle.max(Duration::from_secs(30));
-        loop {
-            let o = self.process_batch(wait).await?;
-            wait = idle;
-            if o.received == 0 && !self.member.has_pending_assignment() {
-                return Ok(total);
-            }
-            total.received += o.received;
-            total.blocks += o.blocks;
-            total.sandwiches += o.sandwiches;
-            total.flash_loan_attacks += o.flash_loan_attacks;
-            total.drains += o.drains;
-            total.stress_runs += o.stress_runs;
-            total.incidents += o.incidents;
-            total.shortages += o.shortages;
-            total.swaps_scored += o.swaps_scored;
-            total.anomalies += o.anomalies;
-        }
+        chainfold_platform::worker::run_until_idle(self, idle).await
     }
 
     /// Evaluates until `shutdown` resolves (the batch in hand commits first).
@@ -1312,19 +1294,50 @@ impl RiskWorker {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        tokio::pin!(shutdown);
-        let mut backoff = chainfold_platform::member::Member::RETRY_START;
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(()),
-                outcome = self.process_batch(Duration::from_millis(200)) => match outcome {
-                    Ok(_) => backoff = chainfold_platform::member::Member::RETRY_START,
-                    // Nothing of the batch committed: read it again once the service is back.
-                    Err(err) => self.member.retry_after(err, &mut backoff, "risk batch").await?,
-                },
-            }
-        }
+        chainfold_platform::worker::run_until_stopped(
+            &mut self,
+            Duration::from_millis(200),
+            chainfold_platform::worker::SHUTDOWN_GRACE,
+            shutdown,
+        )
+        .await
+    }
+}
+
+impl chainfold_platform::worker::BatchWorker for RiskWorker {
+    type Outcome = RiskOutcome;
+
+    fn process_batch(
+        &mut self,
+        wait: Duration,
+    ) -> impl std::future::Future<Output = anyhow::Result<RiskOutcome>> + Send {
+        RiskWorker::process_batch(self, wait)
+    }
+
+    fn received(outcome: &RiskOutcome) -> u64 {
+        outcome.received
+    }
+
+    fn add(total: &mut RiskOutcome, o: &RiskOutcome) {
+        total.received += o.received;
+        total.blocks += o.blocks;
+        total.sandwiches += o.sandwiches;
+        total.flash_loan_attacks += o.flash_loan_attacks;
+        total.drains += o.drains;
+        total.stress_runs += o.stress_runs;
+        total.incidents += o.incidents;
+        total.shortages += o.shortages;
+        total.swaps_scored += o.swaps_scored;
+        total.anomalies += o.anomalies;
+    }
+
+    async fn recover(&mut self, err: anyhow::Error, backoff: &mut Duration) -> anyhow::Result<()> {
+        // Nothing of the batch committed: read it again once the service is back.
+        self.member.retry_after(err, backoff, "risk batch").await
+    }
+
+    fn settling(&self) -> bool {
+        self.member.has_pending_assignment()
     }
 }
 

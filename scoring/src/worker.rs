@@ -1632,16 +1632,7 @@ impl Scorer {
     /// waits up to 30 s: joining the group (and taking over a restarted member's partitions)
     /// comes first.
     pub async fn run_until_idle(&mut self, idle: Duration) -> anyhow::Result<Outcome> {
-        let mut total = Outcome::default();
-        let mut wait = idle.max(Duration::from_secs(30));
-        loop {
-            let o = self.process_batch(wait).await?;
-            wait = idle;
-            if o.received == 0 && !self.member.has_pending_assignment() {
-                return Ok(total);
-            }
-            total.add(&o);
-        }
+        chainfold_platform::worker::run_until_idle(self, idle).await
     }
 
     /// Scores until `shutdown` resolves (the batch in hand commits first).
@@ -1649,24 +1640,41 @@ impl Scorer {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        tokio::pin!(shutdown);
-        let mut backoff = chainfold_platform::member::Member::RETRY_START;
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(()),
-                outcome = self.process_batch(Duration::from_millis(500)) => match outcome {
-                    Ok(o) => {
-                        backoff = chainfold_platform::member::Member::RETRY_START;
-                        if o.scored > 0 {
-                            tracing::debug!(scored = o.scored, "batch scored");
-                        }
-                    }
-                    // Nothing of the batch committed: read it again once the service is back.
-                    Err(err) => self.member.retry_after(err, &mut backoff, "scoring batch").await?,
-                },
-            }
-        }
+        chainfold_platform::worker::run_until_stopped(
+            &mut self,
+            Duration::from_millis(500),
+            chainfold_platform::worker::SHUTDOWN_GRACE,
+            shutdown,
+        )
+        .await
+    }
+}
+
+impl chainfold_platform::worker::BatchWorker for Scorer {
+    type Outcome = Outcome;
+
+    fn process_batch(
+        &mut self,
+        wait: Duration,
+    ) -> impl std::future::Future<Output = anyhow::Result<Outcome>> + Send {
+        Scorer::process_batch(self, wait)
+    }
+
+    fn received(outcome: &Outcome) -> u64 {
+        outcome.received
+    }
+
+    fn add(total: &mut Outcome, outcome: &Outcome) {
+        total.add(outcome);
+    }
+
+    async fn recover(&mut self, err: anyhow::Error, backoff: &mut Duration) -> anyhow::Result<()> {
+        // Nothing of the batch committed: read it again once the service is back.
+        self.member.retry_after(err, backoff, "scoring batch").await
+    }
+
+    fn settling(&self) -> bool {
+        self.member.has_pending_assignment()
     }
 }
 

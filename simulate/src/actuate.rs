@@ -16,6 +16,8 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use anyhow::Context as _;
 use chainfold_domain::decision::DecisionRecord;
+use chainfold_domain::messages::Alert;
+use chainfold_domain::risk::AlertKind;
 use chainfold_domain::topics;
 use chainfold_platform::config::{KafkaArgs, PostgresArgs};
 use chainfold_platform::{dlq, kafka};
@@ -217,7 +219,7 @@ impl Actuator {
             commit.insert((topic.clone(), partition), offset);
             let payload = message.payload().unwrap_or_default();
             if topic == self.risk_topic {
-                match serde_json::from_slice::<serde_json::Value>(payload) {
+                match serde_json::from_slice::<Alert>(payload) {
                     Ok(alert) => {
                         if self.heal(&alert).await? {
                             outcome.healed += 1;
@@ -291,13 +293,13 @@ impl Actuator {
     /// treasury), approves the pool and deposits it. Once per alert (`risk_action`); `false`
     /// when the alert is not an applicable recommendation, was executed already, or failed
     /// (the failure is stored with the alert).
-    async fn heal(&self, alert: &serde_json::Value) -> anyhow::Result<bool> {
-        let recommendation = &alert["evidence"]["recommendation"];
-        let applicable = alert["kind"] == "LIQUIDITY_SHORTAGE"
-            && alert["chainId"].as_u64() == Some(self.chain_id)
+    async fn heal(&self, alert: &Alert) -> anyhow::Result<bool> {
+        let recommendation = &alert.evidence["recommendation"];
+        let applicable = alert.kind == AlertKind::LiquidityShortage
+            && alert.chain_id == self.chain_id
             && recommendation["action"] == "provision";
-        let (Some(id), Some(reserve), Some(amount)) = (
-            alert["id"].as_str(),
+        let (id, Some(reserve), Some(amount)) = (
+            alert.id.as_str(),
             recommendation["reserve"].as_str(),
             recommendation["amount"].as_f64(),
         ) else {
@@ -467,35 +469,52 @@ impl Actuator {
     /// Applies decisions until a batch arrives empty after `idle` (tests). The first wait is at
     /// least 30 s: joining the group comes first.
     pub async fn run_until_idle(&mut self, idle: Duration) -> anyhow::Result<ActOutcome> {
-        let mut total = ActOutcome::default();
-        let mut wait = idle.max(Duration::from_secs(30));
-        loop {
-            let o = self.process_batch(wait).await?;
-            wait = idle;
-            if o.received == 0 {
-                return Ok(total);
-            }
-            total.received += o.received;
-            total.applied += o.applied;
-            total.skipped += o.skipped;
-            total.failed += o.failed;
-            total.dead_lettered += o.dead_lettered;
-            total.healed += o.healed;
-        }
+        chainfold_platform::worker::run_until_idle(self, idle).await
     }
 
-    /// Applies decisions until `shutdown` resolves.
+    /// Applies decisions until `shutdown` resolves (the batch in hand finishes first).
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                outcome = self.process_batch(Duration::from_millis(500)) => { outcome?; }
-            }
-        }
+        chainfold_platform::worker::run_until_stopped(
+            &mut self,
+            Duration::from_millis(500),
+            chainfold_platform::worker::SHUTDOWN_GRACE,
+            shutdown,
+        )
+        .await
+    }
+}
+
+impl chainfold_platform::worker::BatchWorker for Actuator {
+    type Outcome = ActOutcome;
+
+    fn process_batch(
+        &mut self,
+        wait: Duration,
+    ) -> impl std::future::Future<Output = anyhow::Result<ActOutcome>> + Send {
+        Actuator::process_batch(self, wait)
+    }
+
+    fn received(outcome: &ActOutcome) -> u64 {
+        outcome.received
+    }
+
+    fn add(total: &mut ActOutcome, o: &ActOutcome) {
+        total.received += o.received;
+        total.applied += o.applied;
+        total.skipped += o.skipped;
+        total.failed += o.failed;
+        total.dead_lettered += o.dead_lettered;
+        total.healed += o.healed;
+    }
+
+    async fn recover(&mut self, err: anyhow::Error, _backoff: &mut Duration) -> anyhow::Result<()> {
+        // The actuator's offsets are the Kafka group's, and its consumer has read past the
+        // failed batch: it stops, and its restart resumes at the last commit (each decision and
+        // alert is applied once, by `credit_decision` / `risk_action`).
+        Err(err)
     }
 }
 
