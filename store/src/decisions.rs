@@ -29,22 +29,22 @@ pub async fn latest_score(
     chain_id: u64,
     wallet: &str,
 ) -> anyhow::Result<Option<ScoreSnapshot>> {
-    let row: Option<(i32, String, Option<f64>, String, String)> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT score, band, probability_of_liquidation, event_id, model_version
          FROM credit_score WHERE chain_id = $1 AND wallet = $2 ORDER BY id DESC LIMIT 1",
+        chain_id as i64,
+        wallet
     )
-    .bind(chain_id as i64)
-    .bind(wallet)
     .fetch_optional(pool)
     .await?;
-    row.map(|(score, band, p, event_id, model_version)| {
+    row.map(|r| {
         Ok(ScoreSnapshot {
-            score,
-            band: serde_json::from_value(serde_json::Value::String(band))
+            score: r.score,
+            band: serde_json::from_value(serde_json::Value::String(r.band))
                 .context("unknown band stored")?,
-            probability_of_liquidation: p,
-            event_id,
-            model_version,
+            probability_of_liquidation: r.probability_of_liquidation,
+            event_id: r.event_id,
+            model_version: r.model_version,
         })
     })
     .transpose()
@@ -71,15 +71,15 @@ pub async fn collateral_inputs(
     asset: &str,
 ) -> anyhow::Result<CollateralInputs> {
     // The asset's reserve address(es): by address, or by symbol.
-    let reserves: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT reserve FROM lending_event
-         WHERE chain_id = $1 AND (reserve = lower($2) OR upper(symbol) = upper($2))
-         UNION
-         SELECT DISTINCT asset FROM oracle_update
-         WHERE chain_id = $1 AND asset IS NOT NULL AND asset = lower($2)",
+    let reserves: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT DISTINCT reserve AS "reserve!" FROM lending_event
+           WHERE chain_id = $1 AND (reserve = lower($2) OR upper(symbol) = upper($2))
+           UNION
+           SELECT DISTINCT asset FROM oracle_update
+           WHERE chain_id = $1 AND asset IS NOT NULL AND asset = lower($2)"#,
+        chain_id as i64,
+        asset
     )
-    .bind(chain_id as i64)
-    .bind(asset)
     .fetch_all(pool)
     .await?;
     if reserves.is_empty() {
@@ -87,21 +87,24 @@ pub async fn collateral_inputs(
     }
     // Base units, decimals and price per position; the USD value is computed here, exactly
     // (a NUMERIC division in SQL would round to its own scale).
-    let held: Vec<(BigDecimal, i16, Option<BigDecimal>)> = sqlx::query_as(
-        "SELECT p.collateral, p.decimals::int2,
-                coalesce(o.price, (SELECT e.price_usd FROM lending_event e
-                                   WHERE e.chain_id = p.chain_id AND e.reserve = p.reserve
-                                     AND e.price_usd IS NOT NULL
-                                   ORDER BY e.block_time DESC NULLS LAST LIMIT 1))
-         FROM lending_position p
-         LEFT JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
-         WHERE p.chain_id = $1 AND p.wallet = $2 AND p.reserve = ANY($3) AND p.collateral > 0",
+    let held: Vec<(BigDecimal, i16, Option<BigDecimal>)> = sqlx::query!(
+        r#"SELECT p.collateral AS "collateral!", p.decimals::int2 AS "decimals!",
+                  coalesce(o.price, (SELECT e.price_usd FROM lending_event e
+                                     WHERE e.chain_id = p.chain_id AND e.reserve = p.reserve
+                                       AND e.price_usd IS NOT NULL
+                                     ORDER BY e.block_time DESC NULLS LAST LIMIT 1)) AS "price?"
+           FROM lending_position p
+           LEFT JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
+           WHERE p.chain_id = $1 AND p.wallet = $2 AND p.reserve = ANY($3) AND p.collateral > 0"#,
+        chain_id as i64,
+        wallet,
+        &reserves
     )
-    .bind(chain_id as i64)
-    .bind(wallet)
-    .bind(&reserves)
     .fetch_all(pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.collateral, r.decimals, r.price))
+    .collect();
     // Unpriced when any held position has no price (as the SQL sum was NULL then).
     let collateral: Option<BigDecimal> =
         held.iter()
@@ -140,31 +143,38 @@ pub async fn price_points(
     reserves: &[String],
     until: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Vec<(DateTime<Utc>, f64)>> {
-    let oracle: Vec<(DateTime<Utc>, f64)> = sqlx::query_as(
-        "SELECT coalesce(updated_at, block_time), price::float8 FROM oracle_update
-         WHERE chain_id = $1 AND asset = ANY($2) AND coalesce(updated_at, block_time) IS NOT NULL
-           AND ($3::timestamptz IS NULL OR coalesce(updated_at, block_time) <= $3)
-         ORDER BY block_number, log_index",
+    let oracle: Vec<(DateTime<Utc>, f64)> = sqlx::query!(
+        r#"SELECT coalesce(updated_at, block_time) AS "at!", price::float8 AS "price!"
+           FROM oracle_update
+           WHERE chain_id = $1 AND asset = ANY($2) AND coalesce(updated_at, block_time) IS NOT NULL
+             AND ($3::timestamptz IS NULL OR coalesce(updated_at, block_time) <= $3)
+           ORDER BY block_number, log_index"#,
+        chain_id as i64,
+        reserves,
+        until
     )
-    .bind(chain_id as i64)
-    .bind(reserves)
-    .bind(until)
     .fetch_all(pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.at, r.price))
+    .collect();
     if !oracle.is_empty() {
         return Ok(oracle);
     }
-    Ok(sqlx::query_as(
-        "SELECT block_time, price_usd::float8 FROM lending_event
-         WHERE chain_id = $1 AND reserve = ANY($2) AND price_usd IS NOT NULL
-           AND block_time IS NOT NULL AND ($3::timestamptz IS NULL OR block_time <= $3)
-         ORDER BY block_time",
+    Ok(sqlx::query!(
+        r#"SELECT block_time AS "at!", price_usd::float8 AS "price!" FROM lending_event
+           WHERE chain_id = $1 AND reserve = ANY($2) AND price_usd IS NOT NULL
+             AND block_time IS NOT NULL AND ($3::timestamptz IS NULL OR block_time <= $3)
+           ORDER BY block_time"#,
+        chain_id as i64,
+        reserves,
+        until
     )
-    .bind(chain_id as i64)
-    .bind(reserves)
-    .bind(until)
     .fetch_all(pool)
-    .await?)
+    .await?
+    .into_iter()
+    .map(|r| (r.at, r.price))
+    .collect())
 }
 
 /// A lender's request, as `requestCredit` takes it.
@@ -238,17 +248,17 @@ pub async fn latest_requests(
     chain_id: u64,
     wallets: &[String],
 ) -> anyhow::Result<Vec<DecisionRecord>> {
-    let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
+    let rows = sqlx::query_scalar!(
         "SELECT DISTINCT ON (wallet) record FROM credit_decision
          WHERE chain_id = $1 AND wallet = ANY($2) AND trigger = 'REQUEST'
          ORDER BY wallet, seq DESC",
+        chain_id as i64,
+        wallets
     )
-    .bind(chain_id as i64)
-    .bind(wallets)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|(v,)| serde_json::from_value(v).context("stored decision record"))
+        .map(|v| serde_json::from_value(v).context("stored decision record"))
         .collect()
 }
 
@@ -298,7 +308,7 @@ pub async fn store<'e>(
     let d = &record.decision;
     let r = &d.request;
     let enum_text = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO credit_decision (id, chain_id, wallet, trigger, request_id, outcome, amount_usd,
             collateral_asset, collateral_usd, collateral_daily_volatility, required_collateral_ratio,
             required_collateral_usd, score, band, probability_of_liquidation, reason, policy_version,
@@ -306,28 +316,28 @@ pub async fn store<'e>(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
                  $19, $20, $21)
          ON CONFLICT (id) DO NOTHING",
+        record.id,
+        record.chain_id as i64,
+        record.wallet,
+        record.trigger.as_str(),
+        record.request_id,
+        enum_text(serde_json::to_value(d.outcome)?),
+        r.amount_usd,
+        record.collateral_asset,
+        r.collateral_usd,
+        r.collateral_daily_volatility,
+        d.required_collateral_ratio,
+        d.required_collateral_usd,
+        r.score,
+        enum_text(serde_json::to_value(r.band)?),
+        r.probability_of_liquidation,
+        d.reason,
+        d.policy_version,
+        record.model_version,
+        record.score_event_id,
+        serde_json::to_value(record)?,
+        record.decided_at
     )
-    .bind(&record.id)
-    .bind(record.chain_id as i64)
-    .bind(&record.wallet)
-    .bind(record.trigger.as_str())
-    .bind(&record.request_id)
-    .bind(enum_text(serde_json::to_value(d.outcome)?))
-    .bind(&r.amount_usd)
-    .bind(&record.collateral_asset)
-    .bind(&r.collateral_usd)
-    .bind(r.collateral_daily_volatility)
-    .bind(&d.required_collateral_ratio)
-    .bind(&d.required_collateral_usd)
-    .bind(r.score)
-    .bind(enum_text(serde_json::to_value(r.band)?))
-    .bind(r.probability_of_liquidation)
-    .bind(&d.reason)
-    .bind(&d.policy_version)
-    .bind(&record.model_version)
-    .bind(&record.score_event_id)
-    .bind(serde_json::to_value(record)?)
-    .bind(record.decided_at)
     .execute(executor)
     .await?
     .rows_affected();
@@ -367,10 +377,13 @@ pub async fn store_with_output(
 /// Where the actuator applied a decision: its transaction hash and block (both `None` until it
 /// has).
 pub async fn applied_in(pool: &PgPool, id: &str) -> sqlx::Result<(Option<String>, Option<i64>)> {
-    sqlx::query_as("SELECT tx_hash, tx_block FROM credit_decision WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
+    let r = sqlx::query!(
+        "SELECT tx_hash, tx_block FROM credit_decision WHERE id = $1",
+        id
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((r.tx_hash, r.tx_block))
 }
 
 /// Announces a committed decision on Redis `<prefix>decisions` (best effort: Postgres and the

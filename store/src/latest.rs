@@ -70,75 +70,90 @@ pub async fn read_postgres(
     wallets: &[(i64, String)],
     writer: bool,
 ) -> sqlx::Result<Vec<Entry>> {
-    let (chains, addrs): (Vec<i64>, Vec<&str>) =
-        wallets.iter().map(|(c, w)| (*c, w.as_str())).unzip();
-    let sql = match kind {
-        // `greatest` skips nulls: a wallet without scores or retractions has version 0.
-        Kind::Score => format!(
-            "SELECT k.c, k.w, greatest(s.id, r.seq, 0), to_jsonb(s)::text
-             FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
-             LEFT JOIN LATERAL (SELECT {SCORE_COLUMNS} FROM credit_score
-                                WHERE chain_id = k.c AND wallet = k.w
-                                ORDER BY id DESC LIMIT 1) s ON true
-             LEFT JOIN LATERAL (SELECT max(seq) AS seq FROM feed_retraction
-                                WHERE feed = 'credit_score' AND chain_id = k.c
-                                  AND row->>'wallet' = k.w) r ON true"
-        ),
-        Kind::Wallet => "SELECT k.c, k.w,
-                    CASE WHEN a.version IS NOT NULL THEN a.version
-                         WHEN $3 THEN nextval('wallet_lending_summary_version')
-                         ELSE 0 END,
-                    a.rows::text
-             FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
-             CROSS JOIN LATERAL (
-                 SELECT max(s.version) AS version,
-                        jsonb_agg(jsonb_build_object(
-                            'action', s.action, 'event_count', s.event_count,
-                            'priced_count', s.priced_count, 'amount_usd', s.amount_usd::text,
-                            'first_at', s.first_at, 'last_at', s.last_at)
-                          ORDER BY array_position(
-                            ARRAY['deposit','borrow','repay','redeem','liquidation'],
-                            s.action)) AS rows
-                 FROM wallet_lending_summary s WHERE s.chain_id = k.c AND s.wallet = k.w) a"
-            .to_owned(),
+    let (chains, addrs): (Vec<i64>, Vec<String>) = wallets.iter().cloned().unzip();
+    macro_rules! entries {
+        ($query:expr) => {
+            $query
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| Entry {
+                    chain_id: r.c,
+                    wallet: r.w,
+                    version: r.version,
+                    row: r.row,
+                })
+                .collect()
+        };
+    }
+    Ok(match kind {
+        // `greatest` skips nulls: a wallet without scores or retractions has version 0. The
+        // score's columns are SCORE_COLUMNS (`score_entries_hold_the_score_columns` checks).
+        Kind::Score => entries!(sqlx::query!(
+            r#"SELECT k.c AS "c!", k.w AS "w!", greatest(s.id, r.seq, 0) AS "version!",
+                      to_jsonb(s)::text AS "row?"
+               FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
+               LEFT JOIN LATERAL (SELECT id, chain_id, wallet, health_factor, score, band,
+                                         probability_of_liquidation, reasons, model_version,
+                                         model_sha256, computed_at, event_id, kafka_topic,
+                                         kafka_partition, kafka_offset, block_number
+                                  FROM credit_score
+                                  WHERE chain_id = k.c AND wallet = k.w
+                                  ORDER BY id DESC LIMIT 1) s ON true
+               LEFT JOIN LATERAL (SELECT max(seq) AS seq FROM feed_retraction
+                                  WHERE feed = 'credit_score' AND chain_id = k.c
+                                    AND row->>'wallet' = k.w) r ON true"#,
+            &chains,
+            &addrs
+        )),
+        Kind::Wallet => entries!(sqlx::query!(
+            r#"SELECT k.c AS "c!", k.w AS "w!",
+                      CASE WHEN a.version IS NOT NULL THEN a.version
+                           WHEN $3 THEN nextval('wallet_lending_summary_version')
+                           ELSE 0 END AS "version!",
+                      a.rows::text AS "row?"
+               FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
+               CROSS JOIN LATERAL (
+                   SELECT max(s.version) AS version,
+                          jsonb_agg(jsonb_build_object(
+                              'action', s.action, 'event_count', s.event_count,
+                              'priced_count', s.priced_count, 'amount_usd', s.amount_usd::text,
+                              'first_at', s.first_at, 'last_at', s.last_at)
+                            ORDER BY array_position(
+                              ARRAY['deposit','borrow','repay','redeem','liquidation'],
+                              s.action)) AS rows
+                   FROM wallet_lending_summary s WHERE s.chain_id = k.c AND s.wallet = k.w) a"#,
+            &chains,
+            &addrs,
+            writer
+        )),
         // A pool with a summary row, else one seen only through `Sync`s (zero swaps, version 0),
         // else none; a writer gives a pool left without a summary (a retraction) a fresh version.
-        Kind::Pool => "SELECT k.c, k.w,
-                    CASE WHEN p.version IS NOT NULL THEN p.version
-                         WHEN $3 THEN nextval('pool_summary_version')
-                         ELSE 0 END,
-                    COALESCE(p.row, y.row)::text
-             FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
-             LEFT JOIN LATERAL (
-                 SELECT s.version, jsonb_build_object(
-                            'chain_id', s.chain_id, 'pool', s.pool, 'protocol', s.protocol,
-                            'swap_count', s.swap_count, 'reverted_count', s.reverted_count,
-                            'first_block', s.first_block, 'last_block', s.last_block) AS row
-                 FROM pool_summary s WHERE s.chain_id = k.c AND s.pool = k.w) p ON true
-             LEFT JOIN LATERAL (
-                 SELECT jsonb_build_object(
-                            'chain_id', y.chain_id, 'pool', y.pool, 'protocol', y.protocol,
-                            'swap_count', 0, 'reverted_count', 0,
-                            'first_block', NULL, 'last_block', NULL) AS row
-                 FROM pool_sync y WHERE p.version IS NULL AND y.chain_id = k.c AND y.pool = k.w
-                 LIMIT 1) y ON true"
-            .to_owned(),
-    };
-    let query = sqlx::query_as(&sql).bind(&chains).bind(&addrs);
-    let query = match kind {
-        Kind::Score => query,
-        Kind::Wallet | Kind::Pool => query.bind(writer),
-    };
-    let rows: Vec<(i64, String, i64, Option<String>)> = query.fetch_all(pool).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(chain_id, wallet, version, row)| Entry {
-            chain_id,
-            wallet,
-            version,
-            row,
-        })
-        .collect())
+        Kind::Pool => entries!(sqlx::query!(
+            r#"SELECT k.c AS "c!", k.w AS "w!",
+                      CASE WHEN p.version IS NOT NULL THEN p.version
+                           WHEN $3 THEN nextval('pool_summary_version')
+                           ELSE 0 END AS "version!",
+                      COALESCE(p.row, y.row)::text AS "row?"
+               FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
+               LEFT JOIN LATERAL (
+                   SELECT s.version, jsonb_build_object(
+                              'chain_id', s.chain_id, 'pool', s.pool, 'protocol', s.protocol,
+                              'swap_count', s.swap_count, 'reverted_count', s.reverted_count,
+                              'first_block', s.first_block, 'last_block', s.last_block) AS row
+                   FROM pool_summary s WHERE s.chain_id = k.c AND s.pool = k.w) p ON true
+               LEFT JOIN LATERAL (
+                   SELECT jsonb_build_object(
+                              'chain_id', y.chain_id, 'pool', y.pool, 'protocol', y.protocol,
+                              'swap_count', 0, 'reverted_count', 0,
+                              'first_block', NULL, 'last_block', NULL) AS row
+                   FROM pool_sync y WHERE p.version IS NULL AND y.chain_id = k.c AND y.pool = k.w
+                   LIMIT 1) y ON true"#,
+            &chains,
+            &addrs,
+            writer
+        )),
+    })
 }
 
 /// Writes `entry` unless Redis holds one as new or newer, and (re)starts its expiry; one atomic

@@ -3,6 +3,11 @@
 //! (the projector's batch inserts, the scorer's score rows) stays beside its fold; what more
 //! than one role or tool reads lives here, so each statement has one home.
 //!
+//! Every statement here is `sqlx::query!` (or `query_as!`/`query_scalar!`), checked at compile
+//! time against the descriptions in the workspace's `.sqlx/` (`store/.env` sets
+//! `SQLX_OFFLINE=true`): after changing a statement or a migration, run `scripts/sqlx-prepare`
+//! and commit `.sqlx/`; CI runs it with `--check`.
+//!
 //! - [`aave`]: an Aave account read back and folded as the pool's `getUserAccountData` does.
 //! - [`decisions`]: lending decisions: their inputs read, decided records stored and published.
 //! - [`latest`]: the API's hottest reads kept in Redis, versioned in commit order.

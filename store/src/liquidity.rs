@@ -43,33 +43,24 @@ pub async fn reserve_history(
     chain_id: i64,
     reserve: &str,
 ) -> sqlx::Result<Vec<ReservePoint>> {
-    let rows: Vec<(f64, f64, f64, String, Option<i64>)> = sqlx::query_as(
-        "SELECT extract(epoch FROM block_time)::float8 / 3600.0,
-                (sum(CASE action WHEN 'deposit' THEN amount WHEN 'redeem' THEN -amount ELSE 0 END)
-                    OVER w / 10::numeric ^ decimals)::float8,
-                (sum(CASE action WHEN 'borrow' THEN amount WHEN 'repay' THEN -amount
-                                 WHEN 'liquidation' THEN -amount ELSE 0 END)
-                    OVER w / 10::numeric ^ decimals)::float8,
-                symbol, block_number
-         FROM lending_event
-         WHERE chain_id = $1 AND reserve = $2 AND block_time IS NOT NULL
-         WINDOW w AS (ORDER BY block_time, event_id ROWS UNBOUNDED PRECEDING)
-         ORDER BY block_time, event_id",
+    let mut points = sqlx::query_as!(
+        ReservePoint,
+        r#"SELECT extract(epoch FROM block_time)::float8 / 3600.0 AS "hours!",
+                  (sum(CASE action WHEN 'deposit' THEN amount WHEN 'redeem' THEN -amount ELSE 0 END)
+                      OVER w / 10::numeric ^ decimals)::float8 AS "supply!",
+                  (sum(CASE action WHEN 'borrow' THEN amount WHEN 'repay' THEN -amount
+                                   WHEN 'liquidation' THEN -amount ELSE 0 END)
+                      OVER w / 10::numeric ^ decimals)::float8 AS "debt!",
+                  symbol AS "symbol!", block_number AS "block_number?"
+           FROM lending_event
+           WHERE chain_id = $1 AND reserve = $2 AND block_time IS NOT NULL
+           WINDOW w AS (ORDER BY block_time, event_id ROWS UNBOUNDED PRECEDING)
+           ORDER BY block_time, event_id"#,
+        chain_id,
+        reserve
     )
-    .bind(chain_id)
-    .bind(reserve)
     .fetch_all(pool)
     .await?;
-    let mut points: Vec<ReservePoint> = rows
-        .into_iter()
-        .map(|(hours, supply, debt, symbol, block_number)| ReservePoint {
-            hours,
-            supply,
-            debt,
-            symbol,
-            block_number,
-        })
-        .collect();
     last_per_instant(&mut points, |p| p.hours);
     Ok(points)
 }
@@ -82,29 +73,29 @@ pub async fn pool_history(
     address: &str,
     window_hours: f64,
 ) -> sqlx::Result<Vec<PoolPoint>> {
-    let rows: Vec<PoolRow> = sqlx::query_as(
-        "SELECT extract(epoch FROM block_time)::float8 / 3600.0, reserve0::float8,
-                reserve1::float8, token0, token1, block_number
-         FROM pool_sync
-         WHERE chain_id = $1 AND pool = $2 AND block_time IS NOT NULL
-           AND block_time >= (SELECT max(block_time) FROM pool_sync
-                              WHERE chain_id = $1 AND pool = $2)
-                             - make_interval(secs => $3 * 3600)
-         ORDER BY block_number, log_index",
+    let mut points = sqlx::query_as!(
+        PoolPoint,
+        r#"SELECT extract(epoch FROM block_time)::float8 / 3600.0 AS "hours!",
+                  reserve0::float8 AS "reserve0!", reserve1::float8 AS "reserve1!",
+                  token0 AS "token0!", token1 AS "token1!", block_number AS "block_number?"
+           FROM pool_sync
+           WHERE chain_id = $1 AND pool = $2 AND block_time IS NOT NULL
+             AND block_time >= (SELECT max(block_time) FROM pool_sync
+                                WHERE chain_id = $1 AND pool = $2)
+                               - make_interval(secs => $3::float8 * 3600)
+           ORDER BY block_number, log_index"#,
+        chain_id,
+        address,
+        window_hours
     )
-    .bind(chain_id)
-    .bind(address)
-    .bind(window_hours)
     .fetch_all(pool)
     .await?;
-    Ok(pool_points(rows))
+    last_per_instant(&mut points, |p| p.hours);
+    Ok(points)
 }
 
-/// The SQL condition "the row is sealed": block at most `$n` when the chain's stretch has
-/// blocks, else below the seals' bound in its partition (`$n+1..$n+3`, UNNESTed arrays).
-const SEALED: &str = "(CASE WHEN $3::int8 IS NOT NULL THEN block_number <= $3
-      ELSE EXISTS (SELECT 1 FROM UNNEST($4::text[], $5::int4[], $6::int8[]) AS s(t, p, n)
-                   WHERE s.t = kafka_topic AND s.p = kafka_partition AND kafka_offset < s.n) END)";
+// "The row is sealed", in the two statements below: block at most `$3` when the chain's stretch
+// has blocks, else below the seals' bound in its partition (`$4..$6`, UNNESTed arrays).
 
 /// [`reserve_history`] as sealed (`domain::seal`): only the flows of blocks up to `last_block`,
 /// or, without blocks, below `through` (topic, partition, next offset) in their partition; what
@@ -117,38 +108,32 @@ pub async fn reserve_history_sealed(
     through: &[(String, i32, i64)],
 ) -> sqlx::Result<Vec<ReservePoint>> {
     let (topics, partitions, next) = unzip_through(through);
-    let sql = format!(
-        "SELECT extract(epoch FROM block_time)::float8 / 3600.0,
-                (sum(CASE action WHEN 'deposit' THEN amount WHEN 'redeem' THEN -amount ELSE 0 END)
-                    OVER w / 10::numeric ^ decimals)::float8,
-                (sum(CASE action WHEN 'borrow' THEN amount WHEN 'repay' THEN -amount
-                                 WHEN 'liquidation' THEN -amount ELSE 0 END)
-                    OVER w / 10::numeric ^ decimals)::float8,
-                symbol, block_number
-         FROM lending_event
-         WHERE chain_id = $1 AND reserve = $2 AND block_time IS NOT NULL AND {SEALED}
-         WINDOW w AS (ORDER BY block_time, event_id ROWS UNBOUNDED PRECEDING)
-         ORDER BY block_time, event_id"
-    );
-    let rows: Vec<(f64, f64, f64, String, Option<i64>)> = sqlx::query_as(&sql)
-        .bind(chain_id)
-        .bind(reserve)
-        .bind(last_block)
-        .bind(&topics)
-        .bind(&partitions)
-        .bind(&next)
-        .fetch_all(pool)
-        .await?;
-    let mut points: Vec<ReservePoint> = rows
-        .into_iter()
-        .map(|(hours, supply, debt, symbol, block_number)| ReservePoint {
-            hours,
-            supply,
-            debt,
-            symbol,
-            block_number,
-        })
-        .collect();
+    let mut points = sqlx::query_as!(
+        ReservePoint,
+        r#"SELECT extract(epoch FROM block_time)::float8 / 3600.0 AS "hours!",
+                  (sum(CASE action WHEN 'deposit' THEN amount WHEN 'redeem' THEN -amount ELSE 0 END)
+                      OVER w / 10::numeric ^ decimals)::float8 AS "supply!",
+                  (sum(CASE action WHEN 'borrow' THEN amount WHEN 'repay' THEN -amount
+                                   WHEN 'liquidation' THEN -amount ELSE 0 END)
+                      OVER w / 10::numeric ^ decimals)::float8 AS "debt!",
+                  symbol AS "symbol!", block_number AS "block_number?"
+           FROM lending_event
+           WHERE chain_id = $1 AND reserve = $2 AND block_time IS NOT NULL
+             AND (CASE WHEN $3::int8 IS NOT NULL THEN block_number <= $3
+                  ELSE EXISTS (SELECT 1 FROM UNNEST($4::text[], $5::int4[], $6::int8[]) AS s(t, p, n)
+                               WHERE s.t = kafka_topic AND s.p = kafka_partition
+                                 AND kafka_offset < s.n) END)
+           WINDOW w AS (ORDER BY block_time, event_id ROWS UNBOUNDED PRECEDING)
+           ORDER BY block_time, event_id"#,
+        chain_id,
+        reserve,
+        last_block,
+        &topics,
+        &partitions,
+        &next
+    )
+    .fetch_all(pool)
+    .await?;
     last_per_instant(&mut points, |p| p.hours);
     Ok(points)
 }
@@ -165,52 +150,38 @@ pub async fn pool_history_sealed(
     through: &[(String, i32, i64)],
 ) -> sqlx::Result<Vec<PoolPoint>> {
     let (topics, partitions, next) = unzip_through(through);
-    let sql = format!(
-        "SELECT extract(epoch FROM block_time)::float8 / 3600.0, reserve0::float8,
-                reserve1::float8, token0, token1, block_number
-         FROM pool_sync
-         WHERE chain_id = $1 AND pool = $2 AND block_time IS NOT NULL AND {SEALED}
-           AND block_time < to_timestamp($7 * 3600) AND block_time >= to_timestamp(($7 - $8) * 3600)
-         ORDER BY block_number, log_index"
-    );
-    let rows: Vec<PoolRow> = sqlx::query_as(&sql)
-        .bind(chain_id)
-        .bind(address)
-        .bind(last_block)
-        .bind(&topics)
-        .bind(&partitions)
-        .bind(&next)
-        .bind(end_hours)
-        .bind(window_hours)
-        .fetch_all(pool)
-        .await?;
-    Ok(pool_points(rows))
-}
-
-type PoolRow = (f64, f64, f64, String, String, Option<i64>);
-
-/// A pool's `Sync` rows as points, the last of each instant.
-fn pool_points(rows: Vec<PoolRow>) -> Vec<PoolPoint> {
-    let mut points: Vec<PoolPoint> = rows
-        .into_iter()
-        .map(
-            |(hours, reserve0, reserve1, token0, token1, block_number)| PoolPoint {
-                hours,
-                reserve0,
-                reserve1,
-                token0,
-                token1,
-                block_number,
-            },
-        )
-        .collect();
+    let mut points = sqlx::query_as!(
+        PoolPoint,
+        r#"SELECT extract(epoch FROM block_time)::float8 / 3600.0 AS "hours!",
+                  reserve0::float8 AS "reserve0!", reserve1::float8 AS "reserve1!",
+                  token0 AS "token0!", token1 AS "token1!", block_number AS "block_number?"
+           FROM pool_sync
+           WHERE chain_id = $1 AND pool = $2 AND block_time IS NOT NULL
+             AND (CASE WHEN $3::int8 IS NOT NULL THEN block_number <= $3
+                  ELSE EXISTS (SELECT 1 FROM UNNEST($4::text[], $5::int4[], $6::int8[]) AS s(t, p, n)
+                               WHERE s.t = kafka_topic AND s.p = kafka_partition
+                                 AND kafka_offset < s.n) END)
+             AND block_time < to_timestamp($7::float8 * 3600)
+             AND block_time >= to_timestamp(($7::float8 - $8::float8) * 3600)
+           ORDER BY block_number, log_index"#,
+        chain_id,
+        address,
+        last_block,
+        &topics,
+        &partitions,
+        &next,
+        end_hours,
+        window_hours
+    )
+    .fetch_all(pool)
+    .await?;
     last_per_instant(&mut points, |p| p.hours);
-    points
+    Ok(points)
 }
 
-fn unzip_through(through: &[(String, i32, i64)]) -> (Vec<&str>, Vec<i32>, Vec<i64>) {
+fn unzip_through(through: &[(String, i32, i64)]) -> (Vec<String>, Vec<i32>, Vec<i64>) {
     (
-        through.iter().map(|t| t.0.as_str()).collect(),
+        through.iter().map(|t| t.0.clone()).collect(),
         through.iter().map(|t| t.1).collect(),
         through.iter().map(|t| t.2).collect(),
     )
