@@ -8,7 +8,7 @@ use chainfold_domain::U256;
 use sqlx::PgPool;
 
 use crate::error::{gql, ApiError, ApiResult};
-use crate::schema::parse_address;
+use crate::input::parse_address;
 
 /// Aave queries.
 #[derive(Debug, Default)]
@@ -77,7 +77,7 @@ pub struct AaveIsolation {
 /// A V3 isolation figure (USD with 2 decimals, an integer on chain) as a decimal string.
 fn cents(v: U256) -> String {
     let units: bigdecimal::num_bigint::BigInt = v.to_string().parse().unwrap_or_default();
-    crate::types::decimal_text(&bigdecimal::BigDecimal::new(units, 2))
+    crate::input::decimal_text(&bigdecimal::BigDecimal::new(units, 2))
 }
 
 fn non_negative(name: &str, value: i64) -> Result<u64, ApiError> {

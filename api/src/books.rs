@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use crate::auth::caller;
 use crate::error::{gql, ApiError, ApiResult};
-use crate::schema::parse_address;
+use crate::input::parse_address;
 
 /// Most wallets one book holds.
 pub const MAX_BOOK_WALLETS: usize = 10_000;

@@ -21,9 +21,9 @@ use crate::collection::{
 };
 use crate::decisions::CreditDecision;
 use crate::error::{gql, ApiError, ApiResult};
+use crate::input::{page_size, parse_address};
 use crate::risk::{alert_of, Alert, AlertRow, ALERT_COLUMNS};
-use crate::schema::parse_address;
-use crate::types::{page_size, CreditScore, LendingAction, LendingEvent, Pool, ScoreRow, Wallet};
+use crate::types::{CreditScore, LendingAction, LendingEvent, Pool, ScoreRow, Wallet};
 
 /// `totalCount` of a connection (counted only when asked for).
 #[derive(SimpleObject, Debug, Clone, Default)]

@@ -7,8 +7,7 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 
 use crate::error::{gql, ApiError, ApiResult};
-use crate::schema::parse_address;
-use crate::types::decimal_text;
+use crate::input::{decimal_text, parse_address};
 use crate::types::ScoreBand;
 
 /// What `requestCredit` needs besides Postgres: the policy and where decisions are published.

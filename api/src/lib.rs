@@ -6,6 +6,17 @@
 //! lender page).
 //! The schema is built in [`schema::build`]; `schema.graphql` at the workspace root is generated
 //! from it and a test fails when the file is stale.
+//!
+//! Modules, each importing only those listed before it (no cycles):
+//!
+//! - [`error`], [`input`] (addresses, page sizes, money text), [`auth`], [`cost`] (query
+//!   complexity and depth limits);
+//! - [`types`]: the output types as plain data;
+//! - [`loaders`] (batched reads, Redis first), [`collection`] (Graph-style `where`/`orderBy`
+//!   turned into bound SQL), [`aave`], [`books`], [`risk`], [`decisions`], [`collections`]
+//!   (the paged lists);
+//! - [`objects`]: the nested fields of wallets and pools, over all of the above;
+//! - [`live`]: subscriptions fed by Postgres `NOTIFY`; [`metrics`]; [`schema`]: the roots.
 
 pub mod aave;
 pub mod auth;
@@ -15,9 +26,11 @@ pub mod collections;
 pub mod cost;
 pub mod decisions;
 pub mod error;
+pub mod input;
 pub mod live;
 pub mod loaders;
 pub mod metrics;
+pub mod objects;
 pub mod risk;
 pub mod schema;
 pub mod types;

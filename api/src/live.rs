@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 use crate::auth::caller;
 use crate::decisions::CreditDecision;
 use crate::error::{gql, ApiError, ApiResult};
+use crate::input::parse_address;
 use crate::risk::{alert_of, Alert, AlertKind, AlertRow, Severity, ALERT_COLUMNS};
-use crate::schema::parse_address;
 use crate::types::{CreditScore, ScoreRow, SCORE_COLUMNS};
 
 /// Rows a catch-up query reads at a time.

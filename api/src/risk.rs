@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::error::{gql, ApiResult};
-use crate::types::{decimal_text, page_size};
+use crate::input::{decimal_text, page_size};
 
 // One variant per `chainfold_domain::risk::AlertKind`.
 /// What an alert is about.

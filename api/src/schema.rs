@@ -5,7 +5,8 @@ use sqlx::PgPool;
 
 use crate::books::{BookMutation, BookQuery};
 use crate::decisions::{DecisionDesk, MutationRoot};
-use crate::error::{gql, ApiError, ApiResult};
+use crate::error::{gql, ApiResult};
+use crate::input::parse_address;
 use crate::live::{Hub, SubscriptionRoot};
 use crate::types::{IdentityScore, LendingAction, LendingSummary, Pool, Wallet};
 
@@ -79,19 +80,6 @@ pub fn sdl() -> String {
     Schema::build(Query::default(), Mutation::default(), SubscriptionRoot)
         .finish()
         .sdl()
-}
-
-/// Parses a 20-byte hex address into its lowercase form, or a `BAD_USER_INPUT` error.
-pub fn parse_address(text: &str) -> Result<String, ApiError> {
-    let t = text.trim();
-    let well_formed =
-        t.len() == 42 && t.starts_with("0x") && t[2..].bytes().all(|b| b.is_ascii_hexdigit());
-    if !well_formed {
-        return Err(ApiError::BadUserInput(format!(
-            "{text:?} is not a 20-byte hex address"
-        )));
-    }
-    Ok(t.to_ascii_lowercase())
 }
 
 /// Query root.
