@@ -1138,81 +1138,34 @@ impl Scorer {
         projector: &HashMap<(String, i32), i64>,
     ) -> anyhow::Result<Vec<StoredScore>> {
         let rows = &computed.rows;
-        let n = rows.len();
-        let (mut chain_id, mut wallet, mut score, mut band, mut probability) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut reasons, mut computed_at, mut event_id, mut topic) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut partition, mut offset, mut projector_next, mut block) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (chain, w, t, s) in rows {
-            chain_id.push(*chain as i64);
-            wallet.push(w.clone());
-            score.push(s.score);
-            band.push(
-                serde_json::to_value(s.band)?
+        let mut scores = chainfold_store::scores::NewScores::default();
+        for ((chain, w, t, s), health) in rows.iter().zip(&computed.health) {
+            scores.push(chainfold_store::scores::NewScore {
+                chain_id: *chain as i64,
+                wallet: w.clone(),
+                score: s.score,
+                band: serde_json::to_value(s.band)?
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
-            );
-            probability.push(s.probability_of_liquidation);
-            reasons.push(serde_json::to_value(&s.reasons)?);
-            computed_at.push(t.at);
-            event_id.push(t.event_id.clone());
-            topic.push(t.topic.clone());
-            partition.push(t.partition);
-            offset.push(t.offset);
-            projector_next.push(
-                projector
+                probability_of_liquidation: s.probability_of_liquidation,
+                reasons: serde_json::to_value(&s.reasons)?,
+                computed_at: t.at,
+                event_id: t.event_id.clone(),
+                kafka_topic: t.topic.clone(),
+                kafka_partition: t.partition,
+                kafka_offset: t.offset,
+                projector_next_offset: projector
                     .get(&(t.topic.clone(), t.partition))
                     .copied()
                     .unwrap_or_default(),
-            );
-            block.push(t.block_number);
+                block_number: t.block_number,
+                health_factor: *health,
+            });
         }
-        let inserted: Vec<(i64, String, String)> = sqlx::query_as(
-            r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
-                reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
-                kafka_partition, kafka_offset, projector_next_offset, block_number, health_factor)
-               SELECT c, w, s, b, p, r, $6, $7, at, e, tp, pa, o, pn, bl, hf
-               FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::text[], $5::float8[],
-                    $8::jsonb[], $9::timestamptz[], $10::text[], $11::text[], $12::int4[],
-                    $13::int8[], $14::int8[], $15::int8[], $16::float8[])
-                    AS t(c, w, s, b, p, r, at, e, tp, pa, o, pn, bl, hf)
-               ON CONFLICT (chain_id, wallet, event_id) DO NOTHING
-               RETURNING chain_id, wallet, event_id"#,
-        )
-        .bind(&chain_id)
-        .bind(&wallet)
-        .bind(&score)
-        .bind(&band)
-        .bind(&probability)
-        .bind(&self.engine.version)
-        .bind(&self.engine.sha256)
-        .bind(&reasons)
-        .bind(&computed_at)
-        .bind(&event_id)
-        .bind(&topic)
-        .bind(&partition)
-        .bind(&offset)
-        .bind(&projector_next)
-        .bind(&block)
-        .bind(&computed.health)
-        .fetch_all(&mut **tx)
-        .await?;
+        let inserted =
+            chainfold_store::scores::insert(tx, &self.engine.version, &self.engine.sha256, &scores)
+                .await?;
         let mut new: std::collections::HashSet<(u64, String, String)> = inserted
             .into_iter()
             .map(|(c, w, e)| (c as u64, w, e))
@@ -1558,16 +1511,8 @@ impl Scorer {
             return Ok(HashMap::new());
         }
         let chains: Vec<i64> = by_wallet.iter().map(|(c, _)| *c as i64).collect();
-        let wallets: Vec<&str> = by_wallet.iter().map(|(_, w)| *w).collect();
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT t.c, t.w, s.band FROM UNNEST($1::int8[], $2::text[]) AS t(c, w)
-             CROSS JOIN LATERAL (SELECT band FROM credit_score
-                                 WHERE chain_id = t.c AND wallet = t.w ORDER BY id DESC LIMIT 1) s",
-        )
-        .bind(&chains)
-        .bind(&wallets)
-        .fetch_all(&self.pool)
-        .await?;
+        let wallets: Vec<String> = by_wallet.iter().map(|(_, w)| (*w).to_owned()).collect();
+        let rows = chainfold_store::scores::latest_bands(&self.pool, &chains, &wallets).await?;
         Ok(rows
             .into_iter()
             .map(|(c, w, b)| ((c as u64, w), b))
@@ -1705,21 +1650,9 @@ async fn retract_scores(
     retracted: &[(i64, String, i64, String, i32, i64)],
 ) -> anyhow::Result<Vec<(i64, String)>> {
     let chains: Vec<i64> = retracted.iter().map(|r| r.0).collect();
-    let events: Vec<&str> = retracted.iter().map(|r| r.1.as_str()).collect();
+    let events: Vec<String> = retracted.iter().map(|r| r.1.clone()).collect();
     let blocks: Vec<i64> = retracted.iter().map(|r| r.2).collect();
-    let done: Vec<(i64, String)> = sqlx::query_as(
-        "DELETE FROM credit_score c
-         USING UNNEST($1::int8[], $2::text[], $3::int8[]) AS r(chain_id, event_id, block_number)
-         WHERE c.chain_id = r.chain_id AND c.event_id = r.event_id
-           AND c.block_number = r.block_number
-         RETURNING c.chain_id, c.wallet",
-    )
-    .bind(&chains)
-    .bind(&events)
-    .bind(&blocks)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(done)
+    Ok(chainfold_store::scores::retract(tx, &chains, &events, &blocks).await?)
 }
 
 /// Stores valid attestations (idempotent by their id) before the scores that use them.

@@ -12,10 +12,12 @@
 //! - [`decisions`]: lending decisions: their inputs read, decided records stored and published.
 //! - [`latest`]: the API's hottest reads kept in Redis, versioned in commit order.
 //! - [`liquidity`]: reserve and pool liquidity histories (risk alerts, API forecasts).
+//! - [`scores`]: credit scores: the scorer's inserts and retractions, the bands it compares.
 //! - [`summary`]: what the read models and derived tables hold, counted (demo, rebuild, tools).
 
 pub mod aave;
 pub mod decisions;
 pub mod latest;
 pub mod liquidity;
+pub mod scores;
 pub mod summary;

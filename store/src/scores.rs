@@ -1,0 +1,178 @@
+//! Credit scores (`credit_score`): the scorer's writes and the reads it makes of its own rows.
+//! A score row is unique per (chain, wallet, event), so a replayed batch stores nothing twice;
+//! the feed trigger turns each delete into a retraction for subscribers. The API's reads of
+//! scores (latest per wallet, pages, subscriptions) are in `latest` and the API's collections.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+
+/// One score to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewScore {
+    pub chain_id: i64,
+    pub wallet: String,
+    pub score: i32,
+    /// The band's stored name (`EXCELLENT` … `VERY_POOR`).
+    pub band: String,
+    pub probability_of_liquidation: Option<f64>,
+    pub reasons: serde_json::Value,
+    pub computed_at: DateTime<Utc>,
+    /// The event that triggered it, and where that event is in the log.
+    pub event_id: String,
+    pub kafka_topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    /// How far the projector had folded the event's partition when the score was computed.
+    pub projector_next_offset: i64,
+    pub block_number: Option<i64>,
+    pub health_factor: Option<f64>,
+}
+
+/// Scores to store as columns, for one `UNNEST` statement.
+#[derive(Debug, Default)]
+pub struct NewScores {
+    chain_id: Vec<i64>,
+    wallet: Vec<String>,
+    score: Vec<i32>,
+    band: Vec<String>,
+    probability: Vec<Option<f64>>,
+    reasons: Vec<serde_json::Value>,
+    computed_at: Vec<DateTime<Utc>>,
+    event_id: Vec<String>,
+    topic: Vec<String>,
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+    projector_next: Vec<i64>,
+    block: Vec<Option<i64>>,
+    health: Vec<Option<f64>>,
+}
+
+impl NewScores {
+    pub fn push(&mut self, s: NewScore) {
+        self.chain_id.push(s.chain_id);
+        self.wallet.push(s.wallet);
+        self.score.push(s.score);
+        self.band.push(s.band);
+        self.probability.push(s.probability_of_liquidation);
+        self.reasons.push(s.reasons);
+        self.computed_at.push(s.computed_at);
+        self.event_id.push(s.event_id);
+        self.topic.push(s.kafka_topic);
+        self.partition.push(s.kafka_partition);
+        self.offset.push(s.kafka_offset);
+        self.projector_next.push(s.projector_next_offset);
+        self.block.push(s.block_number);
+        self.health.push(s.health_factor);
+    }
+
+    pub fn len(&self) -> usize {
+        self.chain_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chain_id.is_empty()
+    }
+}
+
+impl FromIterator<NewScore> for NewScores {
+    fn from_iter<I: IntoIterator<Item = NewScore>>(iter: I) -> Self {
+        let mut all = NewScores::default();
+        for s in iter {
+            all.push(s);
+        }
+        all
+    }
+}
+
+/// Stores `scores` computed by model `model_version` (`model_sha256`) in one statement; a score
+/// already stored (same chain, wallet and event: a replay) is skipped. Returns the (chain,
+/// wallet, event) of the rows that were new.
+pub async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    model_version: &str,
+    model_sha256: &str,
+    scores: &NewScores,
+) -> sqlx::Result<Vec<(i64, String, String)>> {
+    let rows = sqlx::query!(
+        r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
+               reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
+               kafka_partition, kafka_offset, projector_next_offset, block_number, health_factor)
+           SELECT c, w, s, b, p, r, $6, $7, at, e, tp, pa, o, pn, bl, hf
+           FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::text[], $5::float8[],
+                $8::jsonb[], $9::timestamptz[], $10::text[], $11::text[], $12::int4[],
+                $13::int8[], $14::int8[], $15::int8[], $16::float8[])
+                AS t(c, w, s, b, p, r, at, e, tp, pa, o, pn, bl, hf)
+           ON CONFLICT (chain_id, wallet, event_id) DO NOTHING
+           RETURNING chain_id, wallet, event_id"#,
+        &scores.chain_id,
+        &scores.wallet,
+        &scores.score,
+        &scores.band,
+        &scores.probability as &[Option<f64>],
+        model_version,
+        model_sha256,
+        &scores.reasons,
+        &scores.computed_at,
+        &scores.event_id,
+        &scores.topic,
+        &scores.partition,
+        &scores.offset,
+        &scores.projector_next,
+        &scores.block as &[Option<i64>],
+        &scores.health as &[Option<f64>]
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.chain_id, r.wallet, r.event_id))
+        .collect())
+}
+
+/// The band of each wallet's latest score: (chain, wallet, band), wallets without a score left
+/// out.
+pub async fn latest_bands(
+    pool: &PgPool,
+    chains: &[i64],
+    wallets: &[String],
+) -> sqlx::Result<Vec<(i64, String, String)>> {
+    let rows = sqlx::query!(
+        r#"SELECT t.c AS "chain_id!", t.w AS "wallet!", s.band
+           FROM UNNEST($1::int8[], $2::text[]) AS t(c, w)
+           CROSS JOIN LATERAL (SELECT band FROM credit_score
+                               WHERE chain_id = t.c AND wallet = t.w
+                               ORDER BY id DESC LIMIT 1) s"#,
+        chains,
+        wallets
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.chain_id, r.wallet, r.band))
+        .collect())
+}
+
+/// Deletes the scores of retracted events, each given as (chain, event id, block): only a score
+/// computed at that block goes (the event's canonical replacement keeps its own). Returns the
+/// (chain, wallet) of each deleted score.
+pub async fn retract(
+    tx: &mut Transaction<'_, Postgres>,
+    chains: &[i64],
+    events: &[String],
+    blocks: &[i64],
+) -> sqlx::Result<Vec<(i64, String)>> {
+    let rows = sqlx::query!(
+        "DELETE FROM credit_score c
+         USING UNNEST($1::int8[], $2::text[], $3::int8[]) AS r(chain_id, event_id, block_number)
+         WHERE c.chain_id = r.chain_id AND c.event_id = r.event_id
+           AND c.block_number = r.block_number
+         RETURNING c.chain_id, c.wallet",
+        chains,
+        events,
+        blocks
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.chain_id, r.wallet)).collect())
+}
