@@ -383,20 +383,9 @@ impl Pool {
         };
         // Decimals from the lending reserves, USD from the oracles.
         let meta = |token: String| async move {
-            let decimals: Option<i16> = sqlx::query_scalar(
-                "SELECT decimals FROM lending_event WHERE chain_id = $1 AND reserve = $2 LIMIT 1",
-            )
-            .bind(self.chain_id)
-            .bind(&token)
-            .fetch_optional(pool)
-            .await?;
-            let price: Option<BigDecimal> = sqlx::query_scalar(
-                "SELECT price FROM oracle_price WHERE chain_id = $1 AND asset = $2",
-            )
-            .bind(self.chain_id)
-            .bind(&token)
-            .fetch_optional(pool)
-            .await?;
+            let decimals =
+                chainfold_store::lending::reserve_decimals(pool, self.chain_id, &token).await?;
+            let price = chainfold_store::prices::oracle_price(pool, self.chain_id, &token).await?;
             Ok::<_, sqlx::Error>((decimals, price))
         };
         let (d0, p0) = meta(token0.clone()).await.map_err(gql)?;

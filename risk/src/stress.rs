@@ -68,83 +68,23 @@ pub async fn live_positions(
     chain_id: u64,
     as_of: Option<i64>,
 ) -> anyhow::Result<(Vec<Account>, BTreeMap<String, BigDecimal>, Option<i64>)> {
-    type Row = (
-        String,
-        String,
-        BigDecimal,
-        BigDecimal,
-        i32,
-        Option<BigDecimal>,
-        Option<i32>,
-        Option<i32>,
-        Option<i64>,
-    );
-    let rows: Vec<Row> = match as_of {
-        None => {
-            sqlx::query_as(
-                "WITH p AS (
-                 SELECT * FROM lending_position WHERE chain_id = $1
-             ), debtors AS (
-                 SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0
-             )
-             SELECT p.wallet, p.symbol, greatest(p.collateral, 0)::numeric,
-                    greatest(p.variable_debt, 0)::numeric, p.decimals::int4,
-                    coalesce(o.price, (SELECT e.price_usd FROM lending_event e
-                                       WHERE e.chain_id = p.chain_id AND e.reserve = p.reserve
-                                         AND e.price_usd IS NOT NULL
-                                       ORDER BY e.block_time DESC NULLS LAST LIMIT 1))::numeric,
-                    c.liquidation_threshold, c.liquidation_bonus, p.last_block
-             FROM p JOIN debtors USING (wallet)
-             LEFT JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
-             LEFT JOIN LATERAL (
-                 SELECT m.liquidation_threshold, m.liquidation_bonus FROM lending_market_event m
-                 WHERE m.chain_id = p.chain_id AND m.reserve = p.reserve AND m.kind = 'reserve_config'
-                 ORDER BY m.block_number DESC, m.log_index DESC LIMIT 1
-             ) c ON true
-             ORDER BY p.wallet, p.symbol",
-            )
-            .bind(chain_id as i64)
-            .fetch_all(pool)
-            .await?
-        }
-        Some(block) => {
-            sqlx::query_as(
-                "WITH p AS (
-                 SELECT * FROM lending_position_as_of($1, $2)
-             ), debtors AS (
-                 SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0
-             )
-             SELECT p.wallet, p.symbol, greatest(p.collateral, 0)::numeric,
-                    greatest(p.variable_debt, 0)::numeric, p.decimals::int4,
-                    coalesce(
-                        (SELECT o.price FROM oracle_update o
-                         WHERE o.chain_id = $1 AND o.asset = p.reserve AND o.block_number <= $2
-                         ORDER BY o.block_number DESC, o.log_index DESC LIMIT 1),
-                        (SELECT e.price_usd FROM lending_event e
-                         WHERE e.chain_id = $1 AND e.reserve = p.reserve AND e.price_usd IS NOT NULL
-                           AND e.block_number <= $2
-                         ORDER BY e.block_number DESC, e.event_id DESC LIMIT 1))::numeric,
-                    c.liquidation_threshold, c.liquidation_bonus, $2::int8
-             FROM p JOIN debtors USING (wallet)
-             LEFT JOIN LATERAL (
-                 SELECT m.liquidation_threshold, m.liquidation_bonus FROM lending_market_event m
-                 WHERE m.chain_id = $1 AND m.reserve = p.reserve AND m.kind = 'reserve_config'
-                   AND m.block_number <= $2
-                 ORDER BY m.block_number DESC, m.log_index DESC LIMIT 1
-             ) c ON true
-             ORDER BY p.wallet, p.symbol",
-            )
-            .bind(chain_id as i64)
-            .bind(block)
-            .fetch_all(pool)
-            .await?
-        }
-    };
+    let rows = chainfold_store::lending::debtor_positions(pool, chain_id as i64, as_of).await?;
     let mut by_wallet: BTreeMap<String, Vec<Exposure>> = BTreeMap::new();
     let mut prices = BTreeMap::new();
     let mut unpriced = std::collections::BTreeSet::new();
     let mut as_of = None;
-    for (wallet, symbol, collateral, debt, decimals, price, threshold, bonus, block) in rows {
+    for chainfold_store::lending::DebtorPosition {
+        wallet,
+        symbol,
+        collateral,
+        debt,
+        decimals,
+        price,
+        liquidation_threshold: threshold,
+        liquidation_bonus: bonus,
+        block,
+    } in rows
+    {
         as_of = as_of.max(block);
         let Some(price) = price else {
             unpriced.insert(wallet);
@@ -279,41 +219,22 @@ pub async fn run_as_of(
     );
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut tx = pool.begin().await?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO stress_run (chain_id, as_of_block, trigger, positions, prices, rules,
-            history_hours, paths, horizon_hours, var95_usd, evar99_usd, lar95_usd, elapsed_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-    )
-    .bind(config.chain_id as i64)
-    .bind(as_of)
-    .bind(trigger)
-    .bind(positions.len() as i32)
-    .bind(serde_json::to_value(&prices)?)
-    .bind(serde_json::to_value(rules)?)
-    .bind(history.len() as i32)
-    .bind(config.paths as i32)
-    .bind(config.horizon_hours as i32)
-    .bind(var.as_ref().and_then(|v| cents(v.var95_usd)))
-    .bind(var.as_ref().and_then(|v| cents(v.evar99_usd)))
-    .bind(var.as_ref().and_then(|v| cents(v.lar95_usd)))
-    .bind(elapsed_ms)
-    .fetch_one(&mut *tx)
-    .await?;
-    for r in &scenarios {
-        sqlx::query(
-            "INSERT INTO stress_scenario (run_id, asset, shock, correlated, liquidatable,
-                debt_at_risk_usd, bad_debt_usd) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(id)
-        .bind(&r.asset)
-        .bind(r.shock)
-        .bind(r.correlated)
-        .bind(r.impact.liquidatable as i32)
-        .bind(&r.impact.debt_at_risk_usd)
-        .bind(&r.impact.bad_debt_usd)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let run = chainfold_store::stress::NewRun {
+        chain_id: config.chain_id as i64,
+        as_of_block: as_of,
+        trigger: trigger.to_owned(),
+        positions: positions.len() as i32,
+        prices: serde_json::to_value(&prices)?,
+        rules: serde_json::to_value(rules)?,
+        history_hours: history.len() as i32,
+        paths: config.paths as i32,
+        horizon_hours: config.horizon_hours as i32,
+        var95_usd: var.as_ref().and_then(|v| cents(v.var95_usd)),
+        evar99_usd: var.as_ref().and_then(|v| cents(v.evar99_usd)),
+        lar95_usd: var.as_ref().and_then(|v| cents(v.lar95_usd)),
+        elapsed_ms,
+    };
+    let id = chainfold_store::stress::insert(&mut tx, &run, &scenarios).await?;
     tx.commit().await?;
     Ok(StressRun {
         id,

@@ -38,6 +38,7 @@ use chainfold_platform::kafka;
 use chainfold_platform::member::{Member, Received};
 use chainfold_platform::offsets::OffsetError;
 use chainfold_platform::outbox::Output;
+use chainfold_store::alerts;
 use chrono::{DateTime, Utc};
 use rdkafka::producer::FutureProducer;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -392,24 +393,14 @@ impl RiskWorker {
         }
         outcome.incidents = correlate(&mut tx, &stored).await?;
         for (chain, through, last_block) in &progress {
-            let through: Vec<serde_json::Value> = through
-                .iter()
-                .map(
-                    |((t, p), n)| serde_json::json!({"topic": t, "partition": p, "next_offset": n}),
-                )
-                .collect();
-            sqlx::query(
-                "INSERT INTO risk_progress (group_id, chain_id, through, last_block)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (group_id, chain_id) DO UPDATE SET through = EXCLUDED.through,
-                     last_block = greatest(risk_progress.last_block, EXCLUDED.last_block),
-                     updated_at = now()",
+            let last_block = last_block.map(|b| b as i64);
+            alerts::save_progress(
+                &mut tx,
+                &self.config.group,
+                *chain as i64,
+                through,
+                last_block,
             )
-            .bind(&self.config.group)
-            .bind(*chain as i64)
-            .bind(serde_json::Value::Array(through))
-            .bind(last_block.map(|b| b as i64))
-            .execute(&mut *tx)
             .await?;
         }
         let outputs: Vec<Output> = stored
@@ -494,27 +485,7 @@ impl RiskWorker {
 
     /// The cumulative seal bound of `chain` this group has evaluated.
     async fn progress(&self, chain: u64) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
-        let through: Option<serde_json::Value> = sqlx::query_scalar(
-            "SELECT through FROM risk_progress WHERE group_id = $1 AND chain_id = $2",
-        )
-        .bind(&self.config.group)
-        .bind(chain as i64)
-        .fetch_optional(&self.pool)
-        .await?;
-        let mut out = BTreeMap::new();
-        for t in through
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-        {
-            if let (Some(topic), Some(partition), Some(next)) = (
-                t["topic"].as_str(),
-                t["partition"].as_i64(),
-                t["next_offset"].as_i64(),
-            ) {
-                out.insert((topic.to_owned(), partition as i32), next);
-            }
-        }
-        Ok(out)
+        Ok(alerts::progress(&self.pool, &self.config.group, chain as i64).await?)
     }
 
     async fn evaluate(
@@ -1250,18 +1221,11 @@ impl RiskWorker {
         token: Address,
         block: u64,
     ) -> anyhow::Result<Option<(u8, f64)>> {
-        let row: Option<(Option<i16>, Option<f64>)> = sqlx::query_as(
-            "SELECT (SELECT decimals FROM lending_event WHERE chain_id = $1 AND reserve = $2 LIMIT 1),
-                    (SELECT price::float8 FROM oracle_update WHERE chain_id = $1 AND asset = $2
-                       AND block_number <= $3 ORDER BY block_number DESC, log_index DESC LIMIT 1)",
-        )
-        .bind(chain as i64)
-        .bind(hex(token))
-        .bind(block as i64)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            chainfold_store::prices::token_at(&self.pool, chain as i64, &hex(token), block as i64)
+                .await?;
         Ok(match row {
-            Some((Some(decimals), Some(price))) => u8::try_from(decimals).ok().map(|d| (d, price)),
+            (Some(decimals), Some(price)) => u8::try_from(decimals).ok().map(|d| (d, price)),
             _ => None,
         })
     }
@@ -1405,71 +1369,24 @@ async fn store(
     chain: u64,
     evaluation: &Evaluation,
 ) -> anyhow::Result<Vec<Alert>> {
-    let ids: Vec<&str> = evaluation.alerts.iter().map(|a| a.id.as_str()).collect();
-    let evidence: Vec<&serde_json::Value> = evaluation.alerts.iter().map(|a| &a.evidence).collect();
-    let blocks: Vec<i64> = evaluation
-        .alerts
-        .iter()
-        .map(|a| a.block_number as i64)
-        .collect();
-    // Same id, other evidence: a forecast recomputed with its whole hour replaces the one made
-    // on part of it; a block alert is replaced only from its own block or an earlier one (an
-    // episode, a drain, is reported at its first block, whichever stretch later blocks of it
-    // are evaluated in).
-    sqlx::query(
-        "DELETE FROM risk_alert a USING UNNEST($1::text[], $2::jsonb[], $3::int8[]) AS n(id, evidence, block)
-         WHERE a.id = n.id AND a.evidence <> n.evidence
-           AND (a.kind = 'LIQUIDITY_SHORTAGE' OR n.block <= a.block_number)",
-    )
-    .bind(&ids)
-    .bind(&evidence)
-    .bind(&blocks)
-    .execute(&mut **tx)
-    .await?;
+    let ids: Vec<String> = evaluation.alerts.iter().map(|a| a.id.clone()).collect();
+    alerts::delete_replaced(tx, &evaluation.alerts).await?;
     if let Some((from, to)) = evaluation.blocks {
-        sqlx::query(
-            "DELETE FROM risk_alert WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
-               AND kind = ANY($4) AND NOT (id = ANY($5))",
+        alerts::delete_unfound_in_blocks(
+            tx,
+            chain as i64,
+            (from as i64, to as i64),
+            &BLOCK_KINDS,
+            &ids,
         )
-        .bind(chain as i64)
-        .bind(from as i64)
-        .bind(to as i64)
-        .bind(BLOCK_KINDS.map(AlertKind::as_str).to_vec())
-        .bind(&ids)
-        .execute(&mut **tx)
         .await?;
     }
     if !evaluation.evaluated_ids.is_empty() {
-        sqlx::query("DELETE FROM risk_alert WHERE id = ANY($1) AND NOT (id = ANY($2))")
-            .bind(&evaluation.evaluated_ids)
-            .bind(&ids)
-            .execute(&mut **tx)
-            .await?;
+        alerts::delete_unfound(tx, &evaluation.evaluated_ids, &ids).await?;
     }
     let mut new = Vec::new();
     for a in &evaluation.alerts {
-        let inserted = sqlx::query(
-            "INSERT INTO risk_alert (id, kind, severity, chain_id, block_number, tx_hashes,
-                addresses, pools, evidence, detector_version, source_published_at, usd, block_time)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&a.id)
-        .bind(a.kind.as_str())
-        .bind(a.severity.as_str())
-        .bind(a.chain_id as i64)
-        .bind(a.block_number as i64)
-        .bind(&a.tx_hashes)
-        .bind(&a.addresses)
-        .bind(&a.pools)
-        .bind(&a.evidence)
-        .bind(&a.detector_version)
-        .bind(a.source_published_at)
-        .bind(a.usd)
-        .bind(a.block_time)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
+        if alerts::insert(tx, a).await? {
             new.push(a.clone());
         }
     }
@@ -1491,34 +1408,7 @@ async fn correlate(tx: &mut Transaction<'_, Postgres>, new: &[Alert]) -> anyhow:
     let (Some(from), Some(to)) = (times.iter().min(), times.iter().max()) else {
         return Ok(0);
     };
-    type Row = (String, String, String, i64, i64, Vec<String>, Vec<String>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, kind, severity, chain_id,
-                extract(epoch FROM coalesce(block_time, source_published_at, detected_at))::int8,
-                addresses, tx_hashes
-         FROM risk_alert
-         WHERE coalesce(block_time, source_published_at, detected_at)
-               BETWEEN to_timestamp($1) AND to_timestamp($2)
-         ORDER BY coalesce(block_time, source_published_at, detected_at), id",
-    )
-    .bind((from - 2 * WINDOW_SECS) as f64)
-    .bind((to + 2 * WINDOW_SECS) as f64)
-    .fetch_all(&mut **tx)
-    .await?;
-    let alerts: Vec<chainfold_domain::risk::AlertRef> = rows
-        .into_iter()
-        .map(|(id, kind, severity, chain, at, addresses, tx_hashes)| {
-            Ok(chainfold_domain::risk::AlertRef {
-                id,
-                kind: kind.parse().map_err(anyhow::Error::msg)?,
-                severity: severity.parse().map_err(anyhow::Error::msg)?,
-                chain_id: chain as u64,
-                at,
-                addresses,
-                tx_hashes,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let alerts = alerts::in_window(tx, from - 2 * WINDOW_SECS, to + 2 * WINDOW_SECS).await?;
     let new_ids: std::collections::HashSet<&str> = new.iter().map(|a| a.id.as_str()).collect();
     let mut written = 0;
     for incident in chainfold_domain::risk::correlate(&alerts, WINDOW_SECS) {
@@ -1529,30 +1419,7 @@ async fn correlate(tx: &mut Transaction<'_, Postgres>, new: &[Alert]) -> anyhow:
         {
             continue;
         }
-        let chains: Vec<i64> = incident.chain_ids.iter().map(|c| *c as i64).collect();
-        // Incidents this one absorbed (their earliest alert is now a member) go.
-        sqlx::query("DELETE FROM risk_incident WHERE id = ANY($1) AND id <> $2")
-            .bind(&incident.alert_ids)
-            .bind(&incident.id)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO risk_incident (id, alert_ids, chain_ids, stages, severity, first_at, last_at)
-             VALUES ($1, $2, $3, $4, $5, to_timestamp($6), to_timestamp($7))
-             ON CONFLICT (id) DO UPDATE SET alert_ids = EXCLUDED.alert_ids,
-                 chain_ids = EXCLUDED.chain_ids, stages = EXCLUDED.stages,
-                 severity = EXCLUDED.severity, first_at = EXCLUDED.first_at,
-                 last_at = EXCLUDED.last_at, updated_at = now()",
-        )
-        .bind(&incident.id)
-        .bind(&incident.alert_ids)
-        .bind(&chains)
-        .bind(&incident.stages)
-        .bind(incident.severity.as_str())
-        .bind(incident.first_at as f64)
-        .bind(incident.last_at as f64)
-        .execute(&mut **tx)
-        .await?;
+        alerts::upsert_incident(tx, &incident).await?;
         written += 1;
     }
     Ok(written)

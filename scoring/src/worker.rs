@@ -598,48 +598,11 @@ impl ScoreEngine {
     ) -> anyhow::Result<Vec<(DateTime<Utc>, f64)>> {
         let key = (chain_id, reserve.to_owned());
         if !cache.points.contains_key(&key) {
-            type Point = (DateTime<Utc>, Option<i64>, f64);
             let since = cache.since;
             // The window, then the last point before it, in the same order as the window.
-            let mut oracle: Vec<Point> = sqlx::query_as(
-                "SELECT * FROM (
-                   SELECT coalesce(updated_at, block_time), block_number, price::float8
-                   FROM oracle_update
-                   WHERE chain_id = $1 AND asset = $2 AND coalesce(updated_at, block_time) < $3
-                   ORDER BY coalesce(updated_at, block_time) DESC, block_number DESC,
-                            log_index DESC
-                   LIMIT 1) before
-                 UNION ALL
-                 SELECT * FROM (
-                   SELECT coalesce(updated_at, block_time), block_number, price::float8
-                   FROM oracle_update
-                   WHERE chain_id = $1 AND asset = $2 AND coalesce(updated_at, block_time) >= $3
-                   ORDER BY block_number, log_index) window_points",
-            )
-            .bind(chain_id as i64)
-            .bind(reserve)
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?;
-            let mut lending: Vec<Point> = sqlx::query_as(
-                "SELECT * FROM (
-                   SELECT block_time, block_number, price_usd::float8 FROM lending_event
-                   WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
-                     AND block_time < $3
-                   ORDER BY block_time DESC, event_id DESC
-                   LIMIT 1) before
-                 UNION ALL
-                 SELECT * FROM (
-                   SELECT block_time, block_number, price_usd::float8 FROM lending_event
-                   WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
-                     AND block_time >= $3
-                   ORDER BY block_time, event_id) window_points",
-            )
-            .bind(chain_id as i64)
-            .bind(reserve)
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?;
+            let (mut oracle, mut lending) =
+                chainfold_store::prices::window(&self.pool, chain_id as i64, reserve, since)
+                    .await?;
             // Without a trigger time (no triggers) both queries read nothing: nothing to price.
             if since.is_none() {
                 oracle.clear();
@@ -673,19 +636,8 @@ impl ScoreEngine {
         keys: &[WalletKey],
     ) -> anyhow::Result<HashMap<WalletKey, chainfold_domain::Address>> {
         let chains: Vec<i64> = keys.iter().map(|k| k.0 as i64).collect();
-        let wallets: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT DISTINCT ON (e.chain_id, e.wallet) e.chain_id, e.wallet, e.pool
-             FROM lending_event e
-             JOIN UNNEST($1::int8[], $2::text[]) AS k(chain_id, wallet)
-               ON e.chain_id = k.chain_id AND e.wallet = k.wallet
-             WHERE e.pool IS NOT NULL
-             ORDER BY e.chain_id, e.wallet, e.block_number DESC",
-        )
-        .bind(&chains)
-        .bind(&wallets)
-        .fetch_all(&self.pool)
-        .await?;
+        let wallets: Vec<String> = keys.iter().map(|k| k.1.clone()).collect();
+        let rows = chainfold_store::lending::latest_pools(&self.pool, &chains, &wallets).await?;
         Ok(rows
             .into_iter()
             .filter_map(|(chain, wallet, pool)| Some(((chain as u64, wallet), pool.parse().ok()?)))
@@ -1392,16 +1344,12 @@ impl Scorer {
         }
         let chains: Vec<i64> = triggers.iter().map(|t| t.chain_id as i64).collect();
         let wallets: Vec<String> = triggers.iter().map(|t| t.wallet.clone()).collect();
-        let known: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT DISTINCT e.chain_id, e.wallet FROM lending_event e
-             JOIN UNNEST($1::int8[], $2::text[]) AS t(c, w) ON e.chain_id = t.c AND e.wallet = t.w",
-        )
-        .bind(&chains)
-        .bind(&wallets)
-        .fetch_all(&self.pool)
-        .await?;
         let known: std::collections::HashSet<(u64, String)> =
-            known.into_iter().map(|(c, w)| (c as u64, w)).collect();
+            chainfold_store::lending::wallets_with_history(&self.pool, &chains, &wallets)
+                .await?
+                .into_iter()
+                .map(|(c, w)| (c as u64, w))
+                .collect();
         Ok(triggers
             .into_iter()
             .filter(|t| known.contains(&(t.chain_id, t.wallet.clone())))

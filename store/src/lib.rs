@@ -9,15 +9,24 @@
 //! and commit `.sqlx/`; CI runs it with `--check`.
 //!
 //! - [`aave`]: an Aave account read back and folded as the pool's `getUserAccountData` does.
+//! - [`alerts`]: risk alerts and incidents (stored, replaced, correlated) and the risk
+//!   groups' progress.
 //! - [`decisions`]: lending decisions: their inputs read, decided records stored and published.
 //! - [`latest`]: the API's hottest reads kept in Redis, versioned in commit order.
+//! - [`lending`]: lending histories, pools, reserve decimals, the chain's priced debtors.
 //! - [`liquidity`]: reserve and pool liquidity histories (risk alerts, API forecasts).
+//! - [`prices`]: USD prices from oracle rounds and lending events.
 //! - [`scores`]: credit scores: the scorer's inserts and retractions, the bands it compares.
+//! - [`stress`]: stress runs and their shock grids.
 //! - [`summary`]: what the read models and derived tables hold, counted (demo, rebuild, tools).
 
 pub mod aave;
+pub mod alerts;
 pub mod decisions;
 pub mod latest;
+pub mod lending;
 pub mod liquidity;
+pub mod prices;
 pub mod scores;
+pub mod stress;
 pub mod summary;

@@ -1,0 +1,170 @@
+//! Reads of the lending read models (`lending_event`, `lending_position`,
+//! `lending_market_event`) that the scorer, the risk worker and the API share: which wallets
+//! have a history, the pool each borrows from, a reserve's decimals, and the chain's debtors
+//! with their priced exposures (what a stress test shocks).
+
+use std::collections::HashSet;
+
+use bigdecimal::BigDecimal;
+use sqlx::PgPool;
+
+/// The (chain, wallet) pairs among `chains`/`wallets` (aligned) with at least one lending event.
+pub async fn wallets_with_history(
+    pool: &PgPool,
+    chains: &[i64],
+    wallets: &[String],
+) -> sqlx::Result<HashSet<(i64, String)>> {
+    let rows = sqlx::query!(
+        r#"SELECT DISTINCT e.chain_id, e.wallet FROM lending_event e
+           JOIN UNNEST($1::int8[], $2::text[]) AS t(c, w) ON e.chain_id = t.c AND e.wallet = t.w"#,
+        chains,
+        wallets
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.chain_id, r.wallet)).collect())
+}
+
+/// For each wallet (aligned `chains`/`wallets`), the lending pool its latest flow that names one
+/// went to (live RPC events carry the pool; recorded ones may not): (chain, wallet, pool).
+pub async fn latest_pools(
+    pool: &PgPool,
+    chains: &[i64],
+    wallets: &[String],
+) -> sqlx::Result<Vec<(i64, String, String)>> {
+    let rows = sqlx::query!(
+        r#"SELECT DISTINCT ON (e.chain_id, e.wallet) e.chain_id, e.wallet, e.pool AS "pool!"
+           FROM lending_event e
+           JOIN UNNEST($1::int8[], $2::text[]) AS k(chain_id, wallet)
+             ON e.chain_id = k.chain_id AND e.wallet = k.wallet
+           WHERE e.pool IS NOT NULL
+           ORDER BY e.chain_id, e.wallet, e.block_number DESC"#,
+        chains,
+        wallets
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.chain_id, r.wallet, r.pool))
+        .collect())
+}
+
+/// A reserve's decimals, as its lending events recorded them; `None` for a token that is no
+/// reserve of the chain.
+pub async fn reserve_decimals(
+    pool: &PgPool,
+    chain_id: i64,
+    reserve: &str,
+) -> sqlx::Result<Option<i16>> {
+    sqlx::query_scalar!(
+        "SELECT decimals FROM lending_event WHERE chain_id = $1 AND reserve = $2 LIMIT 1",
+        chain_id,
+        reserve
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// One position of a wallet with debt somewhere on the chain, priced: base units (negative
+/// balances floored at zero), the reserve's decimals, its USD price (oracle, else the last
+/// price its lending events carried; `None`: unpriced), its latest configured liquidation
+/// threshold and bonus (bps; `None`: the log carries no configuration), and the block the
+/// position is as of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DebtorPosition {
+    pub wallet: String,
+    pub symbol: String,
+    pub collateral: BigDecimal,
+    pub debt: BigDecimal,
+    pub decimals: i32,
+    pub price: Option<BigDecimal>,
+    pub liquidation_threshold: Option<i32>,
+    pub liquidation_bonus: Option<i32>,
+    pub block: Option<i64>,
+}
+
+/// The positions of every wallet with debt on the chain, now (`as_of` `None`: positions,
+/// prices and configurations as the read models hold them) or as of block `as_of` (positions
+/// from `lending_position_as_of`, each price and configuration the last at or before it), by
+/// wallet and symbol.
+pub async fn debtor_positions(
+    pool: &PgPool,
+    chain_id: i64,
+    as_of: Option<i64>,
+) -> sqlx::Result<Vec<DebtorPosition>> {
+    match as_of {
+        None => {
+            sqlx::query_as!(
+                DebtorPosition,
+                r#"WITH p AS (
+                       SELECT * FROM lending_position WHERE chain_id = $1
+                   ), debtors AS (
+                       SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0
+                   )
+                   SELECT p.wallet AS "wallet!", p.symbol AS "symbol!",
+                          greatest(p.collateral, 0)::numeric AS "collateral!",
+                          greatest(p.variable_debt, 0)::numeric AS "debt!",
+                          p.decimals::int4 AS "decimals!",
+                          coalesce(o.price, (SELECT e.price_usd FROM lending_event e
+                                             WHERE e.chain_id = p.chain_id AND e.reserve = p.reserve
+                                               AND e.price_usd IS NOT NULL
+                                             ORDER BY e.block_time DESC NULLS LAST LIMIT 1))::numeric
+                              AS "price?",
+                          c.liquidation_threshold AS "liquidation_threshold?",
+                          c.liquidation_bonus AS "liquidation_bonus?",
+                          p.last_block AS "block?"
+                   FROM p JOIN debtors USING (wallet)
+                   LEFT JOIN oracle_price o ON o.chain_id = p.chain_id AND o.asset = p.reserve
+                   LEFT JOIN LATERAL (
+                       SELECT m.liquidation_threshold, m.liquidation_bonus FROM lending_market_event m
+                       WHERE m.chain_id = p.chain_id AND m.reserve = p.reserve
+                         AND m.kind = 'reserve_config'
+                       ORDER BY m.block_number DESC, m.log_index DESC LIMIT 1
+                   ) c ON true
+                   ORDER BY p.wallet, p.symbol"#,
+                chain_id
+            )
+            .fetch_all(pool)
+            .await
+        }
+        Some(block) => {
+            sqlx::query_as!(
+                DebtorPosition,
+                r#"WITH p AS (
+                       SELECT * FROM lending_position_as_of($1, $2)
+                   ), debtors AS (
+                       SELECT wallet FROM p GROUP BY wallet HAVING sum(variable_debt) > 0
+                   )
+                   SELECT p.wallet AS "wallet!", p.symbol AS "symbol!",
+                          greatest(p.collateral, 0)::numeric AS "collateral!",
+                          greatest(p.variable_debt, 0)::numeric AS "debt!",
+                          p.decimals::int4 AS "decimals!",
+                          coalesce(
+                              (SELECT o.price FROM oracle_update o
+                               WHERE o.chain_id = $1 AND o.asset = p.reserve AND o.block_number <= $2
+                               ORDER BY o.block_number DESC, o.log_index DESC LIMIT 1),
+                              (SELECT e.price_usd FROM lending_event e
+                               WHERE e.chain_id = $1 AND e.reserve = p.reserve
+                                 AND e.price_usd IS NOT NULL AND e.block_number <= $2
+                               ORDER BY e.block_number DESC, e.event_id DESC LIMIT 1))::numeric
+                              AS "price?",
+                          c.liquidation_threshold AS "liquidation_threshold?",
+                          c.liquidation_bonus AS "liquidation_bonus?",
+                          $2::int8 AS "block?"
+                   FROM p JOIN debtors USING (wallet)
+                   LEFT JOIN LATERAL (
+                       SELECT m.liquidation_threshold, m.liquidation_bonus FROM lending_market_event m
+                       WHERE m.chain_id = $1 AND m.reserve = p.reserve AND m.kind = 'reserve_config'
+                         AND m.block_number <= $2
+                       ORDER BY m.block_number DESC, m.log_index DESC LIMIT 1
+                   ) c ON true
+                   ORDER BY p.wallet, p.symbol"#,
+                chain_id,
+                block
+            )
+            .fetch_all(pool)
+            .await
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! USD prices as the read models hold them: oracle rounds (`oracle_update`, the latest per
+//! asset in `oracle_price`) and, for reserves without an oracle, the prices lending events
+//! carried (`lending_event.price_usd`).
+
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// One price: when it took effect, the block it came in (if known) and the USD price.
+pub type PricePoint = (DateTime<Utc>, Option<i64>, f64);
+
+/// A reserve's price points from `since` on, oldest first, preceded by the last point before
+/// `since` (the price in force when the window opens): its oracle rounds, and separately the
+/// prices its lending events carried. Reads the same whatever the length of the reserve's
+/// history before `since`.
+pub async fn window(
+    pool: &PgPool,
+    chain_id: i64,
+    reserve: &str,
+    since: Option<DateTime<Utc>>,
+) -> sqlx::Result<(Vec<PricePoint>, Vec<PricePoint>)> {
+    let oracle = sqlx::query!(
+        r#"SELECT at AS "at!", block_number, price AS "price!" FROM (
+             SELECT * FROM (
+               SELECT coalesce(updated_at, block_time) AS at, block_number, price::float8 AS price
+               FROM oracle_update
+               WHERE chain_id = $1 AND asset = $2 AND coalesce(updated_at, block_time) < $3
+               ORDER BY coalesce(updated_at, block_time) DESC, block_number DESC, log_index DESC
+               LIMIT 1) before
+             UNION ALL
+             SELECT * FROM (
+               SELECT coalesce(updated_at, block_time), block_number, price::float8
+               FROM oracle_update
+               WHERE chain_id = $1 AND asset = $2 AND coalesce(updated_at, block_time) >= $3
+               ORDER BY block_number, log_index) window_points) points"#,
+        chain_id,
+        reserve,
+        since
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| (r.at, r.block_number, r.price))
+    .collect();
+    let lending = sqlx::query!(
+        r#"SELECT at AS "at!", block_number, price AS "price!" FROM (
+             SELECT * FROM (
+               SELECT block_time AS at, block_number, price_usd::float8 AS price
+               FROM lending_event
+               WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
+                 AND block_time < $3
+               ORDER BY block_time DESC, event_id DESC
+               LIMIT 1) before
+             UNION ALL
+             SELECT * FROM (
+               SELECT block_time, block_number, price_usd::float8 FROM lending_event
+               WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
+                 AND block_time >= $3
+               ORDER BY block_time, event_id) window_points) points"#,
+        chain_id,
+        reserve,
+        since
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| (r.at, r.block_number, r.price))
+    .collect();
+    Ok((oracle, lending))
+}
+
+/// An asset's latest oracle price on the chain, if it has an oracle.
+pub async fn oracle_price(
+    pool: &PgPool,
+    chain_id: i64,
+    asset: &str,
+) -> sqlx::Result<Option<BigDecimal>> {
+    // A feed whose price is not stored (NULL) reads as unpriced, like no feed.
+    Ok(sqlx::query_scalar!(
+        "SELECT price FROM oracle_price WHERE chain_id = $1 AND asset = $2",
+        chain_id,
+        asset
+    )
+    .fetch_optional(pool)
+    .await?
+    .flatten())
+}
+
+/// A token's decimals (as a lending reserve) and its last oracle answer at or before `block`;
+/// either `None` where unknown.
+pub async fn token_at(
+    pool: &PgPool,
+    chain_id: i64,
+    token: &str,
+    block: i64,
+) -> sqlx::Result<(Option<i16>, Option<f64>)> {
+    let r = sqlx::query!(
+        r#"SELECT (SELECT decimals FROM lending_event WHERE chain_id = $1 AND reserve = $2 LIMIT 1)
+                      AS "decimals?",
+                  (SELECT price::float8 FROM oracle_update WHERE chain_id = $1 AND asset = $2
+                     AND block_number <= $3 ORDER BY block_number DESC, log_index DESC LIMIT 1)
+                      AS "price?""#,
+        chain_id,
+        token,
+        block
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((r.decimals, r.price))
+}

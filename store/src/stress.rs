@@ -1,0 +1,72 @@
+//! Stress runs (`stress_run`) and their shock grids (`stress_scenario`), as the risk worker and
+//! `chainfold stress` store them.
+
+use bigdecimal::BigDecimal;
+use chainfold_domain::stress::ShockRow;
+use sqlx::{Postgres, Transaction};
+
+/// A stress run's header: what was stressed and the Monte Carlo figures (cents).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub chain_id: i64,
+    /// The block the positions are as of (`None`: as the read models held them).
+    pub as_of_block: Option<i64>,
+    /// What started it (`block`, `manual`, …).
+    pub trigger: String,
+    pub positions: i32,
+    /// The prices used, per symbol.
+    pub prices: serde_json::Value,
+    /// The liquidation rules applied.
+    pub rules: serde_json::Value,
+    pub history_hours: i32,
+    pub paths: i32,
+    pub horizon_hours: i32,
+    pub var95_usd: Option<BigDecimal>,
+    pub evar99_usd: Option<BigDecimal>,
+    pub lar95_usd: Option<BigDecimal>,
+    pub elapsed_ms: f64,
+}
+
+/// Stores a run and its grid in `tx`; returns the run's id.
+pub async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    run: &NewRun,
+    grid: &[ShockRow],
+) -> sqlx::Result<i64> {
+    let id = sqlx::query_scalar!(
+        "INSERT INTO stress_run (chain_id, as_of_block, trigger, positions, prices, rules,
+            history_hours, paths, horizon_hours, var95_usd, evar99_usd, lar95_usd, elapsed_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+        run.chain_id,
+        run.as_of_block,
+        run.trigger,
+        run.positions,
+        run.prices,
+        run.rules,
+        run.history_hours,
+        run.paths,
+        run.horizon_hours,
+        run.var95_usd,
+        run.evar99_usd,
+        run.lar95_usd,
+        run.elapsed_ms
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    for r in grid {
+        sqlx::query!(
+            "INSERT INTO stress_scenario (run_id, asset, shock, correlated, liquidatable,
+                debt_at_risk_usd, bad_debt_usd) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            id,
+            r.asset,
+            r.shock,
+            r.correlated,
+            r.impact.liquidatable as i32,
+            r.impact.debt_at_risk_usd,
+            r.impact.bad_debt_usd
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(id)
+}
