@@ -38,7 +38,7 @@ use chainfold_platform::kafka;
 use chainfold_platform::member::{Member, Received};
 use chainfold_platform::offsets::OffsetError;
 use chainfold_platform::outbox::Output;
-use chainfold_store::alerts;
+use chainfold_store::{alerts, blocks};
 use chrono::{DateTime, Utc};
 use rdkafka::producer::FutureProducer;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -605,123 +605,50 @@ impl RiskWorker {
     ) -> anyhow::Result<(BTreeMap<u64, BlockRows>, BTreeSet<String>)> {
         let (c, f, t) = (chain as i64, from as i64, to as i64);
         let mut blocks: BTreeMap<u64, BlockRows> = BTreeMap::new();
-        type SwapRow = (
-            i64,
-            String,
-            i32,
-            Vec<i32>,
-            Option<i32>,
-            String,
-            String,
-            String,
-            String,
-            f64,
-            String,
-            f64,
-            Option<DateTime<Utc>>,
-        );
-        let swaps: Vec<SwapRow> = sqlx::query_as(
-            "SELECT block_number, tx_hash, tx_position, trace_address, log_index, pool, sender,
-                    recipient, token_in, amount_in::float8, token_out, amount_out::float8, block_time
-             FROM swap WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
-               AND tx_hash IS NOT NULL AND NOT reverted
-             ORDER BY block_number, tx_position, trace_address, log_index",
-        )
-        .bind(c)
-        .bind(f)
-        .bind(t)
-        .fetch_all(&self.pool)
-        .await?;
-        for (
-            block,
-            tx,
-            position,
-            trace,
-            log_index,
-            pool,
-            sender,
-            recipient,
-            token_in,
-            amount_in,
-            token_out,
-            amount_out,
-            time,
-        ) in swaps
-        {
-            let rows = blocks.entry(block as u64).or_default();
-            rows.time = rows.time.or(time);
+        for s in blocks::swaps(&self.pool, c, f, t).await? {
+            let rows = blocks.entry(s.block_number as u64).or_default();
+            rows.time = rows.time.or(s.block_time);
             rows.swaps.push(SwapLeg {
-                block: block as u64,
-                tx_hash: tx.parse().unwrap_or_default(),
-                tx_position: position as u32,
-                trace: if trace.is_empty() {
-                    vec![log_index.unwrap_or_default() as u32]
+                block: s.block_number as u64,
+                tx_hash: s.tx_hash.parse().unwrap_or_default(),
+                tx_position: s.tx_position as u32,
+                trace: if s.trace_address.is_empty() {
+                    vec![s.log_index.unwrap_or_default() as u32]
                 } else {
-                    trace.into_iter().map(|i| i as u32).collect()
+                    s.trace_address.into_iter().map(|i| i as u32).collect()
                 },
-                pool: address(&pool),
-                sender: address(&sender),
-                recipient: address(&recipient),
-                token_in: address(&token_in),
-                amount_in,
-                token_out: address(&token_out),
-                amount_out,
+                pool: address(&s.pool),
+                sender: address(&s.sender),
+                recipient: address(&s.recipient),
+                token_in: address(&s.token_in),
+                amount_in: s.amount_in,
+                token_out: address(&s.token_out),
+                amount_out: s.amount_out,
             });
         }
-        type SyncRow = (
-            i64,
-            Option<i32>,
-            Option<String>,
-            String,
-            f64,
-            f64,
-            Option<DateTime<Utc>>,
-        );
-        let syncs: Vec<SyncRow> = sqlx::query_as(
-            "SELECT block_number, log_index, tx_hash, pool, reserve0::float8, reserve1::float8, block_time
-             FROM pool_sync WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
-             ORDER BY block_number, log_index",
-        )
-        .bind(c)
-        .bind(f)
-        .bind(t)
-        .fetch_all(&self.pool)
-        .await?;
         let mut pools: BTreeSet<String> = BTreeSet::new();
-        for (block, log_index, tx, pool, r0, r1, time) in syncs {
-            let Some(tx) = tx else { continue };
-            let rows = blocks.entry(block as u64).or_default();
-            rows.time = rows.time.or(time);
+        for s in blocks::syncs(&self.pool, c, f, t).await? {
+            let Some(tx) = s.tx_hash else { continue };
+            let rows = blocks.entry(s.block_number as u64).or_default();
+            rows.time = rows.time.or(s.block_time);
             rows.syncs.push((
-                log_index.unwrap_or_default() as u32,
+                s.log_index.unwrap_or_default() as u32,
                 tx.parse().unwrap_or_default(),
-                address(&pool),
-                r0,
-                r1,
+                address(&s.pool),
+                s.reserve0,
+                s.reserve1,
             ));
-            pools.insert(pool);
+            pools.insert(s.pool);
         }
-        type LoanRow = (i64, String, String, String, f64, f64, Option<DateTime<Utc>>);
-        let loans: Vec<LoanRow> = sqlx::query_as(
-            "SELECT block_number, tx_hash, initiator, asset, amount::float8, premium::float8, block_time
-             FROM flash_loan WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
-               AND tx_hash IS NOT NULL
-             ORDER BY block_number, log_index",
-        )
-        .bind(c)
-        .bind(f)
-        .bind(t)
-        .fetch_all(&self.pool)
-        .await?;
-        for (block, tx, initiator, asset, amount, premium, time) in loans {
-            let rows = blocks.entry(block as u64).or_default();
-            rows.time = rows.time.or(time);
+        for l in blocks::flash_loans(&self.pool, c, f, t).await? {
+            let rows = blocks.entry(l.block_number as u64).or_default();
+            rows.time = rows.time.or(l.block_time);
             rows.loans.push(Loan {
-                tx_hash: tx.parse().unwrap_or_default(),
-                initiator: address(&initiator),
-                asset: address(&asset),
-                amount,
-                premium,
+                tx_hash: l.tx_hash.parse().unwrap_or_default(),
+                initiator: address(&l.initiator),
+                asset: address(&l.asset),
+                amount: l.amount,
+                premium: l.premium,
             });
         }
         Ok((blocks, pools))
@@ -741,47 +668,24 @@ impl RiskWorker {
         // Each pool's reserves as the stretch begins, and its end-of-block states from a drain
         // window before it on (plus the state before those, which holds until the first).
         let window = self.config.drain_window;
-        let start: Vec<(String, f64, f64, i64)> = sqlx::query_as(
-            "SELECT DISTINCT ON (pool) pool, reserve0::float8, reserve1::float8, block_number
-             FROM pool_sync WHERE chain_id = $1 AND pool = ANY($2) AND block_number < $3
-             ORDER BY pool, block_number DESC, log_index DESC",
+        let (start, states) = blocks::pool_states(
+            &self.pool,
+            c,
+            &pool_list,
+            f.saturating_sub(window as i64),
+            t,
         )
-        .bind(c)
-        .bind(&pool_list)
-        .bind(f.saturating_sub(window as i64))
-        .fetch_all(&self.pool)
         .await?;
-        let states: Vec<(String, i64, f64, f64)> = sqlx::query_as(
-            "SELECT DISTINCT ON (pool, block_number) pool, block_number, reserve0::float8, reserve1::float8
-             FROM pool_sync WHERE chain_id = $1 AND pool = ANY($2) AND block_number BETWEEN $3 AND $4
-             ORDER BY pool, block_number, log_index DESC",
-        )
-        .bind(c)
-        .bind(&pool_list)
-        .bind(f.saturating_sub(window as i64))
-        .bind(t)
-        .fetch_all(&self.pool)
-        .await?;
-        // End-of-block states per pool, oldest first: (block, reserve0, reserve1).
+        // End-of-block states per pool, oldest first.
         let mut history: HashMap<Address, Vec<ReserveState>> = HashMap::new();
-        for (pool, r0, r1, block) in start {
+        for s in start.into_iter().chain(states) {
             history
-                .entry(address(&pool))
+                .entry(address(&s.pool))
                 .or_default()
                 .push(ReserveState {
-                    block: block as u64,
-                    reserve0: r0,
-                    reserve1: r1,
-                });
-        }
-        for (pool, block, r0, r1) in states {
-            history
-                .entry(address(&pool))
-                .or_default()
-                .push(ReserveState {
-                    block: block as u64,
-                    reserve0: r0,
-                    reserve1: r1,
+                    block: s.block_number as u64,
+                    reserve0: s.reserve0,
+                    reserve1: s.reserve1,
                 });
         }
         Ok(history)
@@ -837,13 +741,7 @@ impl RiskWorker {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let token: Option<(String, String)> = sqlx::query_as(
-                "SELECT token0, token1 FROM pool_sync WHERE chain_id = $1 AND pool = $2 LIMIT 1",
-            )
-            .bind(chain as i64)
-            .bind(hex(pool))
-            .fetch_optional(&self.pool)
-            .await?;
+            let token = blocks::pool_tokens(&self.pool, chain as i64, &hex(pool)).await?;
             let token = token.map(|(t0, t1)| address(if d.reserve == 0 { &t0 } else { &t1 }));
             let usd = match token {
                 Some(token) => {
@@ -908,23 +806,14 @@ impl RiskWorker {
         }
         let pools: Vec<String> = pairs.iter().map(|(p, _)| hex(*p)).collect();
         let tokens: Vec<String> = pairs.iter().map(|(_, t)| hex(*t)).collect();
-        let rows: Vec<(String, String, Vec<f64>)> = sqlx::query_as(
-            "SELECT u.pool, u.token, coalesce(array(
-                 SELECT amount_in::float8 FROM (
-                     SELECT amount_in, block_number, tx_position, trace_address, log_index FROM swap
-                     WHERE chain_id = $1 AND pool = u.pool AND token_in = u.token
-                       AND block_number < $2 AND NOT reverted
-                     ORDER BY block_number DESC, tx_position DESC, trace_address DESC, log_index DESC
-                     LIMIT $5) last
-                 ORDER BY block_number, tx_position, trace_address, log_index), '{}')
-             FROM UNNEST($3::text[], $4::text[]) AS u(pool, token)",
+        let rows = blocks::swap_inputs_before(
+            &self.pool,
+            chain as i64,
+            from as i64,
+            &pools,
+            &tokens,
+            crate::anomaly::HISTORY as i64,
         )
-        .bind(chain as i64)
-        .bind(from as i64)
-        .bind(&pools)
-        .bind(&tokens)
-        .bind(crate::anomaly::HISTORY as i64)
-        .fetch_all(&self.pool)
         .await?;
         for (pool, token, amounts) in rows {
             state.seed(chain, address(&pool), address(&token), amounts);
@@ -936,30 +825,12 @@ impl RiskWorker {
     /// the threshold from the chain's last oracle-triggered run (at most once per
     /// `--stress-interval` of block time; a run stored for a block is not repeated).
     async fn restress(&self, chain: u64, from: u64, to: u64) -> anyhow::Result<u64> {
-        let blocks: Vec<(i64, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT block_number, max(block_time) FROM oracle_update
-             WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
-             GROUP BY block_number ORDER BY block_number",
-        )
-        .bind(chain as i64)
-        .bind(from as i64)
-        .bind(to as i64)
-        .fetch_all(&self.pool)
-        .await?;
+        let oracle_blocks =
+            blocks::oracle_blocks(&self.pool, chain as i64, from as i64, to as i64).await?;
         let mut runs = 0;
-        for (block, time) in blocks {
-            let last: Option<(i64, serde_json::Value, Option<DateTime<Utc>>)> = sqlx::query_as(
-                "SELECT r.as_of_block, r.prices,
-                        (SELECT max(block_time) FROM oracle_update o
-                         WHERE o.chain_id = r.chain_id AND o.block_number = r.as_of_block)
-                 FROM stress_run r
-                 WHERE r.chain_id = $1 AND r.trigger = 'oracle_move' AND r.as_of_block <= $2
-                 ORDER BY r.as_of_block DESC LIMIT 1",
-            )
-            .bind(chain as i64)
-            .bind(block)
-            .fetch_optional(&self.pool)
-            .await?;
+        for (block, time) in oracle_blocks {
+            let last =
+                chainfold_store::stress::last_oracle_run(&self.pool, chain as i64, block).await?;
             if last.as_ref().is_some_and(|l| l.0 == block) {
                 continue;
             }
@@ -1024,9 +895,7 @@ impl RiskWorker {
         out: &mut Evaluation,
     ) -> anyhow::Result<()> {
         use chainfold_store::liquidity::{recent, reserve_history_sealed};
-        for (reserve, hours) in
-            touched(&self.pool, "lending_event", "reserve", chain, ranges).await?
-        {
+        for (reserve, hours) in blocks::touched_reserves(&self.pool, chain as i64, ranges).await? {
             let rows = reserve_history_sealed(
                 &self.pool,
                 chain as i64,
@@ -1109,7 +978,7 @@ impl RiskWorker {
         bound: &SealBound,
         out: &mut Evaluation,
     ) -> anyhow::Result<()> {
-        for (pool, hours) in touched(&self.pool, "pool_sync", "pool", chain, ranges).await? {
+        for (pool, hours) in blocks::touched_pools(&self.pool, chain as i64, ranges).await? {
             for hour in hours {
                 let id = alert_id(&[
                     AlertKind::LiquidityShortage.as_str(),
@@ -1323,42 +1192,6 @@ fn decode_seal(message: &Received) -> Result<Seal, String> {
         ));
     }
     Ok(seal)
-}
-
-/// The entities (`column` of `table`) of `chain` with rows in the new offset ranges, each with
-/// the hours (since the epoch) of those rows.
-async fn touched(
-    pool: &PgPool,
-    table: &str,
-    column: &str,
-    chain: u64,
-    ranges: &[(String, i32, i64, i64)],
-) -> anyhow::Result<Vec<(String, Vec<i64>)>> {
-    if ranges.is_empty() {
-        return Ok(Vec::new());
-    }
-    let topics: Vec<&str> = ranges.iter().map(|r| r.0.as_str()).collect();
-    let partitions: Vec<i32> = ranges.iter().map(|r| r.1).collect();
-    let lo: Vec<i64> = ranges.iter().map(|r| r.2).collect();
-    let hi: Vec<i64> = ranges.iter().map(|r| r.3).collect();
-    // `table` and `column` are this module's constants, never user input.
-    let sql = format!(
-        "SELECT e.{column}, array_agg(DISTINCT floor(extract(epoch FROM e.block_time) / 3600)::int8)
-         FROM {table} e
-         JOIN UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[]) AS r(t, p, lo, hi)
-           ON e.kafka_topic = r.t AND e.kafka_partition = r.p
-          AND e.kafka_offset >= r.lo AND e.kafka_offset < r.hi
-         WHERE e.chain_id = $1 AND e.block_time IS NOT NULL
-         GROUP BY 1 ORDER BY 1"
-    );
-    Ok(sqlx::query_as(&sql)
-        .bind(chain as i64)
-        .bind(&topics)
-        .bind(&partitions)
-        .bind(&lo)
-        .bind(&hi)
-        .fetch_all(pool)
-        .await?)
 }
 
 /// Stores a chain's evaluation: block alerts of the evaluated blocks and shortage alerts of

@@ -11,6 +11,8 @@
 //! - [`aave`]: an Aave account read back and folded as the pool's `getUserAccountData` does.
 //! - [`alerts`]: risk alerts and incidents (stored, replaced, correlated) and the risk
 //!   groups' progress.
+//! - [`blocks`]: a block range's swaps, syncs and flash loans, pool states, what a stretch of
+//!   the log touched (the risk worker's reads).
 //! - [`decisions`]: lending decisions: their inputs read, decided records stored and published.
 //! - [`latest`]: the API's hottest reads kept in Redis, versioned in commit order.
 //! - [`lending`]: lending histories, pools, reserve decimals, the chain's priced debtors.
@@ -22,6 +24,7 @@
 
 pub mod aave;
 pub mod alerts;
+pub mod blocks;
 pub mod decisions;
 pub mod latest;
 pub mod lending;

@@ -70,3 +70,31 @@ pub async fn insert(
     }
     Ok(id)
 }
+
+/// The chain's latest oracle-triggered run as of block `block` or before: its block, the prices
+/// it used and the time of that block's oracle rounds.
+pub async fn last_oracle_run(
+    pool: &sqlx::PgPool,
+    chain_id: i64,
+    block: i64,
+) -> sqlx::Result<
+    Option<(
+        i64,
+        serde_json::Value,
+        Option<chrono::DateTime<chrono::Utc>>,
+    )>,
+> {
+    let row = sqlx::query!(
+        r#"SELECT r.as_of_block AS "as_of_block!", r.prices,
+                  (SELECT max(block_time) FROM oracle_update o
+                   WHERE o.chain_id = r.chain_id AND o.block_number = r.as_of_block) AS "at?"
+           FROM stress_run r
+           WHERE r.chain_id = $1 AND r.trigger = 'oracle_move' AND r.as_of_block <= $2
+           ORDER BY r.as_of_block DESC LIMIT 1"#,
+        chain_id,
+        block
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (r.as_of_block, r.prices, r.at)))
+}
