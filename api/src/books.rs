@@ -52,61 +52,42 @@ pub async fn members(
     chain_id: Option<i64>,
 ) -> ApiResult<Vec<String>> {
     let id = book_id(book)?;
-    let owned: Option<i64> =
-        sqlx::query_scalar("SELECT id FROM book WHERE id = $1 AND api_key_id = $2")
-            .bind(id)
-            .bind(key_id)
-            .fetch_optional(pool)
-            .await
-            .map_err(gql)?;
-    if owned.is_none() {
+    if !chainfold_store::books::owned(pool, id, key_id)
+        .await
+        .map_err(gql)?
+    {
         return Err(not_found(book));
     }
-    sqlx::query_scalar(
-        "SELECT wallet FROM book_wallet WHERE book_id = $1 AND ($2::int8 IS NULL OR chain_id = $2)
-         ORDER BY chain_id, wallet",
-    )
-    .bind(id)
-    .bind(chain_id)
-    .fetch_all(pool)
-    .await
-    .map_err(gql)
+    chainfold_store::books::members(pool, id, chain_id)
+        .await
+        .map_err(gql)
 }
 
 async fn load(pool: &PgPool, key_id: i64, id: Option<i64>) -> ApiResult<Vec<Book>> {
-    let heads: Vec<(i64, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, name, created_at FROM book WHERE api_key_id = $1 AND ($2::int8 IS NULL OR id = $2)
-         ORDER BY id",
-    )
-    .bind(key_id)
-    .bind(id)
-    .fetch_all(pool)
-    .await
-    .map_err(gql)?;
-    let ids: Vec<i64> = heads.iter().map(|h| h.0).collect();
-    let members: Vec<(i64, i64, String)> = sqlx::query_as(
-        "SELECT book_id, chain_id, wallet FROM book_wallet WHERE book_id = ANY($1)
-         ORDER BY book_id, chain_id, wallet",
-    )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await
-    .map_err(gql)?;
+    let (heads, members) = chainfold_store::books::of_key(pool, key_id, id)
+        .await
+        .map_err(gql)?;
     Ok(heads
         .into_iter()
-        .map(|(id, name, created_at)| Book {
-            id: ID(id.to_string()),
-            name,
-            wallets: members
-                .iter()
-                .filter(|m| m.0 == id)
-                .map(|m| BookWallet {
-                    chain_id: m.1,
-                    address: m.2.clone(),
-                })
-                .collect(),
-            created_at,
-        })
+        .map(
+            |chainfold_store::books::BookHead {
+                 id,
+                 name,
+                 created_at,
+             }| Book {
+                id: ID(id.to_string()),
+                name,
+                wallets: members
+                    .iter()
+                    .filter(|m| m.0 == id)
+                    .map(|m| BookWallet {
+                        chain_id: m.1,
+                        address: m.2.clone(),
+                    })
+                    .collect(),
+                created_at,
+            },
+        )
         .collect())
 }
 
@@ -155,15 +136,9 @@ impl BookMutation {
             )));
         }
         let pool = ctx.data_unchecked::<PgPool>();
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO book (api_key_id, name) VALUES ($1, $2)
-             ON CONFLICT (api_key_id, name) DO NOTHING RETURNING id",
-        )
-        .bind(key)
-        .bind(&name)
-        .fetch_optional(pool)
-        .await
-        .map_err(gql)?;
+        let id = chainfold_store::books::create(pool, key, &name)
+            .await
+            .map_err(gql)?;
         let Some(id) = id else {
             return Err(gql(ApiError::BadUserInput(format!(
                 "this key already has a book named {name:?}"
@@ -201,17 +176,9 @@ async fn add(ctx: &Context<'_>, key: i64, book: ID, wallets: Vec<BookWallet>) ->
             chains.push(w.chain_id);
             addresses.push(parse_address(&w.address).map_err(gql)?);
         }
-        sqlx::query(
-            "INSERT INTO book_wallet (book_id, chain_id, wallet)
-             SELECT $1, c, w FROM UNNEST($2::int8[], $3::text[]) AS t(c, w)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(&chains)
-        .bind(&addresses)
-        .execute(pool)
-        .await
-        .map_err(gql)?;
+        chainfold_store::books::add(pool, id, &chains, &addresses)
+            .await
+            .map_err(gql)?;
         load(pool, key, Some(id))
             .await?
             .pop()

@@ -2,7 +2,6 @@
 //! run of a chain).
 
 use async_graphql::{Context, Enum, Json, Object, SimpleObject};
-use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -148,34 +147,19 @@ impl RiskQuery {
     ) -> ApiResult<Vec<Incident>> {
         let limit = page_size(Some(first.min(200)), 20).map_err(gql)?;
         let pool = ctx.data_unchecked::<PgPool>();
-        type Row = (
-            String,
-            Vec<String>,
-            Vec<i64>,
-            Vec<String>,
-            String,
-            DateTime<Utc>,
-            DateTime<Utc>,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, alert_ids, chain_ids, stages, severity, first_at, last_at FROM risk_incident
-             WHERE $1 = ANY(chain_ids) ORDER BY last_at DESC, id LIMIT $2",
-        )
-        .bind(chain_id)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .map_err(gql)?;
+        let rows = chainfold_store::alerts::incidents_of_chain(pool, chain_id, limit)
+            .await
+            .map_err(gql)?;
         Ok(rows
             .into_iter()
             .map(|r| Incident {
-                id: r.0,
-                alert_ids: r.1,
-                chain_ids: r.2,
-                stages: r.3,
-                severity: severity_of(&r.4),
-                first_at: r.5,
-                last_at: r.6,
+                id: r.id,
+                alert_ids: r.alert_ids,
+                chain_ids: r.chain_ids,
+                stages: r.stages,
+                severity: severity_of(&r.severity),
+                first_at: r.first_at,
+                last_at: r.last_at,
             })
             .collect())
     }
@@ -185,59 +169,33 @@ impl RiskQuery {
     #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn stress(&self, ctx: &Context<'_>, chain_id: i64) -> ApiResult<Option<Stress>> {
         let pool = ctx.data_unchecked::<PgPool>();
-        type RunRow = (
-            i64,
-            DateTime<Utc>,
-            Option<i64>,
-            String,
-            i32,
-            serde_json::Value,
-            Option<BigDecimal>,
-            Option<BigDecimal>,
-            Option<BigDecimal>,
-            f64,
-        );
-        let run: Option<RunRow> = sqlx::query_as(
-            "SELECT id, computed_at, as_of_block, trigger, positions, prices, var95_usd,
-                    evar99_usd, lar95_usd, elapsed_ms
-             FROM stress_run WHERE chain_id = $1 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(chain_id)
-        .fetch_optional(pool)
-        .await
-        .map_err(gql)?;
-        let Some(run) = run else {
+        let Some((run, grid)) = chainfold_store::stress::latest(pool, chain_id)
+            .await
+            .map_err(gql)?
+        else {
             return Ok(None);
         };
-        let scenarios: Vec<(String, f64, bool, i32, BigDecimal, BigDecimal)> = sqlx::query_as(
-            "SELECT asset, shock, correlated, liquidatable, debt_at_risk_usd, bad_debt_usd
-             FROM stress_scenario WHERE run_id = $1 ORDER BY asset, correlated, shock DESC",
-        )
-        .bind(run.0)
-        .fetch_all(pool)
-        .await
-        .map_err(gql)?;
         Ok(Some(Stress {
-            computed_at: run.1,
-            as_of_block: run.2,
-            trigger: run.3,
-            positions: run.4,
-            prices: Json(run.5),
-            scenarios: scenarios
+            computed_at: run.computed_at,
+            as_of_block: run.as_of_block,
+            trigger: run.trigger,
+            positions: run.positions,
+            prices: Json(run.prices),
+            scenarios: grid
                 .into_iter()
                 .map(|s| StressScenario {
-                    asset: s.0,
-                    shock: s.1,
-                    correlated: s.2,
-                    liquidatable_positions: s.3,
-                    debt_at_risk_usd: decimal_text(&s.4),
-                    bad_debt_usd: decimal_text(&s.5),
+                    asset: s.asset,
+                    shock: s.shock,
+                    correlated: s.correlated,
+                    liquidatable_positions: s.liquidatable,
+                    debt_at_risk_usd: decimal_text(&s.debt_at_risk_usd),
+                    bad_debt_usd: decimal_text(&s.bad_debt_usd),
                 })
                 .collect(),
-            var95_usd: run.6.as_ref().map(decimal_text),
-            evar99_usd: run.7.as_ref().map(decimal_text),
-            lar95_usd: run.8.as_ref().map(decimal_text),
-            elapsed_ms: run.9,
+            var95_usd: run.var95_usd.as_ref().map(decimal_text),
+            evar99_usd: run.evar99_usd.as_ref().map(decimal_text),
+            lar95_usd: run.lar95_usd.as_ref().map(decimal_text),
+            elapsed_ms: run.elapsed_ms,
         }))
     }
 }

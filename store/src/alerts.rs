@@ -224,3 +224,32 @@ pub async fn progress(pool: &sqlx::PgPool, group: &str, chain_id: i64) -> sqlx::
     }
     Ok(out)
 }
+
+/// A stored incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentRow {
+    pub id: String,
+    pub alert_ids: Vec<String>,
+    pub chain_ids: Vec<i64>,
+    pub stages: Vec<String>,
+    pub severity: String,
+    pub first_at: chrono::DateTime<chrono::Utc>,
+    pub last_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The incidents that involve `chain_id`, latest first, at most `limit`.
+pub async fn incidents_of_chain(
+    pool: &sqlx::PgPool,
+    chain_id: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<IncidentRow>> {
+    sqlx::query_as!(
+        IncidentRow,
+        "SELECT id, alert_ids, chain_ids, stages, severity, first_at, last_at FROM risk_incident
+         WHERE $1 = ANY(chain_ids) ORDER BY last_at DESC, id LIMIT $2",
+        chain_id,
+        limit
+    )
+    .fetch_all(pool)
+    .await
+}

@@ -13,6 +13,7 @@
 //!   groups' progress.
 //! - [`blocks`]: a block range's swaps, syncs and flash loans, pool states, what a stretch of
 //!   the log touched (the risk worker's reads).
+//! - [`books`]: lenders' books of wallets.
 //! - [`decisions`]: lending decisions: their inputs read, decided records stored and published.
 //! - [`latest`]: the API's hottest reads kept in Redis, versioned in commit order.
 //! - [`lending`]: lending histories, pools, reserve decimals, the chain's priced debtors.
@@ -25,6 +26,7 @@
 pub mod aave;
 pub mod alerts;
 pub mod blocks;
+pub mod books;
 pub mod decisions;
 pub mod latest;
 pub mod lending;

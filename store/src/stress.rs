@@ -98,3 +98,57 @@ pub async fn last_oracle_run(
     .await?;
     Ok(row.map(|r| (r.as_of_block, r.prices, r.at)))
 }
+
+/// A stored run as the API serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRun {
+    pub id: i64,
+    pub computed_at: chrono::DateTime<chrono::Utc>,
+    pub as_of_block: Option<i64>,
+    pub trigger: String,
+    pub positions: i32,
+    pub prices: serde_json::Value,
+    pub var95_usd: Option<BigDecimal>,
+    pub evar99_usd: Option<BigDecimal>,
+    pub lar95_usd: Option<BigDecimal>,
+    pub elapsed_ms: f64,
+}
+
+/// One row of a stored grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredScenario {
+    pub asset: String,
+    pub shock: f64,
+    pub correlated: bool,
+    pub liquidatable: i32,
+    pub debt_at_risk_usd: BigDecimal,
+    pub bad_debt_usd: BigDecimal,
+}
+
+/// The chain's latest run with its grid (by asset, uncorrelated first, mildest shock first).
+pub async fn latest(
+    pool: &sqlx::PgPool,
+    chain_id: i64,
+) -> sqlx::Result<Option<(StoredRun, Vec<StoredScenario>)>> {
+    let Some(run) = sqlx::query_as!(
+        StoredRun,
+        "SELECT id, computed_at, as_of_block, trigger, positions, prices, var95_usd,
+                evar99_usd, lar95_usd, elapsed_ms
+         FROM stress_run WHERE chain_id = $1 ORDER BY id DESC LIMIT 1",
+        chain_id
+    )
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let grid = sqlx::query_as!(
+        StoredScenario,
+        "SELECT asset, shock, correlated, liquidatable, debt_at_risk_usd, bad_debt_usd
+         FROM stress_scenario WHERE run_id = $1 ORDER BY asset, correlated, shock DESC",
+        run.id
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Some((run, grid)))
+}
