@@ -90,39 +90,19 @@ impl Wallet {
     ) -> ApiResult<Vec<TokenBalance>> {
         let limit = page_size(Some(first), 20).map_err(gql)?;
         let pool = ctx.data_unchecked::<PgPool>();
-        type Row = (
-            String,
-            Option<String>,
-            Option<String>,
-            Option<i16>,
-            BigDecimal,
-            i64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT b.token, t.name, t.symbol, t.decimals, b.balance, b.transfers
-             FROM erc20_balance b
-             LEFT JOIN erc20_token t USING (chain_id, token)
-             WHERE b.chain_id = $1 AND b.holder = $2
-             ORDER BY b.balance DESC, b.token LIMIT $3",
-        )
-        .bind(self.chain_id)
-        .bind(&self.address)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .map_err(gql)?;
+        let rows = chainfold_store::erc20::balances(pool, self.chain_id, &self.address, limit)
+            .await
+            .map_err(gql)?;
         Ok(rows
             .into_iter()
-            .map(
-                |(token, name, symbol, decimals, balance, transfers)| TokenBalance {
-                    token,
-                    name,
-                    symbol,
-                    decimals: decimals.map(i32::from),
-                    balance: balance.to_plain_string(),
-                    transfers,
-                },
-            )
+            .map(|b| TokenBalance {
+                token: b.token,
+                name: b.name,
+                symbol: b.symbol,
+                decimals: b.decimals.map(i32::from),
+                balance: b.balance.to_plain_string(),
+                transfers: b.transfers,
+            })
             .collect())
     }
 
@@ -186,24 +166,10 @@ impl Pool {
             ))));
         }
         let pool = ctx.data_unchecked::<PgPool>();
-        let rows: Vec<(String, BigDecimal, BigDecimal)> = sqlx::query_as(
-            "WITH latest AS (SELECT max(block_time) AS t FROM swap
-                             WHERE chain_id = $1 AND pool = $2 AND NOT reverted),
-                  recent AS (SELECT s.* FROM swap s, latest
-                             WHERE s.chain_id = $1 AND s.pool = $2 AND NOT s.reverted
-                               AND s.block_time > latest.t - make_interval(hours => $3))
-             SELECT token, sum(vin), sum(vout) FROM (
-                 SELECT token_in AS token, amount_in AS vin, 0::numeric AS vout FROM recent
-                 UNION ALL
-                 SELECT token_out, 0, amount_out FROM recent) t
-             GROUP BY token ORDER BY token",
-        )
-        .bind(self.chain_id)
-        .bind(&self.address)
-        .bind(hours)
-        .fetch_all(pool)
-        .await
-        .map_err(gql)?;
+        let rows =
+            chainfold_store::pools::recent_token_volumes(pool, self.chain_id, &self.address, hours)
+                .await
+                .map_err(gql)?;
         Ok(rows
             .into_iter()
             .map(|(token, vin, vout)| TokenVolume {
@@ -336,14 +302,9 @@ impl Pool {
     #[graphql(complexity = "crate::cost::QUERY_COST + child_complexity")]
     async fn token_volumes(&self, ctx: &Context<'_>) -> ApiResult<Vec<TokenVolume>> {
         let pool = ctx.data_unchecked::<PgPool>();
-        let rows: Vec<(String, BigDecimal, BigDecimal)> = sqlx::query_as(
-            "SELECT token, volume_in, volume_out FROM pool_token_volume WHERE chain_id = $1 AND pool = $2 ORDER BY token",
-        )
-        .bind(self.chain_id)
-        .bind(&self.address)
-        .fetch_all(pool)
-        .await
-        .map_err(gql)?;
+        let rows = chainfold_store::pools::token_volumes(pool, self.chain_id, &self.address)
+            .await
+            .map_err(gql)?;
         Ok(rows
             .into_iter()
             .map(|(token, vin, vout)| TokenVolume {
@@ -369,15 +330,13 @@ impl Pool {
         use chainfold_domain::pool::ratio_anomaly;
         let pool = ctx.data_unchecked::<PgPool>();
         type SyncRow = (String, String, BigDecimal, BigDecimal, Option<i64>);
-        let syncs: Vec<SyncRow> = sqlx::query_as(
-            "SELECT token0, token1, reserve0, reserve1, block_number FROM pool_sync
-             WHERE chain_id = $1 AND pool = $2 ORDER BY block_number DESC, log_index DESC LIMIT 101",
-        )
-        .bind(self.chain_id)
-        .bind(&self.address)
-        .fetch_all(pool)
-        .await
-        .map_err(gql)?;
+        let syncs: Vec<SyncRow> =
+            chainfold_store::pools::latest_reserves(pool, self.chain_id, &self.address, 101)
+                .await
+                .map_err(gql)?
+                .into_iter()
+                .map(|r| (r.token0, r.token1, r.reserve0, r.reserve1, r.block_number))
+                .collect();
         let Some((token0, token1, r0, r1, block)) = syncs.first().cloned() else {
             return Ok(None);
         };

@@ -86,18 +86,8 @@ pub fn sdl() -> String {
 #[derive(Debug, Default)]
 pub struct QueryRoot;
 
-#[derive(sqlx::FromRow)]
-struct SummaryRow {
-    action: String,
-    event_count: i64,
-    priced_count: i64,
-    /// Postgres's own text of the numeric (its scale kept), as the Redis copy holds it.
-    amount_usd: String,
-    first_at: Option<chrono::DateTime<chrono::Utc>>,
-    last_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// One action of a wallet's summary as served: from [`SummaryRow`], or from the JSON of its
+/// One action of a wallet's summary as served: from its row
+/// ([`chainfold_store::lending::SummaryRow`]), or from the JSON of its
 /// Redis copy (`chainfold_store::latest`, amounts as decimal strings).
 #[derive(serde::Deserialize)]
 struct WalletSummary {
@@ -109,8 +99,8 @@ struct WalletSummary {
     last_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-impl From<SummaryRow> for WalletSummary {
-    fn from(r: SummaryRow) -> Self {
+impl From<chainfold_store::lending::SummaryRow> for WalletSummary {
+    fn from(r: chainfold_store::lending::SummaryRow) -> Self {
         WalletSummary {
             action: r.action,
             event_count: r.event_count,
@@ -122,7 +112,8 @@ impl From<SummaryRow> for WalletSummary {
     }
 }
 
-#[derive(sqlx::FromRow, serde::Deserialize)]
+/// A pool summary as the Redis copy holds it (`chainfold_store::latest`).
+#[derive(serde::Deserialize)]
 struct PoolRow {
     chain_id: i64,
     pool: String,
@@ -131,6 +122,21 @@ struct PoolRow {
     reverted_count: i64,
     first_block: Option<i64>,
     last_block: Option<i64>,
+}
+
+impl From<chainfold_store::pools::PoolSummary> for Pool {
+    fn from(r: chainfold_store::pools::PoolSummary) -> Self {
+        Pool {
+            chain_id: r.chain_id,
+            address: r.pool,
+            protocol: r.protocol,
+            swap_count: r.swap_count,
+            reverted_count: r.reverted_count,
+            first_block: r.first_block,
+            last_block: r.last_block,
+            liquidity_cache: Default::default(),
+        }
+    }
 }
 
 impl From<PoolRow> for Pool {
@@ -183,16 +189,9 @@ impl QueryRoot {
             }
             None => {
                 let pool = ctx.data_unchecked::<PgPool>();
-                let rows: Vec<SummaryRow> = sqlx::query_as(
-                    "SELECT action, event_count, priced_count, amount_usd::text, first_at, last_at
-                     FROM wallet_lending_summary WHERE chain_id = $1 AND wallet = $2
-                     ORDER BY array_position(ARRAY['deposit','borrow','repay','redeem','liquidation'], action)",
-                )
-                .bind(chain_id)
-                .bind(&address)
-                .fetch_all(pool)
-                .await
-                .map_err(gql)?;
+                let rows = chainfold_store::lending::summary(pool, chain_id, &address)
+                    .await
+                    .map_err(gql)?;
                 rows.into_iter().map(WalletSummary::from).collect()
             }
         };
@@ -200,14 +199,9 @@ impl QueryRoot {
             // A wallet seen only in watched-token transfers is still a wallet (its lending
             // summary empty); one seen nowhere is null.
             let pool = ctx.data_unchecked::<PgPool>();
-            let holds: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM erc20_balance WHERE chain_id = $1 AND holder = $2)",
-            )
-            .bind(chain_id)
-            .bind(&address)
-            .fetch_one(pool)
-            .await
-            .map_err(gql)?;
+            let holds = chainfold_store::erc20::holds_any(pool, chain_id, &address)
+                .await
+                .map_err(gql)?;
             if !holds {
                 return Ok(None);
             }
@@ -258,13 +252,7 @@ impl QueryRoot {
         parsed.sort();
         parsed.dedup();
         let pool = ctx.data_unchecked::<PgPool>();
-        let rows: Vec<(String, Option<chrono::DateTime<chrono::Utc>>, Option<bigdecimal::BigDecimal>)> =
-            sqlx::query_as(
-                "SELECT action, block_time, amount_usd FROM lending_event WHERE chain_id = $1 AND wallet = ANY($2)",
-            )
-            .bind(chain_id)
-            .bind(&parsed)
-            .fetch_all(pool)
+        let rows = chainfold_store::lending::flows_of(pool, chain_id, &parsed)
             .await
             .map_err(gql)?;
         let history: Vec<chainfold_domain::credit::HistoryEvent> = rows
@@ -319,20 +307,9 @@ impl QueryRoot {
             };
         }
         let pool = ctx.data_unchecked::<PgPool>();
-        let row: Option<PoolRow> = sqlx::query_as(
-            "SELECT chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
-             FROM pool_summary WHERE chain_id = $1 AND pool = $2
-             UNION ALL
-             -- a pool with reserves (Syncs) and no swap yet
-             (SELECT chain_id, pool, protocol, 0, 0, NULL::int8, NULL::int8 FROM pool_sync
-              WHERE chain_id = $1 AND pool = $2 LIMIT 1)
-             LIMIT 1",
-        )
-        .bind(chain_id)
-        .bind(&address)
-        .fetch_optional(pool)
-        .await
-        .map_err(gql)?;
+        let row = chainfold_store::pools::summary(pool, chain_id, &address)
+            .await
+            .map_err(gql)?;
         Ok(row.map(Pool::from))
     }
 }

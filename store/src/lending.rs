@@ -168,3 +168,56 @@ pub async fn debtor_positions(
         }
     }
 }
+
+/// One action of a wallet's lending summary (`wallet_lending_summary`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryRow {
+    pub action: String,
+    pub event_count: i64,
+    pub priced_count: i64,
+    /// Postgres's own text of the numeric (its scale kept), as the Redis copy holds it.
+    pub amount_usd: String,
+    pub first_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The wallet's lending summary, one row per action it took, in the order deposit, borrow,
+/// repay, redeem, liquidation.
+pub async fn summary(pool: &PgPool, chain_id: i64, wallet: &str) -> sqlx::Result<Vec<SummaryRow>> {
+    sqlx::query_as!(
+        SummaryRow,
+        r#"SELECT action, event_count, priced_count, amount_usd::text AS "amount_usd!",
+                  first_at AS "first_at?", last_at AS "last_at?"
+           FROM wallet_lending_summary WHERE chain_id = $1 AND wallet = $2
+           ORDER BY array_position(ARRAY['deposit','borrow','repay','redeem','liquidation'], action)"#,
+        chain_id,
+        wallet
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Every lending event of the wallets (an identity's addresses): (action, block time, USD).
+pub async fn flows_of(
+    pool: &PgPool,
+    chain_id: i64,
+    wallets: &[String],
+) -> sqlx::Result<
+    Vec<(
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<BigDecimal>,
+    )>,
+> {
+    let rows = sqlx::query!(
+        "SELECT action, block_time, amount_usd FROM lending_event WHERE chain_id = $1 AND wallet = ANY($2)",
+        chain_id,
+        wallets
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.action, r.block_time, r.amount_usd))
+        .collect())
+}

@@ -15,9 +15,12 @@
 //!   the log touched (the risk worker's reads).
 //! - [`books`]: lenders' books of wallets.
 //! - [`decisions`]: lending decisions: their inputs read, decided records stored and published.
+//! - [`erc20`]: watched tokens' balances.
 //! - [`latest`]: the API's hottest reads kept in Redis, versioned in commit order.
-//! - [`lending`]: lending histories, pools, reserve decimals, the chain's priced debtors.
+//! - [`lending`]: lending histories and summaries, pools, reserve decimals, the chain's priced
+//!   debtors.
 //! - [`liquidity`]: reserve and pool liquidity histories (risk alerts, API forecasts).
+//! - [`pools`]: AMM pools' summaries, volumes and reserves.
 //! - [`prices`]: USD prices from oracle rounds and lending events.
 //! - [`scores`]: credit scores: the scorer's inserts and retractions, the bands it compares.
 //! - [`stress`]: stress runs and their shock grids.
@@ -28,9 +31,11 @@ pub mod alerts;
 pub mod blocks;
 pub mod books;
 pub mod decisions;
+pub mod erc20;
 pub mod latest;
 pub mod lending;
 pub mod liquidity;
+pub mod pools;
 pub mod prices;
 pub mod scores;
 pub mod stress;
