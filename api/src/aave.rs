@@ -94,26 +94,10 @@ async fn when(
     block: Option<u64>,
     as_of: Option<u64>,
 ) -> ApiResult<Option<(u64, u64)>> {
-    let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
-        "WITH target AS (
-             SELECT coalesce($3, greatest(
-                 (SELECT max(block_number) FROM lending_market_event WHERE chain_id = $1 AND pool = $2),
-                 (SELECT number FROM chain_head WHERE chain_id = $1))) AS block
-         )
-         SELECT t.block, extract(epoch FROM coalesce(
-             (SELECT block_time FROM chain_head WHERE chain_id = $1 AND number = t.block),
-             (SELECT block_time FROM lending_market_event WHERE chain_id = $1 AND block_number = t.block LIMIT 1),
-             (SELECT block_time FROM lending_event WHERE chain_id = $1 AND block_number = t.block LIMIT 1),
-             (SELECT block_time FROM oracle_update WHERE chain_id = $1 AND block_number = t.block LIMIT 1)))::int8
-         FROM target t",
-    )
-    .bind(chain_id)
-    .bind(pool)
-    .bind(block.map(|b| b as i64))
-    .fetch_optional(db)
-    .await
-    .map_err(gql)?;
-    let Some((Some(block), time)) = row else {
+    let row = chainfold_store::aave::block_and_time(db, chain_id, pool, block.map(|b| b as i64))
+        .await
+        .map_err(gql)?;
+    let Some((block, time)) = row else {
         return Ok(None);
     };
     let time = match (as_of, time) {

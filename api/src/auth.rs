@@ -73,25 +73,15 @@ pub async fn create_key(
         "cf_{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO api_key (name, key_sha256, rate_per_minute) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(name.trim())
-    .bind(key_hash(&key))
-    .bind(rate_per_minute as i32)
-    .fetch_one(pool)
-    .await?;
+    let id =
+        chainfold_store::keys::create(pool, name.trim(), &key_hash(&key), rate_per_minute as i32)
+            .await?;
     Ok((id, key))
 }
 
 /// Revokes a key by id; false when there is no such unrevoked key.
 pub async fn revoke_key(pool: &PgPool, id: i64) -> anyhow::Result<bool> {
-    let done =
-        sqlx::query("UPDATE api_key SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .execute(pool)
-            .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(chainfold_store::keys::revoke(pool, id).await?)
 }
 
 /// Why a presented key was refused.
@@ -177,16 +167,12 @@ impl KeyCache {
 
 /// The caller of a key hash, from Postgres.
 async fn lookup(pool: &PgPool, hash: &str) -> Result<Caller, KeyError> {
-    let row: Option<(i64, String, i32)> = sqlx::query_as(
-        "SELECT id, name, rate_per_minute FROM api_key WHERE key_sha256 = $1 AND revoked_at IS NULL",
-    )
-    .bind(hash)
-    .fetch_optional(pool)
-    .await
-    .map_err(|err| {
-        tracing::error!(error = %err, "api key lookup failed");
-        KeyError::Unavailable
-    })?;
+    let row = chainfold_store::keys::find(pool, hash)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "api key lookup failed");
+            KeyError::Unavailable
+        })?;
     let (id, name, rate) = row.ok_or(KeyError::Invalid)?;
     Ok(Caller::Key {
         id,

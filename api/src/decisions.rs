@@ -140,25 +140,13 @@ pub async fn of_wallet(
     wallet: &str,
     limit: i64,
 ) -> ApiResult<Vec<CreditDecision>> {
-    type Row = (
-        serde_json::Value,
-        Option<String>,
-        Option<i64>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT record, tx_hash, tx_block, actuation_error FROM credit_decision
-         WHERE chain_id = $1 AND wallet = $2 ORDER BY seq DESC LIMIT $3",
-    )
-    .bind(chain_id)
-    .bind(wallet)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(gql)?;
+    let rows = chainfold_store::decisions::of_wallet(pool, chain_id, wallet, limit)
+        .await
+        .map_err(gql)?;
     rows.into_iter()
-        .map(|(record, tx, block, error)| {
-            let record: DecisionRecord = serde_json::from_value(record).map_err(|e| {
+        .map(|d| {
+            let (tx, block, error) = (d.tx_hash, d.tx_block, d.actuation_error);
+            let record: DecisionRecord = serde_json::from_value(d.record).map_err(|e| {
                 tracing::error!(%e, "stored decision does not parse");
                 async_graphql::Error::new("internal error")
             })?;

@@ -402,3 +402,34 @@ async fn read_prices(
     }
     Ok((price, decimals.first().map(|d| *d as u8)))
 }
+
+/// The block an account is read at (`block`, else the pool's or the chain's latest) and its
+/// unix time where chainfold holds an event of it (the chain head, a market or lending event,
+/// an oracle round); `None` when there is no block at all.
+pub async fn block_and_time(
+    db: &PgPool,
+    chain_id: i64,
+    pool: &str,
+    block: Option<i64>,
+) -> sqlx::Result<Option<(i64, Option<i64>)>> {
+    let row = sqlx::query!(
+        r#"WITH target AS (
+               SELECT coalesce($3, greatest(
+                   (SELECT max(block_number) FROM lending_market_event WHERE chain_id = $1 AND pool = $2),
+                   (SELECT number FROM chain_head WHERE chain_id = $1))) AS block
+           )
+           SELECT t.block AS "block?", extract(epoch FROM coalesce(
+               (SELECT block_time FROM chain_head WHERE chain_id = $1 AND number = t.block),
+               (SELECT block_time FROM lending_market_event WHERE chain_id = $1 AND block_number = t.block LIMIT 1),
+               (SELECT block_time FROM lending_event WHERE chain_id = $1 AND block_number = t.block LIMIT 1),
+               (SELECT block_time FROM oracle_update WHERE chain_id = $1 AND block_number = t.block LIMIT 1)))::int8
+               AS "time?"
+           FROM target t"#,
+        chain_id,
+        pool,
+        block
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.and_then(|r| Some((r.block?, r.time))))
+}

@@ -421,3 +421,31 @@ pub fn load_policy(path: &std::path::Path) -> anyhow::Result<Policy> {
         .with_context(|| format!("could not read decision policy {}", path.display()))?;
     Policy::parse(&text).map_err(|e| anyhow::anyhow!("decision policy {}: {e}", path.display()))
 }
+
+/// A stored decision with where the actuator applied it (or why it could not).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDecision {
+    pub record: serde_json::Value,
+    pub tx_hash: Option<String>,
+    pub tx_block: Option<i64>,
+    pub actuation_error: Option<String>,
+}
+
+/// The wallet's decisions, newest first, at most `limit`.
+pub async fn of_wallet(
+    pool: &PgPool,
+    chain_id: i64,
+    wallet: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredDecision>> {
+    sqlx::query_as!(
+        StoredDecision,
+        "SELECT record, tx_hash, tx_block, actuation_error FROM credit_decision
+         WHERE chain_id = $1 AND wallet = $2 ORDER BY seq DESC LIMIT $3",
+        chain_id,
+        wallet,
+        limit
+    )
+    .fetch_all(pool)
+    .await
+}

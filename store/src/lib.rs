@@ -16,6 +16,7 @@
 //! - [`books`]: lenders' books of wallets.
 //! - [`decisions`]: lending decisions: their inputs read, decided records stored and published.
 //! - [`erc20`]: watched tokens' balances.
+//! - [`keys`]: API keys (hashes), created, revoked, found.
 //! - [`latest`]: the API's hottest reads kept in Redis, versioned in commit order.
 //! - [`lending`]: lending histories and summaries, pools, reserve decimals, the chain's priced
 //!   debtors.
@@ -32,6 +33,7 @@ pub mod blocks;
 pub mod books;
 pub mod decisions;
 pub mod erc20;
+pub mod keys;
 pub mod latest;
 pub mod lending;
 pub mod liquidity;

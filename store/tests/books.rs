@@ -61,3 +61,22 @@ async fn a_book_belongs_to_its_key_keeps_each_wallet_once_and_names_are_unique_p
     );
     assert_eq!(wallets.len(), 3);
 }
+
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn a_key_is_found_by_its_hash_until_it_is_revoked_once(pool: PgPool) {
+    use chainfold_store::keys;
+    let id = keys::create(&pool, "lender", "h1", 120)
+        .await
+        .expect("created");
+    assert_eq!(
+        keys::find(&pool, "h1").await.expect("read"),
+        Some((id, "lender".to_owned(), 120))
+    );
+    assert_eq!(keys::find(&pool, "h2").await.expect("read"), None);
+    assert!(keys::revoke(&pool, id).await.expect("revoked"));
+    assert!(
+        !keys::revoke(&pool, id).await.expect("ran"),
+        "already revoked"
+    );
+    assert_eq!(keys::find(&pool, "h1").await.expect("read"), None);
+}
