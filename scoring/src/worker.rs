@@ -541,47 +541,9 @@ impl ScoreEngine {
         &self,
         wallets: &[WalletKey],
     ) -> anyhow::Result<HashMap<WalletKey, Vec<Attestation>>> {
-        type Row = (
-            i64,
-            String,
-            String,
-            f64,
-            String,
-            DateTime<Utc>,
-            DateTime<Utc>,
-            Option<String>,
-        );
         let chains: Vec<i64> = wallets.iter().map(|w| w.0 as i64).collect();
-        let addrs: Vec<&str> = wallets.iter().map(|w| w.1.as_str()).collect();
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT a.chain_id, a.wallet, a.kind, a.value, a.issuer, a.issued_at, a.expires_at,
-                    a.signature
-             FROM UNNEST($1::int8[], $2::text[]) AS w(chain_id, wallet)
-             JOIN attestation a ON a.chain_id = w.chain_id AND a.wallet = w.wallet
-             ORDER BY a.chain_id, a.wallet, a.issued_at, a.id",
-        )
-        .bind(&chains)
-        .bind(&addrs)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out: HashMap<WalletKey, Vec<Attestation>> = HashMap::new();
-        for (chain, wallet, kind, value, issuer, issued_at, expires_at, signature) in rows {
-            let address = wallet.parse().unwrap_or_default();
-            out.entry((chain as u64, wallet))
-                .or_default()
-                .push(Attestation {
-                    schema_version: chainfold_domain::SCHEMA_VERSION,
-                    chain_id: chain as u64,
-                    wallet: address,
-                    kind,
-                    value,
-                    issuer,
-                    issued_at,
-                    expires_at,
-                    signature,
-                });
-        }
-        Ok(out)
+        let addrs: Vec<String> = wallets.iter().map(|w| w.1.clone()).collect();
+        Ok(chainfold_store::attestations::of_wallets(&self.pool, &chains, &addrs).await?)
     }
 
     /// USD price points of a reserve as of `block` (all of them without one): its oracle
@@ -1262,66 +1224,22 @@ impl Scorer {
         chain: u64,
         need: &SealNeed,
     ) -> anyhow::Result<Option<Vec<chainfold_domain::seal::Through>>> {
-        type Bound = (String, i32, i64);
-        let mut bound: Vec<Bound> = Vec::new();
+        use chainfold_store::seals;
+        let mut bound: Vec<seals::Bound> = Vec::new();
         if let Some(block) = need.block {
-            let covered: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM chain_seal WHERE chain_id = $1 AND last_block >= $2)",
-            )
-            .bind(chain as i64)
-            .bind(block as i64)
-            .fetch_one(&self.pool)
-            .await?;
-            if !covered {
+            if !seals::covers_block(&self.pool, chain as i64, block as i64).await? {
                 return Ok(None);
             }
-            bound.extend(
-                sqlx::query_as::<_, Bound>(
-                    "SELECT t->>'topic', (t->>'partition')::int4, max((t->>'next_offset')::int8)
-                     FROM chain_seal s CROSS JOIN LATERAL jsonb_array_elements(s.through) t
-                     WHERE s.chain_id = $1 AND s.first_block <= $2
-                     GROUP BY 1, 2",
-                )
-                .bind(chain as i64)
-                .bind(block as i64)
-                .fetch_all(&self.pool)
-                .await?,
-            );
+            bound.extend(seals::bounds_to_block(&self.pool, chain as i64, block as i64).await?);
         }
         for ((topic, partition), offset) in &need.records {
             // The first seal holding the record, and every seal before it.
-            let first: Option<(String, i32, i64)> = sqlx::query_as(
-                "SELECT kafka_topic, kafka_partition, kafka_offset FROM chain_seal s
-                 WHERE chain_id = $1 AND EXISTS (
-                     SELECT 1 FROM jsonb_array_elements(s.through) t
-                     WHERE t->>'topic' = $2 AND (t->>'partition')::int4 = $3
-                       AND (t->>'next_offset')::int8 > $4)
-                 ORDER BY kafka_offset LIMIT 1",
-            )
-            .bind(chain as i64)
-            .bind(topic)
-            .bind(*partition)
-            .bind(*offset)
-            .fetch_optional(&self.pool)
-            .await?;
-            let Some((seal_topic, seal_partition, seal_offset)) = first else {
+            let Some(seal) =
+                seals::first_holding(&self.pool, chain as i64, topic, *partition, *offset).await?
+            else {
                 return Ok(None);
             };
-            bound.extend(
-                sqlx::query_as::<_, Bound>(
-                    "SELECT t->>'topic', (t->>'partition')::int4, max((t->>'next_offset')::int8)
-                     FROM chain_seal s CROSS JOIN LATERAL jsonb_array_elements(s.through) t
-                     WHERE s.chain_id = $1 AND s.kafka_topic = $2 AND s.kafka_partition = $3
-                       AND s.kafka_offset <= $4
-                     GROUP BY 1, 2",
-                )
-                .bind(chain as i64)
-                .bind(&seal_topic)
-                .bind(seal_partition)
-                .bind(seal_offset)
-                .fetch_all(&self.pool)
-                .await?,
-            );
+            bound.extend(seals::bounds_through_seal(&self.pool, chain as i64, &seal).await?);
         }
         Ok(Some(
             bound
@@ -1378,15 +1296,12 @@ impl Scorer {
                 .filter(|r| r.trigger.chain_id == chain && r.asset == asset)
                 .filter_map(|r| r.trigger.block_number)
                 .max();
-            let history: Vec<(String, f64)> = sqlx::query_as(
-                "SELECT event_id, price::float8 FROM oracle_update
-                 WHERE chain_id = $1 AND asset = $2 AND ($3::int8 IS NULL OR block_number <= $3)
-                 ORDER BY block_number, log_index, event_id",
+            let history = chainfold_store::prices::oracle_rounds(
+                &self.pool,
+                chain as i64,
+                &asset,
+                last_block,
             )
-            .bind(chain as i64)
-            .bind(&asset)
-            .bind(last_block)
-            .fetch_all(&self.pool)
             .await?;
             let mut mark: Option<(String, f64)> = None;
             for (event_id, price) in history {
@@ -1411,31 +1326,13 @@ impl Scorer {
             moves += 1;
             // The holders as of the round's block (sealed and folded): not whoever the projector
             // has folded by now, which depends on how far it got.
-            let holders: Vec<String> = match round.trigger.block_number {
-                Some(block) => {
-                    sqlx::query_scalar(
-                        "SELECT DISTINCT wallet FROM lending_position_as_of($1, $3)
-                     WHERE reserve = $2 AND (collateral > 0 OR variable_debt > 0)
-                     ORDER BY wallet",
-                    )
-                    .bind(round.trigger.chain_id as i64)
-                    .bind(&round.asset)
-                    .bind(block)
-                    .fetch_all(&self.pool)
-                    .await?
-                }
-                None => {
-                    sqlx::query_scalar(
-                        "SELECT DISTINCT wallet FROM lending_position
-                     WHERE chain_id = $1 AND reserve = $2 AND (collateral > 0 OR variable_debt > 0)
-                     ORDER BY wallet",
-                    )
-                    .bind(round.trigger.chain_id as i64)
-                    .bind(&round.asset)
-                    .fetch_all(&self.pool)
-                    .await?
-                }
-            };
+            let holders = chainfold_store::lending::holders(
+                &self.pool,
+                round.trigger.chain_id as i64,
+                &round.asset,
+                round.trigger.block_number,
+            )
+            .await?;
             tracing::debug!(asset = %round.asset, price = round.price, holders = holders.len(), "oracle move rescores holders");
             for wallet in holders {
                 let mut t = round.trigger.clone();
@@ -1609,23 +1506,7 @@ async fn store_attestations(
     list: &[(Attestation, i32, i64)],
 ) -> anyhow::Result<()> {
     for (a, partition, offset) in list {
-        sqlx::query(
-            "INSERT INTO attestation (id, chain_id, wallet, kind, value, issuer, issued_at, expires_at, kafka_partition, kafka_offset, signature)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(a.id().to_string())
-        .bind(a.chain_id as i64)
-        .bind(format!("{:#x}", a.wallet))
-        .bind(&a.kind)
-        .bind(a.value)
-        .bind(&a.issuer)
-        .bind(a.issued_at)
-        .bind(a.expires_at)
-        .bind(*partition)
-        .bind(*offset)
-        .bind(&a.signature)
-        .execute(&mut **tx)
-        .await?;
+        chainfold_store::attestations::insert(tx, a, *partition, *offset).await?;
     }
     Ok(())
 }

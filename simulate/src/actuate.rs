@@ -308,12 +308,10 @@ impl Actuator {
         if !applicable || amount <= 0.0 {
             return Ok(false);
         }
-        let done: Option<Option<String>> =
-            sqlx::query_scalar("SELECT tx_hash FROM risk_action WHERE alert_id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        if done.flatten().is_some() {
+        if chainfold_store::alerts::action_tx(&self.pool, id)
+            .await?
+            .is_some()
+        {
             return Ok(false);
         }
         let result = self.provision(reserve, amount).await;
@@ -328,20 +326,18 @@ impl Actuator {
                 )),
             ),
         };
-        sqlx::query(
-            "INSERT INTO risk_action (alert_id, chain_id, action, reserve, amount, tx_hash, tx_block, error)
-             VALUES ($1, $2, 'provision', $3, $4, $5, $6, $7)
-             ON CONFLICT (alert_id) DO UPDATE SET tx_hash = EXCLUDED.tx_hash,
-                 tx_block = EXCLUDED.tx_block, error = EXCLUDED.error, acted_at = now()",
+        chainfold_store::alerts::record_provision(
+            &self.pool,
+            &chainfold_store::alerts::Action {
+                alert_id: id,
+                chain_id: self.chain_id as i64,
+                reserve,
+                amount,
+                tx_hash: tx.clone(),
+                tx_block: block,
+                error: error.clone(),
+            },
         )
-        .bind(id)
-        .bind(self.chain_id as i64)
-        .bind(reserve)
-        .bind(amount)
-        .bind(&tx)
-        .bind(block)
-        .bind(&error)
-        .execute(&self.pool)
         .await?;
         match error {
             None => {
@@ -398,11 +394,7 @@ impl Actuator {
         if record.chain_id != self.chain_id {
             return Ok(Applied::Skipped);
         }
-        let applied: Option<Option<String>> =
-            sqlx::query_scalar("SELECT tx_hash FROM credit_decision WHERE id = $1")
-                .bind(&record.id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let applied = chainfold_store::decisions::applied_tx(&self.pool, &record.id).await?;
         match applied {
             Some(Some(_)) => return Ok(Applied::Skipped),
             Some(None) => {}
@@ -439,15 +431,12 @@ impl Actuator {
         };
         match result {
             Ok(receipt) => {
-                sqlx::query(
-                    "UPDATE credit_decision SET tx_hash = $2, tx_block = $3, actuated_at = now(),
-                            actuation_error = NULL
-                     WHERE id = $1",
+                chainfold_store::decisions::mark_applied(
+                    &self.pool,
+                    &record.id,
+                    &format!("{:#x}", receipt.transaction_hash),
+                    receipt.block_number.map(|b| b as i64),
                 )
-                .bind(&record.id)
-                .bind(format!("{:#x}", receipt.transaction_hash))
-                .bind(receipt.block_number.map(|b| b as i64))
-                .execute(&self.pool)
                 .await?;
                 tracing::info!(id = %record.id, wallet = %record.wallet, tx = %receipt.transaction_hash, "decision applied on-chain");
                 Ok(Applied::Done)
@@ -455,11 +444,7 @@ impl Actuator {
             Err(err) => {
                 let message =
                     chainfold_ingest::rpc::config::scrub(&err.to_string(), &self.config.rpc_url);
-                sqlx::query("UPDATE credit_decision SET actuation_error = $2 WHERE id = $1")
-                    .bind(&record.id)
-                    .bind(&message)
-                    .execute(&self.pool)
-                    .await?;
+                chainfold_store::decisions::mark_failed(&self.pool, &record.id, &message).await?;
                 tracing::warn!(id = %record.id, error = %message, "decision not applied");
                 Ok(Applied::Failed)
             }

@@ -253,3 +253,46 @@ pub async fn incidents_of_chain(
     .fetch_all(pool)
     .await
 }
+
+/// The transaction that acted on alert `alert_id` (`risk_action`), if one has.
+pub async fn action_tx(pool: &sqlx::PgPool, alert_id: &str) -> sqlx::Result<Option<String>> {
+    Ok(sqlx::query_scalar!(
+        "SELECT tx_hash FROM risk_action WHERE alert_id = $1",
+        alert_id
+    )
+    .fetch_optional(pool)
+    .await?
+    .flatten())
+}
+
+/// An action taken on an alert: liquidity provisioned, or the error that prevented it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action<'a> {
+    pub alert_id: &'a str,
+    pub chain_id: i64,
+    pub reserve: &'a str,
+    pub amount: f64,
+    pub tx_hash: Option<String>,
+    pub tx_block: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Records a provisioning `action` (the latest attempt per alert).
+pub async fn record_provision(pool: &sqlx::PgPool, action: &Action<'_>) -> sqlx::Result<()> {
+    sqlx::query!(
+        "INSERT INTO risk_action (alert_id, chain_id, action, reserve, amount, tx_hash, tx_block, error)
+         VALUES ($1, $2, 'provision', $3, $4, $5, $6, $7)
+         ON CONFLICT (alert_id) DO UPDATE SET tx_hash = EXCLUDED.tx_hash,
+             tx_block = EXCLUDED.tx_block, error = EXCLUDED.error, acted_at = now()",
+        action.alert_id,
+        action.chain_id,
+        action.reserve,
+        action.amount,
+        action.tx_hash,
+        action.tx_block,
+        action.error
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -449,3 +449,43 @@ pub async fn of_wallet(
     .fetch_all(pool)
     .await
 }
+
+/// Whether decision `id` is stored (`None`: not in this database) and the transaction that
+/// applied it, if one has.
+pub async fn applied_tx(pool: &PgPool, id: &str) -> sqlx::Result<Option<Option<String>>> {
+    sqlx::query_scalar!("SELECT tx_hash FROM credit_decision WHERE id = $1", id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Records that decision `id` was applied in transaction `tx_hash` (at `tx_block`).
+pub async fn mark_applied(
+    pool: &PgPool,
+    id: &str,
+    tx_hash: &str,
+    tx_block: Option<i64>,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE credit_decision SET tx_hash = $2, tx_block = $3, actuated_at = now(),
+                actuation_error = NULL
+         WHERE id = $1",
+        id,
+        tx_hash,
+        tx_block
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records why decision `id` could not be applied.
+pub async fn mark_failed(pool: &PgPool, id: &str, error: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE credit_decision SET actuation_error = $2 WHERE id = $1",
+        id,
+        error
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

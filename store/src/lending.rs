@@ -221,3 +221,38 @@ pub async fn flows_of(
         .map(|r| (r.action, r.block_time, r.amount_usd))
         .collect())
 }
+
+/// The wallets holding or owing `reserve` on the chain, now (`block` `None`) or as of `block`,
+/// by address.
+pub async fn holders(
+    pool: &PgPool,
+    chain_id: i64,
+    reserve: &str,
+    block: Option<i64>,
+) -> sqlx::Result<Vec<String>> {
+    match block {
+        Some(block) => {
+            sqlx::query_scalar!(
+                r#"SELECT DISTINCT wallet AS "wallet!" FROM lending_position_as_of($1, $3)
+                   WHERE reserve = $2 AND (collateral > 0 OR variable_debt > 0)
+                   ORDER BY 1"#,
+                chain_id,
+                reserve,
+                block
+            )
+            .fetch_all(pool)
+            .await
+        }
+        None => {
+            sqlx::query_scalar!(
+                r#"SELECT DISTINCT wallet AS "wallet!" FROM lending_position
+                   WHERE chain_id = $1 AND reserve = $2 AND (collateral > 0 OR variable_debt > 0)
+                   ORDER BY 1"#,
+                chain_id,
+                reserve
+            )
+            .fetch_all(pool)
+            .await
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //! - [`aave`]: an Aave account read back and folded as the pool's `getUserAccountData` does.
 //! - [`alerts`]: risk alerts and incidents (stored, replaced, correlated) and the risk
 //!   groups' progress.
+//! - [`attestations`]: signed attestations, stored and read per wallet.
 //! - [`blocks`]: a block range's swaps, syncs and flash loans, pool states, what a stretch of
 //!   the log touched (the risk worker's reads).
 //! - [`books`]: lenders' books of wallets.
@@ -24,11 +25,13 @@
 //! - [`pools`]: AMM pools' summaries, volumes and reserves.
 //! - [`prices`]: USD prices from oracle rounds and lending events.
 //! - [`scores`]: credit scores: the scorer's inserts and retractions, the bands it compares.
+//! - [`seals`]: the chain seals consumers wait for before reading a stretch as whole.
 //! - [`stress`]: stress runs and their shock grids.
 //! - [`summary`]: what the read models and derived tables hold, counted (demo, rebuild, tools).
 
 pub mod aave;
 pub mod alerts;
+pub mod attestations;
 pub mod blocks;
 pub mod books;
 pub mod decisions;
@@ -40,5 +43,6 @@ pub mod liquidity;
 pub mod pools;
 pub mod prices;
 pub mod scores;
+pub mod seals;
 pub mod stress;
 pub mod summary;

@@ -108,3 +108,24 @@ pub async fn token_at(
     .await?;
     Ok((r.decimals, r.price))
 }
+
+/// An asset's oracle rounds up to block `last_block` (all without one), in chain order:
+/// (event id, price).
+pub async fn oracle_rounds(
+    pool: &PgPool,
+    chain_id: i64,
+    asset: &str,
+    last_block: Option<i64>,
+) -> sqlx::Result<Vec<(String, f64)>> {
+    let rows = sqlx::query!(
+        r#"SELECT event_id, price::float8 AS "price!" FROM oracle_update
+           WHERE chain_id = $1 AND asset = $2 AND ($3::int8 IS NULL OR block_number <= $3)
+           ORDER BY block_number, log_index, event_id"#,
+        chain_id,
+        asset,
+        last_block
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.event_id, r.price)).collect())
+}
