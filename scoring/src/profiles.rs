@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chainfold_domain::credit::{HistoryEvent, PositionFlow};
 use chainfold_domain::profile::{CreditProfile, HistoryKey};
 use chainfold_domain::LendingAction;
+use chainfold_store::profiles;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -49,21 +50,6 @@ pub struct LoadStats {
     pub rows_read: u64,
 }
 
-type ProfileRow = (
-    i64,
-    String,
-    Option<i64>,
-    Option<DateTime<Utc>>,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<serde_json::Value>,
-    i64,
-    i64,
-    bool,
-    i64,
-);
-
 /// Loads the profiles of `wallets` and the history after each one's cursor up to its `until`
 /// (the batch's latest trigger time for the wallet: rows after it are seen by no trigger of the
 /// batch, and during a backfill the projector may hold many). Rows after `until` are counted for
@@ -76,38 +62,26 @@ pub async fn load(
     reset: &HashSet<WalletKey>,
 ) -> anyhow::Result<(HashMap<WalletKey, Loaded>, LoadStats)> {
     let chains: Vec<i64> = wallets.iter().map(|w| w.0 as i64).collect();
-    let addrs: Vec<&str> = wallets.iter().map(|w| w.1.as_str()).collect();
+    let addrs: Vec<String> = wallets.iter().map(|w| w.1.clone()).collect();
     // One snapshot for the count and the rows: a projector committing between them would make
     // a good profile look stale.
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    profiles::snapshot(&mut tx).await?;
     // Rows without a block time are never folded (they have no place in time), and rows after
     // `until` are not read: both are counted apart for the check.
-    let stored: Vec<ProfileRow> = sqlx::query_as(
-        "SELECT w.chain_id, w.wallet, p.rows_folded, p.cursor_time, p.cursor_block, p.cursor_log,
-                p.cursor_event_id, p.state,
-                (SELECT coalesce(sum(s.event_count), 0) FROM wallet_lending_summary s
-                 WHERE s.chain_id = w.chain_id AND s.wallet = w.wallet)::int8,
-                (SELECT count(*) FROM lending_event n
-                 WHERE n.chain_id = w.chain_id AND n.wallet = w.wallet AND n.block_time IS NULL),
-                EXISTS (SELECT 1 FROM lending_event c WHERE c.event_id = p.cursor_event_id
-                        AND c.block_hash IS NOT DISTINCT FROM p.cursor_block_hash),
-                (SELECT count(*) FROM lending_event n
-                 WHERE n.chain_id = w.chain_id AND n.wallet = w.wallet AND n.block_time > w.until)
-         FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[]) AS w(chain_id, wallet, until)
-         LEFT JOIN credit_profile p ON p.chain_id = w.chain_id AND p.wallet = w.wallet",
-    )
-    .bind(&chains)
-    .bind(&addrs)
-    .bind(until)
-    .fetch_all(&mut *tx)
-    .await?;
+    let stored = profiles::stored(&mut tx, &chains, &addrs, until).await?;
     let mut profiles: HashMap<WalletKey, (CreditProfile, i64)> = HashMap::new();
-    for (chain, wallet, rows, t, b, l, id, state, total, untimed, cursor_kept, beyond) in stored {
-        let key = (chain as u64, wallet);
-        let profile = match (rows, t, b, l, id, state) {
+    for p in stored {
+        let (total, untimed, cursor_kept, beyond) = (p.events, p.untimed, p.cursor_kept, p.beyond);
+        let key = (p.chain_id as u64, p.wallet);
+        let profile = match (
+            p.rows_folded,
+            p.cursor_time,
+            p.cursor_block,
+            p.cursor_log,
+            p.cursor_event_id,
+            p.state,
+        ) {
             (Some(rows), Some(at), Some(block), Some(log_index), Some(event_id), Some(state))
                 if cursor_kept && !reset.contains(&key) =>
             {
@@ -186,23 +160,6 @@ pub async fn load(
     Ok((out, stats))
 }
 
-type EventRow = (
-    i64,
-    String,
-    DateTime<Utc>,
-    Option<f64>,
-    String,
-    String,
-    Option<f64>,
-    Option<String>,
-    Option<String>,
-    Option<f64>,
-    Option<i64>,
-    Option<i32>,
-    String,
-    Option<String>,
-);
-
 /// The timed history rows of each wallet after its cursor (all of them without one) up to and
 /// including its `until`, in the fold's order, keyed by the wallet's position in `wallets`. One
 /// query for the whole batch.
@@ -213,65 +170,40 @@ pub async fn rows_after(
     until: &[DateTime<Utc>],
 ) -> anyhow::Result<BTreeMap<usize, Vec<HistoryRow>>> {
     let chains: Vec<i64> = wallets.iter().map(|w| w.0 as i64).collect();
-    let addrs: Vec<&str> = wallets.iter().map(|w| w.1.as_str()).collect();
-    let times: Vec<Option<DateTime<Utc>>> =
-        cursors.iter().map(|c| c.as_ref().map(|c| c.at)).collect();
-    let blocks: Vec<Option<i64>> = cursors
-        .iter()
-        .map(|c| c.as_ref().map(|c| c.block))
-        .collect();
-    let logs: Vec<Option<i64>> = cursors
-        .iter()
-        .map(|c| c.as_ref().map(|c| c.log_index))
-        .collect();
-    let ids: Vec<Option<&str>> = cursors
-        .iter()
-        .map(|c| c.as_ref().map(|c| c.event_id.as_str()))
-        .collect();
-    let rows: Vec<EventRow> = sqlx::query_as(
-        "SELECT (w.i - 1)::int8, e.action, e.block_time, e.amount_usd::float8, e.reserve, e.symbol,
-                (e.amount / power(10::numeric, e.decimals))::float8,
-                e.collateral_reserve, e.collateral_symbol,
-                (e.collateral_amount / power(10::numeric, e.collateral_decimals))::float8,
-                e.block_number, e.log_index, e.event_id, e.block_hash
-         FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[], $4::int8[], $5::int8[], $6::text[],
-                     $7::timestamptz[])
-              WITH ORDINALITY AS w(chain_id, wallet, t, b, l, id, until, i)
-         JOIN lending_event e ON e.chain_id = w.chain_id AND e.wallet = w.wallet
-          AND e.block_time <= w.until
-          AND (w.t IS NULL OR e.block_time > w.t OR (e.block_time = w.t
-               AND (coalesce(e.block_number, 9223372036854775807),
-                    coalesce(e.log_index::int8, 9223372036854775807),
-                    e.event_id) > (w.b, w.l, w.id COLLATE \"C\")))
-         -- The fold's order (the features sum floats; a sum's last digit depends on it).
-         ORDER BY w.i, e.block_time, e.block_number, e.log_index, e.event_id",
-    )
-    .bind(&chains)
-    .bind(&addrs)
-    .bind(&times)
-    .bind(&blocks)
-    .bind(&logs)
-    .bind(&ids)
-    .bind(until)
-    .fetch_all(&mut *conn)
-    .await?;
+    let addrs: Vec<String> = wallets.iter().map(|w| w.1.clone()).collect();
+    let cursors = profiles::Cursors {
+        time: cursors.iter().map(|c| c.as_ref().map(|c| c.at)).collect(),
+        block: cursors
+            .iter()
+            .map(|c| c.as_ref().map(|c| c.block))
+            .collect(),
+        log: cursors
+            .iter()
+            .map(|c| c.as_ref().map(|c| c.log_index))
+            .collect(),
+        event_id: cursors
+            .iter()
+            .map(|c| c.as_ref().map(|c| c.event_id.clone()))
+            .collect(),
+    };
+    let rows = profiles::history_after(conn, &chains, &addrs, &cursors, until).await?;
     let mut out: BTreeMap<usize, Vec<HistoryRow>> = BTreeMap::new();
-    for (
-        i,
+    for profiles::HistoryEventRow {
+        wallet: i,
         action,
-        at,
-        usd,
+        block_time: at,
+        amount_usd: usd,
         reserve,
         symbol,
         amount,
-        c_reserve,
-        c_symbol,
-        c_amount,
-        block,
-        log,
-        id,
-        hash,
-    ) in rows
+        collateral_reserve: c_reserve,
+        collateral_symbol: c_symbol,
+        collateral_amount: c_amount,
+        block_number: block,
+        log_index: log,
+        event_id: id,
+        block_hash: hash,
+    } in rows
     {
         let entry = LendingAction::parse(&action).map(|action| {
             (
@@ -302,51 +234,25 @@ pub async fn rows_after(
 /// Writes the profiles (one statement), replacing what was stored.
 pub async fn store(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    profiles: &[(WalletKey, CreditProfile)],
+    list: &[(WalletKey, CreditProfile)],
 ) -> anyhow::Result<()> {
-    let mut chain = Vec::with_capacity(profiles.len());
-    let mut wallet = Vec::with_capacity(profiles.len());
-    let mut rows = Vec::with_capacity(profiles.len());
-    let (mut t, mut b, mut l, mut id, mut hash, mut state) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for ((c, w), p) in profiles {
+    let mut new = profiles::NewProfiles::default();
+    for ((c, w), p) in list {
         let Some(cursor) = &p.cursor else { continue };
-        chain.push(*c as i64);
-        wallet.push(w.as_str());
-        rows.push(p.rows as i64);
-        t.push(cursor.at);
-        b.push(cursor.block);
-        l.push(cursor.log_index);
-        id.push(cursor.event_id.as_str());
-        hash.push(p.cursor_block_hash.as_deref());
-        state.push(serde_json::to_value(p)?);
+        new.chain_id.push(*c as i64);
+        new.wallet.push(w.clone());
+        new.rows_folded.push(p.rows as i64);
+        new.cursor_time.push(cursor.at);
+        new.cursor_block.push(cursor.block);
+        new.cursor_log.push(cursor.log_index);
+        new.cursor_event_id.push(cursor.event_id.clone());
+        new.cursor_block_hash.push(p.cursor_block_hash.clone());
+        new.state.push(serde_json::to_value(p)?);
     }
-    if chain.is_empty() {
+    if new.chain_id.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO credit_profile (chain_id, wallet, rows_folded, cursor_time, cursor_block,
-                                     cursor_log, cursor_event_id, cursor_block_hash, state)
-         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::timestamptz[], $5::int8[],
-                              $6::int8[], $7::text[], $8::text[], $9::jsonb[])
-         ON CONFLICT (chain_id, wallet) DO UPDATE SET
-            rows_folded = excluded.rows_folded, cursor_time = excluded.cursor_time,
-            cursor_block = excluded.cursor_block, cursor_log = excluded.cursor_log,
-            cursor_event_id = excluded.cursor_event_id,
-            cursor_block_hash = excluded.cursor_block_hash, state = excluded.state,
-            updated_at = now()",
-    )
-    .bind(&chain)
-    .bind(&wallet)
-    .bind(&rows)
-    .bind(&t)
-    .bind(&b)
-    .bind(&l)
-    .bind(&id)
-    .bind(&hash)
-    .bind(&state)
-    .execute(&mut **tx)
-    .await?;
+    profiles::upsert(tx, &new).await?;
     Ok(())
 }
 
@@ -359,14 +265,7 @@ pub async fn forget(
         return Ok(());
     }
     let chains: Vec<i64> = wallets.iter().map(|w| w.0 as i64).collect();
-    let addrs: Vec<&str> = wallets.iter().map(|w| w.1.as_str()).collect();
-    sqlx::query(
-        "DELETE FROM credit_profile p USING UNNEST($1::int8[], $2::text[]) AS w(chain_id, wallet)
-         WHERE p.chain_id = w.chain_id AND p.wallet = w.wallet",
-    )
-    .bind(&chains)
-    .bind(&addrs)
-    .execute(&mut **tx)
-    .await?;
+    let addrs: Vec<String> = wallets.iter().map(|w| w.1.clone()).collect();
+    profiles::forget(tx, &chains, &addrs).await?;
     Ok(())
 }

@@ -24,6 +24,7 @@
 //! - [`liquidity`]: reserve and pool liquidity histories (risk alerts, API forecasts).
 //! - [`pools`]: AMM pools' summaries, volumes and reserves.
 //! - [`prices`]: USD prices from oracle rounds and lending events.
+//! - [`profiles`]: credit profiles (the fold's state per wallet) and the history after them.
 //! - [`scores`]: credit scores: the scorer's inserts and retractions, the bands it compares.
 //! - [`seals`]: the chain seals consumers wait for before reading a stretch as whole.
 //! - [`stress`]: stress runs and their shock grids.
@@ -42,6 +43,7 @@ pub mod lending;
 pub mod liquidity;
 pub mod pools;
 pub mod prices;
+pub mod profiles;
 pub mod scores;
 pub mod seals;
 pub mod stress;

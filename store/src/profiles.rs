@@ -1,0 +1,197 @@
+//! Credit profiles (`credit_profile`): each wallet's credit features kept as the state of a
+//! fold over its lending history, with the cursor (the last row folded) they are as of, and
+//! the history rows after a cursor. The fold itself is `domain::credit`; the scorer decides
+//! when a stored profile can be resumed.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, Postgres, Transaction};
+
+/// A wallet's stored profile (all `None` without one) and the counts that check it: its
+/// lending events, those without a block time, those after the batch's `until`, and whether
+/// the profile's cursor event is still in the log as it was (a reorg removes it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredProfile {
+    pub chain_id: i64,
+    pub wallet: String,
+    pub rows_folded: Option<i64>,
+    pub cursor_time: Option<DateTime<Utc>>,
+    pub cursor_block: Option<i64>,
+    pub cursor_log: Option<i64>,
+    pub cursor_event_id: Option<String>,
+    pub state: Option<serde_json::Value>,
+    pub events: i64,
+    pub untimed: i64,
+    pub cursor_kept: bool,
+    pub beyond: i64,
+}
+
+/// Makes `conn`'s transaction one read-only snapshot (profiles and history read together).
+pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<()> {
+    // A utility statement: it has no shape to check.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The stored profiles of the wallets (aligned `chains`/`wallets`/`until`).
+pub async fn stored(
+    conn: &mut PgConnection,
+    chains: &[i64],
+    wallets: &[String],
+    until: &[DateTime<Utc>],
+) -> sqlx::Result<Vec<StoredProfile>> {
+    sqlx::query_as!(
+        StoredProfile,
+        r#"SELECT w.chain_id AS "chain_id!", w.wallet AS "wallet!", p.rows_folded AS "rows_folded?",
+                  p.cursor_time AS "cursor_time?", p.cursor_block AS "cursor_block?",
+                  p.cursor_log AS "cursor_log?", p.cursor_event_id AS "cursor_event_id?",
+                  p.state AS "state?",
+                  (SELECT coalesce(sum(s.event_count), 0) FROM wallet_lending_summary s
+                   WHERE s.chain_id = w.chain_id AND s.wallet = w.wallet)::int8 AS "events!",
+                  (SELECT count(*) FROM lending_event n
+                   WHERE n.chain_id = w.chain_id AND n.wallet = w.wallet AND n.block_time IS NULL)
+                      AS "untimed!",
+                  EXISTS (SELECT 1 FROM lending_event c WHERE c.event_id = p.cursor_event_id
+                          AND c.block_hash IS NOT DISTINCT FROM p.cursor_block_hash) AS "cursor_kept!",
+                  (SELECT count(*) FROM lending_event n
+                   WHERE n.chain_id = w.chain_id AND n.wallet = w.wallet AND n.block_time > w.until)
+                      AS "beyond!"
+           FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[]) AS w(chain_id, wallet, until)
+           LEFT JOIN credit_profile p ON p.chain_id = w.chain_id AND p.wallet = w.wallet"#,
+        chains,
+        wallets,
+        until
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// One timed lending event of a wallet, in whole tokens, for the fold; `wallet` is the
+/// wallet's position in the request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEventRow {
+    pub wallet: i64,
+    pub action: String,
+    pub block_time: DateTime<Utc>,
+    pub amount_usd: Option<f64>,
+    pub reserve: String,
+    pub symbol: String,
+    pub amount: Option<f64>,
+    pub collateral_reserve: Option<String>,
+    pub collateral_symbol: Option<String>,
+    pub collateral_amount: Option<f64>,
+    pub block_number: Option<i64>,
+    pub log_index: Option<i32>,
+    pub event_id: String,
+    pub block_hash: Option<String>,
+}
+
+/// Where each wallet's fold stands (all `None`: nothing folded), aligned with the wallets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cursors {
+    pub time: Vec<Option<DateTime<Utc>>>,
+    pub block: Vec<Option<i64>>,
+    pub log: Vec<Option<i64>>,
+    pub event_id: Vec<Option<String>>,
+}
+
+/// The timed lending events of each wallet after its cursor up to and including its `until`,
+/// in the fold's order (the features sum floats: a sum's last digit depends on it), by wallet.
+pub async fn history_after(
+    conn: &mut PgConnection,
+    chains: &[i64],
+    wallets: &[String],
+    cursors: &Cursors,
+    until: &[DateTime<Utc>],
+) -> sqlx::Result<Vec<HistoryEventRow>> {
+    sqlx::query_as!(
+        HistoryEventRow,
+        r#"SELECT (w.i - 1)::int8 AS "wallet!", e.action, e.block_time AS "block_time!",
+                  e.amount_usd::float8 AS "amount_usd?", e.reserve, e.symbol,
+                  (e.amount / power(10::numeric, e.decimals))::float8 AS "amount?",
+                  e.collateral_reserve, e.collateral_symbol,
+                  (e.collateral_amount / power(10::numeric, e.collateral_decimals))::float8
+                      AS "collateral_amount?",
+                  e.block_number, e.log_index, e.event_id, e.block_hash
+           FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[], $4::int8[], $5::int8[], $6::text[],
+                       $7::timestamptz[])
+                WITH ORDINALITY AS w(chain_id, wallet, t, b, l, id, until, i)
+           JOIN lending_event e ON e.chain_id = w.chain_id AND e.wallet = w.wallet
+            AND e.block_time <= w.until
+            AND (w.t IS NULL OR e.block_time > w.t OR (e.block_time = w.t
+                 AND (coalesce(e.block_number, 9223372036854775807),
+                      coalesce(e.log_index::int8, 9223372036854775807),
+                      e.event_id) > (w.b, w.l, w.id COLLATE "C")))
+           ORDER BY w.i, e.block_time, e.block_number, e.log_index, e.event_id"#,
+        chains,
+        wallets,
+        &cursors.time as &[Option<DateTime<Utc>>],
+        &cursors.block as &[Option<i64>],
+        &cursors.log as &[Option<i64>],
+        &cursors.event_id as &[Option<String>],
+        until
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Profiles to store as columns (one statement): the wallet, how many rows were folded, the
+/// cursor (time, block, log, event, block hash) and the fold's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewProfiles {
+    pub chain_id: Vec<i64>,
+    pub wallet: Vec<String>,
+    pub rows_folded: Vec<i64>,
+    pub cursor_time: Vec<DateTime<Utc>>,
+    pub cursor_block: Vec<i64>,
+    pub cursor_log: Vec<i64>,
+    pub cursor_event_id: Vec<String>,
+    pub cursor_block_hash: Vec<Option<String>>,
+    pub state: Vec<serde_json::Value>,
+}
+
+/// Stores `profiles`, replacing what was stored for their wallets.
+pub async fn upsert(tx: &mut Transaction<'_, Postgres>, p: &NewProfiles) -> sqlx::Result<()> {
+    sqlx::query!(
+        "INSERT INTO credit_profile (chain_id, wallet, rows_folded, cursor_time, cursor_block,
+                                     cursor_log, cursor_event_id, cursor_block_hash, state)
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::timestamptz[], $5::int8[],
+                              $6::int8[], $7::text[], $8::text[], $9::jsonb[])
+         ON CONFLICT (chain_id, wallet) DO UPDATE SET
+            rows_folded = excluded.rows_folded, cursor_time = excluded.cursor_time,
+            cursor_block = excluded.cursor_block, cursor_log = excluded.cursor_log,
+            cursor_event_id = excluded.cursor_event_id,
+            cursor_block_hash = excluded.cursor_block_hash, state = excluded.state,
+            updated_at = now()",
+        &p.chain_id,
+        &p.wallet,
+        &p.rows_folded,
+        &p.cursor_time,
+        &p.cursor_block,
+        &p.cursor_log,
+        &p.cursor_event_id,
+        &p.cursor_block_hash as &[Option<String>],
+        &p.state
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the profiles of the wallets (their next rescoring reads their whole history).
+pub async fn forget(
+    tx: &mut Transaction<'_, Postgres>,
+    chains: &[i64],
+    wallets: &[String],
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "DELETE FROM credit_profile p USING UNNEST($1::int8[], $2::text[]) AS w(chain_id, wallet)
+         WHERE p.chain_id = w.chain_id AND p.wallet = w.wallet",
+        chains,
+        wallets
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
