@@ -122,13 +122,12 @@ pub async fn run(config: &BacktestConfig) -> anyhow::Result<BacktestSummary> {
         .create()
         .context("could not create Kafka consumer")?;
     let marks = chainfold_platform::kafka::watermarks(&consumer, &topic)?;
-    let folded: Vec<(i32, i64)> = sqlx::query_as(
-        "SELECT partition_id, next_offset FROM consumer_offset WHERE group_id = $1 AND topic = $2",
-    )
-    .bind(&config.projector_group)
-    .bind(&topic)
-    .fetch_all(&pool)
-    .await?;
+    let folded: Vec<(i32, i64)> = chainfold_platform::offsets::load(&pool, &config.projector_group)
+        .await?
+        .into_iter()
+        .filter(|((t, _), _)| *t == topic)
+        .map(|((_, p), next)| (p, next))
+        .collect();
     let folded: BTreeMap<i32, i64> = folded.into_iter().collect();
     for (partition, _, high) in &marks {
         let done = folded.get(partition).copied().unwrap_or(0);
@@ -145,18 +144,18 @@ pub async fn run(config: &BacktestConfig) -> anyhow::Result<BacktestSummary> {
         .collect::<serde_json::Map<_, _>>()
         .into();
     let engine = ScoreEngine::new(pool.clone(), model);
-    sqlx::query(
-        "INSERT INTO backtest_run (id, label, model_version, model_sha256, from_time, to_time, log_end)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    chainfold_store::backtests::start(
+        &pool,
+        &chainfold_store::backtests::NewRun {
+            id: &run_id,
+            label: config.label.as_deref(),
+            model_version: &engine.version,
+            model_sha256: &engine.sha256,
+            from_time: config.from,
+            to_time: config.to,
+            log_end: &log_end,
+        },
     )
-    .bind(&run_id)
-    .bind(&config.label)
-    .bind(&engine.version)
-    .bind(&engine.sha256)
-    .bind(config.from)
-    .bind(config.to)
-    .bind(&log_end)
-    .execute(&pool)
     .await?;
 
     let mut assignment = rdkafka::TopicPartitionList::new();
@@ -217,14 +216,7 @@ pub async fn run(config: &BacktestConfig) -> anyhow::Result<BacktestSummary> {
         }
     }
     scored += store(&pool, &engine, &run_id, &chunk).await?;
-    sqlx::query(
-        "UPDATE backtest_run SET finished_at = now(), events_read = $2, scored = $3 WHERE id = $1",
-    )
-    .bind(&run_id)
-    .bind(events_read as i64)
-    .bind(scored as i64)
-    .execute(&pool)
-    .await?;
+    chainfold_store::backtests::finish(&pool, &run_id, events_read as i64, scored as i64).await?;
     Ok(BacktestSummary {
         run_id,
         model_version: engine.version.clone(),
@@ -246,31 +238,22 @@ async fn store(
     let mut tx = pool.begin().await?;
     let mut stored = 0;
     for (chain, wallet, t, s) in &rows {
-        stored += sqlx::query(
-            "INSERT INTO backtest_score (run_id, chain_id, wallet, event_id, score, band,
-                probability_of_liquidation, reasons, computed_at, kafka_partition, kafka_offset)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(*chain as i64)
-        .bind(wallet)
-        .bind(&t.event_id)
-        .bind(s.score)
-        .bind(
-            serde_json::to_value(s.band)?
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        )
-        .bind(s.probability_of_liquidation)
-        .bind(serde_json::to_value(&s.reasons)?)
-        .bind(t.at)
-        .bind(t.partition)
-        .bind(t.offset)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let band = serde_json::to_value(s.band)?;
+        let score = chainfold_store::backtests::Score {
+            chain_id: *chain as i64,
+            wallet,
+            event_id: &t.event_id,
+            score: s.score,
+            band: band.as_str().unwrap_or_default(),
+            probability_of_liquidation: s.probability_of_liquidation,
+            reasons: serde_json::to_value(&s.reasons)?,
+            computed_at: t.at,
+            kafka_partition: t.partition,
+            kafka_offset: t.offset,
+        };
+        if chainfold_store::backtests::insert_score(&mut tx, run_id, &score).await? {
+            stored += 1;
+        }
     }
     tx.commit().await?;
     Ok(stored)

@@ -12,6 +12,7 @@
 //! - [`alerts`]: risk alerts and incidents (stored, replaced, correlated) and the risk
 //!   groups' progress.
 //! - [`attestations`]: signed attestations, stored and read per wallet.
+//! - [`backtests`]: backtest runs and the scores they computed.
 //! - [`blocks`]: a block range's swaps, syncs and flash loans, pool states, what a stretch of
 //!   the log touched (the risk worker's reads).
 //! - [`books`]: lenders' books of wallets.
@@ -33,6 +34,7 @@
 pub mod aave;
 pub mod alerts;
 pub mod attestations;
+pub mod backtests;
 pub mod blocks;
 pub mod books;
 pub mod decisions;
