@@ -11,7 +11,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
-use chainfold_domain::risk::{find_sandwiches, liquidation_bonus_error, Sandwich, SwapLeg};
+use chainfold_domain::risk::{
+    find_sandwiches, liquidation_bonus_error, AlertKind, Sandwich, SwapLeg,
+};
 use chainfold_domain::{DefiEvent, Envelope};
 use chainfold_ingest::replay::Dataset;
 
@@ -569,28 +571,16 @@ pub async fn measure_scenarios(
             .flatten()
             .filter_map(|t| t.as_str().map(str::to_lowercase))
             .collect();
-        let alert = |kind: &'static str, sql: &'static str, bind: Vec<String>| {
-            let pool = pool.clone();
-            async move {
-                let row: Option<(i64, String)> = sqlx::query_as(sql)
-                    .bind(chain)
-                    .bind(kind)
-                    .bind(bind)
-                    .fetch_optional(&pool)
-                    .await?;
-                Ok::<_, sqlx::Error>(row)
-            }
-        };
         let result = match kind.as_str() {
             "flash_loan_attack" => {
                 let at = label["details"]["attack_block"]
                     .as_i64()
                     .unwrap_or_default();
-                let row = alert(
-                    "FLASH_LOAN_ATTACK",
-                    "SELECT block_number, severity FROM risk_alert
-                     WHERE chain_id = $1 AND kind = $2 AND tx_hashes && $3 ORDER BY block_number LIMIT 1",
-                    txs,
+                let row = chainfold_store::alerts::first_naming_tx(
+                    pool,
+                    chain,
+                    AlertKind::FlashLoanAttack,
+                    &txs,
                 )
                 .await?;
                 ScenarioResult {
@@ -603,11 +593,11 @@ pub async fn measure_scenarios(
             }
             "liquidity_drain" => {
                 let at = label["to_block"].as_i64().unwrap_or_default();
-                let row = alert(
-                    "LIQUIDITY_DRAIN",
-                    "SELECT block_number, severity FROM risk_alert
-                     WHERE chain_id = $1 AND kind = $2 AND pools && $3 ORDER BY block_number LIMIT 1",
-                    pools,
+                let row = chainfold_store::alerts::first_on_pools(
+                    pool,
+                    chain,
+                    AlertKind::LiquidityDrain,
+                    &pools,
                 )
                 .await?;
                 ScenarioResult {
@@ -620,24 +610,16 @@ pub async fn measure_scenarios(
             }
             "oracle_crash" => {
                 let after = label["details"]["price_after"].as_f64().unwrap_or_default();
-                let crash_block: Option<i64> = sqlx::query_scalar(
-                    "SELECT max(block_number) FROM oracle_update WHERE chain_id = $1 AND tx_hash = ANY($2)",
-                )
-                .bind(chain)
-                .bind(&txs)
-                .fetch_one(pool)
-                .await?;
+                let crash_block =
+                    chainfold_store::prices::last_round_block_of(pool, chain, &txs).await?;
                 // A run priced at the crashed WETH answer (to a cent), as of the crash or later.
-                let run: Option<i64> = sqlx::query_scalar(
-                    "SELECT r.as_of_block FROM stress_run r
-                     WHERE r.chain_id = $1 AND r.as_of_block >= $2
-                       AND abs((r.prices->>'WETH')::float8 - $3) < 0.01
-                     ORDER BY r.as_of_block, r.id LIMIT 1",
+                let run = chainfold_store::stress::first_priced_at(
+                    pool,
+                    chain,
+                    crash_block.unwrap_or(i64::MAX),
+                    "WETH",
+                    after,
                 )
-                .bind(chain)
-                .bind(crash_block.unwrap_or(i64::MAX))
-                .bind(after)
-                .fetch_optional(pool)
                 .await?;
                 ScenarioResult {
                     scenario: kind,

@@ -296,3 +296,41 @@ pub async fn record_provision(pool: &sqlx::PgPool, action: &Action<'_>) -> sqlx:
     .await?;
     Ok(())
 }
+
+/// The chain's first alert of `kind` naming one of `tx_hashes`: (block, severity).
+pub async fn first_naming_tx(
+    pool: &sqlx::PgPool,
+    chain_id: i64,
+    kind: AlertKind,
+    tx_hashes: &[String],
+) -> sqlx::Result<Option<(i64, String)>> {
+    let row = sqlx::query!(
+        "SELECT block_number, severity FROM risk_alert
+         WHERE chain_id = $1 AND kind = $2 AND tx_hashes && $3 ORDER BY block_number LIMIT 1",
+        chain_id,
+        kind.as_str(),
+        tx_hashes
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (r.block_number, r.severity)))
+}
+
+/// The chain's first alert of `kind` on one of `pools`: (block, severity).
+pub async fn first_on_pools(
+    pool: &sqlx::PgPool,
+    chain_id: i64,
+    kind: AlertKind,
+    pools: &[String],
+) -> sqlx::Result<Option<(i64, String)>> {
+    let row = sqlx::query!(
+        "SELECT block_number, severity FROM risk_alert
+         WHERE chain_id = $1 AND kind = $2 AND pools && $3 ORDER BY block_number LIMIT 1",
+        chain_id,
+        kind.as_str(),
+        pools
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (r.block_number, r.severity)))
+}

@@ -129,3 +129,18 @@ pub async fn oracle_rounds(
     .await?;
     Ok(rows.into_iter().map(|r| (r.event_id, r.price)).collect())
 }
+
+/// The last block of the chain's oracle rounds among `tx_hashes`.
+pub async fn last_round_block_of(
+    pool: &PgPool,
+    chain_id: i64,
+    tx_hashes: &[String],
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar!(
+        "SELECT max(block_number) FROM oracle_update WHERE chain_id = $1 AND tx_hash = ANY($2)",
+        chain_id,
+        tx_hashes
+    )
+    .fetch_one(pool)
+    .await
+}

@@ -152,3 +152,27 @@ pub async fn latest(
     .await?;
     Ok(Some((run, grid)))
 }
+
+/// The block of the chain's first run as of `from_block` or later that priced `symbol` at
+/// `price` (to a cent).
+pub async fn first_priced_at(
+    pool: &sqlx::PgPool,
+    chain_id: i64,
+    from_block: i64,
+    symbol: &str,
+    price: f64,
+) -> sqlx::Result<Option<i64>> {
+    Ok(sqlx::query_scalar!(
+        "SELECT r.as_of_block FROM stress_run r
+         WHERE r.chain_id = $1 AND r.as_of_block >= $2
+           AND abs((r.prices->>$3)::float8 - $4) < 0.01
+         ORDER BY r.as_of_block, r.id LIMIT 1",
+        chain_id,
+        from_block,
+        symbol,
+        price
+    )
+    .fetch_optional(pool)
+    .await?
+    .flatten())
+}
