@@ -1,7 +1,10 @@
-//! The read models' SQL shared by several roles: typed reads and writes of the Postgres tables
-//! the projector, the scorer, the risk worker and the API all touch. A role's own write path
-//! (the projector's batch inserts, the scorer's score rows) stays beside its fold; what more
-//! than one role or tool reads lives here, so each statement has one home.
+//! The roles' SQL: one module per read model, with typed rows, used by the scorer, the risk
+//! worker, the actuator, stress, the report, the API and the tools, so each statement has one
+//! home. Elsewhere: the follower's own state (`ingest/src/rpc/state.rs`, compile-time checked
+//! in place); runtime statements in the projector's batch writes (the definition of the read
+//! models, next to its fold), the API's subscription feed and batched loaders
+//! (`api/src/{live,loaders}.rs`) and platform's plumbing tables; and the collection engine
+//! (`api/src/collection.rs`), the one place SQL is built at run time.
 //!
 //! Every statement here is `sqlx::query!` (or `query_as!`/`query_scalar!`), checked at compile
 //! time against the descriptions in the workspace's `.sqlx/` (`store/.env` sets

@@ -43,24 +43,26 @@ fn kind_of(name: &str) -> anyhow::Result<TopicKind> {
 
 /// The last checkpointed block of `chain_id`.
 pub async fn load_checkpoint(pool: &PgPool, chain_id: u64) -> anyhow::Result<Option<u64>> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT block_number FROM ingest_checkpoint WHERE chain_id = $1")
-            .bind(chain_id as i64)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|r| r.0 as u64))
+    let row = sqlx::query_scalar!(
+        "SELECT block_number FROM ingest_checkpoint WHERE chain_id = $1",
+        chain_id as i64
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|b| b as u64))
 }
 
 /// The stored window of recent blocks.
 pub async fn load_window(pool: &PgPool, chain_id: u64) -> anyhow::Result<BTreeMap<u64, SeenBlock>> {
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT number, hash, parent_hash FROM ingest_block WHERE chain_id = $1 ORDER BY number",
+        chain_id as i64
     )
-    .bind(chain_id as i64)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|(n, h, p)| {
+        .map(|r| {
+            let (n, h, p) = (r.number, r.hash, r.parent_hash);
             Ok((
                 n as u64,
                 SeenBlock {
@@ -109,14 +111,14 @@ pub async fn advance_blocks(
     let mut tx = pool.begin().await?;
     let chain = chain_id as i64;
     for (number, seen, events) in blocks {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO ingest_block (chain_id, number, hash, parent_hash) VALUES ($1, $2, $3, $4)
              ON CONFLICT (chain_id, number) DO UPDATE SET hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash",
+            chain,
+            *number as i64,
+            hex(&seen.hash),
+            hex(&seen.parent)
         )
-        .bind(chain)
-        .bind(*number as i64)
-        .bind(hex(&seen.hash))
-        .bind(hex(&seen.parent))
         .execute(&mut *tx)
         .await?;
         if !events.is_empty() {
@@ -125,42 +127,46 @@ pub async fn advance_blocks(
             let mut payloads = Vec::with_capacity(events.len());
             for env in *events {
                 index.push(i64::from(env.log_index.unwrap_or_default()));
-                kinds.push(kind_name(env.event.topic()));
+                kinds.push(kind_name(env.event.topic()).to_owned());
                 payloads.push(crate::publish::encode(env));
             }
-            sqlx::query(
+            sqlx::query!(
                 "INSERT INTO ingest_journal (chain_id, block_number, log_index, topic_kind, payload)
                  SELECT $1, $2, * FROM UNNEST($3::int8[], $4::text[], $5::bytea[])
                  ON CONFLICT (chain_id, block_number, log_index) DO UPDATE
                  SET topic_kind = EXCLUDED.topic_kind, payload = EXCLUDED.payload",
+                chain,
+                *number as i64,
+                &index,
+                &kinds,
+                &payloads
             )
-            .bind(chain)
-            .bind(*number as i64)
-            .bind(&index)
-            .bind(&kinds)
-            .bind(&payloads)
             .execute(&mut *tx)
             .await?;
         }
     }
-    sqlx::query("DELETE FROM ingest_pending WHERE chain_id = $1 AND block_number <= $2")
-        .bind(chain)
-        .bind(last as i64)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM ingest_pending WHERE chain_id = $1 AND block_number <= $2",
+        chain,
+        last as i64
+    )
+    .execute(&mut *tx)
+    .await?;
     let floor = last.saturating_sub(keep) as i64;
-    for (table, column) in [
-        ("ingest_block", "number"),
-        ("ingest_journal", "block_number"),
-    ] {
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE chain_id = $1 AND {column} <= $2"
-        ))
-        .bind(chain)
-        .bind(floor)
-        .execute(&mut *tx)
-        .await?;
-    }
+    sqlx::query!(
+        "DELETE FROM ingest_block WHERE chain_id = $1 AND number <= $2",
+        chain,
+        floor
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM ingest_journal WHERE chain_id = $1 AND block_number <= $2",
+        chain,
+        floor
+    )
+    .execute(&mut *tx)
+    .await?;
     set_checkpoint(&mut tx, chain_id, last, Some(last_seen)).await?;
     tx.commit().await?;
     Ok(())
@@ -172,15 +178,15 @@ async fn set_checkpoint(
     number: u64,
     seen: Option<SeenBlock>,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO ingest_checkpoint (chain_id, block_number, block_hash, updated_at)
          VALUES ($1, $2, $3, now())
          ON CONFLICT (chain_id) DO UPDATE SET block_number = EXCLUDED.block_number,
              block_hash = EXCLUDED.block_hash, updated_at = now()",
+        chain_id as i64,
+        number as i64,
+        seen.map(|b| hex(&b.hash))
     )
-    .bind(chain_id as i64)
-    .bind(number as i64)
-    .bind(seen.map(|b| hex(&b.hash)))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -193,16 +199,16 @@ pub async fn orphaned_events(
     chain_id: u64,
     ancestor: u64,
 ) -> anyhow::Result<Vec<(TopicKind, Envelope)>> {
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT topic_kind, payload FROM ingest_journal WHERE chain_id = $1 AND block_number > $2
          ORDER BY block_number DESC, log_index DESC",
+        chain_id as i64,
+        ancestor as i64
     )
-    .bind(chain_id as i64)
-    .bind(ancestor as i64)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|(kind, payload)| Ok((kind_of(&kind)?, serde_json::from_slice(&payload)?)))
+        .map(|r| Ok((kind_of(&r.topic_kind)?, serde_json::from_slice(&r.payload)?)))
         .collect()
 }
 
@@ -220,15 +226,15 @@ pub async fn pend(pool: &PgPool, chain_id: u64, events: &[&Envelope]) -> anyhow:
         index.push(i64::from(env.log_index.unwrap_or_default()));
         payloads.push(crate::publish::encode(env));
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO ingest_pending (chain_id, block_number, log_index, payload)
          SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::bytea[])
          ON CONFLICT (chain_id, block_number, log_index) DO UPDATE SET payload = EXCLUDED.payload",
+        chain_id as i64,
+        &blocks,
+        &index,
+        &payloads
     )
-    .bind(chain_id as i64)
-    .bind(&blocks)
-    .bind(&index)
-    .bind(&payloads)
     .execute(pool)
     .await?;
     Ok(())
@@ -236,24 +242,26 @@ pub async fn pend(pool: &PgPool, chain_id: u64, events: &[&Envelope]) -> anyhow:
 
 /// Events published (or about to be) and never checkpointed, newest first.
 pub async fn pending(pool: &PgPool, chain_id: u64) -> anyhow::Result<Vec<Envelope>> {
-    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+    let rows = sqlx::query_scalar!(
         "SELECT payload FROM ingest_pending WHERE chain_id = $1
          ORDER BY block_number DESC, log_index DESC",
+        chain_id as i64
     )
-    .bind(chain_id as i64)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|(payload,)| Ok(serde_json::from_slice(&payload)?))
+        .map(|payload| Ok(serde_json::from_slice(&payload)?))
         .collect()
 }
 
 /// Forgets the pending events after their retractions were acknowledged.
 pub async fn clear_pending(pool: &PgPool, chain_id: u64) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM ingest_pending WHERE chain_id = $1")
-        .bind(chain_id as i64)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM ingest_pending WHERE chain_id = $1",
+        chain_id as i64
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -262,22 +270,26 @@ pub async fn clear_pending(pool: &PgPool, chain_id: u64) -> anyhow::Result<()> {
 pub async fn rewind(pool: &PgPool, chain_id: u64, ancestor: u64, hash: B256) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     let chain = chain_id as i64;
-    sqlx::query("DELETE FROM ingest_journal WHERE chain_id = $1 AND block_number > $2")
-        .bind(chain)
-        .bind(ancestor as i64)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM ingest_block WHERE chain_id = $1 AND number > $2")
-        .bind(chain)
-        .bind(ancestor as i64)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "UPDATE ingest_checkpoint SET block_number = $2, block_hash = $3, updated_at = now() WHERE chain_id = $1",
+    sqlx::query!(
+        "DELETE FROM ingest_journal WHERE chain_id = $1 AND block_number > $2",
+        chain,
+        ancestor as i64
     )
-    .bind(chain)
-    .bind(ancestor as i64)
-    .bind(hex(&hash))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM ingest_block WHERE chain_id = $1 AND number > $2",
+        chain,
+        ancestor as i64
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE ingest_checkpoint SET block_number = $2, block_hash = $3, updated_at = now() WHERE chain_id = $1",
+        chain,
+        ancestor as i64,
+        hex(&hash)
+    )
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -287,22 +299,25 @@ pub async fn rewind(pool: &PgPool, chain_id: u64, ancestor: u64, hash: B256) -> 
 /// Records the chain's genesis hash on first sight; afterwards refuses a chain whose genesis
 /// changed (a devnet restarted from scratch under the same chain id).
 pub async fn check_genesis(pool: &PgPool, chain_id: u64, genesis: B256) -> anyhow::Result<()> {
-    let stored: Option<String> =
-        sqlx::query_scalar("SELECT genesis_hash FROM ingest_chain WHERE chain_id = $1")
-            .bind(chain_id as i64)
-            .fetch_optional(pool)
-            .await?;
+    let stored = sqlx::query_scalar!(
+        "SELECT genesis_hash FROM ingest_chain WHERE chain_id = $1",
+        chain_id as i64
+    )
+    .fetch_optional(pool)
+    .await?;
     match stored {
         Some(hash) if hash == hex(&genesis) => Ok(()),
         Some(hash) => anyhow::bail!(
             "chain {chain_id} was reset: its genesis is now {genesis:#x}, the ingest state and read models hold chain {chain_id} from genesis {hash}; run `chainfold ingest rpc --forget-chain {chain_id}` to drop them"
         ),
         None => {
-            sqlx::query("INSERT INTO ingest_chain (chain_id, genesis_hash) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(chain_id as i64)
-                .bind(hex(&genesis))
-                .execute(pool)
-                .await?;
+            sqlx::query!(
+                "INSERT INTO ingest_chain (chain_id, genesis_hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                chain_id as i64,
+                hex(&genesis)
+            )
+            .execute(pool)
+            .await?;
             Ok(())
         }
     }
@@ -314,36 +329,38 @@ pub async fn check_genesis(pool: &PgPool, chain_id: u64, genesis: B256) -> anyho
 /// stay there; a later `chainfold rebuild` folds them again.
 pub async fn forget_chain(pool: &PgPool, chain_id: u64) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
+    let chain = chain_id as i64;
     let mut deleted = 0;
-    for table in [
-        "ingest_checkpoint",
-        "ingest_block",
-        "ingest_journal",
-        "ingest_chain",
-        "ingest_discovered",
-        "lending_event",
-        "wallet_lending_summary",
-        "swap",
-        "pool_summary",
-        "pool_token_volume",
-        "pool_sync",
-        "liquidity_event",
-        "flash_loan",
-        "oracle_update",
-        "chain_head",
-        // What was derived from the chain's events goes with them.
-        "credit_score",
-        "credit_decision",
-        "risk_alert",
-        "stress_run",
-        "backtest_score",
-    ] {
-        deleted += sqlx::query(&format!("DELETE FROM {table} WHERE chain_id = $1"))
-            .bind(chain_id as i64)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+    macro_rules! delete {
+        ($($sql:tt),+ $(,)?) => {
+            $(
+                deleted += sqlx::query!($sql, chain).execute(&mut *tx).await?.rows_affected();
+            )+
+        };
     }
+    delete!(
+        "DELETE FROM ingest_checkpoint WHERE chain_id = $1",
+        "DELETE FROM ingest_block WHERE chain_id = $1",
+        "DELETE FROM ingest_journal WHERE chain_id = $1",
+        "DELETE FROM ingest_chain WHERE chain_id = $1",
+        "DELETE FROM ingest_discovered WHERE chain_id = $1",
+        "DELETE FROM lending_event WHERE chain_id = $1",
+        "DELETE FROM wallet_lending_summary WHERE chain_id = $1",
+        "DELETE FROM swap WHERE chain_id = $1",
+        "DELETE FROM pool_summary WHERE chain_id = $1",
+        "DELETE FROM pool_token_volume WHERE chain_id = $1",
+        "DELETE FROM pool_sync WHERE chain_id = $1",
+        "DELETE FROM liquidity_event WHERE chain_id = $1",
+        "DELETE FROM flash_loan WHERE chain_id = $1",
+        "DELETE FROM oracle_update WHERE chain_id = $1",
+        "DELETE FROM chain_head WHERE chain_id = $1",
+        // What was derived from the chain's events goes with them.
+        "DELETE FROM credit_score WHERE chain_id = $1",
+        "DELETE FROM credit_decision WHERE chain_id = $1",
+        "DELETE FROM risk_alert WHERE chain_id = $1",
+        "DELETE FROM stress_run WHERE chain_id = $1",
+        "DELETE FROM backtest_score WHERE chain_id = $1",
+    );
     tx.commit().await?;
     Ok(deleted)
 }
@@ -360,20 +377,20 @@ pub struct Discovered {
 
 /// Remembers a discovered pool (idempotent).
 pub async fn save_discovered(pool: &PgPool, chain_id: u64, d: &Discovered) -> anyhow::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO ingest_discovered (chain_id, address, kind, token0, token1, created_block)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (chain_id, address) DO NOTHING",
+        chain_id as i64,
+        format!("{:#x}", d.address),
+        if d.v3 {
+            "uniswap_v3_pool"
+        } else {
+            "uniswap_v2_pair"
+        },
+        format!("{:#x}", d.token0),
+        format!("{:#x}", d.token1),
+        d.created_block as i64
     )
-    .bind(chain_id as i64)
-    .bind(format!("{:#x}", d.address))
-    .bind(if d.v3 {
-        "uniswap_v3_pool"
-    } else {
-        "uniswap_v2_pair"
-    })
-    .bind(format!("{:#x}", d.token0))
-    .bind(format!("{:#x}", d.token1))
-    .bind(d.created_block as i64)
     .execute(pool)
     .await?;
     Ok(())
@@ -381,14 +398,15 @@ pub async fn save_discovered(pool: &PgPool, chain_id: u64, d: &Discovered) -> an
 
 /// The pools discovered so far on `chain_id`.
 pub async fn load_discovered(pool: &PgPool, chain_id: u64) -> anyhow::Result<Vec<Discovered>> {
-    let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT address, kind, token0, token1, created_block FROM ingest_discovered WHERE chain_id = $1 ORDER BY created_block",
+        chain_id as i64
     )
-    .bind(chain_id as i64)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|(a, k, t0, t1, b)| {
+        .map(|r| {
+            let (a, k, t0, t1, b) = (r.address, r.kind, r.token0, r.token1, r.created_block);
             let addr = |t: &str| {
                 t.parse()
                     .map_err(|e| anyhow::anyhow!("stored address {t} is invalid: {e}"))
