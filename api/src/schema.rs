@@ -112,35 +112,8 @@ impl From<chainfold_store::lending::SummaryRow> for WalletSummary {
     }
 }
 
-/// A pool summary as the Redis copy holds it (`chainfold_store::latest`).
-#[derive(serde::Deserialize)]
-struct PoolRow {
-    chain_id: i64,
-    pool: String,
-    protocol: String,
-    swap_count: i64,
-    reverted_count: i64,
-    first_block: Option<i64>,
-    last_block: Option<i64>,
-}
-
 impl From<chainfold_store::pools::PoolSummary> for Pool {
     fn from(r: chainfold_store::pools::PoolSummary) -> Self {
-        Pool {
-            chain_id: r.chain_id,
-            address: r.pool,
-            protocol: r.protocol,
-            swap_count: r.swap_count,
-            reverted_count: r.reverted_count,
-            first_block: r.first_block,
-            last_block: r.last_block,
-            liquidity_cache: Default::default(),
-        }
-    }
-}
-
-impl From<PoolRow> for Pool {
-    fn from(r: PoolRow) -> Self {
         Pool {
             chain_id: r.chain_id,
             address: r.pool,
@@ -300,7 +273,7 @@ impl QueryRoot {
                 .await
                 .map_err(gql)?;
             return match found.get(&key).cloned().flatten() {
-                Some(json) => serde_json::from_str::<PoolRow>(&json)
+                Some(json) => serde_json::from_str::<chainfold_store::pools::PoolSummary>(&json)
                     .map(|r| Some(Pool::from(r)))
                     .map_err(|e| gql(sqlx::Error::Decode(Box::new(e)))),
                 None => Ok(None),

@@ -691,6 +691,28 @@ impl ScoreEngine {
     }
 }
 
+/// A batch's messages, sorted for scoring.
+#[derive(Debug, Default)]
+struct Decoded {
+    /// Lending events and verified attestations: their wallet is rescored.
+    triggers: Vec<Trigger>,
+    /// Event-topic offsets the projector must have folded before the features are read.
+    max_offset: BTreeMap<(String, i32), i64>,
+    /// Per chain, what must be sealed: a wallet's features read other partitions (prices,
+    /// positions), which are whole only below a seal of the trigger's block.
+    sealed: BTreeMap<u64, SealNeed>,
+    /// Verified attestations with their partition and offset.
+    attestations: Vec<(Attestation, i32, i64)>,
+    /// Swaps' senders and recipients (rescored only with a lending history).
+    swaps: Vec<Trigger>,
+    /// Oracle rounds (their moves rescore the asset's holders).
+    rounds: Vec<OracleRound>,
+    /// (chain, event id, orphaned block, topic, partition, offset) of retracted events.
+    retracted: Vec<(i64, String, i64, String, i32, i64)>,
+    /// Wallets a retraction of a lending event touched: their stored profiles are dropped.
+    reset: HashSet<WalletKey>,
+}
+
 /// An oracle round of an asset, with the trigger its holders get if it moved.
 #[derive(Debug, Clone)]
 struct OracleRound {
@@ -818,123 +840,16 @@ impl Scorer {
         if batch.messages.is_empty() {
             return Ok(outcome);
         }
-        let mut triggers: Vec<Trigger> = Vec::new();
-        // Event-topic offsets the projector must have folded before the features are read, and
-        // per chain what must be sealed: a wallet's features read other partitions (prices,
-        // positions), which are whole only below a seal of the trigger's block.
-        let mut max_offset: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut sealed: BTreeMap<u64, SealNeed> = BTreeMap::new();
-        let mut attestations = Vec::new();
-        let mut swaps: Vec<Trigger> = Vec::new();
-        let mut rounds: Vec<OracleRound> = Vec::new();
-        // (chain, event id, orphaned block, topic, partition, offset) of retracted events.
-        let mut retracted: Vec<(i64, String, i64, String, i32, i64)> = Vec::new();
-        // Wallets a retraction of a lending event touched: their stored profiles are dropped.
-        let mut reset: HashSet<WalletKey> = HashSet::new();
-        for message in &batch.messages {
-            let (topic, partition, offset) = (&message.topic, &message.partition, &message.offset);
-            if *topic == self.attestations_topic {
-                let parsed = serde_json::from_slice::<Attestation>(&message.payload)
-                    .map_err(|e| format!("could not decode attestation: {e}"))
-                    .and_then(|a| a.verify(&self.config.attestation_issuers).map(|()| a));
-                match parsed {
-                    Ok(a) => {
-                        triggers.push(Trigger {
-                            chain_id: a.chain_id,
-                            wallet: format!("{:#x}", a.wallet),
-                            event_id: a.id().to_string(),
-                            at: a.issued_at,
-                            topic: topic.clone(),
-                            partition: *partition,
-                            offset: *offset,
-                            block_number: None,
-                        });
-                        attestations.push((a, *partition, *offset));
-                    }
-                    Err(reason) => {
-                        self.dead_letter(message, &reason).await?;
-                        outcome.attestations_malformed += 1;
-                    }
-                }
-                continue;
-            }
-            let entry = max_offset
-                .entry((topic.clone(), *partition))
-                .or_insert(*offset);
-            *entry = (*entry).max(*offset);
-            let env = match chainfold_domain::envelope::decode_envelope(&message.payload) {
-                Ok(env) => env,
-                Err(reason) => {
-                    self.dead_letter(message, &reason).await?;
-                    outcome.skipped += 1;
-                    continue;
-                }
-            };
-            let need = sealed.entry(env.chain_id).or_default();
-            match env.block {
-                Some(b) => need.block = need.block.max(Some(b.number)),
-                None => {
-                    let o = need
-                        .records
-                        .entry((topic.clone(), *partition))
-                        .or_insert(*offset);
-                    *o = (*o).max(*offset);
-                }
-            }
-            if env.retracted {
-                // A reorg orphaned the event: the scores it triggered go (and subscribers are
-                // sent their retraction); the event's canonical copy, if any, scores anew.
-                if *topic == self.lending_topic {
-                    reset.insert((env.chain_id, format!("{:#x}", env.partition_key())));
-                }
-                if let Some(block) = env.block {
-                    retracted.push((
-                        env.chain_id as i64,
-                        env.event_id.to_string(),
-                        block.number as i64,
-                        topic.clone(),
-                        *partition,
-                        *offset,
-                    ));
-                }
-                continue;
-            }
-            let trigger = |wallet: String, at: DateTime<Utc>| Trigger {
-                chain_id: env.chain_id,
-                wallet,
-                event_id: env.event_id.to_string(),
-                at,
-                topic: topic.clone(),
-                partition: *partition,
-                offset: *offset,
-                block_number: env.block.map(|b| b.number as i64),
-            };
-            match (&env.event, env.block_time) {
-                (_, Some(at))
-                    if *topic == self.lending_topic && HistoryEvent::of(&env).is_some() =>
-                {
-                    triggers.push(trigger(format!("{:#x}", env.partition_key()), at));
-                }
-                (DefiEvent::Swap(swap), Some(at)) if *topic == self.amm_topic => {
-                    swaps.push(trigger(format!("{:#x}", swap.sender), at));
-                    if swap.recipient != swap.sender {
-                        swaps.push(trigger(format!("{:#x}", swap.recipient), at));
-                    }
-                }
-                (DefiEvent::OracleUpdate(update), Some(at)) if *topic == self.oracle_topic => {
-                    let price: Option<f64> = update.price().to_string().parse().ok();
-                    match (update.asset, price) {
-                        (Some(asset), Some(price)) if price > 0.0 => rounds.push(OracleRound {
-                            asset: format!("{asset:#x}"),
-                            price,
-                            trigger: trigger(String::new(), at),
-                        }),
-                        _ => outcome.skipped += 1,
-                    }
-                }
-                _ => outcome.skipped += 1,
-            }
-        }
+        let Decoded {
+            mut triggers,
+            max_offset,
+            sealed,
+            attestations,
+            swaps,
+            rounds,
+            retracted,
+            reset,
+        } = self.decode(&batch.messages, &mut outcome).await?;
         // Attestations first, in their own transaction (idempotent by id): the features of this
         // batch's scores read them.
         if !attestations.is_empty() {
@@ -985,16 +900,55 @@ impl Scorer {
         let bands_before = self.latest_bands(&triggers).await?;
         lap(&mut self.stages.compute);
 
+        let Some((stored, decisions, unscored)) = self
+            .commit(
+                &batch.advances,
+                &retracted,
+                &reset,
+                &computed,
+                &projector,
+                &bands_before,
+            )
+            .await?
+        else {
+            return Ok(Outcome::default());
+        };
+        outcome.retracted = unscored.len() as u64;
+        outcome.scored = stored.len() as u64;
+        outcome.decisions = decisions.len() as u64;
+
+        lap(&mut self.stages.write);
+        // After the commit: Kafka (from the outbox), then the rebuildable Redis cache.
+        self.relay().await?;
+        lap(&mut self.stages.relay);
+        self.refresh_redis(&stored, &decisions, unscored).await;
+        lap(&mut self.stages.redis);
+        self.stages.batches += 1;
+        self.busy += first_at.elapsed();
+        Ok(outcome)
+    }
+
+    /// Stores a computed batch in one transaction: retractions, profiles, scores, band-change
+    /// decisions and their outbox records, with the batch's offsets. `None` when the member was
+    /// fenced (nothing stored; it has recovered its partitions).
+    async fn commit(
+        &mut self,
+        advances: &[chainfold_platform::offsets::Advance],
+        retracted: &[(i64, String, i64, String, i32, i64)],
+        reset: &HashSet<WalletKey>,
+        computed: &Computed<'_>,
+        projector: &HashMap<(String, i32), i64>,
+        bands_before: &HashMap<(u64, String), String>,
+    ) -> anyhow::Result<Option<(Vec<StoredScore>, Vec<DecisionRecord>, Vec<(i64, String)>)>> {
         let mut tx = self.pool.begin().await?;
         let mut unscored = Vec::new();
         if !retracted.is_empty() {
-            unscored = retract_scores(&mut tx, &retracted).await?;
-            outcome.retracted = unscored.len() as u64;
+            unscored = retract_scores(&mut tx, retracted).await?;
         }
-        profiles::forget(&mut tx, &reset).await?;
+        profiles::forget(&mut tx, reset).await?;
         profiles::store(&mut tx, &computed.profiles).await?;
-        let stored = self.insert_scores(&mut tx, &computed, &projector).await?;
-        let decisions = self.band_changes(&mut tx, &bands_before, &stored).await?;
+        let stored = self.insert_scores(&mut tx, computed, projector).await?;
+        let decisions = self.band_changes(&mut tx, bands_before, &stored).await?;
         let mut outputs: Vec<Output> = stored
             .iter()
             .map(|s| Output {
@@ -1011,15 +965,13 @@ impl Scorer {
             )?);
         }
         chainfold_platform::outbox::enqueue(&mut tx, &outputs).await?;
-        match chainfold_platform::offsets::advance(&mut tx, self.member.group(), &batch.advances)
-            .await
-        {
+        match chainfold_platform::offsets::advance(&mut tx, self.member.group(), advances).await {
             Ok(()) => {}
             Err(OffsetError::Fenced(fenced)) => {
                 drop(tx);
                 tracing::warn!(%fenced, "scoring batch fenced; nothing of it was stored");
                 self.member.recover(&fenced).await?;
-                return Ok(Outcome::default());
+                return Ok(None);
             }
             Err(OffsetError::Postgres(err)) => return Err(err.into()),
         }
@@ -1028,19 +980,126 @@ impl Scorer {
             .await
             .context("could not commit a scoring batch")?;
         chainfold_platform::failpoint::hit("score.after_commit");
-        self.member.committed(&batch.advances);
-        outcome.scored = stored.len() as u64;
-        outcome.decisions = decisions.len() as u64;
+        self.member.committed(advances);
+        Ok(Some((stored, decisions, unscored)))
+    }
 
-        lap(&mut self.stages.write);
-        // After the commit: Kafka (from the outbox), then the rebuildable Redis cache.
-        self.relay().await?;
-        lap(&mut self.stages.relay);
-        self.refresh_redis(&stored, &decisions, unscored).await;
-        lap(&mut self.stages.redis);
-        self.stages.batches += 1;
-        self.busy += first_at.elapsed();
-        Ok(outcome)
+    /// Sorts a batch's messages into what scoring them needs (see [`Decoded`]); a message that
+    /// does not decode is dead-lettered with its reason and counted.
+    async fn decode(
+        &self,
+        messages: &[Received],
+        outcome: &mut Outcome,
+    ) -> anyhow::Result<Decoded> {
+        let mut d = Decoded::default();
+        for message in messages {
+            let (topic, partition, offset) = (&message.topic, &message.partition, &message.offset);
+            if *topic == self.attestations_topic {
+                let parsed = serde_json::from_slice::<Attestation>(&message.payload)
+                    .map_err(|e| format!("could not decode attestation: {e}"))
+                    .and_then(|a| a.verify(&self.config.attestation_issuers).map(|()| a));
+                match parsed {
+                    Ok(a) => {
+                        d.triggers.push(Trigger {
+                            chain_id: a.chain_id,
+                            wallet: format!("{:#x}", a.wallet),
+                            event_id: a.id().to_string(),
+                            at: a.issued_at,
+                            topic: topic.clone(),
+                            partition: *partition,
+                            offset: *offset,
+                            block_number: None,
+                        });
+                        d.attestations.push((a, *partition, *offset));
+                    }
+                    Err(reason) => {
+                        self.dead_letter(message, &reason).await?;
+                        outcome.attestations_malformed += 1;
+                    }
+                }
+                continue;
+            }
+            let entry = d
+                .max_offset
+                .entry((topic.clone(), *partition))
+                .or_insert(*offset);
+            *entry = (*entry).max(*offset);
+            let env = match chainfold_domain::envelope::decode_envelope(&message.payload) {
+                Ok(env) => env,
+                Err(reason) => {
+                    self.dead_letter(message, &reason).await?;
+                    outcome.skipped += 1;
+                    continue;
+                }
+            };
+            let need = d.sealed.entry(env.chain_id).or_default();
+            match env.block {
+                Some(b) => need.block = need.block.max(Some(b.number)),
+                None => {
+                    let o = need
+                        .records
+                        .entry((topic.clone(), *partition))
+                        .or_insert(*offset);
+                    *o = (*o).max(*offset);
+                }
+            }
+            if env.retracted {
+                // A reorg orphaned the event: the scores it triggered go (and subscribers are
+                // sent their retraction); the event's canonical copy, if any, scores anew.
+                if *topic == self.lending_topic {
+                    d.reset
+                        .insert((env.chain_id, format!("{:#x}", env.partition_key())));
+                }
+                if let Some(block) = env.block {
+                    d.retracted.push((
+                        env.chain_id as i64,
+                        env.event_id.to_string(),
+                        block.number as i64,
+                        topic.clone(),
+                        *partition,
+                        *offset,
+                    ));
+                }
+                continue;
+            }
+            let trigger = |wallet: String, at: DateTime<Utc>| Trigger {
+                chain_id: env.chain_id,
+                wallet,
+                event_id: env.event_id.to_string(),
+                at,
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                block_number: env.block.map(|b| b.number as i64),
+            };
+            match (&env.event, env.block_time) {
+                (_, Some(at))
+                    if *topic == self.lending_topic && HistoryEvent::of(&env).is_some() =>
+                {
+                    d.triggers
+                        .push(trigger(format!("{:#x}", env.partition_key()), at));
+                }
+                (DefiEvent::Swap(swap), Some(at)) if *topic == self.amm_topic => {
+                    d.swaps.push(trigger(format!("{:#x}", swap.sender), at));
+                    if swap.recipient != swap.sender {
+                        d.swaps.push(trigger(format!("{:#x}", swap.recipient), at));
+                    }
+                }
+                (DefiEvent::OracleUpdate(update), Some(at)) if *topic == self.oracle_topic => {
+                    let price: Option<f64> = update.price().to_string().parse().ok();
+                    match (update.asset, price) {
+                        (Some(asset), Some(price)) if price > 0.0 => d.rounds.push(OracleRound {
+                            asset: format!("{asset:#x}"),
+                            price,
+                            trigger: trigger(String::new(), at),
+                        }),
+                        _ => outcome.skipped += 1,
+                    }
+                }
+                _ => outcome.skipped += 1,
+            }
+        }
+        Ok(d)
     }
 
     /// Inserts the computed scores (one statement; rows already stored, a replay, come back as

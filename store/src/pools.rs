@@ -4,8 +4,8 @@
 use bigdecimal::BigDecimal;
 use sqlx::PgPool;
 
-/// A pool's swap summary.
-#[derive(Debug, Clone, PartialEq)]
+/// A pool's swap summary (also the JSON of its Redis entry, `latest::Kind::Pool`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct PoolSummary {
     pub chain_id: i64,
     pub pool: String,
