@@ -5,7 +5,7 @@
 use chainfold_platform::redis_cache::{pool_key, wallet_key};
 use redis::aio::ConnectionManager;
 
-use crate::store::BatchWrite;
+use chainfold_store::projection::BatchWrite;
 
 /// Writes the summaries as they now stand, in one pipeline:
 /// `<prefix>wallet:<chain>:<address>` → `{action}_count`, `{action}_usd`;

@@ -14,9 +14,6 @@
 //! before the batch commits), and its offset is committed with the batch: the partition moves on.
 
 pub mod cache;
-pub mod copy;
-pub mod live;
-pub mod store;
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +29,7 @@ use rdkafka::producer::FutureProducer;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
-use crate::store::{Coordinates, StoreError};
+use chainfold_store::projection::{self as store, live, Coordinates, StoreError};
 
 /// `chainfold project` settings.
 #[derive(Debug, Clone, clap::Args)]

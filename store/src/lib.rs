@@ -29,6 +29,8 @@
 //! - [`pools`]: AMM pools' summaries, volumes and reserves.
 //! - [`prices`]: USD prices from oracle rounds and lending events.
 //! - [`profiles`]: credit profiles (the fold's state per wallet) and the history after them.
+//! - [`projection`]: the projector's batch writes of every read model the log folds into,
+//!   retractions, and the rebuild's reset.
 //! - [`scores`]: credit scores: the scorer's inserts and retractions, the bands it compares.
 //! - [`seals`]: the chain seals consumers wait for before reading a stretch as whole.
 //! - [`stress`]: stress runs and their shock grids.
@@ -49,6 +51,7 @@ pub mod liquidity;
 pub mod pools;
 pub mod prices;
 pub mod profiles;
+pub mod projection;
 pub mod scores;
 pub mod seals;
 pub mod stress;

@@ -1,12 +1,23 @@
-//! The projector's repository: batched, idempotent writes of the read models and of the
-//! consumed offsets, in one Postgres transaction per batch.
+//! The projector's writes: batched, idempotent inserts of the read models the log folds into,
+//! their summaries, retractions, and the reset a rebuild starts from, in the transaction the
+//! projector commits its offsets in.
 //!
-//! Rows go in with `INSERT … ON CONFLICT (event_id) DO NOTHING RETURNING …`, and the summaries
-//! are advanced only from what that statement returned, i.e. from rows that were new. A replayed
-//! event (a rebalance, a crash between the Postgres and Kafka commits, the log replayed twice)
-//! therefore changes nothing. Queries are runtime-checked `sqlx::query` because the batch shape
-//! (UNNEST over column arrays) is built per table; the repository tests run them on a real
-//! Postgres.
+//! Rows go in with `INSERT … ON CONFLICT (event_id) DO NOTHING RETURNING …` (or, for a large
+//! batch of a high-volume table, one `COPY`: [`copy`]), and the summaries are advanced only
+//! from what that statement returned, i.e. from rows that were new. A replayed event (a
+//! rebalance, a crash between the Postgres and Kafka commits, the log replayed twice)
+//! therefore changes nothing. The batch shape is one UNNEST over column arrays per table;
+//! every statement is `sqlx::query!`, checked against `.sqlx/`, except the `COPY … FROM STDIN`
+//! texts, which sqlx cannot describe (their columns are the migrations' and the repository
+//! tests run them).
+//!
+//! - this module: lending events and wallet summaries, swaps and pool summaries, the reset.
+//! - [`live`]: pool syncs, liquidity, flash loans, oracle updates, lending market events,
+//!   ERC-20 transfers and balances, seals, chain heads, and retractions.
+//! - [`copy`]: the `COPY` text builder and the optimistic copy of new rows.
+
+pub mod copy;
+pub mod live;
 
 use std::collections::HashSet;
 
@@ -353,7 +364,7 @@ pub async fn insert_swaps(
     if rows.is_empty() {
         return Ok((0, Vec::new()));
     }
-    if rows.len() >= crate::copy::COPY_MIN {
+    if rows.len() >= crate::projection::copy::COPY_MIN {
         return copy_swaps(tx, rows).await;
     }
     let n = rows.len();
@@ -471,12 +482,12 @@ pub async fn insert_swaps(
     Ok((new_rows.len() as u64, pools))
 }
 
-/// [`insert_swaps`] for a large batch: the new rows in one `COPY` (see [`crate::copy`]).
+/// [`insert_swaps`] for a large batch: the new rows in one `COPY` (see [`copy`]).
 async fn copy_swaps(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[(SwapRow, Coordinates)],
 ) -> Result<(u64, Vec<PoolSummaryRow>), StoreError> {
-    use crate::copy::{copy_new, CopyTable, CopyText};
+    use crate::projection::copy::{copy_new, CopyTable, CopyText};
     static SWAP: CopyTable = CopyTable::new("swap");
     let ids: Vec<String> = rows.iter().map(|(r, _)| r.event_id.to_string()).collect();
     let build = |fresh: &[usize]| {

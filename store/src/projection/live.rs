@@ -18,7 +18,7 @@ use chainfold_domain::{ChainHead, EModeChange, EModeKind, IsolationKind};
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row as _, Transaction};
 
-use crate::store::{Coordinates, PoolSummaryRow, StoreError, WalletSummaryRow};
+use crate::projection::{Coordinates, PoolSummaryRow, StoreError, WalletSummaryRow};
 
 fn hex<T: std::fmt::LowerHex>(value: &T) -> String {
     format!("{value:#x}")
@@ -62,7 +62,7 @@ pub async fn insert_pool_syncs(
     if rows.is_empty() {
         return Ok(0);
     }
-    if rows.len() >= crate::copy::COPY_MIN {
+    if rows.len() >= crate::projection::copy::COPY_MIN {
         return copy_pool_syncs(tx, rows).await;
     }
     let mut c = Common::default();
@@ -109,12 +109,12 @@ pub async fn insert_pool_syncs(
     Ok(done.rows_affected())
 }
 
-/// [`insert_pool_syncs`] for a large batch: the new rows in one `COPY` (see [`crate::copy`]).
+/// [`insert_pool_syncs`] for a large batch: the new rows in one `COPY` (see [`copy`]).
 async fn copy_pool_syncs(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[(&PoolSyncRow, &Coordinates)],
 ) -> Result<u64, StoreError> {
-    use crate::copy::{copy_new, CopyTable, CopyText};
+    use crate::projection::copy::{copy_new, CopyTable, CopyText};
     static POOL_SYNC: CopyTable = CopyTable::new("pool_sync");
     let ids: Vec<String> = rows
         .iter()
@@ -666,7 +666,7 @@ pub async fn insert_oracle_updates(
 /// Stores folded seals (one row per seal record, idempotent by its coordinates).
 pub async fn insert_seals(
     tx: &mut Transaction<'_, Postgres>,
-    seals: &[(chainfold_domain::seal::Seal, crate::store::Coordinates)],
+    seals: &[(chainfold_domain::seal::Seal, crate::projection::Coordinates)],
 ) -> Result<(), StoreError> {
     for (seal, at) in seals {
         sqlx::query(

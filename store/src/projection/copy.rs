@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use crate::store::StoreError;
+use crate::projection::StoreError;
 
 /// Batches smaller than this take the `INSERT … ON CONFLICT` path.
 pub const COPY_MIN: usize = 64;

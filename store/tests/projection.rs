@@ -6,7 +6,7 @@ use chainfold_domain::fold::{lending_row, swap_row};
 use chainfold_domain::{
     Address, DefiEvent, Envelope, EventId, Source, TokenAmount, UsdValue, SCHEMA_VERSION,
 };
-use chainfold_projector::store::{self, Coordinates};
+use chainfold_store::projection::{self as store, Coordinates};
 use sqlx::PgPool;
 
 fn at(offset: i64) -> Coordinates {
@@ -285,7 +285,7 @@ async fn a_large_batch_with_republished_swaps_stores_only_the_new_ones(pool: PgP
             new
         }
     };
-    const { assert!(100 >= chainfold_projector::copy::COPY_MIN) };
+    const { assert!(100 >= chainfold_store::projection::copy::COPY_MIN) };
     assert_eq!(write(numbered_swaps(0, 100), 0).await, 100);
     // Ingest restarted and published 50..200 again at new offsets, one of them twice.
     let mut republished = numbered_swaps(50, 150);
@@ -307,7 +307,7 @@ async fn a_large_batch_with_republished_swaps_stores_only_the_new_ones(pool: PgP
 
 #[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
 async fn a_copy_probes_only_after_it_meets_a_stored_id(pool: PgPool) {
-    use chainfold_projector::copy::{copy_new, CopyTable, CopyText, PROBE_AFTER_CONFLICT};
+    use chainfold_store::projection::copy::{copy_new, CopyTable, CopyText, PROBE_AFTER_CONFLICT};
     static T: CopyTable = CopyTable::new("copy_probe_test");
     sqlx::query("CREATE TABLE copy_probe_test (event_id text PRIMARY KEY, n int4 NOT NULL)")
         .execute(&pool)
