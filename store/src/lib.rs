@@ -1,12 +1,12 @@
-//! The roles' SQL: one module per read model, with typed rows, used by the scorer, the risk
-//! worker, the actuator, stress, the report, the API and the tools, so each statement has one
-//! home. Elsewhere: the follower's own state (`ingest/src/rpc/state.rs`, compile-time checked
-//! in place); runtime statements in the projector's batch writes (the definition of the read
-//! models, next to its fold), the API's subscription feed and batched loaders
+//! The roles' SQL: one module per read model, with typed rows, used by the projector, the
+//! scorer, the risk worker, the actuator, stress, the report, the API and the tools, so each
+//! statement has one home. Elsewhere: the follower's own state (`ingest/src/rpc/state.rs`,
+//! compile-time checked in place), the API's subscription feed and batched loaders
 //! (`api/src/{live,loaders}.rs`) and platform's plumbing tables; and the collection engine
 //! (`api/src/collection.rs`), the one place SQL is built at run time.
 //!
-//! Every statement here is `sqlx::query!` (or `query_as!`/`query_scalar!`), checked at compile
+//! Every fixed statement here is `sqlx::query!` (or `query_as!`/`query_scalar!`; the exceptions,
+//! `COPY … FROM STDIN` texts and the copy's probe of any table, are in [`projection::copy`]), checked at compile
 //! time against the descriptions in the workspace's `.sqlx/` (`store/.env` sets
 //! `SQLX_OFFLINE=true`): after changing a statement or a migration, run `scripts/sqlx-prepare`
 //! and commit `.sqlx/`; CI runs it with `--check`.

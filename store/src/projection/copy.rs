@@ -120,7 +120,9 @@ impl CopyText {
     }
 }
 
-/// The ids of `ids` already in `table` (its `event_id` primary key).
+/// The ids of `ids` already in `table` (its `event_id` primary key). The one runtime statement
+/// of the projection: the copy works on any table with an `event_id` key (the tests use one of
+/// their own), and a table name cannot be bound.
 pub async fn stored_ids(
     tx: &mut Transaction<'_, Postgres>,
     table: &str,
@@ -200,12 +202,12 @@ pub async fn copy_new(
     let mut conflicted = false;
     if !table.take_probe() {
         let fresh = new_positions(ids, &none);
-        sqlx::query("SAVEPOINT chainfold_copy")
+        sqlx::query!("SAVEPOINT chainfold_copy")
             .execute(&mut **tx)
             .await?;
         match copy_in(tx, statement, &build(&fresh)).await {
             Ok(()) => {
-                sqlx::query("RELEASE SAVEPOINT chainfold_copy")
+                sqlx::query!("RELEASE SAVEPOINT chainfold_copy")
                     .execute(&mut **tx)
                     .await?;
                 return Ok(Copied {
@@ -215,7 +217,7 @@ pub async fn copy_new(
                 });
             }
             Err(StoreError::Database(err)) if is_unique_violation(&err) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT chainfold_copy")
+                sqlx::query!("ROLLBACK TO SAVEPOINT chainfold_copy")
                     .execute(&mut **tx)
                     .await?;
                 table

@@ -16,7 +16,7 @@ use chainfold_domain::fold::{
 };
 use chainfold_domain::{ChainHead, EModeChange, EModeKind, IsolationKind};
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Row as _, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use crate::projection::{Coordinates, PoolSummaryRow, StoreError, WalletSummaryRow};
 
@@ -77,7 +77,7 @@ pub async fn insert_pool_syncs(
         r0.push(row.sync.reserve0.to_decimal());
         r1.push(row.sync.reserve1.to_decimal());
     }
-    let done = sqlx::query(
+    let done = sqlx::query!(
         r#"
         INSERT INTO pool_sync (event_id, chain_id, block_number, block_hash, tx_hash, log_index,
             block_time, kafka_topic, kafka_partition, kafka_offset, pool, protocol, token0, token1,
@@ -87,23 +87,23 @@ pub async fn insert_pool_syncs(
             $12::text[], $13::text[], $14::text[], $15::numeric[], $16::numeric[])
         ON CONFLICT (event_id) DO NOTHING
         "#,
+        &c.event_id,
+        &c.chain_id,
+        &c.block_number as &[Option<i64>],
+        &c.block_hash as &[Option<String>],
+        &c.tx_hash as &[Option<String>],
+        &c.log_index as &[Option<i32>],
+        &c.block_time as &[Option<DateTime<Utc>>],
+        &c.topic,
+        &c.partition,
+        &c.offset,
+        &pool,
+        &protocol,
+        &token0,
+        &token1,
+        &r0,
+        &r1
     )
-    .bind(&c.event_id)
-    .bind(&c.chain_id)
-    .bind(&c.block_number)
-    .bind(&c.block_hash)
-    .bind(&c.tx_hash)
-    .bind(&c.log_index)
-    .bind(&c.block_time)
-    .bind(&c.topic)
-    .bind(&c.partition)
-    .bind(&c.offset)
-    .bind(&pool)
-    .bind(&protocol)
-    .bind(&token0)
-    .bind(&token1)
-    .bind(&r0)
-    .bind(&r1)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -184,7 +184,7 @@ pub async fn insert_liquidity(
         lower.push(ch.tick_lower);
         upper.push(ch.tick_upper);
     }
-    let done = sqlx::query(
+    let done = sqlx::query!(
         r#"
         INSERT INTO liquidity_event (event_id, chain_id, block_number, block_hash, tx_hash,
             log_index, block_time, kafka_topic, kafka_partition, kafka_offset, pool, protocol,
@@ -195,27 +195,27 @@ pub async fn insert_liquidity(
             $18::numeric[], $19::int4[], $20::int4[])
         ON CONFLICT (event_id) DO NOTHING
         "#,
+        &c.event_id,
+        &c.chain_id,
+        &c.block_number as &[Option<i64>],
+        &c.block_hash as &[Option<String>],
+        &c.tx_hash as &[Option<String>],
+        &c.log_index as &[Option<i32>],
+        &c.block_time as &[Option<DateTime<Utc>>],
+        &c.topic,
+        &c.partition,
+        &c.offset,
+        &pool,
+        &protocol,
+        &kind as &[&str],
+        &sender as &[Option<String>],
+        &owner as &[Option<String>],
+        &a0,
+        &a1,
+        &liq as &[Option<BigDecimal>],
+        &lower as &[Option<i32>],
+        &upper as &[Option<i32>]
     )
-    .bind(&c.event_id)
-    .bind(&c.chain_id)
-    .bind(&c.block_number)
-    .bind(&c.block_hash)
-    .bind(&c.tx_hash)
-    .bind(&c.log_index)
-    .bind(&c.block_time)
-    .bind(&c.topic)
-    .bind(&c.partition)
-    .bind(&c.offset)
-    .bind(&pool)
-    .bind(&protocol)
-    .bind(&kind)
-    .bind(&sender)
-    .bind(&owner)
-    .bind(&a0)
-    .bind(&a1)
-    .bind(&liq)
-    .bind(&lower)
-    .bind(&upper)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -246,7 +246,7 @@ pub async fn insert_flash_loans(
         amount.push(l.amount.to_decimal());
         premium.push(l.premium.to_decimal());
     }
-    let done = sqlx::query(
+    let done = sqlx::query!(
         r#"
         INSERT INTO flash_loan (event_id, chain_id, block_number, block_hash, tx_hash, log_index,
             block_time, kafka_topic, kafka_partition, kafka_offset, protocol, pool, target,
@@ -257,26 +257,26 @@ pub async fn insert_flash_loans(
             $18::numeric[], $19::numeric[])
         ON CONFLICT (event_id) DO NOTHING
         "#,
+        &c.event_id,
+        &c.chain_id,
+        &c.block_number as &[Option<i64>],
+        &c.block_hash as &[Option<String>],
+        &c.tx_hash as &[Option<String>],
+        &c.log_index as &[Option<i32>],
+        &c.block_time as &[Option<DateTime<Utc>>],
+        &c.topic,
+        &c.partition,
+        &c.offset,
+        &protocol,
+        &pool,
+        &target,
+        &initiator,
+        &asset,
+        &symbol,
+        &decimals,
+        &amount,
+        &premium
     )
-    .bind(&c.event_id)
-    .bind(&c.chain_id)
-    .bind(&c.block_number)
-    .bind(&c.block_hash)
-    .bind(&c.tx_hash)
-    .bind(&c.log_index)
-    .bind(&c.block_time)
-    .bind(&c.topic)
-    .bind(&c.partition)
-    .bind(&c.offset)
-    .bind(&protocol)
-    .bind(&pool)
-    .bind(&target)
-    .bind(&initiator)
-    .bind(&asset)
-    .bind(&symbol)
-    .bind(&decimals)
-    .bind(&amount)
-    .bind(&premium)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -403,7 +403,7 @@ pub async fn insert_market_events(
             column.push(value);
         }
     }
-    let done = sqlx::query(
+    let done = sqlx::query!(
         r#"
         INSERT INTO lending_market_event (event_id, chain_id, block_number, block_hash, tx_hash,
             log_index, block_time, kafka_topic, kafka_partition, kafka_offset, protocol, pool,
@@ -417,35 +417,35 @@ pub async fn insert_market_events(
             $23::int4[], $24::int4[], $25::int4[], $26::int2[], $27::text[], $28::numeric[])
         ON CONFLICT (event_id) DO NOTHING
         "#,
+        &c.event_id,
+        &c.chain_id,
+        &c.block_number as &[Option<i64>],
+        &c.block_hash as &[Option<String>],
+        &c.tx_hash as &[Option<String>],
+        &c.log_index as &[Option<i32>],
+        &c.block_time as &[Option<DateTime<Utc>>],
+        &c.topic,
+        &c.partition,
+        &c.offset,
+        &protocol,
+        &pool,
+        &kind as &[&str],
+        &reserve as &[Option<String>],
+        &symbol as &[Option<String>],
+        &decimals as &[Option<i16>],
+        &wallet as &[Option<String>],
+        &rates[0] as &[Option<BigDecimal>],
+        &rates[1] as &[Option<BigDecimal>],
+        &rates[2] as &[Option<BigDecimal>],
+        &rates[3] as &[Option<BigDecimal>],
+        &rates[4] as &[Option<BigDecimal>],
+        &params[0] as &[Option<i32>],
+        &params[1] as &[Option<i32>],
+        &params[2] as &[Option<i32>],
+        &emode as &[Option<i16>],
+        &label as &[Option<String>],
+        &figure as &[Option<BigDecimal>]
     )
-    .bind(&c.event_id)
-    .bind(&c.chain_id)
-    .bind(&c.block_number)
-    .bind(&c.block_hash)
-    .bind(&c.tx_hash)
-    .bind(&c.log_index)
-    .bind(&c.block_time)
-    .bind(&c.topic)
-    .bind(&c.partition)
-    .bind(&c.offset)
-    .bind(&protocol)
-    .bind(&pool)
-    .bind(&kind)
-    .bind(&reserve)
-    .bind(&symbol)
-    .bind(&decimals)
-    .bind(&wallet)
-    .bind(&rates[0])
-    .bind(&rates[1])
-    .bind(&rates[2])
-    .bind(&rates[3])
-    .bind(&rates[4])
-    .bind(&params[0])
-    .bind(&params[1])
-    .bind(&params[2])
-    .bind(&emode)
-    .bind(&label)
-    .bind(&figure)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -507,7 +507,7 @@ pub async fn insert_transfers(
         symbol.push(t.metadata.symbol.clone());
         decimals.push(t.metadata.decimals.map(i16::from));
     }
-    let (new,): (i64,) = sqlx::query_as(
+    let new = sqlx::query_scalar!(
         r#"
         WITH new AS (
             INSERT INTO erc20_transfer (event_id, chain_id, token, block_number, block_hash,
@@ -537,26 +537,26 @@ pub async fn insert_transfers(
             ORDER BY chain_id, token
             ON CONFLICT (chain_id, token) DO NOTHING
         )
-        SELECT count(*) FROM new
+        SELECT count(*) AS "n!" FROM new
         "#,
+        &event_id,
+        &chain_id,
+        &token,
+        &block_number as &[Option<i64>],
+        &block_hash as &[Option<String>],
+        &tx_hash as &[Option<String>],
+        &log_index as &[Option<i64>],
+        &block_time as &[Option<DateTime<Utc>>],
+        &from,
+        &to,
+        &value,
+        &topic,
+        &partition,
+        &offset,
+        &name as &[Option<String>],
+        &symbol as &[Option<String>],
+        &decimals as &[Option<i16>]
     )
-    .bind(&event_id)
-    .bind(&chain_id)
-    .bind(&token)
-    .bind(&block_number)
-    .bind(&block_hash)
-    .bind(&tx_hash)
-    .bind(&log_index)
-    .bind(&block_time)
-    .bind(&from)
-    .bind(&to)
-    .bind(&value)
-    .bind(&topic)
-    .bind(&partition)
-    .bind(&offset)
-    .bind(&name)
-    .bind(&symbol)
-    .bind(&decimals)
     .fetch_one(&mut **tx)
     .await?;
     Ok(new as u64)
@@ -570,7 +570,7 @@ async fn retract_transfers(
     ids: &[String],
     hashes: &[Option<String>],
 ) -> Result<u64, StoreError> {
-    let (deleted,): (i64,) = sqlx::query_as(
+    let deleted = sqlx::query_scalar!(
         r#"
         WITH gone AS (
             DELETE FROM erc20_transfer t
@@ -589,15 +589,15 @@ async fn retract_transfers(
             FROM summed s
             WHERE b.chain_id = s.chain_id AND b.token = s.token AND b.holder = s.holder
         )
-        SELECT count(*) FROM gone
+        SELECT count(*) AS "n!" FROM gone
         "#,
+        ids,
+        hashes as &[Option<String>]
     )
-    .bind(ids)
-    .bind(hashes)
     .fetch_one(&mut **tx)
     .await?;
     if deleted > 0 {
-        sqlx::query("DELETE FROM erc20_balance WHERE transfers = 0")
+        sqlx::query!("DELETE FROM erc20_balance WHERE transfers = 0")
             .execute(&mut **tx)
             .await?;
     }
@@ -628,7 +628,7 @@ pub async fn insert_oracle_updates(
         round_id.push(u.round_id.to_decimal());
         updated_at.push(u.updated_at);
     }
-    let done = sqlx::query(
+    let done = sqlx::query!(
         r#"
         INSERT INTO oracle_update (event_id, chain_id, block_number, block_hash, tx_hash,
             log_index, block_time, kafka_topic, kafka_partition, kafka_offset, feed, description,
@@ -639,25 +639,25 @@ pub async fn insert_oracle_updates(
             $17::numeric[], $18::timestamptz[])
         ON CONFLICT (event_id) DO NOTHING
         "#,
+        &c.event_id,
+        &c.chain_id,
+        &c.block_number as &[Option<i64>],
+        &c.block_hash as &[Option<String>],
+        &c.tx_hash as &[Option<String>],
+        &c.log_index as &[Option<i32>],
+        &c.block_time as &[Option<DateTime<Utc>>],
+        &c.topic,
+        &c.partition,
+        &c.offset,
+        &feed,
+        &description,
+        &asset as &[Option<String>],
+        &answer,
+        &decimals,
+        &price,
+        &round_id,
+        &updated_at as &[Option<DateTime<Utc>>]
     )
-    .bind(&c.event_id)
-    .bind(&c.chain_id)
-    .bind(&c.block_number)
-    .bind(&c.block_hash)
-    .bind(&c.tx_hash)
-    .bind(&c.log_index)
-    .bind(&c.block_time)
-    .bind(&c.topic)
-    .bind(&c.partition)
-    .bind(&c.offset)
-    .bind(&feed)
-    .bind(&description)
-    .bind(&asset)
-    .bind(&answer)
-    .bind(&decimals)
-    .bind(&price)
-    .bind(&round_id)
-    .bind(&updated_at)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -669,19 +669,19 @@ pub async fn insert_seals(
     seals: &[(chainfold_domain::seal::Seal, crate::projection::Coordinates)],
 ) -> Result<(), StoreError> {
     for (seal, at) in seals {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO chain_seal (kafka_topic, kafka_partition, kafka_offset, chain_id,
                  first_block, last_block, through, retracted)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            &at.topic,
+            at.partition,
+            at.offset,
+            seal.chain_id as i64,
+            seal.blocks.map(|b| b.0 as i64),
+            seal.blocks.map(|b| b.1 as i64),
+            serde_json::to_value(&seal.through).expect("a seal's bounds serialise"),
+            seal.retracted
         )
-        .bind(&at.topic)
-        .bind(at.partition)
-        .bind(at.offset)
-        .bind(seal.chain_id as i64)
-        .bind(seal.blocks.map(|b| b.0 as i64))
-        .bind(seal.blocks.map(|b| b.1 as i64))
-        .bind(serde_json::to_value(&seal.through).expect("a seal's bounds serialise"))
-        .bind(seal.retracted)
         .execute(&mut **tx)
         .await?;
     }
@@ -699,7 +699,7 @@ pub async fn upsert_heads(
         latest.insert(head.chain_id, head);
     }
     for head in latest.values() {
-        sqlx::query(
+        sqlx::query!(
             r#"
             INSERT INTO chain_head (chain_id, name, number, hash, parent_hash, block_time, confirmations, updated_at)
             VALUES ($1, $2, $3, $4, $5, $6, $7, now())
@@ -708,14 +708,14 @@ pub async fn upsert_heads(
                 block_time = EXCLUDED.block_time, confirmations = EXCLUDED.confirmations,
                 updated_at = now()
             "#,
+            head.chain_id as i64,
+            &head.name,
+            head.number as i64,
+            hex(&head.hash),
+            hex(&head.parent_hash),
+            head.timestamp,
+            head.confirmations as i64
         )
-        .bind(head.chain_id as i64)
-        .bind(&head.name)
-        .bind(head.number as i64)
-        .bind(hex(&head.hash))
-        .bind(hex(&head.parent_hash))
-        .bind(head.timestamp)
-        .bind(head.confirmations as i64)
         .execute(&mut **tx)
         .await?;
     }
@@ -766,26 +766,9 @@ pub async fn retract(
             out.deleted += retract_transfers(tx, ids, hashes).await?;
             continue;
         }
-        let entity = match *table {
-            "lending_event" => "wallet",
-            "swap" => "pool",
-            _ => "NULL::text",
-        };
-        // `table` and `entity` come from the match above, never from input.
-        let sql = format!(
-            "DELETE FROM {table} t USING UNNEST($1::text[], $2::text[]) AS r(event_id, block_hash)
-             WHERE t.event_id = r.event_id AND t.block_hash IS NOT DISTINCT FROM r.block_hash
-             RETURNING t.chain_id, {entity} AS entity"
-        );
-        let deleted = sqlx::query(&sql)
-            .bind(ids)
-            .bind(hashes)
-            .fetch_all(&mut **tx)
-            .await?;
+        let deleted = delete_retracted(tx, table, ids, hashes).await?;
         out.deleted += deleted.len() as u64;
-        for r in deleted {
-            let chain: i64 = r.try_get("chain_id")?;
-            let entity: Option<String> = r.try_get("entity")?;
+        for (chain, entity) in deleted {
             match (*table, entity) {
                 ("lending_event", Some(w)) => {
                     wallets.insert((chain, w));
@@ -808,21 +791,59 @@ pub async fn retract(
     Ok(out)
 }
 
+/// Deletes `table`'s rows of `ids` whose block hash is the retracted one; returns each deleted
+/// row's chain and the wallet (`lending_event`) or pool (`swap`) it touched.
+async fn delete_retracted(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &str,
+    ids: &[String],
+    hashes: &[Option<String>],
+) -> Result<Vec<(i64, Option<String>)>, StoreError> {
+    // One checked statement per table (table names cannot be bound).
+    macro_rules! delete {
+        ($table:literal, $entity:literal) => {
+            sqlx::query!(
+                "DELETE FROM " + $table + " t USING UNNEST($1::text[], $2::text[]) AS r(event_id, block_hash)
+                 WHERE t.event_id = r.event_id AND t.block_hash IS NOT DISTINCT FROM r.block_hash
+                 RETURNING t.chain_id, " + $entity + r#" AS "entity?""#,
+                ids,
+                hashes as &[Option<String>]
+            )
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|r| (r.chain_id, r.entity))
+            .collect()
+        };
+    }
+    Ok(match table {
+        "lending_event" => delete!("lending_event", "t.wallet"),
+        "swap" => delete!("swap", "t.pool"),
+        "pool_sync" => delete!("pool_sync", "NULL::text"),
+        "liquidity_event" => delete!("liquidity_event", "NULL::text"),
+        "flash_loan" => delete!("flash_loan", "NULL::text"),
+        "oracle_update" => delete!("oracle_update", "NULL::text"),
+        "lending_market_event" => delete!("lending_market_event", "NULL::text"),
+        other => unreachable!("no retraction statement for table {other}"),
+    })
+}
+
 async fn recompute_wallets(
     tx: &mut Transaction<'_, Postgres>,
     wallets: &[(i64, String)],
 ) -> Result<Vec<WalletSummaryRow>, StoreError> {
     let chains: Vec<i64> = wallets.iter().map(|w| w.0).collect();
     let addrs: Vec<&str> = wallets.iter().map(|w| w.1.as_str()).collect();
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM wallet_lending_summary s USING UNNEST($1::int8[], $2::text[]) AS a(chain_id, wallet)
          WHERE s.chain_id = a.chain_id AND s.wallet = a.wallet",
+        &chains,
+        &addrs as &[&str]
     )
-    .bind(&chains)
-    .bind(&addrs)
     .execute(&mut **tx)
     .await?;
-    let rows = sqlx::query(
+    let rows = sqlx::query_as!(
+        WalletSummaryRow,
         r#"
         INSERT INTO wallet_lending_summary
             (chain_id, wallet, action, event_count, priced_count, amount_usd, first_at, last_at)
@@ -834,12 +855,12 @@ async fn recompute_wallets(
         GROUP BY e.chain_id, e.wallet, e.action
         RETURNING chain_id, wallet, action, event_count, amount_usd
         "#,
+        &chains,
+        &addrs as &[&str]
     )
-    .bind(&chains)
-    .bind(&addrs)
     .fetch_all(&mut **tx)
     .await?;
-    WalletSummaryRow::all_from(rows)
+    Ok(rows)
 }
 
 async fn recompute_pools(
@@ -848,17 +869,23 @@ async fn recompute_pools(
 ) -> Result<Vec<PoolSummaryRow>, StoreError> {
     let chains: Vec<i64> = pools.iter().map(|p| p.0).collect();
     let addrs: Vec<&str> = pools.iter().map(|p| p.1.as_str()).collect();
-    for table in ["pool_summary", "pool_token_volume"] {
-        sqlx::query(&format!(
-            "DELETE FROM {table} s USING UNNEST($1::int8[], $2::text[]) AS a(chain_id, pool)
-             WHERE s.chain_id = a.chain_id AND s.pool = a.pool"
-        ))
-        .bind(&chains)
-        .bind(&addrs)
-        .execute(&mut **tx)
-        .await?;
-    }
-    sqlx::query(
+    sqlx::query!(
+        "DELETE FROM pool_summary s USING UNNEST($1::int8[], $2::text[]) AS a(chain_id, pool)
+         WHERE s.chain_id = a.chain_id AND s.pool = a.pool",
+        &chains,
+        &addrs as &[&str]
+    )
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM pool_token_volume s USING UNNEST($1::int8[], $2::text[]) AS a(chain_id, pool)
+         WHERE s.chain_id = a.chain_id AND s.pool = a.pool",
+        &chains,
+        &addrs as &[&str]
+    )
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query!(
         r#"
         INSERT INTO pool_token_volume (chain_id, pool, token, volume_in, volume_out)
         SELECT chain_id, pool, token, sum(vin), sum(vout) FROM (
@@ -874,12 +901,13 @@ async fn recompute_pools(
         ) v
         GROUP BY chain_id, pool, token
         "#,
+        &chains,
+        &addrs as &[&str]
     )
-    .bind(&chains)
-    .bind(&addrs)
     .execute(&mut **tx)
     .await?;
-    let rows = sqlx::query(
+    let rows = sqlx::query_as!(
+        PoolSummaryRow,
         r#"
         INSERT INTO pool_summary (chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block)
         SELECT s.chain_id, s.pool, min(s.protocol), count(*) FILTER (WHERE NOT s.reverted),
@@ -890,10 +918,10 @@ async fn recompute_pools(
         GROUP BY s.chain_id, s.pool
         RETURNING chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
         "#,
+        &chains,
+        &addrs as &[&str]
     )
-    .bind(&chains)
-    .bind(&addrs)
     .fetch_all(&mut **tx)
     .await?;
-    PoolSummaryRow::all_from(rows)
+    Ok(rows)
 }

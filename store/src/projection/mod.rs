@@ -25,7 +25,7 @@ use bigdecimal::BigDecimal;
 use chainfold_domain::fold::{summarise_lending, summarise_swaps, LendingRow, SwapRow};
 use chainfold_domain::UsdValue;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Row as _, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 
 /// Why a write failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,45 +89,6 @@ pub struct PoolSummaryRow {
     pub reverted_count: i64,
     pub first_block: Option<i64>,
     pub last_block: Option<i64>,
-}
-
-impl WalletSummaryRow {
-    /// The rows a `RETURNING chain_id, wallet, action, event_count, amount_usd` gave.
-    pub(crate) fn all_from(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Self>, StoreError> {
-        rows.into_iter()
-            .map(|r| {
-                Ok(WalletSummaryRow {
-                    chain_id: r.try_get("chain_id")?,
-                    wallet: r.try_get("wallet")?,
-                    action: r.try_get("action")?,
-                    event_count: r.try_get("event_count")?,
-                    amount_usd: r.try_get("amount_usd")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
-}
-
-impl PoolSummaryRow {
-    /// The rows a `RETURNING chain_id, pool, protocol, swap_count, reverted_count, first_block,
-    /// last_block` gave.
-    pub(crate) fn all_from(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Self>, StoreError> {
-        rows.into_iter()
-            .map(|r| {
-                Ok(PoolSummaryRow {
-                    chain_id: r.try_get("chain_id")?,
-                    pool: r.try_get("pool")?,
-                    protocol: r.try_get("protocol")?,
-                    swap_count: r.try_get("swap_count")?,
-                    reverted_count: r.try_get("reverted_count")?,
-                    first_block: r.try_get("first_block")?,
-                    last_block: r.try_get("last_block")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
 }
 
 /// What changed in a batch, for the caches.
@@ -249,7 +210,7 @@ pub async fn insert_lending(
         partition.push(at.partition);
         offset.push(at.offset);
     }
-    let inserted: Vec<String> = sqlx::query_scalar(
+    let inserted: Vec<String> = sqlx::query_scalar!(
         r#"
         INSERT INTO lending_event (event_id, chain_id, wallet, action, protocol, reserve, symbol,
             decimals, amount, price_usd, amount_usd, counterparty, block_number, block_hash,
@@ -264,34 +225,34 @@ pub async fn insert_lending(
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
         "#,
+        &event_id,
+        &chain_id,
+        &wallet,
+        &action as &[&str],
+        &protocol,
+        &reserve,
+        &symbol,
+        &decimals,
+        &amount,
+        &price_usd as &[Option<BigDecimal>],
+        &amount_usd as &[Option<BigDecimal>],
+        &counterparty as &[Option<String>],
+        &block_number as &[Option<i64>],
+        &block_hash as &[Option<String>],
+        &tx_hash as &[Option<String>],
+        &log_index as &[Option<i32>],
+        &block_time as &[Option<DateTime<Utc>>],
+        &topic,
+        &partition,
+        &offset,
+        &collateral_reserve as &[Option<String>],
+        &collateral_symbol as &[Option<String>],
+        &collateral_decimals as &[Option<i16>],
+        &collateral_amount as &[Option<BigDecimal>],
+        &collateral_price_usd as &[Option<BigDecimal>],
+        &collateral_usd as &[Option<BigDecimal>],
+        &pool as &[Option<String>]
     )
-    .bind(&event_id)
-    .bind(&chain_id)
-    .bind(&wallet)
-    .bind(&action)
-    .bind(&protocol)
-    .bind(&reserve)
-    .bind(&symbol)
-    .bind(&decimals)
-    .bind(&amount)
-    .bind(&price_usd)
-    .bind(&amount_usd)
-    .bind(&counterparty)
-    .bind(&block_number)
-    .bind(&block_hash)
-    .bind(&tx_hash)
-    .bind(&log_index)
-    .bind(&block_time)
-    .bind(&topic)
-    .bind(&partition)
-    .bind(&offset)
-    .bind(&collateral_reserve)
-    .bind(&collateral_symbol)
-    .bind(&collateral_decimals)
-    .bind(&collateral_amount)
-    .bind(&collateral_price_usd)
-    .bind(&collateral_usd)
-    .bind(&pool)
     .fetch_all(&mut **tx)
     .await?;
     if inserted.is_empty() {
@@ -326,7 +287,8 @@ async fn upsert_wallet_summaries(
         first_at.push(d.first_at);
         last_at.push(d.last_at);
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query_as!(
+        WalletSummaryRow,
         r#"
         INSERT INTO wallet_lending_summary AS s
             (chain_id, wallet, action, event_count, priced_count, amount_usd, first_at, last_at)
@@ -341,18 +303,18 @@ async fn upsert_wallet_summaries(
             version = nextval('wallet_lending_summary_version')
         RETURNING chain_id, wallet, action, event_count, amount_usd
         "#,
+        &chain_id,
+        &wallet,
+        &action as &[&str],
+        &event_count,
+        &priced_count,
+        &amount_usd,
+        &first_at as &[Option<DateTime<Utc>>],
+        &last_at as &[Option<DateTime<Utc>>]
     )
-    .bind(&chain_id)
-    .bind(&wallet)
-    .bind(&action)
-    .bind(&event_count)
-    .bind(&priced_count)
-    .bind(&amount_usd)
-    .bind(&first_at)
-    .bind(&last_at)
     .fetch_all(&mut **tx)
     .await?;
-    WalletSummaryRow::all_from(rows)
+    Ok(rows)
 }
 
 /// Inserts swap rows, skipping those already stored, and advances pool summaries and per-token
@@ -425,7 +387,7 @@ pub async fn insert_swaps(
         partition.push(at.partition);
         offset.push(at.offset);
     }
-    let inserted: Vec<String> = sqlx::query_scalar(
+    let inserted: Vec<String> = sqlx::query_scalar!(
         r#"
         INSERT INTO swap (event_id, chain_id, pool, protocol, block_number, block_hash, tx_hash,
             tx_position, trace_address, log_index, block_time, sender, recipient, token_in,
@@ -446,31 +408,31 @@ pub async fn insert_swaps(
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
         "#,
+        &event_id,
+        &chain_id,
+        &pool,
+        &protocol,
+        &block_number as &[Option<i64>],
+        &block_hash as &[Option<String>],
+        &tx_hash as &[Option<String>],
+        &tx_position,
+        &trace_address,
+        &log_index as &[Option<i32>],
+        &block_time as &[Option<DateTime<Utc>>],
+        &sender,
+        &recipient,
+        &token_in,
+        &amount_in,
+        &token_out,
+        &amount_out,
+        &reverted,
+        &topic,
+        &partition,
+        &offset,
+        &sqrt_price as &[Option<BigDecimal>],
+        &liquidity as &[Option<BigDecimal>],
+        &tick as &[Option<i32>]
     )
-    .bind(&event_id)
-    .bind(&chain_id)
-    .bind(&pool)
-    .bind(&protocol)
-    .bind(&block_number)
-    .bind(&block_hash)
-    .bind(&tx_hash)
-    .bind(&tx_position)
-    .bind(&trace_address)
-    .bind(&log_index)
-    .bind(&block_time)
-    .bind(&sender)
-    .bind(&recipient)
-    .bind(&token_in)
-    .bind(&amount_in)
-    .bind(&token_out)
-    .bind(&amount_out)
-    .bind(&reverted)
-    .bind(&topic)
-    .bind(&partition)
-    .bind(&offset)
-    .bind(&sqrt_price)
-    .bind(&liquidity)
-    .bind(&tick)
     .fetch_all(&mut **tx)
     .await?;
     if inserted.is_empty() {
@@ -583,7 +545,7 @@ async fn upsert_pool_summaries(
         }
     }
     if !v_chain.is_empty() {
-        sqlx::query(
+        sqlx::query!(
             r#"
             INSERT INTO pool_token_volume AS v (chain_id, pool, token, volume_in, volume_out)
             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::numeric[], $5::numeric[])
@@ -591,16 +553,17 @@ async fn upsert_pool_summaries(
                 volume_in = v.volume_in + EXCLUDED.volume_in,
                 volume_out = v.volume_out + EXCLUDED.volume_out
             "#,
+            &v_chain,
+            &v_pool,
+            &v_token,
+            &v_in,
+            &v_out
         )
-        .bind(&v_chain)
-        .bind(&v_pool)
-        .bind(&v_token)
-        .bind(&v_in)
-        .bind(&v_out)
         .execute(&mut **tx)
         .await?;
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query_as!(
+        PoolSummaryRow,
         r#"
         INSERT INTO pool_summary AS p (chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block)
         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
@@ -612,17 +575,17 @@ async fn upsert_pool_summaries(
             version = nextval('pool_summary_version')
         RETURNING chain_id, pool, protocol, swap_count, reverted_count, first_block, last_block
         "#,
+        &chain_id,
+        &pool,
+        &protocol,
+        &swap_count,
+        &reverted_count,
+        &first_block as &[Option<i64>],
+        &last_block as &[Option<i64>]
     )
-    .bind(&chain_id)
-    .bind(&pool)
-    .bind(&protocol)
-    .bind(&swap_count)
-    .bind(&reverted_count)
-    .bind(&first_block)
-    .bind(&last_block)
     .fetch_all(&mut **tx)
     .await?;
-    PoolSummaryRow::all_from(rows)
+    Ok(rows)
 }
 
 /// Records `next_offset` per (topic, partition) for `group`. Never moves an offset backwards: a
@@ -630,10 +593,10 @@ async fn upsert_pool_summaries(
 /// log (`chainfold rebuild`).
 pub async fn reset(pool: &PgPool, group: &str) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "TRUNCATE lending_event, wallet_lending_summary, swap, pool_summary, pool_token_volume,
                   pool_sync, liquidity_event, flash_loan, oracle_update, lending_market_event,
-                  erc20_transfer, erc20_balance, erc20_token, chain_head, chain_seal",
+                  erc20_transfer, erc20_balance, erc20_token, chain_head, chain_seal"
     )
     .execute(&mut *tx)
     .await?;
