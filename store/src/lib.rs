@@ -5,11 +5,11 @@
 //! (`api/src/{live,loaders}.rs`) and platform's plumbing tables; and the collection engine
 //! (`api/src/collection.rs`), the one place SQL is built at run time.
 //!
-//! Every fixed statement here is `sqlx::query!` (or `query_as!`/`query_scalar!`; the exceptions,
-//! `COPY … FROM STDIN` texts and the copy's probe of any table, are in [`projection::copy`]), checked at compile
-//! time against the descriptions in the workspace's `.sqlx/` (`store/.env` sets
+//! Every fixed statement here is `sqlx::query!` (or `query_as!`/`query_scalar!`), checked at
+//! compile time against the descriptions in the workspace's `.sqlx/` (`store/.env` sets
 //! `SQLX_OFFLINE=true`): after changing a statement or a migration, run `scripts/sqlx-prepare`
-//! and commit `.sqlx/`; CI runs it with `--check`.
+//! and commit `.sqlx/`; CI runs it with `--check`. The exceptions are the `COPY … FROM STDIN`
+//! texts and the copy's probe of any table, in [`projection::copy`].
 //!
 //! - [`aave`]: an Aave account read back and folded as the pool's `getUserAccountData` does.
 //! - [`alerts`]: risk alerts and incidents (stored, replaced, correlated) and the risk
