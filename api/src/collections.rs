@@ -620,11 +620,7 @@ pub async fn resolve_as_of(
                 .into(),
         )),
     };
-    let head: Option<(i64, i64)> =
-        sqlx::query_as("SELECT number, confirmations FROM chain_head WHERE chain_id = $1")
-            .bind(chain)
-            .fetch_optional(pool)
-            .await?;
+    let head = chainfold_store::blocks::head_of(pool, chain).await?;
     let mut at = match block {
         None => None,
         Some(BlockHeight {
@@ -643,11 +639,7 @@ pub async fn resolve_as_of(
             hash: Some(h),
         }) => {
             let h = h.trim().to_ascii_lowercase();
-            let n: Option<i64> = sqlx::query_scalar("SELECT chainfold_block_number($1, $2)")
-                .bind(chain)
-                .bind(&h)
-                .fetch_one(pool)
-                .await?;
+            let n = chainfold_store::blocks::number_of_hash(pool, chain, &h).await?;
             Some(n.ok_or_else(|| {
                 ApiError::BadUserInput(format!(
                     "block {h} is not known on chain {chain} (never indexed, or orphaned by a reorg)"
@@ -1334,16 +1326,20 @@ impl CollectionQuery {
     )]
     async fn meta(&self, ctx: &Context<'_>) -> ApiResult<Meta> {
         let pool = ctx.data_unchecked::<PgPool>();
-        type Head = (i64, String, i64, String, Option<DateTime<Utc>>, i64);
-        let rows: Vec<Head> = sqlx::query_as(
-            "SELECT chain_id, name, number, hash, block_time, confirmations FROM chain_head ORDER BY chain_id",
-        )
-        .fetch_all(pool)
-        .await
-        .map_err(gql)?;
+        let rows = chainfold_store::blocks::heads(pool).await.map_err(gql)?;
         Ok(Meta {
             chains: rows
                 .into_iter()
+                .map(|h| {
+                    (
+                        h.chain_id,
+                        h.name,
+                        h.number,
+                        h.hash,
+                        h.block_time,
+                        h.confirmations,
+                    )
+                })
                 .map(
                     |(chain_id, name, number, hash, timestamp, confirmations)| ChainMeta {
                         chain_id,

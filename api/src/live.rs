@@ -31,8 +31,8 @@ use crate::auth::caller;
 use crate::decisions::CreditDecision;
 use crate::error::{gql, ApiError, ApiResult};
 use crate::input::parse_address;
-use crate::risk::{alert_of, Alert, AlertKind, AlertRow, Severity, ALERT_COLUMNS};
-use crate::types::{CreditScore, ScoreRow, SCORE_COLUMNS};
+use crate::risk::{alert_of, Alert, AlertKind, Severity};
+use crate::types::{CreditScore, ScoreRow};
 
 /// Rows a catch-up query reads at a time.
 const CATCH_UP_PAGE: i64 = 500;
@@ -344,14 +344,6 @@ impl Filter {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct FeedScore {
-    #[sqlx(flatten)]
-    row: ScoreRow,
-    retracted: bool,
-    retracts: Option<i64>,
-}
-
 /// Score rows after `after` (and at most `upto`) that match `f`, oldest first, with the
 /// retractions of deleted ones (`feed_retraction`) in the same sequence order.
 async fn fetch_scores(
@@ -361,31 +353,9 @@ async fn fetch_scores(
     f: &Filter,
     limit: i64,
 ) -> sqlx::Result<Vec<ScoreUpdate>> {
-    let retracted_columns = SCORE_COLUMNS
-        .split(", ")
-        .skip(1)
-        .map(|c| format!("p.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT {SCORE_COLUMNS}, false AS retracted, NULL::int8 AS retracts FROM credit_score
-         WHERE id > $1 AND ($2::int8 IS NULL OR id <= $2) AND ($3::int8 IS NULL OR chain_id = $3)
-           AND ($4::text[] IS NULL OR wallet = ANY($4))
-         UNION ALL
-         SELECT r.seq AS id, {retracted_columns}, true, r.retracts
-         FROM feed_retraction r CROSS JOIN LATERAL jsonb_populate_record(NULL::credit_score, r.row) p
-         WHERE r.feed = 'credit_score' AND r.seq > $1 AND ($2::int8 IS NULL OR r.seq <= $2)
-           AND ($3::int8 IS NULL OR r.chain_id = $3) AND ($4::text[] IS NULL OR p.wallet = ANY($4))
-         ORDER BY 1 LIMIT $5"
-    );
-    let rows: Vec<FeedScore> = sqlx::query_as(&sql)
-        .bind(after)
-        .bind(upto)
-        .bind(f.chain_id)
-        .bind(&f.wallets)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
+    let rows =
+        chainfold_store::feeds::scores(pool, after, upto, f.chain_id, f.wallets.as_deref(), limit)
+            .await?;
     Ok(rows
         .into_iter()
         .map(|r| ScoreUpdate {
@@ -406,23 +376,13 @@ async fn fetch_alerts(
     f: &Filter,
     limit: i64,
 ) -> sqlx::Result<Vec<AlertUpdate>> {
-    let sql = format!(
-        "SELECT {ALERT_COLUMNS} FROM risk_alert
-         WHERE seq > $1 AND ($2::int8 IS NULL OR seq <= $2) AND ($3::int8 IS NULL OR chain_id = $3)
-           AND ($4::text[] IS NULL OR kind = ANY($4)) AND ($5::text[] IS NULL OR severity = ANY($5))
-           AND ($6::text[] IS NULL OR pools && $6)
-         ORDER BY seq LIMIT $7"
-    );
-    let rows: Vec<AlertRow> = sqlx::query_as(&sql)
-        .bind(after)
-        .bind(upto)
-        .bind(f.chain_id)
-        .bind(&f.kinds)
-        .bind(&f.severities)
-        .bind(&f.pools)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
+    let filter = chainfold_store::feeds::AlertFilter {
+        chain_id: f.chain_id,
+        kinds: f.kinds.as_deref(),
+        severities: f.severities.as_deref(),
+        pools: f.pools.as_deref(),
+    };
+    let rows = chainfold_store::feeds::alerts(pool, after, upto, filter, limit).await?;
     Ok(rows
         .into_iter()
         .map(|r| AlertUpdate {
@@ -439,41 +399,14 @@ async fn fetch_pools(
     f: &Filter,
     limit: i64,
 ) -> sqlx::Result<Vec<PoolUpdate>> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        seq: i64,
-        chain_id: i64,
-        pool: String,
-        token0: String,
-        token1: String,
-        reserve0: String,
-        reserve1: String,
-        block_number: Option<i64>,
-        block_time: Option<chrono::DateTime<chrono::Utc>>,
-        retracted: bool,
-        retracts: Option<i64>,
-    }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT seq, chain_id, pool, token0, token1, reserve0::text AS reserve0,
-                reserve1::text AS reserve1, block_number, block_time, false AS retracted,
-                NULL::int8 AS retracts
-         FROM pool_sync
-         WHERE seq > $1 AND ($2::int8 IS NULL OR seq <= $2) AND ($3::int8 IS NULL OR chain_id = $3)
-           AND ($4::text[] IS NULL OR pool = ANY($4))
-         UNION ALL
-         SELECT r.seq, p.chain_id, p.pool, p.token0, p.token1, p.reserve0::text, p.reserve1::text,
-                p.block_number, p.block_time, true, r.retracts
-         FROM feed_retraction r CROSS JOIN LATERAL jsonb_populate_record(NULL::pool_sync, r.row) p
-         WHERE r.feed = 'pool_sync' AND r.seq > $1 AND ($2::int8 IS NULL OR r.seq <= $2)
-           AND ($3::int8 IS NULL OR r.chain_id = $3) AND ($4::text[] IS NULL OR p.pool = ANY($4))
-         ORDER BY 1 LIMIT $5",
+    let rows = chainfold_store::feeds::pool_syncs(
+        pool,
+        after,
+        upto,
+        f.chain_id,
+        f.pools.as_deref(),
+        limit,
     )
-    .bind(after)
-    .bind(upto)
-    .bind(f.chain_id)
-    .bind(&f.pools)
-    .bind(limit)
-    .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
@@ -499,29 +432,20 @@ async fn fetch_decisions(
     f: &Filter,
     limit: i64,
 ) -> sqlx::Result<Vec<DecisionUpdate>> {
-    type Row = (
-        i64,
-        serde_json::Value,
-        Option<String>,
-        Option<i64>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT seq, record, tx_hash, tx_block, actuation_error FROM credit_decision
-         WHERE seq > $1 AND ($2::int8 IS NULL OR seq <= $2) AND ($3::int8 IS NULL OR chain_id = $3)
-           AND ($4::text[] IS NULL OR wallet = ANY($4))
-         ORDER BY seq LIMIT $5",
+    let rows = chainfold_store::feeds::decisions(
+        pool,
+        after,
+        upto,
+        f.chain_id,
+        f.wallets.as_deref(),
+        limit,
     )
-    .bind(after)
-    .bind(upto)
-    .bind(f.chain_id)
-    .bind(&f.wallets)
-    .bind(limit)
-    .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(seq, record, tx, block, error)| {
+        .filter_map(|r| {
+            let (seq, record, tx, block, error) =
+                (r.seq, r.record, r.tx_hash, r.tx_block, r.actuation_error);
             let record = serde_json::from_value(record)
                 .map_err(|e| tracing::error!(%e, seq, "stored decision does not parse"))
                 .ok()?;
@@ -580,17 +504,7 @@ impl Hub {
             keys: Arc::default(),
         };
         // Where each feed stands: rows after these are new to this process.
-        let mut last: [i64; 4] = sqlx::query_as::<_, (i64, i64, i64, i64)>(
-            "SELECT greatest((SELECT coalesce(max(id), 0) FROM credit_score),
-                             (SELECT coalesce(max(seq), 0) FROM feed_retraction WHERE feed = 'credit_score')),
-                    (SELECT coalesce(max(seq), 0) FROM risk_alert),
-                    (SELECT coalesce(max(seq), 0) FROM credit_decision),
-                    greatest((SELECT coalesce(max(seq), 0) FROM pool_sync),
-                             (SELECT coalesce(max(seq), 0) FROM feed_retraction WHERE feed = 'pool_sync'))",
-        )
-        .fetch_one(&pool)
-        .await
-        .map(|(a, b, c, d)| [a, b, c, d])?;
+        let mut last: [i64; 4] = chainfold_store::feeds::positions(&pool).await?;
         let feed = hub.clone();
         tokio::spawn(async move {
             loop {
@@ -891,23 +805,18 @@ impl SubscriptionRoot {
         // Where the feed starts, and each wallet's latest health factor at that point.
         let start: i64 = match after {
             Some(a) => a,
-            None => sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM credit_score")
-                .fetch_one(&hub.pool)
+            None => chainfold_store::scores::last_id(&hub.pool)
                 .await
                 .map_err(gql)?,
         };
         // Each watched wallet's latest score at that point: one read for the state and for
         // the wallets to report as already below.
-        let latest: Vec<ScoreRow> = sqlx::query_as(&format!(
-            "SELECT DISTINCT ON (chain_id, wallet) {SCORE_COLUMNS} FROM credit_score
-             WHERE id <= $1 AND ($2::int8 IS NULL OR chain_id = $2)
-               AND ($3::text[] IS NULL OR wallet = ANY($3))
-             ORDER BY chain_id, wallet, id DESC"
-        ))
-        .bind(start)
-        .bind(filter.chain_id)
-        .bind(&filter.wallets)
-        .fetch_all(&hub.pool)
+        let latest: Vec<ScoreRow> = chainfold_store::scores::latest_at(
+            &hub.pool,
+            start,
+            filter.chain_id,
+            filter.wallets.as_deref(),
+        )
         .await
         .map_err(gql)?;
         let mut state = Threshold {

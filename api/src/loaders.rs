@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_graphql::dataloader::{DataLoader, Loader};
 use sqlx::PgPool;
 
-use crate::types::{CreditScore, LendingAction, LendingSummary, ScoreRow, SCORE_COLUMNS};
+use crate::types::{CreditScore, LendingAction, LendingSummary, ScoreRow};
 
 /// (chain id, lowercase address).
 pub type WalletKey = (i64, String);
@@ -180,16 +180,9 @@ impl Loader<WalletKey> for ScoreLoader {
         }
         let (chains, wallets) = split(keys);
         // Each key's latest row through the (chain_id, wallet, id DESC) index.
-        let rows: Vec<ScoreRow> = sqlx::query_as(&format!(
-            "SELECT s.* FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
-             CROSS JOIN LATERAL (SELECT {SCORE_COLUMNS} FROM credit_score
-                                 WHERE chain_id = k.c AND wallet = k.w ORDER BY id DESC LIMIT 1) s"
-        ))
-        .bind(&chains)
-        .bind(&wallets)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(Arc::new)?;
+        let rows = chainfold_store::scores::latest_of(&self.pool, &chains, &wallets)
+            .await
+            .map_err(Arc::new)?;
         Ok(rows
             .into_iter()
             .map(|r| ((r.chain_id, r.wallet.clone()), CreditScore::from(r)))
@@ -214,23 +207,19 @@ impl Loader<WalletKey> for SummaryLoader {
     ) -> Result<HashMap<WalletKey, Vec<LendingSummary>>, Self::Error> {
         self.batches.fetch_add(1, Ordering::Relaxed);
         let (chains, wallets) = split(keys);
-        type Row = (i64, String, String, i64, i64, String);
-        // The amount as Postgres prints it (its scale kept), as the `wallet` root and the Redis
-        // copies serve it.
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT s.chain_id, s.wallet, s.action, s.event_count, s.priced_count, s.amount_usd::text
-             FROM wallet_lending_summary s
-             JOIN UNNEST($1::int8[], $2::text[]) AS k(c, w) ON s.chain_id = k.c AND s.wallet = k.w
-             ORDER BY s.chain_id, s.wallet,
-                      array_position(ARRAY['deposit','borrow','repay','redeem','liquidation'], s.action)",
-        )
-        .bind(&chains)
-        .bind(&wallets)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(Arc::new)?;
+        let rows = chainfold_store::lending::totals_of(&self.pool, &chains, &wallets)
+            .await
+            .map_err(Arc::new)?;
         let mut out: HashMap<WalletKey, Vec<LendingSummary>> = HashMap::new();
-        for (chain, wallet, action, count, priced, usd) in rows {
+        for t in rows {
+            let (chain, wallet, action, count, priced, usd) = (
+                t.chain_id,
+                t.wallet,
+                t.action,
+                t.event_count,
+                t.priced_count,
+                t.amount_usd,
+            );
             let Some(action) = LendingAction::from_db(&action) else {
                 continue;
             };

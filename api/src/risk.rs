@@ -119,21 +119,7 @@ pub struct Incident {
 #[derive(Debug, Default)]
 pub struct RiskQuery;
 
-pub(crate) type AlertRow = (
-    i64,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    Vec<String>,
-    Vec<String>,
-    Vec<String>,
-    serde_json::Value,
-    String,
-    DateTime<Utc>,
-    Option<f64>,
-);
+pub(crate) use chainfold_store::feeds::{AlertRow, ALERT_COLUMNS};
 
 #[Object]
 impl RiskQuery {
@@ -199,9 +185,6 @@ impl RiskQuery {
         }))
     }
 }
-
-/// The columns an [`AlertRow`] reads, in order.
-pub(crate) const ALERT_COLUMNS: &str = "seq, id, kind, severity, chain_id, block_number, tx_hashes, addresses, pools, evidence, detector_version, detected_at, usd";
 
 /// An alert from its stored row.
 pub(crate) fn alert_of(r: AlertRow) -> Alert {

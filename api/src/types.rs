@@ -183,27 +183,7 @@ impl IdentityScore {
     }
 }
 
-/// A `credit_score` row as the API reads it: from Postgres, or as JSON from its Redis copy
-/// (`chainfold_store::latest`, whose `SCORE_COLUMNS` are these).
-#[derive(sqlx::FromRow, serde::Deserialize)]
-pub(crate) struct ScoreRow {
-    pub(crate) id: i64,
-    pub(crate) chain_id: i64,
-    pub(crate) wallet: String,
-    score: i32,
-    pub(crate) health_factor: Option<f64>,
-    band: String,
-    probability_of_liquidation: Option<f64>,
-    reasons: serde_json::Value,
-    model_version: String,
-    model_sha256: String,
-    computed_at: Option<DateTime<Utc>>,
-    event_id: String,
-    kafka_topic: String,
-    kafka_partition: i32,
-    kafka_offset: i64,
-    block_number: Option<i64>,
-}
+pub(crate) use chainfold_store::scores::ScoreRow;
 
 pub(crate) const SCORE_COLUMNS: &str = chainfold_store::latest::SCORE_COLUMNS;
 

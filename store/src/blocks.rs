@@ -1,6 +1,7 @@
 //! What the risk worker reads of a chain's blocks: the swaps, syncs and flash loans of a block
 //! range, pools' reserve states, the reserves and pools a stretch of the log touched (by hour),
-//! the anomaly model's swap history, and the blocks with oracle rounds.
+//! the anomaly model's swap history, and the blocks with oracle rounds; and the chains' heads
+//! (the API's `_meta` and time travel).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -289,4 +290,44 @@ pub async fn oracle_blocks(
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|r| (r.block_number, r.time)).collect())
+}
+
+/// A live chain's latest head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    pub chain_id: i64,
+    pub name: String,
+    pub number: i64,
+    pub hash: String,
+    pub block_time: Option<DateTime<Utc>>,
+    pub confirmations: i64,
+}
+
+/// Every live chain's head, by chain id.
+pub async fn heads(pool: &PgPool) -> sqlx::Result<Vec<Head>> {
+    sqlx::query_as!(
+        Head,
+        "SELECT chain_id, name, number, hash, block_time, confirmations FROM chain_head
+         ORDER BY chain_id"
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// A chain's head number and confirmation depth, if it has a head.
+pub async fn head_of(pool: &PgPool, chain_id: i64) -> sqlx::Result<Option<(i64, i64)>> {
+    Ok(sqlx::query!(
+        "SELECT number, confirmations FROM chain_head WHERE chain_id = $1",
+        chain_id
+    )
+    .fetch_optional(pool)
+    .await?
+    .map(|r| (r.number, r.confirmations)))
+}
+
+/// The number of the canonical block `hash` of a chain (`None`: never indexed, or orphaned).
+pub async fn number_of_hash(pool: &PgPool, chain_id: i64, hash: &str) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar!("SELECT chainfold_block_number($1, $2)", chain_id, hash)
+        .fetch_one(pool)
+        .await
 }

@@ -256,3 +256,38 @@ pub async fn holders(
         }
     }
 }
+
+/// One wallet's total for one lending action, the amount as Postgres prints it (its scale
+/// kept, as the API and the Redis copies serve it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionTotal {
+    pub chain_id: i64,
+    pub wallet: String,
+    pub action: String,
+    pub event_count: i64,
+    pub priced_count: i64,
+    pub amount_usd: String,
+}
+
+/// The per-action totals (`wallet_lending_summary`) of each (chain, wallet) of
+/// `chains`/`wallets` (aligned), per wallet in the order deposit, borrow, repay, redeem,
+/// liquidation.
+pub async fn totals_of(
+    pool: &PgPool,
+    chains: &[i64],
+    wallets: &[String],
+) -> sqlx::Result<Vec<ActionTotal>> {
+    sqlx::query_as!(
+        ActionTotal,
+        r#"SELECT s.chain_id, s.wallet, s.action, s.event_count, s.priced_count,
+                  s.amount_usd::text AS "amount_usd!"
+           FROM wallet_lending_summary s
+           JOIN UNNEST($1::int8[], $2::text[]) AS k(c, w) ON s.chain_id = k.c AND s.wallet = k.w
+           ORDER BY s.chain_id, s.wallet,
+                    array_position(ARRAY['deposit','borrow','repay','redeem','liquidation'], s.action)"#,
+        chains,
+        wallets
+    )
+    .fetch_all(pool)
+    .await
+}

@@ -1,8 +1,7 @@
 //! The roles' SQL: one module per read model, with typed rows, used by the projector, the
 //! scorer, the risk worker, the actuator, stress, the report, the API and the tools, so each
 //! statement has one home. Elsewhere: the follower's own state (`ingest/src/rpc/state.rs`,
-//! compile-time checked in place), the API's subscription feed and batched loaders
-//! (`api/src/{live,loaders}.rs`) and platform's plumbing tables; and the collection engine
+//! compile-time checked in place) and platform's plumbing tables; and the collection engine
 //! (`api/src/collection.rs`), the one place SQL is built at run time.
 //!
 //! Every fixed statement here is `sqlx::query!` (or `query_as!`/`query_scalar!`), checked at
@@ -21,6 +20,7 @@
 //! - [`books`]: lenders' books of wallets.
 //! - [`decisions`]: lending decisions: their inputs read, decided records stored and published.
 //! - [`erc20`]: watched tokens' balances.
+//! - [`feeds`]: the API's subscription feeds (rows and retractions after a position).
 //! - [`keys`]: API keys (hashes), created, revoked, found.
 //! - [`latest`]: the API's hottest reads kept in Redis, versioned in commit order.
 //! - [`lending`]: lending histories and summaries, pools, reserve decimals, the chain's priced
@@ -44,6 +44,7 @@ pub mod blocks;
 pub mod books;
 pub mod decisions;
 pub mod erc20;
+pub mod feeds;
 pub mod keys;
 pub mod latest;
 pub mod lending;

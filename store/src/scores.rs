@@ -1,7 +1,8 @@
 //! Credit scores (`credit_score`): the scorer's writes and the reads it makes of its own rows.
 //! A score row is unique per (chain, wallet, event), so a replayed batch stores nothing twice;
-//! the feed trigger turns each delete into a retraction for subscribers. The API's reads of
-//! scores (latest per wallet, pages, subscriptions) are in `latest` and the API's collections.
+//! the feed trigger turns each delete into a retraction for subscribers. The API's point
+//! reads of scores are here ([`ScoreRow`]); its Redis copies are in `latest`, its feed in
+//! `feeds`, its pages in the API's collection engine.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -175,4 +176,89 @@ pub async fn retract(
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows.into_iter().map(|r| (r.chain_id, r.wallet)).collect())
+}
+
+/// A `credit_score` row as the API serves it: read from Postgres, or as the JSON of its Redis
+/// copy (`latest`, whose `SCORE_COLUMNS` are these fields).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
+pub struct ScoreRow {
+    pub id: i64,
+    pub chain_id: i64,
+    pub wallet: String,
+    pub score: i32,
+    pub health_factor: Option<f64>,
+    pub band: String,
+    pub probability_of_liquidation: Option<f64>,
+    pub reasons: serde_json::Value,
+    pub model_version: String,
+    pub model_sha256: String,
+    pub computed_at: Option<DateTime<Utc>>,
+    pub event_id: String,
+    pub kafka_topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    pub block_number: Option<i64>,
+}
+
+/// The id of the latest score (0 without scores): where a score feed starting now begins.
+pub async fn last_id(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(r#"SELECT coalesce(max(id), 0) AS "id!" FROM credit_score"#)
+        .fetch_one(pool)
+        .await
+}
+
+/// Each wallet's latest score with an id of at most `upto`, of `chain_id` and `wallets`
+/// (`None`: all).
+pub async fn latest_at(
+    pool: &PgPool,
+    upto: i64,
+    chain_id: Option<i64>,
+    wallets: Option<&[String]>,
+) -> sqlx::Result<Vec<ScoreRow>> {
+    sqlx::query_as!(
+        ScoreRow,
+        "SELECT DISTINCT ON (chain_id, wallet) id, chain_id, wallet, health_factor, score, band,
+                probability_of_liquidation, reasons, model_version, model_sha256, computed_at,
+                event_id, kafka_topic, kafka_partition, kafka_offset, block_number
+         FROM credit_score
+         WHERE id <= $1 AND ($2::int8 IS NULL OR chain_id = $2)
+           AND ($3::text[] IS NULL OR wallet = ANY($3))
+         ORDER BY chain_id, wallet, id DESC",
+        upto,
+        chain_id,
+        wallets
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The latest score of each (chain, wallet) of `chains`/`wallets` (aligned) that has one,
+/// through the (chain_id, wallet, id DESC) index.
+pub async fn latest_of(
+    pool: &PgPool,
+    chains: &[i64],
+    wallets: &[String],
+) -> sqlx::Result<Vec<ScoreRow>> {
+    sqlx::query_as!(
+        ScoreRow,
+        r#"SELECT s.id AS "id!", s.chain_id AS "chain_id!", s.wallet AS "wallet!",
+                  s.health_factor, s.score AS "score!", s.band AS "band!",
+                  s.probability_of_liquidation, s.reasons AS "reasons!",
+                  s.model_version AS "model_version!", s.model_sha256 AS "model_sha256!",
+                  s.computed_at, s.event_id AS "event_id!", s.kafka_topic AS "kafka_topic!",
+                  s.kafka_partition AS "kafka_partition!", s.kafka_offset AS "kafka_offset!",
+                  s.block_number
+           FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
+           CROSS JOIN LATERAL (SELECT id, chain_id, wallet, health_factor, score, band,
+                                      probability_of_liquidation, reasons, model_version,
+                                      model_sha256, computed_at, event_id, kafka_topic,
+                                      kafka_partition, kafka_offset, block_number
+                               FROM credit_score
+                               WHERE chain_id = k.c AND wallet = k.w
+                               ORDER BY id DESC LIMIT 1) s"#,
+        chains,
+        wallets
+    )
+    .fetch_all(pool)
+    .await
 }
