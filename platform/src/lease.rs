@@ -48,19 +48,20 @@ impl Lease {
         let (mut connection, key) = lock_connection(postgres, name).await?;
         let mut waiting = false;
         loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-                .bind(LOCK_SPACE)
-                .bind(key)
-                .fetch_one(&mut connection)
-                .await
-                .context("could not try the lease lock")?;
+            let got: bool = sqlx::query_scalar!(
+                r#"SELECT pg_try_advisory_lock($1, $2) AS "got!""#,
+                LOCK_SPACE,
+                key
+            )
+            .fetch_one(&mut connection)
+            .await
+            .context("could not try the lease lock")?;
             if got {
                 break;
             }
             if !waiting {
                 let current: Option<String> =
-                    sqlx::query_scalar("SELECT holder FROM role_lease WHERE lease = $1")
-                        .bind(name)
+                    sqlx::query_scalar!("SELECT holder FROM role_lease WHERE lease = $1", name)
                         .fetch_optional(&mut connection)
                         .await
                         .unwrap_or(None);
@@ -69,12 +70,12 @@ impl Lease {
             }
             tokio::time::sleep(poll).await;
         }
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO role_lease (lease, holder) VALUES ($1, $2)
              ON CONFLICT (lease) DO UPDATE SET holder = EXCLUDED.holder, acquired_at = now()",
+            name,
+            holder
         )
-        .bind(name)
-        .bind(holder)
         .execute(&mut connection)
         .await
         .context("could not record the lease holder")?;
@@ -90,12 +91,13 @@ impl Lease {
     /// Fails with [`LeaseLost`] unless this lease's session still holds the lock.
     pub async fn ensure_held(&self) -> anyhow::Result<()> {
         let mut connection = self.connection.lock().await;
-        let held: Result<bool, sqlx::Error> = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::oid
-                 AND objid = $2::oid AND objsubid = 2 AND pid = pg_backend_pid() AND granted)",
+        let held: Result<bool, sqlx::Error> = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
+                 AND classid = $1::int8::oid AND objid = $2::int8::oid AND objsubid = 2
+                 AND pid = pg_backend_pid() AND granted) AS "held!""#,
+            i64::from(LOCK_SPACE),
+            i64::from(self.key as u32)
         )
-        .bind(i64::from(LOCK_SPACE))
-        .bind(i64::from(self.key as u32))
         .fetch_one(&mut *connection)
         .await;
         match held {
@@ -120,10 +122,8 @@ impl Lease {
     /// Gives the lease up now (a standby takes it within its poll interval).
     pub async fn release(self) {
         let mut connection = self.connection.into_inner();
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-            .bind(LOCK_SPACE)
-            .bind(self.key)
-            .execute(&mut connection)
+        let _ = sqlx::query_scalar!("SELECT pg_advisory_unlock($1, $2)", LOCK_SPACE, self.key)
+            .fetch_one(&mut connection)
             .await;
         let _ = connection.close().await;
     }
@@ -167,8 +167,7 @@ async fn lock_connection(
         .connect()
         .await
         .context("could not connect to Postgres for an advisory lock")?;
-    let key: i32 = sqlx::query_scalar("SELECT hashtext($1)")
-        .bind(name)
+    let key: i32 = sqlx::query_scalar!(r#"SELECT hashtext($1) AS "key!""#, name)
         .fetch_one(&mut connection)
         .await
         .context("could not compute the lock key")?;
@@ -181,17 +180,17 @@ pub async fn hold_pipeline(postgres: &PostgresArgs) -> anyhow::Result<PipelineGu
         return Ok(PipelineGuard { _connection: None });
     }
     let (mut connection, key) = lock_connection(postgres, PIPELINE).await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock_shared($1, $2)")
-        .bind(LOCK_SPACE)
-        .bind(key)
-        .fetch_one(&mut connection)
-        .await
-        .context("could not take the pipeline lock")?;
+    let got: bool = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_lock_shared($1, $2) AS "got!""#,
+        LOCK_SPACE,
+        key
+    )
+    .fetch_one(&mut connection)
+    .await
+    .context("could not take the pipeline lock")?;
     if !got {
         tracing::info!("a rebuild is running; waiting for it to finish");
-        sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
-            .bind(LOCK_SPACE)
-            .bind(key)
+        sqlx::query!("SELECT pg_advisory_lock_shared($1, $2)", LOCK_SPACE, key)
             .execute(&mut connection)
             .await
             .context("could not take the pipeline lock")?;
@@ -204,19 +203,21 @@ pub async fn hold_pipeline(postgres: &PostgresArgs) -> anyhow::Result<PipelineGu
 /// Takes the pipeline lock exclusively for a rebuild, or says how many roles are running.
 pub async fn take_pipeline(postgres: &PostgresArgs) -> anyhow::Result<PipelineGuard> {
     let (mut connection, key) = lock_connection(postgres, PIPELINE).await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-        .bind(LOCK_SPACE)
-        .bind(key)
-        .fetch_one(&mut connection)
-        .await
-        .context("could not take the pipeline lock")?;
+    let got: bool = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_lock($1, $2) AS "got!""#,
+        LOCK_SPACE,
+        key
+    )
+    .fetch_one(&mut connection)
+    .await
+    .context("could not take the pipeline lock")?;
     if !got {
-        let holders: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::oid
-               AND objid = $2::oid AND objsubid = 2 AND granted",
+        let holders: i64 = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM pg_locks WHERE locktype = 'advisory'
+               AND classid = $1::int8::oid AND objid = $2::int8::oid AND objsubid = 2 AND granted"#,
+            i64::from(LOCK_SPACE),
+            i64::from(key as u32)
         )
-        .bind(i64::from(LOCK_SPACE))
-        .bind(i64::from(key as u32))
         .fetch_one(&mut connection)
         .await
         .unwrap_or(0);

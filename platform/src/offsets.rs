@@ -57,7 +57,7 @@ pub async fn claim(
     }
     let topics: Vec<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();
     let ids: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
-    let rows: Vec<(String, i32, i64, i64)> = sqlx::query_as(
+    let rows = sqlx::query!(
         r#"
         INSERT INTO consumer_offset AS c (group_id, topic, partition_id, next_offset, epoch, owner)
         SELECT $1, t, p, 0, 1, $2 FROM UNNEST($3::text[], $4::int4[]) AS u(t, p)
@@ -65,16 +65,24 @@ pub async fn claim(
             epoch = c.epoch + 1, owner = EXCLUDED.owner, updated_at = now()
         RETURNING topic, partition_id, next_offset, epoch
         "#,
+        group,
+        owner,
+        &topics as &[&str],
+        &ids
     )
-    .bind(group)
-    .bind(owner)
-    .bind(&topics)
-    .bind(&ids)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(t, p, next_offset, epoch)| ((t, p), Claim { next_offset, epoch }))
+        .map(|r| {
+            (
+                (r.topic, r.partition_id),
+                Claim {
+                    next_offset: r.next_offset,
+                    epoch: r.epoch,
+                },
+            )
+        })
         .collect())
 }
 
@@ -93,7 +101,7 @@ pub async fn advance(
     let epochs: Vec<i64> = advances.iter().map(|a| a.epoch).collect();
     let from: Vec<i64> = advances.iter().map(|a| a.from).collect();
     let to: Vec<i64> = advances.iter().map(|a| a.to).collect();
-    let moved: Vec<(String, i32)> = sqlx::query_as(
+    let moved: Vec<(String, i32)> = sqlx::query!(
         r#"
         UPDATE consumer_offset AS c SET next_offset = u.next, updated_at = now()
         FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[], $6::int8[])
@@ -102,15 +110,18 @@ pub async fn advance(
           AND c.epoch = u.epoch AND c.next_offset = u.prev
         RETURNING c.topic, c.partition_id
         "#,
+        group,
+        &topics as &[&str],
+        &partitions,
+        &epochs,
+        &from,
+        &to
     )
-    .bind(group)
-    .bind(&topics)
-    .bind(&partitions)
-    .bind(&epochs)
-    .bind(&from)
-    .bind(&to)
     .fetch_all(&mut **tx)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.topic, r.partition_id))
+    .collect();
     if moved.len() == advances.len() {
         return Ok(());
     }
@@ -129,34 +140,37 @@ pub async fn stored(
     topic: &str,
     partition: i32,
 ) -> Result<Option<(i64, i64, Option<String>)>, sqlx::Error> {
-    sqlx::query_as(
+    Ok(sqlx::query!(
         "SELECT next_offset, epoch, owner FROM consumer_offset
          WHERE group_id = $1 AND topic = $2 AND partition_id = $3",
+        group,
+        topic,
+        partition
     )
-    .bind(group)
-    .bind(topic)
-    .bind(partition)
     .fetch_optional(pool)
-    .await
+    .await?
+    .map(|r| (r.next_offset, r.epoch, r.owner)))
 }
 
 /// Every stored next offset of `group`: ((topic, partition), next offset).
 pub async fn load(pool: &PgPool, group: &str) -> Result<Vec<((String, i32), i64)>, sqlx::Error> {
-    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT topic, partition_id, next_offset FROM consumer_offset WHERE group_id = $1",
+        group
     )
-    .bind(group)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| ((r.topic, r.partition_id), r.next_offset))
+        .collect())
 }
 
 /// Forgets `group`'s offsets (in `tx`), so its next claims start from the log's beginning.
 /// Members still running are fenced by their next commit (the rows are gone).
 pub async fn forget(tx: &mut Transaction<'_, Postgres>, group: &str) -> Result<u64, sqlx::Error> {
     Ok(
-        sqlx::query("DELETE FROM consumer_offset WHERE group_id = $1")
-            .bind(group)
+        sqlx::query!("DELETE FROM consumer_offset WHERE group_id = $1", group)
             .execute(&mut **tx)
             .await?
             .rows_affected(),

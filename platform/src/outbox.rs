@@ -57,15 +57,16 @@ pub async fn enqueue(
             payload
         })
         .collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO outbox (topic, record_key, output_id, payload)
-         SELECT t, k, i, p FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS u(t, k, i, p, n)
+         SELECT t, k, i, p
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS u(t, k, i, p, n)
          ORDER BY n",
+        &topics as &[&str],
+        &keys as &[&str],
+        &ids as &[&str],
+        &payloads
     )
-    .bind(&topics)
-    .bind(&keys)
-    .bind(&ids)
-    .bind(&payloads)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -99,15 +100,18 @@ async fn relay_round(
         .begin()
         .await
         .context("could not start an outbox relay")?;
-    let rows: Vec<(i64, String, String, String, serde_json::Value)> = sqlx::query_as(
+    let rows: Vec<(i64, String, String, String, serde_json::Value)> = sqlx::query!(
         "SELECT seq, topic, record_key, output_id, payload FROM outbox
          WHERE topic = ANY($1) ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+        topics,
+        limit
     )
-    .bind(topics)
-    .bind(limit)
     .fetch_all(&mut *tx)
     .await
-    .context("could not read the outbox")?;
+    .context("could not read the outbox")?
+    .into_iter()
+    .map(|r| (r.seq, r.topic, r.record_key, r.output_id, r.payload))
+    .collect();
     if rows.is_empty() {
         return Ok(0);
     }
@@ -146,8 +150,7 @@ async fn relay_round(
     }
     crate::failpoint::hit("outbox.after_ack");
     let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
-        .bind(&seqs)
+    sqlx::query!("DELETE FROM outbox WHERE seq = ANY($1)", &seqs)
         .execute(&mut *tx)
         .await
         .context("could not clear relayed outputs")?;
@@ -159,7 +162,7 @@ async fn relay_round(
 
 /// Outputs still waiting to be relayed (all topics).
 pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox")
+    sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM outbox"#)
         .fetch_one(pool)
         .await
 }

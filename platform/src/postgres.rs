@@ -67,12 +67,13 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
         // The real connect below reports the failure with its context.
         return Ok(());
     };
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(database)
-            .fetch_one(&mut conn)
-            .await
-            .context("could not look up databases")?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+        database
+    )
+    .fetch_one(&mut conn)
+    .await
+    .context("could not look up databases")?;
     if !exists {
         let quoted = database.replace('"', "\"\"");
         // A concurrent creator makes this fail with duplicate_database; the connect still works.
