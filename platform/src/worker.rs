@@ -2,8 +2,9 @@
 //! offsets, in one Postgres transaction), again, until a shutdown signal; and the same batches
 //! until the log is drained, for tools and tests.
 //!
-//! Every batch worker (the scorer, the risk worker, the actuator) implements [`BatchWorker`] and
-//! runs [`run_until_stopped`] or [`run_until_idle`], so they agree on three things:
+//! Every batch worker (the projector, the scorer, the risk worker, the actuator) implements
+//! [`BatchWorker`] and runs [`run_until_stopped`] or [`run_until_idle`], so they agree on three
+//! things:
 //!
 //! - **Shutdown finishes the batch in hand**: a signal that arrives mid-batch lets the batch
 //!   commit (within [`SHUTDOWN_GRACE`]) and then stops; it is checked again between batches.
@@ -14,8 +15,9 @@
 //!   or to stop with the error. A shutdown during the backoff stops at once.
 //! - **Idle means an empty batch with no assignment pending** ([`run_until_idle`]).
 //!
-//! The projector runs its own pipelined loop (batch N+1 is folded while batch N commits) with
-//! the same shutdown and retry rules.
+//! A pipelined worker (the projector: batch N+1 is received and folded while batch N commits)
+//! returns from [`BatchWorker::process_batch`] with a write still in flight, and commits it in
+//! [`BatchWorker::drain`], which both loops call before they return.
 
 use std::future::Future;
 use std::time::Duration;
@@ -56,6 +58,24 @@ pub trait BatchWorker: Send {
     fn settling(&self) -> bool {
         false
     }
+
+    /// Commits what is still in flight (a pipelined worker's last write) before the loop
+    /// returns; what it committed. A worker that commits within `process_batch` has nothing.
+    fn drain(&mut self) -> impl Future<Output = anyhow::Result<Self::Outcome>> + Send {
+        async { Ok(Self::Outcome::default()) }
+    }
+}
+
+/// [`BatchWorker::drain`] at a shutdown: bounded by `grace`; a failure is logged, not returned
+/// (nothing of the write was committed, and the next owner reads it again).
+async fn drain_for_shutdown<W: BatchWorker>(worker: &mut W, grace: Duration) {
+    match tokio::time::timeout(grace, worker.drain()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(error = %format!("{err:#}"), "shutdown: the write in flight failed; nothing of it was committed")
+        }
+        Err(_) => tracing::warn!(?grace, "shutdown: the write in flight did not finish"),
+    }
 }
 
 /// Runs batches of `wait` until `shutdown` resolves; see the module docs for what a shutdown
@@ -69,36 +89,46 @@ pub async fn run_until_stopped<W: BatchWorker>(
     tokio::pin!(shutdown);
     let mut backoff = RETRY_START;
     loop {
-        let (outcome, stopping) = {
+        let finished = {
             let batch = worker.process_batch(wait);
             tokio::pin!(batch);
             tokio::select! {
                 biased;
-                outcome = &mut batch => (outcome, false),
+                outcome = &mut batch => Some((outcome, false)),
                 () = &mut shutdown => match tokio::time::timeout(grace, batch).await {
-                    Ok(outcome) => (outcome, true),
-                    Err(_) => {
-                        tracing::warn!(?grace, "shutdown: the batch in hand did not finish; dropped uncommitted");
-                        return Ok(());
-                    }
+                    Ok(outcome) => Some((outcome, true)),
+                    Err(_) => None,
                 },
             }
+        };
+        let Some((outcome, stopping)) = finished else {
+            tracing::warn!(
+                ?grace,
+                "shutdown: the batch in hand did not finish; dropped uncommitted"
+            );
+            drain_for_shutdown(worker, grace).await;
+            return Ok(());
         };
         match outcome {
             Ok(_) => backoff = RETRY_START,
             Err(err) if stopping => {
                 tracing::warn!(error = %format!("{err:#}"), "shutdown: the last batch failed; nothing of it was committed");
+                drain_for_shutdown(worker, grace).await;
                 return Ok(());
             }
             Err(err) => {
                 tokio::select! {
                     biased;
-                    () = &mut shutdown => return Ok(()),
+                    () = &mut shutdown => {
+                        drain_for_shutdown(worker, grace).await;
+                        return Ok(());
+                    }
                     retry = worker.recover(err, &mut backoff) => retry?,
                 }
             }
         }
         if stopping {
+            drain_for_shutdown(worker, grace).await;
             return Ok(());
         }
     }
@@ -116,10 +146,11 @@ pub async fn run_until_idle<W: BatchWorker>(
     loop {
         let outcome = worker.process_batch(wait).await?;
         wait = idle;
+        W::add(&mut total, &outcome);
         if W::received(&outcome) == 0 && !worker.settling() {
+            W::add(&mut total, &worker.drain().await?);
             return Ok(total);
         }
-        W::add(&mut total, &outcome);
     }
 }
 
@@ -272,6 +303,89 @@ mod tests {
         .await
         .expect_err("a non-transient failure stops the worker");
         assert!(err.to_string().contains("bad config"), "{err}");
+    }
+
+    /// A pipelined worker: each batch's commit happens in the next call (or in `drain`).
+    struct Pipelined {
+        batches: Vec<u64>,
+        in_flight: Option<u64>,
+        committed: Arc<AtomicU64>,
+    }
+
+    impl BatchWorker for Pipelined {
+        type Outcome = u64;
+
+        async fn process_batch(&mut self, _wait: Duration) -> anyhow::Result<u64> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let done = self.in_flight.take().unwrap_or(0);
+            self.committed.fetch_add(done, Ordering::SeqCst);
+            let next = if self.batches.is_empty() {
+                0
+            } else {
+                self.batches.remove(0)
+            };
+            if next > 0 {
+                self.in_flight = Some(next);
+            }
+            Ok(done)
+        }
+
+        fn settling(&self) -> bool {
+            self.in_flight.is_some()
+        }
+
+        fn received(outcome: &u64) -> u64 {
+            *outcome
+        }
+
+        fn add(total: &mut u64, outcome: &u64) {
+            *total += outcome;
+        }
+
+        async fn recover(&mut self, err: anyhow::Error, _: &mut Duration) -> anyhow::Result<()> {
+            Err(err)
+        }
+
+        async fn drain(&mut self) -> anyhow::Result<u64> {
+            let done = self.in_flight.take().unwrap_or(0);
+            self.committed.fetch_add(done, Ordering::SeqCst);
+            Ok(done)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_commits_the_write_a_pipelined_worker_has_in_flight() {
+        let committed = Arc::new(AtomicU64::new(0));
+        let mut worker = Pipelined {
+            batches: vec![4, 6],
+            in_flight: None,
+            committed: committed.clone(),
+        };
+        // Stops during the second batch: it folds 6 and commits 4; the 6 still in flight must
+        // be committed by the drain, not dropped.
+        run_until_stopped(
+            &mut worker,
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+            tokio::time::sleep(Duration::from_millis(30)),
+        )
+        .await
+        .expect("stops cleanly");
+        assert_eq!(committed.load(Ordering::SeqCst), 10);
+        assert_eq!(worker.in_flight, None);
+
+        // Run until idle: the first batch commits in the second call, the last in the drain
+        // after the first empty batch with nothing in flight.
+        let committed = Arc::new(AtomicU64::new(0));
+        let mut worker = Pipelined {
+            batches: vec![3, 5],
+            in_flight: None,
+            committed: committed.clone(),
+        };
+        let total = run_until_idle(&mut worker, Duration::from_millis(1))
+            .await
+            .expect("drains");
+        assert_eq!((total, committed.load(Ordering::SeqCst)), (8, 8));
     }
 
     #[tokio::test]

@@ -146,6 +146,11 @@ pub struct App {
     topics: Topics,
     config: Config,
     pub timings: Timings,
+    /// The batch being written while the next one is received and folded (at most one).
+    in_flight: Option<tokio::task::JoinHandle<anyhow::Result<Result<Written, Fenced>>>>,
+    /// Rows stored since the start, and when progress was last logged.
+    folded: u64,
+    last_report: Instant,
 }
 
 impl std::fmt::Debug for App {
@@ -184,6 +189,9 @@ impl App {
             topics,
             config,
             timings: Timings::default(),
+            in_flight: None,
+            folded: 0,
+            last_report: Instant::now(),
         })
     }
 
@@ -374,6 +382,7 @@ impl App {
         self.member.committed(&offsets);
         self.timings.kafka_commit += commit_started.elapsed();
         self.timings.batches += 1;
+        self.folded += outcome.stored;
         tracing::debug!(
             received = outcome.received,
             stored = outcome.stored,
@@ -385,17 +394,18 @@ impl App {
 
     /// Receives one batch (waiting at most `idle` for its first message), folds it, and commits
     /// rows and offsets in one Postgres transaction. `received == 0` means nothing arrived.
+    /// (Not pipelined: for benchmarks that time one batch.)
     pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<BatchOutcome> {
+        let mut outcome = self.drain().await?;
         let batch = self.receive(idle).await?;
         if batch.messages.is_empty() {
-            return Ok(BatchOutcome {
-                skipped: batch.skipped,
-                ..BatchOutcome::default()
-            });
+            outcome.skipped += batch.skipped;
+            return Ok(outcome);
         }
         let prepared = self.prepare(batch).await?;
         let written = self.writer().write(prepared).await?;
-        self.finish(written).await
+        outcome.add(&self.finish(written).await?);
+        Ok(outcome)
     }
 
     /// High watermarks of every partition of the event topics, now.
@@ -422,131 +432,101 @@ impl App {
         &mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<BatchOutcome> {
+        use futures::FutureExt as _;
         let targets = self.high_watermarks().await?;
-        let (total, stopped) = self.run(Some(&targets), shutdown).await?;
-        if stopped {
-            anyhow::bail!("stopped before the read models caught up with the log");
+        tokio::pin!(shutdown);
+        let mut total = BatchOutcome::default();
+        loop {
+            // Caught up: checked against the group's offsets in Postgres whenever nothing is
+            // in flight, since other members may own some of the partitions.
+            if self.in_flight.is_none() && self.member.group_covers(&targets).await? {
+                return Ok(total);
+            }
+            if (&mut shutdown).now_or_never().is_some() {
+                total.add(&self.drain().await?);
+                anyhow::bail!("stopped before the read models caught up with the log");
+            }
+            total.add(&self.step(Duration::from_millis(200)).await?);
         }
-        Ok(total)
     }
 
-    /// Folds until `shutdown` resolves; the batch in hand is committed first.
+    /// Folds until `shutdown` resolves, through the workers' one loop
+    /// ([`chainfold_platform::worker`]): the batch in hand is committed, and the write in
+    /// flight, first; a transient failure reads again from what Postgres holds.
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        tokio::pin!(shutdown);
-        let mut backoff = chainfold_platform::member::Member::RETRY_START;
-        let mut folded = 0;
-        loop {
-            match self.run(None, &mut shutdown).await {
-                Ok((total, _)) => {
-                    folded += total.stored;
-                    break;
-                }
-                // Nothing after the last commit is kept: read it again once the service is back.
-                Err(err) => {
-                    self.member
-                        .retry_after(err, &mut backoff, "projector loop")
-                        .await?
-                }
-            }
-        }
-        tracing::info!(folded, "projector stopped");
+        use chainfold_platform::worker;
+        worker::run_until_stopped(
+            &mut self,
+            Duration::from_millis(200),
+            worker::SHUTDOWN_GRACE,
+            shutdown,
+        )
+        .await?;
+        tracing::info!(folded = self.folded, "projector stopped");
         Ok(())
     }
 
-    /// The pipelined loop: batch N+1 is received, folded and dead-lettered while batch N's
-    /// transaction commits. One write is in flight at most, so batches commit in order, and it
-    /// is drained before a rebalance's claims and before returning. A fenced batch makes the
-    /// member read again from what Postgres holds, so the batch prepared behind it is dropped.
-    async fn run(
-        &mut self,
-        targets: Option<&[(String, i32, i64)]>,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<(BatchOutcome, bool)> {
-        tokio::pin!(shutdown);
+    /// One step of the pipelined loop: batch N+1 is received, folded and dead-lettered while
+    /// batch N's transaction commits; then N is finished and N+1's write starts. One write is
+    /// in flight at most, so batches commit in order, and it is drained before a rebalance's
+    /// claims. A fenced batch makes the member read again from what Postgres holds, so the
+    /// batch prepared behind it is dropped. Returns what was committed (batch N).
+    async fn step(&mut self, wait: Duration) -> anyhow::Result<BatchOutcome> {
         let mut total = BatchOutcome::default();
-        let mut in_flight: Option<
-            tokio::task::JoinHandle<anyhow::Result<Result<Written, Fenced>>>,
-        > = None;
-        let mut last_report = Instant::now();
-        let mut last_check = Instant::now() - Duration::from_secs(1);
-        let mut idle = false;
-        let stopped = loop {
-            // Caught up: checked against the group's offsets in Postgres when idle, or every
-            // 200 ms, since other members may own some of the partitions.
-            let done = match targets {
-                Some(t)
-                    if in_flight.is_none()
-                        && (idle || last_check.elapsed() > Duration::from_millis(200)) =>
-                {
-                    last_check = Instant::now();
-                    self.member.group_covers(t).await?
-                }
-                _ => false,
-            };
-            if done {
-                break false;
-            }
-            if self.member.has_pending_assignment() {
-                if let Some(handle) = in_flight.take() {
-                    total.add(
-                        &self
-                            .finish(handle.await.context("write task panicked")??)
-                            .await?,
-                    );
-                }
-            }
-            let batch = tokio::select! {
-                biased;
-                () = &mut shutdown => None,
-                received = self.receive(Duration::from_millis(200)) => Some(received?),
-            };
-            let Some(batch) = batch else {
-                if let Some(handle) = in_flight.take() {
-                    total.add(
-                        &self
-                            .finish(handle.await.context("write task panicked")??)
-                            .await?,
-                    );
-                }
-                break true;
-            };
-            idle = batch.messages.is_empty();
-            total.skipped += batch.skipped;
-            let prepared = if batch.messages.is_empty() {
-                None
-            } else {
-                Some(self.prepare(batch).await?)
-            };
-            let mut fenced = false;
-            if let Some(handle) = in_flight.take() {
-                let written = handle.await.context("write task panicked")??;
-                fenced = written.is_err();
-                total.add(&self.finish(written).await?);
-            }
-            match prepared {
-                // Read before the member went back to Postgres's offsets: read again.
-                Some(_) if fenced => {}
-                Some(prepared) => in_flight = Some(tokio::spawn(self.writer().write(prepared))),
-                None => {}
-            }
-            if last_report.elapsed() > Duration::from_secs(10) && total.stored > 0 {
-                let t = &self.timings;
-                tracing::info!(
-                    folded = total.stored,
-                    batches = t.batches,
-                    receive_ms = t.receive.as_millis() as u64,
-                    decode_fold_ms = t.decode_fold.as_millis() as u64,
-                    postgres_ms = t.postgres.as_millis() as u64,
-                    redis_ms = t.redis.as_millis() as u64,
-                    "projector progress"
-                );
-                last_report = Instant::now();
-            }
+        if self.member.has_pending_assignment() {
+            total.add(&self.drain().await?);
+        }
+        let batch = self.receive(wait).await?;
+        total.skipped += batch.skipped;
+        let prepared = if batch.messages.is_empty() {
+            None
+        } else {
+            Some(self.prepare(batch).await?)
         };
-        Ok((total, stopped))
+        let mut fenced = false;
+        if let Some(handle) = self.in_flight.take() {
+            let written = handle.await.context("write task panicked")??;
+            fenced = written.is_err();
+            total.add(&self.finish(written).await?);
+        }
+        match prepared {
+            // Read before the member went back to Postgres's offsets: read again.
+            Some(_) if fenced => {}
+            Some(prepared) => self.in_flight = Some(tokio::spawn(self.writer().write(prepared))),
+            None => {}
+        }
+        self.report_progress();
+        Ok(total)
+    }
+
+    /// Commits the write in flight, if any.
+    async fn drain(&mut self) -> anyhow::Result<BatchOutcome> {
+        match self.in_flight.take() {
+            Some(handle) => {
+                let written = handle.await.context("write task panicked")??;
+                self.finish(written).await
+            }
+            None => Ok(BatchOutcome::default()),
+        }
+    }
+
+    fn report_progress(&mut self) {
+        if self.last_report.elapsed() > Duration::from_secs(10) && self.folded > 0 {
+            let t = &self.timings;
+            tracing::info!(
+                folded = self.folded,
+                batches = t.batches,
+                receive_ms = t.receive.as_millis() as u64,
+                decode_fold_ms = t.decode_fold.as_millis() as u64,
+                postgres_ms = t.postgres.as_millis() as u64,
+                redis_ms = t.redis.as_millis() as u64,
+                "projector progress"
+            );
+            self.last_report = Instant::now();
+        }
     }
 
     /// Empties the read models, the group's offsets and the Redis cache (`chainfold rebuild`).
@@ -559,6 +539,46 @@ impl App {
             .context("could not clear the Redis cache")?;
         tracing::info!(deleted, "read models and cache cleared");
         Ok(())
+    }
+}
+
+impl chainfold_platform::worker::BatchWorker for App {
+    type Outcome = BatchOutcome;
+
+    async fn process_batch(&mut self, wait: Duration) -> anyhow::Result<BatchOutcome> {
+        self.step(wait).await
+    }
+
+    fn received(outcome: &BatchOutcome) -> u64 {
+        outcome.received
+    }
+
+    fn add(total: &mut BatchOutcome, outcome: &BatchOutcome) {
+        total.add(outcome);
+    }
+
+    /// After a failed step: the write in flight is awaited first (finished if it committed),
+    /// then the member reads again from what Postgres holds. A failure that retrying cannot
+    /// mend stops the projector with its error.
+    async fn recover(&mut self, err: anyhow::Error, backoff: &mut Duration) -> anyhow::Result<()> {
+        if let Some(handle) = self.in_flight.take() {
+            if let Ok(Ok(written)) = handle.await {
+                if let Err(err) = self.finish(written).await {
+                    tracing::warn!(error = %format!("{err:#}"), "could not finish the write in flight");
+                }
+            }
+        }
+        self.member
+            .retry_after(err, backoff, "projector loop")
+            .await
+    }
+
+    fn settling(&self) -> bool {
+        self.member.has_pending_assignment() || self.in_flight.is_some()
+    }
+
+    async fn drain(&mut self) -> anyhow::Result<BatchOutcome> {
+        App::drain(self).await
     }
 }
 
