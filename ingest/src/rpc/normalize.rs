@@ -155,20 +155,65 @@ fn other(a: Address, b: Address) -> Option<Address> {
 /// Turns a decoded log into its envelope. `Err` is the reason it cannot be (unknown metadata),
 /// for the dead-letter topic.
 pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelope, String> {
-    let flow =
-        |protocol: &str, wallet, counterparty, reserve, value| -> Result<LendingFlow, String> {
-            Ok(LendingFlow {
-                protocol: protocol.to_owned(),
-                wallet,
-                counterparty,
-                reserve: md.token(reserve)?,
-                amount: amount(value),
-                price_usd: None,
-                pool: Some(meta.address),
-            })
-        };
     let pool = meta.address;
     let event = match raw {
+        RawEvent::V2Swap(..)
+        | RawEvent::V3Swap(..)
+        | RawEvent::V2Sync(..)
+        | RawEvent::V2Mint(..)
+        | RawEvent::V2Burn(..)
+        | RawEvent::V3Mint(..)
+        | RawEvent::V3Burn(..) => amm_event(raw, pool, md, meta)?,
+        RawEvent::AaveV2Deposit(..)
+        | RawEvent::AaveV3Supply(..)
+        | RawEvent::AaveV2Withdraw(..)
+        | RawEvent::AaveV3Withdraw(..)
+        | RawEvent::AaveV2Borrow(..)
+        | RawEvent::AaveV3Borrow(..)
+        | RawEvent::AaveV2Repay(..)
+        | RawEvent::AaveV3Repay(..)
+        | RawEvent::AaveV2LiquidationCall(..)
+        | RawEvent::AaveV3LiquidationCall(..)
+        | RawEvent::AaveV2FlashLoan(..)
+        | RawEvent::AaveV3FlashLoan(..) => lending_event(raw, pool, md, meta)?,
+        RawEvent::ReserveDataUpdated(..)
+        | RawEvent::CollateralEnabled(..)
+        | RawEvent::CollateralDisabled(..)
+        | RawEvent::CollateralConfigurationChanged(..)
+        | RawEvent::EModeCategoryAdded(..)
+        | RawEvent::EModeAssetCategoryChanged(..)
+        | RawEvent::UserEModeSet(..)
+        | RawEvent::DebtCeilingChanged(..)
+        | RawEvent::IsolationModeTotalDebtUpdated(..) => market_event(raw, pool, md)?,
+        RawEvent::Erc20Transfer(..) | RawEvent::AnswerUpdated(..) => {
+            feed_or_token_event(raw, pool, md)?
+        }
+    };
+    Ok(Envelope {
+        schema_version: SCHEMA_VERSION,
+        retracted: false,
+        event_id: EventId::of_log(meta.chain_id, &meta.tx_hash, meta.log_index),
+        chain_id: meta.chain_id,
+        block: Some(BlockRef {
+            number: meta.block_number,
+            hash: Some(meta.block_hash),
+        }),
+        tx_hash: Some(meta.tx_hash),
+        log_index: Some(meta.log_index),
+        block_time: meta.block_time,
+        source: Source::Rpc,
+        event,
+    })
+}
+
+/// A Uniswap V2 or V3 pool's swap, sync, mint or burn.
+fn amm_event(
+    raw: RawEvent,
+    pool: Address,
+    md: &Metadata,
+    meta: &LogMeta,
+) -> Result<DefiEvent, String> {
+    Ok(match raw {
         RawEvent::V2Swap(e) => {
             let (token0, token1) = md.pair(pool)?;
             let zero_in = e.amount0In >= e.amount1In;
@@ -271,6 +316,30 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
             tick_lower: Some(e.tickLower.as_i32()),
             tick_upper: Some(e.tickUpper.as_i32()),
         }),
+        other => return Err(format!("not an AMM event: {other:?}")),
+    })
+}
+
+/// An Aave V2 or V3 pool's supply, withdrawal, borrow, repay, liquidation or flash loan.
+fn lending_event(
+    raw: RawEvent,
+    pool: Address,
+    md: &Metadata,
+    meta: &LogMeta,
+) -> Result<DefiEvent, String> {
+    let flow =
+        |protocol: &str, wallet, counterparty, reserve, value| -> Result<LendingFlow, String> {
+            Ok(LendingFlow {
+                protocol: protocol.to_owned(),
+                wallet,
+                counterparty,
+                reserve: md.token(reserve)?,
+                amount: amount(value),
+                price_usd: None,
+                pool: Some(meta.address),
+            })
+        };
+    Ok(match raw {
         RawEvent::AaveV2Deposit(e) => DefiEvent::Deposit(flow(
             "aave_v2",
             e.onBehalfOf,
@@ -369,6 +438,13 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
             amount: amount(e.amount),
             premium: amount(e.premium),
         }),
+        other => return Err(format!("not a lending flow: {other:?}")),
+    })
+}
+
+/// An Aave pool's reserve update, collateral use, configuration, e-mode or isolation change.
+fn market_event(raw: RawEvent, pool: Address, md: &Metadata) -> Result<DefiEvent, String> {
+    Ok(match raw {
         RawEvent::ReserveDataUpdated(protocol, e) => DefiEvent::ReserveUpdate(ReserveUpdate {
             protocol: protocol.into(),
             pool,
@@ -455,6 +531,13 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
                 value: amount(e.totalDebt),
             })
         }
+        other => return Err(format!("not a lending market event: {other:?}")),
+    })
+}
+
+/// A Chainlink round or an ERC-20 transfer.
+fn feed_or_token_event(raw: RawEvent, pool: Address, md: &Metadata) -> Result<DefiEvent, String> {
+    Ok(match raw {
         RawEvent::Erc20Transfer(e) => DefiEvent::Transfer(Erc20Transfer {
             token: pool,
             from: e.from,
@@ -484,21 +567,7 @@ pub fn normalize(raw: RawEvent, meta: &LogMeta, md: &Metadata) -> Result<Envelop
                     .and_then(|t| DateTime::from_timestamp(t, 0)),
             })
         }
-    };
-    Ok(Envelope {
-        schema_version: SCHEMA_VERSION,
-        retracted: false,
-        event_id: EventId::of_log(meta.chain_id, &meta.tx_hash, meta.log_index),
-        chain_id: meta.chain_id,
-        block: Some(BlockRef {
-            number: meta.block_number,
-            hash: Some(meta.block_hash),
-        }),
-        tx_hash: Some(meta.tx_hash),
-        log_index: Some(meta.log_index),
-        block_time: meta.block_time,
-        source: Source::Rpc,
-        event,
+        other => return Err(format!("not an oracle round or a transfer: {other:?}")),
     })
 }
 
