@@ -326,6 +326,36 @@ type Positions = Vec<(String, String, f64, f64)>;
 
 /// Whether a history row (its block and time) is seen by a trigger: at or before the trigger's
 /// time and, where both have blocks, in the trigger's block or before.
+/// Which of a wallet's triggers advance its profile over `rows` (the history after the
+/// profile's cursor), as (rows the trigger sees, trigger) in the order of how much each sees;
+/// and the triggers that see less than the profile already holds, to score from the start.
+fn plan<'t>(
+    triggers: &[&'t Trigger],
+    profile: &CreditProfile,
+    rows: &[HistoryRow],
+) -> (Vec<(usize, &'t Trigger)>, Vec<&'t Trigger>) {
+    let mut plan: Vec<(usize, &Trigger)> = Vec::with_capacity(triggers.len());
+    let mut older: Vec<&Trigger> = Vec::new();
+    for &t in triggers {
+        let seen = rows
+            .iter()
+            .take_while(|r| visible(t, r.block, r.key.at))
+            .count();
+        let prefix = !rows[seen..].iter().any(|r| visible(t, r.block, r.key.at));
+        let holds = profile
+            .cursor
+            .as_ref()
+            .is_none_or(|c| visible(t, (c.block != i64::MAX).then_some(c.block), c.at));
+        if prefix && holds {
+            plan.push((seen, t));
+        } else {
+            older.push(t);
+        }
+    }
+    plan.sort_by_key(|(seen, _)| *seen);
+    (plan, older)
+}
+
 fn visible(t: &Trigger, block: Option<i64>, at: DateTime<Utc>) -> bool {
     at <= t.at
         && match (t.block_number, block) {
@@ -409,26 +439,7 @@ impl ScoreEngine {
                 mut profile, rows, ..
             } = loaded.remove(key).unwrap_or_default();
             let attested = attested.remove(key).unwrap_or_default();
-            // How many of `rows` each trigger sees; `None` when it sees less than the profile.
-            let mut plan: Vec<(usize, &Trigger)> = Vec::with_capacity(list.len());
-            let mut older: Vec<&Trigger> = Vec::new();
-            for t in list {
-                let seen = rows
-                    .iter()
-                    .take_while(|r| visible(t, r.block, r.key.at))
-                    .count();
-                let prefix = !rows[seen..].iter().any(|r| visible(t, r.block, r.key.at));
-                let holds = profile
-                    .cursor
-                    .as_ref()
-                    .is_none_or(|c| visible(t, (c.block != i64::MAX).then_some(c.block), c.at));
-                if prefix && holds {
-                    plan.push((seen, t));
-                } else {
-                    older.push(t);
-                }
-            }
-            plan.sort_by_key(|(seen, _)| *seen);
+            let (plan, older) = plan(list, &profile, &rows);
             let last_kept = plan
                 .iter()
                 .rposition(|(_, t)| persist.is_some_and(|topic| t.topic == topic));
@@ -447,27 +458,7 @@ impl ScoreEngine {
             }
             if !older.is_empty() {
                 behind += older.len() as u64;
-                let mut conn = self.pool.acquire().await?;
-                let all = profiles::rows_after(
-                    &mut conn,
-                    std::slice::from_ref(key),
-                    &[None],
-                    std::slice::from_ref(until),
-                )
-                .await?
-                .remove(&0)
-                .unwrap_or_default();
-                for t in older {
-                    let mut from_start = CreditProfile::default();
-                    for r in all.iter().filter(|r| visible(t, r.block, r.key.at)) {
-                        fold_row(&mut from_start, r);
-                    }
-                    scored.push((
-                        t,
-                        from_start.activity.features(t.at),
-                        from_start.book.positions(),
-                    ));
-                }
+                scored.extend(self.score_from_start(key, *until, older).await?);
             }
             for (t, features, positions) in scored {
                 let Some(features) = features else {
@@ -493,18 +484,8 @@ impl ScoreEngine {
                 pending.push((key.0, key.1.clone(), t, features, active, position));
             }
         }
-        // One batched inference for every priced position, on a blocking thread.
         let inputs: Vec<[f32; 4]> = pending.iter().filter_map(|p| p.5 .1).collect();
-        let model = self.model.clone();
-        let mut probabilities = tokio::task::spawn_blocking(move || {
-            model
-                .lock()
-                .map_err(|_| anyhow::anyhow!("position model lock poisoned"))?
-                .predict(&inputs)
-        })
-        .await
-        .context("inference thread")??
-        .into_iter();
+        let mut probabilities = self.infer(inputs).await?.into_iter();
         let mut with_position = 0;
         let mut rows: Vec<(u64, String, &'t Trigger, Score)> = Vec::with_capacity(pending.len());
         let mut health = Vec::with_capacity(pending.len());
@@ -534,6 +515,55 @@ impl ScoreEngine {
             stats,
             behind,
         })
+    }
+
+    /// The scores of triggers that see less of the wallet's history than its stored profile
+    /// holds (older blocks arriving late): each folded from the wallet's whole history read
+    /// once, up to what the trigger sees.
+    async fn score_from_start<'t>(
+        &self,
+        key: &WalletKey,
+        until: DateTime<Utc>,
+        older: Vec<&'t Trigger>,
+    ) -> anyhow::Result<Vec<(&'t Trigger, Option<ActivityFeatures>, Positions)>> {
+        let mut conn = self.pool.acquire().await?;
+        let all = profiles::rows_after(
+            &mut conn,
+            std::slice::from_ref(key),
+            &[None],
+            std::slice::from_ref(&until),
+        )
+        .await?
+        .remove(&0)
+        .unwrap_or_default();
+        Ok(older
+            .into_iter()
+            .map(|t| {
+                let mut from_start = CreditProfile::default();
+                for r in all.iter().filter(|r| visible(t, r.block, r.key.at)) {
+                    fold_row(&mut from_start, r);
+                }
+                (
+                    t,
+                    from_start.activity.features(t.at),
+                    from_start.book.positions(),
+                )
+            })
+            .collect())
+    }
+
+    /// One batched inference of the position model for every priced position, on a blocking
+    /// thread: the probabilities of liquidation, in the order of `inputs`.
+    async fn infer(&self, inputs: Vec<[f32; 4]>) -> anyhow::Result<Vec<f32>> {
+        let model = self.model.clone();
+        tokio::task::spawn_blocking(move || {
+            model
+                .lock()
+                .map_err(|_| anyhow::anyhow!("position model lock poisoned"))?
+                .predict(&inputs)
+        })
+        .await
+        .context("inference thread")?
     }
 
     /// The attestations of each wallet, oldest first (one query for the batch).
