@@ -282,24 +282,30 @@ pub async fn insert_flash_loans(
     Ok(done.rows_affected())
 }
 
-/// Inserts lending-pool reserve updates, configurations and collateral-use changes, skipping
-/// stored ones; returns how many were new.
-pub async fn insert_market_events(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[(&MarketRow, &Coordinates)],
-) -> Result<u64, StoreError> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let mut c = Common::default();
-    let (mut protocol, mut pool, mut kind, mut reserve, mut symbol, mut decimals, mut wallet) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut emode, mut label): (Vec<Option<i16>>, Vec<Option<String>>) = (vec![], vec![]);
-    let mut figure: Vec<Option<BigDecimal>> = vec![];
-    let mut rates: [Vec<Option<BigDecimal>>; 5] = Default::default();
-    let mut params: [Vec<Option<i32>>; 3] = Default::default();
-    for (row, from) in rows {
-        c.push(&row.at, from);
+/// The columns of `lending_market_event` rows, as arrays for UNNEST.
+#[derive(Default)]
+struct MarketColumns {
+    c: Common,
+    protocol: Vec<String>,
+    pool: Vec<String>,
+    kind: Vec<&'static str>,
+    reserve: Vec<Option<String>>,
+    symbol: Vec<Option<String>>,
+    decimals: Vec<Option<i16>>,
+    wallet: Vec<Option<String>>,
+    emode: Vec<Option<i16>>,
+    label: Vec<Option<String>>,
+    figure: Vec<Option<BigDecimal>>,
+    /// liquidity rate, stable and variable borrow rates, liquidity and variable borrow indices.
+    rates: [Vec<Option<BigDecimal>>; 5],
+    /// LTV, liquidation threshold and bonus (basis points).
+    params: [Vec<Option<i32>>; 3],
+}
+
+impl MarketColumns {
+    /// Adds one row: which kind of change it is, what it names, and the figures it carries.
+    fn push(&mut self, row: &MarketRow, from: &Coordinates) {
+        self.c.push(&row.at, from);
         let (p, pl, k, r, w) = match &row.change {
             MarketChange::Reserve(u) => (
                 &u.protocol,
@@ -346,13 +352,13 @@ pub async fn insert_market_events(
                 }
             },
         };
-        protocol.push(p.clone());
-        pool.push(hex(&pl));
-        kind.push(k);
-        reserve.push(r.map(|r| hex(&r.address)));
-        symbol.push(r.map(|r| r.symbol.clone()));
-        decimals.push(r.map(|r| i16::from(r.decimals)));
-        wallet.push(w);
+        self.protocol.push(p.clone());
+        self.pool.push(hex(&pl));
+        self.kind.push(k);
+        self.reserve.push(r.map(|r| hex(&r.address)));
+        self.symbol.push(r.map(|r| r.symbol.clone()));
+        self.decimals.push(r.map(|r| i16::from(r.decimals)));
+        self.wallet.push(w);
         let (category, text) = match &row.change {
             MarketChange::EMode(e) => (
                 Some(i16::from(e.category)),
@@ -363,9 +369,9 @@ pub async fn insert_market_events(
             ),
             _ => (None, None),
         };
-        emode.push(category);
-        label.push(text);
-        figure.push(match &row.change {
+        self.emode.push(category);
+        self.label.push(text);
+        self.figure.push(match &row.change {
             MarketChange::Isolation(i) => Some(i.value.to_decimal()),
             _ => None,
         });
@@ -380,7 +386,7 @@ pub async fn insert_market_events(
             .map(|a| Some(a.to_decimal())),
             _ => Default::default(),
         };
-        for (column, value) in rates.iter_mut().zip(values) {
+        for (column, value) in self.rates.iter_mut().zip(values) {
             column.push(value);
         }
         let bps = match &row.change {
@@ -399,10 +405,40 @@ pub async fn insert_market_events(
             }) => [*ltv, *liquidation_threshold, *liquidation_bonus].map(|v| Some(i32::from(v))),
             _ => [None; 3],
         };
-        for (column, value) in params.iter_mut().zip(bps) {
+        for (column, value) in self.params.iter_mut().zip(bps) {
             column.push(value);
         }
     }
+}
+
+/// Inserts lending-pool reserve updates, configurations and collateral-use changes, skipping
+/// stored ones; returns how many were new.
+pub async fn insert_market_events(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(&MarketRow, &Coordinates)],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut m = MarketColumns::default();
+    for (row, from) in rows {
+        m.push(row, from);
+    }
+    let MarketColumns {
+        c,
+        protocol,
+        pool,
+        kind,
+        reserve,
+        symbol,
+        decimals,
+        wallet,
+        emode,
+        label,
+        figure,
+        rates,
+        params,
+    } = m;
     let done = sqlx::query!(
         r#"
         INSERT INTO lending_market_event (event_id, chain_id, block_number, block_hash, tx_hash,
