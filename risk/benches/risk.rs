@@ -94,7 +94,7 @@ async fn main() {
             blocks.entry(b.number).or_default().push(env);
         }
     }
-    let expected = chainfold_risk::report::measure(&data_dir())
+    let expected = chainfold_report::measure(&data_dir())
         .expect("report")
         .sandwiches
         .len();

@@ -1,4 +1,4 @@
-//! Risk: what `chainfold risk`, `chainfold stress` and `chainfold report` do.
+//! Risk: what `chainfold risk` and `chainfold stress` do.
 //!
 //! - [`worker`]: `chainfold risk`, the streaming risk worker: on each chain's seals it runs the
 //!   block detectors (sandwiches, flash-loan attacks, drains, pool anomalies) and the liquidity
@@ -6,9 +6,10 @@
 //! - [`stress`]: `chainfold stress`, the shock grid in exact decimals and Monte Carlo VaR over a
 //!   chain's live lending positions.
 //! - [`anomaly`]: the pool anomaly model (ONNX, served with `ort`) and its causal features.
-//! - [`report`]: `chainfold report`, the offline tool measuring the detectors on recorded data.
+//!
+//! The offline report that measures these detectors on recorded data is a tool of its own
+//! (`report/`, `chainfold report`), so this role reads no recorded data sets.
 
 pub mod anomaly;
-pub mod report;
 pub mod stress;
 pub mod worker;

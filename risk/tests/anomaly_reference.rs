@@ -56,7 +56,7 @@ fn stream_features_equal_the_training_features() {
         .into_iter()
         .filter_map(Result::ok)
         .collect();
-    let legs = chainfold_risk::report::swap_legs(&swaps);
+    let legs = chainfold_report::swap_legs(&swaps);
     let mut by_block: std::collections::BTreeMap<u64, Vec<_>> = Default::default();
     for l in legs {
         by_block.entry(l.block).or_default().push(l);

@@ -46,7 +46,7 @@ async fn replayed_swaps_raise_the_sandwiches_the_report_finds_once() {
     chainfold_ingest::publish::publish_all(&producer, &topics, items, |_, _| {})
         .await
         .expect("publish");
-    let expected = chainfold_risk::report::measure(&data_dir())
+    let expected = chainfold_report::measure(&data_dir())
         .expect("report")
         .sandwiches;
     project(&iso).await;

@@ -168,7 +168,7 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         .iter()
         .map(|l| serde_json::to_value(l).expect("label json"))
         .collect();
-    let results = chainfold_risk::report::measure_scenarios(&pool, &labels)
+    let results = chainfold_report::measure_scenarios(&pool, &labels)
         .await
         .expect("scenarios");
     assert_eq!(results.len(), 3, "{results:?}");
@@ -182,7 +182,7 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scoring/REPORT.md"),
     )
     .expect("report");
-    let section = chainfold_risk::report::render_scenarios(&results);
+    let section = chainfold_report::render_scenarios(&results);
     assert!(
         committed.contains(&section),
         "scoring/REPORT.md's scenario table differs from the measured one:\n{section}"

@@ -40,11 +40,11 @@ pub async fn run(config: &ReportConfig) -> anyhow::Result<()> {
                 .collect::<Result<Vec<serde_json::Value>, _>>()
                 .with_context(|| format!("{} is not JSON lines", path.display()))?;
             let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
-            Some(chainfold_risk::report::measure_scenarios(&pool, &labels).await?)
+            Some(chainfold_report::measure_scenarios(&pool, &labels).await?)
         }
         None => None,
     };
-    let md = chainfold_risk::report::run(
+    let md = chainfold_report::run(
         &config.data_dir,
         Some(&config.anomaly_model_dir),
         scenarios.as_deref(),

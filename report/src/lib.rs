@@ -224,8 +224,8 @@ pub fn measure_with(data_dir: &Path, anomaly_dir: Option<&Path>) -> anyhow::Resu
     let anomaly = match anomaly_dir {
         None => None,
         Some(dir) => {
-            let mut model = crate::anomaly::AnomalyModel::load(dir)?;
-            let mut state = crate::anomaly::FeatureState::default();
+            let mut model = chainfold_risk::anomaly::AnomalyModel::load(dir)?;
+            let mut state = chainfold_risk::anomaly::FeatureState::default();
             let mut by_block: BTreeMap<u64, Vec<SwapLeg>> = BTreeMap::new();
             for l in &legs {
                 by_block.entry(l.block).or_default().push(l.clone());

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use chainfold_domain::risk::PUBLIC_ROUTERS;
-use chainfold_risk::report;
+use chainfold_report as report;
 
 fn data() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
