@@ -17,6 +17,10 @@
 //!   the scorer folds each event once instead of re-reading the wallet's history.
 //! - [`messages`]: the derived topics' messages, typed (scores, alerts).
 //! - [`risk`]: the attack detectors, alert kinds and severities, incident correlation.
+//! - [`decision`]: lending decisions (approve, reject, adjust collateral) from a score and a
+//!   policy; [`scorecard`]: the score and its reasons from features and attestations.
+//! - [`pool`]: AMM pool maths (constant-product and V3 prices, depth); [`stress`]: shock grids
+//!   and VaR over positions, in exact decimals.
 //! - [`fold`]: pure functions from events to read-model rows (no clock, I/O or randomness), so a
 //!   replay of the log rebuilds identical read models.
 //!

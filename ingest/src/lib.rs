@@ -4,6 +4,8 @@
 //!   Aave V2 Ethereum liquidations) decoded into typed events. Records that cannot be decoded
 //!   go to the dead-letter topic with the reason and the raw record; the replay goes on.
 //! - [`publish`]: encoding (JSON) and the Kafka producer loop with progress and a summary.
+//! - [`rpc`]: `chainfold ingest rpc`, the JSON-RPC follower (alloy): watched contracts' logs
+//!   decoded and normalised, reorgs retracted, blocks sealed, one leader per chain.
 
 pub mod publish;
 pub mod replay;

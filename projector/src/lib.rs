@@ -13,6 +13,11 @@
 //! A message that cannot be decoded or folded goes to `<topic>.dlq` with its reason (awaited
 //! before the batch commits), and its offset is committed with the batch: the partition moves on.
 
+//!
+//! Modules: [`cache`], the Redis summaries and the API's versioned entries refreshed after
+//! each commit. The SQL of the read models is `chainfold_store::projection`; the loop is
+//! `chainfold_platform::worker`'s.
+
 pub mod cache;
 
 use std::time::{Duration, Instant};

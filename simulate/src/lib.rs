@@ -11,6 +11,11 @@
 //! - hourly oracle answers from the recorded WETH and WBTC USD prices (May–June 2022);
 //! - scripted scenarios with known labels (flash-loan price manipulation, liquidity drain, oracle
 //!   crash with liquidations), written as JSON lines for detectors' tests.
+//!
+//! - [`anvil`]: starting and talking to anvil; [`contracts`]: the fixture bindings.
+//! - [`dense`]: the dense chain of the side-by-side benchmark (one pair, many swaps per block).
+//! - [`actuate`]: `chainfold actuate`, lending decisions applied on the fixture pool.
+//! - [`mockchain`]: the synthetic JSON-RPC chain of the reliability scenarios.
 
 pub mod actuate;
 pub mod anvil;
