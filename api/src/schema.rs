@@ -13,8 +13,8 @@ use crate::types::{IdentityScore, LendingAction, LendingSummary, Pool, Wallet};
 /// The chainfold schema.
 pub type ChainfoldSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
-/// The query root: wallets, pools and credit ([`QueryRoot`]), risk
-/// ([`crate::risk::RiskQuery`]) and a lender's books ([`BookQuery`]).
+/// The query root: wallets, pools and credit (`QueryRoot`), risk (`RiskQuery`) and a lender's
+/// books (`BookQuery`).
 #[derive(MergedObject, Debug, Default)]
 pub struct Query(
     QueryRoot,
