@@ -127,8 +127,9 @@ impl TopicKind {
     }
 }
 
-/// A typed DeFi event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A typed DeFi event. On the wire an object whose `type` names the variant beside the
+/// variant's own fields (serde's internally tagged form); read by [`tagged`] without buffering.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DefiEvent {
     Deposit(LendingFlow),
@@ -160,6 +161,12 @@ pub enum DefiEvent {
     /// ERC-20 `Transfer` of a watched token (transfers topic, keyed by the token so one token's
     /// transfers stay in order).
     Transfer(Erc20Transfer),
+}
+
+impl<'de> Deserialize<'de> for DefiEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(tagged::EventVisitor)
+    }
 }
 
 impl DefiEvent {
@@ -746,6 +753,112 @@ mod decode_tests {
         );
     }
 
+    fn events() -> Vec<DefiEvent> {
+        let reserve = |symbol: &str, decimals| Reserve {
+            address: Address::repeat_byte(decimals),
+            symbol: symbol.into(),
+            decimals,
+        };
+        let amount = |v: &str| TokenAmount::parse_integer(v).expect("valid");
+        vec![
+            DefiEvent::Swap(Swap {
+                protocol: "uniswap_v3".into(),
+                pool: Address::repeat_byte(1),
+                sender: Address::repeat_byte(2),
+                recipient: Address::repeat_byte(3),
+                token_in: Address::repeat_byte(4),
+                amount_in: amount("10"),
+                token_out: Address::repeat_byte(5),
+                amount_out: amount("9"),
+                tx_position: 3,
+                trace_address: vec![0, 1],
+                reverted: false,
+                v3: Some(V3State {
+                    sqrt_price_x96: amount("79228162514264337593543950336"),
+                    liquidity: amount("1"),
+                    tick: -7,
+                }),
+            }),
+            DefiEvent::Liquidation(Liquidation {
+                pool: None,
+                protocol: "aave_v2".into(),
+                wallet: Address::repeat_byte(0xaa),
+                liquidator: Some(Address::repeat_byte(0xbb)),
+                collateral: reserve("WETH", 18),
+                collateral_amount: amount("500000000000000000"),
+                collateral_price_usd: Some(UsdValue::parse("2000.5").expect("valid")),
+                debt: reserve("USDT", 6),
+                debt_covered: amount("952380952"),
+                debt_price_usd: None,
+            }),
+            DefiEvent::Borrow(LendingFlow {
+                protocol: "aave_v3".into(),
+                wallet: Address::repeat_byte(0xcc),
+                counterparty: None,
+                reserve: reserve("USDC", 6),
+                amount: amount("5"),
+                price_usd: None,
+                pool: Some(Address::repeat_byte(9)),
+            }),
+            DefiEvent::Transfer(Erc20Transfer {
+                token: Address::repeat_byte(0x70),
+                from: Address::ZERO,
+                to: Address::repeat_byte(0x71),
+                value: amount("1"),
+                metadata: Default::default(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn events_read_the_same_with_the_tag_first_or_later_and_as_the_derived_reader_reads_them() {
+        for event in events() {
+            let tag_first = serde_json::to_string(&event).expect("encodes");
+            assert!(tag_first.starts_with(r#"{"type":"#), "{tag_first}");
+            // Through an untyped value the keys come out sorted: `type` is no longer first.
+            let tag_later = serde_json::to_string(&serde_json::to_value(&event).expect("value"))
+                .expect("encodes");
+            assert!(!tag_later.starts_with(r#"{"type":"#), "{tag_later}");
+            for json in [&tag_first, &tag_later] {
+                let fast: DefiEvent = serde_json::from_str(json).expect("reads");
+                let derived: tagged::Buffered = serde_json::from_str(json).expect("reads");
+                assert_eq!(fast, event, "{json}");
+                assert_eq!(DefiEvent::from(derived), event, "{json}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_variant_names_are_the_derived_ones_and_bad_events_are_refused_by_both_paths() {
+        // The derived reader lists its variants in its error: they are this reader's list.
+        let err = serde_json::from_str::<tagged::Buffered>(r#"{"type":"nope"}"#)
+            .expect_err("refused")
+            .to_string();
+        let listed: Vec<&str> = err
+            .split("expected one of ")
+            .nth(1)
+            .expect("lists variants")
+            .split(", ")
+            .map(|v| v.trim_matches(|c: char| c == '`' || !c.is_ascii() || c.is_whitespace()))
+            .map(|v| v.split('`').next().unwrap_or(v))
+            .collect();
+        assert_eq!(listed, tagged::VARIANTS, "{err}");
+        for json in [
+            r#"{"type":"nope","pool":"0x01"}"#,
+            r#"{"pool":"0x01","type":"nope"}"#,
+            r#"{"type":"swap","pool":"0x01"}"#,
+            r#"{"pool":"0x01"}"#,
+            r#"{}"#,
+            r#"[1]"#,
+        ] {
+            assert!(serde_json::from_str::<DefiEvent>(json).is_err(), "{json}");
+            assert!(
+                serde_json::from_str::<tagged::Buffered>(json).is_err(),
+                "{json}"
+            );
+        }
+    }
+
     #[test]
     fn token_strings_lose_nul_bytes_and_empty_ones_are_none() {
         use super::TokenMetadata;
@@ -756,5 +869,139 @@ mod decode_tests {
         assert_eq!(TokenMetadata::clean(" x\t"), (Some(" x\t".into()), false));
         assert_eq!(TokenMetadata::clean(""), (None, false));
         assert_eq!(TokenMetadata::clean("\0"), (None, true));
+    }
+}
+
+/// Reading a [`DefiEvent`] without buffering it.
+///
+/// serde's derived reader of an internally tagged enum cannot know the variant before it has
+/// seen the tag, so it first copies the whole object into an untyped buffer and then reads the
+/// variant from that copy: every event is parsed twice. chainfold writes the tag first (serde
+/// serialises it first), so this reader takes the first key, and when it is `type` reads the
+/// rest of the object straight into the variant's struct. An object whose tag comes later
+/// (written by another tool) takes the buffered path of [`Buffered`], the derived reader, so
+/// both give the same event or the same error.
+pub mod tagged {
+    use serde::de::{self, MapAccess, Visitor};
+    use serde::Deserialize;
+
+    use super::*;
+
+    /// The variants' names on the wire, in declaration order.
+    pub const VARIANTS: &[&str] = &[
+        "deposit",
+        "borrow",
+        "repay",
+        "redeem",
+        "liquidation",
+        "flash_loan",
+        "swap",
+        "pool_sync",
+        "liquidity",
+        "oracle_update",
+        "reserve_update",
+        "reserve_config",
+        "collateral_use",
+        "e_mode",
+        "isolation",
+        "transfer",
+    ];
+
+    /// The variant named `tag`, read from `rest` (the object's other fields).
+    fn variant<'de, D: de::Deserializer<'de>>(tag: &str, rest: D) -> Result<DefiEvent, D::Error> {
+        Ok(match tag {
+            "deposit" => DefiEvent::Deposit(LendingFlow::deserialize(rest)?),
+            "borrow" => DefiEvent::Borrow(LendingFlow::deserialize(rest)?),
+            "repay" => DefiEvent::Repay(LendingFlow::deserialize(rest)?),
+            "redeem" => DefiEvent::Redeem(LendingFlow::deserialize(rest)?),
+            "liquidation" => DefiEvent::Liquidation(Liquidation::deserialize(rest)?),
+            "flash_loan" => DefiEvent::FlashLoan(FlashLoan::deserialize(rest)?),
+            "swap" => DefiEvent::Swap(Swap::deserialize(rest)?),
+            "pool_sync" => DefiEvent::PoolSync(PoolSync::deserialize(rest)?),
+            "liquidity" => DefiEvent::Liquidity(LiquidityChange::deserialize(rest)?),
+            "oracle_update" => DefiEvent::OracleUpdate(OracleUpdate::deserialize(rest)?),
+            "reserve_update" => DefiEvent::ReserveUpdate(ReserveUpdate::deserialize(rest)?),
+            "reserve_config" => DefiEvent::ReserveConfig(ReserveConfig::deserialize(rest)?),
+            "collateral_use" => DefiEvent::CollateralUse(CollateralUse::deserialize(rest)?),
+            "e_mode" => DefiEvent::EMode(EModeChange::deserialize(rest)?),
+            "isolation" => DefiEvent::Isolation(IsolationChange::deserialize(rest)?),
+            "transfer" => DefiEvent::Transfer(Erc20Transfer::deserialize(rest)?),
+            other => return Err(de::Error::unknown_variant(other, VARIANTS)),
+        })
+    }
+
+    pub(super) struct EventVisitor;
+
+    impl<'de> Visitor<'de> for EventVisitor {
+        type Value = DefiEvent;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an event object with a `type`")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DefiEvent, A::Error> {
+            let Some(first) = map.next_key::<String>()? else {
+                return Err(de::Error::missing_field("type"));
+            };
+            if first == "type" {
+                let tag: String = map.next_value()?;
+                return variant(&tag, de::value::MapAccessDeserializer::new(map));
+            }
+            // The tag comes later: buffer the object and read it as the derived reader does.
+            let mut object = serde_json::Map::new();
+            object.insert(first, map.next_value()?);
+            while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+                object.insert(key, value);
+            }
+            Buffered::deserialize(serde_json::Value::Object(object))
+                .map(DefiEvent::from)
+                .map_err(de::Error::custom)
+        }
+    }
+
+    /// The derived (buffering) reader of the same wire form: the slow path above, and the
+    /// baseline the envelope benchmark measures the fast path against.
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum Buffered {
+        Deposit(LendingFlow),
+        Borrow(LendingFlow),
+        Repay(LendingFlow),
+        Redeem(LendingFlow),
+        Liquidation(Liquidation),
+        FlashLoan(FlashLoan),
+        Swap(Swap),
+        PoolSync(PoolSync),
+        Liquidity(LiquidityChange),
+        OracleUpdate(OracleUpdate),
+        ReserveUpdate(ReserveUpdate),
+        ReserveConfig(ReserveConfig),
+        CollateralUse(CollateralUse),
+        EMode(EModeChange),
+        Isolation(IsolationChange),
+        Transfer(Erc20Transfer),
+    }
+
+    impl From<Buffered> for DefiEvent {
+        fn from(b: Buffered) -> DefiEvent {
+            match b {
+                Buffered::Deposit(e) => DefiEvent::Deposit(e),
+                Buffered::Borrow(e) => DefiEvent::Borrow(e),
+                Buffered::Repay(e) => DefiEvent::Repay(e),
+                Buffered::Redeem(e) => DefiEvent::Redeem(e),
+                Buffered::Liquidation(e) => DefiEvent::Liquidation(e),
+                Buffered::FlashLoan(e) => DefiEvent::FlashLoan(e),
+                Buffered::Swap(e) => DefiEvent::Swap(e),
+                Buffered::PoolSync(e) => DefiEvent::PoolSync(e),
+                Buffered::Liquidity(e) => DefiEvent::Liquidity(e),
+                Buffered::OracleUpdate(e) => DefiEvent::OracleUpdate(e),
+                Buffered::ReserveUpdate(e) => DefiEvent::ReserveUpdate(e),
+                Buffered::ReserveConfig(e) => DefiEvent::ReserveConfig(e),
+                Buffered::CollateralUse(e) => DefiEvent::CollateralUse(e),
+                Buffered::EMode(e) => DefiEvent::EMode(e),
+                Buffered::Isolation(e) => DefiEvent::Isolation(e),
+                Buffered::Transfer(e) => DefiEvent::Transfer(e),
+            }
+        }
     }
 }
