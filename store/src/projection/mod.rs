@@ -79,17 +79,8 @@ pub struct WalletSummaryRow {
     pub amount_usd: BigDecimal,
 }
 
-/// A pool summary row as it stands after a batch (for the Redis cache).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolSummaryRow {
-    pub chain_id: i64,
-    pub pool: String,
-    pub protocol: String,
-    pub swap_count: i64,
-    pub reverted_count: i64,
-    pub first_block: Option<i64>,
-    pub last_block: Option<i64>,
-}
+/// A pool summary row as it stands after a batch (for the Redis cache): the row the API reads.
+pub use crate::pools::PoolSummary as PoolSummaryRow;
 
 /// What changed in a batch, for the caches.
 #[derive(Debug, Default, Clone)]
