@@ -100,6 +100,88 @@ async fn wait_for_rows(
     }
 }
 
+/// Where a cold run's CPU went, in core-seconds (user + system), read from `/proc`.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuAccount {
+    ingest: f64,
+    project: f64,
+    anvil: f64,
+    /// Every JVM on the machine: the broker (and the idle fault cluster, if it is up).
+    broker: f64,
+    /// Every Postgres process, with the backends that ended in the window.
+    postgres: f64,
+    /// The machine's busy time (all cores) and its capacity (cores × wall) in the window.
+    busy: f64,
+    capacity: f64,
+}
+
+/// Clock ticks per second of `/proc`'s times (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+/// (own user + system, reaped children's user + system) of a process, in seconds.
+fn proc_times(pid: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name: state is the first, utime the 12th.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let n = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some(((n(11)? + n(12)?) / TICKS, (n(13)? + n(14)?) / TICKS))
+}
+
+/// Seconds of every process whose command name is `comm`, with its reaped children's.
+fn comm_seconds(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter_map(|pid| proc_times(&pid))
+        .map(|(own, children)| own + children)
+        .sum()
+}
+
+/// (busy, total) seconds of all cores since boot, from `/proc/stat`.
+fn machine_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let times: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = times.iter().take(8).sum();
+    let idle = times.get(3).copied().unwrap_or(0.0) + times.get(4).copied().unwrap_or(0.0);
+    ((total - idle) / TICKS, total / TICKS)
+}
+
+/// The machine's parts at one instant (seconds since they started).
+#[derive(Debug, Clone, Copy)]
+struct CpuSnapshot {
+    children: f64,
+    anvil: f64,
+    broker: f64,
+    postgres: f64,
+    busy: f64,
+    total: f64,
+}
+
+fn snapshot(anvil_pid: u32) -> CpuSnapshot {
+    let (busy, total) = machine_seconds();
+    CpuSnapshot {
+        children: proc_times("self").map_or(0.0, |t| t.1),
+        anvil: proc_times(&anvil_pid.to_string()).map_or(0.0, |t| t.0),
+        broker: comm_seconds("java"),
+        postgres: comm_seconds("postgres"),
+        busy,
+        total,
+    }
+}
+
 struct ChainfoldRun {
     /// Until ingest published everything and exited.
     ingest: Duration,
@@ -108,6 +190,7 @@ struct ChainfoldRun {
     /// A second projector, alone, folding the same topics into a fresh database: until every
     /// row was in Postgres (the projector's own rate, beside the COPY bound).
     project_alone: Duration,
+    cpu: CpuAccount,
 }
 
 async fn chainfold_run(chain: &DenseChain, anvil: &Anvil, i: usize) -> ChainfoldRun {
@@ -143,6 +226,7 @@ async fn chainfold_run(chain: &DenseChain, anvil: &Anvil, i: usize) -> Chainfold
     chainfold_platform::kafka::ensure_topics(&iso.kafka, &iso.kafka.topics().all())
         .await
         .expect("topics");
+    let before = snapshot(anvil.pid());
     let started = Instant::now();
     let mut ingest = Killed(
         role(
@@ -167,7 +251,12 @@ async fn chainfold_run(chain: &DenseChain, anvil: &Anvil, i: usize) -> Chainfold
     let want = chain.swaps as i64;
     let ingest_done = tokio::task::spawn_blocking(move || {
         let status = ingest.0.wait().expect("wait ingest");
-        (status, Instant::now())
+        // Reaped: its CPU is now in this process's children's times.
+        (
+            status,
+            Instant::now(),
+            proc_times("self").map_or(0.0, |t| t.1),
+        )
     });
     let rows = wait_for_rows(
         &pool,
@@ -178,7 +267,19 @@ async fn chainfold_run(chain: &DenseChain, anvil: &Anvil, i: usize) -> Chainfold
         &mut project,
     )
     .await;
-    let (status, ended) = ingest_done.await.expect("ingest task");
+    let at_rows = snapshot(anvil.pid());
+    let (status, ended, ingest_children) = ingest_done.await.expect("ingest task");
+    // The projector has folded everything: stop it (reaped) to read its CPU.
+    drop(project);
+    let cpu = CpuAccount {
+        ingest: ingest_children - before.children,
+        project: proc_times("self").map_or(0.0, |t| t.1) - ingest_children,
+        anvil: at_rows.anvil - before.anvil,
+        broker: at_rows.broker - before.broker,
+        postgres: at_rows.postgres - before.postgres,
+        busy: at_rows.busy - before.busy,
+        capacity: at_rows.total - before.total,
+    };
     // The projector alone: the same topics, a new group, a fresh database, all already in the
     // log when it starts.
     let alone = Isolated::new(&format!("densealone{i}")).await;
@@ -209,7 +310,6 @@ async fn chainfold_run(chain: &DenseChain, anvil: &Anvil, i: usize) -> Chainfold
         "ingest failed ({status}); log in {}",
         logs.display()
     );
-    drop(project);
     if std::env::var_os("CHAINFOLD_DENSE_LOG").is_some() {
         eprintln!("role logs in {}", logs.display());
     }
@@ -223,6 +323,7 @@ async fn chainfold_run(chain: &DenseChain, anvil: &Anvil, i: usize) -> Chainfold
         ingest: ended - started,
         rows,
         project_alone,
+        cpu,
     }
 }
 
@@ -597,6 +698,7 @@ async fn main() {
     );
     let (mut get_logs, mut copy, mut produce, mut consume) = (vec![], vec![], vec![], vec![]);
     let (mut cf_rows, mut cf_ingest, mut cf_alone, mut ponder) = (vec![], vec![], vec![], vec![]);
+    let mut accounts: Vec<CpuAccount> = Vec::new();
     for i in 0..runs {
         eprintln!("run {i}: eth_getLogs bound");
         let (n, t) = get_logs_bound(&chain, &anvil).await;
@@ -626,6 +728,19 @@ async fn main() {
             run.project_alone.as_secs_f64(),
             logs_total / run.project_alone.as_secs_f64()
         );
+        let c = run.cpu;
+        eprintln!(
+            "run {i}: CPU of the cold run, core-seconds: ingest {:.2}, projector {:.2}, anvil {:.2}, broker {:.2}, postgres {:.2}, rest {:.2}; busy {:.2} of {:.2}",
+            c.ingest,
+            c.project,
+            c.anvil,
+            c.broker,
+            c.postgres,
+            c.busy - c.ingest - c.project - c.anvil - c.broker - c.postgres,
+            c.busy,
+            c.capacity
+        );
+        accounts.push(c);
         cf_alone.push(logs_total / run.project_alone.as_secs_f64());
         cf_rows.push(run.rows.as_secs_f64());
         cf_ingest.push(run.ingest.as_secs_f64());
@@ -680,6 +795,21 @@ async fn main() {
             p / cf
         );
     }
+    let account = |f: fn(&CpuAccount) -> f64| median(accounts.iter().map(f).collect());
+    let busy = account(|c| c.busy);
+    println!(
+        "  cold run CPU (core-s, medians): ingest {:.2} ({:.1} µs/log), projector {:.2} ({:.1} µs/row), anvil {:.2}, broker {:.2}, postgres {:.2}; machine busy {:.2} of {:.2} ({:.0}%)",
+        account(|c| c.ingest),
+        account(|c| c.ingest) * 1e6 / logs_total,
+        account(|c| c.project),
+        account(|c| c.project) * 1e6 / logs_total,
+        account(|c| c.anvil),
+        account(|c| c.broker),
+        account(|c| c.postgres),
+        busy,
+        account(|c| c.capacity),
+        100.0 * busy / account(|c| c.capacity)
+    );
     let spread = cf_rows.iter().copied().fold(f64::MIN, f64::max)
         / cf_rows.iter().copied().fold(f64::MAX, f64::min);
     println!("  repeated chainfold runs: slowest/fastest {spread:.2}x");
