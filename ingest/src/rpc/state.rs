@@ -110,40 +110,51 @@ pub async fn advance_blocks(
     };
     let mut tx = pool.begin().await?;
     let chain = chain_id as i64;
+    // Every block, then every event, in one statement each (a catch-up of many blocks is two
+    // statements, not two per block).
+    let mut numbers = Vec::with_capacity(blocks.len());
+    let mut hashes = Vec::with_capacity(blocks.len());
+    let mut parents = Vec::with_capacity(blocks.len());
+    let mut at = Vec::new();
+    let mut index = Vec::new();
+    let mut kinds = Vec::new();
+    let mut payloads = Vec::new();
     for (number, seen, events) in blocks {
+        numbers.push(*number as i64);
+        hashes.push(hex(&seen.hash));
+        parents.push(hex(&seen.parent));
+        for env in *events {
+            at.push(*number as i64);
+            index.push(i64::from(env.log_index.unwrap_or_default()));
+            kinds.push(kind_name(env.event.topic()).to_owned());
+            payloads.push(crate::publish::encode(env));
+        }
+    }
+    sqlx::query!(
+        "INSERT INTO ingest_block (chain_id, number, hash, parent_hash)
+         SELECT $1, * FROM UNNEST($2::int8[], $3::text[], $4::text[])
+         ON CONFLICT (chain_id, number) DO UPDATE SET hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash",
+        chain,
+        &numbers,
+        &hashes,
+        &parents
+    )
+    .execute(&mut *tx)
+    .await?;
+    if !at.is_empty() {
         sqlx::query!(
-            "INSERT INTO ingest_block (chain_id, number, hash, parent_hash) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (chain_id, number) DO UPDATE SET hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash",
+            "INSERT INTO ingest_journal (chain_id, block_number, log_index, topic_kind, payload)
+             SELECT $1, * FROM UNNEST($2::int8[], $3::int8[], $4::text[], $5::bytea[])
+             ON CONFLICT (chain_id, block_number, log_index) DO UPDATE
+             SET topic_kind = EXCLUDED.topic_kind, payload = EXCLUDED.payload",
             chain,
-            *number as i64,
-            hex(&seen.hash),
-            hex(&seen.parent)
+            &at,
+            &index,
+            &kinds,
+            &payloads
         )
         .execute(&mut *tx)
         .await?;
-        if !events.is_empty() {
-            let mut index = Vec::with_capacity(events.len());
-            let mut kinds = Vec::with_capacity(events.len());
-            let mut payloads = Vec::with_capacity(events.len());
-            for env in *events {
-                index.push(i64::from(env.log_index.unwrap_or_default()));
-                kinds.push(kind_name(env.event.topic()).to_owned());
-                payloads.push(crate::publish::encode(env));
-            }
-            sqlx::query!(
-                "INSERT INTO ingest_journal (chain_id, block_number, log_index, topic_kind, payload)
-                 SELECT $1, $2, * FROM UNNEST($3::int8[], $4::text[], $5::bytea[])
-                 ON CONFLICT (chain_id, block_number, log_index) DO UPDATE
-                 SET topic_kind = EXCLUDED.topic_kind, payload = EXCLUDED.payload",
-                chain,
-                *number as i64,
-                &index,
-                &kinds,
-                &payloads
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
     }
     sqlx::query!(
         "DELETE FROM ingest_pending WHERE chain_id = $1 AND block_number <= $2",
