@@ -20,10 +20,11 @@
 
 pub mod cache;
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chainfold_domain::fold::{self as folds, Row};
+use chainfold_domain::fold::{self as folds, Row, SwapRow};
 use chainfold_domain::{ChainHead, Envelope, TopicKind, SCHEMA_VERSION};
 use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
 use chainfold_platform::dlq::{self, DeadLetter};
@@ -151,8 +152,11 @@ pub struct App {
     topics: Topics,
     config: Config,
     pub timings: Timings,
-    /// The batch being written while the next one is received and folded (at most one).
-    in_flight: Option<tokio::task::JoinHandle<anyhow::Result<Result<Written, Fenced>>>>,
+    /// Batches being written, oldest first, while the next one is received and folded (at
+    /// most [`WRITES_IN_FLIGHT`]).
+    in_flight: VecDeque<WriteTask>,
+    /// Resolves when the newest write in flight has committed (the next write's turn).
+    next_turn: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Rows stored since the start, and when progress was last logged.
     folded: u64,
     last_report: Instant,
@@ -194,7 +198,8 @@ impl App {
             topics,
             config,
             timings: Timings::default(),
-            in_flight: None,
+            in_flight: VecDeque::new(),
+            next_turn: None,
             folded: 0,
             last_report: Instant::now(),
         })
@@ -262,7 +267,13 @@ impl App {
                 Err(reason) => rejected.push((message, reason)),
             }
         }
-        self.timings.decode_fold += fold_started.elapsed();
+        let folding = fold_started.elapsed();
+        self.timings.decode_fold += folding;
+        tracing::debug!(
+            messages = prepared.outcome.received,
+            fold_ms = folding.as_secs_f64() * 1e3,
+            "batch folded"
+        );
 
         let dlq_started = Instant::now();
         for (message, reason) in &rejected {
@@ -336,15 +347,7 @@ impl App {
     /// After a batch's Postgres commit: refresh the Redis cache and commit the offsets to Kafka
     /// (a hint for tools; Postgres holds the truth). A batch that was fenced instead hands its
     /// partitions to the member to recover (nothing of it was stored).
-    async fn finish(&mut self, written: Result<Written, Fenced>) -> anyhow::Result<BatchOutcome> {
-        let written = match written {
-            Ok(written) => written,
-            Err(fenced) => {
-                tracing::warn!(%fenced, "batch fenced; nothing of it was stored");
-                self.member.recover(&fenced).await?;
-                return Ok(BatchOutcome::default());
-            }
-        };
+    async fn finish(&mut self, written: Written) -> anyhow::Result<BatchOutcome> {
         let Written {
             batch,
             outcome,
@@ -382,7 +385,8 @@ impl App {
         {
             tracing::warn!(error = %format!("{err:#}"), "could not update the API's Redis pool states");
         }
-        self.timings.redis += redis_started.elapsed();
+        let redis = redis_started.elapsed();
+        self.timings.redis += redis;
         let commit_started = Instant::now();
         self.member.committed(&offsets);
         self.timings.kafka_commit += commit_started.elapsed();
@@ -392,6 +396,8 @@ impl App {
             received = outcome.received,
             stored = outcome.stored,
             dead_lettered = outcome.dead_lettered,
+            postgres_ms = postgres.as_secs_f64() * 1e3,
+            redis_ms = redis.as_secs_f64() * 1e3,
             "batch committed"
         );
         Ok(outcome)
@@ -408,8 +414,13 @@ impl App {
             return Ok(outcome);
         }
         let prepared = self.prepare(batch).await?;
-        let written = self.writer().write(prepared).await?;
-        outcome.add(&self.finish(written).await?);
+        match self.writer().write(prepared, Turn::default()).await? {
+            Ok(written) => outcome.add(&self.finish(written).await?),
+            Err(fenced) => {
+                tracing::warn!(%fenced, "batch fenced; nothing of it was stored");
+                self.member.recover(&fenced).await?;
+            }
+        }
         Ok(outcome)
     }
 
@@ -444,7 +455,7 @@ impl App {
         loop {
             // Caught up: checked against the group's offsets in Postgres whenever nothing is
             // in flight, since other members may own some of the partitions.
-            if self.in_flight.is_none() && self.member.group_covers(&targets).await? {
+            if self.in_flight.is_empty() && self.member.group_covers(&targets).await? {
                 return Ok(total);
             }
             if (&mut shutdown).now_or_never().is_some() {
@@ -474,11 +485,15 @@ impl App {
         Ok(())
     }
 
-    /// One step of the pipelined loop: batch N+1 is received, folded and dead-lettered while
-    /// batch N's transaction commits; then N is finished and N+1's write starts. One write is
-    /// in flight at most, so batches commit in order, and it is drained before a rebalance's
-    /// claims. A fenced batch makes the member read again from what Postgres holds, so the
-    /// batch prepared behind it is dropped. Returns what was committed (batch N).
+    /// One step of the pipelined loop: the next batch is received, folded and dead-lettered
+    /// while earlier batches' transactions run; then the oldest writes are finished until
+    /// fewer than [`WRITES_IN_FLIGHT`] remain, and the new batch's write starts. Writes in
+    /// flight run on their own connections, but they commit in order: a write stores only its
+    /// swap rows (which lock nothing shared) until the write before it has committed (its
+    /// [`Turn`]), then the rest and its offsets, a compare-and-set from where the previous
+    /// batch ends (refused, [`Fenced`], if that one did not commit). A refused batch makes the
+    /// member read again from what Postgres holds, so the batch prepared behind it is dropped.
+    /// Returns what was committed.
     async fn step(&mut self, wait: Duration) -> anyhow::Result<BatchOutcome> {
         let mut total = BatchOutcome::default();
         if self.member.has_pending_assignment() {
@@ -492,30 +507,78 @@ impl App {
             Some(self.prepare(batch).await?)
         };
         let mut fenced = false;
-        if let Some(handle) = self.in_flight.take() {
-            let written = handle.await.context("write task panicked")??;
-            fenced = written.is_err();
-            total.add(&self.finish(written).await?);
+        // Room for the new write, and whatever already ended finished at once (its Redis
+        // entries and Kafka commit should not wait for the next batch).
+        let limit = if prepared.is_some() {
+            WRITES_IN_FLIGHT - 1
+        } else {
+            0
+        };
+        while !fenced
+            && (self.in_flight.len() > limit
+                || self.in_flight.front().is_some_and(|w| w.is_finished()))
+        {
+            let (outcome, refused) = self.finish_oldest().await?;
+            total.add(&outcome);
+            fenced = refused;
         }
         match prepared {
             // Read before the member went back to Postgres's offsets: read again.
             Some(_) if fenced => {}
-            Some(prepared) => self.in_flight = Some(tokio::spawn(self.writer().write(prepared))),
+            Some(prepared) => {
+                let (ready, next) = tokio::sync::oneshot::channel();
+                let turn = Turn {
+                    after: if self.in_flight.is_empty() {
+                        None
+                    } else {
+                        self.next_turn.take()
+                    },
+                    ready: Some(ready),
+                };
+                self.next_turn = Some(next);
+                self.in_flight
+                    .push_back(tokio::spawn(self.writer().write(prepared, turn)));
+            }
             None => {}
         }
         self.report_progress();
         Ok(total)
     }
 
-    /// Commits the write in flight, if any.
-    async fn drain(&mut self) -> anyhow::Result<BatchOutcome> {
-        match self.in_flight.take() {
-            Some(handle) => {
-                let written = handle.await.context("write task panicked")??;
-                self.finish(written).await
+    /// Awaits the oldest write in flight and finishes it. A refused write settles every later
+    /// one first (each either committed on partitions of its own or was refused too), then
+    /// the member reads again from what Postgres holds; returns `true` then.
+    async fn finish_oldest(&mut self) -> anyhow::Result<(BatchOutcome, bool)> {
+        let Some(handle) = self.in_flight.pop_front() else {
+            return Ok((BatchOutcome::default(), false));
+        };
+        let mut total = BatchOutcome::default();
+        match handle.await.context("write task panicked")?? {
+            Ok(written) => {
+                total.add(&self.finish(written).await?);
+                Ok((total, false))
             }
-            None => Ok(BatchOutcome::default()),
+            Err(mut fenced) => {
+                while let Some(later) = self.in_flight.pop_front() {
+                    match later.await.context("write task panicked")?? {
+                        Ok(written) => total.add(&self.finish(written).await?),
+                        Err(also) => fenced.partitions.extend(also.partitions),
+                    }
+                }
+                tracing::warn!(%fenced, "batch fenced; nothing of it was stored");
+                self.member.recover(&fenced).await?;
+                Ok((total, true))
+            }
         }
+    }
+
+    /// Commits every write in flight, oldest first.
+    async fn drain(&mut self) -> anyhow::Result<BatchOutcome> {
+        let mut total = BatchOutcome::default();
+        while !self.in_flight.is_empty() {
+            total.add(&self.finish_oldest().await?.0);
+        }
+        Ok(total)
     }
 
     fn report_progress(&mut self) {
@@ -566,8 +629,9 @@ impl chainfold_platform::worker::BatchWorker for App {
     /// then the member reads again from what Postgres holds. A failure that retrying cannot
     /// mend stops the projector with its error.
     async fn recover(&mut self, err: anyhow::Error, backoff: &mut Duration) -> anyhow::Result<()> {
-        if let Some(handle) = self.in_flight.take() {
-            if let Ok(Ok(written)) = handle.await {
+        // Oldest first; a refused one is skipped (the member reads again from Postgres below).
+        while let Some(handle) = self.in_flight.pop_front() {
+            if let Ok(Ok(Ok(written))) = handle.await {
                 if let Err(err) = self.finish(written).await {
                     tracing::warn!(error = %format!("{err:#}"), "could not finish the write in flight");
                 }
@@ -579,7 +643,7 @@ impl chainfold_platform::worker::BatchWorker for App {
     }
 
     fn settling(&self) -> bool {
-        self.member.has_pending_assignment() || self.in_flight.is_some()
+        self.member.has_pending_assignment() || !self.in_flight.is_empty()
     }
 
     async fn drain(&mut self) -> anyhow::Result<BatchOutcome> {
@@ -596,6 +660,14 @@ impl BatchOutcome {
         self.retracted += other.retracted;
     }
 }
+
+/// Batch writes in flight at once: each on its own connection, so Postgres works on one
+/// batch's tables while the previous batch finishes and commits (one backend alone bounds a
+/// projector at its `COPY` rate); they commit in order (see [`App::step`]).
+const WRITES_IN_FLIGHT: usize = 2;
+
+/// A batch's write, running as its own task.
+type WriteTask = tokio::task::JoinHandle<anyhow::Result<Result<Written, Fenced>>>;
 
 /// A folded batch, its dead letters already acknowledged, ready to be written.
 struct Prepared {
@@ -623,7 +695,11 @@ struct Writer {
 }
 
 impl Writer {
-    async fn write(self, prepared: Prepared) -> anyhow::Result<Result<Written, Fenced>> {
+    async fn write(
+        self,
+        prepared: Prepared,
+        mut turn: Turn,
+    ) -> anyhow::Result<Result<Written, Fenced>> {
         let started = Instant::now();
         let batch = match self
             .commit_with_retry(
@@ -631,6 +707,7 @@ impl Writer {
                 &prepared.heads,
                 &prepared.seals,
                 &prepared.offsets,
+                &mut turn,
             )
             .await
         {
@@ -663,16 +740,25 @@ impl Writer {
         heads: &[ChainHead],
         seals: &[(chainfold_domain::seal::Seal, Coordinates)],
         offsets: &[Advance],
+        turn: &mut Turn,
     ) -> anyhow::Result<store::BatchWrite> {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match write_once(&self.pool, &self.group, items, heads, seals, offsets).await {
+            let attempt =
+                write_once(&self.pool, &self.group, items, heads, seals, offsets, turn).await;
+            if attempt.is_err() {
+                // This attempt will not commit: the next write must not wait for it.
+                turn.ready = None;
+            }
+            match attempt {
                 Ok(written) => return Ok(written),
                 Err(err @ StoreError::Fenced(_)) => return Err(err.into()),
                 Err(err)
                     if err.is_deterministic() && items.len() + heads.len() + seals.len() > 1 =>
                 {
                     tracing::warn!(error = %err, "batch refused by Postgres; writing its rows one by one");
+                    // Row by row commits outside the batch's transaction: only in its turn.
+                    turn.wait(offsets).await?;
                     return self.write_one_by_one(items, heads, seals, offsets).await;
                 }
                 Err(err) if err.is_deterministic() => {
@@ -702,9 +788,18 @@ impl Writer {
                         },
                     )
                     .await?;
-                    return write_once(&self.pool, &self.group, &[], &[], &[], offsets)
-                        .await
-                        .map_err(anyhow::Error::from);
+                    turn.wait(offsets).await?;
+                    return write_once(
+                        &self.pool,
+                        &self.group,
+                        &[],
+                        &[],
+                        &[],
+                        offsets,
+                        &mut Turn::default(),
+                    )
+                    .await
+                    .map_err(anyhow::Error::from);
                 }
                 Err(err) => {
                     tracing::error!(error = %err, source = ?std::error::Error::source(&err), retry_in = ?backoff, "could not write a batch; retrying");
@@ -724,17 +819,37 @@ impl Writer {
     ) -> anyhow::Result<store::BatchWrite> {
         let mut total = store::BatchWrite::default();
         for item in items {
-            let written =
-                Box::pin(self.commit_with_retry(std::slice::from_ref(item), &[], &[], &[])).await?;
+            let written = Box::pin(self.commit_with_retry(
+                std::slice::from_ref(item),
+                &[],
+                &[],
+                &[],
+                &mut Turn::default(),
+            ))
+            .await?;
             total.merge(written);
         }
         for head in heads {
-            Box::pin(self.commit_with_retry(&[], std::slice::from_ref(head), &[], &[])).await?;
+            Box::pin(self.commit_with_retry(
+                &[],
+                std::slice::from_ref(head),
+                &[],
+                &[],
+                &mut Turn::default(),
+            ))
+            .await?;
         }
         for seal in seals {
-            Box::pin(self.commit_with_retry(&[], &[], std::slice::from_ref(seal), &[])).await?;
+            Box::pin(self.commit_with_retry(
+                &[],
+                &[],
+                std::slice::from_ref(seal),
+                &[],
+                &mut Turn::default(),
+            ))
+            .await?;
         }
-        Box::pin(self.commit_with_retry(&[], &[], &[], offsets)).await?;
+        Box::pin(self.commit_with_retry(&[], &[], &[], offsets, &mut Turn::default())).await?;
         Ok(total)
     }
 }
@@ -744,6 +859,7 @@ async fn insert_run(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     items: &[Item],
     out: &mut store::BatchWrite,
+    swaps_stored: Option<&[&SwapRow]>,
 ) -> Result<(), StoreError> {
     let mut lending = Vec::new();
     let mut swaps = Vec::new();
@@ -756,6 +872,7 @@ async fn insert_run(
     for item in items {
         match &item.row {
             Row::Lending(r) => lending.push(((**r).clone(), item.at.clone())),
+            Row::Swap(_) if swaps_stored.is_some() => {}
             Row::Swap(r) => swaps.push(((**r).clone(), item.at.clone())),
             Row::PoolSync(r) => syncs.push((&**r, &item.at)),
             Row::Liquidity(r) => liquidity.push((&**r, &item.at)),
@@ -766,7 +883,10 @@ async fn insert_run(
         }
     }
     let (new_lending, wallets) = store::insert_lending(tx, &lending).await?;
-    let (new_swaps, pools) = store::insert_swaps(tx, &swaps).await?;
+    let (new_swaps, pools) = match swaps_stored {
+        Some(stored) => store::advance_pool_summaries(tx, stored).await?,
+        None => store::insert_swaps(tx, &swaps).await?,
+    };
     out.new_lending += new_lending;
     out.new_swaps += new_swaps;
     out.wallets.extend(wallets);
@@ -787,11 +907,29 @@ async fn write_once(
     heads: &[ChainHead],
     seals: &[(chainfold_domain::seal::Seal, Coordinates)],
     offsets: &[Advance],
+    turn: &mut Turn,
 ) -> Result<store::BatchWrite, StoreError> {
     // Durable commits (the server's synchronous_commit): a commit Postgres acknowledged survives
     // its crash, so the offsets this process goes on from are never ahead of the rows.
     let mut tx = pool.begin().await?;
     let mut out = store::BatchWrite::default();
+    if turn.after.is_some() && !items.iter().any(|i| i.retracted) {
+        // Out of turn, only what locks no shared row: the swap rows themselves. The
+        // summaries, the other tables (pool syncs take the feed's lock), heads, seals and
+        // offsets follow in turn, once the previous write has committed.
+        let swaps: Vec<(SwapRow, Coordinates)> = items
+            .iter()
+            .filter_map(|i| match &i.row {
+                Row::Swap(r) => Some(((**r).clone(), i.at.clone())),
+                _ => None,
+            })
+            .collect();
+        let stored = store::insert_swap_rows(&mut tx, &swaps).await?;
+        turn.wait(offsets).await?;
+        insert_run(&mut tx, items, &mut out, Some(&stored)).await?;
+        return finish_write(tx, group, heads, seals, offsets, turn, out).await;
+    }
+    turn.wait(offsets).await?;
     // Runs of inserts and runs of retractions, applied in log order: an event retracted and
     // re-published in one batch must be deleted before its canonical copy goes in.
     for run in items.chunk_by(|a, b| a.retracted == b.retracted) {
@@ -804,13 +942,66 @@ async fn write_once(
             out.reset_wallets.extend(r.reset_wallets);
             out.reset_pools.extend(r.reset_pools);
         } else {
-            insert_run(&mut tx, run, &mut out).await?;
+            insert_run(&mut tx, run, &mut out, None).await?;
         }
     }
+    finish_write(tx, group, heads, seals, offsets, turn, out).await
+}
+
+/// The end of every batch transaction: heads, seals, the offsets' compare-and-set, the commit,
+/// then the next write's turn.
+async fn finish_write(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    group: &str,
+    heads: &[ChainHead],
+    seals: &[(chainfold_domain::seal::Seal, Coordinates)],
+    offsets: &[Advance],
+    turn: &mut Turn,
+    out: store::BatchWrite,
+) -> Result<store::BatchWrite, StoreError> {
     live::upsert_heads(&mut tx, heads).await?;
     live::insert_seals(&mut tx, seals).await?;
     chainfold_platform::offsets::advance(&mut tx, group, offsets).await?;
     chainfold_platform::failpoint::hit("project.before_commit");
     tx.commit().await?;
+    // Committed: the next write may go on with its summaries and offsets (its compare-and-set
+    // is checked against what is committed, so it must not run before this commit).
+    if let Some(ready) = turn.ready.take() {
+        let _ = ready.send(());
+    }
     Ok(out)
+}
+
+/// How long a write waits for its turn before it gives up (rolls back, and the member reads
+/// its batch again). Only a cycle the database cannot see lasts this long: the previous write
+/// waiting on a row this one inserted first (the same event republished into both batches).
+const TURN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A write's place in the order of writes in flight (see [`App::step`]).
+#[derive(Debug, Default)]
+struct Turn {
+    /// Resolves once the previous write has committed; closed if it did not. `None`: no
+    /// previous write in flight.
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Resolved by this write at the same point, for the next one; dropped if it fails.
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// Waits for the previous write's commit; [`Fenced`] (the batch is read again) when it
+    /// failed or did not commit within [`TURN_TIMEOUT`].
+    async fn wait(&mut self, offsets: &[Advance]) -> Result<(), StoreError> {
+        let Some(after) = self.after.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(TURN_TIMEOUT, after).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(StoreError::Fenced(Fenced {
+                partitions: offsets
+                    .iter()
+                    .map(|a| (a.topic.clone(), a.partition))
+                    .collect(),
+            })),
+        }
+    }
 }

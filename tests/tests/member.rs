@@ -257,3 +257,78 @@ async fn watermarks_wait_out_a_moving_leader_and_name_a_partition_that_never_app
         "gave up at once"
     );
 }
+
+/// What the projector's writes in flight rely on to commit in order: a batch's offsets are a
+/// compare-and-set from where the batch before it ends, checked against what is committed. A
+/// later batch that advances while the earlier one is still open is refused
+/// ([`OffsetError::Fenced`]: it does not wait on it), which is why the projector gives the next
+/// write its turn only once the previous one has committed; after that commit it advances, and
+/// after a rollback it is refused and nothing moves.
+#[tokio::test]
+async fn a_batch_advances_only_from_where_the_committed_batch_before_it_ends() {
+    let iso = Isolated::new("member_order").await;
+    let pool = pool(&iso).await;
+    let topic = unique("ordered");
+    let claims = offsets::claim(&pool, &iso.group, "writer", &[(topic.clone(), 0)])
+        .await
+        .expect("claim");
+    let epoch = claims[0].1.epoch;
+    let advance = |from: i64, to: i64| offsets::Advance {
+        topic: topic.clone(),
+        partition: 0,
+        epoch,
+        from,
+        to,
+    };
+    let stored = || async {
+        offsets::stored(&pool, &iso.group, &topic, 0)
+            .await
+            .expect("stored")
+            .expect("row")
+            .0
+    };
+    let try_advance = |a: offsets::Advance| {
+        let (pool, group) = (pool.clone(), iso.group.clone());
+        async move {
+            let mut tx = pool.begin().await.expect("begin");
+            let result = offsets::advance(&mut tx, &group, std::slice::from_ref(&a)).await;
+            if result.is_ok() {
+                tx.commit().await.expect("commit");
+            }
+            result
+        }
+    };
+
+    for earlier_commits in [true, false] {
+        let start = stored().await;
+        let first = advance(start, start + 10);
+        let second = advance(start + 10, start + 20);
+        let mut earlier = pool.begin().await.expect("begin");
+        offsets::advance(&mut earlier, &iso.group, std::slice::from_ref(&first))
+            .await
+            .expect("the earlier batch advances");
+        // While the earlier batch is open, the later one's advance is refused at once.
+        let refused = tokio::time::timeout(Duration::from_secs(5), try_advance(second.clone()))
+            .await
+            .expect("refused without waiting on the open transaction");
+        assert!(
+            matches!(refused, Err(OffsetError::Fenced(_))),
+            "an advance from an offset not yet committed is refused, got {refused:?}"
+        );
+        if earlier_commits {
+            earlier.commit().await.expect("commit");
+            try_advance(second)
+                .await
+                .expect("after the earlier commit the later batch advances");
+            assert_eq!(stored().await, start + 20);
+        } else {
+            earlier.rollback().await.expect("rollback");
+            let refused = try_advance(second).await;
+            assert!(
+                matches!(refused, Err(OffsetError::Fenced(_))),
+                "without the earlier batch the later one is refused, got {refused:?}"
+            );
+            assert_eq!(stored().await, start, "nothing moved");
+        }
+    }
+}

@@ -314,8 +314,19 @@ pub async fn insert_swaps(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[(SwapRow, Coordinates)],
 ) -> Result<(u64, Vec<PoolSummaryRow>), StoreError> {
+    let new_rows = insert_swap_rows(tx, rows).await?;
+    advance_pool_summaries(tx, &new_rows).await
+}
+
+/// The first half of [`insert_swaps`]: the swap rows alone, those already stored skipped.
+/// Returns the new ones. It locks no shared row (only the new rows' keys), so a writer may run
+/// it while an earlier batch's transaction still holds the summaries.
+pub async fn insert_swap_rows<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &'a [(SwapRow, Coordinates)],
+) -> Result<Vec<&'a SwapRow>, StoreError> {
     if rows.is_empty() {
-        return Ok((0, Vec::new()));
+        return Ok(Vec::new());
     }
     if rows.len() >= crate::projection::copy::COPY_MIN {
         return copy_swaps(tx, rows).await;
@@ -427,19 +438,33 @@ pub async fn insert_swaps(
     .fetch_all(&mut **tx)
     .await?;
     if inserted.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(newly_inserted(
+        rows.iter().map(|(row, _)| row),
+        &event_id,
+        inserted,
+    ))
+}
+
+/// The second half of [`insert_swaps`]: advances pool summaries and per-token volumes by
+/// `new_rows`. Returns how many rows that was and the pool summaries as they now stand.
+pub async fn advance_pool_summaries(
+    tx: &mut Transaction<'_, Postgres>,
+    new_rows: &[&SwapRow],
+) -> Result<(u64, Vec<PoolSummaryRow>), StoreError> {
+    if new_rows.is_empty() {
         return Ok((0, Vec::new()));
     }
-    let new_rows: Vec<&SwapRow> =
-        newly_inserted(rows.iter().map(|(row, _)| row), &event_id, inserted);
-    let pools = upsert_pool_summaries(tx, &new_rows).await?;
+    let pools = upsert_pool_summaries(tx, new_rows).await?;
     Ok((new_rows.len() as u64, pools))
 }
 
-/// [`insert_swaps`] for a large batch: the new rows in one `COPY` (see [`copy`]).
-async fn copy_swaps(
+/// [`insert_swap_rows`] for a large batch: the new rows in one `COPY` (see [`copy`]).
+async fn copy_swaps<'a>(
     tx: &mut Transaction<'_, Postgres>,
-    rows: &[(SwapRow, Coordinates)],
-) -> Result<(u64, Vec<PoolSummaryRow>), StoreError> {
+    rows: &'a [(SwapRow, Coordinates)],
+) -> Result<Vec<&'a SwapRow>, StoreError> {
     use crate::projection::copy::{copy_new, CopyTable, CopyText};
     static SWAP: CopyTable = CopyTable::new("swap");
     let ids: Vec<String> = rows.iter().map(|(r, _)| r.event_id.to_string()).collect();
@@ -494,12 +519,7 @@ async fn copy_swaps(
         build,
     )
     .await?;
-    if copied.fresh.is_empty() {
-        return Ok((0, Vec::new()));
-    }
-    let new_rows: Vec<&SwapRow> = copied.fresh.iter().map(|&i| &rows[i].0).collect();
-    let pools = upsert_pool_summaries(tx, &new_rows).await?;
-    Ok((new_rows.len() as u64, pools))
+    Ok(copied.fresh.iter().map(|&i| &rows[i].0).collect())
 }
 
 async fn upsert_pool_summaries(
