@@ -776,6 +776,9 @@ impl Writer {
                             .unwrap_or_default()
                     );
                     let payload = format!("{items:?}{heads:?}");
+                    // In its turn first: a batch refused here is read again, and its row must
+                    // not be dead-lettered twice.
+                    turn.wait(offsets).await?;
                     dlq::send(
                         &self.producer,
                         &DeadLetter {
@@ -788,7 +791,6 @@ impl Writer {
                         },
                     )
                     .await?;
-                    turn.wait(offsets).await?;
                     return write_once(
                         &self.pool,
                         &self.group,

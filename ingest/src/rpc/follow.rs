@@ -759,9 +759,9 @@ impl Follower {
                 ranges
                     .map(move |(a, b)| {
                         let (fetch, addresses) = (fetch.clone(), addresses.clone());
-                        Aborting(tokio::spawn(
-                            async move { fetch.range(addresses, a, b).await },
-                        ))
+                        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                            fetch.range(addresses, a, b).await
+                        }))
                     })
                     .buffered(self.chain.concurrency),
             );
@@ -1260,24 +1260,4 @@ impl Follower {
 
 fn raw_log(log: &Log) -> Vec<u8> {
     serde_json::to_vec(log).unwrap_or_default()
-}
-
-/// A spawned task's handle that aborts the task when dropped.
-struct Aborting<T>(tokio::task::JoinHandle<T>);
-
-impl<T> std::future::Future for Aborting<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for Aborting<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
