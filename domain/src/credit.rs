@@ -183,6 +183,10 @@ pub fn liquidation_bonus(symbol: &str) -> f64 {
 /// Hours in the model's 30-day window (`scoring/train/train.py`: `HOURS_30D`).
 pub const HOURS_30D: f64 = 720.0;
 
+/// The longer of [`hourly_volatility`]'s two windows, in days: no point older than this before
+/// `now` moves it.
+pub const VOLATILITY_DAYS: i64 = 30;
+
 /// Hourly volatility of log returns over the last 7 and 30 days before `now`, from price points
 /// `(time, price)` of the collateral (oracle rounds, or recorded event prices). The points are
 /// reduced to daily closes when they span at least three days (the daily standard deviation
@@ -193,32 +197,38 @@ pub fn hourly_volatility(
     points: &[(DateTime<Utc>, f64)],
     now: DateTime<Utc>,
 ) -> Option<(f64, f64)> {
-    let window = |days: i64| -> Vec<(DateTime<Utc>, f64)> {
-        let from = now - chrono::Duration::days(days);
-        let mut v: Vec<_> = points
-            .iter()
-            .copied()
-            .filter(|(t, p)| *t <= now && *t > from && *p > 0.0)
-            .collect();
-        v.sort_by_key(|(t, _)| *t);
-        v
-    };
+    // The 30 days up to `now`, by time (a stable sort: points at one time keep their order);
+    // the 7 days are its tail.
+    let from = now - chrono::Duration::days(VOLATILITY_DAYS);
+    let mut month: Vec<(DateTime<Utc>, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(t, p)| *t <= now && *t > from && *p > 0.0)
+        .collect();
+    month.sort_by_key(|(t, _)| *t);
+    let week_from = now - chrono::Duration::days(7);
+    let week = &month[month.partition_point(|(t, _)| *t <= week_from)..];
     let vol = |pts: &[(DateTime<Utc>, f64)]| -> Option<f64> {
-        let days: BTreeMap<i64, f64> = pts
-            .iter()
-            .map(|(t, p)| (t.timestamp().div_euclid(86_400), *p))
-            .collect();
-        if days.len() >= 3 {
-            let closes: Vec<f64> = days.values().copied().collect();
+        // A day's close is its last point (the points are sorted by time).
+        let mut closes: Vec<f64> = Vec::new();
+        let mut day = None;
+        for (t, p) in pts {
+            let d = t.timestamp().div_euclid(86_400);
+            match closes.last_mut() {
+                Some(close) if day == Some(d) => *close = *p,
+                _ => closes.push(*p),
+            }
+            day = Some(d);
+        }
+        if closes.len() >= 3 {
             volatility(&closes).map(|d| d / 24f64.sqrt())
         } else {
             let prices: Vec<f64> = pts.iter().map(|(_, p)| *p).collect();
             volatility(&prices)
         }
     };
-    let month = window(30);
     let v30 = vol(&month)?;
-    let v7 = vol(&window(7)).unwrap_or(v30);
+    let v7 = vol(week).unwrap_or(v30);
     Some((v7, v30))
 }
 
@@ -341,6 +351,82 @@ mod tests {
         assert!((after[1].2 - 1.4).abs() < 1e-12);
         // Over-repaid (interest): zero debt, and the reserve drops out.
         assert_eq!(positions_at(&flows, t(5)).len(), 1);
+    }
+
+    /// `hourly_volatility` as first written (each window filtered and sorted on its own, days
+    /// through a map): the one-pass version must give the same bits.
+    fn hourly_volatility_reference(
+        points: &[(DateTime<Utc>, f64)],
+        now: DateTime<Utc>,
+    ) -> Option<(f64, f64)> {
+        let window = |days: i64| -> Vec<(DateTime<Utc>, f64)> {
+            let from = now - chrono::Duration::days(days);
+            let mut v: Vec<_> = points
+                .iter()
+                .copied()
+                .filter(|(t, p)| *t <= now && *t > from && *p > 0.0)
+                .collect();
+            v.sort_by_key(|(t, _)| *t);
+            v
+        };
+        let vol = |pts: &[(DateTime<Utc>, f64)]| -> Option<f64> {
+            let days: BTreeMap<i64, f64> = pts
+                .iter()
+                .map(|(t, p)| (t.timestamp().div_euclid(86_400), *p))
+                .collect();
+            if days.len() >= 3 {
+                let closes: Vec<f64> = days.values().copied().collect();
+                volatility(&closes).map(|d| d / 24f64.sqrt())
+            } else {
+                let prices: Vec<f64> = pts.iter().map(|(_, p)| *p).collect();
+                volatility(&prices)
+            }
+        };
+        let v30 = vol(&window(30))?;
+        let v7 = vol(&window(7)).unwrap_or(v30);
+        Some((v7, v30))
+    }
+
+    #[test]
+    fn one_pass_volatility_gives_the_same_bits_as_the_reference() {
+        let t0 = DateTime::from_timestamp(1_650_000_000, 0).expect("in range");
+        // A deterministic scramble: times out of order, several points per day, equal times,
+        // zero prices, points after `now` and before the windows.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut compared = 0;
+        for case in 0..200 {
+            let n = (next() % 400) as usize;
+            let spread_hours = 1 + next() % 2_000;
+            let points: Vec<(DateTime<Utc>, f64)> = (0..n)
+                .map(|_| {
+                    let t = t0 + chrono::Duration::minutes((next() % (spread_hours * 60)) as i64);
+                    let p = if next() % 50 == 0 {
+                        0.0
+                    } else {
+                        50.0 + (next() % 10_000) as f64 / 97.0
+                    };
+                    (t, p)
+                })
+                .collect();
+            for hours in [0, 24, 100, 24 * 8, 24 * 31, spread_hours as i64] {
+                let now = t0 + chrono::Duration::hours(hours);
+                let ours = hourly_volatility(&points, now);
+                let reference = hourly_volatility_reference(&points, now);
+                assert_eq!(
+                    ours.map(|(a, b)| (a.to_bits(), b.to_bits())),
+                    reference.map(|(a, b)| (a.to_bits(), b.to_bits())),
+                    "case {case}, {hours} h"
+                );
+                compared += usize::from(ours.is_some());
+            }
+        }
+        assert!(compared > 300, "{compared}");
     }
 
     #[test]

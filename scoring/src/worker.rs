@@ -580,14 +580,16 @@ impl ScoreEngine {
     /// answers, or where it has none by then, the prices its lending events carried. Read once
     /// per batch, and only as far back as the batch needs: the points from 30 days before its
     /// earliest trigger on (the volatility windows) and the one point before them (the price in
-    /// force), so a batch reads the same whatever the length of the reserve's history.
-    async fn prices(
+    /// force), so a batch reads the same whatever the length of the reserve's history. A lookup
+    /// borrows the batch's points where it can (see [`PriceSource::visible`]): its cost does
+    /// not grow with the number of points the batch read.
+    async fn prices<'c>(
         &self,
-        cache: &mut PriceCache,
+        cache: &'c mut PriceCache,
         chain_id: u64,
         reserve: &str,
         block: Option<i64>,
-    ) -> anyhow::Result<Vec<(DateTime<Utc>, f64)>> {
+    ) -> anyhow::Result<Visible<'c>> {
         let key = (chain_id, reserve.to_owned());
         if !cache.points.contains_key(&key) {
             let since = cache.since;
@@ -600,22 +602,15 @@ impl ScoreEngine {
                 oracle.clear();
                 lending.clear();
             }
-            cache.points.insert(key.clone(), (oracle, lending));
+            cache.points.insert(
+                key.clone(),
+                (PriceSource::new(oracle), PriceSource::new(lending)),
+            );
         }
         let (oracle, lending) = &cache.points[&key];
-        let seen = |points: &[(DateTime<Utc>, Option<i64>, f64)]| -> Vec<(DateTime<Utc>, f64)> {
-            points
-                .iter()
-                .filter(|(_, b, _)| match (block, b) {
-                    (Some(at), Some(b)) => b <= &at,
-                    _ => true,
-                })
-                .map(|(t, _, p)| (*t, *p))
-                .collect()
-        };
-        let from_oracle = seen(oracle);
-        Ok(if from_oracle.is_empty() {
-            seen(lending)
+        let from_oracle = oracle.visible(block);
+        Ok(if from_oracle.points.is_empty() {
+            lending.visible(block)
         } else {
             from_oracle
         })
@@ -688,7 +683,8 @@ impl ScoreEngine {
         let mut holdings = Vec::with_capacity(positions.len());
         let mut reserves = Vec::with_capacity(positions.len());
         for (reserve, symbol, collateral, debt) in positions {
-            let points = self.prices(cache, chain_id, &reserve, block).await?;
+            let visible = self.prices(cache, chain_id, &reserve, block).await?;
+            let points = &visible.points;
             let seen = points.partition_point(|(t, _)| *t <= at);
             let Some(&(_, price)) = seen.checked_sub(1).and_then(|i| points.get(i)) else {
                 return Ok((None, None));
@@ -714,7 +710,7 @@ impl ScoreEngine {
         let points = self
             .prices(cache, chain_id, &reserves[index], block)
             .await?;
-        let Some((vol_7d, vol_30d)) = hourly_volatility(&points, at) else {
+        let Some((vol_7d, vol_30d)) = hourly_volatility(points.volatility_window(at), at) else {
             return Ok((hf, None));
         };
         Ok((hf, position_features(&holdings, vol_7d, vol_30d)))
@@ -758,7 +754,86 @@ struct OracleRound {
 #[derive(Debug, Default)]
 struct PriceCache {
     since: Option<DateTime<Utc>>,
-    points: HashMap<(u64, String), (Vec<PricePoint>, Vec<PricePoint>)>,
+    points: HashMap<(u64, String), (PriceSource, PriceSource)>,
+}
+
+/// One reserve's points of one kind (oracle or lending), as read, with what a lookup needs.
+#[derive(Debug, Default)]
+struct PriceSource {
+    points: Vec<PricePoint>,
+    /// (time, price) of each point, in the same order.
+    priced: Vec<(DateTime<Utc>, f64)>,
+    /// Every point has a block, and blocks and times never go down: the points visible at a
+    /// block are a prefix, and a prefix is sorted by time.
+    ordered: bool,
+}
+
+impl PriceSource {
+    fn new(points: Vec<PricePoint>) -> PriceSource {
+        let ordered = points.iter().all(|p| p.1.is_some())
+            && points
+                .windows(2)
+                .all(|w| w[0].1 <= w[1].1 && w[0].0 <= w[1].0);
+        let priced = points.iter().map(|(t, _, p)| (*t, *p)).collect();
+        PriceSource {
+            points,
+            priced,
+            ordered,
+        }
+    }
+
+    /// The points visible at `block` (blocks at or below it; every point without a block or
+    /// without a `block`), in their order. Ordered points are borrowed (a binary search for the
+    /// prefix); others are filtered into a copy, as every lookup did before.
+    fn visible(&self, block: Option<i64>) -> Visible<'_> {
+        if self.ordered {
+            let end = match block {
+                Some(at) => self
+                    .points
+                    .partition_point(|(_, b, _)| b.is_some_and(|b| b <= at)),
+                None => self.points.len(),
+            };
+            return Visible {
+                points: std::borrow::Cow::Borrowed(&self.priced[..end]),
+                sorted: true,
+            };
+        }
+        let points = self
+            .points
+            .iter()
+            .filter(|(_, b, _)| match (block, b) {
+                (Some(at), Some(b)) => *b <= at,
+                _ => true,
+            })
+            .map(|(t, _, p)| (*t, *p))
+            .collect();
+        Visible {
+            points: std::borrow::Cow::Owned(points),
+            sorted: false,
+        }
+    }
+}
+
+/// A reserve's price points visible at a trigger's block.
+#[derive(Debug)]
+struct Visible<'c> {
+    points: std::borrow::Cow<'c, [(DateTime<Utc>, f64)]>,
+    /// Sorted by time (then the windows are found by binary search).
+    sorted: bool,
+}
+
+impl Visible<'_> {
+    /// What [`hourly_volatility`] reads at `at`: the points of the 30 days up to `at` when they
+    /// are sorted (the same points in the same order as its own filter keeps), else all.
+    fn volatility_window(&self, at: DateTime<Utc>) -> &[(DateTime<Utc>, f64)] {
+        if !self.sorted {
+            return &self.points;
+        }
+        let from = at - chrono::Duration::days(chainfold_domain::credit::VOLATILITY_DAYS);
+        let start = self.points.partition_point(|(t, _)| *t <= from);
+        let end = self.points.partition_point(|(t, _)| *t <= at);
+        &self.points[start..end.max(start)]
+    }
 }
 
 type PricePoint = (DateTime<Utc>, Option<i64>, f64);
@@ -1598,4 +1673,97 @@ async fn store_attestations(
         chainfold_store::attestations::insert(tx, a, *partition, *offset).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(hours: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + hours * 3_600, 0).expect("in range")
+    }
+
+    /// What every lookup did before it borrowed: a filtered copy of all the points.
+    fn filtered(points: &[PricePoint], block: Option<i64>) -> Vec<(DateTime<Utc>, f64)> {
+        points
+            .iter()
+            .filter(|(_, b, _)| match (block, b) {
+                (Some(at), Some(b)) => b <= &at,
+                _ => true,
+            })
+            .map(|(t, _, p)| (*t, *p))
+            .collect()
+    }
+
+    /// 90 days of points, every 5 hours, a block per point, prices moving.
+    fn series() -> Vec<PricePoint> {
+        (0..432)
+            .map(|i| {
+                (
+                    at(i * 5),
+                    Some(1_000 + i),
+                    100.0 + ((i * 37) % 23) as f64 * 0.7,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_borrowed_window_prices_and_moves_exactly_as_the_filtered_copy() {
+        let points = series();
+        let source = PriceSource::new(points.clone());
+        assert!(source.ordered);
+        let mut moved = 0;
+        for (hours, block) in [
+            (0, Some(1_000)),
+            (400, Some(1_080)),
+            (1_000, Some(1_200)),
+            (1_000, Some(1_100)),
+            (2_155, Some(1_431)),
+            (2_155, None),
+            (3_000, Some(5_000)),
+            (10, Some(10)),
+        ] {
+            let now = at(hours);
+            let copy = filtered(&points, block);
+            let visible = source.visible(block);
+            assert!(matches!(visible.points, std::borrow::Cow::Borrowed(_)));
+            assert_eq!(
+                visible.points.as_ref(),
+                copy.as_slice(),
+                "{hours} h, {block:?}"
+            );
+            let vol = hourly_volatility(visible.volatility_window(now), now);
+            assert_eq!(vol, hourly_volatility(&copy, now), "{hours} h, {block:?}");
+            moved += usize::from(vol.is_some_and(|(v7, v30)| v7 > 0.0 && v30 > 0.0));
+        }
+        assert!(moved >= 5, "{moved}");
+        // The window is the 30 days up to `now`, not everything the batch read.
+        let now = at(2_000);
+        let window = source.visible(None).volatility_window(now).len();
+        assert_eq!(window, 30 * 24 / 5, "{window}");
+    }
+
+    #[test]
+    fn points_out_of_order_or_without_blocks_are_filtered_as_before() {
+        let mut points = series();
+        points.swap(100, 101); // a time going down
+        let mut blockless = series();
+        blockless[50].1 = None;
+        for points in [points, blockless] {
+            let source = PriceSource::new(points.clone());
+            assert!(!source.ordered);
+            for block in [Some(1_040), Some(1_120), None] {
+                let now = at(600);
+                let copy = filtered(&points, block);
+                let visible = source.visible(block);
+                assert_eq!(visible.points.as_ref(), copy.as_slice());
+                assert_eq!(visible.volatility_window(now), copy.as_slice());
+                assert_eq!(
+                    hourly_volatility(visible.volatility_window(now), now),
+                    hourly_volatility(&copy, now)
+                );
+            }
+        }
+    }
 }
