@@ -2,7 +2,8 @@
 //! to Kafka exactly when the Postgres rows they describe commit.
 //!
 //! A role writes [`Output`]s with [`enqueue`] in the transaction of its rows (and of its
-//! offsets); after the commit, [`relay`] publishes them: it locks pending rows with
+//! offsets), one row per call and topic holding that call's outputs in order; after the commit,
+//! [`relay`] publishes them: it locks pending rows with
 //! `FOR UPDATE SKIP LOCKED` (replicas relay side by side without sending a row twice at once),
 //! sends them with the idempotent `acks=all` producer, waits for every acknowledgement and only
 //! then deletes them in the same transaction. A crash before the commit loses nothing (the rows
@@ -32,47 +33,105 @@ pub struct Output {
     pub key: String,
     /// Deterministic id: the same output computed again has the same id.
     pub output_id: String,
-    /// The record; `outputId` is added to it when it is an object.
-    pub payload: serde_json::Value,
+    /// The record.
+    pub payload: Payload,
 }
 
-/// Queues `outputs` in `tx` (published by [`relay`] after the commit).
+/// What an [`Output`] publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A JSON value; `outputId` is added to it when it is an object without one.
+    Json(serde_json::Value),
+    /// JSON text published as it is: the writer has put the output's `outputId` in it (a role
+    /// that serializes its record once, straight from its type).
+    Text(String),
+}
+
+impl From<serde_json::Value> for Payload {
+    fn from(value: serde_json::Value) -> Self {
+        Payload::Json(value)
+    }
+}
+
+/// Queues `outputs` in `tx` (published by [`relay`] after the commit): one row per topic,
+/// holding that topic's outputs in their order.
 pub async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     outputs: &[Output],
 ) -> Result<(), sqlx::Error> {
-    if outputs.is_empty() {
-        return Ok(());
+    let mut topics: Vec<&str> = Vec::new();
+    for o in outputs {
+        if !topics.contains(&o.topic.as_str()) {
+            topics.push(&o.topic);
+        }
     }
-    let topics: Vec<&str> = outputs.iter().map(|o| o.topic.as_str()).collect();
-    let keys: Vec<&str> = outputs.iter().map(|o| o.key.as_str()).collect();
-    let ids: Vec<&str> = outputs.iter().map(|o| o.output_id.as_str()).collect();
-    let payloads: Vec<serde_json::Value> = outputs
-        .iter()
-        .map(|o| {
-            let mut payload = o.payload.clone();
-            if let Some(object) = payload.as_object_mut() {
-                object.insert("outputId".into(), o.output_id.clone().into());
-            }
-            payload
-        })
-        .collect();
-    sqlx::query!(
-        "INSERT INTO outbox (topic, record_key, output_id, payload)
-         SELECT t, k, i, p
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS u(t, k, i, p, n)
-         ORDER BY n",
-        &topics as &[&str],
-        &keys as &[&str],
-        &ids as &[&str],
-        &payloads
-    )
-    .execute(&mut **tx)
-    .await?;
+    for topic in topics {
+        let mut keys = Vec::new();
+        let mut ids = Vec::new();
+        let mut payloads = Vec::new();
+        for o in outputs.iter().filter(|o| o.topic == topic) {
+            keys.push(o.key.as_str());
+            ids.push(o.output_id.as_str());
+            payloads.push(payload_text(o));
+        }
+        sqlx::query!(
+            "INSERT INTO outbox (topic, record_keys, output_ids, payloads)
+             VALUES ($1, $2, $3, $4)",
+            topic,
+            &keys as &[&str],
+            &ids as &[&str],
+            &payloads
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
-/// Publishes pending outputs (up to `limit` per round, until none is left) whose topic is one
+/// The record relayed for `output`: a JSON object gets `outputId` among its keys (sorted, as
+/// every serialized `Value` object; written in place, the object is not copied), other
+/// values go as they are.
+fn payload_text(output: &Output) -> String {
+    match &output.payload {
+        Payload::Json(serde_json::Value::Object(fields)) if !fields.contains_key("outputId") => {
+            serde_json::to_string(&WithOutputId {
+                fields,
+                id: &output.output_id,
+            })
+            .unwrap_or_else(|_| unreachable!("a JSON object and a string serialize"))
+        }
+        Payload::Json(payload) => payload.to_string(),
+        Payload::Text(text) => text.clone(),
+    }
+}
+
+/// An object's fields with `outputId` merged in key order.
+struct WithOutputId<'a> {
+    fields: &'a serde_json::Map<String, serde_json::Value>,
+    id: &'a str,
+}
+
+impl serde::Serialize for WithOutputId<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        const KEY: &str = "outputId";
+        let mut map = serializer.serialize_map(Some(self.fields.len() + 1))?;
+        let mut pending = true;
+        for (key, value) in self.fields {
+            if pending && key.as_str() > KEY {
+                map.serialize_entry(KEY, self.id)?;
+                pending = false;
+            }
+            map.serialize_entry(key, value)?;
+        }
+        if pending {
+            map.serialize_entry(KEY, self.id)?;
+        }
+        map.end()
+    }
+}
+
+/// Publishes pending outputs (rounds of about `limit`, until none is left) whose topic is one
 /// of `topics`; returns how many were sent.
 pub async fn relay(
     pool: &PgPool,
@@ -83,57 +142,82 @@ pub async fn relay(
     let mut sent = 0;
     loop {
         let round = relay_round(pool, producer, topics, limit).await?;
-        sent += round;
-        if round < limit.max(1) as u64 {
+        if round == 0 {
             return Ok(sent);
         }
+        sent += round;
     }
 }
 
+/// One round: locks the oldest pending rows of `topics` that no other relay holds, takes rows
+/// (at least one) until they hold `limit` outputs, sends their outputs in order, waits for
+/// every acknowledgement and deletes the rows, in one transaction.
 async fn relay_round(
     pool: &PgPool,
     producer: &FutureProducer,
     topics: &[String],
     limit: i64,
 ) -> anyhow::Result<u64> {
+    let limit = limit.max(1);
     let mut tx = pool
         .begin()
         .await
         .context("could not start an outbox relay")?;
-    let rows: Vec<(i64, String, String, String, serde_json::Value)> = sqlx::query!(
-        "SELECT seq, topic, record_key, output_id, payload FROM outbox
-         WHERE topic = ANY($1) ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+    // Every row holds at least one output, so `limit` rows are always enough.
+    let locked = sqlx::query!(
+        r#"SELECT seq, cardinality(output_ids) AS "outputs!" FROM outbox
+           WHERE topic = ANY($1) ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED"#,
         topics,
         limit
     )
     .fetch_all(&mut *tx)
     .await
-    .context("could not read the outbox")?
-    .into_iter()
-    .map(|r| (r.seq, r.topic, r.record_key, r.output_id, r.payload))
-    .collect();
-    if rows.is_empty() {
+    .context("could not read the outbox")?;
+    let mut seqs = Vec::new();
+    let mut outputs = 0i64;
+    for row in locked {
+        if outputs >= limit {
+            break;
+        }
+        seqs.push(row.seq);
+        outputs += i64::from(row.outputs);
+    }
+    if seqs.is_empty() {
         return Ok(0);
     }
-    let mut deliveries = Vec::with_capacity(rows.len());
-    for (_, topic, key, output_id, payload) in &rows {
-        let body = payload.to_string();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: OUTPUT_ID_HEADER,
-            value: Some(output_id.as_str()),
-        });
-        let record = FutureRecord::to(topic)
-            .key(key.as_str())
-            .payload(&body)
-            .headers(headers);
-        deliveries.push(
-            producer
+    let rows = sqlx::query!(
+        "SELECT topic, record_keys, output_ids, payloads FROM outbox
+         WHERE seq = ANY($1) ORDER BY seq",
+        &seqs
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .context("could not read the outbox")?;
+    let mut deliveries = Vec::with_capacity(outputs as usize);
+    for row in &rows {
+        for ((key, output_id), body) in row
+            .record_keys
+            .iter()
+            .zip(&row.output_ids)
+            .zip(&row.payloads)
+        {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: OUTPUT_ID_HEADER,
+                value: Some(output_id.as_str()),
+            });
+            let record = FutureRecord::to(&row.topic)
+                .key(key.as_str())
+                .payload(body.as_str())
+                .headers(headers);
+            let delivery = producer
                 .send_result(record)
                 .map_err(|(e, _)| e)
-                .with_context(|| format!("could not queue output {output_id} for {topic}"))?,
-        );
+                .with_context(|| format!("could not queue output {output_id} for {}", row.topic))?;
+            deliveries.push((delivery, output_id, &row.topic));
+        }
     }
-    for (delivery, (_, topic, _, output_id, _)) in deliveries.into_iter().zip(&rows) {
+    let sent = deliveries.len() as u64;
+    for (delivery, output_id, topic) in deliveries {
         match tokio::time::timeout(Duration::from_secs(60), delivery).await {
             Ok(Ok(Ok(_))) => {}
             Ok(Ok(Err((err, _)))) => {
@@ -149,7 +233,6 @@ async fn relay_round(
         }
     }
     crate::failpoint::hit("outbox.after_ack");
-    let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
     sqlx::query!("DELETE FROM outbox WHERE seq = ANY($1)", &seqs)
         .execute(&mut *tx)
         .await
@@ -157,12 +240,60 @@ async fn relay_round(
     tx.commit()
         .await
         .context("could not clear relayed outputs")?;
-    Ok(rows.len() as u64)
+    Ok(sent)
 }
 
 /// Outputs still waiting to be relayed (all topics).
 pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM outbox"#)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT coalesce(sum(cardinality(output_ids)), 0)::int8 AS "n!" FROM outbox"#
+    )
+    .fetch_one(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn output(payload: Payload) -> Output {
+        Output {
+            topic: "t".into(),
+            key: "k".into(),
+            output_id: "score:1:0xa:e\"1".into(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn output_id_is_merged_as_inserting_it_into_the_object_would() {
+        for payload in [
+            json!({}),
+            json!({ "a": 1, "z": [1, 2] }),
+            json!({ "chainId": 1, "score": 700, "wallet": "0xa" }),
+            json!({ "outputI": 1, "outputIdx": 2, "output": { "nested": true } }),
+            json!({ "Zeta": "upper first", "éclair": "non-ascii after", "p": 0.1 }),
+        ] {
+            let mut expected = payload.clone();
+            expected
+                .as_object_mut()
+                .expect("an object")
+                .insert("outputId".into(), "score:1:0xa:e\"1".into());
+            assert_eq!(
+                payload_text(&output(payload.into())),
+                expected.to_string(),
+                "byte for byte"
+            );
+        }
+    }
+
+    #[test]
+    fn other_payloads_go_as_they_are() {
+        let own = json!({ "outputId": "theirs", "n": 1 });
+        assert_eq!(payload_text(&output(own.clone().into())), own.to_string());
+        assert_eq!(payload_text(&output(json!([1, 2]).into())), "[1,2]");
+        let text = r#"{"b":1,"a":2,"outputId":"x"}"#.to_owned();
+        assert_eq!(payload_text(&output(Payload::Text(text.clone()))), text);
+    }
 }

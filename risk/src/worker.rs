@@ -410,7 +410,7 @@ impl RiskWorker {
                     topic: self.risk_topic.clone(),
                     key: a.chain_id.to_string(),
                     output_id: a.id.clone(),
-                    payload: serde_json::to_value(a)?,
+                    payload: serde_json::to_value(a)?.into(),
                 })
             })
             .collect::<anyhow::Result<_>>()?;

@@ -354,7 +354,7 @@ pub fn output(
         topic: topic.to_owned(),
         key: record.wallet.clone(),
         output_id: record.id.clone(),
-        payload: serde_json::to_value(record)?,
+        payload: serde_json::to_value(record)?.into(),
     })
 }
 

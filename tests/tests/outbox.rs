@@ -1,0 +1,163 @@
+//! The transactional outbox (`chainfold_platform::outbox`) on the real Postgres and Apache
+//! Kafka: one row per enqueue and topic, every committed output relayed once, in its order, with
+//! its `output_id` header and `outputId` field; nothing of a rolled-back transaction; a topic
+//! not asked for left pending; rounds smaller than a row still take whole rows.
+
+use std::time::Duration;
+
+use chainfold_platform::outbox::{self, Output, OUTPUT_ID_HEADER};
+use chainfold_testkit::Isolated;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::{json, Value};
+
+fn output(topic: &str, i: usize) -> Output {
+    Output {
+        topic: topic.to_owned(),
+        key: format!("wallet-{}", i % 7),
+        output_id: format!("{topic}:{i}"),
+        payload: json!({ "n": i, "note": "tab\there, quote \" and backslash \\" }).into(),
+    }
+}
+
+/// (key, output_id header, payload) of every record of a one-partition `topic`, in order.
+fn read_all(iso: &Isolated, topic: &str, expect: usize) -> Vec<(String, String, Value)> {
+    let consumer: BaseConsumer = chainfold_platform::kafka::client_config(&iso.kafka)
+        .set("group.id", chainfold_testkit::unique("outbox-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .expect("assignment");
+    consumer.assign(&assignment).expect("assign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    // Read past `expect` for a moment: a record sent twice would show.
+    let mut quiet_until = None;
+    while std::time::Instant::now() < deadline {
+        if out.len() >= expect {
+            let until =
+                *quiet_until.get_or_insert(std::time::Instant::now() + Duration::from_secs(1));
+            if std::time::Instant::now() > until {
+                break;
+            }
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let header = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == OUTPUT_ID_HEADER))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                header,
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON payload"),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_outputs_are_relayed_once_in_order_from_one_row_per_enqueue_and_topic() {
+    let mut iso = Isolated::new("outbox").await;
+    iso.kafka.partitions = 1;
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let a = format!("{}outbox-a", iso.kafka.topic_prefix);
+    let b = format!("{}outbox-b", iso.kafka.topic_prefix);
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &[a.clone(), b.clone()])
+        .await
+        .expect("topics");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+
+    // One transaction: 2,500 outputs for `a` and 3 for `b`, interleaved.
+    let mut first: Vec<Output> = (0..2_500).map(|i| output(&a, i)).collect();
+    first.insert(10, output(&b, 0));
+    first.insert(1_000, output(&b, 1));
+    first.push(output(&b, 2));
+    let mut tx = pool.begin().await.expect("begin");
+    outbox::enqueue(&mut tx, &first).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    // A transaction that rolls back queues nothing.
+    let mut tx = pool.begin().await.expect("begin");
+    outbox::enqueue(
+        &mut tx,
+        &(5_000..5_005).map(|i| output(&a, i)).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("enqueue");
+    tx.rollback().await.expect("rollback");
+    // A later transaction: a payload that is not an object goes as it is; one that names its
+    // own outputId keeps it.
+    let mut tx = pool.begin().await.expect("begin");
+    let mut own = output(&a, 2_501);
+    own.payload = json!({ "outputId": "kept", "n": 2_501 }).into();
+    let mut text = output(&a, 2_500);
+    text.payload = json!("plain").into();
+    outbox::enqueue(&mut tx, &[text, own])
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+
+    let rows: Vec<(String, i32)> =
+        sqlx::query_as("SELECT topic, cardinality(output_ids) FROM outbox ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("rows");
+    assert_eq!(
+        rows,
+        vec![(a.clone(), 2_500), (b.clone(), 3), (a.clone(), 2)],
+        "one row per enqueue and topic"
+    );
+    assert_eq!(outbox::pending(&pool).await.expect("pending"), 2_505);
+
+    // Rounds of about 1,000 outputs: the 2,500-output row goes whole.
+    let sent = outbox::relay(&pool, &producer, std::slice::from_ref(&a), 1_000)
+        .await
+        .expect("relay");
+    assert_eq!(sent, 2_502);
+    assert_eq!(
+        outbox::pending(&pool).await.expect("pending"),
+        3,
+        "b is not asked for"
+    );
+    let sent = outbox::relay(&pool, &producer, std::slice::from_ref(&b), 1)
+        .await
+        .expect("relay");
+    assert_eq!(sent, 3, "rounds of one output still take whole rows");
+    assert_eq!(outbox::pending(&pool).await.expect("pending"), 0);
+    assert_eq!(
+        outbox::relay(&pool, &producer, &[a.clone(), b.clone()], 1_000)
+            .await
+            .expect("relay"),
+        0,
+        "nothing left to send"
+    );
+
+    let records = read_all(&iso, &a, 2_502);
+    assert_eq!(records.len(), 2_502, "every committed output of a once");
+    for (i, (key, header, payload)) in records.iter().take(2_500).enumerate() {
+        assert_eq!(key, &format!("wallet-{}", i % 7));
+        assert_eq!(header, &format!("{a}:{i}"));
+        assert_eq!(payload["outputId"], json!(header), "{payload}");
+        assert_eq!(payload["n"], json!(i), "in order");
+        assert_eq!(
+            payload["note"],
+            json!("tab\there, quote \" and backslash \\")
+        );
+    }
+    assert_eq!(records[2_500].2, json!("plain"));
+    assert_eq!(records[2_500].1, format!("{a}:2500"));
+    assert_eq!(records[2_501].2["outputId"], json!("kept"));
+    let b_records = read_all(&iso, &b, 3);
+    let ids: Vec<&str> = b_records.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![format!("{b}:0"), format!("{b}:1"), format!("{b}:2")]
+    );
+}
