@@ -7,6 +7,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::projection::copy::{copy_in, is_unique_violation, CopyText};
+use crate::projection::StoreError;
+
 /// One score to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewScore {
@@ -85,10 +88,102 @@ impl FromIterator<NewScore> for NewScores {
     }
 }
 
-/// Stores `scores` computed by model `model_version` (`model_sha256`) in one statement; a score
-/// already stored (same chain, wallet and event: a replay) is skipped. Returns the (chain,
-/// wallet, event) of the rows that were new.
+/// Stores `scores` computed by model `model_version` (`model_sha256`); a score already stored
+/// (same chain, wallet and event: a replay) is skipped, and a score the batch holds twice is
+/// stored once (the first). Returns the (chain, wallet, event) of the rows that were new, in
+/// the batch's order.
+///
+/// A batch of [`COPY_MIN`] scores or more goes in as one `COPY` inside a savepoint: the scorer
+/// never reads an offset twice (its offsets commit with its scores), so a stored score comes
+/// back only after a rebalance race or a rebuild's overlap, and then the `COPY` fails on the
+/// unique key, rolls back to the savepoint and the batch takes the `INSERT … ON CONFLICT DO
+/// NOTHING` statement. Measured: BENCHMARKS.md, "Scoring at volume".
 pub async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    model_version: &str,
+    model_sha256: &str,
+    scores: &NewScores,
+) -> sqlx::Result<Vec<(i64, String, String)>> {
+    if scores.len() >= COPY_MIN {
+        if let Some(new) = copy(tx, model_version, model_sha256, scores).await? {
+            return Ok(new);
+        }
+    }
+    insert_rows(tx, model_version, model_sha256, scores).await
+}
+
+/// Batches smaller than this take the `INSERT … ON CONFLICT` statement.
+pub const COPY_MIN: usize = 64;
+
+/// The `COPY` of [`insert`]: `None` (nothing written) when a score was stored already.
+async fn copy(
+    tx: &mut Transaction<'_, Postgres>,
+    model_version: &str,
+    model_sha256: &str,
+    s: &NewScores,
+) -> sqlx::Result<Option<Vec<(i64, String, String)>>> {
+    // Each (chain, wallet, event) once, the first kept, as `ON CONFLICT DO NOTHING` keeps it.
+    let mut seen = std::collections::HashSet::with_capacity(s.len());
+    let first: Vec<usize> = (0..s.len())
+        .filter(|&i| seen.insert((s.chain_id[i], s.wallet[i].as_str(), s.event_id[i].as_str())))
+        .collect();
+    let mut data = CopyText::with_capacity(first.len());
+    for &i in &first {
+        data.plain(s.chain_id[i])
+            .text(&s.wallet[i])
+            .plain(s.score[i])
+            .text(&s.band[i])
+            .float(s.probability[i])
+            .text(&s.reasons[i].to_string())
+            .text(model_version)
+            .text(model_sha256)
+            .time(Some(s.computed_at[i]))
+            .text(&s.event_id[i])
+            .text(&s.topic[i])
+            .plain(s.partition[i])
+            .plain(s.offset[i])
+            .plain(s.projector_next[i])
+            .opt(s.block[i])
+            .float(s.health[i]);
+        data.end_row();
+    }
+    sqlx::query!("SAVEPOINT chainfold_copy")
+        .execute(&mut **tx)
+        .await?;
+    let copied = copy_in(
+        tx,
+        "COPY credit_score (chain_id, wallet, score, band, probability_of_liquidation, reasons,
+             model_version, model_sha256, computed_at, event_id, kafka_topic, kafka_partition,
+             kafka_offset, projector_next_offset, block_number, health_factor) FROM STDIN",
+        &data,
+    )
+    .await;
+    match copied {
+        Ok(()) => {
+            sqlx::query!("RELEASE SAVEPOINT chainfold_copy")
+                .execute(&mut **tx)
+                .await?;
+            Ok(Some(
+                first
+                    .into_iter()
+                    .map(|i| (s.chain_id[i], s.wallet[i].clone(), s.event_id[i].clone()))
+                    .collect(),
+            ))
+        }
+        Err(StoreError::Database(err)) if is_unique_violation(&err) => {
+            sqlx::query!("ROLLBACK TO SAVEPOINT chainfold_copy")
+                .execute(&mut **tx)
+                .await?;
+            tracing::debug!("a scores COPY met a stored score; the batch takes the INSERT");
+            Ok(None)
+        }
+        Err(StoreError::Database(err)) => Err(err),
+        Err(StoreError::Fenced(_)) => unreachable!("a COPY checks no offsets"),
+    }
+}
+
+/// The `INSERT … ON CONFLICT DO NOTHING` of [`insert`].
+async fn insert_rows(
     tx: &mut Transaction<'_, Postgres>,
     model_version: &str,
     model_sha256: &str,

@@ -80,3 +80,125 @@ async fn a_replayed_score_is_not_stored_twice_and_a_retraction_removes_only_its_
         "the earlier score is latest again"
     );
 }
+
+/// A score with awkward values: floats that only round-trip exactly, no probability, reasons
+/// with tabs, quotes, backslashes and newlines, no block.
+fn awkward(i: usize, event: &str) -> NewScore {
+    let mut s = score(&format!("0xw{}", i % 9), event, "FAIR", i as i64);
+    s.probability_of_liquidation = (i % 3 != 0).then_some(0.1 + 0.2 + i as f64 * 1e-17);
+    s.health_factor = match i % 4 {
+        0 => None,
+        1 => Some(f64::INFINITY),
+        2 => Some(1.0 / 3.0 + i as f64),
+        _ => Some(123_456_789.123_456_78e10),
+    };
+    s.reasons = serde_json::json!([{ "code": "x\ty", "description": "a \"b\" \\ c\nd", "impact": -(i as i64) }]);
+    s.block_number = (i % 5 != 0).then_some(i as i64);
+    s
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct Stored {
+    chain_id: i64,
+    wallet: String,
+    score: i32,
+    band: String,
+    probability_of_liquidation: Option<f64>,
+    reasons: serde_json::Value,
+    computed_at: Option<chrono::DateTime<chrono::Utc>>,
+    kafka_topic: String,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    projector_next_offset: i64,
+    block_number: Option<i64>,
+    health_factor: Option<f64>,
+}
+
+async fn stored(pool: &PgPool, prefix: &str) -> Vec<Stored> {
+    sqlx::query_as(
+        "SELECT chain_id, wallet, score, band, probability_of_liquidation, reasons, computed_at,
+                kafka_topic, kafka_partition, kafka_offset, projector_next_offset, block_number,
+                health_factor
+         FROM credit_score WHERE event_id LIKE $1 || '%' ORDER BY id",
+    )
+    .bind(prefix)
+    .fetch_all(pool)
+    .await
+    .expect("read")
+}
+
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn a_large_batch_is_copied_with_the_same_values_the_insert_stores_and_replays_skip(
+    pool: PgPool,
+) {
+    const { assert!(scores::COPY_MIN <= 100) };
+    // 100 scores, the 8th twice (the first kept): the COPY path.
+    let mut copied: Vec<NewScore> = (0..100).map(|i| awkward(i, &format!("c{i}"))).collect();
+    let mut twice = copied[7].clone();
+    twice.score = 850;
+    copied.insert(50, twice);
+    let batch: NewScores = copied.iter().cloned().collect();
+    let mut tx = pool.begin().await.expect("tx");
+    let new = scores::insert(&mut tx, "v1", "sha", &batch)
+        .await
+        .expect("stored");
+    tx.commit().await.expect("commit");
+    assert_eq!(new.len(), 100, "each score once");
+    // Ids 1 to 100 without a gap: one COPY of the de-duplicated rows (a COPY that failed, or an
+    // INSERT meeting the twice-held score, would have drawn more ids from the sequence).
+    let ids: (i64, i64) = sqlx::query_as("SELECT min(id), max(id) FROM credit_score")
+        .fetch_one(&pool)
+        .await
+        .expect("ids");
+    assert_eq!(ids, (1, 100));
+    assert_eq!(new[7].2, "c7");
+    // The same scores in small batches: the INSERT path.
+    for chunk in (0..100).collect::<Vec<_>>().chunks(10) {
+        let batch: NewScores = chunk
+            .iter()
+            .map(|&i| awkward(i, &format!("i{i}")))
+            .collect();
+        let mut tx = pool.begin().await.expect("tx");
+        assert_eq!(
+            scores::insert(&mut tx, "v1", "sha", &batch)
+                .await
+                .expect("stored")
+                .len(),
+            chunk.len()
+        );
+        tx.commit().await.expect("commit");
+    }
+    let by_copy = stored(&pool, "c").await;
+    let by_insert = stored(&pool, "i").await;
+    assert_eq!(by_copy.len(), 100);
+    assert_eq!(
+        by_copy[7].score, 600,
+        "the first of a twice-held score is kept"
+    );
+    // Bit for bit: the floats are compared as f64 (NaN-free here), infinities included.
+    assert_eq!(by_copy, by_insert);
+    assert!(by_copy
+        .iter()
+        .any(|r| r.health_factor == Some(f64::INFINITY)));
+
+    // A replay of the large batch stores nothing and says so; a batch half stored stores the
+    // other half (the COPY fails on the key and the INSERT takes it).
+    let mut half: Vec<NewScore> = (50..100).map(|i| awkward(i, &format!("c{i}"))).collect();
+    half.extend((100..150).map(|i| awkward(i, &format!("c{i}"))));
+    let mut tx = pool.begin().await.expect("tx");
+    let again = scores::insert(&mut tx, "v1", "sha", &batch)
+        .await
+        .expect("stored");
+    assert!(again.is_empty(), "{again:?}");
+    let half_new = scores::insert(&mut tx, "v1", "sha", &half.into_iter().collect())
+        .await
+        .expect("stored");
+    tx.commit().await.expect("commit");
+    let events: Vec<&str> = half_new.iter().map(|n| n.2.as_str()).collect();
+    let expected: Vec<String> = (100..150).map(|i| format!("c{i}")).collect();
+    assert_eq!(
+        events,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(stored(&pool, "c").await.len(), 150);
+}

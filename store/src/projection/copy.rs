@@ -90,6 +90,19 @@ impl CopyText {
         }
     }
 
+    /// A float as Postgres reads it back to the same bits (the shortest text that parses to
+    /// the same value; the infinities and NaN by Postgres's names); `None` as null.
+    pub fn float(&mut self, value: Option<f64>) -> &mut Self {
+        match value {
+            None => self.null(),
+            Some(v) if v.is_nan() => self.plain("NaN"),
+            Some(v) if v == f64::INFINITY => self.plain("Infinity"),
+            Some(v) if v == f64::NEG_INFINITY => self.plain("-Infinity"),
+            // Debug: the shortest round-trip digits, with an exponent where long.
+            Some(v) => self.plain(format_args!("{v:?}")),
+        }
+    }
+
     pub fn hex(&mut self, value: &impl std::fmt::LowerHex) -> &mut Self {
         self.sep();
         let _ = write!(self.buf, "{value:#x}");
@@ -184,7 +197,8 @@ pub struct Copied {
     pub conflicted: bool,
 }
 
-fn is_unique_violation(err: &sqlx::Error) -> bool {
+/// Whether `err` is a unique-key violation (SQLSTATE 23505).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
@@ -290,6 +304,22 @@ mod tests {
             .collect();
         let stored: HashSet<String> = ["c".to_string()].into_iter().collect();
         assert_eq!(new_positions(&ids, &stored), vec![0, 1]);
+    }
+
+    #[test]
+    fn floats_keep_their_bits_and_postgres_names() {
+        let mut c = CopyText::with_capacity(1);
+        c.float(Some(0.1))
+            .float(Some(1e-300))
+            .float(Some(f64::INFINITY))
+            .float(Some(f64::NEG_INFINITY))
+            .float(Some(f64::NAN))
+            .float(None)
+            .float(Some(-2.5e20));
+        assert_eq!(
+            std::str::from_utf8(c.as_bytes()).expect("COPY text is built from UTF-8 strings"),
+            "0.1\t1e-300\tInfinity\t-Infinity\tNaN\t\\N\t-2.5e20"
+        );
     }
 
     #[test]
