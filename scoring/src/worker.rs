@@ -1056,13 +1056,21 @@ impl Scorer {
         let decisions = self.band_changes(&mut tx, bands_before, &stored).await?;
         let mut outputs: Vec<Output> = stored
             .iter()
-            .map(|s| Output {
-                topic: self.scores_topic.clone(),
-                key: s.wallet.clone(),
-                output_id: format!("score:{}:{}:{}", s.chain, s.wallet, s.event_id),
-                payload: s.message.clone(),
+            .map(|s| {
+                let output_id = format!("score:{}:{}:{}", s.chain, s.wallet, s.event_id);
+                // Serialized once, straight from the message, with its output id.
+                let payload = serde_json::to_string(&Published {
+                    message: &s.message,
+                    output_id: &output_id,
+                })?;
+                Ok(Output {
+                    topic: self.scores_topic.clone(),
+                    key: s.wallet.clone(),
+                    output_id,
+                    payload: chainfold_platform::outbox::Payload::Text(payload),
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         for d in &decisions {
             outputs.push(chainfold_store::decisions::output(
                 &self.decisions_topic,
@@ -1276,7 +1284,7 @@ impl Scorer {
                     event_id: t.event_id.clone(),
                     at: t.at,
                     score: s.clone(),
-                    message: serde_json::to_value(message)?,
+                    message,
                 })
             })
             .collect()
@@ -1304,23 +1312,36 @@ impl Scorer {
         {
             tracing::warn!(error = %format!("{err:#}"), "could not update the API's Redis scores");
         }
+        // Each score is announced; the cache keeps the wallet's last score of the batch, so
+        // only that one is written (the writes of the others would be overwritten in the same
+        // pipeline).
         let mut pipe = redis::pipe();
-        for s in stored {
-            let key = format!("{}score:{}:{}", self.config.redis.prefix, s.chain, s.wallet);
-            pipe.hset_multiple(
-                &key,
-                &[
-                    ("score", s.score.score.to_string()),
-                    ("band", format!("{:?}", s.score.band)),
-                    ("json", s.message.to_string()),
-                ],
-            )
-            .ignore();
-            pipe.publish(
-                format!("{}scores", self.config.redis.prefix),
-                s.message.to_string(),
-            )
-            .ignore();
+        let mut last: HashMap<(u64, &str), usize> = HashMap::with_capacity(stored.len());
+        for (i, s) in stored.iter().enumerate() {
+            last.insert((s.chain, s.wallet.as_str()), i);
+        }
+        let channel = format!("{}scores", self.config.redis.prefix);
+        for (i, s) in stored.iter().enumerate() {
+            let json = match serde_json::to_string(&s.message) {
+                Ok(json) => json,
+                Err(err) => {
+                    tracing::warn!(%err, "could not serialize a score for Redis");
+                    continue;
+                }
+            };
+            if last.get(&(s.chain, s.wallet.as_str())) == Some(&i) {
+                let key = format!("{}score:{}:{}", self.config.redis.prefix, s.chain, s.wallet);
+                pipe.hset_multiple(
+                    &key,
+                    &[
+                        ("score", s.score.score.to_string()),
+                        ("band", format!("{:?}", s.score.band)),
+                        ("json", json.clone()),
+                    ],
+                )
+                .ignore();
+            }
+            pipe.publish(&channel, json).ignore();
         }
         if !stored.is_empty() {
             if let Err(err) = pipe.query_async::<()>(&mut self.redis).await {
@@ -1649,7 +1670,16 @@ struct StoredScore {
     event_id: String,
     at: DateTime<Utc>,
     score: Score,
-    message: serde_json::Value,
+    message: ScoreMessage,
+}
+
+/// A score as published on the scores topic: the message with its output id.
+#[derive(serde::Serialize)]
+struct Published<'a> {
+    #[serde(flatten)]
+    message: &'a ScoreMessage,
+    #[serde(rename = "outputId")]
+    output_id: &'a str,
 }
 
 /// Deletes the scores that orphaned events triggered (the feed trigger records each as a
