@@ -429,6 +429,7 @@ impl ScoreEngine {
                 .map(|t| t.at)
                 .min()
                 .map(|at| at - chrono::Duration::days(30)),
+            until: triggers.iter().map(|t| t.at).max(),
             points: HashMap::new(),
         };
         let mut keep = Vec::new();
@@ -594,9 +595,14 @@ impl ScoreEngine {
         if !cache.points.contains_key(&key) {
             let since = cache.since;
             // The window, then the last point before it, in the same order as the window.
-            let (mut oracle, mut lending) =
-                chainfold_store::prices::window(&self.pool, chain_id as i64, reserve, since)
-                    .await?;
+            let (mut oracle, mut lending) = chainfold_store::prices::window(
+                &self.pool,
+                chain_id as i64,
+                reserve,
+                since,
+                cache.until,
+            )
+            .await?;
             // Without a trigger time (no triggers) both queries read nothing: nothing to price.
             if since.is_none() {
                 oracle.clear();
@@ -754,6 +760,8 @@ struct OracleRound {
 #[derive(Debug, Default)]
 struct PriceCache {
     since: Option<DateTime<Utc>>,
+    /// The batch's latest trigger time: no lending point after it prices anything.
+    until: Option<DateTime<Utc>>,
     points: HashMap<(u64, String), (PriceSource, PriceSource)>,
 }
 

@@ -11,13 +11,17 @@ pub type PricePoint = (DateTime<Utc>, Option<i64>, f64);
 
 /// A reserve's price points from `since` on, oldest first, preceded by the last point before
 /// `since` (the price in force when the window opens): its oracle rounds, and separately the
-/// prices its lending events carried. Reads the same whatever the length of the reserve's
-/// history before `since`.
+/// prices its lending events carried, those up to `until` (the latest time a reader prices
+/// at; lending points after it are never read, so a batch of a backfill reads its own stretch,
+/// not the rest of the history). Reads the same whatever the length of the reserve's history
+/// before `since`. Oracle rounds are read to the end: whether a reserve has any visible round
+/// at all decides which kind prices it.
 pub async fn window(
     pool: &PgPool,
     chain_id: i64,
     reserve: &str,
     since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
 ) -> sqlx::Result<(Vec<PricePoint>, Vec<PricePoint>)> {
     let oracle = sqlx::query!(
         r#"SELECT at AS "at!", block_number, price AS "price!" FROM (
@@ -55,11 +59,12 @@ pub async fn window(
              SELECT * FROM (
                SELECT block_time, block_number, price_usd::float8 FROM lending_event
                WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
-                 AND block_time >= $3
+                 AND block_time >= $3 AND block_time <= coalesce($4::timestamptz, 'infinity')
                ORDER BY block_time, event_id) window_points) points"#,
         chain_id,
         reserve,
-        since
+        since,
+        until
     )
     .fetch_all(pool)
     .await?

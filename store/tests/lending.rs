@@ -185,7 +185,7 @@ async fn a_price_window_starts_with_the_price_in_force_and_a_token_reads_as_of_i
         5,
     )
     .await;
-    let (oracle, lending) = prices::window(&pool, 1, WETH, Some(at(10 * 12)))
+    let (oracle, lending) = prices::window(&pool, 1, WETH, Some(at(10 * 12)), None)
         .await
         .expect("read");
     let seen: Vec<(Option<i64>, f64)> = oracle.iter().map(|p| (p.1, p.2)).collect();
@@ -197,8 +197,20 @@ async fn a_price_window_starts_with_the_price_in_force_and_a_token_reads_as_of_i
         lending.iter().map(|p| p.2).collect::<Vec<_>>(),
         vec![1950.0]
     );
+    // Lending points up to `until` only (oracle rounds all: their existence picks the kind).
+    let (all_rounds, before) = prices::window(&pool, 1, WETH, Some(at(0)), Some(at(5 * 12 - 1)))
+        .await
+        .expect("read");
+    assert!(all_rounds.len() >= 3, "{all_rounds:?}");
+    assert!(before.is_empty(), "{before:?}");
+    let (_, upto) = prices::window(&pool, 1, WETH, Some(at(0)), Some(at(5 * 12)))
+        .await
+        .expect("read");
+    assert_eq!(upto.iter().map(|p| p.2).collect::<Vec<_>>(), vec![1950.0]);
     // Without a window start nothing is compared with it: nothing read.
-    let (none, _) = prices::window(&pool, 1, WETH, None).await.expect("read");
+    let (none, _) = prices::window(&pool, 1, WETH, None, None)
+        .await
+        .expect("read");
     assert!(none.is_empty());
 
     assert_eq!(
