@@ -64,23 +64,12 @@ async fn main() {
     let history = numbers.get(1).copied().unwrap_or(100_000);
     let many = numbers.get(2).copied().unwrap_or(100_000);
     if std::env::args().any(|a| a == "--only-many") {
-        let events: Vec<Envelope> = Dataset::Polygon
-            .decode_dir(&data_dir())
-            .expect("data")
-            .into_iter()
-            .flatten()
-            .collect();
-        many_wallets(&events, many, 1_000).await;
+        many_wallets(&polygon(), many, 1_000).await;
         return;
     }
     let iso = Isolated::new("bench_scoring").await;
     let topics = iso.kafka.topics();
-    let events: Vec<Envelope> = Dataset::Polygon
-        .decode_dir(&data_dir())
-        .expect("data")
-        .into_iter()
-        .flatten()
-        .collect();
+    let events = polygon();
     let (producer, projector) = publish_and_project(&iso, events.clone()).await;
     let pool = projector.pool().clone();
 
@@ -88,25 +77,7 @@ async fn main() {
         ("batched (2,000 per batch)", 2_000),
         ("per event (1 per batch)", 1),
     ] {
-        let mut rates = Vec::new();
-        for _ in 0..3 {
-            sqlx::query("TRUNCATE credit_score, credit_profile")
-                .execute(&pool)
-                .await
-                .expect("truncate");
-            let mut scorer = Scorer::build(config(&iso, &unique("bench-scorer"), batch))
-                .await
-                .expect("scorer");
-            let outcome = scorer
-                .run_until_idle(Duration::from_millis(300))
-                .await
-                .expect("score");
-            assert_eq!(outcome.scored, 1724, "every event scored");
-            // Busy time: from each batch's first message to its commit (group join and idle
-            // waits excluded).
-            rates.push(outcome.scored as f64 / scorer.busy.as_secs_f64());
-            println!("  {label}: {}", scorer.stages);
-        }
+        let rates = three_fresh_groups(&iso, &pool, label, batch, 1_724, 300).await;
         println!(
             "throughput {label}: median {:.0} events/s (= wallet rescorings/s), runs {:?}",
             median(rates.clone()),
@@ -323,28 +294,54 @@ async fn many_wallets(events: &[Envelope], n: usize, wallets: usize) {
     let (_, projector) = publish_and_project(&iso, spread(events, n, wallets)).await;
     let pool = projector.pool().clone();
     drop(projector);
-    let mut rates = Vec::new();
-    for _ in 0..3 {
-        sqlx::query("TRUNCATE credit_score, credit_profile")
-            .execute(&pool)
-            .await
-            .expect("truncate");
-        let mut scorer = Scorer::build(config(&iso, &unique("bench-many"), 10_000))
-            .await
-            .expect("scorer");
-        let outcome = scorer
-            .run_until_idle(Duration::from_millis(500))
-            .await
-            .expect("score");
-        assert_eq!(outcome.scored, n as u64, "every event scored");
-        rates.push(outcome.scored as f64 / scorer.busy.as_secs_f64());
-        println!("  many wallets: {}", scorer.stages);
-    }
+    let rates = three_fresh_groups(&iso, &pool, "many wallets", 10_000, n as u64, 500).await;
     println!(
         "many wallets ({n} events of {wallets} wallets, batches of 10,000): median {:.0} rescorings/s, runs {:?}",
         median(rates.clone()),
         rates.iter().map(|r| r.round()).collect::<Vec<_>>()
     );
+}
+
+/// The recorded Polygon lending histories, decoded.
+fn polygon() -> Vec<Envelope> {
+    Dataset::Polygon
+        .decode_dir(&data_dir())
+        .expect("data")
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Scores what `iso`'s topics hold from scratch with three fresh groups (batches of `batch`,
+/// idle after `idle_ms`), the scores and profiles cleared before each; checks each scored
+/// `expect` and prints its stages. Returns each run's rate: scores / busy time (each batch's
+/// first message to its end; group join and idle waits excluded).
+async fn three_fresh_groups(
+    iso: &Isolated,
+    pool: &sqlx::PgPool,
+    label: &str,
+    batch: usize,
+    expect: u64,
+    idle_ms: u64,
+) -> Vec<f64> {
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        sqlx::query("TRUNCATE credit_score, credit_profile")
+            .execute(pool)
+            .await
+            .expect("truncate");
+        let mut scorer = Scorer::build(config(iso, &unique("bench-scorer"), batch))
+            .await
+            .expect("scorer");
+        let outcome = scorer
+            .run_until_idle(Duration::from_millis(idle_ms))
+            .await
+            .expect("score");
+        assert_eq!(outcome.scored, expect, "every event scored");
+        rates.push(outcome.scored as f64 / scorer.busy.as_secs_f64());
+        println!("  {label}: {}", scorer.stages);
+    }
+    rates
 }
 
 /// Publishes `events` to `iso`'s topics (with their seals) and folds them with a projector of

@@ -161,3 +161,78 @@ async fn committed_outputs_are_relayed_once_in_order_from_one_row_per_enqueue_an
         vec![format!("{b}:0"), format!("{b}:1"), format!("{b}:2")]
     );
 }
+
+/// The migration to one row per enqueue carries every output still pending in the old
+/// one-row-per-output table over, in order, and the relay sends each as it would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_pending_at_the_upgrade_are_carried_over_and_relayed() {
+    let mut iso = Isolated::new("outbox_upgrade").await;
+    iso.kafka.partitions = 1;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(iso.postgres.expose_url())
+        .await
+        .expect("postgres");
+    // The timeline up to the migration before the change.
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            chainfold_platform::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 20261205000033)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    assert!(before.migrations.len() < chainfold_platform::MIGRATOR.migrations.len());
+    before
+        .run(&pool)
+        .await
+        .expect("migrations before the change");
+    let topic = format!("{}outbox-upgrade", iso.kafka.topic_prefix);
+    for i in 0..3 {
+        sqlx::query(
+            "INSERT INTO outbox (topic, record_key, output_id, payload) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&topic)
+        .bind(format!("wallet-{i}"))
+        .bind(format!("old:{i}"))
+        .bind(json!({ "n": i, "outputId": format!("old:{i}") }))
+        .execute(&pool)
+        .await
+        .expect("an old-format output");
+    }
+    chainfold_platform::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("the rest of the timeline");
+    let rows: Vec<(String, Vec<String>)> =
+        sqlx::query_as("SELECT topic, output_ids FROM outbox ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("rows");
+    assert_eq!(
+        rows,
+        (0..3)
+            .map(|i| (topic.clone(), vec![format!("old:{i}")]))
+            .collect::<Vec<_>>()
+    );
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, std::slice::from_ref(&topic))
+        .await
+        .expect("topic");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    assert_eq!(
+        outbox::relay(&pool, &producer, std::slice::from_ref(&topic), 100)
+            .await
+            .expect("relay"),
+        3
+    );
+    let records = read_all(&iso, &topic, 3);
+    assert_eq!(records.len(), 3);
+    for (i, (key, header, payload)) in records.iter().enumerate() {
+        assert_eq!(key, &format!("wallet-{i}"));
+        assert_eq!(header, &format!("old:{i}"));
+        assert_eq!(payload, &json!({ "n": i, "outputId": format!("old:{i}") }));
+    }
+}
