@@ -149,9 +149,10 @@ pub async fn relay(
     }
 }
 
-/// One round: locks the oldest pending rows of `topics` that no other relay holds, takes rows
-/// (at least one) until they hold `limit` outputs, sends their outputs in order, waits for
-/// every acknowledgement and deletes the rows, in one transaction.
+/// One round: picks the oldest pending rows of `topics` (at least one) until they hold `limit`
+/// outputs, locks those no other relay holds, sends their outputs in order, waits for every
+/// acknowledgement and deletes the rows, in one transaction. Only the rows it sends are locked,
+/// so a relay beside it takes the rows after them, not rows this one leaves for later.
 async fn relay_round(
     pool: &PgPool,
     producer: &FutureProducer,
@@ -164,36 +165,41 @@ async fn relay_round(
         .await
         .context("could not start an outbox relay")?;
     // Every row holds at least one output, so `limit` rows are always enough.
-    let locked = sqlx::query!(
+    let oldest = sqlx::query!(
         r#"SELECT seq, cardinality(output_ids) AS "outputs!" FROM outbox
-           WHERE topic = ANY($1) ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED"#,
+           WHERE topic = ANY($1) ORDER BY seq LIMIT $2"#,
         topics,
         limit
     )
     .fetch_all(&mut *tx)
     .await
     .context("could not read the outbox")?;
-    let mut seqs = Vec::new();
+    let mut picked = Vec::new();
     let mut outputs = 0i64;
-    for row in locked {
+    for row in oldest {
         if outputs >= limit {
             break;
         }
-        seqs.push(row.seq);
+        picked.push(row.seq);
         outputs += i64::from(row.outputs);
     }
-    if seqs.is_empty() {
+    if picked.is_empty() {
         return Ok(0);
     }
     let rows = sqlx::query!(
-        "SELECT topic, record_keys, output_ids, payloads FROM outbox
-         WHERE seq = ANY($1) ORDER BY seq",
-        &seqs
+        "SELECT seq, topic, record_keys, output_ids, payloads FROM outbox
+         WHERE seq = ANY($1) ORDER BY seq FOR UPDATE SKIP LOCKED",
+        &picked
     )
     .fetch_all(&mut *tx)
     .await
     .context("could not read the outbox")?;
-    let mut deliveries = Vec::with_capacity(outputs as usize);
+    if rows.is_empty() {
+        // Another relay holds them (or has sent them since): nothing for this one now.
+        return Ok(0);
+    }
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let mut deliveries = Vec::with_capacity(usize::try_from(outputs).unwrap_or_default());
     for row in &rows {
         for ((key, output_id), body) in row
             .record_keys

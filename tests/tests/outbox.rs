@@ -236,3 +236,55 @@ async fn outputs_pending_at_the_upgrade_are_carried_over_and_relayed() {
         assert_eq!(payload, &json!({ "n": i, "outputId": format!("old:{i}") }));
     }
 }
+
+/// Relays side by side (replicas): a row another relay holds is neither sent nor waited for;
+/// the rest go; the held row goes once its holder lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_another_relay_holds_is_left_to_it_and_the_rest_go() {
+    let mut iso = Isolated::new("outbox_side").await;
+    iso.kafka.partitions = 1;
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("postgres");
+    let topic = format!("{}outbox-side", iso.kafka.topic_prefix);
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, std::slice::from_ref(&topic))
+        .await
+        .expect("topic");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    for batch in 0..3 {
+        let mut tx = pool.begin().await.expect("begin");
+        let outputs: Vec<Output> = (batch * 10..batch * 10 + 10)
+            .map(|i| output(&topic, i))
+            .collect();
+        outbox::enqueue(&mut tx, &outputs).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+    }
+    // Another relay holds the first row.
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("SELECT seq FROM outbox ORDER BY seq LIMIT 1 FOR UPDATE")
+        .fetch_one(&mut *holder)
+        .await
+        .expect("lock");
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        outbox::relay(&pool, &producer, std::slice::from_ref(&topic), 15),
+    )
+    .await
+    .expect("a held row is not waited for")
+    .expect("relay");
+    assert_eq!(sent, 20, "the two rows nobody holds");
+    assert_eq!(outbox::pending(&pool).await.expect("pending"), 10);
+    holder.rollback().await.expect("let go");
+    assert_eq!(
+        outbox::relay(&pool, &producer, std::slice::from_ref(&topic), 15)
+            .await
+            .expect("relay"),
+        10
+    );
+    let records = read_all(&iso, &topic, 30);
+    let mut ids: Vec<String> = records.into_iter().map(|r| r.1).collect();
+    assert_eq!(ids.len(), 30, "each output once");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 30);
+}
