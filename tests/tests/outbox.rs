@@ -61,19 +61,37 @@ fn read_all(iso: &Isolated, topic: &str, expect: usize) -> Vec<(String, String, 
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn committed_outputs_are_relayed_once_in_order_from_one_row_per_enqueue_and_topic() {
-    let mut iso = Isolated::new("outbox").await;
+/// A migrated database, one-partition topics named `names` (with the pipeline's prefix) and a
+/// producer.
+async fn setup(
+    name: &str,
+    names: &[&str],
+) -> (
+    Isolated,
+    sqlx::PgPool,
+    rdkafka::producer::FutureProducer,
+    Vec<String>,
+) {
+    let mut iso = Isolated::new(name).await;
     iso.kafka.partitions = 1;
     let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
         .await
         .expect("postgres");
-    let a = format!("{}outbox-a", iso.kafka.topic_prefix);
-    let b = format!("{}outbox-b", iso.kafka.topic_prefix);
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, &[a.clone(), b.clone()])
+    let topics: Vec<String> = names
+        .iter()
+        .map(|n| format!("{}{n}", iso.kafka.topic_prefix))
+        .collect();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics)
         .await
         .expect("topics");
     let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    (iso, pool, producer, topics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_outputs_are_relayed_once_in_order_from_one_row_per_enqueue_and_topic() {
+    let (iso, pool, producer, topics) = setup("outbox", &["outbox-a", "outbox-b"]).await;
+    let [a, b] = [topics[0].clone(), topics[1].clone()];
 
     // One transaction: 2,500 outputs for `a` and 3 for `b`, interleaved.
     let mut first: Vec<Output> = (0..2_500).map(|i| output(&a, i)).collect();
@@ -241,16 +259,8 @@ async fn outputs_pending_at_the_upgrade_are_carried_over_and_relayed() {
 /// the rest go; the held row goes once its holder lets go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_another_relay_holds_is_left_to_it_and_the_rest_go() {
-    let mut iso = Isolated::new("outbox_side").await;
-    iso.kafka.partitions = 1;
-    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
-        .await
-        .expect("postgres");
-    let topic = format!("{}outbox-side", iso.kafka.topic_prefix);
-    chainfold_platform::kafka::ensure_topics(&iso.kafka, std::slice::from_ref(&topic))
-        .await
-        .expect("topic");
-    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    let (iso, pool, producer, topics) = setup("outbox_side", &["outbox-side"]).await;
+    let topic = topics[0].clone();
     for batch in 0..3 {
         let mut tx = pool.begin().await.expect("begin");
         let outputs: Vec<Output> = (batch * 10..batch * 10 + 10)
