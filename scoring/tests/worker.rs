@@ -204,6 +204,26 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
     assert!(latest
         .iter()
         .all(|r| r.3 == "position-v1" && r.4.len() == 64));
+    // The Redis score hash of every wallet holds its latest score (a batch writes only each
+    // wallet's last score of the batch there).
+    let mut redis = redis::Client::open(iso.redis.expose_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for (wallet, (score, _)) in &by_wallet {
+        let key = format!("{}score:137:{wallet}", iso.redis.prefix);
+        let (cached, json): (i32, String) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("score")
+            .arg("json")
+            .query_async(&mut redis)
+            .await
+            .expect("hmget");
+        assert_eq!(cached, *score, "{wallet}");
+        let message: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(message["score"], serde_json::json!(score), "{wallet}");
+    }
     let (bad, reasons) = &by_wallet[LIQUIDATED];
     assert_eq!(reasons[0]["code"], "LIQUIDATION_HISTORY", "{reasons}");
     let counts: Vec<(String, i64, bool)> = sqlx::query_as(
