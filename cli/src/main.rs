@@ -5,6 +5,12 @@ mod commands;
 
 use clap::Parser as _;
 
+/// mimalloc instead of glibc's malloc: ingest and the projector allocate and free many small,
+/// short-lived buffers per event (JSON texts, hex strings, rows), and glibc's malloc took ~20 %
+/// of their CPU in the dense benchmark's profile (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = commands::Cli::parse();
     chainfold_platform::telemetry::init(cli.command.name(), &cli.log);
