@@ -185,9 +185,7 @@ impl Fetcher {
         let mut transport_failures = 0;
         while let Some((a, b)) = pending.pop() {
             let filter = base.clone().from_block(a).to_block(b);
-            match self
-                .http
-                .get_logs(&filter)
+            match super::wire::get_logs(&self.http, &filter)
                 .await
                 .map_err(|e| classify(e, &self.secret))
             {

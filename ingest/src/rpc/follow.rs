@@ -908,7 +908,7 @@ impl Follower {
             let filter = base.at_block_hash(seen.hash);
             logs.extend(
                 with_retry("eth_getLogs", self.chain.rpc_url.expose_secret(), || {
-                    self.http.get_logs(&filter)
+                    super::wire::get_logs(&self.http, &filter)
                 })
                 .await?,
             );
@@ -921,7 +921,7 @@ impl Follower {
                 .at_block_hash(seen.hash);
             logs.extend(
                 with_retry("eth_getLogs", self.chain.rpc_url.expose_secret(), || {
-                    self.http.get_logs(&added)
+                    super::wire::get_logs(&self.http, &added)
                 })
                 .await?,
             );

@@ -5,6 +5,7 @@
 //! - [`normalize`]: decoded logs → the same envelopes and topics as the replay path.
 //! - [`follow`]: one chain's follower (adaptive backfill, head following, reorgs, checkpoints).
 //! - [`state`]: the follower's durable state in Postgres.
+//! - [`wire`]: `eth_getLogs` answers read in one pass.
 
 pub mod abi;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod fetch;
 pub mod follow;
 pub mod normalize;
 pub mod state;
+pub mod wire;
 
 use std::path::PathBuf;
 
