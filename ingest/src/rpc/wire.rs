@@ -243,10 +243,19 @@ mod tests {
             assert!(alloy_reads(case).is_err(), "alloy refuses {case}");
             assert!(wire_reads(case).is_err(), "the wire reader refuses {case}");
         }
-        // A key given twice is refused (alloy's flattened reader keeps one of them).
-        let twice = log(r#","logIndex":"0x2""#);
-        assert!(wire_reads(&twice)
-            .expect_err("a key twice")
-            .contains("duplicate field `logIndex`"));
+        // A key given twice is refused, by alloy's reader as by this one, whether the key is
+        // the RPC log's own or the flattened consensus log's.
+        for twice in [
+            log(r#","logIndex":"0x2""#),
+            log(r#","address":"0x0000000000000000000000000000000000000002""#),
+        ] {
+            assert!(alloy_reads(&twice).is_err(), "alloy refuses {twice}");
+            assert!(
+                wire_reads(&twice)
+                    .expect_err("a key twice")
+                    .contains("duplicate field"),
+                "{twice}"
+            );
+        }
     }
 }
