@@ -353,6 +353,13 @@ fn base_binary() -> Option<PathBuf> {
     std::env::var_os("CHAINFOLD_BASE_BIN").map(PathBuf::from)
 }
 
+/// Round `i`'s cold run of the [`base_binary`], if one is set.
+async fn baseline_run(chain: &DenseChain, anvil: &Anvil, i: usize) -> Option<ChainfoldRun> {
+    let bin = base_binary()?;
+    eprintln!("run {i}: baseline cold");
+    Some(chainfold_run(chain, anvil, 1_000 + i, &bin).await)
+}
+
 fn ponder_dir() -> PathBuf {
     std::env::var_os("CHAINFOLD_PONDER_DIR").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/chainfold/ponder"),
@@ -742,30 +749,19 @@ async fn main() {
         let (p, c) = broker_bound(logs_total as usize, 700, i).await;
         produce.push(logs_total / p.as_secs_f64());
         consume.push(logs_total / c.as_secs_f64());
+        // The baseline build, if any, runs before this build in odd rounds and after it in
+        // even ones.
         let base_first = i % 2 == 1;
-        let base_run = |label: &'static str| {
-            let chain = &chain;
-            let anvil = &anvil;
-            async move {
-                let bin = base_binary()?;
-                eprintln!("run {i}: baseline cold ({label})");
-                let run = chainfold_run(chain, anvil, 1_000 + i, &bin).await;
-                Some(run)
-            }
-        };
-        let early_base = if base_first {
-            base_run("first").await
-        } else {
-            None
-        };
+        let mut base = None;
+        if base_first {
+            base = baseline_run(&chain, &anvil, i).await;
+        }
         eprintln!("run {i}: chainfold cold");
         let run = chainfold_run(&chain, &anvil, i, &binary()).await;
-        let late_base = if base_first {
-            None
-        } else {
-            base_run("second").await
-        };
-        if let Some(b) = early_base.or(late_base) {
+        if !base_first {
+            base = baseline_run(&chain, &anvil, i).await;
+        }
+        if let Some(b) = base {
             eprintln!(
                 "run {i}: baseline cold {:.2}s to all rows (ingest done at {:.2}s); CPU: ingest {:.2}, projector {:.2}, busy {:.2}",
                 b.rows.as_secs_f64(),

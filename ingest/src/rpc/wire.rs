@@ -7,7 +7,8 @@
 //! to ~10,000 logs. [`WireLog`] reads the same fields straight from the text into the same
 //! `Log`, with the same rules: `address`, `topics`, `data`, `blockNumber`, `transactionIndex`
 //! and `logIndex` required (the last three may be null), the hashes and `blockTimestamp`
-//! optional, `removed` false when absent, other keys ignored. A test holds it to alloy's own reader.
+//! optional, `removed` false when absent, other keys ignored. A test holds it to alloy's own
+//! reader.
 
 use std::fmt;
 
@@ -119,7 +120,7 @@ impl<'de> Visitor<'de> for LogVisitor {
         let transaction_index =
             transaction_index.ok_or_else(|| A::Error::missing_field("transactionIndex"))?;
         let log_index = log_index.ok_or_else(|| A::Error::missing_field("logIndex"))?;
-        let number = |q: Option<Option<U64>>| q.flatten().map(|q| q.to::<u64>());
+        let number = |q: Option<U64>| q.map(|q| q.to::<u64>());
         Ok(WireLog(Log {
             inner: alloy_primitives::Log {
                 address,
@@ -127,11 +128,11 @@ impl<'de> Visitor<'de> for LogVisitor {
                 data: LogData::new_unchecked(topics, data),
             },
             block_hash: block_hash.flatten(),
-            block_number: number(Some(block_number)),
-            block_timestamp: number(block_timestamp),
+            block_number: number(block_number),
+            block_timestamp: number(block_timestamp.flatten()),
             transaction_hash: transaction_hash.flatten(),
-            transaction_index: number(Some(transaction_index)),
-            log_index: number(Some(log_index)),
+            transaction_index: number(transaction_index),
+            log_index: number(log_index),
             removed: removed.unwrap_or(false),
         }))
     }
