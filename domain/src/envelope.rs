@@ -707,13 +707,18 @@ mod tests {
     }
 }
 
-/// Why a payload is not an [`Envelope`] this build reads: a version it does not know (read
-/// before the rest, so a record from a newer producer says so instead of naming whichever field
-/// changed), or text that does not decode.
+/// Reads a record's payload in either form: binary ([`crate::codec`], what ingest writes) or
+/// JSON (what earlier builds wrote, and what hand-made records use). Errs with why it is not an
+/// [`Envelope`] this build reads: a version it does not know (read before the rest, so a record
+/// from a newer producer says so instead of naming whichever field changed), or bytes that do not
+/// decode.
 pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, String> {
     #[derive(Deserialize)]
     struct Version {
         schema_version: u16,
+    }
+    if crate::codec::is_binary(payload) {
+        return crate::codec::decode(payload).map_err(|err| err.to_string());
     }
     let unsupported = |v: u16| {
         format!("unsupported schema version {v} (this build reads version {SCHEMA_VERSION})")

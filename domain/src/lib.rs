@@ -6,6 +6,7 @@
 //!   factor as `getUserAccountData` computes it) as a fold over the pool's events.
 //! - [`amount`]: `TokenAmount` (U256, decimal string on the wire, `NUMERIC(78,0)` in Postgres)
 //!   and `UsdValue` (exact decimal). Money is never `f64`.
+//! - [`codec`]: the envelope's compact binary form on the log (JSON records stay readable).
 //! - [`envelope`]: `Envelope`, `EventId`, `BlockRef`, `Source`, `DefiEvent` and the event payloads.
 //! - [`number`]: bounded decimal parsing for every number a user or a log supplies as text.
 //! - [`seal`]: seals, which tell a consumer of many partitions that a chain's blocks are whole.
@@ -30,6 +31,7 @@
 pub mod aave;
 pub mod amount;
 pub mod attest;
+pub mod codec;
 pub mod credit;
 pub mod decision;
 pub mod envelope;
