@@ -1,6 +1,8 @@
-//! Reading envelopes from the log: chainfold's reader of the tagged event (tag first: no
-//! buffering) against serde's derived reader of the same bytes (buffers every event), in one
-//! run, medians of 5 interleaved rounds.
+//! Writing and reading envelopes on the log, medians of 5 interleaved rounds in one run:
+//! - JSON: chainfold's reader of the tagged event (tag first: no buffering) against serde's
+//!   derived reader of the same bytes (buffers every event);
+//! - the binary form (`chainfold_domain::codec`, what ingest publishes) against JSON: bytes per
+//!   record, encode and decode.
 //!
 //! `cargo bench -p chainfold-domain --bench envelope -- [messages]` (default 200,000 swaps,
 //! as the dense-chain benchmark publishes them).
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256, U256};
 use chainfold_domain::envelope::{tagged, BlockRef, Source, Swap};
-use chainfold_domain::{DefiEvent, Envelope, EventId, TokenAmount, SCHEMA_VERSION};
+use chainfold_domain::{codec, DefiEvent, Envelope, EventId, TokenAmount, SCHEMA_VERSION};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -30,8 +32,8 @@ struct BufferedEnvelope {
     retracted: bool,
 }
 
-fn swap(i: u64) -> Vec<u8> {
-    let envelope = Envelope {
+fn swap(i: u64) -> Envelope {
+    Envelope {
         schema_version: SCHEMA_VERSION,
         retracted: false,
         event_id: EventId::of_log(31337, &B256::from(U256::from(i)), (i % 100) as u32),
@@ -58,8 +60,7 @@ fn swap(i: u64) -> Vec<u8> {
             reverted: false,
             v3: None,
         }),
-    };
-    serde_json::to_vec(&envelope).expect("encodes")
+    }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -73,9 +74,16 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(200_000);
-    let payloads: Vec<Vec<u8>> = (0..n).map(swap).collect();
+    let envelopes: Vec<Envelope> = (0..n).map(swap).collect();
+    let payloads: Vec<Vec<u8>> = envelopes
+        .iter()
+        .map(|e| serde_json::to_vec(e).expect("encodes"))
+        .collect();
+    let binaries: Vec<Vec<u8>> = envelopes.iter().map(codec::encode).collect();
     let bytes: usize = payloads.iter().map(Vec::len).sum();
+    let binary_bytes: usize = binaries.iter().map(Vec::len).sum();
     let (mut fast, mut buffered) = (Vec::new(), Vec::new());
+    let (mut binary_read, mut json_write, mut binary_write) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..5 {
         let started = Instant::now();
         for p in &payloads {
@@ -89,6 +97,22 @@ fn main() {
             std::hint::black_box(env);
         }
         buffered.push(started.elapsed());
+        let started = Instant::now();
+        for p in &binaries {
+            let env = chainfold_domain::envelope::decode_envelope(p).expect("reads");
+            std::hint::black_box(env);
+        }
+        binary_read.push(started.elapsed());
+        let started = Instant::now();
+        for e in &envelopes {
+            std::hint::black_box(serde_json::to_vec(e).expect("encodes"));
+        }
+        json_write.push(started.elapsed());
+        let started = Instant::now();
+        for e in &envelopes {
+            std::hint::black_box(codec::encode(e));
+        }
+        binary_write.push(started.elapsed());
     }
     let (f, b) = (median(fast), median(buffered));
     let per = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
@@ -106,5 +130,23 @@ fn main() {
         per(f),
         n as f64 / f.as_secs_f64(),
         b.as_secs_f64() / f.as_secs_f64()
+    );
+    let (br, jw, bw) = (median(binary_read), median(json_write), median(binary_write));
+    println!(
+        "binary form, the same {n} envelopes: {} bytes each on average ({:.2}x JSON's)",
+        binary_bytes / n as usize,
+        binary_bytes as f64 / bytes as f64
+    );
+    println!(
+        "  read  binary {:6.0} ns/msg vs JSON (tag first) {:6.0} ns/msg = {:.1}x faster",
+        per(br),
+        per(f),
+        f.as_secs_f64() / br.as_secs_f64()
+    );
+    println!(
+        "  write binary {:6.0} ns/msg vs JSON             {:6.0} ns/msg = {:.1}x faster",
+        per(bw),
+        per(jw),
+        jw.as_secs_f64() / bw.as_secs_f64()
     );
 }

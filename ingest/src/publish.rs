@@ -54,9 +54,10 @@ impl PublishSummary {
     }
 }
 
-/// Encodes an envelope as the record payload.
+/// An envelope in the compact binary form ([`chainfold_domain::codec`]): the ingest journal's
+/// form. What goes to Kafka is [`Topics::payload`], binary unless `--envelope-json`.
 pub fn encode(env: &Envelope) -> Vec<u8> {
-    serde_json::to_vec(env).expect("an Envelope always serialises: no maps with non-string keys")
+    chainfold_domain::codec::encode(env)
 }
 
 /// Publishes decoded items in order: events to their topic, rejected records to the topic's DLQ
@@ -84,7 +85,7 @@ pub async fn publish_all(
                     TopicKind::Oracle => &mut summary.oracle,
                     TopicKind::Transfers => &mut summary.transfers,
                 };
-                let payload = encode(&env);
+                let payload = topics.payload(&env);
                 let key = format!("{:#x}", env.partition_key());
                 let sealed = Some((env.chain_id, env.block.map(|b| b.number), topic));
                 let mut record = FutureRecord::to(topic).key(&key).payload(&payload);

@@ -56,6 +56,10 @@ pub struct KafkaArgs {
     /// Raw librdkafka option `key=value`, repeatable; applied last (escape hatch).
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     pub options: Vec<(String, String)>,
+    /// Publish events as JSON text instead of the compact binary form (for consumers outside
+    /// chainfold; chainfold's own read both). Used by `ingest`.
+    #[arg(long = "envelope-json", env = "CHAINFOLD_ENVELOPE_JSON")]
+    pub envelope_json: bool,
 }
 
 impl KafkaArgs {
@@ -68,6 +72,7 @@ impl KafkaArgs {
             replication: 1,
             min_insync_replicas: 1,
             options: Vec::new(),
+            envelope_json: false,
         }
     }
 
@@ -90,7 +95,10 @@ impl KafkaArgs {
 
     /// The topic names these settings address.
     pub fn topics(&self) -> crate::kafka::Topics {
-        crate::kafka::Topics::with_prefix(&self.topic_prefix)
+        crate::kafka::Topics {
+            json_envelopes: self.envelope_json,
+            ..crate::kafka::Topics::with_prefix(&self.topic_prefix)
+        }
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Topics {
     pub blocks: String,
     /// `chainfold.seals.v1`: which blocks of a chain are published whole (domain::seal).
     pub seals: String,
+    /// Publish events as JSON text instead of the binary form (`--envelope-json`).
+    pub json_envelopes: bool,
 }
 
 impl Topics {
@@ -49,6 +51,19 @@ impl Topics {
             transfers: format!("{prefix}{}", topics::TRANSFERS),
             blocks: format!("{prefix}{}", topics::BLOCKS),
             seals: format!("{prefix}{}", topics::SEALS),
+            json_envelopes: false,
+        }
+    }
+
+    /// An event's record payload in the form this deployment publishes: the compact binary
+    /// form ([`chainfold_domain::codec`]), or JSON text with `--envelope-json`. Every chainfold
+    /// consumer reads both, so a topic may hold a mix.
+    pub fn payload(&self, env: &chainfold_domain::Envelope) -> Vec<u8> {
+        if self.json_envelopes {
+            serde_json::to_vec(env)
+                .expect("an Envelope always serialises: no maps with non-string keys")
+        } else {
+            chainfold_domain::codec::encode(env)
         }
     }
 

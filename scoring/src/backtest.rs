@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chainfold_domain::credit::HistoryEvent;
-use chainfold_domain::Envelope;
 use chainfold_platform::config::{KafkaArgs, PostgresArgs};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -191,7 +190,7 @@ pub async fn run(config: &BacktestConfig) -> anyhow::Result<BacktestSummary> {
         events_read += 1;
         let parsed = message
             .payload()
-            .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
+            .and_then(|p| chainfold_domain::envelope::decode_envelope(p).ok())
             .filter(|env| !env.retracted);
         let Some((env, event)) =
             parsed.and_then(|env| HistoryEvent::of(&env).map(|event| (env, event)))

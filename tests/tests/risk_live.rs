@@ -457,7 +457,7 @@ async fn flash_loan_attack_and_drain_scenarios_are_detected_in_their_blocks() {
     let decode = |records: Vec<Vec<u8>>| -> Vec<chainfold_ingest::Decoded> {
         records
             .iter()
-            .map(|r| Ok(serde_json::from_slice::<chainfold_domain::Envelope>(r).expect("envelope")))
+            .map(|r| Ok(chainfold_domain::envelope::decode_envelope(r).expect("envelope")))
             .collect()
     };
     let amm = decode(chainfold_testkit::read_topic(

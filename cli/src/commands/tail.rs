@@ -82,10 +82,7 @@ pub async fn run(config: TailConfig) -> anyhow::Result<()> {
                         .join(" ")
                 })
                 .unwrap_or_default();
-            let payload = message
-                .payload()
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .unwrap_or_default();
+            let payload = message.payload().map(readable).unwrap_or_default();
             println!(
                 "{}/{}@{} key={} {}\n  {}",
                 message.topic(),
@@ -103,4 +100,58 @@ pub async fn run(config: TailConfig) -> anyhow::Result<()> {
     })
     .await
     .context("tail task panicked")?
+}
+
+/// A payload as text: a binary envelope as its JSON form (what `--envelope-json` would have
+/// published), anything else as the bytes' text.
+fn readable(payload: &[u8]) -> String {
+    if !chainfold_domain::codec::is_binary(payload) {
+        return String::from_utf8_lossy(payload).into_owned();
+    }
+    match chainfold_domain::codec::decode(payload) {
+        Ok(env) => serde_json::to_string(&env)
+            .expect("an Envelope always serialises: no maps with non-string keys"),
+        Err(err) => format!(
+            "(a binary envelope that does not read: {err}) {}",
+            payload
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn binary_envelopes_print_as_their_json_and_damaged_ones_say_why() {
+        let env = chainfold_domain::Envelope {
+            schema_version: chainfold_domain::SCHEMA_VERSION,
+            event_id: chainfold_domain::EventId(chainfold_domain::B256::repeat_byte(1)),
+            chain_id: 1,
+            block: None,
+            tx_hash: None,
+            log_index: None,
+            block_time: None,
+            source: chainfold_domain::Source::Rpc,
+            event: chainfold_domain::DefiEvent::PoolSync(chainfold_domain::PoolSync {
+                protocol: "uniswap_v2".into(),
+                pool: chainfold_domain::Address::repeat_byte(2),
+                token0: chainfold_domain::Address::repeat_byte(3),
+                token1: chainfold_domain::Address::repeat_byte(4),
+                reserve0: chainfold_domain::TokenAmount::parse_integer("5").expect("valid"),
+                reserve1: chainfold_domain::TokenAmount::parse_integer("6").expect("valid"),
+            }),
+            retracted: false,
+        };
+        let binary = chainfold_domain::codec::encode(&env);
+        let json = serde_json::to_string(&env).expect("serialise");
+        assert_eq!(super::readable(&binary), json);
+        assert_eq!(super::readable(json.as_bytes()), json);
+        let cut = super::readable(&binary[..binary.len() - 1]);
+        assert!(
+            cut.starts_with("(a binary envelope that does not read: binary envelope ends early"),
+            "{cut}"
+        );
+    }
 }

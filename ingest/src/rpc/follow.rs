@@ -589,9 +589,9 @@ impl Follower {
         }
         for env in events {
             let payload = if retract {
-                crate::publish::encode(&env.retraction())
+                self.topics.payload(&env.retraction())
             } else {
-                crate::publish::encode(env)
+                self.topics.payload(env)
             };
             let key = format!("{:#x}", env.partition_key());
             let kind = env.event.topic();

@@ -219,7 +219,7 @@ pub async fn orphaned_events(
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|r| Ok((kind_of(&r.topic_kind)?, serde_json::from_slice(&r.payload)?)))
+        .map(|r| Ok((kind_of(&r.topic_kind)?, read_payload(&r.payload)?)))
         .collect()
 }
 
@@ -261,8 +261,14 @@ pub async fn pending(pool: &PgPool, chain_id: u64) -> anyhow::Result<Vec<Envelop
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|payload| Ok(serde_json::from_slice(&payload)?))
+        .map(|payload| read_payload(&payload))
         .collect()
+}
+
+/// A journalled envelope, in whichever form the build that wrote it used.
+fn read_payload(payload: &[u8]) -> anyhow::Result<Envelope> {
+    chainfold_domain::envelope::decode_envelope(payload)
+        .map_err(|err| anyhow::anyhow!("a journalled event does not read: {err}"))
 }
 
 /// Forgets the pending events after their retractions were acknowledged.
