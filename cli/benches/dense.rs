@@ -832,13 +832,18 @@ async fn main() {
         median(consume.clone())
     );
     println!(
-        "  chainfold cold           {:>10.2} s to all rows = {:.0} logs/s ({:.2}x eth_getLogs, {:.2}x COPY); ingest alone {:.2} s; runs {:?}",
+        "  chainfold cold           {:>10.2} s to all rows = {:.0} logs/s ({:.3}x eth_getLogs, {:.2}x COPY); ingest alone {:.2} s; runs {:?}; each round against its own bound {:?}",
         cf,
         cf_rate,
         cf_rate / median(get_logs.clone()),
         cf_rate / median(copy.clone()),
         median(cf_ingest),
-        cf_rows.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>()
+        cf_rows.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>(),
+        cf_rows
+            .iter()
+            .zip(&get_logs)
+            .map(|(t, bound)| format!("{:.3}x", logs_total / t / bound))
+            .collect::<Vec<_>>()
     );
     println!(
         "  projector alone          {:>10.0} rows/s ({:.2}x COPY)",

@@ -131,7 +131,11 @@ fn main() {
         n as f64 / f.as_secs_f64(),
         b.as_secs_f64() / f.as_secs_f64()
     );
-    let (br, jw, bw) = (median(binary_read), median(json_write), median(binary_write));
+    let (br, jw, bw) = (
+        median(binary_read),
+        median(json_write),
+        median(binary_write),
+    );
     println!(
         "binary form, the same {n} envelopes: {} bytes each on average ({:.2}x JSON's)",
         binary_bytes / n as usize,
