@@ -410,27 +410,29 @@ impl Wire for Source {
     }
 }
 
-/// A field-less enum as one byte, its variants numbered from 0 in the order given.
+/// A field-less enum as one byte, each variant's given. Writing matches every variant, so one
+/// added to the enum and not here does not compile.
 macro_rules! wire_enum {
-    ($ty:ident: $($variant:ident),+) => {
+    ($ty:ident: $($n:literal => $variant:ident),+ $(,)?) => {
         impl Wire for $ty {
             fn put(&self, out: &mut Vec<u8>) {
-                let all = [$($ty::$variant),+];
-                out.push(all.iter().position(|v| v == self).expect("listed") as u8);
+                out.push(match self {
+                    $($ty::$variant => $n),+
+                });
             }
             fn get(r: &mut Reader<'_>) -> Result<Self, CodecError> {
                 let at = r.at;
-                let all = [$($ty::$variant),+];
-                all.get(usize::from(r.byte(stringify!($ty))?))
-                    .copied()
-                    .ok_or(CodecError::Invalid(stringify!($ty), at))
+                match r.byte(stringify!($ty))? {
+                    $($n => Ok($ty::$variant),)+
+                    _ => Err(CodecError::Invalid(stringify!($ty), at)),
+                }
             }
         }
     };
 }
 
-wire_enum!(LiquidityKind: Mint, Burn);
-wire_enum!(IsolationKind: DebtCeiling, TotalDebt);
+wire_enum!(LiquidityKind: 0 => Mint, 1 => Burn);
+wire_enum!(IsolationKind: 0 => DebtCeiling, 1 => TotalDebt);
 
 /// A struct as its fields in the order given. The reader builds the struct from every listed
 /// field, so a field added to the struct and not here does not compile.
