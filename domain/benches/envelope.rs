@@ -63,6 +63,13 @@ fn swap(i: u64) -> Envelope {
     }
 }
 
+/// How long `f` takes, once.
+fn timed(f: impl FnOnce()) -> Duration {
+    let started = Instant::now();
+    f();
+    started.elapsed()
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -84,35 +91,33 @@ fn main() {
     let binary_bytes: usize = binaries.iter().map(Vec::len).sum();
     let (mut fast, mut buffered) = (Vec::new(), Vec::new());
     let (mut binary_read, mut json_write, mut binary_write) = (Vec::new(), Vec::new(), Vec::new());
+    let read = |payloads: &[Vec<u8>]| {
+        timed(|| {
+            for p in payloads {
+                let env = chainfold_domain::envelope::decode_envelope(p).expect("reads");
+                std::hint::black_box(env);
+            }
+        })
+    };
     for _ in 0..5 {
-        let started = Instant::now();
-        for p in &payloads {
-            let env = chainfold_domain::envelope::decode_envelope(p).expect("reads");
-            std::hint::black_box(env);
-        }
-        fast.push(started.elapsed());
-        let started = Instant::now();
-        for p in &payloads {
-            let env: BufferedEnvelope = serde_json::from_slice(p).expect("reads");
-            std::hint::black_box(env);
-        }
-        buffered.push(started.elapsed());
-        let started = Instant::now();
-        for p in &binaries {
-            let env = chainfold_domain::envelope::decode_envelope(p).expect("reads");
-            std::hint::black_box(env);
-        }
-        binary_read.push(started.elapsed());
-        let started = Instant::now();
-        for e in &envelopes {
-            std::hint::black_box(serde_json::to_vec(e).expect("encodes"));
-        }
-        json_write.push(started.elapsed());
-        let started = Instant::now();
-        for e in &envelopes {
-            std::hint::black_box(codec::encode(e));
-        }
-        binary_write.push(started.elapsed());
+        fast.push(read(&payloads));
+        buffered.push(timed(|| {
+            for p in &payloads {
+                let env: BufferedEnvelope = serde_json::from_slice(p).expect("reads");
+                std::hint::black_box(env);
+            }
+        }));
+        binary_read.push(read(&binaries));
+        json_write.push(timed(|| {
+            for e in &envelopes {
+                std::hint::black_box(serde_json::to_vec(e).expect("encodes"));
+            }
+        }));
+        binary_write.push(timed(|| {
+            for e in &envelopes {
+                std::hint::black_box(codec::encode(e));
+            }
+        }));
     }
     let (f, b) = (median(fast), median(buffered));
     let per = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
