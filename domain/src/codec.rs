@@ -41,25 +41,19 @@ pub fn is_binary(payload: &[u8]) -> bool {
 
 /// The envelope in the binary form.
 pub fn encode(env: &Envelope) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    encode_into(env, &mut out);
+    let mut out = vec![MAGIC, FORMAT];
+    out.reserve(254);
+    env.schema_version.put(&mut out);
+    env.event_id.0.put(&mut out);
+    env.chain_id.put(&mut out);
+    env.block.put(&mut out);
+    env.tx_hash.put(&mut out);
+    env.log_index.put(&mut out);
+    env.block_time.put(&mut out);
+    env.source.put(&mut out);
+    env.retracted.put(&mut out);
+    env.event.put(&mut out);
     out
-}
-
-/// Appends the envelope in the binary form to `out`.
-pub fn encode_into(env: &Envelope, out: &mut Vec<u8>) {
-    out.push(MAGIC);
-    out.push(FORMAT);
-    env.schema_version.put(out);
-    env.event_id.0.put(out);
-    env.chain_id.put(out);
-    env.block.put(out);
-    env.tx_hash.put(out);
-    env.log_index.put(out);
-    env.block_time.put(out);
-    env.source.put(out);
-    env.retracted.put(out);
-    env.event.put(out);
 }
 
 /// Why a binary payload is not an envelope this build reads.
@@ -157,8 +151,7 @@ impl<'a> Reader<'a> {
     }
 
     fn text(&mut self, what: &'static str) -> Result<&'a str, CodecError> {
-        let len = usize::try_from(self.varint(32, what)?)
-            .map_err(|_| CodecError::Invalid(what, self.at))?;
+        let len = self.varint(32, what)? as usize;
         let start = self.at;
         std::str::from_utf8(self.take(len, what)?).map_err(|_| CodecError::Invalid(what, start))
     }
@@ -373,27 +366,14 @@ impl Wire for DateTime<Utc> {
     }
 }
 
-impl Wire for BlockRef {
-    fn put(&self, out: &mut Vec<u8>) {
-        self.number.put(out);
-        self.hash.put(out);
-    }
-    fn get(r: &mut Reader<'_>) -> Result<Self, CodecError> {
-        Ok(BlockRef {
-            number: Wire::get(r)?,
-            hash: Wire::get(r)?,
-        })
-    }
-}
-
 impl Wire for Source {
     fn put(&self, out: &mut Vec<u8>) {
         match self {
             Source::Rpc => out.push(0),
             Source::Replay { dataset, record } => {
                 out.push(1);
-                put_text(out, dataset);
-                put_text(out, record);
+                dataset.put(out);
+                record.put(out);
             }
         }
     }
@@ -449,6 +429,7 @@ macro_rules! wire_struct {
     };
 }
 
+wire_struct!(BlockRef { number, hash });
 wire_struct!(Reserve {
     address,
     symbol,
