@@ -34,6 +34,17 @@ impl Band {
             _ => Band::VeryPoor,
         }
     }
+
+    /// The band's name as it is serialized and stored (`EXCELLENT` … `VERY_POOR`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Band::Excellent => "EXCELLENT",
+            Band::Good => "GOOD",
+            Band::Fair => "FAIR",
+            Band::Poor => "POOR",
+            Band::VeryPoor => "VERY_POOR",
+        }
+    }
 }
 
 /// One reason: a code, what it means for this wallet, and its signed impact in points.
@@ -178,6 +189,22 @@ mod tests {
             repay_to_borrow,
             usd: [(LendingAction::Deposit, 100_000.0)].into_iter().collect(),
             ..ActivityFeatures::default()
+        }
+    }
+
+    #[test]
+    fn a_band_s_name_is_its_serialized_name() {
+        for band in [
+            Band::Excellent,
+            Band::Good,
+            Band::Fair,
+            Band::Poor,
+            Band::VeryPoor,
+        ] {
+            assert_eq!(
+                serde_json::to_value(band).expect("serializes"),
+                serde_json::json!(band.name())
+            );
         }
     }
 

@@ -74,13 +74,14 @@ pub async fn enqueue(
             ids.push(o.output_id.as_str());
             payloads.push(payload_text(o));
         }
+        let payloads: Vec<&str> = payloads.iter().map(|p| p.as_ref()).collect();
         sqlx::query!(
             "INSERT INTO outbox (topic, record_keys, output_ids, payloads)
              VALUES ($1, $2, $3, $4)",
             topic,
             &keys as &[&str],
             &ids as &[&str],
-            &payloads
+            &payloads as &[&str]
         )
         .execute(&mut **tx)
         .await?;
@@ -91,8 +92,9 @@ pub async fn enqueue(
 /// The record relayed for `output`: a JSON object gets `outputId` among its keys (sorted, as
 /// every serialized `Value` object; written in place, the object is not copied), other
 /// values go as they are.
-fn payload_text(output: &Output) -> String {
-    match &output.payload {
+fn payload_text(output: &Output) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    Cow::Owned(match &output.payload {
         Payload::Json(serde_json::Value::Object(fields)) if !fields.contains_key("outputId") => {
             serde_json::to_string(&WithOutputId {
                 fields,
@@ -101,8 +103,8 @@ fn payload_text(output: &Output) -> String {
             .unwrap_or_else(|_| unreachable!("a JSON object and a string serialize"))
         }
         Payload::Json(payload) => payload.to_string(),
-        Payload::Text(text) => text.clone(),
-    }
+        Payload::Text(text) => return Cow::Borrowed(text),
+    })
 }
 
 /// An object's fields with `outputId` merged in key order.

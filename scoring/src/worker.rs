@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chainfold_domain::credit::{
     dominant_collateral, hourly_volatility, liquidation_threshold, position_features,
-    AccountTotals, ActivityFeatures, Attestation, HistoryEvent, Holding,
+    AccountTotals, ActivityFeatures, Attestation, HistoryEvent, Holding, VOLATILITY_DAYS,
 };
 use chainfold_domain::decision::DecisionRecord;
 use chainfold_domain::decision::Policy;
@@ -428,7 +428,7 @@ impl ScoreEngine {
                 .iter()
                 .map(|t| t.at)
                 .min()
-                .map(|at| at - chrono::Duration::days(30)),
+                .map(|at| at - chrono::Duration::days(VOLATILITY_DAYS)),
             until: triggers.iter().map(|t| t.at).max(),
             points: HashMap::new(),
         };
@@ -837,7 +837,7 @@ impl Visible<'_> {
         if !self.sorted {
             return &self.points;
         }
-        let from = at - chrono::Duration::days(chainfold_domain::credit::VOLATILITY_DAYS);
+        let from = at - chrono::Duration::days(VOLATILITY_DAYS);
         let start = self.points.partition_point(|(t, _)| *t <= from);
         let end = self.points.partition_point(|(t, _)| *t <= at);
         &self.points[start..end.max(start)]
@@ -1064,21 +1064,13 @@ impl Scorer {
         let decisions = self.band_changes(&mut tx, bands_before, &stored).await?;
         let mut outputs: Vec<Output> = stored
             .iter()
-            .map(|s| {
-                let output_id = format!("score:{}:{}:{}", s.chain, s.wallet, s.event_id);
-                // Serialized once, straight from the message, with its output id.
-                let payload = serde_json::to_string(&Published {
-                    message: &s.message,
-                    output_id: &output_id,
-                })?;
-                Ok(Output {
-                    topic: self.scores_topic.clone(),
-                    key: s.wallet.clone(),
-                    output_id,
-                    payload: chainfold_platform::outbox::Payload::Text(payload),
-                })
+            .map(|s| Output {
+                topic: self.scores_topic.clone(),
+                key: s.wallet.clone(),
+                output_id: s.output_id.clone(),
+                payload: chainfold_platform::outbox::Payload::Text(s.published.clone()),
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect();
         for d in &decisions {
             outputs.push(chainfold_store::decisions::output(
                 &self.decisions_topic,
@@ -1224,7 +1216,9 @@ impl Scorer {
     }
 
     /// Inserts the computed scores (one statement; rows already stored, a replay, come back as
-    /// nothing) and returns the new ones with their published message.
+    /// nothing) and returns the new ones with their published message. Each score's reasons
+    /// and message are serialized once, straight from their types: the row's `reasons`, the
+    /// outbox record and the Redis copies use that text.
     async fn insert_scores(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -1238,12 +1232,9 @@ impl Scorer {
                 chain_id: *chain as i64,
                 wallet: w.clone(),
                 score: s.score,
-                band: serde_json::to_value(s.band)?
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
+                band: s.band.name().to_owned(),
                 probability_of_liquidation: s.probability_of_liquidation,
-                reasons: serde_json::to_value(&s.reasons)?,
+                reasons: serde_json::to_string(&s.reasons)?,
                 computed_at: t.at,
                 event_id: t.event_id.clone(),
                 kafka_topic: t.topic.clone(),
@@ -1286,13 +1277,21 @@ impl Scorer {
                         block_number: t.block_number,
                     },
                 };
+                let output_id = format!("score:{}:{}:{}", chain, wallet, t.event_id);
+                let published = serde_json::to_string(&Published {
+                    message: &message,
+                    output_id: &output_id,
+                })?;
                 Ok(StoredScore {
                     chain: *chain,
-                    wallet: wallet.clone(),
-                    event_id: t.event_id.clone(),
+                    wallet: message.wallet,
+                    event_id: message.event_id,
                     at: t.at,
-                    score: s.clone(),
-                    message,
+                    score: s.score,
+                    band: s.band,
+                    probability_of_liquidation: s.probability_of_liquidation,
+                    output_id,
+                    published,
                 })
             })
             .collect()
@@ -1330,21 +1329,16 @@ impl Scorer {
         }
         let channel = format!("{}scores", self.config.redis.prefix);
         for (i, s) in stored.iter().enumerate() {
-            let json = match serde_json::to_string(&s.message) {
-                Ok(json) => json,
-                Err(err) => {
-                    tracing::warn!(%err, "could not serialize a score for Redis");
-                    continue;
-                }
-            };
+            // The scores topic's record: the message with its output id.
+            let json = s.published.as_str();
             if last.get(&(s.chain, s.wallet.as_str())) == Some(&i) {
                 let key = format!("{}score:{}:{}", self.config.redis.prefix, s.chain, s.wallet);
                 pipe.hset_multiple(
                     &key,
                     &[
-                        ("score", s.score.score.to_string()),
-                        ("band", format!("{:?}", s.score.band)),
-                        ("json", json.clone()),
+                        ("score", s.score.to_string()),
+                        ("band", format!("{:?}", s.band)),
+                        ("json", json.to_owned()),
                     ],
                 )
                 .ignore();
@@ -1573,9 +1567,8 @@ impl Scorer {
         }
         let mut crossed: BTreeMap<u64, Vec<&StoredScore>> = BTreeMap::new();
         for ((chain, wallet), s) in last {
-            let band = serde_json::to_value(s.score.band)?;
             let was = before.get(&(chain, wallet));
-            if was.is_some_and(|b| band.as_str() != Some(b.as_str())) {
+            if was.is_some_and(|b| s.band.name() != b) {
                 crossed.entry(chain).or_default().push(s);
             }
         }
@@ -1589,9 +1582,9 @@ impl Scorer {
                     continue;
                 };
                 let snapshot = chainfold_store::decisions::ScoreSnapshot {
-                    score: s.score.score,
-                    band: s.score.band,
-                    probability_of_liquidation: s.score.probability_of_liquidation,
+                    score: s.score,
+                    band: s.band,
+                    probability_of_liquidation: s.probability_of_liquidation,
                     event_id: s.event_id.clone(),
                     model_version: self.engine.version.clone(),
                 };
@@ -1677,8 +1670,12 @@ struct StoredScore {
     wallet: String,
     event_id: String,
     at: DateTime<Utc>,
-    score: Score,
-    message: ScoreMessage,
+    score: i32,
+    band: chainfold_domain::scorecard::Band,
+    probability_of_liquidation: Option<f64>,
+    output_id: String,
+    /// The message as published on the scores topic (with its output id), serialized once.
+    published: String,
 }
 
 /// A score as published on the scores topic: the message with its output id.

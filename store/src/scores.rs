@@ -19,7 +19,9 @@ pub struct NewScore {
     /// The band's stored name (`EXCELLENT` … `VERY_POOR`).
     pub band: String,
     pub probability_of_liquidation: Option<f64>,
-    pub reasons: serde_json::Value,
+    /// The reasons as JSON text (an array), stored as `jsonb`: the scorer serializes them once,
+    /// straight from its type, for this row and its published message alike.
+    pub reasons: String,
     pub computed_at: DateTime<Utc>,
     /// The event that triggered it, and where that event is in the log.
     pub event_id: String,
@@ -40,7 +42,7 @@ pub struct NewScores {
     score: Vec<i32>,
     band: Vec<String>,
     probability: Vec<Option<f64>>,
-    reasons: Vec<serde_json::Value>,
+    reasons: Vec<String>,
     computed_at: Vec<DateTime<Utc>>,
     event_id: Vec<String>,
     topic: Vec<String>,
@@ -134,7 +136,7 @@ async fn copy(
             .plain(s.score[i])
             .text(&s.band[i])
             .float(s.probability[i])
-            .text(&s.reasons[i].to_string())
+            .text(&s.reasons[i])
             .text(model_version)
             .text(model_sha256)
             .time(Some(s.computed_at[i]))
@@ -193,9 +195,9 @@ async fn insert_rows(
         r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
                reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
                kafka_partition, kafka_offset, projector_next_offset, block_number, health_factor)
-           SELECT c, w, s, b, p, r, $6, $7, at, e, tp, pa, o, pn, bl, hf
+           SELECT c, w, s, b, p, r::jsonb, $6, $7, at, e, tp, pa, o, pn, bl, hf
            FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::text[], $5::float8[],
-                $8::jsonb[], $9::timestamptz[], $10::text[], $11::text[], $12::int4[],
+                $8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::int4[],
                 $13::int8[], $14::int8[], $15::int8[], $16::float8[])
                 AS t(c, w, s, b, p, r, at, e, tp, pa, o, pn, bl, hf)
            ON CONFLICT (chain_id, wallet, event_id) DO NOTHING

@@ -13,7 +13,7 @@ fn score(wallet: &str, event: &str, value: i32, block: i64) -> NewScore {
         score: value,
         band: "FAIR".into(),
         probability_of_liquidation: None,
-        reasons: serde_json::json!([]),
+        reasons: "[]".to_owned(),
         computed_at: DateTime::from_timestamp(1_700_000_000 + block, 0).expect("a time"),
         event_id: event.into(),
         kafka_topic: "t".into(),

@@ -11,7 +11,7 @@ fn score(wallet: &str, event: &str, band: &str, block: i64) -> NewScore {
         score: 600,
         band: band.into(),
         probability_of_liquidation: None,
-        reasons: serde_json::json!([]),
+        reasons: "[]".to_owned(),
         computed_at: DateTime::from_timestamp(1_700_000_000 + block, 0).expect("a time"),
         event_id: event.into(),
         kafka_topic: "t".into(),
@@ -92,7 +92,8 @@ fn awkward(i: usize, event: &str) -> NewScore {
         2 => Some(1.0 / 3.0 + i as f64),
         _ => Some(123_456_789.123_456_78e10),
     };
-    s.reasons = serde_json::json!([{ "code": "x\ty", "description": "a \"b\" \\ c\nd", "impact": -(i as i64) }]);
+    s.reasons = serde_json::json!([{ "code": "x\ty", "description": "a \"b\" \\ c\nd", "impact": -(i as i64) }])
+    .to_string();
     s.block_number = (i % 5 != 0).then_some(i as i64);
     s
 }
