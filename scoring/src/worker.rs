@@ -229,8 +229,12 @@ pub struct Scorer {
     attestations_topic: String,
     scores_topic: String,
     decisions_topic: String,
-    /// Time spent from each batch's first message to its commit (waiting for the group join or
-    /// for messages excluded): what the benchmark divides by.
+    /// The previous batch's publishing (outbox relay, Redis), running while this batch is
+    /// received and computed; awaited before this batch commits (and by [`Scorer::drain`]).
+    publishing: Option<Publishing>,
+    /// Wall-clock time the scorer was working: each batch from its first message to its
+    /// commit, plus the time its publishing ran on alone (not beside the next batch); waiting
+    /// for the group join or for messages excluded. What the benchmark divides by.
     pub busy: Duration,
     /// Where the busy time went, summed over batches.
     pub stages: Stages,
@@ -249,10 +253,12 @@ pub struct Stages {
     pub compute: Duration,
     /// The transaction: profiles, scores, decisions, outbox, offsets, commit.
     pub write: Duration,
-    /// Relaying the outbox to Kafka.
+    /// Relaying the outbox to Kafka (in the background, beside the next batch).
     pub relay: Duration,
-    /// Refreshing Redis.
+    /// Refreshing Redis (in the background, after the relay).
     pub redis: Duration,
+    /// Waiting for the previous batch's publishing before committing.
+    pub wait_publish: Duration,
     pub batches: u64,
 }
 
@@ -261,12 +267,13 @@ impl std::fmt::Display for Stages {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         write!(
             f,
-            "{} batches: decode {:.1} ms, wait for projector {:.1} ms, triggers {:.1} ms, compute {:.1} ms, write {:.1} ms, relay {:.1} ms, redis {:.1} ms",
+            "{} batches: decode {:.1} ms, wait for projector {:.1} ms, triggers {:.1} ms, compute {:.1} ms, wait for the last batch's publishing {:.1} ms, write {:.1} ms; in the background: relay {:.1} ms, redis {:.1} ms",
             self.batches,
             ms(self.decode),
             ms(self.wait_projector),
             ms(self.triggers),
             ms(self.compute),
+            ms(self.wait_publish),
             ms(self.write),
             ms(self.relay),
             ms(self.redis)
@@ -891,6 +898,7 @@ impl Scorer {
             attestations_topic,
             scores_topic,
             decisions_topic,
+            publishing: None,
             busy: Duration::ZERO,
             stages: Stages::default(),
             config,
@@ -906,13 +914,7 @@ impl Scorer {
 
     /// Publishes what the outbox holds for the scores and decisions topics.
     async fn relay(&self) -> anyhow::Result<u64> {
-        chainfold_platform::outbox::relay(
-            &self.pool,
-            &self.producer,
-            &[self.scores_topic.clone(), self.decisions_topic.clone()],
-            1000,
-        )
-        .await
+        self.publisher().relay().await
     }
 
     /// Sends a record the scorer cannot read to `<topic>.dlq` with the reason (awaited: the
@@ -938,8 +940,12 @@ impl Scorer {
     /// Everything the batch writes — attestations, retractions, scores, oracle marks, band-change
     /// decisions, their outbox records and the batch's offsets — commits in ONE transaction, the
     /// offsets as a compare-and-set on this member's claim. After the commit the outbox is relayed
-    /// to Kafka and Redis is refreshed. A crash anywhere replays the batch, which computes the same
-    /// rows (keyed by event id) and outputs (keyed by output id).
+    /// to Kafka and Redis is refreshed by a task that runs beside the next batch's receiving and
+    /// computing; the next batch awaits it before it commits (so records leave in commit order,
+    /// and a failed relay fails that batch before anything of it is stored), and an idle scorer
+    /// or a drain awaits it too. A crash anywhere replays the batch, which computes the same
+    /// rows (keyed by event id) and outputs (keyed by output id); outbox rows a crash left are
+    /// relayed when the scorer starts.
     pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<Outcome> {
         let batch = self
             .member
@@ -951,6 +957,8 @@ impl Scorer {
             ..Outcome::default()
         };
         if batch.messages.is_empty() {
+            // Idle: the last batch's publishing finishes before the scorer reports idle.
+            self.await_publishing(None).await?;
             return Ok(outcome);
         }
         let Decoded {
@@ -1012,6 +1020,10 @@ impl Scorer {
         outcome.behind = computed.behind;
         let bands_before = self.latest_bands(&triggers).await?;
         lap(&mut self.stages.compute);
+        // The previous batch's records go out before this batch's are queued; a failed relay
+        // fails this batch before anything of it is committed (its rows stay in the outbox).
+        self.await_publishing(Some(first_at)).await?;
+        lap(&mut self.stages.wait_publish);
 
         let Some((stored, decisions, unscored)) = self
             .commit(
@@ -1031,14 +1043,40 @@ impl Scorer {
         outcome.decisions = decisions.len() as u64;
 
         lap(&mut self.stages.write);
-        // After the commit: Kafka (from the outbox), then the rebuildable Redis cache.
-        self.relay().await?;
-        lap(&mut self.stages.relay);
-        self.refresh_redis(&stored, &decisions, unscored).await;
-        lap(&mut self.stages.redis);
+        // After the commit, beside the next batch: Kafka (from the outbox), then the
+        // rebuildable Redis cache.
+        let committed_at = Instant::now();
+        let task = tokio::spawn(publish(self.publisher(), stored, decisions, unscored));
+        self.publishing = Some(Publishing { task, committed_at });
         self.stages.batches += 1;
-        self.busy += first_at.elapsed();
+        self.busy += committed_at - first_at;
         Ok(outcome)
+    }
+
+    /// What the publishing of a batch needs (cheap clones of shared handles).
+    fn publisher(&self) -> Publisher {
+        Publisher {
+            pool: self.pool.clone(),
+            producer: self.producer.clone(),
+            redis: self.redis.clone(),
+            prefix: self.config.redis.prefix.clone(),
+            topics: [self.scores_topic.clone(), self.decisions_topic.clone()],
+        }
+    }
+
+    /// Waits for the previous batch's publishing, if any, and counts its time: the relay and
+    /// Redis stages, and as busy the part of it that did not run beside the batch that began
+    /// at `next` (all of it when no batch began: idle, or draining).
+    async fn await_publishing(&mut self, next: Option<Instant>) -> anyhow::Result<()> {
+        let Some(Publishing { task, committed_at }) = self.publishing.take() else {
+            return Ok(());
+        };
+        let times = task.await.context("the publishing task")??;
+        self.stages.relay += times.relay;
+        self.stages.redis += times.redis;
+        let alone_until = next.map_or(times.finished, |n| n.min(times.finished));
+        self.busy += alone_until.saturating_duration_since(committed_at);
+        Ok(())
     }
 
     /// Stores a computed batch in one transaction: retractions, profiles, scores, band-change
@@ -1295,65 +1333,6 @@ impl Scorer {
                 })
             })
             .collect()
-    }
-
-    /// The Redis score cache and pub/sub after a commit (best effort: rebuildable from Postgres).
-    async fn refresh_redis(
-        &mut self,
-        stored: &[StoredScore],
-        decisions: &[DecisionRecord],
-        unscored: Vec<(i64, String)>,
-    ) {
-        // The API's copy of each touched wallet's latest score, newest version kept.
-        let mut touched: std::collections::BTreeSet<(i64, String)> = unscored.into_iter().collect();
-        touched.extend(stored.iter().map(|s| (s.chain as i64, s.wallet.clone())));
-        let touched: Vec<(i64, String)> = touched.into_iter().collect();
-        if let Err(err) = chainfold_store::latest::refresh(
-            &mut self.redis,
-            &self.pool,
-            &self.config.redis.prefix,
-            chainfold_store::latest::Kind::Score,
-            &touched,
-        )
-        .await
-        {
-            tracing::warn!(error = %format!("{err:#}"), "could not update the API's Redis scores");
-        }
-        // Each score is announced; the cache keeps the wallet's last score of the batch, so
-        // only that one is written (the writes of the others would be overwritten in the same
-        // pipeline).
-        let mut pipe = redis::pipe();
-        let mut last: HashMap<(u64, &str), usize> = HashMap::with_capacity(stored.len());
-        for (i, s) in stored.iter().enumerate() {
-            last.insert((s.chain, s.wallet.as_str()), i);
-        }
-        let channel = format!("{}scores", self.config.redis.prefix);
-        for (i, s) in stored.iter().enumerate() {
-            // The scores topic's record: the message with its output id.
-            let json = s.published.as_str();
-            if last.get(&(s.chain, s.wallet.as_str())) == Some(&i) {
-                let key = format!("{}score:{}:{}", self.config.redis.prefix, s.chain, s.wallet);
-                pipe.hset_multiple(
-                    &key,
-                    &[
-                        ("score", s.score.to_string()),
-                        ("band", format!("{:?}", s.band)),
-                        ("json", json.to_owned()),
-                    ],
-                )
-                .ignore();
-            }
-            pipe.publish(&channel, json).ignore();
-        }
-        if !stored.is_empty() {
-            if let Err(err) = pipe.query_async::<()>(&mut self.redis).await {
-                tracing::warn!(%err, "could not update the Redis score cache");
-            }
-        }
-        let prefix = self.config.redis.prefix.clone();
-        for d in decisions {
-            chainfold_store::decisions::announce(&mut self.redis, &prefix, d).await;
-        }
     }
 
     /// Waits until the projector's stored offsets pass every offset of the batch and, per
@@ -1651,6 +1630,121 @@ impl chainfold_platform::worker::BatchWorker for Scorer {
 
     fn settling(&self) -> bool {
         self.member.has_pending_assignment()
+    }
+
+    async fn drain(&mut self) -> anyhow::Result<Outcome> {
+        self.await_publishing(None).await?;
+        Ok(Outcome::default())
+    }
+}
+
+/// The handles a batch's publishing uses (see [`publish`]).
+struct Publisher {
+    pool: PgPool,
+    producer: FutureProducer,
+    redis: redis::aio::ConnectionManager,
+    /// The Redis key prefix.
+    prefix: String,
+    /// The scores and decisions topics (the outbox rows relayed).
+    topics: [String; 2],
+}
+
+/// A batch's publishing, running beside the next batch.
+struct Publishing {
+    task: tokio::task::JoinHandle<anyhow::Result<PublishTimes>>,
+    committed_at: Instant,
+}
+
+/// How long a batch's publishing took, and when it finished.
+struct PublishTimes {
+    relay: Duration,
+    redis: Duration,
+    finished: Instant,
+}
+
+/// Publishes a committed batch: what the outbox holds (its records and any a failed relay left)
+/// to Kafka, then the Redis copies. Redis is best effort (rebuildable from Postgres); a relay
+/// failure is the error (the records stay in the outbox for the next relay).
+async fn publish(
+    mut publisher: Publisher,
+    stored: Vec<StoredScore>,
+    decisions: Vec<DecisionRecord>,
+    unscored: Vec<(i64, String)>,
+) -> anyhow::Result<PublishTimes> {
+    let started = Instant::now();
+    publisher.relay().await?;
+    let relayed = Instant::now();
+    publisher.refresh_redis(&stored, &decisions, unscored).await;
+    let finished = Instant::now();
+    Ok(PublishTimes {
+        relay: relayed - started,
+        redis: finished - relayed,
+        finished,
+    })
+}
+
+impl Publisher {
+    async fn relay(&self) -> anyhow::Result<u64> {
+        chainfold_platform::outbox::relay(&self.pool, &self.producer, &self.topics, 1000).await
+    }
+
+    /// The Redis score cache and pub/sub after a commit (best effort: rebuildable from Postgres).
+    async fn refresh_redis(
+        &mut self,
+        stored: &[StoredScore],
+        decisions: &[DecisionRecord],
+        unscored: Vec<(i64, String)>,
+    ) {
+        // The API's copy of each touched wallet's latest score, newest version kept.
+        let mut touched: std::collections::BTreeSet<(i64, String)> = unscored.into_iter().collect();
+        touched.extend(stored.iter().map(|s| (s.chain as i64, s.wallet.clone())));
+        let touched: Vec<(i64, String)> = touched.into_iter().collect();
+        if let Err(err) = chainfold_store::latest::refresh(
+            &mut self.redis,
+            &self.pool,
+            &self.prefix,
+            chainfold_store::latest::Kind::Score,
+            &touched,
+        )
+        .await
+        {
+            tracing::warn!(error = %format!("{err:#}"), "could not update the API's Redis scores");
+        }
+        // Each score is announced; the cache keeps the wallet's last score of the batch, so
+        // only that one is written (the writes of the others would be overwritten in the same
+        // pipeline).
+        let mut pipe = redis::pipe();
+        let mut last: HashMap<(u64, &str), usize> = HashMap::with_capacity(stored.len());
+        for (i, s) in stored.iter().enumerate() {
+            last.insert((s.chain, s.wallet.as_str()), i);
+        }
+        let channel = format!("{}scores", self.prefix);
+        for (i, s) in stored.iter().enumerate() {
+            // The scores topic's record: the message with its output id.
+            let json = s.published.as_str();
+            if last.get(&(s.chain, s.wallet.as_str())) == Some(&i) {
+                let key = format!("{}score:{}:{}", self.prefix, s.chain, s.wallet);
+                pipe.hset_multiple(
+                    &key,
+                    &[
+                        ("score", s.score.to_string()),
+                        ("band", format!("{:?}", s.band)),
+                        ("json", json.to_owned()),
+                    ],
+                )
+                .ignore();
+            }
+            pipe.publish(&channel, json).ignore();
+        }
+        if !stored.is_empty() {
+            if let Err(err) = pipe.query_async::<()>(&mut self.redis).await {
+                tracing::warn!(%err, "could not update the Redis score cache");
+            }
+        }
+        let prefix = self.prefix.clone();
+        for d in decisions {
+            chainfold_store::decisions::announce(&mut self.redis, &prefix, d).await;
+        }
     }
 }
 
