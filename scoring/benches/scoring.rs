@@ -315,7 +315,8 @@ fn polygon() -> Vec<Envelope> {
 /// Scores what `iso`'s topics hold from scratch with three fresh groups (batches of `batch`,
 /// idle after `idle_ms`), the scores and profiles cleared before each; checks each scored
 /// `expect` and prints its stages. Returns each run's rate: scores / busy time (each batch's
-/// first message to its end; group join and idle waits excluded).
+/// first message to its commit, plus the time its publishing ran on alone after it: wall-clock
+/// with the group join and idle waits excluded, see `Scorer::busy`).
 async fn three_fresh_groups(
     iso: &Isolated,
     pool: &sqlx::PgPool,

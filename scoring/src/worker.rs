@@ -440,13 +440,16 @@ impl ScoreEngine {
             points: HashMap::new(),
         };
         let mut keep = Vec::new();
-        // (chain, wallet, trigger, activity, active attestations, position features)
-        let mut pending = Vec::new();
-        for ((key, list), until) in by_wallet.iter().zip(&until) {
+        // Each wallet's attestations, and (wallet index, trigger, activity, positions) of every
+        // trigger with features: first every fold, then the prices they need, read at once.
+        let mut attestations: Vec<Vec<Attestation>> = Vec::with_capacity(by_wallet.len());
+        let mut featured: Vec<(usize, &'t Trigger, ActivityFeatures, Positions)> =
+            Vec::with_capacity(triggers.len());
+        for (w, ((key, list), until)) in by_wallet.iter().zip(&until).enumerate() {
             let Loaded {
                 mut profile, rows, ..
             } = loaded.remove(key).unwrap_or_default();
-            let attested = attested.remove(key).unwrap_or_default();
+            attestations.push(attested.remove(key).unwrap_or_default());
             let (plan, older) = plan(list, &profile, &rows);
             let last_kept = plan
                 .iter()
@@ -468,29 +471,42 @@ impl ScoreEngine {
                 behind += older.len() as u64;
                 scored.extend(self.score_from_start(key, *until, older).await?);
             }
-            for (t, features, positions) in scored {
-                let Some(features) = features else {
-                    continue;
-                };
-                let active: Vec<Attestation> = attested
-                    .iter()
-                    .filter(|a| a.active_at(t.at))
-                    .cloned()
-                    .collect();
-                expired += attested
-                    .iter()
-                    .filter(|a| a.issued_at <= t.at && a.expires_at <= t.at)
-                    .count() as u64;
-                let mut position = self
-                    .position_inputs(&mut cache, key.0, positions, t.at, t.block_number)
-                    .await?;
-                if let (Some(pool), Some(block)) = (aave_pools.get(key), t.block_number) {
-                    if let Some(exact) = self.aave_health(key, *pool, block, t.at).await? {
-                        position.0 = exact;
-                    }
+            featured.extend(
+                scored
+                    .into_iter()
+                    .filter_map(|(t, features, positions)| Some((w, t, features?, positions))),
+            );
+        }
+        // The reserves of every position with debt (the ones priced), read side by side.
+        let reserves: HashSet<(u64, String)> = featured
+            .iter()
+            .filter(|(_, _, _, positions)| positions.iter().any(|p| p.3 > 0.0))
+            .flat_map(|(_, t, _, positions)| positions.iter().map(|p| (t.chain_id, p.0.clone())))
+            .collect();
+        self.prefetch_prices(&mut cache, reserves).await?;
+        let keys: Vec<&WalletKey> = by_wallet.keys().collect();
+        // (chain, wallet, trigger, activity, active attestations, position features)
+        let mut pending = Vec::with_capacity(featured.len());
+        for (w, t, features, positions) in featured {
+            let (key, attested) = (keys[w], &attestations[w]);
+            let active: Vec<Attestation> = attested
+                .iter()
+                .filter(|a| a.active_at(t.at))
+                .cloned()
+                .collect();
+            expired += attested
+                .iter()
+                .filter(|a| a.issued_at <= t.at && a.expires_at <= t.at)
+                .count() as u64;
+            let mut position = self
+                .position_inputs(&mut cache, key.0, positions, t.at, t.block_number)
+                .await?;
+            if let (Some(pool), Some(block)) = (aave_pools.get(key), t.block_number) {
+                if let Some(exact) = self.aave_health(key, *pool, block, t.at).await? {
+                    position.0 = exact;
                 }
-                pending.push((key.0, key.1.clone(), t, features, active, position));
             }
+            pending.push((key.0, key.1.clone(), t, features, active, position));
         }
         let inputs: Vec<[f32; 4]> = pending.iter().filter_map(|p| p.5 .1).collect();
         let mut probabilities = self.infer(inputs).await?.into_iter();
@@ -600,25 +616,15 @@ impl ScoreEngine {
     ) -> anyhow::Result<Visible<'c>> {
         let key = (chain_id, reserve.to_owned());
         if !cache.points.contains_key(&key) {
-            let since = cache.since;
-            // The window, then the last point before it, in the same order as the window.
-            let (mut oracle, mut lending) = chainfold_store::prices::window(
+            let (oracle, lending) = chainfold_store::prices::window(
                 &self.pool,
                 chain_id as i64,
                 reserve,
-                since,
+                cache.since,
                 cache.until,
             )
             .await?;
-            // Without a trigger time (no triggers) both queries read nothing: nothing to price.
-            if since.is_none() {
-                oracle.clear();
-                lending.clear();
-            }
-            cache.points.insert(
-                key.clone(),
-                (PriceSource::new(oracle), PriceSource::new(lending)),
-            );
+            cache.insert(chain_id, reserve.to_owned(), oracle, lending);
         }
         let (oracle, lending) = &cache.points[&key];
         let from_oracle = oracle.visible(block);
@@ -627,6 +633,34 @@ impl ScoreEngine {
         } else {
             from_oracle
         })
+    }
+
+    /// Reads the price points of `reserves` not in `cache` yet, each on its own connection,
+    /// side by side (the same reads [`ScoreEngine::prices`] makes one after another).
+    async fn prefetch_prices(
+        &self,
+        cache: &mut PriceCache,
+        reserves: HashSet<(u64, String)>,
+    ) -> anyhow::Result<()> {
+        let mut reads = tokio::task::JoinSet::new();
+        for (chain_id, reserve) in reserves {
+            if cache.points.contains_key(&(chain_id, reserve.clone())) {
+                continue;
+            }
+            let (pool, since, until) = (self.pool.clone(), cache.since, cache.until);
+            reads.spawn(async move {
+                let read =
+                    chainfold_store::prices::window(&pool, chain_id as i64, &reserve, since, until)
+                        .await;
+                (chain_id, reserve, read)
+            });
+        }
+        while let Some(done) = reads.join_next().await {
+            let (chain_id, reserve, read) = done.context("a price read")?;
+            let (oracle, lending) = read?;
+            cache.insert(chain_id, reserve, oracle, lending);
+        }
+        Ok(())
     }
 
     /// The lending pool of each wallet's latest flow that names one (live RPC events): the pool
@@ -781,6 +815,27 @@ struct PriceSource {
     /// Every point has a block, and blocks and times never go down: the points visible at a
     /// block are a prefix, and a prefix is sorted by time.
     ordered: bool,
+}
+
+impl PriceCache {
+    /// Keeps a reserve's points as read ([`chainfold_store::prices::window`]); without a
+    /// trigger time (no triggers) nothing is compared with the window: nothing prices.
+    fn insert(
+        &mut self,
+        chain_id: u64,
+        reserve: String,
+        mut oracle: Vec<PricePoint>,
+        mut lending: Vec<PricePoint>,
+    ) {
+        if self.since.is_none() {
+            oracle.clear();
+            lending.clear();
+        }
+        self.points.insert(
+            (chain_id, reserve),
+            (PriceSource::new(oracle), PriceSource::new(lending)),
+        );
+    }
 }
 
 impl PriceSource {
