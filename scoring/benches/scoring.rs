@@ -1,7 +1,8 @@
 //! Scoring benchmark on the real broker, Postgres and Redis, all figures from one run:
 //! 1. throughput: the Polygon histories (1,724 lending events, 18 wallets) replayed and projected,
 //!    then scored from scratch, batched (batch size 2,000) and per event (batch size 1); events/s
-//!    and wallet rescorings/s, medians of 3 fresh groups each;
+//!    and wallet rescorings/s (scores / wall-clock from the first message to the last work
+//!    finished), medians of 3 fresh groups each;
 //! 2. event-to-score latency: projector and scorer running, one new lending event published at a
 //!    time (a recorded event with a fresh id), time until its score row is committed; median and
 //!    p99 over N events (default 200). Baseline in the same run: publish → projected row.
@@ -14,8 +15,8 @@
 //!
 //! 4. many wallets: W wallets (default 1,000) with M lending events in all (default 100,000,
 //!    templates from the Polygon data), published and projected, then scored from scratch in
-//!    batches of 10,000 by three fresh groups; rescorings/s (scores / busy time), median of 3,
-//!    with where each run's time went.
+//!    batches of 10,000 by three fresh groups; rescorings/s (scores / wall-clock from the first
+//!    message to the last work finished), median of 3, with where each run's time went.
 //!
 //! `cargo bench -p chainfold-scoring --bench scoring -- [events] [history] [many]`; `--only-many`
 //! runs section 4 alone. Services and ORT_DYLIB_PATH as for the tests (`scripts/stack up`).
@@ -314,9 +315,10 @@ fn polygon() -> Vec<Envelope> {
 
 /// Scores what `iso`'s topics hold from scratch with three fresh groups (batches of `batch`,
 /// idle after `idle_ms`), the scores and profiles cleared before each; checks each scored
-/// `expect` and prints its stages. Returns each run's rate: scores / busy time (each batch's
-/// first message to its commit, plus the time its publishing ran on alone after it: wall-clock
-/// with the group join and idle waits excluded, see `Scorer::busy`).
+/// `expect` and prints its stages. Returns each run's rate: scores / `Scorer::span` (wall-clock
+/// from the first message received to the last commit or publishing finished: the group join
+/// and the final idle wait excluded). The runs go through the worker loop, as `chainfold
+/// score` does: each batch computes while the previous one writes.
 async fn three_fresh_groups(
     iso: &Isolated,
     pool: &sqlx::PgPool,
@@ -339,7 +341,7 @@ async fn three_fresh_groups(
             .await
             .expect("score");
         assert_eq!(outcome.scored, expect, "every event scored");
-        rates.push(outcome.scored as f64 / scorer.busy.as_secs_f64());
+        rates.push(outcome.scored as f64 / scorer.span().as_secs_f64());
         println!("  {label}: {}", scorer.stages);
     }
     rates

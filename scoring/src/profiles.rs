@@ -54,12 +54,16 @@ pub struct LoadStats {
 /// (the batch's latest trigger time for the wallet: rows after it are seen by no trigger of the
 /// batch, and during a backfill the projector may hold many). Rows after `until` are counted for
 /// the check, not read. Wallets in `reset` (a reorg retracted one of their events in this batch)
-/// start from an empty profile.
+/// start from an empty profile. A wallet in `fresher` (the profiles of a batch whose write is
+/// still in flight: later than the stored ones) starts from that profile instead of the stored
+/// one, under the same checks (its cursor event still in the log under its block hash, its
+/// rows and the rows after it the wallet's count); otherwise from the stored one.
 pub async fn load(
     pool: &PgPool,
     wallets: &[WalletKey],
     until: &[DateTime<Utc>],
     reset: &HashSet<WalletKey>,
+    fresher: &HashMap<WalletKey, CreditProfile>,
 ) -> anyhow::Result<(HashMap<WalletKey, Loaded>, LoadStats)> {
     let chains: Vec<i64> = wallets.iter().map(|w| w.0 as i64).collect();
     let addrs: Vec<String> = wallets.iter().map(|w| w.1.clone()).collect();
@@ -70,10 +74,46 @@ pub async fn load(
     // Rows without a block time are never folded (they have no place in time), and rows after
     // `until` are not read: both are counted apart for the check.
     let stored = profiles::stored(&mut tx, &chains, &addrs, until).await?;
+    // The fresher profiles of this batch's wallets whose cursor is still in the log.
+    let candidates: Vec<(&WalletKey, &CreditProfile)> = wallets
+        .iter()
+        .filter(|k| !reset.contains(*k))
+        .filter_map(|k| Some((k, fresher.get(k)?)))
+        .filter(|(_, p)| p.cursor.is_some())
+        .collect();
+    let kept: HashSet<String> = if candidates.is_empty() {
+        HashSet::new()
+    } else {
+        let (events, hashes): (Vec<String>, Vec<Option<String>>) = candidates
+            .iter()
+            .filter_map(|(_, p)| {
+                Some((
+                    p.cursor.as_ref()?.event_id.clone(),
+                    p.cursor_block_hash.clone(),
+                ))
+            })
+            .unzip();
+        profiles::cursors_kept(&mut tx, &events, &hashes)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let mut fresh: HashMap<&WalletKey, &CreditProfile> = candidates
+        .into_iter()
+        .filter(|(_, p)| {
+            p.cursor
+                .as_ref()
+                .is_some_and(|c| kept.contains(&c.event_id))
+        })
+        .collect();
     let mut profiles: HashMap<WalletKey, (CreditProfile, i64)> = HashMap::new();
     for p in stored {
         let (total, untimed, cursor_kept, beyond) = (p.events, p.untimed, p.cursor_kept, p.beyond);
         let key = (p.chain_id as u64, p.wallet);
+        if let Some(profile) = fresh.remove(&key) {
+            profiles.insert(key, (profile.clone(), total - untimed - beyond));
+            continue;
+        }
         let profile = match (
             p.rows_folded,
             p.cursor_time,

@@ -36,7 +36,7 @@ use chainfold_platform::config::{KafkaArgs, PostgresArgs, RedisArgs};
 use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka;
 use chainfold_platform::member::{Member, Received};
-use chainfold_platform::offsets::OffsetError;
+use chainfold_platform::offsets::{Fenced, OffsetError};
 use chainfold_platform::outbox::Output;
 use chrono::{DateTime, Utc};
 use rdkafka::producer::FutureProducer;
@@ -230,8 +230,20 @@ pub struct Scorer {
     scores_topic: String,
     decisions_topic: String,
     /// The previous batch's publishing (outbox relay, Redis), running while this batch is
-    /// received and computed; awaited before this batch commits (and by [`Scorer::drain`]).
+    /// received and computed; awaited before the next publishing starts, when idle, and by a
+    /// drain.
     publishing: Option<Publishing>,
+    /// The worker loop's write in flight (see [`Scorer::step`]) …
+    writing: Option<Writing>,
+    /// … and the profiles it stores: the batch computed beside it starts from these (they are
+    /// later than the stored ones). Emptied when the write finishes, whatever its end.
+    fresh_profiles: HashMap<WalletKey, CreditProfile>,
+    /// The first message of the batch being processed (busy time's clip of the publishing).
+    batch_started: Option<Instant>,
+    /// The first message this scorer received, and the end of the last work it finished
+    /// ([`Scorer::span`]).
+    first_message: Option<Instant>,
+    last_done: Option<Instant>,
     /// Wall-clock time the scorer was working: each batch from its first message to its
     /// commit, plus the time its publishing ran on alone (not beside the next batch); waiting
     /// for the group join or for messages excluded. What the benchmark divides by.
@@ -257,8 +269,11 @@ pub struct Stages {
     pub relay: Duration,
     /// Refreshing Redis (in the background, after the relay).
     pub redis: Duration,
-    /// Waiting for the previous batch's publishing before committing.
+    /// Waiting for the previous batch's publishing before starting the next.
     pub wait_publish: Duration,
+    /// Waiting for the write in flight (the worker loop's pipeline: the part of the previous
+    /// batch's write that did not run beside this batch's receiving and computing).
+    pub wait_write: Duration,
     pub batches: u64,
 }
 
@@ -267,12 +282,13 @@ impl std::fmt::Display for Stages {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         write!(
             f,
-            "{} batches: decode {:.1} ms, wait for projector {:.1} ms, triggers {:.1} ms, compute {:.1} ms, wait for the last batch's publishing {:.1} ms, write {:.1} ms; in the background: relay {:.1} ms, redis {:.1} ms",
+            "{} batches: decode {:.1} ms, wait for projector {:.1} ms, triggers {:.1} ms, compute {:.1} ms, wait for the write in flight {:.1} ms, wait for the last publishing {:.1} ms; in the background: write {:.1} ms, relay {:.1} ms, redis {:.1} ms",
             self.batches,
             ms(self.decode),
             ms(self.wait_projector),
             ms(self.triggers),
             ms(self.compute),
+            ms(self.wait_write),
             ms(self.wait_publish),
             ms(self.write),
             ms(self.relay),
@@ -394,7 +410,10 @@ impl ScoreEngine {
         &self,
         triggers: &'t [Trigger],
     ) -> anyhow::Result<Vec<(u64, String, &'t Trigger, Score)>> {
-        Ok(self.compute(triggers, &HashSet::new(), None).await?.rows)
+        Ok(self
+            .compute(triggers, &HashSet::new(), &HashMap::new(), None)
+            .await?
+            .rows)
     }
 
     /// One score per trigger whose wallet has history at the trigger's time, as of that time.
@@ -410,6 +429,7 @@ impl ScoreEngine {
         &self,
         triggers: &'t [Trigger],
         reset: &HashSet<WalletKey>,
+        fresher: &HashMap<WalletKey, CreditProfile>,
         persist: Option<&str>,
     ) -> anyhow::Result<Computed<'t>> {
         let mut by_wallet: BTreeMap<WalletKey, Vec<&Trigger>> = BTreeMap::new();
@@ -425,7 +445,7 @@ impl ScoreEngine {
             .values()
             .map(|list| list.iter().map(|t| t.at).max().unwrap_or_default())
             .collect();
-        let (mut loaded, stats) = profiles::load(&self.pool, &keys, &until, reset).await?;
+        let (mut loaded, stats) = profiles::load(&self.pool, &keys, &until, reset, fresher).await?;
         let mut attested = self.attestations(&keys).await?;
         let aave_pools = self.aave_pools(&keys).await?;
         let mut expired = 0;
@@ -954,6 +974,11 @@ impl Scorer {
             scores_topic,
             decisions_topic,
             publishing: None,
+            writing: None,
+            fresh_profiles: HashMap::new(),
+            batch_started: None,
+            first_message: None,
+            last_done: None,
             busy: Duration::ZERO,
             stages: Stages::default(),
             config,
@@ -990,18 +1015,70 @@ impl Scorer {
     }
 
     /// Receives up to `batch_size` messages (waiting at most `idle` for the first), scores them and
-    /// commits. `received == 0` means nothing arrived.
+    /// commits. `received == 0` means nothing arrived. Not pipelined (a write still in flight
+    /// from the worker loop is finished first): for tests and benchmarks that time one batch.
     ///
     /// Everything the batch writes — attestations, retractions, scores, oracle marks, band-change
     /// decisions, their outbox records and the batch's offsets — commits in ONE transaction, the
     /// offsets as a compare-and-set on this member's claim. After the commit the outbox is relayed
-    /// to Kafka and Redis is refreshed by a task that runs beside the next batch's receiving and
-    /// computing; the next batch awaits it before it commits (so records leave in commit order,
-    /// and a failed relay fails that batch before anything of it is stored), and an idle scorer
-    /// or a drain awaits it too. A crash anywhere replays the batch, which computes the same
-    /// rows (keyed by event id) and outputs (keyed by output id); outbox rows a crash left are
+    /// to Kafka and Redis is refreshed by a task that runs beside what comes next; the next
+    /// batch's commit awaits it first (so records leave in commit order), and an idle scorer or
+    /// a drain awaits it too. A crash anywhere replays the batch, which computes the same rows
+    /// (keyed by event id) and outputs (keyed by output id); outbox rows a crash left are
     /// relayed when the scorer starts.
     pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<Outcome> {
+        let (mut outcome, _) = self.finish_write().await?;
+        let (before, prepared) = self.prepare(idle).await?;
+        outcome.add(&before);
+        let Some(prepared) = prepared else {
+            // Idle: the last batch's publishing finishes before the scorer reports idle.
+            self.await_publishing(None).await?;
+            return Ok(outcome);
+        };
+        let first_at = prepared.first_at;
+        outcome.add(&prepared.outcome);
+        self.start_write(prepared).await?;
+        let (written, _) = self.finish_write().await?;
+        outcome.add(&written);
+        self.busy += first_at.elapsed();
+        Ok(outcome)
+    }
+
+    /// One step of the worker loop, pipelined: receives and computes a batch while the previous
+    /// batch's write is in flight, then finishes that write (its commit, then its publishing
+    /// beside what comes next) and starts this batch's. The outcome counts the messages this
+    /// step received and the rows the writes it finished stored.
+    ///
+    /// Computing beside the previous write is safe because nothing it reads is written by it:
+    /// a stored credit profile is used only while it is a prefix of the history (a profile the
+    /// write is about to replace is an earlier prefix, which folds to the same features, only
+    /// reading more rows); the bands that decide band-change decisions are read after the
+    /// write has committed. A write that forgets profiles or retracts scores (a reorg) is
+    /// finished before the next batch computes. A write refused (fenced) drops the batch
+    /// computed beside it: the member reads it again from what Postgres holds.
+    async fn step(&mut self, wait: Duration) -> anyhow::Result<Outcome> {
+        let (mut outcome, prepared) = self.prepare(wait).await?;
+        let (written, fenced) = self.finish_write().await?;
+        outcome.add(&written);
+        let Some(prepared) = prepared else {
+            if written == Outcome::default() {
+                self.await_publishing(None).await?;
+            }
+            return Ok(outcome);
+        };
+        outcome.add(&prepared.outcome);
+        if !fenced {
+            self.start_write(prepared).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Receives a batch and computes its scores (see [`Scorer::process_batch`]); `None` when
+    /// nothing arrived, or when the write in flight, finished first because it forgets profiles
+    /// or retracts scores, was refused (the batch is read again). The outcome is that of any
+    /// write it finished.
+    async fn prepare(&mut self, idle: Duration) -> anyhow::Result<(Outcome, Option<Prepared>)> {
+        let mut finished = Outcome::default();
         let batch = self
             .member
             .receive(self.config.batch_size, idle, Duration::from_millis(20))
@@ -1012,10 +1089,10 @@ impl Scorer {
             ..Outcome::default()
         };
         if batch.messages.is_empty() {
-            // Idle: the last batch's publishing finishes before the scorer reports idle.
-            self.await_publishing(None).await?;
-            return Ok(outcome);
+            return Ok((finished, None));
         }
+        self.first_message.get_or_insert(first_at);
+        self.batch_started = Some(first_at);
         let Decoded {
             mut triggers,
             max_offset,
@@ -1040,6 +1117,18 @@ impl Scorer {
             mark = now;
         };
         lap(&mut self.stages.decode);
+        if self.writing.as_ref().is_some_and(|w| w.reorg) {
+            // The write in flight forgets profiles or retracts scores: it commits first.
+            let (written, fenced) = self.finish_write().await?;
+            finished.add(&written);
+            if fenced {
+                finished.received += outcome.received;
+                return Ok((finished, None));
+            }
+            // (Counted by `finish_write` as waiting for the write.)
+            let mut counted = Duration::ZERO;
+            lap(&mut counted);
+        }
         let projector = self.wait_for_projector(&max_offset, &sealed).await?;
         lap(&mut self.stages.wait_projector);
         // Swaps rescore only wallets with a lending history (a credit profile to move).
@@ -1058,14 +1147,21 @@ impl Scorer {
         }
         let computed = if self.config.resume_profiles {
             self.engine
-                .compute(&triggers, &reset, Some(&self.lending_topic))
+                .compute(
+                    &triggers,
+                    &reset,
+                    &self.fresh_profiles,
+                    Some(&self.lending_topic),
+                )
                 .await?
         } else {
             let every: HashSet<WalletKey> = triggers
                 .iter()
                 .map(|t| (t.chain_id, t.wallet.clone()))
                 .collect();
-            self.engine.compute(&triggers, &every, None).await?
+            self.engine
+                .compute(&triggers, &every, &HashMap::new(), None)
+                .await?
         };
         outcome.attestations_expired = computed.expired;
         outcome.with_position = computed.with_position;
@@ -1073,39 +1169,104 @@ impl Scorer {
         outcome.full_reads = computed.stats.full_reads;
         outcome.history_rows_read = computed.stats.rows_read;
         outcome.behind = computed.behind;
-        let bands_before = self.latest_bands(&triggers).await?;
+        let scored = Scored::of(computed);
         lap(&mut self.stages.compute);
-        // The previous batch's records go out before this batch's are queued; a failed relay
-        // fails this batch before anything of it is committed (its rows stay in the outbox).
-        self.await_publishing(Some(first_at)).await?;
-        lap(&mut self.stages.wait_publish);
+        Ok((
+            finished,
+            Some(Prepared {
+                first_at,
+                outcome,
+                advances: batch.advances,
+                retracted,
+                reset,
+                scored,
+                projector,
+                triggers,
+            }),
+        ))
+    }
 
-        let Some((stored, decisions, unscored)) = self
-            .commit(
-                &batch.advances,
-                &retracted,
-                &reset,
-                &computed,
-                &projector,
-                &bands_before,
-            )
-            .await?
-        else {
-            return Ok(Outcome::default());
+    /// Starts writing a prepared batch (the write in flight, if any, must be finished): reads
+    /// the bands its wallets had (after every earlier write committed), then spawns the
+    /// transaction.
+    async fn start_write(&mut self, prepared: Prepared) -> anyhow::Result<()> {
+        debug_assert!(self.writing.is_none(), "one write in flight at a time");
+        let started = Instant::now();
+        let bands_before = self.latest_bands(&prepared.triggers).await?;
+        self.stages.compute += started.elapsed();
+        let reorg = !prepared.retracted.is_empty() || !prepared.reset.is_empty();
+        self.fresh_profiles = prepared.scored.profiles.iter().cloned().collect();
+        let task = tokio::spawn(write(self.writer(), prepared, bands_before));
+        self.writing = Some(Writing { task, reorg });
+        Ok(())
+    }
+
+    /// Awaits the write in flight, if any: when it committed, remembers its offsets and starts
+    /// its publishing (after the previous batch's); when it was refused, reads its partitions
+    /// again from Postgres and returns `true`. A failed write is the error (nothing of it was
+    /// committed).
+    async fn finish_write(&mut self) -> anyhow::Result<(Outcome, bool)> {
+        let Some(Writing { task, .. }) = self.writing.take() else {
+            return Ok((Outcome::default(), false));
         };
-        outcome.retracted = unscored.len() as u64;
-        outcome.scored = stored.len() as u64;
-        outcome.decisions = decisions.len() as u64;
+        let waited = Instant::now();
+        let result = task.await.context("the write task").and_then(|r| r);
+        self.stages.wait_write += waited.elapsed();
+        // Committed, Postgres holds them; refused or failed, they are no one's.
+        self.fresh_profiles.clear();
+        match result? {
+            Ok(written) => {
+                self.member.committed(&written.advances);
+                self.stages.write += written.took;
+                self.stages.batches += 1;
+                self.note_done(written.committed_at);
+                // Records leave in commit order: the previous batch's publishing first.
+                self.await_publishing(self.batch_started).await?;
+                let task = tokio::spawn(publish(
+                    self.publisher(),
+                    written.stored,
+                    written.decisions,
+                    written.unscored,
+                ));
+                self.publishing = Some(Publishing {
+                    task,
+                    committed_at: written.committed_at,
+                });
+                Ok((written.outcome, false))
+            }
+            Err(fenced) => {
+                tracing::warn!(%fenced, "scoring batch fenced; nothing of it was stored");
+                self.member.recover(&fenced).await?;
+                Ok((Outcome::default(), true))
+            }
+        }
+    }
 
-        lap(&mut self.stages.write);
-        // After the commit, beside the next batch: Kafka (from the outbox), then the
-        // rebuildable Redis cache.
-        let committed_at = Instant::now();
-        let task = tokio::spawn(publish(self.publisher(), stored, decisions, unscored));
-        self.publishing = Some(Publishing { task, committed_at });
-        self.stages.batches += 1;
-        self.busy += committed_at - first_at;
-        Ok(outcome)
+    /// The wall-clock time from the first message this scorer received to the last work it
+    /// finished (a commit or a batch's publishing): what a run over a filled log took, with
+    /// the group join before it and any idle wait after it excluded.
+    pub fn span(&self) -> Duration {
+        match (self.first_message, self.last_done) {
+            (Some(first), Some(last)) => last.saturating_duration_since(first),
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn note_done(&mut self, at: Instant) {
+        self.last_done = Some(self.last_done.map_or(at, |last| last.max(at)));
+    }
+
+    /// What a batch's write needs (cheap clones of shared handles).
+    fn writer(&self) -> Writer {
+        Writer {
+            pool: self.pool.clone(),
+            group: self.member.group().to_owned(),
+            version: self.engine.version.clone(),
+            sha256: self.engine.sha256.clone(),
+            policy: self.policy.clone(),
+            scores_topic: self.scores_topic.clone(),
+            decisions_topic: self.decisions_topic.clone(),
+        }
     }
 
     /// What the publishing of a batch needs (cheap clones of shared handles).
@@ -1126,68 +1287,15 @@ impl Scorer {
         let Some(Publishing { task, committed_at }) = self.publishing.take() else {
             return Ok(());
         };
+        let waited = Instant::now();
         let times = task.await.context("the publishing task")??;
+        self.stages.wait_publish += waited.elapsed();
         self.stages.relay += times.relay;
         self.stages.redis += times.redis;
+        self.note_done(times.finished);
         let alone_until = next.map_or(times.finished, |n| n.min(times.finished));
         self.busy += alone_until.saturating_duration_since(committed_at);
         Ok(())
-    }
-
-    /// Stores a computed batch in one transaction: retractions, profiles, scores, band-change
-    /// decisions and their outbox records, with the batch's offsets. `None` when the member was
-    /// fenced (nothing stored; it has recovered its partitions).
-    async fn commit(
-        &mut self,
-        advances: &[chainfold_platform::offsets::Advance],
-        retracted: &[(i64, String, i64, String, i32, i64)],
-        reset: &HashSet<WalletKey>,
-        computed: &Computed<'_>,
-        projector: &HashMap<(String, i32), i64>,
-        bands_before: &HashMap<(u64, String), String>,
-    ) -> anyhow::Result<Option<(Vec<StoredScore>, Vec<DecisionRecord>, Vec<(i64, String)>)>> {
-        let mut tx = self.pool.begin().await?;
-        let mut unscored = Vec::new();
-        if !retracted.is_empty() {
-            unscored = retract_scores(&mut tx, retracted).await?;
-        }
-        profiles::forget(&mut tx, reset).await?;
-        profiles::store(&mut tx, &computed.profiles).await?;
-        let stored = self.insert_scores(&mut tx, computed, projector).await?;
-        let decisions = self.band_changes(&mut tx, bands_before, &stored).await?;
-        let mut outputs: Vec<Output> = stored
-            .iter()
-            .map(|s| Output {
-                topic: self.scores_topic.clone(),
-                key: s.wallet.clone(),
-                output_id: s.output_id.clone(),
-                payload: chainfold_platform::outbox::Payload::Text(s.published.clone()),
-            })
-            .collect();
-        for d in &decisions {
-            outputs.push(chainfold_store::decisions::output(
-                &self.decisions_topic,
-                d,
-            )?);
-        }
-        chainfold_platform::outbox::enqueue(&mut tx, &outputs).await?;
-        match chainfold_platform::offsets::advance(&mut tx, self.member.group(), advances).await {
-            Ok(()) => {}
-            Err(OffsetError::Fenced(fenced)) => {
-                drop(tx);
-                tracing::warn!(%fenced, "scoring batch fenced; nothing of it was stored");
-                self.member.recover(&fenced).await?;
-                return Ok(None);
-            }
-            Err(OffsetError::Postgres(err)) => return Err(err.into()),
-        }
-        chainfold_platform::failpoint::hit("score.before_commit");
-        tx.commit()
-            .await
-            .context("could not commit a scoring batch")?;
-        chainfold_platform::failpoint::hit("score.after_commit");
-        self.member.committed(advances);
-        Ok(Some((stored, decisions, unscored)))
     }
 
     /// Sorts a batch's messages into what scoring them needs (see [`Decoded`]); a message that
@@ -1306,88 +1414,6 @@ impl Scorer {
             }
         }
         Ok(d)
-    }
-
-    /// Inserts the computed scores (one statement; rows already stored, a replay, come back as
-    /// nothing) and returns the new ones with their published message. Each score's reasons
-    /// and message are serialized once, straight from their types: the row's `reasons`, the
-    /// outbox record and the Redis copies use that text.
-    async fn insert_scores(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        computed: &Computed<'_>,
-        projector: &HashMap<(String, i32), i64>,
-    ) -> anyhow::Result<Vec<StoredScore>> {
-        let rows = &computed.rows;
-        let mut scores = chainfold_store::scores::NewScores::default();
-        for ((chain, w, t, s), health) in rows.iter().zip(&computed.health) {
-            scores.push(chainfold_store::scores::NewScore {
-                chain_id: *chain as i64,
-                wallet: w.clone(),
-                score: s.score,
-                band: s.band.name().to_owned(),
-                probability_of_liquidation: s.probability_of_liquidation,
-                reasons: serde_json::to_string(&s.reasons)?,
-                computed_at: t.at,
-                event_id: t.event_id.clone(),
-                kafka_topic: t.topic.clone(),
-                kafka_partition: t.partition,
-                kafka_offset: t.offset,
-                projector_next_offset: projector
-                    .get(&(t.topic.clone(), t.partition))
-                    .copied()
-                    .unwrap_or_default(),
-                block_number: t.block_number,
-                health_factor: *health,
-            });
-        }
-        let inserted =
-            chainfold_store::scores::insert(tx, &self.engine.version, &self.engine.sha256, &scores)
-                .await?;
-        let mut new: std::collections::HashSet<(u64, String, String)> = inserted
-            .into_iter()
-            .map(|(c, w, e)| (c as u64, w, e))
-            .collect();
-        rows.iter()
-            // Each stored row once, even if the batch held its event twice.
-            .filter(|(c, w, t, _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
-            .map(|(chain, wallet, t, s)| {
-                let message = ScoreMessage {
-                    chain_id: *chain,
-                    wallet: wallet.clone(),
-                    score: s.score,
-                    band: s.band,
-                    probability_of_liquidation: s.probability_of_liquidation,
-                    reasons: s.reasons.clone(),
-                    model_version: self.engine.version.clone(),
-                    model_sha256: self.engine.sha256.clone(),
-                    computed_at: t.at,
-                    event_id: t.event_id.clone(),
-                    provenance: Provenance {
-                        topic: t.topic.clone(),
-                        partition: t.partition,
-                        offset: t.offset,
-                        block_number: t.block_number,
-                    },
-                };
-                let output_id = format!("score:{}:{}:{}", chain, wallet, t.event_id);
-                let published = serde_json::to_string(&Published {
-                    message: &message,
-                    output_id: &output_id,
-                })?;
-                Ok(StoredScore {
-                    chain: *chain,
-                    wallet: message.wallet,
-                    event_id: message.event_id,
-                    at: t.at,
-                    score: s.score,
-                    band: s.band,
-                    probability_of_liquidation: s.probability_of_liquidation,
-                    output_id,
-                    published,
-                })
-            })
-            .collect()
     }
 
     /// Waits until the projector's stored offsets pass every offset of the batch and, per
@@ -1585,6 +1611,283 @@ impl Scorer {
             .collect())
     }
 
+    /// Scores until a batch arrives empty after `idle` (tests, backfills). The first batch
+    /// waits up to 30 s: joining the group (and taking over a restarted member's partitions)
+    /// comes first.
+    pub async fn run_until_idle(&mut self, idle: Duration) -> anyhow::Result<Outcome> {
+        chainfold_platform::worker::run_until_idle(self, idle).await
+    }
+
+    /// Scores until `shutdown` resolves (the batch in hand commits first).
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        chainfold_platform::worker::run_until_stopped(
+            &mut self,
+            Duration::from_millis(500),
+            chainfold_platform::worker::SHUTDOWN_GRACE,
+            shutdown,
+        )
+        .await
+    }
+}
+
+impl chainfold_platform::worker::BatchWorker for Scorer {
+    type Outcome = Outcome;
+
+    fn process_batch(
+        &mut self,
+        wait: Duration,
+    ) -> impl std::future::Future<Output = anyhow::Result<Outcome>> + Send {
+        self.step(wait)
+    }
+
+    fn received(outcome: &Outcome) -> u64 {
+        outcome.received
+    }
+
+    fn add(total: &mut Outcome, outcome: &Outcome) {
+        total.add(outcome);
+    }
+
+    async fn recover(&mut self, err: anyhow::Error, backoff: &mut Duration) -> anyhow::Result<()> {
+        // The write in flight first: finished if it committed (a refused or failed one stored
+        // nothing). Then what was not committed is read again once the service is back.
+        if let Err(err) = self.finish_write().await {
+            tracing::warn!(error = %format!("{err:#}"), "the scoring write in flight failed; nothing of it was stored");
+        }
+        self.member.retry_after(err, backoff, "scoring batch").await
+    }
+
+    fn settling(&self) -> bool {
+        self.member.has_pending_assignment() || self.writing.is_some()
+    }
+
+    async fn drain(&mut self) -> anyhow::Result<Outcome> {
+        let (written, _) = self.finish_write().await?;
+        self.await_publishing(None).await?;
+        Ok(written)
+    }
+}
+
+/// A batch received and computed, ready to be written.
+struct Prepared {
+    first_at: Instant,
+    outcome: Outcome,
+    advances: Vec<chainfold_platform::offsets::Advance>,
+    retracted: Vec<(i64, String, i64, String, i32, i64)>,
+    reset: HashSet<WalletKey>,
+    scored: Scored,
+    /// The projector's offsets the features were read at.
+    projector: HashMap<(String, i32), i64>,
+    triggers: Vec<Trigger>,
+}
+
+/// A batch's scores, owning their triggers (its write runs apart from the batch).
+struct Scored {
+    rows: Vec<(u64, String, Trigger, Score)>,
+    /// Each row's account health factor (aligned with `rows`).
+    health: Vec<Option<f64>>,
+    /// The profiles to store.
+    profiles: Vec<(WalletKey, CreditProfile)>,
+}
+
+impl Scored {
+    fn of(computed: Computed<'_>) -> Scored {
+        Scored {
+            rows: computed
+                .rows
+                .into_iter()
+                .map(|(chain, wallet, t, score)| (chain, wallet, t.clone(), score))
+                .collect(),
+            health: computed.health,
+            profiles: computed.profiles,
+        }
+    }
+}
+
+/// The worker loop's write in flight.
+struct Writing {
+    task: tokio::task::JoinHandle<anyhow::Result<Result<Written, Fenced>>>,
+    /// It forgets profiles or retracts scores: the next batch computes after it commits.
+    reorg: bool,
+}
+
+/// What a committed write stored.
+struct Written {
+    advances: Vec<chainfold_platform::offsets::Advance>,
+    stored: Vec<StoredScore>,
+    decisions: Vec<DecisionRecord>,
+    unscored: Vec<(i64, String)>,
+    outcome: Outcome,
+    took: Duration,
+    committed_at: Instant,
+}
+
+/// The handles a batch's write uses (see [`write`]).
+struct Writer {
+    pool: PgPool,
+    group: String,
+    version: String,
+    sha256: String,
+    policy: Policy,
+    scores_topic: String,
+    decisions_topic: String,
+}
+
+/// Stores a computed batch in one transaction: retractions, profiles, scores, band-change
+/// decisions and their outbox records, with the batch's offsets (a compare-and-set on the
+/// member's claim: `Fenced`, nothing stored, when another member took a partition).
+async fn write(
+    writer: Writer,
+    prepared: Prepared,
+    bands_before: HashMap<(u64, String), String>,
+) -> anyhow::Result<Result<Written, Fenced>> {
+    let started = Instant::now();
+    let Prepared {
+        advances,
+        retracted,
+        reset,
+        scored,
+        projector,
+        ..
+    } = prepared;
+    let mut tx = writer.pool.begin().await?;
+    let mut unscored = Vec::new();
+    if !retracted.is_empty() {
+        unscored = retract_scores(&mut tx, &retracted).await?;
+    }
+    profiles::forget(&mut tx, &reset).await?;
+    profiles::store(&mut tx, &scored.profiles).await?;
+    let stored = writer.insert_scores(&mut tx, &scored, &projector).await?;
+    let decisions = writer.band_changes(&mut tx, &bands_before, &stored).await?;
+    let mut outputs: Vec<Output> = stored
+        .iter()
+        .map(|s| Output {
+            topic: writer.scores_topic.clone(),
+            key: s.wallet.clone(),
+            output_id: s.output_id.clone(),
+            payload: chainfold_platform::outbox::Payload::Text(s.published.clone()),
+        })
+        .collect();
+    for d in &decisions {
+        outputs.push(chainfold_store::decisions::output(
+            &writer.decisions_topic,
+            d,
+        )?);
+    }
+    chainfold_platform::outbox::enqueue(&mut tx, &outputs).await?;
+    match chainfold_platform::offsets::advance(&mut tx, &writer.group, &advances).await {
+        Ok(()) => {}
+        Err(OffsetError::Fenced(fenced)) => return Ok(Err(fenced)),
+        Err(OffsetError::Postgres(err)) => return Err(err.into()),
+    }
+    chainfold_platform::failpoint::hit("score.before_commit");
+    tx.commit()
+        .await
+        .context("could not commit a scoring batch")?;
+    chainfold_platform::failpoint::hit("score.after_commit");
+    let committed_at = Instant::now();
+    let outcome = Outcome {
+        retracted: unscored.len() as u64,
+        scored: stored.len() as u64,
+        decisions: decisions.len() as u64,
+        ..Outcome::default()
+    };
+    Ok(Ok(Written {
+        advances,
+        stored,
+        decisions,
+        unscored,
+        outcome,
+        took: committed_at - started,
+        committed_at,
+    }))
+}
+
+impl Writer {
+    /// Inserts the computed scores (one statement; rows already stored, a replay, come back as
+    /// nothing) and returns the new ones with their published message. Each score's reasons
+    /// and message are serialized once, straight from their types: the row's `reasons`, the
+    /// outbox record and the Redis copies use that text.
+    async fn insert_scores(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        scored: &Scored,
+        projector: &HashMap<(String, i32), i64>,
+    ) -> anyhow::Result<Vec<StoredScore>> {
+        let rows = &scored.rows;
+        let mut scores = chainfold_store::scores::NewScores::default();
+        for ((chain, w, t, s), health) in rows.iter().zip(&scored.health) {
+            scores.push(chainfold_store::scores::NewScore {
+                chain_id: *chain as i64,
+                wallet: w.clone(),
+                score: s.score,
+                band: s.band.name().to_owned(),
+                probability_of_liquidation: s.probability_of_liquidation,
+                reasons: serde_json::to_string(&s.reasons)?,
+                computed_at: t.at,
+                event_id: t.event_id.clone(),
+                kafka_topic: t.topic.clone(),
+                kafka_partition: t.partition,
+                kafka_offset: t.offset,
+                projector_next_offset: projector
+                    .get(&(t.topic.clone(), t.partition))
+                    .copied()
+                    .unwrap_or_default(),
+                block_number: t.block_number,
+                health_factor: *health,
+            });
+        }
+        let inserted =
+            chainfold_store::scores::insert(tx, &self.version, &self.sha256, &scores).await?;
+        let mut new: std::collections::HashSet<(u64, String, String)> = inserted
+            .into_iter()
+            .map(|(c, w, e)| (c as u64, w, e))
+            .collect();
+        rows.iter()
+            // Each stored row once, even if the batch held its event twice.
+            .filter(|(c, w, t, _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
+            .map(|(chain, wallet, t, s)| {
+                let message = ScoreMessage {
+                    chain_id: *chain,
+                    wallet: wallet.clone(),
+                    score: s.score,
+                    band: s.band,
+                    probability_of_liquidation: s.probability_of_liquidation,
+                    reasons: s.reasons.clone(),
+                    model_version: self.version.clone(),
+                    model_sha256: self.sha256.clone(),
+                    computed_at: t.at,
+                    event_id: t.event_id.clone(),
+                    provenance: Provenance {
+                        topic: t.topic.clone(),
+                        partition: t.partition,
+                        offset: t.offset,
+                        block_number: t.block_number,
+                    },
+                };
+                let output_id = format!("score:{}:{}:{}", chain, wallet, t.event_id);
+                let published = serde_json::to_string(&Published {
+                    message: &message,
+                    output_id: &output_id,
+                })?;
+                Ok(StoredScore {
+                    chain: *chain,
+                    wallet: message.wallet,
+                    event_id: message.event_id,
+                    at: t.at,
+                    score: s.score,
+                    band: s.band,
+                    probability_of_liquidation: s.probability_of_liquidation,
+                    output_id,
+                    published,
+                })
+            })
+            .collect()
+    }
+
     /// For each wallet whose newly stored scores left its band and that has requested credit:
     /// its last request decided again with the latest score, stored in `tx`. Returns the new
     /// decisions (their outbox records are queued by the caller).
@@ -1620,7 +1923,7 @@ impl Scorer {
                     band: s.band,
                     probability_of_liquidation: s.probability_of_liquidation,
                     event_id: s.event_id.clone(),
-                    model_version: self.engine.version.clone(),
+                    model_version: self.version.clone(),
                 };
                 let record = chainfold_store::decisions::decide_band_change(
                     &self.pool,
@@ -1636,60 +1939,6 @@ impl Scorer {
             }
         }
         Ok(new)
-    }
-
-    /// Scores until a batch arrives empty after `idle` (tests, backfills). The first batch
-    /// waits up to 30 s: joining the group (and taking over a restarted member's partitions)
-    /// comes first.
-    pub async fn run_until_idle(&mut self, idle: Duration) -> anyhow::Result<Outcome> {
-        chainfold_platform::worker::run_until_idle(self, idle).await
-    }
-
-    /// Scores until `shutdown` resolves (the batch in hand commits first).
-    pub async fn run_until_stopped(
-        mut self,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<()> {
-        chainfold_platform::worker::run_until_stopped(
-            &mut self,
-            Duration::from_millis(500),
-            chainfold_platform::worker::SHUTDOWN_GRACE,
-            shutdown,
-        )
-        .await
-    }
-}
-
-impl chainfold_platform::worker::BatchWorker for Scorer {
-    type Outcome = Outcome;
-
-    fn process_batch(
-        &mut self,
-        wait: Duration,
-    ) -> impl std::future::Future<Output = anyhow::Result<Outcome>> + Send {
-        Scorer::process_batch(self, wait)
-    }
-
-    fn received(outcome: &Outcome) -> u64 {
-        outcome.received
-    }
-
-    fn add(total: &mut Outcome, outcome: &Outcome) {
-        total.add(outcome);
-    }
-
-    async fn recover(&mut self, err: anyhow::Error, backoff: &mut Duration) -> anyhow::Result<()> {
-        // Nothing of the batch committed: read it again once the service is back.
-        self.member.retry_after(err, backoff, "scoring batch").await
-    }
-
-    fn settling(&self) -> bool {
-        self.member.has_pending_assignment()
-    }
-
-    async fn drain(&mut self) -> anyhow::Result<Outcome> {
-        self.await_publishing(None).await?;
-        Ok(Outcome::default())
     }
 }
 

@@ -774,4 +774,72 @@ async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
         (1, 1, 1),
         "{outcome:?}"
     );
+
+    // A batch computed beside a write in flight starts from that write's profiles, under the
+    // same checks: loaded with a fresher profile that forgets the liquidations, the wallet
+    // resumes from it while its cursor row is in the log as it was, and is read from the start
+    // once that cursor's block hash is not the log's (a reorg since).
+    use chainfold_scoring::profiles;
+    let key = (137u64, LIQUIDATED.to_owned());
+    let until = [last + chrono::Duration::days(30)];
+    let mut stored: serde_json::Value =
+        sqlx::query_scalar("SELECT state FROM credit_profile WHERE chain_id = 137 AND wallet = $1")
+            .bind(LIQUIDATED)
+            .fetch_one(&pool)
+            .await
+            .expect("profile");
+    let (rows, event_id, hash, at, block, log): (i64, String, Option<String>, chrono::DateTime<chrono::Utc>, i64, i64) =
+        sqlx::query_as(
+            "SELECT rows_folded, cursor_event_id, cursor_block_hash, cursor_time, cursor_block, cursor_log
+             FROM credit_profile WHERE chain_id = 137 AND wallet = $1",
+        )
+        .bind(LIQUIDATED)
+        .fetch_one(&pool)
+        .await
+        .expect("cursor");
+    stored["activity"]["liquidations"] = 0.into();
+    stored["activity"]["last_liquidation"] = serde_json::Value::Null;
+    let mut fresher: chainfold_domain::profile::CreditProfile =
+        serde_json::from_value(stored).expect("a profile");
+    fresher.rows = rows as u64;
+    fresher.cursor = Some(chainfold_domain::profile::HistoryKey {
+        at,
+        block,
+        log_index: log,
+        event_id,
+    });
+    fresher.cursor_block_hash = hash;
+    let liquidations = |p: &chainfold_domain::profile::CreditProfile| {
+        serde_json::to_value(p).expect("a profile")["activity"]["liquidations"].clone()
+    };
+    let load = |fresher: chainfold_domain::profile::CreditProfile| {
+        let pool = pool.clone();
+        let key = key.clone();
+        async move {
+            profiles::load(
+                &pool,
+                std::slice::from_ref(&key),
+                &until,
+                &Default::default(),
+                &[(key.clone(), fresher)].into_iter().collect(),
+            )
+            .await
+            .expect("load")
+        }
+    };
+    let (loaded, stats) = load(fresher.clone()).await;
+    assert_eq!((stats.resumed, stats.full_reads), (1, 0), "{stats:?}");
+    assert_eq!(
+        liquidations(&loaded[&key].profile),
+        0,
+        "the fresher profile"
+    );
+    fresher.cursor_block_hash = Some("0xdead".to_owned());
+    let (loaded, stats) = load(fresher).await;
+    assert_eq!((stats.resumed, stats.full_reads), (1, 0), "{stats:?}");
+    assert_eq!(
+        liquidations(&loaded[&key].profile),
+        3,
+        "a fresher profile whose cursor moved gives way to the stored one"
+    );
 }

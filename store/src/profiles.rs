@@ -179,6 +179,26 @@ pub async fn upsert(tx: &mut Transaction<'_, Postgres>, p: &NewProfiles) -> sqlx
     Ok(())
 }
 
+/// Of the cursor events `(event id, block hash)`, those still in the log under that block hash
+/// (a reorg removes or replaces them): the check a stored profile's `cursor_kept` makes, for
+/// profiles not read from `credit_profile` (a batch's, still being written).
+pub async fn cursors_kept(
+    conn: &mut PgConnection,
+    events: &[String],
+    hashes: &[Option<String>],
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"SELECT c.event_id AS "event_id!"
+           FROM UNNEST($1::text[], $2::text[]) AS k(event_id, block_hash)
+           JOIN lending_event c ON c.event_id = k.event_id
+                               AND c.block_hash IS NOT DISTINCT FROM k.block_hash"#,
+        events,
+        hashes as &[Option<String>]
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// Deletes the profiles of the wallets (their next rescoring reads their whole history).
 pub async fn forget(
     tx: &mut Transaction<'_, Postgres>,
