@@ -229,9 +229,9 @@ pub struct Scorer {
     attestations_topic: String,
     scores_topic: String,
     decisions_topic: String,
-    /// The previous batch's publishing (outbox relay, Redis), running while this batch is
-    /// received and computed; awaited before the next publishing starts, when idle, and by a
-    /// drain.
+    /// The last committed batch's publishing (outbox relay, Redis), started at its commit and
+    /// running beside what comes next; the next batch's publishing awaits it first (records
+    /// leave in commit order), and an idle scorer and a drain await it.
     publishing: Option<Publishing>,
     /// The worker loop's write in flight (see [`Scorer::step`]) …
     writing: Option<Writing>,
@@ -1037,6 +1037,8 @@ impl Scorer {
         };
         let first_at = prepared.first_at;
         outcome.add(&prepared.outcome);
+        // The previous batch's publishing ends first (and counts as busy where it ran alone).
+        self.await_publishing(Some(first_at)).await?;
         self.start_write(prepared).await?;
         let (written, _) = self.finish_write().await?;
         outcome.add(&written);
@@ -1045,9 +1047,9 @@ impl Scorer {
     }
 
     /// One step of the worker loop, pipelined: receives and computes a batch while the previous
-    /// batch's write is in flight, then finishes that write (its commit, then its publishing
-    /// beside what comes next) and starts this batch's. The outcome counts the messages this
-    /// step received and the rows the writes it finished stored.
+    /// batch's write is in flight (its publishing starts as it commits), then finishes that
+    /// write and starts this batch's. The outcome counts the messages this step received and
+    /// the rows the writes it finished stored.
     ///
     /// Computing beside the previous write is safe because nothing it reads is written by it:
     /// a stored credit profile is used only while it is a prefix of the history (a profile the
@@ -1196,7 +1198,13 @@ impl Scorer {
         self.stages.compute += started.elapsed();
         let reorg = !prepared.retracted.is_empty() || !prepared.reset.is_empty();
         self.fresh_profiles = prepared.scored.profiles.iter().cloned().collect();
-        let task = tokio::spawn(write(self.writer(), prepared, bands_before));
+        let task = tokio::spawn(write_and_publish(
+            self.writer(),
+            self.publisher(),
+            prepared,
+            bands_before,
+            self.publishing.take(),
+        ));
         self.writing = Some(Writing { task, reorg });
         Ok(())
     }
@@ -1210,28 +1218,20 @@ impl Scorer {
             return Ok((Outcome::default(), false));
         };
         let waited = Instant::now();
-        let result = task.await.context("the write task").and_then(|r| r);
+        let end = task.await.context("the write task");
         self.stages.wait_write += waited.elapsed();
         // Committed, Postgres holds them; refused or failed, they are no one's.
         self.fresh_profiles.clear();
-        match result? {
+        let end = end?;
+        // Committed: its own publishing (started at the commit, after the previous one);
+        // otherwise the previous batch's, handed back.
+        self.publishing = end.publishing;
+        match end.result? {
             Ok(written) => {
                 self.member.committed(&written.advances);
                 self.stages.write += written.took;
                 self.stages.batches += 1;
                 self.note_done(written.committed_at);
-                // Records leave in commit order: the previous batch's publishing first.
-                self.await_publishing(self.batch_started).await?;
-                let task = tokio::spawn(publish(
-                    self.publisher(),
-                    written.stored,
-                    written.decisions,
-                    written.unscored,
-                ));
-                self.publishing = Some(Publishing {
-                    task,
-                    committed_at: written.committed_at,
-                });
                 Ok((written.outcome, false))
             }
             Err(fenced) => {
@@ -1709,9 +1709,55 @@ impl Scored {
 
 /// The worker loop's write in flight.
 struct Writing {
-    task: tokio::task::JoinHandle<anyhow::Result<Result<Written, Fenced>>>,
+    task: tokio::task::JoinHandle<WriteEnd>,
     /// It forgets profiles or retracts scores: the next batch computes after it commits.
     reorg: bool,
+}
+
+/// How a write ended, and the publishing the scorer holds after it.
+struct WriteEnd {
+    result: anyhow::Result<Result<Written, Fenced>>,
+    /// Committed: the batch's publishing; otherwise the previous one, handed back.
+    publishing: Option<Publishing>,
+}
+
+/// Writes a batch (see [`write`]) and, once it committed, starts its publishing right away
+/// (after `previous`, which it awaits first: records leave in commit order), so a committed
+/// batch's records and Redis copies do not wait for the next batch to arrive.
+async fn write_and_publish(
+    writer: Writer,
+    publisher: Publisher,
+    prepared: Prepared,
+    bands_before: HashMap<(u64, String), String>,
+    previous: Option<Publishing>,
+) -> WriteEnd {
+    match write(writer, prepared, bands_before).await {
+        Ok(Ok(mut written)) => {
+            let (stored, decisions, unscored) = (
+                std::mem::take(&mut written.stored),
+                std::mem::take(&mut written.decisions),
+                std::mem::take(&mut written.unscored),
+            );
+            let task = tokio::spawn(publish(
+                publisher,
+                previous.map(|p| p.task),
+                stored,
+                decisions,
+                unscored,
+            ));
+            WriteEnd {
+                publishing: Some(Publishing {
+                    task,
+                    committed_at: written.committed_at,
+                }),
+                result: Ok(Ok(written)),
+            }
+        }
+        other => WriteEnd {
+            result: other,
+            publishing: previous,
+        },
+    }
 }
 
 /// What a committed write stored.
@@ -1966,23 +2012,31 @@ struct PublishTimes {
     finished: Instant,
 }
 
-/// Publishes a committed batch: what the outbox holds (its records and any a failed relay left)
-/// to Kafka, then the Redis copies. Redis is best effort (rebuildable from Postgres); a relay
+/// Publishes a committed batch, after the publishing of the batch before it (`after`): what
+/// the outbox holds (its records and any a failed relay left) to Kafka, then the Redis copies. Redis is best effort (rebuildable from Postgres); a relay
 /// failure is the error (the records stay in the outbox for the next relay).
 async fn publish(
     mut publisher: Publisher,
+    after: Option<tokio::task::JoinHandle<anyhow::Result<PublishTimes>>>,
     stored: Vec<StoredScore>,
     decisions: Vec<DecisionRecord>,
     unscored: Vec<(i64, String)>,
 ) -> anyhow::Result<PublishTimes> {
+    // The previous batch's publishing first (its times are added to these).
+    let (mut relay, mut redis) = (Duration::ZERO, Duration::ZERO);
+    if let Some(previous) = after {
+        let times = previous.await.context("the publishing task")??;
+        relay += times.relay;
+        redis += times.redis;
+    }
     let started = Instant::now();
     publisher.relay().await?;
     let relayed = Instant::now();
     publisher.refresh_redis(&stored, &decisions, unscored).await;
     let finished = Instant::now();
     Ok(PublishTimes {
-        relay: relayed - started,
-        redis: finished - relayed,
+        relay: relay + (relayed - started),
+        redis: redis + (finished - relayed),
         finished,
     })
 }
