@@ -16,7 +16,8 @@
 //! 4. many wallets: W wallets (default 1,000) with M lending events in all (default 100,000,
 //!    templates from the Polygon data), published and projected, then scored from scratch in
 //!    batches of 10,000 by three fresh groups; rescorings/s (scores / wall-clock from the first
-//!    message to the last work finished), median of 3, with where each run's time went.
+//!    message to the last work finished), median of 3, with where each run's time went; and as
+//!    the baseline in the same run, three fresh groups one batch at a time (scores / busy time).
 //!
 //! `cargo bench -p chainfold-scoring --bench scoring -- [events] [history] [many]`; `--only-many`
 //! runs section 4 alone. Services and ORT_DYLIB_PATH as for the tests (`scripts/stack up`).
@@ -289,17 +290,45 @@ async fn long_history(events: &[Envelope], n: usize) {
     );
 }
 
-/// Section 4: rescorings/s over many wallets, in batches of 10,000, three fresh groups.
+/// Section 4: rescorings/s over many wallets, in batches of 10,000, three fresh groups through
+/// the worker loop (each batch computed while the previous one writes), and as the baseline in
+/// the same run three fresh groups one batch at a time (`Scorer::process_batch`: receive,
+/// compute, write, in turn).
 async fn many_wallets(events: &[Envelope], n: usize, wallets: usize) {
     let iso = Isolated::new("bench_many").await;
     let (_, projector) = publish_and_project(&iso, spread(events, n, wallets)).await;
     let pool = projector.pool().clone();
     drop(projector);
     let rates = three_fresh_groups(&iso, &pool, "many wallets", 10_000, n as u64, 500).await;
+    let mut serial = Vec::new();
+    for _ in 0..3 {
+        sqlx::query("TRUNCATE credit_score, credit_profile")
+            .execute(&pool)
+            .await
+            .expect("truncate");
+        let mut scorer = Scorer::build(config(&iso, &unique("bench-serial"), 10_000))
+            .await
+            .expect("scorer");
+        let mut scored = 0;
+        let mut wait = Duration::from_secs(30);
+        while scored < n as u64 {
+            let outcome = scorer.process_batch(wait).await.expect("score");
+            assert!(outcome.received > 0, "scorer idle at {scored}/{n}");
+            scored += outcome.scored;
+            wait = Duration::from_millis(500);
+        }
+        // Its last publishing, counted as busy (it ran alone).
+        scorer.process_batch(wait).await.expect("idle");
+        serial.push(scored as f64 / scorer.busy.as_secs_f64());
+        println!("  one batch at a time: {}", scorer.stages);
+    }
     println!(
-        "many wallets ({n} events of {wallets} wallets, batches of 10,000): median {:.0} rescorings/s, runs {:?}",
+        "many wallets ({n} events of {wallets} wallets, batches of 10,000): median {:.0} rescorings/s, runs {:?}; one batch at a time (baseline, same run) median {:.0}, runs {:?}: {:.2}x",
         median(rates.clone()),
-        rates.iter().map(|r| r.round()).collect::<Vec<_>>()
+        rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        median(serial.clone()),
+        serial.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        median(rates.clone()) / median(serial.clone())
     );
 }
 

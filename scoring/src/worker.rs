@@ -244,9 +244,10 @@ pub struct Scorer {
     /// ([`Scorer::span`]).
     first_message: Option<Instant>,
     last_done: Option<Instant>,
-    /// Wall-clock time the scorer was working: each batch from its first message to its
-    /// commit, plus the time its publishing ran on alone (not beside the next batch); waiting
-    /// for the group join or for messages excluded. What the benchmark divides by.
+    /// Wall-clock time [`Scorer::process_batch`] (one batch at a time) was working: each batch
+    /// from its first message to its commit, plus the time its publishing ran on alone (not
+    /// beside the next batch); waiting for the group join or for messages excluded. What the
+    /// benchmark's per-batch figures divide by (the worker loop's runs use [`Scorer::span`]).
     pub busy: Duration,
     /// Where the busy time went, summed over batches.
     pub stages: Stages,
@@ -282,17 +283,17 @@ impl std::fmt::Display for Stages {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         write!(
             f,
-            "{} batches: decode {:.1} ms, wait for projector {:.1} ms, triggers {:.1} ms, compute {:.1} ms, wait for the write in flight {:.1} ms, wait for the last publishing {:.1} ms; in the background: write {:.1} ms, relay {:.1} ms, redis {:.1} ms",
+            "{} batches: decode {:.1} ms, wait for projector {:.1} ms, triggers {:.1} ms, compute {:.1} ms, write {:.1} ms (waited for: {:.1} ms), relay {:.1} ms and redis {:.1} ms (waited for: {:.1} ms)",
             self.batches,
             ms(self.decode),
             ms(self.wait_projector),
             ms(self.triggers),
             ms(self.compute),
-            ms(self.wait_write),
-            ms(self.wait_publish),
             ms(self.write),
+            ms(self.wait_write),
             ms(self.relay),
-            ms(self.redis)
+            ms(self.redis),
+            ms(self.wait_publish)
         )
     }
 }
