@@ -1021,10 +1021,10 @@ impl Scorer {
     ///
     /// Everything the batch writes — attestations, retractions, scores, oracle marks, band-change
     /// decisions, their outbox records and the batch's offsets — commits in ONE transaction, the
-    /// offsets as a compare-and-set on this member's claim. After the commit the outbox is relayed
-    /// to Kafka and Redis is refreshed by a task that runs beside what comes next; the next
-    /// batch's commit awaits it first (so records leave in commit order), and an idle scorer or
-    /// a drain awaits it too. A crash anywhere replays the batch, which computes the same rows
+    /// offsets as a compare-and-set on this member's claim. At the commit a task starts that
+    /// relays the outbox to Kafka and refreshes Redis beside what comes next; the next batch
+    /// awaits it before it writes (so records leave in commit order), and an idle scorer or a
+    /// drain awaits it too. A crash anywhere replays the batch, which computes the same rows
     /// (keyed by event id) and outputs (keyed by output id); outbox rows a crash left are
     /// relayed when the scorer starts.
     pub async fn process_batch(&mut self, idle: Duration) -> anyhow::Result<Outcome> {
@@ -1053,12 +1053,13 @@ impl Scorer {
     /// the rows the writes it finished stored.
     ///
     /// Computing beside the previous write is safe because nothing it reads is written by it:
-    /// a stored credit profile is used only while it is a prefix of the history (a profile the
-    /// write is about to replace is an earlier prefix, which folds to the same features, only
-    /// reading more rows); the bands that decide band-change decisions are read after the
-    /// write has committed. A write that forgets profiles or retracts scores (a reorg) is
-    /// finished before the next batch computes. A write refused (fenced) drops the batch
-    /// computed beside it: the member reads it again from what Postgres holds.
+    /// the batch starts from the profiles the write in flight stores (held in memory, under
+    /// the checks a stored profile passes: still a prefix of the history), or from the stored
+    /// ones, an earlier prefix that folds to the same features; the bands that decide
+    /// band-change decisions are read after the write has committed. A write that forgets
+    /// profiles or retracts scores (a reorg) is finished before the next batch computes. A
+    /// write refused (fenced) or failed drops the batch computed beside it: the member reads it
+    /// again from what Postgres holds.
     async fn step(&mut self, wait: Duration) -> anyhow::Result<Outcome> {
         let (mut outcome, prepared) = self.prepare(wait).await?;
         let (written, fenced) = self.finish_write().await?;
