@@ -843,3 +843,70 @@ async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
         "a fresher profile whose cursor moved gives way to the stored one"
     );
 }
+
+/// In the worker loop a batch's write runs beside the next batch, and its publishing starts
+/// at its commit: the scores of a committed batch reach the scores topic without another step
+/// of the loop (on a quiet log the next step would wait in its receive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_batch_is_published_without_waiting_for_the_next_step() {
+    use chainfold_platform::worker::BatchWorker;
+    let iso = Isolated::new("scoring_publish").await;
+    let items = Dataset::Polygon.decode_dir(&data_dir()).expect("data");
+    publish_and_project(&iso, &mut None, items).await;
+    let mut scorer = Scorer::build(config(&iso, &unique("scorer")))
+        .await
+        .expect("scorer");
+    // One step that received a batch: it computed it and left its write in flight.
+    let mut received = 0;
+    for _ in 0..5 {
+        received = BatchWorker::process_batch(&mut scorer, Duration::from_secs(30))
+            .await
+            .expect("step")
+            .received;
+        if received > 0 {
+            break;
+        }
+    }
+    assert!(received > 0, "the scorer received a batch");
+    let pool = scorer.pool().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_score")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        if n > 0 {
+            break n as usize;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write in flight did not commit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kafka = iso.kafka.clone();
+    let topic = format!(
+        "{}{}",
+        iso.kafka.topic_prefix,
+        chainfold_domain::topics::SCORES
+    );
+    let records = tokio::task::spawn_blocking(move || {
+        chainfold_testkit::read_topic(&kafka, &topic, stored, Duration::from_secs(30))
+    })
+    .await
+    .expect("reader");
+    assert_eq!(
+        records.len(),
+        stored,
+        "every score of the committed batch is on the topic, with no further step"
+    );
+    for r in &records {
+        let message: serde_json::Value = serde_json::from_slice(r).expect("JSON");
+        assert!(message["outputId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("score:")));
+    }
+    // The loop's next step finishes the write it left in flight.
+    let outcome = BatchWorker::drain(&mut scorer).await.expect("drain");
+    assert_eq!(outcome.scored as usize, stored, "{outcome:?}");
+}
