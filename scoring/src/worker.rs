@@ -1062,10 +1062,13 @@ impl Scorer {
     /// again from what Postgres holds.
     async fn step(&mut self, wait: Duration) -> anyhow::Result<Outcome> {
         let (mut outcome, prepared) = self.prepare(wait).await?;
+        let was_writing = self.writing.is_some();
         let (written, fenced) = self.finish_write().await?;
         outcome.add(&written);
         let Some(prepared) = prepared else {
-            if written == Outcome::default() {
+            // Idle with nothing just committed: the last publishing finishes before the loop
+            // sees an idle scorer (a publishing just started is awaited by the next idle step).
+            if !was_writing {
                 self.await_publishing(None).await?;
             }
             return Ok(outcome);
