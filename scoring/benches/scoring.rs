@@ -30,6 +30,11 @@ use chainfold_ingest::replay::Dataset;
 use chainfold_scoring::worker::{Config, Scorer};
 use chainfold_testkit::{data_dir, unique, Isolated};
 
+/// The allocator the `chainfold` binary uses (cli/src/main.rs), so the scorer measured here
+/// allocates as `chainfold score` does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
