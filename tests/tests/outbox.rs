@@ -16,7 +16,7 @@ fn output(topic: &str, i: usize) -> Output {
         topic: topic.to_owned(),
         key: format!("wallet-{}", i % 7),
         output_id: format!("{topic}:{i}"),
-        payload: json!({ "n": i, "note": "tab\there, quote \" and backslash \\" }).into(),
+        payload: json!({ "n": i, "note": "tab\there, quote \" and backslash \\, é € 😀\nnext line" }).into(),
     }
 }
 
@@ -166,7 +166,7 @@ async fn committed_outputs_are_relayed_once_in_order_from_one_row_per_enqueue_an
         assert_eq!(payload["n"], json!(i), "in order");
         assert_eq!(
             payload["note"],
-            json!("tab\there, quote \" and backslash \\")
+            json!("tab\there, quote \" and backslash \\, é € 😀\nnext line")
         );
     }
     assert_eq!(records[2_500].2, json!("plain"));
