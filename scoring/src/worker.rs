@@ -28,7 +28,6 @@ use chainfold_domain::credit::{
 };
 use chainfold_domain::decision::DecisionRecord;
 use chainfold_domain::decision::Policy;
-use chainfold_domain::messages::{Provenance, ScoreMessage};
 use chainfold_domain::profile::CreditProfile;
 use chainfold_domain::scorecard::{self, Score};
 use chainfold_domain::{topics, DefiEvent};
@@ -1860,8 +1859,9 @@ async fn write(
 impl Writer {
     /// Inserts the computed scores (one statement; rows already stored, a replay, come back as
     /// nothing) and returns the new ones with their published message. Each score's reasons
-    /// and message are serialized once, straight from their types: the row's `reasons`, the
-    /// outbox record and the Redis copies use that text.
+    /// are serialized once, straight from their type, and that text is both the row's
+    /// `reasons` and the message's (spliced in, not serialized again); the outbox record and
+    /// the Redis copies use the message's text.
     async fn insert_scores(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -1870,14 +1870,37 @@ impl Writer {
     ) -> anyhow::Result<Vec<StoredScore>> {
         let rows = &scored.rows;
         let mut scores = chainfold_store::scores::NewScores::default();
+        let mut messages = Vec::with_capacity(rows.len());
         for ((chain, w, t, s), health) in rows.iter().zip(&scored.health) {
+            let reasons = serde_json::value::to_raw_value(&s.reasons)?;
+            let output_id = format!("score:{}:{}:{}", chain, w, t.event_id);
+            let published = serde_json::to_string(&Published {
+                chain_id: *chain,
+                wallet: w,
+                score: s.score,
+                band: s.band,
+                probability_of_liquidation: s.probability_of_liquidation,
+                reasons: &reasons,
+                model_version: &self.version,
+                model_sha256: &self.sha256,
+                computed_at: t.at,
+                event_id: &t.event_id,
+                provenance: ProvenanceRef {
+                    topic: &t.topic,
+                    partition: t.partition,
+                    offset: t.offset,
+                    block_number: t.block_number,
+                },
+                output_id: &output_id,
+            })?;
+            messages.push((output_id, published));
             scores.push(chainfold_store::scores::NewScore {
                 chain_id: *chain as i64,
                 wallet: w.clone(),
                 score: s.score,
                 band: s.band.name().to_owned(),
                 probability_of_liquidation: s.probability_of_liquidation,
-                reasons: serde_json::to_string(&s.reasons)?,
+                reasons: Box::<str>::from(reasons).into(),
                 computed_at: t.at,
                 event_id: t.event_id.clone(),
                 kafka_topic: t.topic.clone(),
@@ -1897,46 +1920,23 @@ impl Writer {
             .into_iter()
             .map(|(c, w, e)| (c as u64, w, e))
             .collect();
-        rows.iter()
+        Ok(rows
+            .iter()
+            .zip(messages)
             // Each stored row once, even if the batch held its event twice.
-            .filter(|(c, w, t, _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
-            .map(|(chain, wallet, t, s)| {
-                let message = ScoreMessage {
-                    chain_id: *chain,
-                    wallet: wallet.clone(),
-                    score: s.score,
-                    band: s.band,
-                    probability_of_liquidation: s.probability_of_liquidation,
-                    reasons: s.reasons.clone(),
-                    model_version: self.version.clone(),
-                    model_sha256: self.sha256.clone(),
-                    computed_at: t.at,
-                    event_id: t.event_id.clone(),
-                    provenance: Provenance {
-                        topic: t.topic.clone(),
-                        partition: t.partition,
-                        offset: t.offset,
-                        block_number: t.block_number,
-                    },
-                };
-                let output_id = format!("score:{}:{}:{}", chain, wallet, t.event_id);
-                let published = serde_json::to_string(&Published {
-                    message: &message,
-                    output_id: &output_id,
-                })?;
-                Ok(StoredScore {
-                    chain: *chain,
-                    wallet: message.wallet,
-                    event_id: message.event_id,
-                    at: t.at,
-                    score: s.score,
-                    band: s.band,
-                    probability_of_liquidation: s.probability_of_liquidation,
-                    output_id,
-                    published,
-                })
+            .filter(|((c, w, t, _), _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
+            .map(|((chain, wallet, t, s), (output_id, published))| StoredScore {
+                chain: *chain,
+                wallet: wallet.clone(),
+                event_id: t.event_id.clone(),
+                at: t.at,
+                score: s.score,
+                band: s.band,
+                probability_of_liquidation: s.probability_of_liquidation,
+                output_id,
+                published,
             })
-            .collect()
+            .collect())
     }
 
     /// For each wallet whose newly stored scores left its band and that has requested credit:
@@ -2120,7 +2120,8 @@ struct SealNeed {
     records: BTreeMap<(String, i32), i64>,
 }
 
-/// A score stored by a batch, with the message published for it (a [`ScoreMessage`]).
+/// A score stored by a batch, with the message published for it (a
+/// [`ScoreMessage`](chainfold_domain::messages::ScoreMessage)).
 #[derive(Debug, Clone)]
 struct StoredScore {
     chain: u64,
@@ -2135,13 +2136,36 @@ struct StoredScore {
     published: String,
 }
 
-/// A score as published on the scores topic: the message with its output id.
+/// A score as published on the scores topic: a
+/// [`ScoreMessage`](chainfold_domain::messages::ScoreMessage)'s fields in its order, borrowed
+/// from the computed score (the reasons as their serialized text), then the output id. The
+/// test `a_published_score_is_the_message_with_its_output_id` holds it to serializing the
+/// message itself.
 #[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Published<'a> {
-    #[serde(flatten)]
-    message: &'a ScoreMessage,
-    #[serde(rename = "outputId")]
+    chain_id: u64,
+    wallet: &'a str,
+    score: i32,
+    band: chainfold_domain::scorecard::Band,
+    probability_of_liquidation: Option<f64>,
+    reasons: &'a serde_json::value::RawValue,
+    model_version: &'a str,
+    model_sha256: &'a str,
+    computed_at: DateTime<Utc>,
+    event_id: &'a str,
+    provenance: ProvenanceRef<'a>,
     output_id: &'a str,
+}
+
+/// [`Provenance`](chainfold_domain::messages::Provenance), borrowed.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProvenanceRef<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    block_number: Option<i64>,
 }
 
 /// Deletes the scores that orphaned events triggered (the feed trigger records each as a
@@ -2170,6 +2194,86 @@ async fn store_attestations(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chainfold_domain::messages::{Provenance, ScoreMessage};
+    use chainfold_domain::scorecard::{Band, Reason};
+
+    /// The message with its output id, serialized as a whole (how it was published before the
+    /// reasons were spliced in).
+    #[derive(serde::Serialize)]
+    struct Whole<'a> {
+        #[serde(flatten)]
+        message: &'a ScoreMessage,
+        #[serde(rename = "outputId")]
+        output_id: &'a str,
+    }
+
+    #[test]
+    fn a_published_score_is_the_message_with_its_output_id() {
+        let reasons = vec![
+            Reason {
+                code: "LIQUIDATED".into(),
+                description: "was liquidated \"twice\"\t\\ é 😀".into(),
+                impact: -41.25,
+            },
+            Reason {
+                code: "AGE".into(),
+                description: "old wallet".into(),
+                impact: 1e-7,
+            },
+        ];
+        for (probability, block, band, reasons) in [
+            (Some(0.123_456_789_012_345_6), Some(64_000_000), Band::Fair, reasons),
+            (None, None, Band::Excellent, Vec::new()),
+        ] {
+            let message = ScoreMessage {
+                chain_id: 137,
+                wallet: "0xabc".into(),
+                score: 612,
+                band,
+                probability_of_liquidation: probability,
+                reasons,
+                model_version: "position-v1".into(),
+                model_sha256: "ff00".into(),
+                computed_at: "2024-03-01T12:34:56Z".parse().expect("time"),
+                event_id: "137:0xdead:7".into(),
+                provenance: Provenance {
+                    topic: "chainfold.lending.v1".into(),
+                    partition: 3,
+                    offset: 99,
+                    block_number: block,
+                },
+            };
+            let raw = serde_json::value::to_raw_value(&message.reasons).expect("reasons");
+            let spliced = serde_json::to_string(&Published {
+                chain_id: message.chain_id,
+                wallet: &message.wallet,
+                score: message.score,
+                band: message.band,
+                probability_of_liquidation: message.probability_of_liquidation,
+                reasons: &raw,
+                model_version: &message.model_version,
+                model_sha256: &message.model_sha256,
+                computed_at: message.computed_at,
+                event_id: &message.event_id,
+                provenance: ProvenanceRef {
+                    topic: &message.provenance.topic,
+                    partition: message.provenance.partition,
+                    offset: message.provenance.offset,
+                    block_number: message.provenance.block_number,
+                },
+                output_id: "score:137:0xabc:137:0xdead:7",
+            })
+            .expect("published");
+            let whole = serde_json::to_string(&Whole {
+                message: &message,
+                output_id: "score:137:0xabc:137:0xdead:7",
+            })
+            .expect("whole");
+            assert_eq!(spliced, whole, "byte for byte");
+            let back: ScoreMessage = serde_json::from_str(&spliced).expect("reads back");
+            assert_eq!(back, message);
+        }
+    }
 
     fn at(hours: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + hours * 3_600, 0).expect("in range")
