@@ -1925,17 +1925,19 @@ impl Writer {
             .zip(messages)
             // Each stored row once, even if the batch held its event twice.
             .filter(|((c, w, t, _), _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
-            .map(|((chain, wallet, t, s), (output_id, published))| StoredScore {
-                chain: *chain,
-                wallet: wallet.clone(),
-                event_id: t.event_id.clone(),
-                at: t.at,
-                score: s.score,
-                band: s.band,
-                probability_of_liquidation: s.probability_of_liquidation,
-                output_id,
-                published,
-            })
+            .map(
+                |((chain, wallet, t, s), (output_id, published))| StoredScore {
+                    chain: *chain,
+                    wallet: wallet.clone(),
+                    event_id: t.event_id.clone(),
+                    at: t.at,
+                    score: s.score,
+                    band: s.band,
+                    probability_of_liquidation: s.probability_of_liquidation,
+                    output_id,
+                    published,
+                },
+            )
             .collect())
     }
 
@@ -2222,7 +2224,12 @@ mod tests {
             },
         ];
         for (probability, block, band, reasons) in [
-            (Some(0.123_456_789_012_345_6), Some(64_000_000), Band::Fair, reasons),
+            (
+                Some(0.123_456_789_012_345_6),
+                Some(64_000_000),
+                Band::Fair,
+                reasons,
+            ),
             (None, None, Band::Excellent, Vec::new()),
         ] {
             let message = ScoreMessage {

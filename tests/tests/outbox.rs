@@ -16,7 +16,9 @@ fn output(topic: &str, i: usize) -> Output {
         topic: topic.to_owned(),
         key: format!("wallet-{}", i % 7),
         output_id: format!("{topic}:{i}"),
-        payload: json!({ "n": i, "note": "tab\there, quote \" and backslash \\, é € 😀\nnext line" }).into(),
+        payload:
+            json!({ "n": i, "note": "tab\there, quote \" and backslash \\, é € 😀\nnext line" })
+                .into(),
     }
 }
 
