@@ -34,6 +34,7 @@ use alloy::providers::{Provider as _, ProviderBuilder};
 use alloy::rpc::types::Filter;
 use chainfold_simulate::anvil::Anvil;
 use chainfold_simulate::dense::{self, DenseChain};
+use chainfold_testkit::cpu::{comm_seconds, machine_seconds, proc_times};
 use chainfold_testkit::{unique, Isolated};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::FutureRecord;
@@ -123,50 +124,6 @@ struct CpuAccount {
     /// The machine's busy time (all cores) and its capacity (cores × wall) in the window.
     busy: f64,
     capacity: f64,
-}
-
-/// Clock ticks per second of `/proc`'s times (USER_HZ, 100 on Linux).
-const TICKS: f64 = 100.0;
-
-/// (own user + system, reaped children's user + system) of a process, in seconds.
-fn proc_times(pid: &str) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name: state is the first, utime the 12th.
-    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let n = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok());
-    Some(((n(11)? + n(12)?) / TICKS, (n(13)? + n(14)?) / TICKS))
-}
-
-/// Seconds of every process whose command name is `comm`, with its reaped children's.
-fn comm_seconds(comm: &str) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-        })
-        .filter_map(|pid| proc_times(&pid))
-        .map(|(own, children)| own + children)
-        .sum()
-}
-
-/// (busy, total) seconds of all cores since boot, from `/proc/stat`.
-fn machine_seconds() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let times: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: f64 = times.iter().take(8).sum();
-    let idle = times.get(3).copied().unwrap_or(0.0) + times.get(4).copied().unwrap_or(0.0);
-    ((total - idle) / TICKS, total / TICKS)
 }
 
 /// The machine's parts at one instant (seconds since they started).

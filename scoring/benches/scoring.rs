@@ -16,8 +16,10 @@
 //! 4. many wallets: W wallets (default 1,000) with M lending events in all (default 100,000,
 //!    templates from the Polygon data), published and projected, then scored from scratch in
 //!    batches of 10,000 by three fresh groups; rescorings/s (scores / wall-clock from the first
-//!    message to the last work finished), median of 3, with where each run's time went; and as
-//!    the baseline in the same run, three fresh groups one batch at a time (scores / busy time).
+//!    message to the last work finished), median of 3, with where each run's time went and its
+//!    CPU per score (this process, Postgres, the broker, Redis: core time from `/proc` over the
+//!    run); and as the baseline in the same run, three fresh groups one batch at a time (scores
+//!    / busy time).
 //!
 //! `cargo bench -p chainfold-scoring --bench scoring -- [events] [history] [many]`; `--only-many`
 //! runs section 4 alone. Services and ORT_DYLIB_PATH as for the tests (`scripts/stack up`).
@@ -28,6 +30,7 @@ use alloy_primitives::Address;
 use chainfold_domain::{DefiEvent, Envelope, EventId};
 use chainfold_ingest::replay::Dataset;
 use chainfold_scoring::worker::{Config, Scorer};
+use chainfold_testkit::cpu::Parts;
 use chainfold_testkit::{data_dir, unique, Isolated};
 
 /// The allocator the `chainfold` binary uses (cli/src/main.rs), so the scorer measured here
@@ -84,7 +87,7 @@ async fn main() {
         ("batched (2,000 per batch)", 2_000),
         ("per event (1 per batch)", 1),
     ] {
-        let rates = three_fresh_groups(&iso, &pool, label, batch, 1_724, 300).await;
+        let (rates, _) = three_fresh_groups(&iso, &pool, label, batch, 1_724, 300).await;
         println!(
             "throughput {label}: median {:.0} events/s (= wallet rescorings/s), runs {:?}",
             median(rates.clone()),
@@ -304,13 +307,15 @@ async fn many_wallets(events: &[Envelope], n: usize, wallets: usize) {
     let (_, projector) = publish_and_project(&iso, spread(events, n, wallets)).await;
     let pool = projector.pool().clone();
     drop(projector);
-    let rates = three_fresh_groups(&iso, &pool, "many wallets", 10_000, n as u64, 500).await;
+    let (rates, cpu) = three_fresh_groups(&iso, &pool, "many wallets", 10_000, n as u64, 500).await;
     let mut serial = Vec::new();
+    let mut serial_cpu = Vec::new();
     for _ in 0..3 {
         sqlx::query("TRUNCATE credit_score, credit_profile")
             .execute(&pool)
             .await
             .expect("truncate");
+        let before = Parts::now();
         let mut scorer = Scorer::build(config(&iso, &unique("bench-serial"), 10_000))
             .await
             .expect("scorer");
@@ -325,7 +330,12 @@ async fn many_wallets(events: &[Envelope], n: usize, wallets: usize) {
         // Its last publishing, counted as busy (it ran alone).
         scorer.process_batch(wait).await.expect("idle");
         serial.push(scored as f64 / scorer.busy.as_secs_f64());
+        serial_cpu.push(PerScore::of(&Parts::now().since(&before), scored));
         println!("  one batch at a time: {}", scorer.stages);
+        println!(
+            "  one batch at a time: {}",
+            serial_cpu[serial_cpu.len() - 1]
+        );
     }
     println!(
         "many wallets ({n} events of {wallets} wallets, batches of 10,000): median {:.0} rescorings/s, runs {:?}; one batch at a time (baseline, same run) median {:.0}, runs {:?}: {:.2}x",
@@ -334,6 +344,11 @@ async fn many_wallets(events: &[Envelope], n: usize, wallets: usize) {
         median(serial.clone()),
         serial.iter().map(|r| r.round()).collect::<Vec<_>>(),
         median(rates.clone()) / median(serial.clone())
+    );
+    println!(
+        "many wallets, medians: worker loop {}; one batch at a time {}",
+        PerScore::median_of(&cpu),
+        PerScore::median_of(&serial_cpu)
     );
 }
 
@@ -360,13 +375,15 @@ async fn three_fresh_groups(
     batch: usize,
     expect: u64,
     idle_ms: u64,
-) -> Vec<f64> {
+) -> (Vec<f64>, Vec<PerScore>) {
     let mut rates = Vec::new();
+    let mut cpu = Vec::new();
     for _ in 0..3 {
         sqlx::query("TRUNCATE credit_score, credit_profile")
             .execute(pool)
             .await
             .expect("truncate");
+        let before = Parts::now();
         let mut scorer = Scorer::build(config(iso, &unique("bench-scorer"), batch))
             .await
             .expect("scorer");
@@ -376,9 +393,70 @@ async fn three_fresh_groups(
             .expect("score");
         assert_eq!(outcome.scored, expect, "every event scored");
         rates.push(outcome.scored as f64 / scorer.span().as_secs_f64());
+        cpu.push(PerScore::of(&Parts::now().since(&before), outcome.scored));
         println!("  {label}: {}", scorer.stages);
+        println!("  {label}: {}", cpu[cpu.len() - 1]);
     }
-    rates
+    (rates, cpu)
+}
+
+/// CPU per score of one run, in µs (core time, user + system): the scorer (this process), the
+/// services beside it, and the machine's busy share of its capacity over the run.
+#[derive(Debug, Clone, Copy, Default)]
+struct PerScore {
+    scorer: f64,
+    postgres: f64,
+    broker: f64,
+    redis: f64,
+    busy: f64,
+}
+
+impl PerScore {
+    fn of(spent: &Parts, scores: u64) -> PerScore {
+        let per = |s: f64| s * 1e6 / scores.max(1) as f64;
+        PerScore {
+            scorer: per(spent.own),
+            postgres: per(spent.postgres),
+            broker: per(spent.broker),
+            redis: per(spent.redis),
+            busy: spent.busy / spent.total.max(f64::MIN_POSITIVE),
+        }
+    }
+
+    fn sum(&self) -> f64 {
+        self.scorer + self.postgres + self.broker + self.redis
+    }
+
+    /// The medians of each part over `runs`.
+    fn median_of(runs: &[PerScore]) -> PerScore {
+        let m = |f: fn(&PerScore) -> f64| median(runs.iter().map(f).collect());
+        PerScore {
+            scorer: m(|c| c.scorer),
+            postgres: m(|c| c.postgres),
+            broker: m(|c| c.broker),
+            redis: m(|c| c.redis),
+            busy: m(|c| c.busy),
+        }
+    }
+}
+
+impl std::fmt::Display for PerScore {
+    /// Also what the machine's cores could score at most if the parts overlapped perfectly
+    /// (cores / CPU per score).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        write!(
+            f,
+            "CPU per score: scorer {:.1} µs, postgres {:.1}, broker {:.1}, redis {:.1}; sum {:.1} µs (at most {:.0}/s on {cores} cores); machine busy {:.0} %",
+            self.scorer,
+            self.postgres,
+            self.broker,
+            self.redis,
+            self.sum(),
+            cores * 1e6 / self.sum().max(f64::MIN_POSITIVE),
+            self.busy * 100.0
+        )
+    }
 }
 
 /// Publishes `events` to `iso`'s topics (with their seals) and folds them with a projector of

@@ -2,6 +2,8 @@
 //! names so tests run in parallel on one broker and one Postgres, and a fresh database per test.
 //! A missing service fails the test with the variable that points at it.
 
+pub mod cpu;
+
 use std::path::PathBuf;
 use std::sync::Once;
 use std::time::Duration;

@@ -1,0 +1,109 @@
+//! Where a bench's CPU went, read from `/proc` (Linux): core-seconds, user + system.
+
+/// Clock ticks per second of `/proc`'s times (USER_HZ, 100 on Linux).
+pub const TICKS: f64 = 100.0;
+
+/// (own user + system, reaped children's user + system) of a process (`"self"` or a pid), in
+/// seconds; `None` when it is gone or `/proc` cannot be read.
+pub fn proc_times(pid: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name: state is the first, utime the 12th.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let n = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some(((n(11)? + n(12)?) / TICKS, (n(13)? + n(14)?) / TICKS))
+}
+
+/// Seconds of every process whose command name is `comm`, with its reaped children's (so
+/// Postgres backends that ended are still counted, through the postmaster).
+pub fn comm_seconds(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter_map(|pid| proc_times(&pid))
+        .map(|(own, children)| own + children)
+        .sum()
+}
+
+/// (busy, total) seconds of all cores since boot, from `/proc/stat`.
+pub fn machine_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let times: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = times.iter().take(8).sum();
+    let idle = times.get(3).copied().unwrap_or(0.0) + times.get(4).copied().unwrap_or(0.0);
+    ((total - idle) / TICKS, total / TICKS)
+}
+
+/// The CPU of this process, the services of the stack and the machine, at one instant or (from
+/// [`Parts::since`]) over a window: seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Parts {
+    /// This process's own threads.
+    pub own: f64,
+    /// Every Postgres process, with the backends that ended.
+    pub postgres: f64,
+    /// Every JVM on the machine: the broker (and the fault cluster's, if it is up).
+    pub broker: f64,
+    /// `redis-server`.
+    pub redis: f64,
+    /// The machine's busy time (all cores) and its capacity (cores × wall).
+    pub busy: f64,
+    pub total: f64,
+}
+
+impl Parts {
+    pub fn now() -> Parts {
+        let (busy, total) = machine_seconds();
+        Parts {
+            own: proc_times("self").map_or(0.0, |t| t.0),
+            postgres: comm_seconds("postgres"),
+            broker: comm_seconds("java"),
+            redis: comm_seconds("redis-server"),
+            busy,
+            total,
+        }
+    }
+
+    /// What each part spent from `earlier` to `self`.
+    pub fn since(&self, earlier: &Parts) -> Parts {
+        Parts {
+            own: self.own - earlier.own,
+            postgres: self.postgres - earlier.postgres,
+            broker: self.broker - earlier.broker,
+            redis: self.redis - earlier.redis,
+            busy: self.busy - earlier.busy,
+            total: self.total - earlier.total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_spending_cpu_shows_in_its_own_part() {
+        let before = Parts::now();
+        let mut x = 0u64;
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let spent = Parts::now().since(&before);
+        assert!(spent.own >= 0.2, "{spent:?}");
+        assert!(spent.busy >= 0.2 && spent.total >= spent.busy, "{spent:?}");
+    }
+}
