@@ -54,16 +54,18 @@ impl From<serde_json::Value> for Payload {
 }
 
 /// Queues `outputs` in `tx` (published by [`relay`] after the commit): one row per topic,
-/// holding that topic's outputs in their order.
+/// holding that topic's outputs in their order. Returns which row holds which outputs, for a
+/// writer that keeps them to relay from memory ([`Held`]).
 ///
 /// The rows go in one binary `COPY`, built in a buffer of exactly their size: a scoring batch's
 /// row holds ~10 MB of payloads, and binding them as three array parameters copied them twice
 /// more, each time through a buffer grown by doubling (~10 % of the scorer's CPU in the
-/// many-wallets profile, BENCHMARKS.md).
+/// many-wallets profile, BENCHMARKS.md). Their `seq`s are drawn first (the column's own
+/// sequence), so the writer knows its rows.
 pub async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     outputs: &[Output],
-) -> Result<(), sqlx::Error> {
+) -> Result<Queued, sqlx::Error> {
     let mut topics: Vec<&str> = Vec::new();
     for o in outputs {
         if !topics.contains(&o.topic.as_str()) {
@@ -71,24 +73,42 @@ pub async fn enqueue(
         }
     }
     if topics.is_empty() {
-        return Ok(());
+        return Ok(Queued::default());
     }
+    let mut seqs = sqlx::query_scalar!(
+        r#"SELECT nextval(pg_get_serial_sequence('outbox', 'seq')) AS "seq!"
+           FROM generate_series(1, $1::int4)"#,
+        topics.len() as i32
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    seqs.sort_unstable();
+    let mut queued = Queued::default();
     let rows: Vec<OutboxRow<'_>> = topics
         .into_iter()
-        .map(|topic| {
-            let mine: Vec<&Output> = outputs.iter().filter(|o| o.topic == topic).collect();
-            OutboxRow {
+        .zip(seqs)
+        .map(|(topic, seq)| {
+            let mine: Vec<usize> = (0..outputs.len())
+                .filter(|&i| outputs[i].topic == topic)
+                .collect();
+            let row = OutboxRow {
+                seq,
                 topic,
-                keys: mine.iter().map(|o| o.key.as_str()).collect(),
-                ids: mine.iter().map(|o| o.output_id.as_str()).collect(),
-                payloads: mine.iter().map(|o| payload_text(o)).collect(),
-            }
+                keys: mine.iter().map(|&i| outputs[i].key.as_str()).collect(),
+                ids: mine
+                    .iter()
+                    .map(|&i| outputs[i].output_id.as_str())
+                    .collect(),
+                payloads: mine.iter().map(|&i| payload_text(&outputs[i])).collect(),
+            };
+            queued.rows.push((seq, mine));
+            row
         })
         .collect();
     let data = binary_copy(&rows)?;
     let mut copy = tx
         .copy_in_raw(
-            "COPY outbox (topic, record_keys, output_ids, payloads) FROM STDIN (FORMAT binary)",
+            "COPY outbox (seq, topic, record_keys, output_ids, payloads) FROM STDIN (FORMAT binary)",
         )
         .await?;
     if let Err(err) = copy.send(data).await {
@@ -96,11 +116,52 @@ pub async fn enqueue(
         return Err(err);
     }
     copy.finish().await?;
-    Ok(())
+    Ok(queued)
+}
+
+/// The rows an [`enqueue`] wrote: each row's `seq` and the indexes of the outputs it holds, in
+/// their order.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Queued {
+    rows: Vec<(i64, Vec<usize>)>,
+}
+
+/// Outputs their writer queued and still holds after its commit. [`relay_holding`] sends a held
+/// row's records from these instead of reading its ~10 MB back from Postgres; the row itself is
+/// locked, sent and deleted exactly as any other (a row another relay took is not sent again).
+#[derive(Debug, Default)]
+pub struct Held {
+    rows: std::collections::HashMap<i64, Vec<Output>>,
+}
+
+impl Held {
+    /// The outputs of `queued`'s rows: `outputs` is what was passed to the [`enqueue`] that
+    /// returned it.
+    pub fn new(queued: Queued, outputs: Vec<Output>) -> Held {
+        let mut slots: Vec<Option<Output>> = outputs.into_iter().map(Some).collect();
+        let rows = queued
+            .rows
+            .into_iter()
+            .map(|(seq, indexes)| {
+                let held = indexes
+                    .into_iter()
+                    .filter_map(|i| slots.get_mut(i).and_then(Option::take))
+                    .collect();
+                (seq, held)
+            })
+            .collect();
+        Held { rows }
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
 }
 
 /// One outbox row to copy: a topic and its outputs in order.
 struct OutboxRow<'a> {
+    seq: i64,
     topic: &'a str,
     keys: Vec<&'a str>,
     ids: Vec<&'a str>,
@@ -110,9 +171,9 @@ struct OutboxRow<'a> {
 /// `text`'s type oid, which each element of a binary `text[]` names.
 const TEXT_OID: u32 = 25;
 
-/// The rows in `COPY … (FORMAT binary)` form: the signature, then per row its four fields (a
-/// `text` and three one-dimensional `text[]` without NULLs, each length-prefixed), then the
-/// trailer. The buffer is sized exactly before anything is written.
+/// The rows in `COPY … (FORMAT binary)` form: the signature, then per row its five fields (an
+/// `int8`, a `text` and three one-dimensional `text[]` without NULLs, each length-prefixed),
+/// then the trailer. The buffer is sized exactly before anything is written.
 fn binary_copy(rows: &[OutboxRow<'_>]) -> Result<Vec<u8>, sqlx::Error> {
     fn array_len<S: AsRef<str>>(items: &[S]) -> usize {
         20 + items.iter().map(|i| 4 + i.as_ref().len()).sum::<usize>()
@@ -142,6 +203,8 @@ fn binary_copy(rows: &[OutboxRow<'_>]) -> Result<Vec<u8>, sqlx::Error> {
             .iter()
             .map(|r| {
                 2 + 4
+                    + 8
+                    + 4
                     + r.topic.len()
                     + 3 * 4
                     + array_len(&r.keys)
@@ -155,7 +218,9 @@ fn binary_copy(rows: &[OutboxRow<'_>]) -> Result<Vec<u8>, sqlx::Error> {
     out.extend_from_slice(&0i32.to_be_bytes()); // flags
     out.extend_from_slice(&0i32.to_be_bytes()); // header extension
     for r in rows {
-        out.extend_from_slice(&4i16.to_be_bytes());
+        out.extend_from_slice(&5i16.to_be_bytes());
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&r.seq.to_be_bytes());
         out.extend_from_slice(&len32(r.topic.len())?.to_be_bytes());
         out.extend_from_slice(r.topic.as_bytes());
         array(&mut out, &r.keys)?;
@@ -219,9 +284,22 @@ pub async fn relay(
     topics: &[String],
     limit: i64,
 ) -> anyhow::Result<u64> {
+    relay_holding(pool, producer, topics, limit, &Held::default()).await
+}
+
+/// [`relay`], sending the rows `held` names from the outputs it holds (the writer's own rows,
+/// just committed) rather than from what Postgres stores of them: the same records, without
+/// reading their payloads back.
+pub async fn relay_holding(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    topics: &[String],
+    limit: i64,
+    held: &Held,
+) -> anyhow::Result<u64> {
     let mut sent = 0;
     loop {
-        let round = relay_round(pool, producer, topics, limit).await?;
+        let round = relay_round(pool, producer, topics, limit, held).await?;
         if round == 0 {
             return Ok(sent);
         }
@@ -230,14 +308,16 @@ pub async fn relay(
 }
 
 /// One round: picks the oldest pending rows of `topics` (at least one) until they hold `limit`
-/// outputs, locks those no other relay holds, sends their outputs in order, waits for every
-/// acknowledgement and deletes the rows, in one transaction. Only the rows it sends are locked,
-/// so a relay beside it takes the rows after them, not rows this one leaves for later.
+/// outputs, locks those no other relay holds, sends their outputs in order (a row in `held`
+/// from its held outputs), waits for every acknowledgement and deletes the rows, in one
+/// transaction. Only the rows it sends are locked, so a relay beside it takes the rows after
+/// them, not rows this one leaves for later.
 async fn relay_round(
     pool: &PgPool,
     producer: &FutureProducer,
     topics: &[String],
     limit: i64,
+    held: &Held,
 ) -> anyhow::Result<u64> {
     let limit = limit.max(1);
     let mut tx = pool
@@ -266,10 +346,21 @@ async fn relay_round(
     if picked.is_empty() {
         return Ok(0);
     }
+    let mine: Vec<i64> = picked
+        .iter()
+        .copied()
+        .filter(|seq| held.rows.contains_key(seq))
+        .collect();
+    // A held row's arrays are not read (NULL here): its outputs are in `held`.
     let rows = sqlx::query!(
-        "SELECT seq, topic, record_keys, output_ids, payloads FROM outbox
-         WHERE seq = ANY($1) ORDER BY seq FOR UPDATE SKIP LOCKED",
-        &picked
+        r#"SELECT seq, topic,
+                  CASE WHEN seq = ANY($2) THEN NULL ELSE record_keys END AS "record_keys?",
+                  CASE WHEN seq = ANY($2) THEN NULL ELSE output_ids END AS "output_ids?",
+                  CASE WHEN seq = ANY($2) THEN NULL ELSE payloads END AS "payloads?"
+           FROM outbox
+           WHERE seq = ANY($1) ORDER BY seq FOR UPDATE SKIP LOCKED"#,
+        &picked,
+        &mine
     )
     .fetch_all(&mut *tx)
     .await
@@ -280,26 +371,36 @@ async fn relay_round(
     }
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     let mut deliveries = Vec::with_capacity(usize::try_from(outputs).unwrap_or_default());
+    let queue = |topic: &str, key: &str, output_id: &str, body: &str| {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: OUTPUT_ID_HEADER,
+            value: Some(output_id),
+        });
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(body)
+            .headers(headers);
+        producer
+            .send_result(record)
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("could not queue output {output_id} for {topic}"))
+    };
     for row in &rows {
-        for ((key, output_id), body) in row
-            .record_keys
-            .iter()
-            .zip(&row.output_ids)
-            .zip(&row.payloads)
-        {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: OUTPUT_ID_HEADER,
-                value: Some(output_id.as_str()),
-            });
-            let record = FutureRecord::to(&row.topic)
-                .key(key.as_str())
-                .payload(body.as_str())
-                .headers(headers);
-            let delivery = producer
-                .send_result(record)
-                .map_err(|(e, _)| e)
-                .with_context(|| format!("could not queue output {output_id} for {}", row.topic))?;
-            deliveries.push((delivery, output_id, &row.topic));
+        if let Some(outputs) = held.rows.get(&row.seq) {
+            for o in outputs {
+                let delivery = queue(&row.topic, &o.key, &o.output_id, &payload_text(o))?;
+                deliveries.push((delivery, o.output_id.as_str(), &row.topic));
+            }
+            continue;
+        }
+        let (Some(keys), Some(ids), Some(payloads)) =
+            (&row.record_keys, &row.output_ids, &row.payloads)
+        else {
+            anyhow::bail!("outbox row {} was read without its outputs", row.seq);
+        };
+        for ((key, output_id), body) in keys.iter().zip(ids).zip(payloads) {
+            let delivery = queue(&row.topic, key, output_id, body)?;
+            deliveries.push((delivery, &output_id[..], &row.topic));
         }
     }
     let sent = deliveries.len() as u64;
@@ -378,12 +479,14 @@ mod tests {
     fn rows_are_copied_in_postgres_binary_form_in_a_buffer_of_their_size() {
         let rows = [
             OutboxRow {
+                seq: 7,
                 topic: "t",
                 keys: vec!["k", ""],
                 ids: vec!["a", "é"],
                 payloads: vec!["{}".into(), "x\ty".into()],
             },
             OutboxRow {
+                seq: 1 << 40,
                 topic: "u",
                 keys: vec!["k"],
                 ids: vec!["b"],
@@ -409,13 +512,17 @@ mod tests {
             }
             a
         };
-        expected.extend(4i16.to_be_bytes());
+        expected.extend(5i16.to_be_bytes());
+        expected.extend(8i32.to_be_bytes());
+        expected.extend([0, 0, 0, 0, 0, 0, 0, 7]);
         expected.extend(1i32.to_be_bytes());
         expected.extend(b"t");
         expected.extend(text_array(&["k", ""]));
         expected.extend(text_array(&["a", "é"]));
         expected.extend(text_array(&["{}", "x\ty"]));
-        expected.extend(4i16.to_be_bytes());
+        expected.extend(5i16.to_be_bytes());
+        expected.extend(8i32.to_be_bytes());
+        expected.extend([0, 0, 1, 0, 0, 0, 0, 0]);
         expected.extend(1i32.to_be_bytes());
         expected.extend(b"u");
         expected.extend(text_array(&["k"]));

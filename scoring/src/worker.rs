@@ -36,7 +36,7 @@ use chainfold_platform::dlq::{self, DeadLetter};
 use chainfold_platform::kafka;
 use chainfold_platform::member::{Member, Received};
 use chainfold_platform::offsets::{Fenced, OffsetError};
-use chainfold_platform::outbox::Output;
+use chainfold_platform::outbox::{Held, Output};
 use chrono::{DateTime, Utc};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
@@ -994,7 +994,7 @@ impl Scorer {
 
     /// Publishes what the outbox holds for the scores and decisions topics.
     async fn relay(&self) -> anyhow::Result<u64> {
-        self.publisher().relay().await
+        self.publisher().relay(&Held::default()).await
     }
 
     /// Sends a record the scorer cannot read to `<topic>.dlq` with the reason (awaited: the
@@ -1737,17 +1737,21 @@ async fn write_and_publish(
 ) -> WriteEnd {
     match write(writer, prepared, bands_before).await {
         Ok(Ok(mut written)) => {
-            let (stored, decisions, unscored) = (
+            let (stored, decisions, unscored, held) = (
                 std::mem::take(&mut written.stored),
                 std::mem::take(&mut written.decisions),
                 std::mem::take(&mut written.unscored),
+                std::mem::take(&mut written.held),
             );
             let task = tokio::spawn(publish(
                 publisher,
                 previous.map(|p| p.task),
-                stored,
-                decisions,
-                unscored,
+                Committed {
+                    stored,
+                    decisions,
+                    unscored,
+                    held,
+                },
             ));
             WriteEnd {
                 publishing: Some(Publishing {
@@ -1770,9 +1774,20 @@ struct Written {
     stored: Vec<StoredScore>,
     decisions: Vec<DecisionRecord>,
     unscored: Vec<(i64, String)>,
+    /// The batch's outbox records, kept to relay from memory.
+    held: Held,
     outcome: Outcome,
     took: Duration,
     committed_at: Instant,
+}
+
+/// What a committed batch publishes: its scores, decisions and retractions (the Redis copies)
+/// and its outbox records.
+struct Committed {
+    stored: Vec<StoredScore>,
+    decisions: Vec<DecisionRecord>,
+    unscored: Vec<(i64, String)>,
+    held: Held,
 }
 
 /// The handles a batch's write uses (see [`write`]).
@@ -1827,7 +1842,7 @@ async fn write(
             d,
         )?);
     }
-    chainfold_platform::outbox::enqueue(&mut tx, &outputs).await?;
+    let queued = chainfold_platform::outbox::enqueue(&mut tx, &outputs).await?;
     match chainfold_platform::offsets::advance(&mut tx, &writer.group, &advances).await {
         Ok(()) => {}
         Err(OffsetError::Fenced(fenced)) => return Ok(Err(fenced)),
@@ -1850,6 +1865,7 @@ async fn write(
         stored,
         decisions,
         unscored,
+        held: Held::new(queued, outputs),
         outcome,
         took: committed_at - started,
         committed_at,
@@ -2020,15 +2036,21 @@ struct PublishTimes {
 }
 
 /// Publishes a committed batch, after the publishing of the batch before it (`after`): what
-/// the outbox holds (its records and any a failed relay left) to Kafka, then the Redis copies. Redis is best effort (rebuildable from Postgres); a relay
-/// failure is the error (the records stay in the outbox for the next relay).
+/// the outbox holds (its records, sent from memory, and any a failed relay or another replica
+/// left, read from Postgres) to Kafka, then the Redis copies. Redis is best effort
+/// (rebuildable from Postgres); a relay failure is the error (the records stay in the outbox
+/// for the next relay).
 async fn publish(
     mut publisher: Publisher,
     after: Option<tokio::task::JoinHandle<anyhow::Result<PublishTimes>>>,
-    stored: Vec<StoredScore>,
-    decisions: Vec<DecisionRecord>,
-    unscored: Vec<(i64, String)>,
+    committed: Committed,
 ) -> anyhow::Result<PublishTimes> {
+    let Committed {
+        stored,
+        decisions,
+        unscored,
+        held,
+    } = committed;
     // The previous batch's publishing first (its times are added to these).
     let (mut relay, mut redis) = (Duration::ZERO, Duration::ZERO);
     if let Some(previous) = after {
@@ -2037,7 +2059,8 @@ async fn publish(
         redis += times.redis;
     }
     let started = Instant::now();
-    publisher.relay().await?;
+    publisher.relay(&held).await?;
+    drop(held);
     let relayed = Instant::now();
     publisher.refresh_redis(&stored, &decisions, unscored).await;
     let finished = Instant::now();
@@ -2049,8 +2072,17 @@ async fn publish(
 }
 
 impl Publisher {
-    async fn relay(&self) -> anyhow::Result<u64> {
-        chainfold_platform::outbox::relay(&self.pool, &self.producer, &self.topics, 1000).await
+    /// Relays what the outbox holds for the scores and decisions topics, `held`'s rows from
+    /// memory.
+    async fn relay(&self, held: &Held) -> anyhow::Result<u64> {
+        chainfold_platform::outbox::relay_holding(
+            &self.pool,
+            &self.producer,
+            &self.topics,
+            1000,
+            held,
+        )
+        .await
     }
 
     /// The Redis score cache and pub/sub after a commit (best effort: rebuildable from Postgres).

@@ -300,3 +300,78 @@ async fn a_row_another_relay_holds_is_left_to_it_and_the_rest_go() {
     ids.dedup();
     assert_eq!(ids.len(), 30);
 }
+
+/// A writer relays its own rows from the outputs it still holds (`relay_holding`), not from
+/// what Postgres stores of them, and every other pending row from Postgres, all in `seq` order.
+/// Holding a row does not get around the row lock: a row another relay has locked is left to
+/// it, and a row already relayed is not sent again from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writers_own_rows_go_from_memory_and_the_rest_from_postgres() {
+    let (iso, pool, producer, topics) = setup("outbox_held", &["outbox-held"]).await;
+    let topic = topics[0].clone();
+    let batch =
+        |from: usize| -> Vec<Output> { (from..from + 10).map(|i| output(&topic, i)).collect() };
+    // Another writer's row (0..10), then this writer's (10..20), then another's (20..30).
+    let mut held = None;
+    for from in [0, 10, 20] {
+        let mut tx = pool.begin().await.expect("begin");
+        let outputs = batch(from);
+        let queued = outbox::enqueue(&mut tx, &outputs).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+        if from == 10 {
+            held = Some(outbox::Held::new(queued, outputs));
+        }
+    }
+    let held = held.expect("held");
+    assert!(!held.is_empty());
+    // What Postgres stores of the held row is changed: only a relay that reads it would send it.
+    let changed = sqlx::query(
+        "UPDATE outbox SET payloads = array_fill('\"stored copy\"'::text, ARRAY[10])
+         WHERE output_ids[1] = $1",
+    )
+    .bind(format!("{topic}:10"))
+    .execute(&pool)
+    .await
+    .expect("update");
+    assert_eq!(changed.rows_affected(), 1);
+
+    // Another relay holds the writer's row: the rows before and after it go, it stays.
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("SELECT seq FROM outbox WHERE output_ids[1] = $1 FOR UPDATE")
+        .bind(format!("{topic}:10"))
+        .fetch_one(&mut *holder)
+        .await
+        .expect("lock");
+    let sent = outbox::relay_holding(&pool, &producer, std::slice::from_ref(&topic), 15, &held)
+        .await
+        .expect("relay");
+    assert_eq!(sent, 20, "the two rows nobody holds");
+    holder.rollback().await.expect("let go");
+    let sent = outbox::relay_holding(&pool, &producer, std::slice::from_ref(&topic), 15, &held)
+        .await
+        .expect("relay");
+    assert_eq!(sent, 10, "the writer's row, once its lock is let go");
+    assert_eq!(outbox::pending(&pool).await.expect("pending"), 0);
+    // Relayed and deleted: holding it sends nothing again.
+    let sent = outbox::relay_holding(&pool, &producer, std::slice::from_ref(&topic), 15, &held)
+        .await
+        .expect("relay");
+    assert_eq!(sent, 0);
+
+    let records = read_all(&iso, &topic, 30);
+    let order: Vec<usize> = [0..10, 20..30, 10..20].into_iter().flatten().collect();
+    assert_eq!(records.len(), 30, "each output once");
+    for ((key, header, payload), i) in records.iter().zip(order) {
+        assert_eq!(header, &format!("{topic}:{i}"));
+        assert_eq!(key, &format!("wallet-{}", i % 7));
+        let mut expected = match output(&topic, i).payload {
+            outbox::Payload::Json(v) => v,
+            outbox::Payload::Text(_) => unreachable!("JSON payloads"),
+        };
+        expected["outputId"] = json!(format!("{topic}:{i}"));
+        assert_eq!(
+            payload, &expected,
+            "record {i} as written, never the stored copy"
+        );
+    }
+}
