@@ -68,7 +68,12 @@ impl Anvil {
                     last_err = Some(anyhow::anyhow!("anvil exited at start: {status}"));
                     break;
                 }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Ours only if this child holds the listening socket: the port was free when
+                // picked, but another process (another test's node) may have taken it since, and
+                // then a connect succeeds to that one while this child fails to bind and exits.
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && listens_on(anvil.child.id(), port)
+                {
                     return Ok(anvil);
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -92,9 +97,53 @@ impl Anvil {
     }
 }
 
+/// Whether process `pid` holds a TCP socket listening on `port` (Linux: the listening sockets'
+/// inodes in `/proc/net/tcp{,6}` against the process's file descriptors). Where `/proc` cannot
+/// tell (another system), a connect that succeeded is taken as enough, as before.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let wanted = format!(":{port:04X}");
+    let mut inodes = std::collections::HashSet::new();
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state (0A: LISTEN), inode
+            if fields.len() > 9 && fields[1].ends_with(&wanted) && fields[3] == "0A" {
+                inodes.insert(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return !readable;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.contains(target.to_string_lossy().as_ref()))
+}
+
 impl Drop for Anvil {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_listener_is_found_in_its_own_process_and_not_in_another() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert!(super::listens_on(std::process::id(), port));
+        drop(listener);
+        assert!(!super::listens_on(std::process::id(), port), "closed");
+        // PID 1 holds no listener on a port this test just bound and closed.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = other.local_addr().expect("addr").port();
+        assert!(!super::listens_on(1, port));
     }
 }
