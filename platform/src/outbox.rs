@@ -111,9 +111,13 @@ pub async fn enqueue(
             "COPY outbox (seq, topic, record_keys, output_ids, payloads) FROM STDIN (FORMAT binary)",
         )
         .await?;
-    if let Err(err) = copy.send(data).await {
-        let _ = copy.abort("send failed").await;
-        return Err(err);
+    // In pieces: each `send` is written to the connection's buffer and flushed, so whole, a
+    // batch's ~10 MB grew that buffer to its size first (fresh pages the kernel zeroes).
+    for piece in data.chunks(1 << 16) {
+        if let Err(err) = copy.send(piece).await {
+            let _ = copy.abort("send failed").await;
+            return Err(err);
+        }
     }
     copy.finish().await?;
     Ok(queued)

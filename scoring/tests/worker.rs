@@ -85,13 +85,47 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
         "{one:?}"
     );
     drop(first);
-    let mut again = Scorer::build(config(&iso, &group))
-        .await
-        .expect("scorer restarts");
+    // Every score is announced on the Redis channel, in pipelines of ~1,000 commands: the
+    // restarted scorer takes batches of 2,000, so a batch spans pipelines.
+    let announced = {
+        let client = redis::Client::open(iso.redis.expose_url()).expect("redis url");
+        let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+        pubsub
+            .subscribe(format!("{}scores", iso.redis.prefix))
+            .await
+            .expect("subscribe");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            let mut messages = pubsub.into_on_message();
+            while let Some(m) = messages.next().await {
+                if tx.send(m.get_payload().expect("text")).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    let mut restarted = config(&iso, &group);
+    restarted.batch_size = 2_000;
+    let mut again = Scorer::build(restarted).await.expect("scorer restarts");
     let resumed = again
         .run_until_idle(Duration::from_secs(5))
         .await
         .expect("scores");
+    assert!(resumed.scored > 1_000, "{resumed:?}");
+    let mut announced = announced;
+    let mut ids = std::collections::HashSet::new();
+    while ids.len() < resumed.scored as usize {
+        let message = tokio::time::timeout(Duration::from_secs(10), announced.recv())
+            .await
+            .expect("every score announced")
+            .expect("subscriber");
+        let value: serde_json::Value = serde_json::from_str(&message).expect("JSON");
+        let id = value["outputId"].as_str().expect("outputId").to_owned();
+        assert!(ids.insert(id.clone()), "{id} announced twice");
+    }
+    assert_eq!(ids.len() as u64, resumed.scored);
     // The restarted scorer went on from the profiles the first one stored with its offsets (the
     // backtest below folds every history from the start and must agree score for score).
     assert!(resumed.profiles_resumed > 0, "{resumed:?}");
