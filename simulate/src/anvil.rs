@@ -117,8 +117,11 @@ fn listens_on(pid: u32, port: u16) -> bool {
             }
         }
     }
+    if !readable {
+        return true;
+    }
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return !readable;
+        return false;
     };
     fds.filter_map(Result::ok)
         .filter_map(|fd| std::fs::read_link(fd.path()).ok())
