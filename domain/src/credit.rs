@@ -200,12 +200,18 @@ pub fn hourly_volatility(
     // The 30 days up to `now`, by time (a stable sort: points at one time keep their order);
     // the 7 days are its tail.
     let from = now - chrono::Duration::days(VOLATILITY_DAYS);
-    let mut month: Vec<(DateTime<Utc>, f64)> = points
-        .iter()
-        .copied()
-        .filter(|(t, p)| *t <= now && *t > from && *p > 0.0)
-        .collect();
-    month.sort_by_key(|(t, _)| *t);
+    let keep = |(t, p): &(DateTime<Utc>, f64)| *t <= now && *t > from && *p > 0.0;
+    // The scorer passes its window already cut and sorted (`Visible::volatility_window`): then
+    // the filter keeps every point and the sort moves none, so the points are read in place.
+    let month: std::borrow::Cow<'_, [(DateTime<Utc>, f64)]> =
+        if points.iter().all(keep) && points.is_sorted_by_key(|(t, _)| *t) {
+            std::borrow::Cow::Borrowed(points)
+        } else {
+            let mut month: Vec<(DateTime<Utc>, f64)> =
+                points.iter().copied().filter(|p| keep(p)).collect();
+            month.sort_by_key(|(t, _)| *t);
+            std::borrow::Cow::Owned(month)
+        };
     let week_from = now - chrono::Duration::days(7);
     let week = &month[month.partition_point(|(t, _)| *t <= week_from)..];
     let vol = |pts: &[(DateTime<Utc>, f64)]| -> Option<f64> {
@@ -424,6 +430,19 @@ mod tests {
                     "case {case}, {hours} h"
                 );
                 compared += usize::from(ours.is_some());
+                // The window cut and sorted beforehand, as the scorer passes it: read in place.
+                let from = now - chrono::Duration::days(VOLATILITY_DAYS);
+                let mut cut: Vec<_> = points
+                    .iter()
+                    .copied()
+                    .filter(|(t, p)| *t <= now && *t > from && *p > 0.0)
+                    .collect();
+                cut.sort_by_key(|(t, _)| *t);
+                assert_eq!(
+                    hourly_volatility(&cut, now).map(|(a, b)| (a.to_bits(), b.to_bits())),
+                    reference.map(|(a, b)| (a.to_bits(), b.to_bits())),
+                    "case {case}, {hours} h, cut beforehand"
+                );
             }
         }
         assert!(compared > 300, "{compared}");
