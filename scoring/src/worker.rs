@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chainfold_domain::credit::{
     dominant_collateral, hourly_volatility, liquidation_threshold, position_features,
-    AccountTotals, ActivityFeatures, Attestation, HistoryEvent, Holding, VOLATILITY_DAYS,
+    AccountTotals, ActivityFeatures, Attestation, Holding, VOLATILITY_DAYS,
 };
 use chainfold_domain::decision::DecisionRecord;
 use chainfold_domain::decision::Policy;
@@ -634,8 +634,7 @@ impl ScoreEngine {
         reserve: &str,
         block: Option<i64>,
     ) -> anyhow::Result<Visible<'c>> {
-        let key = (chain_id, reserve.to_owned());
-        if !cache.points.contains_key(&key) {
+        if cache.get(chain_id, reserve).is_none() {
             let (oracle, lending) = chainfold_store::prices::window(
                 &self.pool,
                 chain_id as i64,
@@ -646,7 +645,9 @@ impl ScoreEngine {
             .await?;
             cache.insert(chain_id, reserve.to_owned(), oracle, lending);
         }
-        let (oracle, lending) = &cache.points[&key];
+        let (oracle, lending) = cache
+            .get(chain_id, reserve)
+            .context("a reserve's price points were just read")?;
         let from_oracle = oracle.visible(block);
         Ok(if from_oracle.points.is_empty() {
             lending.visible(block)
@@ -664,7 +665,7 @@ impl ScoreEngine {
     ) -> anyhow::Result<()> {
         let mut reads = tokio::task::JoinSet::new();
         for (chain_id, reserve) in reserves {
-            if cache.points.contains_key(&(chain_id, reserve.clone())) {
+            if cache.get(chain_id, &reserve).is_some() {
                 continue;
             }
             let (pool, since, until) = (self.pool.clone(), cache.since, cache.until);
@@ -823,7 +824,8 @@ struct PriceCache {
     since: Option<DateTime<Utc>>,
     /// The batch's latest trigger time: no lending point after it prices anything.
     until: Option<DateTime<Utc>>,
-    points: HashMap<(u64, String), (PriceSource, PriceSource)>,
+    /// Per chain and reserve (looked up by the reserve's name, without building a key).
+    points: HashMap<u64, HashMap<String, (PriceSource, PriceSource)>>,
 }
 
 /// One reserve's points of one kind (oracle or lending), as read, with what a lookup needs.
@@ -851,10 +853,15 @@ impl PriceCache {
             oracle.clear();
             lending.clear();
         }
-        self.points.insert(
-            (chain_id, reserve),
+        self.points.entry(chain_id).or_default().insert(
+            reserve,
             (PriceSource::new(oracle), PriceSource::new(lending)),
         );
+    }
+
+    /// A reserve's points (oracle, lending), if read.
+    fn get(&self, chain_id: u64, reserve: &str) -> Option<&(PriceSource, PriceSource)> {
+        self.points.get(&chain_id)?.get(reserve)
     }
 }
 
@@ -1391,8 +1398,10 @@ impl Scorer {
                 block_number: env.block.map(|b| b.number as i64),
             };
             match (&env.event, env.block_time) {
-                (_, Some(at))
-                    if *topic == self.lending_topic && HistoryEvent::of(&env).is_some() =>
+                // A lending action with a time: what `HistoryEvent::of` accepts, asked without
+                // pricing the event (its USD arithmetic is the history read's, not the trigger's).
+                (event, Some(at))
+                    if *topic == self.lending_topic && event.lending_action().is_some() =>
                 {
                     d.triggers
                         .push(trigger(format!("{:#x}", env.partition_key()), at));
