@@ -43,8 +43,9 @@ pub enum Payload {
     /// A JSON value; `outputId` is added to it when it is an object without one.
     Json(serde_json::Value),
     /// JSON text published as it is: the writer has put the output's `outputId` in it (a role
-    /// that serializes its record once, straight from its type).
-    Text(String),
+    /// that serializes its record once, straight from its type). Shared, so a writer that also
+    /// keeps the text for itself (the scorer's Redis copies) holds it once.
+    Text(std::sync::Arc<str>),
 }
 
 impl From<serde_json::Value> for Payload {
@@ -250,7 +251,7 @@ fn payload_text(output: &Output) -> std::borrow::Cow<'_, str> {
             .unwrap_or_else(|_| unreachable!("a JSON object and a string serialize"))
         }
         Payload::Json(payload) => payload.to_string(),
-        Payload::Text(text) => return Cow::Borrowed(text),
+        Payload::Text(text) => return Cow::Borrowed(&**text),
     })
 }
 
@@ -541,7 +542,7 @@ mod tests {
         let own = json!({ "outputId": "theirs", "n": 1 });
         assert_eq!(payload_text(&output(own.clone().into())), own.to_string());
         assert_eq!(payload_text(&output(json!([1, 2]).into())), "[1,2]");
-        let text = r#"{"b":1,"a":2,"outputId":"x"}"#.to_owned();
-        assert_eq!(payload_text(&output(Payload::Text(text.clone()))), text);
+        let text: std::sync::Arc<str> = r#"{"b":1,"a":2,"outputId":"x"}"#.into();
+        assert_eq!(payload_text(&output(Payload::Text(text.clone()))), &*text);
     }
 }

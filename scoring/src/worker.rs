@@ -1960,7 +1960,7 @@ impl Writer {
                     band: s.band,
                     probability_of_liquidation: s.probability_of_liquidation,
                     output_id,
-                    published,
+                    published: published.into(),
                 },
             )
             .collect())
@@ -2129,7 +2129,7 @@ impl Publisher {
         let channel = format!("{}scores", self.prefix);
         for (i, s) in stored.iter().enumerate() {
             // The scores topic's record: the message with its output id.
-            let json = s.published.as_str();
+            let json: &str = &s.published;
             if last.get(&(s.chain, s.wallet.as_str())) == Some(&i) {
                 let key = format!("{}score:{}:{}", self.prefix, s.chain, s.wallet);
                 pipe.hset_multiple(
@@ -2181,8 +2181,9 @@ struct StoredScore {
     band: chainfold_domain::scorecard::Band,
     probability_of_liquidation: Option<f64>,
     output_id: String,
-    /// The message as published on the scores topic (with its output id), serialized once.
-    published: String,
+    /// The message as published on the scores topic (with its output id), serialized once and
+    /// shared with the batch's outbox output.
+    published: std::sync::Arc<str>,
 }
 
 /// A score as published on the scores topic: a
