@@ -329,12 +329,16 @@ async fn relay_round(
         .begin()
         .await
         .context("could not start an outbox relay")?;
-    // Every row holds at least one output, so `limit` rows are always enough.
+    // Every row holds at least one output, so `limit` rows are always enough. A held row's
+    // count is the outputs held (its `output_ids` is not decompressed to count them).
+    let held_seqs: Vec<i64> = held.rows.keys().copied().collect();
     let oldest = sqlx::query!(
-        r#"SELECT seq, cardinality(output_ids) AS "outputs!" FROM outbox
-           WHERE topic = ANY($1) ORDER BY seq LIMIT $2"#,
+        r#"SELECT seq, CASE WHEN seq = ANY($3) THEN NULL ELSE cardinality(output_ids) END
+                  AS "outputs?"
+           FROM outbox WHERE topic = ANY($1) ORDER BY seq LIMIT $2"#,
         topics,
-        limit
+        limit,
+        &held_seqs
     )
     .fetch_all(&mut *tx)
     .await
@@ -345,8 +349,13 @@ async fn relay_round(
         if outputs >= limit {
             break;
         }
+        let count = match (row.outputs, held.rows.get(&row.seq)) {
+            (Some(n), _) => i64::from(n),
+            (None, Some(held)) => held.len() as i64,
+            (None, None) => anyhow::bail!("outbox row {} was counted without its outputs", row.seq),
+        };
         picked.push(row.seq);
-        outputs += i64::from(row.outputs);
+        outputs += count;
     }
     if picked.is_empty() {
         return Ok(0);
