@@ -359,22 +359,29 @@ mod tests {
         assert_eq!(positions_at(&flows, t(5)).len(), 1);
     }
 
+    /// The priced points of the `days` up to `now`, sorted by time (stable).
+    fn window_of(
+        points: &[(DateTime<Utc>, f64)],
+        now: DateTime<Utc>,
+        days: i64,
+    ) -> Vec<(DateTime<Utc>, f64)> {
+        let from = now - chrono::Duration::days(days);
+        let mut v: Vec<_> = points
+            .iter()
+            .copied()
+            .filter(|(t, p)| *t <= now && *t > from && *p > 0.0)
+            .collect();
+        v.sort_by_key(|(t, _)| *t);
+        v
+    }
+
     /// `hourly_volatility` as first written (each window filtered and sorted on its own, days
     /// through a map): the one-pass version must give the same bits.
     fn hourly_volatility_reference(
         points: &[(DateTime<Utc>, f64)],
         now: DateTime<Utc>,
     ) -> Option<(f64, f64)> {
-        let window = |days: i64| -> Vec<(DateTime<Utc>, f64)> {
-            let from = now - chrono::Duration::days(days);
-            let mut v: Vec<_> = points
-                .iter()
-                .copied()
-                .filter(|(t, p)| *t <= now && *t > from && *p > 0.0)
-                .collect();
-            v.sort_by_key(|(t, _)| *t);
-            v
-        };
+        let window = |days: i64| window_of(points, now, days);
         let vol = |pts: &[(DateTime<Utc>, f64)]| -> Option<f64> {
             let days: BTreeMap<i64, f64> = pts
                 .iter()
@@ -431,13 +438,7 @@ mod tests {
                 );
                 compared += usize::from(ours.is_some());
                 // The window cut and sorted beforehand, as the scorer passes it: read in place.
-                let from = now - chrono::Duration::days(VOLATILITY_DAYS);
-                let mut cut: Vec<_> = points
-                    .iter()
-                    .copied()
-                    .filter(|(t, p)| *t <= now && *t > from && *p > 0.0)
-                    .collect();
-                cut.sort_by_key(|(t, _)| *t);
+                let cut = window_of(&points, now, VOLATILITY_DAYS);
                 assert_eq!(
                     hourly_volatility(&cut, now).map(|(a, b)| (a.to_bits(), b.to_bits())),
                     reference.map(|(a, b)| (a.to_bits(), b.to_bits())),
