@@ -98,6 +98,10 @@ pub struct Cursors {
 
 /// The timed lending events of each wallet after its cursor up to and including its `until`,
 /// in the fold's order (the features sum floats: a sum's last digit depends on it), by wallet.
+/// The cursor's time is also stated as a bound on `block_time` by itself (every row after the
+/// cursor is at or after its time): with only the row comparison, an index scan of a wallet's
+/// history reads from its first event and filters, so each batch would cost what the history
+/// before the cursor holds, not the rows it returns.
 pub async fn history_after(
     conn: &mut PgConnection,
     chains: &[i64],
@@ -118,7 +122,7 @@ pub async fn history_after(
                        $7::timestamptz[])
                 WITH ORDINALITY AS w(chain_id, wallet, t, b, l, id, until, i)
            JOIN lending_event e ON e.chain_id = w.chain_id AND e.wallet = w.wallet
-            AND e.block_time <= w.until
+            AND e.block_time <= w.until AND e.block_time >= coalesce(w.t, '-infinity')
             AND (w.t IS NULL OR e.block_time > w.t OR (e.block_time = w.t
                  AND (coalesce(e.block_number, 9223372036854775807),
                       coalesce(e.log_index::int8, 9223372036854775807),

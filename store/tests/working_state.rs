@@ -123,6 +123,70 @@ async fn a_profile_is_stored_checked_against_its_cursor_and_forgotten(pool: PgPo
     assert_eq!(gone[0].rows_folded, None);
 }
 
+/// Index and table rows this database's scans of `lending_event` have read so far (the counts
+/// flushed from every backend first, and read afresh).
+async fn lending_rows_read(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .expect("flush");
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await
+        .expect("snapshot");
+    sqlx::query_scalar(
+        "SELECT (SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes
+                 WHERE relname = 'lending_event')::int8
+              + (SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables
+                 WHERE relname = 'lending_event')::int8",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .expect("rows read")
+}
+
+/// A resumed profile's read costs the rows after its cursor, not the history before it: with
+/// 2,000 events before the cursor and 3 after, the read scans a handful of rows.
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn the_history_after_a_cursor_does_not_scan_the_history_before_it(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO lending_event (event_id, chain_id, wallet, action, protocol, reserve, symbol,
+             decimals, amount, block_number, block_hash, log_index, block_time, kafka_topic,
+             kafka_partition, kafka_offset)
+         SELECT 'e' || h, 1, '0xa', 'deposit', 'aave_v2', '0xr', 'USDC', 6, 1000000, h,
+                '0xb' || h, 0, $1::timestamptz + h * interval '1 hour', 't', 0, h
+         FROM generate_series(1, 2003) AS h",
+    )
+    .bind(t(0))
+    .execute(&pool)
+    .await
+    .expect("history");
+    // A second wallet, so the table is not one wallet's alone.
+    lend(&pool, "other", "0xb", "deposit", 1, 5).await;
+    sqlx::query("ANALYZE lending_event")
+        .execute(&pool)
+        .await
+        .expect("analyze");
+    let mut conn = pool.acquire().await.expect("conn");
+    let wallets = vec!["0xa".to_owned()];
+    let after = profiles::Cursors {
+        time: vec![Some(t(2000))],
+        block: vec![Some(2000)],
+        log: vec![Some(0)],
+        event_id: vec![Some("e2000".into())],
+    };
+    let before = lending_rows_read(&mut conn).await;
+    let rest = profiles::history_after(&mut conn, &[1], &wallets, &after, &[t(2003)])
+        .await
+        .expect("history");
+    let read = lending_rows_read(&mut conn).await - before;
+    assert_eq!(
+        rest.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(),
+        ["e2001", "e2002", "e2003"]
+    );
+    assert!(read < 50, "the read scanned {read} rows for 3");
+}
+
 #[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
 async fn a_backtest_run_stores_each_score_once_and_its_counts(pool: PgPool) {
     let log_end = serde_json::json!({"0": 10});
