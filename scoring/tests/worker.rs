@@ -192,7 +192,7 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
     assert_eq!(all.scored as i64, events);
     let (differ, live_rows): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM backtest_score b JOIN credit_score c USING (chain_id, wallet, event_id)
-                 WHERE b.run_id = $1 AND (b.score <> c.score OR b.reasons <> c.reasons
+                 WHERE b.run_id = $1 AND (b.score <> c.score OR b.reasons <> c.reasons::jsonb
                        OR b.probability_of_liquidation IS DISTINCT FROM c.probability_of_liquidation)),
                 (SELECT count(*) FROM credit_score)",
     )

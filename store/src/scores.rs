@@ -19,8 +19,9 @@ pub struct NewScore {
     /// The band's stored name (`EXCELLENT` … `VERY_POOR`).
     pub band: String,
     pub probability_of_liquidation: Option<f64>,
-    /// The reasons as JSON text (an array), stored as `jsonb`: the scorer serializes them once,
-    /// straight from its type, for this row and its published message alike.
+    /// The reasons as JSON text (an array), stored as `json` (as written): the scorer
+    /// serializes them once, straight from its type, for this row and its published message
+    /// alike.
     pub reasons: String,
     pub computed_at: DateTime<Utc>,
     /// The event that triggered it, and where that event is in the log.
@@ -195,7 +196,7 @@ async fn insert_rows(
         r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
                reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
                kafka_partition, kafka_offset, projector_next_offset, block_number, health_factor)
-           SELECT c, w, s, b, p, r::jsonb, $6, $7, at, e, tp, pa, o, pn, bl, hf
+           SELECT c, w, s, b, p, r::json, $6, $7, at, e, tp, pa, o, pn, bl, hf
            FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::text[], $5::float8[],
                 $8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::int4[],
                 $13::int8[], $14::int8[], $15::int8[], $16::float8[])

@@ -464,6 +464,13 @@ async fn analysts_read_finalized_views_and_as_of_functions_and_cannot_write() {
         .await
         .expect("analyst reads");
     assert_eq!(n, 3);
+    // The score views too (a migration made them again), with the reasons as `json`.
+    for view in ["credit_score_latest", "credit_score_finalized"] {
+        sqlx::query_scalar::<_, Option<String>>(&format!("SELECT max(reasons->>0) FROM {view}"))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or_else(|err| panic!("analyst reads {view}: {err}"));
+    }
     for statement in [
         "DELETE FROM lending_event",
         "UPDATE credit_score SET score = 850",
