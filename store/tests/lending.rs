@@ -207,6 +207,37 @@ async fn a_price_window_starts_with_the_price_in_force_and_a_token_reads_as_of_i
         .await
         .expect("read");
     assert_eq!(upto.iter().map(|p| p.2).collect::<Vec<_>>(), vec![1950.0]);
+    // Points of one time come in event order whatever order they were stored in, and a point
+    // without a block reads as one (the arrays keep their NULLs in place).
+    for (id, price) in [("e7", "1970"), ("e6", "1960"), ("e8", "1980")] {
+        flow(
+            &pool,
+            id,
+            "0xa",
+            "deposit",
+            (WETH, "WETH", 18),
+            "1",
+            Some(price),
+            30,
+        )
+        .await;
+    }
+    sqlx::query("UPDATE lending_event SET block_number = NULL WHERE event_id = 'e8'")
+        .execute(&pool)
+        .await
+        .expect("unblocked");
+    let (_, same_time) = prices::window(&pool, 1, WETH, Some(at(6 * 12)), None)
+        .await
+        .expect("read");
+    assert_eq!(
+        same_time.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>(),
+        vec![
+            (Some(5), 1950.0),
+            (Some(30), 1960.0),
+            (Some(30), 1970.0),
+            (None, 1980.0)
+        ]
+    );
     // Without a window start nothing is compared with it: nothing read.
     let (none, _) = prices::window(&pool, 1, WETH, None, None)
         .await
