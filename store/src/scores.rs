@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::projection::copy::{copy_in, is_unique_violation, CopyText};
+use crate::projection::copy::{copy_in_rows, is_unique_violation};
 use crate::projection::StoreError;
 
 /// One score to store.
@@ -130,35 +130,33 @@ async fn copy(
     let first: Vec<usize> = (0..s.len())
         .filter(|&i| seen.insert((s.chain_id[i], s.wallet[i].as_str(), s.event_id[i].as_str())))
         .collect();
-    let mut data = CopyText::with_capacity(first.len());
-    for &i in &first {
-        data.plain(s.chain_id[i])
-            .text(&s.wallet[i])
-            .plain(s.score[i])
-            .text(&s.band[i])
-            .float(s.probability[i])
-            .text(&s.reasons[i])
-            .text(model_version)
-            .text(model_sha256)
-            .time(Some(s.computed_at[i]))
-            .text(&s.event_id[i])
-            .text(&s.topic[i])
-            .plain(s.partition[i])
-            .plain(s.offset[i])
-            .plain(s.projector_next[i])
-            .opt(s.block[i])
-            .float(s.health[i]);
-        data.end_row();
-    }
     sqlx::query!("SAVEPOINT chainfold_copy")
         .execute(&mut **tx)
         .await?;
-    let copied = copy_in(
+    let copied = copy_in_rows(
         tx,
         "COPY credit_score (chain_id, wallet, score, band, probability_of_liquidation, reasons,
              model_version, model_sha256, computed_at, event_id, kafka_topic, kafka_partition,
              kafka_offset, projector_next_offset, block_number, health_factor) FROM STDIN",
-        &data,
+        first.iter().copied(),
+        |data, i| {
+            data.plain(s.chain_id[i])
+                .text(&s.wallet[i])
+                .plain(s.score[i])
+                .text(&s.band[i])
+                .float(s.probability[i])
+                .text(&s.reasons[i])
+                .text(model_version)
+                .text(model_sha256)
+                .time(Some(s.computed_at[i]))
+                .text(&s.event_id[i])
+                .text(&s.topic[i])
+                .plain(s.partition[i])
+                .plain(s.offset[i])
+                .plain(s.projector_next[i])
+                .opt(s.block[i])
+                .float(s.health[i]);
+        },
     )
     .await;
     match copied {

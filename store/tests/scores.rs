@@ -92,7 +92,9 @@ fn awkward(i: usize, event: &str) -> NewScore {
         2 => Some(1.0 / 3.0 + i as f64),
         _ => Some(123_456_789.123_456_78e10),
     };
-    s.reasons = serde_json::json!([{ "code": "x\ty", "description": "a \"b\" \\ c\nd", "impact": -(i as i64) }])
+    // ~1.5 KB each, so a batch of 100 is sent as several of the COPY's 64 KiB pieces.
+    let padding = "é\t".repeat(500);
+    s.reasons = serde_json::json!([{ "code": "x\ty", "description": format!("a \"b\" \\ c\nd {padding}"), "impact": -(i as i64) }])
     .to_string();
     s.block_number = (i % 5 != 0).then_some(i as i64);
     s
@@ -138,6 +140,11 @@ async fn a_large_batch_is_copied_with_the_same_values_the_insert_stores_and_repl
     let mut twice = copied[7].clone();
     twice.score = 850;
     copied.insert(50, twice);
+    let bytes: usize = copied.iter().map(|s| s.reasons.len()).sum();
+    assert!(
+        bytes > 2 << 16,
+        "{bytes} bytes: the COPY is sent in more than two pieces"
+    );
     let batch: NewScores = copied.iter().cloned().collect();
     let mut tx = pool.begin().await.expect("tx");
     let new = scores::insert(&mut tx, "v1", "sha", &batch)
