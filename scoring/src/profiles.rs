@@ -125,7 +125,7 @@ pub async fn load(
             (Some(rows), Some(at), Some(block), Some(log_index), Some(event_id), Some(state))
                 if cursor_kept && !reset.contains(&key) =>
             {
-                match serde_json::from_value::<CreditProfile>(state) {
+                match serde_json::from_str::<CreditProfile>(&state) {
                     Ok(mut p) => {
                         p.rows = rows as u64;
                         p.cursor = Some(HistoryKey {
@@ -287,7 +287,7 @@ pub async fn store(
         new.cursor_log.push(cursor.log_index);
         new.cursor_event_id.push(cursor.event_id.clone());
         new.cursor_block_hash.push(p.cursor_block_hash.clone());
-        new.state.push(serde_json::to_value(p)?);
+        new.state.push(serde_json::to_string(p)?);
     }
     if new.chain_id.is_empty() {
         return Ok(());

@@ -18,7 +18,8 @@ pub struct StoredProfile {
     pub cursor_block: Option<i64>,
     pub cursor_log: Option<i64>,
     pub cursor_event_id: Option<String>,
-    pub state: Option<serde_json::Value>,
+    /// The fold's state as JSON text.
+    pub state: Option<String>,
     pub events: i64,
     pub untimed: i64,
     pub cursor_kept: bool,
@@ -46,7 +47,7 @@ pub async fn stored(
         r#"SELECT w.chain_id AS "chain_id!", w.wallet AS "wallet!", p.rows_folded AS "rows_folded?",
                   p.cursor_time AS "cursor_time?", p.cursor_block AS "cursor_block?",
                   p.cursor_log AS "cursor_log?", p.cursor_event_id AS "cursor_event_id?",
-                  p.state AS "state?",
+                  p.state::text AS "state?",
                   (SELECT coalesce(sum(s.event_count), 0) FROM wallet_lending_summary s
                    WHERE s.chain_id = w.chain_id AND s.wallet = w.wallet)::int8 AS "events!",
                   (SELECT count(*) FROM lending_event n
@@ -152,7 +153,8 @@ pub struct NewProfiles {
     pub cursor_log: Vec<i64>,
     pub cursor_event_id: Vec<String>,
     pub cursor_block_hash: Vec<Option<String>>,
-    pub state: Vec<serde_json::Value>,
+    /// The fold's state as JSON text (stored as `jsonb`).
+    pub state: Vec<String>,
 }
 
 /// Stores `profiles`, replacing what was stored for their wallets.
@@ -160,8 +162,9 @@ pub async fn upsert(tx: &mut Transaction<'_, Postgres>, p: &NewProfiles) -> sqlx
     sqlx::query!(
         "INSERT INTO credit_profile (chain_id, wallet, rows_folded, cursor_time, cursor_block,
                                      cursor_log, cursor_event_id, cursor_block_hash, state)
-         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::timestamptz[], $5::int8[],
-                              $6::int8[], $7::text[], $8::text[], $9::jsonb[])
+         SELECT c, w, r, t, b, l, e, h, st::jsonb
+         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::timestamptz[], $5::int8[],
+                     $6::int8[], $7::text[], $8::text[], $9::text[]) AS u(c, w, r, t, b, l, e, h, st)
          ON CONFLICT (chain_id, wallet) DO UPDATE SET
             rows_folded = excluded.rows_folded, cursor_time = excluded.cursor_time,
             cursor_block = excluded.cursor_block, cursor_log = excluded.cursor_log,

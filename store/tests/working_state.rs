@@ -73,7 +73,7 @@ async fn a_profile_is_stored_checked_against_its_cursor_and_forgotten(pool: PgPo
             cursor_log: vec![0],
             cursor_event_id: vec!["e2".into()],
             cursor_block_hash: vec![Some("0xb2".into())],
-            state: vec![serde_json::json!({"folded": 2})],
+            state: vec![r#"{"folded": 2}"#.to_owned()],
         },
     )
     .await
@@ -85,7 +85,11 @@ async fn a_profile_is_stored_checked_against_its_cursor_and_forgotten(pool: PgPo
         .expect("stored");
     assert_eq!(stored[0].rows_folded, Some(2));
     assert!(stored[0].cursor_kept);
-    assert_eq!(stored[0].state, Some(serde_json::json!({"folded": 2})));
+    let state: Option<serde_json::Value> = stored[0]
+        .state
+        .as_deref()
+        .map(|s| serde_json::from_str(s).expect("json"));
+    assert_eq!(state, Some(serde_json::json!({"folded": 2})));
     let after = profiles::Cursors {
         time: vec![Some(t(2))],
         block: vec![Some(2)],
