@@ -77,14 +77,19 @@ impl Parts {
     }
 
     /// What each part spent from `earlier` to `self`.
+    ///
+    /// Every reading is a whole number of ticks over [`TICKS`], so each difference is rounded
+    /// back to whole ticks: otherwise two equal tick counts (a window where every core was busy)
+    /// can come out as busy > total by a float's last bit.
     pub fn since(&self, earlier: &Parts) -> Parts {
+        let d = |now: f64, then: f64| ((now - then) * TICKS).round() / TICKS;
         Parts {
-            own: self.own - earlier.own,
-            postgres: self.postgres - earlier.postgres,
-            broker: self.broker - earlier.broker,
-            redis: self.redis - earlier.redis,
-            busy: self.busy - earlier.busy,
-            total: self.total - earlier.total,
+            own: d(self.own, earlier.own),
+            postgres: d(self.postgres, earlier.postgres),
+            broker: d(self.broker, earlier.broker),
+            redis: d(self.redis, earlier.redis),
+            busy: d(self.busy, earlier.busy),
+            total: d(self.total, earlier.total),
         }
     }
 }
@@ -105,5 +110,24 @@ mod tests {
         let spent = Parts::now().since(&before);
         assert!(spent.own >= 0.2, "{spent:?}");
         assert!(spent.busy >= 0.2 && spent.total >= spent.busy, "{spent:?}");
+    }
+
+    #[test]
+    fn a_window_where_every_core_was_busy_has_busy_equal_to_total() {
+        // The readings CI once got: 0.61 s busy of 0.61 s, since boot, which plain float
+        // subtraction turned into busy 0.6100000000005821 > total 0.6099999999860302.
+        let before = Parts {
+            busy: 1_234_567.89,
+            total: 4_321_098.76,
+            ..Parts::default()
+        };
+        let after = Parts {
+            busy: 1_234_568.5,
+            total: 4_321_099.37,
+            ..Parts::default()
+        };
+        let spent = after.since(&before);
+        assert_eq!(spent.busy, 0.61);
+        assert_eq!(spent.total, 0.61);
     }
 }
