@@ -1182,7 +1182,12 @@ impl Scorer {
         outcome.full_reads = computed.stats.full_reads;
         outcome.history_rows_read = computed.stats.rows_read;
         outcome.behind = computed.behind;
-        let scored = Scored::of(computed);
+        let scored = Scored::of(
+            computed,
+            &projector,
+            &self.engine.version,
+            &self.engine.sha256,
+        )?;
         lap(&mut self.stages.compute);
         Ok((
             finished,
@@ -1193,7 +1198,6 @@ impl Scorer {
                 retracted,
                 reset,
                 scored,
-                projector,
                 triggers,
             }),
         ))
@@ -1691,33 +1695,106 @@ struct Prepared {
     advances: Vec<chainfold_platform::offsets::Advance>,
     retracted: Vec<(i64, String, i64, String, i32, i64)>,
     reset: HashSet<WalletKey>,
+    /// Its scores, rendered with the projector's offsets the features were read at.
     scored: Scored,
-    /// The projector's offsets the features were read at.
-    projector: HashMap<(String, i32), i64>,
     triggers: Vec<Trigger>,
 }
 
 /// A batch's scores, owning their triggers (its write runs apart from the batch).
 struct Scored {
     rows: Vec<(u64, String, Trigger, Score)>,
-    /// Each row's account health factor (aligned with `rows`).
-    health: Vec<Option<f64>>,
     /// The profiles to store.
     profiles: Vec<(WalletKey, CreditProfile)>,
+    /// Each row as stored and as published (aligned with `rows`), rendered with the batch's
+    /// compute, so the write holds its transaction only for Postgres's own work.
+    rendered: Rendered,
+}
+
+/// The rows of a batch's scores as `credit_score` takes them, and each score's output id and
+/// published message, in the order of the scores.
+struct Rendered {
+    scores: chainfold_store::scores::NewScores,
+    messages: Vec<(String, String)>,
 }
 
 impl Scored {
-    fn of(computed: Computed<'_>) -> Scored {
-        Scored {
+    fn of(
+        computed: Computed<'_>,
+        projector: &HashMap<(String, i32), i64>,
+        version: &str,
+        sha256: &str,
+    ) -> anyhow::Result<Scored> {
+        let rendered = render(&computed.rows, &computed.health, projector, version, sha256)?;
+        Ok(Scored {
             rows: computed
                 .rows
                 .into_iter()
                 .map(|(chain, wallet, t, score)| (chain, wallet, t.clone(), score))
                 .collect(),
-            health: computed.health,
             profiles: computed.profiles,
-        }
+            rendered,
+        })
     }
+}
+
+/// Renders scores (with each one's account health factor, aligned) for the write: each score's
+/// reasons are serialized once, straight from their type, and that text is both the row's
+/// `reasons` and the message's (spliced in, not serialized again); the outbox record and the
+/// Redis copies use the message's text. `projector` gives the projector offset each row was
+/// read at.
+fn render(
+    rows: &[(u64, String, &Trigger, Score)],
+    health: &[Option<f64>],
+    projector: &HashMap<(String, i32), i64>,
+    version: &str,
+    sha256: &str,
+) -> anyhow::Result<Rendered> {
+    let mut scores = chainfold_store::scores::NewScores::default();
+    let mut messages = Vec::with_capacity(rows.len());
+    for ((chain, w, t, s), health) in rows.iter().zip(health) {
+        let reasons = serde_json::value::to_raw_value(&s.reasons)?;
+        let output_id = format!("score:{}:{}:{}", chain, w, t.event_id);
+        let published = serde_json::to_string(&Published {
+            chain_id: *chain,
+            wallet: w,
+            score: s.score,
+            band: s.band,
+            probability_of_liquidation: s.probability_of_liquidation,
+            reasons: &reasons,
+            model_version: version,
+            model_sha256: sha256,
+            computed_at: t.at,
+            event_id: &t.event_id,
+            provenance: ProvenanceRef {
+                topic: &t.topic,
+                partition: t.partition,
+                offset: t.offset,
+                block_number: t.block_number,
+            },
+            output_id: &output_id,
+        })?;
+        messages.push((output_id, published));
+        scores.push(chainfold_store::scores::NewScore {
+            chain_id: *chain as i64,
+            wallet: w.clone(),
+            score: s.score,
+            band: s.band.name().to_owned(),
+            probability_of_liquidation: s.probability_of_liquidation,
+            reasons: Box::<str>::from(reasons).into(),
+            computed_at: t.at,
+            event_id: t.event_id.clone(),
+            kafka_topic: t.topic.clone(),
+            kafka_partition: t.partition,
+            kafka_offset: t.offset,
+            projector_next_offset: projector
+                .get(&(t.topic.clone(), t.partition))
+                .copied()
+                .unwrap_or_default(),
+            block_number: t.block_number,
+            health_factor: *health,
+        });
+    }
+    Ok(Rendered { scores, messages })
 }
 
 /// The worker loop's write in flight.
@@ -1824,7 +1901,6 @@ async fn write(
         retracted,
         reset,
         scored,
-        projector,
         ..
     } = prepared;
     let mut tx = writer.pool.begin().await?;
@@ -1834,7 +1910,7 @@ async fn write(
     }
     profiles::forget(&mut tx, &reset).await?;
     profiles::store(&mut tx, &scored.profiles).await?;
-    let stored = writer.insert_scores(&mut tx, &scored, &projector).await?;
+    let stored = writer.insert_scores(&mut tx, scored).await?;
     let decisions = writer.band_changes(&mut tx, &bands_before, &stored).await?;
     let mut outputs: Vec<Output> = stored
         .iter()
@@ -1883,62 +1959,17 @@ async fn write(
 
 impl Writer {
     /// Inserts the computed scores (one statement; rows already stored, a replay, come back as
-    /// nothing) and returns the new ones with their published message. Each score's reasons
-    /// are serialized once, straight from their type, and that text is both the row's
-    /// `reasons` and the message's (spliced in, not serialized again); the outbox record and
-    /// the Redis copies use the message's text.
+    /// nothing) and returns the new ones with their published message (see [`render`]).
     async fn insert_scores(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        scored: &Scored,
-        projector: &HashMap<(String, i32), i64>,
+        scored: Scored,
     ) -> anyhow::Result<Vec<StoredScore>> {
-        let rows = &scored.rows;
-        let mut scores = chainfold_store::scores::NewScores::default();
-        let mut messages = Vec::with_capacity(rows.len());
-        for ((chain, w, t, s), health) in rows.iter().zip(&scored.health) {
-            let reasons = serde_json::value::to_raw_value(&s.reasons)?;
-            let output_id = format!("score:{}:{}:{}", chain, w, t.event_id);
-            let published = serde_json::to_string(&Published {
-                chain_id: *chain,
-                wallet: w,
-                score: s.score,
-                band: s.band,
-                probability_of_liquidation: s.probability_of_liquidation,
-                reasons: &reasons,
-                model_version: &self.version,
-                model_sha256: &self.sha256,
-                computed_at: t.at,
-                event_id: &t.event_id,
-                provenance: ProvenanceRef {
-                    topic: &t.topic,
-                    partition: t.partition,
-                    offset: t.offset,
-                    block_number: t.block_number,
-                },
-                output_id: &output_id,
-            })?;
-            messages.push((output_id, published));
-            scores.push(chainfold_store::scores::NewScore {
-                chain_id: *chain as i64,
-                wallet: w.clone(),
-                score: s.score,
-                band: s.band.name().to_owned(),
-                probability_of_liquidation: s.probability_of_liquidation,
-                reasons: Box::<str>::from(reasons).into(),
-                computed_at: t.at,
-                event_id: t.event_id.clone(),
-                kafka_topic: t.topic.clone(),
-                kafka_partition: t.partition,
-                kafka_offset: t.offset,
-                projector_next_offset: projector
-                    .get(&(t.topic.clone(), t.partition))
-                    .copied()
-                    .unwrap_or_default(),
-                block_number: t.block_number,
-                health_factor: *health,
-            });
-        }
+        let Scored {
+            rows,
+            rendered: Rendered { scores, messages },
+            ..
+        } = scored;
         let inserted =
             chainfold_store::scores::insert(tx, &self.version, &self.sha256, &scores).await?;
         let mut new: std::collections::HashSet<(u64, String, String)> = inserted
@@ -1946,15 +1977,15 @@ impl Writer {
             .map(|(c, w, e)| (c as u64, w, e))
             .collect();
         Ok(rows
-            .iter()
+            .into_iter()
             .zip(messages)
             // Each stored row once, even if the batch held its event twice.
             .filter(|((c, w, t, _), _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
             .map(
                 |((chain, wallet, t, s), (output_id, published))| StoredScore {
-                    chain: *chain,
-                    wallet: wallet.clone(),
-                    event_id: t.event_id.clone(),
+                    chain,
+                    wallet,
+                    event_id: t.event_id,
                     at: t.at,
                     score: s.score,
                     band: s.band,
