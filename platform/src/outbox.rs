@@ -444,6 +444,31 @@ async fn relay_round(
     Ok(sent)
 }
 
+/// How long a committed outbox row may wait before a relay with nothing else to do takes it:
+/// its writer relays it right after the commit, so a row this old was left behind (the
+/// writer's relay failed after the commit, or the writer died).
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `topics` have a row older than `after` still waiting: one its writer did not relay.
+/// A worker with nothing to do checks this before relaying (see [`relay`]), so rows a failed
+/// relay left do not wait for the next batch to commit (on a quiet stream it may never come),
+/// while rows their writers are relaying are left to them.
+pub async fn abandoned(
+    pool: &PgPool,
+    topics: &[String],
+    after: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    let seconds = after.as_secs_f64();
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM outbox WHERE topic = ANY($1)
+                            AND created_at < now() - make_interval(secs => $2)) AS "abandoned!""#,
+        topics,
+        seconds
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Outputs still waiting to be relayed (all topics).
 pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(

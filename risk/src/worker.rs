@@ -342,6 +342,14 @@ impl RiskWorker {
             ..RiskOutcome::default()
         };
         if batch.messages.is_empty() {
+            // Idle: what a relay that failed after its batch committed left in the outbox goes
+            // now, not when the next batch commits (on a quiet stream it may never come); rows
+            // their writers are relaying are left to them.
+            let topics = std::slice::from_ref(&self.risk_topic);
+            let after = chainfold_platform::outbox::ABANDONED_AFTER;
+            if chainfold_platform::outbox::abandoned(&self.pool, topics, after).await? {
+                self.relay().await?;
+            }
             return Ok(outcome);
         }
         let mut stretches: BTreeMap<u64, Stretch> = BTreeMap::new();

@@ -362,3 +362,73 @@ async fn the_anomaly_model_scores_every_replayed_swap_once_and_flags_about_what_
         assert_eq!(e["model"], "pool-anomaly-v1");
     }
 }
+
+/// A committed batch whose relay failed leaves its alerts in the outbox; on a quiet stream no
+/// later batch commits to take them along: the worker relays them when it next finds nothing.
+#[tokio::test]
+async fn alerts_a_failed_relay_left_in_the_outbox_go_when_the_worker_idles() {
+    let iso = Isolated::new("risk_idle_relay").await;
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let mut worker = RiskWorker::build(risk_config(&iso, unique("risk-idle")))
+        .await
+        .expect("risk worker");
+    let pool = worker.pool().clone();
+    // Left behind after the worker started (it relays what is pending when it starts).
+    let risk_topic = format!(
+        "{}{}",
+        iso.kafka.topic_prefix,
+        chainfold_domain::topics::RISK
+    );
+    let mut tx = pool.begin().await.expect("tx");
+    chainfold_platform::outbox::enqueue(
+        &mut tx,
+        &[chainfold_platform::outbox::Output {
+            topic: risk_topic,
+            key: "31337".into(),
+            output_id: unique("alert:left-behind"),
+            payload: serde_json::json!({ "kind": "left behind" }).into(),
+        }],
+    )
+    .await
+    .expect("enqueue");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        chainfold_platform::outbox::pending(&pool)
+            .await
+            .expect("pending"),
+        1
+    );
+    // A row this fresh is its writer's to relay: an idle step leaves it.
+    let idle = worker
+        .process_batch(Duration::from_millis(300))
+        .await
+        .expect("an idle step");
+    assert_eq!(idle.received, 0);
+    assert_eq!(
+        chainfold_platform::outbox::pending(&pool)
+            .await
+            .expect("pending"),
+        1,
+        "a fresh row is left to its writer"
+    );
+    // Older than a writer's relay ever takes: abandoned.
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '1 minute'")
+        .execute(&pool)
+        .await
+        .expect("age the row");
+    let outcome = worker
+        .process_batch(Duration::from_millis(300))
+        .await
+        .expect("an idle batch");
+    assert_eq!(outcome.received, 0, "nothing was there to evaluate");
+    assert_eq!(
+        chainfold_platform::outbox::pending(&pool)
+            .await
+            .expect("pending"),
+        0,
+        "the idle worker relayed what was left"
+    );
+}

@@ -1004,6 +1004,18 @@ impl Scorer {
         self.publisher().relay(&Held::default()).await
     }
 
+    /// Relays what is pending if a row has waited past
+    /// [`chainfold_platform::outbox::ABANDONED_AFTER`]: its writer did not relay it. Rows their
+    /// writers (this scorer's or another replica's) are relaying are left to them.
+    async fn relay_abandoned(&self) -> anyhow::Result<u64> {
+        let topics = [self.scores_topic.clone(), self.decisions_topic.clone()];
+        let after = chainfold_platform::outbox::ABANDONED_AFTER;
+        if chainfold_platform::outbox::abandoned(&self.pool, &topics, after).await? {
+            return self.relay().await;
+        }
+        Ok(0)
+    }
+
     /// Sends a record the scorer cannot read to `<topic>.dlq` with the reason (awaited: the
     /// offset that skips it is committed only after).
     async fn dead_letter(&self, message: &Received, reason: &str) -> anyhow::Result<()> {
@@ -1038,8 +1050,10 @@ impl Scorer {
         let (before, prepared) = self.prepare(idle).await?;
         outcome.add(&before);
         let Some(prepared) = prepared else {
-            // Idle: the last batch's publishing finishes before the scorer reports idle.
+            // Idle: the last batch's publishing finishes before the scorer reports idle, and
+            // what a failed publishing left in the outbox goes now (see `step`).
             self.await_publishing(None).await?;
+            self.relay_abandoned().await?;
             return Ok(outcome);
         };
         let first_at = prepared.first_at;
@@ -1074,8 +1088,13 @@ impl Scorer {
         let Some(prepared) = prepared else {
             // Idle with nothing just committed: the last publishing finishes before the loop
             // sees an idle scorer (a publishing just started is awaited by the next idle step).
+            // Then rows abandoned in the outbox are relayed from Postgres: a publishing that
+            // failed after its commit (Postgres or the broker went away while it relayed) left
+            // its rows there, and without this they would wait for the next batch to commit,
+            // which on a quiet stream may never come.
             if !was_writing {
                 self.await_publishing(None).await?;
+                self.relay_abandoned().await?;
             }
             return Ok(outcome);
         };

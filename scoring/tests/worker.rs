@@ -944,3 +944,104 @@ async fn a_committed_batch_is_published_without_waiting_for_the_next_step() {
     let outcome = BatchWorker::drain(&mut scorer).await.expect("drain");
     assert_eq!(outcome.scored as usize, stored, "{outcome:?}");
 }
+
+/// A committed batch whose publishing failed (Postgres or the broker went away while it
+/// relayed) leaves its records in the outbox. On a quiet stream no later batch commits to take
+/// them along: the scorer relays them when it next finds nothing to score.
+#[tokio::test]
+async fn records_a_failed_publishing_left_in_the_outbox_are_relayed_when_the_scorer_idles() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+
+    let iso = Isolated::new("score_idle_relay").await;
+    let topics = iso.kafka.topics();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let group = unique("idle-relay");
+    let mut scorer = Scorer::build(config(&iso, &group)).await.expect("scorer");
+    let pool = scorer.pool().clone();
+    // Left behind after the scorer started (it relays what is pending when it starts).
+    let scores_topic = format!(
+        "{}{}",
+        iso.kafka.topic_prefix,
+        chainfold_domain::topics::SCORES
+    );
+    let output_id = unique("score:left-behind");
+    let mut tx = pool.begin().await.expect("tx");
+    chainfold_platform::outbox::enqueue(
+        &mut tx,
+        &[chainfold_platform::outbox::Output {
+            topic: scores_topic.clone(),
+            key: "0x00000000000000000000000000000000000000aa".into(),
+            output_id: output_id.clone(),
+            payload: chainfold_platform::outbox::Payload::Text(
+                format!(r#"{{"outputId":"{output_id}"}}"#).into(),
+            ),
+        }],
+    )
+    .await
+    .expect("enqueue");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        chainfold_platform::outbox::pending(&pool)
+            .await
+            .expect("pending"),
+        1
+    );
+    // A row this fresh is its writer's to relay: an idle step leaves it.
+    let idle = scorer
+        .process_batch(Duration::from_millis(300))
+        .await
+        .expect("an idle step");
+    assert_eq!(idle.received, 0);
+    assert_eq!(
+        chainfold_platform::outbox::pending(&pool)
+            .await
+            .expect("pending"),
+        1,
+        "a fresh row is left to its writer"
+    );
+    // Older than a writer's relay ever takes: abandoned.
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '1 minute'")
+        .execute(&pool)
+        .await
+        .expect("age the row");
+
+    let outcome = scorer
+        .process_batch(Duration::from_millis(300))
+        .await
+        .expect("an idle step");
+    assert_eq!(outcome.received, 0, "nothing was there to score");
+    assert_eq!(
+        chainfold_platform::outbox::pending(&pool)
+            .await
+            .expect("pending"),
+        0,
+        "the idle scorer relayed what was left"
+    );
+
+    // And the record is on the scores topic.
+    let consumer: BaseConsumer = chainfold_platform::kafka::client_config(&iso.kafka)
+        .set("group.id", unique("idle-relay-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    consumer.subscribe(&[&scores_topic]).expect("subscribe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = false;
+    while !seen && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            seen = m
+                .headers()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == chainfold_platform::outbox::OUTPUT_ID_HEADER)
+                })
+                .and_then(|h| h.value)
+                .is_some_and(|v| v == output_id.as_bytes());
+        }
+    }
+    assert!(seen, "the left-behind record reached {scores_topic}");
+}
