@@ -382,53 +382,15 @@ async fn alerts_a_failed_relay_left_in_the_outbox_go_when_the_worker_idles() {
         iso.kafka.topic_prefix,
         chainfold_domain::topics::RISK
     );
-    let mut tx = pool.begin().await.expect("tx");
-    chainfold_platform::outbox::enqueue(
-        &mut tx,
-        &[chainfold_platform::outbox::Output {
-            topic: risk_topic,
-            key: "31337".into(),
-            output_id: unique("alert:left-behind"),
-            payload: serde_json::json!({ "kind": "left behind" }).into(),
-        }],
-    )
-    .await
-    .expect("enqueue");
-    tx.commit().await.expect("commit");
-    assert_eq!(
-        chainfold_platform::outbox::pending(&pool)
-            .await
-            .expect("pending"),
-        1
-    );
-    // A row this fresh is its writer's to relay: an idle step leaves it.
-    let idle = worker
-        .process_batch(Duration::from_millis(300))
-        .await
-        .expect("an idle step");
-    assert_eq!(idle.received, 0);
-    assert_eq!(
-        chainfold_platform::outbox::pending(&pool)
-            .await
-            .expect("pending"),
-        1,
-        "a fresh row is left to its writer"
-    );
-    // Older than a writer's relay ever takes: abandoned.
-    sqlx::query("UPDATE outbox SET created_at = now() - interval '1 minute'")
-        .execute(&pool)
-        .await
-        .expect("age the row");
-    let outcome = worker
-        .process_batch(Duration::from_millis(300))
-        .await
-        .expect("an idle batch");
-    assert_eq!(outcome.received, 0, "nothing was there to evaluate");
-    assert_eq!(
-        chainfold_platform::outbox::pending(&pool)
-            .await
-            .expect("pending"),
-        0,
-        "the idle worker relayed what was left"
-    );
+    let output = chainfold_platform::outbox::Output {
+        topic: risk_topic,
+        key: "31337".into(),
+        output_id: unique("alert:left-behind"),
+        payload: serde_json::json!({ "kind": "left behind" }).into(),
+    };
+    chainfold_testkit::outbox::left_behind_goes_when_idle(&pool, output, async || {
+        let batch = worker.process_batch(Duration::from_millis(300)).await;
+        batch.expect("an idle batch").received
+    })
+    .await;
 }

@@ -968,58 +968,19 @@ async fn records_a_failed_publishing_left_in_the_outbox_are_relayed_when_the_sco
         chainfold_domain::topics::SCORES
     );
     let output_id = unique("score:left-behind");
-    let mut tx = pool.begin().await.expect("tx");
-    chainfold_platform::outbox::enqueue(
-        &mut tx,
-        &[chainfold_platform::outbox::Output {
-            topic: scores_topic.clone(),
-            key: "0x00000000000000000000000000000000000000aa".into(),
-            output_id: output_id.clone(),
-            payload: chainfold_platform::outbox::Payload::Text(
-                format!(r#"{{"outputId":"{output_id}"}}"#).into(),
-            ),
-        }],
-    )
-    .await
-    .expect("enqueue");
-    tx.commit().await.expect("commit");
-    assert_eq!(
-        chainfold_platform::outbox::pending(&pool)
-            .await
-            .expect("pending"),
-        1
-    );
-    // A row this fresh is its writer's to relay: an idle step leaves it.
-    let idle = scorer
-        .process_batch(Duration::from_millis(300))
-        .await
-        .expect("an idle step");
-    assert_eq!(idle.received, 0);
-    assert_eq!(
-        chainfold_platform::outbox::pending(&pool)
-            .await
-            .expect("pending"),
-        1,
-        "a fresh row is left to its writer"
-    );
-    // Older than a writer's relay ever takes: abandoned.
-    sqlx::query("UPDATE outbox SET created_at = now() - interval '1 minute'")
-        .execute(&pool)
-        .await
-        .expect("age the row");
-
-    let outcome = scorer
-        .process_batch(Duration::from_millis(300))
-        .await
-        .expect("an idle step");
-    assert_eq!(outcome.received, 0, "nothing was there to score");
-    assert_eq!(
-        chainfold_platform::outbox::pending(&pool)
-            .await
-            .expect("pending"),
-        0,
-        "the idle scorer relayed what was left"
-    );
+    let output = chainfold_platform::outbox::Output {
+        topic: scores_topic.clone(),
+        key: "0x00000000000000000000000000000000000000aa".into(),
+        output_id: output_id.clone(),
+        payload: chainfold_platform::outbox::Payload::Text(
+            format!(r#"{{"outputId":"{output_id}"}}"#).into(),
+        ),
+    };
+    chainfold_testkit::outbox::left_behind_goes_when_idle(&pool, output, async || {
+        let step = scorer.process_batch(Duration::from_millis(300)).await;
+        step.expect("an idle step").received
+    })
+    .await;
 
     // And the record is on the scores topic.
     let consumer: BaseConsumer = chainfold_platform::kafka::client_config(&iso.kafka)

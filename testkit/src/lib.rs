@@ -3,6 +3,7 @@
 //! A missing service fails the test with the variable that points at it.
 
 pub mod cpu;
+pub mod outbox;
 
 use std::path::PathBuf;
 use std::sync::Once;
