@@ -447,7 +447,7 @@ fn outputs_of(kafka: &chainfold_platform::config::KafkaArgs, topic: &str) -> BTr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_roles_brokers_postgres_and_redis_change_no_table_and_no_output() {
-    let _one_at_a_time = chainfold_testkit::exclusive("fault-stack").await;
+    let _one_at_a_time = chainfold_testkit::fault_stack().await;
     let seed: u64 = env_or("CHAINFOLD_CHAOS_SEED", rand::random());
     let faults: usize = env_or("CHAINFOLD_CHAOS_FAULTS", 12);
     let steps: usize = env_or("CHAINFOLD_CHAOS_STEPS", 150);
@@ -753,7 +753,7 @@ async fn follow_and_project(iso: &Isolated, chains: &Path) -> sqlx::PgPool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_projectors_and_two_scorers_share_six_partitions_and_lose_one_each_without_a_trace() {
-    let _one_at_a_time = chainfold_testkit::exclusive("fault-stack").await;
+    let _one_at_a_time = chainfold_testkit::fault_stack().await;
     let iso = Isolated::on_fault_stack("scale").await;
     let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
         .await
@@ -1066,4 +1066,30 @@ async fn a_second_ingest_of_a_chain_stands_by_and_takes_over_when_the_leader_is_
     let swaps = theirs.iter().find(|f| f.0 == "swap").map_or(0, |f| f.1);
     assert!(swaps > 5, "the workload swapped: {theirs:?}");
     assert_eq!(ours, theirs, "two ingest processes in turn vs one");
+}
+
+/// `scripts/test` prunes earlier runs' topics before the tests: on the fault cluster too, or
+/// its brokers pile up partitions (~7,000 after some runs) that each restart must load, and a
+/// killed broker no longer comes back within `broker-start`'s 90 s under a test run's load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_topic_prune_reaches_the_fault_cluster() {
+    let _one_at_a_time = chainfold_testkit::fault_stack().await;
+    let iso = Isolated::on_fault_stack("prune").await;
+    let topic = iso.kafka.topics().all()[0].clone();
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, std::slice::from_ref(&topic))
+        .await
+        .expect("a test topic on the cluster");
+    // --list: what the prune would delete, without deleting the topics of tests running now.
+    let listed = stack(&["prune-test-topics", "--list"]);
+    let cluster = chainfold_testkit::fault_kafka_brokers();
+    let brokers: BTreeSet<&str> = listed
+        .lines()
+        .filter(|line| line.split_once(' ').is_some_and(|(_, t)| t == topic))
+        .filter_map(|line| line.split_once(' ').map(|(b, _)| b))
+        .collect();
+    assert_eq!(
+        brokers,
+        BTreeSet::from([cluster.as_str()]),
+        "the prune lists {topic} on the cluster's brokers:\n{listed}"
+    );
 }

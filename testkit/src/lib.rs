@@ -48,9 +48,9 @@ pub fn fault_redis_url() -> String {
     std::env::var("CHAINFOLD_FAULT_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into())
 }
 
-/// Runs `scripts/stack <args>` (the fault tests' way to kill and restart services) and panics
-/// with its output when it fails.
-pub fn stack(args: &[&str]) {
+/// Runs `scripts/stack <args>` (the fault tests' way to kill and restart services), panics with
+/// its output when it fails, and returns what it printed on stdout.
+pub fn stack(args: &[&str]) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack");
     let output = std::process::Command::new(&script)
         .args(args)
@@ -62,6 +62,7 @@ pub fn stack(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Holds a Postgres advisory lock named `name` on the shared test server until the connection is
@@ -78,6 +79,15 @@ pub async fn exclusive(name: &str) -> sqlx::PgConnection {
         .await
         .expect("advisory lock");
     conn
+}
+
+/// Takes the fault stack for one test ([`exclusive`]) and first brings back whatever an earlier
+/// test left stopped (`scripts/stack up --cluster` starts only what is down): a fault test that
+/// fails while a broker or Postgres is down must not fail the next one too.
+pub async fn fault_stack() -> sqlx::PgConnection {
+    let lock = exclusive("fault-stack").await;
+    stack(&["up", "--cluster"]);
+    lock
 }
 
 /// `<prefix>-<random>`: topic prefixes, groups, database names and Redis prefixes that no
