@@ -398,6 +398,10 @@ async fn three_fresh_groups(
             .await
             .expect("score");
         assert_eq!(outcome.scored, expect, "every event scored");
+        println!(
+            "  {label}: {} lending price points taken from earlier batches",
+            outcome.price_points_kept
+        );
         rates.push(outcome.scored as f64 / scorer.span().as_secs_f64());
         cpu.push(PerScore::of(&Parts::now().since(&before), outcome.scored));
         println!("  {label}: {}", scorer.stages);

@@ -191,6 +191,8 @@ pub struct Outcome {
     /// Triggers that saw less than the stored profile (late, older blocks): scored from the
     /// wallet's whole history.
     pub behind: u64,
+    /// Lending price points taken from what earlier batches kept instead of read again.
+    pub price_points_kept: u64,
 }
 
 impl Outcome {
@@ -208,6 +210,7 @@ impl Outcome {
         self.full_reads += o.full_reads;
         self.history_rows_read += o.history_rows_read;
         self.behind += o.behind;
+        self.price_points_kept += o.price_points_kept;
     }
 }
 
@@ -328,6 +331,9 @@ pub struct ScoreEngine {
     /// The model directory's name, stored with every score.
     pub version: String,
     pub sha256: String,
+    /// Each reserve's lending price points kept from one batch to the next (the live scorer's;
+    /// `None` reads every batch's windows whole, as a backtest does).
+    lending: Option<std::sync::Arc<std::sync::Mutex<LendingPrices>>>,
 }
 
 /// Scores computed for a batch of triggers.
@@ -342,6 +348,8 @@ struct Computed<'t> {
     stats: profiles::LoadStats,
     /// Triggers scored from a whole history because they saw less than the stored profile.
     behind: u64,
+    /// Lending price points taken from what earlier batches kept.
+    price_points_kept: u64,
 }
 
 /// (reserve, symbol, collateral, debt) per reserve, as [`chainfold_domain::profile::PositionBook::positions`] gives them.
@@ -402,7 +410,15 @@ impl ScoreEngine {
             version: model.version.clone(),
             sha256: model.sha256.clone(),
             model: std::sync::Arc::new(std::sync::Mutex::new(model)),
+            lending: None,
         }
+    }
+
+    /// The engine keeping lending price points from one batch to the next (see
+    /// [`LendingPrices`]): for a reader whose batches wait for their blocks' seals.
+    fn keeping_prices(mut self) -> ScoreEngine {
+        self.lending = Some(Default::default());
+        self
     }
 
     /// [`ScoreEngine::compute`]'s rows: (chain, wallet, trigger, score).
@@ -411,7 +427,13 @@ impl ScoreEngine {
         triggers: &'t [Trigger],
     ) -> anyhow::Result<Vec<(u64, String, &'t Trigger, Score)>> {
         Ok(self
-            .compute(triggers, &HashSet::new(), &HashMap::new(), None)
+            .compute(
+                triggers,
+                &HashSet::new(),
+                &HashMap::new(),
+                None,
+                &HashMap::new(),
+            )
             .await?
             .rows)
     }
@@ -424,13 +446,16 @@ impl ScoreEngine {
     /// profile holds (an older block arriving late) is scored from the wallet's whole history,
     /// folded from the start: the same features, at the old cost. `persist` names the topic
     /// whose triggers may move the stored profile (the lending topic: a wallet's own events
-    /// arrive in order on one partition); `None` stores nothing (a backtest).
+    /// arrive in order on one partition); `None` stores nothing (a backtest). `sealed` gives,
+    /// per chain, a block whose seal the batch waited for: the price points up to it are whole,
+    /// so the engine may keep them for the next batch (see [`LendingPrices`]).
     async fn compute<'t>(
         &self,
         triggers: &'t [Trigger],
         reset: &HashSet<WalletKey>,
         fresher: &HashMap<WalletKey, CreditProfile>,
         persist: Option<&str>,
+        sealed: &HashMap<u64, i64>,
     ) -> anyhow::Result<Computed<'t>> {
         let mut by_wallet: BTreeMap<WalletKey, Vec<&Trigger>> = BTreeMap::new();
         for t in triggers {
@@ -458,6 +483,8 @@ impl ScoreEngine {
                 .map(|at| at - chrono::Duration::days(VOLATILITY_DAYS)),
             until: triggers.iter().map(|t| t.at).max(),
             points: HashMap::new(),
+            sealed: sealed.clone(),
+            kept: 0,
         };
         let mut keep = Vec::new();
         // Each wallet's attestations, and (wallet index, trigger, activity, positions) of every
@@ -558,6 +585,7 @@ impl ScoreEngine {
             profiles: keep,
             stats,
             behind,
+            price_points_kept: cache.kept,
         })
     }
 
@@ -635,15 +663,8 @@ impl ScoreEngine {
         block: Option<i64>,
     ) -> anyhow::Result<Visible<'c>> {
         if cache.get(chain_id, reserve).is_none() {
-            let (oracle, lending) = chainfold_store::prices::window(
-                &self.pool,
-                chain_id as i64,
-                reserve,
-                cache.since,
-                cache.until,
-            )
-            .await?;
-            cache.insert(chain_id, reserve.to_owned(), oracle, lending);
+            self.prefetch_prices(cache, HashSet::from([(chain_id, reserve.to_owned())]))
+                .await?;
         }
         let (oracle, lending) = cache
             .get(chain_id, reserve)
@@ -657,29 +678,127 @@ impl ScoreEngine {
     }
 
     /// Reads the price points of `reserves` not in `cache` yet, each on its own connection,
-    /// side by side (the same reads [`ScoreEngine::prices`] makes one after another).
+    /// side by side. The lending points come from what the engine kept of earlier batches
+    /// where it can ([`LendingPrices`]): only the points after those are read.
     async fn prefetch_prices(
         &self,
         cache: &mut PriceCache,
         reserves: HashSet<(u64, String)>,
     ) -> anyhow::Result<()> {
-        let mut reads = tokio::task::JoinSet::new();
-        for (chain_id, reserve) in reserves {
-            if cache.get(chain_id, &reserve).is_some() {
-                continue;
+        let wanted: Vec<(u64, String)> = reserves
+            .into_iter()
+            .filter(|(chain_id, reserve)| cache.get(*chain_id, reserve).is_none())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let (since, until) = (cache.since, cache.until);
+        // What the engine kept, taken out for this batch's reads (after the mark: a change
+        // committed before it shows in the reads, one committed after it moves the next mark).
+        let mut kept: HashMap<(u64, String), KeptLending> = HashMap::new();
+        if let (Some(memory), Some(since)) = (&self.lending, since) {
+            let mark = chainfold_store::prices::change_mark(&self.pool).await?;
+            let mut memory = memory
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lending price memory lock poisoned"))?;
+            if memory.mark != Some(mark) {
+                memory.kept.clear();
+                memory.mark = Some(mark);
             }
-            let (pool, since, until) = (self.pool.clone(), cache.since, cache.until);
+            // Points a batch has moved past are not kept.
+            memory.kept.retain(|_, k| k.below > since);
+            for key in &wanted {
+                if let Some(k) = memory.kept.remove(key) {
+                    kept.insert(key.clone(), k);
+                }
+            }
+        }
+        let mut reads = tokio::task::JoinSet::new();
+        for (chain_id, reserve) in wanted {
+            let pool = self.pool.clone();
+            let held = kept.remove(&(chain_id, reserve.clone()));
+            let sealed = self
+                .lending
+                .is_some()
+                .then(|| cache.sealed.get(&chain_id).copied())
+                .flatten();
             reads.spawn(async move {
-                let read =
-                    chainfold_store::prices::window(&pool, chain_id as i64, &reserve, since, until)
-                        .await;
+                let read = async {
+                    let chain = chain_id as i64;
+                    let oracle =
+                        chainfold_store::prices::oracle_window(&pool, chain, &reserve, since)
+                            .await?;
+                    let Some(since) = since else {
+                        // No trigger: nothing is priced, nothing read or kept.
+                        let lending = chainfold_store::prices::lending_window(
+                            &pool, chain, &reserve, None, until,
+                        )
+                        .await?;
+                        return Ok((oracle, lending, None, 0));
+                    };
+                    let mut reused = 0;
+                    let joined = match held {
+                        Some(held) => {
+                            reused = held.points.len() as u64;
+                            // Before the kept points (a batch starting earlier) …
+                            let gap = if since < held.since {
+                                Some(
+                                    chainfold_store::prices::lending_gap(
+                                        &pool, chain, &reserve, since, held.since,
+                                    )
+                                    .await?,
+                                )
+                            } else {
+                                None
+                            };
+                            // … and after them.
+                            let after = if until.is_none_or(|until| until >= held.below) {
+                                chainfold_store::prices::lending_from(
+                                    &pool, chain, &reserve, held.below, until,
+                                )
+                                .await?
+                            } else {
+                                Vec::new()
+                            };
+                            held.join(since, gap, after, sealed)
+                        }
+                        None => Joined::read(
+                            chainfold_store::prices::lending_window(
+                                &pool,
+                                chain,
+                                &reserve,
+                                Some(since),
+                                until,
+                            )
+                            .await?,
+                            since,
+                            sealed,
+                        ),
+                    };
+                    let keep = joined.keep(since, KEPT_POINTS);
+                    let lending = cut_window(joined.points, since, until);
+                    Ok::<_, sqlx::Error>((oracle, lending, keep, reused))
+                }
+                .await;
                 (chain_id, reserve, read)
             });
         }
+        let mut keep = Vec::new();
         while let Some(done) = reads.join_next().await {
             let (chain_id, reserve, read) = done.context("a price read")?;
-            let (oracle, lending) = read?;
+            let (oracle, lending, kept, reused) = read?;
+            cache.kept += reused;
+            if let Some(kept) = kept {
+                keep.push(((chain_id, reserve.clone()), kept));
+            }
             cache.insert(chain_id, reserve, oracle, lending);
+        }
+        if let Some(memory) = &self.lending {
+            memory
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lending price memory lock poisoned"))?
+                .kept
+                .extend(keep);
         }
         Ok(())
     }
@@ -826,6 +945,170 @@ struct PriceCache {
     until: Option<DateTime<Utc>>,
     /// Per chain and reserve (looked up by the reserve's name, without building a key).
     points: HashMap<u64, HashMap<String, (PriceSource, PriceSource)>>,
+    /// Per chain, a block whose seal the batch waited for (see [`ScoreEngine::compute`]).
+    sealed: HashMap<u64, i64>,
+    /// Lending points taken from what earlier batches kept ([`LendingPrices`]).
+    kept: u64,
+}
+
+/// Lending price points kept from one batch to the next, per (chain, reserve).
+///
+/// A batch of a backfill reads each priced reserve's points from 30 days before its earliest
+/// trigger to its latest one, and the next batch's window overlaps most of it: re-reading and
+/// decoding them was the largest single cost left per score (BENCHMARKS.md, 2026-12-07). The
+/// points of a sealed block do not change, so a batch keeps the points it read up to the last
+/// one of a sealed block, and the next batch reads only the points from there on.
+///
+/// Why the kept points are whole: the batch waited until every block up to `sealed` was folded
+/// (its seal); a point missing from the read belongs to a later block, and a later block's time
+/// is not earlier (an EVM block's timestamp is never below its parent's), so it is not earlier
+/// than the last point of a sealed block. Everything before that time was therefore read.
+///
+/// What can change them anyway (a retraction, a chain's reset, a rebuild, a reorg's
+/// replacement blocks) appends to `price_change`; a moved mark drops everything kept. A reserve
+/// with a point without a block is never kept (nothing says which points are whole).
+#[derive(Debug, Default)]
+struct LendingPrices {
+    /// `price_change`'s (count, last id) when `kept` was last valid.
+    mark: Option<(i64, Option<i64>)>,
+    kept: HashMap<(u64, String), KeptLending>,
+}
+
+/// One reserve's kept lending points.
+#[derive(Debug, Clone, PartialEq)]
+struct KeptLending {
+    /// The window start they were read for: they begin with the last point before it.
+    since: DateTime<Utc>,
+    /// Every point of `since..below` (`below` excluded) is here, in window order.
+    below: DateTime<Utc>,
+    points: Vec<PricePoint>,
+}
+
+/// At most this many points of one reserve are kept from a batch before the points older than
+/// the batch's own window are let go (24 bytes each).
+const KEPT_POINTS: usize = 1 << 20;
+
+/// A reserve's lending points as a batch has them: every point from the last one before
+/// `since` on, in window order; those before `below` are whole (see [`LendingPrices`]), those
+/// after it are what the batch read of blocks not sealed yet.
+#[derive(Debug)]
+struct Joined {
+    since: DateTime<Utc>,
+    below: Option<DateTime<Utc>>,
+    points: Vec<PricePoint>,
+}
+
+impl Joined {
+    /// A window read whole for `since` ([`chainfold_store::prices::lending_window`]), with the
+    /// blocks up to `sealed` whole: its points are whole up to the last one of a sealed block
+    /// (excluded: a point of a later block may share its time). Nothing is whole when a point
+    /// has no block.
+    fn read(points: Vec<PricePoint>, since: DateTime<Utc>, sealed: Option<i64>) -> Joined {
+        Joined {
+            since,
+            below: sealed_until(&points, sealed),
+            points,
+        }
+    }
+
+    /// What of it the next batch can start from: the whole points, from the last one before
+    /// `since` on when there are more than `most` to keep from the earlier start.
+    fn keep(&self, since: DateTime<Utc>, most: usize) -> Option<KeptLending> {
+        let below = self.below?;
+        let end = self.points.partition_point(|p| p.0 < below);
+        let mut start = 0;
+        let mut from = self.since;
+        if end > most && since > self.since {
+            start = self.points[..end]
+                .partition_point(|p| p.0 < since)
+                .saturating_sub(1);
+            from = since;
+        }
+        (end > start).then(|| KeptLending {
+            since: from,
+            below,
+            points: self.points[start..end].to_vec(),
+        })
+    }
+}
+
+/// The time of the last point of a block up to `sealed`: every point before it was read (see
+/// [`LendingPrices`]). `None` without a sealed block, without such a point, or when a point
+/// has no block.
+fn sealed_until(points: &[PricePoint], sealed: Option<i64>) -> Option<DateTime<Utc>> {
+    let sealed = sealed?;
+    let mut below = None;
+    for (at, block, _) in points {
+        match block {
+            None => return None,
+            Some(b) if *b <= sealed => {
+                below = Some(below.map_or(*at, |x: DateTime<Utc>| x.max(*at)))
+            }
+            Some(_) => {}
+        }
+    }
+    below
+}
+
+impl KeptLending {
+    /// The kept points with what a batch read around them for its window from `since`: `gap`,
+    /// when it starts earlier, the window up to the kept start
+    /// ([`chainfold_store::prices::lending_gap`]), and `after`, the points from `below` on
+    /// ([`chainfold_store::prices::lending_from`]). Whole up to `below`, or further when
+    /// `after` holds points of blocks up to `sealed`.
+    fn join(
+        self,
+        since: DateTime<Utc>,
+        gap: Option<Vec<PricePoint>>,
+        after: Vec<PricePoint>,
+        sealed: Option<i64>,
+    ) -> Joined {
+        let blockless = |points: &[PricePoint]| points.iter().any(|p| p.1.is_none());
+        let mut whole = !blockless(&after) && !gap.as_deref().is_some_and(blockless);
+        let (from, mut points) = match gap {
+            // The gap brings the point before the earlier start; the kept one before theirs
+            // is in the gap already.
+            Some(mut gap) => {
+                let kept_since = self.since;
+                gap.extend(self.points.into_iter().filter(|p| p.0 >= kept_since));
+                (since.min(kept_since), gap)
+            }
+            None => (self.since, self.points),
+        };
+        let mut below = self.below;
+        match sealed_until(&after, sealed) {
+            Some(further) if further > below => below = further,
+            Some(_) => {}
+            // A point without a block among them: nothing says which are whole.
+            None if blockless(&after) => whole = false,
+            None => {}
+        }
+        points.extend(after);
+        Joined {
+            since: from,
+            below: whole.then_some(below),
+            points,
+        }
+    }
+}
+
+/// The window of `since..=until` as [`chainfold_store::prices::lending_window`] reads it (the
+/// last point before `since`, then the points of the window) cut from `points`: every point
+/// from the last one before `since` on, in window order.
+fn cut_window(
+    mut points: Vec<PricePoint>,
+    since: DateTime<Utc>,
+    until: Option<DateTime<Utc>>,
+) -> Vec<PricePoint> {
+    let start = points.partition_point(|p| p.0 < since);
+    let end = until
+        .map_or(points.len(), |until| {
+            points.partition_point(|p| p.0 <= until)
+        })
+        .max(start);
+    points.truncate(end);
+    points.drain(..start.saturating_sub(1));
+    points
 }
 
 /// One reserve's points of one kind (oracle or lending), as read, with what a lookup needs.
@@ -970,7 +1253,7 @@ impl Scorer {
             _pipeline: pipeline,
             member,
             producer,
-            engine: ScoreEngine::new(pool.clone(), model),
+            engine: ScoreEngine::new(pool.clone(), model).keeping_prices(),
             pool,
             redis,
             policy,
@@ -1177,6 +1460,11 @@ impl Scorer {
                 })
             });
         }
+        // The blocks the batch waited to see sealed: their price points are whole.
+        let sealed: HashMap<u64, i64> = sealed
+            .iter()
+            .filter_map(|(chain, need)| Some((*chain, need.block? as i64)))
+            .collect();
         let computed = if self.config.resume_profiles {
             self.engine
                 .compute(
@@ -1184,6 +1472,7 @@ impl Scorer {
                     &reset,
                     &self.fresh_profiles,
                     Some(&self.lending_topic),
+                    &sealed,
                 )
                 .await?
         } else {
@@ -1192,7 +1481,7 @@ impl Scorer {
                 .map(|t| (t.chain_id, t.wallet.clone()))
                 .collect();
             self.engine
-                .compute(&triggers, &every, &HashMap::new(), None)
+                .compute(&triggers, &every, &HashMap::new(), None, &sealed)
                 .await?
         };
         outcome.attestations_expired = computed.expired;
@@ -1201,6 +1490,7 @@ impl Scorer {
         outcome.full_reads = computed.stats.full_reads;
         outcome.history_rows_read = computed.stats.rows_read;
         outcome.behind = computed.behind;
+        outcome.price_points_kept = computed.price_points_kept;
         let scored = Scored::of(
             computed,
             &projector,
@@ -2466,5 +2756,151 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// What `lending_window` returns from `table` (points in window order): the last point
+    /// before `since`, then those of `since..=until`.
+    fn read_window(
+        table: &[PricePoint],
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    ) -> Vec<PricePoint> {
+        let before = table.iter().rev().find(|p| p.0 < since).copied();
+        before
+            .into_iter()
+            .chain(
+                table
+                    .iter()
+                    .filter(|p| p.0 >= since && until.is_none_or(|u| p.0 <= u))
+                    .copied(),
+            )
+            .collect()
+    }
+
+    #[test]
+    fn kept_lending_points_with_the_rest_read_are_the_window_read_whole() {
+        // A chain of 3,000 blocks, 12 s apart, some sharing a timestamp (a block's time is never
+        // below its parent's), with 0–3 priced lending events each.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut chain: Vec<PricePoint> = Vec::new();
+        let mut time = at(0);
+        for block in 0..3_000 {
+            if next(5) != 0 {
+                time += chrono::Duration::seconds(12);
+            }
+            for _ in 0..next(4) {
+                chain.push((time, Some(block), 1_000.0 + next(1_000) as f64));
+            }
+        }
+        let last_time = |block: i64| {
+            chain
+                .iter()
+                .rev()
+                .find(|p| p.1.is_some_and(|b| b <= block))
+                .map(|p| p.0)
+                .expect("a point")
+        };
+        // Batches move through the chain as a backfill's do: the blocks sealed so far grow,
+        // the projector may have folded part of the blocks after them, and each batch's own
+        // blocks (its seal, its triggers) lag behind by a varying stretch, so its window starts
+        // earlier than the last one's at times and ends before what was kept.
+        let mut memory: Option<KeptLending> = None;
+        let (mut reused, mut batches, mut earlier, mut whole_reads) = (0, 0, 0, 0);
+        let mut sealed_so_far = 300;
+        while sealed_so_far < 3_000 {
+            let ahead = sealed_so_far + next(40) as i64;
+            let table: Vec<PricePoint> = chain
+                .iter()
+                .filter(|p| {
+                    let b = p.1.expect("block");
+                    b <= sealed_so_far || (b <= ahead && next(2) == 0)
+                })
+                .copied()
+                .collect();
+            let sealed = sealed_so_far - next(200) as i64;
+            let since = last_time(sealed - 40 - next(120) as i64) - chrono::Duration::seconds(1);
+            let until = Some(last_time(sealed - next(3) as i64));
+            let whole = read_window(&table, since, until);
+            let joined = match memory.take() {
+                Some(kept) => {
+                    reused += kept.points.len();
+                    let gap = (since < kept.since).then(|| {
+                        earlier += 1;
+                        read_window(&table, since, None)
+                            .into_iter()
+                            .filter(|p| p.0 < kept.since)
+                            .collect()
+                    });
+                    let after = if until.is_none_or(|u| u >= kept.below) {
+                        table
+                            .iter()
+                            .filter(|p| p.0 >= kept.below && until.is_none_or(|u| p.0 <= u))
+                            .copied()
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    kept.join(since, gap, after, Some(sealed))
+                }
+                None => {
+                    whole_reads += 1;
+                    Joined::read(whole.clone(), since, Some(sealed))
+                }
+            };
+            // Few kept (the batch's own window from then on) so that batches start earlier.
+            memory = joined.keep(since, 400);
+            let read = cut_window(joined.points, since, until);
+            assert_eq!(read, whole, "batch {batches}, sealed {sealed}");
+            if let Some(kept) = &memory {
+                // Everything kept is whole: the chain's points of the kept span are all there.
+                let span: Vec<PricePoint> = read_window(&chain, kept.since, None)
+                    .into_iter()
+                    .filter(|p| p.0 < kept.below)
+                    .collect();
+                assert_eq!(kept.points, span, "batch {batches}");
+            }
+            sealed_so_far += 1 + next(60) as i64;
+            batches += 1;
+        }
+        assert!(
+            batches > 50 && reused > 10_000 && earlier > 5 && whole_reads == 1,
+            "{batches} batches, {reused} reused, {earlier} started earlier, {whole_reads} read whole"
+        );
+    }
+
+    #[test]
+    fn no_lending_point_is_kept_without_a_block_or_a_sealed_one() {
+        let points = series();
+        let since = at(100);
+        let kept = Joined::read(points.clone(), since, Some(1_010))
+            .keep(since, KEPT_POINTS)
+            .expect("kept");
+        // Up to the last point of block 1,010 (at 50 h), that point excluded: a point of a later
+        // block may share its time.
+        assert_eq!(kept.below, at(50));
+        assert_eq!(kept.points, points[..10].to_vec());
+        assert_eq!(
+            Joined::read(points.clone(), since, Some(999)).keep(since, KEPT_POINTS),
+            None
+        );
+        assert_eq!(
+            Joined::read(points.clone(), since, None).keep(since, KEPT_POINTS),
+            None
+        );
+        let mut blockless = points.clone();
+        blockless[300].1 = None;
+        assert_eq!(
+            Joined::read(blockless.clone(), since, Some(1_300)).keep(since, KEPT_POINTS),
+            None
+        );
+        // Nor are kept points extended by points without a block.
+        let joined = kept.join(since, None, blockless[10..].to_vec(), Some(1_300));
+        assert_eq!(joined.below, None);
     }
 }

@@ -986,3 +986,109 @@ async fn records_a_failed_publishing_left_in_the_outbox_are_relayed_when_the_sco
         "the left-behind record reached {scores_topic}"
     );
 }
+
+/// The lending price points a scorer keeps from one batch to the next give the scores a whole
+/// read gives, and a change to points it holds (here an update, as a retraction's delete or a
+/// rebuild would be) makes it read them again.
+#[tokio::test]
+async fn kept_price_points_score_as_a_whole_read_and_a_change_to_them_is_seen() {
+    let iso = Isolated::new("scoring_kept_prices").await;
+    // The recorded histories carry no block numbers (the source gives the timestamp there), and
+    // only points of sealed blocks are kept: each event gets a block that moves with its time.
+    let mut events: Vec<chainfold_domain::Envelope> = Dataset::Polygon
+        .decode_dir(&data_dir())
+        .expect("data")
+        .into_iter()
+        .flatten()
+        .collect();
+    events.sort_by_key(|e| e.block_time);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.block = Some(chainfold_domain::BlockRef {
+            number: 40_000_000 + i as u64,
+            hash: Some(alloy_primitives::B256::left_padding_from(
+                &(i as u64 + 1).to_be_bytes(),
+            )),
+        });
+    }
+    let published = publish_and_project(&iso, &mut None, events.into_iter().map(Ok)).await;
+    let mut small = config(&iso, &unique("scorer-kept"));
+    small.batch_size = 150;
+    let mut scorer = Scorer::build(small).await.expect("scorer");
+    let pool = scorer.pool().clone();
+    // Batches until one took points an earlier one kept.
+    let mut before = chainfold_scoring::worker::Outcome::default();
+    while before.price_points_kept == 0 {
+        let o = scorer
+            .process_batch(Duration::from_secs(20))
+            .await
+            .expect("batch");
+        assert!(o.received > 0, "the log ended before any points were kept");
+        before.scored += o.scored;
+        before.price_points_kept += o.price_points_kept;
+    }
+    // Every price point the scorer may hold moves, by block.
+    let changed = sqlx::query(
+        "UPDATE lending_event SET price_usd = price_usd * (1 + (block_number % 7) * 0.03)
+         WHERE price_usd IS NOT NULL",
+    )
+    .execute(&pool)
+    .await
+    .expect("prices move")
+    .rows_affected();
+    assert!(changed > 100, "{changed}");
+    let (changed_at,): (i64,) = sqlx::query_as("SELECT max(id) FROM credit_score")
+        .fetch_one(&pool)
+        .await
+        .expect("last id");
+    let after = scorer
+        .run_until_idle(Duration::from_secs(5))
+        .await
+        .expect("the rest");
+    assert_eq!(before.scored + after.scored, published.lending);
+    assert!(after.price_points_kept > 0, "{after:?}");
+
+    // A backtest reads every window whole, from the prices as they now are.
+    let run = chainfold_scoring::backtest::run(&chainfold_scoring::backtest::BacktestConfig {
+        kafka: iso.kafka.clone(),
+        postgres: iso.postgres.clone(),
+        model: "position-v1".into(),
+        models_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+        from: chainfold_scoring::backtest::parse_time("2000-01-01").expect("time"),
+        to: chainfold_scoring::backtest::parse_time("2100-01-01").expect("time"),
+        label: Some("whole reads".into()),
+        projector_group: iso.group.clone(),
+    })
+    .await
+    .expect("backtest");
+    let compare = |newer: bool| {
+        let (pool, run_id) = (pool.clone(), run.run_id.clone());
+        async move {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT count(*) FILTER (WHERE b.score <> c.score OR b.reasons <> c.reasons::jsonb
+                        OR b.probability_of_liquidation IS DISTINCT FROM c.probability_of_liquidation),
+                        count(*) FILTER (WHERE c.probability_of_liquidation IS NOT NULL)
+                 FROM backtest_score b JOIN credit_score c USING (chain_id, wallet, event_id)
+                 WHERE b.run_id = $1 AND (c.id > $2) = $3",
+            )
+            .bind(run_id)
+            .bind(changed_at)
+            .bind(newer)
+            .fetch_one(&pool)
+            .await
+            .expect("compare")
+        }
+    };
+    // The scores before the change saw the old prices: the change shows in them …
+    let (differ_before, priced_before) = compare(false).await;
+    assert!(
+        differ_before > 0 && priced_before > 0,
+        "{differ_before} of the scores before the change differ ({priced_before} priced)"
+    );
+    // … and every score after it is what a whole read gives.
+    let (differ_after, priced_after) = compare(true).await;
+    assert!(priced_after > 0, "{priced_after}");
+    assert_eq!(
+        differ_after, 0,
+        "scores after the change that a whole read does not give"
+    );
+}

@@ -23,12 +23,26 @@ pub async fn window(
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
 ) -> sqlx::Result<(Vec<PricePoint>, Vec<PricePoint>)> {
-    // Each kind comes back as one row of three arrays, not a row per point: a batch's windows
-    // hold tens of thousands of points, and a row each cost the scorer ~10 % of its CPU in
-    // per-row decoding alone. The arrays are filled in the order the points are read, as the
-    // rows were returned before: the point before the window, then the window in index order
-    // (an `Append` of the two ordered scans; an `ORDER BY` inside each `array_agg` would sort
-    // the points three times over).
+    Ok((
+        oracle_window(pool, chain_id, reserve, since).await?,
+        lending_window(pool, chain_id, reserve, since, until).await?,
+    ))
+}
+
+// Each kind comes back as one row of three arrays, not a row per point: a batch's windows hold
+// tens of thousands of points, and a row each cost the scorer ~10 % of its CPU in per-row
+// decoding alone. The arrays are filled in the order the points are read, as the rows were
+// returned before: the point before the window, then the window in index order (an `Append` of
+// the two ordered scans; an `ORDER BY` inside each `array_agg` would sort the points three
+// times over).
+
+/// [`window`]'s oracle rounds.
+pub async fn oracle_window(
+    pool: &PgPool,
+    chain_id: i64,
+    reserve: &str,
+    since: Option<DateTime<Utc>>,
+) -> sqlx::Result<Vec<PricePoint>> {
     let oracle = sqlx::query!(
         r#"SELECT coalesce(array_agg(at), '{}') AS "at!",
                   coalesce(array_agg(block_number), '{}') AS "block!: Vec<Option<i64>>",
@@ -52,6 +66,18 @@ pub async fn window(
     )
     .fetch_one(pool)
     .await?;
+    Ok(zip(oracle.at, oracle.block, oracle.price))
+}
+
+/// [`window`]'s lending points: the last one before `since`, then those of `since..=until`, in
+/// the order of (`block_time`, `event_id`).
+pub async fn lending_window(
+    pool: &PgPool,
+    chain_id: i64,
+    reserve: &str,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> sqlx::Result<Vec<PricePoint>> {
     let lending = sqlx::query!(
         r#"SELECT coalesce(array_agg(at), '{}') AS "at!",
                   coalesce(array_agg(block_number), '{}') AS "block!: Vec<Option<i64>>",
@@ -77,17 +103,90 @@ pub async fn window(
     )
     .fetch_one(pool)
     .await?;
-    let zip = |at: Vec<DateTime<Utc>>, block: Vec<Option<i64>>, price: Vec<f64>| {
-        at.into_iter()
-            .zip(block)
-            .zip(price)
-            .map(|((at, block), price)| (at, block, price))
-            .collect::<Vec<PricePoint>>()
-    };
-    Ok((
-        zip(oracle.at, oracle.block, oracle.price),
-        zip(lending.at, lending.block, lending.price),
-    ))
+    Ok(zip(lending.at, lending.block, lending.price))
+}
+
+/// [`lending_window`] for a window that ends before `below` (excluded): what a reader holding
+/// the points from `below` on reads to start its window earlier.
+pub async fn lending_gap(
+    pool: &PgPool,
+    chain_id: i64,
+    reserve: &str,
+    since: DateTime<Utc>,
+    below: DateTime<Utc>,
+) -> sqlx::Result<Vec<PricePoint>> {
+    let lending = sqlx::query!(
+        r#"SELECT coalesce(array_agg(at), '{}') AS "at!",
+                  coalesce(array_agg(block_number), '{}') AS "block!: Vec<Option<i64>>",
+                  coalesce(array_agg(price), '{}') AS "price!"
+           FROM (
+             SELECT * FROM (
+               SELECT block_time AS at, block_number, price_usd::float8 AS price
+               FROM lending_event
+               WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
+                 AND block_time < $3
+               ORDER BY block_time DESC, event_id DESC
+               LIMIT 1) before
+             UNION ALL
+             SELECT * FROM (
+               SELECT block_time, block_number, price_usd::float8 FROM lending_event
+               WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
+                 AND block_time >= $3 AND block_time < $4
+               ORDER BY block_time, event_id) window_points) points"#,
+        chain_id,
+        reserve,
+        since,
+        below
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(zip(lending.at, lending.block, lending.price))
+}
+
+/// A reserve's lending points of `from..=until` (no point before them), in the order of
+/// [`lending_window`]: what a reader holding the points before `from` adds to them.
+pub async fn lending_from(
+    pool: &PgPool,
+    chain_id: i64,
+    reserve: &str,
+    from: DateTime<Utc>,
+    until: Option<DateTime<Utc>>,
+) -> sqlx::Result<Vec<PricePoint>> {
+    let lending = sqlx::query!(
+        r#"SELECT coalesce(array_agg(block_time), '{}') AS "at!",
+                  coalesce(array_agg(block_number), '{}') AS "block!: Vec<Option<i64>>",
+                  coalesce(array_agg(price), '{}') AS "price!"
+           FROM (
+             SELECT block_time, block_number, price_usd::float8 AS price FROM lending_event
+             WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
+               AND block_time >= $3 AND block_time <= coalesce($4::timestamptz, 'infinity')
+             ORDER BY block_time, event_id) points"#,
+        chain_id,
+        reserve,
+        from,
+        until
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(zip(lending.at, lending.block, lending.price))
+}
+
+/// Where the price points' changes stand (`price_change`: deletes, updates and truncates of
+/// `lending_event` and `oracle_update`, and reorgs' retraction seals): its row count and last
+/// id. Points read after one mark and checked against the next are whole if it did not move.
+pub async fn change_mark(pool: &PgPool) -> sqlx::Result<(i64, Option<i64>)> {
+    let mark = sqlx::query!(r#"SELECT count(*) AS "count!", max(id) AS last FROM price_change"#)
+        .fetch_one(pool)
+        .await?;
+    Ok((mark.count, mark.last))
+}
+
+fn zip(at: Vec<DateTime<Utc>>, block: Vec<Option<i64>>, price: Vec<f64>) -> Vec<PricePoint> {
+    at.into_iter()
+        .zip(block)
+        .zip(price)
+        .map(|((at, block), price)| (at, block, price))
+        .collect()
 }
 
 /// An asset's latest oracle price on the chain, if it has an oracle.

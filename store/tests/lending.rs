@@ -257,3 +257,85 @@ async fn a_price_window_starts_with_the_price_in_force_and_a_token_reads_as_of_i
         Some(BigDecimal::from(2100))
     );
 }
+
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn the_price_change_mark_moves_with_what_can_change_kept_points_and_not_with_inserts(
+    pool: PgPool,
+) {
+    let mark = || async { prices::change_mark(&pool).await.expect("mark") };
+    let start = mark().await;
+    assert_eq!(start, (0, None));
+    for (id, block) in [("e1", 1), ("e2", 2), ("e3", 3)] {
+        let weth = (WETH, "WETH", 18);
+        flow(&pool, id, "0xa", "deposit", weth, "1", Some("2000"), block).await;
+    }
+    round(&pool, "r1", WETH, "2000", 1).await;
+    let seal = |offset: i64, retracted: bool| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO chain_seal (kafka_topic, kafka_partition, kafka_offset, chain_id,
+                                         first_block, last_block, through, retracted)
+                 VALUES ('seals', 0, $1, 1, 1, 3, '[]', $2)",
+            )
+            .bind(offset)
+            .bind(retracted)
+            .execute(&pool)
+            .await
+            .expect("seal");
+        }
+    };
+    seal(0, false).await;
+    assert_eq!(mark().await, start, "inserts and a plain seal leave it");
+    // What the points after `from` read: from `from` on, nothing before it.
+    let after = prices::lending_from(&pool, 1, WETH, at(2 * 12), None)
+        .await
+        .expect("read");
+    assert_eq!(
+        after.iter().map(|p| p.1).collect::<Vec<_>>(),
+        vec![Some(2), Some(3)]
+    );
+    let upto = prices::lending_from(&pool, 1, WETH, at(2 * 12), Some(at(2 * 12)))
+        .await
+        .expect("read");
+    assert_eq!(upto.iter().map(|p| p.1).collect::<Vec<_>>(), vec![Some(2)]);
+
+    let mut last = start;
+    for (what, change) in [
+        (
+            "a retraction",
+            "DELETE FROM lending_event WHERE event_id = 'e3'",
+        ),
+        (
+            "an update",
+            "UPDATE lending_event SET price_usd = 1 WHERE event_id = 'e2'",
+        ),
+        (
+            "an oracle retraction",
+            "DELETE FROM oracle_update WHERE event_id = 'r1'",
+        ),
+        ("a rebuild", "TRUNCATE lending_event, chain_seal"),
+    ] {
+        sqlx::query(change).execute(&pool).await.expect(what);
+        let now = mark().await;
+        assert!(
+            now.0 > last.0 && now.1 > last.1,
+            "{what}: {last:?} → {now:?}"
+        );
+        last = now;
+    }
+    seal(1, true).await;
+    let now = mark().await;
+    assert!(
+        now.0 > last.0,
+        "a reorg's retraction seal: {last:?} → {now:?}"
+    );
+    // A change rolled back leaves it as it was.
+    let mut tx = pool.begin().await.expect("tx");
+    sqlx::query("DELETE FROM lending_event")
+        .execute(&mut *tx)
+        .await
+        .expect("delete");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(mark().await, now);
+}
