@@ -697,7 +697,16 @@ impl ScoreEngine {
         // committed before it shows in the reads, one committed after it moves the next mark).
         let mut kept: HashMap<(u64, String), KeptLending> = HashMap::new();
         if let (Some(memory), Some(since)) = (&self.lending, since) {
-            let mark = chainfold_store::prices::change_mark(&self.pool).await?;
+            let mut mark = chainfold_store::prices::change_mark(&self.pool).await?;
+            if mark.0 > PRICE_CHANGES_MOST {
+                chainfold_store::prices::prune_changes(
+                    &self.pool,
+                    PRICE_CHANGES_MOST,
+                    PRICE_CHANGES_MOST / 10,
+                )
+                .await?;
+                mark = chainfold_store::prices::change_mark(&self.pool).await?;
+            }
             let mut memory = memory
                 .lock()
                 .map_err(|_| anyhow::anyhow!("lending price memory lock poisoned"))?;
@@ -983,6 +992,10 @@ struct KeptLending {
     below: DateTime<Utc>,
     points: Vec<PricePoint>,
 }
+
+/// `price_change` is cut back to its last tenth once it holds more rows than this (one row
+/// per retracting statement, rebuild or reorg seal): its count is read once per batch.
+const PRICE_CHANGES_MOST: i64 = 10_000;
 
 /// At most this many points of one reserve are kept from a batch before the points older than
 /// the batch's own window are let go (24 bytes each).

@@ -181,6 +181,22 @@ pub async fn change_mark(pool: &PgPool) -> sqlx::Result<(i64, Option<i64>)> {
     Ok((mark.count, mark.last))
 }
 
+/// Lets go of `price_change`'s rows but those of the last `keep` ids once it holds more than
+/// `most`, so that [`change_mark`]'s count stays cheap. A reader's next mark then differs once
+/// (it drops what it kept and reads whole once); returns the rows deleted.
+pub async fn prune_changes(pool: &PgPool, most: i64, keep: i64) -> sqlx::Result<u64> {
+    Ok(sqlx::query!(
+        "DELETE FROM price_change
+         WHERE (SELECT count(*) FROM price_change) > $1
+           AND id <= (SELECT max(id) FROM price_change) - $2",
+        most,
+        keep
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 fn zip(at: Vec<DateTime<Utc>>, block: Vec<Option<i64>>, price: Vec<f64>) -> Vec<PricePoint> {
     at.into_iter()
         .zip(block)

@@ -338,4 +338,21 @@ async fn the_price_change_mark_moves_with_what_can_change_kept_points_and_not_wi
         .expect("delete");
     tx.rollback().await.expect("rollback");
     assert_eq!(mark().await, now);
+    // Cut back once it holds more than asked, to the last ids; the mark then moves (once).
+    for _ in 0..30 {
+        sqlx::query("DELETE FROM lending_event WHERE false")
+            .execute(&pool)
+            .await
+            .expect("a statement deleting nothing still notes one");
+    }
+    let many = mark().await;
+    assert_eq!(many.0, now.0 + 30, "{now:?} → {many:?}");
+    assert_eq!(
+        prices::prune_changes(&pool, 100, 5).await.expect("prune"),
+        0
+    );
+    let deleted = prices::prune_changes(&pool, 20, 5).await.expect("prune");
+    let cut = mark().await;
+    assert_eq!((cut.0, cut.1), (5, many.1), "{deleted} deleted");
+    assert_eq!(deleted as i64, many.0 - 5);
 }
