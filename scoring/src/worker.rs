@@ -1019,7 +1019,7 @@ impl Joined {
     fn read(points: Vec<PricePoint>, since: DateTime<Utc>, sealed: Option<i64>) -> Joined {
         Joined {
             since,
-            below: sealed_until(&points, sealed),
+            below: sealed_until(&points, sealed).filter(|_| chain_ordered(&points)),
             points,
         }
     }
@@ -1043,6 +1043,13 @@ impl Joined {
             points: self.points[start..end].to_vec(),
         })
     }
+}
+
+/// Whether the points' blocks never go down as their times go on, as on a chain: what makes
+/// the points before a sealed block's time whole (see [`LendingPrices`]). Data where they do
+/// (recorded blocks and times from different sources) is never kept.
+fn chain_ordered(points: &[PricePoint]) -> bool {
+    points.windows(2).all(|w| w[0].1 <= w[1].1)
 }
 
 /// The time of the last point of a block up to `sealed`: every point before it was read (see
@@ -1097,6 +1104,7 @@ impl KeptLending {
             None => {}
         }
         points.extend(after);
+        whole &= chain_ordered(&points);
         Joined {
             since: from,
             below: whole.then_some(below),
@@ -2913,7 +2921,22 @@ mod tests {
             None
         );
         // Nor are kept points extended by points without a block.
-        let joined = kept.join(since, None, blockless[10..].to_vec(), Some(1_300));
+        let joined = kept
+            .clone()
+            .join(since, None, blockless[10..].to_vec(), Some(1_300));
         assert_eq!(joined.below, None);
+        // Nor where a later point has an earlier block (the chain's order is what makes a
+        // sealed block's time a bound), read whole or after kept points.
+        let mut unordered = points.clone();
+        unordered[200].1 = Some(1_100);
+        assert_eq!(
+            Joined::read(unordered.clone(), since, Some(1_300)).keep(since, KEPT_POINTS),
+            None
+        );
+        assert_eq!(
+            kept.join(since, None, unordered[10..].to_vec(), Some(1_300))
+                .below,
+            None
+        );
     }
 }
