@@ -115,32 +115,9 @@ pub async fn lending_gap(
     since: DateTime<Utc>,
     below: DateTime<Utc>,
 ) -> sqlx::Result<Vec<PricePoint>> {
-    let lending = sqlx::query!(
-        r#"SELECT coalesce(array_agg(at), '{}') AS "at!",
-                  coalesce(array_agg(block_number), '{}') AS "block!: Vec<Option<i64>>",
-                  coalesce(array_agg(price), '{}') AS "price!"
-           FROM (
-             SELECT * FROM (
-               SELECT block_time AS at, block_number, price_usd::float8 AS price
-               FROM lending_event
-               WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
-                 AND block_time < $3
-               ORDER BY block_time DESC, event_id DESC
-               LIMIT 1) before
-             UNION ALL
-             SELECT * FROM (
-               SELECT block_time, block_number, price_usd::float8 FROM lending_event
-               WHERE chain_id = $1 AND reserve = $2 AND price_usd IS NOT NULL
-                 AND block_time >= $3 AND block_time < $4
-               ORDER BY block_time, event_id) window_points) points"#,
-        chain_id,
-        reserve,
-        since,
-        below
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(zip(lending.at, lending.block, lending.price))
+    // Postgres keeps times to the microsecond: before `below` is up to a microsecond before it.
+    let until = below - chrono::Duration::microseconds(1);
+    lending_window(pool, chain_id, reserve, Some(since), Some(until)).await
 }
 
 /// A reserve's lending points of `from..=until` (no point before them), in the order of

@@ -299,6 +299,14 @@ async fn the_price_change_mark_moves_with_what_can_change_kept_points_and_not_wi
         .await
         .expect("read");
     assert_eq!(upto.iter().map(|p| p.1).collect::<Vec<_>>(), vec![Some(2)]);
+    // A window started earlier, up to the kept points (a point at `below` is theirs).
+    let gap = prices::lending_gap(&pool, 1, WETH, at(2 * 12), at(3 * 12))
+        .await
+        .expect("read");
+    assert_eq!(
+        gap.iter().map(|p| p.1).collect::<Vec<_>>(),
+        vec![Some(1), Some(2)]
+    );
 
     let mut last = start;
     for (what, change) in [
