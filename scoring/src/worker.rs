@@ -1144,7 +1144,8 @@ struct PriceSource {
 }
 
 impl PriceCache {
-    /// Keeps a reserve's points as read ([`chainfold_store::prices::window`]); without a
+    /// Keeps a reserve's points as read ([`chainfold_store::prices::oracle_window`],
+    /// [`chainfold_store::prices::lending_window`]); without a
     /// trigger time (no triggers) nothing is compared with the window: nothing prices.
     fn insert(
         &mut self,

@@ -9,26 +9,15 @@ use sqlx::PgPool;
 /// One price: when it took effect, the block it came in (if known) and the USD price.
 pub type PricePoint = (DateTime<Utc>, Option<i64>, f64);
 
-/// A reserve's price points from `since` on, oldest first, preceded by the last point before
-/// `since` (the price in force when the window opens): its oracle rounds, and separately the
-/// prices its lending events carried, those up to `until` (the latest time a reader prices
-/// at; lending points after it are never read, so a batch of a backfill reads its own stretch,
-/// not the rest of the history). Reads the same whatever the length of the reserve's history
-/// before `since`. Oracle rounds are read to the end: whether a reserve has any visible round
-/// at all decides which kind prices it.
-pub async fn window(
-    pool: &PgPool,
-    chain_id: i64,
-    reserve: &str,
-    since: Option<DateTime<Utc>>,
-    until: Option<DateTime<Utc>>,
-) -> sqlx::Result<(Vec<PricePoint>, Vec<PricePoint>)> {
-    Ok((
-        oracle_window(pool, chain_id, reserve, since).await?,
-        lending_window(pool, chain_id, reserve, since, until).await?,
-    ))
-}
-
+// A reserve's price window: its points from `since` on, oldest first, preceded by the last
+// point before `since` (the price in force when the window opens): its oracle rounds
+// ([`oracle_window`]), and separately the prices its lending events carried
+// ([`lending_window`]), those up to `until` (the latest time a reader prices at; lending points
+// after it are never read, so a batch of a backfill reads its own stretch, not the rest of the
+// history). Reads the same whatever the length of the reserve's history before `since`. Oracle
+// rounds are read to the end: whether a reserve has any visible round at all decides which
+// kind prices it.
+//
 // Each kind comes back as one row of three arrays, not a row per point: a batch's windows hold
 // tens of thousands of points, and a row each cost the scorer ~10 % of its CPU in per-row
 // decoding alone. The arrays are filled in the order the points are read, as the rows were
@@ -36,7 +25,9 @@ pub async fn window(
 // the two ordered scans; an `ORDER BY` inside each `array_agg` would sort the points three
 // times over).
 
-/// [`window`]'s oracle rounds.
+/// A reserve's oracle rounds in its price window: the last one before `since`, then every one
+/// from `since` on in chain order (read to the end: whether a reserve has a visible round at all
+/// decides which kind prices it).
 pub async fn oracle_window(
     pool: &PgPool,
     chain_id: i64,
@@ -69,8 +60,9 @@ pub async fn oracle_window(
     Ok(zip(oracle.at, oracle.block, oracle.price))
 }
 
-/// [`window`]'s lending points: the last one before `since`, then those of `since..=until`, in
-/// the order of (`block_time`, `event_id`).
+/// A reserve's lending points in its price window: the last one before `since`, then those of
+/// `since..=until` (no later point prices anything), in the order of (`block_time`,
+/// `event_id`).
 pub async fn lending_window(
     pool: &PgPool,
     chain_id: i64,

@@ -167,6 +167,18 @@ async fn debtors_are_the_wallets_with_debt_priced_by_their_oracle_else_their_eve
     );
 }
 
+/// WETH's price window on chain 1: (oracle rounds, lending points).
+async fn window(
+    pool: &PgPool,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> sqlx::Result<(Vec<prices::PricePoint>, Vec<prices::PricePoint>)> {
+    Ok((
+        prices::oracle_window(pool, 1, WETH, since).await?,
+        prices::lending_window(pool, 1, WETH, since, until).await?,
+    ))
+}
+
 #[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
 async fn a_price_window_starts_with_the_price_in_force_and_a_token_reads_as_of_its_block(
     pool: PgPool,
@@ -185,9 +197,7 @@ async fn a_price_window_starts_with_the_price_in_force_and_a_token_reads_as_of_i
         5,
     )
     .await;
-    let (oracle, lending) = prices::window(&pool, 1, WETH, Some(at(10 * 12)), None)
-        .await
-        .expect("read");
+    let (oracle, lending) = window(&pool, Some(at(10 * 12)), None).await.expect("read");
     let seen: Vec<(Option<i64>, f64)> = oracle.iter().map(|p| (p.1, p.2)).collect();
     assert_eq!(
         seen,
@@ -198,12 +208,12 @@ async fn a_price_window_starts_with_the_price_in_force_and_a_token_reads_as_of_i
         vec![1950.0]
     );
     // Lending points up to `until` only (oracle rounds all: their existence picks the kind).
-    let (all_rounds, before) = prices::window(&pool, 1, WETH, Some(at(0)), Some(at(5 * 12 - 1)))
+    let (all_rounds, before) = window(&pool, Some(at(0)), Some(at(5 * 12 - 1)))
         .await
         .expect("read");
     assert!(all_rounds.len() >= 3, "{all_rounds:?}");
     assert!(before.is_empty(), "{before:?}");
-    let (_, upto) = prices::window(&pool, 1, WETH, Some(at(0)), Some(at(5 * 12)))
+    let (_, upto) = window(&pool, Some(at(0)), Some(at(5 * 12)))
         .await
         .expect("read");
     assert_eq!(upto.iter().map(|p| p.2).collect::<Vec<_>>(), vec![1950.0]);
@@ -226,9 +236,7 @@ async fn a_price_window_starts_with_the_price_in_force_and_a_token_reads_as_of_i
         .execute(&pool)
         .await
         .expect("unblocked");
-    let (_, same_time) = prices::window(&pool, 1, WETH, Some(at(6 * 12)), None)
-        .await
-        .expect("read");
+    let (_, same_time) = window(&pool, Some(at(6 * 12)), None).await.expect("read");
     assert_eq!(
         same_time.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>(),
         vec![
@@ -239,9 +247,7 @@ async fn a_price_window_starts_with_the_price_in_force_and_a_token_reads_as_of_i
         ]
     );
     // Without a window start nothing is compared with it: nothing read.
-    let (none, _) = prices::window(&pool, 1, WETH, None, None)
-        .await
-        .expect("read");
+    let (none, _) = window(&pool, None, None).await.expect("read");
     assert!(none.is_empty());
 
     assert_eq!(
