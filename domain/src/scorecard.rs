@@ -45,6 +45,19 @@ impl Band {
             Band::VeryPoor => "VERY_POOR",
         }
     }
+
+    /// The band a stored name ([`Band::name`]) names.
+    pub fn from_name(name: &str) -> Option<Band> {
+        [
+            Band::Excellent,
+            Band::Good,
+            Band::Fair,
+            Band::Poor,
+            Band::VeryPoor,
+        ]
+        .into_iter()
+        .find(|b| b.name() == name)
+    }
 }
 
 /// One reason: a code, what it means for this wallet, and its signed impact in points.
@@ -174,6 +187,23 @@ pub fn score_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_band_is_found_by_its_stored_name_and_nothing_else_is() {
+        for band in [
+            Band::Excellent,
+            Band::Good,
+            Band::Fair,
+            Band::Poor,
+            Band::VeryPoor,
+        ] {
+            assert_eq!(Band::from_name(band.name()), Some(band));
+            let serialized = serde_json::to_string(&band).expect("band");
+            assert_eq!(serialized, format!("\"{}\"", band.name()));
+        }
+        assert_eq!(Band::from_name("good"), None);
+        assert_eq!(Band::from_name("VERYPOOR"), None);
+    }
 
     fn activity(
         liquidations: u64,

@@ -10,6 +10,11 @@
 //! are still there, the next relay sends them); a crash after the acknowledgement and before
 //! the delete sends them again, so readers de-duplicate by `output_id` (header and payload).
 //!
+//! A writer whose own rows hold a record's content whole (the scorer's `credit_score`) queues
+//! it as [`Payload::Sourced`]: the outbox row then keeps the outputs' keys and ids and the name
+//! of their source, not the payloads, and a relay that did not get the payloads from their
+//! writer ([`Held`]) rebuilds them from the source's rows ([`Sources`]).
+//!
 //! Why an outbox and not Kafka transactions: the record of truth of a score is its Postgres
 //! row, which no Kafka transaction can include; the outbox makes "row committed" and "record
 //! will be published" one atomic fact, with the Postgres commit as the only commit point.
@@ -46,6 +51,54 @@ pub enum Payload {
     /// that serializes its record once, straight from its type). Shared, so a writer that also
     /// keeps the text for itself (the scorer's Redis copies) holds it once.
     Text(std::sync::Arc<str>),
+    /// JSON text as [`Payload::Text`], whose content the writer also stores in its own rows,
+    /// committed in the same transaction: the outbox row names `source` instead of holding the
+    /// text, and a relay rebuilds the text from the source's rows ([`Sources`]) when its writer
+    /// does not relay it from memory ([`Held`]).
+    Sourced {
+        text: std::sync::Arc<str>,
+        /// The name a relay's [`Sources`] knows the rebuild by.
+        source: &'static str,
+    },
+}
+
+impl Payload {
+    /// The source a [`Payload::Sourced`] names.
+    fn source(&self) -> Option<&'static str> {
+        match self {
+            Payload::Sourced { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Rebuilds the payloads of outputs stored in a writer's own rows: for each output id in
+/// order, its record's JSON text exactly as the writer queued it, or `None` when the row is
+/// gone (a reorg retracted it after its commit; that output is not sent).
+pub type Rebuild = for<'a> fn(&'a PgPool, &'a [String]) -> Rebuilding<'a>;
+
+/// What a [`Rebuild`] returns.
+pub type Rebuilding<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = anyhow::Result<Vec<Option<String>>>> + Send + 'a>,
+>;
+
+/// The rebuilds a relay knows, by source name (see [`Payload::Sourced`]). A relay that meets
+/// a row whose source it does not know fails with a clear error and leaves the row in place.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    known: Vec<(&'static str, Rebuild)>,
+}
+
+impl Sources {
+    /// These sources and `name`, rebuilt by `rebuild`.
+    pub fn with(mut self, name: &'static str, rebuild: Rebuild) -> Sources {
+        self.known.push((name, rebuild));
+        self
+    }
+
+    fn get(&self, name: &str) -> Option<Rebuild> {
+        self.known.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+    }
 }
 
 impl From<serde_json::Value> for Payload {
@@ -54,8 +107,8 @@ impl From<serde_json::Value> for Payload {
     }
 }
 
-/// Queues `outputs` in `tx` (published by [`relay`] after the commit): one row per topic,
-/// holding that topic's outputs in their order. Returns which row holds which outputs, for a
+/// Queues `outputs` in `tx` (published by [`relay`] after the commit): one row per topic and
+/// source, holding those outputs in their order (a [`Payload::Sourced`] row without payloads). Returns which row holds which outputs, for a
 /// writer that keeps them to relay from memory ([`Held`]).
 ///
 /// The rows go in one binary `COPY`, built in a buffer of exactly their size: a scoring batch's
@@ -67,10 +120,11 @@ pub async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     outputs: &[Output],
 ) -> Result<Queued, sqlx::Error> {
-    let mut topics: Vec<&str> = Vec::new();
+    let mut topics: Vec<(&str, Option<&'static str>)> = Vec::new();
     for o in outputs {
-        if !topics.contains(&o.topic.as_str()) {
-            topics.push(&o.topic);
+        let row = (o.topic.as_str(), o.payload.source());
+        if !topics.contains(&row) {
+            topics.push(row);
         }
     }
     if topics.is_empty() {
@@ -88,9 +142,9 @@ pub async fn enqueue(
     let rows: Vec<OutboxRow<'_>> = topics
         .into_iter()
         .zip(seqs)
-        .map(|(topic, seq)| {
+        .map(|((topic, source), seq)| {
             let mine: Vec<usize> = (0..outputs.len())
-                .filter(|&i| outputs[i].topic == topic)
+                .filter(|&i| outputs[i].topic == topic && outputs[i].payload.source() == source)
                 .collect();
             let row = OutboxRow {
                 seq,
@@ -100,7 +154,11 @@ pub async fn enqueue(
                     .iter()
                     .map(|&i| outputs[i].output_id.as_str())
                     .collect(),
-                payloads: mine.iter().map(|&i| payload_text(&outputs[i])).collect(),
+                payloads: match source {
+                    Some(_) => Vec::new(),
+                    None => mine.iter().map(|&i| payload_text(&outputs[i])).collect(),
+                },
+                source,
             };
             queued.rows.push((seq, mine));
             row
@@ -109,7 +167,8 @@ pub async fn enqueue(
     let data = binary_copy(&rows)?;
     let mut copy = tx
         .copy_in_raw(
-            "COPY outbox (seq, topic, record_keys, output_ids, payloads) FROM STDIN (FORMAT binary)",
+            "COPY outbox (seq, topic, record_keys, output_ids, payloads, source)
+             FROM STDIN (FORMAT binary)",
         )
         .await?;
     // In pieces: each `send` is written to the connection's buffer and flushed, so whole, a
@@ -164,21 +223,23 @@ impl Held {
     }
 }
 
-/// One outbox row to copy: a topic and its outputs in order.
+/// One outbox row to copy: a topic and its outputs in order (no payloads when a source keeps
+/// them).
 struct OutboxRow<'a> {
     seq: i64,
     topic: &'a str,
     keys: Vec<&'a str>,
     ids: Vec<&'a str>,
     payloads: Vec<std::borrow::Cow<'a, str>>,
+    source: Option<&'a str>,
 }
 
 /// `text`'s type oid, which each element of a binary `text[]` names.
 const TEXT_OID: u32 = 25;
 
-/// The rows in `COPY … (FORMAT binary)` form: the signature, then per row its five fields (an
-/// `int8`, a `text` and three one-dimensional `text[]` without NULLs, each length-prefixed),
-/// then the trailer. The buffer is sized exactly before anything is written.
+/// The rows in `COPY … (FORMAT binary)` form: the signature, then per row its six fields (an
+/// `int8`, a `text`, three one-dimensional `text[]` without NULLs and a nullable `text`, each
+/// length-prefixed, NULL as length -1), then the trailer. The buffer is sized exactly before anything is written.
 fn binary_copy(rows: &[OutboxRow<'_>]) -> Result<Vec<u8>, sqlx::Error> {
     fn array_len<S: AsRef<str>>(items: &[S]) -> usize {
         20 + items.iter().map(|i| 4 + i.as_ref().len()).sum::<usize>()
@@ -215,6 +276,8 @@ fn binary_copy(rows: &[OutboxRow<'_>]) -> Result<Vec<u8>, sqlx::Error> {
                     + array_len(&r.keys)
                     + array_len(&r.ids)
                     + array_len(&r.payloads)
+                    + 4
+                    + r.source.map_or(0, str::len)
             })
             .sum::<usize>()
         + 2;
@@ -223,7 +286,7 @@ fn binary_copy(rows: &[OutboxRow<'_>]) -> Result<Vec<u8>, sqlx::Error> {
     out.extend_from_slice(&0i32.to_be_bytes()); // flags
     out.extend_from_slice(&0i32.to_be_bytes()); // header extension
     for r in rows {
-        out.extend_from_slice(&5i16.to_be_bytes());
+        out.extend_from_slice(&6i16.to_be_bytes());
         out.extend_from_slice(&8i32.to_be_bytes());
         out.extend_from_slice(&r.seq.to_be_bytes());
         out.extend_from_slice(&len32(r.topic.len())?.to_be_bytes());
@@ -231,6 +294,13 @@ fn binary_copy(rows: &[OutboxRow<'_>]) -> Result<Vec<u8>, sqlx::Error> {
         array(&mut out, &r.keys)?;
         array(&mut out, &r.ids)?;
         array(&mut out, &r.payloads)?;
+        match r.source {
+            Some(source) => {
+                out.extend_from_slice(&len32(source.len())?.to_be_bytes());
+                out.extend_from_slice(source.as_bytes());
+            }
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     debug_assert_eq!(out.len(), size, "the buffer was sized exactly");
@@ -251,7 +321,7 @@ fn payload_text(output: &Output) -> std::borrow::Cow<'_, str> {
             .unwrap_or_else(|_| unreachable!("a JSON object and a string serialize"))
         }
         Payload::Json(payload) => payload.to_string(),
-        Payload::Text(text) => return Cow::Borrowed(&**text),
+        Payload::Text(text) | Payload::Sourced { text, .. } => return Cow::Borrowed(&**text),
     })
 }
 
@@ -289,33 +359,43 @@ pub async fn relay(
     topics: &[String],
     limit: i64,
 ) -> anyhow::Result<u64> {
-    relay_holding(pool, producer, topics, limit, &Held::default()).await
+    relay_with(
+        pool,
+        producer,
+        topics,
+        limit,
+        &Held::default(),
+        &Sources::default(),
+    )
+    .await
 }
 
 /// [`relay`], sending the rows `held` names from the outputs it holds (the writer's own rows,
 /// just committed) rather than from what Postgres stores of them: the same records, without
-/// reading their payloads back.
-pub async fn relay_holding(
+/// reading their payloads back. Rows of [`Payload::Sourced`] outputs it does not hold are
+/// rebuilt by `sources`.
+pub async fn relay_with(
     pool: &PgPool,
     producer: &FutureProducer,
     topics: &[String],
     limit: i64,
     held: &Held,
+    sources: &Sources,
 ) -> anyhow::Result<u64> {
     let mut sent = 0;
     loop {
-        let round = relay_round(pool, producer, topics, limit, held).await?;
-        if round == 0 {
+        let Some(round) = relay_round(pool, producer, topics, limit, held, sources).await? else {
             return Ok(sent);
-        }
+        };
         sent += round;
     }
 }
 
 /// One round: picks the oldest pending rows of `topics` (at least one) until they hold `limit`
 /// outputs, locks those no other relay holds, sends their outputs in order (a row in `held`
-/// from its held outputs), waits for every acknowledgement and deletes the rows, in one
-/// transaction. Only the rows it sends are locked, so a relay beside it takes the rows after
+/// from its held outputs, a row naming a source from its rebuilt payloads), waits for every
+/// acknowledgement and deletes the rows, in one transaction. Returns how many outputs it sent,
+/// or `None` when it took no row. Only the rows it sends are locked, so a relay beside it takes the rows after
 /// them, not rows this one leaves for later.
 async fn relay_round(
     pool: &PgPool,
@@ -323,7 +403,8 @@ async fn relay_round(
     topics: &[String],
     limit: i64,
     held: &Held,
-) -> anyhow::Result<u64> {
+    sources: &Sources,
+) -> anyhow::Result<Option<u64>> {
     let limit = limit.max(1);
     let mut tx = pool
         .begin()
@@ -358,7 +439,7 @@ async fn relay_round(
         outputs += count;
     }
     if picked.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let mine: Vec<i64> = picked
         .iter()
@@ -367,7 +448,7 @@ async fn relay_round(
         .collect();
     // A held row's arrays are not read (NULL here): its outputs are in `held`.
     let rows = sqlx::query!(
-        r#"SELECT seq, topic,
+        r#"SELECT seq, topic, source,
                   CASE WHEN seq = ANY($2) THEN NULL ELSE record_keys END AS "record_keys?",
                   CASE WHEN seq = ANY($2) THEN NULL ELSE output_ids END AS "output_ids?",
                   CASE WHEN seq = ANY($2) THEN NULL ELSE payloads END AS "payloads?"
@@ -381,9 +462,45 @@ async fn relay_round(
     .context("could not read the outbox")?;
     if rows.is_empty() {
         // Another relay holds them (or has sent them since): nothing for this one now.
-        return Ok(0);
+        return Ok(None);
     }
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    // The payloads of rows that name their source, rebuilt from its rows (`None`: retracted).
+    let mut rebuilt: std::collections::HashMap<i64, Vec<Option<String>>> =
+        std::collections::HashMap::new();
+    for row in &rows {
+        let (Some(source), Some(ids)) = (&row.source, &row.output_ids) else {
+            continue;
+        };
+        let rebuild = sources.get(source).with_context(|| {
+            format!(
+                "outbox row {} of {} names its records' source `{source}` instead of holding \
+                 them, and this relay cannot rebuild them: relay {} with the role that writes \
+                 them",
+                row.seq, row.topic, row.topic
+            )
+        })?;
+        let payloads = rebuild(pool, ids)
+            .await
+            .with_context(|| format!("could not rebuild outbox row {} from `{source}`", row.seq))?;
+        anyhow::ensure!(
+            payloads.len() == ids.len(),
+            "`{source}` rebuilt {} records for outbox row {}, which holds {}",
+            payloads.len(),
+            row.seq,
+            ids.len()
+        );
+        let gone = payloads.iter().filter(|p| p.is_none()).count();
+        if gone > 0 {
+            tracing::warn!(
+                seq = row.seq,
+                source = %source,
+                gone,
+                "outputs whose rows were retracted since their commit are not sent"
+            );
+        }
+        rebuilt.insert(row.seq, payloads);
+    }
     let mut deliveries = Vec::with_capacity(usize::try_from(outputs).unwrap_or_default());
     let queue = |topic: &str, key: &str, output_id: &str, body: &str| {
         let headers = OwnedHeaders::new().insert(Header {
@@ -412,6 +529,15 @@ async fn relay_round(
         else {
             anyhow::bail!("outbox row {} was read without its outputs", row.seq);
         };
+        if let Some(payloads) = rebuilt.get(&row.seq) {
+            for ((key, output_id), body) in keys.iter().zip(ids).zip(payloads) {
+                if let Some(body) = body {
+                    let delivery = queue(&row.topic, key, output_id, body)?;
+                    deliveries.push((delivery, &output_id[..], &row.topic));
+                }
+            }
+            continue;
+        }
         for ((key, output_id), body) in keys.iter().zip(ids).zip(payloads) {
             let delivery = queue(&row.topic, key, output_id, body)?;
             deliveries.push((delivery, &output_id[..], &row.topic));
@@ -441,7 +567,7 @@ async fn relay_round(
     tx.commit()
         .await
         .context("could not clear relayed outputs")?;
-    Ok(sent)
+    Ok(Some(sent))
 }
 
 /// How long a committed outbox row may wait before a relay with nothing else to do takes it:
@@ -523,13 +649,15 @@ mod tests {
                 keys: vec!["k", ""],
                 ids: vec!["a", "é"],
                 payloads: vec!["{}".into(), "x\ty".into()],
+                source: None,
             },
             OutboxRow {
                 seq: 1 << 40,
                 topic: "u",
                 keys: vec!["k"],
                 ids: vec!["b"],
-                payloads: vec!["1".into()],
+                payloads: Vec::new(),
+                source: Some("rows"),
             },
         ];
         let data = binary_copy(&rows).expect("copy");
@@ -551,7 +679,7 @@ mod tests {
             }
             a
         };
-        expected.extend(5i16.to_be_bytes());
+        expected.extend(6i16.to_be_bytes());
         expected.extend(8i32.to_be_bytes());
         expected.extend([0, 0, 0, 0, 0, 0, 0, 7]);
         expected.extend(1i32.to_be_bytes());
@@ -559,14 +687,17 @@ mod tests {
         expected.extend(text_array(&["k", ""]));
         expected.extend(text_array(&["a", "é"]));
         expected.extend(text_array(&["{}", "x\ty"]));
-        expected.extend(5i16.to_be_bytes());
+        expected.extend((-1i32).to_be_bytes());
+        expected.extend(6i16.to_be_bytes());
         expected.extend(8i32.to_be_bytes());
         expected.extend([0, 0, 1, 0, 0, 0, 0, 0]);
         expected.extend(1i32.to_be_bytes());
         expected.extend(b"u");
         expected.extend(text_array(&["k"]));
         expected.extend(text_array(&["b"]));
-        expected.extend(text_array(&["1"]));
+        expected.extend(text_array(&[]));
+        expected.extend(4i32.to_be_bytes());
+        expected.extend(b"rows");
         expected.extend((-1i16).to_be_bytes());
         assert_eq!(data, expected);
     }

@@ -2084,7 +2084,7 @@ fn render(
     let mut messages = Vec::with_capacity(rows.len());
     for ((chain, w, t, s), health) in rows.iter().zip(health) {
         let reasons = serde_json::value::to_raw_value(&s.reasons)?;
-        let output_id = format!("score:{}:{}:{}", chain, w, t.event_id);
+        let output_id = score_output_id(*chain as i64, w, &t.event_id);
         let published = serde_json::to_string(&Published {
             chain_id: *chain,
             wallet: w,
@@ -2249,7 +2249,11 @@ async fn write(
             topic: writer.scores_topic.clone(),
             key: s.wallet.clone(),
             output_id: s.output_id.clone(),
-            payload: chainfold_platform::outbox::Payload::Text(s.published.clone()),
+            // The record is rendered whole from its `credit_score` row: the outbox row names it.
+            payload: chainfold_platform::outbox::Payload::Sourced {
+                text: s.published.clone(),
+                source: SCORE_RECORDS,
+            },
         })
         .collect();
     for d in &decisions {
@@ -2446,12 +2450,13 @@ impl Publisher {
     /// Relays what the outbox holds for the scores and decisions topics, `held`'s rows from
     /// memory.
     async fn relay(&self, held: &Held) -> anyhow::Result<u64> {
-        chainfold_platform::outbox::relay_holding(
+        chainfold_platform::outbox::relay_with(
             &self.pool,
             &self.producer,
             &self.topics,
             1000,
             held,
+            &sources(),
         )
         .await
     }
@@ -2570,6 +2575,92 @@ struct Published<'a> {
     output_id: &'a str,
 }
 
+/// The outbox source of score records: their `credit_score` rows (see [`sources`]).
+pub const SCORE_RECORDS: &str = "credit_score";
+
+/// What a relay of the scores topic needs to rebuild the records its writer did not relay from
+/// memory (a crash after the commit, a failed relay): each score record rendered again from its
+/// `credit_score` row, the same text the scorer rendered at its commit.
+pub fn sources() -> chainfold_platform::outbox::Sources {
+    chainfold_platform::outbox::Sources::default().with(SCORE_RECORDS, rebuild_score_records)
+}
+
+/// A score's output id: `score:<chain>:<wallet>:<event id>`, the record's identity on the
+/// scores topic (a replay computes the same one).
+fn score_output_id(chain: i64, wallet: &str, event_id: &str) -> String {
+    format!("score:{chain}:{wallet}:{event_id}")
+}
+
+/// The (chain, wallet, event id) a [`score_output_id`] names (a wallet has no `:`; an event id
+/// may).
+fn parse_score_output_id(id: &str) -> Option<(i64, &str, &str)> {
+    let mut parts = id.splitn(4, ':');
+    if parts.next()? != "score" {
+        return None;
+    }
+    let chain = parts.next()?.parse().ok()?;
+    Some((chain, parts.next()?, parts.next()?))
+}
+
+/// [`Rebuild`](chainfold_platform::outbox::Rebuild) of [`SCORE_RECORDS`].
+fn rebuild_score_records<'a>(
+    pool: &'a PgPool,
+    output_ids: &'a [String],
+) -> chainfold_platform::outbox::Rebuilding<'a> {
+    Box::pin(score_records(pool, output_ids))
+}
+
+/// The record of each score `output_ids` names, rendered from its row (`None`: retracted).
+async fn score_records(
+    pool: &PgPool,
+    output_ids: &[String],
+) -> anyhow::Result<Vec<Option<String>>> {
+    let (mut chains, mut wallets, mut events) = (Vec::new(), Vec::new(), Vec::new());
+    for id in output_ids {
+        let (chain, wallet, event) = parse_score_output_id(id)
+            .with_context(|| format!("`{id}` is not a score's output id"))?;
+        chains.push(chain);
+        wallets.push(wallet.to_owned());
+        events.push(event.to_owned());
+    }
+    chainfold_store::scores::records(pool, &chains, &wallets, &events)
+        .await?
+        .iter()
+        .map(|r| r.as_ref().map(score_record).transpose())
+        .collect()
+}
+
+/// A stored score's record, as [`render`] rendered it before the commit.
+fn score_record(r: &chainfold_store::scores::ScoreRecord) -> anyhow::Result<String> {
+    let output_id = score_output_id(r.chain_id, &r.wallet, &r.event_id);
+    let band = chainfold_domain::scorecard::Band::from_name(&r.band)
+        .with_context(|| format!("score {output_id} has no band named {}", r.band))?;
+    let reasons: &serde_json::value::RawValue = serde_json::from_str(&r.reasons)
+        .with_context(|| format!("score {output_id} has reasons that are not JSON"))?;
+    let computed_at = r
+        .computed_at
+        .with_context(|| format!("score {output_id} has no time"))?;
+    Ok(serde_json::to_string(&Published {
+        chain_id: u64::try_from(r.chain_id)?,
+        wallet: &r.wallet,
+        score: r.score,
+        band,
+        probability_of_liquidation: r.probability_of_liquidation,
+        reasons,
+        model_version: &r.model_version,
+        model_sha256: &r.model_sha256,
+        computed_at,
+        event_id: &r.event_id,
+        provenance: ProvenanceRef {
+            topic: &r.kafka_topic,
+            partition: r.kafka_partition,
+            offset: r.kafka_offset,
+            block_number: r.block_number,
+        },
+        output_id: &output_id,
+    })?)
+}
+
 /// [`Provenance`](chainfold_domain::messages::Provenance), borrowed.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -2606,6 +2697,20 @@ async fn store_attestations(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_score_output_id_names_its_chain_wallet_and_event_whatever_the_event_holds() {
+        for event in ["137:0xabc:7", "e", "a:b:c:d", ""] {
+            let id = score_output_id(137, "0x00000000000000000000000000000000000000aa", event);
+            assert_eq!(
+                parse_score_output_id(&id),
+                Some((137, "0x00000000000000000000000000000000000000aa", event))
+            );
+        }
+        assert_eq!(parse_score_output_id("alert:1:0xa:e"), None);
+        assert_eq!(parse_score_output_id("score:x:0xa:e"), None);
+        assert_eq!(parse_score_output_id("score:1:0xa"), None);
+    }
     use chainfold_domain::messages::{Provenance, ScoreMessage};
     use chainfold_domain::scorecard::{Band, Reason};
 

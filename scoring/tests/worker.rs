@@ -1092,3 +1092,114 @@ async fn kept_price_points_score_as_a_whole_read_and_a_change_to_them_is_seen() 
         "scores after the change that a whole read does not give"
     );
 }
+
+/// The scores topic gets a score's record from the scorer's memory right after the commit; a
+/// relay that takes the batch's outbox row instead (a crash after the commit, a failed relay)
+/// renders the record again from its `credit_score` row, since the row names its records
+/// rather than holding them. Both must be the same bytes, for every score of the Polygon data.
+#[tokio::test]
+async fn a_score_record_rebuilt_from_its_row_is_the_record_sent_at_the_commit() {
+    let iso = Isolated::new("scoring_rebuilt_records").await;
+    let items = Dataset::Polygon.decode_dir(&data_dir()).expect("data");
+    publish_and_project(&iso, &mut None, items).await;
+    let mut scorer = Scorer::build(config(&iso, &unique("scorer")))
+        .await
+        .expect("scorer");
+    let scored = scorer
+        .run_until_idle(Duration::from_secs(5))
+        .await
+        .expect("scores")
+        .scored as usize;
+    assert!(scored > 1_000, "{scored}");
+    let pool = scorer.pool().clone();
+    let outbox_payload_bytes: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(pg_column_size(payloads)), 0)::int8 FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .expect("outbox");
+    assert_eq!(outbox_payload_bytes, 0, "every batch was relayed");
+    let prefix = iso.kafka.topic_prefix.clone();
+    let sent_topic = format!("{prefix}{}", chainfold_domain::topics::SCORES);
+    let kafka = iso.kafka.clone();
+    let sent = tokio::task::spawn_blocking(move || {
+        chainfold_testkit::read_topic(&kafka, &sent_topic, scored, Duration::from_secs(60))
+    })
+    .await
+    .expect("reader");
+    assert_eq!(sent.len(), scored, "each score sent once");
+    let by_id = |records: Vec<Vec<u8>>| -> std::collections::BTreeMap<String, String> {
+        records
+            .into_iter()
+            .map(|r| {
+                let text = String::from_utf8(r).expect("UTF-8");
+                let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                (
+                    value["outputId"].as_str().expect("outputId").to_owned(),
+                    text,
+                )
+            })
+            .collect()
+    };
+    let sent = by_id(sent);
+    assert_eq!(sent.len(), scored, "no output id twice");
+
+    // An outbox row naming every score as the scorer queues them, no relay holding it: the
+    // relay must rebuild each record from its row.
+    let rebuilt_topic = format!("{prefix}rebuilt-scores");
+    chainfold_platform::kafka::ensure_topics(&iso.kafka, std::slice::from_ref(&rebuilt_topic))
+        .await
+        .expect("topic");
+    let outputs: Vec<chainfold_platform::outbox::Output> = sent
+        .keys()
+        .map(|id| chainfold_platform::outbox::Output {
+            topic: rebuilt_topic.clone(),
+            key: id.split(':').nth(2).expect("wallet").to_owned(),
+            output_id: id.clone(),
+            payload: chainfold_platform::outbox::Payload::Sourced {
+                text: "not what the relay sends".into(),
+                source: chainfold_scoring::worker::SCORE_RECORDS,
+            },
+        })
+        .collect();
+    let mut tx = pool.begin().await.expect("begin");
+    chainfold_platform::outbox::enqueue(&mut tx, &outputs)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    let producer = chainfold_platform::kafka::producer(&iso.kafka).expect("producer");
+    let relayed = chainfold_platform::outbox::relay_with(
+        &pool,
+        &producer,
+        std::slice::from_ref(&rebuilt_topic),
+        1_000,
+        &chainfold_platform::outbox::Held::default(),
+        &chainfold_scoring::worker::sources(),
+    )
+    .await
+    .expect("relay");
+    assert_eq!(relayed as usize, scored);
+    let kafka = iso.kafka.clone();
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        chainfold_testkit::read_topic(&kafka, &rebuilt_topic, scored, Duration::from_secs(60))
+    })
+    .await
+    .expect("reader");
+    let rebuilt = by_id(rebuilt);
+    let differ: Vec<(&String, &String)> = sent
+        .iter()
+        .filter(|(id, text)| rebuilt.get(*id) != Some(*text))
+        .take(3)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} of {scored} records rebuilt differently, e.g. {differ:?} became {:?}",
+        sent.iter()
+            .filter(|(id, text)| rebuilt.get(*id) != Some(*text))
+            .count(),
+        differ
+            .iter()
+            .map(|(id, _)| rebuilt.get(*id))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(rebuilt.len(), scored);
+}

@@ -358,3 +358,71 @@ pub async fn latest_of(
     .fetch_all(pool)
     .await
 }
+
+/// A stored score with what its scores-topic record is rendered from: [`ScoreRow`]'s fields,
+/// the reasons as the exact JSON text stored (the `json` column keeps it as written).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreRecord {
+    pub chain_id: i64,
+    pub wallet: String,
+    pub score: i32,
+    pub band: String,
+    pub probability_of_liquidation: Option<f64>,
+    pub reasons: String,
+    pub model_version: String,
+    pub model_sha256: String,
+    pub computed_at: Option<DateTime<Utc>>,
+    pub event_id: String,
+    pub kafka_topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    pub block_number: Option<i64>,
+}
+
+/// The stored score of each (chain, wallet, event) of `chains`/`wallets`/`events` (aligned), in
+/// their order: `None` where none is stored (retracted by a reorg). One statement, through the
+/// (chain_id, wallet, event_id) unique index.
+pub async fn records(
+    pool: &PgPool,
+    chains: &[i64],
+    wallets: &[String],
+    events: &[String],
+) -> sqlx::Result<Vec<Option<ScoreRecord>>> {
+    let rows = sqlx::query!(
+        r#"SELECT k.n AS "n!", s.chain_id, s.wallet, s.score, s.band,
+                  s.probability_of_liquidation, s.reasons::text AS "reasons!", s.model_version,
+                  s.model_sha256, s.computed_at, s.event_id, s.kafka_topic, s.kafka_partition,
+                  s.kafka_offset, s.block_number
+           FROM UNNEST($1::int8[], $2::text[], $3::text[]) WITH ORDINALITY AS k(c, w, e, n)
+           JOIN credit_score s ON s.chain_id = k.c AND s.wallet = k.w AND s.event_id = k.e"#,
+        chains,
+        wallets,
+        events
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = vec![None; chains.len()];
+    for r in rows {
+        let slot = usize::try_from(r.n - 1)
+            .ok()
+            .and_then(|i| out.get_mut(i))
+            .ok_or_else(|| sqlx::Error::Protocol(format!("key ordinal {} out of range", r.n)))?;
+        *slot = Some(ScoreRecord {
+            chain_id: r.chain_id,
+            wallet: r.wallet,
+            score: r.score,
+            band: r.band,
+            probability_of_liquidation: r.probability_of_liquidation,
+            reasons: r.reasons,
+            model_version: r.model_version,
+            model_sha256: r.model_sha256,
+            computed_at: r.computed_at,
+            event_id: r.event_id,
+            kafka_topic: r.kafka_topic,
+            kafka_partition: r.kafka_partition,
+            kafka_offset: r.kafka_offset,
+            block_number: r.block_number,
+        });
+    }
+    Ok(out)
+}

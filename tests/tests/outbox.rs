@@ -301,7 +301,7 @@ async fn a_row_another_relay_holds_is_left_to_it_and_the_rest_go() {
     assert_eq!(ids.len(), 30);
 }
 
-/// A writer relays its own rows from the outputs it still holds (`relay_holding`), not from
+/// A writer relays its own rows from the outputs it still holds (`relay_with`), not from
 /// what Postgres stores of them, and every other pending row from Postgres, all in `seq` order.
 /// Holding a row does not get around the row lock: a row another relay has locked is left to
 /// it, and a row already relayed is not sent again from memory.
@@ -342,20 +342,41 @@ async fn a_writers_own_rows_go_from_memory_and_the_rest_from_postgres() {
         .fetch_one(&mut *holder)
         .await
         .expect("lock");
-    let sent = outbox::relay_holding(&pool, &producer, std::slice::from_ref(&topic), 15, &held)
-        .await
-        .expect("relay");
+    let sent = outbox::relay_with(
+        &pool,
+        &producer,
+        std::slice::from_ref(&topic),
+        15,
+        &held,
+        &outbox::Sources::default(),
+    )
+    .await
+    .expect("relay");
     assert_eq!(sent, 20, "the two rows nobody holds");
     holder.rollback().await.expect("let go");
-    let sent = outbox::relay_holding(&pool, &producer, std::slice::from_ref(&topic), 15, &held)
-        .await
-        .expect("relay");
+    let sent = outbox::relay_with(
+        &pool,
+        &producer,
+        std::slice::from_ref(&topic),
+        15,
+        &held,
+        &outbox::Sources::default(),
+    )
+    .await
+    .expect("relay");
     assert_eq!(sent, 10, "the writer's row, once its lock is let go");
     assert_eq!(outbox::pending(&pool).await.expect("pending"), 0);
     // Relayed and deleted: holding it sends nothing again.
-    let sent = outbox::relay_holding(&pool, &producer, std::slice::from_ref(&topic), 15, &held)
-        .await
-        .expect("relay");
+    let sent = outbox::relay_with(
+        &pool,
+        &producer,
+        std::slice::from_ref(&topic),
+        15,
+        &held,
+        &outbox::Sources::default(),
+    )
+    .await
+    .expect("relay");
     assert_eq!(sent, 0);
 
     let records = read_all(&iso, &topic, 30);
@@ -366,12 +387,134 @@ async fn a_writers_own_rows_go_from_memory_and_the_rest_from_postgres() {
         assert_eq!(key, &format!("wallet-{}", i % 7));
         let mut expected = match output(&topic, i).payload {
             outbox::Payload::Json(v) => v,
-            outbox::Payload::Text(_) => unreachable!("JSON payloads"),
+            _ => unreachable!("JSON payloads"),
         };
         expected["outputId"] = json!(format!("{topic}:{i}"));
         assert_eq!(
             payload, &expected,
             "record {i} as written, never the stored copy"
         );
+    }
+}
+
+/// The records of `test_sourced`, a writer's own table for `sourced_rows_…` below: the body of
+/// each output id, `None` when its row is gone.
+fn rebuild_test_rows<'a>(pool: &'a sqlx::PgPool, ids: &'a [String]) -> outbox::Rebuilding<'a> {
+    Box::pin(async move {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, body FROM test_sourced WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(pool)
+                .await?;
+        let rows: std::collections::HashMap<String, String> = rows.into_iter().collect();
+        Ok(ids.iter().map(|id| rows.get(id).cloned()).collect())
+    })
+}
+
+/// Outputs whose content their writer stores in its own rows ([`outbox::Payload::Sourced`])
+/// are queued without their payloads: the row names the source. A relay that does not hold them
+/// rebuilds them from the source's rows, in their order, and leaves out a row deleted since (a
+/// retraction); a relay that does not know the source refuses with a clear error and leaves the
+/// row in place. Plain outputs of the same enqueue keep their payloads in a row of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sourced_rows_hold_no_payloads_and_a_relay_rebuilds_them_or_refuses_clearly() {
+    let (iso, pool, producer, topics) = setup("outbox_sourced", &["outbox-sourced"]).await;
+    let topic = topics[0].clone();
+    sqlx::query("CREATE TABLE test_sourced (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    let body = |i: usize| {
+        format!(
+            r#"{{"n":{i},"outputId":"{topic}:{i}","pad":"{}"}}"#,
+            "x".repeat(500)
+        )
+    };
+    let mut outputs: Vec<Output> = (0..10)
+        .map(|i| Output {
+            topic: topic.clone(),
+            key: format!("wallet-{}", i % 3),
+            output_id: format!("{topic}:{i}"),
+            payload: outbox::Payload::Sourced {
+                text: body(i).into(),
+                source: "test_rows",
+            },
+        })
+        .collect();
+    outputs.push(output(&topic, 10));
+    let mut tx = pool.begin().await.expect("begin");
+    for i in 0..10 {
+        sqlx::query("INSERT INTO test_sourced VALUES ($1, $2)")
+            .bind(format!("{topic}:{i}"))
+            .bind(body(i))
+            .execute(&mut *tx)
+            .await
+            .expect("source row");
+    }
+    outbox::enqueue(&mut tx, &outputs).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+
+    let rows: Vec<(Option<String>, i32, i32, i64)> = sqlx::query_as(
+        "SELECT source, cardinality(output_ids), cardinality(payloads), pg_column_size(payloads)::int8
+         FROM outbox ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    assert_eq!(
+        rows.len(),
+        2,
+        "a row for the sourced outputs, one for the plain one"
+    );
+    assert_eq!(
+        (rows[0].0.as_deref(), rows[0].1, rows[0].2),
+        (Some("test_rows"), 10, 0)
+    );
+    assert!(rows[0].3 < 100, "no payload stored: {} bytes", rows[0].3);
+    assert_eq!((rows[1].0.as_deref(), rows[1].1, rows[1].2), (None, 1, 1));
+
+    // A relay without the source refuses, naming it, and sends nothing.
+    let err = outbox::relay(&pool, &producer, std::slice::from_ref(&topic), 100)
+        .await
+        .expect_err("a source this relay does not know");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("test_rows") && err.contains("cannot rebuild"),
+        "{err}"
+    );
+    assert_eq!(outbox::pending(&pool).await.expect("pending"), 11);
+
+    // One source row is retracted after the commit: its output is not sent.
+    sqlx::query("DELETE FROM test_sourced WHERE id = $1")
+        .bind(format!("{topic}:4"))
+        .execute(&pool)
+        .await
+        .expect("retract");
+    let sources = outbox::Sources::default().with("test_rows", rebuild_test_rows);
+    let sent = outbox::relay_with(
+        &pool,
+        &producer,
+        std::slice::from_ref(&topic),
+        100,
+        &outbox::Held::default(),
+        &sources,
+    )
+    .await
+    .expect("relay");
+    assert_eq!(sent, 10, "nine rebuilt records and the plain one");
+    assert_eq!(outbox::pending(&pool).await.expect("pending"), 0);
+
+    let records = read_all(&iso, &topic, 10);
+    let expected: Vec<usize> = (0..10).filter(|&i| i != 4).chain([10]).collect();
+    assert_eq!(records.len(), expected.len(), "each output once");
+    for ((key, header, payload), i) in records.iter().zip(expected) {
+        assert_eq!(header, &format!("{topic}:{i}"));
+        assert_eq!(key, &format!("wallet-{}", i % if i < 10 { 3 } else { 7 }));
+        if i < 10 {
+            let rebuilt: Value = serde_json::from_str(&body(i)).expect("body");
+            assert_eq!(payload, &rebuilt, "record {i} rebuilt from its source row");
+        } else {
+            assert_eq!(payload["n"], json!(10));
+        }
     }
 }

@@ -71,7 +71,15 @@ pub async fn run(config: RebuildConfig) -> anyhow::Result<()> {
         .map(|t| format!("{}{t}", kafka.topic_prefix))
         .collect();
         chainfold_platform::kafka::ensure_topics(&kafka, &derived).await?;
-        chainfold_platform::outbox::relay(app.pool(), &producer, &derived, 1000).await?;
+        chainfold_platform::outbox::relay_with(
+            app.pool(),
+            &producer,
+            &derived,
+            1000,
+            &chainfold_platform::outbox::Held::default(),
+            &chainfold_scoring::worker::sources(),
+        )
+        .await?;
         let mut tx = app.pool().begin().await?;
         chainfold_store::summary::empty_derived(&mut tx).await?;
         for group in [&config.scorer_group, &config.risk_group] {
