@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::projection::copy::{copy_in_rows, is_unique_violation};
+use crate::projection::copy::{copy_in_binary_rows, is_unique_violation};
 use crate::projection::StoreError;
 
 /// One score to store.
@@ -133,29 +133,31 @@ async fn copy(
     sqlx::query!("SAVEPOINT chainfold_copy")
         .execute(&mut **tx)
         .await?;
-    let copied = copy_in_rows(
+    let copied = copy_in_binary_rows(
         tx,
         "COPY credit_score (chain_id, wallet, score, band, probability_of_liquidation, reasons,
              model_version, model_sha256, computed_at, event_id, kafka_topic, kafka_partition,
-             kafka_offset, projector_next_offset, block_number, health_factor) FROM STDIN",
+             kafka_offset, projector_next_offset, block_number, health_factor)
+         FROM STDIN (FORMAT binary)",
+        16,
         first.iter().copied(),
         |data, i| {
-            data.plain(s.chain_id[i])
+            data.int8(s.chain_id[i])
                 .text(&s.wallet[i])
-                .plain(s.score[i])
+                .int4(s.score[i])
                 .text(&s.band[i])
-                .float(s.probability[i])
+                .float8(s.probability[i])
                 .text(&s.reasons[i])
                 .text(model_version)
                 .text(model_sha256)
                 .time(Some(s.computed_at[i]))
                 .text(&s.event_id[i])
                 .text(&s.topic[i])
-                .plain(s.partition[i])
-                .plain(s.offset[i])
-                .plain(s.projector_next[i])
-                .opt(s.block[i])
-                .float(s.health[i]);
+                .int4(s.partition[i])
+                .int8(s.offset[i])
+                .int8(s.projector_next[i])
+                .opt_int8(s.block[i])
+                .float8(s.health[i]);
         },
     )
     .await;

@@ -82,9 +82,18 @@ async fn a_replayed_score_is_not_stored_twice_and_a_retraction_removes_only_its_
 }
 
 /// A score with awkward values: floats that only round-trip exactly, no probability, reasons
-/// with tabs, quotes, backslashes and newlines, no block.
+/// with tabs, quotes, backslashes and newlines, no block, times with nanoseconds (half a
+/// microsecond too) and before 2000 and 1970 (negative from either epoch).
 fn awkward(i: usize, event: &str) -> NewScore {
     let mut s = score(&format!("0xw{}", i % 9), event, "FAIR", i as i64);
+    let (seconds, nanos) = match i % 5 {
+        0 => (1_700_000_000 + i as i64, 0),
+        1 => (1_700_000_000, 500 + i as u32 * 1_000),
+        2 => (1_700_000_000, 999_999_999),
+        3 => (900_000_000, 123_456_789),
+        _ => (-86_400 * 365, 1_500),
+    };
+    s.computed_at = DateTime::from_timestamp(seconds, nanos).expect("a time");
     s.probability_of_liquidation = (i % 3 != 0).then_some(0.1 + 0.2 + i as f64 * 1e-17);
     s.health_factor = match i % 4 {
         0 => None,
@@ -183,8 +192,11 @@ async fn a_large_batch_is_copied_with_the_same_values_the_insert_stores_and_repl
         by_copy[7].score, 600,
         "the first of a twice-held score is kept"
     );
-    // Bit for bit: the floats are compared as f64 (NaN-free here), infinities included.
-    assert_eq!(by_copy, by_insert);
+    // Bit for bit: the floats are compared as f64 (NaN-free here), infinities included; the
+    // times to the microsecond.
+    for (i, (c, n)) in by_copy.iter().zip(&by_insert).enumerate() {
+        assert!(c == n, "score {i}: copied {c:?}, inserted {n:?}");
+    }
     assert!(by_copy
         .iter()
         .any(|r| r.health_factor == Some(f64::INFINITY)));
