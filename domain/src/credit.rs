@@ -238,6 +238,94 @@ pub fn hourly_volatility(
     Some((v7, v30))
 }
 
+/// Marks over price points sorted by time that let [`hourly_volatility`] be computed over any
+/// window of them from the window's days instead of its points ([`DayMarks::hourly_volatility`]):
+/// which points end their UTC day, and how many prices are not positive up to each point. A
+/// scorer makes them once per reserve and batch and reads many windows of them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DayMarks {
+    /// Indexes of the points that are the last of their day (the next point is on a later day,
+    /// or there is none), ascending.
+    last_of_day: Vec<u32>,
+    /// `non_positive[i]`: how many of the first `i` points have a price ≤ 0 (`len() + 1`
+    /// entries).
+    non_positive: Vec<u32>,
+}
+
+impl DayMarks {
+    /// The marks of `points`, which must be sorted by time (`None` if they are not, or are more
+    /// than `u32::MAX`).
+    pub fn of(points: &[(DateTime<Utc>, f64)]) -> Option<DayMarks> {
+        if !points.is_sorted_by_key(|(t, _)| *t) || u32::try_from(points.len()).is_err() {
+            return None;
+        }
+        let day = |t: &DateTime<Utc>| t.timestamp().div_euclid(86_400);
+        let mut last_of_day = Vec::new();
+        let mut non_positive = Vec::with_capacity(points.len() + 1);
+        let mut count = 0u32;
+        non_positive.push(0);
+        for (i, (t, p)) in points.iter().enumerate() {
+            if points
+                .get(i + 1)
+                .is_none_or(|(next, _)| day(next) != day(t))
+            {
+                last_of_day.push(i as u32);
+            }
+            count += u32::from(*p <= 0.0 || p.is_nan());
+            non_positive.push(count);
+        }
+        Some(DayMarks {
+            last_of_day,
+            non_positive,
+        })
+    }
+
+    /// [`hourly_volatility`]`(points, now)`, the same value to the bit, for `points` the points
+    /// these marks were made of or a prefix of them: each window's daily closes are the marked
+    /// points inside it and its last point. A window with a price that is not positive (which
+    /// [`hourly_volatility`] leaves out) is computed by [`hourly_volatility`] itself.
+    pub fn hourly_volatility(
+        &self,
+        points: &[(DateTime<Utc>, f64)],
+        now: DateTime<Utc>,
+    ) -> Option<(f64, f64)> {
+        let from = now - chrono::Duration::days(VOLATILITY_DAYS);
+        let start = points.partition_point(|(t, _)| *t <= from);
+        let end = points.partition_point(|(t, _)| *t <= now).max(start);
+        let (Some(before), Some(upto)) = (self.non_positive.get(start), self.non_positive.get(end))
+        else {
+            return hourly_volatility(points, now);
+        };
+        if upto != before {
+            return hourly_volatility(&points[start..end], now);
+        }
+        let week_from = now - chrono::Duration::days(7);
+        let week = points[start..end].partition_point(|(t, _)| *t <= week_from) + start;
+        let vol = |from: usize| -> Option<f64> {
+            let Some(last) = end.checked_sub(1).filter(|&l| l >= from) else {
+                return volatility(&[]);
+            };
+            let first = self.last_of_day.partition_point(|&j| (j as usize) < from);
+            let mut closes: Vec<f64> = self.last_of_day[first..]
+                .iter()
+                .map(|&j| j as usize)
+                .take_while(|&j| j < last)
+                .map(|j| points[j].1)
+                .collect();
+            closes.push(points[last].1);
+            if closes.len() >= 3 {
+                volatility(&closes).map(|d| d / 24f64.sqrt())
+            } else {
+                let prices: Vec<f64> = points[from..end].iter().map(|(_, p)| *p).collect();
+                volatility(&prices)
+            }
+        };
+        let v30 = vol(start)?;
+        let v7 = vol(week).unwrap_or(v30);
+        Some((v7, v30))
+    }
+}
+
 /// The position model's inputs (`scoring/MODEL_CARD.md`), in its order: log health factor,
 /// hourly volatility over 7 and 30 days, and the distance to liquidation in 30-day standard
 /// deviations (log HF / (σ₃₀ · √720), capped at 50 as in training). `None` without debt.
@@ -293,6 +381,69 @@ pub fn dominant_collateral(holdings: &[Holding]) -> Option<&Holding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Windows over marked points give what `hourly_volatility` gives over the same window,
+    /// to the bit: points a few minutes to days apart (several a day, days without any), equal
+    /// times, now and then a price that is not positive, every prefix a scorer could see, and
+    /// times before, inside and after the points.
+    #[test]
+    fn day_marks_give_the_volatility_of_the_points_to_the_bit() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let start = DateTime::from_timestamp(1_600_000_000, 0).expect("time");
+        let mut t = start;
+        let mut price = 100.0f64;
+        let mut points = Vec::new();
+        for _ in 0..3_000 {
+            let gap = match next() % 10 {
+                0 => 0,
+                1 => 86_400 * (1 + next() % 3) as i64,
+                _ => (next() % 7_200) as i64,
+            };
+            t += chrono::Duration::seconds(gap);
+            price *= 1.0 + ((next() % 2_001) as f64 - 1_000.0) / 50_000.0;
+            let p = if next() % 400 == 0 { 0.0 } else { price };
+            points.push((t, p));
+        }
+        let marks = DayMarks::of(&points).expect("sorted");
+        let (mut compared, mut moved, mut fell_back) = (0, 0, 0);
+        for end in (0..=points.len()).step_by(37) {
+            let prefix = &points[..end];
+            for offset_hours in [-50i64, 0, 7, 100, 400, 1_000, 2_000, 3_000, 5_000] {
+                let now = start
+                    + chrono::Duration::hours(offset_hours)
+                    + chrono::Duration::seconds((next() % 3_600) as i64);
+                let expected = hourly_volatility(prefix, now);
+                assert_eq!(
+                    marks.hourly_volatility(prefix, now),
+                    expected,
+                    "prefix {end}, now {now}"
+                );
+                compared += 1;
+                moved += usize::from(expected.is_some());
+                let from = now - chrono::Duration::days(VOLATILITY_DAYS);
+                fell_back += usize::from(
+                    prefix
+                        .iter()
+                        .any(|(t, p)| *t > from && *t <= now && *p <= 0.0),
+                );
+            }
+        }
+        assert!(moved > compared / 2, "{moved} of {compared}");
+        assert!(fell_back > 10, "{fell_back}");
+        // Points out of time order get no marks.
+        let mut unsorted = points.clone();
+        let i = (0..points.len() - 1)
+            .find(|&i| points[i].0 < points[i + 1].0)
+            .expect("times that move");
+        unsorted.swap(i, i + 1);
+        assert_eq!(DayMarks::of(&unsorted), None);
+    }
 
     #[test]
     fn position_features_match_the_training_definition() {

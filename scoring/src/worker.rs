@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chainfold_domain::credit::{
     dominant_collateral, hourly_volatility, liquidation_threshold, position_features,
-    AccountTotals, ActivityFeatures, Attestation, Holding, VOLATILITY_DAYS,
+    AccountTotals, ActivityFeatures, Attestation, DayMarks, Holding, VOLATILITY_DAYS,
 };
 use chainfold_domain::decision::DecisionRecord;
 use chainfold_domain::decision::Policy;
@@ -906,7 +906,7 @@ impl ScoreEngine {
         let points = self
             .prices(cache, chain_id, &reserves[index], block)
             .await?;
-        let Some((vol_7d, vol_30d)) = hourly_volatility(points.volatility_window(at), at) else {
+        let Some((vol_7d, vol_30d)) = points.hourly_volatility(at) else {
             return Ok((hf, None));
         };
         Ok((hf, position_features(&holdings, vol_7d, vol_30d)))
@@ -1141,6 +1141,9 @@ struct PriceSource {
     /// Every point has a block, and blocks and times never go down: the points visible at a
     /// block are a prefix, and a prefix is sorted by time.
     ordered: bool,
+    /// The days of `priced` when `ordered`: a score's volatility is computed from its window's
+    /// days, not its points ([`DayMarks::hourly_volatility`]).
+    days: Option<DayMarks>,
 }
 
 impl PriceCache {
@@ -1176,11 +1179,13 @@ impl PriceSource {
             && points
                 .windows(2)
                 .all(|w| w[0].1 <= w[1].1 && w[0].0 <= w[1].0);
-        let priced = points.iter().map(|(t, _, p)| (*t, *p)).collect();
+        let priced: Vec<(DateTime<Utc>, f64)> = points.iter().map(|(t, _, p)| (*t, *p)).collect();
+        let days = if ordered { DayMarks::of(&priced) } else { None };
         PriceSource {
             points,
             priced,
             ordered,
+            days,
         }
     }
 
@@ -1198,6 +1203,7 @@ impl PriceSource {
             return Visible {
                 points: std::borrow::Cow::Borrowed(&self.priced[..end]),
                 sorted: true,
+                days: self.days.as_ref(),
             };
         }
         let points = self
@@ -1212,6 +1218,7 @@ impl PriceSource {
         Visible {
             points: std::borrow::Cow::Owned(points),
             sorted: false,
+            days: None,
         }
     }
 }
@@ -1222,9 +1229,20 @@ struct Visible<'c> {
     points: std::borrow::Cow<'c, [(DateTime<Utc>, f64)]>,
     /// Sorted by time (then the windows are found by binary search).
     sorted: bool,
+    /// The days of the points this is a prefix of, when they are sorted.
+    days: Option<&'c DayMarks>,
 }
 
 impl Visible<'_> {
+    /// [`hourly_volatility`] at `at` of the points visible: from the window's days when the
+    /// points are marked, else from its points (the same value).
+    fn hourly_volatility(&self, at: DateTime<Utc>) -> Option<(f64, f64)> {
+        match self.days {
+            Some(days) => days.hourly_volatility(&self.points, at),
+            None => hourly_volatility(self.volatility_window(at), at),
+        }
+    }
+
     /// What [`hourly_volatility`] reads at `at`: the points of the 30 days up to `at` when they
     /// are sorted (the same points in the same order as its own filter keeps), else all.
     fn volatility_window(&self, at: DateTime<Utc>) -> &[(DateTime<Utc>, f64)] {
@@ -2853,6 +2871,8 @@ mod tests {
             );
             let vol = hourly_volatility(visible.volatility_window(now), now);
             assert_eq!(vol, hourly_volatility(&copy, now), "{hours} h, {block:?}");
+            assert!(visible.days.is_some());
+            assert_eq!(visible.hourly_volatility(now), vol, "{hours} h, {block:?}");
             moved += usize::from(vol.is_some_and(|(v7, v30)| v7 > 0.0 && v30 > 0.0));
         }
         assert!(moved >= 5, "{moved}");
