@@ -190,7 +190,7 @@ pub struct Queued {
     rows: Vec<(i64, Vec<usize>)>,
 }
 
-/// Outputs their writer queued and still holds after its commit. [`relay_holding`] sends a held
+/// Outputs their writer queued and still holds after its commit. [`relay_with`] sends a held
 /// row's records from these instead of reading its ~10 MB back from Postgres; the row itself is
 /// locked, sent and deleted exactly as any other (a row another relay took is not sent again).
 #[derive(Debug, Default)]
