@@ -108,8 +108,9 @@ impl From<serde_json::Value> for Payload {
 }
 
 /// Queues `outputs` in `tx` (published by [`relay`] after the commit): one row per topic and
-/// source, holding those outputs in their order (a [`Payload::Sourced`] row without payloads). Returns which row holds which outputs, for a
-/// writer that keeps them to relay from memory ([`Held`]).
+/// source, holding those outputs in their order (a [`Payload::Sourced`] row without payloads).
+/// Returns which row holds which outputs, for a writer that keeps them to relay from memory
+/// ([`Held`]).
 ///
 /// The rows go in one binary `COPY`, built in a buffer of exactly their size: a scoring batch's
 /// row holds ~10 MB of payloads, and binding them as three array parameters copied them twice
@@ -191,8 +192,9 @@ pub struct Queued {
 }
 
 /// Outputs their writer queued and still holds after its commit. [`relay_with`] sends a held
-/// row's records from these instead of reading its ~10 MB back from Postgres; the row itself is
-/// locked, sent and deleted exactly as any other (a row another relay took is not sent again).
+/// row's records from these instead of reading them back from Postgres (or rebuilding them from
+/// their source); the row itself is locked, sent and deleted exactly as any other (a row another
+/// relay took is not sent again).
 #[derive(Debug, Default)]
 pub struct Held {
     rows: std::collections::HashMap<i64, Vec<Output>>,
@@ -239,7 +241,8 @@ const TEXT_OID: u32 = 25;
 
 /// The rows in `COPY … (FORMAT binary)` form: the signature, then per row its six fields (an
 /// `int8`, a `text`, three one-dimensional `text[]` without NULLs and a nullable `text`, each
-/// length-prefixed, NULL as length -1), then the trailer. The buffer is sized exactly before anything is written.
+/// length-prefixed, NULL as length -1), then the trailer. The buffer is sized exactly before
+/// anything is written.
 fn binary_copy(rows: &[OutboxRow<'_>]) -> Result<Vec<u8>, sqlx::Error> {
     fn array_len<S: AsRef<str>>(items: &[S]) -> usize {
         20 + items.iter().map(|i| 4 + i.as_ref().len()).sum::<usize>()
@@ -395,7 +398,8 @@ pub async fn relay_with(
 /// outputs, locks those no other relay holds, sends their outputs in order (a row in `held`
 /// from its held outputs, a row naming a source from its rebuilt payloads), waits for every
 /// acknowledgement and deletes the rows, in one transaction. Returns how many outputs it sent,
-/// or `None` when it took no row. Only the rows it sends are locked, so a relay beside it takes the rows after
+/// or `None` when it took no row (a row whose records were all retracted sends none and is
+/// still taken). Only the rows it sends are locked, so a relay beside it takes the rows after
 /// them, not rows this one leaves for later.
 async fn relay_round(
     pool: &PgPool,

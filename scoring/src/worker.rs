@@ -2649,7 +2649,7 @@ async fn score_records(
 }
 
 /// A stored score's record, as [`render`] rendered it before the commit.
-fn score_record(r: &chainfold_store::scores::ScoreRecord) -> anyhow::Result<String> {
+fn score_record(r: &chainfold_store::scores::ScoreRow<String>) -> anyhow::Result<String> {
     let output_id = score_output_id(r.chain_id, &r.wallet, &r.event_id);
     let band = chainfold_domain::scorecard::Band::from_name(&r.band)
         .with_context(|| format!("score {output_id} has no band named {}", r.band))?;

@@ -277,9 +277,10 @@ pub async fn retract(
 }
 
 /// A `credit_score` row as the API serves it: read from Postgres, or as the JSON of its Redis
-/// copy (`latest`, whose `SCORE_COLUMNS` are these fields).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
-pub struct ScoreRow {
+/// copy (`latest`, whose `SCORE_COLUMNS` are these fields). The scorer's outbox relay reads it
+/// with the reasons as the exact JSON text stored (`Reasons = String`, [`records`]).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Deserialize)]
+pub struct ScoreRow<Reasons = serde_json::Value> {
     pub id: i64,
     pub chain_id: i64,
     pub wallet: String,
@@ -287,7 +288,7 @@ pub struct ScoreRow {
     pub health_factor: Option<f64>,
     pub band: String,
     pub probability_of_liquidation: Option<f64>,
-    pub reasons: serde_json::Value,
+    pub reasons: Reasons,
     pub model_version: String,
     pub model_sha256: String,
     pub computed_at: Option<DateTime<Utc>>,
@@ -361,41 +362,24 @@ pub async fn latest_of(
     .await
 }
 
-/// A stored score with what its scores-topic record is rendered from: [`ScoreRow`]'s fields,
-/// the reasons as the exact JSON text stored (the `json` column keeps it as written).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScoreRecord {
-    pub chain_id: i64,
-    pub wallet: String,
-    pub score: i32,
-    pub band: String,
-    pub probability_of_liquidation: Option<f64>,
-    pub reasons: String,
-    pub model_version: String,
-    pub model_sha256: String,
-    pub computed_at: Option<DateTime<Utc>>,
-    pub event_id: String,
-    pub kafka_topic: String,
-    pub kafka_partition: i32,
-    pub kafka_offset: i64,
-    pub block_number: Option<i64>,
-}
-
 /// The stored score of each (chain, wallet, event) of `chains`/`wallets`/`events` (aligned), in
-/// their order: `None` where none is stored (retracted by a reorg). One statement, through the
+/// their order, with its reasons as the exact JSON text stored (the `json` column keeps it as
+/// written): what its scores-topic record is rendered from. `None` where none is stored
+/// (retracted by a reorg; a key asked twice is found once). One statement, through the
 /// (chain_id, wallet, event_id) unique index.
 pub async fn records(
     pool: &PgPool,
     chains: &[i64],
     wallets: &[String],
     events: &[String],
-) -> sqlx::Result<Vec<Option<ScoreRecord>>> {
-    let rows = sqlx::query!(
-        r#"SELECT k.n AS "n!", s.chain_id, s.wallet, s.score, s.band,
+) -> sqlx::Result<Vec<Option<ScoreRow<String>>>> {
+    let found = sqlx::query_as!(
+        ScoreRow,
+        r#"SELECT s.id, s.chain_id, s.wallet, s.score, s.health_factor, s.band,
                   s.probability_of_liquidation, s.reasons::text AS "reasons!", s.model_version,
                   s.model_sha256, s.computed_at, s.event_id, s.kafka_topic, s.kafka_partition,
                   s.kafka_offset, s.block_number
-           FROM UNNEST($1::int8[], $2::text[], $3::text[]) WITH ORDINALITY AS k(c, w, e, n)
+           FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS k(c, w, e)
            JOIN credit_score s ON s.chain_id = k.c AND s.wallet = k.w AND s.event_id = k.e"#,
         chains,
         wallets,
@@ -403,28 +387,14 @@ pub async fn records(
     )
     .fetch_all(pool)
     .await?;
-    let mut out = vec![None; chains.len()];
-    for r in rows {
-        let slot = usize::try_from(r.n - 1)
-            .ok()
-            .and_then(|i| out.get_mut(i))
-            .ok_or_else(|| sqlx::Error::Protocol(format!("key ordinal {} out of range", r.n)))?;
-        *slot = Some(ScoreRecord {
-            chain_id: r.chain_id,
-            wallet: r.wallet,
-            score: r.score,
-            band: r.band,
-            probability_of_liquidation: r.probability_of_liquidation,
-            reasons: r.reasons,
-            model_version: r.model_version,
-            model_sha256: r.model_sha256,
-            computed_at: r.computed_at,
-            event_id: r.event_id,
-            kafka_topic: r.kafka_topic,
-            kafka_partition: r.kafka_partition,
-            kafka_offset: r.kafka_offset,
-            block_number: r.block_number,
-        });
-    }
-    Ok(out)
+    let mut by_key: std::collections::HashMap<(i64, String, String), ScoreRow<String>> = found
+        .into_iter()
+        .map(|r| ((r.chain_id, r.wallet.clone(), r.event_id.clone()), r))
+        .collect();
+    Ok(chains
+        .iter()
+        .zip(wallets)
+        .zip(events)
+        .map(|((c, w), e)| by_key.remove(&(*c, w.clone(), e.clone())))
+        .collect())
 }

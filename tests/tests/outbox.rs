@@ -342,41 +342,27 @@ async fn a_writers_own_rows_go_from_memory_and_the_rest_from_postgres() {
         .fetch_one(&mut *holder)
         .await
         .expect("lock");
-    let sent = outbox::relay_with(
-        &pool,
-        &producer,
-        std::slice::from_ref(&topic),
-        15,
-        &held,
-        &outbox::Sources::default(),
-    )
-    .await
-    .expect("relay");
+    let no_sources = outbox::Sources::default();
+    let relay = async || {
+        outbox::relay_with(
+            &pool,
+            &producer,
+            std::slice::from_ref(&topic),
+            15,
+            &held,
+            &no_sources,
+        )
+        .await
+        .expect("relay")
+    };
+    let sent = relay().await;
     assert_eq!(sent, 20, "the two rows nobody holds");
     holder.rollback().await.expect("let go");
-    let sent = outbox::relay_with(
-        &pool,
-        &producer,
-        std::slice::from_ref(&topic),
-        15,
-        &held,
-        &outbox::Sources::default(),
-    )
-    .await
-    .expect("relay");
+    let sent = relay().await;
     assert_eq!(sent, 10, "the writer's row, once its lock is let go");
     assert_eq!(outbox::pending(&pool).await.expect("pending"), 0);
     // Relayed and deleted: holding it sends nothing again.
-    let sent = outbox::relay_with(
-        &pool,
-        &producer,
-        std::slice::from_ref(&topic),
-        15,
-        &held,
-        &outbox::Sources::default(),
-    )
-    .await
-    .expect("relay");
+    let sent = relay().await;
     assert_eq!(sent, 0);
 
     let records = read_all(&iso, &topic, 30);
