@@ -1262,7 +1262,7 @@ impl Scorer {
     pub async fn build(config: Config) -> anyhow::Result<Scorer> {
         let model = PositionModel::load(&config.model_dir)?;
         let policy = chainfold_store::decisions::policy_or_shipped(config.policy.as_deref())?;
-        let pool = chainfold_platform::postgres::connect_and_migrate(&config.postgres).await?;
+        let pool = chainfold_platform::postgres::connect_replanning(&config.postgres).await?;
         let pipeline = chainfold_platform::lease::hold_pipeline(&config.postgres).await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
         let topics = config.kafka.topics();
