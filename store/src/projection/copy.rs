@@ -223,8 +223,12 @@ impl CopyBinary {
     }
 }
 
-/// [`copy_in_rows`] in binary form: `statement` is a `COPY … FROM STDIN (FORMAT binary)` of
-/// `fields` columns, and `row` writes each row's fields in their order.
+/// Runs `statement`, a `COPY … FROM STDIN (FORMAT binary)` of `fields` columns, with one row
+/// per item of `rows`, each row's fields written by `row` in their order. The rows are sent in
+/// pieces of about 64 KiB as they are written: Postgres reads one piece while the next is built
+/// (a batch built whole first kept the two apart: the scorer's 10,000 scores took ~60 ms to
+/// write out before Postgres saw the first), and the one piece's buffer is reused rather than
+/// grown to the batch's size.
 pub async fn copy_in_binary_rows<T>(
     tx: &mut Transaction<'_, Postgres>,
     statement: &str,
@@ -438,40 +442,6 @@ pub async fn copy_new(
         probed: true,
         conflicted,
     })
-}
-
-/// Runs `statement` (`COPY … FROM STDIN`) with one row per item of `rows`, each written by
-/// `row`, and sends the rows in pieces of about 64 KiB as they are written: Postgres parses one
-/// piece while the next is built (a batch built whole first kept the two apart: the scorer's
-/// 10,000 scores took ~60 ms to write out before Postgres saw the first), and the one piece's
-/// buffer is reused rather than grown to the batch's size.
-pub async fn copy_in_rows<T>(
-    tx: &mut Transaction<'_, Postgres>,
-    statement: &str,
-    rows: impl IntoIterator<Item = T>,
-    mut row: impl FnMut(&mut CopyText, T),
-) -> Result<(), StoreError> {
-    const PIECE: usize = 1 << 16;
-    let mut copy = tx.copy_in_raw(statement).await?;
-    let mut piece = CopyText {
-        buf: String::with_capacity(PIECE + (PIECE >> 2)),
-        first: true,
-    };
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        while piece.buf.len() < PIECE {
-            let Some(item) = rows.next() else { break };
-            row(&mut piece, item);
-            piece.end_row();
-        }
-        if let Err(err) = copy.send(piece.as_bytes()).await {
-            let _ = copy.abort("send failed").await;
-            return Err(err.into());
-        }
-        piece.buf.clear();
-    }
-    copy.finish().await?;
-    Ok(())
 }
 
 /// Runs `statement` (`COPY … FROM STDIN`) with `data`.
