@@ -365,36 +365,48 @@ pub async fn latest_of(
 /// The stored score of each (chain, wallet, event) of `chains`/`wallets`/`events` (aligned), in
 /// their order, with its reasons as the exact JSON text stored (the `json` column keeps it as
 /// written): what its scores-topic record is rendered from. `None` where none is stored
-/// (retracted by a reorg; a key asked twice is found once). One statement, through the
-/// (chain_id, wallet, event_id) unique index.
+/// (retracted by a reorg; a key asked twice is found at its first place only). One statement,
+/// through the (chain_id, wallet, event_id) unique index.
 pub async fn records(
     pool: &PgPool,
     chains: &[i64],
     wallets: &[String],
     events: &[String],
 ) -> sqlx::Result<Vec<Option<ScoreRow<String>>>> {
+    // Each stored row once, at the first place its key is asked, in the order of those places.
     let found = sqlx::query_as!(
         ScoreRow,
-        r#"SELECT s.id, s.chain_id, s.wallet, s.score, s.health_factor, s.band,
-                  s.probability_of_liquidation, s.reasons::text AS "reasons!", s.model_version,
-                  s.model_sha256, s.computed_at, s.event_id, s.kafka_topic, s.kafka_partition,
-                  s.kafka_offset, s.block_number
-           FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS k(c, w, e)
-           JOIN credit_score s ON s.chain_id = k.c AND s.wallet = k.w AND s.event_id = k.e"#,
+        r#"SELECT f.id AS "id!", f.chain_id AS "chain_id!", f.wallet AS "wallet!",
+                  f.score AS "score!", f.health_factor, f.band AS "band!",
+                  f.probability_of_liquidation, f.reasons AS "reasons!",
+                  f.model_version AS "model_version!", f.model_sha256 AS "model_sha256!",
+                  f.computed_at, f.event_id AS "event_id!", f.kafka_topic AS "kafka_topic!",
+                  f.kafka_partition AS "kafka_partition!", f.kafka_offset AS "kafka_offset!",
+                  f.block_number
+           FROM (SELECT DISTINCT ON (s.id) s.id, s.chain_id, s.wallet, s.score,
+                        s.health_factor, s.band, s.probability_of_liquidation,
+                        s.reasons::text AS reasons, s.model_version, s.model_sha256,
+                        s.computed_at, s.event_id, s.kafka_topic, s.kafka_partition,
+                        s.kafka_offset, s.block_number, k.i
+                 FROM UNNEST($1::int8[], $2::text[], $3::text[]) WITH ORDINALITY AS k(c, w, e, i)
+                 JOIN credit_score s ON s.chain_id = k.c AND s.wallet = k.w AND s.event_id = k.e
+                 ORDER BY s.id, k.i) f
+           ORDER BY f.i"#,
         chains,
         wallets,
         events
     )
     .fetch_all(pool)
     .await?;
-    let mut by_key: std::collections::HashMap<(i64, String, String), ScoreRow<String>> = found
-        .into_iter()
-        .map(|r| ((r.chain_id, r.wallet.clone(), r.event_id.clone()), r))
-        .collect();
+    // A place takes the next row when the row is its key's: that row's first place is this one
+    // (a later first place would not be next, an earlier one was taken there).
+    let mut found = found.into_iter().peekable();
     Ok(chains
         .iter()
         .zip(wallets)
         .zip(events)
-        .map(|((c, w), e)| by_key.remove(&(*c, w.clone(), e.clone())))
+        .map(|((c, w), e)| {
+            found.next_if(|r| r.chain_id == *c && &r.wallet == w && &r.event_id == e)
+        })
         .collect())
 }

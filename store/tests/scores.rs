@@ -222,3 +222,60 @@ async fn a_large_batch_is_copied_with_the_same_values_the_insert_stores_and_repl
     );
     assert_eq!(stored(&pool, "c").await.len(), 150);
 }
+
+#[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
+async fn records_come_back_in_the_order_asked_with_missing_and_repeated_keys_as_none(pool: PgPool) {
+    let mut with_reasons = score("0xb", "137:0xbb:1", "GOOD", 2);
+    with_reasons.reasons =
+        r#"[{"code":"AGE","description":"old \"wallet\"","impact":-1.5}]"#.into();
+    let batch: NewScores = [
+        score("0xa", "e1", "FAIR", 1),
+        with_reasons,
+        score("0xc", "e1", "POOR", 3),
+    ]
+    .into_iter()
+    .collect();
+    let mut tx = pool.begin().await.expect("tx");
+    scores::insert(&mut tx, "v1", "sha", &batch)
+        .await
+        .expect("stored");
+    tx.commit().await.expect("commit");
+    // Asked out of the stored order, one key missing, one key twice, one wallet with another
+    // wallet's event id.
+    let asked = [
+        ("0xc", "e1"),
+        ("0xa", "e9"),
+        ("0xb", "137:0xbb:1"),
+        ("0xa", "e1"),
+        ("0xc", "e1"),
+        ("0xd", "e1"),
+    ];
+    let wallets: Vec<String> = asked.iter().map(|a| a.0.to_owned()).collect();
+    let events: Vec<String> = asked.iter().map(|a| a.1.to_owned()).collect();
+    let found = scores::records(&pool, &[1; 6], &wallets, &events)
+        .await
+        .expect("read");
+    let keys: Vec<Option<(&str, &str, &str)>> = found
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map(|r| (r.wallet.as_str(), r.event_id.as_str(), r.band.as_str()))
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            Some(("0xc", "e1", "POOR")),
+            None,
+            Some(("0xb", "137:0xbb:1", "GOOD")),
+            Some(("0xa", "e1", "FAIR")),
+            None,
+            None,
+        ]
+    );
+    // The reasons as the text stored, byte for byte.
+    assert_eq!(
+        found[2].as_ref().expect("found").reasons,
+        r#"[{"code":"AGE","description":"old \"wallet\"","impact":-1.5}]"#
+    );
+}
