@@ -228,18 +228,17 @@ async fn records_come_back_in_the_order_asked_with_missing_and_repeated_keys_as_
     let mut with_reasons = score("0xb", "137:0xbb:1", "GOOD", 2);
     with_reasons.reasons =
         r#"[{"code":"AGE","description":"old \"wallet\"","impact":-1.5}]"#.into();
-    let batch: NewScores = [
+    let batch = [
         score("0xa", "e1", "FAIR", 1),
         with_reasons,
         score("0xc", "e1", "POOR", 3),
-    ]
-    .into_iter()
-    .collect();
+    ];
     let mut tx = pool.begin().await.expect("tx");
-    scores::insert(&mut tx, "v1", "sha", &batch)
+    let stored = scores::insert(&mut tx, "v1", "sha", &batch.into_iter().collect())
         .await
         .expect("stored");
     tx.commit().await.expect("commit");
+    assert_eq!(stored.len(), 3);
     // Asked out of the stored order, one key missing, one key twice, one wallet with another
     // wallet's event id.
     let asked = [
