@@ -382,19 +382,23 @@ pub fn dominant_collateral(holdings: &[Holding]) -> Option<&Holding> {
 mod tests {
     use super::*;
 
+    /// A deterministic xorshift sequence from `seed` (not zero).
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     /// Windows over marked points give what `hourly_volatility` gives over the same window,
     /// to the bit: points a few minutes to days apart (several a day, days without any), equal
     /// times, now and then a price that is not positive, every prefix a scorer could see, and
     /// times before, inside and after the points.
     #[test]
     fn day_marks_give_the_volatility_of_the_points_to_the_bit() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let start = DateTime::from_timestamp(1_600_000_000, 0).expect("time");
         let mut t = start;
         let mut price = 100.0f64;
@@ -556,13 +560,7 @@ mod tests {
         let t0 = DateTime::from_timestamp(1_650_000_000, 0).expect("in range");
         // A deterministic scramble: times out of order, several points per day, equal times,
         // zero prices, points after `now` and before the windows.
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let mut compared = 0;
         for case in 0..200 {
             let n = (next() % 400) as usize;
