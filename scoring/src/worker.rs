@@ -2049,9 +2049,14 @@ struct Prepared {
     triggers: Vec<Trigger>,
 }
 
-/// A batch's scores, owning their triggers (its write runs apart from the batch).
+/// Each score's chain, its trigger's time and the score, aligned with a [`Rendered`] (whose rows
+/// hold its wallet and event id).
+type ScoreTimes = Vec<(u64, DateTime<Utc>, Score)>;
+
+/// A batch's scores, owning what their write and publishing need (the write runs apart from
+/// the batch).
 struct Scored {
-    rows: Vec<(u64, String, Trigger, Score)>,
+    rows: ScoreTimes,
     /// The profiles to store.
     profiles: Vec<(WalletKey, CreditProfile)>,
     /// Each row as stored and as published (aligned with `rows`), rendered with the batch's
@@ -2063,7 +2068,7 @@ struct Scored {
 /// published message, in the order of the scores.
 struct Rendered {
     scores: chainfold_store::scores::NewScores,
-    messages: Vec<(String, String)>,
+    messages: Vec<(String, std::sync::Arc<str>)>,
 }
 
 impl Scored {
@@ -2073,13 +2078,9 @@ impl Scored {
         version: &str,
         sha256: &str,
     ) -> anyhow::Result<Scored> {
-        let rendered = render(&computed.rows, &computed.health, projector, version, sha256)?;
+        let (rows, rendered) = render(computed.rows, &computed.health, projector, version, sha256)?;
         Ok(Scored {
-            rows: computed
-                .rows
-                .into_iter()
-                .map(|(chain, wallet, t, score)| (chain, wallet, t.clone(), score))
-                .collect(),
+            rows,
             profiles: computed.profiles,
             rendered,
         })
@@ -2090,42 +2091,55 @@ impl Scored {
 /// reasons are serialized once, straight from their type, and that text is both the row's
 /// `reasons` and the message's (spliced in, not serialized again); the outbox record and the
 /// Redis copies use the message's text. `projector` gives the projector offset each row was
-/// read at.
+/// read at. Each message is serialized into one reused buffer and copied out once, at its size
+/// (a fresh `String` per message grew through five allocations to hold its ~1 KB).
 fn render(
-    rows: &[(u64, String, &Trigger, Score)],
+    rows: Vec<(u64, String, &Trigger, Score)>,
     health: &[Option<f64>],
     projector: &HashMap<(String, i32), i64>,
     version: &str,
     sha256: &str,
-) -> anyhow::Result<Rendered> {
+) -> anyhow::Result<(ScoreTimes, Rendered)> {
     let mut scores = chainfold_store::scores::NewScores::default();
     let mut messages = Vec::with_capacity(rows.len());
-    for ((chain, w, t, s), health) in rows.iter().zip(health) {
+    let mut kept = Vec::with_capacity(rows.len());
+    let mut buffer: Vec<u8> = Vec::with_capacity(4096);
+    for ((chain, w, t, s), health) in rows.into_iter().zip(health) {
         let reasons = serde_json::value::to_raw_value(&s.reasons)?;
-        let output_id = score_output_id(*chain as i64, w, &t.event_id);
-        let published = serde_json::to_string(&Published {
-            chain_id: *chain,
-            wallet: w,
-            score: s.score,
-            band: s.band,
-            probability_of_liquidation: s.probability_of_liquidation,
-            reasons: &reasons,
-            model_version: version,
-            model_sha256: sha256,
-            computed_at: t.at,
-            event_id: &t.event_id,
-            provenance: ProvenanceRef {
-                topic: &t.topic,
-                partition: t.partition,
-                offset: t.offset,
-                block_number: t.block_number,
+        let output_id = score_output_id(chain as i64, &w, &t.event_id);
+        buffer.clear();
+        serde_json::to_writer(
+            &mut buffer,
+            &Published {
+                chain_id: chain,
+                wallet: &w,
+                score: s.score,
+                band: s.band,
+                probability_of_liquidation: s.probability_of_liquidation,
+                reasons: &reasons,
+                model_version: version,
+                model_sha256: sha256,
+                computed_at: t.at,
+                event_id: &t.event_id,
+                provenance: ProvenanceRef {
+                    topic: &t.topic,
+                    partition: t.partition,
+                    offset: t.offset,
+                    block_number: t.block_number,
+                },
+                output_id: &output_id,
             },
-            output_id: &output_id,
-        })?;
+        )?;
+        let published: std::sync::Arc<str> = std::str::from_utf8(&buffer)?.into();
         messages.push((output_id, published));
+        let projector_next_offset = projector
+            .iter()
+            .find(|((topic, partition), _)| *partition == t.partition && *topic == t.topic)
+            .map(|(_, next)| *next)
+            .unwrap_or_default();
         scores.push(chainfold_store::scores::NewScore {
-            chain_id: *chain as i64,
-            wallet: w.clone(),
+            chain_id: chain as i64,
+            wallet: w,
             score: s.score,
             band: s.band.name().to_owned(),
             probability_of_liquidation: s.probability_of_liquidation,
@@ -2135,15 +2149,13 @@ fn render(
             kafka_topic: t.topic.clone(),
             kafka_partition: t.partition,
             kafka_offset: t.offset,
-            projector_next_offset: projector
-                .get(&(t.topic.clone(), t.partition))
-                .copied()
-                .unwrap_or_default(),
+            projector_next_offset,
             block_number: t.block_number,
             health_factor: *health,
         });
+        kept.push((chain, t.at, s));
     }
-    Ok(Rendered { scores, messages })
+    Ok((kept, Rendered { scores, messages }))
 }
 
 /// The worker loop's write in flight.
@@ -2323,28 +2335,29 @@ impl Writer {
             rendered: Rendered { scores, messages },
             ..
         } = scored;
+        // The positions stored (ascending): each stored row once, even if the batch held its
+        // event twice.
         let inserted =
             chainfold_store::scores::insert(tx, &self.version, &self.sha256, &scores).await?;
-        let mut new: std::collections::HashSet<(u64, String, String)> = inserted
-            .into_iter()
-            .map(|(c, w, e)| (c as u64, w, e))
-            .collect();
+        let (wallets, events) = scores.into_wallets_and_events();
+        let mut inserted = inserted.into_iter().peekable();
         Ok(rows
             .into_iter()
             .zip(messages)
-            // Each stored row once, even if the batch held its event twice.
-            .filter(|((c, w, t, _), _)| new.remove(&(*c, w.clone(), t.event_id.clone())))
+            .zip(wallets.into_iter().zip(events))
+            .enumerate()
+            .filter(|(i, _)| inserted.next_if_eq(i).is_some())
             .map(
-                |((chain, wallet, t, s), (output_id, published))| StoredScore {
+                |(_, (((chain, at, s), (output_id, published)), (wallet, event_id)))| StoredScore {
                     chain,
                     wallet,
-                    event_id: t.event_id,
-                    at: t.at,
+                    event_id,
+                    at,
                     score: s.score,
                     band: s.band,
                     probability_of_liquidation: s.probability_of_liquidation,
                     output_id,
-                    published: published.into(),
+                    published,
                 },
             )
             .collect())

@@ -79,6 +79,12 @@ impl NewScores {
     pub fn is_empty(&self) -> bool {
         self.chain_id.is_empty()
     }
+
+    /// The wallets and event ids, by position (moved out, for a caller that stored the rows
+    /// and keeps their keys).
+    pub fn into_wallets_and_events(self) -> (Vec<String>, Vec<String>) {
+        (self.wallet, self.event_id)
+    }
 }
 
 impl FromIterator<NewScore> for NewScores {
@@ -93,8 +99,8 @@ impl FromIterator<NewScore> for NewScores {
 
 /// Stores `scores` computed by model `model_version` (`model_sha256`); a score already stored
 /// (same chain, wallet and event: a replay) is skipped, and a score the batch holds twice is
-/// stored once (the first). Returns the (chain, wallet, event) of the rows that were new, in
-/// the batch's order.
+/// stored once (the first). Returns the positions in `scores` of the rows that were new, in
+/// ascending order (a caller takes its own copies of those rows by position, no keys cloned).
 ///
 /// A batch of [`COPY_MIN`] scores or more goes in as one `COPY` inside a savepoint: the scorer
 /// never reads an offset twice (its offsets commit with its scores), so a stored score comes
@@ -106,7 +112,7 @@ pub async fn insert(
     model_version: &str,
     model_sha256: &str,
     scores: &NewScores,
-) -> sqlx::Result<Vec<(i64, String, String)>> {
+) -> sqlx::Result<Vec<usize>> {
     if scores.len() >= COPY_MIN {
         if let Some(new) = copy(tx, model_version, model_sha256, scores).await? {
             return Ok(new);
@@ -124,7 +130,7 @@ async fn copy(
     model_version: &str,
     model_sha256: &str,
     s: &NewScores,
-) -> sqlx::Result<Option<Vec<(i64, String, String)>>> {
+) -> sqlx::Result<Option<Vec<usize>>> {
     // Each (chain, wallet, event) once, the first kept, as `ON CONFLICT DO NOTHING` keeps it.
     let mut seen = std::collections::HashSet::with_capacity(s.len());
     let first: Vec<usize> = (0..s.len())
@@ -166,12 +172,7 @@ async fn copy(
             sqlx::query!("RELEASE SAVEPOINT chainfold_copy")
                 .execute(&mut **tx)
                 .await?;
-            Ok(Some(
-                first
-                    .into_iter()
-                    .map(|i| (s.chain_id[i], s.wallet[i].clone(), s.event_id[i].clone()))
-                    .collect(),
-            ))
+            Ok(Some(first))
         }
         Err(StoreError::Database(err)) if is_unique_violation(&err) => {
             sqlx::query!("ROLLBACK TO SAVEPOINT chainfold_copy")
@@ -191,7 +192,7 @@ async fn insert_rows(
     model_version: &str,
     model_sha256: &str,
     scores: &NewScores,
-) -> sqlx::Result<Vec<(i64, String, String)>> {
+) -> sqlx::Result<Vec<usize>> {
     let rows = sqlx::query!(
         r#"INSERT INTO credit_score (chain_id, wallet, score, band, probability_of_liquidation,
                reasons, model_version, model_sha256, computed_at, event_id, kafka_topic,
@@ -222,10 +223,28 @@ async fn insert_rows(
     )
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.chain_id, r.wallet, r.event_id))
-        .collect())
+    // Each returned key at the first position that holds it (the row `ON CONFLICT` kept).
+    let mut first = std::collections::HashMap::with_capacity(scores.len());
+    for i in (0..scores.len()).rev() {
+        first.insert(
+            (
+                scores.chain_id[i],
+                scores.wallet[i].as_str(),
+                scores.event_id[i].as_str(),
+            ),
+            i,
+        );
+    }
+    let mut new: Vec<usize> = rows
+        .iter()
+        .filter_map(|r| {
+            first
+                .get(&(r.chain_id, r.wallet.as_str(), r.event_id.as_str()))
+                .copied()
+        })
+        .collect();
+    new.sort_unstable();
+    Ok(new)
 }
 
 /// The band of each wallet's latest score: (chain, wallet, band), wallets without a score left

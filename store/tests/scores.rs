@@ -38,11 +38,29 @@ async fn a_replayed_score_is_not_stored_twice_and_a_retraction_removes_only_its_
     let new = scores::insert(&mut tx, "v1", "sha", &batch)
         .await
         .expect("stored");
-    assert_eq!(new.len(), 3);
+    assert_eq!(new, [0, 1, 2]);
     let again = scores::insert(&mut tx, "v1", "sha", &batch)
         .await
         .expect("stored");
     assert!(again.is_empty(), "a replay stores nothing: {again:?}");
+    // A small batch (the INSERT path) with a stored score, a score held twice and a new one:
+    // the positions of the rows stored, the first of the twice-held one.
+    let mixed: NewScores = [
+        score("0xa", "e2", "POOR", 2),
+        score("0xc", "e4", "FAIR", 4),
+        score("0xb", "e5", "GOOD", 5),
+        score("0xc", "e4", "GOOD", 4),
+    ]
+    .into_iter()
+    .collect();
+    let new = scores::insert(&mut tx, "v1", "sha", &mixed)
+        .await
+        .expect("stored");
+    assert_eq!(new, [1, 2]);
+    sqlx::query("DELETE FROM credit_score WHERE event_id IN ('e4', 'e5')")
+        .execute(&mut *tx)
+        .await
+        .expect("delete");
     tx.commit().await.expect("commit");
 
     let bands = scores::latest_bands(
@@ -168,7 +186,8 @@ async fn a_large_batch_is_copied_with_the_same_values_the_insert_stores_and_repl
         .await
         .expect("ids");
     assert_eq!(ids, (1, 100));
-    assert_eq!(new[7].2, "c7");
+    // Every position but the twice-held score's second (at 50).
+    assert_eq!(new, (0..101).filter(|&i| i != 50).collect::<Vec<_>>());
     // The same scores in small batches: the INSERT path.
     for chunk in (0..100).collect::<Vec<_>>().chunks(10) {
         let batch: NewScores = chunk
@@ -210,11 +229,14 @@ async fn a_large_batch_is_copied_with_the_same_values_the_insert_stores_and_repl
         .await
         .expect("stored");
     assert!(again.is_empty(), "{again:?}");
-    let half_new = scores::insert(&mut tx, "v1", "sha", &half.into_iter().collect())
+    let half_new = scores::insert(&mut tx, "v1", "sha", &half.iter().cloned().collect())
         .await
         .expect("stored");
     tx.commit().await.expect("commit");
-    let events: Vec<&str> = half_new.iter().map(|n| n.2.as_str()).collect();
+    let events: Vec<&str> = half_new
+        .iter()
+        .map(|&i| half[i].event_id.as_str())
+        .collect();
     let expected: Vec<String> = (100..150).map(|i| format!("c{i}")).collect();
     assert_eq!(
         events,
