@@ -64,7 +64,7 @@ pub fn parse_decimal(text: &str) -> Result<BigDecimal, NumberError> {
     {
         return Err(not());
     }
-    let all: String = format!("{int_part}{frac_part}");
+    let all: String = [int_part, frac_part].concat();
     let significant = all.trim_start_matches('0');
     let exponent: i64 = match exponent {
         None => 0,

@@ -2499,9 +2499,17 @@ impl Publisher {
         decisions: &[DecisionRecord],
         unscored: Vec<(i64, String)>,
     ) {
+        // Each wallet's last score of the batch (by position).
+        let mut last: HashMap<(u64, &str), usize> = HashMap::with_capacity(stored.len());
+        for (i, s) in stored.iter().enumerate() {
+            last.insert((s.chain, s.wallet.as_str()), i);
+        }
         // The API's copy of each touched wallet's latest score, newest version kept.
         let mut touched: std::collections::BTreeSet<(i64, String)> = unscored.into_iter().collect();
-        touched.extend(stored.iter().map(|s| (s.chain as i64, s.wallet.clone())));
+        touched.extend(
+            last.keys()
+                .map(|(chain, wallet)| (*chain as i64, (*wallet).to_owned())),
+        );
         let touched: Vec<(i64, String)> = touched.into_iter().collect();
         if let Err(err) = chainfold_store::latest::refresh(
             &mut self.redis,
@@ -2520,10 +2528,6 @@ impl Publisher {
         // a whole batch's ~10 MB built a buffer of that size each time (fresh pages).
         let mut pipe = redis::pipe();
         let mut queued = 0;
-        let mut last: HashMap<(u64, &str), usize> = HashMap::with_capacity(stored.len());
-        for (i, s) in stored.iter().enumerate() {
-            last.insert((s.chain, s.wallet.as_str()), i);
-        }
         let channel = format!("{}scores", self.prefix);
         for (i, s) in stored.iter().enumerate() {
             // The scores topic's record: the message with its output id.
@@ -2619,7 +2623,16 @@ pub fn sources() -> chainfold_platform::outbox::Sources {
 /// A score's output id: `score:<chain>:<wallet>:<event id>`, the record's identity on the
 /// scores topic (a replay computes the same one).
 fn score_output_id(chain: i64, wallet: &str, event_id: &str) -> String {
-    format!("score:{chain}:{wallet}:{event_id}")
+    use std::fmt::Write as _;
+    // Sized once: `format!` grew it through several allocations (one per score of a batch).
+    let mut id = String::with_capacity(6 + 20 + 2 + wallet.len() + event_id.len());
+    id.push_str("score:");
+    let _ = write!(id, "{chain}");
+    id.push(':');
+    id.push_str(wallet);
+    id.push(':');
+    id.push_str(event_id);
+    id
 }
 
 /// The (chain, wallet, event id) a [`score_output_id`] names (a wallet has no `:`; an event id
