@@ -2443,11 +2443,11 @@ struct PublishTimes {
 
 /// Publishes a committed batch, after the publishing of the batch before it (`after`): what
 /// the outbox holds (its records, sent from memory, and any a failed relay or another replica
-/// left, read from Postgres) to Kafka, then the Redis copies. Redis is best effort
+/// left, read from Postgres) to Kafka, and beside it the Redis copies. Redis is best effort
 /// (rebuildable from Postgres); a relay failure is the error (the records stay in the outbox
 /// for the next relay).
 async fn publish(
-    mut publisher: Publisher,
+    publisher: Publisher,
     after: Option<tokio::task::JoinHandle<anyhow::Result<PublishTimes>>>,
     committed: Committed,
 ) -> anyhow::Result<PublishTimes> {
@@ -2464,16 +2464,29 @@ async fn publish(
         relay += times.relay;
         redis += times.redis;
     }
+    // The relay and the Redis copies side by side: the copies are read from Postgres (which
+    // holds the batch since its commit) and kept newest-first by version, so they need not
+    // wait for the broker's acknowledgements.
     let started = Instant::now();
-    publisher.relay(&held).await?;
+    let mut connection = publisher.redis.clone();
+    let (relayed, refreshed) = tokio::join!(
+        async {
+            let relayed = publisher.relay(&held).await;
+            (relayed, Instant::now())
+        },
+        async {
+            publisher
+                .refresh_redis(&mut connection, &stored, &decisions, unscored)
+                .await;
+            Instant::now()
+        },
+    );
+    relayed.0?;
     drop(held);
-    let relayed = Instant::now();
-    publisher.refresh_redis(&stored, &decisions, unscored).await;
-    let finished = Instant::now();
     Ok(PublishTimes {
-        relay: relay + (relayed - started),
-        redis: redis + (finished - relayed),
-        finished,
+        relay: relay + (relayed.1 - started),
+        redis: redis + (refreshed - started),
+        finished: relayed.1.max(refreshed),
     })
 }
 
@@ -2494,7 +2507,8 @@ impl Publisher {
 
     /// The Redis score cache and pub/sub after a commit (best effort: rebuildable from Postgres).
     async fn refresh_redis(
-        &mut self,
+        &self,
+        connection: &mut redis::aio::ConnectionManager,
         stored: &[StoredScore],
         decisions: &[DecisionRecord],
         unscored: Vec<(i64, String)>,
@@ -2512,7 +2526,7 @@ impl Publisher {
         );
         let touched: Vec<(i64, String)> = touched.into_iter().collect();
         if let Err(err) = chainfold_store::latest::refresh(
-            &mut self.redis,
+            connection,
             &self.pool,
             &self.prefix,
             chainfold_store::latest::Kind::Score,
@@ -2547,7 +2561,7 @@ impl Publisher {
             pipe.publish(&channel, json).ignore();
             queued += 1;
             if queued >= 1000 || i + 1 == stored.len() {
-                if let Err(err) = pipe.query_async::<()>(&mut self.redis).await {
+                if let Err(err) = pipe.query_async::<()>(connection).await {
                     tracing::warn!(%err, "could not update the Redis score cache");
                     break;
                 }
@@ -2557,7 +2571,7 @@ impl Publisher {
         }
         let prefix = self.prefix.clone();
         for d in decisions {
-            chainfold_store::decisions::announce(&mut self.redis, &prefix, d).await;
+            chainfold_store::decisions::announce(connection, &prefix, d).await;
         }
     }
 }
