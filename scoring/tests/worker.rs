@@ -738,13 +738,13 @@ async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
     for (i, tamper) in [
         // A reorg moved the cursor's row to another block.
         "UPDATE credit_profile SET cursor_block_hash = '0xdead',
-                state = jsonb_set(jsonb_set(state, '{activity,liquidations}', '0'),
-                                  '{activity,last_liquidation}', 'null')
+                state = jsonb_set(jsonb_set(state::jsonb, '{activity,liquidations}', '0'),
+                                  '{activity,last_liquidation}', 'null')::json
          WHERE chain_id = 137 AND wallet = $1",
         // A row arrived behind the cursor: the profile has taken in one row fewer.
         "UPDATE credit_profile SET rows_folded = rows_folded - 1,
-                state = jsonb_set(jsonb_set(state, '{activity,liquidations}', '0'),
-                                  '{activity,last_liquidation}', 'null')
+                state = jsonb_set(jsonb_set(state::jsonb, '{activity,liquidations}', '0'),
+                                  '{activity,last_liquidation}', 'null')::json
          WHERE chain_id = 137 AND wallet = $1",
     ]
     .into_iter()

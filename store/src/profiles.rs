@@ -153,7 +153,7 @@ pub struct NewProfiles {
     pub cursor_log: Vec<i64>,
     pub cursor_event_id: Vec<String>,
     pub cursor_block_hash: Vec<Option<String>>,
-    /// The fold's state as JSON text (stored as `jsonb`).
+    /// The fold's state as JSON text (stored as `json`, as written).
     pub state: Vec<String>,
 }
 
@@ -162,7 +162,7 @@ pub async fn upsert(tx: &mut Transaction<'_, Postgres>, p: &NewProfiles) -> sqlx
     sqlx::query!(
         "INSERT INTO credit_profile (chain_id, wallet, rows_folded, cursor_time, cursor_block,
                                      cursor_log, cursor_event_id, cursor_block_hash, state)
-         SELECT c, w, r, t, b, l, e, h, st::jsonb
+         SELECT c, w, r, t, b, l, e, h, st::json
          FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::timestamptz[], $5::int8[],
                      $6::int8[], $7::text[], $8::text[], $9::text[]) AS u(c, w, r, t, b, l, e, h, st)
          ON CONFLICT (chain_id, wallet) DO UPDATE SET
