@@ -266,6 +266,9 @@ pub struct Stages {
     pub triggers: Duration,
     /// Loading profiles and history rows, folding them, running the models.
     pub compute: Duration,
+    /// The part of `compute` spent waiting for its reads from Postgres: profiles and history
+    /// rows, attestations, Aave pools, prices, and the bands read before each write.
+    pub compute_reads: Duration,
     /// The transaction: profiles, scores, decisions, outbox, offsets, commit.
     pub write: Duration,
     /// Relaying the outbox to Kafka (in the background, beside the next batch).
@@ -285,12 +288,13 @@ impl std::fmt::Display for Stages {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         write!(
             f,
-            "{} batches: decode {:.1} ms, wait for projector {:.1} ms, triggers {:.1} ms, compute {:.1} ms, write {:.1} ms (waited for: {:.1} ms), relay {:.1} ms and redis {:.1} ms (waited for: {:.1} ms)",
+            "{} batches: decode {:.1} ms, wait for projector {:.1} ms, triggers {:.1} ms, compute {:.1} ms (reads {:.1} ms), write {:.1} ms (waited for: {:.1} ms), relay {:.1} ms and redis {:.1} ms (waited for: {:.1} ms)",
             self.batches,
             ms(self.decode),
             ms(self.wait_projector),
             ms(self.triggers),
             ms(self.compute),
+            ms(self.compute_reads),
             ms(self.write),
             ms(self.wait_write),
             ms(self.relay),
@@ -350,6 +354,9 @@ struct Computed<'t> {
     behind: u64,
     /// Lending price points taken from what earlier batches kept.
     price_points_kept: u64,
+    /// The part of the computing spent waiting for Postgres: the profiles, attestations, Aave
+    /// pools and prices read.
+    reads: Duration,
 }
 
 /// (reserve, symbol, collateral, debt) per reserve, as [`chainfold_domain::profile::PositionBook::positions`] gives them.
@@ -470,9 +477,11 @@ impl ScoreEngine {
             .values()
             .map(|list| list.iter().map(|t| t.at).max().unwrap_or_default())
             .collect();
+        let reading = Instant::now();
         let (mut loaded, stats) = profiles::load(&self.pool, &keys, &until, reset, fresher).await?;
         let mut attested = self.attestations(&keys).await?;
         let aave_pools = self.aave_pools(&keys).await?;
+        let mut reads = reading.elapsed();
         let mut expired = 0;
         let mut behind = 0;
         let mut cache = PriceCache {
@@ -530,7 +539,9 @@ impl ScoreEngine {
             .filter(|(_, _, _, positions)| positions.iter().any(|p| p.3 > 0.0))
             .flat_map(|(_, t, _, positions)| positions.iter().map(|p| (t.chain_id, p.0.clone())))
             .collect();
+        let reading = Instant::now();
         self.prefetch_prices(&mut cache, reserves).await?;
+        reads += reading.elapsed();
         let keys: Vec<&WalletKey> = by_wallet.keys().collect();
         // (chain, wallet, trigger, activity, active attestations, position features)
         let mut pending = Vec::with_capacity(featured.len());
@@ -586,6 +597,7 @@ impl ScoreEngine {
             stats,
             behind,
             price_points_kept: cache.kept,
+            reads,
         })
     }
 
@@ -1531,6 +1543,7 @@ impl Scorer {
         outcome.history_rows_read = computed.stats.rows_read;
         outcome.behind = computed.behind;
         outcome.price_points_kept = computed.price_points_kept;
+        self.stages.compute_reads += computed.reads;
         let scored = Scored::of(
             computed,
             &projector,
@@ -1560,6 +1573,7 @@ impl Scorer {
         let started = Instant::now();
         let bands_before = self.latest_bands(&prepared.triggers).await?;
         self.stages.compute += started.elapsed();
+        self.stages.compute_reads += started.elapsed();
         let reorg = !prepared.retracted.is_empty() || !prepared.reset.is_empty();
         self.fresh_profiles = prepared.scored.profiles.iter().cloned().collect();
         let task = tokio::spawn(write_and_publish(
