@@ -167,6 +167,14 @@ struct AppState {
     max_ws_message_bytes: usize,
 }
 
+/// The API's Postgres pool: every statement bounded by `statement_timeout`, and Postgres's plan
+/// cache kept. Planning each point read as it runs made it 2.8× slower (`pgbench`, BENCHMARKS.md);
+/// a plan cached over an emptied table stays on the index unless the table was analyzed while
+/// empty, and that plan lasts until the next autoanalyze, with each statement bounded meanwhile.
+pub async fn connect_postgres(config: &Config) -> anyhow::Result<PgPool> {
+    chainfold_platform::postgres::connect(&config.postgres, Some(config.statement_timeout)).await
+}
+
 /// A bound, not yet serving, API server (binds in `build` so tests can use port 0).
 pub struct App {
     listener: tokio::net::TcpListener,
@@ -185,9 +193,7 @@ impl std::fmt::Debug for App {
 impl App {
     /// Connects to Postgres (running migrations) and Redis, builds the schema and binds.
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        let pool =
-            chainfold_platform::postgres::connect(&config.postgres, Some(config.statement_timeout))
-                .await?;
+        let pool = connect_postgres(&config).await?;
         let redis = chainfold_platform::redis_cache::connect(&config.redis).await?;
         let policy = chainfold_store::decisions::policy_or_shipped(config.policy.as_deref())?;
         let topic = format!(

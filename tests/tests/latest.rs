@@ -2,7 +2,9 @@
 //! replayed, projected and scored by the real roles, then served by two APIs side by side, one
 //! reading Redis first (`--redis-reads true`, the default) and one reading Postgres only. They
 //! must answer alike for every wallet; the Redis one must really answer from Redis, keep the
-//! newest version whatever order writes arrive in, and fall back to Postgres on a miss.
+//! newest version whatever order writes arrive in, and fall back to Postgres on a miss. And the
+//! plans the API's Postgres pool caches must stay on the wallet index when `credit_score` is
+//! emptied and filled again under it.
 
 use std::time::Duration;
 
@@ -337,4 +339,92 @@ async fn pool_states_are_served_from_redis_and_follow_new_swaps() {
     );
     assert_eq!(pool_state(cached, &address).await["swapCount"], 424_242);
     assert_eq!(pool_state(direct, &address).await, after);
+}
+
+/// The API keeps Postgres's plan cache (planning each point read as it runs cost 2.8× in
+/// `pgbench`). That is safe after `chainfold rebuild` empties `credit_score` under it: here a
+/// connection of the API's own pool prepares the latest-score read (`scores::latest_of`, the
+/// Postgres path of `creditScore`), runs it eight times over the truncated table (enough for
+/// Postgres to weigh a generic plan), and once 20,000 scores are stored its plan must still read
+/// the wallet index. The control shows the check can fail: the same statement prepared after an
+/// `ANALYZE` of the empty table keeps a plan that scans the whole table. Autovacuum is off for
+/// the table, so no autoanalyze replans either statement behind the test's back.
+#[tokio::test]
+async fn the_apis_cached_plans_keep_the_wallet_index_after_a_truncate() {
+    let iso = Isolated::new("api_plans").await;
+    let config = chainfold_api::Config::new(
+        iso.postgres.clone(),
+        iso.redis.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    let pool = chainfold_api::connect_postgres(&config)
+        .await
+        .expect("pool");
+    let mut conn = pool.acquire().await.expect("a connection");
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("mode");
+    assert_eq!(mode, "auto", "the API keeps the plan cache");
+    let wallets: Vec<String> = (0..1_000).map(|i| format!("'0x{i:040x}'")).collect();
+    let args = format!(
+        "(ARRAY[{}]::int8[], ARRAY[{}]::text[])",
+        vec!["137"; wallets.len()].join(","),
+        wallets.join(",")
+    );
+    let statement = |name: &str| {
+        format!(
+            "PREPARE {name}(int8[], text[]) AS
+             SELECT s.id FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
+             CROSS JOIN LATERAL (SELECT id, chain_id, wallet, health_factor, score, band,
+                                        probability_of_liquidation, reasons, model_version,
+                                        model_sha256, computed_at, event_id, kafka_topic,
+                                        kafka_partition, kafka_offset, block_number
+                                 FROM credit_score
+                                 WHERE chain_id = k.c AND wallet = k.w
+                                 ORDER BY id DESC LIMIT 1) s"
+        )
+    };
+    let fill = "INSERT INTO credit_score (chain_id, wallet, score, band, reasons, model_version,
+                    model_sha256, computed_at, event_id, kafka_topic, kafka_partition,
+                    kafka_offset, projector_next_offset)
+                SELECT 137, '0x' || lpad(to_hex(g % 1000), 40, '0'), 600, 'GOOD', '[]', 'v',
+                       's', now(), 'e' || g, 't', 0, g, g
+                FROM generate_series(1, 20000) g";
+    let mut plan_after = async |name: &str, setup: &str| -> String {
+        sqlx::raw_sql(&format!("{setup}; {};", statement(name)))
+            .execute(&mut *conn)
+            .await
+            .expect("prepare");
+        for _ in 0..8 {
+            let found: Vec<i64> = sqlx::query_scalar(&format!("EXECUTE {name}{args}"))
+                .fetch_all(&mut *conn)
+                .await
+                .expect("over the empty table");
+            assert!(found.is_empty());
+        }
+        sqlx::raw_sql(fill).execute(&mut *conn).await.expect("fill");
+        let plan: Vec<String> =
+            sqlx::query_scalar(&format!("EXPLAIN (COSTS OFF) EXECUTE {name}{args}"))
+                .fetch_all(&mut *conn)
+                .await
+                .expect("plan");
+        plan.join("\n")
+    };
+    let truncated = plan_after(
+        "after_truncate",
+        "ALTER TABLE credit_score SET (autovacuum_enabled = false); TRUNCATE credit_score",
+    )
+    .await;
+    assert!(
+        truncated.contains("credit_score_wallet_idx")
+            && !truncated.contains("Seq Scan on credit_score"),
+        "{truncated}"
+    );
+    let analyzed = plan_after(
+        "after_analyze",
+        "TRUNCATE credit_score; ANALYZE credit_score",
+    )
+    .await;
+    assert!(analyzed.contains("Seq Scan on credit_score"), "{analyzed}");
 }
