@@ -79,6 +79,39 @@ async fn connect_with(
     Ok(pool)
 }
 
+/// The tables among `tables` whose planner estimates say "empty" while they hold rows: pages on
+/// disk, `reltuples` 0, and live rows counted since. Postgres leaves a table so when a vacuum or
+/// analyze runs while its only rows are still being written (a refill after `TRUNCATE`: the
+/// first batch's `COPY` has extended the file, its rows are not yet visible), and until the next
+/// autoanalyze (up to `autovacuum_naptime` later) every plan over it costs as if it were empty:
+/// a wallet's latest score found by walking the primary key backwards, ~1.5 s a batch instead of
+/// ~6 ms (BENCHMARKS.md). A legitimately empty table (no live rows) is not listed.
+pub async fn estimated_empty(pool: &PgPool, tables: &[&str]) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c
+         JOIN pg_stat_user_tables s ON s.relid = c.oid
+         WHERE c.oid IN (SELECT to_regclass(t) FROM unnest($1::text[]) AS t)
+           AND c.relpages > 0 AND c.reltuples = 0 AND s.n_live_tup > 0",
+    )
+    .bind(tables)
+    .fetch_all(pool)
+    .await
+}
+
+/// Analyzes each of `tables` that [`estimated_empty`] lists, so its plans are made for the rows
+/// it holds; returns the tables analyzed. A role that refills its tables calls this between
+/// batches (in the background: an `ANALYZE` waits for an autovacuum of the same table).
+pub async fn analyze_estimated_empty(pool: &PgPool, tables: &[&str]) -> sqlx::Result<Vec<String>> {
+    let empty = estimated_empty(pool, tables).await?;
+    for table in &empty {
+        let quoted = table.replace('"', "\"\"");
+        sqlx::query(&format!("ANALYZE \"{quoted}\""))
+            .execute(pool)
+            .await?;
+    }
+    Ok(empty)
+}
+
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
     let Some(database) = options.get_database() else {
         return Ok(());

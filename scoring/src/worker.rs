@@ -253,6 +253,10 @@ pub struct Scorer {
     pub busy: Duration,
     /// Where the busy time went, summed over batches.
     pub stages: Stages,
+    /// The check, run in the background once per batch, that the planner's estimates of the
+    /// tables the scorer refills are not "empty" while they hold rows (see
+    /// [`chainfold_platform::postgres::estimated_empty`]); `None` or finished: a new one may start.
+    estimates: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Where a scorer's busy time went, summed over batches (what the benchmark prints).
@@ -1323,6 +1327,7 @@ impl Scorer {
             last_done: None,
             busy: Duration::ZERO,
             stages: Stages::default(),
+            estimates: None,
             config,
         };
         // Outputs a previous process committed but did not get to publish.
@@ -1460,6 +1465,7 @@ impl Scorer {
         }
         self.first_message.get_or_insert(first_at);
         self.batch_started = Some(first_at);
+        self.check_estimates();
         let Decoded {
             mut triggers,
             max_offset,
@@ -1880,6 +1886,31 @@ impl Scorer {
                 )
                 .collect(),
         ))
+    }
+
+    /// Starts, in the background, the check that `credit_score` and `credit_profile` are not
+    /// estimated empty while they hold rows, analyzing them if they are (unless the last check
+    /// is still running). A refill after `chainfold rebuild` or a truncate can leave them so, and
+    /// then the bands and profile reads may walk the whole table per wallet until the next
+    /// autoanalyze.
+    fn check_estimates(&mut self) {
+        if self.estimates.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let pool = self.pool.clone();
+        self.estimates = Some(tokio::spawn(async move {
+            let tables = ["credit_score", "credit_profile"];
+            match chainfold_platform::postgres::analyze_estimated_empty(&pool, &tables).await {
+                Ok(analyzed) if !analyzed.is_empty() => {
+                    tracing::info!(
+                        ?analyzed,
+                        "tables estimated empty while holding rows, analyzed"
+                    )
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(%err, "could not check the tables' planner estimates"),
+            }
+        }));
     }
 
     /// The triggers whose wallet has a lending history on its chain.

@@ -1289,3 +1289,156 @@ async fn a_statement_planned_over_an_empty_table_is_planned_again_once_it_fills(
         "{plan}"
     );
 }
+
+/// `platform::postgres::analyze_estimated_empty`, on the state Postgres itself leaves: a vacuum
+/// that runs while a refill's first rows are still being written (as autovacuum did to a
+/// truncated `credit_score` under the benchmark's first `COPY`) counts none of them, so once they
+/// commit the table has pages and `reltuples` 0, and the planner costs it as empty until the
+/// next autoanalyze. The check analyzes that table only: not one that is empty indeed (its rows
+/// deleted and vacuumed), not one whose estimates are right, not one that does not exist.
+#[tokio::test]
+async fn a_table_estimated_empty_while_holding_rows_is_analyzed() {
+    let iso = Isolated::new("scoring_estimates").await;
+    let pool = chainfold_platform::postgres::connect_replanning(&iso.postgres)
+        .await
+        .expect("pool");
+    sqlx::raw_sql(
+        "CREATE TABLE refilled (x int) WITH (autovacuum_enabled = false);
+         CREATE TABLE emptied (x int) WITH (autovacuum_enabled = false);
+         CREATE TABLE counted (x int) WITH (autovacuum_enabled = false);
+         INSERT INTO emptied SELECT generate_series(1, 1000);
+         DELETE FROM emptied;
+         INSERT INTO counted SELECT generate_series(1, 1000);
+         ANALYZE counted;",
+    )
+    .execute(&pool)
+    .await
+    .expect("tables");
+    sqlx::query("VACUUM emptied")
+        .execute(&pool)
+        .await
+        .expect("vacuum");
+    let mut refill = pool.begin().await.expect("a refill");
+    sqlx::query("INSERT INTO refilled SELECT generate_series(1, 10000)")
+        .execute(&mut *refill)
+        .await
+        .expect("rows");
+    sqlx::query("VACUUM refilled")
+        .execute(&pool)
+        .await
+        .expect("a vacuum beside the refill");
+    refill.commit().await.expect("commit");
+    let estimate = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i32, f32)>(
+                "SELECT relpages, reltuples FROM pg_class WHERE oid = to_regclass($1)",
+            )
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .expect("estimate")
+        }
+    };
+    let (pages, tuples) = estimate("refilled").await;
+    assert!(pages > 0 && tuples == 0.0, "{pages} pages, {tuples} tuples");
+    // The refill's rows reach the cumulative statistics once its backend reports them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = 'refilled'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("stats")
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no live rows counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tables = ["refilled", "emptied", "counted", "missing"];
+    let analyzed = chainfold_platform::postgres::analyze_estimated_empty(&pool, &tables)
+        .await
+        .expect("check");
+    assert_eq!(analyzed, vec!["refilled".to_owned()]);
+    assert_eq!(estimate("refilled").await.1, 10_000.0);
+    assert!(
+        chainfold_platform::postgres::analyze_estimated_empty(&pool, &tables)
+            .await
+            .expect("again")
+            .is_empty(),
+        "once analyzed, the table is not listed again"
+    );
+}
+
+/// The scorer runs that check on `credit_score` and `credit_profile` at every batch, in the
+/// background. Here, after a first batch committed, `credit_score`'s estimates are set to what
+/// such a vacuum leaves (pages, `reltuples` 0), with autovacuum off for it so that only the
+/// scorer can correct them; the next batch must get the table analyzed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scorer_analyzes_its_table_when_it_is_estimated_empty_while_holding_rows() {
+    use chainfold_platform::worker::BatchWorker;
+    let iso = Isolated::new("scoring_estimated").await;
+    let items = Dataset::Polygon.decode_dir(&data_dir()).expect("data");
+    publish_and_project(&iso, &mut None, items).await;
+    let mut scorer = Scorer::build(config(&iso, &unique("scorer")))
+        .await
+        .expect("scorer");
+    let pool = scorer.pool().clone();
+    sqlx::query("ALTER TABLE credit_score SET (autovacuum_enabled = false)")
+        .execute(&pool)
+        .await
+        .expect("autovacuum off");
+    let mut scored = 0;
+    for _ in 0..5 {
+        scored += BatchWorker::process_batch(&mut scorer, Duration::from_secs(30))
+            .await
+            .expect("step")
+            .scored;
+        scored += BatchWorker::drain(&mut scorer).await.expect("drain").scored;
+        if scored > 0 {
+            break;
+        }
+    }
+    assert!(scored > 0, "a first batch committed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = 'credit_score'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("stats")
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no live rows counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::query(
+        "UPDATE pg_class SET relpages = greatest(pg_relation_size(oid) / 8192, 1), reltuples = 0
+         WHERE oid = 'credit_score'::regclass",
+    )
+    .execute(&pool)
+    .await
+    .expect("estimated empty");
+    let outcome = BatchWorker::process_batch(&mut scorer, Duration::from_secs(30))
+        .await
+        .expect("the next batch");
+    assert!(outcome.received > 0, "a second batch: {outcome:?}");
+    BatchWorker::drain(&mut scorer).await.expect("drain");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let tuples: f32 = sqlx::query_scalar(
+            "SELECT reltuples FROM pg_class WHERE oid = 'credit_score'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("estimate");
+        if tuples >= scored as f32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "credit_score still estimated at {tuples} rows, {scored} stored before the batch"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
