@@ -85,18 +85,27 @@ async fn connect_with(
 /// first batch's `COPY` has extended the file, its rows are not yet visible), and until the next
 /// autoanalyze (up to `autovacuum_naptime` later) every plan over it costs as if it were empty:
 /// a wallet's latest score found by walking the primary key backwards, ~1.5 s a batch instead of
-/// ~6 ms (BENCHMARKS.md). A legitimately empty table (no live rows) is not listed.
+/// ~6 ms (BENCHMARKS.md). A legitimately empty table (no live rows) is not listed. An empty
+/// `tables` checks every table of the connection's schema.
 pub async fn estimated_empty(pool: &PgPool, tables: &[&str]) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c
          JOIN pg_stat_user_tables s ON s.relid = c.oid
-         WHERE c.oid IN (SELECT to_regclass(t) FROM unnest($1::text[]) AS t)
-           AND c.relpages > 0 AND c.reltuples = 0 AND s.n_live_tup > 0",
+         WHERE (c.oid IN (SELECT to_regclass(t) FROM unnest($1::text[]) AS t)
+                OR (cardinality($1::text[]) = 0 AND c.relkind = 'r'
+                    AND c.relnamespace = to_regnamespace(current_schema())))
+           AND c.relpages > 0 AND c.reltuples = 0 AND s.n_live_tup > 0
+         ORDER BY 1",
     )
     .bind(tables)
     .fetch_all(pool)
     .await
 }
+
+/// How often a role that refills its tables runs [`analyze_estimated_empty`] at most (the check
+/// reads the cumulative statistics of every table it names, ~1 ms; a projector's backfill runs
+/// many batches a second).
+pub const ESTIMATES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Analyzes each of `tables` that [`estimated_empty`] lists, so its plans are made for the rows
 /// it holds; returns the tables analyzed. A role that refills its tables calls this between

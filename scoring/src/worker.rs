@@ -253,10 +253,11 @@ pub struct Scorer {
     pub busy: Duration,
     /// Where the busy time went, summed over batches.
     pub stages: Stages,
-    /// The check, run in the background once per batch, that the planner's estimates of the
+    /// The check, run in the background with a batch, that the planner's estimates of the
     /// tables the scorer refills are not "empty" while they hold rows (see
-    /// [`chainfold_platform::postgres::estimated_empty`]); `None` or finished: a new one may start.
-    estimates: Option<tokio::task::JoinHandle<()>>,
+    /// [`chainfold_platform::postgres::estimated_empty`]) and when it started: a new one starts
+    /// once it has finished and `ESTIMATES_EVERY` has passed.
+    estimates: Option<(tokio::task::JoinHandle<()>, Instant)>,
 }
 
 /// Where a scorer's busy time went, summed over batches (what the benchmark prints).
@@ -1892,13 +1893,15 @@ impl Scorer {
     /// estimated empty while they hold rows, analyzing them if they are (unless the last check
     /// is still running). A refill after `chainfold rebuild` or a truncate can leave them so, and
     /// then the bands and profile reads may walk the whole table per wallet until the next
-    /// autoanalyze.
+    /// autoanalyze. At most once per [`chainfold_platform::postgres::ESTIMATES_EVERY`].
     fn check_estimates(&mut self) {
-        if self.estimates.as_ref().is_some_and(|t| !t.is_finished()) {
+        if self.estimates.as_ref().is_some_and(|(task, started)| {
+            !task.is_finished() || started.elapsed() < chainfold_platform::postgres::ESTIMATES_EVERY
+        }) {
             return;
         }
         let pool = self.pool.clone();
-        self.estimates = Some(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let tables = ["credit_score", "credit_profile"];
             match chainfold_platform::postgres::analyze_estimated_empty(&pool, &tables).await {
                 Ok(analyzed) if !analyzed.is_empty() => {
@@ -1910,7 +1913,8 @@ impl Scorer {
                 Ok(_) => {}
                 Err(err) => tracing::warn!(%err, "could not check the tables' planner estimates"),
             }
-        }));
+        });
+        self.estimates = Some((task, Instant::now()));
     }
 
     /// The triggers whose wallet has a lending history on its chain.

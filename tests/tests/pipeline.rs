@@ -706,3 +706,66 @@ async fn the_scorer_and_the_risk_worker_dead_letter_what_they_cannot_decode_and_
         "{attested:?}"
     );
 }
+
+/// The projector checks, with each batch and in the background, that no read model is
+/// estimated empty while it holds rows (pages, `reltuples` 0, live rows counted: what a vacuum
+/// leaves when it runs while a refill's first rows are still being written), and analyzes one
+/// that is. Here, after the Polygon data is projected, `lending_event`'s estimates are set so,
+/// with autovacuum off for it so that only the projector can correct them; the same data
+/// published again (duplicates, stored once) gives the projector batches, and the table must
+/// come out analyzed.
+#[tokio::test]
+async fn the_projector_analyzes_a_read_model_estimated_empty_while_holding_rows() {
+    let iso = Isolated::new("projector_estimates").await;
+    let items = || Dataset::Polygon.decode_dir(&data_dir()).expect("data");
+    chainfold_tests::publish_and_project(&iso, items()).await;
+    let pool = chainfold_platform::postgres::connect_and_migrate(&iso.postgres)
+        .await
+        .expect("pool");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM lending_event")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert!(stored > 1_000, "{stored} lending events");
+    sqlx::query("ALTER TABLE lending_event SET (autovacuum_enabled = false)")
+        .execute(&pool)
+        .await
+        .expect("autovacuum off");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = 'lending_event'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("stats")
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no live rows counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::query(
+        "UPDATE pg_class SET relpages = greatest(pg_relation_size(oid) / 8192, 1), reltuples = 0
+         WHERE oid = 'lending_event'::regclass",
+    )
+    .execute(&pool)
+    .await
+    .expect("estimated empty");
+    chainfold_tests::publish_and_project(&iso, items()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let tuples: f32 = sqlx::query_scalar(
+            "SELECT reltuples FROM pg_class WHERE oid = 'lending_event'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("estimate");
+        if tuples == stored as f32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lending_event still estimated at {tuples} rows, {stored} stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
