@@ -121,6 +121,44 @@ pub async fn analyze_estimated_empty(pool: &PgPool, tables: &[&str]) -> sqlx::Re
     Ok(empty)
 }
 
+/// A role's background run of [`analyze_estimated_empty`] over its `tables` (empty: every table
+/// of the schema): [`EstimatesCheck::start`] with each batch starts one unless the last is
+/// still running or started less than [`ESTIMATES_EVERY`] ago. What it analyzed is logged.
+#[derive(Debug)]
+pub struct EstimatesCheck {
+    tables: &'static [&'static str],
+    last: Option<(tokio::task::JoinHandle<()>, std::time::Instant)>,
+}
+
+impl EstimatesCheck {
+    pub fn new(tables: &'static [&'static str]) -> EstimatesCheck {
+        EstimatesCheck { tables, last: None }
+    }
+
+    /// Starts a check on `pool` in the background, if one is due.
+    pub fn start(&mut self, pool: &PgPool) {
+        if self.last.as_ref().is_some_and(|(task, started)| {
+            !task.is_finished() || started.elapsed() < ESTIMATES_EVERY
+        }) {
+            return;
+        }
+        let (pool, tables) = (pool.clone(), self.tables);
+        let task = tokio::spawn(async move {
+            match analyze_estimated_empty(&pool, tables).await {
+                Ok(analyzed) if !analyzed.is_empty() => {
+                    tracing::info!(
+                        ?analyzed,
+                        "tables estimated empty while holding rows, analyzed"
+                    )
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(%err, "could not check the tables' planner estimates"),
+            }
+        });
+        self.last = Some((task, std::time::Instant::now()));
+    }
+}
+
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
     let Some(database) = options.get_database() else {
         return Ok(());

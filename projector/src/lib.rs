@@ -160,9 +160,8 @@ pub struct App {
     /// The check, started in the background with each batch, that no read model is estimated
     /// empty while it holds rows (see [`chainfold_platform::postgres::estimated_empty`]): a
     /// refill after `chainfold rebuild` can leave one so, and every plan over it is then made
-    /// for an empty table until the next autoanalyze. With when it started: a new one starts
-    /// once it has finished and `ESTIMATES_EVERY` has passed.
-    estimates: Option<(tokio::task::JoinHandle<()>, Instant)>,
+    /// for an empty table until the next autoanalyze.
+    estimates: chainfold_platform::postgres::EstimatesCheck,
     /// Rows stored since the start, and when progress was last logged.
     folded: u64,
     last_report: Instant,
@@ -206,7 +205,7 @@ impl App {
             timings: Timings::default(),
             in_flight: VecDeque::new(),
             next_turn: None,
-            estimates: None,
+            estimates: chainfold_platform::postgres::EstimatesCheck::new(&[]),
             folded: 0,
             last_report: Instant::now(),
         })
@@ -492,40 +491,6 @@ impl App {
         Ok(())
     }
 
-    /// One step of the pipelined loop: the next batch is received, folded and dead-lettered
-    /// while earlier batches' transactions run; then the oldest writes are finished until
-    /// fewer than [`WRITES_IN_FLIGHT`] remain, and the new batch's write starts. Writes in
-    /// flight run on their own connections, but they commit in order: a write stores only its
-    /// swap rows (which lock nothing shared) until the write before it has committed (its
-    /// [`Turn`]), then the rest and its offsets, a compare-and-set from where the previous
-    /// batch ends (refused, [`Fenced`], if that one did not commit). A refused batch makes the
-    /// member read again from what Postgres holds, so the batch prepared behind it is dropped.
-    /// Returns what was committed.
-    /// Starts, in the background, the check that no table of the schema is estimated empty
-    /// while it holds rows, analyzing any that is (unless the last check is still running or
-    /// started less than [`chainfold_platform::postgres::ESTIMATES_EVERY`] ago).
-    fn check_estimates(&mut self) {
-        if self.estimates.as_ref().is_some_and(|(task, started)| {
-            !task.is_finished() || started.elapsed() < chainfold_platform::postgres::ESTIMATES_EVERY
-        }) {
-            return;
-        }
-        let pool = self.pool.clone();
-        let task = tokio::spawn(async move {
-            match chainfold_platform::postgres::analyze_estimated_empty(&pool, &[]).await {
-                Ok(analyzed) if !analyzed.is_empty() => {
-                    tracing::info!(
-                        ?analyzed,
-                        "tables estimated empty while holding rows, analyzed"
-                    )
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(%err, "could not check the tables' planner estimates"),
-            }
-        });
-        self.estimates = Some((task, Instant::now()));
-    }
-
     async fn step(&mut self, wait: Duration) -> anyhow::Result<BatchOutcome> {
         let mut total = BatchOutcome::default();
         if self.member.has_pending_assignment() {
@@ -536,7 +501,7 @@ impl App {
         let prepared = if batch.messages.is_empty() {
             None
         } else {
-            self.check_estimates();
+            self.estimates.start(&self.pool);
             Some(self.prepare(batch).await?)
         };
         let mut fenced = false;

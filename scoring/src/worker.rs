@@ -253,11 +253,12 @@ pub struct Scorer {
     pub busy: Duration,
     /// Where the busy time went, summed over batches.
     pub stages: Stages,
-    /// The check, run in the background with a batch, that the planner's estimates of the
-    /// tables the scorer refills are not "empty" while they hold rows (see
-    /// [`chainfold_platform::postgres::estimated_empty`]) and when it started: a new one starts
-    /// once it has finished and `ESTIMATES_EVERY` has passed.
-    estimates: Option<(tokio::task::JoinHandle<()>, Instant)>,
+    /// The check, started in the background with a batch, that `credit_score` and
+    /// `credit_profile` are not estimated empty while they hold rows (see
+    /// [`chainfold_platform::postgres::estimated_empty`]): a refill after `chainfold rebuild` or
+    /// a truncate can leave them so, and the bands and profile reads may then walk the whole
+    /// table per wallet until the next autoanalyze.
+    estimates: chainfold_platform::postgres::EstimatesCheck,
 }
 
 /// Where a scorer's busy time went, summed over batches (what the benchmark prints).
@@ -1328,7 +1329,10 @@ impl Scorer {
             last_done: None,
             busy: Duration::ZERO,
             stages: Stages::default(),
-            estimates: None,
+            estimates: chainfold_platform::postgres::EstimatesCheck::new(&[
+                "credit_score",
+                "credit_profile",
+            ]),
             config,
         };
         // Outputs a previous process committed but did not get to publish.
@@ -1466,7 +1470,7 @@ impl Scorer {
         }
         self.first_message.get_or_insert(first_at);
         self.batch_started = Some(first_at);
-        self.check_estimates();
+        self.estimates.start(&self.pool);
         let Decoded {
             mut triggers,
             max_offset,
@@ -1887,34 +1891,6 @@ impl Scorer {
                 )
                 .collect(),
         ))
-    }
-
-    /// Starts, in the background, the check that `credit_score` and `credit_profile` are not
-    /// estimated empty while they hold rows, analyzing them if they are (unless the last check
-    /// is still running). A refill after `chainfold rebuild` or a truncate can leave them so, and
-    /// then the bands and profile reads may walk the whole table per wallet until the next
-    /// autoanalyze. At most once per [`chainfold_platform::postgres::ESTIMATES_EVERY`].
-    fn check_estimates(&mut self) {
-        if self.estimates.as_ref().is_some_and(|(task, started)| {
-            !task.is_finished() || started.elapsed() < chainfold_platform::postgres::ESTIMATES_EVERY
-        }) {
-            return;
-        }
-        let pool = self.pool.clone();
-        let task = tokio::spawn(async move {
-            let tables = ["credit_score", "credit_profile"];
-            match chainfold_platform::postgres::analyze_estimated_empty(&pool, &tables).await {
-                Ok(analyzed) if !analyzed.is_empty() => {
-                    tracing::info!(
-                        ?analyzed,
-                        "tables estimated empty while holding rows, analyzed"
-                    )
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(%err, "could not check the tables' planner estimates"),
-            }
-        });
-        self.estimates = Some((task, Instant::now()));
     }
 
     /// The triggers whose wallet has a lending history on its chain.

@@ -1342,19 +1342,7 @@ async fn a_table_estimated_empty_while_holding_rows_is_analyzed() {
     };
     let (pages, tuples) = estimate("refilled").await;
     assert!(pages > 0 && tuples == 0.0, "{pages} pages, {tuples} tuples");
-    // The refill's rows reach the cumulative statistics once its backend reports them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while sqlx::query_scalar::<_, i64>(
-        "SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = 'refilled'",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("stats")
-        == 0
-    {
-        assert!(std::time::Instant::now() < deadline, "no live rows counted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    chainfold_testkit::wait_live_rows(&pool, "refilled").await;
     let tables = ["refilled", "emptied", "counted", "missing"];
     let analyzed = chainfold_platform::postgres::analyze_estimated_empty(&pool, &tables)
         .await
@@ -1400,25 +1388,8 @@ async fn the_scorer_analyzes_its_table_when_it_is_estimated_empty_while_holding_
         }
     }
     assert!(scored > 0, "a first batch committed");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while sqlx::query_scalar::<_, i64>(
-        "SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = 'credit_score'",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("stats")
-        == 0
-    {
-        assert!(std::time::Instant::now() < deadline, "no live rows counted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    sqlx::query(
-        "UPDATE pg_class SET relpages = greatest(pg_relation_size(oid) / 8192, 1), reltuples = 0
-         WHERE oid = 'credit_score'::regclass",
-    )
-    .execute(&pool)
-    .await
-    .expect("estimated empty");
+    chainfold_testkit::wait_live_rows(&pool, "credit_score").await;
+    chainfold_testkit::set_estimated_empty(&pool, "credit_score").await;
     // The check runs at most once per `ESTIMATES_EVERY`; the first batch ran one.
     tokio::time::sleep(chainfold_platform::postgres::ESTIMATES_EVERY).await;
     let outcome = BatchWorker::process_batch(&mut scorer, Duration::from_secs(30))
@@ -1426,21 +1397,11 @@ async fn the_scorer_analyzes_its_table_when_it_is_estimated_empty_while_holding_
         .expect("the next batch");
     assert!(outcome.received > 0, "a second batch: {outcome:?}");
     BatchWorker::drain(&mut scorer).await.expect("drain");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let tuples: f32 = sqlx::query_scalar(
-            "SELECT reltuples FROM pg_class WHERE oid = 'credit_score'::regclass",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("estimate");
-        if tuples >= scored as f32 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "credit_score still estimated at {tuples} rows, {scored} stored before the batch"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    chainfold_testkit::wait_estimated_rows(
+        &pool,
+        "credit_score",
+        scored as f32,
+        &format!("{scored} stored before the batch"),
+    )
+    .await;
 }

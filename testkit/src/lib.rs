@@ -392,3 +392,59 @@ pub async fn assert_same_tables(ours: &sqlx::PgPool, theirs: &sqlx::PgPool, what
         "tables differ from the reference:{report}"
     );
 }
+
+/// Waits (up to 30 s) until the cumulative statistics count live rows in `table`: a backend
+/// reports its committed rows within about a second.
+pub async fn wait_live_rows(pool: &sqlx::PgPool, table: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT coalesce(max(n_live_tup), 0) FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .expect("live rows")
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live rows counted in {table}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sets `table`'s planner estimates to what a vacuum beside an uncommitted refill leaves: its
+/// pages, and 0 tuples (needs a superuser, as the tests' `DATABASE_URL` is).
+pub async fn set_estimated_empty(pool: &sqlx::PgPool, table: &str) {
+    sqlx::query(
+        "UPDATE pg_class SET relpages = greatest(pg_relation_size(oid) / 8192, 1), reltuples = 0
+         WHERE oid = to_regclass($1)",
+    )
+    .bind(table)
+    .execute(pool)
+    .await
+    .expect("estimated empty");
+}
+
+/// Waits (up to 30 s) until the planner estimates `table` at `rows` tuples or more, and returns
+/// the estimate; fails naming `what` if it does not come.
+pub async fn wait_estimated_rows(pool: &sqlx::PgPool, table: &str, rows: f32, what: &str) -> f32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let tuples: f32 =
+            sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
+                .bind(table)
+                .fetch_one(pool)
+                .await
+                .expect("estimate");
+        if tuples >= rows {
+            return tuples;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table} still estimated at {tuples} rows, {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -731,41 +731,15 @@ async fn the_projector_analyzes_a_read_model_estimated_empty_while_holding_rows(
         .execute(&pool)
         .await
         .expect("autovacuum off");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while sqlx::query_scalar::<_, i64>(
-        "SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = 'lending_event'",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("stats")
-        == 0
-    {
-        assert!(std::time::Instant::now() < deadline, "no live rows counted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    sqlx::query(
-        "UPDATE pg_class SET relpages = greatest(pg_relation_size(oid) / 8192, 1), reltuples = 0
-         WHERE oid = 'lending_event'::regclass",
-    )
-    .execute(&pool)
-    .await
-    .expect("estimated empty");
+    chainfold_testkit::wait_live_rows(&pool, "lending_event").await;
+    chainfold_testkit::set_estimated_empty(&pool, "lending_event").await;
     chainfold_tests::publish_and_project(&iso, items()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let tuples: f32 = sqlx::query_scalar(
-            "SELECT reltuples FROM pg_class WHERE oid = 'lending_event'::regclass",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("estimate");
-        if tuples == stored as f32 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lending_event still estimated at {tuples} rows, {stored} stored"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let estimated = chainfold_testkit::wait_estimated_rows(
+        &pool,
+        "lending_event",
+        stored as f32,
+        &format!("{stored} stored"),
+    )
+    .await;
+    assert_eq!(estimated, stored as f32, "an analyze counts every row");
 }
