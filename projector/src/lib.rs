@@ -491,6 +491,15 @@ impl App {
         Ok(())
     }
 
+    /// One step of the pipelined loop: the next batch is received, folded and dead-lettered
+    /// while earlier batches' transactions run; then the oldest writes are finished until
+    /// fewer than [`WRITES_IN_FLIGHT`] remain, and the new batch's write starts. Writes in
+    /// flight run on their own connections, but they commit in order: a write stores only its
+    /// swap rows (which lock nothing shared) until the write before it has committed (its
+    /// [`Turn`]), then the rest and its offsets, a compare-and-set from where the previous
+    /// batch ends (refused, [`Fenced`], if that one did not commit). A refused batch makes the
+    /// member read again from what Postgres holds, so the batch prepared behind it is dropped.
+    /// Returns what was committed.
     async fn step(&mut self, wait: Duration) -> anyhow::Result<BatchOutcome> {
         let mut total = BatchOutcome::default();
         if self.member.has_pending_assignment() {
