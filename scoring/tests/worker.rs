@@ -1359,9 +1359,9 @@ async fn a_table_estimated_empty_while_holding_rows_is_analyzed() {
 }
 
 /// The scorer runs that check on `credit_score` and `credit_profile` with its batches (at most
-/// once a second), in the background. Here, after a first batch committed, `credit_score`'s estimates are set to what
-/// such a vacuum leaves (pages, `reltuples` 0), with autovacuum off for it so that only the
-/// scorer can correct them; the next batch must get the table analyzed.
+/// once a second), in the background. Here, after a first batch committed, `credit_score`'s
+/// estimates are set to what such a vacuum leaves (pages, `reltuples` 0), with autovacuum off
+/// for it so that only the scorer can correct them; the next batch must get the table analyzed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scorer_analyzes_its_table_when_it_is_estimated_empty_while_holding_rows() {
     use chainfold_platform::worker::BatchWorker;
