@@ -142,6 +142,10 @@ pub struct CreditProfile {
     /// or moved to another hash is not resumed.
     #[serde(default)]
     pub cursor_block_hash: Option<String>,
+    /// The store's mark of the wallet's history when the rows folded were read (see the
+    /// scorer's `profiles`): not part of the fold, and kept in its own column, not the state.
+    #[serde(skip)]
+    pub order_mark: Option<i64>,
     pub activity: ActivityFold,
     pub book: PositionBook,
 }

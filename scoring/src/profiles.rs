@@ -4,9 +4,11 @@
 //!
 //! A stored profile is used only when it is still a prefix of the wallet's history: its cursor
 //! row must still be stored under the same block hash (a reorg that orphaned any folded row
-//! orphaned that one, the highest folded), and the rows it has taken in plus the rows after its
-//! cursor must equal the wallet's count in `wallet_lending_summary` (the projector keeps it
-//! exact, retractions included; a row that arrived behind the cursor fails it). Otherwise, or
+//! orphaned that one, the highest folded), and the wallet's mark in `lending_order` must still be
+//! the one its rows were read under. Triggers on `lending_event` draw a new mark whenever a row
+//! arrives at or before the wallet's last key, or a row is deleted or changed, on every path that
+//! writes the table; rows appended after the last key leave it. Both checks are one key lookup
+//! per wallet, whatever its history or the rows projected ahead of the batch. Otherwise, or
 //! without a stored profile, the wallet's whole history is read and folded from the start: the
 //! result is the same, only slower.
 
@@ -52,12 +54,12 @@ pub struct LoadStats {
 
 /// Loads the profiles of `wallets` and the history after each one's cursor up to its `until`
 /// (the batch's latest trigger time for the wallet: rows after it are seen by no trigger of the
-/// batch, and during a backfill the projector may hold many). Rows after `until` are counted for
-/// the check, not read. Wallets in `reset` (a reorg retracted one of their events in this batch)
-/// start from an empty profile. A wallet in `fresher` (the profiles of a batch whose write is
-/// still in flight: later than the stored ones) starts from that profile instead of the stored
-/// one, under the same checks (its cursor event still in the log under its block hash, its
-/// rows and the rows after it the wallet's count); otherwise from the stored one.
+/// batch, and during a backfill the projector may hold many; they are not read). Wallets in
+/// `reset` (a reorg retracted one of their events in this batch) start from an empty profile. A
+/// wallet in `fresher` (the profiles of a batch whose write is still in flight: later than the
+/// stored ones) starts from that profile instead of the stored one, under the same checks (its
+/// cursor event still in the log under its block hash, its mark the wallet's mark now);
+/// otherwise from the stored one. Each loaded profile carries the mark its rows were read under.
 pub async fn load(
     pool: &PgPool,
     wallets: &[WalletKey],
@@ -67,13 +69,11 @@ pub async fn load(
 ) -> anyhow::Result<(HashMap<WalletKey, Loaded>, LoadStats)> {
     let chains: Vec<i64> = wallets.iter().map(|w| w.0 as i64).collect();
     let addrs: Vec<String> = wallets.iter().map(|w| w.1.clone()).collect();
-    // One snapshot for the count and the rows: a projector committing between them would make
-    // a good profile look stale.
+    // One snapshot for the marks and the rows: a projector committing between them could append
+    // rows behind a mark the profile would then be stored under.
     let mut tx = pool.begin().await?;
     profiles::snapshot(&mut tx).await?;
-    // Rows without a block time are never folded (they have no place in time), and rows after
-    // `until` are not read: both are counted apart for the check.
-    let stored = profiles::stored(&mut tx, &chains, &addrs, until).await?;
+    let stored = profiles::stored(&mut tx, &chains, &addrs).await?;
     // The fresher profiles of this batch's wallets whose cursor is still in the log.
     let candidates: Vec<(&WalletKey, &CreditProfile)> = wallets
         .iter()
@@ -106,64 +106,67 @@ pub async fn load(
                 .is_some_and(|c| kept.contains(&c.event_id))
         })
         .collect();
-    let mut profiles: HashMap<WalletKey, (CreditProfile, i64)> = HashMap::new();
-    for p in stored {
-        let (total, untimed, cursor_kept, beyond) = (p.events, p.untimed, p.cursor_kept, p.beyond);
-        let key = (p.chain_id as u64, p.wallet);
-        if let Some(profile) = fresh.remove(&key) {
-            profiles.insert(key, (profile.clone(), total - untimed - beyond));
-            continue;
-        }
-        let profile = match (
-            p.rows_folded,
-            p.cursor_time,
-            p.cursor_block,
-            p.cursor_log,
-            p.cursor_event_id,
-            p.state,
-        ) {
-            (Some(rows), Some(at), Some(block), Some(log_index), Some(event_id), Some(state))
-                if cursor_kept && !reset.contains(&key) =>
-            {
-                match serde_json::from_str::<CreditProfile>(&state) {
-                    Ok(mut p) => {
-                        p.rows = rows as u64;
-                        p.cursor = Some(HistoryKey {
-                            at,
-                            block,
-                            log_index,
-                            event_id,
-                        });
-                        p
-                    }
-                    // A profile written by another version: read the history instead.
-                    Err(_) => CreditProfile::default(),
-                }
-            }
-            _ => CreditProfile::default(),
-        };
-        profiles.insert(key, (profile, total - untimed - beyond));
-    }
     let mut stats = LoadStats::default();
-    let mut out: HashMap<WalletKey, Loaded> = HashMap::new();
-    let after = |profiles: &HashMap<WalletKey, (CreditProfile, i64)>, keys: &[WalletKey]| {
-        keys.iter()
-            .map(|k| profiles.get(k).and_then(|p| p.0.cursor.clone()))
-            .collect::<Vec<_>>()
-    };
-    let cursors = after(&profiles, wallets);
+    let mut profiles: HashMap<WalletKey, CreditProfile> = HashMap::new();
+    for p in stored {
+        let key = (p.chain_id as u64, p.wallet);
+        // Resumed only under the mark its rows were read under: otherwise a row arrived at or
+        // before a key it folded, or one was deleted or changed, since.
+        let unchanged = |read_under: Option<i64>| p.mark.is_some() && read_under == p.mark;
+        let mut profile = match fresh.remove(&key) {
+            // A fresher profile that is stale makes the stored one stale too: it was read
+            // earlier, and a mark is never drawn twice.
+            Some(fresher) if unchanged(fresher.order_mark) => fresher.clone(),
+            Some(_) => CreditProfile::default(),
+            None => match (
+                p.rows_folded,
+                p.cursor_time,
+                p.cursor_block,
+                p.cursor_log,
+                p.cursor_event_id,
+                p.state,
+            ) {
+                (
+                    Some(rows),
+                    Some(at),
+                    Some(block),
+                    Some(log_index),
+                    Some(event_id),
+                    Some(state),
+                ) if p.cursor_kept && !reset.contains(&key) && unchanged(p.stored_mark) => {
+                    match serde_json::from_str::<CreditProfile>(&state) {
+                        Ok(mut p) => {
+                            p.rows = rows as u64;
+                            p.cursor = Some(HistoryKey {
+                                at,
+                                block,
+                                log_index,
+                                event_id,
+                            });
+                            p
+                        }
+                        // A profile written by another version: read the history instead.
+                        Err(_) => CreditProfile::default(),
+                    }
+                }
+                _ => CreditProfile::default(),
+            },
+        };
+        // The rows read below are read under this mark: the profile stored after them names it.
+        profile.order_mark = p.mark;
+        profiles.insert(key, profile);
+    }
+    let cursors: Vec<Option<HistoryKey>> = wallets
+        .iter()
+        .map(|k| profiles.get(k).and_then(|p| p.cursor.clone()))
+        .collect();
     let mut rows = rows_after(&mut tx, wallets, &cursors, until).await?;
-    let mut stale = Vec::new();
+    let mut out: HashMap<WalletKey, Loaded> = HashMap::with_capacity(wallets.len());
     for (i, key) in wallets.iter().enumerate() {
-        let (profile, timed) = profiles.remove(key).unwrap_or_default();
+        let profile = profiles.remove(key).unwrap_or_default();
         let tail = rows.remove(&i).unwrap_or_default();
         stats.rows_read += tail.len() as u64;
-        let resumed = profile.cursor.is_some();
-        if resumed && profile.rows + tail.len() as u64 != timed.max(0) as u64 {
-            stale.push(key.clone());
-            continue;
-        }
-        if resumed {
+        if profile.cursor.is_some() {
             stats.resumed += 1;
         } else {
             stats.full_reads += 1;
@@ -175,26 +178,6 @@ pub async fn load(
                 rows: tail,
             },
         );
-    }
-    if !stale.is_empty() {
-        let none = vec![None; stale.len()];
-        let stale_until: Vec<DateTime<Utc>> = stale
-            .iter()
-            .map(|k| until[wallets.iter().position(|w| w == k).unwrap_or_default()])
-            .collect();
-        let mut again = rows_after(&mut tx, &stale, &none, &stale_until).await?;
-        for (i, key) in stale.into_iter().enumerate() {
-            let tail = again.remove(&i).unwrap_or_default();
-            stats.rows_read += tail.len() as u64;
-            stats.full_reads += 1;
-            out.insert(
-                key,
-                Loaded {
-                    profile: CreditProfile::default(),
-                    rows: tail,
-                },
-            );
-        }
     }
     tx.commit().await?;
     Ok((out, stats))
@@ -288,6 +271,7 @@ pub async fn store(
         new.cursor_event_id.push(cursor.event_id.clone());
         new.cursor_block_hash.push(p.cursor_block_hash.clone());
         new.state.push(serde_json::to_string(p)?);
+        new.order_mark.push(p.order_mark);
     }
     if new.chain_id.is_empty() {
         return Ok(());

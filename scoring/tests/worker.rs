@@ -704,9 +704,9 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
 }
 
 /// A stored profile that is no longer a prefix of the wallet's history is not resumed: one whose
-/// cursor row moved to another block hash (what a reorg does) or whose row count falls short of
-/// the read model's (a row arrived behind the cursor). Both are tampered here with a profile
-/// that forgets the wallet's liquidations; the next score must still carry them.
+/// cursor row moved to another block hash (what a reorg does), or one stored before a row arrived
+/// behind its cursor (the wallet's `lending_order` mark has moved on). Each is paired here with a
+/// profile that forgets the wallet's liquidations; the next score must still carry them.
 #[tokio::test]
 async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
     let iso = Isolated::new("scoring_profiles").await;
@@ -764,11 +764,21 @@ async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
                 state = jsonb_set(jsonb_set(state::jsonb, '{activity,liquidations}', '0'),
                                   '{activity,last_liquidation}', 'null')::json
          WHERE chain_id = 137 AND wallet = $1",
-        // A row arrived behind the cursor: the profile has taken in one row fewer.
-        "UPDATE credit_profile SET rows_folded = rows_folded - 1,
-                state = jsonb_set(jsonb_set(state::jsonb, '{activity,liquidations}', '0'),
-                                  '{activity,last_liquidation}', 'null')::json
-         WHERE chain_id = 137 AND wallet = $1",
+        // A row arrived behind the cursor (a deposit a day before the wallet's first), written
+        // to the log as the projector writes it.
+        "WITH forgot AS (
+             UPDATE credit_profile
+             SET state = jsonb_set(jsonb_set(state::jsonb, '{activity,liquidations}', '0'),
+                                   '{activity,last_liquidation}', 'null')::json
+             WHERE chain_id = 137 AND wallet = $1 RETURNING 1)
+         INSERT INTO lending_event (event_id, chain_id, wallet, action, protocol, reserve, symbol,
+             decimals, amount, block_number, block_time, kafka_topic, kafka_partition, kafka_offset)
+         SELECT 'late-deposit', chain_id, wallet, action, protocol, reserve, symbol, decimals,
+                amount, block_number, block_time - interval '1 day', kafka_topic, kafka_partition,
+                kafka_offset
+         FROM lending_event WHERE chain_id = 137 AND wallet = $1 AND action = 'deposit'
+           AND (SELECT count(*) FROM forgot) = 1
+         ORDER BY block_time LIMIT 1",
     ]
     .into_iter()
     .enumerate()
@@ -845,9 +855,10 @@ async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
             .fetch_one(&pool)
             .await
             .expect("profile");
-    let (rows, event_id, hash, at, block, log): (i64, String, Option<String>, chrono::DateTime<chrono::Utc>, i64, i64) =
+    let (rows, event_id, hash, at, block, log, mark): (i64, String, Option<String>, chrono::DateTime<chrono::Utc>, i64, i64, Option<i64>) =
         sqlx::query_as(
-            "SELECT rows_folded, cursor_event_id, cursor_block_hash, cursor_time, cursor_block, cursor_log
+            "SELECT rows_folded, cursor_event_id, cursor_block_hash, cursor_time, cursor_block, cursor_log,
+                    order_mark
              FROM credit_profile WHERE chain_id = 137 AND wallet = $1",
         )
         .bind(LIQUIDATED)
@@ -865,7 +876,8 @@ async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
         log_index: log,
         event_id,
     });
-    fresher.cursor_block_hash = hash;
+    fresher.cursor_block_hash = hash.clone();
+    fresher.order_mark = mark;
     let liquidations = |p: &chainfold_domain::profile::CreditProfile| {
         serde_json::to_value(p).expect("a profile")["activity"]["liquidations"].clone()
     };
@@ -891,14 +903,30 @@ async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
         0,
         "the fresher profile"
     );
-    fresher.cursor_block_hash = Some("0xdead".to_owned());
-    let (loaded, stats) = load(fresher).await;
+    let mut moved = fresher.clone();
+    moved.cursor_block_hash = Some("0xdead".to_owned());
+    let (loaded, stats) = load(moved).await;
     assert_eq!((stats.resumed, stats.full_reads), (1, 0), "{stats:?}");
     assert_eq!(
         liquidations(&loaded[&key].profile),
         3,
         "a fresher profile whose cursor moved gives way to the stored one"
     );
+    // Read under a mark the wallet no longer has (a row arrived behind it since): the history
+    // is read from the start.
+    fresher.order_mark = mark.map(|m| m - 1);
+    let (loaded, stats) = load(fresher).await;
+    assert_eq!((stats.resumed, stats.full_reads), (0, 1), "{stats:?}");
+    let timed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lending_event
+         WHERE chain_id = 137 AND wallet = $1 AND block_time IS NOT NULL",
+    )
+    .bind(LIQUIDATED)
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert!(loaded[&key].profile.cursor.is_none(), "an empty profile");
+    assert_eq!(loaded[&key].rows.len() as i64, timed, "the whole history");
 }
 
 /// In the worker loop a batch's write runs beside the next batch, and its publishing starts

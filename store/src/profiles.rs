@@ -6,9 +6,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, Transaction};
 
-/// A wallet's stored profile (all `None` without one) and the counts that check it: its
-/// lending events, those without a block time, those after the batch's `until`, and whether
-/// the profile's cursor event is still in the log as it was (a reorg removes it).
+/// A wallet's stored profile (all `None` without one), with what checks it: the mark its rows
+/// were read under, the wallet's mark now (`lending_order`: it changes whenever a row arrives
+/// at or before the wallet's last key, or one is deleted or changed), and whether the profile's
+/// cursor event is still in the log as it was (a reorg removes it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredProfile {
     pub chain_id: i64,
@@ -20,10 +21,11 @@ pub struct StoredProfile {
     pub cursor_event_id: Option<String>,
     /// The fold's state as JSON text.
     pub state: Option<String>,
-    pub events: i64,
-    pub untimed: i64,
+    /// The wallet's mark when the profile's rows were read (`None`: stored before marks).
+    pub stored_mark: Option<i64>,
+    /// The wallet's mark now (`None`: no timed row stored).
+    pub mark: Option<i64>,
     pub cursor_kept: bool,
-    pub beyond: i64,
 }
 
 /// Makes `conn`'s transaction one read-only snapshot (profiles and history read together).
@@ -35,34 +37,26 @@ pub async fn snapshot(conn: &mut PgConnection) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// The stored profiles of the wallets (aligned `chains`/`wallets`/`until`).
+/// The stored profiles of the wallets (aligned `chains`/`wallets`) and their marks: one primary
+/// key lookup per wallet in each of `credit_profile` and `lending_order`, whatever the history.
 pub async fn stored(
     conn: &mut PgConnection,
     chains: &[i64],
     wallets: &[String],
-    until: &[DateTime<Utc>],
 ) -> sqlx::Result<Vec<StoredProfile>> {
     sqlx::query_as!(
         StoredProfile,
         r#"SELECT w.chain_id AS "chain_id!", w.wallet AS "wallet!", p.rows_folded AS "rows_folded?",
                   p.cursor_time AS "cursor_time?", p.cursor_block AS "cursor_block?",
                   p.cursor_log AS "cursor_log?", p.cursor_event_id AS "cursor_event_id?",
-                  p.state::text AS "state?",
-                  (SELECT coalesce(sum(s.event_count), 0) FROM wallet_lending_summary s
-                   WHERE s.chain_id = w.chain_id AND s.wallet = w.wallet)::int8 AS "events!",
-                  (SELECT count(*) FROM lending_event n
-                   WHERE n.chain_id = w.chain_id AND n.wallet = w.wallet AND n.block_time IS NULL)
-                      AS "untimed!",
+                  p.state::text AS "state?", p.order_mark AS "stored_mark?", o.mark AS "mark?",
                   EXISTS (SELECT 1 FROM lending_event c WHERE c.event_id = p.cursor_event_id
-                          AND c.block_hash IS NOT DISTINCT FROM p.cursor_block_hash) AS "cursor_kept!",
-                  (SELECT count(*) FROM lending_event n
-                   WHERE n.chain_id = w.chain_id AND n.wallet = w.wallet AND n.block_time > w.until)
-                      AS "beyond!"
-           FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[]) AS w(chain_id, wallet, until)
-           LEFT JOIN credit_profile p ON p.chain_id = w.chain_id AND p.wallet = w.wallet"#,
+                          AND c.block_hash IS NOT DISTINCT FROM p.cursor_block_hash) AS "cursor_kept!"
+           FROM UNNEST($1::int8[], $2::text[]) AS w(chain_id, wallet)
+           LEFT JOIN credit_profile p ON p.chain_id = w.chain_id AND p.wallet = w.wallet
+           LEFT JOIN lending_order o ON o.chain_id = w.chain_id AND o.wallet = w.wallet"#,
         chains,
-        wallets,
-        until
+        wallets
     )
     .fetch_all(conn)
     .await
@@ -155,22 +149,26 @@ pub struct NewProfiles {
     pub cursor_block_hash: Vec<Option<String>>,
     /// The fold's state as JSON text (stored as `json`, as written).
     pub state: Vec<String>,
+    /// The wallet's `lending_order` mark its rows were read under.
+    pub order_mark: Vec<Option<i64>>,
 }
 
 /// Stores `profiles`, replacing what was stored for their wallets.
 pub async fn upsert(tx: &mut Transaction<'_, Postgres>, p: &NewProfiles) -> sqlx::Result<()> {
     sqlx::query!(
         "INSERT INTO credit_profile (chain_id, wallet, rows_folded, cursor_time, cursor_block,
-                                     cursor_log, cursor_event_id, cursor_block_hash, state)
-         SELECT c, w, r, t, b, l, e, h, st::json
+                                     cursor_log, cursor_event_id, cursor_block_hash, state,
+                                     order_mark)
+         SELECT c, w, r, t, b, l, e, h, st::json, m
          FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::timestamptz[], $5::int8[],
-                     $6::int8[], $7::text[], $8::text[], $9::text[]) AS u(c, w, r, t, b, l, e, h, st)
+                     $6::int8[], $7::text[], $8::text[], $9::text[], $10::int8[])
+              AS u(c, w, r, t, b, l, e, h, st, m)
          ON CONFLICT (chain_id, wallet) DO UPDATE SET
             rows_folded = excluded.rows_folded, cursor_time = excluded.cursor_time,
             cursor_block = excluded.cursor_block, cursor_log = excluded.cursor_log,
             cursor_event_id = excluded.cursor_event_id,
             cursor_block_hash = excluded.cursor_block_hash, state = excluded.state,
-            updated_at = now()",
+            order_mark = excluded.order_mark, updated_at = now()",
         &p.chain_id,
         &p.wallet,
         &p.rows_folded,
@@ -179,7 +177,8 @@ pub async fn upsert(tx: &mut Transaction<'_, Postgres>, p: &NewProfiles) -> sqlx
         &p.cursor_log,
         &p.cursor_event_id,
         &p.cursor_block_hash as &[Option<String>],
-        &p.state
+        &p.state,
+        &p.order_mark as &[Option<i64>]
     )
     .execute(&mut **tx)
     .await?;
