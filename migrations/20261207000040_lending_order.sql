@@ -13,8 +13,8 @@
 -- retraction, a chain's reset, `chainfold rebuild`, an operator's hand):
 --  * an insert of timed rows moves the last key forward and draws a new mark for a wallet if one
 --    of its new rows sorts before the last key it had;
---  * an update or a delete draws a new mark for every wallet it touched (the last key may then
---    lie beyond the history: it only makes a later append look late, which costs one full read);
+--  * an update or a delete draws a new mark for every wallet it touched and reads its last key
+--    again (a wallet left without a timed row loses its row);
 --  * a truncate empties the table; rows made again draw new marks.
 -- Marks come from one sequence, so a mark is never seen twice, even across a truncate.
 CREATE SEQUENCE lending_order_mark;
@@ -74,34 +74,47 @@ BEGIN
 END
 $$;
 
+-- Wallets whose rows were deleted or changed: a new mark, and the last key read again from the
+-- history index (one backward probe per wallet), so the rows that replace a retracted stretch
+-- are appends again; a wallet with no timed row left loses its row (a new one draws a new mark).
+CREATE FUNCTION lending_order_redraw(chains BIGINT[], wallets TEXT[]) RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM lending_order o
+    USING UNNEST(chains, wallets) AS w(chain_id, wallet)
+    WHERE o.chain_id = w.chain_id AND o.wallet = w.wallet
+      AND NOT EXISTS (SELECT 1 FROM lending_event e WHERE e.chain_id = w.chain_id
+                      AND e.wallet = w.wallet AND e.block_time IS NOT NULL);
+    INSERT INTO lending_order AS o (chain_id, wallet, last_time, last_block, last_log, last_event_id)
+    SELECT w.chain_id, w.wallet, l.block_time, lending_order_key_block(l.block_number),
+           lending_order_key_log(l.log_index), l.event_id
+    FROM (SELECT DISTINCT * FROM UNNEST(chains, wallets)) AS w(chain_id, wallet)
+    CROSS JOIN LATERAL (
+        SELECT e.block_time, e.block_number, e.log_index, e.event_id FROM lending_event e
+        WHERE e.chain_id = w.chain_id AND e.wallet = w.wallet AND e.block_time IS NOT NULL
+        ORDER BY e.block_time DESC, e.block_number DESC NULLS FIRST, e.log_index DESC NULLS FIRST,
+                 e.event_id DESC
+        LIMIT 1) l
+    ORDER BY 1, 2
+    ON CONFLICT (chain_id, wallet) DO UPDATE SET
+        last_time = EXCLUDED.last_time, last_block = EXCLUDED.last_block,
+        last_log = EXCLUDED.last_log, last_event_id = EXCLUDED.last_event_id,
+        mark = nextval('lending_order_mark');
+$$;
+
 CREATE FUNCTION lending_order_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE lending_order o SET mark = nextval('lending_order_mark')
-    FROM (SELECT chain_id, wallet FROM removed GROUP BY chain_id, wallet) c
-    WHERE o.chain_id = c.chain_id AND o.wallet = c.wallet;
+    PERFORM lending_order_redraw(array_agg(chain_id), array_agg(wallet))
+    FROM (SELECT DISTINCT chain_id, wallet FROM removed) c;
     RETURN NULL;
 END
 $$;
 
--- An update draws a new mark for every wallet a row left or joined, and moves the last keys
--- forward over the rows as they now are (a row given a time, or moved to another wallet, may
--- now be the last).
+-- An update: every wallet a row left or joined.
 CREATE FUNCTION lending_order_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE lending_order o SET mark = nextval('lending_order_mark')
+    PERFORM lending_order_redraw(array_agg(chain_id), array_agg(wallet))
     FROM (SELECT chain_id, wallet FROM before_update
-          UNION SELECT chain_id, wallet FROM after_update) c
-    WHERE o.chain_id = c.chain_id AND o.wallet = c.wallet;
-    INSERT INTO lending_order AS o (chain_id, wallet, last_time, last_block, last_log, last_event_id)
-    SELECT DISTINCT ON (chain_id, wallet) chain_id, wallet, block_time,
-           lending_order_key_block(block_number), lending_order_key_log(log_index), event_id
-    FROM after_update WHERE block_time IS NOT NULL
-    ORDER BY chain_id, wallet, 3 DESC, 4 DESC, 5 DESC, 6 DESC
-    ON CONFLICT (chain_id, wallet) DO UPDATE SET
-        last_time = EXCLUDED.last_time, last_block = EXCLUDED.last_block,
-        last_log = EXCLUDED.last_log, last_event_id = EXCLUDED.last_event_id
-    WHERE (EXCLUDED.last_time, EXCLUDED.last_block, EXCLUDED.last_log, EXCLUDED.last_event_id)
-        > (o.last_time, o.last_block, o.last_log, o.last_event_id);
+          UNION SELECT chain_id, wallet FROM after_update) c;
     RETURN NULL;
 END
 $$;

@@ -296,6 +296,30 @@ async fn a_wallets_mark_changes_only_when_its_history_changes_behind_its_last_ke
     .expect("last key");
     assert_eq!(last, "u1", "an update moves the last key forward");
 
+    // A retraction of the last rows moves the last key back to the rows left, so the rows that
+    // replace them are appends again.
+    sqlx::query("DELETE FROM lending_event WHERE event_id = 'u1'")
+        .execute(&pool)
+        .await
+        .expect("retract");
+    let retracted = mark(pool.clone(), "0xa").await.expect("a mark");
+    assert!(!seen.contains(&retracted), "a retraction draws a new mark");
+    lend(&pool, "e4", "0xa", "deposit", 1, 4).await;
+    assert_eq!(
+        mark(pool.clone(), "0xa").await,
+        Some(retracted),
+        "a row after the rows left is an append"
+    );
+    sqlx::query("DELETE FROM lending_event WHERE wallet = '0xb'")
+        .execute(&pool)
+        .await
+        .expect("retract");
+    assert_eq!(
+        mark(pool.clone(), "0xb").await,
+        None,
+        "no timed row left, no mark"
+    );
+
     sqlx::query("TRUNCATE lending_event CASCADE")
         .execute(&pool)
         .await
