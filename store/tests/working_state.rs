@@ -37,6 +37,53 @@ async fn lend<'e>(
     .expect("lending event");
 }
 
+/// Hourly deposits `e{h}` of wallet 0xa for each hour `h` in `hours` (block `h`, hash `0xb{h}`),
+/// then `ANALYZE`, so the planner sees the history as it is.
+async fn hourly_history(pool: &PgPool, hours: std::ops::RangeInclusive<i64>) {
+    sqlx::query(
+        "INSERT INTO lending_event (event_id, chain_id, wallet, action, protocol, reserve, symbol,
+             decimals, amount, block_number, block_hash, log_index, block_time, kafka_topic,
+             kafka_partition, kafka_offset)
+         SELECT 'e' || h, 1, '0xa', 'deposit', 'aave_v2', '0xr', 'USDC', 6, 1000000, h,
+                '0xb' || h, 0, $1::timestamptz + h * interval '1 hour', 't', 0, h
+         FROM generate_series($2::int8, $3::int8) AS h",
+    )
+    .bind(t(0))
+    .bind(hours.start())
+    .bind(hours.end())
+    .execute(pool)
+    .await
+    .expect("history");
+    sqlx::query("ANALYZE lending_event")
+        .execute(pool)
+        .await
+        .expect("analyze");
+}
+
+/// Stores wallet 0xa's profile with its cursor at `event` of hour `hour` (block `hour`, log 0,
+/// hash `0xb{hour}`, as [`lend`] and [`hourly_history`] write them), `hour` rows folded.
+async fn store_profile(pool: &PgPool, hour: i64, event: &str, state: &str, mark: Option<i64>) {
+    let mut tx = pool.begin().await.expect("tx");
+    profiles::upsert(
+        &mut tx,
+        &profiles::NewProfiles {
+            chain_id: vec![1],
+            wallet: vec!["0xa".to_owned()],
+            rows_folded: vec![hour],
+            cursor_time: vec![t(hour)],
+            cursor_block: vec![hour],
+            cursor_log: vec![0],
+            cursor_event_id: vec![event.to_owned()],
+            cursor_block_hash: vec![Some(format!("0xb{hour}"))],
+            state: vec![state.to_owned()],
+            order_mark: vec![mark],
+        },
+    )
+    .await
+    .expect("upsert");
+    tx.commit().await.expect("commit");
+}
+
 #[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
 async fn a_profile_is_stored_checked_against_its_cursor_and_forgotten(pool: PgPool) {
     lend(&pool, "e1", "0xa", "deposit", 100, 1).await;
@@ -68,25 +115,7 @@ async fn a_profile_is_stored_checked_against_its_cursor_and_forgotten(pool: PgPo
     drop(conn);
 
     // Stored after e2: the history after the cursor is e3 alone; the cursor row is kept.
-    let mut tx = pool.begin().await.expect("tx");
-    profiles::upsert(
-        &mut tx,
-        &profiles::NewProfiles {
-            chain_id: vec![1],
-            wallet: wallets.clone(),
-            rows_folded: vec![2],
-            cursor_time: vec![t(2)],
-            cursor_block: vec![2],
-            cursor_log: vec![0],
-            cursor_event_id: vec!["e2".into()],
-            cursor_block_hash: vec![Some("0xb2".into())],
-            state: vec![r#"{"folded": 2}"#.to_owned()],
-            order_mark: vec![Some(mark)],
-        },
-    )
-    .await
-    .expect("upsert");
-    tx.commit().await.expect("commit");
+    store_profile(&pool, 2, "e2", r#"{"folded": 2}"#, Some(mark)).await;
     let mut conn = pool.acquire().await.expect("conn");
     let stored = profiles::stored(&mut conn, &[1], &wallets)
         .await
@@ -166,24 +195,9 @@ async fn lending_rows_read(conn: &mut sqlx::PgConnection) -> i64 {
 /// 2,000 events before the cursor and 3 after, the read scans a handful of rows.
 #[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
 async fn the_history_after_a_cursor_does_not_scan_the_history_before_it(pool: PgPool) {
-    sqlx::query(
-        "INSERT INTO lending_event (event_id, chain_id, wallet, action, protocol, reserve, symbol,
-             decimals, amount, block_number, block_hash, log_index, block_time, kafka_topic,
-             kafka_partition, kafka_offset)
-         SELECT 'e' || h, 1, '0xa', 'deposit', 'aave_v2', '0xr', 'USDC', 6, 1000000, h,
-                '0xb' || h, 0, $1::timestamptz + h * interval '1 hour', 't', 0, h
-         FROM generate_series(1, 2003) AS h",
-    )
-    .bind(t(0))
-    .execute(&pool)
-    .await
-    .expect("history");
     // A second wallet, so the table is not one wallet's alone.
     lend(&pool, "other", "0xb", "deposit", 1, 5).await;
-    sqlx::query("ANALYZE lending_event")
-        .execute(&pool)
-        .await
-        .expect("analyze");
+    hourly_history(&pool, 1..=2003).await;
     let mut conn = pool.acquire().await.expect("conn");
     let wallets = vec!["0xa".to_owned()];
     let after = profiles::Cursors {
@@ -232,6 +246,15 @@ async fn a_wallets_mark_changes_only_when_its_history_changes_behind_its_last_ke
             .expect("untimed row");
         }
     };
+    let run = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sql)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    };
     assert_eq!(mark(pool.clone(), "0xa").await, None, "no history, no mark");
     untimed("u1").await;
     assert_eq!(
@@ -278,7 +301,7 @@ async fn a_wallets_mark_changes_only_when_its_history_changes_behind_its_last_ke
             "UPDATE lending_event SET block_time = now() WHERE event_id = 'u1'",
         ),
     ] {
-        sqlx::query(change).execute(&pool).await.expect(what);
+        run(change).await;
         let now = mark(pool.clone(), "0xa").await.expect("a mark");
         assert!(!seen.contains(&now), "{what} draws a new mark");
         seen.push(now);
@@ -298,10 +321,7 @@ async fn a_wallets_mark_changes_only_when_its_history_changes_behind_its_last_ke
 
     // A retraction of the last rows moves the last key back to the rows left, so the rows that
     // replace them are appends again.
-    sqlx::query("DELETE FROM lending_event WHERE event_id = 'u1'")
-        .execute(&pool)
-        .await
-        .expect("retract");
+    run("DELETE FROM lending_event WHERE event_id = 'u1'").await;
     let retracted = mark(pool.clone(), "0xa").await.expect("a mark");
     assert!(!seen.contains(&retracted), "a retraction draws a new mark");
     lend(&pool, "e4", "0xa", "deposit", 1, 4).await;
@@ -310,20 +330,14 @@ async fn a_wallets_mark_changes_only_when_its_history_changes_behind_its_last_ke
         Some(retracted),
         "a row after the rows left is an append"
     );
-    sqlx::query("DELETE FROM lending_event WHERE wallet = '0xb'")
-        .execute(&pool)
-        .await
-        .expect("retract");
+    run("DELETE FROM lending_event WHERE wallet = '0xb'").await;
     assert_eq!(
         mark(pool.clone(), "0xb").await,
         None,
         "no timed row left, no mark"
     );
 
-    sqlx::query("TRUNCATE lending_event CASCADE")
-        .execute(&pool)
-        .await
-        .expect("truncate");
+    run("TRUNCATE lending_event CASCADE").await;
     assert_eq!(
         mark(pool.clone(), "0xa").await,
         None,
@@ -424,43 +438,9 @@ async fn concurrent_appends_that_land_out_of_order_draw_a_new_mark(pool: PgPool)
 /// `lending_event` rows, not the rows ahead.
 #[sqlx::test(migrator = "chainfold_platform::MIGRATOR")]
 async fn the_stored_profile_read_does_not_count_the_rows_ahead(pool: PgPool) {
-    lend(&pool, "e1", "0xa", "deposit", 1, 1).await;
-    sqlx::query(
-        "INSERT INTO lending_event (event_id, chain_id, wallet, action, protocol, reserve, symbol,
-             decimals, amount, block_number, block_hash, log_index, block_time, kafka_topic,
-             kafka_partition, kafka_offset)
-         SELECT 'e' || h, 1, '0xa', 'deposit', 'aave_v2', '0xr', 'USDC', 6, 1000000, h,
-                '0xb' || h, 0, $1::timestamptz + h * interval '1 hour', 't', 0, h
-         FROM generate_series(2, 2001) AS h",
-    )
-    .bind(t(0))
-    .execute(&pool)
-    .await
-    .expect("history");
-    sqlx::query("ANALYZE lending_event")
-        .execute(&pool)
-        .await
-        .expect("analyze");
+    hourly_history(&pool, 1..=2001).await;
+    store_profile(&pool, 1, "e1", "{}", Some(1)).await;
     let wallets = vec!["0xa".to_owned()];
-    let mut tx = pool.begin().await.expect("tx");
-    profiles::upsert(
-        &mut tx,
-        &profiles::NewProfiles {
-            chain_id: vec![1],
-            wallet: wallets.clone(),
-            rows_folded: vec![1],
-            cursor_time: vec![t(1)],
-            cursor_block: vec![1],
-            cursor_log: vec![0],
-            cursor_event_id: vec!["e1".into()],
-            cursor_block_hash: vec![Some("0xb1".into())],
-            state: vec!["{}".to_owned()],
-            order_mark: vec![Some(1)],
-        },
-    )
-    .await
-    .expect("upsert");
-    tx.commit().await.expect("commit");
     let mut conn = pool.acquire().await.expect("conn");
     let before = lending_rows_read(&mut conn).await;
     let stored = profiles::stored(&mut conn, &[1], &wallets)
