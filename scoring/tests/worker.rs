@@ -929,6 +929,126 @@ async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
     assert_eq!(loaded[&key].rows.len() as i64, timed, "the whole history");
 }
 
+/// A lending event that arrives late through the log (a block older than any the wallet's stored
+/// profile has folded) is in the wallet's next score. The projector's insert draws a new mark for
+/// the wallet, so the scorer reads its history again rather than resuming, and both scores equal
+/// the ones a backtest folds from the start. Here a never-liquidated wallet is liquidated a day
+/// before its first event, and then deposits once more.
+#[tokio::test]
+async fn a_late_event_through_the_log_is_in_the_next_score_as_a_backtest_folds_it() {
+    use chainfold_domain::{DefiEvent, EventId};
+    let iso = Isolated::new("scoring_late").await;
+    let events: Vec<chainfold_domain::Envelope> = Dataset::Polygon
+        .decode_dir(&data_dir())
+        .expect("data")
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut projector = None;
+    publish_and_project(&iso, &mut projector, events.iter().cloned().map(Ok)).await;
+    let mut scorer = Scorer::build(config(&iso, &unique("scorer")))
+        .await
+        .expect("scorer");
+    scorer
+        .run_until_idle(Duration::from_secs(5))
+        .await
+        .expect("scores");
+    let pool = scorer.pool().clone();
+    let (wallet, first): (String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "SELECT p.wallet, (SELECT min(block_time) FROM lending_event e
+                           WHERE e.chain_id = 137 AND e.wallet = p.wallet)
+         FROM credit_profile p
+         WHERE p.chain_id = 137 AND NOT EXISTS (
+             SELECT 1 FROM lending_event e
+             WHERE e.chain_id = 137 AND e.wallet = p.wallet AND e.action = 'liquidation')
+           AND EXISTS (
+             SELECT 1 FROM lending_event e
+             WHERE e.chain_id = 137 AND e.wallet = p.wallet AND e.action = 'deposit')
+         ORDER BY p.rows_folded DESC, p.wallet LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("a never-liquidated wallet with a stored profile");
+    let last = events
+        .iter()
+        .filter_map(|e| e.block_time)
+        .max()
+        .expect("times");
+    let mut late = events
+        .iter()
+        .find(|e| {
+            matches!(&e.event, DefiEvent::Liquidation(l) if format!("{:#x}", l.wallet) == LIQUIDATED)
+        })
+        .expect("a liquidation")
+        .clone();
+    if let DefiEvent::Liquidation(l) = &mut late.event {
+        l.wallet = wallet.parse().expect("an address");
+    }
+    late.event_id = EventId::of_record(137, "late-arrival", "liquidation");
+    late.block_time = Some(first - chrono::Duration::days(1));
+    let mut next = events
+        .iter()
+        .rev()
+        .find(|e| matches!(&e.event, DefiEvent::Deposit(f) if format!("{:#x}", f.wallet) == wallet))
+        .expect("a deposit of the wallet")
+        .clone();
+    next.event_id = EventId::of_record(137, "late-arrival", "next");
+    next.block_time = Some(last + chrono::Duration::days(1));
+    let ids = [late.event_id.to_string(), next.event_id.to_string()];
+    publish_and_project(&iso, &mut projector, [Ok(late), Ok(next)]).await;
+    let outcome = scorer
+        .run_until_idle(Duration::from_secs(3))
+        .await
+        .expect("scores");
+    // The wallet's history is read from the start (the stored profile is not resumed).
+    assert!(
+        outcome.scored == 2 && outcome.full_reads >= 1,
+        "{outcome:?}"
+    );
+    let reasons: serde_json::Value =
+        sqlx::query_scalar("SELECT reasons FROM credit_score WHERE event_id = $1")
+            .bind(&ids[1])
+            .fetch_one(&pool)
+            .await
+            .expect("the next event is scored");
+    assert!(
+        reasons
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .any(|r| r["code"] == "LIQUIDATION_HISTORY"),
+        "the late liquidation is in the next score: {reasons}"
+    );
+    let run = chainfold_scoring::backtest::run(&chainfold_scoring::backtest::BacktestConfig {
+        kafka: iso.kafka.clone(),
+        postgres: iso.postgres.clone(),
+        model: "position-v1".into(),
+        models_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+        from: chainfold_scoring::backtest::parse_time("2000-01-01").expect("time"),
+        to: chainfold_scoring::backtest::parse_time("2100-01-01").expect("time"),
+        label: Some("late".into()),
+        projector_group: iso.group.clone(),
+    })
+    .await
+    .expect("backtest");
+    let same: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT c.event_id, b.score = c.score AND b.reasons = c.reasons::jsonb
+                AND b.probability_of_liquidation IS NOT DISTINCT FROM c.probability_of_liquidation
+         FROM credit_score c JOIN backtest_score b USING (chain_id, wallet, event_id)
+         WHERE b.run_id = $1 AND c.event_id = ANY($2) ORDER BY 1",
+    )
+    .bind(&run.run_id)
+    .bind(&ids[..])
+    .fetch_all(&pool)
+    .await
+    .expect("compare");
+    assert_eq!(same.len(), 2, "{same:?}");
+    assert!(
+        same.iter().all(|(_, s)| *s),
+        "live against the backtest: {same:?}"
+    );
+}
+
 /// In the worker loop a batch's write runs beside the next batch, and its publishing starts
 /// at its commit: the scores of a committed batch reach the scores topic without another step
 /// of the loop (on a quiet log the next step would wait in its receive).
