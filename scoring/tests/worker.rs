@@ -65,6 +65,33 @@ async fn publish_and_project(
     published
 }
 
+/// The Polygon histories published, projected and scored to the end by one scorer: the events,
+/// the projector (for later publishes) and the scorer.
+async fn polygon_scored(
+    iso: &Isolated,
+) -> (
+    Vec<chainfold_domain::Envelope>,
+    Option<chainfold_projector::App>,
+    Scorer,
+) {
+    let events: Vec<chainfold_domain::Envelope> = Dataset::Polygon
+        .decode_dir(&data_dir())
+        .expect("data")
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut projector = None;
+    publish_and_project(iso, &mut projector, events.iter().cloned().map(Ok)).await;
+    let mut scorer = Scorer::build(config(iso, &unique("scorer")))
+        .await
+        .expect("scorer");
+    scorer
+        .run_until_idle(Duration::from_secs(5))
+        .await
+        .expect("scores");
+    (events, projector, scorer)
+}
+
 #[tokio::test]
 async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothing() {
     let iso = Isolated::new("scoring").await;
@@ -710,21 +737,7 @@ async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothi
 #[tokio::test]
 async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
     let iso = Isolated::new("scoring_profiles").await;
-    let events: Vec<chainfold_domain::Envelope> = Dataset::Polygon
-        .decode_dir(&data_dir())
-        .expect("data")
-        .into_iter()
-        .flatten()
-        .collect();
-    let mut projector = None;
-    publish_and_project(&iso, &mut projector, events.iter().cloned().map(Ok)).await;
-    let mut scorer = Scorer::build(config(&iso, &unique("scorer")))
-        .await
-        .expect("scorer");
-    scorer
-        .run_until_idle(Duration::from_secs(5))
-        .await
-        .expect("scores");
+    let (events, mut projector, mut scorer) = polygon_scored(&iso).await;
     let pool = scorer.pool().clone();
     let (liquidations, rows): (serde_json::Value, i64) = sqlx::query_as(
         "SELECT state->'activity'->'liquidations', rows_folded FROM credit_profile
@@ -938,21 +951,7 @@ async fn a_profile_that_is_not_a_prefix_of_the_history_is_read_again() {
 async fn a_late_event_through_the_log_is_in_the_next_score_as_a_backtest_folds_it() {
     use chainfold_domain::{DefiEvent, EventId};
     let iso = Isolated::new("scoring_late").await;
-    let events: Vec<chainfold_domain::Envelope> = Dataset::Polygon
-        .decode_dir(&data_dir())
-        .expect("data")
-        .into_iter()
-        .flatten()
-        .collect();
-    let mut projector = None;
-    publish_and_project(&iso, &mut projector, events.iter().cloned().map(Ok)).await;
-    let mut scorer = Scorer::build(config(&iso, &unique("scorer")))
-        .await
-        .expect("scorer");
-    scorer
-        .run_until_idle(Duration::from_secs(5))
-        .await
-        .expect("scores");
+    let (events, mut projector, mut scorer) = polygon_scored(&iso).await;
     let pool = scorer.pool().clone();
     let (wallet, first): (String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
         "SELECT p.wallet, (SELECT min(block_time) FROM lending_event e
