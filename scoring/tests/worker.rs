@@ -92,6 +92,25 @@ async fn polygon_scored(
     (events, projector, scorer)
 }
 
+/// A backtest of the live model over all time, labelled `label`.
+async fn backtest_all_time(
+    iso: &Isolated,
+    label: &str,
+) -> chainfold_scoring::backtest::BacktestSummary {
+    chainfold_scoring::backtest::run(&chainfold_scoring::backtest::BacktestConfig {
+        kafka: iso.kafka.clone(),
+        postgres: iso.postgres.clone(),
+        model: "position-v1".into(),
+        models_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+        from: chainfold_scoring::backtest::parse_time("2000-01-01").expect("time"),
+        to: chainfold_scoring::backtest::parse_time("2100-01-01").expect("time"),
+        label: Some(label.into()),
+        projector_group: iso.group.clone(),
+    })
+    .await
+    .expect("backtest")
+}
+
 #[tokio::test]
 async fn every_polygon_wallet_is_scored_once_per_event_and_restarts_change_nothing() {
     let iso = Isolated::new("scoring").await;
@@ -1018,18 +1037,7 @@ async fn a_late_event_through_the_log_is_in_the_next_score_as_a_backtest_folds_i
             .any(|r| r["code"] == "LIQUIDATION_HISTORY"),
         "the late liquidation is in the next score: {reasons}"
     );
-    let run = chainfold_scoring::backtest::run(&chainfold_scoring::backtest::BacktestConfig {
-        kafka: iso.kafka.clone(),
-        postgres: iso.postgres.clone(),
-        model: "position-v1".into(),
-        models_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-        from: chainfold_scoring::backtest::parse_time("2000-01-01").expect("time"),
-        to: chainfold_scoring::backtest::parse_time("2100-01-01").expect("time"),
-        label: Some("late".into()),
-        projector_group: iso.group.clone(),
-    })
-    .await
-    .expect("backtest");
+    let run = backtest_all_time(&iso, "late").await;
     let same: Vec<(String, bool)> = sqlx::query_as(
         "SELECT c.event_id, b.score = c.score AND b.reasons = c.reasons::jsonb
                 AND b.probability_of_liquidation IS NOT DISTINCT FROM c.probability_of_liquidation
@@ -1218,18 +1226,7 @@ async fn kept_price_points_score_as_a_whole_read_and_a_change_to_them_is_seen() 
     assert!(after.price_points_kept > 0, "{after:?}");
 
     // A backtest reads every window whole, from the prices as they now are.
-    let run = chainfold_scoring::backtest::run(&chainfold_scoring::backtest::BacktestConfig {
-        kafka: iso.kafka.clone(),
-        postgres: iso.postgres.clone(),
-        model: "position-v1".into(),
-        models_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-        from: chainfold_scoring::backtest::parse_time("2000-01-01").expect("time"),
-        to: chainfold_scoring::backtest::parse_time("2100-01-01").expect("time"),
-        label: Some("whole reads".into()),
-        projector_group: iso.group.clone(),
-    })
-    .await
-    .expect("backtest");
+    let run = backtest_all_time(&iso, "whole reads").await;
     let compare = |newer: bool| {
         let (pool, run_id) = (pool.clone(), run.run_id.clone());
         async move {
