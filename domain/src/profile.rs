@@ -134,7 +134,8 @@ impl HistoryKey {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreditProfile {
     /// Rows of the wallet's history up to `cursor`, folded or skipped (a row without a usable
-    /// action counts here but not in the folds), to check against the read model's count.
+    /// action counts here but not in the folds). Stored for inspection (`rows_folded`); whether
+    /// a stored profile may be resumed is decided by the wallet's mark, not by this count.
     pub rows: u64,
     pub cursor: Option<HistoryKey>,
     /// The block hash of the cursor's row: a reorg that orphaned any folded row orphaned this
