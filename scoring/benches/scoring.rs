@@ -306,6 +306,7 @@ async fn long_history(events: &[Envelope], n: usize) {
 /// the same run three fresh groups one batch at a time (`Scorer::process_batch`: receive,
 /// compute, write, in turn).
 async fn many_wallets(events: &[Envelope], n: usize, wallets: usize) {
+    let reference_before = machine_reference();
     let iso = Isolated::new("bench_many").await;
     let (_, projector) = publish_and_project(&iso, spread(events, n, wallets)).await;
     let pool = projector.pool().clone();
@@ -353,9 +354,32 @@ async fn many_wallets(events: &[Envelope], n: usize, wallets: usize) {
         PerScore::median_of(&cpu),
         PerScore::median_of(&serial_cpu)
     );
+    println!(
+        "many wallets: machine reference (SHA-256 of 64 MiB on one core, median of 5; lower is a faster machine) {:.1} ms before the section, {:.1} ms after",
+        reference_before,
+        machine_reference()
+    );
     // A database left behind is one more for autovacuum to visit while the next run measures.
     drop(pool);
     iso.drop_database().await;
+}
+
+/// The machine's speed at the moment, with no service involved: one core hashing 64 MiB with
+/// SHA-256, median of 5, in ms. The same binary's throughput swings by a third between the
+/// machine's fast and slow windows (BENCHMARKS.md); this figure, printed beside each run, says
+/// which window a run was in.
+fn machine_reference() -> f64 {
+    use sha2::Digest as _;
+    let data = vec![0x5au8; 64 << 20];
+    median(
+        (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                std::hint::black_box(sha2::Sha256::digest(std::hint::black_box(&data)));
+                started.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    )
 }
 
 /// The recorded Polygon lending histories, decoded.
