@@ -22,7 +22,8 @@
 //!    / busy time).
 //!
 //! `cargo bench -p chainfold-scoring --bench scoring -- [events] [history] [many]`; `--only-many`
-//! runs section 4 alone. Services and ORT_DYLIB_PATH as for the tests (`scripts/stack up`).
+//! runs section 4 alone; `--many-batch N` scores section 4 in batches of N (`chainfold score
+//! --batch-size`) instead of 10,000. Services and ORT_DYLIB_PATH as for the tests (`scripts/stack up`).
 
 use std::time::{Duration, Instant};
 
@@ -65,16 +66,19 @@ fn config(iso: &Isolated, group: &str, batch: usize) -> Config {
 
 #[tokio::main]
 async fn main() {
-    let numbers: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .filter_map(|a| a.parse().ok())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Positional numbers: not a flag, nor the value of `--many-batch`.
+    let numbers: Vec<usize> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--many-batch"))
+        .filter_map(|(_, a)| a.parse().ok())
         .collect();
     let samples = numbers.first().copied().unwrap_or(200);
     let history = numbers.get(1).copied().unwrap_or(100_000);
     let many = numbers.get(2).copied().unwrap_or(100_000);
     if std::env::args().any(|a| a == "--only-many") {
-        many_wallets(&polygon(), many, 1_000).await;
+        many_wallets(&polygon(), many, 1_000, many_batch()).await;
         return;
     }
     let iso = Isolated::new("bench_scoring").await;
@@ -96,7 +100,7 @@ async fn main() {
     }
 
     long_history(&events, history).await;
-    many_wallets(&events, many, 1_000).await;
+    many_wallets(&events, many, 1_000, many_batch()).await;
 
     // Latency: projector and scorer running; one fresh event at a time. The first projector
     // leaves first: a second member with the same static instance id would fence it.
@@ -301,17 +305,31 @@ async fn long_history(events: &[Envelope], n: usize) {
     iso.drop_database().await;
 }
 
-/// Section 4: rescorings/s over many wallets, in batches of 10,000, three fresh groups through
+/// `--many-batch N`: section 4's batch size (default 10,000).
+fn many_batch() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--many-batch")
+        .map(|i| {
+            args.get(i + 1)
+                .and_then(|n| n.parse().ok())
+                .filter(|n| *n > 0)
+                .expect("--many-batch takes a batch size above 0")
+        })
+        .unwrap_or(10_000)
+}
+
+/// Section 4: rescorings/s over many wallets, in batches of `batch`, three fresh groups through
 /// the worker loop (each batch computed while the previous one writes), and as the baseline in
 /// the same run three fresh groups one batch at a time (`Scorer::process_batch`: receive,
 /// compute, write, in turn).
-async fn many_wallets(events: &[Envelope], n: usize, wallets: usize) {
+async fn many_wallets(events: &[Envelope], n: usize, wallets: usize, batch: usize) {
     let reference_before = machine_reference();
     let iso = Isolated::new("bench_many").await;
     let (_, projector) = publish_and_project(&iso, spread(events, n, wallets)).await;
     let pool = projector.pool().clone();
     drop(projector);
-    let (rates, cpu) = three_fresh_groups(&iso, &pool, "many wallets", 10_000, n as u64, 500).await;
+    let (rates, cpu) = three_fresh_groups(&iso, &pool, "many wallets", batch, n as u64, 500).await;
     let mut serial = Vec::new();
     let mut serial_cpu = Vec::new();
     for _ in 0..3 {
@@ -320,7 +338,7 @@ async fn many_wallets(events: &[Envelope], n: usize, wallets: usize) {
             .await
             .expect("truncate");
         let before = Parts::now();
-        let mut scorer = Scorer::build(config(&iso, &unique("bench-serial"), 10_000))
+        let mut scorer = Scorer::build(config(&iso, &unique("bench-serial"), batch))
             .await
             .expect("scorer");
         let mut scored = 0;
@@ -342,7 +360,7 @@ async fn many_wallets(events: &[Envelope], n: usize, wallets: usize) {
         );
     }
     println!(
-        "many wallets ({n} events of {wallets} wallets, batches of 10,000): median {:.0} rescorings/s, runs {:?}; one batch at a time (baseline, same run) median {:.0}, runs {:?}: {:.2}x",
+        "many wallets ({n} events of {wallets} wallets, batches of {batch}): median {:.0} rescorings/s, runs {:?}; one batch at a time (baseline, same run) median {:.0}, runs {:?}: {:.2}x",
         median(rates.clone()),
         rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
         median(serial.clone()),
