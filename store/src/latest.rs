@@ -89,9 +89,11 @@ pub async fn read_postgres(
     Ok(match kind {
         // `greatest` skips nulls: a wallet without scores or retractions has version 0. The
         // score's columns are SCORE_COLUMNS (`score_entries_hold_the_score_columns` checks).
+        // `row_to_json`, not `to_jsonb`: the stored `json` reasons go in as their text, not
+        // parsed into `jsonb` and printed again (~7 of ~27 ms for 1,000 wallets).
         Kind::Score => entries!(sqlx::query!(
             r#"SELECT k.c AS "c!", k.w AS "w!", greatest(s.id, r.seq, 0) AS "version!",
-                      to_jsonb(s)::text AS "row?"
+                      row_to_json(s)::text AS "row?"
                FROM UNNEST($1::int8[], $2::text[]) AS k(c, w)
                LEFT JOIN LATERAL (SELECT id, chain_id, wallet, health_factor, score, band,
                                          probability_of_liquidation, reasons, model_version,
