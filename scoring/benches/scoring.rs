@@ -21,6 +21,9 @@
 //!    run); and as the baseline in the same run, three fresh groups one batch at a time (scores
 //!    / busy time).
 //!
+//!    When the server preloads `pg_stat_statements`, section 4 also prints Postgres's time per
+//!    score by statement over the worker-loop groups.
+//!
 //! `cargo bench -p chainfold-scoring --bench scoring -- [events] [history] [many]`; `--only-many`
 //! runs section 4 alone; `--many-batch N` scores section 4 in batches of N (`chainfold score
 //! --batch-size`) instead of 10,000. Services and ORT_DYLIB_PATH as for the tests (`scripts/stack up`).
@@ -329,7 +332,9 @@ async fn many_wallets(events: &[Envelope], n: usize, wallets: usize, batch: usiz
     let (_, projector) = publish_and_project(&iso, spread(events, n, wallets)).await;
     let pool = projector.pool().clone();
     drop(projector);
+    let statements = Statements::start(&pool).await;
     let (rates, cpu) = three_fresh_groups(&iso, &pool, "many wallets", batch, n as u64, 500).await;
+    statements.print(&pool, 3 * n as u64).await;
     let mut serial = Vec::new();
     let mut serial_cpu = Vec::new();
     for _ in 0..3 {
@@ -380,6 +385,61 @@ async fn many_wallets(events: &[Envelope], n: usize, wallets: usize, batch: usiz
     // A database left behind is one more for autovacuum to visit while the next run measures.
     drop(pool);
     iso.drop_database().await;
+}
+
+/// Postgres's time per statement over the worker-loop groups, from `pg_stat_statements` when
+/// the server preloads it (`ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'`
+/// and a restart; BENCHMARKS.md): a change to one statement shows there even when the machine's
+/// swings hide it in the whole run's rate.
+struct Statements {
+    loaded: bool,
+}
+
+impl Statements {
+    async fn start(pool: &sqlx::PgPool) -> Statements {
+        let preload: String =
+            sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')")
+                .fetch_one(pool)
+                .await
+                .expect("setting");
+        let loaded = preload.contains("pg_stat_statements");
+        if loaded {
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .execute(pool)
+                .await
+                .expect("extension");
+            sqlx::query("SELECT pg_stat_statements_reset()")
+                .execute(pool)
+                .await
+                .expect("reset");
+        }
+        Statements { loaded }
+    }
+
+    /// The statements of this database that took the most time since [`Statements::start`], as
+    /// µs per score over `scores`.
+    async fn print(&self, pool: &sqlx::PgPool, scores: u64) {
+        if !self.loaded {
+            println!("  many wallets: per statement: not measured (pg_stat_statements is not in shared_preload_libraries)");
+            return;
+        }
+        let rows: Vec<(f64, i64, String)> = sqlx::query_as(
+            "SELECT total_exec_time, calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+             FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+             ORDER BY total_exec_time DESC LIMIT 8",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("statements");
+        println!("  many wallets: Postgres time per score by statement (worker-loop groups, pg_stat_statements):");
+        for (ms, calls, query) in rows {
+            println!(
+                "    {:>6.2} µs  {calls:>6} calls  {query}",
+                ms * 1e3 / scores.max(1) as f64
+            );
+        }
+    }
 }
 
 /// The machine's speed at the moment, with no service involved: one core hashing 64 MiB with
